@@ -1,0 +1,44 @@
+// The reduction policy: the single place that maps a problem to the order of its floating-point sums.
+// Kernels obey these plans; tests import them. By construction no plan takes the batch size (M, number
+// of rows, tokens or sequences) as an argument, so no plan can depend on it.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "bik/dtype.h"
+
+namespace bik::policy {
+
+enum class Backend : uint8_t { CPU, CUDA };
+
+struct Target {
+  Backend backend = Backend::CPU;
+  int arch = 0;  // CUDA compute capability x10 (80, 86, 89, 90); 0 for the CPU
+};
+
+// Row reductions (norms, softmax, sums, means): element i of a row of n goes to lane i % lanes; each
+// lane sums its elements in increasing i; then lanes combine by a fixed halving tree:
+//   for (w = lanes / 2; w >= 1; w /= 2) lane[j] += lane[j + w]  for j < w.
+// `lanes` is a power of two fixed per target.
+struct RowReducePlan {
+  int lanes;
+};
+RowReducePlan row_reduce_plan(Target t, DType dtype, int64_t n);
+
+// GEMM: out[m, n] = sum over k. The K range is cut into `k_splits` contiguous pieces of `k_split_len`
+// (the last may be shorter); inside a piece, products are accumulated in increasing k by one F32 fused
+// multiply-add chain per output (or by the MMA family named in `mma`, whose internal order is fixed by
+// the hardware); piece results are added in increasing piece order, starting from piece 0.
+enum class Mma : uint8_t { FmaChain, MmaSyncSm80, WgmmaSm90 };
+struct GemmPlan {
+  int64_t k_splits;
+  int64_t k_split_len;
+  Mma mma;
+  int mma_k;  // K step of one MMA instruction (1 for the FMA chain)
+};
+GemmPlan gemm_plan(Target t, DType dtype, int64_t n, int64_t k);
+
+std::string describe(const GemmPlan& p);
+std::string describe(const RowReducePlan& p);
+
+}  // namespace bik::policy

@@ -1,0 +1,41 @@
+// A small command-line parser: --name value / --name=value / --flag, positionals, and a clear error for
+// anything unknown or malformed.
+#pragma once
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "bik/error.h"
+
+namespace bik::cli {
+
+class Args {
+ public:
+  // `flags` take no value, `options` take one; anything else starting with "--" is an error.
+  Args(const std::vector<std::string>& argv, const std::set<std::string>& flags,
+       const std::set<std::string>& options, const std::string& command);
+
+  bool flag(const std::string& name) const { return flags_.count(name) > 0; }
+  bool has(const std::string& name) const { return values_.count(name) > 0; }
+  std::string str(const std::string& name, const std::string& def = "") const;
+  long long integer(const std::string& name, long long def) const;  // errors name the option and value
+  double number(const std::string& name, double def) const;
+  const std::vector<std::string>& positional() const { return positional_; }
+
+ private:
+  std::string command_;
+  std::set<std::string> flags_;
+  std::map<std::string, std::string> values_;
+  std::vector<std::string> positional_;
+};
+
+// Splits "a,b,c" (empty items dropped).
+std::vector<std::string> split_list(const std::string& s);
+
+// Subcommands; each returns the process exit code.
+int cmd_check(const std::vector<std::string>& args);
+int cmd_bench(const std::vector<std::string>& args);
+int cmd_info(const std::vector<std::string>& args);
+
+}  // namespace bik::cli
