@@ -1,3 +1,25 @@
-// PLACEHOLDER
+#include <cstdio>
+
+#include "bench.h"
 #include "cli.h"
-namespace bik::cli { int cmd_bench(const std::vector<std::string>&) { return 2; } }
+
+namespace bik::cli {
+
+int cmd_bench(const std::vector<std::string>& args) {
+  const char* usage =
+      "usage: bik bench <what> [options]\n"
+      "  cpu-gemm   CPU matmul vs OpenBLAS sgemm (ratio table)\n"
+      "  gemm       CUDA GEMM vs cuBLASLt (needs a GPU)\n"
+      "each accepts --help\n";
+  if (args.empty() || args[0] == "--help") {
+    std::fputs(usage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (args[0] == "cpu-gemm") return bench_cpu_gemm(rest);
+  if (args[0] == "gemm") return bench_gemm(rest);
+  std::fprintf(stderr, "bik bench: unknown benchmark '%s'\n%s", args[0].c_str(), usage);
+  return 2;
+}
+
+}  // namespace bik::cli

@@ -1,0 +1,10 @@
+// Benchmark drivers behind `bik bench <what>`. Each writes JSON + a markdown table (+ a plot where
+// the data has a curve) under --out (default bench/results/).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace bik::cli {
+int bench_cpu_gemm(const std::vector<std::string>& args);  // CPU matmul vs OpenBLAS
+int bench_gemm(const std::vector<std::string>& args);      // CUDA GEMM vs cuBLASLt
+}  // namespace bik::cli
