@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "bik/ops.h"
+#include "bik/sampling.h"
 
 namespace bik {
 
@@ -34,7 +35,12 @@ struct ReduceArgs {
   void silu_and_mul(const TensorView& out, const TensorView& x, Stream s);                         \
   void rotary_embedding(const TensorView& q, const TensorView& k, const TensorView& positions,      \
                         const TensorView& cos_sin, bool neox, Stream s);                            \
-  void embedding(const TensorView& out, const TensorView& ids, const TensorView& table, Stream s);
+  void embedding(const TensorView& out, const TensorView& ids, const TensorView& table, Stream s);    \
+  /* params: host array of one entry per row, already validated */                                   \
+  void sample(const TensorView& tokens, const TensorView& logits, const SamplingParams* params,       \
+              Stream s);                                                                            \
+  void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorView& top_vals,      \
+                const TensorView& logits, const TensorView& tokens, Stream s);
 
 namespace cpu {
 BIK_BACKEND_OPS

@@ -24,5 +24,28 @@ void memcpy_bytes(void*, const void*, int64_t, int) { no_cuda("cuda copy"); }
 void memset_bytes(void*, uint8_t, int64_t) { no_cuda("cuda memset"); }
 void synchronize(int) { no_cuda("cuda synchronize"); }
 
+// Unreachable in practice (no CUDA tensor can be allocated), but the dispatcher links against them.
+void gemm(const GemmArgs&, Stream) { no_cuda("gemm"); }
+void rms_norm(const TensorView&, const TensorView&, const TensorView&, float, const std::optional<TensorView>&,
+              Stream) {
+  no_cuda("rms_norm");
+}
+void layer_norm(const TensorView&, const TensorView&, const std::optional<TensorView>&,
+                const std::optional<TensorView>&, float, Stream) {
+  no_cuda("layer_norm");
+}
+void softmax(const TensorView&, const TensorView&, bool, Stream) { no_cuda("softmax"); }
+void reduce(const ReduceArgs&, Stream) { no_cuda("sum/mean"); }
+void argmax(const TensorView&, const TensorView&, Stream) { no_cuda("argmax"); }
+void silu_and_mul(const TensorView&, const TensorView&, Stream) { no_cuda("silu_and_mul"); }
+void rotary_embedding(const TensorView&, const TensorView&, const TensorView&, const TensorView&, bool, Stream) {
+  no_cuda("rotary_embedding");
+}
+void embedding(const TensorView&, const TensorView&, const TensorView&, Stream) { no_cuda("embedding"); }
+void sample(const TensorView&, const TensorView&, const SamplingParams*, Stream) { no_cuda("sample"); }
+void logprobs(const TensorView&, const TensorView&, const TensorView&, const TensorView&, const TensorView&, Stream) {
+  no_cuda("logprobs");
+}
+
 }  // namespace cuda
 }  // namespace bik

@@ -242,7 +242,8 @@ void argmax(const TensorView& out, const TensorView& x, Stream s) {
   check_float("argmax", "x", x);
   BIK_CHECK(x.size(-1) > 0, "argmax: the last dim of x is empty: ", x.str());
   BIK_CHECK(out.dtype == DType::I32, "argmax: out must be i32, got ", out.str());
-  Shape lead(x.sizes().begin(), x.sizes().end() - 1);
+  const Shape xs = x.sizes();
+  Shape lead(xs.begin(), xs.end() - 1);
   BIK_CHECK(out.sizes() == lead, "argmax: out must have x's leading shape ",
             TensorView(nullptr, DType::I32, lead).str(), ", got ", out.str());
   check_same_device("argmax", x, "out", out);
@@ -311,6 +312,7 @@ void embedding(const TensorView& out, const TensorView& ids, const TensorView& t
   const char* op = "embedding";
   BIK_CHECK(ids.ndim == 1 && ids.dtype == DType::I32, op, ": ids must be i32[T], got ", ids.str());
   BIK_CHECK(table.ndim == 2, op, ": table must be [V, D], got ", table.str());
+  check_float(op, "table", table);
   BIK_CHECK(out.ndim == 2 && out.shape[0] == ids.shape[0] && out.shape[1] == table.shape[1], op, ": out must be [",
             ids.shape[0], ", ", table.shape[1], "], got ", out.str());
   BIK_CHECK(out.dtype == table.dtype || out.dtype == DType::F32, op, ": out must be ", dtype_name(table.dtype),

@@ -4,19 +4,32 @@
 
 namespace bik::policy {
 
-RowReducePlan row_reduce_plan(Target t, DType, int64_t) {
+RowReducePlan row_reduce_plan(Target t, DType dtype, int64_t n) {
   // CPU: 16 lanes map onto one AVX-512 register or two AVX2 registers; the plan is the same for both,
-  // so the ISA a machine happens to have never changes the bits. CUDA: a warp's 32 lanes.
-  return RowReducePlan{t.backend == Backend::CPU ? 16 : 32};
+  // so the ISA a machine happens to have never changes the bits.
+  if (t.backend == Backend::CPU) return RowReducePlan{16};
+  // CUDA (src/cuda/rows.cuh): one CTA per row. A thread holds V = 16 bytes / element size consecutive
+  // lanes, so its elements of one pass over the row arrive as one 16-byte load; the CTA has the power
+  // of two in [32, 1024] threads that gives each thread about two such chunks of the row. Lanes =
+  // threads * V: a function of (dtype, n) alone, the same on every architecture.
+  const int64_t v = 16 / dtype_size(dtype);
+  const int64_t want = (n + 2 * v - 1) / (2 * v);
+  int64_t threads = 32;
+  while (threads < want && threads < 1024) threads *= 2;
+  return RowReducePlan{int(threads * v)};
 }
 
-GemmPlan gemm_plan(Target t, DType, int64_t, int64_t k) {
+GemmPlan gemm_plan(Target t, DType dtype, int64_t, int64_t k) {
   if (t.backend == Backend::CPU) {
     // One F32 FMA chain over all of K per output: tiling in M and N never touches the order.
     return GemmPlan{1, k, Mma::FmaChain, 1};
   }
-  // CUDA plans land with the CUDA GEMM; until then one unsplit chain in the hardware MMA's order.
-  return GemmPlan{1, k, t.arch >= 90 ? Mma::WgmmaSm90 : Mma::MmaSyncSm80, 16};
+  // CUDA (src/cuda/gemm*.cu). F32 inputs: one F32 FMA chain per output in a SIMT kernel (no TF32).
+  // F16/BF16: K is never split; each output is one F32 accumulator fed by the tensor-core MMA in K steps
+  // of 16 from k = 0 (tail zero-filled). The MMA family is fixed per architecture for every M: wgmma on
+  // sm_90 (the library ships sm_90a code), mma.sync m16n8k16 on sm_80..sm_89.
+  if (dtype == DType::F32) return GemmPlan{1, k, Mma::FmaChain, 1};
+  return GemmPlan{1, k, t.arch == 90 ? Mma::WgmmaSm90 : Mma::MmaSyncSm80, 16};
 }
 
 std::string describe(const GemmPlan& p) {

@@ -21,9 +21,13 @@ class Pool {
   int size() const { return int(workers_.size()) + 1; }
 
   void resize(int n) {
+    std::lock_guard<std::mutex> run_lock(run_mu_);  // never while a parallel_for is in flight
     stop();
     done_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { loop(i); });
+    // A new worker has already "seen" the current generation: it must wait for the next run, not
+    // replay the last one (which would corrupt the count of pending workers).
+    const uint64_t current = generation_;
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, current] { loop(current); });
   }
 
   void run(int64_t chunks, const std::function<void(int64_t)>& task) {
@@ -56,8 +60,7 @@ class Pool {
       }
     }
   }
-  void loop(int) {
-    uint64_t seen = 0;
+  void loop(uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> g(mu_);

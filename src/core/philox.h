@@ -1,0 +1,44 @@
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11): a counter-based
+// generator, so the numbers of a (key, counter) pair never depend on what else was drawn. Shared by the
+// CPU and CUDA backends, which therefore draw identical numbers.
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define BIK_HD __host__ __device__ __forceinline__
+#else
+#define BIK_HD inline
+#endif
+
+namespace bik::philox {
+
+struct U32x4 {
+  uint32_t v[4];
+};
+
+BIK_HD U32x4 philox4x32_10(U32x4 ctr, uint32_t k0, uint32_t k1) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u, kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = uint64_t(kM0) * ctr.v[0], p1 = uint64_t(kM1) * ctr.v[2];
+    const uint32_t hi0 = uint32_t(p0 >> 32), lo0 = uint32_t(p0), hi1 = uint32_t(p1 >> 32), lo1 = uint32_t(p1);
+    ctr = U32x4{{hi1 ^ ctr.v[1] ^ k0, lo1, hi0 ^ ctr.v[3] ^ k1, lo0}};
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return ctr;
+}
+
+// Tag in the last counter word: keeps sampling's stream apart from any other use of the same seed.
+constexpr uint32_t kSamplingTag = 0x53414D50u;  // "SAMP"
+
+// Uniform in (0, 1), never 0 or 1: 24 random bits, centred in their cell.
+BIK_HD float to_unit(uint32_t x) { return float(x >> 8) * 0x1.0p-24f + 0x1.0p-25f; }
+
+// The 4 uniforms of vocabulary indices [4j, 4j + 4) for (seed, position).
+BIK_HD U32x4 sampling_block(uint64_t seed, int64_t position, int64_t j) {
+  const uint64_t pos = uint64_t(position);
+  return philox4x32_10(U32x4{{uint32_t(pos), uint32_t(pos >> 32), uint32_t(uint64_t(j)), kSamplingTag}},
+                       uint32_t(seed), uint32_t(seed >> 32));
+}
+
+}  // namespace bik::philox
