@@ -7,4 +7,5 @@
 namespace bik::cli {
 int bench_cpu_gemm(const std::vector<std::string>& args);  // CPU matmul vs OpenBLAS
 int bench_gemm(const std::vector<std::string>& args);      // CUDA GEMM vs cuBLASLt
+int bench_ops(const std::vector<std::string>& args);       // CUDA memory-bound ops vs the copy ceiling
 }  // namespace bik::cli

@@ -10,6 +10,7 @@ int cmd_bench(const std::vector<std::string>& args) {
       "usage: bik bench <what> [options]\n"
       "  cpu-gemm   CPU matmul vs OpenBLAS sgemm (ratio table)\n"
       "  gemm       CUDA GEMM vs cuBLASLt (needs a GPU)\n"
+      "  ops        CUDA norms, softmax, reductions, element-wise ops, sampling vs the copy ceiling\n"
       "each accepts --help\n";
   if (args.empty() || args[0] == "--help") {
     std::fputs(usage, args.empty() ? stderr : stdout);
@@ -18,6 +19,7 @@ int cmd_bench(const std::vector<std::string>& args) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "cpu-gemm") return bench_cpu_gemm(rest);
   if (args[0] == "gemm") return bench_gemm(rest);
+  if (args[0] == "ops") return bench_ops(rest);
   std::fprintf(stderr, "bik bench: unknown benchmark '%s'\n%s", args[0].c_str(), usage);
   return 2;
 }

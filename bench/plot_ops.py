@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Renders a `bik bench ops` JSON (with torch times from bench/torch_ops.py) as a markdown table and a plot.
+
+usage: python3 bench/plot_ops.py bench/results/ops_h100.json   -> ops_h100.md and ops_h100.png beside it
+"""
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def size_of(r):
+    s = r["shape"]
+    rows = s.get("m", s.get("t"))
+    rest = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("m", "t"))
+    return rows, rest
+
+
+def main():
+    path = sys.argv[1]
+    with open(path) as f:
+        j = json.load(f)
+    base = os.path.splitext(path)[0]
+    res = j["results"]
+    ceiling = j["copy_gbps"]
+    lines = [
+        f"# bik CUDA memory-bound ops on {j['gpu']}",
+        "",
+        f"commit `{j['commit']}`, {j['date']}, torch {j.get('torch_version', '-')}",
+        "",
+        f"Copy ceiling: cudaMemcpy D2D {j['copy_gbps_memcpy']:.0f} GB/s"
+        + (f", torch copy_ kernel {j['copy_gbps_torch_copy_kernel']:.0f} GB/s" if "copy_gbps_torch_copy_kernel" in j else "")
+        + " (1 GiB, bytes read + written). `% copy` is against cudaMemcpy.",
+        "",
+        f"Method: {j['method']}.",
+        "",
+        "| op | dtype | rows | shape | bik us | GB/s | % copy | torch us | torch / bik |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in res:
+        rows, rest = size_of(r)
+        tm = r.get("torch_ms")
+        lines.append(
+            f"| {r['op']} | {r['dtype']}->{r['out_dtype']} | {rows} | {rest} | {r['bik_ms']*1e3:.2f} | "
+            f"{r['bik_gbps']:.0f} | {100*r['frac_of_copy']:.1f} | "
+            + (f"{tm*1e3:.2f} | {tm / r['bik_ms']:.2f} |" if tm else "- | - |")
+        )
+    # Summary: the largest size of each op.
+    largest = {}
+    for r in res:
+        if r["op"] not in largest or r["bytes"] > largest[r["op"]]["bytes"]:
+            largest[r["op"]] = r
+    lines += ["", "Largest size per op:", "", "| op | % copy | torch / bik |", "|---|---:|---:|"]
+    for op, r in largest.items():
+        tm = r.get("torch_ms")
+        lines.append(f"| {op} | {100*r['frac_of_copy']:.1f} | " + (f"{tm / r['bik_ms']:.2f} |" if tm else "- |"))
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    ops = list(dict.fromkeys(r["op"] for r in res))
+    colors = plt.get_cmap("tab20")(range(len(ops)))
+    for op, color in zip(ops, colors):
+        rs = [r for r in res if r["op"] == op]
+        mb = [r["bytes"] / 1e6 for r in rs]
+        axes[0].plot(mb, [100 * r["frac_of_copy"] for r in rs], "o-", color=color, label=op)
+        pts = [(r["bytes"] / 1e6, r["torch_ms"] / r["bik_ms"]) for r in rs if r.get("torch_ms")]
+        if pts:
+            axes[1].plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=op)
+    axes[0].axhline(85, color="gray", ls="--", lw=1)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("bytes moved per call (MB)")
+    axes[0].set_ylabel(f"% of copy bandwidth ({ceiling:.0f} GB/s)")
+    axes[0].set_title("bik achieved bandwidth")
+    axes[1].axhline(1.0, color="gray", ls="--", lw=1)
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("bytes moved per call (MB)")
+    axes[1].set_ylabel("torch time / bik time (>1: bik faster)")
+    axes[1].set_title(f"vs PyTorch {j.get('torch_version', '')}")
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{j['gpu']}  {j['commit'][:12]}  {j['date']}")
+    fig.tight_layout()
+    fig.savefig(base + ".png", dpi=110)
+    print("wrote", base + ".md", base + ".png")
+
+
+if __name__ == "__main__":
+    main()

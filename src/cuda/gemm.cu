@@ -1,0 +1,103 @@
+// bik::cuda::gemm: picks the kernel family from the reduction plan (dtype and architecture, never M)
+// and hands over; each family then picks its tile shape, which may depend on M.
+#include "cuda/gemm.h"
+
+#include <mutex>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "core/policy.h"
+#include "cuda/gemm_host.h"
+
+namespace bik::cuda {
+namespace gemm_detail {
+
+const DeviceInfo& use_device(int index) {
+  static std::mutex mu;
+  static std::vector<DeviceInfo> cache;
+  int current = -1;
+  BIK_CUDA_CHECK(cudaGetDevice(&current));
+  if (current != index) BIK_CUDA_CHECK(cudaSetDevice(index));
+  std::lock_guard<std::mutex> lock(mu);
+  if (int(cache.size()) <= index) cache.resize(size_t(index) + 1);
+  DeviceInfo& d = cache[size_t(index)];
+  if (d.arch == 0) {
+    int major = 0, minor = 0;
+    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
+    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
+    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, index));
+    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, index));
+    d.index = index;
+    d.arch = major * 10 + minor;
+  }
+  return d;
+}
+
+void allow_dynamic_smem(const void* kernel, int device, int bytes) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count({kernel, device})) return;
+  BIK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.insert({kernel, device});
+}
+
+Problem make_problem(const GemmArgs& g) {
+  BIK_CHECK(g.m <= (int64_t(1) << 30) && g.n <= (int64_t(1) << 30) && g.k <= (int64_t(1) << 30) &&
+                g.batch <= 65535,
+            "matmul: sizes out of range for the CUDA kernels (B ", g.batch, ", M ", g.m, ", N ", g.n, ", K ", g.k, ")");
+  Problem p;
+  p.a = g.a.data;
+  p.w = g.w.data;
+  p.out = g.out.data;
+  p.batch = int(g.batch);
+  p.m = int(g.m);
+  p.n = int(g.n);
+  p.k = int(g.k);
+  p.a_sb = g.a.stride[0], p.a_sm = g.a.stride[1], p.a_sk = g.a.stride[2];
+  p.w_sb = g.w.stride[0], p.w_sn = g.w.stride[1], p.w_sk = g.w.stride[2];
+  p.o_sb = g.out.stride[0], p.o_sm = g.out.stride[1], p.o_sn = g.out.stride[2];
+  p.out_f32 = g.out.dtype == DType::F32;
+  if (g.bias) {
+    p.bias = g.bias->data;
+    p.bias_s = g.bias->stride[0];
+    p.bias_f32 = g.bias->dtype == DType::F32;
+  }
+  const int64_t es = dtype_size(g.out.dtype);
+  p.out_pairs = p.o_sn == 1 && (reinterpret_cast<uintptr_t>(p.out) % (2 * es)) == 0 && (p.m == 1 || p.o_sm % 2 == 0) &&
+                (p.batch == 1 || p.o_sb % 2 == 0);
+  return p;
+}
+
+}  // namespace gemm_detail
+
+namespace {
+policy::GemmPlan plan_for(const GemmArgs& g, const gemm_detail::DeviceInfo& d) {
+  return policy::gemm_plan(policy::Target{policy::Backend::CUDA, d.arch}, g.a.dtype, g.n, g.k);
+}
+}  // namespace
+
+void gemm(const GemmArgs& g, Stream s) {
+  const auto& d = gemm_detail::use_device(g.a.device.index);
+  const policy::GemmPlan plan = plan_for(g, d);
+  BIK_CHECK(plan.k_splits == 1, "matmul: the CUDA kernels implement unsplit K plans only");
+  switch (plan.mma) {
+    case policy::Mma::FmaChain: return gemm_f32(g, s);
+    case policy::Mma::WgmmaSm90: return gemm_sm90(g, s);
+    case policy::Mma::MmaSyncSm80: return gemm_sm80(g, s);
+  }
+}
+
+std::string gemm_config_name(const GemmArgs& g) {
+  const auto& d = gemm_detail::use_device(g.a.device.index);
+  const gemm_detail::Problem p = gemm_detail::make_problem(g);
+  switch (plan_for(g, d).mma) {
+    case policy::Mma::FmaChain: return gemm_detail::f32_config_name(p, d);
+    case policy::Mma::WgmmaSm90: return gemm_detail::sm90_config_name(p, d);
+    case policy::Mma::MmaSyncSm80: return gemm_detail::sm80_config_name(p, d);
+  }
+  return "?";
+}
+
+}  // namespace bik::cuda

@@ -1,0 +1,40 @@
+// The CUDA GEMM behind bik::cuda::gemm, one entry per kernel family, so that tests and the benchmark can
+// run a family directly (for example the sm_80 kernel on a Hopper GPU, where gemm() picks wgmma).
+//
+// Family by (dtype, arch), from policy::gemm_plan, never by M:
+//   f32 inputs         -> gemm_f32:  SIMT, one sequential FMA chain over k per output (no TF32)
+//   f16/bf16, sm_90    -> gemm_sm90: wgmma m64nNk16, TMA + mbarrier pipeline, warp-specialised, persistent
+//   f16/bf16, sm_80..89 -> gemm_sm80: mma.sync m16n8k16, cp.async multistage pipeline
+// Every family walks K from 0 upwards in its MMA's K step with one accumulator per output and no
+// split of K; the M/N tile shape may change with M, the K order never does.
+//
+// Layouts: a [B, M, K] and w [B, N, K] with any strides. The fast paths need a unit K stride and 16-byte
+// aligned rows. Otherwise gemm_sm90 packs the operand into zero-padded rows in stream-ordered scratch
+// memory and runs the fast path on the copy; gemm_sm80 runs the same kernel with a scalar load path. Both
+// put the same tiles in shared memory and run the same MMA sequence, so the bits are the same, only the
+// speed differs. Nothing is rejected for its layout.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+
+namespace bik::cuda {
+
+void gemm_sm80(const GemmArgs& g, Stream s);  // f16/bf16 only; needs sm_80 or later
+void gemm_sm90(const GemmArgs& g, Stream s);  // f16/bf16 only; needs sm_90 (built for sm_90a)
+void gemm_f32(const GemmArgs& g, Stream s);   // f32 only
+
+// The wgmma kernel with a named tile shape instead of the one gemm_sm90 picks for M (for the tests, which
+// check that every tile gives the same bits, and for the benchmark's tile sweep).
+std::vector<std::string> gemm_sm90_tiles();  // "64x32", "128x256", ...
+void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile);
+
+// Name of the kernel configuration gemm() runs for this problem, e.g. "sm90 128x256 tma".
+std::string gemm_config_name(const GemmArgs& g);
+
+// Test and benchmark helper: fills a contiguous or row-strided device tensor with uniform values in
+// [-1, 1) from a counter-based hash of (seed, element index), rounded to the tensor's dtype.
+void gemm_fill_uniform(const TensorView& t, uint64_t seed, Stream s = {});
+
+}  // namespace bik::cuda

@@ -1,0 +1,41 @@
+// Host-side plumbing shared by the GEMM families: the device facts that pick a configuration, the
+// translation of GemmArgs into a kernel's Problem, and one-time kernel attributes.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "core/backend.h"
+#include "cuda/check.cuh"
+#include "cuda/gemm_common.cuh"
+
+namespace bik::cuda::gemm_detail {
+
+struct DeviceInfo {
+  int index = 0;
+  int arch = 0;        // compute capability x10
+  int sms = 0;         // multiprocessors
+  int smem_optin = 0;  // opt-in shared memory per block, bytes
+};
+// Makes the tensors' device current and returns its (cached) facts.
+const DeviceInfo& use_device(int index);
+
+Problem make_problem(const GemmArgs& g);
+inline cudaStream_t stream_of(Stream s) { return static_cast<cudaStream_t>(s.handle); }
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+// Whether a K-major operand can be copied in 16-byte pieces: unit K stride, rows and batches a whole
+// number of 8 elements apart (16 bytes of f16/bf16), 16-byte aligned base. Strides of dimensions of
+// extent 1 are never used, so they do not count.
+inline bool vector_rows(const void* base, int64_t sk, int64_t s_row, int rows, int64_t s_batch, int batch) {
+  return sk == 1 && aligned16(base) && (rows == 1 || s_row % 8 == 0) && (batch == 1 || s_batch % 8 == 0);
+}
+
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per (kernel, device).
+void allow_dynamic_smem(const void* kernel, int device, int bytes);
+
+std::string sm80_config_name(const Problem& p, const DeviceInfo& d);
+std::string sm90_config_name(const Problem& p, const DeviceInfo& d);
+std::string f32_config_name(const Problem& p, const DeviceInfo& d);
+
+}  // namespace bik::cuda::gemm_detail

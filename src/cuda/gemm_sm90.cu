@@ -1,0 +1,262 @@
+// Host side of the Hopper GEMM: tensor maps, tile configurations, the persistent launch.
+//
+// Every configuration is a wgmma kernel with 64-wide K stages (see gemm_sm90.cuh), so the choice among
+// them (by M, N and the SM count) never changes a bit of any output; it only trades weight-bandwidth
+// parallelism (small tiles, many CTAs) against tensor-core efficiency (large tiles).
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+
+#include <algorithm>
+#include <iterator>
+#include <mutex>
+#include <vector>
+
+#include "cuda/gemm.h"
+#include "cuda/gemm_host.h"
+#include "cuda/gemm_sm90.cuh"
+
+namespace bik::cuda {
+namespace gemm_detail {
+namespace {
+
+using namespace sm90;
+// Stages fill about 192 KB of the 227 KB a Hopper CTA may use.
+using Tile64x32 = Config<64, 32, 16>;     // decode-sized M: weight-bandwidth bound, one consumer warpgroup
+using Tile64x64 = Config<64, 64, 12>;
+using Tile64x128 = Config<64, 128, 8>;
+using Tile128x32 = Config<128, 32, 9>;
+using Tile128x64 = Config<128, 64, 8>;
+using Tile128x128 = Config<128, 128, 6>;
+using Tile128x256 = Config<128, 256, 4>;  // large M: 128 accumulators per consumer thread
+
+enum class Choice { T64x32, T64x64, T64x128, T128x32, T128x64, T128x128, T128x256, Count };
+const char* const kChoiceNames[] = {"64x32", "64x64", "64x128", "128x32", "128x64", "128x128", "128x256"};
+
+struct TileShape {
+  Choice c;
+  int bm, bn;
+};
+constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},    {Choice::T64x64, 64, 64},   {Choice::T64x128, 64, 128},
+                                 {Choice::T128x32, 128, 32},  {Choice::T128x64, 128, 64}, {Choice::T128x128, 128, 128},
+                                 {Choice::T128x256, 128, 256}};
+
+// The tile table. Measured on an H100 (bench/results/gemm_h100*.json, --sweep): every tile is tried on every
+// shape and M, and these rules pick within a few percent of the best. Waves = ceil(tiles / SMs).
+//   M <= 64   (decode) 64 x {32, 64, 128}: fewest waves, then most tiles. Each CTA's time is set by the
+//             serial K chain of its wgmmas, nearly the same for n = 32..128, so spread over as many SMs
+//             as one wave allows.
+//   M <= 128  {64x64, 128x32, 128x64, 128x128}: fewest waves, then most tiles.
+//   M <= 256  {64x128, 128x64, 128x128, 128x256}: least waves x tile area (x 1.25 below 128x128).
+//   M > 256   {128x64, 128x128, 128x256}: least waves x tile area / efficiency (0.7, 0.85, 1).
+Choice choose(const Problem& p, const DeviceInfo& d) {
+  auto tiles_of = [&](const TileShape& t) {
+    return int64_t((p.m + t.bm - 1) / t.bm) * ((p.n + t.bn - 1) / t.bn) * p.batch;
+  };
+  auto waves_of = [&](const TileShape& t) { return (tiles_of(t) + d.sms - 1) / d.sms; };
+  auto pick = [&](std::initializer_list<Choice> cands, auto cost) {
+    const TileShape* best = nullptr;
+    double best_cost = 0;
+    for (Choice c : cands) {
+      const TileShape* t = &kShapes[int(c)];
+      const double cost_t = cost(*t);
+      if (!best || cost_t < best_cost || (cost_t == best_cost && tiles_of(*t) > tiles_of(*best)))
+        best = t, best_cost = cost_t;
+    }
+    return best->c;
+  };
+  auto waves = [&](const TileShape& t) { return double(waves_of(t)); };
+  if (p.m <= 64) return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128}, waves);
+  if (p.m <= 128) return pick({Choice::T64x64, Choice::T128x32, Choice::T128x64, Choice::T128x128}, waves);
+  if (p.m <= 256)
+    return pick({Choice::T64x128, Choice::T128x64, Choice::T128x128, Choice::T128x256}, [&](const TileShape& t) {
+      return double(waves_of(t)) * t.bm * t.bn * (t.bm * t.bn < 128 * 128 ? 1.25 : 1.0);
+    });
+  return pick({Choice::T128x64, Choice::T128x128, Choice::T128x256}, [&](const TileShape& t) {
+    const double eff = t.bn == 64 ? 0.7 : t.bn == 128 ? 0.85 : 1.0;
+    return double(waves_of(t)) * t.bm * t.bn / eff;
+  });
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    BIK_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
+    BIK_CHECK(f != nullptr && q == cudaDriverEntryPointSuccess, "matmul: the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A [batches, rows, K] view of a K-major operand, boxes of [1, box_rows, 64] in the 128-byte swizzle.
+// Returns false when TMA cannot describe it (the kernel then loads with its producer warps).
+bool make_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, int64_t s_row, int batches,
+              int64_t s_batch, int box_rows) {
+  if (k == 0 || !aligned16(base)) return false;
+  // Strides of extent-1 dimensions are never used; give them any value the encoder accepts.
+  const int64_t k_pad = (int64_t(k) + 7) / 8 * 8;
+  if (rows == 1) s_row = k_pad;
+  if (batches == 1) s_batch = s_row * rows;
+  if (s_row % 8 != 0 || s_batch % 8 != 0 || s_row < k || s_batch <= 0) return false;
+  const cuuint64_t dims[3] = {cuuint64_t(k), cuuint64_t(rows), cuuint64_t(batches)};
+  const cuuint64_t strides[2] = {cuuint64_t(s_row * 2), cuuint64_t(s_batch * 2)};
+  const cuuint32_t box[3] = {cuuint32_t(kBK), cuuint32_t(box_rows), 1};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  const CUresult r = encode_fn()(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,
+                                 const_cast<void*>(base), dims, strides, box, elem_strides,
+                                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+template <class Cfg, typename T>
+void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
+  auto kernel = gemm_kernel<Cfg, T>;
+  BIK_CHECK(Cfg::kSmemBytes <= d.smem_optin, "matmul: sm90 tile needs ", Cfg::kSmemBytes,
+            " bytes of shared memory; the device allows ", d.smem_optin);
+  Params prm{};
+  prm.p = p;
+  prm.order = TileOrder{(p.m + Cfg::BM - 1) / Cfg::BM, (p.n + Cfg::BN - 1) / Cfg::BN, 8};
+  const int64_t total = int64_t(prm.order.count_per_batch()) * p.batch;
+  BIK_CHECK(total < (int64_t(1) << 31), "matmul: too many tiles");
+  prm.total_tiles = int(total);
+  const bool a_batched = p.batch > 1 && p.a_sb != 0, w_batched = p.batch > 1 && p.w_sb != 0;
+  prm.a_batched = a_batched;
+  prm.w_batched = w_batched;
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  CUtensorMap map_a{}, map_w{};
+  const int64_t es = p.out_f32 ? 4 : 2;
+  prm.out_vec16 = p.o_sn == 1 && aligned16(p.out) && (p.m == 1 || (p.o_sm * es) % 16 == 0) &&
+                  (p.batch == 1 || (p.o_sb * es) % 16 == 0);
+  prm.tma = p.a_sk == 1 && p.w_sk == 1 &&
+            make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, Cfg::BM) &&
+            make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, Cfg::BN);
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
+  const int grid = int(std::min<int64_t>(total, d.sms));
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, st>>>(prm, map_a, map_w);
+  BIK_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) {
+  switch (c) {
+    case Choice::T64x32: return launch<Tile64x32, T>(p, d, st);
+    case Choice::T64x64: return launch<Tile64x64, T>(p, d, st);
+    case Choice::T64x128: return launch<Tile64x128, T>(p, d, st);
+    case Choice::T128x32: return launch<Tile128x32, T>(p, d, st);
+    case Choice::T128x64: return launch<Tile128x64, T>(p, d, st);
+    case Choice::T128x128: return launch<Tile128x128, T>(p, d, st);
+    case Choice::T128x256: return launch<Tile128x256, T>(p, d, st);
+    case Choice::Count: break;
+  }
+  throw Error("gemm_sm90: no such tile");
+}
+
+void run_any(Choice c, const GemmArgs& g, const Problem& p, const DeviceInfo& d, cudaStream_t st) {
+  if (g.a.dtype == DType::BF16)
+    run_tile<__nv_bfloat16>(c, p, d, st);
+  else if (g.a.dtype == DType::F16)
+    run_tile<__half>(c, p, d, st);
+  else
+    throw Error(detail::concat("gemm_sm90: inputs must be f16 or bf16, got ", dtype_name(g.a.dtype)));
+}
+
+// Copies a K-major operand [batches, rows, K] (any strides) into a packed buffer whose rows are padded with
+// zeros to Kp = K rounded up to 8 elements (16 bytes), which the copy engine can describe. The kernel reads
+// zeros past K either way, so the tiles in shared memory, and the sums, are the same bits.
+template <typename T>
+__global__ void pack_rows_kernel(T* dst, const T* src, int batches, int rows, int k, int kp, int64_t s_b, int64_t s_r,
+                                 int64_t s_k) {
+  const int64_t total_rows = int64_t(batches) * rows;
+  for (int64_t br = blockIdx.y; br < total_rows; br += gridDim.y) {
+    const int64_t b = br / rows, r = br - b * rows;
+    const T* in = src + b * s_b + r * s_r;
+    T* out = dst + br * kp;
+    for (int kk = blockIdx.x * blockDim.x + threadIdx.x; kk < kp; kk += gridDim.x * blockDim.x)
+      out[kk] = kk < k ? in[int64_t(kk) * s_k] : from_f32<T>(0.f);
+  }
+}
+
+bool operand_tma_ok(const void* base, int64_t sk, int k, int rows, int64_t s_row, int batches, int64_t s_batch) {
+  CUtensorMap m{};
+  return sk == 1 && make_map(m, base, true, k, rows, s_row, batches, s_batch, 64);
+}
+
+// Where an operand's layout defeats the copy engine, packs it into stream-ordered scratch memory and points
+// the problem at the copy. Returns the buffers to free after the launch.
+std::vector<void*> pack_for_tma(Problem& p, bool bf16, cudaStream_t st) {
+  std::vector<void*> bufs;
+  const int kp = (p.k + 7) / 8 * 8;
+  auto pack = [&](const void*& base, int64_t& sb, int64_t& sr, int64_t& sk, int rows) {
+    const int batches = p.batch > 1 && sb != 0 ? p.batch : 1;
+    if (operand_tma_ok(base, sk, p.k, rows, sr, batches, sb)) return;
+    const int64_t elems = int64_t(batches) * rows * kp;
+    void* buf = nullptr;
+    if (cudaMallocAsync(&buf, size_t(elems) * 2, st) != cudaSuccess) {
+      cudaGetLastError();  // no scratch memory: the kernel's own element-wise loads still work
+      return;
+    }
+    bufs.push_back(buf);
+    const dim3 blocks(std::min((kp + 1023) / 1024, 8), unsigned(std::min<int64_t>(int64_t(batches) * rows, 65535)));
+    if (bf16)
+      pack_rows_kernel<__nv_bfloat16><<<blocks, 256, 0, st>>>(static_cast<__nv_bfloat16*>(buf),
+                                                              static_cast<const __nv_bfloat16*>(base), batches, rows,
+                                                              p.k, kp, sb, sr, sk);
+    else
+      pack_rows_kernel<__half><<<blocks, 256, 0, st>>>(static_cast<__half*>(buf), static_cast<const __half*>(base),
+                                                       batches, rows, p.k, kp, sb, sr, sk);
+    BIK_CUDA_LAUNCH_CHECK();
+    base = buf;
+    sk = 1;
+    sr = kp;
+    sb = batches > 1 ? int64_t(rows) * kp : 0;
+  };
+  if (p.k > 0) {
+    pack(p.a, p.a_sb, p.a_sm, p.a_sk, p.m);
+    pack(p.w, p.w_sb, p.w_sn, p.w_sk, p.n);
+  }
+  return bufs;
+}
+
+void run_packed(Choice c, const GemmArgs& g, Problem p, const DeviceInfo& d, cudaStream_t st) {
+  const std::vector<void*> bufs = pack_for_tma(p, g.a.dtype == DType::BF16, st);
+  run_any(c, g, p, d, st);
+  for (void* b : bufs) BIK_CUDA_CHECK(cudaFreeAsync(b, st));
+}
+
+bool tma_possible(const Problem& p) {
+  CUtensorMap m{};
+  return p.a_sk == 1 && p.w_sk == 1 &&
+         make_map(m, p.a, true, p.k, p.m, p.a_sm, p.batch > 1 && p.a_sb ? p.batch : 1, p.a_sb, 64) &&
+         make_map(m, p.w, true, p.k, p.n, p.w_sn, p.batch > 1 && p.w_sb ? p.batch : 1, p.w_sb, 32);
+}
+
+}  // namespace
+
+std::string sm90_config_name(const Problem& p, const DeviceInfo& d) {
+  return std::string("sm90 ") + kChoiceNames[int(choose(p, d))] + (tma_possible(p) ? " tma" : " tma-packed");
+}
+
+}  // namespace gemm_detail
+
+void gemm_sm90(const GemmArgs& g, Stream s) {
+  const auto& d = gemm_detail::use_device(g.a.device.index);
+  BIK_CHECK(d.arch == 90, "matmul: the wgmma GEMM needs an sm_90 GPU; device ", d.index, " is sm_", d.arch);
+  const gemm_detail::Problem p = gemm_detail::make_problem(g);
+  gemm_detail::run_packed(gemm_detail::choose(p, d), g, p, d, gemm_detail::stream_of(s));
+}
+
+std::vector<std::string> gemm_sm90_tiles() {
+  return std::vector<std::string>(std::begin(gemm_detail::kChoiceNames), std::end(gemm_detail::kChoiceNames));
+}
+
+void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile) {
+  const auto& d = gemm_detail::use_device(g.a.device.index);
+  BIK_CHECK(d.arch == 90, "matmul: the wgmma GEMM needs an sm_90 GPU; device ", d.index, " is sm_", d.arch);
+  const auto& names = gemm_detail::kChoiceNames;
+  const auto it = std::find(std::begin(names), std::end(names), tile);
+  BIK_CHECK(it != std::end(names), "gemm_sm90_tile: no tile named ", tile);
+  const gemm_detail::Problem p = gemm_detail::make_problem(g);
+  gemm_detail::run_packed(gemm_detail::Choice(it - std::begin(names)), g, p, d, gemm_detail::stream_of(s));
+}
+
+}  // namespace bik::cuda

@@ -1,0 +1,289 @@
+// Hopper GEMM: wgmma (m64nNk16, F32 accumulate) fed by the tensor memory accelerator (TMA) through an
+// mbarrier ring of shared-memory stages; one producer warpgroup, one or two consumer warpgroups, and a
+// persistent grid that walks the output tiles in a fixed order.
+//
+// Why it is batch-invariant: every output element lives in one accumulator register of one consumer
+// thread for the whole K range of its tile. K is walked from 0 upwards in stages of 64, four wgmma K
+// steps of 16 per stage, each adding into the same registers; the part past K arrives zero-filled (the
+// copy engine fills out-of-bounds boxes with zeros). Nothing splits K. The tile shape (BM x BN, and so
+// the wgmma N) may change with M; it only moves outputs between threads. Every configuration uses
+// wgmma, for every M, so the tensor-core arithmetic is the same instruction family throughout.
+//
+// Layout in shared memory: each stage holds A [BM rows][64 k] and W [BN rows][64 k], 128 bytes a row,
+// in the 128-byte swizzle pattern (16-byte chunk c of row r sits at chunk c ^ (r % 8)), which is what
+// the TMA box writes with CU_TENSOR_MAP_SWIZZLE_128B and what the wgmma descriptors below describe.
+// When TMA cannot describe an operand (K stride != 1, rows not 16-byte aligned), the host packs it into
+// zero-padded rows first (gemm_sm90.cu); should that scratch allocation fail, the producer warps write the
+// very same bytes with ordinary loads and stores: same tiles, same wgmma sequence, same bits.
+#pragma once
+#include <cuda.h>  // CUtensorMap (a plain struct; nothing from the driver library is linked)
+
+#include "cuda/gemm_common.cuh"
+#include "cuda/gemm_sm90_wgmma.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define BIK_SM90_DEVICE_CODE 1  // wgmma, TMA and setmaxnreg exist only in the sm_90a pass
+#endif
+
+namespace bik::cuda::gemm_detail::sm90 {
+
+constexpr int kBK = 64;  // K per stage: 64 halves = one 128-byte swizzle row
+constexpr int kRowBytes = 128;
+
+template <int BM_, int BN_, int STAGES_>
+struct Config {
+  static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
+  static constexpr int kConsumers = BM / 64;  // each consumer warpgroup owns 64 rows x BN
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kStageA = BM * kRowBytes, kStageW = BN * kRowBytes;
+  static constexpr int kStageBytes = kStageA + kStageW;
+  // Epilogue staging: per consumer warp, 16 rows of 128 bytes (+16 bytes of padding against bank
+  // conflicts), through which finished rows leave as whole 16-byte pieces.
+  static constexpr int kEpiRowBytes = 144;
+  static constexpr int kEpiWarpBytes = 16 * kEpiRowBytes;
+  static constexpr int kBarBytes = (2 * STAGES * 8 + 127) / 128 * 128;
+  // stages + full/empty barriers + staging + slack to align the stages to the 1024-byte swizzle period
+  static constexpr int kSmemBytes = STAGES * kStageBytes + kBarBytes + kConsumers * 4 * kEpiWarpBytes + 1024;
+  static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
+};
+
+struct Params {
+  Problem p;
+  TileOrder order;
+  int total_tiles;
+  int tma;                   // 1: the copy engine loads tiles; 0: the producer warps do
+  int a_batched, w_batched;  // 0: the operand is one matrix shared by every batch (batch stride 0)
+  int out_vec16;             // 1: out rows are 16-byte aligned with unit N stride (staged 16-byte stores)
+};
+
+#ifdef BIK_SM90_DEVICE_CODE
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, uint32_t bar, int k, int row, int b) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::
+          "r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(k), "r"(row), "r"(b)
+      : "memory");
+}
+__device__ __forceinline__ void st_shared_16(uint32_t dst, uint4 v) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma window.
+template <int R>
+__device__ __forceinline__ void pin(float (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor of a K-major tile in the 128-byte swizzle: rows of 128 bytes, groups of
+// 8 rows 1024 bytes apart (stride byte offset); the leading byte offset is unused in this mode. A K step
+// of 16 halves (32 bytes) inside the 64-wide stage is +2 on the 16-byte-unit start address.
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+#endif
+
+// One warp's 16 x BN block of finished sums to out[b, row0.., col0..]. The bias is added and the value
+// rounded once (exactly as store_pair does), written to the warp's staging rows, and copied out as
+// 16-byte pieces: a warp store then covers whole 128-byte lines instead of 8 scattered 16-byte bits.
+// Needs out rows 16-byte aligned with a unit N stride (Params::out_vec16); pieces that cross N are
+// written element by element.
+template <class Cfg, typename T, typename O>
+__device__ __forceinline__ void store_tile_staged(const Problem& p, const float (&acc)[Cfg::BN / 2], uint32_t staging,
+                                                  int b, int row0, int col0, int lane) {
+  constexpr int BN = Cfg::BN;
+  constexpr int kChunk = BN < 128 / int(sizeof(O)) ? BN : 128 / int(sizeof(O));  // columns per pass
+  constexpr int kPieceElems = 16 / int(sizeof(O));
+  constexpr int kPiecesPerRow = kChunk / kPieceElems;
+  constexpr int kPieces = 16 * kPiecesPerRow;
+  const int r = lane >> 2, c2 = (lane & 3) * 2;
+#pragma unroll
+  for (int chunk = 0; chunk < BN / kChunk; ++chunk) {
+#pragma unroll
+    for (int jj = 0; jj < kChunk / 8; ++jj) {
+      const int j = chunk * (kChunk / 8) + jj;
+      const int col = col0 + j * 8 + c2;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+        if (col < p.n) v0 = add_bias<T>(p, col, v0);
+        if (col + 1 < p.n) v1 = add_bias<T>(p, col + 1, v1);
+        const typename Pair<O>::type pr = Pair<O>::make(v0, v1);
+        const uint32_t at = staging + (r + 8 * h) * Cfg::kEpiRowBytes + (jj * 8 + c2) * int(sizeof(O));
+        if constexpr (sizeof(O) == 4) {
+          asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(at), "r"(__float_as_uint(pr.x)),
+                       "r"(__float_as_uint(pr.y))
+                       : "memory");
+        } else {
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(at), "r"(*reinterpret_cast<const uint32_t*>(&pr)) : "memory");
+        }
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = lane; i < kPieces; i += 32) {
+      const int pr_row = i / kPiecesPerRow, piece = i % kPiecesPerRow;
+      const int m = row0 + pr_row, n = col0 + chunk * kChunk + piece * kPieceElems;
+      if (m < p.m && n < p.n) {
+        uint4 v;
+        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                     : "r"(staging + pr_row * Cfg::kEpiRowBytes + piece * 16)
+                     : "memory");
+        O* dst = static_cast<O*>(p.out) + int64_t(b) * p.o_sb + int64_t(m) * p.o_sm + n;
+        if (n + kPieceElems <= p.n) {
+          *reinterpret_cast<uint4*>(dst) = v;
+        } else {
+          const O* e = reinterpret_cast<const O*>(&v);
+          for (int q = 0; q < kPieceElems && n + q < p.n; ++q) dst[q] = e[q];
+        }
+      }
+    }
+    __syncwarp();
+  }
+}
+
+template <class Cfg, typename T>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    gemm_kernel(const __grid_constant__ Params prm, const __grid_constant__ CUtensorMap map_a,
+                const __grid_constant__ CUtensorMap map_w) {
+#ifdef BIK_SM90_DEVICE_CODE
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES;
+  using Mma = Wgmma<BN, T>;
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t bars = base + STAGES * Cfg::kStageBytes;
+  auto stage_a = [&](int s) { return base + s * Cfg::kStageBytes; };
+  auto stage_w = [&](int s) { return base + s * Cfg::kStageBytes + Cfg::kStageA; };
+  auto full = [&](int s) { return bars + s * 8; };             // producer -> consumers: stage s landed
+  auto empty = [&](int s) { return bars + (STAGES + s) * 8; };  // consumers -> producer: stage s is free
+
+  const Problem& p = prm.p;
+  const int num_kb = (p.k + kBK - 1) / kBK;
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full(s), prm.tma ? 1 : 128);
+      mbar_init(empty(s), Cfg::kConsumers * 4);  // lane 0 of every consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == Cfg::kConsumers) {
+    // ---- producer warpgroup: fills stages in the same tile order the consumers drain them ----
+    if constexpr (Cfg::kConsumers == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    const int t = threadIdx.x % 128;
+    if (prm.tma && t != 0) return;  // one thread drives the copy engine
+    int it = 0;                     // stage use counter, continued across tiles
+    for (int tile = blockIdx.x; tile < prm.total_tiles; tile += gridDim.x) {
+      int b, tm, tn;
+      prm.order.coords(tile, b, tm, tn);
+      for (int kb = 0; kb < num_kb; ++kb, ++it) {
+        const int s = it % STAGES, phase = (it / STAGES) & 1;
+        mbar_wait(empty(s), phase ^ 1);  // a fresh barrier counts as having completed phase "1"
+        if (prm.tma) {
+          mbar_arrive_expect_tx(full(s), Cfg::kStageBytes);  // out-of-bounds box parts count too
+          tma_load(stage_a(s), &map_a, full(s), kb * kBK, tm * BM, prm.a_batched ? b : 0);
+          tma_load(stage_w(s), &map_w, full(s), kb * kBK, tn * BN, prm.w_batched ? b : 0);
+        } else {
+          const T* a = static_cast<const T*>(p.a) + int64_t(b) * p.a_sb;
+          const T* w = static_cast<const T*>(p.w) + int64_t(b) * p.w_sb;
+          const int k0 = kb * kBK;
+          for (int i = t; i < (BM + BN) * 8; i += 128) {
+            const bool is_a = i < BM * 8;
+            const int r = (is_a ? i : i - BM * 8) >> 3, c = i & 7;
+            const int gr = (is_a ? tm * BM : tn * BN) + r, gk = k0 + c * 8;
+            const bool live = gr < (is_a ? p.m : p.n) && gk < p.k;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (live)
+              v = is_a ? load_8_scalar(a + int64_t(gr) * p.a_sm, p.a_sk, gk, p.k)
+                       : load_8_scalar(w + int64_t(gr) * p.w_sn, p.w_sk, gk, p.k);
+            st_shared_16((is_a ? stage_a(s) : stage_w(s)) + r * kRowBytes + ((c ^ (r & 7)) << 4), v);
+          }
+          // Ordinary stores become visible to the wgmma (async proxy) only through this fence.
+          asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+          mbar_arrive(full(s));
+        }
+      }
+    }
+  } else {
+    // ---- consumer warpgroups: rows [64 * wg, 64 * wg + 64) of each tile, all BN columns ----
+    if constexpr (Cfg::kConsumers == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    float acc[Mma::kRegs];
+    int it = 0;
+    for (int tile = blockIdx.x; tile < prm.total_tiles; tile += gridDim.x) {
+      int b, tm, tn;
+      prm.order.coords(tile, b, tm, tn);
+#pragma unroll
+      for (int i = 0; i < Mma::kRegs; ++i) acc[i] = 0.f;
+      for (int kb = 0; kb < num_kb; ++kb, ++it) {
+        const int s = it % STAGES, phase = (it / STAGES) & 1;
+        mbar_wait(full(s), phase);
+        const uint64_t da = smem_desc(stage_a(s) + wg * 64 * kRowBytes), dw = smem_desc(stage_w(s));
+        pin(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk) Mma::mma(acc, da + 2 * kk, dw + 2 * kk);
+        wgmma_commit();
+        pin(acc);
+        // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
+        wgmma_wait<1>();
+        pin(acc);
+        if (kb > 0 && lane == 0) mbar_arrive(empty((it - 1) % STAGES));
+      }
+      wgmma_wait<0>();
+      pin(acc);
+      if (num_kb > 0 && lane == 0) mbar_arrive(empty((it - 1) % STAGES));
+
+      // wgmma D layout: per 8 columns, registers {0,1} hold row lane/4, {2,3} row lane/4 + 8, at
+      // columns 2 * (lane % 4) + {0, 1}; warp w of the warpgroup owns rows 16w..16w+15.
+      const int row0 = tm * BM + wg * 64 + warp * 16;
+      const uint32_t staging = bars + Cfg::kBarBytes + (wg * 4 + warp) * Cfg::kEpiWarpBytes;
+      if (prm.out_vec16) {
+        if (p.out_f32)
+          store_tile_staged<Cfg, T, float>(p, acc, staging, b, row0, tn * BN, lane);
+        else
+          store_tile_staged<Cfg, T, T>(p, acc, staging, b, row0, tn * BN, lane);
+      } else {
+        const int row = row0 + (lane >> 2);
+        const int col0 = tn * BN + (lane & 3) * 2;
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          store_pair<T>(p, b, row, col0 + j * 8, acc[4 * j], acc[4 * j + 1]);
+          store_pair<T>(p, b, row + 8, col0 + j * 8, acc[4 * j + 2], acc[4 * j + 3]);
+        }
+      }
+    }
+  }
+#endif
+}
+
+}  // namespace bik::cuda::gemm_detail::sm90

@@ -1,0 +1,432 @@
+// Sampling (temperature, top-k, top-p, min-p, Gumbel-max with Philox) and logprobs on CUDA: one row
+// per CTA, following the definition of src/cpu/sampling.cpp.
+//
+// Nothing here sums floats in an order that could vary. Maxima and "best score" reductions are exact
+// (a strict total order on (value, index)). Top-k and top-p find their cut by a radix select over a
+// 64-bit key that orders the row exactly as the CPU's sort does (larger value first, NaN above all,
+// ties by lower index); the histograms count with integer atomics, which give the same totals in any
+// order. Top-p's probability mass is summed in 2^-40 fixed point for the same reason: integer sums are
+// associative. The random number of vocabulary index i is Philox(seed, position, i / 4)[i % 4], the
+// generator of core/philox.h shared with the CPU, so a row's token depends on its logits and params
+// alone, wherever it sits in the batch.
+//
+// Where the result may differ from the CPU: logf/exp on the device may round differently from the
+// host's libm by an ulp, and top-p's mass is summed in fixed point rather than double; either can move
+// the chosen token only when two candidates are within such a rounding of each other.
+#include <cmath>
+#include <vector>
+
+#include "bik/sampling.h"
+#include "core/backend.h"
+#include "core/philox.h"
+#include "cuda/rows.cuh"
+#include "cuda/softmax.cuh"
+
+namespace bik::cuda {
+namespace {
+
+// ---- keys ---------------------------------------------------------------------------------------------
+// An unsigned key with the order of the CPU's "Descending" (larger first, NaN above everything), with
+// -0 and +0 equal. Larger key = earlier in that order.
+__device__ __forceinline__ uint32_t value_key(float v) {
+  if (v != v) return 0xFFFFFFFFu;
+  const uint32_t u = v == 0.0f ? 0u : __float_as_uint(v);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+// Value key in the high half, reversed index in the low half: distinct for distinct indices, and
+// equal values order by lower index first.
+__device__ __forceinline__ uint64_t order_key(float v, int64_t i) {
+  return (uint64_t(value_key(v)) << 32) | uint64_t(0xFFFFFFFFu - uint32_t(i));
+}
+__device__ __forceinline__ int64_t key_index(uint64_t k) { return int64_t(0xFFFFFFFFu - uint32_t(k)); }
+
+// ---- radix select ---------------------------------------------------------------------------------------
+// Walking a row's elements in decreasing key order, finds the first element at which the running sum of
+// weights reaches the target; returns a threshold T such that the elements with key >= T are exactly
+// that prefix of the order. 8 bits of the key per pass over the row; stops as soon as the crossing bin
+// holds one element. `relative`: the target is `value` times the total weight of the visited elements.
+struct SelectSmem {
+  unsigned long long weight[256];
+  unsigned count[256];
+  unsigned long long prefix, above;
+  int done;
+};
+
+template <class Visit>
+__device__ uint64_t select_desc(const Visit& visit, bool relative, double value, SelectSmem& sm) {
+  uint64_t prefix = 0, above = 0;
+  double target = value;
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    const uint64_t hi_mask = shift == 56 ? 0 : ~0ull << (shift + 8);
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) {
+      sm.weight[b] = 0;
+      sm.count[b] = 0;
+    }
+    __syncthreads();
+    visit([&](uint64_t key, uint64_t w) {
+      if ((key & hi_mask) == prefix) {
+        const int d = int(key >> shift) & 255;
+        atomicAdd(&sm.count[d], 1u);
+        if (w != 0) atomicAdd(&sm.weight[d], (unsigned long long)w);
+      }
+    });
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      // Lane l holds bins 255 - 8l down to 248 - 8l: lanes in increasing order walk the keys downwards.
+      const int lane = threadIdx.x;
+      uint64_t own = 0;
+      for (int q = 0; q < 8; ++q) own += sm.weight[255 - 8 * lane - q];
+      uint64_t incl = own;
+      for (int o = 1; o < 32; o *= 2) {
+        const uint64_t y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+      }
+      if (relative && shift == 56) target = value * double(__shfl_sync(0xffffffffu, incl, 31));
+      uint64_t cum = above + incl - own;
+      int found = -1;
+      for (int q = 0; q < 8; ++q) {
+        const int b = 255 - 8 * lane - q;
+        const uint64_t w = sm.weight[b];
+        if (sm.count[b] > 0 && double(cum + w) >= target) {
+          found = b;
+          break;
+        }
+        cum += w;
+      }
+      const unsigned ballot = __ballot_sync(0xffffffffu, found >= 0);
+      if (ballot == 0) {
+        // Only reachable through rounding of the target: keep the whole remaining range.
+        if (lane == 0) {
+          sm.prefix = prefix;
+          sm.above = above;
+          sm.done = 1;
+        }
+      } else if (lane == __ffs(ballot) - 1) {
+        sm.prefix = prefix | (uint64_t(found) << shift);
+        sm.above = cum;
+        sm.done = sm.count[found] == 1 || shift == 0;
+      }
+    }
+    __syncthreads();
+    prefix = sm.prefix;
+    above = sm.above;
+    const bool done = sm.done != 0;
+    __syncthreads();
+    if (done) break;
+  }
+  return prefix;
+}
+
+// ---- best of a CTA ----------------------------------------------------------------------------------------
+struct Best {
+  float v;
+  int64_t i;
+};
+constexpr int64_t kNone = INT64_MAX;
+
+struct BestSmem {
+  float v[32];
+  int64_t i[32];
+};
+
+// The element that beats every other (rows.cuh's order); every thread gets it.
+__device__ Best block_best(Best b, BestSmem& sm) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int w = 16; w >= 1; w /= 2) {
+    const float ov = __shfl_down_sync(0xffffffffu, b.v, w);
+    const int64_t oi = __shfl_down_sync(0xffffffffu, b.i, w);
+    if (beats(ov, oi, b.v, b.i)) b = Best{ov, oi};
+  }
+  if (lane == 0) {
+    sm.v[warp] = b.v;
+    sm.i[warp] = b.i;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    b = lane < nw ? Best{sm.v[lane], sm.i[lane]} : Best{-INFINITY, kNone};
+    for (int w = 16; w >= 1; w /= 2) {
+      const float ov = __shfl_down_sync(0xffffffffu, b.v, w);
+      const int64_t oi = __shfl_down_sync(0xffffffffu, b.i, w);
+      if (beats(ov, oi, b.v, b.i)) b = Best{ov, oi};
+    }
+    if (lane == 0) {
+      sm.v[0] = b.v;
+      sm.i[0] = b.i;
+    }
+  }
+  __syncthreads();
+  b = Best{sm.v[0], sm.i[0]};
+  __syncthreads();
+  return b;
+}
+
+// Calls f(i0, x) for each chunk x of V elements [i0, i0 + V) of a row that this thread owns
+// (elements past n read as 0; callers skip them).
+template <int V, class T, class F>
+__device__ __forceinline__ void for_chunks(const T* row, int64_t stride, int64_t n, bool vec, F&& f) {
+  const int64_t L = int64_t(blockDim.x) * V;
+  for (int64_t i0 = int64_t(threadIdx.x) * V; i0 < n; i0 += L) {
+    float x[V];
+    load_chunk<V>(row, stride, n, i0, vec, x);
+    f(i0, x);
+  }
+}
+
+// ---- sample ---------------------------------------------------------------------------------------------
+struct RowParams {
+  float temperature;
+  int32_t top_k;
+  float top_p;
+  double log_min_p;  // log(min_p) computed on the host, as the CPU does; -inf when min_p = 0
+  uint64_t seed;
+  int64_t position;
+};
+
+// exp(z - zmax) in units of 2^-40: at most 2^40 per element, so up to 2^23 elements sum without overflow.
+__device__ __forceinline__ uint64_t fixed_mass(float z, float zmax) {
+  return __double2ull_rn(exp(double(z) - double(zmax)) * 0x1p40);
+}
+
+template <class T>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    sample_kernel(int32_t* tokens, int64_t tok_stride, const T* logits, int64_t ls0, int64_t ls1, int64_t rows,
+                  int64_t n, const RowParams* params) {
+  constexpr int V = 16 / sizeof(T);
+  static_assert(V % 4 == 0, "a chunk holds whole Philox blocks");
+  __shared__ SelectSmem sel;
+  __shared__ BestSmem bsm;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const RowParams p = params[r];
+    const T* xr = logits + r * ls0;
+    const bool vec = ls1 == 1 && aligned16_dev(xr);
+    int32_t* out = tokens + r * tok_stride;
+
+    if (p.temperature == 0) {  // greedy: the first maximum of the raw logits (NaN first)
+      Best b{-INFINITY, kNone};
+      for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+          if (i0 + k < n && beats(x[k], i0 + k, b.v, b.i)) b = Best{x[k], i0 + k};
+      });
+      b = block_best(b, bsm);
+      if (threadIdx.x == 0) *out = int32_t(b.i);
+      continue;
+    }
+
+    const float temp = p.temperature;
+    auto zval = [temp](float x) { return x != x ? -INFINITY : __fdiv_rn(x, temp); };
+
+    // The largest z and its first index (z has no NaN, so this is the CPU's first_max of z).
+    Best top{-INFINITY, kNone};
+    for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float z = zval(x[k]);
+        if (i0 + k < n && beats(z, i0 + k, top.v, top.i)) top = Best{z, i0 + k};
+      }
+    });
+    top = block_best(top, bsm);
+    const float zmax = top.v;
+    if (!isfinite(zmax)) {  // nothing has a positive probability (or +inf dominates)
+      if (threadIdx.x == 0) *out = int32_t(top.i);
+      continue;
+    }
+
+    uint64_t thr = 0;  // kept: order_key(z, i) >= thr
+    if (p.top_k > 0 && p.top_k < n) {
+      auto visit = [&](auto&& f) {
+        for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+          for (int k = 0; k < V; ++k)
+            if (i0 + k < n) f(order_key(zval(x[k]), i0 + k), uint64_t(1));
+        });
+      };
+      thr = select_desc(visit, false, double(p.top_k), sel);
+    }
+    if (p.top_p < 1.0f) {
+      const uint64_t lo = thr;
+      auto visit = [&](auto&& f) {
+        for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            if (i0 + k >= n) continue;
+            const float z = zval(x[k]);
+            const uint64_t key = order_key(z, i0 + k);
+            if (key >= lo) f(key, fixed_mass(z, zmax));
+          }
+        });
+      };
+      const uint64_t tp = select_desc(visit, true, double(p.top_p), sel);
+      thr = tp > thr ? tp : thr;
+    }
+
+    // Gumbel-max over the kept set.
+    Best best{-INFINITY, kNone};
+    for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+      for (int q = 0; q < V / 4; ++q) {
+        bool keep[4];
+        bool any = false;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int64_t i = i0 + 4 * q + k;
+          const float z = zval(x[4 * q + k]);
+          keep[k] = i < n && z != -INFINITY && order_key(z, i) >= thr && !(double(z) - double(zmax) < p.log_min_p);
+          any |= keep[k];
+        }
+        if (!any) continue;
+        const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, (i0 >> 2) + q);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          if (!keep[k]) continue;
+          const int64_t i = i0 + 4 * q + k;
+          const float u = philox::to_unit(rnd.v[k]);
+          const float score = __fadd_rn(zval(x[4 * q + k]), -logf(-logf(u)));
+          if (beats(score, i, best.v, best.i)) best = Best{score, i};
+        }
+      }
+    });
+    best = block_best(best, bsm);
+    if (threadIdx.x == 0) *out = int32_t(best.i != kNone ? best.i : top.i);
+  }
+}
+
+// ---- logprobs -----------------------------------------------------------------------------------------------
+// The row's log_softmax with the bits of cuda::softmax(log = true) into F32 (same statistics, same
+// expression), the chosen token's value, and the top n by a radix select on those values.
+constexpr int kMaxTopN = 1024;
+
+template <class T>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    logprobs_kernel(float* chosen, int64_t chosen_stride, int32_t* top_ids, int64_t ids0, int64_t ids1,
+                    float* top_vals, int64_t vals0, int64_t vals1, const T* logits, int64_t ls0, int64_t ls1,
+                    const int32_t* tokens, int64_t tok_stride, int64_t rows, int64_t n, int64_t top_n, int* bad) {
+  constexpr int V = 16 / sizeof(T);
+  extern __shared__ float smem[];
+  __shared__ SelectSmem sel;
+  __shared__ uint64_t cand[kMaxTopN];
+  __shared__ unsigned ncand;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = logits + r * ls0;
+    const bool vec = ls1 == 1 && aligned16_dev(xr);
+    const float unused[kCachedChunks][V] = {};
+    const RowStats st = row_softmax_stats<V>(xr, ls1, n, vec, false, unused, smem);
+    const float log_sum = logf(st.sum);
+    auto lp = [&](float x) { return __fsub_rn(__fsub_rn(x, st.max), log_sum); };
+
+    if (threadIdx.x == 0) {
+      const int32_t tk = tokens[r * tok_stride];
+      if (tk >= 0 && tk < n) {
+        chosen[r * chosen_stride] = lp(to_f32(xr[tk * ls1]));
+      } else {
+        chosen[r * chosen_stride] = NAN;
+        atomicMin(bad, int(r));
+      }
+    }
+    if (top_n == 0) continue;
+
+    auto visit = [&](auto&& f) {
+      for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+          if (i0 + k < n) f(order_key(lp(x[k]), i0 + k), uint64_t(1));
+      });
+    };
+    const uint64_t thr = select_desc(visit, false, double(top_n), sel);
+    if (threadIdx.x == 0) ncand = 0;
+    __syncthreads();
+    for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        if (i0 + k >= n) continue;
+        const uint64_t key = order_key(lp(x[k]), i0 + k);
+        if (key >= thr) {
+          const unsigned slot = atomicAdd(&ncand, 1u);
+          if (slot < unsigned(top_n)) cand[slot] = key;
+        }
+      }
+    });
+    __syncthreads();
+    // Keys are distinct, so a candidate's rank is the number of larger keys: independent of the order
+    // in which the candidates were gathered.
+    const int m = int(ncand < unsigned(top_n) ? ncand : unsigned(top_n));
+    for (int c = threadIdx.x; c < m; c += blockDim.x) {
+      const uint64_t key = cand[c];
+      int rank = 0;
+      for (int j = 0; j < m; ++j) rank += cand[j] > key;
+      const int64_t i = key_index(key);
+      top_ids[r * ids0 + rank * ids1] = int32_t(i);
+      top_vals[r * vals0 + rank * vals1] = lp(to_f32(xr[i * ls1]));
+    }
+    __syncthreads();  // cand and ncand are reused by the next row
+  }
+}
+
+int* alloc_bad_flag(cudaStream_t st) {
+  int* bad = nullptr;
+  BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&bad), sizeof(int), st));
+  BIK_CUDA_CHECK(cudaMemsetAsync(bad, 0x7f, sizeof(int), st));  // 0x7f7f7f7f: none
+  return bad;
+}
+
+}  // namespace
+
+void sample(const TensorView& tokens, const TensorView& logits, const SamplingParams* params, Stream s) {
+  const int64_t rows = logits.shape[0], n = logits.shape[1];
+  BIK_CHECK(n < (int64_t(1) << 23), "sample: the CUDA backend handles vocabularies below 2^23 entries, got ", n);
+  std::vector<RowParams> host(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    const SamplingParams& p = params[r];
+    host[size_t(r)] = RowParams{p.temperature, p.top_k,  p.top_p, p.min_p > 0 ? std::log(double(p.min_p)) : -INFINITY,
+                                p.seed,        p.position};
+  }
+  cudaStream_t st = stream_of(s);
+  RowParams* dev = nullptr;
+  const size_t bytes = host.size() * sizeof(RowParams);
+  BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&dev), bytes, st));
+  // From pageable memory: returns once `host` has been staged, so it may go out of scope after this.
+  BIK_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), bytes, cudaMemcpyHostToDevice, st));
+  dispatch_float(logits.dtype, [&](auto lt) {
+    using T = decltype(lt);
+    const int threads = row_threads(n, 16 / int(sizeof(T)));
+    sample_kernel<T><<<grid_for(rows), threads, 0, st>>>(tokens.ptr<int32_t>(), tokens.stride[0],
+                                                          logits.ptr<const T>(), logits.stride[0], logits.stride[1],
+                                                          rows, n, dev);
+    BIK_CUDA_LAUNCH_CHECK();
+  });
+  BIK_CUDA_CHECK(cudaFreeAsync(dev, st));
+  // The host copy of the params must outlive the transfer.
+  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+}
+
+void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorView& top_vals,
+              const TensorView& logits, const TensorView& tokens, Stream s) {
+  const int64_t rows = logits.shape[0], n = logits.shape[1], top_n = top_ids.shape[1];
+  BIK_CHECK(top_n <= kMaxTopN, "logprobs: the CUDA backend returns at most ", kMaxTopN, " top logprobs, asked for ",
+            top_n);
+  cudaStream_t st = stream_of(s);
+  int* bad = alloc_bad_flag(st);
+  dispatch_float(logits.dtype, [&](auto lt) {
+    using T = decltype(lt);
+    constexpr int V = 16 / sizeof(T);
+    const int threads = row_threads(n, V);
+    const size_t smem = (size_t(threads) * V + 1) * sizeof(float);
+    logprobs_kernel<T><<<grid_for(rows), threads, smem, st>>>(
+        chosen.ptr<float>(), chosen.stride[0], top_ids.ptr<int32_t>(), top_ids.stride[0], top_ids.stride[1],
+        top_vals.ptr<float>(), top_vals.stride[0], top_vals.stride[1], logits.ptr<const T>(), logits.stride[0],
+        logits.stride[1], tokens.ptr<const int32_t>(), tokens.stride[0], rows, n, top_n, bad);
+    BIK_CUDA_LAUNCH_CHECK();
+  });
+  int first_bad = 0;
+  BIK_CUDA_CHECK(cudaMemcpyAsync(&first_bad, bad, sizeof(int), cudaMemcpyDeviceToHost, st));
+  BIK_CUDA_CHECK(cudaFreeAsync(bad, st));
+  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+  if (first_bad != 0x7f7f7f7f) {
+    int32_t t = 0;
+    BIK_CUDA_CHECK(cudaMemcpy(&t, tokens.ptr<const int32_t>() + first_bad * tokens.stride[0], sizeof(int32_t),
+                              cudaMemcpyDeviceToHost));
+    throw Error(detail::concat("logprobs: tokens[", first_bad, "] = ", t, " is outside the vocabulary [0, ", n, ")"));
+  }
+}
+
+}  // namespace bik::cuda

@@ -1,0 +1,469 @@
+// `bik bench ops`: the CUDA memory-bound ops (norms, softmax, reductions, element-wise, gathers) and
+// sampling, as achieved bandwidth against the device's copy ceiling.
+//
+// Method: per case, a warm-up, then a CUDA graph of `launches` launches rotating over enough input sets
+// that one pass over them exceeds twice the L2 cache (at most 8 sets); the graph is replayed `--repeats`
+// times between events and the median replay time over the launches is the time of one call. sample and
+// logprobs wait for the host inside each call (parameter upload, error check), so they are timed as a
+// plain loop of calls between events instead. Bytes are the fewest a call must move: each input read
+// once, each output written once. The copy ceiling is cudaMemcpyAsync device-to-device over 1 GiB,
+// counting bytes read plus bytes written (bench/torch_ops.py adds a copy kernel's figure: torch's copy_).
+// Output: JSON (device, commit, date, every timing) under --out; bench/torch_ops.py adds PyTorch's
+// times for the same cases, and bench/plot_ops.py renders the markdown table and the plot.
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bench.h"
+#include "bik/device.h"
+#include "bik/ops.h"
+#include "bik/sampling.h"
+#include "bik/tensor.h"
+#include "cli.h"
+
+#if BIK_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "cuda/check.cuh"
+#endif
+
+namespace bik::cli {
+
+#if BIK_WITH_CUDA
+namespace {
+
+std::string shell_out(const char* cmd) {
+  std::string out;
+  if (FILE* f = popen(cmd, "r")) {
+    char buf[256];
+    while (std::fgets(buf, sizeof buf, f)) out += buf;
+    pclose(f);
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+// Random contents without drawing a number per element: a pool of random values of the dtype, copied
+// with a different rotation per tensor.
+Tensor random_tensor(const Shape& shape, DType t, double scale, uint64_t salt) {
+  static std::vector<float> pool = [] {
+    std::vector<float> p(size_t(1) << 20);
+    std::mt19937_64 g(42);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    for (float& x : p) x = d(g);
+    return p;
+  }();
+  Tensor h = Tensor::empty(shape, t);
+  const int64_t n = h.numel(), es = dtype_size(t);
+  const size_t rot = size_t(salt * 7919) % pool.size();
+  auto* bytes = static_cast<uint8_t*>(h.data());
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = float(scale) * pool[(size_t(i) + rot) % pool.size()];
+    switch (t) {
+      case DType::F32: reinterpret_cast<float*>(bytes)[i] = v; break;
+      case DType::F16: reinterpret_cast<f16*>(bytes)[i] = to_f16(v); break;
+      case DType::BF16: reinterpret_cast<bf16*>(bytes)[i] = to_bf16(v); break;
+      default: break;
+    }
+  }
+  (void)es;
+  return h.to(Device::cuda(0));
+}
+
+Tensor random_ids(int64_t count, int64_t hi, uint64_t salt) {
+  Tensor h = Tensor::empty({count}, DType::I32);
+  std::mt19937_64 g(salt);
+  for (int64_t i = 0; i < count; ++i) h.ptr<int32_t>()[i] = int32_t(g() % uint64_t(hi));
+  return h.to(Device::cuda(0));
+}
+
+using Launch = std::function<void(int set, cudaStream_t)>;
+
+double median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Median time of one launch in ms, from replays of a captured graph.
+double time_graph(const Launch& launch, int sets, int launches, int repeats, cudaStream_t st) {
+  for (int i = 0; i < std::max(3, sets); ++i) launch(i % sets, st);
+  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  BIK_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < launches; ++i) launch(i % sets, st);
+  BIK_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+  BIK_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
+  cudaEvent_t e0, e1;
+  BIK_CUDA_CHECK(cudaEventCreate(&e0));
+  BIK_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int r = 0; r < repeats; ++r) {
+    BIK_CUDA_CHECK(cudaEventRecord(e0, st));
+    BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
+    BIK_CUDA_CHECK(cudaEventRecord(e1, st));
+    BIK_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    BIK_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t / float(launches));
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return median(ms);
+}
+
+// Median time of one call in ms, from a plain loop of calls (for calls that synchronise inside).
+double time_loop(const Launch& launch, int sets, int launches, int repeats, cudaStream_t st) {
+  for (int i = 0; i < std::max(3, sets); ++i) launch(i % sets, st);
+  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+  cudaEvent_t e0, e1;
+  BIK_CUDA_CHECK(cudaEventCreate(&e0));
+  BIK_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int r = 0; r < repeats; ++r) {
+    BIK_CUDA_CHECK(cudaEventRecord(e0, st));
+    for (int i = 0; i < launches; ++i) launch(i % sets, st);
+    BIK_CUDA_CHECK(cudaEventRecord(e1, st));
+    BIK_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    BIK_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t / float(launches));
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return median(ms);
+}
+
+// One benchmark case: what torch_ops.py needs to rebuild it (op, dtypes, shape), the bytes it must
+// move, and how to launch it on input set i.
+struct Case {
+  std::string op, dtype, out_dtype;
+  nlohmann::json shape;  // op-specific sizes
+  double bytes = 0;      // minimal bytes moved by one call
+  double input_bytes = 0;
+  bool host_sync = false;  // timed as a loop, not a graph
+  std::function<Launch(int sets)> setup;  // allocates `sets` input sets, returns the launcher
+};
+
+DType dt_of(const std::string& s) { return parse_dtype(s); }
+
+std::vector<Case> make_cases(bool quick) {
+  std::vector<Case> cs;
+  auto ms = [&](std::vector<int64_t> v) {
+    if (quick) v.resize(std::min<size_t>(v.size(), 2));
+    return v;
+  };
+  for (bool res : {false, true})
+    for (int64_t m : ms({1, 64, 1024, 16384})) {
+      const int64_t n = 4096;
+      Case c{res ? "rms_norm_residual" : "rms_norm", "bf16", "bf16", {{"m", m}, {"n", n}}};
+      c.input_bytes = double(m * n * 2) * (res ? 2 : 1);
+      c.bytes = c.input_bytes + double(m * n * 2) * (res ? 2 : 1) + double(n * 2);
+      c.setup = [=](int sets) {
+        auto xs = std::make_shared<std::vector<Tensor>>(), rs = std::make_shared<std::vector<Tensor>>();
+        for (int i = 0; i < sets; ++i) {
+          xs->push_back(random_tensor({m, n}, DType::BF16, 1.0, uint64_t(i)));
+          if (res) rs->push_back(random_tensor({m, n}, DType::BF16, 1.0, uint64_t(100 + i)));
+        }
+        auto w = std::make_shared<Tensor>(random_tensor({n}, DType::BF16, 0.2, 7));
+        auto out = std::make_shared<Tensor>(Tensor::empty({m, n}, DType::BF16, Device::cuda(0)));
+        return Launch([=](int i, cudaStream_t st) {
+          if (res)
+            rms_norm(*out, (*xs)[size_t(i)], *w, 1e-6f, (*rs)[size_t(i)].view(), Stream{st});
+          else
+            rms_norm(*out, (*xs)[size_t(i)], *w, 1e-6f, std::nullopt, Stream{st});
+        });
+      };
+      cs.push_back(c);
+    }
+  for (int64_t m : ms({1, 1024, 16384})) {
+    const int64_t n = 4096;
+    Case c{"layer_norm", "bf16", "bf16", {{"m", m}, {"n", n}}};
+    c.input_bytes = double(m * n * 2);
+    c.bytes = 2.0 * double(m * n * 2) + double(2 * n * 2);
+    c.setup = [=](int sets) {
+      auto xs = std::make_shared<std::vector<Tensor>>();
+      for (int i = 0; i < sets; ++i) xs->push_back(random_tensor({m, n}, DType::BF16, 1.0, uint64_t(i)));
+      auto w = std::make_shared<Tensor>(random_tensor({n}, DType::BF16, 0.2, 7));
+      auto b = std::make_shared<Tensor>(random_tensor({n}, DType::BF16, 0.2, 8));
+      auto out = std::make_shared<Tensor>(Tensor::empty({m, n}, DType::BF16, Device::cuda(0)));
+      return Launch([=](int i, cudaStream_t st) {
+        layer_norm(*out, (*xs)[size_t(i)], w->view(), b->view(), 1e-5f, Stream{st});
+      });
+    };
+    cs.push_back(c);
+  }
+  struct Sm {
+    const char* op;
+    const char* in;
+    const char* out;
+    int64_t n;
+    bool log;
+  };
+  for (Sm s : {Sm{"softmax", "f32", "f32", 32000, false}, Sm{"log_softmax", "bf16", "f32", 151936, true}})
+    for (int64_t m : ms({1, 64, 512, 2048})) {
+      const DType it = dt_of(s.in), ot = dt_of(s.out);
+      const int64_t n = s.n;
+      Case c{s.op, s.in, s.out, {{"m", m}, {"n", n}}};
+      c.input_bytes = double(m * n * dtype_size(it));
+      c.bytes = c.input_bytes + double(m * n * dtype_size(ot));
+      const bool log = s.log;
+      c.setup = [=](int sets) {
+        auto xs = std::make_shared<std::vector<Tensor>>();
+        for (int i = 0; i < sets; ++i) xs->push_back(random_tensor({m, n}, it, 3.0, uint64_t(i)));
+        auto out = std::make_shared<Tensor>(Tensor::empty({m, n}, ot, Device::cuda(0)));
+        return Launch([=](int i, cudaStream_t st) {
+          if (log)
+            log_softmax(*out, (*xs)[size_t(i)], Stream{st});
+          else
+            softmax(*out, (*xs)[size_t(i)], Stream{st});
+        });
+      };
+      cs.push_back(c);
+    }
+  for (int64_t m : ms({1, 1024, 16384})) {
+    const int64_t n = 4096;
+    Case c{"sum", "bf16", "f32", {{"m", m}, {"n", n}}};
+    c.input_bytes = double(m * n * 2);
+    c.bytes = c.input_bytes + double(m * 4);
+    c.setup = [=](int sets) {
+      auto xs = std::make_shared<std::vector<Tensor>>();
+      for (int i = 0; i < sets; ++i) xs->push_back(random_tensor({m, n}, DType::BF16, 1.0, uint64_t(i)));
+      auto out = std::make_shared<Tensor>(Tensor::empty({m}, DType::F32, Device::cuda(0)));
+      return Launch([=](int i, cudaStream_t st) { sum(*out, (*xs)[size_t(i)], {-1}, false, Stream{st}); });
+    };
+    cs.push_back(c);
+  }
+  for (int64_t m : ms({1, 64, 512, 2048})) {
+    const int64_t n = 151936;
+    Case c{"argmax", "bf16", "i32", {{"m", m}, {"n", n}}};
+    c.input_bytes = double(m * n * 2);
+    c.bytes = c.input_bytes + double(m * 4);
+    c.setup = [=](int sets) {
+      auto xs = std::make_shared<std::vector<Tensor>>();
+      for (int i = 0; i < sets; ++i) xs->push_back(random_tensor({m, n}, DType::BF16, 3.0, uint64_t(i)));
+      auto out = std::make_shared<Tensor>(Tensor::empty({m}, DType::I32, Device::cuda(0)));
+      return Launch([=](int i, cudaStream_t st) { argmax(*out, (*xs)[size_t(i)], Stream{st}); });
+    };
+    cs.push_back(c);
+  }
+  for (int64_t m : ms({1, 64, 1024, 8192})) {
+    const int64_t d = 14336;
+    Case c{"silu_and_mul", "bf16", "bf16", {{"m", m}, {"d", d}}};
+    c.input_bytes = double(m * 2 * d * 2);
+    c.bytes = c.input_bytes + double(m * d * 2);
+    c.setup = [=](int sets) {
+      auto xs = std::make_shared<std::vector<Tensor>>();
+      for (int i = 0; i < sets; ++i) xs->push_back(random_tensor({m, 2 * d}, DType::BF16, 2.0, uint64_t(i)));
+      auto out = std::make_shared<Tensor>(Tensor::empty({m, d}, DType::BF16, Device::cuda(0)));
+      return Launch([=](int i, cudaStream_t st) { silu_and_mul(*out, (*xs)[size_t(i)], Stream{st}); });
+    };
+    cs.push_back(c);
+  }
+  for (int64_t t : ms({1, 64, 1024, 16384})) {
+    const int64_t hq = 32, hk = 8, d = 128, rot = 128, max_pos = 8192;
+    Case c{"rotary_neox", "bf16", "bf16", {{"t", t}, {"hq", hq}, {"hk", hk}, {"d", d}, {"rot", rot}, {"max_pos", max_pos}}};
+    c.input_bytes = double(t * (hq + hk) * d * 2);
+    c.bytes = 2.0 * c.input_bytes + double(t * 4) + double(t * rot * 4);
+    c.setup = [=](int sets) {
+      auto qs = std::make_shared<std::vector<Tensor>>(), ks = std::make_shared<std::vector<Tensor>>();
+      for (int i = 0; i < sets; ++i) {
+        qs->push_back(random_tensor({t, hq, d}, DType::BF16, 1.0, uint64_t(i)));
+        ks->push_back(random_tensor({t, hk, d}, DType::BF16, 1.0, uint64_t(50 + i)));
+      }
+      auto pos = std::make_shared<Tensor>(random_ids(t, max_pos, 3));
+      auto cs_tab = std::make_shared<Tensor>(rope_cos_sin_table(max_pos, rot, 10000.0, Device::cuda(0)));
+      return Launch([=](int i, cudaStream_t st) {
+        rotary_embedding((*qs)[size_t(i)], (*ks)[size_t(i)], *pos, *cs_tab, true, Stream{st});
+      });
+    };
+    cs.push_back(c);
+  }
+  for (int64_t t : ms({1, 64, 1024, 8192})) {
+    const int64_t vocab = 151936, d = 4096;
+    Case c{"embedding", "bf16", "bf16", {{"t", t}, {"vocab", vocab}, {"d", d}}};
+    c.input_bytes = double(t * d * 2);
+    c.bytes = 2.0 * double(t * d * 2) + double(t * 4);
+    c.setup = [=](int sets) {
+      auto table = std::make_shared<Tensor>(random_tensor({vocab, d}, DType::BF16, 1.0, 1));
+      auto ids = std::make_shared<std::vector<Tensor>>();
+      for (int i = 0; i < sets; ++i) ids->push_back(random_ids(t, vocab, uint64_t(i)));
+      auto out = std::make_shared<Tensor>(Tensor::empty({t, d}, DType::BF16, Device::cuda(0)));
+      return Launch([=](int i, cudaStream_t st) { embedding(*out, (*ids)[size_t(i)], *table, Stream{st}); });
+    };
+    cs.push_back(c);
+  }
+  for (int64_t m : ms({1, 64, 256})) {
+    const int64_t vocab = 151936;
+    for (int kind = 0; kind < 2; ++kind) {
+      Case c{kind == 0 ? "sample_topk_topp" : "logprobs_top20", "f32", "i32", {{"m", m}, {"n", vocab}}};
+      c.input_bytes = double(m * vocab * 4);
+      c.bytes = c.input_bytes;
+      c.host_sync = true;
+      c.setup = [=](int sets) {
+        auto xs = std::make_shared<std::vector<Tensor>>();
+        for (int i = 0; i < sets; ++i) xs->push_back(random_tensor({m, vocab}, DType::F32, 3.0, uint64_t(i)));
+        auto tok = std::make_shared<Tensor>(random_ids(m, vocab, 9));
+        auto chosen = std::make_shared<Tensor>(Tensor::empty({m}, DType::F32, Device::cuda(0)));
+        auto ids = std::make_shared<Tensor>(Tensor::empty({m, 20}, DType::I32, Device::cuda(0)));
+        auto vals = std::make_shared<Tensor>(Tensor::empty({m, 20}, DType::F32, Device::cuda(0)));
+        std::vector<SamplingParams> ps(static_cast<size_t>(m));
+        for (int64_t r = 0; r < m; ++r) {
+          ps[size_t(r)].temperature = 0.8f;
+          ps[size_t(r)].top_k = 50;
+          ps[size_t(r)].top_p = 0.9f;
+          ps[size_t(r)].seed = uint64_t(r);
+          ps[size_t(r)].position = 1000 + r;
+        }
+        return Launch([=](int i, cudaStream_t st) {
+          if (kind == 0)
+            sample(*tok, (*xs)[size_t(i)], ps, Stream{st});
+          else
+            logprobs(*chosen, *ids, *vals, (*xs)[size_t(i)], *tok, Stream{st});
+        });
+      };
+      cs.push_back(c);
+    }
+  }
+  return cs;
+}
+
+}  // namespace
+
+int bench_ops(const std::vector<std::string>& argv) {
+  Args args(argv, {"help", "quick"}, {"out", "name", "ops", "repeats", "commit"}, "bench ops");
+  if (args.flag("help")) {
+    std::puts(
+        "usage: bik bench ops [--out DIR] [--name NAME] [--ops op1,op2] [--repeats N] [--quick] [--commit SHA]\n"
+        "Times the CUDA memory-bound ops against the copy ceiling; writes DIR/NAME.json (default\n"
+        "bench/results/ops_<gpu>.json). Add PyTorch's times: python3 bench/torch_ops.py DIR/NAME.json;\n"
+        "render: python3 bench/plot_ops.py DIR/NAME.json");
+    return 0;
+  }
+  if (cuda_device_count() == 0) {
+    std::fprintf(stderr, "bik bench ops: no CUDA device\n");
+    return 2;
+  }
+  const DeviceProps props = cuda_device_props(0);
+  const int repeats = int(args.integer("repeats", 15));
+  std::vector<std::string> only;
+  if (args.has("ops")) only = split_list(args.str("ops"));
+  std::string gpu_tag = props.name;
+  for (auto& c : gpu_tag) c = std::isalnum(static_cast<unsigned char>(c)) ? char(std::tolower(c)) : '_';
+  const std::string out_dir = args.str("out", "bench/results");
+  const std::string name = args.str("name", "ops_" + gpu_tag);
+  std::string commit = args.str("commit", "");
+  if (commit.empty()) {
+    commit = shell_out("git rev-parse HEAD 2>/dev/null");
+    if (!commit.empty() && !shell_out("git status --porcelain 2>/dev/null").empty()) commit += "-dirty";
+  }
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+
+  cudaStream_t st = nullptr;
+  BIK_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+
+  // The copy ceiling.
+  const int64_t copy_bytes = int64_t(1) << 30;
+  void *src = nullptr, *dst = nullptr;
+  BIK_CUDA_CHECK(cudaMalloc(&src, size_t(copy_bytes)));
+  BIK_CUDA_CHECK(cudaMalloc(&dst, size_t(copy_bytes)));
+  BIK_CUDA_CHECK(cudaMemset(src, 0x3c, size_t(copy_bytes)));
+  const double t_memcpy = time_graph(
+      [&](int, cudaStream_t s) {
+        BIK_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(copy_bytes), cudaMemcpyDeviceToDevice, s));
+      },
+      1, 5, repeats, st);
+  BIK_CUDA_CHECK(cudaFree(src));
+  BIK_CUDA_CHECK(cudaFree(dst));
+  const double gbps_memcpy = 2.0 * double(copy_bytes) / (t_memcpy * 1e-3) / 1e9;
+  const double ceiling = gbps_memcpy;
+  std::printf("copy ceiling (1 GiB, read + write): cudaMemcpy D2D %.0f GB/s\n", gbps_memcpy);
+
+  nlohmann::json j;
+  j["benchmark"] = "ops";
+  j["gpu"] = props.name;
+  j["arch"] = props.arch();
+  j["sms"] = props.sm_count;
+  j["l2_bytes"] = props.l2_bytes;
+  j["commit"] = commit;
+  j["date"] = date;
+  j["method"] = "median over " + std::to_string(repeats) +
+                " replays of a CUDA graph of launches rotating input sets (> 2x L2 when they fit in 8 sets); "
+                "sample/logprobs: plain loop of calls between events; bytes = inputs read once + outputs written once";
+  j["copy_gbps_memcpy"] = gbps_memcpy;
+  j["copy_gbps"] = ceiling;
+  j["results"] = nlohmann::json::array();
+
+  const std::string path = out_dir + "/" + name + ".json";
+  // Written after every case, so a run cut short still leaves the cases it finished.
+  auto save = [&]() {
+    std::ofstream f(path);
+    if (!f) throw Error("bik bench ops: cannot write " + path);
+    f << j.dump(1) << "\n";
+  };
+  int failures = 0;
+  std::printf("%-18s %-10s %-28s | %10s %9s %7s\n", "op", "dtype", "shape", "bik us", "GB/s", "% copy");
+  for (Case& c : make_cases(args.flag("quick"))) {
+    if (!only.empty() && std::find(only.begin(), only.end(), c.op) == only.end()) continue;
+    const int sets =
+        int(std::clamp<double>(std::ceil(2.0 * double(props.l2_bytes) / std::max(1.0, c.input_bytes)), 1.0, 8.0));
+    const int launches = c.bytes > 64e6 ? 5 : 20;
+    double t = 0;
+    try {
+      Launch launch = c.setup(sets);
+      t = c.host_sync ? time_loop(launch, sets, launches, repeats, st) : time_graph(launch, sets, launches, repeats, st);
+    } catch (const std::exception& e) {
+      std::printf("%-18s %-28s | failed: %s\n", c.op.c_str(), c.shape.dump().c_str(), e.what());
+      ++failures;
+      cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+      if (cudaStreamIsCapturing(st, &cap) == cudaSuccess && cap != cudaStreamCaptureStatusNone) {
+        cudaGraph_t g = nullptr;
+        cudaStreamEndCapture(st, &g);
+        if (g) cudaGraphDestroy(g);
+      }
+      cudaGetLastError();
+      continue;
+    }
+    const double gbps = c.bytes / (t * 1e-3) / 1e9;
+    std::printf("%-18s %-10s %-28s | %10.2f %9.0f %6.1f%%\n", c.op.c_str(), (c.dtype + "->" + c.out_dtype).c_str(),
+                c.shape.dump().c_str(), t * 1e3, gbps, 100.0 * gbps / ceiling);
+    std::fflush(stdout);
+    j["results"].push_back({{"op", c.op},
+                            {"dtype", c.dtype},
+                            {"out_dtype", c.out_dtype},
+                            {"shape", c.shape},
+                            {"bytes", c.bytes},
+                            {"bik_ms", t},
+                            {"bik_gbps", gbps},
+                            {"frac_of_copy", gbps / ceiling},
+                            {"input_sets", sets},
+                            {"launches", launches},
+                            {"timing", c.host_sync ? "loop" : "graph"}});
+    save();
+  }
+  BIK_CUDA_CHECK(cudaStreamDestroy(st));
+  save();
+  std::printf("wrote %s\n", path.c_str());
+  return failures == 0 ? 0 : 1;
+}
+#else
+int bench_ops(const std::vector<std::string>&) {
+  std::fprintf(stderr, "bik bench ops: this build has no CUDA backend\n");
+  return 2;
+}
+#endif
+
+}  // namespace bik::cli
