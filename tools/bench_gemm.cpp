@@ -1,3 +1,300 @@
-// PLACEHOLDER
+// `bik bench gemm`: the CUDA GEMM (bik::mm) against cuBLASLt's default heuristic on the shapes of a
+// transformer layer, for M = 1, 2, 4, ..., 16384.
+//
+// Method: per (shape, M, implementation), a warm-up, then a CUDA graph of `--launches` launches that
+// rotate over enough input sets (A and W) to exceed twice the L2 cache, so every launch reads its operands
+// from device memory; the graph is replayed `--repeats` times between events and the median replay time,
+// divided by the launches in it, is the time of one GEMM. Graph replays keep host launch gaps out of the
+// numbers of the small, microsecond-scale problems. Inputs are uniform random values, never zeros.
+// Output: JSON (device, commit, date, every timing) under --out; bench/plot_gemm.py turns it into the
+// markdown table and the plot.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cctype>
+#include <ctime>
+#include <functional>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
 #include "bench.h"
-namespace bik::cli { int bench_gemm(const std::vector<std::string>&) { return 2; } }
+#include "bik/device.h"
+#include "bik/ops.h"
+#include "bik/tensor.h"
+#include "cli.h"
+
+#if BIK_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "core/backend.h"
+#include "cuda/check.cuh"
+#include "cuda/cublas_gemm.h"
+#include "cuda/gemm.h"
+#endif
+
+namespace bik::cli {
+
+#if BIK_WITH_CUDA
+namespace {
+
+struct Shape2 {
+  int64_t k, n;
+  const char* what;
+};
+const std::vector<Shape2>& bench_shapes() {
+  static const std::vector<Shape2> s = {{4096, 6144, "qkv"},     {4096, 4096, "o-proj"},  {4096, 24576, "gate-up"},
+                                        {12288, 4096, "down"},   {1024, 151936, "lm-head"}, {4095, 1000, "odd"}};
+  return s;
+}
+
+std::string shell_line(const char* cmd) {
+  std::string out;
+  if (FILE* f = popen(cmd, "r")) {
+    char buf[256];
+    while (std::fgets(buf, sizeof buf, f)) out += buf;
+    pclose(f);
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+GemmArgs args_of(const TensorView& out, const TensorView& a, const TensorView& w) {
+  auto as3 = [](const TensorView& t) {
+    TensorView v = t;
+    v.ndim = 3;
+    v.shape = {1, t.shape[0], t.shape[1]};
+    v.stride = {0, t.stride[0], t.stride[1]};
+    return v;
+  };
+  GemmArgs g;
+  g.a = as3(a);
+  g.w = as3(w);
+  g.out = as3(out);
+  g.batch = 1;
+  g.m = a.shape[0];
+  g.k = a.shape[1];
+  g.n = w.shape[0];
+  return g;
+}
+
+// Median time of one launch, in milliseconds.
+double time_ms(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,
+               cudaStream_t st) {
+  for (int i = 0; i < std::max(3, sets); ++i) launch(i % sets, st);  // warm-up: module load, plans, caches
+  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  bool graphed = true;
+  try {
+    BIK_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < launches; ++i) launch(i % sets, st);
+    BIK_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+    BIK_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));  // one untimed replay
+  } catch (const Error& e) {  // not capturable: time plain launches (host gaps included)
+    std::fprintf(stderr, "bench gemm: graph capture failed (%s); timing plain launches\n", e.what());
+    cudaGraph_t g2 = nullptr;
+    cudaStreamEndCapture(st, &g2);
+    if (g2) cudaGraphDestroy(g2);
+    cudaGetLastError();
+    graphed = false;
+  }
+  cudaEvent_t e0, e1;
+  BIK_CUDA_CHECK(cudaEventCreate(&e0));
+  BIK_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int r = 0; r < repeats; ++r) {
+    BIK_CUDA_CHECK(cudaEventRecord(e0, st));
+    if (graphed)
+      BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
+    else
+      for (int i = 0; i < launches; ++i) launch(i % sets, st);
+    BIK_CUDA_CHECK(cudaEventRecord(e1, st));
+    BIK_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    BIK_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t / float(launches));
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+int bench_gemm(const std::vector<std::string>& argv) {
+  Args args(argv, {"help", "sweep"}, {"out", "name", "m", "shapes", "dtype", "repeats", "launches", "commit"},
+            "bench gemm");
+  if (args.flag("help")) {
+    std::puts(
+        "usage: bik bench gemm [--out DIR] [--name NAME] [--m 1,2,4,...] [--shapes 0,1,..] [--dtype bf16|f16]\n"
+        "                      [--repeats N] [--launches N] [--commit SHA] [--sweep]\n"
+        "--sweep also times every wgmma tile shape (sm_90) for every problem.\n"
+        "Times bik::mm against cuBLASLt's default heuristic; writes DIR/NAME.json (default\n"
+        "bench/results/gemm_<gpu>.json). Render with: python3 bench/plot_gemm.py DIR/NAME.json");
+    return 0;
+  }
+  if (cuda_device_count() == 0) {
+    std::fprintf(stderr, "bik bench gemm: no CUDA device\n");
+    return 2;
+  }
+  const DeviceProps props = cuda_device_props(0);
+  const DType dt = args.str("dtype", "bf16") == "f16" ? DType::F16 : DType::BF16;
+  const int repeats = int(args.integer("repeats", 15)), launches_max = int(args.integer("launches", 20));
+  std::vector<int64_t> ms;
+  if (args.has("m")) {
+    for (const auto& s : split_list(args.str("m"))) ms.push_back(std::stoll(s));
+  } else {
+    for (int64_t m = 1; m <= 16384; m *= 2) ms.push_back(m);
+  }
+  std::vector<Shape2> shapes;
+  if (args.has("shapes")) {
+    for (const auto& s : split_list(args.str("shapes"))) shapes.push_back(bench_shapes().at(size_t(std::stoi(s))));
+  } else {
+    shapes = bench_shapes();
+  }
+  std::string gpu_tag = props.name;
+  for (auto& c : gpu_tag) c = std::isalnum(static_cast<unsigned char>(c)) ? char(std::tolower(c)) : '_';
+  const std::string out_dir = args.str("out", "bench/results");
+  const std::string name = args.str("name", "gemm_" + gpu_tag);
+
+  std::string commit = args.str("commit", "");
+  if (commit.empty()) {
+    commit = shell_line("git rev-parse HEAD 2>/dev/null");
+    if (!commit.empty() && !shell_line("git status --porcelain --untracked-files=no 2>/dev/null").empty())
+      commit += "-dirty";
+  }
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+
+  nlohmann::json j;
+  j["benchmark"] = "gemm";
+  j["gpu"] = props.name;
+  j["arch"] = props.arch();
+  j["sms"] = props.sm_count;
+  j["l2_bytes"] = props.l2_bytes;
+  j["commit"] = commit;
+  j["date"] = date;
+  j["dtype"] = dtype_name(dt);
+  j["layout"] = "out[M,N] = a[M,K] * w[N,K]^T, row-major, out in the input dtype, no bias";
+  j["method"] = "median over " + std::to_string(repeats) + " replays of a CUDA graph of up to " +
+                std::to_string(launches_max) + " launches rotating input sets > 2x L2; time per launch";
+  j["baseline"] = "cuBLASLt, default heuristic (first algorithm, 32 MiB workspace)";
+  j["results"] = nlohmann::json::array();
+
+  const std::string path = out_dir + "/" + name + ".json";
+  auto write_json = [&] {  // after every shape too, so a run cut short keeps what it measured
+    std::ofstream f(path);
+    if (!f) {
+      std::fprintf(stderr, "bik bench gemm: cannot write %s\n", path.c_str());
+      return false;
+    }
+    f << j.dump(1) << "\n";
+    return bool(f);
+  };
+
+  const Device gpu = Device::cuda(0);
+  cudaStream_t st = nullptr;
+  BIK_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  {  // the memory ceiling: a 1 GiB device-to-device copy, bytes read plus written
+    const int64_t n = int64_t(1) << 28;  // 1 GiB of I32
+    const Tensor x = Tensor::empty({n}, DType::I32, gpu), y = Tensor::empty({n}, DType::I32, gpu);
+    auto copy_launch = [&](int, cudaStream_t stream) {
+      BIK_CUDA_CHECK(cudaMemcpyAsync(y.data(), x.data(), size_t(n) * 4, cudaMemcpyDeviceToDevice, stream));
+    };
+    const double t = time_ms(copy_launch, 1, 4, 10, st);
+    j["copy_gbps"] = 8.0 * double(n) / (t * 1e-3) / 1e9;
+    std::printf("device-to-device copy: %.0f GB/s (read + write)\n", double(j["copy_gbps"]));
+  }
+  const int64_t es = dtype_size(dt);
+  std::printf("%-8s %6s %6s %6s | %10s %10s | %8s %8s | %6s  %s\n", "shape", "K", "N", "M", "bik us", "cublas us",
+              "bik TF/s", "bik GB/s", "ratio", "bik config");
+  for (const Shape2& s : shapes) {
+    const int64_t max_m = *std::max_element(ms.begin(), ms.end());
+    const int64_t w_bytes = s.n * s.k * es;
+    // Input sets: enough weight copies that one pass over them is > 2x L2 (activations rotate along).
+    const int sets = int(std::clamp<int64_t>((2 * int64_t(props.l2_bytes)) / w_bytes + 1, 2, 16));
+    std::vector<Tensor> ws, as;
+    for (int i = 0; i < sets; ++i) {
+      ws.push_back(Tensor::empty({s.n, s.k}, dt, gpu));
+      cuda::gemm_fill_uniform(ws.back(), 1000 + uint64_t(i));
+      as.push_back(Tensor::empty({max_m, s.k}, dt, gpu));
+      cuda::gemm_fill_uniform(as.back(), 2000 + uint64_t(i));
+    }
+    const Tensor out = Tensor::empty({max_m, s.n}, dt, gpu);
+    for (int64_t m : ms) {
+      const double flop = 2.0 * double(m) * double(s.n) * double(s.k);
+      const double bytes = double(es) * double(m * s.k + s.n * s.k + m * s.n);
+      // Fewer launches per graph for the big problems: the replay is long enough to time on its own.
+      const int launches = flop > 2e11 ? std::min(launches_max, 4) : launches_max;
+      const TensorView ov = out.view().narrow(0, 0, m);
+      auto bik_launch = [&](int i, cudaStream_t stream) {
+        mm(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)], Stream{stream});
+      };
+      auto cublas_launch = [&](int i, cudaStream_t stream) {
+        cuda::cublaslt_gemm(args_of(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]), Stream{stream});
+      };
+      const double t_bik = time_ms(bik_launch, sets, launches, repeats, st);
+      const double t_cub = time_ms(cublas_launch, sets, launches, repeats, st);
+      const std::string config =
+          cuda::gemm_config_name(args_of(ov, as[0].view().narrow(0, 0, m), ws[0]));
+      nlohmann::json tile_ms = nlohmann::json::object();
+      std::string best_tile;
+      double best_ms = 1e30;
+      if (args.flag("sweep") && props.arch() == 90) {
+        for (const std::string& tile : cuda::gemm_sm90_tiles()) {
+          auto tile_launch = [&](int i, cudaStream_t stream) {
+            cuda::gemm_sm90_tile(args_of(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]), Stream{stream},
+                                 tile);
+          };
+          const double t = time_ms(tile_launch, sets, launches, repeats, st);
+          tile_ms[tile] = t;
+          if (t < best_ms) best_ms = t, best_tile = tile;
+        }
+      }
+      const double ratio = t_cub / t_bik;  // > 1: bik is faster
+      std::printf("%-8s %6lld %6lld %6lld | %10.2f %10.2f | %8.1f %8.0f | %6.3f  %s\n", s.what, (long long)s.k,
+                  (long long)s.n, (long long)m, t_bik * 1e3, t_cub * 1e3, flop / (t_bik * 1e-3) / 1e12,
+                  bytes / (t_bik * 1e-3) / 1e9, ratio, config.c_str());
+      if (!best_tile.empty())
+        std::printf("%-8s   best tile %s: %.2f us (x%.3f of cublas)\n", "", best_tile.c_str(), best_ms * 1e3,
+                    t_cub / best_ms);
+      std::fflush(stdout);
+      j["results"].push_back({{"shape", s.what},
+                              {"k", s.k},
+                              {"n", s.n},
+                              {"m", m},
+                              {"bik_ms", t_bik},
+                              {"cublaslt_ms", t_cub},
+                              {"bik_tflops", flop / (t_bik * 1e-3) / 1e12},
+                              {"cublaslt_tflops", flop / (t_cub * 1e-3) / 1e12},
+                              {"bik_gbps", bytes / (t_bik * 1e-3) / 1e9},
+                              {"cublaslt_gbps", bytes / (t_cub * 1e-3) / 1e9},
+                              {"ratio", ratio},
+                              {"bik_config", config},
+                              {"input_sets", sets},
+                              {"launches_per_graph", launches}});
+      if (!tile_ms.empty()) j["results"].back()["sm90_tile_ms"] = tile_ms;
+    }
+    write_json();
+  }
+  BIK_CUDA_CHECK(cudaStreamDestroy(st));
+  if (!write_json()) return 1;
+  std::printf("wrote %s\n", path.c_str());
+  return 0;
+}
+#else
+int bench_gemm(const std::vector<std::string>&) {
+  std::fprintf(stderr, "bik bench gemm: this build has no CUDA backend\n");
+  return 2;
+}
+#endif
+
+}  // namespace bik::cli

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Renders a `bik bench gemm` JSON: a markdown table (<name>.md) and a plot of the speed ratio against
+cuBLASLt versus M, one line per shape (<name>.png), next to the JSON.
+
+usage: python3 bench/plot_gemm.py bench/results/gemm_h100.json
+Numbers come from the JSON only; nothing is edited by hand.
+"""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def summary(rows, pred):
+    r = [x["ratio"] for x in rows if pred(x["m"])]
+    if not r:
+        return "n/a"
+    worst = min(rows, key=lambda x: x["ratio"] if pred(x["m"]) else 1e9)
+    return (f"worst {min(r):.3f} ({worst['shape']}, M={worst['m']}), median {statistics.median(r):.3f}, "
+            f"{sum(1 for v in r if v >= (0.95 if pred(1 << 20) else 1.0))}/{len(r)} at target")
+
+
+def markdown(j):
+    rows = j["results"]
+    out = [f"# GEMM: BIK vs cuBLASLt on {j['gpu']}", ""]
+    out.append(f"- commit `{j['commit']}`, {j['date']}, dtype {j['dtype']}, {j['sms']} SMs, "
+               f"L2 {j['l2_bytes'] / 2**20:.0f} MiB")
+    if "copy_gbps" in j:
+        out.append(f"- device-to-device copy (read + write): {j['copy_gbps']:.0f} GB/s")
+    out.append(f"- layout: {j['layout']}")
+    out.append(f"- timing: {j['method']}")
+    out.append(f"- baseline: {j['baseline']}")
+    out.append("- ratio = cuBLASLt time / BIK time (> 1: BIK faster). Targets: >= 0.95 for M >= 256, "
+               ">= 1.0 for M < 256.")
+    out.append(f"- M >= 256: {summary(rows, lambda m: m >= 256)}")
+    out.append(f"- M < 256: {summary(rows, lambda m: m < 256)}")
+    out.append("")
+    out.append("| shape | K | N | M | BIK us | cuBLASLt us | BIK TFLOP/s | BIK GB/s | ratio | BIK tile |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        out.append(f"| {r['shape']} | {r['k']} | {r['n']} | {r['m']} | {r['bik_ms'] * 1e3:.1f} | "
+                   f"{r['cublaslt_ms'] * 1e3:.1f} | {r['bik_tflops']:.1f} | {r['bik_gbps']:.0f} | "
+                   f"{r['ratio']:.3f} | {r['bik_config']} |")
+    if any("sm90_tile_ms" in r for r in rows):
+        tiles = list(next(r for r in rows if "sm90_tile_ms" in r)["sm90_tile_ms"].keys())
+        out += ["", "## Every wgmma tile (us; * = the tile the table picks)", "",
+                "| shape | M | " + " | ".join(tiles) + " | cuBLASLt |",
+                "|---|---:|" + "---:|" * (len(tiles) + 1)]
+        for r in rows:
+            t = r.get("sm90_tile_ms")
+            if not t:
+                continue
+            picked = r["bik_config"].split()[1] if len(r["bik_config"].split()) > 1 else ""
+            cells = [f"{t[x] * 1e3:.1f}{'*' if x == picked else ''}" for x in tiles]
+            out.append(f"| {r['shape']} | {r['m']} | " + " | ".join(cells) + f" | {r['cublaslt_ms'] * 1e3:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def plot(j, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    shapes = []
+    for r in j["results"]:
+        if r["shape"] not in shapes:
+            shapes.append(r["shape"])
+    for s in shapes:
+        rs = [r for r in j["results"] if r["shape"] == s]
+        ax.plot([r["m"] for r in rs], [r["ratio"] for r in rs], marker="o", ms=3,
+                label=f"{s} ({rs[0]['k']}->{rs[0]['n']})")
+    ax.set_xscale("log", base=2)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(0.95, color="k", lw=0.8, ls="--")
+    ax.axvline(256, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("M (rows)")
+    ax.set_ylabel("speed vs cuBLASLt (cuBLASLt time / BIK time)")
+    ax.set_title(f"BIK batch-invariant GEMM vs cuBLASLt, {j['dtype']}, {j['gpu']}\n{j['commit'][:12]} {j['date']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__)
+        return 2
+    src = Path(sys.argv[1])
+    j = json.loads(src.read_text())
+    src.with_suffix(".md").write_text(markdown(j))
+    plot(j, src.with_suffix(".png"))
+    print(f"wrote {src.with_suffix('.md')} and {src.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
