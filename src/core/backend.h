@@ -1,7 +1,9 @@
 // The interface each backend implements. src/core/ops.cpp validates every argument (shapes, dtypes,
 // devices) and normalises layouts before calling here, so backends may assume valid input.
 #pragma once
+#include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "bik/ops.h"
 #include "bik/sampling.h"
@@ -23,6 +25,17 @@ struct ReduceArgs {
   bool mean = false;
 };
 
+// paged_attention, validated (include/bik/attention.h). The metadata views may be on the GPU; host_*
+// hold host copies of their values, already checked (block table entries in range for every block a
+// sequence uses, 0 <= q_len <= seq_len).
+struct AttentionArgs {
+  TensorView out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc;
+  float scale = 1.0f;
+  int64_t tokens = 0, num_seqs = 0, q_heads = 0, kv_heads = 0, head_dim = 0, block_size = 0;
+  int64_t max_q_len = 0, max_seq_len = 0;
+  std::vector<int32_t> host_seq_lens, host_query_start_loc;
+};
+
 #define BIK_BACKEND_OPS                                                                             \
   void gemm(const GemmArgs& g, Stream s);                                                           \
   void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weight, float eps,   \
@@ -40,7 +53,10 @@ struct ReduceArgs {
   void sample(const TensorView& tokens, const TensorView& logits, const SamplingParams* params,       \
               Stream s);                                                                            \
   void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorView& top_vals,      \
-                const TensorView& logits, const TensorView& tokens, Stream s);
+                const TensorView& logits, const TensorView& tokens, Stream s);                      \
+  void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k,       \
+                      const TensorView& v, const TensorView& slot_mapping, Stream s);                 \
+  void paged_attention(const AttentionArgs& a, Stream s);
 
 namespace cpu {
 BIK_BACKEND_OPS

@@ -46,6 +46,11 @@ void sample(const TensorView&, const TensorView&, const SamplingParams*, Stream)
 void logprobs(const TensorView&, const TensorView&, const TensorView&, const TensorView&, const TensorView&, Stream) {
   no_cuda("logprobs");
 }
+void write_kv_cache(const TensorView&, const TensorView&, const TensorView&, const TensorView&, const TensorView&,
+                    Stream) {
+  no_cuda("write_kv_cache");
+}
+void paged_attention(const AttentionArgs&, Stream) { no_cuda("paged_attention"); }
 
 }  // namespace cuda
 }  // namespace bik

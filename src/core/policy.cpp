@@ -32,6 +32,19 @@ GemmPlan gemm_plan(Target t, DType dtype, int64_t, int64_t k) {
   return GemmPlan{1, k, t.arch == 90 ? Mma::WgmmaSm90 : Mma::MmaSyncSm80, 16};
 }
 
+AttentionPlan attention_plan(Target t, DType, int64_t) {
+  // 256-key splits: enough independent pieces for a single long decode to fill a GPU (32k keys = 128
+  // splits per KV head), and short enough that the split partials cost ~1% of the KV bytes read.
+  // 64-key tiles: one tile of K and V (64 x 128 halves each) fills a pipeline stage of the CUDA kernel.
+  if (t.backend == Backend::CPU) return AttentionPlan{256, 64, Mma::FmaChain};
+  return AttentionPlan{256, 64, Mma::MmaSyncSm80};
+}
+
+std::string describe(const AttentionPlan& p) {
+  const char* mma = p.mma == Mma::FmaChain ? "fma-chain" : p.mma == Mma::MmaSyncSm80 ? "mma.sync" : "wgmma";
+  return "split_len=" + std::to_string(p.split_len) + " key_tile=" + std::to_string(p.key_tile) + " mma=" + mma;
+}
+
 std::string describe(const GemmPlan& p) {
   std::ostringstream os;
   const char* mma = p.mma == Mma::FmaChain ? "fma-chain" : p.mma == Mma::MmaSyncSm80 ? "mma.sync" : "wgmma";

@@ -38,7 +38,24 @@ struct GemmPlan {
 };
 GemmPlan gemm_plan(Target t, DType dtype, int64_t n, int64_t k);
 
+// Causal attention (include/bik/attention.h): for one query row at absolute position p and one head,
+// the keys 0..p are cut into splits at fixed absolute positions, split j = [j * split_len,
+// (j + 1) * split_len). Inside a split, keys go in tiles of `key_tile` (tiles start at the split's start):
+// per tile, scores in F32, the running max m, then sum l and accumulator acc rescaled by exp(m_old - m)
+// and advanced in increasing key position. Split results (m, l, acc) are folded in increasing j, from
+// split 0, by  m' = max(M, m), L' = L e^(M - m') + l e^(m - m'), A' = A e^(M - m') + acc e^(m - m');
+// out = A / L, rounded once. CUDA: scores and P.V by mma.sync m16n8k16 (P rounded to q's dtype before
+// P.V); the CPU uses one F32 FMA chain per dot product, over d in increasing order.
+// No argument is a batch size, number of queries or sequences.
+struct AttentionPlan {
+  int64_t split_len;
+  int64_t key_tile;  // divides split_len
+  Mma mma;
+};
+AttentionPlan attention_plan(Target t, DType dtype, int64_t head_dim);
+
 std::string describe(const GemmPlan& p);
+std::string describe(const AttentionPlan& p);
 std::string describe(const RowReducePlan& p);
 
 }  // namespace bik::policy
