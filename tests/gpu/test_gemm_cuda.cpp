@@ -11,6 +11,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <optional>
@@ -414,9 +415,17 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
   std::printf("[tiles] %lld tile runs compared bit for bit with gemm()\n", (long long)compared);
 }
 
+// BIK_GEMM_TRIALS (default 2) scales the batches per size; 2 gives about 5000 (M, position) cases per
+// shape and dtype, 4 about 10000.
+static int trials_from_env() {
+  const char* e = std::getenv("BIK_GEMM_TRIALS");
+  const int t = e ? std::atoi(e) : 2;
+  return t > 0 ? t : 2;
+}
+
 TEST(GpuGemm, RowsAreBatchInvariantHalf) {
   BIK_REQUIRE_GPU();
-  invariance_suite(Impl::Dispatch, {DType::BF16, DType::F16}, harness_shapes(), 96, 2);
+  invariance_suite(Impl::Dispatch, {DType::BF16, DType::F16}, harness_shapes(), 96, trials_from_env());
 }
 
 TEST(GpuGemm, RowsAreBatchInvariantF32) {
