@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Renders a `bik bench ops` JSON (with torch times from bench/torch_ops.py) as a markdown table and a plot.
 
-usage: python3 bench/plot_ops.py bench/results/ops_h100.json   -> ops_h100.md and ops_h100.png beside it
+usage: python3 bench/plot_ops.py bench/results/ops_h100.json [--baseline earlier.json]
+       -> ops_h100.md and ops_h100.png beside it; with a baseline, the table gains its bik times
 """
 import json
 import os
@@ -15,15 +16,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def size_of(r):
     s = r["shape"]
-    rows = s.get("m", s.get("t"))
+    rows = s.get("m", s.get("t", "-"))
     rest = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("m", "t"))
     return rows, rest
+
+
+def key_of(r):
+    return (r["op"], r["dtype"], r["out_dtype"], json.dumps(r["shape"], sort_keys=True))
 
 
 def main():
     path = sys.argv[1]
     with open(path) as f:
         j = json.load(f)
+    before = {}
+    if "--baseline" in sys.argv:
+        with open(sys.argv[sys.argv.index("--baseline") + 1]) as f:
+            b = json.load(f)
+        before = {key_of(r): r for r in b["results"]}
     base = os.path.splitext(path)[0]
     res = j["results"]
     ceiling = j["copy_gbps"]
@@ -38,26 +48,46 @@ def main():
         "",
         f"Method: {j['method']}.",
         "",
-        "| op | dtype | rows | shape | bik us | GB/s | % copy | torch us | torch / bik |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
+    for note in j.get("notes", []):
+        lines += [f"- {note}"]
+    if j.get("notes"):
+        lines += [""]
+    if before:
+        lines += [f"Baseline (`before us`, `before %`): commit `{b['commit']}`, {b['date']}, on {b['gpu']}.", ""]
+    head = "| op | dtype | rows | shape | bik us | GB/s | % copy | torch us | torch / bik |"
+    rule = "|---|---|---:|---|---:|---:|---:|---:|---:|"
+    if before:
+        head += " before us | before % |"
+        rule += "---:|---:|"
+    lines += [head, rule]
     for r in res:
         rows, rest = size_of(r)
         tm = r.get("torch_ms")
+        mark = f" [{r['source']}]" if r.get("source") else ""
         lines.append(
-            f"| {r['op']} | {r['dtype']}->{r['out_dtype']} | {rows} | {rest} | {r['bik_ms']*1e3:.2f} | "
+            f"| {r['op']}{mark} | {r['dtype']}->{r['out_dtype']} | {rows} | {rest} | {r['bik_ms']*1e3:.2f} | "
             f"{r['bik_gbps']:.0f} | {100*r['frac_of_copy']:.1f} | "
             + (f"{tm*1e3:.2f} | {tm / r['bik_ms']:.2f} |" if tm else "- | - |")
+            + ((f" {before[key_of(r)]['bik_ms']*1e3:.2f} | {100*before[key_of(r)]['frac_of_copy']:.1f} |"
+                if key_of(r) in before else " - | - |") if before else "")
         )
     # Summary: the largest size of each op.
     largest = {}
     for r in res:
         if r["op"] not in largest or r["bytes"] > largest[r["op"]]["bytes"]:
             largest[r["op"]] = r
-    lines += ["", "Largest size per op:", "", "| op | % copy | torch / bik |", "|---|---:|---:|"]
+    lines += ["", "Largest size per op:", ""]
+    lines += ["| op | % copy | torch / bik |" + (" before % | before torch / bik |" if before else ""),
+              "|---|---:|---:|" + ("---:|---:|" if before else "")]
     for op, r in largest.items():
         tm = r.get("torch_ms")
-        lines.append(f"| {op} | {100*r['frac_of_copy']:.1f} | " + (f"{tm / r['bik_ms']:.2f} |" if tm else "- |"))
+        line = f"| {op} | {100*r['frac_of_copy']:.1f} | " + (f"{tm / r['bik_ms']:.2f} |" if tm else "- |")
+        if before:
+            o = before.get(key_of(r))
+            otm = o.get("torch_ms") if o else None
+            line += (f" {100*o['frac_of_copy']:.1f} |" if o else " - |") + (f" {otm / o['bik_ms']:.2f} |" if otm else " - |")
+        lines.append(line)
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -62,6 +62,9 @@ def make(case, sets):
         m, n = s["m"], s["n"]
         xs = [rand((m, n), dt) for _ in range(sets)]
         return lambda i: xs[i].sum(-1, dtype=torch.float32)
+    if op == "sum_dim0":
+        xs = [rand((s["k"], s["n"]), dt) for _ in range(sets)]
+        return lambda i: xs[i].sum(0, dtype=torch.float32)
     if op == "argmax":
         m, n = s["m"], s["n"]
         xs = [rand((m, n), dt, 3.0) for _ in range(sets)]

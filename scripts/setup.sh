@@ -4,7 +4,8 @@
 set -euo pipefail
 
 debs=(build-essential cmake ninja-build pkg-config git libgtest-dev libgmock-dev libopenblas-dev
-      nlohmann-json3-dev python3 python3-pip python3-venv libpcre2-dev libutf8proc-dev)
+      nlohmann-json3-dev python3 python3-pip python3-venv libpcre2-dev libutf8proc-dev
+      libcpp-httplib-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

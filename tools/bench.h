@@ -8,4 +8,5 @@ namespace bik::cli {
 int bench_cpu_gemm(const std::vector<std::string>& args);  // CPU matmul vs OpenBLAS
 int bench_gemm(const std::vector<std::string>& args);      // CUDA GEMM vs cuBLASLt
 int bench_ops(const std::vector<std::string>& args);       // CUDA memory-bound ops vs the copy ceiling
+int bench_attention(const std::vector<std::string>& args); // paged attention: prefill TFLOP/s, decode GB/s
 }  // namespace bik::cli

@@ -245,6 +245,20 @@ std::vector<Case> make_cases(bool quick) {
     };
     cs.push_back(c);
   }
+  // Sum over dim 0 of x [k, n] (the reduced elements far apart, the outputs adjacent).
+  for (int64_t n : ms({1024, 16384})) {
+    const int64_t k = 4096;
+    Case c{"sum_dim0", "bf16", "f32", {{"k", k}, {"n", n}}};
+    c.input_bytes = double(k * n * 2);
+    c.bytes = c.input_bytes + double(n * 4);
+    c.setup = [=](int sets) {
+      auto xs = std::make_shared<std::vector<Tensor>>();
+      for (int i = 0; i < sets; ++i) xs->push_back(random_tensor({k, n}, DType::BF16, 1.0, uint64_t(i)));
+      auto out = std::make_shared<Tensor>(Tensor::empty({n}, DType::F32, Device::cuda(0)));
+      return Launch([=](int i, cudaStream_t st) { sum(*out, (*xs)[size_t(i)], {0}, false, Stream{st}); });
+    };
+    cs.push_back(c);
+  }
   for (int64_t m : ms({1, 64, 512, 2048})) {
     const int64_t n = 151936;
     Case c{"argmax", "bf16", "i32", {{"m", m}, {"n", n}}};

@@ -14,11 +14,17 @@ const char* kUsage =
     "commands:\n"
     "  check kernels   run the invariance harness over every op (see: bik check --help)\n"
     "  bench <what>    benchmarks (see: bik bench --help)\n"
+    "  generate        run prompts through the batch-invariant engine (see: bik generate --help)\n"
+    "  serve           OpenAI-compatible HTTP server on the engine (see: bik serve --help)\n"
+    "  audit           determinism audit of an OpenAI-compatible endpoint (see: bik audit --help)\n"
     "  info            build and device information\n";
 
 }  // namespace
 
 namespace bik::cli {
+
+int cmd_serve(const std::vector<std::string>& args);  // tools/serve_cmd.cpp
+int cmd_audit(const std::vector<std::string>& args);  // tools/audit_cmd.cpp
 
 int cmd_info(const std::vector<std::string>& argv) {
   Args args(argv, {}, {}, "bik info");
@@ -50,6 +56,9 @@ int main(int argc, char** argv) {
     if (cmd == "check") return bik::cli::cmd_check(rest);
     if (cmd == "bench") return bik::cli::cmd_bench(rest);
     if (cmd == "info") return bik::cli::cmd_info(rest);
+    if (cmd == "generate") return bik::cli::cmd_generate(rest);
+    if (cmd == "serve") return bik::cli::cmd_serve(rest);
+    if (cmd == "audit") return bik::cli::cmd_audit(rest);
     std::fprintf(stderr, "bik: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {

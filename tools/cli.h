@@ -37,5 +37,6 @@ std::vector<std::string> split_list(const std::string& s);
 int cmd_check(const std::vector<std::string>& args);
 int cmd_bench(const std::vector<std::string>& args);
 int cmd_info(const std::vector<std::string>& args);
+int cmd_generate(const std::vector<std::string>& args);
 
 }  // namespace bik::cli

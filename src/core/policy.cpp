@@ -11,7 +11,9 @@ RowReducePlan row_reduce_plan(Target t, DType dtype, int64_t n) {
   // CUDA (src/cuda/rows.cuh): one CTA per row. A thread holds V = 16 bytes / element size consecutive
   // lanes, so its elements of one pass over the row arrive as one 16-byte load; the CTA has the power
   // of two in [32, 1024] threads that gives each thread about two such chunks of the row. Lanes =
-  // threads * V: a function of (dtype, n) alone, the same on every architecture.
+  // threads * V: a function of (dtype, n) alone, the same on every architecture. The kernels may run
+  // these lanes on fewer threads (a thread holding several lane groups: rows.cuh, RowGroup); the lanes,
+  // each lane's order and the tree over them stay exactly these.
   const int64_t v = 16 / dtype_size(dtype);
   const int64_t want = (n + 2 * v - 1) / (2 * v);
   int64_t threads = 32;

@@ -1,8 +1,8 @@
-// RMSNorm (optionally fused with the residual add) and LayerNorm: one row per CTA.
+// RMSNorm (optionally fused with the residual add) and LayerNorm: one row group (rows.cuh) per row.
 //
-// Each row is summed by the CTA tree of rows.cuh, whose shape depends on n and the dtype only. A
-// thread keeps its chunks of the row in registers between the statistics pass and the output pass
-// when the row is short enough (kCachedChunks); longer rows are read again. Both give the same bits.
+// Each row is summed by the plan's tree (rows.cuh, group_tree), whose shape depends on n and the dtype
+// only. A thread keeps its chunks of the row in registers between the statistics pass and the output
+// pass when the row has at most 2 L elements; longer rows are read again. Both give the same bits.
 #include "core/backend.h"
 #include "cuda/rows.cuh"
 
@@ -48,62 +48,91 @@ __device__ __forceinline__ void load_param(const ParamVec& p, int64_t n, int64_t
 
 // ---- RMSNorm ----------------------------------------------------------------------------------------
 // out = h * (1 / sqrt(mean(h^2) + eps)) * w, with h = x, or h = round(x + residual) written back to
-// the residual first. Each lane sums h*h with one fused multiply-add per element.
-template <class Tx, class To>
-__global__ void __launch_bounds__(kMaxRowThreads) rms_norm_kernel(RowArg<To> out, RowArg<const Tx> x, RowArg<Tx> res, bool has_res, ParamVec w,
-                                int64_t rows, int64_t n, float eps) {
+// the residual first. Each lane sums h*h with one fused multiply-add per element. A row group
+// (rows.cuh) per row; rows of up to 2 L elements stay in registers, in x's dtype, between the passes.
+template <class Tx, class To, int NG, bool has_res>
+__global__ void __launch_bounds__(256) rms_norm_kernel(RowArg<To> out, RowArg<const Tx> x, RowArg<Tx> res, ParamVec w,
+                                                       int64_t rows, int64_t n, float eps, int W) {
   constexpr int V = 16 / sizeof(Tx);
   extern __shared__ float smem[];
-  const int t = threadIdx.x;
-  const int64_t L = int64_t(blockDim.x) * V;
-  const bool cached = n <= L * kCachedChunks;
+  const RowGroup rg = row_group(W);
+  const int64_t GV = int64_t(rg.G) * V, L = GV * NG, t0 = int64_t(rg.tg) * V;
+  const bool cached = n <= 2 * L;
 
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  for (int64_t r = rg.first; r < rows; r += rg.step) {
     const Tx* xr = x.row(r);
     Tx* rr = has_res ? res.row(r) : nullptr;
     const bool x_vec = x.vec(xr), r_vec = has_res && res.vec(rr);
+    const int64_t xs = x.rows.elem_stride, rs = res.rows.elem_stride;
 
-    // Loads a chunk of h: x, or round(x + residual) (stored back into the residual).
-    auto load_h = [&](int64_t i0, float (&h)[V]) {
-      load_chunk<V>(xr, x.rows.elem_stride, n, i0, x_vec, h);
-      if (has_res) {
-        float rv[V];
-        load_chunk<V>(rr, res.rows.elem_stride, n, i0, r_vec, rv);
+    float acc[NG][V];
 #pragma unroll
-        for (int k = 0; k < V; ++k) h[k] = round_through<Tx>(__fadd_rn(h[k], rv[k]));
-        store_chunk<V>(rr, res.rows.elem_stride, n, i0, r_vec, h);
-      }
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[g][k] = 0.0f;
+    // h of chunk (g, i0) from raw x and residual chunks; the rounded sum goes back to the residual.
+    auto make_h = [&](int64_t i0, uint4 xraw, uint4 rraw) {
+      if constexpr (!has_res) return xraw;
+      float a[V], b[V];
+      unpack<Tx, V>(xraw, a);
+      unpack<Tx, V>(rraw, b);
+#pragma unroll
+      for (int k = 0; k < V; ++k) a[k] = __fadd_rn(a[k], b[k]);
+      const uint4 h = pack<Tx, V>(a);
+      store_raw(rr, rs, n, i0, r_vec, h);
+      return h;
+    };
+    auto add_sq = [&](int g, int64_t i0, uint4 h) {
+      float hv[V];
+      unpack<Tx, V>(h, hv);
+#pragma unroll
+      for (int k = 0; k < V; ++k)
+        if (i0 + k < n) acc[g][k] = __fmaf_rn(hv[k], hv[k], acc[g][k]);
     };
 
-    float acc[V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) acc[k] = 0.0f;
-    float h[kCachedChunks][V];
+    uint4 hc[2][NG];
     if (cached) {
+      // All loads of the row first, so they are in flight together.
+      uint4 rc[2][NG];
 #pragma unroll
-      for (int c = 0; c < kCachedChunks; ++c) {
-        int64_t i0 = c * L + int64_t(t) * V;
-        if (i0 < n) load_h(i0, h[c]);
+      for (int p = 0; p < 2; ++p)
 #pragma unroll
-        for (int k = 0; k < V; ++k)
-          if (i0 + k < n) acc[k] = __fmaf_rn(h[c][k], h[c][k], acc[k]);
-      }
+        for (int g = 0; g < NG; ++g) {
+          const int64_t i0 = p * L + g * GV + t0;
+          hc[p][g] = load_raw(xr, xs, n, i0, x_vec);
+          if (has_res) rc[p][g] = load_raw(static_cast<const Tx*>(rr), rs, n, i0, r_vec);
+        }
+#pragma unroll
+      for (int p = 0; p < 2; ++p)
+#pragma unroll
+        for (int g = 0; g < NG; ++g) {
+          const int64_t i0 = p * L + g * GV + t0;
+          if (i0 < n) {
+            hc[p][g] = make_h(i0, hc[p][g], has_res ? rc[p][g] : hc[p][g]);
+            add_sq(g, i0, hc[p][g]);
+          }
+        }
     } else {
-      for (int64_t i0 = int64_t(t) * V; i0 < n; i0 += L) {
-        float hv[V];
-        load_h(i0, hv);
+      for (int64_t base = t0; base < n; base += L) {
+        uint4 xv[NG], rv[NG];
 #pragma unroll
-        for (int k = 0; k < V; ++k)
-          if (i0 + k < n) acc[k] = __fmaf_rn(hv[k], hv[k], acc[k]);
+        for (int g = 0; g < NG; ++g) {
+          xv[g] = load_raw(xr, xs, n, base + g * GV, x_vec);
+          if (has_res) rv[g] = load_raw(static_cast<const Tx*>(rr), rs, n, base + g * GV, r_vec);
+        }
+#pragma unroll
+        for (int g = 0; g < NG; ++g)
+          if (base + g * GV < n) add_sq(g, base + g * GV, make_h(base + g * GV, xv[g], has_res ? rv[g] : xv[g]));
       }
     }
-    const float ss = block_tree<V>(acc, smem, AddOp{});
+    const float ss = group_tree<V, NG>(acc, smem, rg, AddOp{});
     const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, float(n)), eps)));
 
     To* orow = out.row(r);
     const bool o_vec = out.vec(orow);
-    auto emit = [&](int64_t i0, const float (&hv)[V]) {
-      float wv[V], o[V];
+    auto emit = [&](int64_t i0, uint4 h) {
+      float hv[V], wv[V], o[V];
+      unpack<Tx, V>(h, hv);
       load_param<V, Tx>(w, n, i0, wv);
 #pragma unroll
       for (int k = 0; k < V; ++k) o[k] = __fmul_rn(__fmul_rn(hv[k], rstd), wv[k]);
@@ -111,19 +140,24 @@ __global__ void __launch_bounds__(kMaxRowThreads) rms_norm_kernel(RowArg<To> out
     };
     if (cached) {
 #pragma unroll
-      for (int c = 0; c < kCachedChunks; ++c) {
-        int64_t i0 = c * L + int64_t(t) * V;
-        if (i0 < n) emit(i0, h[c]);
-      }
+      for (int p = 0; p < 2; ++p)
+#pragma unroll
+        for (int g = 0; g < NG; ++g) {
+          const int64_t i0 = p * L + g * GV + t0;
+          if (i0 < n) emit(i0, hc[p][g]);
+        }
     } else {
       // The residual now holds h (this thread wrote exactly these elements above).
-      for (int64_t i0 = int64_t(t) * V; i0 < n; i0 += L) {
-        float hv[V];
-        if (has_res)
-          load_chunk<V>(static_cast<const Tx*>(rr), res.rows.elem_stride, n, i0, r_vec, hv);
-        else
-          load_chunk<V>(xr, x.rows.elem_stride, n, i0, x_vec, hv);
-        emit(i0, hv);
+      const Tx* hr = has_res ? static_cast<const Tx*>(rr) : xr;
+      const int64_t hs = has_res ? rs : xs;
+      const bool h_vec = has_res ? r_vec : x_vec;
+      for (int64_t base = t0; base < n; base += L) {
+        uint4 hv[NG];
+#pragma unroll
+        for (int g = 0; g < NG; ++g) hv[g] = load_raw(hr, hs, n, base + g * GV, h_vec);
+#pragma unroll
+        for (int g = 0; g < NG; ++g)
+          if (base + g * GV < n) emit(base + g * GV, hv[g]);
       }
     }
   }
@@ -131,73 +165,87 @@ __global__ void __launch_bounds__(kMaxRowThreads) rms_norm_kernel(RowArg<To> out
 
 // ---- LayerNorm --------------------------------------------------------------------------------------
 // mean = sum(x) / n; var = sum((x - mean)^2) / n (two passes, biased); out = (x - mean) * rstd * w + b.
-template <class Tx, class To>
-__global__ void __launch_bounds__(kMaxRowThreads) layer_norm_kernel(RowArg<To> out, RowArg<const Tx> x, ParamVec w, ParamVec b, int64_t rows,
-                                  int64_t n, float eps) {
+template <class Tx, class To, int NG>
+__global__ void __launch_bounds__(256) layer_norm_kernel(RowArg<To> out, RowArg<const Tx> x, ParamVec w, ParamVec b,
+                                                         int64_t rows, int64_t n, float eps, int W) {
   constexpr int V = 16 / sizeof(Tx);
   extern __shared__ float smem[];
-  const int t = threadIdx.x;
-  const int64_t L = int64_t(blockDim.x) * V;
-  const bool cached = n <= L * kCachedChunks;
+  const RowGroup rg = row_group(W);
+  const int64_t GV = int64_t(rg.G) * V, L = GV * NG, t0 = int64_t(rg.tg) * V;
+  const bool cached = n <= 2 * L;
 
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  for (int64_t r = rg.first; r < rows; r += rg.step) {
     const Tx* xr = x.row(r);
     const bool x_vec = x.vec(xr);
-    float xs[kCachedChunks][V];
-    float acc[V];
+    const int64_t xs = x.rows.elem_stride;
+    uint4 xc[2][NG];
+    if (cached) {
+#pragma unroll
+      for (int p = 0; p < 2; ++p)
+#pragma unroll
+        for (int g = 0; g < NG; ++g) xc[p][g] = load_raw(xr, xs, n, p * L + g * GV + t0, x_vec);
+    }
+    // Calls f(g, i0, x) for every chunk of this thread, from registers or from memory.
+    auto each = [&](auto&& f) {
+      if (cached) {
+#pragma unroll
+        for (int p = 0; p < 2; ++p)
+#pragma unroll
+          for (int g = 0; g < NG; ++g) {
+            const int64_t i0 = p * L + g * GV + t0;
+            if (i0 < n) f(g, i0, xc[p][g]);
+          }
+      } else {
+        for (int64_t base = t0; base < n; base += L) {
+          uint4 xv[NG];
+#pragma unroll
+          for (int g = 0; g < NG; ++g) xv[g] = load_raw(xr, xs, n, base + g * GV, x_vec);
+#pragma unroll
+          for (int g = 0; g < NG; ++g)
+            if (base + g * GV < n) f(g, base + g * GV, xv[g]);
+        }
+      }
+    };
+    float acc[NG][V];
 
     // Pass 1: the mean.
 #pragma unroll
-    for (int k = 0; k < V; ++k) acc[k] = 0.0f;
-    if (cached) {
+    for (int g = 0; g < NG; ++g)
 #pragma unroll
-      for (int c = 0; c < kCachedChunks; ++c) {
-        int64_t i0 = c * L + int64_t(t) * V;
-        if (i0 < n) load_chunk<V>(xr, x.rows.elem_stride, n, i0, x_vec, xs[c]);
+      for (int k = 0; k < V; ++k) acc[g][k] = 0.0f;
+    each([&](int g, int64_t i0, uint4 raw) {
+      float xv[V];
+      unpack<Tx, V>(raw, xv);
 #pragma unroll
-        for (int k = 0; k < V; ++k)
-          if (i0 + k < n) acc[k] = __fadd_rn(acc[k], xs[c][k]);
-      }
-    } else {
-      for (int64_t i0 = int64_t(t) * V; i0 < n; i0 += L) {
-        float xv[V];
-        load_chunk<V>(xr, x.rows.elem_stride, n, i0, x_vec, xv);
-#pragma unroll
-        for (int k = 0; k < V; ++k)
-          if (i0 + k < n) acc[k] = __fadd_rn(acc[k], xv[k]);
-      }
-    }
-    const float mean = __fdiv_rn(block_tree<V>(acc, smem, AddOp{}), float(n));
+      for (int k = 0; k < V; ++k)
+        if (i0 + k < n) acc[g][k] = __fadd_rn(acc[g][k], xv[k]);
+    });
+    const float mean = __fdiv_rn(group_tree<V, NG>(acc, smem, rg, AddOp{}), float(n));
 
     // Pass 2: the variance around that mean.
 #pragma unroll
-    for (int k = 0; k < V; ++k) acc[k] = 0.0f;
-    auto add_sq = [&](int64_t i0, const float (&xv)[V]) {
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[g][k] = 0.0f;
+    each([&](int g, int64_t i0, uint4 raw) {
+      float xv[V];
+      unpack<Tx, V>(raw, xv);
 #pragma unroll
       for (int k = 0; k < V; ++k)
         if (i0 + k < n) {
           float d = __fsub_rn(xv[k], mean);
-          acc[k] = __fmaf_rn(d, d, acc[k]);
+          acc[g][k] = __fmaf_rn(d, d, acc[g][k]);
         }
-    };
-    if (cached) {
-#pragma unroll
-      for (int c = 0; c < kCachedChunks; ++c) add_sq(c * L + int64_t(t) * V, xs[c]);
-    } else {
-      for (int64_t i0 = int64_t(t) * V; i0 < n; i0 += L) {
-        float xv[V];
-        load_chunk<V>(xr, x.rows.elem_stride, n, i0, x_vec, xv);
-        add_sq(i0, xv);
-      }
-    }
-    const float var = __fdiv_rn(block_tree<V>(acc, smem, AddOp{}), float(n));
+    });
+    const float var = __fdiv_rn(group_tree<V, NG>(acc, smem, rg, AddOp{}), float(n));
     const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
 
     // Pass 3: the output.
     To* orow = out.row(r);
     const bool o_vec = out.vec(orow);
-    auto emit = [&](int64_t i0, const float (&xv)[V]) {
-      float wv[V], bv[V], o[V];
+    each([&](int, int64_t i0, uint4 raw) {
+      float xv[V], wv[V], bv[V], o[V];
+      unpack<Tx, V>(raw, xv);
       if (w) load_param<V, Tx>(w, n, i0, wv);
       if (b) load_param<V, Tx>(b, n, i0, bv);
 #pragma unroll
@@ -208,30 +256,24 @@ __global__ void __launch_bounds__(kMaxRowThreads) layer_norm_kernel(RowArg<To> o
         o[k] = y;
       }
       store_chunk<V>(orow, out.rows.elem_stride, n, i0, o_vec, o);
-    };
-    if (cached) {
-#pragma unroll
-      for (int c = 0; c < kCachedChunks; ++c) {
-        int64_t i0 = c * L + int64_t(t) * V;
-        if (i0 < n) emit(i0, xs[c]);
-      }
-    } else {
-      for (int64_t i0 = int64_t(t) * V; i0 < n; i0 += L) {
-        float xv[V];
-        load_chunk<V>(xr, x.rows.elem_stride, n, i0, x_vec, xv);
-        emit(i0, xv);
-      }
-    }
+    });
   }
 }
 
+// The most lane groups a thread of each kernel keeps (registers: 2 NG chunks of the row, NG * V sums).
+// Measured on the H100 (bench/results/ops_h100.md, BIK_ROW_MAX_NG): 8 groups (one warp a row of 4096
+// bf16, ~210 registers) ran rms_norm at 47% of copy, 4 groups (two warps a row) at 100%.
+constexpr int kNormMaxNg = 4;
+constexpr int kResidualMaxNg = 4;
+
 template <class Tx>
-struct LaunchShape {
-  static constexpr int V = 16 / sizeof(Tx);
-  int threads;
-  size_t smem;
-  explicit LaunchShape(int64_t n) : threads(row_threads(n, V)), smem((size_t(threads) * V + 1) * sizeof(float)) {}
-};
+GroupShape norm_shape(int64_t n, int max_ng) {
+  return group_shape(row_threads(n, 16 / int(sizeof(Tx))), max_ng);
+}
+template <class Tx>
+size_t norm_smem(const GroupShape& gs) {
+  return gs.W > 1 ? size_t(32 * gs.W) * (16 / sizeof(Tx)) * sizeof(float) : 0;
+}
 
 }  // namespace
 
@@ -242,12 +284,24 @@ void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weig
     using Tx = decltype(xt);
     auto launch = [&](auto ot) {
       using To = decltype(ot);
-      LaunchShape<Tx> ls(n);
+      const GroupShape gs = norm_shape<Tx>(n, residual ? kResidualMaxNg : kNormMaxNg);
       RowArg<Tx> res{};
       if (residual) res = row_arg<Tx>(*residual);
-      rms_norm_kernel<Tx, To><<<grid_for(rows), ls.threads, ls.smem, stream_of(s)>>>(
-          row_arg<To>(out), row_arg<const Tx>(x), res, residual.has_value(), param_vec(weight), rows, n, eps);
-      BIK_CUDA_LAUNCH_CHECK();
+      auto go = [&](auto ng) {
+        constexpr int NG = decltype(ng)::value;
+        const dim3 grid = group_grid(rows, gs.W);
+        const size_t smem = norm_smem<Tx>(gs);
+        if (!residual) {
+          rms_norm_kernel<Tx, To, NG, false><<<grid, gs.threads, smem, stream_of(s)>>>(
+              row_arg<To>(out), row_arg<const Tx>(x), res, param_vec(weight), rows, n, eps, gs.W);
+        } else if constexpr (NG <= kResidualMaxNg) {  // dispatch_ng<kResidualMaxNg> never passes more
+          rms_norm_kernel<Tx, To, NG, true><<<grid, gs.threads, smem, stream_of(s)>>>(
+              row_arg<To>(out), row_arg<const Tx>(x), res, param_vec(weight), rows, n, eps, gs.W);
+        }
+        BIK_CUDA_LAUNCH_CHECK();
+      };
+      if (residual) dispatch_ng<kResidualMaxNg>(gs.NG, go);
+      else dispatch_ng<kNormMaxNg>(gs.NG, go);
     };
     if (out.dtype == DType::F32) launch(float{});
     else launch(Tx{});
@@ -261,10 +315,13 @@ void layer_norm(const TensorView& out, const TensorView& x, const std::optional<
     using Tx = decltype(xt);
     auto launch = [&](auto ot) {
       using To = decltype(ot);
-      LaunchShape<Tx> ls(n);
-      layer_norm_kernel<Tx, To><<<grid_for(rows), ls.threads, ls.smem, stream_of(s)>>>(
-          row_arg<To>(out), row_arg<const Tx>(x), param_vec(w), param_vec(b), rows, n, eps);
-      BIK_CUDA_LAUNCH_CHECK();
+      const GroupShape gs = norm_shape<Tx>(n, kNormMaxNg);
+      dispatch_ng(gs.NG, [&](auto ng) {
+        constexpr int NG = decltype(ng)::value;
+        layer_norm_kernel<Tx, To, NG><<<group_grid(rows, gs.W), gs.threads, norm_smem<Tx>(gs), stream_of(s)>>>(
+            row_arg<To>(out), row_arg<const Tx>(x), param_vec(w), param_vec(b), rows, n, eps, gs.W);
+        BIK_CUDA_LAUNCH_CHECK();
+      });
     };
     if (out.dtype == DType::F32) launch(float{});
     else launch(Tx{});

@@ -12,6 +12,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
 
 #include "bik/tensor.h"
 #include "core/policy.h"
@@ -196,6 +199,164 @@ __device__ __forceinline__ float block_tree(float (&acc)[V], float* smem, Op op)
   float r = smem[T * V];
   __syncthreads();  // the next reduction may overwrite smem
   return r;
+}
+
+// ---- row groups: the same tree with fewer threads -------------------------------------------------------
+// The plan fixes the lanes L and the tree over them, not the threads. A row group of G = 32 W threads
+// holds NG lane groups per thread: thread tg of the group owns lanes j = g * G * V + tg * V + v
+// (g < NG, v < V), so L = NG * G * V, and pass p of a row is the chunks i0 = p * L + g * G * V + tg * V.
+// The halving tree then runs over g inside the thread (the top bits of j), across the W warps in shared
+// memory, across a warp by shuffles and inside the thread over v: the steps of the plan in the plan's
+// order, whatever G and NG are. A group is one warp (W = 1, several rows per CTA, no barrier) or a whole
+// CTA (W > 1, one row at a time).
+struct RowGroup {
+  int W, G, tg;
+  int64_t first, step;  // this group's first row and the distance to its next one
+};
+__device__ __forceinline__ RowGroup row_group(int W) {
+  RowGroup g;
+  g.W = W;
+  g.G = 32 * W;
+  if (W == 1) {
+    const int per = blockDim.x >> 5;
+    g.tg = threadIdx.x & 31;
+    g.first = int64_t(blockIdx.x) * per + (threadIdx.x >> 5);
+    g.step = int64_t(gridDim.x) * per;
+  } else {
+    g.tg = threadIdx.x;
+    g.first = blockIdx.x;
+    g.step = gridDim.x;
+  }
+  return g;
+}
+
+__device__ __forceinline__ float shfl_xor(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
+
+// Folds acc[g][v] (lanes as above) to the row's result, handed to every thread of the group. smem:
+// G * V values of T when W > 1 (unused otherwise). Op must be commutative to the bit (AddOp is: IEEE
+// addition is, and NaN results are canonical): the shuffle steps are a butterfly, which gives every
+// lane the tree's value only then.
+template <int V, int NG, class T, class Op>
+__device__ __forceinline__ T group_tree(T (&acc)[NG][V], T* smem, const RowGroup& rg, Op op) {
+#pragma unroll
+  for (int h = NG / 2; h >= 1; h /= 2)
+#pragma unroll
+    for (int g = 0; g < h; ++g)
+#pragma unroll
+      for (int v = 0; v < V; ++v) acc[g][v] = op(acc[g][v], acc[g + h][v]);
+  if (rg.W > 1) {
+    const int G = rg.G;
+#pragma unroll
+    for (int v = 0; v < V; ++v) smem[v * G + rg.tg] = acc[0][v];
+    __syncthreads();
+    // Column (lane l, v) of the W warps, folded by one thread in place: no other thread touches it.
+    for (int c = rg.tg; c < 32 * V; c += G) {
+      T* col = smem + (c >> 5) * G + (c & 31);
+      for (int w = rg.W / 2; w >= 1; w /= 2)
+        for (int k = 0; k < w; ++k) col[k * 32] = op(col[k * 32], col[(k + w) * 32]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int v = 0; v < V; ++v) acc[0][v] = smem[v * G + (rg.tg & 31)];
+    __syncthreads();  // the next fold may overwrite smem
+  }
+#pragma unroll
+  for (int m = 16; m >= 1; m /= 2)
+#pragma unroll
+    for (int v = 0; v < V; ++v) acc[0][v] = op(acc[0][v], shfl_xor(acc[0][v], m));
+#pragma unroll
+  for (int h = V / 2; h >= 1; h /= 2)
+#pragma unroll
+    for (int v = 0; v < h; ++v) acc[0][v] = op(acc[0][v], acc[0][v + h]);
+  return acc[0][0];
+}
+
+// Raw chunks: V elements of T as one 16-byte value (elements at or past n read as 0), so a thread can
+// keep a row in registers in its storage type.
+template <class T>
+__device__ __forceinline__ uint4 load_raw(const T* row, int64_t stride, int64_t n, int64_t i0, bool vec) {
+  constexpr int V = 16 / sizeof(T);
+  if (vec && i0 + V <= n) return *reinterpret_cast<const uint4*>(row + i0);
+  uint4 u = make_uint4(0, 0, 0, 0);
+  T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+  for (int k = 0; k < V; ++k)
+    if (i0 + k < n) e[k] = row[(i0 + k) * stride];
+  return u;
+}
+template <class T>
+__device__ __forceinline__ void store_raw(T* row, int64_t stride, int64_t n, int64_t i0, bool vec, uint4 u) {
+  constexpr int V = 16 / sizeof(T);
+  if (vec && i0 + V <= n) {
+    *reinterpret_cast<uint4*>(row + i0) = u;
+    return;
+  }
+  const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int k = 0; k < V; ++k)
+    if (i0 + k < n) row[(i0 + k) * stride] = e[k];
+}
+template <class T, int V>
+__device__ __forceinline__ void unpack(uint4 u, float (&v)[V]) {
+  static_assert(V * sizeof(T) == 16, "one chunk is one 16-byte value");
+  const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int k = 0; k < V; ++k) v[k] = to_f32(e[k]);
+}
+template <class T, int V>
+__device__ __forceinline__ uint4 pack(const float (&v)[V]) {
+  uint4 u;
+  T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+  for (int k = 0; k < V; ++k) e[k] = from_f32<T>(v[k]);
+  return u;
+}
+
+// Launch shape of a row-group kernel: NG lane groups a thread, W warps a group, `threads` a CTA.
+struct GroupShape {
+  int NG, W, threads;
+};
+// rows per CTA for W = 1 groups; the most threads of a W > 1 group (the kernels' launch bounds)
+constexpr int kWarpRowsPerCta = 4;
+constexpr int kMaxGroupThreads = 256;
+inline unsigned group_grid(int64_t rows, int W) {
+  const int64_t ctas = W == 1 ? (rows + kWarpRowsPerCta - 1) / kWarpRowsPerCta : rows;
+  return grid_for(ctas > 0 ? ctas : 1);
+}
+// BIK_ROW_MAX_NG (1, 2, 4 or 8) lowers the lane groups a thread keeps, so a benchmark can time the launch
+// variants side by side: it moves lanes between threads, never a bit of a result.
+inline int row_max_ng(int max_ng) {
+  static const int env = [] {
+    const char* e = std::getenv("BIK_ROW_MAX_NG");
+    return e ? std::atoi(e) : 0;
+  }();
+  return (env == 1 || env == 2 || env == 4 || env == 8) && env < max_ng ? env : max_ng;
+}
+// plan_threads = lanes / V; max_ng: the most lane groups the kernel keeps in registers.
+inline GroupShape group_shape(int plan_threads, int max_ng) {
+  max_ng = row_max_ng(max_ng);
+  // Row-group kernels are built for at most kMaxGroupThreads threads.
+  while (max_ng < 8 && plan_threads > kMaxGroupThreads * max_ng) max_ng *= 2;
+  GroupShape s;
+  if (plan_threads <= 32 * max_ng) {
+    s.W = 1;
+    s.NG = plan_threads / 32;
+  } else {
+    s.NG = max_ng;
+    s.W = plan_threads / (32 * max_ng);
+  }
+  s.threads = s.W == 1 ? 32 * kWarpRowsPerCta : 32 * s.W;
+  return s;
+}
+
+// Calls f(std::integral_constant<int, NG>) for NG in {1, 2, 4, 8} up to kMax.
+template <int kMax = 8, class F>
+void dispatch_ng(int ng, F&& f) {
+  if (ng == 1) return f(std::integral_constant<int, 1>{});
+  if constexpr (kMax >= 2) if (ng == 2) return f(std::integral_constant<int, 2>{});
+  if constexpr (kMax >= 4) if (ng == 4) return f(std::integral_constant<int, 4>{});
+  if constexpr (kMax >= 8) if (ng == 8) return f(std::integral_constant<int, 8>{});
+  throw Error("cuda: unexpected lane groups " + std::to_string(ng));
 }
 
 // Threads per CTA for a row of n elements of `dtype`: the plan of core/policy.h (lanes = threads * V)

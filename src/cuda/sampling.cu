@@ -4,11 +4,11 @@
 // Nothing here sums floats in an order that could vary. Maxima and "best score" reductions are exact
 // (a strict total order on (value, index)). Top-k and top-p find their cut by a radix select over a
 // 64-bit key that orders the row exactly as the CPU's sort does (larger value first, NaN above all,
-// ties by lower index); the histograms count with integer atomics, which give the same totals in any
-// order. Top-p's probability mass is summed in 2^-40 fixed point for the same reason: integer sums are
-// associative. The random number of vocabulary index i is Philox(seed, position, i / 4)[i % 4], the
-// generator of core/philox.h shared with the CPU, so a row's token depends on its logits and params
-// alone, wherever it sits in the batch.
+// ties by lower index); the histograms count with integer atomics (aggregated per warp), which give the
+// same totals in any order. Top-p's probability mass is summed in 2^-40 fixed point for the same reason:
+// integer sums are associative. The random number of vocabulary index i is Philox(seed, position,
+// i / 4)[i % 4], the generator of core/philox.h shared with the CPU, so a row's token depends on its
+// logits and params alone, wherever it sits in the batch.
 //
 // Where the result may differ from the CPU: logf/exp on the device may round differently from the
 // host's libm by an ulp, and top-p's mass is summed in fixed point rather than double; either can move
@@ -52,7 +52,10 @@ struct SelectSmem {
   int done;
 };
 
-template <class Visit>
+// Each warp adds to a bin once per group of its lanes that fall in that bin (__match_any_sync): the
+// top bits of a row's keys are nearly all alike, and one shared atomic per element serialises there.
+// kWeighted = false: every element weighs 1 and the counts are the weights.
+template <bool kWeighted, class Visit>
 __device__ uint64_t select_desc(const Visit& visit, bool relative, double value, SelectSmem& sm) {
   uint64_t prefix = 0, above = 0;
   double target = value;
@@ -66,8 +69,20 @@ __device__ uint64_t select_desc(const Visit& visit, bool relative, double value,
     visit([&](uint64_t key, uint64_t w) {
       if ((key & hi_mask) == prefix) {
         const int d = int(key >> shift) & 255;
-        atomicAdd(&sm.count[d], 1u);
-        if (w != 0) atomicAdd(&sm.weight[d], (unsigned long long)w);
+        const unsigned grp = __match_any_sync(__activemask(), d);
+        const bool leader = (threadIdx.x & 31) == __ffs(grp) - 1;
+        if constexpr (kWeighted) {
+          // w < 2^41: 24 low bits and the rest, each summed over at most 32 lanes without overflow.
+          const unsigned lo = __reduce_add_sync(grp, unsigned(w & 0xFFFFFFu));
+          const unsigned hi = __reduce_add_sync(grp, unsigned(w >> 24));
+          if (leader) {
+            atomicAdd(&sm.count[d], unsigned(__popc(grp)));
+            const uint64_t total = (uint64_t(hi) << 24) + lo;
+            if (total != 0) atomicAdd(&sm.weight[d], (unsigned long long)total);
+          }
+        } else if (leader) {
+          atomicAdd(&sm.count[d], unsigned(__popc(grp)));
+        }
       }
     });
     __syncthreads();
@@ -75,7 +90,8 @@ __device__ uint64_t select_desc(const Visit& visit, bool relative, double value,
       // Lane l holds bins 255 - 8l down to 248 - 8l: lanes in increasing order walk the keys downwards.
       const int lane = threadIdx.x;
       uint64_t own = 0;
-      for (int q = 0; q < 8; ++q) own += sm.weight[255 - 8 * lane - q];
+      auto weight = [&](int b) -> uint64_t { return kWeighted ? uint64_t(sm.weight[b]) : uint64_t(sm.count[b]); };
+      for (int q = 0; q < 8; ++q) own += weight(255 - 8 * lane - q);
       uint64_t incl = own;
       for (int o = 1; o < 32; o *= 2) {
         const uint64_t y = __shfl_up_sync(0xffffffffu, incl, o);
@@ -86,7 +102,7 @@ __device__ uint64_t select_desc(const Visit& visit, bool relative, double value,
       int found = -1;
       for (int q = 0; q < 8; ++q) {
         const int b = 255 - 8 * lane - q;
-        const uint64_t w = sm.weight[b];
+        const uint64_t w = weight(b);
         if (sm.count[b] > 0 && double(cum + w) >= target) {
           found = b;
           break;
@@ -241,7 +257,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
             if (i0 + k < n) f(order_key(zval(x[k]), i0 + k), uint64_t(1));
         });
       };
-      thr = select_desc(visit, false, double(p.top_k), sel);
+      thr = select_desc<false>(visit, false, double(p.top_k), sel);
     }
     if (p.top_p < 1.0f) {
       const uint64_t lo = thr;
@@ -256,7 +272,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
           }
         });
       };
-      const uint64_t tp = select_desc(visit, true, double(p.top_p), sel);
+      const uint64_t tp = select_desc<true>(visit, true, double(p.top_p), sel);
       thr = tp > thr ? tp : thr;
     }
 
@@ -332,7 +348,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
           if (i0 + k < n) f(order_key(lp(x[k]), i0 + k), uint64_t(1));
       });
     };
-    const uint64_t thr = select_desc(visit, false, double(top_n), sel);
+    const uint64_t thr = select_desc<false>(visit, false, double(top_n), sel);
     if (threadIdx.x == 0) ncand = 0;
     __syncthreads();
     for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {

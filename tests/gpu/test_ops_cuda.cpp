@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -597,6 +598,75 @@ TEST(OpsCuda, SumMean) {
   expect_clean(reduce_spec(DType::F32, DType::F32, 3, 1001, {2}, false, true));
   expect_clean(reduce_spec(DType::F16, DType::F32, 64, 24, {1}, true, false));  // strided reduced dim
   expect_clean(reduce_spec(DType::BF16, DType::BF16, 1, 8192, {1, 2}, true, true));
+  // The reduced dim far apart and the outputs adjacent: the per-output kernel, then the column kernel.
+  for (const char* columns : {"0", "1"}) {
+    setenv("BIK_REDUCE_COLUMNS", columns, 1);
+    expect_clean(reduce_spec(DType::BF16, DType::F32, 300, 48, {1}, false, false));
+    expect_clean(reduce_spec(DType::F32, DType::F32, 1001, 40, {1}, false, true));
+  }
+  unsetenv("BIK_REDUCE_COLUMNS");
+}
+
+// A sum over dim 0 of x [n, cols] (the column kernel, opted into by BIK_REDUCE_COLUMNS=1) must give
+// the bits of the row kernel on the contiguous transpose [cols, n], and of each column alone (a batch
+// of one output, which takes the per-output kernel).
+TEST(OpsCuda, SumOverDim0MatchesRows) {
+  BIK_REQUIRE_GPU();
+  setenv("BIK_REDUCE_COLUMNS", "1", 1);
+  struct Shape2 {
+    DType t;
+    int64_t n, cols;
+  };
+  const Device gpu = Device::cuda(0);
+  std::mt19937_64 rng(99);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  for (Shape2 c : {Shape2{DType::BF16, 4096, 300}, Shape2{DType::F32, 1001, 64}, Shape2{DType::F16, 37, 129},
+                   Shape2{DType::BF16, 40000, 33}}) {
+    const int64_t es = int64_t(dtype_size(c.t));
+    Tensor xh = Tensor::empty({c.n, c.cols}, c.t), th = Tensor::empty({c.cols, c.n}, c.t);
+    for (int64_t i = 0; i < c.n; ++i)
+      for (int64_t k = 0; k < c.cols; ++k) {
+        const double v = nd(rng);
+        put(static_cast<uint8_t*>(xh.data()) + (i * c.cols + k) * es, c.t, v);
+        put(static_cast<uint8_t*>(th.data()) + (k * c.n + i) * es, c.t, v);
+      }
+    Tensor x = xh.to(gpu), xt = th.to(gpu);
+    for (bool is_mean : {false, true}) {
+      Tensor o1 = Tensor::empty({c.cols}, DType::F32, gpu), o2 = Tensor::empty({c.cols}, DType::F32, gpu);
+      Tensor o3 = Tensor::empty({c.cols}, DType::F32, gpu);
+      auto red = [&](const TensorView& o, const TensorView& in, int dim) {
+        if (is_mean) mean(o, in, {dim}, false);
+        else sum(o, in, {dim}, false);
+      };
+      red(o1, x, 0);
+      red(o2, xt, 1);
+      for (int64_t k = 0; k < c.cols; ++k) red(o3.view().narrow(0, k, 1), x.view().narrow(1, k, 1), 0);
+      Tensor h1 = o1.to(Device::cpu()), h2 = o2.to(Device::cpu()), h3 = o3.to(Device::cpu());
+      EXPECT_EQ(0, std::memcmp(h1.data(), h2.data(), size_t(c.cols) * 4))
+          << dtype_name(c.t) << " n=" << c.n << " cols=" << c.cols << (is_mean ? " mean" : " sum")
+          << ": dim 0 vs rows";
+      EXPECT_EQ(0, std::memcmp(h1.data(), h3.data(), size_t(c.cols) * 4))
+          << dtype_name(c.t) << " n=" << c.n << " cols=" << c.cols << (is_mean ? " mean" : " sum")
+          << ": batch vs alone";
+      double worst = 0;
+      for (int64_t k = 0; k < c.cols; ++k) {
+        double ref = 0, mag = 0;
+        for (int64_t i = 0; i < c.n; ++i) {
+          const double v = get(static_cast<const uint8_t*>(xh.data()) + (i * c.cols + k) * es, c.t);
+          ref += v;
+          mag += std::fabs(v);
+        }
+        if (is_mean) {
+          ref /= double(c.n);
+          mag /= double(c.n);
+        }
+        // Error relative to the sum of magnitudes: what an F32 pairwise sum bounds.
+        worst = std::max(worst, std::fabs(double(h1.ptr<float>()[k]) - ref) / mag);
+      }
+      EXPECT_LT(worst, 1e-6) << dtype_name(c.t) << " n=" << c.n << " cols=" << c.cols;
+    }
+  }
+  unsetenv("BIK_REDUCE_COLUMNS");
 }
 
 TEST(OpsCuda, Argmax) {

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU side of the project in one go, for a CUDA machine: every GPU test, the invariance harness on
+# CUDA, the engine's needle check on CUDA (batch-invariant on, then off), and the benchmarks. Each step
+# has its own time limit and log; the script goes on after a failed step and prints a summary at the end.
+#
+# usage: bench/device_suite.sh BIN_DIR OUT_DIR [steps...]
+#   BIN_DIR holds bik and bik_tests_gpu (and lib/ with shared libraries the machine may lack)
+#   steps: tests check engine ops gemm attention (default: all, in that order)
+set -uo pipefail
+bin="$(cd "$1" && pwd)"
+out="$2"
+shift 2
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(tests check engine ops gemm attention)
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$bin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+commit="${BIK_COMMIT:-$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)}"
+summary=()
+
+step() {  # step NAME LIMIT_S command...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "== $name (limit ${limit}s)"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  summary+=("$(printf '%-18s rc=%-3s %4ss' "$name" "$rc" "$((SECONDS - t0))")")
+  tail -n 25 "$out/$name.log"
+  return $rc
+}
+
+nvidia-smi -L | tee "$out/gpu.txt"
+for s in "${steps[@]}"; do
+  case "$s" in
+    tests)
+      BIK_GEMM_TRIALS=${BIK_GEMM_TRIALS:-4} step gpu_tests 330 "$bin/bik_tests_gpu" ;;
+    check)
+      step check_cuda 120 "$bin/bik" check kernels --backend cuda --cases 100000 --json "$out/check_cuda.json" ;;
+    engine)
+      step engine_cuda 120 bash "$root/bench/engine_needle.sh" "$bin/bik" "$root/bench/data/small_llama_config.json" cuda ;;
+    ops)
+      step bench_ops 150 "$bin/bik" bench ops --out "$out" --name ops_h100 --commit "$commit" &&
+        step torch_ops 120 python3 "$root/bench/torch_ops.py" "$out/ops_h100.json" ;;
+    gemm)
+      step bench_gemm 300 "$bin/bik" bench gemm --out "$out" --name gemm_h100 --commit "$commit" ;;
+    attention)
+      step bench_attention 200 "$bin/bik" bench attention --out "$out" --name attention_h100 --commit "$commit" &&
+        step torch_attention 150 python3 "$root/bench/torch_attention.py" "$out/attention_h100.json" ;;
+    *) echo "unknown step $s" >&2 ;;
+  esac
+done
+echo "== summary (commit $commit)"
+printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"

@@ -1,0 +1,48 @@
+// Causal attention over a paged KV cache, batch-invariant (docs/invariance.md).
+//
+// KV cache, one pair per layer: k_cache and v_cache are [num_blocks, block_size, num_kv_heads, head_dim],
+// in q's dtype (F16 or BF16). Position i of a sequence lives in physical block block_table[i / block_size]
+// at offset i % block_size; its "slot" is that block * block_size + offset.
+//
+// A step's query tokens are a ragged batch: sequence s owns rows [query_start_loc[s],
+// query_start_loc[s + 1]) of q and out, and those rows are its LAST q_len positions: with context length
+// n = seq_lens[s] (cached + new), row i of the sequence sits at absolute position n - q_len + i and
+// attends keys 0..position (causal). Prefill (many rows), decode (one or a few rows), chunked prefill and
+// prefix-cache hits are all this one call, and give a query token the same bits in all of them:
+//
+// The reduction order (policy::attention_plan): the keys are cut into splits at fixed absolute positions
+// (split j = [j * split_len, (j + 1) * split_len)); inside a split the scores, running max, sum and
+// accumulator advance tile by tile in increasing key position; the split results are merged in
+// increasing j by one fixed formula. Nothing in that order depends on how many rows, sequences or heads
+// are in the call, where the row sits, or whether its keys were written in this step or earlier.
+//
+// Both ops validate every argument (shapes, dtypes, devices, head_dim, the metadata's values and block
+// table range) and throw bik::Error naming the argument. On CUDA the metadata (block_tables, seq_lens,
+// query_start_loc) is read back to the host for that check and to size the launch, which synchronises
+// the device once per call.
+#pragma once
+#include "bik/ops.h"
+#include "bik/tensor.h"
+
+namespace bik {
+
+// Stores the new tokens' keys and values: k_cache[slot] = k[t], v_cache[slot] = v[t] for slot =
+// slot_mapping[t] (I32 [T]); -1 skips token t (padding). k, v: [T, num_kv_heads, head_dim], the caches'
+// dtype. A slot outside [0, num_blocks * block_size) is an error. Exact copies: no arithmetic.
+void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
+                    const TensorView& slot_mapping, Stream s = {});
+
+// out[t, h, :] = softmax(scale * q[t, h, :] . K^T) V over the keys visible to row t, for query head h
+// reading KV head h / (Hq / Hkv) (grouped-query attention; Hq % Hkv == 0).
+//   out, q:          [T, Hq, D], F16 or BF16 (same dtype), D = 64 or 128, rows contiguous in D
+//   k_cache/v_cache: [num_blocks, block_size, Hkv, D], q's dtype, contiguous
+//   block_tables:    I32 [S, max_blocks]; entries past a sequence's last used block are ignored
+//   seq_lens:        I32 [S], context length after this step (cached + new), >= q_len of the sequence
+//   query_start_loc: I32 [S + 1], non-decreasing, from 0 to T
+// A sequence with no query rows is allowed (and skipped). Softmax and the accumulation run in F32; out
+// is rounded once.
+void paged_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache,
+                     const TensorView& v_cache, const TensorView& block_tables, const TensorView& seq_lens,
+                     const TensorView& query_start_loc, float scale, Stream s = {});
+
+}  // namespace bik

@@ -1,0 +1,206 @@
+// Argument validation and dispatch for the paged KV cache ops (include/bik/attention.h). Errors name
+// the op, the argument, and the offending shape or value.
+#include "bik/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/attention_variants.h"
+#include "core/backend.h"
+#include "core/policy.h"
+
+namespace bik {
+namespace {
+
+// The values of a 1-D or 2-D I32 view, read on the host (the device is synchronised first when the view
+// lives on a GPU, so values written on any stream are visible).
+std::vector<int32_t> host_i32(const TensorView& t) {
+  std::vector<int32_t> h(size_t(t.numel()));
+  if (h.empty()) return h;
+  if (t.is_contiguous()) {
+    if (t.device.is_cuda()) synchronize(t.device);
+    memcpy_bytes(h.data(), Device::cpu(), t.data, t.device, t.numel() * 4);
+    return h;
+  }
+  Tensor c = Tensor::empty(t.sizes(), DType::I32, t.device);
+  copy(c, t);
+  if (t.device.is_cuda()) synchronize(t.device);
+  memcpy_bytes(h.data(), Device::cpu(), c.data(), c.device(), t.numel() * 4);
+  return h;
+}
+
+void check_i32(const char* op, const char* arg, const TensorView& t, const Shape& shape) {
+  BIK_CHECK(t.dtype == DType::I32, op, ": ", arg, " must be i32, got ", t.str());
+  BIK_CHECK(t.sizes() == shape, op, ": ", arg, " must be ", TensorView(nullptr, DType::I32, shape).str(),
+            " (shape), got ", t.str());
+  BIK_CHECK(t.data != nullptr || t.numel() == 0, op, ": ", arg, " has no data (null pointer)");
+}
+
+void check_device(const char* op, const TensorView& ref, const char* arg, const TensorView& t) {
+  BIK_CHECK(t.device == ref.device, op, ": ", arg, " is on ", t.device.str(), " but q is on ", ref.device.str());
+}
+
+// k_cache / v_cache: [num_blocks, block_size, Hkv, D], contiguous, in `dtype`.
+void check_cache(const char* op, const char* arg, const TensorView& c, DType dtype, int64_t d) {
+  BIK_CHECK(c.ndim == 4, op, ": ", arg, " must be [num_blocks, block_size, num_kv_heads, head_dim], got ", c.str());
+  BIK_CHECK(c.dtype == dtype, op, ": ", arg, " must be ", dtype_name(dtype), " (q's dtype), got ", c.str());
+  BIK_CHECK(c.is_contiguous(), op, ": ", arg, " must be contiguous, got ", c.str());
+  BIK_CHECK(c.shape[3] == d, op, ": ", arg, " has head_dim ", c.shape[3], " but the tokens have ", d, ": ", c.str());
+  BIK_CHECK(c.shape[1] >= 1 && c.shape[0] >= 1, op, ": ", arg, " has no blocks or an empty block: ", c.str());
+  BIK_CHECK(c.data != nullptr, op, ": ", arg, " has no data (null pointer)");
+}
+
+}  // namespace
+
+void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
+                    const TensorView& slot_mapping, Stream s) {
+  const char* op = "write_kv_cache";
+  BIK_CHECK(k.ndim == 3, op, ": k must be [T, num_kv_heads, head_dim], got ", k.str());
+  BIK_CHECK(v.sizes() == k.sizes(), op, ": v ", v.str(), " must have k's shape ", k.str());
+  BIK_CHECK(is_half(k.dtype), op, ": k must be f16 or bf16, got ", k.str());
+  BIK_CHECK(v.dtype == k.dtype, op, ": v must be ", dtype_name(k.dtype), " (k's dtype), got ", v.str());
+  check_cache(op, "k_cache", k_cache, k.dtype, k.shape[2]);
+  check_cache(op, "v_cache", v_cache, k.dtype, k.shape[2]);
+  BIK_CHECK(v_cache.sizes() == k_cache.sizes(), op, ": v_cache ", v_cache.str(), " and k_cache ", k_cache.str(),
+            " must have the same shape");
+  BIK_CHECK(k_cache.shape[2] == k.shape[1], op, ": k has ", k.shape[1], " kv heads but k_cache has ",
+            k_cache.shape[2], ": ", k_cache.str());
+  check_i32(op, "slot_mapping", slot_mapping, {k.shape[0]});
+  for (auto [name, t] : {std::pair{"v", &v}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"slot_mapping", &slot_mapping}})
+    check_device(op, k, name, *t);
+  BIK_CHECK(k.data != nullptr || k.numel() == 0, op, ": k has no data (null pointer)");
+  BIK_CHECK(v.data != nullptr || v.numel() == 0, op, ": v has no data (null pointer)");
+  if (k.numel() == 0) return;
+  const int64_t slots = k_cache.shape[0] * k_cache.shape[1];
+  const std::vector<int32_t> sm = host_i32(slot_mapping);
+  std::vector<uint8_t> used(size_t(slots), 0);
+  for (size_t t = 0; t < sm.size(); ++t) {
+    if (sm[t] == -1) continue;
+    BIK_CHECK(sm[t] >= 0 && sm[t] < slots, op, ": slot_mapping[", t, "] = ", sm[t], " is outside [0, ", slots,
+              ") (num_blocks * block_size) and is not -1 (skip)");
+    // Two tokens writing one slot would race on a GPU: the bits would depend on timing.
+    BIK_CHECK(!used[size_t(sm[t])], op, ": slot_mapping[", t, "] = ", sm[t], " repeats an earlier token's slot");
+    used[size_t(sm[t])] = 1;
+  }
+  if (k.device.is_cpu())
+    cpu::write_kv_cache(k_cache, v_cache, k, v, slot_mapping, s);
+  else
+    cuda::write_kv_cache(k_cache, v_cache, k, v, slot_mapping, s);
+}
+
+namespace {
+AttentionArgs check_attention(const char* op, const TensorView& out, const TensorView& q, const TensorView& k_cache,
+                              const TensorView& v_cache, const TensorView& block_tables, const TensorView& seq_lens,
+                              const TensorView& query_start_loc, float scale) {
+  BIK_CHECK(q.ndim == 3, op, ": q must be [T, num_heads, head_dim], got ", q.str());
+  BIK_CHECK(is_half(q.dtype), op, ": q must be f16 or bf16, got ", q.str());
+  BIK_CHECK(out.sizes() == q.sizes(), op, ": out ", out.str(), " must have q's shape ", q.str());
+  BIK_CHECK(out.dtype == q.dtype, op, ": out must be ", dtype_name(q.dtype), " (q's dtype), got ", out.str());
+  const int64_t d = q.shape[2];
+  BIK_CHECK(d == 64 || d == 128, op, ": head_dim must be 64 or 128, got ", d, " (q ", q.str(), ")");
+  BIK_CHECK(q.stride[2] == 1 || q.shape[0] * q.shape[1] == 0, op, ": q must be contiguous along head_dim, got ",
+            q.str());
+  BIK_CHECK(out.stride[2] == 1 || out.numel() == 0, op, ": out must be contiguous along head_dim, got ", out.str());
+  check_cache(op, "k_cache", k_cache, q.dtype, d);
+  check_cache(op, "v_cache", v_cache, q.dtype, d);
+  BIK_CHECK(v_cache.sizes() == k_cache.sizes(), op, ": v_cache ", v_cache.str(), " and k_cache ", k_cache.str(),
+            " must have the same shape");
+  const int64_t hq = q.shape[1], hkv = k_cache.shape[2];
+  BIK_CHECK(hq % hkv == 0, op, ": num_heads ", hq, " (q ", q.str(), ") is not a multiple of num_kv_heads ", hkv,
+            " (k_cache ", k_cache.str(), ")");
+  BIK_CHECK(hq / hkv <= 64, op, ": at most 64 query heads per kv head, got ", hq / hkv);
+  BIK_CHECK(block_tables.ndim == 2, op, ": block_tables must be i32 [num_seqs, max_blocks], got ",
+            block_tables.str());
+  const int64_t S = block_tables.shape[0], max_blocks = block_tables.shape[1];
+  check_i32(op, "block_tables", block_tables, {S, max_blocks});
+  check_i32(op, "seq_lens", seq_lens, {S});
+  check_i32(op, "query_start_loc", query_start_loc, {S + 1});
+  for (auto [name, t] : {std::pair{"out", &out}, {"k_cache", &k_cache}, {"v_cache", &v_cache},
+                         {"block_tables", &block_tables}, {"seq_lens", &seq_lens}, {"query_start_loc", &query_start_loc}})
+    check_device(op, q, name, *t);
+  BIK_CHECK(q.data != nullptr || q.numel() == 0, op, ": q has no data (null pointer)");
+  BIK_CHECK(out.data != nullptr || out.numel() == 0, op, ": out has no data (null pointer)");
+  BIK_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  if (q.device.is_cuda()) {
+    // The kernel reads q rows and writes out rows as 16-byte vectors.
+    for (auto [name, t] : {std::pair{"q", &q}, {"out", &out}})
+      BIK_CHECK((reinterpret_cast<uintptr_t>(t->data) & 15) == 0 && t->stride[0] % 8 == 0 && t->stride[1] % 8 == 0,
+                op, ": on CUDA, ", name, " must be 16-byte aligned with row strides that are multiples of 8, got ",
+                t->str());
+  }
+
+  AttentionArgs a;
+  a.out = out;
+  a.q = q;
+  a.k_cache = k_cache;
+  a.v_cache = v_cache;
+  a.block_tables = block_tables;
+  a.seq_lens = seq_lens;
+  a.query_start_loc = query_start_loc;
+  a.scale = scale;
+  a.tokens = q.shape[0];
+  a.num_seqs = S;
+  a.q_heads = hq;
+  a.kv_heads = hkv;
+  a.head_dim = d;
+  a.block_size = k_cache.shape[1];
+  a.host_seq_lens = host_i32(seq_lens);
+  a.host_query_start_loc = host_i32(query_start_loc);
+  const std::vector<int32_t> bt = host_i32(block_tables);
+  const std::vector<int32_t>& sl = a.host_seq_lens;
+  const std::vector<int32_t>& qsl = a.host_query_start_loc;
+  BIK_CHECK(qsl[0] == 0, op, ": query_start_loc[0] must be 0, got ", qsl[0]);
+  BIK_CHECK(qsl[size_t(S)] == a.tokens, op, ": query_start_loc[", S, "] = ", qsl[size_t(S)],
+            " must equal the number of query rows T = ", a.tokens, " (q ", q.str(), ")");
+  const int64_t num_blocks = k_cache.shape[0];
+  for (int64_t i = 0; i < S; ++i) {
+    const int64_t q_len = int64_t(qsl[size_t(i + 1)]) - qsl[size_t(i)], n = sl[size_t(i)];
+    BIK_CHECK(q_len >= 0, op, ": query_start_loc must be non-decreasing, but query_start_loc[", i + 1, "] = ",
+              qsl[size_t(i + 1)], " < query_start_loc[", i, "] = ", qsl[size_t(i)]);
+    BIK_CHECK(n >= q_len, op, ": seq_lens[", i, "] = ", n, " is less than the sequence's ", q_len,
+              " query rows (seq_lens counts cached + new tokens)");
+    BIK_CHECK(n <= max_blocks * a.block_size, op, ": seq_lens[", i, "] = ", n, " needs more than the ", max_blocks,
+              " blocks of block_tables' row (block_size ", a.block_size, ")");
+    const int64_t used = (n + a.block_size - 1) / a.block_size;
+    for (int64_t b = 0; b < used; ++b) {
+      const int32_t blk = bt[size_t(i * max_blocks + b)];
+      BIK_CHECK(blk >= 0 && blk < num_blocks, op, ": block_tables[", i, ", ", b, "] = ", blk,
+                " is outside the cache's blocks [0, ", num_blocks, ") (sequence ", i, " uses ", used, " blocks)");
+    }
+    a.max_q_len = std::max(a.max_q_len, q_len);
+    a.max_seq_len = std::max(a.max_seq_len, n);
+  }
+  return a;
+}
+
+void dispatch(const AttentionArgs& a, Stream s) {
+  if (a.tokens == 0) return;
+  if (a.q.device.is_cpu())
+    cpu::paged_attention(a, s);
+  else
+    cuda::paged_attention(a, s);
+}
+}  // namespace
+
+void paged_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache,
+                     const TensorView& v_cache, const TensorView& block_tables, const TensorView& seq_lens,
+                     const TensorView& query_start_loc, float scale, Stream s) {
+  dispatch(check_attention("paged_attention", out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
+                           scale),
+           s);
+}
+
+void paged_attention_split_by_seqs(const TensorView& out, const TensorView& q, const TensorView& k_cache,
+                                   const TensorView& v_cache, const TensorView& block_tables,
+                                   const TensorView& seq_lens, const TensorView& query_start_loc, float scale,
+                                   Stream s) {
+  AttentionArgs a = check_attention("paged_attention_split_by_seqs", out, q, k_cache, v_cache, block_tables,
+                                    seq_lens, query_start_loc, scale);
+  // The flash-decoding habit: fewer sequences, more (shorter) splits to fill the machine.
+  const int64_t tile = policy::attention_plan({}, a.q.dtype, a.head_dim).key_tile;
+  a.split_len = tile * std::max<int64_t>(1, 8 / std::max<int64_t>(1, a.num_seqs));
+  dispatch(a, s);
+}
+
+}  // namespace bik

@@ -1,0 +1,14 @@
+// Deliberately batch-variant attention, for negative controls only: the same kernels with a split
+// length that depends on the number of sequences in the call (the flash-decoding habit of choosing more
+// splits when the batch is small). The invariance tests must catch it.
+#pragma once
+#include "bik/attention.h"
+
+namespace bik {
+
+void paged_attention_split_by_seqs(const TensorView& out, const TensorView& q, const TensorView& k_cache,
+                                   const TensorView& v_cache, const TensorView& block_tables,
+                                   const TensorView& seq_lens, const TensorView& query_start_loc, float scale,
+                                   Stream s = {});
+
+}  // namespace bik

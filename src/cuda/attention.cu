@@ -1,0 +1,185 @@
+// bik::cuda::write_kv_cache and bik::cuda::paged_attention (kernel: cuda/attention.cuh).
+//
+// Launch choice: the in-kernel fold (one CTA per 64 query rows walks all their splits) when there are
+// enough such CTAs to fill the GPU; otherwise split-parallel (one CTA per split, then fold_kernel). The
+// two modes run the same per-split code and the same fold, so the choice, which depends on the batch,
+// never changes a bit (tests/gpu/test_attention_cuda.cpp runs both on the same rows).
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/policy.h"
+#include "cuda/attention.cuh"
+#include "cuda/check.cuh"
+
+namespace bik::cuda {
+namespace {
+
+struct AttnDevice {
+  int arch = 0, sms = 0;
+};
+
+const AttnDevice& attn_device(int index) {
+  static std::mutex mu;
+  static std::vector<AttnDevice> cache;
+  int current = -1;
+  BIK_CUDA_CHECK(cudaGetDevice(&current));
+  if (current != index) BIK_CUDA_CHECK(cudaSetDevice(index));
+  std::lock_guard<std::mutex> lock(mu);
+  if (int(cache.size()) <= index) cache.resize(size_t(index) + 1);
+  AttnDevice& d = cache[size_t(index)];
+  if (d.arch == 0) {
+    int major = 0, minor = 0;
+    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
+    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
+    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, index));
+    d.arch = major * 10 + minor;
+  }
+  return d;
+}
+
+void allow_smem(const void* kernel, int device, int bytes) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count({kernel, device})) return;
+  BIK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.insert({kernel, device});
+}
+
+template <typename T, int D>
+void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream_t st, int64_t rows) {
+  using S = attn::Smem<D>;
+  if (split) {
+    auto k = attn::attention_kernel<T, D, true>;
+    allow_smem(reinterpret_cast<const void*>(k), device, S::bytes(true));
+    k<<<grid, attn::kThreads, S::bytes(true), st>>>(p);
+    BIK_CUDA_LAUNCH_CHECK();
+    attn::fold_kernel<T, D><<<unsigned(rows), D, 0, st>>>(p);
+    BIK_CUDA_LAUNCH_CHECK();
+  } else {
+    auto k = attn::attention_kernel<T, D, false>;
+    allow_smem(reinterpret_cast<const void*>(k), device, S::bytes(false));
+    k<<<grid, attn::kThreads, S::bytes(false), st>>>(p);
+    BIK_CUDA_LAUNCH_CHECK();
+  }
+}
+
+template <typename T>
+__global__ void write_kv_kernel(T* kc, T* vc, const T* k, const T* v, int64_t k_s0, int64_t k_s1, int64_t k_s2,
+                                int64_t v_s0, int64_t v_s1, int64_t v_s2, const int32_t* slots, int64_t slot_s,
+                                int heads, int d) {
+  const int64_t t = blockIdx.x;
+  const int32_t slot = slots[t * slot_s];
+  if (slot < 0) return;
+  const int n = heads * d;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int h = i / d, e = i % d;
+    kc[int64_t(slot) * n + i] = k[t * k_s0 + h * k_s1 + e * k_s2];
+    vc[int64_t(slot) * n + i] = v[t * v_s0 + h * v_s1 + e * v_s2];
+  }
+}
+
+}  // namespace
+
+void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
+                    const TensorView& slot_mapping, Stream s) {
+  attn_device(k.device.index);
+  const int64_t T = k.shape[0];
+  const int heads = int(k.shape[1]), d = int(k.shape[2]);
+  const int threads = std::min(1024, std::max(32, (heads * d + 31) / 32 * 32));
+  cudaStream_t st = static_cast<cudaStream_t>(s.handle);
+  auto go = [&](auto tag) {
+    using T_ = decltype(tag);
+    write_kv_kernel<T_><<<unsigned(T), threads, 0, st>>>(
+        k_cache.ptr<T_>(), v_cache.ptr<T_>(), k.ptr<const T_>(), v.ptr<const T_>(), k.stride[0], k.stride[1],
+        k.stride[2], v.stride[0], v.stride[1], v.stride[2], slot_mapping.ptr<const int32_t>(), slot_mapping.stride[0],
+        heads, d);
+    BIK_CUDA_LAUNCH_CHECK();
+  };
+  if (k.dtype == DType::BF16)
+    go(__nv_bfloat16{});
+  else
+    go(__half{});
+}
+
+void paged_attention(const AttentionArgs& a, Stream s) {
+  const int device = a.q.device.index;
+  const AttnDevice& dev = attn_device(device);
+  const policy::AttentionPlan plan = policy::attention_plan({policy::Backend::CUDA, dev.arch}, a.q.dtype, a.head_dim);
+  BIK_CHECK(plan.key_tile == attn::kBK, "paged_attention: the CUDA kernel is built for key tiles of ", attn::kBK,
+            ", the plan says ", plan.key_tile);
+  const int64_t L = a.split_len > 0 ? a.split_len : plan.split_len;
+  BIK_CHECK(L % attn::kBK == 0, "paged_attention: split length ", L, " is not a multiple of the key tile");
+  BIK_CHECK(a.tokens * a.q_heads < (int64_t(1) << 31) && a.max_seq_len < (int64_t(1) << 30),
+            "paged_attention: sizes out of range for the CUDA kernel (T ", a.tokens, ", heads ", a.q_heads, ")");
+  cudaStream_t st = static_cast<cudaStream_t>(s.handle);
+
+  attn::Params p{};
+  p.out = a.out.data;
+  p.q = a.q.data;
+  p.k_cache = a.k_cache.data;
+  p.v_cache = a.v_cache.data;
+  p.q_s0 = a.q.stride[0], p.q_s1 = a.q.stride[1];
+  p.o_s0 = a.out.stride[0], p.o_s1 = a.out.stride[1];
+  p.cache_tok = a.kv_heads * a.head_dim;
+  p.cache_blk = a.block_size * p.cache_tok;
+  p.block_tables = a.block_tables.ptr<const int32_t>();
+  p.bt_s0 = a.block_tables.stride[0], p.bt_s1 = a.block_tables.stride[1];
+  p.seq_lens = a.seq_lens.ptr<const int32_t>();
+  p.sl_s = a.seq_lens.stride[0];
+  p.qsl = a.query_start_loc.ptr<const int32_t>();
+  p.qsl_s = a.query_start_loc.stride[0];
+  p.num_seqs = int(a.num_seqs);
+  p.q_heads = int(a.q_heads);
+  p.kv_heads = int(a.kv_heads);
+  p.group = int(a.q_heads / a.kv_heads);
+  p.block_size = int(a.block_size);
+  p.tok_per_cta = attn::kRows / p.group;
+  p.split_len = int(L);
+  p.scale_log2 = a.scale * 1.4426950408889634f;
+
+  // CTAs of the in-kernel fold mode; split-parallel when they cannot fill the GPU and the contexts are
+  // longer than a split (its partials cost ~ (q_heads / kv_heads) / split_len of the KV bytes).
+  int64_t ctas = 0;
+  for (int64_t i = 0; i < a.num_seqs; ++i) {
+    const int64_t q_len = a.host_query_start_loc[size_t(i + 1)] - a.host_query_start_loc[size_t(i)];
+    ctas += (q_len + p.tok_per_cta - 1) / p.tok_per_cta * a.kv_heads;
+  }
+  const int64_t max_splits = (a.max_seq_len + L - 1) / L;
+  const int64_t rows = a.tokens * a.q_heads;
+  const int64_t part_bytes = rows * max_splits * (a.head_dim + 2) * 4;
+  const bool split = max_splits > 1 && ctas < 2 * int64_t(dev.sms) && part_bytes <= (int64_t(1) << 30) &&
+                     max_splits <= 65535;
+  const int64_t qblocks = (a.max_q_len + p.tok_per_cta - 1) / p.tok_per_cta;
+  BIK_CHECK(qblocks <= 65535 && a.num_seqs * a.kv_heads < (int64_t(1) << 31),
+            "paged_attention: too many query rows for one launch");
+  dim3 grid(unsigned(a.num_seqs * a.kv_heads), unsigned(qblocks), split ? unsigned(max_splits) : 1u);
+
+  void* part = nullptr;
+  if (split) {
+    BIK_CUDA_CHECK(cudaMallocAsync(&part, size_t(part_bytes), st));
+    p.max_splits = int(max_splits);
+    p.part_ml = static_cast<float*>(part);
+    p.part_acc = p.part_ml + rows * max_splits * 2;
+  }
+  const bool bf = a.q.dtype == DType::BF16;
+  if (a.head_dim == 128) {
+    if (bf)
+      launch<__nv_bfloat16, 128>(p, grid, split, device, st, rows);
+    else
+      launch<__half, 128>(p, grid, split, device, st, rows);
+  } else {
+    if (bf)
+      launch<__nv_bfloat16, 64>(p, grid, split, device, st, rows);
+    else
+      launch<__half, 64>(p, grid, split, device, st, rows);
+  }
+  if (part) BIK_CUDA_CHECK(cudaFreeAsync(part, st));
+}
+
+}  // namespace bik::cuda

@@ -1,0 +1,86 @@
+// The Llama-family forward pass (Llama, SmolLM2, Qwen2 with q/k/v bias, Qwen3 with per-head q/k norms)
+// on the ops API, so the same code runs on the CPU backend and on CUDA.
+//
+// Activations and weights are BF16; every op accumulates in F32 inside; the logits are F32 (the lm_head
+// GEMM writes F32). One forward takes a ragged batch of rows (tokens) from any number of sequences,
+// prefill chunks and decodes mixed, and returns the logits of only the rows that need them.
+//
+// With batch_invariant = false the linear layers go through a GEMM whose summation order changes with
+// the number of rows (OpenBLAS on the CPU, cuBLASLt's default heuristic on CUDA). This is a negative
+// control: it shows that the engine's determinism comes from the kernels, not from luck.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bik/tensor.h"
+#include "engine/kv_cache.h"
+#include "engine/model_config.h"
+
+namespace bik::engine {
+
+// Host-side description of one forward. Rows of a sequence are contiguous and in position order.
+struct StepBatch {
+  std::vector<int32_t> token_ids;        // [T]
+  std::vector<int32_t> positions;        // [T] absolute positions
+  std::vector<int32_t> slot_mapping;     // [T] block * block_size + offset in the KV cache
+  std::vector<int32_t> query_start_loc;  // [S + 1]
+  std::vector<int32_t> seq_lens;         // [S] context length after this step
+  std::vector<std::vector<int32_t>> block_tables;  // [S][blocks]
+  std::vector<int32_t> logit_rows;       // rows whose logits are returned, in this order
+};
+
+// The rotary cos/sin table ([max_pos, head_dim], F32, CPU) for the config's theta and scaling; GGUF
+// rope_freqs factors (when given) divide the frequencies.
+Tensor rotary_table(const ModelConfig& c, int64_t max_pos, const std::vector<double>& freq_factors = {});
+
+class LlamaModel {
+ public:
+  // Takes the weights it needs (converted to BF16, norms and biases to F32) onto `device`.
+  LlamaModel(const ModelConfig& config, const Weights& weights, Device device, bool batch_invariant = true);
+
+  const ModelConfig& config() const { return cfg_; }
+  Device device() const { return device_; }
+  bool batch_invariant() const { return batch_invariant_; }
+  void set_batch_invariant(bool on) { batch_invariant_ = on; }
+  int64_t vocab_size() const { return vocab_; }
+  int64_t num_layers() const { return int64_t(layers_.size()); }
+  int64_t kv_heads() const { return kv_heads_; }
+  int64_t head_dim() const { return head_dim_; }
+  int64_t max_positions() const { return cos_sin_.size(0); }
+
+  KvCache make_cache(int64_t num_blocks, int64_t block_size) const;
+
+  // Logits F32 [batch.logit_rows.size(), vocab] on the model's device. Not reentrant: the activations
+  // live in scratch buffers the model keeps between calls (one forward at a time per model).
+  Tensor forward(const StepBatch& batch, KvCache& cache) const;
+
+ private:
+  struct Linear {
+    Tensor w;                   // [N, K] BF16
+    std::optional<Tensor> bias;  // [N] F32
+  };
+  struct Layer {
+    Tensor input_norm, post_attn_norm;    // [H] F32
+    std::optional<Tensor> q_norm, k_norm;  // [head_dim] F32 (Qwen3)
+    Linear q, k, v, o, gate, up, down;
+  };
+  void linear(const TensorView& out, const TensorView& x, const Linear& w) const;
+
+  ModelConfig cfg_;
+  Device device_;
+  bool batch_invariant_;
+  int64_t hidden_, inter_, heads_, kv_heads_, head_dim_, vocab_;
+  float eps_;
+  Tensor embed_;            // [V, H] BF16
+  Tensor final_norm_;       // [H] F32
+  Linear lm_head_;          // the embedding when tied
+  Tensor cos_sin_;          // rotary table, F32 [max_pos, head_dim]
+  bool neox_ = true;
+  std::vector<Layer> layers_;
+  mutable Tensor scratch_;     // BF16 activations of a step, reused
+  mutable Tensor meta_store_;  // I32 step metadata, reused
+};
+
+}  // namespace bik::engine

@@ -1,0 +1,315 @@
+// `bik bench attention`: paged causal attention, prefill (TFLOP/s) and decode (GB/s of KV read), for
+// batches 1..256 and contexts 512..32k (Hq 32, Hkv 8, head_dim 128, bf16, block size 16).
+//
+// Method: per case, random q/K/V (never zeros), shuffled physical blocks. Two timings:
+//  - kernel: the CUDA launches of paged_attention (metadata already validated), captured in a CUDA
+//    graph of `launches` calls, replayed --repeats times between events; the median over replays / launches.
+//  - call: the public paged_attention() in a loop (it reads the metadata back to validate it, one
+//    device synchronisation per call); median over repeats.
+// FLOPs (prefill): 4 * Hq * D * sum over sequences of n (n + 1) / 2 (causal, q_len = context).
+// Bytes (decode): the K and V of every context position read once. The copy ceiling is cudaMemcpy
+// device-to-device over 1 GiB (bytes read + written). bench/torch_attention.py adds torch SDPA's times
+// on the same shapes (contiguous K/V, is_causal for prefill); bench/plot_attention.py renders md + png.
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bench.h"
+#include "bik/attention.h"
+#include "bik/device.h"
+#include "bik/tensor.h"
+#include "cli.h"
+
+#if BIK_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "core/backend.h"
+#include "cuda/check.cuh"
+#endif
+
+namespace bik::cli {
+
+#if BIK_WITH_CUDA
+namespace {
+
+std::string sh(const char* cmd) {
+  std::string out;
+  if (FILE* f = popen(cmd, "r")) {
+    char buf[256];
+    while (std::fgets(buf, sizeof buf, f)) out += buf;
+    pclose(f);
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+Tensor random_bf16(const Shape& shape, float amp, uint64_t seed) {
+  static std::vector<float> pool = [] {
+    std::vector<float> p(size_t(1) << 20);
+    std::mt19937_64 g(7);
+    std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+    for (float& x : p) x = d(g);
+    return p;
+  }();
+  Tensor h = Tensor::empty(shape, DType::BF16);
+  const size_t rot = size_t(seed * 7919) % pool.size();
+  for (int64_t i = 0; i < h.numel(); ++i) h.ptr<bf16>()[i] = to_bf16(amp * pool[(size_t(i) * 3 + rot) % pool.size()]);
+  return h.to(Device::cuda(0));
+}
+
+Tensor i32_tensor(const std::vector<int32_t>& v, const Shape& shape) {
+  Tensor h = Tensor::empty(shape, DType::I32);
+  std::copy(v.begin(), v.end(), h.ptr<int32_t>());
+  return h.to(Device::cuda(0));
+}
+
+double median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Problem {
+  Tensor q, out, kc, vc, bt, sl, qsl;
+  AttentionArgs args;
+};
+
+// batch sequences of context `ctx`, each with q_len query rows.
+Problem make_problem(int64_t batch, int64_t ctx, int64_t q_len, int64_t hq, int64_t hkv, int64_t d, int64_t bs) {
+  Problem p;
+  const int64_t blocks_per = (ctx + bs - 1) / bs, nb = batch * blocks_per;
+  p.kc = random_bf16({nb, bs, hkv, d}, 1.5f, 1);
+  p.vc = random_bf16({nb, bs, hkv, d}, 1.0f, 2);
+  p.q = random_bf16({batch * q_len, hq, d}, 4.0f, 3);
+  p.out = Tensor::empty({batch * q_len, hq, d}, DType::BF16, Device::cuda(0));
+  std::vector<int32_t> perm(static_cast<size_t>(nb));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(5));
+  std::vector<int32_t> sl(static_cast<size_t>(batch), static_cast<int32_t>(ctx)), qsl(static_cast<size_t>(batch + 1));
+  for (int64_t i = 0; i <= batch; ++i) qsl[size_t(i)] = int32_t(i * q_len);
+  p.bt = i32_tensor(perm, {batch, blocks_per});
+  p.sl = i32_tensor(sl, {batch});
+  p.qsl = i32_tensor(qsl, {batch + 1});
+  AttentionArgs& a = p.args;
+  a.out = p.out;
+  a.q = p.q;
+  a.k_cache = p.kc;
+  a.v_cache = p.vc;
+  a.block_tables = p.bt;
+  a.seq_lens = p.sl;
+  a.query_start_loc = p.qsl;
+  a.scale = float(1.0 / std::sqrt(double(d)));
+  a.tokens = batch * q_len;
+  a.num_seqs = batch;
+  a.q_heads = hq;
+  a.kv_heads = hkv;
+  a.head_dim = d;
+  a.block_size = bs;
+  a.max_q_len = q_len;
+  a.max_seq_len = ctx;
+  a.host_seq_lens = sl;
+  a.host_query_start_loc = qsl;
+  return p;
+}
+
+double time_graph(const std::function<void(cudaStream_t)>& fn, int launches, int repeats, cudaStream_t st) {
+  for (int i = 0; i < 3; ++i) fn(st);
+  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  BIK_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < launches; ++i) fn(st);
+  BIK_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+  BIK_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
+  cudaEvent_t e0, e1;
+  BIK_CUDA_CHECK(cudaEventCreate(&e0));
+  BIK_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int r = 0; r < repeats; ++r) {
+    BIK_CUDA_CHECK(cudaEventRecord(e0, st));
+    BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
+    BIK_CUDA_CHECK(cudaEventRecord(e1, st));
+    BIK_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    BIK_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t / float(launches));
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return median(ms);
+}
+
+double time_calls(const std::function<void(cudaStream_t)>& fn, int repeats, cudaStream_t st) {
+  for (int i = 0; i < 3; ++i) fn(st);
+  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+  cudaEvent_t e0, e1;
+  BIK_CUDA_CHECK(cudaEventCreate(&e0));
+  BIK_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int r = 0; r < repeats; ++r) {
+    BIK_CUDA_CHECK(cudaEventRecord(e0, st));
+    fn(st);
+    BIK_CUDA_CHECK(cudaEventRecord(e1, st));
+    BIK_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    BIK_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return median(ms);
+}
+
+}  // namespace
+
+int bench_attention(const std::vector<std::string>& argv) {
+  Args args(argv, {"help", "quick"}, {"out", "name", "repeats", "commit"}, "bench attention");
+  if (args.flag("help")) {
+    std::puts(
+        "usage: bik bench attention [--out DIR] [--name NAME] [--repeats N] [--quick] [--commit SHA]\n"
+        "Times paged_attention prefill (TFLOP/s) and decode (GB/s of KV read); writes DIR/NAME.json (default\n"
+        "bench/results/attention_<gpu>.json). Add torch SDPA: python3 bench/torch_attention.py DIR/NAME.json;\n"
+        "render: python3 bench/plot_attention.py DIR/NAME.json");
+    return 0;
+  }
+  if (cuda_device_count() == 0) {
+    std::fprintf(stderr, "bik bench attention: no CUDA device\n");
+    return 2;
+  }
+  const DeviceProps props = cuda_device_props(0);
+  const int repeats = int(args.integer("repeats", 15));
+  const bool quick = args.flag("quick");
+  std::string tag = props.name;
+  for (auto& c : tag) c = std::isalnum(static_cast<unsigned char>(c)) ? char(std::tolower(c)) : '_';
+  const std::string path = args.str("out", "bench/results") + "/" + args.str("name", "attention_" + tag) + ".json";
+  std::string commit = args.str("commit", "");
+  if (commit.empty()) {
+    commit = sh("git rev-parse HEAD 2>/dev/null");
+    if (!commit.empty() && !sh("git status --porcelain 2>/dev/null").empty()) commit += "-dirty";
+  }
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  cudaStream_t st = nullptr;
+  BIK_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+
+  const int64_t copy_bytes = int64_t(1) << 30;
+  void *src = nullptr, *dst = nullptr;
+  BIK_CUDA_CHECK(cudaMalloc(&src, size_t(copy_bytes)));
+  BIK_CUDA_CHECK(cudaMalloc(&dst, size_t(copy_bytes)));
+  BIK_CUDA_CHECK(cudaMemset(src, 0x3c, size_t(copy_bytes)));
+  const double t_copy = time_graph(
+      [&](cudaStream_t s) {
+        BIK_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(copy_bytes), cudaMemcpyDeviceToDevice, s));
+      },
+      5, repeats, st);
+  BIK_CUDA_CHECK(cudaFree(src));
+  BIK_CUDA_CHECK(cudaFree(dst));
+  const double copy_gbps = 2.0 * double(copy_bytes) / (t_copy * 1e-3) / 1e9;
+  std::printf("copy ceiling (1 GiB, read + write): %.0f GB/s\n", copy_gbps);
+
+  const int64_t hq = 32, hkv = 8, d = 128, bs = 16;
+  nlohmann::json j;
+  j["benchmark"] = "attention";
+  j["gpu"] = props.name;
+  j["arch"] = props.arch();
+  j["sms"] = props.sm_count;
+  j["commit"] = commit;
+  j["date"] = date;
+  j["config"] = {{"q_heads", hq}, {"kv_heads", hkv}, {"head_dim", d}, {"block_size", bs}, {"dtype", "bf16"}};
+  j["method"] = "kernel: median over " + std::to_string(repeats) +
+                " replays of a CUDA graph of launches (metadata validated once); call: median of the public "
+                "op in a loop (validation + one device sync per call); prefill flops = 4*Hq*D*sum n(n+1)/2; "
+                "decode bytes = K+V of every context position read once";
+  j["copy_gbps"] = copy_gbps;
+  j["results"] = nlohmann::json::array();
+  auto save = [&] {
+    std::ofstream f(path);
+    if (!f) throw Error("bik bench attention: cannot write " + path);
+    f << j.dump(1) << "\n";
+  };
+
+  struct Case {
+    std::string mode;
+    int64_t batch, ctx;
+  };
+  std::vector<Case> cases;
+  const std::vector<int64_t> ctxs = quick ? std::vector<int64_t>{512, 8192} : std::vector<int64_t>{512, 2048, 8192, 32768};
+  const std::vector<int64_t> dec_b = quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 8, 32, 128, 256};
+  const std::vector<int64_t> pre_b = quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16};
+  for (int64_t b : pre_b)
+    for (int64_t n : ctxs)
+      if (b * n <= 65536) cases.push_back({"prefill", b, n});
+  for (int64_t b : dec_b)
+    for (int64_t n : ctxs)
+      if (b * n <= (int64_t(1) << 21)) cases.push_back({"decode", b, n});
+
+  std::printf("%-8s %6s %6s | %10s %10s %10s %8s\n", "mode", "batch", "ctx", "kernel us", "call us", "TFLOP/s", "GB/s");
+  int failures = 0;
+  for (const Case& c : cases) {
+    try {
+      const bool pre = c.mode == "prefill";
+      Problem p = make_problem(c.batch, c.ctx, pre ? c.ctx : 1, hq, hkv, d, bs);
+      const double flops = 4.0 * double(hq * d) * double(c.batch) *
+                           (pre ? double(c.ctx) * double(c.ctx + 1) / 2.0 : double(c.ctx));
+      const double kv_bytes = double(c.batch) * double(c.ctx) * double(hkv * d * 2 * 2);
+      const int launches = flops > 1e11 ? 3 : 20;
+      const double t_kernel =
+          time_graph([&](cudaStream_t s) { cuda::paged_attention(p.args, Stream{s}); }, launches, repeats, st);
+      const double t_call = time_calls(
+          [&](cudaStream_t s) {
+            paged_attention(p.out, p.q, p.kc, p.vc, p.bt, p.sl, p.qsl, p.args.scale, Stream{s});
+          },
+          repeats, st);
+      const double tflops = flops / (t_kernel * 1e-3) / 1e12, gbps = kv_bytes / (t_kernel * 1e-3) / 1e9;
+      std::printf("%-8s %6ld %6ld | %10.1f %10.1f %10.1f %8.0f\n", c.mode.c_str(), long(c.batch), long(c.ctx),
+                  t_kernel * 1e3, t_call * 1e3, tflops, gbps);
+      std::fflush(stdout);
+      j["results"].push_back({{"mode", c.mode},
+                              {"batch", c.batch},
+                              {"ctx", c.ctx},
+                              {"q_len", pre ? c.ctx : 1},
+                              {"flops", flops},
+                              {"kv_bytes", kv_bytes},
+                              {"bik_ms", t_kernel},
+                              {"bik_call_ms", t_call},
+                              {"bik_tflops", tflops},
+                              {"bik_gbps", gbps},
+                              {"bik_frac_of_copy", gbps / copy_gbps}});
+      save();
+    } catch (const std::exception& e) {
+      std::printf("%-8s %6ld %6ld | failed: %s\n", c.mode.c_str(), long(c.batch), long(c.ctx), e.what());
+      ++failures;
+      cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+      if (cudaStreamIsCapturing(st, &cap) == cudaSuccess && cap != cudaStreamCaptureStatusNone) {
+        cudaGraph_t g = nullptr;
+        cudaStreamEndCapture(st, &g);
+        if (g) cudaGraphDestroy(g);
+      }
+      cudaGetLastError();
+    }
+  }
+  BIK_CUDA_CHECK(cudaStreamDestroy(st));
+  save();
+  std::printf("wrote %s\n", path.c_str());
+  return failures == 0 ? 0 : 1;
+}
+#else
+int bench_attention(const std::vector<std::string>&) {
+  std::fprintf(stderr, "bik bench attention: this build has no CUDA backend\n");
+  return 2;
+}
+#endif
+
+}  // namespace bik::cli
