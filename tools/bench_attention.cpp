@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench.h"
+#include "bench_util.h"
 #include "bik/attention.h"
 #include "bik/device.h"
 #include "bik/tensor.h"
@@ -41,15 +42,14 @@ namespace bik::cli {
 #if BIK_WITH_CUDA
 namespace {
 
-std::string sh(const char* cmd) {
-  std::string out;
-  if (FILE* f = popen(cmd, "r")) {
-    char buf[256];
-    while (std::fgets(buf, sizeof buf, f)) out += buf;
-    pclose(f);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
+using bench::median;
+
+double time_graph(const std::function<void(cudaStream_t)>& fn, int launches, int repeats, cudaStream_t st) {
+  return bench::time_graph([&](int, cudaStream_t s) { fn(s); }, 1, launches, repeats, st);
+}
+// Median of single calls (each may synchronise the device inside).
+double time_calls(const std::function<void(cudaStream_t)>& fn, int repeats, cudaStream_t st) {
+  return bench::time_loop([&](int, cudaStream_t s) { fn(s); }, 1, 1, repeats, st);
 }
 
 Tensor random_bf16(const Shape& shape, float amp, uint64_t seed) {
@@ -70,11 +70,6 @@ Tensor i32_tensor(const std::vector<int32_t>& v, const Shape& shape) {
   Tensor h = Tensor::empty(shape, DType::I32);
   std::copy(v.begin(), v.end(), h.ptr<int32_t>());
   return h.to(Device::cuda(0));
-}
-
-double median(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 struct Problem {
@@ -120,57 +115,6 @@ Problem make_problem(int64_t batch, int64_t ctx, int64_t q_len, int64_t hq, int6
   return p;
 }
 
-double time_graph(const std::function<void(cudaStream_t)>& fn, int launches, int repeats, cudaStream_t st) {
-  for (int i = 0; i < 3; ++i) fn(st);
-  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  BIK_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < launches; ++i) fn(st);
-  BIK_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
-  BIK_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
-  cudaEvent_t e0, e1;
-  BIK_CUDA_CHECK(cudaEventCreate(&e0));
-  BIK_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int r = 0; r < repeats; ++r) {
-    BIK_CUDA_CHECK(cudaEventRecord(e0, st));
-    BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
-    BIK_CUDA_CHECK(cudaEventRecord(e1, st));
-    BIK_CUDA_CHECK(cudaEventSynchronize(e1));
-    float t = 0;
-    BIK_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    ms.push_back(t / float(launches));
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  return median(ms);
-}
-
-double time_calls(const std::function<void(cudaStream_t)>& fn, int repeats, cudaStream_t st) {
-  for (int i = 0; i < 3; ++i) fn(st);
-  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
-  cudaEvent_t e0, e1;
-  BIK_CUDA_CHECK(cudaEventCreate(&e0));
-  BIK_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int r = 0; r < repeats; ++r) {
-    BIK_CUDA_CHECK(cudaEventRecord(e0, st));
-    fn(st);
-    BIK_CUDA_CHECK(cudaEventRecord(e1, st));
-    BIK_CUDA_CHECK(cudaEventSynchronize(e1));
-    float t = 0;
-    BIK_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    ms.push_back(t);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return median(ms);
-}
-
 }  // namespace
 
 int bench_attention(const std::vector<std::string>& argv) {
@@ -190,17 +134,10 @@ int bench_attention(const std::vector<std::string>& argv) {
   const DeviceProps props = cuda_device_props(0);
   const int repeats = int(args.integer("repeats", 15));
   const bool quick = args.flag("quick");
-  std::string tag = props.name;
-  for (auto& c : tag) c = std::isalnum(static_cast<unsigned char>(c)) ? char(std::tolower(c)) : '_';
+  const std::string tag = bench::name_tag(props.name);
   const std::string path = args.str("out", "bench/results") + "/" + args.str("name", "attention_" + tag) + ".json";
-  std::string commit = args.str("commit", "");
-  if (commit.empty()) {
-    commit = sh("git rev-parse HEAD 2>/dev/null");
-    if (!commit.empty() && !sh("git status --porcelain 2>/dev/null").empty()) commit += "-dirty";
-  }
-  char date[32];
-  const std::time_t now = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  const std::string commit = bench::commit_of(args.str("commit", ""));
+  const std::string date = bench::utc_now();
   cudaStream_t st = nullptr;
   BIK_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
 

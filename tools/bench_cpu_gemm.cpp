@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "bench.h"
+#include "bench_util.h"
 #include "bik/ops.h"
 #include "cli.h"
 #include "cpu/parallel.h"
@@ -29,6 +30,9 @@ void gemm_force_avx2(bool on);  // src/cpu/gemm.cpp: AVX2 micro-kernels even whe
 
 namespace bik::cli {
 namespace {
+
+using bench::shell_line;
+using bench::utc_now;
 
 const char* kUsage =
     "usage: bik bench cpu-gemm [options]\n"
@@ -56,24 +60,6 @@ std::string cpu_model() {
       return v;
     }
   return "unknown";
-}
-
-std::string shell_line(const char* cmd) {
-  std::string out;
-  if (FILE* p = popen(cmd, "r")) {
-    char buf[256];
-    if (std::fgets(buf, sizeof buf, p)) out = buf;
-    pclose(p);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
-}
-
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
 }
 
 // "AMD EPYC" with 2 cores -> "amd_epyc_2c".

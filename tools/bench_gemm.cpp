@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench.h"
+#include "bench_util.h"
 #include "bik/device.h"
 #include "bik/ops.h"
 #include "bik/tensor.h"
@@ -50,17 +51,6 @@ const std::vector<Shape2>& bench_shapes() {
   return s;
 }
 
-std::string shell_line(const char* cmd) {
-  std::string out;
-  if (FILE* f = popen(cmd, "r")) {
-    char buf[256];
-    while (std::fgets(buf, sizeof buf, f)) out += buf;
-    pclose(f);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
-}
-
 GemmArgs args_of(const TensorView& out, const TensorView& a, const TensorView& w) {
   auto as3 = [](const TensorView& t) {
     TensorView v = t;
@@ -78,52 +68,6 @@ GemmArgs args_of(const TensorView& out, const TensorView& a, const TensorView& w
   g.k = a.shape[1];
   g.n = w.shape[0];
   return g;
-}
-
-// Median time of one launch, in milliseconds.
-double time_ms(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,
-               cudaStream_t st) {
-  for (int i = 0; i < std::max(3, sets); ++i) launch(i % sets, st);  // warm-up: module load, plans, caches
-  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  bool graphed = true;
-  try {
-    BIK_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < launches; ++i) launch(i % sets, st);
-    BIK_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
-    BIK_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));  // one untimed replay
-  } catch (const Error& e) {  // not capturable: time plain launches (host gaps included)
-    std::fprintf(stderr, "bench gemm: graph capture failed (%s); timing plain launches\n", e.what());
-    cudaGraph_t g2 = nullptr;
-    cudaStreamEndCapture(st, &g2);
-    if (g2) cudaGraphDestroy(g2);
-    cudaGetLastError();
-    graphed = false;
-  }
-  cudaEvent_t e0, e1;
-  BIK_CUDA_CHECK(cudaEventCreate(&e0));
-  BIK_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int r = 0; r < repeats; ++r) {
-    BIK_CUDA_CHECK(cudaEventRecord(e0, st));
-    if (graphed)
-      BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
-    else
-      for (int i = 0; i < launches; ++i) launch(i % sets, st);
-    BIK_CUDA_CHECK(cudaEventRecord(e1, st));
-    BIK_CUDA_CHECK(cudaEventSynchronize(e1));
-    float t = 0;
-    BIK_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    ms.push_back(t / float(launches));
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  if (exec) cudaGraphExecDestroy(exec);
-  if (graph) cudaGraphDestroy(graph);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
 }
 
 }  // namespace
@@ -159,20 +103,12 @@ int bench_gemm(const std::vector<std::string>& argv) {
   } else {
     shapes = bench_shapes();
   }
-  std::string gpu_tag = props.name;
-  for (auto& c : gpu_tag) c = std::isalnum(static_cast<unsigned char>(c)) ? char(std::tolower(c)) : '_';
+  const std::string gpu_tag = bench::name_tag(props.name);
   const std::string out_dir = args.str("out", "bench/results");
   const std::string name = args.str("name", "gemm_" + gpu_tag);
 
-  std::string commit = args.str("commit", "");
-  if (commit.empty()) {
-    commit = shell_line("git rev-parse HEAD 2>/dev/null");
-    if (!commit.empty() && !shell_line("git status --porcelain --untracked-files=no 2>/dev/null").empty())
-      commit += "-dirty";
-  }
-  char date[32];
-  const std::time_t now = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  const std::string commit = bench::commit_of(args.str("commit", ""));
+  const std::string date = bench::utc_now();
 
   nlohmann::json j;
   j["benchmark"] = "gemm";
@@ -209,7 +145,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
     auto copy_launch = [&](int, cudaStream_t stream) {
       BIK_CUDA_CHECK(cudaMemcpyAsync(y.data(), x.data(), size_t(n) * 4, cudaMemcpyDeviceToDevice, stream));
     };
-    const double t = time_ms(copy_launch, 1, 4, 10, st);
+    const double t = bench::time_graph(copy_launch, 1, 4, 10, st);
     j["copy_gbps"] = 8.0 * double(n) / (t * 1e-3) / 1e9;
     std::printf("device-to-device copy: %.0f GB/s (read + write)\n", double(j["copy_gbps"]));
   }
@@ -241,8 +177,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
       auto cublas_launch = [&](int i, cudaStream_t stream) {
         cuda::cublaslt_gemm(args_of(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]), Stream{stream});
       };
-      const double t_bik = time_ms(bik_launch, sets, launches, repeats, st);
-      const double t_cub = time_ms(cublas_launch, sets, launches, repeats, st);
+      const double t_bik = bench::time_graph(bik_launch, sets, launches, repeats, st);
+      const double t_cub = bench::time_graph(cublas_launch, sets, launches, repeats, st);
       const std::string config =
           cuda::gemm_config_name(args_of(ov, as[0].view().narrow(0, 0, m), ws[0]));
       nlohmann::json tile_ms = nlohmann::json::object();
@@ -254,7 +190,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
             cuda::gemm_sm90_tile(args_of(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]), Stream{stream},
                                  tile);
           };
-          const double t = time_ms(tile_launch, sets, launches, repeats, st);
+          const double t = bench::time_graph(tile_launch, sets, launches, repeats, st);
           tile_ms[tile] = t;
           if (t < best_ms) best_ms = t, best_tile = tile;
         }

@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench.h"
+#include "bench_util.h"
 #include "bik/device.h"
 #include "bik/ops.h"
 #include "bik/sampling.h"
@@ -40,16 +41,9 @@ namespace bik::cli {
 #if BIK_WITH_CUDA
 namespace {
 
-std::string shell_out(const char* cmd) {
-  std::string out;
-  if (FILE* f = popen(cmd, "r")) {
-    char buf[256];
-    while (std::fgets(buf, sizeof buf, f)) out += buf;
-    pclose(f);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
-}
+using bench::median;
+using bench::time_graph;
+using bench::time_loop;
 
 // Random contents without drawing a number per element: a pool of random values of the dtype, copied
 // with a different rotation per tensor.
@@ -86,64 +80,6 @@ Tensor random_ids(int64_t count, int64_t hi, uint64_t salt) {
 }
 
 using Launch = std::function<void(int set, cudaStream_t)>;
-
-double median(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Median time of one launch in ms, from replays of a captured graph.
-double time_graph(const Launch& launch, int sets, int launches, int repeats, cudaStream_t st) {
-  for (int i = 0; i < std::max(3, sets); ++i) launch(i % sets, st);
-  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  BIK_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < launches; ++i) launch(i % sets, st);
-  BIK_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
-  BIK_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
-  cudaEvent_t e0, e1;
-  BIK_CUDA_CHECK(cudaEventCreate(&e0));
-  BIK_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int r = 0; r < repeats; ++r) {
-    BIK_CUDA_CHECK(cudaEventRecord(e0, st));
-    BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
-    BIK_CUDA_CHECK(cudaEventRecord(e1, st));
-    BIK_CUDA_CHECK(cudaEventSynchronize(e1));
-    float t = 0;
-    BIK_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    ms.push_back(t / float(launches));
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  return median(ms);
-}
-
-// Median time of one call in ms, from a plain loop of calls (for calls that synchronise inside).
-double time_loop(const Launch& launch, int sets, int launches, int repeats, cudaStream_t st) {
-  for (int i = 0; i < std::max(3, sets); ++i) launch(i % sets, st);
-  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
-  cudaEvent_t e0, e1;
-  BIK_CUDA_CHECK(cudaEventCreate(&e0));
-  BIK_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int r = 0; r < repeats; ++r) {
-    BIK_CUDA_CHECK(cudaEventRecord(e0, st));
-    for (int i = 0; i < launches; ++i) launch(i % sets, st);
-    BIK_CUDA_CHECK(cudaEventRecord(e1, st));
-    BIK_CUDA_CHECK(cudaEventSynchronize(e1));
-    float t = 0;
-    BIK_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    ms.push_back(t / float(launches));
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return median(ms);
-}
 
 // One benchmark case: what torch_ops.py needs to rebuild it (op, dtypes, shape), the bytes it must
 // move, and how to launch it on input set i.
@@ -373,18 +309,11 @@ int bench_ops(const std::vector<std::string>& argv) {
   const int repeats = int(args.integer("repeats", 15));
   std::vector<std::string> only;
   if (args.has("ops")) only = split_list(args.str("ops"));
-  std::string gpu_tag = props.name;
-  for (auto& c : gpu_tag) c = std::isalnum(static_cast<unsigned char>(c)) ? char(std::tolower(c)) : '_';
+  const std::string gpu_tag = bench::name_tag(props.name);
   const std::string out_dir = args.str("out", "bench/results");
   const std::string name = args.str("name", "ops_" + gpu_tag);
-  std::string commit = args.str("commit", "");
-  if (commit.empty()) {
-    commit = shell_out("git rev-parse HEAD 2>/dev/null");
-    if (!commit.empty() && !shell_out("git status --porcelain 2>/dev/null").empty()) commit += "-dirty";
-  }
-  char date[32];
-  const std::time_t now = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  const std::string commit = bench::commit_of(args.str("commit", ""));
+  const std::string date = bench::utc_now();
 
   cudaStream_t st = nullptr;
   BIK_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));

@@ -1,0 +1,35 @@
+// What every benchmark driver needs: provenance (commit, date, device tag) and, on CUDA, event-timed
+// medians of repeated launches.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#if BIK_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace bik::cli::bench {
+
+std::string shell_line(const char* cmd);  // stdout of a shell command, trailing newlines dropped
+std::string utc_now();                    // e.g. "2026-11-25T16:10:09Z"
+// `given` when not empty; else `git rev-parse HEAD`, with "-dirty" when tracked files differ from it;
+// else "unknown".
+std::string commit_of(const std::string& given);
+// A device name as a file-name tag: "NVIDIA H100 80GB HBM3" -> "nvidia_h100_80gb_hbm3".
+std::string name_tag(const std::string& name);
+double median(std::vector<float> v);
+
+#if BIK_WITH_CUDA
+// Median time of one launch in ms. launch(set, stream) runs one call on input set `set` (of `sets`, used
+// round-robin so the inputs can exceed the L2). After max(3, sets) warm-up calls, `launches` calls are
+// captured into a CUDA graph that is replayed `repeats` times between events; if the calls cannot be
+// captured, plain launches are timed instead (host gaps included), with a message on stderr.
+double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,
+                  cudaStream_t st);
+// The same without a graph: `launches` plain calls between events (for calls that synchronise inside).
+double time_loop(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,
+                 cudaStream_t st);
+#endif
+
+}  // namespace bik::cli::bench
