@@ -5,17 +5,18 @@
 #
 # usage: bench/device_suite.sh BIN_DIR OUT_DIR [steps...]
 #   BIN_DIR holds bik and bik_tests_gpu (and lib/ with shared libraries the machine may lack)
-#   steps: tests check engine ops gemm attention (default: all, in that order)
+#   steps: tests check engine ops gemm attention serve (default: all, in that order)
+#   serve: Qwen3-8B dummy weights, BIK_SERVE_REQUESTS requests (default 1000), batch-invariant on then off
 set -uo pipefail
 bin="$(cd "$1" && pwd)"
 out="$2"
 shift 2
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests check engine ops gemm attention)
+[ ${#steps[@]} -gt 0 ] || steps=(tests check engine ops gemm attention serve)
 mkdir -p "$out"
 export LD_LIBRARY_PATH="$bin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-commit="${BIK_COMMIT:-$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)}"
+commit="${BIK_COMMIT:-$(git -C "$root" rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}"
 summary=()
 
 step() {  # step NAME LIMIT_S command...
@@ -47,6 +48,9 @@ for s in "${steps[@]}"; do
     attention)
       step bench_attention 200 "$bin/bik" bench attention --out "$out" --name attention_h100 --commit "$commit" &&
         step torch_attention 150 python3 "$root/bench/torch_attention.py" "$out/attention_h100.json" ;;
+    serve)
+      step bench_serve 420 "$bin/bik" bench serve --dummy-weights "$root/bench/data/qwen3_8b_config.json" --device cuda \
+        --requests "${BIK_SERVE_REQUESTS:-1000}" --kv-cache-mib 16384 --out "$out" --name serve_h100 --commit "$commit" ;;
     *) echo "unknown step $s" >&2 ;;
   esac
 done

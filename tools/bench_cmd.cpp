@@ -12,6 +12,7 @@ int cmd_bench(const std::vector<std::string>& args) {
       "  gemm       CUDA GEMM vs cuBLASLt (needs a GPU)\n"
       "  ops        CUDA norms, softmax, reductions, element-wise ops, sampling vs the copy ceiling\n"
       "  attention  CUDA paged attention: prefill TFLOP/s, decode GB/s of KV read (needs a GPU)\n"
+      "  serve      engine serving workload (repeated prompt): tokens/s and unique completions, invariant on/off\n"
       "each accepts --help\n";
   if (args.empty() || args[0] == "--help") {
     std::fputs(usage, args.empty() ? stderr : stdout);
@@ -22,6 +23,7 @@ int cmd_bench(const std::vector<std::string>& args) {
   if (args[0] == "gemm") return bench_gemm(rest);
   if (args[0] == "ops") return bench_ops(rest);
   if (args[0] == "attention") return bench_attention(rest);
+  if (args[0] == "serve") return bench_serve(rest);
   std::fprintf(stderr, "bik bench: unknown benchmark '%s'\n%s", args[0].c_str(), usage);
   return 2;
 }

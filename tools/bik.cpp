@@ -15,6 +15,7 @@ const char* kUsage =
     "  check kernels   run the invariance harness over every op (see: bik check --help)\n"
     "  bench <what>    benchmarks (see: bik bench --help)\n"
     "  generate        run prompts through the batch-invariant engine (see: bik generate --help)\n"
+    "  bisect          first op whose bits differ for a prompt alone vs in a batch (see: bik bisect --help)\n"
     "  serve           OpenAI-compatible HTTP server on the engine (see: bik serve --help)\n"
     "  audit           determinism audit of an OpenAI-compatible endpoint (see: bik audit --help)\n"
     "  info            build and device information\n";
@@ -57,6 +58,7 @@ int main(int argc, char** argv) {
     if (cmd == "bench") return bik::cli::cmd_bench(rest);
     if (cmd == "info") return bik::cli::cmd_info(rest);
     if (cmd == "generate") return bik::cli::cmd_generate(rest);
+    if (cmd == "bisect") return bik::cli::cmd_bisect(rest);
     if (cmd == "serve") return bik::cli::cmd_serve(rest);
     if (cmd == "audit") return bik::cli::cmd_audit(rest);
     std::fprintf(stderr, "bik: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);

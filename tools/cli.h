@@ -38,5 +38,6 @@ int cmd_check(const std::vector<std::string>& args);
 int cmd_bench(const std::vector<std::string>& args);
 int cmd_info(const std::vector<std::string>& args);
 int cmd_generate(const std::vector<std::string>& args);
+int cmd_bisect(const std::vector<std::string>& args);  // tools/bisect_cmd.cpp
 
 }  // namespace bik::cli

@@ -205,6 +205,14 @@ void LLMEngine::erase(int64_t request_id) {
   seqs_.erase(it);
 }
 
+void LLMEngine::abort(int64_t request_id) {
+  auto it = seqs_.find(request_id);
+  if (it == seqs_.end() || it->second->finished()) return;
+  Sequence& s = *it->second;
+  scheduler_->abort(&s);
+  s.finish = FinishReason::Abort;
+}
+
 std::vector<RequestOutput> LLMEngine::generate(const std::vector<std::vector<int32_t>>& prompts,
                                                const std::vector<RequestParams>& params,
                                                const std::function<void(const std::vector<StepOutput>&)>& on_step) {

@@ -64,6 +64,14 @@ class LLMEngine {
   RequestOutput output(int64_t request_id) const;
   // Forgets a finished request (generate() does this for the requests it added).
   void erase(int64_t request_id);
+  // Cancels an unfinished request between steps: it leaves the scheduler's queues, its KV blocks are
+  // released (its full, computed blocks stay in the prefix cache for others) and it is finished with
+  // FinishReason::Abort, keeping the tokens it produced so far; output() still answers and erase() must
+  // still be called. No other request's numbers change. Aborting a request that already finished (it
+  // keeps its finish reason) or an id the engine does not know (never added, or erased) does nothing: a
+  // cancellation may race with the request's natural end. Not thread-safe, like every other method: call
+  // it from the thread that calls step().
+  void abort(int64_t request_id);
   // Adds the requests and steps until all are done; on_step (optional) sees every step's outputs.
   std::vector<RequestOutput> generate(const std::vector<std::vector<int32_t>>& prompts,
                                       const std::vector<RequestParams>& params,
@@ -73,6 +81,7 @@ class LLMEngine {
   const EngineStats& stats() const { return stats_; }
   int64_t max_model_len() const { return max_model_len_; }
   int64_t num_blocks() const { return cache_.num_blocks; }
+  int64_t num_free_blocks() const { return blocks_->num_free_blocks(); }
 
  private:
   // What a logit row is for: sampling the sequence's next token, or the logprob of a known prompt token.

@@ -250,39 +250,64 @@ Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
   const TensorView gate_out = gate_up.narrow(1, 0, I), up_out = gate_up.narrow(1, I, I);
   const float scale = float(1.0 / std::sqrt(double(D)));
 
+  auto tap = [this](const char* name, int64_t layer, const TensorView& t) {
+    if (tap_) tap_(name, layer, t);
+  };
   embedding(x, ids, embed_);
+  tap("embedding", -1, x);
   fill_bytes(residual, 0);  // the first add-and-norm then sets residual = x exactly
   for (const Layer& L : layers_) {
     const size_t li = size_t(&L - layers_.data());
+    const int64_t l = int64_t(li);
     rms_norm(h, x, L.input_norm, eps_, residual);
+    tap("input_residual", l, residual);
+    tap("input_norm", l, h);
     linear(q, h, L.q);
+    tap("q_proj", l, q);
     linear(k, h, L.k);
+    tap("k_proj", l, k);
     linear(v, h, L.v);
+    tap("v_proj", l, v);
     TensorView q3 = q.reshape({T, Hq, D}), k3 = k.reshape({T, Hk, D});
     if (L.q_norm) {
       rms_norm(qn.reshape({T * Hq, D}), q.reshape({T * Hq, D}), *L.q_norm, eps_);
       q3 = qn;
+      tap("q_norm", l, qn);
     }
     if (L.k_norm) {
       rms_norm(kn.reshape({T * Hk, D}), k.reshape({T * Hk, D}), *L.k_norm, eps_);
       k3 = kn;
+      tap("k_norm", l, kn);
     }
     rotary_embedding(q3, k3, pos, cos_sin_, neox_);
+    tap("rotary_q", l, q3);
+    tap("rotary_k", l, k3);
     write_kv_cache(cache.k[li], cache.v[li], k3, v.reshape({T, Hk, D}), slots);
     paged_attention(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], bt, lens, qsl, scale);
+    tap("attention", l, attn);
     linear(x, attn, L.o);
+    tap("o_proj", l, x);
     rms_norm(h, x, L.post_attn_norm, eps_, residual);
+    tap("post_attn_residual", l, residual);
+    tap("post_attn_norm", l, h);
     linear(gate_out, h, L.gate);
+    tap("gate_proj", l, gate_out);
     linear(up_out, h, L.up);
+    tap("up_proj", l, up_out);
     silu_and_mul(act, gate_up);
+    tap("silu_and_mul", l, act);
     linear(x, act, L.down);
+    tap("down_proj", l, x);
   }
   if (R == 0) return logits;
   rms_norm(h, x, final_norm_, eps_, residual);
+  tap("final_residual", -1, residual);
+  tap("final_norm", -1, h);
   // Only the rows that need logits go through the lm_head: gather them (an exact copy; `embedding`
   // with the hidden states as the table is a row gather).
   embedding(picked, rows, h);
   linear(logits, picked, lm_head_);
+  tap("lm_head", -1, logits);
   return logits;
 }
 

@@ -10,6 +10,7 @@
 // control: it shows that the engine's determinism comes from the kernels, not from luck.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -56,6 +57,17 @@ class LlamaModel {
   // live in scratch buffers the model keeps between calls (one forward at a time per model).
   Tensor forward(const StepBatch& batch, KvCache& cache) const;
 
+  // An observation hook for debugging (bik bisect): when set, forward() calls it after each op with the
+  // op's name, its layer (-1 outside the layers) and its output, a view on the model's device that is only
+  // valid during the call. Row i of the view is row i of the step, except for "lm_head", whose rows are
+  // the step's logit_rows in order. Names in forward order: "embedding"; per layer "input_residual",
+  // "input_norm", "q_proj", "k_proj", "v_proj", ["q_norm", "k_norm"], "rotary_q", "rotary_k", "attention",
+  // "o_proj", "post_attn_residual", "post_attn_norm", "gate_proj", "up_proj", "silu_and_mul",
+  // "down_proj"; then "final_residual", "final_norm", "lm_head". Unset by default; it never changes the
+  // math, and an unset hook costs one branch per op.
+  using Tap = std::function<void(const char* name, int64_t layer, const TensorView& out)>;
+  void set_tap(Tap tap) { tap_ = std::move(tap); }
+
  private:
   struct Linear {
     Tensor w;                   // [N, K] BF16
@@ -81,6 +93,7 @@ class LlamaModel {
   std::vector<Layer> layers_;
   mutable Tensor scratch_;     // BF16 activations of a step, reused
   mutable Tensor meta_store_;  // I32 step metadata, reused
+  Tap tap_;                    // see set_tap
 };
 
 }  // namespace bik::engine

@@ -1,5 +1,6 @@
 #include "engine/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "core/philox.h"
+#include "cpu/parallel.h"
 #include "engine/gguf.h"
 #include "engine/safetensors.h"
 
@@ -367,24 +369,27 @@ Weights Weights::dummy(const ModelConfig& c, uint64_t seed, DType dtype) {
     // The stream of a tensor is keyed by (seed, FNV-1a hash of its name); element k uses counter k.
     uint64_t h = 1469598103934665603ull;
     for (char ch : name) h = (h ^ uint8_t(ch)) * 1099511628211ull;
-    for (int64_t k = 0; k < n; k += 2) {
-      float v0 = is_norm ? 1.0f : 0.0f, v1 = v0;
-      if (stddev > 0) {
-        const philox::U32x4 r = philox::philox4x32_10(
-            philox::U32x4{{uint32_t(uint64_t(k)), uint32_t(uint64_t(k) >> 32), uint32_t(h), uint32_t(h >> 32)}},
-            uint32_t(seed), uint32_t(seed >> 32));
-        // Box-Muller in double from two uniforms in (0, 1).
-        const double u1 = (double(r.v[0]) + 0.5) * 0x1.0p-32, u2 = (double(r.v[1]) + 0.5) * 0x1.0p-32;
-        const double rad = std::sqrt(-2.0 * std::log(u1)) * stddev, ang = 6.283185307179586 * u2;
-        v0 = float(rad * std::cos(ang));
-        v1 = float(rad * std::sin(ang));
+    // Pairs are independent (element k depends only on k), so they are filled in parallel.
+    cpu::parallel_for((n + 1) / 2, int64_t(1) << 14, [&](int64_t p0, int64_t p1) {
+      for (int64_t k = 2 * p0; k < std::min(n, 2 * p1); k += 2) {
+        float v0 = is_norm ? 1.0f : 0.0f, v1 = v0;
+        if (stddev > 0) {
+          const philox::U32x4 r = philox::philox4x32_10(
+              philox::U32x4{{uint32_t(uint64_t(k)), uint32_t(uint64_t(k) >> 32), uint32_t(h), uint32_t(h >> 32)}},
+              uint32_t(seed), uint32_t(seed >> 32));
+          // Box-Muller in double from two uniforms in (0, 1).
+          const double u1 = (double(r.v[0]) + 0.5) * 0x1.0p-32, u2 = (double(r.v[1]) + 0.5) * 0x1.0p-32;
+          const double rad = std::sqrt(-2.0 * std::log(u1)) * stddev, ang = 6.283185307179586 * u2;
+          v0 = float(rad * std::cos(ang));
+          v1 = float(rad * std::sin(ang));
+        }
+        for (int64_t e = 0; e < 2 && k + e < n; ++e) {
+          const float v = e == 0 ? v0 : v1;
+          if (dtype == DType::F32) t.ptr<float>()[k + e] = v;
+          else t.ptr<bf16>()[k + e] = to_bf16(v);
+        }
       }
-      for (int64_t e = 0; e < 2 && k + e < n; ++e) {
-        const float v = e == 0 ? v0 : v1;
-        if (dtype == DType::F32) t.ptr<float>()[k + e] = v;
-        else t.ptr<bf16>()[k + e] = to_bf16(v);
-      }
-    }
+    });
     w.tensors_[name] = std::move(t);
   }
   if (c.tie_word_embeddings) w.tensors_["lm_head"] = w.tensors_["embed"];

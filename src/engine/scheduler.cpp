@@ -119,4 +119,12 @@ void Scheduler::finish_step(const ScheduleOutput& out) {
   }
 }
 
+void Scheduler::abort(Sequence* seq) {
+  BIK_CHECK(!seq->finished(), "scheduler: request ", seq->id, " already finished");
+  if (auto w = std::find(waiting_.begin(), waiting_.end(), seq); w != waiting_.end()) waiting_.erase(w);
+  if (auto r = std::find(running_.begin(), running_.end(), seq); r != running_.end()) running_.erase(r);
+  blocks_.release(*seq);
+  seq->status = SeqStatus::Finished;
+}
+
 }  // namespace bik::engine

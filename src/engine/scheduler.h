@@ -48,6 +48,9 @@ class Scheduler {
   // After the runner and sampler: advances num_computed, registers newly full blocks in the prefix cache,
   // and releases the blocks of sequences that finished.
   void finish_step(const ScheduleOutput& out);
+  // Between steps: takes an unfinished sequence out of the waiting or running queue, releases its blocks
+  // (full blocks already registered stay in the prefix cache, reusable by others) and marks it finished.
+  void abort(Sequence* seq);
 
   const SchedulerConfig& config() const { return cfg_; }
   int64_t num_waiting() const { return int64_t(waiting_.size()); }

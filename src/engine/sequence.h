@@ -21,10 +21,14 @@ struct RequestParams {
 };
 
 enum class SeqStatus { Waiting, Running, Finished };
-enum class FinishReason { None, Stop, Length };
+// Abort: cancelled by the caller (LLMEngine::abort) before a stop token or the length limit.
+enum class FinishReason { None, Stop, Length, Abort };
 
 inline const char* finish_reason_name(FinishReason r) {
-  return r == FinishReason::Stop ? "stop" : r == FinishReason::Length ? "length" : "none";
+  return r == FinishReason::Stop     ? "stop"
+         : r == FinishReason::Length ? "length"
+         : r == FinishReason::Abort  ? "abort"
+                                     : "none";
 }
 
 struct TopLogprob {

@@ -6,9 +6,12 @@
 // channel (a mutex + condition variable + event queue). The worker of a request waits on its channel and
 // writes the whole response, or one SSE chunk per token when streaming.
 //
-// Cancellation: the engine has no abort, and none is needed for correctness. A choice that a stop string
-// ended, or whose streaming client went away, is flagged cancelled: the engine thread drops its outputs,
-// and the sequence runs out its max_tokens (bounded by the limits) before the engine forgets it.
+// Cancellation: a choice that a stop string ended, or whose streaming client went away, is flagged
+// cancelled by its HTTP worker (an atomic in the request's channel; workers never touch the engine).
+// Before each step the engine thread drops the outputs of flagged choices and calls LLMEngine::abort on
+// their sequences, which frees their KV blocks and batch rows at once (finish reason "abort", counted in
+// bik_requests_aborted_total). A non-streaming client that disconnects is not noticed (cpp-httplib 0.11
+// has no way to ask whether the connection is still open): its sequences run to their end.
 //
 // Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics
 // (Prometheus text). Anything else: 404 in OpenAI's error shape.

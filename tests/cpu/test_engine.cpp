@@ -5,6 +5,7 @@
 // forward pass must match a float64 reference.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -367,6 +368,114 @@ TEST(Engine, StopIdsAndMaxTokens) {
   ASSERT_LE(stopped.tokens.size(), 5u);
   EXPECT_EQ(stopped.finish, FinishReason::Stop);
   EXPECT_EQ(stopped.tokens.back(), full.tokens[4]);
+}
+
+// Abort in each state a request can be in: waiting (not admitted), running in prefill (part of the prompt
+// computed) and running in decode. Its blocks come back, a neighbour's numbers do not move, the aborted
+// prompt's full blocks stay in the prefix cache, and unknown or finished ids are ignored.
+TEST(Engine, AbortWaitingPrefillAndDecodeFreesBlocks) {
+  const LlamaModel& m = *small_model().model;
+  std::mt19937 rng(21);
+  const auto pn = random_prompt(rng, 20, m.vocab_size()), pa = random_prompt(rng, 8, m.vocab_size());
+  const auto pb = random_prompt(rng, 100, m.vocab_size()), pc = random_prompt(rng, 30, m.vocab_size());
+  const RequestParams params = sampled(31, 24);
+  EngineConfig cfg = engine_config(32, 64);
+  cfg.max_num_seqs = 3;  // the fourth request waits
+  const auto ref_n = run(m, cfg, {pn}, {params})[0];
+  const auto ref_b = run(m, cfg, {pb}, {params})[0];
+
+  LLMEngine e(m, cfg);
+  const int64_t total = e.num_free_blocks();
+  ASSERT_EQ(total, e.num_blocks());
+  const int64_t n = e.add_request(pn, params), a = e.add_request(pa, params), b = e.add_request(pb, params),
+                c = e.add_request(pc, params);
+  // Step 1: n 20 + a 8 + b 4 tokens; step 2: n and a decode, b prefills 30 more; c waits (max_num_seqs).
+  e.step();
+  e.step();
+  ASSERT_EQ(e.output(a).tokens.size(), 2u);  // a is decoding
+  ASSERT_TRUE(e.output(b).tokens.empty());   // b is in prefill
+  ASSERT_TRUE(e.output(c).tokens.empty());   // c never ran
+
+  int64_t free0 = e.num_free_blocks();
+  e.abort(c);
+  EXPECT_EQ(e.num_free_blocks(), free0) << "a waiting request holds no block";
+  free0 = e.num_free_blocks();
+  e.abort(b);
+  EXPECT_GT(e.num_free_blocks(), free0);
+  free0 = e.num_free_blocks();
+  e.abort(a);
+  EXPECT_GT(e.num_free_blocks(), free0);
+  for (int64_t id : {a, b, c}) EXPECT_EQ(e.output(id).finish, FinishReason::Abort) << id;
+  EXPECT_STREQ(finish_reason_name(FinishReason::Abort), "abort");
+  EXPECT_EQ(e.output(a).tokens.size(), 2u);  // what it produced before the abort stays readable
+  // Aborting again, an unknown id, or an erased one: nothing happens.
+  EXPECT_NO_THROW(e.abort(a));
+  EXPECT_NO_THROW(e.abort(12345));
+  e.erase(c);
+  EXPECT_NO_THROW(e.abort(c));
+  EXPECT_EQ(e.output(a).finish, FinishReason::Abort);
+
+  while (e.has_unfinished()) e.step();
+  EXPECT_TRUE(same_output(ref_n, e.output(n)));
+  EXPECT_EQ(e.output(n).finish, FinishReason::Length);
+  e.abort(n);  // finished: keeps its finish reason
+  EXPECT_EQ(e.output(n).finish, FinishReason::Length);
+  EXPECT_EQ(e.num_free_blocks(), total);
+  EXPECT_EQ(e.output(b).tokens.size(), 0u);
+
+  // b's computed full blocks were registered before the abort and are found again.
+  const int64_t b2 = e.add_request(pb, params);
+  while (e.has_unfinished()) e.step();
+  EXPECT_GT(e.output(b2).num_cached_tokens, 0);
+  EXPECT_TRUE(same_output(ref_b, e.output(b2)));
+  for (int64_t id : {n, a, b, b2}) e.erase(id);
+  EXPECT_EQ(e.num_free_blocks(), total);
+  EXPECT_THROW(e.output(a), std::exception);
+}
+
+// Aborting neighbours at any step, with a roomy or a tight (preempting) cache, leaves every other request
+// bitwise identical to a run without aborts; an aborted request's tokens and logprobs are a prefix of its
+// full run.
+TEST(Engine, AbortDoesNotChangeOtherRequests) {
+  const LlamaModel& m = *small_model().model;
+  std::mt19937 rng(22);
+  const auto needle = random_prompt(rng, 30, m.vocab_size());
+  Batch b = make_batch(rng, 8, m.vocab_size(), needle, sampled(17, 30), 4);
+  const auto ref = run(m, engine_config(64, 512), b.prompts, b.params);
+  const std::vector<int64_t> victims = {1, 2, 6};
+  for (bool tight : {false, true}) {
+    for (int64_t at : {0, 1, 3, 9}) {
+      SCOPED_TRACE(testing::Message() << "tight " << tight << " abort after step " << at);
+      LLMEngine e(m, tight ? engine_config(64, 16, 8) : engine_config(16, 512));
+      const int64_t total = e.num_free_blocks();
+      std::vector<int64_t> ids;
+      for (size_t i = 0; i < b.prompts.size(); ++i) ids.push_back(e.add_request(b.prompts[i], b.params[i]));
+      for (int64_t s = 0; e.has_unfinished(); ++s) {
+        if (s == at)
+          for (int64_t v : victims) e.abort(ids[size_t(v)]);
+        e.step();
+      }
+      EXPECT_EQ(e.num_free_blocks(), total);
+      for (size_t i = 0; i < ids.size(); ++i) {
+        const RequestOutput o = e.output(ids[i]);
+        if (std::find(victims.begin(), victims.end(), int64_t(i)) == victims.end()) {
+          EXPECT_TRUE(same_output(ref[i], o)) << "request " << i;
+          continue;
+        }
+        if (o.finish != FinishReason::Abort) {  // it had finished before the abort: a no-op
+          EXPECT_TRUE(same_output(ref[i], o)) << "request " << i;
+          continue;
+        }
+        ASSERT_LE(o.tokens.size(), ref[i].tokens.size());
+        RequestOutput cut = ref[i];
+        cut.tokens.resize(o.tokens.size());
+        cut.logprobs.resize(o.tokens.size());
+        cut.top.resize(o.tokens.size());
+        EXPECT_TRUE(same_output(cut, o)) << "request " << i;
+      }
+      for (int64_t id : ids) e.erase(id);
+    }
+  }
 }
 
 // The negative control: with the linear layers on OpenBLAS (its blocking depends on the number of rows;

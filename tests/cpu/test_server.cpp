@@ -1,7 +1,8 @@
 // The OpenAI-compatible server: request validation (each bad field -> 400 naming it), the text assembly of
 // choices (stop strings held back across tokens), and end to end on an in-process server with a tiny
 // seeded model on an ephemeral port: streaming equals non-streaming, n, stop, max_tokens, logprobs, seeds,
-// length limits, /health, /metrics, 404s, and a streaming client that disconnects.
+// length limits, /health, /metrics, 404s, a streaming client that disconnects, and the engine-side abort
+// of choices a stop string ended or whose client went away.
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -552,6 +553,76 @@ TEST(Server, StreamingClientDisconnectCancels) {
   }
   EXPECT_EQ(after, before + 1);
   // The server keeps serving.
+  EXPECT_EQ(post("/v1/completions", {{"prompt", "after"}, {"max_tokens", 2}})["choices"][0]["finish_reason"], "length");
+}
+
+// Polls /metrics until `name` moves past `before` (5 s at most); returns its last value.
+int64_t wait_metric_above(const std::string& name, int64_t before) {
+  auto c = client();
+  int64_t v = before;
+  for (int i = 0; i < 100 && v <= before; ++i) {
+    v = metric(c.Get("/metrics")->body, name);
+    if (v <= before) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return v;
+}
+
+// Once the engine has aborted everything in flight, no more steps run.
+void expect_engine_idle() {
+  auto c = client();
+  const std::string m0 = c.Get("/metrics")->body;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const std::string m1 = c.Get("/metrics")->body;
+  EXPECT_EQ(metric(m0, "bik_engine_steps_total"), metric(m1, "bik_engine_steps_total"));
+  EXPECT_EQ(metric(m1, "bik_requests_running"), 0);
+  EXPECT_EQ(metric(m1, "bik_requests_waiting"), 0);
+}
+
+TEST(Server, StopStringAbortsTheSequence) {
+  json r = {{"prompt", "abort at a stop string"}, {"max_tokens", 3}, {"temperature", 0}, {"return_token_ids", true},
+            {"ignore_eos", true}};
+  const json first = post("/v1/completions", r)["choices"][0];
+  ASSERT_EQ(first["token_ids"].size(), 3u);
+  auto c = client();
+  const std::string m0 = c.Get("/metrics")->body;
+  const int64_t aborted0 = metric(m0, "bik_requests_aborted_total");
+  const int64_t tokens0 = metric(m0, "bik_aborted_generation_tokens_total");
+  ASSERT_GE(aborted0, 0);
+  r["max_tokens"] = 200;
+  r["stop"] = {" " + first["token_ids"][1].dump()};
+  const json got = post("/v1/completions", r)["choices"][0];
+  EXPECT_EQ(got["finish_reason"], "stop");
+  const int64_t aborted1 = wait_metric_above("bik_requests_aborted_total", aborted0);
+  EXPECT_EQ(aborted1, aborted0 + 1);
+  // The sequence stopped within a few tokens of the match, far from its 200.
+  const int64_t tokens1 = metric(c.Get("/metrics")->body, "bik_aborted_generation_tokens_total");
+  EXPECT_GE(tokens1 - tokens0, 2);
+  EXPECT_LT(tokens1 - tokens0, 50);
+  expect_engine_idle();
+}
+
+TEST(Server, StreamingDisconnectAbortsTheSequence) {
+  auto c = client();
+  const std::string m0 = c.Get("/metrics")->body;
+  const int64_t aborted0 = metric(m0, "bik_requests_aborted_total");
+  const int64_t tokens0 = metric(m0, "bik_aborted_generation_tokens_total");
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = json({{"prompt", "hang up"}, {"max_tokens", 220}, {"ignore_eos", true}, {"stream", true}}).dump();
+  req.set_header("Content-Type", "application/json");
+  int chunks = 0;
+  req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
+  httplib::Client dc("127.0.0.1", tiny_server().port);
+  dc.set_read_timeout(30);
+  dc.send(req);  // fails on purpose: the receiver hangs up after the second chunk
+  EXPECT_GE(chunks, 2);
+  const int64_t aborted1 = wait_metric_above("bik_requests_aborted_total", aborted0);
+  EXPECT_EQ(aborted1, aborted0 + 1);
+  const int64_t tokens1 = metric(c.Get("/metrics")->body, "bik_aborted_generation_tokens_total");
+  EXPECT_GE(tokens1 - tokens0, 2);
+  EXPECT_LT(tokens1 - tokens0, 150);
+  expect_engine_idle();
   EXPECT_EQ(post("/v1/completions", {{"prompt", "after"}, {"max_tokens", 2}})["choices"][0]["finish_reason"], "length");
 }
 
