@@ -111,19 +111,6 @@ int audit(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-int cmd_audit(const std::vector<std::string>& argv) {
-  for (const auto& x : argv)
-    if (x == "--help" || x == "-h") {
-      std::fputs(kAuditUsage, stdout);
-      return 0;
-    }
-  try {
-    return audit(argv);
-  } catch (const std::exception& e) {
-    const std::string what = e.what();
-    std::fprintf(stderr, "%s%s\n", what.rfind("bik audit", 0) == 0 ? "" : "bik audit: ", what.c_str());
-    return 2;
-  }
-}
+int cmd_audit(const std::vector<std::string>& argv) { return run_command("audit", kAuditUsage, argv, &audit); }
 
 }  // namespace bik::cli

@@ -359,19 +359,6 @@ int bisect(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-int cmd_bisect(const std::vector<std::string>& argv) {
-  for (const auto& x : argv)
-    if (x == "--help" || x == "-h") {
-      std::fputs(kBisectUsage, stdout);
-      return 0;
-    }
-  try {
-    return bisect(argv);
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    std::fprintf(stderr, "%s%s\n", what.rfind("bik bisect", 0) == 0 ? "" : "bik bisect: ", what.c_str());
-    return 2;
-  }
-}
+int cmd_bisect(const std::vector<std::string>& argv) { return run_command("bisect", kBisectUsage, argv, &bisect); }
 
 }  // namespace bik::cli

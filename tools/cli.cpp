@@ -1,5 +1,6 @@
 #include "cli.h"
 
+#include <cstdio>
 #include <cstdlib>
 
 namespace bik::cli {
@@ -73,6 +74,23 @@ std::vector<std::string> split_list(const std::string& s) {
     start = comma + 1;
   }
   return out;
+}
+
+int run_command(const char* command, const char* usage, const std::vector<std::string>& argv,
+                int (*body)(const std::vector<std::string>&)) {
+  for (const auto& x : argv)
+    if (x == "--help" || x == "-h") {
+      std::fputs(usage, stdout);
+      return 0;
+    }
+  try {
+    return body(argv);
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    const std::string prefix = std::string("bik ") + command;
+    std::fprintf(stderr, "%s%s\n", what.rfind(prefix, 0) == 0 ? "" : (prefix + ": ").c_str(), what.c_str());
+    return 2;
+  }
 }
 
 }  // namespace bik::cli

@@ -30,6 +30,11 @@ class Args {
   std::vector<std::string> positional_;
 };
 
+// The frame of a subcommand: prints `usage` for --help/-h (exit 0); otherwise runs `body` and turns an
+// exception into "bik <command>: message" on stderr with exit code 2.
+int run_command(const char* command, const char* usage, const std::vector<std::string>& argv,
+                int (*body)(const std::vector<std::string>&));
+
 // Splits "a,b,c" (empty items dropped).
 std::vector<std::string> split_list(const std::string& s);
 

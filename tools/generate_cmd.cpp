@@ -287,19 +287,6 @@ int generate(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-int cmd_generate(const std::vector<std::string>& argv) {
-  for (const auto& x : argv)
-    if (x == "--help" || x == "-h") {
-      std::fputs(kGenerateUsage, stdout);
-      return 0;
-    }
-  try {
-    return generate(argv);
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    std::fprintf(stderr, "%s%s\n", what.rfind("bik generate", 0) == 0 ? "" : "bik generate: ", what.c_str());
-    return 2;
-  }
-}
+int cmd_generate(const std::vector<std::string>& argv) { return run_command("generate", kGenerateUsage, argv, &generate); }
 
 }  // namespace bik::cli

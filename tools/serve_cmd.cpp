@@ -159,19 +159,6 @@ int serve(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-int cmd_serve(const std::vector<std::string>& argv) {
-  for (const auto& x : argv)
-    if (x == "--help" || x == "-h") {
-      std::fputs(kServeUsage, stdout);
-      return 0;
-    }
-  try {
-    return serve(argv);
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    std::fprintf(stderr, "%s%s\n", what.rfind("bik serve", 0) == 0 ? "" : "bik serve: ", what.c_str());
-    return 2;
-  }
-}
+int cmd_serve(const std::vector<std::string>& argv) { return run_command("serve", kServeUsage, argv, &serve); }
 
 }  // namespace bik::cli
