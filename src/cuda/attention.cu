@@ -15,55 +15,24 @@
 #include "core/policy.h"
 #include "cuda/attention.cuh"
 #include "cuda/check.cuh"
+#include "cuda/device_info.h"
 
 namespace bik::cuda {
 namespace {
-
-struct AttnDevice {
-  int arch = 0, sms = 0;
-};
-
-const AttnDevice& attn_device(int index) {
-  static std::mutex mu;
-  static std::vector<AttnDevice> cache;
-  int current = -1;
-  BIK_CUDA_CHECK(cudaGetDevice(&current));
-  if (current != index) BIK_CUDA_CHECK(cudaSetDevice(index));
-  std::lock_guard<std::mutex> lock(mu);
-  if (int(cache.size()) <= index) cache.resize(size_t(index) + 1);
-  AttnDevice& d = cache[size_t(index)];
-  if (d.arch == 0) {
-    int major = 0, minor = 0;
-    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
-    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
-    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, index));
-    d.arch = major * 10 + minor;
-  }
-  return d;
-}
-
-void allow_smem(const void* kernel, int device, int bytes) {
-  static std::mutex mu;
-  static std::set<std::pair<const void*, int>> done;
-  std::lock_guard<std::mutex> lock(mu);
-  if (done.count({kernel, device})) return;
-  BIK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  done.insert({kernel, device});
-}
 
 template <typename T, int D>
 void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream_t st, int64_t rows) {
   using S = attn::Smem<D>;
   if (split) {
     auto k = attn::attention_kernel<T, D, true>;
-    allow_smem(reinterpret_cast<const void*>(k), device, S::bytes(true));
+    allow_dynamic_smem(reinterpret_cast<const void*>(k), device, S::bytes(true));
     k<<<grid, attn::kThreads, S::bytes(true), st>>>(p);
     BIK_CUDA_LAUNCH_CHECK();
     attn::fold_kernel<T, D><<<unsigned(rows), D, 0, st>>>(p);
     BIK_CUDA_LAUNCH_CHECK();
   } else {
     auto k = attn::attention_kernel<T, D, false>;
-    allow_smem(reinterpret_cast<const void*>(k), device, S::bytes(false));
+    allow_dynamic_smem(reinterpret_cast<const void*>(k), device, S::bytes(false));
     k<<<grid, attn::kThreads, S::bytes(false), st>>>(p);
     BIK_CUDA_LAUNCH_CHECK();
   }
@@ -88,7 +57,7 @@ __global__ void write_kv_kernel(T* kc, T* vc, const T* k, const T* v, int64_t k_
 
 void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
                     const TensorView& slot_mapping, Stream s) {
-  attn_device(k.device.index);
+  use_device(k.device.index);
   const int64_t T = k.shape[0];
   const int heads = int(k.shape[1]), d = int(k.shape[2]);
   const int threads = std::min(1024, std::max(32, (heads * d + 31) / 32 * 32));
@@ -109,7 +78,7 @@ void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const 
 
 void paged_attention(const AttentionArgs& a, Stream s) {
   const int device = a.q.device.index;
-  const AttnDevice& dev = attn_device(device);
+  const DeviceInfo& dev = use_device(device);
   const policy::AttentionPlan plan = policy::attention_plan({policy::Backend::CUDA, dev.arch}, a.q.dtype, a.head_dim);
   BIK_CHECK(plan.key_tile == attn::kBK, "paged_attention: the CUDA kernel is built for key tiles of ", attn::kBK,
             ", the plan says ", plan.key_tile);

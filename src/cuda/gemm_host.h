@@ -7,18 +7,14 @@
 
 #include "core/backend.h"
 #include "cuda/check.cuh"
+#include "cuda/device_info.h"
 #include "cuda/gemm_common.cuh"
 
 namespace bik::cuda::gemm_detail {
 
-struct DeviceInfo {
-  int index = 0;
-  int arch = 0;        // compute capability x10
-  int sms = 0;         // multiprocessors
-  int smem_optin = 0;  // opt-in shared memory per block, bytes
-};
-// Makes the tensors' device current and returns its (cached) facts.
-const DeviceInfo& use_device(int index);
+using cuda::DeviceInfo;
+using cuda::use_device;
+using cuda::allow_dynamic_smem;
 
 Problem make_problem(const GemmArgs& g);
 inline cudaStream_t stream_of(Stream s) { return static_cast<cudaStream_t>(s.handle); }
@@ -31,8 +27,6 @@ inline bool vector_rows(const void* base, int64_t sk, int64_t s_row, int rows, i
   return sk == 1 && aligned16(base) && (rows == 1 || s_row % 8 == 0) && (batch == 1 || s_batch % 8 == 0);
 }
 
-// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per (kernel, device).
-void allow_dynamic_smem(const void* kernel, int device, int bytes);
 
 std::string sm80_config_name(const Problem& p, const DeviceInfo& d);
 std::string sm90_config_name(const Problem& p, const DeviceInfo& d);

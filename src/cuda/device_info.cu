@@ -1,0 +1,44 @@
+#include "cuda/device_info.h"
+
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "cuda/check.cuh"
+
+namespace bik::cuda {
+
+const DeviceInfo& use_device(int index) {
+  static std::mutex mu;
+  static std::vector<DeviceInfo> cache;
+  int current = -1;
+  BIK_CUDA_CHECK(cudaGetDevice(&current));
+  if (current != index) BIK_CUDA_CHECK(cudaSetDevice(index));
+  std::lock_guard<std::mutex> lock(mu);
+  if (int(cache.size()) <= index) cache.resize(size_t(index) + 1);
+  DeviceInfo& d = cache[size_t(index)];
+  if (d.arch == 0) {
+    int major = 0, minor = 0;
+    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
+    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
+    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, index));
+    BIK_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, index));
+    d.index = index;
+    d.arch = major * 10 + minor;
+  }
+  return d;
+}
+
+void allow_dynamic_smem(const void* kernel, int device, int bytes) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count({kernel, device})) return;
+  BIK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.insert({kernel, device});
+}
+
+}  // namespace bik::cuda

@@ -1,0 +1,19 @@
+// Per-device facts the CUDA kernels choose their launch configuration from, cached once per device, and
+// the one-time opt-in to large dynamic shared memory per kernel.
+#pragma once
+
+namespace bik::cuda {
+
+struct DeviceInfo {
+  int index = 0;
+  int arch = 0;        // compute capability x10
+  int sms = 0;         // multiprocessors
+  int smem_optin = 0;  // opt-in shared memory per block, bytes
+};
+// Makes device `index` current and returns its (cached) facts.
+const DeviceInfo& use_device(int index);
+
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per (kernel, device).
+void allow_dynamic_smem(const void* kernel, int device, int bytes);
+
+}  // namespace bik::cuda
