@@ -26,6 +26,7 @@
 
 #include "bench.h"
 #include "bench_util.h"
+#include "model_args.h"
 #include "bik/device.h"
 #include "cli.h"
 #include "engine/engine.h"
@@ -142,15 +143,10 @@ int serve_bench(const std::vector<std::string>& argv) {
             a.positional().empty() ? "" : a.positional()[0], "'");
   BIK_CHECK(a.has("model") != a.has("dummy-weights"), "bik bench serve: give exactly one of --model and --dummy-weights");
 
-  const std::string dev_name = a.str("device", "cpu");
-  BIK_CHECK(dev_name == "cpu" || dev_name == "cuda", "bik bench serve: --device must be cpu or cuda, got '", dev_name,
-            "'");
-  Device device = Device::cpu();
+  const Device device = device_option(a, "bik bench serve");
+  const std::string dev_name = device.is_cuda() ? "cuda" : "cpu";
   std::string hw_name;
-  if (dev_name == "cuda") {
-    BIK_CHECK(cuda_built(), "bik bench serve: --device cuda: this build has no CUDA backend");
-    BIK_CHECK(cuda_device_count() > 0, "bik bench serve: --device cuda: no CUDA device found");
-    device = Device::cuda(0);
+  if (device.is_cuda()) {
     hw_name = cuda_device_props(0).name;
   } else {
     hw_name = cpu_model_name();
@@ -197,10 +193,9 @@ int serve_bench(const std::vector<std::string>& argv) {
   const std::string date = bench::utc_now();
 
   // Model.
-  LoadOptions lo;
-  const std::string path = a.has("dummy-weights") ? a.str("dummy-weights") : a.str("model");
-  lo.dummy_weights = a.has("dummy-weights");
-  lo.seed = uint64_t(a.integer("weights-seed", 0));
+  const ModelChoice choice = model_option(a, "bik bench serve");
+  const std::string& path = choice.path;
+  const LoadOptions& lo = choice.options;
   std::fprintf(stderr, "bik bench serve: loading %s%s on %s (%s)\n", path.c_str(),
                lo.dummy_weights ? " (dummy weights)" : "", dev_name.c_str(), hw_name.c_str());
   const auto t_load = Clock::now();

@@ -16,6 +16,7 @@
 
 #include "bik/device.h"
 #include "cli.h"
+#include "model_args.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
 #include "engine/model_config.h"
@@ -46,17 +47,6 @@ const char* kBisectUsage =
     "  --batch-invariant on|off  off: linear layers on a batch-variant library GEMM (default on)\n"
     "  --json PATH             write the report (every op's comparison) as JSON\n"
     "  --dump DIR              write every captured tensor as raw .bin (alone/ and batch/) + index.json\n";
-
-std::optional<Tokenizer> tokenizer_for(const std::string& path) {
-  if (fs::is_regular_file(path) && fs::path(path).extension() == ".gguf") {
-    GgufFile f(path);
-    if (f.has("tokenizer.ggml.tokens")) return Tokenizer::from_gguf(f);
-    return std::nullopt;
-  }
-  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
-  if (fs::is_regular_file(dir / "tokenizer.json")) return Tokenizer::from_hf(dir.string());
-  return std::nullopt;
-}
 
 // One op's output for the target's rows, copied to a contiguous host tensor.
 struct Capture {
@@ -178,12 +168,6 @@ void write_bin(const fs::path& file, const Tensor& t) {
   f.write(static_cast<const char*>(t.data()), std::streamsize(t.numel() * dtype_size(t.dtype())));
 }
 
-bool on_off(const Args& a, const std::string& name, bool def) {
-  const std::string v = a.str(name, def ? "on" : "off");
-  BIK_CHECK(v == "on" || v == "off", "bik bisect: --", name, " must be on or off, got '", v, "'");
-  return v == "on";
-}
-
 int bisect(const std::vector<std::string>& argv) {
   Args a(argv, {},
          {"model", "dummy-weights", "weights-seed", "device", "prompt", "batch", "position", "seed",
@@ -191,40 +175,23 @@ int bisect(const std::vector<std::string>& argv) {
          "bik bisect");
   BIK_CHECK(a.positional().empty(), "bik bisect: unexpected argument '",
             a.positional().empty() ? "" : a.positional()[0], "'");
-  BIK_CHECK(!(a.has("model") && a.has("dummy-weights")), "bik bisect: give --model or --dummy-weights, not both");
-  const std::string dev_name = a.str("device", "cpu");
-  BIK_CHECK(dev_name == "cpu" || dev_name == "cuda", "bik bisect: --device must be cpu or cuda, got '", dev_name,
-            "'");
   const long long n_other = a.integer("batch", 15);
   BIK_CHECK(n_other >= 0 && n_other <= 4096, "bik bisect: --batch must be in 0..4096, got ", n_other);
   const long long position = a.integer("position", -1);
   BIK_CHECK(!a.has("position") || (position >= 0 && position <= n_other), "bik bisect: --position must be in 0..",
             n_other, " (the batch holds ", n_other + 1, " prompts), got ", position);
   const uint64_t seed = uint64_t(a.integer("seed", 0));
-  const bool invariant = on_off(a, "batch-invariant", true);
+  const bool invariant = batch_invariant_option(a, "bik bisect");
   const std::string prompt = a.str("prompt", "The quick brown fox jumps over the lazy dog");
   BIK_CHECK(!prompt.empty(), "bik bisect: --prompt is empty");
 
-  Device device = Device::cpu();
-  if (dev_name == "cuda") {
-    BIK_CHECK(cuda_built(), "bik bisect: --device cuda: this build has no CUDA backend");
-    BIK_CHECK(cuda_device_count() > 0, "bik bisect: --device cuda: no CUDA device found");
-    device = Device::cuda(0);
-  }
+  const Device device = device_option(a, "bik bisect");
 
-  LoadOptions lo;
-  std::string path;
-  if (a.has("dummy-weights")) {
-    path = a.str("dummy-weights");
-    lo.dummy_weights = true;
-    lo.seed = uint64_t(a.integer("weights-seed", 0));
-  } else {
-    path = a.str("model", find_default_model());
-    BIK_CHECK(!path.empty(), "bik bisect: no --model given and the embedded SmolLM2 model is not installed "
-                             "(run scripts/setup.sh, or pass --dummy-weights CONFIG)");
-  }
+  const ModelChoice choice = model_option(a, "bik bisect");
+  const std::string& path = choice.path;
+  const LoadOptions& lo = choice.options;
   engine::Model loaded = load_model(path, lo);
-  const std::optional<Tokenizer> tok = tokenizer_for(path);
+  const std::optional<Tokenizer> tok = find_tokenizer(path);
   LlamaModel model(loaded.config, loaded.weights, device, invariant);
   loaded.weights = Weights();
   const int64_t V = model.vocab_size();

@@ -13,6 +13,7 @@
 
 #include "bik/device.h"
 #include "cli.h"
+#include "model_args.h"
 #include "engine/chat_template.h"
 #include "engine/engine.h"
 #include "engine/gguf.h"
@@ -75,24 +76,6 @@ std::vector<std::string> read_prompts_file(const std::string& path) {
   return out;
 }
 
-// The tokenizer that belongs with a model path, when there is one.
-std::optional<Tokenizer> find_tokenizer(const std::string& path) {
-  if (fs::is_regular_file(path) && fs::path(path).extension() == ".gguf") {
-    GgufFile f(path);
-    if (f.has("tokenizer.ggml.tokens")) return Tokenizer::from_gguf(f);
-    return std::nullopt;
-  }
-  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
-  if (fs::is_regular_file(dir / "tokenizer.json")) return Tokenizer::from_hf(dir.string());
-  return std::nullopt;
-}
-
-bool on_off(const Args& a, const std::string& name, bool def) {
-  const std::string v = a.str(name, def ? "on" : "off");
-  BIK_CHECK(v == "on" || v == "off", "bik generate: --", name, " must be on or off, got '", v, "'");
-  return v == "on";
-}
-
 int generate(const std::vector<std::string>& argv) {
   Args a(argv, {"json", "ignore-eos", "no-prefix-cache", "chat"},
          {"system", "model", "dummy-weights", "weights-seed", "prompt", "prompts-file", "max-tokens", "temperature",
@@ -101,36 +84,19 @@ int generate(const std::vector<std::string>& argv) {
          "bik generate");
   BIK_CHECK(a.positional().empty(), "bik generate: unexpected argument '",
             a.positional().empty() ? "" : a.positional()[0], "'");
-  BIK_CHECK(!(a.has("model") && a.has("dummy-weights")), "bik generate: give --model or --dummy-weights, not both");
   BIK_CHECK(a.has("prompt") != a.has("prompts-file"), "bik generate: give exactly one of --prompt and --prompts-file");
 
   // Device.
-  const std::string dev_name = a.str("device", "cpu");
-  BIK_CHECK(dev_name == "cpu" || dev_name == "cuda", "bik generate: --device must be cpu or cuda, got '", dev_name,
-            "'");
-  Device device = Device::cpu();
-  if (dev_name == "cuda") {
-    BIK_CHECK(cuda_built(), "bik generate: --device cuda: this build has no CUDA backend");
-    BIK_CHECK(cuda_device_count() > 0, "bik generate: --device cuda: no CUDA device found");
-    device = Device::cuda(0);
-  }
+  const Device device = device_option(a, "bik generate");
 
   // Model and tokenizer.
-  LoadOptions lo;
-  std::string path;
-  if (a.has("dummy-weights")) {
-    path = a.str("dummy-weights");
-    lo.dummy_weights = true;
-    lo.seed = uint64_t(a.integer("weights-seed", 0));
-  } else {
-    path = a.str("model", find_default_model());
-    BIK_CHECK(!path.empty(), "bik generate: no --model given and the embedded SmolLM2 model is not installed "
-                             "(run scripts/setup.sh, or pass --dummy-weights CONFIG)");
-  }
+  const ModelChoice choice = model_option(a, "bik generate");
+  const std::string& path = choice.path;
+  const LoadOptions& lo = choice.options;
   const auto t_load = std::chrono::steady_clock::now();
   engine::Model loaded = load_model(path, lo);
   std::optional<Tokenizer> tok = find_tokenizer(path);
-  const bool invariant = on_off(a, "batch-invariant", true);
+  const bool invariant = batch_invariant_option(a, "bik generate");
   LlamaModel model(loaded.config, loaded.weights, device, invariant);
   loaded.weights = Weights();  // the model holds its own (converted) copies
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();

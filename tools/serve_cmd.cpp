@@ -10,6 +10,7 @@
 
 #include "bik/device.h"
 #include "cli.h"
+#include "model_args.h"
 #include "engine/engine.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
@@ -56,17 +57,6 @@ const char* kServeUsage =
     "  --max-n N               n of a request at most (default 16)\n"
     "  --seed S                seed of requests that give none (default 0)\n";
 
-std::optional<Tokenizer> find_tokenizer(const std::string& path) {
-  if (fs::is_regular_file(path) && fs::path(path).extension() == ".gguf") {
-    GgufFile f(path);
-    if (f.has("tokenizer.ggml.tokens")) return Tokenizer::from_gguf(f);
-    return std::nullopt;
-  }
-  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
-  if (fs::is_regular_file(dir / "tokenizer.json")) return Tokenizer::from_hf(dir.string());
-  return std::nullopt;
-}
-
 int serve(const std::vector<std::string>& argv) {
   Args a(argv, {"no-prefix-cache"},
          {"model", "dummy-weights", "weights-seed", "served-model-name", "device", "batch-invariant", "block-size",
@@ -74,18 +64,9 @@ int serve(const std::vector<std::string>& argv) {
           "http-threads", "max-body-bytes", "max-tokens-limit", "max-n", "seed"},
          "bik serve");
   BIK_CHECK(a.positional().empty(), "bik serve: unexpected argument '", a.positional().empty() ? "" : a.positional()[0], "'");
-  BIK_CHECK(!(a.has("model") && a.has("dummy-weights")), "bik serve: give --model or --dummy-weights, not both");
 
-  const std::string dev_name = a.str("device", "cpu");
-  BIK_CHECK(dev_name == "cpu" || dev_name == "cuda", "bik serve: --device must be cpu or cuda, got '", dev_name, "'");
-  Device device = Device::cpu();
-  if (dev_name == "cuda") {
-    BIK_CHECK(cuda_built(), "bik serve: --device cuda: this build has no CUDA backend");
-    BIK_CHECK(cuda_device_count() > 0, "bik serve: --device cuda: no CUDA device found");
-    device = Device::cuda(0);
-  }
-  const std::string bi = a.str("batch-invariant", "on");
-  BIK_CHECK(bi == "on" || bi == "off", "bik serve: --batch-invariant must be on or off, got '", bi, "'");
+  const Device device = device_option(a, "bik serve");
+  const bool invariant = batch_invariant_option(a, "bik serve");
 
   ServerConfig sc;
   sc.host = a.str("host", "127.0.0.1");
@@ -114,20 +95,12 @@ int serve(const std::vector<std::string>& argv) {
                 ec.kv_cache_bytes > 0 && ec.max_model_len >= 0,
             "bik serve: engine sizes must be positive");
 
-  LoadOptions lo;
-  std::string path;
-  if (a.has("dummy-weights")) {
-    path = a.str("dummy-weights");
-    lo.dummy_weights = true;
-    lo.seed = uint64_t(a.integer("weights-seed", 0));
-  } else {
-    path = a.str("model", find_default_model());
-    BIK_CHECK(!path.empty(), "bik serve: no --model given and the embedded SmolLM2 model is not installed "
-                             "(run scripts/setup.sh, or pass --dummy-weights CONFIG)");
-  }
+  const ModelChoice choice = model_option(a, "bik serve");
+  const std::string& path = choice.path;
+  const LoadOptions& lo = choice.options;
   engine::Model loaded = load_model(path, lo);
   std::optional<Tokenizer> tok = find_tokenizer(path);
-  LlamaModel model(loaded.config, loaded.weights, device, bi == "on");
+  LlamaModel model(loaded.config, loaded.weights, device, invariant);
   loaded.weights = Weights();
   std::string name = fs::path(path).filename().string();
   if (name == "config.json") name = fs::path(path).parent_path().filename().string();
@@ -148,7 +121,7 @@ int serve(const std::vector<std::string>& argv) {
   std::fprintf(stderr,
                "bik serve: %s on %s, batch-invariant %s, max model length %lld, %s; listening on http://%s:%d "
                "(Ctrl-C stops)\n",
-               sc.model_name.c_str(), device.str().c_str(), bi.c_str(), (long long)server.limits().max_model_len,
+               sc.model_name.c_str(), device.str().c_str(), invariant ? "on" : "off", (long long)server.limits().max_model_len,
                tok ? "tokenizer loaded" : "no tokenizer (byte prompts, id text)", sc.host.c_str(), bound);
   int sig = 0;
   sigwait(&sigs, &sig);
