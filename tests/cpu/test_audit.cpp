@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine_fixtures.h"
 #include "check/audit.h"
 #include "engine/engine.h"
 #include "engine/model.h"
@@ -83,23 +84,7 @@ TEST(Audit, ParsesCompletionResponses) {
 
 // ---- against the in-process server ------------------------------------------------------------------
 
-engine::ModelConfig config(int64_t hidden, int64_t vocab) {
-  engine::ModelConfig c;
-  c.arch = "llama";
-  c.hidden = hidden;
-  c.intermediate = 2 * hidden;
-  c.layers = 2;
-  c.heads = 4;
-  c.kv_heads = 2;
-  c.head_dim = 64;
-  c.vocab = vocab;
-  c.max_position = 512;
-  c.rope_theta = 10000.0;
-  c.rms_eps = 1e-5;
-  c.eos_ids = {1};
-  c.validate();
-  return c;
-}
+engine::ModelConfig config(int64_t hidden, int64_t vocab) { return test_fixtures::tiny_model_config(hidden, vocab, 512); }
 
 struct Served {
   engine::ModelConfig cfg;

@@ -11,6 +11,7 @@
 #include <memory>
 #include <random>
 
+#include "engine_fixtures.h"
 #include "bik/dtype.h"
 #include "engine/engine.h"
 #include "engine/kv_cache.h"
@@ -21,24 +22,7 @@ namespace bik::engine {
 namespace {
 
 ModelConfig tiny_config(int64_t hidden = 64, int64_t vocab = 512, const std::string& arch = "llama") {
-  ModelConfig c;
-  c.arch = arch;
-  c.hidden = hidden;
-  c.intermediate = 2 * hidden;
-  c.layers = 2;
-  c.heads = 4;
-  c.kv_heads = 2;
-  c.head_dim = 64;
-  c.vocab = vocab;
-  c.max_position = 1024;
-  c.rope_theta = 10000.0;
-  c.rms_eps = 1e-5;
-  c.qk_norm = arch == "qwen3";
-  c.attn_bias = arch == "qwen2";
-  c.tie_word_embeddings = false;
-  c.eos_ids = {1};
-  c.validate();
-  return c;
+  return test_fixtures::tiny_model_config(hidden, vocab, 1024, arch);
 }
 
 struct TinyModel {

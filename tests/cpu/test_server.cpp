@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine_fixtures.h"
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/model_config.h"
@@ -244,23 +245,7 @@ TEST(ServerApi, ChoiceTextHoldsBackAndCutsStopStrings) {
 
 // ---- end to end on an in-process server -----------------------------------------------------------------
 
-ModelConfig tiny_config(int64_t hidden, int64_t vocab) {
-  ModelConfig c;
-  c.arch = "llama";
-  c.hidden = hidden;
-  c.intermediate = 2 * hidden;
-  c.layers = 2;
-  c.heads = 4;
-  c.kv_heads = 2;
-  c.head_dim = 64;
-  c.vocab = vocab;
-  c.max_position = 256;
-  c.rope_theta = 10000.0;
-  c.rms_eps = 1e-5;
-  c.eos_ids = {1};
-  c.validate();
-  return c;
-}
+ModelConfig tiny_config(int64_t hidden, int64_t vocab) { return test_fixtures::tiny_model_config(hidden, vocab, 256); }
 
 struct TinyServer {
   ModelConfig config = tiny_config(64, 512);
