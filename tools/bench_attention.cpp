@@ -127,10 +127,7 @@ int bench_attention(const std::vector<std::string>& argv) {
         "render: python3 bench/plot_attention.py DIR/NAME.json");
     return 0;
   }
-  if (cuda_device_count() == 0) {
-    std::fprintf(stderr, "bik bench attention: no CUDA device\n");
-    return 2;
-  }
+  if (!bench::have_cuda_device("bik bench attention")) return 2;
   const DeviceProps props = cuda_device_props(0);
   const int repeats = int(args.integer("repeats", 15));
   const bool quick = args.flag("quick");
@@ -228,13 +225,7 @@ int bench_attention(const std::vector<std::string>& argv) {
     } catch (const std::exception& e) {
       std::printf("%-8s %6ld %6ld | failed: %s\n", c.mode.c_str(), long(c.batch), long(c.ctx), e.what());
       ++failures;
-      cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-      if (cudaStreamIsCapturing(st, &cap) == cudaSuccess && cap != cudaStreamCaptureStatusNone) {
-        cudaGraph_t g = nullptr;
-        cudaStreamEndCapture(st, &g);
-        if (g) cudaGraphDestroy(g);
-      }
-      cudaGetLastError();
+      bench::recover_stream(st);
     }
   }
   BIK_CUDA_CHECK(cudaStreamDestroy(st));

@@ -84,10 +84,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
         "bench/results/gemm_<gpu>.json). Render with: python3 bench/plot_gemm.py DIR/NAME.json");
     return 0;
   }
-  if (cuda_device_count() == 0) {
-    std::fprintf(stderr, "bik bench gemm: no CUDA device\n");
-    return 2;
-  }
+  if (!bench::have_cuda_device("bik bench gemm")) return 2;
   const DeviceProps props = cuda_device_props(0);
   const DType dt = args.str("dtype", "bf16") == "f16" ? DType::F16 : DType::BF16;
   const int repeats = int(args.integer("repeats", 15)), launches_max = int(args.integer("launches", 20));

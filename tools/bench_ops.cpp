@@ -301,10 +301,7 @@ int bench_ops(const std::vector<std::string>& argv) {
         "render: python3 bench/plot_ops.py DIR/NAME.json");
     return 0;
   }
-  if (cuda_device_count() == 0) {
-    std::fprintf(stderr, "bik bench ops: no CUDA device\n");
-    return 2;
-  }
+  if (!bench::have_cuda_device("bik bench ops")) return 2;
   const DeviceProps props = cuda_device_props(0);
   const int repeats = int(args.integer("repeats", 15));
   std::vector<std::string> only;
@@ -371,13 +368,7 @@ int bench_ops(const std::vector<std::string>& argv) {
     } catch (const std::exception& e) {
       std::printf("%-18s %-28s | failed: %s\n", c.op.c_str(), c.shape.dump().c_str(), e.what());
       ++failures;
-      cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-      if (cudaStreamIsCapturing(st, &cap) == cudaSuccess && cap != cudaStreamCaptureStatusNone) {
-        cudaGraph_t g = nullptr;
-        cudaStreamEndCapture(st, &g);
-        if (g) cudaGraphDestroy(g);
-      }
-      cudaGetLastError();
+      bench::recover_stream(st);
       continue;
     }
     const double gbps = c.bytes / (t * 1e-3) / 1e9;

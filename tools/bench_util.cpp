@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "bik/device.h"
 #include "bik/error.h"
 #if BIK_WITH_CUDA
 #include "cuda/check.cuh"
@@ -50,7 +51,23 @@ double median(std::vector<float> v) {
   return v[v.size() / 2];
 }
 
+bool have_cuda_device(const char* command) {
+  if (cuda_device_count() > 0) return true;
+  std::fprintf(stderr, "%s: no CUDA device\n", command);
+  return false;
+}
+
 #if BIK_WITH_CUDA
+void recover_stream(cudaStream_t st) {
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(st, &cap) == cudaSuccess && cap != cudaStreamCaptureStatusNone) {
+    cudaGraph_t partial = nullptr;
+    cudaStreamEndCapture(st, &partial);
+    if (partial) cudaGraphDestroy(partial);
+  }
+  cudaGetLastError();
+}
+
 namespace {
 
 // Event-timed repeats of `body`, each covering `launches` calls; returns the median per call.
@@ -93,12 +110,9 @@ double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int 
     BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));  // one untimed replay
   } catch (const Error& e) {
     std::fprintf(stderr, "bench: graph capture failed (%s); timing plain launches\n", e.what());
-    cudaGraph_t partial = nullptr;
-    cudaStreamEndCapture(st, &partial);
-    if (partial) cudaGraphDestroy(partial);
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
-    cudaGetLastError();
+    recover_stream(st);
     return time_loop(launch, sets, launches, repeats, st);
   }
   const double t = timed([&] { BIK_CUDA_CHECK(cudaGraphLaunch(exec, st)); }, launches, repeats, st);

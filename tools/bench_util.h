@@ -19,6 +19,8 @@ std::string commit_of(const std::string& given);
 // A device name as a file-name tag: "NVIDIA H100 80GB HBM3" -> "nvidia_h100_80gb_hbm3".
 std::string name_tag(const std::string& name);
 double median(std::vector<float> v);
+// False (after saying so on stderr, prefixed by `command`) when the machine has no CUDA device.
+bool have_cuda_device(const char* command);
 
 #if BIK_WITH_CUDA
 // Median time of one launch in ms. launch(set, stream) runs one call on input set `set` (of `sets`, used
@@ -27,6 +29,9 @@ double median(std::vector<float> v);
 // captured, plain launches are timed instead (host gaps included), with a message on stderr.
 double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,
                   cudaStream_t st);
+// After a failed case: ends a capture the failure left open on `st` and clears the sticky error, so the
+// next case starts clean.
+void recover_stream(cudaStream_t st);
 // The same without a graph: `launches` plain calls between events (for calls that synchronise inside).
 double time_loop(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,
                  cudaStream_t st);

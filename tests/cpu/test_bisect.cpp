@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine_fixtures.h"
 #include "cli.h"
 #include "engine/model.h"
 #include "engine/model_config.h"
@@ -110,18 +111,7 @@ TEST(Bisect, BadInputExitsTwo) {
 TEST(Bisect, TapDoesNotChangeTheForward) {
   using namespace bik;
   using namespace bik::engine;
-  ModelConfig c;
-  c.arch = "qwen3";
-  c.hidden = 64;
-  c.intermediate = 128;
-  c.layers = 2;
-  c.heads = 4;
-  c.kv_heads = 2;
-  c.head_dim = 64;
-  c.vocab = 300;
-  c.max_position = 256;
-  c.qk_norm = true;
-  c.validate();
+  const ModelConfig c = test_fixtures::tiny_model_config(64, 300, 256, "qwen3");
   const Weights w = Weights::dummy(c, 5);
   LlamaModel m(c, w, Device::cpu());
   StepBatch b;
