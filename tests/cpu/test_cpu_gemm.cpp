@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "view_access.h"
 #include "bik/ops.h"
 #include "check/variants.h"
 #include "core/backend.h"
@@ -42,47 +43,11 @@ constexpr DType kInTypes[] = {DType::F32, DType::F16, DType::BF16};
 
 // ---- element access on strided views -------------------------------------------------------------------
 
-int64_t offset_of(const TensorView& t, int64_t flat) {
-  int64_t off = 0;
-  for (int d = t.ndim - 1; d >= 0; --d) {
-    off += (flat % t.shape[d]) * t.stride[d];
-    flat /= t.shape[d];
-  }
-  return off;
-}
-char* addr(const TensorView& t, int64_t flat) {
-  return static_cast<char*>(t.data) + offset_of(t, flat) * dtype_size(t.dtype);
-}
-float getf(const TensorView& t, int64_t flat) {
-  const char* p = addr(t, flat);
-  switch (t.dtype) {
-    case DType::F16:
-      return to_float(*reinterpret_cast<const f16*>(p));
-    case DType::BF16:
-      return to_float(*reinterpret_cast<const bf16*>(p));
-    default:
-      return *reinterpret_cast<const float*>(p);
-  }
-}
-void setf(const TensorView& t, int64_t flat, float v) {
-  char* p = addr(t, flat);
-  switch (t.dtype) {
-    case DType::F16:
-      *reinterpret_cast<f16*>(p) = to_f16(v);
-      break;
-    case DType::BF16:
-      *reinterpret_cast<bf16*>(p) = to_bf16(v);
-      break;
-    default:
-      *reinterpret_cast<float*>(p) = v;
-  }
-}
-// The bytes of element `flat`, for bitwise comparisons across layouts.
-uint32_t bits_at(const TensorView& t, int64_t flat) {
-  uint32_t u = 0;
-  std::memcpy(&u, addr(t, flat), size_t(dtype_size(t.dtype)));
-  return u;
-}
+using test_fixtures::addr;
+using test_fixtures::bits_at;
+float getf(const TensorView& t, int64_t flat) { return float(test_fixtures::get(t, flat)); }
+void setf(const TensorView& t, int64_t flat, float v) { test_fixtures::set(t, flat, v); }
+
 
 Tensor random_tensor(const Shape& shape, DType dt, std::mt19937_64& rng, float scale = 1.0f) {
   Tensor t = Tensor::empty(shape, dt);

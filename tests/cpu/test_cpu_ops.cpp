@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "view_access.h"
 #include "bik/ops.h"
 #include "core/policy.h"
 #include "cpu/parallel.h"
@@ -30,35 +31,11 @@ double min_normal(DType dt) { return dt == DType::F16 ? 6.103515625e-05 : 1.1754
 
 // ---- element access on views of any layout ------------------------------------------------------------
 
-int64_t offset_of(const TensorView& t, int64_t flat) {
-  int64_t off = 0;
-  for (int d = t.ndim - 1; d >= 0; --d) {
-    off += (flat % t.shape[d]) * t.stride[d];
-    flat /= t.shape[d];
-  }
-  return off;
-}
-char* addr(const TensorView& t, int64_t flat) {
-  return static_cast<char*>(t.data) + offset_of(t, flat) * dtype_size(t.dtype);
-}
-double get(const TensorView& t, int64_t flat) {
-  const char* p = addr(t, flat);
-  switch (t.dtype) {
-    case DType::F16: return to_float(*reinterpret_cast<const f16*>(p));
-    case DType::BF16: return to_float(*reinterpret_cast<const bf16*>(p));
-    case DType::I32: return *reinterpret_cast<const int32_t*>(p);
-    default: return *reinterpret_cast<const float*>(p);
-  }
-}
-void set(const TensorView& t, int64_t flat, double v) {
-  char* p = addr(t, flat);
-  switch (t.dtype) {
-    case DType::F16: *reinterpret_cast<f16*>(p) = to_f16(float(v)); break;
-    case DType::BF16: *reinterpret_cast<bf16*>(p) = to_bf16(float(v)); break;
-    case DType::I32: *reinterpret_cast<int32_t*>(p) = int32_t(v); break;
-    default: *reinterpret_cast<float*>(p) = float(v);
-  }
-}
+using test_fixtures::addr;
+using test_fixtures::get;
+using test_fixtures::offset_of;
+using test_fixtures::set;
+
 std::vector<double> values(const TensorView& t) {
   std::vector<double> v(size_t(t.numel()));
   for (int64_t i = 0; i < t.numel(); ++i) v[size_t(i)] = get(t, i);
