@@ -285,21 +285,22 @@ struct Server::Impl {
           metrics.waiting--;
           metrics.running++;
         }
-        if (!r.ch->cancelled[size_t(r.choice)]) {
-          Event e;
-          e.choice = r.choice;
-          e.token = o.token;
-          e.logprob = o.logprob;
-          e.top = std::move(o.top);
-          e.finished = o.finished;
-          e.finish = o.finish;
-          r.ch->push(std::move(e));
-        }
+        const bool deliver = !r.ch->cancelled[size_t(r.choice)];
+        Event e;
+        e.choice = r.choice;
+        e.token = o.token;
+        e.logprob = o.logprob;
+        e.top = std::move(o.top);
+        e.finished = o.finished;
+        e.finish = o.finish;
+        auto ch = r.ch;
+        // The gauges move before the client can see its last token, so /metrics read after an answer counts it.
         if (o.finished) {
           engine->erase(o.request_id);
           metrics.running--;
           routes.erase(it);
         }
+        if (deliver) ch->push(std::move(e));
       }
     }
     fail_all(503, "the server is shutting down");
@@ -539,7 +540,9 @@ struct Server::Impl {
       }
       set_error(s, 500, what);
     });
-    http.set_logger([this](const httplib::Request& q, const httplib::Response& s) {
+    // Counted before the response is written (the logger runs after the client already has it, so a
+    // client reading /metrics right after its answer could miss its own request).
+    http.set_post_routing_handler([this](const httplib::Request& q, httplib::Response& s) {
       metrics.count_request(route_label(q.path), s.status);
     });
   }

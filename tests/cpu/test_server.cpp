@@ -509,6 +509,9 @@ TEST(Server, HealthModelsAndMetrics) {
                            "bik_engine_step_seconds_count ", "bik_engine_step_seconds_bucket{le=\"+Inf\"}",
                            "# TYPE bik_engine_step_seconds histogram"})
     EXPECT_NE(res->body.find(want), std::string::npos) << want << "\n" << res->body;
+  // The request was answered in full before /metrics was read: nothing of it is still counted as in flight.
+  EXPECT_NE(res->body.find("\nbik_requests_running 0\n"), std::string::npos) << res->body;
+  EXPECT_NE(res->body.find("\nbik_requests_waiting 0\n"), std::string::npos) << res->body;
 }
 
 int64_t metric(const std::string& text, const std::string& name) {
