@@ -49,14 +49,14 @@ fi
 # skips this step; the Python tests then report themselves as skipped.
 if [ "${BIK_SKIP_TORCH:-0}" != 1 ]; then
   tvenv="${BIK_CACHE:-$HOME/.cache/bik}/torch-venv"
-  if [ -x "$tvenv/bin/python" ] && "$tvenv/bin/python" -c "import torch, transformers, gguf, pytest, scikit_build_core" \
+  if [ -x "$tvenv/bin/python" ] && "$tvenv/bin/python" -c "import torch, transformers, gguf, pytest, scikit_build_core, accelerate" \
       >/dev/null 2>&1; then
     echo "setup: torch venv present ($tvenv)"
   else
-    echo "setup: installing torch, transformers, gguf, pytest, scikit-build-core into $tvenv (several minutes)"
+    echo "setup: installing torch, transformers, accelerate, gguf, pytest, scikit-build-core into $tvenv (several minutes)"
     [ -x "$tvenv/bin/python" ] || python3 -m venv "$tvenv"
     if ! "$tvenv/bin/python" -m pip install -q --disable-pip-version-check torch transformers gguf safetensors \
-        pytest scikit-build-core ninja numpy; then
+        pytest scikit-build-core ninja numpy accelerate; then
       echo "setup: could not install torch/transformers from PyPI (needed by the Python tests);" \
            "set BIK_SKIP_TORCH=1 to build without them" >&2
       exit 1

@@ -14,3 +14,9 @@ else
   echo "no GPU on this machine: the GPU tests below report as skipped"
   ctest -L gpu --output-on-failure
 fi
+echo "== Python tests (tests/python: reference checks against Hugging Face transformers, PyTorch drop-in)"
+if PY="$(bash "$BIK_ROOT/scripts/torch_python.sh")"; then
+  BIK_BIN="$BUILD_DIR/bik" "$PY" -m pytest "$BIK_ROOT/tests/python" -q -rs
+else
+  echo "no torch venv (BIK_SKIP_TORCH=1?): the Python tests are skipped"
+fi

@@ -72,7 +72,18 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
                                                                             : (c.heads > 0 ? c.hidden / c.heads : 0);
   c.vocab = req_int(j, "vocab_size", what);
   c.max_position = j.value("max_position_embeddings", int64_t(0));
-  c.rope_theta = j.contains("rope_theta") && j["rope_theta"].is_number() ? j["rope_theta"].get<double>() : 10000.0;
+  // transformers >= 5 writes the rotary settings as one "rope_parameters" object (rope_theta, rope_type and
+  // the scaling keys); earlier versions have a top-level rope_theta and an optional "rope_scaling" object.
+  const json* rope = nullptr;
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) rope = &j["rope_parameters"];
+  else if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) rope = &j["rope_scaling"];
+  const json& theta_src = rope && rope->contains("rope_theta") ? *rope : j;
+  c.rope_theta = theta_src.contains("rope_theta") && theta_src["rope_theta"].is_number()
+                     ? theta_src["rope_theta"].get<double>() : 10000.0;
+  const std::string act = j.value("hidden_act", std::string("silu"));
+  if (act != "silu")
+    throw Error(detail::concat(what, ": hidden_act '", act, "' is not supported (silu)"));
+  if (j.value("mlp_bias", false)) throw Error(what + ": mlp_bias = true is not supported");
   c.rms_eps = j.contains("rms_norm_eps") && j["rms_norm_eps"].is_number() ? j["rms_norm_eps"].get<double>() : 1e-6;
   c.tie_word_embeddings = j.value("tie_word_embeddings", false);
   c.qk_norm = c.arch == "qwen3";
@@ -82,8 +93,8 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     if (!b.empty()) c.bos_id = b[0];
   }
   if (j.contains("eos_token_id")) c.eos_ids = ids_of(j["eos_token_id"]);
-  if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) {
-    const json& r = j["rope_scaling"];
+  if (rope) {
+    const json& r = *rope;
     std::string type = r.value("rope_type", r.value("type", std::string("default")));
     if (type != "default") {
       if (type != "linear" && type != "dynamic" && type != "llama3" && type != "yarn")

@@ -112,6 +112,25 @@ TEST(ModelConfig, FromHfConfigJson) {
   j["model_type"] = "qwen2";
   EXPECT_TRUE(ModelConfig::from_json_text(j.dump()).attn_bias);
 
+  // transformers >= 5: theta and scaling in one "rope_parameters" object, no top-level rope_theta.
+  json v5 = json::parse(kQwen3Config);
+  v5.erase("rope_theta");
+  v5["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 500000.0}, {"factor", 32.0},
+                           {"original_max_position_embeddings", 8192}};
+  const ModelConfig p = ModelConfig::from_json_text(v5.dump());
+  EXPECT_DOUBLE_EQ(p.rope_theta, 500000.0);
+  EXPECT_EQ(p.rope_scaling.type, "llama3");
+  EXPECT_DOUBLE_EQ(p.rope_scaling.factor, 32.0);
+  v5["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1234.0}};
+  EXPECT_DOUBLE_EQ(ModelConfig::from_json_text(v5.dump()).rope_theta, 1234.0);
+  EXPECT_EQ(ModelConfig::from_json_text(v5.dump()).rope_scaling.type, "none");
+  // Settings the forward does not implement are refused, not ignored.
+  v5["hidden_act"] = "gelu";
+  EXPECT_NE(error_of([&] { ModelConfig::from_json_text(v5.dump()); }).find("hidden_act 'gelu'"), std::string::npos);
+  v5["hidden_act"] = "silu";
+  v5["mlp_bias"] = true;
+  EXPECT_NE(error_of([&] { ModelConfig::from_json_text(v5.dump()); }).find("mlp_bias"), std::string::npos);
+
   j["model_type"] = "gpt_neox";
   EXPECT_NE(error_of([&] { ModelConfig::from_json_text(j.dump()); }).find("gpt_neox"), std::string::npos);
   j["model_type"] = "llama";
