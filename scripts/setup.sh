@@ -55,8 +55,10 @@ if [ "${BIK_SKIP_TORCH:-0}" != 1 ]; then
   else
     echo "setup: installing torch, transformers, accelerate, gguf, pytest, scikit-build-core into $tvenv (several minutes)"
     [ -x "$tvenv/bin/python" ] || python3 -m venv "$tvenv"
-    if ! "$tvenv/bin/python" -m pip install -q --disable-pip-version-check torch transformers gguf safetensors \
-        pytest scikit-build-core ninja numpy accelerate; then
+    # Pinned: the reference checks read GGUF and config.json through transformers, whose formats move.
+    if ! "$tvenv/bin/python" -m pip install -q --disable-pip-version-check torch==2.15.0 transformers==5.24.0 \
+        gguf==0.19.0 safetensors==0.8.0 accelerate==1.15.0 pytest==9.2.0 scikit-build-core==1.1.2 ninja==1.13.2 \
+        numpy==2.4.6; then
       echo "setup: could not install torch/transformers from PyPI (needed by the Python tests);" \
            "set BIK_SKIP_TORCH=1 to build without them" >&2
       exit 1
