@@ -55,6 +55,10 @@ const char* kGenerateUsage =
     "  --batch-invariant on|off  off routes the linear layers through a batch-variant GEMM (OpenBLAS on\n"
     "                          the CPU, cuBLASLt's default heuristic on CUDA): a negative control that\n"
     "                          shows outputs changing with the batch (default on)\n"
+    "  --tp K                  tensor parallelism over K ranks, K in 1, 2, 4, 8 (cpu: K threads; cuda: K\n"
+    "                          GPUs over NCCL); K must divide the attention heads, kv heads, MLP size\n"
+    "  --tp-invariant on|off   with --tp: sum the o/down layers as a fixed tree of 8 K-chunks, so every K\n"
+    "                          (1 included) gives the same bits (default on); off: naive per-rank sums\n"
     "  --chunk-size N          token budget of one step = prefill chunk (default 512)\n"
     "  --block-size N          KV cache block size in tokens (default 16)\n"
     "  --num-blocks N          KV cache blocks (default: 256 MiB worth); small values force preemption\n"
@@ -79,7 +83,7 @@ std::vector<std::string> read_prompts_file(const std::string& path) {
 int generate(const std::vector<std::string>& argv) {
   Args a(argv, {"json", "ignore-eos", "no-prefix-cache", "chat"},
          {"system", "model", "dummy-weights", "weights-seed", "prompt", "prompts-file", "max-tokens", "temperature",
-          "top-k", "top-p", "min-p", "seed", "logprobs", "device", "batch-invariant", "chunk-size", "block-size",
+          "top-k", "top-p", "min-p", "seed", "logprobs", "device", "batch-invariant", "tp", "tp-invariant", "chunk-size", "block-size",
           "num-blocks", "max-seqs"},
          "bik generate");
   BIK_CHECK(a.positional().empty(), "bik generate: unexpected argument '",
@@ -88,6 +92,7 @@ int generate(const std::vector<std::string>& argv) {
 
   // Device.
   const Device device = device_option(a, "bik generate");
+  const TpChoice tp = tp_option(a, "bik generate");
 
   // Model and tokenizer.
   const ModelChoice choice = model_option(a, "bik generate");
@@ -97,7 +102,9 @@ int generate(const std::vector<std::string>& argv) {
   engine::Model loaded = load_model(path, lo);
   std::optional<Tokenizer> tok = find_tokenizer(path);
   const bool invariant = batch_invariant_option(a, "bik generate");
-  LlamaModel model(loaded.config, loaded.weights, device, invariant);
+  const std::unique_ptr<ModelRunner> runner =
+      make_runner(loaded.config, loaded.weights, device, invariant, tp, "bik generate");
+  const ModelRunner& model = *runner;
   loaded.weights = Weights();  // the model holds its own (converted) copies
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
 

@@ -4,6 +4,7 @@
 
 #include "bik/device.h"
 #include "engine/gguf.h"
+#include "engine/tp_model.h"
 
 namespace bik::cli {
 
@@ -22,6 +23,34 @@ bool batch_invariant_option(const Args& a, const std::string& command) {
   const std::string v = a.str("batch-invariant", "on");
   BIK_CHECK(v == "on" || v == "off", command, ": --batch-invariant must be on or off, got '", v, "'");
   return v == "on";
+}
+
+TpChoice tp_option(const Args& a, const std::string& command) {
+  TpChoice t;
+  BIK_CHECK(a.has("tp") || !a.has("tp-invariant"), command, ": --tp-invariant needs --tp");
+  if (!a.has("tp")) return t;
+  const int64_t k = a.integer("tp", 1);
+  BIK_CHECK(k == 1 || k == 2 || k == 4 || k == 8, command, ": --tp must be 1, 2, 4 or 8, got ", k);
+  t.size = int(k);
+  const std::string inv = a.str("tp-invariant", "on");
+  BIK_CHECK(inv == "on" || inv == "off", command, ": --tp-invariant must be on or off, got '", inv, "'");
+  t.chunks = inv == "on" ? engine::kTpInvariantChunks : 0;
+  return t;
+}
+
+std::unique_ptr<engine::ModelRunner> make_runner(const engine::ModelConfig& config, const engine::Weights& weights,
+                                                 Device device, bool batch_invariant, const TpChoice& tp,
+                                                 const std::string& command) {
+  engine::check_tp_size(tp.size, config, command);
+  if (tp.size == 1) {
+    engine::TpConfig tc;
+    tc.chunks = tp.chunks;
+    return std::make_unique<engine::LlamaModel>(config, weights, device, batch_invariant, tc);
+  }
+  engine::TpOptions o;
+  o.size = tp.size;
+  o.chunks = tp.chunks;
+  return std::make_unique<engine::TpModel>(config, weights, device, o, batch_invariant);
 }
 
 ModelChoice model_option(const Args& a, const std::string& command) {

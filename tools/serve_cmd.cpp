@@ -41,6 +41,10 @@ const char* kServeUsage =
     "engine:\n"
     "  --device cpu|cuda       (default cpu)\n"
     "  --batch-invariant on|off  off: batch-variant GEMMs (negative control; default on)\n"
+    "  --tp K                  tensor parallelism over K ranks, K in 1, 2, 4, 8 (cpu: K threads; cuda: K\n"
+    "                          GPUs over NCCL); K must divide the attention heads, kv heads, MLP size\n"
+    "  --tp-invariant on|off   with --tp: sum the o/down layers as a fixed tree of 8 K-chunks, so every K\n"
+    "                          (1 included) gives the same bits (default on); off: naive per-rank sums\n"
     "  --block-size N          KV cache block size in tokens (default 16)\n"
     "  --num-blocks N          KV cache blocks (default: --kv-cache-mib worth)\n"
     "  --kv-cache-mib N        KV cache budget when --num-blocks is not given (default 256)\n"
@@ -59,13 +63,14 @@ const char* kServeUsage =
 
 int serve(const std::vector<std::string>& argv) {
   Args a(argv, {"no-prefix-cache"},
-         {"model", "dummy-weights", "weights-seed", "served-model-name", "device", "batch-invariant", "block-size",
+         {"model", "dummy-weights", "weights-seed", "served-model-name", "device", "batch-invariant", "tp", "tp-invariant", "block-size",
           "num-blocks", "kv-cache-mib", "max-batched-tokens", "max-seqs", "max-model-len", "host", "port",
           "http-threads", "max-body-bytes", "max-tokens-limit", "max-n", "seed"},
          "bik serve");
   BIK_CHECK(a.positional().empty(), "bik serve: unexpected argument '", a.positional().empty() ? "" : a.positional()[0], "'");
 
   const Device device = device_option(a, "bik serve");
+  const TpChoice tp = tp_option(a, "bik serve");
   const bool invariant = batch_invariant_option(a, "bik serve");
 
   ServerConfig sc;
@@ -100,7 +105,9 @@ int serve(const std::vector<std::string>& argv) {
   const LoadOptions& lo = choice.options;
   engine::Model loaded = load_model(path, lo);
   std::optional<Tokenizer> tok = find_tokenizer(path);
-  LlamaModel model(loaded.config, loaded.weights, device, invariant);
+  const std::unique_ptr<ModelRunner> runner =
+      make_runner(loaded.config, loaded.weights, device, invariant, tp, "bik serve");
+  const ModelRunner& model = *runner;
   loaded.weights = Weights();
   std::string name = fs::path(path).filename().string();
   if (name == "config.json") name = fs::path(path).parent_path().filename().string();

@@ -30,6 +30,17 @@ void addmm(const TensorView& out, const TensorView& bias, const TensorView& a, c
 // Batched: a [B, M, K], b [B, N, K] (batch stride 0 shares one weight), out [B, M, N].
 void bmm(const TensorView& out, const TensorView& a, const TensorView& b, Stream s = {});
 
+// ---- fixed-order sum of partial results (tensor parallelism) --------------------------------------------
+// out[m, n] = round(tree(partials[0, m, n], ..., partials[P-1, m, n]) (+ bias[n])), in F32, where P is a
+// power of two and the tree adds adjacent pairs level by level:
+//   P = 8: ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)).
+// A subtree over partials [j * 2^l, (j + 1) * 2^l) therefore has the same value wherever it is computed,
+// which is what lets K ranks each sum their own leaves and then sum the K results (docs/engine.md,
+// "Tensor parallelism"). P = 1 copies (and rounds). partials: F32 [P, M, N], any strides; out: [M, N],
+// F32, F16 or BF16; bias (optional): [N], F32 or out's dtype, added once after the whole tree.
+void sum_partials(const TensorView& out, const TensorView& partials,
+                  const std::optional<TensorView>& bias = std::nullopt, Stream s = {});
+
 // ---- normalisation ----------------------------------------------------------------------------------
 // out = x * rsqrt(mean(x^2) + eps) * weight, computed in F32, rounded once to out's dtype.
 // x, out: [..., n] (same shape); weight: [n], x's dtype or F32.

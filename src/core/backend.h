@@ -57,7 +57,10 @@ struct AttentionArgs {
                 const TensorView& logits, const TensorView& tokens, Stream s);                      \
   void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k,       \
                       const TensorView& v, const TensorView& slot_mapping, Stream s);                 \
-  void paged_attention(const AttentionArgs& a, Stream s);
+  void paged_attention(const AttentionArgs& a, Stream s);                                              \
+  /* partials [P, M, N] F32 with P a power of two, out [M, N], bias [N]: validated */                  \
+  void sum_partials(const TensorView& out, const TensorView& partials,                                \
+                    const std::optional<TensorView>& bias, Stream s);
 
 namespace cpu {
 BIK_BACKEND_OPS

@@ -38,6 +38,9 @@ void softmax(const TensorView&, const TensorView&, bool, Stream) { no_cuda("soft
 void reduce(const ReduceArgs&, Stream) { no_cuda("sum/mean"); }
 void argmax(const TensorView&, const TensorView&, Stream) { no_cuda("argmax"); }
 void silu_and_mul(const TensorView&, const TensorView&, Stream) { no_cuda("silu_and_mul"); }
+void sum_partials(const TensorView&, const TensorView&, const std::optional<TensorView>&, Stream) {
+  no_cuda("sum_partials");
+}
 void rotary_embedding(const TensorView&, const TensorView&, const TensorView&, const TensorView&, bool, Stream) {
   no_cuda("rotary_embedding");
 }

@@ -121,6 +121,28 @@ void bmm(const TensorView& out, const TensorView& a, const TensorView& b, Stream
   gemm_checked("bmm", out, std::nullopt, a, b, 3, s);
 }
 
+void sum_partials(const TensorView& out, const TensorView& partials, const std::optional<TensorView>& bias,
+                  Stream s) {
+  const char* op = "sum_partials";
+  BIK_CHECK(partials.ndim == 3, op, ": partials must be [P, M, N], got ", partials.str());
+  BIK_CHECK(partials.dtype == DType::F32, op, ": partials must be f32, got ", partials.str());
+  const int64_t p = partials.shape[0], m = partials.shape[1], n = partials.shape[2];
+  BIK_CHECK(p >= 1 && (p & (p - 1)) == 0, op, ": the number of partials must be a power of two (1, 2, 4, ...), got ",
+            p, " in ", partials.str());
+  BIK_CHECK(out.ndim == 2 && out.shape[0] == m && out.shape[1] == n, op, ": out must be [", m, ", ", n, "], got ",
+            out.str());
+  check_float(op, "out", out);
+  check_same_device(op, partials, "out", out);
+  if (bias) {
+    check_same_device(op, partials, "bias", *bias);
+    check_vector(op, "bias", *bias, n, out.dtype);
+  }
+  check_data(op, "partials", partials);
+  check_data(op, "out", out);
+  if (m == 0 || n == 0) return;
+  dispatch_device(out, &cpu::sum_partials, &cuda::sum_partials, out, partials, bias, s);
+}
+
 void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weight, float eps,
               const std::optional<TensorView>& residual, Stream s) {
   check_rows("rms_norm", out, x);

@@ -9,7 +9,7 @@
 
 namespace bik::engine {
 
-LLMEngine::LLMEngine(const LlamaModel& model, const EngineConfig& cfg) : model_(model), cfg_(cfg) {
+LLMEngine::LLMEngine(const ModelRunner& model, const EngineConfig& cfg) : model_(model), cfg_(cfg) {
   BIK_CHECK(cfg_.block_size > 0, "engine: block_size must be positive, got ", cfg_.block_size);
   int64_t blocks = cfg_.num_blocks;
   if (blocks <= 0)

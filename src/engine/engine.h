@@ -1,5 +1,5 @@
 // LLMEngine: requests in, tokens and logprobs out. One step is
-//   Scheduler (which rows run) -> runner (LlamaModel::forward on the paged KV cache) -> sampler (bik::sample and
+//   Scheduler (which rows run) -> runner (ModelRunner::forward on the paged KV cache: a LlamaModel, or a TpModel) -> sampler (bik::sample and
 //   bik::logprobs, keyed by the request's seed and the token's absolute position) -> the sequences.
 // A request's tokens and logprobs do not depend on what else is in the batch, the chunk size, the prefix
 // cache or preemption: tests/cpu/test_engine.cpp checks each of these bit for bit.
@@ -55,7 +55,7 @@ struct EngineStats {
 
 class LLMEngine {
  public:
-  LLMEngine(const LlamaModel& model, const EngineConfig& cfg);
+  LLMEngine(const ModelRunner& model, const EngineConfig& cfg);
 
   // Returns the request id (0, 1, 2, ... in order of arrival).
   int64_t add_request(const std::vector<int32_t>& prompt, const RequestParams& params);
@@ -92,7 +92,7 @@ class LLMEngine {
   };
   StepBatch prepare(const ScheduleOutput& sched, std::vector<LogitRow>& uses) const;
 
-  const LlamaModel& model_;
+  const ModelRunner& model_;
   EngineConfig cfg_;
   int64_t max_model_len_ = 0;
   KvCache cache_;

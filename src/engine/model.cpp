@@ -6,6 +6,7 @@
 #include "bik/ops.h"
 #include "check/variants.h"
 #include "core/backend.h"
+#include "engine/tp.h"
 #ifdef BIK_WITH_CUDA
 #include "cuda/cublas_gemm.h"
 #endif
@@ -36,6 +37,25 @@ Tensor host_as(const Tensor& t, DType dtype) {
   }
   return out;
 }
+
+// Rows [r0, r0 + nr) and columns [c0, c0 + nc) of a 2-D weight as a contiguous host tensor of its dtype.
+Tensor host_slice(const Tensor& t, int64_t r0, int64_t nr, int64_t c0, int64_t nc) {
+  Tensor src = t.device().is_cpu() ? t : t.to(Device::cpu());
+  if (r0 == 0 && c0 == 0 && nr == src.size(0) && nc == src.size(1)) return src;
+  Tensor out = Tensor::empty({nr, nc}, src.dtype());
+  copy(out, src.view().narrow(0, r0, nr).narrow(1, c0, nc));
+  return out;
+}
+
+Tensor host_slice(const Tensor& t, int64_t e0, int64_t ne) {
+  Tensor src = t.device().is_cpu() ? t : t.to(Device::cpu());
+  if (e0 == 0 && ne == src.numel()) return src;
+  Tensor out = Tensor::empty({ne}, src.dtype());
+  copy(out, src.view().narrow(0, e0, ne));
+  return out;
+}
+
+bool power_of_two(int64_t n) { return n >= 1 && (n & (n - 1)) == 0; }
 
 TensorView as3d(const TensorView& t) {
   TensorView v = t;
@@ -85,8 +105,9 @@ Tensor rotary_table(const ModelConfig& c, int64_t max_pos, const std::vector<dou
   return t;
 }
 
-LlamaModel::LlamaModel(const ModelConfig& config, const Weights& weights, Device device, bool batch_invariant)
-    : cfg_(config), device_(device), batch_invariant_(batch_invariant) {
+LlamaModel::LlamaModel(const ModelConfig& config, const Weights& weights, Device device, bool batch_invariant,
+                       const TpConfig& tp)
+    : cfg_(config), device_(device), batch_invariant_(batch_invariant), tp_(tp) {
   hidden_ = cfg_.hidden;
   inter_ = cfg_.intermediate;
   heads_ = cfg_.heads;
@@ -97,25 +118,52 @@ LlamaModel::LlamaModel(const ModelConfig& config, const Weights& weights, Device
   BIK_CHECK(heads_ > 0 && kv_heads_ > 0 && heads_ % kv_heads_ == 0, "model: ", heads_,
             " attention heads is not a multiple of ", kv_heads_, " kv heads");
 
-  auto matrix = [&](const std::string& name, int64_t n, int64_t k) {
+  // Tensor parallelism: this rank's share of the heads and of the MLP (see TpConfig).
+  const int64_t tp_size = tp_.size, rank = tp_.rank;
+  BIK_CHECK(tp_size >= 1 && rank >= 0 && rank < tp_size, "model: tensor-parallel rank ", rank, " of ", tp_size,
+            " ranks");
+  BIK_CHECK(tp_size == 1 || (tp_.comm && tp_.comm->size() == tp_size && tp_.comm->rank() == rank),
+            "model: tensor-parallel rank ", rank, " of ", tp_size, " needs a communicator of that size and rank");
+  BIK_CHECK(tp_.chunks >= 0 && (tp_.chunks <= 1 || (power_of_two(tp_.chunks) && tp_.chunks % tp_size == 0)),
+            "model: tp chunks must be 0, 1 or a power of two that is a multiple of the TP size ", tp_size, ", got ",
+            tp_.chunks);
+  BIK_CHECK(heads_ % tp_size == 0 && kv_heads_ % tp_size == 0, "model: tensor parallelism over ", tp_size,
+            " ranks needs the ", heads_, " attention heads and the ", kv_heads_, " kv heads to be multiples of ",
+            tp_size);
+  BIK_CHECK(inter_ % tp_size == 0, "model: tensor parallelism over ", tp_size,
+            " ranks needs the intermediate size ", inter_, " to be a multiple of ", tp_size);
+  if (tp_.chunks > 1) {
+    BIK_CHECK(heads_ * head_dim_ % tp_.chunks == 0, "model: ", tp_.chunks, " K-chunks do not divide the ",
+              heads_ * head_dim_, " inputs (heads x head_dim) of the o projection");
+    BIK_CHECK(inter_ % tp_.chunks == 0, "model: ", tp_.chunks, " K-chunks do not divide the ", inter_,
+              " inputs (intermediate size) of the down projection");
+  }
+
+  // Split::Rows keeps the rank's slice of the output rows (column-parallel), Split::Cols its slice of
+  // the K columns (row-parallel; the bias is kept whole and added once after the cross-rank sum).
+  enum class Split { None, Rows, Cols };
+  auto matrix = [&](const std::string& name, int64_t n, int64_t k, Split split) {
     const Tensor& t = weights.get(name);
     BIK_CHECK(t.view().ndim == 2 && t.size(0) == n && t.size(1) == k, "model: weight ", name, " must be [", n, ", ",
               k, "], got ", t.view().str());
-    return host_as(t, DType::BF16).to(device_);
+    const int64_t nr = split == Split::Rows ? n / tp_size : n, nc = split == Split::Cols ? k / tp_size : k;
+    const Tensor part = host_slice(t, split == Split::Rows ? rank * nr : 0, nr, split == Split::Cols ? rank * nc : 0, nc);
+    return host_as(part, DType::BF16).to(device_);
   };
-  auto vec = [&](const std::string& name, int64_t n) {
+  auto vec = [&](const std::string& name, int64_t n, Split split = Split::None) {
     const Tensor& t = weights.get(name);
     BIK_CHECK(t.view().ndim == 1 && t.numel() == n, "model: weight ", name, " must be [", n, "], got ",
               t.view().str());
-    return host_as(t, DType::F32).to(device_);
+    const int64_t ne = split == Split::Rows ? n / tp_size : n;
+    return host_as(host_slice(t, split == Split::Rows ? rank * ne : 0, ne), DType::F32).to(device_);
   };
-  auto lin = [&](const std::string& name, int64_t n, int64_t k) {
-    Linear l{matrix(name, n, k), std::nullopt};
-    if (weights.has(name + "_bias")) l.bias = vec(name + "_bias", n);
+  auto lin = [&](const std::string& name, int64_t n, int64_t k, Split split = Split::None) {
+    Linear l{matrix(name, n, k, split), std::nullopt};
+    if (weights.has(name + "_bias")) l.bias = vec(name + "_bias", n, split);
     return l;
   };
 
-  embed_ = matrix("embed", vocab_, hidden_);
+  embed_ = matrix("embed", vocab_, hidden_, Split::None);
   final_norm_ = vec("final_norm", hidden_);
   const bool tied = cfg_.tie_word_embeddings || !weights.has("lm_head") ||
                     weights.get("lm_head").data() == weights.get("embed").data();
@@ -131,15 +179,19 @@ LlamaModel::LlamaModel(const ModelConfig& config, const Weights& weights, Device
     L.post_attn_norm = vec(p + "post_attn_norm", hidden_);
     if (weights.has(p + "q_norm")) L.q_norm = vec(p + "q_norm", head_dim_);
     if (weights.has(p + "k_norm")) L.k_norm = vec(p + "k_norm", head_dim_);
-    L.q = lin(p + "attn.q", qd, hidden_);
-    L.k = lin(p + "attn.k", kd, hidden_);
-    L.v = lin(p + "attn.v", kd, hidden_);
-    L.o = lin(p + "attn.o", hidden_, qd);
-    L.gate = lin(p + "mlp.gate", inter_, hidden_);
-    L.up = lin(p + "mlp.up", inter_, hidden_);
-    L.down = lin(p + "mlp.down", hidden_, inter_);
+    L.q = lin(p + "attn.q", qd, hidden_, Split::Rows);
+    L.k = lin(p + "attn.k", kd, hidden_, Split::Rows);
+    L.v = lin(p + "attn.v", kd, hidden_, Split::Rows);
+    L.o = lin(p + "attn.o", hidden_, qd, Split::Cols);
+    L.gate = lin(p + "mlp.gate", inter_, hidden_, Split::Rows);
+    L.up = lin(p + "mlp.up", inter_, hidden_, Split::Rows);
+    L.down = lin(p + "mlp.down", hidden_, inter_, Split::Cols);
     layers_.push_back(std::move(L));
   }
+  // From here on the sizes are the rank's own.
+  heads_ /= tp_size;
+  kv_heads_ /= tp_size;
+  inter_ /= tp_size;
   const int64_t max_pos = std::max<int64_t>(cfg_.max_position, 1);
   std::vector<double> freq_factors;
   if (weights.has("rope_freqs")) {
@@ -156,23 +208,30 @@ KvCache LlamaModel::make_cache(int64_t num_blocks, int64_t block_size) const {
 }
 
 void LlamaModel::linear(const TensorView& out, const TensorView& x, const Linear& w) const {
+  if (w.bias)
+    gemm(out, x, w.w, &w.bias->view());
+  else
+    gemm(out, x, w.w, nullptr);
+}
+
+void LlamaModel::gemm(const TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias) const {
   if (batch_invariant_) {
-    if (w.bias)
-      addmm(out, *w.bias, x, w.w);
+    if (bias)
+      addmm(out, *bias, x, w);
     else
-      mm(out, x, w.w);
+      mm(out, x, w);
     return;
   }
   // The negative control: a library GEMM whose blocking and kernel choice depend on the row count.
   GemmArgs g;
   g.a = as3d(x);
-  g.w = as3d(w.w);
+  g.w = as3d(w);
   g.out = as3d(out);
   g.batch = 1;
   g.m = x.shape[0];
   g.k = x.shape[1];
-  g.n = w.w.size(0);
-  if (w.bias) g.bias = w.bias->view();
+  g.n = w.shape[0];
+  if (bias) g.bias = *bias;
   if (g.m == 0) return;
   if (device_.is_cpu()) {
     check::openblas_gemm(g);
@@ -185,6 +244,40 @@ void LlamaModel::linear(const TensorView& out, const TensorView& x, const Linear
   }
 }
 
+void LlamaModel::row_parallel(const TensorView& out, const TensorView& x, const Linear& w) const {
+  const int64_t size = tp_.size;
+  if (size == 1 && tp_.chunks <= 1) {
+    linear(out, x, w);  // the default: one chain over all of K
+    return;
+  }
+  const int64_t T = x.shape[0], N = out.shape[1], K = x.shape[1];
+  const int64_t local = tp_.chunks > 1 ? tp_.chunks / size : 1;  // this rank's leaves of the tree
+  const int64_t kc = K / local;
+  // F32 scratch: the leaves [local, T, N], their subtree sum [T, N] (when local > 1), the gathered
+  // subtree sums of every rank [size, T, N] (when size > 1).
+  const int64_t tn = T * N, need = (local + (local > 1 ? 1 : 0) + (size > 1 ? size : 0)) * tn;
+  if (partial_store_.numel() < need)
+    partial_store_ = Tensor::empty({std::max(need, partial_store_.numel() * 3 / 2)}, DType::F32, device_);
+  float* base = partial_store_.ptr<float>();
+  const TensorView leaves(base, DType::F32, {local, T, N}, device_);
+  for (int64_t c = 0; c < local; ++c)
+    gemm(leaves.select(0, c), x.narrow(1, c * kc, kc), w.w.view().narrow(1, c * kc, kc), nullptr);
+  TensorView sub = leaves.select(0, 0);
+  if (local > 1) {
+    sub = TensorView(base + local * tn, DType::F32, {T, N}, device_);
+    sum_partials(sub, leaves);
+  }
+  std::optional<TensorView> bias;
+  if (w.bias) bias = w.bias->view();
+  if (size == 1) {
+    sum_partials(out, sub.reshape({1, T, N}), bias);
+    return;
+  }
+  const TensorView gathered(base + (local + (local > 1 ? 1 : 0)) * tn, DType::F32, {size, T, N}, device_);
+  tp_.comm->all_gather(gathered, sub);
+  sum_partials(out, gathered, bias);
+}
+
 Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
   const int64_t T = int64_t(b.token_ids.size()), S = int64_t(b.seq_lens.size());
   const int64_t R = int64_t(b.logit_rows.size());
@@ -194,7 +287,8 @@ Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
   BIK_CHECK(int64_t(cache.k.size()) == num_layers(), "model: the KV cache has ", cache.k.size(), " layers, the model ",
             num_layers());
   const Device dev = device_;
-  Tensor logits = Tensor::empty({R, vocab_}, DType::F32, dev);
+  const bool want_logits = tp_.rank == 0;  // tensor parallelism: the lm_head is replicated, rank 0 runs it
+  Tensor logits = want_logits ? Tensor::empty({R, vocab_}, DType::F32, dev) : Tensor();
   if (T == 0) return logits;  // (R == 0 still runs the layers: they write the KV cache)
 
   int64_t max_blocks = 1;
@@ -285,7 +379,7 @@ Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
     write_kv_cache(cache.k[li], cache.v[li], k3, v.reshape({T, Hk, D}), slots);
     paged_attention(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], bt, lens, qsl, scale);
     tap("attention", l, attn);
-    linear(x, attn, L.o);
+    row_parallel(x, attn, L.o);
     tap("o_proj", l, x);
     rms_norm(h, x, L.post_attn_norm, eps_, residual);
     tap("post_attn_residual", l, residual);
@@ -296,10 +390,10 @@ Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
     tap("up_proj", l, up_out);
     silu_and_mul(act, gate_up);
     tap("silu_and_mul", l, act);
-    linear(x, act, L.down);
+    row_parallel(x, act, L.down);
     tap("down_proj", l, x);
   }
-  if (R == 0) return logits;
+  if (R == 0 || !want_logits) return logits;
   rms_norm(h, x, final_norm_, eps_, residual);
   tap("final_residual", -1, residual);
   tap("final_norm", -1, h);

@@ -36,26 +36,66 @@ struct StepBatch {
 // rope_freqs factors (when given) divide the frequencies.
 Tensor rotary_table(const ModelConfig& c, int64_t max_pos, const std::vector<double>& freq_factors = {});
 
-class LlamaModel {
+// What the engine needs of a model: sizes, a paged KV cache of the right shape, and the forward.
+// LlamaModel is one; TpModel (engine/tp_model.h) runs K tensor-parallel shards of one.
+class ModelRunner {
  public:
-  // Takes the weights it needs (converted to BF16, norms and biases to F32) onto `device`.
-  LlamaModel(const ModelConfig& config, const Weights& weights, Device device, bool batch_invariant = true);
+  virtual ~ModelRunner() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual Device device() const = 0;  // where forward() returns the logits
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t num_layers() const = 0;
+  virtual int64_t kv_heads() const = 0;  // of the whole model (all shards together)
+  virtual int64_t head_dim() const = 0;
+  virtual int64_t max_positions() const = 0;
+  virtual KvCache make_cache(int64_t num_blocks, int64_t block_size) const = 0;
+  virtual Tensor forward(const StepBatch& batch, KvCache& cache) const = 0;
+};
 
-  const ModelConfig& config() const { return cfg_; }
-  Device device() const { return device_; }
+class TpComm;
+
+// Tensor parallelism of one LlamaModel shard (docs/engine.md, "Tensor parallelism"). The rank holds
+// q/k/v heads [rank * heads / size, ...), the same slice of the kv heads, the same slice of the MLP's
+// intermediate size (column-parallel q/k/v and gate/up), the matching K columns of o and down
+// (row-parallel), and replicated embedding, norms and lm_head.
+//
+// `chunks` splits the K of the row-parallel layers (o, down) into equal chunks summed by the fixed
+// adjacent-pairs tree of bik::sum_partials; the rank holds chunks [rank * chunks / size, ...), sums its
+// subtree, all-gathers the subtree results and every rank finishes the tree in the same order. So with
+// the same `chunks`, any size gives the same bits. chunks = 0 or 1 with size 1 is the plain single-chain
+// GEMM (the default, unchanged); chunks = 0 or 1 with size > 1 is the naive row-parallel reduction (one
+// chain per rank over its K slice, then the ranks' partials added), which is NOT invariant across sizes.
+struct TpConfig {
+  int rank = 0, size = 1;
+  int chunks = 0;          // 0/1, or a power of two that is a multiple of size
+  TpComm* comm = nullptr;  // needed when size > 1
+};
+
+class LlamaModel : public ModelRunner {
+ public:
+  // Takes the weights it needs (converted to BF16, norms and biases to F32) onto `device`; with `tp`,
+  // only the rank's slices of the sharded weights.
+  LlamaModel(const ModelConfig& config, const Weights& weights, Device device, bool batch_invariant = true,
+             const TpConfig& tp = {});
+
+  const ModelConfig& config() const override { return cfg_; }
+  Device device() const override { return device_; }
   bool batch_invariant() const { return batch_invariant_; }
   void set_batch_invariant(bool on) { batch_invariant_ = on; }
-  int64_t vocab_size() const { return vocab_; }
-  int64_t num_layers() const { return int64_t(layers_.size()); }
-  int64_t kv_heads() const { return kv_heads_; }
-  int64_t head_dim() const { return head_dim_; }
-  int64_t max_positions() const { return cos_sin_.size(0); }
+  int64_t vocab_size() const override { return vocab_; }
+  int64_t num_layers() const override { return int64_t(layers_.size()); }
+  int64_t kv_heads() const override { return kv_heads_; }  // a shard's own kv heads under tensor parallelism
+  int64_t head_dim() const override { return head_dim_; }
+  int64_t max_positions() const override { return cos_sin_.size(0); }
+  const TpConfig& tp() const { return tp_; }
 
-  KvCache make_cache(int64_t num_blocks, int64_t block_size) const;
+  KvCache make_cache(int64_t num_blocks, int64_t block_size) const override;
 
   // Logits F32 [batch.logit_rows.size(), vocab] on the model's device. Not reentrant: the activations
-  // live in scratch buffers the model keeps between calls (one forward at a time per model).
-  Tensor forward(const StepBatch& batch, KvCache& cache) const;
+  // live in scratch buffers the model keeps between calls (one forward at a time per model). A
+  // tensor-parallel shard of rank > 0 returns an empty tensor (rank 0 computes the logits); all ranks
+  // must run the same step together.
+  Tensor forward(const StepBatch& batch, KvCache& cache) const override;
 
   // An observation hook for debugging (bik bisect): when set, forward() calls it after each op with the
   // op's name, its layer (-1 outside the layers) and its output, a view on the model's device that is only
@@ -79,6 +119,9 @@ class LlamaModel {
     Linear q, k, v, o, gate, up, down;
   };
   void linear(const TensorView& out, const TensorView& x, const Linear& w) const;
+  void gemm(const TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias) const;
+  // o and down: the K-chunk tree and the cross-rank sum when tensor parallelism or chunks are on, else linear().
+  void row_parallel(const TensorView& out, const TensorView& x, const Linear& w) const;
 
   ModelConfig cfg_;
   Device device_;
@@ -93,6 +136,8 @@ class LlamaModel {
   std::vector<Layer> layers_;
   mutable Tensor scratch_;     // BF16 activations of a step, reused
   mutable Tensor meta_store_;  // I32 step metadata, reused
+  mutable Tensor partial_store_;  // F32 partial sums of the row-parallel layers, reused
+  TpConfig tp_;
   Tap tap_;                    // see set_tap
 };
 

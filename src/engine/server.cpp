@@ -157,7 +157,7 @@ struct ChoiceState {
 }  // namespace
 
 struct Server::Impl {
-  Impl(const LlamaModel& m, const Tokenizer* t, const EngineConfig& ec, const ServerConfig& c)
+  Impl(const ModelRunner& m, const Tokenizer* t, const EngineConfig& ec, const ServerConfig& c)
       : model(m), tok(t), cfg(c), engine(std::make_unique<LLMEngine>(m, ec)) {
     cfg.limits.max_model_len = engine->max_model_len();
     cfg.limits.vocab = m.vocab_size();
@@ -177,7 +177,7 @@ struct Server::Impl {
     setup_routes();
   }
 
-  const LlamaModel& model;
+  const ModelRunner& model;
   const Tokenizer* tok;
   ServerConfig cfg;
   std::unique_ptr<LLMEngine> engine;  // touched only by the engine thread once started
@@ -548,7 +548,7 @@ struct Server::Impl {
   }
 };
 
-Server::Server(const LlamaModel& model, const Tokenizer* tok, const EngineConfig& engine_config,
+Server::Server(const ModelRunner& model, const Tokenizer* tok, const EngineConfig& engine_config,
                const ServerConfig& cfg)
     : impl_(std::make_unique<Impl>(model, tok, engine_config, cfg)) {}
 

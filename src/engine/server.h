@@ -25,7 +25,7 @@
 
 namespace bik::engine {
 
-class LlamaModel;
+class ModelRunner;
 class Tokenizer;
 
 struct ServerConfig {
@@ -41,7 +41,7 @@ class Server {
  public:
   // `tok` may be null (dummy weights): prompts are then bytes (or token ids) and text is " <id>" per token.
   // The model and tokenizer must outlive the server.
-  Server(const LlamaModel& model, const Tokenizer* tok, const EngineConfig& engine_config, const ServerConfig& cfg);
+  Server(const ModelRunner& model, const Tokenizer* tok, const EngineConfig& engine_config, const ServerConfig& cfg);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
