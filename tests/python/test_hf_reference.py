@@ -1,12 +1,13 @@
-"""The engine's logits against Hugging Face transformers on the same weights (CPU).
+"""The engine's logits against Hugging Face transformers on the same weights.
 
 Each test runs `bik bisect --dump` (the engine's forward of one prompt, every op's output written to disk),
-reads the lm_head rows (F32 logits of every prompt position) and compares them with transformers' logits for
-the same token ids, computed in float32 from the same weights. The engine keeps activations in BF16 between
-ops (F32 inside each), so the comparison is a tolerance, not bits: cosine similarity per position, the
-largest absolute difference relative to the logits' spread, and the same top-1 token at every position.
-A control feeds the engine's logits of a different prompt to the same comparison and requires it to fail,
-so the tolerance is known to be tight enough to catch a wrong model.
+reads the lm_head rows (F32 logits of every prompt position) and compares them with transformers' logits
+for the same token ids, computed in float32 from the same weights on the CPU. The engine (on the CPU, or
+on CUDA with BIK_DEVICE=cuda) keeps activations in BF16 between ops (F32 inside each), so the comparison
+is a tolerance, not bits: cosine similarity per position, the largest absolute difference relative to
+the logits' spread, and the same top-1 token at every position. A control feeds the engine's logits of a
+different prompt to the same comparison and requires it to fail, so the tolerance is known to be tight
+enough to catch a wrong model.
 """
 import json
 import os
@@ -21,13 +22,15 @@ transformers = pytest.importorskip("transformers", reason="transformers is not i
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIK = pathlib.Path(os.environ.get("BIK_BIN", ROOT / "build" / "bik"))
+DEVICE = os.environ.get("BIK_DEVICE", "cpu")  # where the engine runs: cpu, or cuda on a GPU machine
 
 
 def bik_logits(model_args, prompt, tmp_path):
     if not BIK.exists():
         pytest.skip(f"bik binary not found at {BIK} (set BIK_BIN or build first)")
     out = tmp_path / "dump"
-    cmd = [str(BIK), "bisect", *model_args, "--prompt", prompt, "--batch", "1", "--dump", str(out)]
+    cmd = [str(BIK), "bisect", *model_args, "--device", DEVICE, "--prompt", prompt, "--batch", "1",
+           "--dump", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
     index = json.loads((out / "index.json").read_text())
