@@ -5,7 +5,8 @@
 #
 # usage: bench/device_suite.sh BIN_DIR OUT_DIR [steps...]
 #   BIN_DIR holds bik and bik_tests_gpu (and lib/ with shared libraries the machine may lack)
-#   steps: tests check engine ops gemm attention serve (default: all, in that order)
+#   steps: tests check engine ops gemm attention serve hf tp (default: the first seven, in that order;
+#          hf needs torch + transformers, tp needs 2+ GPUs)
 #   serve: Qwen3-8B dummy weights, BIK_SERVE_REQUESTS requests (default 1000), batch-invariant on then off
 set -uo pipefail
 bin="$(cd "$1" && pwd)"
@@ -51,6 +52,18 @@ for s in "${steps[@]}"; do
     serve)
       step bench_serve 420 "$bin/bik" bench serve --dummy-weights "$root/bench/data/qwen3_8b_config.json" --device cuda \
         --requests "${BIK_SERVE_REQUESTS:-1000}" --kv-cache-mib 16384 --out "$out" --name serve_h100 --commit "$commit" ;;
+    hf)
+      # The engine on CUDA against transformers (tests skip what the machine lacks, e.g. the GGUF model),
+      # then python -m bik.bisect on a seeded Qwen3 under stock torch on the GPU.
+      step hf_reference 400 env BIK_BIN="$bin/bik" BIK_DEVICE=cuda python3 -m pytest -q -rs \
+        "$root/tests/python/test_hf_reference.py"
+      step hf_bisect_stock 200 env PYTHONPATH="$root/python" python3 -m bik.bisect --config-init qwen3 --device cuda \
+        --batch 31 --json "$out/hf_bisect_stock.json" ;;
+    tp)
+      # Needs 2+ GPUs: the TP tests (NCCL ranks against TP = 1) and the engine's output for --tp 1, 2.
+      step tp_tests 300 "$bin/bik_tests_gpu" --gtest_filter='Tp*'
+      step tp_generate 300 bash "$root/tests/cli_generate_tp_invariance.sh" "$bin/bik" \
+        "$root/tests/data/engine/tiny_llama_tp_config.json" cuda "1 2" ;;
     *) echo "unknown step $s" >&2 ;;
   esac
 done
