@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Speed of bik's batch-invariant mode against stock torch, op by op and for a Qwen3 forward pass.
+
+    $(scripts/torch_python.sh) bench/torch_mode_speed.py --device cpu --small --out /tmp/torch_mode_cpu
+    python bench/torch_mode_speed.py --device cuda --commit $(git rev-parse --short HEAD) --out bench/results/torch_mode_h100
+
+Writes <out>.json (device name, torch version, commit, date, one record per case) and <out>.md (a table:
+median milliseconds of stock torch and of the mode, and stock/mode as a speed ratio: > 1 means the mode is
+faster). Shapes: the linear layers of an 8B Llama/Qwen3-class model (hidden 4096, intermediate 14336 or
+12288, vocab 151936) at several token counts, softmax, log_softmax, layer_norm, rms_norm, attention and
+a Qwen3 forward pass from a config. --small shrinks every shape for a quick CPU run.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def import_bik_torch():
+    try:
+        import bik.torch as bt  # installed with pip install --no-build-isolation .
+        bt.library_path()
+        return bt
+    except (ImportError, OSError):
+        pass
+    import glob
+    found = sorted(glob.glob(os.path.join(ROOT, "build-*/src/torch/libbik_torch*.so")))
+    if not found:
+        sys.exit("bik.torch is not installed and no build-*/src/torch/libbik_torch.so was found")
+    os.environ.setdefault("BIK_TORCH_LIB", found[0])
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    import bik.torch as bt
+    bt.library_path()
+    return bt
+
+
+def timed(fn, device, warmup, reps):
+    import torch
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def cases(args):
+    import torch
+    import torch.nn.functional as F
+
+    dev, dt = args.device, getattr(torch, args.dtype)
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(device=dev, dtype=dt)
+
+    if args.small:
+        hidden, inter, vocab, tokens = 256, 768, 2048, [1, 16, 128]
+        heads, kv_heads, head_dim, ctx = 4, 2, 64, 128
+    else:
+        hidden, inter, vocab, tokens = 4096, 14336, 151936, [1, 16, 128, 1024, 4096]
+        heads, kv_heads, head_dim, ctx = 32, 8, 128, 2048
+    linear_shapes = {"qkv": (hidden + 2 * kv_heads * head_dim, hidden), "o_proj": (hidden, heads * head_dim),
+                     "gate_up": (2 * inter, hidden), "down": (hidden, inter), "lm_head": (vocab, hidden)}
+    for name, (n, k) in linear_shapes.items():
+        w = rnd(n, k)
+        for m in tokens:
+            x = rnd(m, k)
+            yield f"linear {name} M={m} N={n} K={k}", (lambda x=x, w=w: F.linear(x, w))
+    for m in tokens[-2:]:
+        x = rnd(m, vocab)
+        yield f"softmax [{m}, {vocab}]", (lambda x=x: torch.softmax(x, -1))
+        yield f"log_softmax f32 [{m}, {vocab}]", (lambda x=x: torch.log_softmax(x, -1, dtype=torch.float32))
+    for m in tokens[-2:]:
+        x, w, b = rnd(m, hidden), rnd(hidden), rnd(hidden)
+        yield f"layer_norm [{m}, {hidden}]", (lambda x=x, w=w, b=b: F.layer_norm(x, (hidden,), w, b))
+        yield f"rms_norm [{m}, {hidden}]", (lambda x=x, w=w: F.rms_norm(x, (hidden,), w, 1e-6))
+    for lq in (1, min(ctx, tokens[-1])):
+        q = rnd(1, heads, lq, head_dim)
+        k, v = rnd(1, kv_heads, ctx, head_dim), rnd(1, kv_heads, ctx, head_dim)
+        yield (f"sdpa q={lq} kv={ctx} H={heads}/{kv_heads} D={head_dim}",
+               (lambda q=q, k=k, v=v, c=lq > 1: F.scaled_dot_product_attention(q, k, v, is_causal=c, enable_gqa=True)))
+    try:
+        import transformers
+    except ImportError:
+        return
+    cfg = transformers.Qwen3Config(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=inter // 4 if args.small else inter,
+        num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+        max_position_embeddings=max(4096, ctx))
+    torch.manual_seed(0)
+    model = transformers.Qwen3ForCausalLM._from_config(cfg, attn_implementation="sdpa", torch_dtype=dt).to(dev).eval()
+    for batch, length in ((1, 64), (8, 64)) if args.small else ((1, 512), (8, 512), (32, 1)):
+        ids = torch.randint(0, vocab, (batch, length), generator=g).to(dev)
+
+        def forward(ids=ids):
+            with torch.no_grad():
+                return model(ids).logits
+
+        yield f"qwen3 2-layer forward batch={batch} len={length}", forward
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--small", action="store_true", help="small shapes (quick CPU runs)")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--commit", default=os.environ.get("BIK_COMMIT", "unknown"), help="commit (or $BIK_COMMIT)")
+    ap.add_argument("--out", default="torch_mode_speed", help="output path without extension")
+    args = ap.parse_args()
+
+    import torch
+    bt = import_bik_torch()
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not bt.has_cuda():
+        sys.exit("this build of the extension has no CUDA registrations (see docs/torch.md)")
+    reps = args.reps or (5 if args.device == "cpu" else 50)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
+    if args.device == "cpu":
+        device_name += f" ({torch.get_num_threads()} threads)"
+
+    records = []
+    for name, fn in cases(args):
+        stock = timed(fn, args.device, 2, reps)
+        bt.reset_counters()
+        with bt.set_batch_invariant_mode():
+            mode = timed(fn, args.device, 2, reps)
+        on_stock = {op: c[1] for op, c in bt.counters().items() if c[1]}
+        records.append({"case": name, "stock_ms": stock, "mode_ms": mode, "stock_over_mode": stock / mode,
+                        "fallbacks": on_stock})
+        print(f"{name:55s} stock {stock:9.3f} ms  mode {mode:9.3f} ms  {stock / mode:5.2f}x", flush=True)
+
+    meta = {"device": device_name, "device_kind": args.device, "dtype": args.dtype, "small": args.small,
+            "torch": torch.__version__, "commit": args.commit, "reps": reps,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    with open(args.out + ".json", "w") as f:
+        json.dump({"meta": meta, "results": records}, f, indent=1)
+    lines = [f"# bik batch-invariant mode vs stock torch ({args.dtype})", "",
+             f"{meta['device']}, torch {meta['torch']}, commit {meta['commit']}, {meta['date']}; median of {reps} runs.",
+             "", "| case | stock ms | mode ms | stock/mode |", "|---|---:|---:|---:|"]
+    for r in records:
+        note = f" (fallbacks: {r['fallbacks']})" if r["fallbacks"] else ""
+        lines.append(f"| {r['case']}{note} | {r['stock_ms']:.3f} | {r['mode_ms']:.3f} | {r['stock_over_mode']:.2f} |")
+    with open(args.out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {args.out}.json and {args.out}.md")
+
+
+if __name__ == "__main__":
+    main()
