@@ -82,51 +82,37 @@ Route route_for(std::initializer_list<const Tensor*> ts, std::string* why) {
 }
 const Tensor* opt_ptr(const OptTensor& t) { return t && t->defined() ? &*t : nullptr; }
 
-// The stock kernels of each device, called directly.
+// The stock kernels of each device, called directly (at::cpu::, at::cuda::), so a fallback never
+// re-enters the override.
 template <Dev D>
 struct Stock;
-template <>
-struct Stock<Dev::cpu> {
-  static Tensor mm(const Tensor& a, const Tensor& b) { return at::cpu::mm(a, b); }
-  static Tensor addmm(const Tensor& s, const Tensor& a, const Tensor& b, const at::Scalar& beta, const at::Scalar& alpha) {
-    return at::cpu::addmm(s, a, b, beta, alpha);
-  }
-  static Tensor bmm(const Tensor& a, const Tensor& b) { return at::cpu::bmm(a, b); }
-  static Tensor softmax(const Tensor& x, int64_t d, bool h) { return at::cpu::_softmax(x, d, h); }
-  static Tensor log_softmax(const Tensor& x, int64_t d, bool h) { return at::cpu::_log_softmax(x, d, h); }
-  static Tensor mean(const Tensor& x, at::OptionalIntArrayRef d, bool k, std::optional<at::ScalarType> t) {
-    return at::cpu::mean(x, d, k, t);
-  }
-  static Tensor sum(const Tensor& x, at::OptionalIntArrayRef d, bool k, std::optional<at::ScalarType> t) {
-    return at::cpu::sum(x, d, k, t);
-  }
-  static std::tuple<Tensor, Tensor, Tensor> layer_norm(const Tensor& x, c10::SymIntArrayRef ns, const OptTensor& w,
-                                                       const OptTensor& b, double eps) {
-    return at::cpu::native_layer_norm_symint(x, ns, w, b, eps);
-  }
-};
+#define BIK_STOCK_KERNELS(DEV, NS)                                                                          \
+  template <>                                                                                               \
+  struct Stock<Dev::DEV> {                                                                                  \
+    static Tensor mm(const Tensor& a, const Tensor& b) { return NS::mm(a, b); }                             \
+    static Tensor addmm(const Tensor& s, const Tensor& a, const Tensor& b, const at::Scalar& beta,          \
+                        const at::Scalar& alpha) {                                                          \
+      return NS::addmm(s, a, b, beta, alpha);                                                               \
+    }                                                                                                       \
+    static Tensor bmm(const Tensor& a, const Tensor& b) { return NS::bmm(a, b); }                           \
+    static Tensor softmax(const Tensor& x, int64_t d, bool h) { return NS::_softmax(x, d, h); }             \
+    static Tensor log_softmax(const Tensor& x, int64_t d, bool h) { return NS::_log_softmax(x, d, h); }     \
+    static Tensor mean(const Tensor& x, at::OptionalIntArrayRef d, bool k, std::optional<at::ScalarType> t) { \
+      return NS::mean(x, d, k, t);                                                                          \
+    }                                                                                                       \
+    static Tensor sum(const Tensor& x, at::OptionalIntArrayRef d, bool k, std::optional<at::ScalarType> t) {  \
+      return NS::sum(x, d, k, t);                                                                           \
+    }                                                                                                       \
+    static std::tuple<Tensor, Tensor, Tensor> layer_norm(const Tensor& x, c10::SymIntArrayRef ns,           \
+                                                         const OptTensor& w, const OptTensor& b, double eps) { \
+      return NS::native_layer_norm_symint(x, ns, w, b, eps);                                                \
+    }                                                                                                       \
+  };
+BIK_STOCK_KERNELS(cpu, at::cpu)
 #ifdef BIK_TORCH_CUDA
-template <>
-struct Stock<Dev::cuda> {
-  static Tensor mm(const Tensor& a, const Tensor& b) { return at::cuda::mm(a, b); }
-  static Tensor addmm(const Tensor& s, const Tensor& a, const Tensor& b, const at::Scalar& beta, const at::Scalar& alpha) {
-    return at::cuda::addmm(s, a, b, beta, alpha);
-  }
-  static Tensor bmm(const Tensor& a, const Tensor& b) { return at::cuda::bmm(a, b); }
-  static Tensor softmax(const Tensor& x, int64_t d, bool h) { return at::cuda::_softmax(x, d, h); }
-  static Tensor log_softmax(const Tensor& x, int64_t d, bool h) { return at::cuda::_log_softmax(x, d, h); }
-  static Tensor mean(const Tensor& x, at::OptionalIntArrayRef d, bool k, std::optional<at::ScalarType> t) {
-    return at::cuda::mean(x, d, k, t);
-  }
-  static Tensor sum(const Tensor& x, at::OptionalIntArrayRef d, bool k, std::optional<at::ScalarType> t) {
-    return at::cuda::sum(x, d, k, t);
-  }
-  static std::tuple<Tensor, Tensor, Tensor> layer_norm(const Tensor& x, c10::SymIntArrayRef ns, const OptTensor& w,
-                                                       const OptTensor& b, double eps) {
-    return at::cuda::native_layer_norm_symint(x, ns, w, b, eps);
-  }
-};
+BIK_STOCK_KERNELS(cuda, at::cuda)
 #endif
+#undef BIK_STOCK_KERNELS
 
 // Runs `body` (the bik path) when the route allows it; falls back (loudly when the route or a bik::Error
 // says so) to `stock` otherwise.

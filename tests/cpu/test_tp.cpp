@@ -13,6 +13,7 @@
 
 #include "bik/ops.h"
 #include "cli.h"
+#include "engine_fixtures.h"
 #include "core/policy.h"
 #include "engine/engine.h"
 #include "engine/model.h"
@@ -23,24 +24,23 @@
 namespace bik::engine {
 namespace {
 
+// The message of the exception f() throws, or "no error".
+template <class F>
+std::string message(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
 // 8 query heads and 8 kv heads (or 4 with gqa) of 64, hidden 128, MLP 256: every TP size up to 8 fits.
 ModelConfig tp_config(const std::string& arch = "llama", int64_t kv_heads = 8, int64_t inter = 256) {
-  ModelConfig c;
-  c.arch = arch;
-  c.hidden = 128;
+  ModelConfig c = test_fixtures::tiny_model_config(128, 512, 1024, arch);
   c.intermediate = inter;
-  c.layers = 2;
   c.heads = 8;
   c.kv_heads = kv_heads;
-  c.head_dim = 64;
-  c.vocab = 512;
-  c.max_position = 1024;
-  c.rope_theta = 10000.0;
-  c.rms_eps = 1e-5;
-  c.qk_norm = arch == "qwen3";
-  c.attn_bias = arch == "qwen2";
-  c.tie_word_embeddings = false;
-  c.eos_ids = {1};
   c.validate();
   return c;
 }
@@ -202,14 +202,6 @@ TEST(SumPartials, RejectsBadArguments) {
   Tensor p3 = Tensor::empty({3, 2, 4}, DType::F32), p2 = Tensor::empty({2, 2, 4}, DType::F32);
   Tensor out = Tensor::empty({2, 4}, DType::F32), bad_out = Tensor::empty({2, 5}, DType::F32);
   Tensor p2_bf16 = Tensor::empty({2, 2, 4}, DType::BF16), bias = Tensor::empty({5}, DType::F32);
-  auto message = [](auto&& f) {
-    try {
-      f();
-    } catch (const std::exception& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   EXPECT_NE(message([&] { sum_partials(out, p3); }).find("power of two"), std::string::npos);
   EXPECT_NE(message([&] { sum_partials(bad_out, p2); }).find("out must be [2, 4]"), std::string::npos);
   EXPECT_NE(message([&] { sum_partials(out, p2_bf16); }).find("partials must be f32"), std::string::npos);
@@ -385,14 +377,6 @@ TEST(TpModel, NaiveRowParallelSumChangesWithTpSize) {
 TEST(TpModel, ClearErrors) {
   const ModelConfig c = tp_config();
   const Weights w = weights_for(c);
-  auto message = [](auto&& f) {
-    try {
-      f();
-    } catch (const std::exception& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   TpOptions o;
   o.size = 3;
   EXPECT_NE(message([&] { TpModel m(c, w, Device::cpu(), o); }).find("--tp must be 1, 2, 4 or 8, got 3"),

@@ -12,26 +12,25 @@
 #include "engine/model.h"
 #include "engine/tp.h"
 #include "engine/tp_model.h"
+#include "engine_fixtures.h"
 #include "gpu_env.h"
 
 namespace bik::engine {
 namespace {
 
+// NCCL tensor parallelism needs this build's NCCL support and two GPUs at least.
+#define BIK_REQUIRE_NCCL_GPUS()                                                                           \
+  do {                                                                                                    \
+    BIK_REQUIRE_GPU();                                                                                    \
+    if (!nccl_built()) GTEST_SKIP() << "this build has no NCCL";                                          \
+    if (cuda_device_count() < 2)                                                                          \
+      GTEST_SKIP() << "needs 2 GPUs for NCCL tensor parallelism, found " << cuda_device_count();           \
+  } while (0)
+
 ModelConfig tp_config() {
-  ModelConfig c;
-  c.arch = "llama";
-  c.hidden = 256;
-  c.intermediate = 512;
-  c.layers = 2;
-  c.heads = 8;
+  ModelConfig c = test_fixtures::tiny_model_config(256, 1024, 2048);  // intermediate 512
+  c.heads = 8;  // every TP size up to 8 divides the heads
   c.kv_heads = 8;
-  c.head_dim = 64;
-  c.vocab = 1024;
-  c.max_position = 2048;
-  c.rope_theta = 10000.0;
-  c.rms_eps = 1e-5;
-  c.tie_word_embeddings = false;
-  c.eos_ids = {1};
   c.validate();
   return c;
 }
@@ -118,10 +117,8 @@ TEST(GpuTp, EmulatedRanksOnOneGpuGiveTheSameLogits) {
 }
 
 TEST(GpuTp, NcclRanksGiveTheSameLogitsAsOneGpu) {
-  BIK_REQUIRE_GPU();
-  if (!nccl_built()) GTEST_SKIP() << "this build has no NCCL";
+  BIK_REQUIRE_NCCL_GPUS();
   const int gpus = cuda_device_count();
-  if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs for NCCL tensor parallelism, found " << gpus;
   const ModelConfig c = tp_config();
   const Weights w = Weights::dummy(c, 3);
   const auto ref = two_steps(*tree_model(c, w, 1, TpTransport::Nccl));
@@ -132,10 +129,8 @@ TEST(GpuTp, NcclRanksGiveTheSameLogitsAsOneGpu) {
 }
 
 TEST(GpuTp, NcclEngineTokensAndThroughput) {
-  BIK_REQUIRE_GPU();
-  if (!nccl_built()) GTEST_SKIP() << "this build has no NCCL";
+  BIK_REQUIRE_NCCL_GPUS();
   const int gpus = cuda_device_count();
-  if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs for NCCL tensor parallelism, found " << gpus;
   const ModelConfig c = tp_config();
   const Weights w = Weights::dummy(c, 3);
   std::mt19937 rng(4);
