@@ -54,6 +54,8 @@ const char* kServeUsage =
     "  --dummy-weights CONFIG    seeded random weights for a config.json (e.g. bench/data/qwen3_8b_config.json)\n"
     "  --weights-seed S          seed of the dummy weights (default 0)\n"
     "  --device cpu|cuda         (default cpu)\n"
+    "  --tp K                    tensor parallelism over K ranks, K in 1, 2, 4, 8 (cpu: threads; cuda: K GPUs\n"
+    "                            over NCCL); --tp-invariant on|off as for bik serve (default on)\n"
     "workload:\n"
     "  --requests N              (default 1000)\n"
     "  --shared-fraction F       share of the requests that repeat the one prompt (default 0.5)\n"
@@ -137,7 +139,8 @@ int serve_bench(const std::vector<std::string>& argv) {
   Args a(argv, {"no-prefix-cache", "no-warmup"},
          {"model", "dummy-weights", "weights-seed", "device", "requests", "shared-fraction", "prompt-set",
           "min-prompt-len", "max-prompt-len", "min-tokens", "max-tokens", "temperature", "top-p", "top-k", "seed",
-          "modes", "max-seqs", "max-batched-tokens", "kv-cache-mib", "block-size", "out", "name", "commit"},
+          "modes", "max-seqs", "max-batched-tokens", "kv-cache-mib", "block-size", "out", "name", "commit", "tp",
+          "tp-invariant"},
          "bik bench serve");
   BIK_CHECK(a.positional().empty(), "bik bench serve: unexpected argument '",
             a.positional().empty() ? "" : a.positional()[0], "'");
@@ -194,6 +197,7 @@ int serve_bench(const std::vector<std::string>& argv) {
 
   // Model.
   const ModelChoice choice = model_option(a, "bik bench serve");
+  const TpChoice tp = tp_option(a, "bik bench serve");
   const std::string& path = choice.path;
   const LoadOptions& lo = choice.options;
   std::fprintf(stderr, "bik bench serve: loading %s%s on %s (%s)\n", path.c_str(),
@@ -202,7 +206,9 @@ int serve_bench(const std::vector<std::string>& argv) {
   engine::Model loaded = load_model(path, lo);
   const double init_s = std::chrono::duration<double>(Clock::now() - t_load).count();
   const ModelConfig mcfg = loaded.config;
-  LlamaModel model(loaded.config, loaded.weights, device, modes[0]);
+  const std::unique_ptr<ModelRunner> runner =
+      make_runner(loaded.config, loaded.weights, device, modes[0], tp, "bik bench serve");
+  ModelRunner& model = *runner;
   const double weight_gib = double(loaded.weights.bytes()) / double(1 << 30);
   loaded.weights = Weights();
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
@@ -248,6 +254,7 @@ int serve_bench(const std::vector<std::string>& argv) {
   j["model"] = path;
   j["dummy_weights"] = lo.dummy_weights;
   j["model_config"] = mcfg.str();
+  j["tp"] = {{"size", tp.size}, {"chunks", tp.chunks}};
   j["weights_gib"] = weight_gib;
   j["load_s"] = load_s;
   j["config"] = {{"requests", n_req},
@@ -278,7 +285,8 @@ int serve_bench(const std::vector<std::string>& argv) {
     f << j.dump(1) << "\n";
     std::ofstream m(md_path);
     m << "# bik bench serve: " << (lo.dummy_weights ? "dummy weights, " : "") << fs::path(path).filename().string()
-      << " on " << hw_name << "\n\n"
+      << " on " << hw_name << (tp.size > 1 || tp.chunks > 0 ? ", --tp " + std::to_string(tp.size) : std::string())
+      << "\n\n"
       << n_req << " requests (" << w.shared.size() << " repeat one prompt), max_tokens in [" << min_tok << ", "
       << max_tok << "], ignore EOS, temperature " << base.temperature << ", max_seqs " << ec.max_num_seqs
       << ", max_batched_tokens " << ec.max_num_batched_tokens << ", KV cache " << kv_mib << " MiB. Commit "

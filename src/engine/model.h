@@ -50,6 +50,9 @@ class ModelRunner {
   virtual int64_t max_positions() const = 0;
   virtual KvCache make_cache(int64_t num_blocks, int64_t block_size) const = 0;
   virtual Tensor forward(const StepBatch& batch, KvCache& cache) const = 0;
+  // Off: the linear layers take a batch-variant library GEMM (the negative control, see above).
+  virtual bool batch_invariant() const = 0;
+  virtual void set_batch_invariant(bool on) = 0;
 };
 
 class TpComm;
@@ -80,8 +83,8 @@ class LlamaModel : public ModelRunner {
 
   const ModelConfig& config() const override { return cfg_; }
   Device device() const override { return device_; }
-  bool batch_invariant() const { return batch_invariant_; }
-  void set_batch_invariant(bool on) { batch_invariant_ = on; }
+  bool batch_invariant() const override { return batch_invariant_; }
+  void set_batch_invariant(bool on) override { batch_invariant_ = on; }
   int64_t vocab_size() const override { return vocab_; }
   int64_t num_layers() const override { return int64_t(layers_.size()); }
   int64_t kv_heads() const override { return kv_heads_; }  // a shard's own kv heads under tensor parallelism

@@ -43,6 +43,10 @@ class TpModel : public ModelRunner {
   int size() const { return int(shards_.size()); }
   int chunks() const { return options_.chunks; }
   const LlamaModel& shard(int rank) const { return *shards_[size_t(rank)]; }
+  bool batch_invariant() const override { return shards_[0]->batch_invariant(); }
+  void set_batch_invariant(bool on) override {
+    for (auto& s : shards_) s->set_batch_invariant(on);
+  }
 
   // One KvCache holding every shard's layers: shard r's are k[r * layers, (r + 1) * layers) (same for v).
   KvCache make_cache(int64_t num_blocks, int64_t block_size) const override;
