@@ -205,6 +205,20 @@ inline std::vector<uint16_t> row_bytes(const Config& c, const std::vector<uint16
 using AttnOp = std::function<void(const TensorView&, const TensorView&, const TensorView&, const TensorView&,
                                   const TensorView&, const TensorView&, const TensorView&, float)>;
 
+// paged_attention given the metadata's host copies (AttentionHostMetadata: no read-back inside the call),
+// the path the engine takes. The copies are made here from the tensors, outside the op.
+inline void attention_with_host_metadata(const TensorView& out, const TensorView& q, const TensorView& kc,
+                                         const TensorView& vc, const TensorView& bt, const TensorView& sl,
+                                         const TensorView& qsl, float scale) {
+  auto host = [](const TensorView& t) {
+    const Tensor h = Tensor::empty(t.sizes(), DType::I32, Device::cpu());
+    copy(h, t);
+    return std::vector<int32_t>(h.ptr<int32_t>(), h.ptr<int32_t>() + h.numel());
+  };
+  const std::vector<int32_t> hbt = host(bt), hsl = host(sl), hqsl = host(qsl);
+  paged_attention(out, q, kc, vc, bt, sl, qsl, scale, AttentionHostMetadata{hbt, hsl, hqsl});
+}
+
 struct Outcome {
   int64_t cases = 0, diffs = 0;
 };

@@ -18,9 +18,13 @@
 //
 // Both ops validate every argument (shapes, dtypes, devices, head_dim, the metadata's values and block
 // table range) and throw bik::Error naming the argument. On CUDA the metadata (block_tables, seq_lens,
-// query_start_loc) is read back to the host for that check and to size the launch, which synchronises
-// the device once per call.
+// query_start_loc, slot_mapping) is read back to the host for that check and to size the launch, which
+// synchronises the device once per call, unless the caller passes the values it has on the host
+// (AttentionHostMetadata, below).
 #pragma once
+#include <cstdint>
+#include <span>
+
 #include "bik/ops.h"
 #include "bik/tensor.h"
 
@@ -44,5 +48,22 @@ void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const 
 void paged_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache,
                      const TensorView& v_cache, const TensorView& block_tables, const TensorView& seq_lens,
                      const TensorView& query_start_loc, float scale, Stream s = {});
+
+// The metadata's values on the host, for callers that build them there (the engine does): the checks and
+// the launch read these instead of copying the device tensors back, so the calls below never synchronise
+// the device. They must hold what the device tensors hold (the caller's promise: not compared, which
+// would need the copy this avoids); their sizes are checked against the tensors' shapes.
+struct AttentionHostMetadata {
+  std::span<const int32_t> block_tables;     // [S * max_blocks], row-major like the tensor
+  std::span<const int32_t> seq_lens;         // [S]
+  std::span<const int32_t> query_start_loc;  // [S + 1]
+};
+void paged_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache,
+                     const TensorView& v_cache, const TensorView& block_tables, const TensorView& seq_lens,
+                     const TensorView& query_start_loc, float scale, const AttentionHostMetadata& host,
+                     Stream s = {});
+// write_kv_cache with slot_mapping's values given on the host ([T], equal to the tensor's).
+void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
+                    const TensorView& slot_mapping, std::span<const int32_t> host_slot_mapping, Stream s = {});
 
 }  // namespace bik

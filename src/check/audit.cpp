@@ -396,6 +396,12 @@ AuditReport run_audit(const AuditOptions& opt_in) {
                std::chrono::duration<double>(std::max(left, 1.0))));
       const Job& job = jobs[i];
       auto res = cli->Post(ep.prefix + "/v1/completions", job.body.dump(), "application/json");
+      if (!res && remaining_s() > 1) {
+        // No answer at all: most often a kept-alive connection the server had just closed. One retry on a
+        // fresh connection (a repeated request only adds load; its answer is compared like any other).
+        cli = make_client(ep, remaining_s());
+        res = cli->Post(ep.prefix + "/v1/completions", job.body.dump(), "application/json");
+      }
       std::string error;
       std::optional<Completion> c;
       if (!res || res->status != 200) {

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
+#include <span>
 #include <vector>
 
 #include "core/attention_variants.h"
@@ -53,8 +55,11 @@ void check_cache(const char* op, const char* arg, const TensorView& c, DType dty
 
 }  // namespace
 
-void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
-                    const TensorView& slot_mapping, Stream s) {
+namespace {
+// host_slots: slot_mapping's values when the caller has them on the host, else nullopt (read back here).
+void write_kv_cache_checked(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k,
+                            const TensorView& v, const TensorView& slot_mapping,
+                            std::optional<std::span<const int32_t>> host_slots, Stream s) {
   const char* op = "write_kv_cache";
   BIK_CHECK(k.ndim == 3, op, ": k must be [T, num_kv_heads, head_dim], got ", k.str());
   BIK_CHECK(v.sizes() == k.sizes(), op, ": v ", v.str(), " must have k's shape ", k.str());
@@ -73,7 +78,13 @@ void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const 
   BIK_CHECK(v.data != nullptr || v.numel() == 0, op, ": v has no data (null pointer)");
   if (k.numel() == 0) return;
   const int64_t slots = k_cache.shape[0] * k_cache.shape[1];
-  const std::vector<int32_t> sm = host_i32(slot_mapping);
+  std::vector<int32_t> read_back;
+  if (host_slots)
+    BIK_CHECK(int64_t(host_slots->size()) == k.shape[0], op, ": the host copy of slot_mapping has ",
+              host_slots->size(), " values, slot_mapping ", slot_mapping.str(), " has ", k.shape[0]);
+  else
+    read_back = host_i32(slot_mapping);
+  const std::span<const int32_t> sm = host_slots ? *host_slots : std::span<const int32_t>(read_back);
   std::vector<uint8_t> used(size_t(slots), 0);
   for (size_t t = 0; t < sm.size(); ++t) {
     if (sm[t] == -1) continue;
@@ -88,11 +99,24 @@ void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const 
   else
     cuda::write_kv_cache(k_cache, v_cache, k, v, slot_mapping, s);
 }
+}  // namespace
+
+void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
+                    const TensorView& slot_mapping, Stream s) {
+  write_kv_cache_checked(k_cache, v_cache, k, v, slot_mapping, std::nullopt, s);
+}
+
+void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
+                    const TensorView& slot_mapping, std::span<const int32_t> host_slot_mapping, Stream s) {
+  write_kv_cache_checked(k_cache, v_cache, k, v, slot_mapping, host_slot_mapping, s);
+}
 
 namespace {
+// host: the metadata's values when the caller has them on the host, else nullptr (read back here).
 AttentionArgs check_attention(const char* op, const TensorView& out, const TensorView& q, const TensorView& k_cache,
                               const TensorView& v_cache, const TensorView& block_tables, const TensorView& seq_lens,
-                              const TensorView& query_start_loc, float scale) {
+                              const TensorView& query_start_loc, float scale,
+                              const AttentionHostMetadata* host = nullptr) {
   BIK_CHECK(q.ndim == 3, op, ": q must be [T, num_heads, head_dim], got ", q.str());
   BIK_CHECK(is_half(q.dtype), op, ": q must be f16 or bf16, got ", q.str());
   BIK_CHECK(out.sizes() == q.sizes(), op, ": out ", out.str(), " must have q's shape ", q.str());
@@ -145,9 +169,22 @@ AttentionArgs check_attention(const char* op, const TensorView& out, const Tenso
   a.kv_heads = hkv;
   a.head_dim = d;
   a.block_size = k_cache.shape[1];
-  a.host_seq_lens = host_i32(seq_lens);
-  a.host_query_start_loc = host_i32(query_start_loc);
-  const std::vector<int32_t> bt = host_i32(block_tables);
+  std::vector<int32_t> bt_read_back;
+  if (host) {
+    auto check_size = [&](const char* arg, size_t got, int64_t want) {
+      BIK_CHECK(int64_t(got) == want, op, ": the host copy of ", arg, " has ", got, " values, the tensor ", want);
+    };
+    check_size("block_tables", host->block_tables.size(), S * max_blocks);
+    check_size("seq_lens", host->seq_lens.size(), S);
+    check_size("query_start_loc", host->query_start_loc.size(), S + 1);
+    a.host_seq_lens.assign(host->seq_lens.begin(), host->seq_lens.end());
+    a.host_query_start_loc.assign(host->query_start_loc.begin(), host->query_start_loc.end());
+  } else {
+    a.host_seq_lens = host_i32(seq_lens);
+    a.host_query_start_loc = host_i32(query_start_loc);
+    bt_read_back = host_i32(block_tables);
+  }
+  const std::span<const int32_t> bt = host ? host->block_tables : std::span<const int32_t>(bt_read_back);
   const std::vector<int32_t>& sl = a.host_seq_lens;
   const std::vector<int32_t>& qsl = a.host_query_start_loc;
   BIK_CHECK(qsl[0] == 0, op, ": query_start_loc[0] must be 0, got ", qsl[0]);
@@ -188,6 +225,14 @@ void paged_attention(const TensorView& out, const TensorView& q, const TensorVie
                      const TensorView& query_start_loc, float scale, Stream s) {
   dispatch(check_attention("paged_attention", out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
                            scale),
+           s);
+}
+
+void paged_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache,
+                     const TensorView& v_cache, const TensorView& block_tables, const TensorView& seq_lens,
+                     const TensorView& query_start_loc, float scale, const AttentionHostMetadata& host, Stream s) {
+  dispatch(check_attention("paged_attention", out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
+                           scale, &host),
            s);
 }
 

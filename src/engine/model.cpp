@@ -320,6 +320,7 @@ Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
   };
   const TensorView ids = meta_view(0), pos = meta_view(1), slots = meta_view(2), qsl = meta_view(3),
                    lens = meta_view(4), bt = meta_view(5), rows = meta_view(6);
+  const AttentionHostMetadata host_meta{bt_host, b.seq_lens, b.query_start_loc};
 
   // Activations: views into one scratch buffer kept across steps (grown on demand).
   const DType dt = DType::BF16;
@@ -376,8 +377,10 @@ Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
     rotary_embedding(q3, k3, pos, cos_sin_, neox_);
     tap("rotary_q", l, q3);
     tap("rotary_k", l, k3);
-    write_kv_cache(cache.k[li], cache.v[li], k3, v.reshape({T, Hk, D}), slots);
-    paged_attention(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], bt, lens, qsl, scale);
+    // The metadata's host copies go along, so that neither call reads the device tensors back (which
+    // would synchronise the device twice per layer).
+    write_kv_cache(cache.k[li], cache.v[li], k3, v.reshape({T, Hk, D}), slots, b.slot_mapping);
+    paged_attention(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], bt, lens, qsl, scale, host_meta);
     tap("attention", l, attn);
     row_parallel(x, attn, L.o);
     tap("o_proj", l, x);

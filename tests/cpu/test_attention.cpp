@@ -97,6 +97,17 @@ TEST(CpuAttention, NegativeControlSplitBySequencesIsCaught) {
   EXPECT_GT(o.diffs, 0) << "the harness missed a batch-variant split count (" << o.cases << " rows)";
 }
 
+// The engine's path (metadata given on the host) is the same attention, bit for bit, and as invariant.
+TEST(CpuAttention, HostMetadataPathGivesTheSameBits) {
+  const Config c{DType::BF16, 8, 2, 128, 16};
+  const std::vector<SeqSpec> batch{{1, 300, 300}, {2, 40, 1}, {3, 700, 5}, {4, 17, 17}};
+  EXPECT_EQ(run_step(Device::cpu(), c, batch, 7), run_step(Device::cpu(), c, batch, 7, attention_with_host_metadata));
+  const Outcome o = alone_vs_batched(Device::cpu(), c, {{11, 520, 9}, {12, 33, 1}}, {1, 3, 8}, 900, 40, 5,
+                                     attention_with_host_metadata);
+  EXPECT_GT(o.cases, 0);
+  EXPECT_EQ(o.diffs, 0);
+}
+
 TEST(CpuAttention, ValidatesArguments) {
   Config c{DType::BF16, 4, 2, 64, 16};
   auto t = [](Shape s, DType d) { return Tensor::empty(s, d); };
@@ -146,6 +157,22 @@ TEST(CpuAttention, ValidatesArguments) {
   EXPECT_NE(msg([&] { paged_attention(out, q, kc, vc, bt, sl2, qsl, 1.f); }).find("seq_lens must be"),
             std::string::npos);
 
+  // The host copies are checked the same way, and must have the tensors' sizes.
+  std::vector<int32_t> hbt{0, 1, 2, 3}, hsl{40}, hqsl{0, 3};
+  EXPECT_NO_THROW(paged_attention(out, q, kc, vc, bt, sl, qsl, 1.f, {hbt, hsl, hqsl}));
+  hbt[1] = 9;
+  EXPECT_NE(msg([&] { paged_attention(out, q, kc, vc, bt, sl, qsl, 1.f, {hbt, hsl, hqsl}); })
+                .find("block_tables[0, 1] = 9"),
+            std::string::npos);
+  hbt[1] = 1;
+  const std::vector<int32_t> short_bt{0, 1};
+  EXPECT_NE(msg([&] { paged_attention(out, q, kc, vc, bt, sl, qsl, 1.f, {short_bt, hsl, hqsl}); })
+                .find("the host copy of block_tables has 2 values, the tensor 4"),
+            std::string::npos);
+  hqsl[1] = 2;
+  EXPECT_NE(msg([&] { paged_attention(out, q, kc, vc, bt, sl, qsl, 1.f, {hbt, hsl, hqsl}); }).find("query_start_loc[1]"),
+            std::string::npos);
+
   Tensor k = t({2, 2, 64}, DType::BF16), v = t({2, 2, 64}, DType::BF16), sm = t({2}, DType::I32);
   fill_bytes(k, 0);
   fill_bytes(v, 0);
@@ -156,6 +183,11 @@ TEST(CpuAttention, ValidatesArguments) {
   EXPECT_NE(msg([&] { write_kv_cache(kc, vc, k, v, sm); }).find("slot_mapping[1] = 64"), std::string::npos);
   sm.ptr<int32_t>()[1] = 5;
   EXPECT_NE(msg([&] { write_kv_cache(kc, vc, k, v, sm); }).find("repeats"), std::string::npos);
+  const std::vector<int32_t> host_slots{5, 70};
+  EXPECT_NE(msg([&] { write_kv_cache(kc, vc, k, v, sm, host_slots); }).find("slot_mapping[1] = 70"), std::string::npos);
+  const std::vector<int32_t> one_slot{5};
+  EXPECT_NE(msg([&] { write_kv_cache(kc, vc, k, v, sm, one_slot); }).find("host copy of slot_mapping has 1"),
+            std::string::npos);
   Tensor k3 = t({2, 3, 64}, DType::BF16);
   EXPECT_NE(msg([&] { write_kv_cache(kc, vc, k3, k3, sm); }).find("kv heads"), std::string::npos);
 }

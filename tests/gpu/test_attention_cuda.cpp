@@ -62,6 +62,19 @@ TEST(GpuAttention, AloneEqualsBatchedLongContexts) {
   EXPECT_EQ(o.diffs, 0) << o.diffs << " of " << o.cases << " rows differ";
 }
 
+// The engine's path: metadata given on the host, no read-back inside the call; same bits as the
+// read-back path, and as invariant.
+TEST(GpuAttention, HostMetadataPathGivesTheSameBits) {
+  BIK_REQUIRE_GPU();
+  const Config c{DType::BF16, 32, 8, 128, 16};
+  const std::vector<SeqSpec> batch{{1, 3000, 3000}, {2, 40, 1}, {3, 9000, 5}, {4, 17, 17}, {5, 600, 1}};
+  EXPECT_EQ(run_step(gpu(), c, batch, 7), run_step(gpu(), c, batch, 7, attention_with_host_metadata));
+  const Outcome o = alone_vs_batched(gpu(), c, {{11, 5200, 9}, {12, 33, 1}}, {1, 7, 64}, 6000, 80, 5,
+                                     attention_with_host_metadata);
+  EXPECT_GT(o.cases, 0);
+  EXPECT_EQ(o.diffs, 0) << o.diffs << " of " << o.cases << " rows differ";
+}
+
 TEST(GpuAttention, AloneEqualsBatchedManySequences) {
   BIK_REQUIRE_GPU();
   uint64_t seed = 7;
