@@ -45,6 +45,7 @@ std::vector<std::pair<std::string, std::vector<std::string>>> op_aliases() {
       {"elementwise", {"silu_and_mul", "rotary_embedding", "embedding"}},
       {"rope", {"rotary_embedding"}},
       {"add_rms_norm", {"rms_norm_residual"}},
+      {"tp", {"sum_partials"}},
   };
 }
 

@@ -8,6 +8,7 @@
 #include "check/op_checks.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -697,6 +698,66 @@ class SiluAndMulCheck final : public OpCheck {
   int64_t d_ = 1;
 };
 
+// ---- sum_partials (the tensor-parallel K-chunk tree; the row is an output row) -------------------------------
+
+class SumPartialsCheck final : public OpCheck {
+ public:
+  Problem draw(Rng& rng, const Context& ctx) override {
+    out_ = rng.pick(kFloats);
+    p_ = rng.pick(std::vector<int64_t>{1, 2, 4, 8, 8, 16});
+    n_ = draw_row_len(rng);
+    has_bias_ = rng.chance(0.5);
+    bias_.reset();
+    const DType bt = rng.chance(0.5) ? DType::F32 : out_;
+    if (has_bias_) bias_ = upload(random_tensor(rng, {n_}, bt, 2.0, bias_values_), ctx.device);
+    Problem p;
+    p.dtypes = mix_name(DType::F32, out_);
+    p.shape = "P=" + std::to_string(p_) + " n=" + std::to_string(n_) + (has_bias_ ? " bias=" : "") +
+              (has_bias_ ? dtype_name(bt) : "");
+    p.row_cost = double(p_ + 1) * double(n_);
+    // log2(P) + 1 F32 additions, then one rounding to the output's dtype.
+    const double tol = eps_of(out_) + double(std::bit_width(uint64_t(p_)) + 1) * kU;
+    p.operands = {{"partials", DType::F32, {p_, n_}, Role::In, 0, 0.1},
+                  {"out", out_, {n_}, Role::Out, tol, 0.1}};
+    return p;
+  }
+
+  void fill_row(Rng& rng, RowKind kind, RowData& row) override {
+    fill_floats(rng, kind, DType::F32, p_ * n_, 4.0, row[0]);
+  }
+
+  void run(const std::vector<TensorView>& v, bool, Rng&) override {
+    // The operand is [M, P, N]; the op takes [P, M, N] (any strides).
+    std::optional<TensorView> bias;
+    if (bias_) bias = bias_->view();
+    sum_partials(v[1], v[0].transpose(0, 1), bias);
+  }
+
+  void reference(const RowData& row, int64_t, std::vector<Expected>& expected) override {
+    Expected& e = expected[1];
+    e.value.assign(size_t(n_), 0.0);
+    e.scale.assign(size_t(n_), 0.0);
+    for (int64_t i = 0; i < n_; ++i) {
+      for (int64_t j = 0; j < p_; ++j) {
+        const double x = load(DType::F32, row[0].data(), j * n_ + i);
+        e.value[size_t(i)] += x;
+        e.scale[size_t(i)] += std::fabs(x);
+      }
+      if (has_bias_) {
+        e.value[size_t(i)] += bias_values_[size_t(i)];
+        e.scale[size_t(i)] += std::fabs(bias_values_[size_t(i)]);
+      }
+    }
+  }
+
+ private:
+  DType out_ = DType::F32;
+  int64_t p_ = 1, n_ = 1;
+  bool has_bias_ = false;
+  std::optional<Tensor> bias_;
+  std::vector<double> bias_values_;
+};
+
 // ---- rotary_embedding (in place on q and k; the row is a token) ------------------------------------------
 
 class RotaryCheck final : public OpCheck {
@@ -840,6 +901,7 @@ const std::vector<OpEntry>& op_table() {
       {"mean", plain<ReduceCheck>(true)},
       {"argmax", plain<ArgmaxCheck>()},
       {"silu_and_mul", plain<SiluAndMulCheck>()},
+      {"sum_partials", plain<SumPartialsCheck>()},
       {"rotary_embedding", plain<RotaryCheck>()},
       {"embedding", plain<EmbeddingCheck>()},
   };
