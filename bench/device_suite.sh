@@ -5,9 +5,13 @@
 #
 # usage: bench/device_suite.sh BIN_DIR OUT_DIR [steps...]
 #   BIN_DIR holds bik and bik_tests_gpu (and lib/ with shared libraries the machine may lack)
-#   steps: tests check engine ops gemm attention serve hf tp (default: the first seven, in that order;
-#          hf needs torch + transformers, tp needs 2+ GPUs)
+#   steps: tests check engine ops gemm attention serve hf torch tp (default: the first seven, in that order;
+#          hf and torch need torch + transformers (+ pytest), tp needs 2+ GPUs)
 #   serve: Qwen3-8B dummy weights, BIK_SERVE_REQUESTS requests (default 1000), batch-invariant on then off
+#   torch: builds the PyTorch extension (docs/torch.md) from this tree with CMake into /tmp/bik-torch-build
+#          (no pip: it would fetch scikit-build-core; BIK_CUDA_ARCHS overrides the archs, default that of
+#          CMakeLists.txt), then tests/python/test_torch_mode.py on CUDA tensors, bench/torch_mode_speed.py
+#          (torch_mode_h100.json/.md/.png) and python -m bik.bisect under the mode (hf_bisect_mode_on.json)
 set -uo pipefail
 bin="$(cd "$1" && pwd)"
 out="$2"
@@ -59,6 +63,28 @@ for s in "${steps[@]}"; do
         "$root/tests/python/test_hf_reference.py"
       step hf_bisect_stock 200 env PYTHONPATH="$root/python" python3 -m bik.bisect --config-init qwen3 --device cuda \
         --batch 31 --json "$out/hf_bisect_stock.json" ;;
+    torch)
+      # Configure + build only the extension target; fails when CMake turned the CUDA registrations off
+      # (no nvcc or a CPU-only torch), since the tests would then only skip.
+      tbuild=/tmp/bik-torch-build
+      tlib="$tbuild/src/torch/libbik_torch.so"
+      tgen="Unix Makefiles"
+      command -v ninja >/dev/null 2>&1 && tgen=Ninja
+      # shellcheck disable=SC2016  # the inner script expands its own arguments
+      if step torch_build 600 bash -c '
+          log=$(cmake -S "$1" -B "$2" -G "$3" -DBIK_TORCH=ON -DCMAKE_BUILD_TYPE=Release \
+                -DPython3_EXECUTABLE="$(command -v python3)" -DCMAKE_CUDA_ARCHITECTURES="$4" 2>&1)
+          rc=$?; echo "$log"; [ $rc -eq 0 ] || exit $rc
+          grep -q "CUDA registrations: ON" <<<"$log" || { echo "torch_build: no CUDA registrations"; exit 3; }
+          cmake --build "$2" -j 16 --target bik_torch' _ "$root" "$tbuild" "$tgen" "${BIK_CUDA_ARCHS:-80-real;90a-real}"
+      then
+        step torch_tests 400 env BIK_TORCH_LIB="$tlib" BIK_TEST_DEVICE=cuda python3 -m pytest -q -rs \
+          "$root/tests/python/test_torch_mode.py"
+        step torch_speed 400 env BIK_TORCH_LIB="$tlib" python3 "$root/bench/torch_mode_speed.py" --device cuda \
+          --commit "$commit" --out "$out" --name torch_mode_h100
+        step hf_bisect_mode_on 200 env PYTHONPATH="$root/python" BIK_TORCH_LIB="$tlib" python3 -m bik.bisect \
+          --config-init qwen3 --device cuda --batch 31 --mode on --json "$out/hf_bisect_mode_on.json"
+      fi ;;
     tp)
       # Needs 2+ GPUs: the TP tests (NCCL ranks against TP = 1) and the engine's output for --tp 1, 2.
       step tp_tests 300 "$bin/bik_tests_gpu" --gtest_filter='Tp*'

@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Speed of bik's batch-invariant mode against stock torch, op by op and for a Qwen3 forward pass.
 
-    $(scripts/torch_python.sh) bench/torch_mode_speed.py --device cpu --small --out /tmp/torch_mode_cpu
-    python bench/torch_mode_speed.py --device cuda --commit $(git rev-parse --short HEAD) --out bench/results/torch_mode_h100
+    $(scripts/torch_python.sh) bench/torch_mode_speed.py --device cpu --small --out /tmp/torch_mode --name cpu_small
+    python3 bench/torch_mode_speed.py --device cuda --commit $(git rev-parse --short HEAD) --out bench/results --name torch_mode_h100
 
-Writes <out>.json (device name, torch version, commit, date, one record per case) and <out>.md (a table:
-median milliseconds of stock torch and of the mode, and stock/mode as a speed ratio: > 1 means the mode is
-faster). Shapes: the linear layers of an 8B Llama/Qwen3-class model (hidden 4096, intermediate 14336 or
-12288, vocab 151936) at several token counts, softmax, log_softmax, layer_norm, rms_norm, attention and
+Writes into the --out folder NAME.json (device name, torch version, commit, date, one record per case),
+NAME.md (a table: median milliseconds of stock torch and of the mode, and mode/stock: > 1 means the mode is
+slower) and NAME.png (mode/stock per case; skipped, saying so, when matplotlib is not installed). Each case
+is timed for stock torch and then for the mode in the same process, on the same tensors: warm-up calls, then
+the median of --reps timed calls, each between two torch.cuda.synchronize() on CUDA. The extension is
+$BIK_TORCH_LIB with python/ (the repository's package), else an installed `bik`, else build-*/src/torch/.
+Shapes: the linear layers of an 8B Llama/Qwen3-class model (hidden 4096,
+intermediate 14336, vocab 151936) at several token counts, softmax, log_softmax, layer_norm, rms_norm, attention and
 a Qwen3 forward pass from a config. --small shrinks every shape for a quick CPU run.
 """
 import argparse
@@ -23,17 +27,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def import_bik_torch():
-    try:
-        import bik.torch as bt  # installed with pip install --no-build-isolation .
-        bt.library_path()
-        return bt
-    except (ImportError, OSError):
-        pass
-    import glob
-    found = sorted(glob.glob(os.path.join(ROOT, "build-*/src/torch/libbik_torch*.so")))
-    if not found:
-        sys.exit("bik.torch is not installed and no build-*/src/torch/libbik_torch.so was found")
-    os.environ.setdefault("BIK_TORCH_LIB", found[0])
+    if not os.environ.get("BIK_TORCH_LIB"):
+        try:
+            import bik.torch as bt  # installed with pip install --no-build-isolation .
+            bt.library_path()
+            return bt
+        except (ImportError, OSError):
+            pass
+        import glob
+        found = sorted(glob.glob(os.path.join(ROOT, "build-*/src/torch/libbik_torch*.so")))
+        if not found:
+            sys.exit("bik.torch is not installed, BIK_TORCH_LIB is not set and no build-*/src/torch/libbik_torch.so "
+                     "was found")
+        os.environ["BIK_TORCH_LIB"] = found[0]
     sys.path.insert(0, os.path.join(ROOT, "python"))
     import bik.torch as bt
     bt.library_path()
@@ -41,13 +47,15 @@ def import_bik_torch():
 
 
 def timed(fn, device, warmup, reps):
+    """Median milliseconds of `reps` calls after `warmup` calls; on CUDA each call is timed between two
+    synchronizations, so the time covers the kernels, not only their launch."""
     import torch
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
-    sync()
     times = []
     for _ in range(reps):
+        sync()
         t0 = time.perf_counter()
         fn()
         sync()
@@ -60,10 +68,10 @@ def cases(args):
     import torch.nn.functional as F
 
     dev, dt = args.device, getattr(torch, args.dtype)
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = torch.Generator(device=dev).manual_seed(0)  # on the device: the large inputs are quick to make
 
     def rnd(*shape):
-        return torch.randn(*shape, generator=g).to(device=dev, dtype=dt)
+        return torch.randn(*shape, generator=g, device=dev).to(dt)
 
     if args.small:
         hidden, inter, vocab, tokens = 256, 768, 2048, [1, 16, 128]
@@ -102,7 +110,7 @@ def cases(args):
     torch.manual_seed(0)
     model = transformers.Qwen3ForCausalLM._from_config(cfg, attn_implementation="sdpa", torch_dtype=dt).to(dev).eval()
     for batch, length in ((1, 64), (8, 64)) if args.small else ((1, 512), (8, 512), (32, 1)):
-        ids = torch.randint(0, vocab, (batch, length), generator=g).to(dev)
+        ids = torch.randint(0, vocab, (batch, length), generator=g, device=dev)
 
         def forward(ids=ids):
             with torch.no_grad():
@@ -111,51 +119,97 @@ def cases(args):
         yield f"qwen3 2-layer forward batch={batch} len={length}", forward
 
 
+def write_plot(path, records, title):
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: no plot ({path})")
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["case"] for r in records]
+    ratios = [r["mode_over_stock"] for r in records]
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(records) + 1.5))
+    ys = range(len(records))
+    ax.barh(ys, ratios, color=["tab:red" if q > 1 else "tab:green" for q in ratios])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels(names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("mode / stock time (median; > 1: the mode is slower)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--small", action="store_true", help="small shapes (quick CPU runs)")
-    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=None, help="timed calls per case (default 5 on CPU, 50 on CUDA)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2 on CPU, 5 on CUDA)")
     ap.add_argument("--commit", default=os.environ.get("BIK_COMMIT", "unknown"), help="commit (or $BIK_COMMIT)")
-    ap.add_argument("--out", default="torch_mode_speed", help="output path without extension")
+    ap.add_argument("--out", default=".", help="output folder (created)")
+    ap.add_argument("--name", default=None, help="file name without extension (default torch_mode_DEVICE)")
     args = ap.parse_args()
 
     import torch
     bt = import_bik_torch()
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch.cuda.is_available() is False")
     if args.device == "cuda" and not bt.has_cuda():
-        sys.exit("this build of the extension has no CUDA registrations (see docs/torch.md)")
+        sys.exit(f"{bt.library_path()} has no CUDA registrations (built without CUDA; see docs/torch.md)")
     reps = args.reps or (5 if args.device == "cpu" else 50)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
-    if args.device == "cpu":
-        device_name += f" ({torch.get_num_threads()} threads)"
+    warmup = args.warmup if args.warmup is not None else (2 if args.device == "cpu" else 5)
+    name = args.name or f"torch_mode_{args.device}"
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, name)
+    if args.device == "cuda":
+        device_name = torch.cuda.get_device_name()
+    else:
+        device_name = f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    print(f"{device_name}, torch {torch.__version__}, {args.dtype}, extension {bt.library_path()}", flush=True)
 
     records = []
-    for name, fn in cases(args):
-        stock = timed(fn, args.device, 2, reps)
+    for case, fn in cases(args):
+        stock = timed(fn, args.device, warmup, reps)
         bt.reset_counters()
         with bt.set_batch_invariant_mode():
-            mode = timed(fn, args.device, 2, reps)
+            mode = timed(fn, args.device, warmup, reps)
         on_stock = {op: c[1] for op, c in bt.counters().items() if c[1]}
-        records.append({"case": name, "stock_ms": stock, "mode_ms": mode, "stock_over_mode": stock / mode,
+        records.append({"case": case, "stock_ms": stock, "mode_ms": mode, "mode_over_stock": mode / stock,
                         "fallbacks": on_stock})
-        print(f"{name:55s} stock {stock:9.3f} ms  mode {mode:9.3f} ms  {stock / mode:5.2f}x", flush=True)
+        print(f"{case:55s} stock {stock:9.3f} ms  mode {mode:9.3f} ms  mode/stock {mode / stock:6.2f}", flush=True)
 
     meta = {"device": device_name, "device_kind": args.device, "dtype": args.dtype, "small": args.small,
-            "torch": torch.__version__, "commit": args.commit, "reps": reps,
+            "torch": torch.__version__, "cuda": torch.version.cuda if args.device == "cuda" else None,
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if args.device == "cuda" else None,
+            "extension": bt.library_path(), "commit": args.commit, "reps": reps, "warmup": warmup,
+            "statistic": "median ms per call", "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    with open(args.out + ".json", "w") as f:
+    with open(base + ".json", "w") as f:
         json.dump({"meta": meta, "results": records}, f, indent=1)
     lines = [f"# bik batch-invariant mode vs stock torch ({args.dtype})", "",
-             f"{meta['device']}, torch {meta['torch']}, commit {meta['commit']}, {meta['date']}; median of {reps} runs.",
-             "", "| case | stock ms | mode ms | stock/mode |", "|---|---:|---:|---:|"]
+             f"{meta['device']}, torch {meta['torch']}, commit `{meta['commit']}`, {meta['date']}.", "",
+             f"Median of {reps} calls after {warmup} warm-up calls"
+             + (", each between two torch.cuda.synchronize()" if args.device == "cuda" else "")
+             + "; stock and mode timed one after the other in the same run. mode/stock > 1: the mode is slower.",
+             "", "| case | stock ms | mode ms | mode/stock |", "|---|---:|---:|---:|"]
     for r in records:
         note = f" (fallbacks: {r['fallbacks']})" if r["fallbacks"] else ""
-        lines.append(f"| {r['case']}{note} | {r['stock_ms']:.3f} | {r['mode_ms']:.3f} | {r['stock_over_mode']:.2f} |")
-    with open(args.out + ".md", "w") as f:
+        lines.append(f"| {r['case']}{note} | {r['stock_ms']:.3f} | {r['mode_ms']:.3f} | {r['mode_over_stock']:.2f} |")
+    with open(base + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"wrote {args.out}.json and {args.out}.md")
+    written = [base + ".json", base + ".md"]
+    if write_plot(base + ".png", records, f"bik mode vs stock torch, {args.dtype}, {device_name}"):
+        written.append(base + ".png")
+    print("wrote " + ", ".join(written))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""bik.torch on the CPU: the API, each op against stock torch, each op's rows bitwise equal alone and inside
-batches, the loud fallback, negative controls on stock torch, and a Qwen3 model from transformers.
+"""bik.torch: the API, each op against stock torch, each op's rows bitwise equal alone and inside batches,
+the loud fallback, negative controls on stock torch, and a Qwen3 model from transformers.
+
+The tensors and models live on the device named by BIK_TEST_DEVICE: "cpu" (the default) or "cuda" (every
+test then skips, saying why, when torch sees no GPU or the extension was built without CUDA).
 
 Run: $(scripts/torch_python.sh) -m pytest tests/python -q
+     BIK_TEST_DEVICE=cuda BIK_TORCH_LIB=/path/to/libbik_torch.so python3 -m pytest tests/python/test_torch_mode.py -q -rs
 """
 import os
 import subprocess
@@ -15,6 +19,17 @@ from conftest import ROOT, load_bik_torch
 bt = load_bik_torch()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+DEVICE = os.environ.get("BIK_TEST_DEVICE", "cpu").strip().lower() or "cpu"
+if DEVICE not in ("cpu", "cuda"):
+    raise ValueError(f"BIK_TEST_DEVICE={DEVICE!r}: expected cpu or cuda")
+if DEVICE == "cuda":
+    if not torch.cuda.is_available():
+        pytest.skip(f"BIK_TEST_DEVICE=cuda, but torch.cuda.is_available() is False (torch {torch.__version__}, "
+                    f"built for CUDA {torch.version.cuda})", allow_module_level=True)
+    if not bt.has_cuda():
+        pytest.skip(f"BIK_TEST_DEVICE=cuda, but {bt.library_path()} was built without CUDA registrations "
+                    "(no nvcc, BIK_CUDA=OFF or a CPU-only torch when it was built)", allow_module_level=True)
 
 # Batch sizes of the row tests (docs/invariance.md): 1..17, around powers of two, and larger.
 BATCHES = list(range(1, 18)) + [31, 32, 33, 64, 100]
@@ -82,7 +97,7 @@ def test_context_manager_restores_the_previous_state_and_nests():
 
 
 def test_disable_restores_the_stock_kernels():
-    x, w = torch.randn(3, 64), torch.randn(64, 64)
+    x, w = torch.randn(3, 64).to(DEVICE), torch.randn(64, 64).to(DEVICE)
     bt.reset_counters()
     with bt.set_batch_invariant_mode():
         x @ w
@@ -116,19 +131,19 @@ def both(fn):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mm_bmm_matmul_linear(dtype):
     torch.manual_seed(1)
-    a, b = torch.randn(13, 40).to(dtype), torch.randn(40, 24).to(dtype)
+    a, b = torch.randn(13, 40).to(DEVICE, dtype), torch.randn(40, 24).to(DEVICE, dtype)
     close(*both(lambda: torch.mm(a, b)), dtype)
     close(*both(lambda: torch.mm(a, b.t().contiguous().t())), dtype)  # [K, N] as a transposed view
     close(*both(lambda: torch.mm(a[:, ::2], b[::2])), dtype)  # strided K
     close(*both(lambda: torch.mm(a[:, :0], b[:0])), dtype)  # K = 0
-    x, y = torch.randn(3, 9, 40).to(dtype), torch.randn(3, 40, 17).to(dtype)
+    x, y = torch.randn(3, 9, 40).to(DEVICE, dtype), torch.randn(3, 40, 17).to(DEVICE, dtype)
     close(*both(lambda: torch.bmm(x, y)), dtype)
     close(*both(lambda: torch.bmm(x, y[:1].expand(3, 40, 17))), dtype)  # batch stride 0
     close(*both(lambda: torch.bmm(x.transpose(1, 2).contiguous().transpose(1, 2), y)), dtype)
-    w = torch.randn(24, 40).to(dtype)
-    bias = torch.randn(24).to(dtype)
+    w = torch.randn(24, 40).to(DEVICE, dtype)
+    bias = torch.randn(24).to(DEVICE, dtype)
     close(*both(lambda: torch.matmul(x, y)), dtype)
-    x4 = torch.randn(2, 3, 5, 40).to(dtype)
+    x4 = torch.randn(2, 3, 5, 40).to(DEVICE, dtype)
     close(*both(lambda: torch.matmul(x4, w.t())), dtype)
     close(*both(lambda: F.linear(x, w)), dtype)
     close(*both(lambda: F.linear(a, w, bias)), dtype)
@@ -140,14 +155,14 @@ def test_mm_bmm_matmul_linear(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_addmm_beta_alpha_and_bias_shapes(dtype):
     torch.manual_seed(2)
-    a, b = torch.randn(11, 32).to(dtype), torch.randn(32, 20).to(dtype)
+    a, b = torch.randn(11, 32).to(DEVICE, dtype), torch.randn(32, 20).to(DEVICE, dtype)
     for self_t in [torch.randn(20), torch.randn(1, 20), torch.randn(11, 20), torch.randn(20).expand(11, 20),
                    torch.randn(11, 1), torch.randn(1)]:
-        self_t = self_t.to(dtype)
+        self_t = self_t.to(DEVICE, dtype)
         for beta, alpha in [(1, 1), (0.5, 2.0), (0.0, 1.0), (1.0, -0.25)]:
             close(*both(lambda: torch.addmm(self_t, a, b, beta=beta, alpha=alpha)), dtype)
             ran_on_bik("addmm", lambda: torch.addmm(self_t, a, b, beta=beta, alpha=alpha))
-    nan_self = torch.full((20,), float("nan")).to(dtype)
+    nan_self = torch.full((20,), float("nan")).to(DEVICE, dtype)
     got, want = both(lambda: torch.addmm(nan_self, a, b, beta=0))
     assert not got.isnan().any()
     close(got, want, dtype)
@@ -156,12 +171,12 @@ def test_addmm_beta_alpha_and_bias_shapes(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_and_log_softmax(dtype):
     torch.manual_seed(3)
-    x = (torch.randn(4, 6, 37) * 4).to(dtype)
+    x = (torch.randn(4, 6, 37) * 4).to(DEVICE, dtype)
     for dim in [-1, 0, 1, 2]:
         close(*both(lambda: torch.softmax(x, dim)), dtype)
         close(*both(lambda: torch.log_softmax(x, dim)), dtype)
         close(*both(lambda: F.softmax(x.transpose(0, 2), dim)), dtype)
-    close(*both(lambda: torch.softmax(torch.tensor(1.5).to(dtype), 0)), dtype)
+    close(*both(lambda: torch.softmax(torch.tensor(1.5).to(DEVICE, dtype), 0)), dtype)
     ran_on_bik("_softmax", lambda: torch.softmax(x, -1))
     ran_on_bik("_log_softmax", lambda: torch.log_softmax(x, 1))
     got, want = both(lambda: torch.log_softmax(x, -1, dtype=torch.float32))
@@ -177,7 +192,7 @@ def test_softmax_and_log_softmax(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mean_and_sum(dtype):
     torch.manual_seed(4)
-    x = torch.randn(3, 5, 7, 9).to(dtype)
+    x = torch.randn(3, 5, 7, 9).to(DEVICE, dtype)
     cases = [dict(dim=-1), dict(dim=1, keepdim=True), dict(dim=(0, 2)), dict(dim=(1, -1), keepdim=True),
              dict(dim=None), dict(dim=-1, dtype=torch.float32), dict(dim=(0, 3), dtype=torch.float32, keepdim=True)]
     for kw in cases:
@@ -187,11 +202,11 @@ def test_mean_and_sum(dtype):
     close(*both(lambda: x.sum(dim=[])), dtype)
     close(*both(lambda: x[:, :0].sum(1)), dtype)
     close(*both(lambda: x[:, :0].mean(1)), dtype)
-    close(*both(lambda: torch.tensor(2.5).to(dtype).sum(0)), dtype)
+    close(*both(lambda: torch.tensor(2.5).to(DEVICE, dtype).sum(0)), dtype)
     ran_on_bik("mean.dim", lambda: x.mean(-1, keepdim=True))
     ran_on_bik("sum.dim_IntList", lambda: x.sum((0, 2)))
     # An integer input cast by dtype= is summed by bik in the float dtype.
-    ints = torch.randint(-5, 5, (6, 10))
+    ints = torch.randint(-5, 5, (6, 10)).to(DEVICE)
     got, want = both(lambda: ints.sum(-1, dtype=torch.float32))
     close(got, want, torch.float32)
 
@@ -199,12 +214,12 @@ def test_mean_and_sum(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rms_norm(dtype):
     torch.manual_seed(5)
-    x = torch.randn(4, 3, 32).to(dtype)
-    for w in [None, torch.randn(32).to(dtype), torch.randn(32)]:
+    x = torch.randn(4, 3, 32).to(DEVICE, dtype)
+    for w in [None, torch.randn(32).to(DEVICE, dtype), torch.randn(32).to(DEVICE)]:
         for eps in [None, 1e-6]:
             close(*both(lambda: F.rms_norm(x, (32,), w, eps)), dtype)
             ran_on_bik("rms_norm", lambda: F.rms_norm(x, (32,), w, eps))
-    w2 = torch.randn(3, 32).to(dtype)
+    w2 = torch.randn(3, 32).to(DEVICE, dtype)
     close(*both(lambda: F.rms_norm(x, (3, 32), w2, 1e-5)), dtype)
     close(*both(lambda: F.rms_norm(x.transpose(0, 1), (32,), None, 1e-5)), dtype)
 
@@ -212,9 +227,9 @@ def test_rms_norm(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_native_layer_norm(dtype):
     torch.manual_seed(6)
-    x = (torch.randn(4, 5, 48) * 3 + 1).to(dtype)
-    params = [(None, None), (torch.randn(48).to(dtype), torch.randn(48).to(dtype)), (torch.randn(48), torch.randn(48)),
-              (torch.randn(48).to(dtype), None)]
+    x = (torch.randn(4, 5, 48) * 3 + 1).to(DEVICE, dtype)
+    params = [(None, None), (torch.randn(48).to(DEVICE, dtype), torch.randn(48).to(DEVICE, dtype)),
+              (torch.randn(48).to(DEVICE), torch.randn(48).to(DEVICE)), (torch.randn(48).to(DEVICE, dtype), None)]
     for w, b in params:
         for shape in [(48,), (5, 48)]:
             ww = None if w is None else w.expand(*shape[:-1], 48).contiguous()
@@ -233,8 +248,8 @@ def test_native_layer_norm(dtype):
 def test_scaled_dot_product_attention(dtype):
     torch.manual_seed(7)
     B, H, Hkv, L, S, D = 2, 4, 2, 7, 7, 16
-    q = torch.randn(B, L, H, D).to(dtype).transpose(1, 2)  # the strided layout HF models pass
-    k, v = torch.randn(B, Hkv, S, D).to(dtype), torch.randn(B, Hkv, S, D).to(dtype)
+    q = torch.randn(B, L, H, D).to(DEVICE, dtype).transpose(1, 2)  # the strided layout HF models pass
+    k, v = torch.randn(B, Hkv, S, D).to(DEVICE, dtype), torch.randn(B, Hkv, S, D).to(DEVICE, dtype)
     kf, vf = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)
     sdpa = F.scaled_dot_product_attention
     close(*both(lambda: sdpa(q, kf, vf)), dtype)
@@ -242,10 +257,10 @@ def test_scaled_dot_product_attention(dtype):
     close(*both(lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True)), dtype)
     close(*both(lambda: sdpa(q, kf, vf, scale=0.3)), dtype)
     close(*both(lambda: sdpa(q[:, :, :3], kf, vf, is_causal=True)), dtype)  # L < S, top-left causal
-    bool_mask = torch.rand(B, 1, L, S) > 0.3
+    bool_mask = (torch.rand(B, 1, L, S) > 0.3).to(DEVICE)
     bool_mask[..., 0] = True
     close(*both(lambda: sdpa(q, kf, vf, attn_mask=bool_mask)), dtype)
-    float_mask = torch.randn(L, S).to(dtype)
+    float_mask = torch.randn(L, S).to(DEVICE, dtype)
     close(*both(lambda: sdpa(q, kf, vf, attn_mask=float_mask)), dtype)
     dead = bool_mask.clone()
     dead[0, 0, 2] = False  # a query row with no visible key: zeros, as torch gives
@@ -275,12 +290,12 @@ def batch_invariance_diffs(row_fn, make_rows, target, batches=BATCHES, seed=0):
 def row_cases(dtype):
     torch.manual_seed(11)
     K, N = 96, 80
-    w = torch.randn(N, K).to(dtype)
-    bias = torch.randn(N).to(dtype)
-    w3 = torch.randn(3, K, 24).to(dtype)
-    gamma = torch.randn(K).to(dtype)
+    w = torch.randn(N, K).to(DEVICE, dtype)
+    bias = torch.randn(N).to(DEVICE, dtype)
+    w3 = torch.randn(3, K, 24).to(DEVICE, dtype)
+    gamma = torch.randn(K).to(DEVICE, dtype)
     D, S = 16, 9
-    kv = torch.randn(2, 4, S, D).to(dtype)
+    kv = torch.randn(2, 4, S, D).to(DEVICE, dtype)
     sdpa = F.scaled_dot_product_attention
     return {
         # name: (function of rows, row shape)
@@ -301,7 +316,8 @@ def row_cases(dtype):
         "sdpa_causal": (lambda x: sdpa(x, torch.cat([kv[:1]] * x.shape[0]) + x[:, :1, :1, :1],
                                       torch.cat([kv[1:]] * x.shape[0]), is_causal=True), (4, S, D)),
         "sdpa_gqa": (lambda x: sdpa(x, (x[:, :2] * 0.5).contiguous(), x[:, 2:], enable_gqa=True), (4, S, D)),
-        "sdpa_mask": (lambda x: sdpa(x, x, x, attn_mask=torch.ones(S, S, dtype=torch.bool).tril(1)), (4, S, D)),
+        "sdpa_mask": (lambda x: sdpa(x, x, x, attn_mask=torch.ones(S, S, dtype=torch.bool, device=x.device).tril(1)),
+                      (4, S, D)),
     }
 
 
@@ -309,8 +325,8 @@ def row_cases(dtype):
 def test_rows_are_bitwise_equal_alone_and_in_batches(dtype):
     failures = {}
     for name, (fn, row_shape) in row_cases(dtype).items():
-        make = lambda m, g, rs=row_shape: torch.randn(m, *rs, generator=g).to(dtype)
-        target = torch.randn(1, *row_shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+        make = lambda m, g, rs=row_shape: torch.randn(m, *rs, generator=g).to(DEVICE, dtype)
+        target = torch.randn(1, *row_shape, generator=torch.Generator().manual_seed(5)).to(DEVICE, dtype)
         with bt.set_batch_invariant_mode():
             for seed in range(2):
                 diffs = batch_invariance_diffs(fn, make, target, seed=seed)
@@ -323,40 +339,81 @@ def test_mode_kernels_run_for_every_row_case():
     for name, (fn, row_shape) in row_cases(torch.float32).items():
         bt.reset_counters()
         with bt.set_batch_invariant_mode():
-            fn(torch.randn(5, *row_shape))
+            fn(torch.randn(5, *row_shape).to(DEVICE))
         counts = bt.counters()
         assert sum(c[0] for c in counts.values()) > 0, name
         assert all(c[1] == 0 for c in counts.values()), (name, counts)
 
 
 # ---- negative controls: the same harness catches stock torch -----------------------------------------------
-def test_negative_control_stock_cpu_gemm_varies_with_batch():
-    """Stock torch's CPU f32 GEMM (MKL / oneDNN) takes another path for one row than for many, so a row's
-    bits change with the batch size: the harness must see it without the mode and not with it. (bf16
-    GEMMs of the shapes tried did not vary on the CPU: the rounding to bf16 hides the difference.)"""
+def test_negative_control_stock_gemm_varies_with_batch():
+    """The harness must catch stock torch's GEMM and see nothing with the mode on.
+
+    CPU: stock f32 GEMM (MKL / oneDNN) takes another path for one row than for many, so a row's bits change
+    with the batch size (K = N = 64). bf16 GEMMs of the shapes tried did not vary on the CPU: the rounding
+    to bf16 hides the difference.
+    CUDA: cuBLAS picks its kernel (GEMV, tile shape, split-K) from M, so the reduction order of a row
+    changes with the batch; f32 (no TF32, torch's default) and bf16 with K = N = 4096 (an 8B model's
+    hidden size), batch sizes 1..100 and 2048. With the mode no size may differ, in either dtype; without
+    it f32 must differ somewhere, and bf16 is only printed (its rounding can hide a changed order)."""
+    if DEVICE == "cpu":
+        torch.manual_seed(12)
+        w = torch.randn(64, 64)
+        make = lambda m, g: torch.randn(m, 64, generator=g)
+        target = torch.randn(1, 64)
+        for fn in (lambda x: x @ w.t(), lambda x: F.linear(x, w)):
+            stock = batch_invariance_diffs(fn, make, target)
+            assert stock, "stock torch's CPU GEMM did not vary on this machine: the control has no teeth here"
+            with bt.set_batch_invariant_mode():
+                assert batch_invariance_diffs(fn, make, target) == []
+        return
     torch.manual_seed(12)
-    w = torch.randn(64, 64)
-    make = lambda m, g: torch.randn(m, 64, generator=g)
-    target = torch.randn(1, 64)
-    for fn in (lambda x: x @ w.t(), lambda x: F.linear(x, w)):
-        stock = batch_invariance_diffs(fn, make, target)
-        assert stock, "stock torch's CPU GEMM did not vary on this machine: the control has no teeth here"
-        with bt.set_batch_invariant_mode():
-            assert batch_invariance_diffs(fn, make, target) == []
+    K = N = 4096
+    batches = BATCHES + [2048]
+    stock = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        w = torch.randn(N, K).to(DEVICE, dtype)
+        make = lambda m, g, dt=dtype: torch.randn(m, K, generator=g).to(DEVICE, dt)
+        target = torch.randn(1, K).to(DEVICE, dtype)
+        for name, fn in (("x @ w.t()", lambda x, w=w: x @ w.t()), ("F.linear", lambda x, w=w: F.linear(x, w))):
+            stock[(dtype, name)] = batch_invariance_diffs(fn, make, target, batches)
+            with bt.set_batch_invariant_mode():
+                assert batch_invariance_diffs(fn, make, target, batches) == [], (dtype, name)
+    print(f"stock torch on {torch.cuda.get_device_name()}, K = N = {K}: a row differs from the row alone at "
+          f"batch sizes {stock}")
+    for name in ("x @ w.t()", "F.linear"):
+        assert stock[(torch.float32, name)], (
+            f"stock cuBLAS f32 {name} (K = N = {K}) gave a row the same bits alone and in batches {batches}: "
+            "the control has no teeth on this GPU")
 
 
-def test_first_row_of_a_product_alone_vs_in_the_full_product():
+# Row 0 of a @ b from a[:1] vs from the full product. CPU: f32, 512 x 1024 @ 1024 x 512. CUDA: the example
+# of Thinking Machines' "Defeating Nondeterminism in LLM Inference" (B = 2048, D = 4096), in f32 as there
+# and in bf16.
+PRODUCT_DTYPES = [torch.float32] if DEVICE == "cpu" else [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", PRODUCT_DTYPES)
+def test_first_row_of_a_product_alone_vs_in_the_full_product(dtype):
     """The classic demonstration: row 0 of a @ b computed from a[:1] vs taken from the full product.
-    Stock CPU torch (f32) differs; the mode gives a difference of exactly 0."""
-    a = torch.linspace(-100, 100, 512 * 1024).reshape(512, 1024)
-    b = torch.linspace(-100, 100, 1024 * 512).reshape(1024, 512)
+    Stock torch differs (CPU: MKL / oneDNN; CUDA: cuBLAS); the mode gives a difference of exactly 0."""
+    if DEVICE == "cpu":
+        a = torch.linspace(-100, 100, 512 * 1024).reshape(512, 1024)
+        b = torch.linspace(-100, 100, 1024 * 512).reshape(1024, 512)
+    else:
+        B, D = 2048, 4096
+        a = torch.linspace(-1000, 1000, B * D, device=DEVICE).reshape(B, D).to(dtype)
+        b = torch.linspace(-1000, 1000, D * D, device=DEVICE).reshape(D, D).to(dtype)
 
     def max_diff():
-        return (torch.mm(a[:1], b) - torch.mm(a, b)[:1]).abs().max().item()
+        return (torch.mm(a[:1], b).float() - torch.mm(a, b)[:1].float()).abs().max().item()
 
     with bt.set_batch_invariant_mode():
         assert max_diff() == 0.0
-    assert max_diff() > 0.0, "stock torch's GEMM gave the same row: the control has no teeth on this machine"
+    stock = max_diff()
+    print(f"stock torch {dtype} on {DEVICE}: max |a[:1] @ b - (a @ b)[:1]| = {stock}")
+    assert stock > 0.0, (f"stock torch's {dtype} GEMM on {DEVICE} gave the same row for a{list(a.shape)} @ "
+                         f"b{list(b.shape)}: the control has no teeth on this machine")
 
 
 def test_negative_control_split_reduction_is_caught():
@@ -371,8 +428,8 @@ def test_negative_control_split_reduction_is_caught():
             out = out + p
         return out
 
-    make = lambda m, g: torch.randn(m, 333, generator=g)
-    target = torch.randn(1, 333, generator=torch.Generator().manual_seed(3))
+    make = lambda m, g: torch.randn(m, 333, generator=g).to(DEVICE)
+    target = torch.randn(1, 333, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     with bt.set_batch_invariant_mode():
         assert batch_invariance_diffs(split_by_m_sum, make, target)
 
@@ -384,7 +441,8 @@ def bik_warnings(record):
 
 def test_float64_mm_falls_back_with_one_warning_and_a_correct_result():
     bt._reset_fallback_warnings()
-    a, b = torch.randn(5, 8, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
+    a = torch.randn(5, 8, dtype=torch.float64).to(DEVICE)
+    b = torch.randn(8, 3, dtype=torch.float64).to(DEVICE)
     bt.reset_counters()
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -400,7 +458,7 @@ def test_float64_mm_falls_back_with_one_warning_and_a_correct_result():
 
 def test_fallback_warns_once_per_op_and_integers_are_silent():
     bt._reset_fallback_warnings()
-    x = torch.randn(4, 6, dtype=torch.float64)
+    x = torch.randn(4, 6, dtype=torch.float64).to(DEVICE)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         with bt.set_batch_invariant_mode():
@@ -409,22 +467,32 @@ def test_fallback_warns_once_per_op_and_integers_are_silent():
                 x.sum(-1)
                 F.scaled_dot_product_attention(x[None, None].float(), x[None, None].float(), x[None, None].float(),
                                                dropout_p=0.5)
-            ints = torch.randint(0, 9, (4, 6))
+            ints = torch.randint(0, 9, (4, 6)).to(DEVICE)
             ints.sum(-1)
-            ints @ ints.t()
+            if DEVICE == "cpu":  # stock torch has no integer mm on CUDA (it raises there, mode or not)
+                ints @ ints.t()
     names = sorted(str(w.message).split("aten::")[1].split(" ")[0] for w in bik_warnings(record))
     assert names == ["_softmax", "scaled_dot_product_attention", "sum.dim_IntList"], names
 
 
 # ---- a transformers Qwen3 model -----------------------------------------------------------------------------
+# The seeded Qwen3 of the model tests. On CUDA it is wider: with K = 64 cuBLAS has little room to change a
+# row's reduction order with the batch, and the control without the mode needs it to.
+QWEN3_SIZES = {
+    "cpu": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                head_dim=16),
+    "cuda": dict(vocab_size=2048, hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=64),
+}
+
+
 def qwen3(dtype):
     transformers = pytest.importorskip("transformers")
-    config = transformers.Qwen3Config(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    config = transformers.Qwen3Config(**QWEN3_SIZES[DEVICE], num_hidden_layers=2, max_position_embeddings=128,
+                                      rms_norm_eps=1e-6, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = transformers.Qwen3ForCausalLM._from_config(config, attn_implementation="sdpa", torch_dtype=dtype)
-    return model.eval()
+    return model.to(DEVICE).eval()
 
 
 PROMPT_LEN = 12
@@ -433,12 +501,12 @@ PROMPT_LEN = 12
 def qwen3_diffs(model, batches, seed=0, positions=None, length=PROMPT_LEN):
     """Logits of a prompt alone vs inside batches of same-length random prompts; batch sizes that differ."""
     gen = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, model.config.vocab_size, (1, length), generator=gen)
+    prompt = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).to(DEVICE)
     with torch.no_grad():
         alone = model(prompt).logits
         diffs = []
         for m in batches:
-            batch = torch.randint(0, model.config.vocab_size, (m, length), generator=gen)
+            batch = torch.randint(0, model.config.vocab_size, (m, length), generator=gen).to(DEVICE)
             where = positions(m) if positions else [int(torch.randint(0, m, (1,), generator=gen))]
             for p in where:
                 batch[p] = prompt[0]
@@ -468,15 +536,27 @@ def test_qwen3_logits_bitwise_equal_alone_and_in_batches_2_to_64(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_qwen3_without_the_mode(dtype):
-    """Negative control: the same test with stock torch. Stock CPU GEMMs (MKL / oneDNN) were seen to vary
-    only between one row and several, so a 12-token prompt gives the same logits alone and in batches;
-    a one-token prompt (one GEMM row alone) differs in f32. bf16 did not differ on the CPU (the rounding
-    to bf16 hides it), which is printed rather than asserted."""
+    """Negative control: the same test with stock torch.
+
+    CPU: stock GEMMs (MKL / oneDNN) were seen to vary only between one row and several, so a 12-token
+    prompt gives the same logits alone and in batches; a one-token prompt (one GEMM row alone) differs in
+    f32. bf16 did not differ on the CPU (the rounding to bf16 hides it), which is printed rather than
+    asserted.
+    CUDA: cuBLAS picks its GEMM kernel from M, so the logits must differ in f32 and in bf16 for some batch
+    size in 2..64, with the 12-token or the one-token prompt (the model there has hidden size 1024)."""
     model = qwen3(dtype)
-    batches = [2, 3, 4, 8, 16, 17, 32, 33, 64]
+    batches = [2, 3, 4, 8, 16, 17, 32, 33, 64] if DEVICE == "cpu" else list(range(2, 65))
     long_prompt = qwen3_diffs(model, batches)
     one_token = qwen3_diffs(model, batches, seed=2, length=1)
-    print(f"stock torch {dtype}: logits differ at batch sizes {long_prompt} ({PROMPT_LEN} tokens), "
+    print(f"stock torch {dtype} on {DEVICE}: logits differ at batch sizes {long_prompt} ({PROMPT_LEN} tokens), "
           f"{one_token} (1 token)")
-    if dtype == torch.float32:
-        assert one_token, "stock torch did not vary: the Qwen3 control has no teeth on this machine"
+    if DEVICE == "cpu":
+        if dtype == torch.float32:
+            assert one_token, "stock torch did not vary: the Qwen3 control has no teeth on this machine"
+        return
+    size = QWEN3_SIZES[DEVICE]
+    assert long_prompt or one_token, (
+        f"stock torch {dtype} on {torch.cuda.get_device_name()} gave bitwise-equal logits alone and in every "
+        f"batch of 2..64 (Qwen3, 2 layers, hidden {size['hidden_size']}, intermediate "
+        f"{size['intermediate_size']}, {size['num_attention_heads']}/{size['num_key_value_heads']} heads, "
+        f"SDPA; a {PROMPT_LEN}-token and a 1-token prompt at random positions): the control has no teeth here")
