@@ -6,7 +6,10 @@
 //
 // Included by tests/cpu/test_engine.cpp (suite Engine, on the CPU) and tests/gpu/test_engine_cuda.cpp
 // (suite EngineCuda, on cuda:0; skips without a GPU). Before including it, define BIK_ENGINE_FIXTURE (a
-// gtest fixture class) and, in namespace bik::engine::(anonymous), `Device engine_test_device()`.
+// gtest fixture class) and, in namespace bik::engine::(anonymous), `Device engine_test_device()` and
+// `std::unique_ptr<ModelRunner> engine_test_model(const ModelConfig&, const Weights&, Device, bool
+// batch_invariant)` (a LlamaModel, or a TpModel: tests/cpu/test_engine_tp.cpp runs the suite over
+// tensor-parallel ranks).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -38,10 +41,10 @@ ModelConfig tiny_config(int64_t hidden = 64, int64_t vocab = 512, const std::str
 struct TinyModel {
   ModelConfig config;
   Weights weights;
-  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<ModelRunner> model;
   explicit TinyModel(const ModelConfig& c, uint64_t seed = 7, bool invariant = true)
       : config(c), weights(Weights::dummy(c, seed)) {
-    model = std::make_unique<LlamaModel>(config, weights, engine_test_device(), invariant);
+    model = engine_test_model(config, weights, engine_test_device(), invariant);
   }
 };
 
@@ -95,7 +98,7 @@ EngineConfig engine_config(int64_t chunk = 64, int64_t num_blocks = 256, int64_t
   return e;
 }
 
-std::vector<RequestOutput> run(const LlamaModel& m, const EngineConfig& e,
+std::vector<RequestOutput> run(const ModelRunner& m, const EngineConfig& e,
                                const std::vector<std::vector<int32_t>>& prompts,
                                const std::vector<RequestParams>& params, EngineStats* stats = nullptr) {
   LLMEngine engine(m, e);
@@ -129,7 +132,7 @@ Batch make_batch(std::mt19937& rng, int64_t n, int64_t vocab, const std::vector<
 // ---- determinism suite --------------------------------------------------------------------------------
 
 BIK_ENGINE_TEST(NeedleAloneEqualsNeedleInBatch) {
-  const LlamaModel& m = *small_model().model;
+  const ModelRunner& m = *small_model().model;
   std::mt19937 rng(1);
   const auto needle = random_prompt(rng, 37, m.vocab_size());
   const RequestParams np = sampled(42, 32);
@@ -155,7 +158,7 @@ BIK_ENGINE_TEST(NeedleAloneEqualsNeedleInBatch) {
 }
 
 BIK_ENGINE_TEST(DecodeLogprobsEqualPrefillLogprobs) {
-  const LlamaModel& m = *small_model().model;
+  const ModelRunner& m = *small_model().model;
   std::mt19937 rng(2);
   for (float temperature : {0.0f, 1.0f}) {
     // 240 + 40 tokens cross the attention's first split boundary (256 keys).
@@ -181,7 +184,7 @@ BIK_ENGINE_TEST(DecodeLogprobsEqualPrefillLogprobs) {
 }
 
 BIK_ENGINE_TEST(ChunkSizesGiveIdenticalResults) {
-  const LlamaModel& m = *small_model().model;
+  const ModelRunner& m = *small_model().model;
   std::mt19937 rng(3);
   const auto needle = random_prompt(rng, 100, m.vocab_size());
   Batch b = make_batch(rng, 6, m.vocab_size(), needle, sampled(9, 20), 2);
@@ -197,7 +200,7 @@ BIK_ENGINE_TEST(ChunkSizesGiveIdenticalResults) {
 }
 
 BIK_ENGINE_TEST(BlockSizesGiveIdenticalResults) {
-  const LlamaModel& m = *small_model().model;
+  const ModelRunner& m = *small_model().model;
   std::mt19937 rng(13);
   Batch b = make_batch(rng, 5, m.vocab_size(), random_prompt(rng, 33, m.vocab_size()), sampled(4, 12), 1);
   const auto ref = run(m, engine_config(64, 256, 16), b.prompts, b.params);
@@ -222,7 +225,7 @@ BIK_ENGINE_TEST(OtherArchitecturesNeedleInBatch) {
 }
 
 BIK_ENGINE_TEST(PrefixCacheColdWarmAndOffIdentical) {
-  const LlamaModel& m = *small_model().model;
+  const ModelRunner& m = *small_model().model;
   std::mt19937 rng(4);
   const auto shared = random_prompt(rng, 50, m.vocab_size());
   std::vector<std::vector<int32_t>> prompts;
@@ -253,7 +256,7 @@ BIK_ENGINE_TEST(PrefixCacheColdWarmAndOffIdentical) {
 }
 
 BIK_ENGINE_TEST(PreemptionByRecomputeIsInvisible) {
-  const LlamaModel& m = *small_model().model;
+  const ModelRunner& m = *small_model().model;
   std::mt19937 rng(5);
   const auto needle = random_prompt(rng, 30, m.vocab_size());
   Batch b = make_batch(rng, 8, m.vocab_size(), needle, sampled(11, 40), 3);
@@ -269,7 +272,7 @@ BIK_ENGINE_TEST(PreemptionByRecomputeIsInvisible) {
 }
 
 BIK_ENGINE_TEST(RunToRunIdentical) {
-  const LlamaModel& m = *small_model().model;
+  const ModelRunner& m = *small_model().model;
   std::mt19937 rng(6);
   Batch b = make_batch(rng, 7, m.vocab_size(), random_prompt(rng, 20, m.vocab_size()), sampled(3), 0);
   const auto a = run(m, engine_config(16), b.prompts, b.params);
@@ -284,7 +287,7 @@ BIK_ENGINE_TEST(RunToRunIdentical) {
 // Many identical requests arriving together: batched, chunked, partly served from the prefix cache,
 // they must all produce the same answer.
 BIK_ENGINE_TEST(ManyIdenticalRequestsGiveOneAnswer) {
-  const LlamaModel& m = *small_model().model;
+  const ModelRunner& m = *small_model().model;
   std::mt19937 rng(15);
   const auto prompt = random_prompt(rng, 40, m.vocab_size());
   const std::vector<std::vector<int32_t>> prompts(300, prompt);
@@ -295,7 +298,7 @@ BIK_ENGINE_TEST(ManyIdenticalRequestsGiveOneAnswer) {
 }
 
 BIK_ENGINE_TEST(StopIdsAndMaxTokens) {
-  const LlamaModel& m = *small_model().model;
+  const ModelRunner& m = *small_model().model;
   std::mt19937 rng(8);
   const auto prompt = random_prompt(rng, 10, m.vocab_size());
   RequestParams p = sampled(5, 12);
@@ -313,7 +316,7 @@ BIK_ENGINE_TEST(StopIdsAndMaxTokens) {
 // computed) and running in decode. Its blocks come back, a neighbour's numbers do not move, the aborted
 // prompt's full blocks stay in the prefix cache, and unknown or finished ids are ignored.
 BIK_ENGINE_TEST(AbortWaitingPrefillAndDecodeFreesBlocks) {
-  const LlamaModel& m = *small_model().model;
+  const ModelRunner& m = *small_model().model;
   std::mt19937 rng(21);
   const auto pn = random_prompt(rng, 20, m.vocab_size()), pa = random_prompt(rng, 8, m.vocab_size());
   const auto pb = random_prompt(rng, 100, m.vocab_size()), pc = random_prompt(rng, 30, m.vocab_size());
@@ -376,7 +379,7 @@ BIK_ENGINE_TEST(AbortWaitingPrefillAndDecodeFreesBlocks) {
 // bitwise identical to a run without aborts; an aborted request's tokens and logprobs are a prefix of its
 // full run.
 BIK_ENGINE_TEST(AbortDoesNotChangeOtherRequests) {
-  const LlamaModel& m = *small_model().model;
+  const ModelRunner& m = *small_model().model;
   std::mt19937 rng(22);
   const auto needle = random_prompt(rng, 30, m.vocab_size());
   Batch b = make_batch(rng, 8, m.vocab_size(), needle, sampled(17, 30), 4);

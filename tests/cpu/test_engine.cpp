@@ -4,10 +4,16 @@
 #include <gtest/gtest.h>
 
 #include "bik/tensor.h"
+#include "engine/model.h"
+
+#include <memory>
 
 namespace bik::engine {
 namespace {
 Device engine_test_device() { return Device::cpu(); }
+std::unique_ptr<ModelRunner> engine_test_model(const ModelConfig& c, const Weights& w, Device d, bool invariant) {
+  return std::make_unique<LlamaModel>(c, w, d, invariant);
+}
 class Engine : public ::testing::Test {};
 }  // namespace
 }  // namespace bik::engine

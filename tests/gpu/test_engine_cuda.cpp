@@ -3,10 +3,16 @@
 // heuristic as the variant GEMM. Skips, saying why, without a GPU.
 #include "gpu_env.h"
 #include "bik/tensor.h"
+#include "engine/model.h"
+
+#include <memory>
 
 namespace bik::engine {
 namespace {
 Device engine_test_device() { return Device::cuda(0); }
+std::unique_ptr<ModelRunner> engine_test_model(const ModelConfig& c, const Weights& w, Device d, bool invariant) {
+  return std::make_unique<LlamaModel>(c, w, d, invariant);
+}
 class EngineCuda : public ::testing::Test {
  protected:
   void SetUp() override { BIK_REQUIRE_GPU(); }
