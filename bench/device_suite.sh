@@ -87,7 +87,7 @@ for s in "${steps[@]}"; do
       fi ;;
     tp)
       # Needs 2+ GPUs: the TP tests (NCCL ranks against TP = 1) and the engine's output for --tp 1, 2.
-      step tp_tests 300 "$bin/bik_tests_gpu" --gtest_filter='Tp*'
+      step tp_tests 400 "$bin/bik_tests_gpu" --gtest_filter='GpuTp*:EngineCudaTp2.*'
       step tp_generate 300 bash "$root/tests/cli_generate_tp_invariance.sh" "$bin/bik" \
         "$root/tests/data/engine/tiny_llama_tp_config.json" cuda "1 2" ;;
     *) echo "unknown step $s" >&2 ;;
