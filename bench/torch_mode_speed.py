@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def import_bik_torch():
     if not os.environ.get("BIK_TORCH_LIB"):
         try:
-            import bik.torch as bt  # installed with pip install --no-build-isolation .
+            import bik.torch as bt  # installed with pip install .
             bt.library_path()
             return bt
         except (ImportError, OSError):

@@ -29,8 +29,8 @@ if PY="$(bash "$BIK_ROOT/scripts/torch_python.sh")"; then
   BIK_TORCH_LIB="$TORCH_BUILD/src/torch/libbik_torch.so" BIK_BIN="$BUILD_DIR/bik" \
     "$PY" -m pytest "$BIK_ROOT/tests/python" -q -rs
   # The documented install works: pip builds the package into the venv, and it loads from outside the tree.
-  echo "== pip install --no-build-isolation . (CPU kernels), then import from outside the repository"
-  "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -C cmake.define.BIK_CUDA=OFF "$BIK_ROOT"
+  echo "== pip install . (CPU kernels), then import from outside the repository"
+  "$PY" -m pip install -q --disable-pip-version-check -C cmake.define.BIK_CUDA=OFF "$BIK_ROOT"
   (cd / && env -u BIK_TORCH_LIB "$PY" -c "
 import torch, bik.torch as bt
 a, b = torch.randn(33, 64), torch.randn(64, 48)

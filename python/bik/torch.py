@@ -41,7 +41,7 @@ def _find_library():
     if not found:
         raise ImportError(
             "bik.torch: the compiled extension libbik_torch.so is not installed next to "
-            f"{__file__}; build it with `pip install --no-build-isolation .` or point BIK_TORCH_LIB at it"
+            f"{__file__}; build it with `pip install .` or point BIK_TORCH_LIB at it"
         )
     return found[0]
 

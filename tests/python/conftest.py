@@ -1,5 +1,5 @@
 """Finds the package for the tests: the extension built in build-torch/ with python/ (the repository's
-sources), else an installed `bik` (pip install --no-build-isolation .). Tests skip, saying why, when torch
+sources), else an installed `bik` (pip install .). Tests skip, saying why, when torch
 or the extension is absent."""
 import glob
 import os
