@@ -23,7 +23,6 @@
 // (AttentionHostMetadata, below).
 #pragma once
 #include <cstdint>
-#include <span>
 
 #include "bik/ops.h"
 #include "bik/tensor.h"
@@ -54,9 +53,9 @@ void paged_attention(const TensorView& out, const TensorView& q, const TensorVie
 // the device. They must hold what the device tensors hold (the caller's promise: not compared, which
 // would need the copy this avoids); their sizes are checked against the tensors' shapes.
 struct AttentionHostMetadata {
-  std::span<const int32_t> block_tables;     // [S * max_blocks], row-major like the tensor
-  std::span<const int32_t> seq_lens;         // [S]
-  std::span<const int32_t> query_start_loc;  // [S + 1]
+  HostInts block_tables;     // [S * max_blocks], row-major like the tensor
+  HostInts seq_lens;         // [S]
+  HostInts query_start_loc;  // [S + 1]
 };
 void paged_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache,
                      const TensorView& v_cache, const TensorView& block_tables, const TensorView& seq_lens,
@@ -64,6 +63,6 @@ void paged_attention(const TensorView& out, const TensorView& q, const TensorVie
                      Stream s = {});
 // write_kv_cache with slot_mapping's values given on the host ([T], equal to the tensor's).
 void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
-                    const TensorView& slot_mapping, std::span<const int32_t> host_slot_mapping, Stream s = {});
+                    const TensorView& slot_mapping, HostInts host_slot_mapping, Stream s = {});
 
 }  // namespace bik

@@ -5,6 +5,7 @@
 // Shape notation: M = rows (tokens), the batched dimension; the last dimension is the reduced one.
 // Leading dimensions may be flattened: any tensor [..., n] is treated as rows of n elements.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -12,6 +13,23 @@
 #include "bik/tensor.h"
 
 namespace bik {
+
+// Read-only int32 values on the host: a pointer and a count (a std::span that the C++17 CUDA sources can
+// include too). Made from a std::vector, or from a pointer and a size.
+struct HostInts {
+  HostInts() = default;
+  HostInts(const int32_t* data, size_t size) : data_(data), size_(size) {}
+  HostInts(const std::vector<int32_t>& v) : data_(v.data()), size_(v.size()) {}  // NOLINT: implicit on purpose
+  const int32_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const int32_t& operator[](size_t i) const { return data_[i]; }
+  const int32_t* begin() const { return data_; }
+  const int32_t* end() const { return data_ + size_; }
+
+ private:
+  const int32_t* data_ = nullptr;
+  size_t size_ = 0;
+};
 
 // A CUDA stream (cudaStream_t) as an opaque handle; nullptr is the default stream. Ignored on the CPU.
 struct Stream {
@@ -82,5 +100,9 @@ void rotary_embedding(const TensorView& q, const TensorView& k, const TensorView
 Tensor rope_cos_sin_table(int64_t max_pos, int64_t rot_dim, double theta, Device device = Device::cpu());
 // out [T, D] = table[ids[t], :]; ids: I32 [T]; an id outside [0, V) is an error naming the position.
 void embedding(const TensorView& out, const TensorView& ids, const TensorView& table, Stream s = {});
+// The same with ids' values given on the host (equal to the tensor's; the caller's promise): they are
+// checked there, so on CUDA the call does not wait for the device to report a bad id (no synchronisation).
+void embedding(const TensorView& out, const TensorView& ids, const TensorView& table,
+               HostInts host_ids, Stream s = {});
 
 }  // namespace bik

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
-#include <span>
 #include <vector>
 
 #include "core/attention_variants.h"
@@ -59,7 +58,7 @@ namespace {
 // host_slots: slot_mapping's values when the caller has them on the host, else nullopt (read back here).
 void write_kv_cache_checked(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k,
                             const TensorView& v, const TensorView& slot_mapping,
-                            std::optional<std::span<const int32_t>> host_slots, Stream s) {
+                            std::optional<HostInts> host_slots, Stream s) {
   const char* op = "write_kv_cache";
   BIK_CHECK(k.ndim == 3, op, ": k must be [T, num_kv_heads, head_dim], got ", k.str());
   BIK_CHECK(v.sizes() == k.sizes(), op, ": v ", v.str(), " must have k's shape ", k.str());
@@ -84,7 +83,7 @@ void write_kv_cache_checked(const TensorView& k_cache, const TensorView& v_cache
               host_slots->size(), " values, slot_mapping ", slot_mapping.str(), " has ", k.shape[0]);
   else
     read_back = host_i32(slot_mapping);
-  const std::span<const int32_t> sm = host_slots ? *host_slots : std::span<const int32_t>(read_back);
+  const HostInts sm = host_slots ? *host_slots : HostInts(read_back);
   std::vector<uint8_t> used(size_t(slots), 0);
   for (size_t t = 0; t < sm.size(); ++t) {
     if (sm[t] == -1) continue;
@@ -107,7 +106,7 @@ void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const 
 }
 
 void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
-                    const TensorView& slot_mapping, std::span<const int32_t> host_slot_mapping, Stream s) {
+                    const TensorView& slot_mapping, HostInts host_slot_mapping, Stream s) {
   write_kv_cache_checked(k_cache, v_cache, k, v, slot_mapping, host_slot_mapping, s);
 }
 
@@ -184,7 +183,7 @@ AttentionArgs check_attention(const char* op, const TensorView& out, const Tenso
     a.host_query_start_loc = host_i32(query_start_loc);
     bt_read_back = host_i32(block_tables);
   }
-  const std::span<const int32_t> bt = host ? host->block_tables : std::span<const int32_t>(bt_read_back);
+  const HostInts bt = host ? host->block_tables : HostInts(bt_read_back);
   const std::vector<int32_t>& sl = a.host_seq_lens;
   const std::vector<int32_t>& qsl = a.host_query_start_loc;
   BIK_CHECK(qsl[0] == 0, op, ": query_start_loc[0] must be 0, got ", qsl[0]);

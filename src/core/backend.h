@@ -49,7 +49,9 @@ struct AttentionArgs {
   void silu_and_mul(const TensorView& out, const TensorView& x, Stream s);                         \
   void rotary_embedding(const TensorView& q, const TensorView& k, const TensorView& positions,      \
                         const TensorView& cos_sin, bool neox, Stream s);                            \
-  void embedding(const TensorView& out, const TensorView& ids, const TensorView& table, Stream s);    \
+  /* check_ids: false when the ids were checked on the host already */                               \
+  void embedding(const TensorView& out, const TensorView& ids, const TensorView& table, bool check_ids, \
+                 Stream s);                                                                           \
   /* params: host array of one entry per row, already validated */                                   \
   void sample(const TensorView& tokens, const TensorView& logits, const SamplingParams* params,       \
               Stream s);                                                                            \

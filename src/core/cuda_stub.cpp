@@ -44,7 +44,7 @@ void sum_partials(const TensorView&, const TensorView&, const std::optional<Tens
 void rotary_embedding(const TensorView&, const TensorView&, const TensorView&, const TensorView&, bool, Stream) {
   no_cuda("rotary_embedding");
 }
-void embedding(const TensorView&, const TensorView&, const TensorView&, Stream) { no_cuda("embedding"); }
+void embedding(const TensorView&, const TensorView&, const TensorView&, bool, Stream) { no_cuda("embedding"); }
 void sample(const TensorView&, const TensorView&, const SamplingParams*, Stream) { no_cuda("sample"); }
 void logprobs(const TensorView&, const TensorView&, const TensorView&, const TensorView&, const TensorView&, Stream) {
   no_cuda("logprobs");

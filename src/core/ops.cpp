@@ -330,7 +330,8 @@ void rotary_embedding(const TensorView& q, const TensorView& k, const TensorView
   }
 }
 
-void embedding(const TensorView& out, const TensorView& ids, const TensorView& table, Stream s) {
+namespace {
+void check_embedding(const TensorView& out, const TensorView& ids, const TensorView& table) {
   const char* op = "embedding";
   BIK_CHECK(ids.ndim == 1 && ids.dtype == DType::I32, op, ": ids must be i32[T], got ", ids.str());
   BIK_CHECK(table.ndim == 2, op, ": table must be [V, D], got ", table.str());
@@ -344,8 +345,26 @@ void embedding(const TensorView& out, const TensorView& ids, const TensorView& t
   check_data(op, "ids", ids);
   check_data(op, "table", table);
   check_data(op, "out", out);
+}
+}  // namespace
+
+void embedding(const TensorView& out, const TensorView& ids, const TensorView& table, Stream s) {
+  check_embedding(out, ids, table);
   if (ids.shape[0] == 0) return;
-  dispatch_device(table, &cpu::embedding, &cuda::embedding, out, ids, table, s);
+  dispatch_device(table, &cpu::embedding, &cuda::embedding, out, ids, table, true, s);
+}
+
+void embedding(const TensorView& out, const TensorView& ids, const TensorView& table,
+               HostInts host_ids, Stream s) {
+  check_embedding(out, ids, table);
+  BIK_CHECK(int64_t(host_ids.size()) == ids.shape[0], "embedding: the host copy of ids has ", host_ids.size(),
+            " values, ids ", ids.str(), " has ", ids.shape[0]);
+  const int64_t vocab = table.shape[0];
+  for (size_t t = 0; t < host_ids.size(); ++t)
+    BIK_CHECK(host_ids[t] >= 0 && host_ids[t] < vocab, "embedding: ids[", t, "] = ", host_ids[t],
+              " is outside the table's rows [0, ", vocab, ") of ", table.str());
+  if (ids.shape[0] == 0) return;
+  dispatch_device(table, &cpu::embedding, &cuda::embedding, out, ids, table, false, s);
 }
 
 }  // namespace bik

@@ -84,11 +84,11 @@ void rotary_embedding(const TensorView& q, const TensorView& k, const TensorView
   });
 }
 
-void embedding(const TensorView& out, const TensorView& ids, const TensorView& table, Stream) {
+void embedding(const TensorView& out, const TensorView& ids, const TensorView& table, bool check_ids, Stream) {
   const int64_t tokens = ids.shape[0], vocab = table.shape[0], dim = table.shape[1];
   const int32_t* id = ids.ptr<int32_t>();
   // Every id is checked before anything is written, so a bad batch leaves out untouched.
-  for (int64_t t = 0; t < tokens; ++t) {
+  for (int64_t t = 0; t < tokens && check_ids; ++t) {
     const int32_t v = id[t * ids.stride[0]];
     BIK_CHECK(v >= 0 && v < vocab, "embedding: ids[", t, "] = ", v, " is outside the table's rows [0, ", vocab,
               ") of ", table.str());

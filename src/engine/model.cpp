@@ -348,7 +348,7 @@ Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
   auto tap = [this](const char* name, int64_t layer, const TensorView& t) {
     if (tap_) tap_(name, layer, t);
   };
-  embedding(x, ids, embed_);
+  embedding(x, ids, embed_, b.token_ids);  // ids checked on the host: no wait for the device
   tap("embedding", -1, x);
   fill_bytes(residual, 0);  // the first add-and-norm then sets residual = x exactly
   for (const Layer& L : layers_) {
@@ -402,7 +402,7 @@ Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
   tap("final_norm", -1, h);
   // Only the rows that need logits go through the lm_head: gather them (an exact copy; `embedding`
   // with the hidden states as the table is a row gather).
-  embedding(picked, rows, h);
+  embedding(picked, rows, h, b.logit_rows);
   linear(logits, picked, lm_head_);
   tap("lm_head", -1, logits);
   return logits;

@@ -531,6 +531,31 @@ TEST(CpuOpsEmbedding, GathersRowsExactly) {
       }
 }
 
+// The engine's form: the ids also given on the host. Same rows; a bad host id or a host copy of the wrong
+// size is an error naming it, and out is left as it was.
+TEST(CpuOpsEmbedding, HostIdsFormGathersTheSameAndChecksThem) {
+  std::mt19937 rng(14);
+  Buf table = random({11, 19}, DType::BF16, rng, -2, 2), ids = alloc({4}, DType::I32);
+  Buf a = alloc({4, 19}, DType::BF16), b = alloc({4, 19}, DType::BF16);
+  const std::vector<int32_t> id = {3, 0, 10, 3};
+  for (int64_t t = 0; t < 4; ++t) set(ids.v, t, id[size_t(t)]);
+  embedding(a.v, ids.v, table.v);
+  embedding(b.v, ids.v, table.v, id);
+  for (int64_t i = 0; i < 4 * 19; ++i) ASSERT_EQ(get(a.v, i), get(b.v, i));
+  auto msg = [](auto f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::vector<int32_t> bad = {3, 0, 11, 3}, short_ids = {3, 0};
+  EXPECT_NE(msg([&] { embedding(b.v, ids.v, table.v, bad); }).find("ids[2] = 11 is outside"), std::string::npos);
+  EXPECT_NE(msg([&] { embedding(b.v, ids.v, table.v, short_ids); }).find("host copy of ids has 2 values"),
+            std::string::npos);
+}
+
 // ---- edge rows and the remaining plans ----------------------------------------------------------------
 
 TEST(CpuOpsSoftmax, EdgeRowsAndLongRows) {

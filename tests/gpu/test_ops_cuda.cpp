@@ -705,6 +705,18 @@ TEST(OpsCuda, EmbeddingRejectsBadId) {
   Tensor ids = Tensor::empty({3}, DType::I32, Device::cuda(0));
   memcpy_bytes(ids.data(), ids.device(), ids_h, Device::cpu(), sizeof ids_h);
   EXPECT_THROW(embedding(out, ids, table), Error);
+  // The host-ids form checks on the host (no device wait) and gathers the same rows.
+  const std::vector<int32_t> bad(ids_h, ids_h + 3), good = {1, 9, 2};
+  EXPECT_THROW(embedding(out, ids, table, bad), Error);
+  memcpy_bytes(ids.data(), ids.device(), good.data(), Device::cpu(), 3 * sizeof(int32_t));
+  std::vector<float> values(160);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = float(i) * 0.25f - 7.0f;
+  memcpy_bytes(table.data(), table.device(), values.data(), Device::cpu(), int64_t(values.size() * sizeof(float)));
+  Tensor a = Tensor::empty({3, 16}, DType::F32, Device::cuda(0)), b = Tensor::empty({3, 16}, DType::F32, Device::cuda(0));
+  embedding(a, ids, table);
+  embedding(b, ids, table, good);
+  const Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
+  EXPECT_EQ(std::memcmp(ha.data(), hb.data(), 3 * 16 * sizeof(float)), 0);
 }
 
 TEST(OpsCuda, Sample) {
