@@ -501,10 +501,16 @@ TEST(Server, HealthModelsAndMetrics) {
   ASSERT_TRUE(res);
   EXPECT_EQ(json::parse(res->body)["data"][0]["id"], "tiny");
   post("/v1/completions", {{"prompt", "metrics"}, {"max_tokens", 2}});
+  // Answers the server writes itself (an oversize body, an unknown route) are counted too.
+  ASSERT_EQ(c.Post("/v1/completions", "{\"prompt\":\"" + std::string(10000, 'a') + "\"}", "application/json")->status,
+            413);
+  ASSERT_EQ(c.Get("/v1/nothing/here")->status, 404);
   res = c.Get("/metrics");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
-  for (const char* want : {"bik_requests_total{route=\"/v1/completions\",status=\"200\"}", "bik_prompt_tokens_total ",
+  for (const char* want : {"bik_requests_total{route=\"/v1/completions\",status=\"200\"}",
+                           "bik_requests_total{route=\"/v1/completions\",status=\"413\"} 1",
+                           "bik_requests_total{route=\"other\",status=\"404\"} 1", "bik_prompt_tokens_total ",
                            "bik_generation_tokens_total ", "bik_requests_running ", "bik_requests_waiting ",
                            "bik_engine_step_seconds_count ", "bik_engine_step_seconds_bucket{le=\"+Inf\"}",
                            "# TYPE bik_engine_step_seconds histogram"})
