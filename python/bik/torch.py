@@ -1,7 +1,7 @@
 """Batch-invariant mode for PyTorch.
 
 While the mode is on, these aten ops run BIK's kernels on CPU tensors (and CUDA tensors in a CUDA build):
-mm, addmm, bmm, _softmax, _log_softmax, mean.dim, sum.dim_IntList, rms_norm, native_layer_norm and
+mm, addmm, bmm, baddbmm, _softmax, _log_softmax, mean.dim, sum.dim_IntList, rms_norm, native_layer_norm and
 scaled_dot_product_attention; torch.matmul, nn.Linear, F.softmax, F.layer_norm and friends reach them
 through torch's own decompositions. Each output row's bits then depend only on the reduced sizes, never
 on the batch. A call the kernels cannot take (float64, complex, sparse, dropout, ...) runs torch's stock

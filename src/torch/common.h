@@ -11,10 +11,10 @@ namespace bik::torch_ext {
 
 // Every aten op the extension registers, in the order of kOpNames.
 enum class Op : int {
-  mm, addmm, bmm, softmax, log_softmax, mean_dim, sum_dim, rms_norm, native_layer_norm, sdpa, count
+  mm, addmm, bmm, baddbmm, softmax, log_softmax, mean_dim, sum_dim, rms_norm, native_layer_norm, sdpa, count
 };
 inline constexpr const char* kOpNames[] = {
-    "mm", "addmm", "bmm", "_softmax", "_log_softmax", "mean.dim", "sum.dim_IntList",
+    "mm", "addmm", "bmm", "baddbmm", "_softmax", "_log_softmax", "mean.dim", "sum.dim_IntList",
     "rms_norm", "native_layer_norm", "scaled_dot_product_attention"};
 
 // Counts calls that ran on bik kernels and calls that went to the stock kernel.

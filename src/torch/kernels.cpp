@@ -95,6 +95,10 @@ struct Stock;
       return NS::addmm(s, a, b, beta, alpha);                                                               \
     }                                                                                                       \
     static Tensor bmm(const Tensor& a, const Tensor& b) { return NS::bmm(a, b); }                           \
+    static Tensor baddbmm(const Tensor& s, const Tensor& a, const Tensor& b, const at::Scalar& beta,        \
+                          const at::Scalar& alpha) {                                                        \
+      return NS::baddbmm(s, a, b, beta, alpha);                                                             \
+    }                                                                                                       \
     static Tensor softmax(const Tensor& x, int64_t d, bool h) { return NS::_softmax(x, d, h); }             \
     static Tensor log_softmax(const Tensor& x, int64_t d, bool h) { return NS::_log_softmax(x, d, h); }     \
     static Tensor mean(const Tensor& x, at::OptionalIntArrayRef d, bool k, std::optional<at::ScalarType> t) { \
@@ -224,6 +228,43 @@ Tensor k_addmm(const Tensor& self, const Tensor& a, const Tensor& b, const at::S
         return out;
       },
       [&] { return Stock<D>::addmm(self, a, b, beta, alpha); });
+}
+
+// baddbmm: out = beta * self + alpha * (a @ b) per batch, self broadcast to [B, M, N] (attention code
+// adds its mask this way). a @ b in F32 with bik's bmm, then the two element-wise terms in F32 and one
+// rounding; beta = 0 ignores self (NaN included), as torch does.
+template <Dev D>
+Tensor k_baddbmm(const Tensor& self, const Tensor& a, const Tensor& b, const at::Scalar& beta,
+                 const at::Scalar& alpha) {
+  std::string why;
+  Route r = route_for({&self, &a, &b}, &why);
+  bool ok = mm_args_ok(a, b, 3) && self.device() == a.device() && self.dim() <= 3;
+  std::vector<int64_t> shape;
+  if (ok) {
+    shape = {a.size(0), a.size(1), b.size(2)};
+    auto sz = self.sizes();  // right-aligned broadcast to [B, M, N]
+    for (size_t i = 0; i < sz.size(); ++i) {
+      const int64_t want = shape[3 - sz.size() + i];
+      if (sz[i] != want && sz[i] != 1) ok = false;
+    }
+  }
+  if (ok && r == Route::bik && self.scalar_type() != a.scalar_type()) {
+    r = Route::loud;
+    why = std::string("self is ") + c10::toString(self.scalar_type()) + " but batch1 is " +
+          c10::toString(a.scalar_type());
+  }
+  return run_routed(
+      Op::baddbmm, r, why, ok,
+      [&] {
+        Tensor out = at::empty(shape, a.options());
+        Tensor acc = a.scalar_type() == at::kFloat ? out : at::empty(shape, a.options().dtype(at::kFloat));
+        gemm_into(acc, a, b.transpose(1, 2), nullptr);
+        if (alpha.toDouble() != 1.0) acc.mul_(alpha);
+        if (beta.toDouble() != 0.0) acc.add_(self.to(at::kFloat).mul(beta));
+        if (!acc.is_same(out)) out.copy_(acc);
+        return out;
+      },
+      [&] { return Stock<D>::baddbmm(self, a, b, beta, alpha); });
 }
 
 // ---- softmax ------------------------------------------------------------------------------------------
@@ -535,6 +576,7 @@ void register_all(torch::Library& lib) {
   lib.impl("mm", &k_mm<D>);
   lib.impl("addmm", &k_addmm<D>);
   lib.impl("bmm", &k_bmm<D>);
+  lib.impl("baddbmm", &k_baddbmm<D>);
   lib.impl("_softmax", &k_softmax<D, false>);
   lib.impl("_log_softmax", &k_softmax<D, true>);
   lib.impl("mean.dim", &k_reduce<D, true>);

@@ -162,6 +162,13 @@ def test_addmm_beta_alpha_and_bias_shapes(dtype):
         for beta, alpha in [(1, 1), (0.5, 2.0), (0.0, 1.0), (1.0, -0.25)]:
             close(*both(lambda: torch.addmm(self_t, a, b, beta=beta, alpha=alpha)), dtype)
             ran_on_bik("addmm", lambda: torch.addmm(self_t, a, b, beta=beta, alpha=alpha))
+    # baddbmm, the form attention code uses to add a mask: self broadcast to [B, M, N].
+    x, y = torch.randn(3, 7, 32).to(DEVICE, dtype), torch.randn(3, 32, 9).to(DEVICE, dtype)
+    for self_t in [torch.randn(3, 7, 9), torch.randn(1, 7, 9), torch.randn(9), torch.randn(7, 1)]:
+        self_t = self_t.to(DEVICE, dtype)
+        for beta, alpha in [(1, 1), (0.5, 2.0), (0.0, 1.0)]:
+            close(*both(lambda: torch.baddbmm(self_t, x, y, beta=beta, alpha=alpha)), dtype)
+            ran_on_bik("baddbmm", lambda: torch.baddbmm(self_t, x, y, beta=beta, alpha=alpha))
     nan_self = torch.full((20,), float("nan")).to(DEVICE, dtype)
     got, want = both(lambda: torch.addmm(nan_self, a, b, beta=0))
     assert not got.isnan().any()
@@ -303,6 +310,8 @@ def row_cases(dtype):
         "linear": (lambda x: F.linear(x, w, bias), (K,)),
         "addmm_beta_alpha": (lambda x: torch.addmm(bias, x, w.t(), beta=0.5, alpha=2.0), (K,)),
         "bmm": (lambda x: torch.bmm(x.unsqueeze(0).expand(3, -1, -1), w3).transpose(0, 1), (K,)),
+        "baddbmm": (lambda x: torch.baddbmm(bias[:24], x.unsqueeze(1), w3[:1].expand(x.shape[0], K, 24), beta=0.5,
+                                            alpha=2.0).squeeze(1), (K,)),
         "matmul_3d": (lambda x: torch.matmul(x.view(x.shape[0], 1, K), w.t()), (K,)),
         "softmax": (lambda x: torch.softmax(x, -1), (K,)),
         "log_softmax": (lambda x: torch.log_softmax(x, -1), (K,)),
