@@ -19,6 +19,7 @@
 #include <optional>
 #include <vector>
 
+#include "bik/attention.h"
 #include "torch/common.h"
 #ifdef BIK_TORCH_CUDA
 #include <ATen/CUDAFunctions.h>
@@ -38,7 +39,7 @@ bool is_bik_type(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 DType bik_type(at::ScalarType t) {
-  return t == at::kFloat ? DType::F32 : t == at::kHalf ? DType::F16 : DType::BF16;
+  return t == at::kFloat ? DType::F32 : t == at::kHalf ? DType::F16 : t == at::kInt ? DType::I32 : DType::BF16;
 }
 
 TensorView view(const Tensor& t) {
@@ -468,6 +469,42 @@ std::tuple<Tensor, Tensor, Tensor> k_layer_norm(const Tensor& x, c10::SymIntArra
 //   out = bik bmm of probs (rounded to q's dtype for f16/bf16, as flash attention does) and v, one chain
 //         over s per output, rounded once.
 // A query row's bits depend only on its key length and head dim, never on the other rows or heads.
+// Causal attention in the shape of a prefill (L == S, is_causal) or of one decode row (L == 1, no
+// causal flag), no mask, f16/bf16, head size 64 or 128: bik's paged attention kernel, the engine's, with
+// the keys and values copied into a cache of 16-token blocks (sequence b owns blocks [b * nb, (b + 1) *
+// nb)). Its order is fixed by positions alone, like the matrix path's; which path a call takes depends on
+// L, S, the head size, the dtype and the mask, never on the batch. q4/k4/v4: [B, H, ., E]; k4, v4 with the
+// kv heads (grouped-query attention is native). Returns [B, Hq, L, E] (a transposed view) or an undefined
+// tensor when the call does not have that shape.
+Tensor paged_sdpa(const Tensor& q4, const Tensor& k4, const Tensor& v4, bool is_causal, bool has_mask, double scale) {
+  const int64_t B = q4.size(0), Hq = q4.size(1), L = q4.size(2), E = q4.size(3), Hk = k4.size(1), S = k4.size(2);
+  const bool shape_ok = !has_mask && (E == 64 || E == 128) && v4.size(3) == E && L >= 1 && S >= 1 &&
+                        (is_causal ? L == S : L == 1) && Hk >= 1 && Hq % Hk == 0 && Hq / Hk <= 64 &&
+                        (q4.scalar_type() == at::kHalf || q4.scalar_type() == at::kBFloat16) &&
+                        k4.size(0) == B && v4.size(0) == B && v4.size(1) == Hk && v4.size(2) == S;
+  if (!shape_ok) return Tensor();
+  constexpr int64_t kBlock = 16;
+  const int64_t nb = (S + kBlock - 1) / kBlock;
+  auto opts = q4.options();
+  // [B * nb, 16, Hk, E]: token-major with the heads inside, as the kernel reads it.
+  Tensor kc = at::zeros({B * nb, kBlock, Hk, E}, opts), vc = at::zeros({B * nb, kBlock, Hk, E}, opts);
+  kc.view({B, nb * kBlock, Hk, E}).narrow(1, 0, S).copy_(k4.transpose(1, 2));
+  vc.view({B, nb * kBlock, Hk, E}).narrow(1, 0, S).copy_(v4.transpose(1, 2));
+  Tensor qf = q4.transpose(1, 2).reshape({B * L, Hq, E}).contiguous();
+  Tensor of = at::empty({B * L, Hq, E}, opts);
+  std::vector<int32_t> bt(static_cast<size_t>(B * nb)), sl(static_cast<size_t>(B), int32_t(S)),
+      qsl(static_cast<size_t>(B + 1));
+  for (int64_t i = 0; i < B * nb; ++i) bt[size_t(i)] = int32_t(i);
+  for (int64_t b = 0; b <= B; ++b) qsl[size_t(b)] = int32_t(b * L);
+  auto i32 = [&](const std::vector<int32_t>& h, std::vector<int64_t> shape) {
+    return at::tensor(h, at::TensorOptions().dtype(at::kInt)).view(shape).to(q4.device(), at::kInt);
+  };
+  const Tensor btt = i32(bt, {B, nb}), slt = i32(sl, {B}), qslt = i32(qsl, {B + 1});
+  bik::paged_attention(view(of), view(qf), view(kc), view(vc), view(btt), view(slt), view(qslt),
+                       static_cast<float>(scale), bik::AttentionHostMetadata{bt, sl, qsl}, stream_of(q4));
+  return of.view({B, L, Hq, E}).transpose(1, 2);
+}
+
 template <Dev D>
 Tensor k_sdpa(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& attn_mask, double dropout_p,
               bool is_causal, std::optional<double> scale, bool enable_gqa) {
@@ -509,6 +546,14 @@ Tensor k_sdpa(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor
           s.push_back(b);
           return s;
         };
+        // k, v with their own (kv) head count and the query's leading dims.
+        auto full_kv = [&](int64_t a, int64_t b) {
+          std::vector<int64_t> s = lead;
+          if (nd >= 3) s.back() = k.size(-3);
+          s.push_back(a);
+          s.push_back(b);
+          return s;
+        };
         Tensor kk = k, vv = v;
         if (groups > 1) {
           kk = k.repeat_interleave(groups, nd - 3);
@@ -523,12 +568,21 @@ Tensor k_sdpa(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor
           if (t.dim() == 2) return t.unsqueeze(0).unsqueeze(0);
           return t.reshape({-1, t.size(-3), t.size(-2), t.size(-1)});
         };
+        const double sc = scale.value_or(1.0 / std::sqrt(static_cast<double>(E)));
+        if (k.dim() == nd && E == Ev) {  // the engine's attention kernel when the call has its shape
+          const Tensor qp = as4(q), kp = as4(k.expand(full_kv(S, E))), vp = as4(v.expand(full_kv(S, Ev)));
+          Tensor o = paged_sdpa(qp, kp, vp, is_causal, mask != nullptr, sc);
+          if (o.defined()) {
+            count_bik(Op::sdpa_paged);
+            std::vector<int64_t> out_shape = full(L, Ev);
+            return o.reshape(out_shape);
+          }
+        }
         Tensor q4 = as4(q), k4 = as4(kk), v4 = as4(vv);
         Tensor m4;
         if (mask) m4 = as4(mask->expand(full(L, S)));
         const int64_t B = q4.size(0), H = q4.size(1);
         Tensor out = at::empty({B, H, L, Ev}, q.options());
-        const double sc = scale.value_or(1.0 / std::sqrt(static_cast<double>(E)));
         const bool half = q.scalar_type() != at::kFloat;
         auto f32 = q.options().dtype(at::kFloat);
         Tensor causal_off;

@@ -276,6 +276,41 @@ def test_scaled_dot_product_attention(dtype):
     ran_on_bik("scaled_dot_product_attention", lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [64, 128])
+def test_sdpa_prefill_and_decode_shapes_take_the_paged_kernel(dtype, D):
+    """The shapes HF models pass in prefill (L == S, is_causal) and decode (L == 1, no mask) run bik's
+    paged attention kernel; other shapes the matrix path. Both match stock torch."""
+    torch.manual_seed(8)
+    B, H, Hkv, S = 3, 8, 2, 37
+    q = torch.randn(B, S, H, D).to(DEVICE, dtype).transpose(1, 2)
+    k, v = torch.randn(B, Hkv, S, D).to(DEVICE, dtype), torch.randn(B, Hkv, S, D).to(DEVICE, dtype)
+    kf, vf = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)
+    sdpa = F.scaled_dot_product_attention
+    cases = {
+        "prefill": lambda: sdpa(q, kf, vf, is_causal=True),
+        "prefill_gqa": lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True),
+        "prefill_scale": lambda: sdpa(q, kf, vf, is_causal=True, scale=0.05),
+        "decode": lambda: sdpa(q[:, :, -1:], kf, vf),
+        "decode_gqa": lambda: sdpa(q[:, :, -1:], k, v, enable_gqa=True),
+        "decode_3d": lambda: sdpa(q[0, :, -1:], kf[0], vf[0]),
+    }
+    for name, fn in cases.items():
+        close(*both(fn), dtype)
+        bt.reset_counters()
+        with bt.set_batch_invariant_mode():
+            fn()
+        assert bt.counters()["scaled_dot_product_attention[paged]"][0] == 1, name
+    # A masked call and a non-causal prefill stay on the matrix path.
+    for fn in (lambda: sdpa(q, kf, vf), lambda: sdpa(q, kf, vf, attn_mask=torch.ones(S, S, dtype=torch.bool,
+                                                                                    device=q.device))):
+        bt.reset_counters()
+        with bt.set_batch_invariant_mode():
+            fn()
+        assert bt.counters()["scaled_dot_product_attention[paged]"][0] == 0
+        assert bt.counters()["scaled_dot_product_attention"][0] == 1
+
+
 # ---- rows alone vs inside batches, bitwise ----------------------------------------------------------------
 def batch_invariance_diffs(row_fn, make_rows, target, batches=BATCHES, seed=0):
     """Places `target` (one row of the batched dim) at a random position among random neighbours for
@@ -303,6 +338,7 @@ def row_cases(dtype):
     gamma = torch.randn(K).to(DEVICE, dtype)
     D, S = 16, 9
     kv = torch.randn(2, 4, S, D).to(DEVICE, dtype)
+    kv64 = torch.randn(2, 4, 45, 64).to(DEVICE, dtype)
     sdpa = F.scaled_dot_product_attention
     return {
         # name: (function of rows, row shape)
@@ -327,6 +363,11 @@ def row_cases(dtype):
         "sdpa_gqa": (lambda x: sdpa(x, (x[:, :2] * 0.5).contiguous(), x[:, 2:], enable_gqa=True), (4, S, D)),
         "sdpa_mask": (lambda x: sdpa(x, x, x, attn_mask=torch.ones(S, S, dtype=torch.bool, device=x.device).tril(1)),
                       (4, S, D)),
+        # head size 64: prefill and decode shapes take the paged kernel for f16/bf16 (f32: the matrix path)
+        "sdpa_paged_prefill": (lambda x: sdpa(x, (x[:, :2] * 0.5).contiguous(), x[:, 2:], is_causal=True,
+                                              enable_gqa=True), (4, S, 64)),
+        "sdpa_paged_decode": (lambda x: sdpa(x, kv64[0].expand(x.shape[0], -1, -1, -1) + x[:, :1, :, :1],
+                                             kv64[1].expand(x.shape[0], -1, -1, -1)), (4, 1, 64)),
     }
 
 
