@@ -15,6 +15,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/SymIntArrayRef.h>
 
+#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -469,6 +470,12 @@ std::tuple<Tensor, Tensor, Tensor> k_layer_norm(const Tensor& x, c10::SymIntArra
 //   out = bik bmm of probs (rounded to q's dtype for f16/bf16, as flash attention does) and v, one chain
 //         over s per output, rounded once.
 // A query row's bits depend only on its key length and head dim, never on the other rows or heads.
+// BIK_TORCH_PAGED_ATTENTION=1 (read at every call) lets SDPA take paged_sdpa below.
+bool paged_attention_enabled() {
+  const char* v = std::getenv("BIK_TORCH_PAGED_ATTENTION");
+  return v && std::string(v) == "1";
+}
+
 // Causal attention in the shape of a prefill (L == S, is_causal) or of one decode row (L == 1, no
 // causal flag), no mask, f16/bf16, head size 64 or 128: bik's paged attention kernel, the engine's, with
 // the keys and values copied into a cache of 16-token blocks (sequence b owns blocks [b * nb, (b + 1) *
@@ -569,7 +576,10 @@ Tensor k_sdpa(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor
           return t.reshape({-1, t.size(-3), t.size(-2), t.size(-1)});
         };
         const double sc = scale.value_or(1.0 / std::sqrt(static_cast<double>(E)));
-        if (k.dim() == nd && E == Ev) {  // the engine's attention kernel when the call has its shape
+        // The engine's attention kernel when the call has its shape, if asked for: it orders the sums
+        // differently from the path below, and callers such as HF models pass a mask or not depending on
+        // the other rows (padding), so by default every call takes the one path below.
+        if (paged_attention_enabled() && k.dim() == nd && E == Ev) {
           const Tensor qp = as4(q), kp = as4(k.expand(full_kv(S, E))), vp = as4(v.expand(full_kv(S, Ev)));
           Tensor o = paged_sdpa(qp, kp, vp, is_causal, mask != nullptr, sc);
           if (o.defined()) {

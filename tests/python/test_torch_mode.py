@@ -7,6 +7,7 @@ test then skips, saying why, when torch sees no GPU or the extension was built w
 Run: $(scripts/torch_python.sh) -m pytest tests/python -q
      BIK_TEST_DEVICE=cuda BIK_TORCH_LIB=/path/to/libbik_torch.so python3 -m pytest tests/python/test_torch_mode.py -q -rs
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -276,11 +277,33 @@ def test_scaled_dot_product_attention(dtype):
     ran_on_bik("scaled_dot_product_attention", lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True))
 
 
+@contextlib.contextmanager
+def paged_attention(on=True):
+    """BIK_TORCH_PAGED_ATTENTION=1 for the duration (the extension reads it at every call)."""
+    old = os.environ.get("BIK_TORCH_PAGED_ATTENTION")
+    os.environ["BIK_TORCH_PAGED_ATTENTION"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["BIK_TORCH_PAGED_ATTENTION"]
+        else:
+            os.environ["BIK_TORCH_PAGED_ATTENTION"] = old
+
+
+def with_paged(fn):
+    def run(*args):
+        with paged_attention():
+            return fn(*args)
+    return run
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("D", [64, 128])
 def test_sdpa_prefill_and_decode_shapes_take_the_paged_kernel(dtype, D):
-    """The shapes HF models pass in prefill (L == S, is_causal) and decode (L == 1, no mask) run bik's
-    paged attention kernel; other shapes the matrix path. Both match stock torch."""
+    """With BIK_TORCH_PAGED_ATTENTION=1, the shapes HF models pass in prefill (L == S, is_causal) and
+    decode (L == 1, no mask) run bik's paged attention kernel; other shapes the matrix path. Both match
+    stock torch. Without the variable every call takes the matrix path."""
     torch.manual_seed(8)
     B, H, Hkv, S = 3, 8, 2, 37
     q = torch.randn(B, S, H, D).to(DEVICE, dtype).transpose(1, 2)
@@ -296,19 +319,25 @@ def test_sdpa_prefill_and_decode_shapes_take_the_paged_kernel(dtype, D):
         "decode_3d": lambda: sdpa(q[0, :, -1:], kf[0], vf[0]),
     }
     for name, fn in cases.items():
-        close(*both(fn), dtype)
+        with paged_attention():
+            close(*both(fn), dtype)
+            bt.reset_counters()
+            with bt.set_batch_invariant_mode():
+                fn()
+            assert bt.counters()["scaled_dot_product_attention[paged]"][0] == 1, name
         bt.reset_counters()
         with bt.set_batch_invariant_mode():
             fn()
-        assert bt.counters()["scaled_dot_product_attention[paged]"][0] == 1, name
+        assert bt.counters()["scaled_dot_product_attention[paged]"][0] == 0, name
     # A masked call and a non-causal prefill stay on the matrix path.
-    for fn in (lambda: sdpa(q, kf, vf), lambda: sdpa(q, kf, vf, attn_mask=torch.ones(S, S, dtype=torch.bool,
-                                                                                    device=q.device))):
-        bt.reset_counters()
-        with bt.set_batch_invariant_mode():
-            fn()
-        assert bt.counters()["scaled_dot_product_attention[paged]"][0] == 0
-        assert bt.counters()["scaled_dot_product_attention"][0] == 1
+    with paged_attention():
+        for fn in (lambda: sdpa(q, kf, vf), lambda: sdpa(q, kf, vf, attn_mask=torch.ones(S, S, dtype=torch.bool,
+                                                                                      device=q.device))):
+            bt.reset_counters()
+            with bt.set_batch_invariant_mode():
+                fn()
+            assert bt.counters()["scaled_dot_product_attention[paged]"][0] == 0
+            assert bt.counters()["scaled_dot_product_attention"][0] == 1
 
 
 # ---- rows alone vs inside batches, bitwise ----------------------------------------------------------------
@@ -363,11 +392,12 @@ def row_cases(dtype):
         "sdpa_gqa": (lambda x: sdpa(x, (x[:, :2] * 0.5).contiguous(), x[:, 2:], enable_gqa=True), (4, S, D)),
         "sdpa_mask": (lambda x: sdpa(x, x, x, attn_mask=torch.ones(S, S, dtype=torch.bool, device=x.device).tril(1)),
                       (4, S, D)),
-        # head size 64: prefill and decode shapes take the paged kernel for f16/bf16 (f32: the matrix path)
-        "sdpa_paged_prefill": (lambda x: sdpa(x, (x[:, :2] * 0.5).contiguous(), x[:, 2:], is_causal=True,
-                                              enable_gqa=True), (4, S, 64)),
-        "sdpa_paged_decode": (lambda x: sdpa(x, kv64[0].expand(x.shape[0], -1, -1, -1) + x[:, :1, :, :1],
-                                             kv64[1].expand(x.shape[0], -1, -1, -1)), (4, 1, 64)),
+        # head size 64, BIK_TORCH_PAGED_ATTENTION=1: prefill and decode shapes take the paged kernel for
+        # f16/bf16 (f32: the matrix path)
+        "sdpa_paged_prefill": (with_paged(lambda x: sdpa(x, (x[:, :2] * 0.5).contiguous(), x[:, 2:], is_causal=True,
+                                              enable_gqa=True)), (4, S, 64)),
+        "sdpa_paged_decode": (with_paged(lambda x: sdpa(x, kv64[0].expand(x.shape[0], -1, -1, -1) + x[:, :1, :, :1],
+                                                        kv64[1].expand(x.shape[0], -1, -1, -1))), (4, 1, 64)),
     }
 
 
@@ -536,9 +566,14 @@ QWEN3_SIZES = {
 }
 
 
-def qwen3(dtype):
+# Head size 64: with f16/bf16, prefill and decode attention take the paged kernel (the CUDA sizes already do).
+QWEN3_HD64 = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=64)
+
+
+def qwen3(dtype, sizes=None):
     transformers = pytest.importorskip("transformers")
-    config = transformers.Qwen3Config(**QWEN3_SIZES[DEVICE], num_hidden_layers=2, max_position_embeddings=128,
+    config = transformers.Qwen3Config(**(sizes or QWEN3_SIZES[DEVICE]), num_hidden_layers=2, max_position_embeddings=128,
                                       rms_norm_eps=1e-6, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = transformers.Qwen3ForCausalLM._from_config(config, attn_implementation="sdpa", torch_dtype=dtype)
@@ -582,6 +617,34 @@ def test_qwen3_logits_bitwise_equal_alone_and_in_batches_2_to_64(dtype):
         assert counts[op][0] > 0, (op, counts)
     floats_on_stock = {op: c for op, c in counts.items() if c[1] and op not in ("sum.dim_IntList",)}
     assert not floats_on_stock, floats_on_stock
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("paged", [False, True])
+def test_qwen3_head_size_64_prefill_and_generate_bitwise_alone_and_in_batches(dtype, paged):
+    """Inside a real model: prefill logits alone vs in batches, and greedy generation with the KV cache
+    (decode steps of one query row) alone vs in a batch, step by step. The default path holds even when
+    padding elsewhere in the batch makes the model pass an attention mask (token 0 is the pad id here);
+    the paged kernel (BIK_TORCH_PAGED_ATTENTION=1) holds when no row pads, and is not used otherwise,
+    since a masked call takes the other path (docs/torch.md)."""
+    model = qwen3(dtype, QWEN3_HD64)
+    gen = torch.Generator().manual_seed(3)
+    prompt = torch.randint(1, 512, (1, 10), generator=gen).to(DEVICE)
+    others = torch.randint(1, 512, (6, 10), generator=gen).to(DEVICE)
+    if not paged:
+        others[1, :3] = 0  # a left-padded neighbour: the batched calls carry a mask
+    batch = torch.cat([others[:2], prompt, others[2:]])
+    kw = dict(max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    bt.reset_counters()
+    with paged_attention(paged), bt.set_batch_invariant_mode(), torch.no_grad():
+        diffs = qwen3_diffs(model, [2, 3, 5, 8, 17, 32, 64])
+        alone = model.generate(prompt, **kw)
+        batched = model.generate(batch, **kw)
+    assert diffs == [], f"prefill logits differ with the mode on at batch sizes {diffs}"
+    assert torch.equal(alone.sequences[0], batched.sequences[2])
+    for step, (a, b) in enumerate(zip(alone.logits, batched.logits)):
+        assert bits_equal(a[0:1], b[2:3]), f"decode step {step}: logits differ"
+    assert (bt.counters()["scaled_dot_product_attention[paged]"][0] > 0) == paged
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
