@@ -9,16 +9,13 @@
 #include "bik/tensor.h"
 #include "engine/model.h"
 #include "engine/tp_model.h"
+#include "engine_tp_fixture.h"
 
 namespace bik::engine {
 namespace {
 Device engine_test_device() { return Device::cpu(); }
 std::unique_ptr<ModelRunner> engine_test_model(const ModelConfig& c, const Weights& w, Device d, bool invariant) {
-  TpOptions o;
-  o.size = 2;
-  o.chunks = kTpInvariantChunks;
-  o.transport = TpTransport::Threads;
-  return std::make_unique<TpModel>(c, w, d, o, invariant);
+  return test_fixtures::tp2_model(c, w, d, invariant, TpTransport::Threads);
 }
 class EngineTp2 : public ::testing::Test {};
 }  // namespace

@@ -7,17 +7,14 @@
 #include "engine/model.h"
 #include "engine/tp.h"
 #include "engine/tp_model.h"
+#include "engine_tp_fixture.h"
 #include "gpu_env.h"
 
 namespace bik::engine {
 namespace {
 Device engine_test_device() { return Device::cuda(0); }
 std::unique_ptr<ModelRunner> engine_test_model(const ModelConfig& c, const Weights& w, Device d, bool invariant) {
-  TpOptions o;
-  o.size = 2;
-  o.chunks = kTpInvariantChunks;
-  o.transport = TpTransport::Nccl;
-  return std::make_unique<TpModel>(c, w, d, o, invariant);
+  return test_fixtures::tp2_model(c, w, d, invariant, TpTransport::Nccl);
 }
 class EngineCudaTp2 : public ::testing::Test {
  protected:
