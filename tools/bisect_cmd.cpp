@@ -16,6 +16,7 @@
 
 #include "bik/device.h"
 #include "cli.h"
+#include "engine/tp_model.h"
 #include "model_args.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
@@ -46,7 +47,10 @@ const char* kBisectUsage =
     "  --seed S                seed of the other prompts and the position (default 0)\n"
     "  --batch-invariant on|off  off: linear layers on a batch-variant library GEMM (default on)\n"
     "  --json PATH             write the report (every op's comparison) as JSON\n"
-    "  --dump DIR              write every captured tensor as raw .bin (alone/ and batch/) + index.json\n";
+    "  --dump DIR              write every captured tensor as raw .bin (alone/ and batch/) + index.json\n"
+    "  --tp K                  run the model over K tensor-parallel ranks (--tp-invariant on|off as for\n"
+    "                          generate) and capture rank 0's ops (its q/k/v, gate/up and attention\n"
+    "                          outputs are its slices; the rest are whole)\n";
 
 // One op's output for the target's rows, copied to a contiguous host tensor.
 struct Capture {
@@ -115,7 +119,11 @@ std::string shape_str(const Tensor& t) { return std::string(dtype_name(t.dtype()
 
 // One prefill step of `prompts` (all rows of every prompt); captures the rows of prompts[target].
 // Logits are computed for every row of the target and the last row of every other prompt.
-std::vector<Capture> run_step(LlamaModel& model, const std::vector<std::vector<int32_t>>& prompts, size_t target) {
+// `tapped` is the model whose ops are captured: `model` itself, or rank 0's shard of a TpModel (whose
+// row-parallel outputs, norms, residuals and logits are whole; its q/k/v, gate/up and attention outputs are
+// rank 0's slices).
+std::vector<Capture> run_step(ModelRunner& model, LlamaModel& tapped, const std::vector<std::vector<int32_t>>& prompts,
+                              size_t target) {
   const int64_t bs = 16;
   StepBatch b;
   b.query_start_loc = {0};
@@ -143,7 +151,7 @@ std::vector<Capture> run_step(LlamaModel& model, const std::vector<std::vector<i
   }
   const int64_t len = int64_t(prompts[target].size());
   std::vector<Capture> caps;
-  model.set_tap([&](const char* op, int64_t layer, const TensorView& out) {
+  tapped.set_tap([&](const char* op, int64_t layer, const TensorView& out) {
     const TensorView rows = out.narrow(0, std::string(op) == "lm_head" ? target_logit : target_row, len);
     Tensor host = Tensor::empty(rows.sizes(), rows.dtype);
     copy(host, rows);
@@ -155,10 +163,10 @@ std::vector<Capture> run_step(LlamaModel& model, const std::vector<std::vector<i
     model.forward(b, cache);
     synchronize(model.device());
   } catch (...) {
-    model.set_tap(nullptr);
+    tapped.set_tap(nullptr);
     throw;
   }
-  model.set_tap(nullptr);
+  tapped.set_tap(nullptr);
   return caps;
 }
 
@@ -171,7 +179,7 @@ void write_bin(const fs::path& file, const Tensor& t) {
 int bisect(const std::vector<std::string>& argv) {
   Args a(argv, {},
          {"model", "dummy-weights", "weights-seed", "device", "prompt", "batch", "position", "seed",
-          "batch-invariant", "json", "dump"},
+          "batch-invariant", "json", "dump", "tp", "tp-invariant"},
          "bik bisect");
   BIK_CHECK(a.positional().empty(), "bik bisect: unexpected argument '",
             a.positional().empty() ? "" : a.positional()[0], "'");
@@ -192,8 +200,12 @@ int bisect(const std::vector<std::string>& argv) {
   const LoadOptions& lo = choice.options;
   engine::Model loaded = load_model(path, lo);
   const std::optional<Tokenizer> tok = find_tokenizer(path);
-  LlamaModel model(loaded.config, loaded.weights, device, invariant);
+  const TpChoice tp = tp_option(a, "bik bisect");
+  std::unique_ptr<ModelRunner> runner = make_runner(loaded.config, loaded.weights, device, invariant, tp, "bik bisect");
   loaded.weights = Weights();
+  ModelRunner& model = *runner;
+  auto* tp_model = dynamic_cast<TpModel*>(runner.get());
+  LlamaModel& tapped = tp_model ? tp_model->shard(0) : dynamic_cast<LlamaModel&>(model);
   const int64_t V = model.vocab_size();
 
   std::vector<int32_t> ids;
@@ -225,13 +237,14 @@ int bisect(const std::vector<std::string>& argv) {
     batch_rows += int64_t(batch.back().size());
   }
 
-  const std::vector<Capture> alone = run_step(model, {ids}, 0);
-  const std::vector<Capture> inbatch = run_step(model, batch, row);
+  const std::vector<Capture> alone = run_step(model, tapped, {ids}, 0);
+  const std::vector<Capture> inbatch = run_step(model, tapped, batch, row);
   BIK_CHECK(alone.size() == inbatch.size(), "bik bisect: the two runs captured ", alone.size(), " and ",
             inbatch.size(), " tensors");
 
-  std::printf("bik bisect: %s%s on %s, batch-invariant %s\n", path.c_str(), lo.dummy_weights ? " (dummy weights)" : "",
-              device.str().c_str(), invariant ? "on" : "off");
+  std::printf("bik bisect: %s%s on %s, batch-invariant %s%s\n", path.c_str(),
+              lo.dummy_weights ? " (dummy weights)" : "", device.str().c_str(), invariant ? "on" : "off",
+              tp_model ? (", --tp " + std::to_string(tp.size) + " (rank 0's ops)").c_str() : "");
   std::printf("target: %zu tokens, alone vs at row %zu of %lld prompts (%lld tokens in the batched step)\n",
               ids.size(), row, n_other + 1, (long long)batch_rows);
 

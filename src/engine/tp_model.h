@@ -43,6 +43,7 @@ class TpModel : public ModelRunner {
   int size() const { return int(shards_.size()); }
   int chunks() const { return options_.chunks; }
   const LlamaModel& shard(int rank) const { return *shards_[size_t(rank)]; }
+  LlamaModel& shard(int rank) { return *shards_[size_t(rank)]; }  // e.g. to set a tap on rank 0
   bool batch_invariant() const override { return shards_[0]->batch_invariant(); }
   void set_batch_invariant(bool on) override {
     for (auto& s : shards_) s->set_batch_invariant(on);

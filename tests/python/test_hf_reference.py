@@ -107,9 +107,11 @@ def tiny_config(arch):
 MODEL_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-def test_safetensors_folder_matches_transformers(arch, tmp_path):
-    """A config-initialised HF model (seeded, BF16 weights) saved with save_pretrained and loaded by bik."""
+@pytest.mark.parametrize("arch,tp", [("llama", 1), ("qwen2", 1), ("qwen3", 1), ("llama", 2), ("qwen3", 2)])
+def test_safetensors_folder_matches_transformers(arch, tp, tmp_path):
+    """A config-initialised HF model (seeded, BF16 weights) saved with save_pretrained and loaded by bik;
+    tp > 1: the model split over that many tensor-parallel ranks (the K-chunk tree) against the same
+    reference."""
     torch.manual_seed(1234)
     model = getattr(transformers, MODEL_CLASSES[arch])(tiny_config(arch)).to(torch.bfloat16).eval()
     if arch == "qwen2":  # make the q/k/v biases matter
@@ -129,7 +131,8 @@ def test_safetensors_folder_matches_transformers(arch, tmp_path):
     else:
         model.save_pretrained(folder, safe_serialization=True)
     prompt = "Batch invariance: the same prompt, the same bits, whatever else runs."  # bytes become ids
-    ids, ours = bik_logits(["--model", str(folder)], prompt, tmp_path / "a")
+    tp_args = ["--tp", str(tp)] if tp > 1 else []
+    ids, ours = bik_logits(["--model", str(folder), *tp_args], prompt, tmp_path / "a")
     assert ids[: len(prompt)] == list(prompt.encode())[: len(ids)]
     ref_bf16 = hf_logits(model, ids)
     ref = hf_logits(model.float(), ids)  # .float() converts in place: the BF16 run comes first
@@ -143,5 +146,5 @@ def test_safetensors_folder_matches_transformers(arch, tmp_path):
     print(f"bik vs transformers f32: min cosine {cos:.6f}, max |diff| / std {rel:.4f}")
     assert cos >= min_cos, f"cosine {cos} < {min_cos} (4x transformers' own bf16 error)"
     assert rel <= max_rel, f"max |diff| / std {rel} > {max_rel} (3x transformers' own bf16 error)"
-    _, other = bik_logits(["--model", str(folder)], OTHER, tmp_path / "b")
+    _, other = bik_logits(["--model", str(folder), *tp_args], OTHER, tmp_path / "b")
     check_control_fails(other, ref, min_cos, max_rel)
