@@ -40,7 +40,7 @@ nvidia-smi -L | tee "$out/gpu.txt"
 for s in "${steps[@]}"; do
   case "$s" in
     tests)
-      BIK_GEMM_TRIALS=${BIK_GEMM_TRIALS:-4} step gpu_tests 330 "$bin/bik_tests_gpu" ;;
+      BIK_GEMM_TRIALS=${BIK_GEMM_TRIALS:-4} step gpu_tests 480 "$bin/bik_tests_gpu" ;;
     check)
       step check_cuda 120 "$bin/bik" check kernels --backend cuda --cases 100000 --json "$out/check_cuda.json" ;;
     engine)
