@@ -199,7 +199,10 @@ def main(argv=None) -> int:
     try:
         if a.model:
             import transformers
-            model = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype).eval()
+            try:  # transformers >= 5 calls it dtype, earlier versions torch_dtype
+                model = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype).eval()
+            except TypeError:
+                model = transformers.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=dtype).eval()
         else:
             model = tiny_model(a.config_init, dtype, a.seed)
         model = model.to(a.device)
