@@ -63,6 +63,21 @@ def timed(fn, device, warmup, reps):
     return statistics.median(times)
 
 
+def paged(fn):
+    """fn with BIK_TORCH_PAGED_ATTENTION=1 (SDPA's opt-in paged kernel, docs/torch.md) while it runs."""
+    def run():
+        old = os.environ.get("BIK_TORCH_PAGED_ATTENTION")
+        os.environ["BIK_TORCH_PAGED_ATTENTION"] = "1"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["BIK_TORCH_PAGED_ATTENTION"]
+            else:
+                os.environ["BIK_TORCH_PAGED_ATTENTION"] = old
+    return run
+
+
 def cases(args):
     import torch
     import torch.nn.functional as F
@@ -97,8 +112,13 @@ def cases(args):
     for lq in (1, min(ctx, tokens[-1])):
         q = rnd(1, heads, lq, head_dim)
         k, v = rnd(1, kv_heads, ctx, head_dim), rnd(1, kv_heads, ctx, head_dim)
-        yield (f"sdpa q={lq} kv={ctx} H={heads}/{kv_heads} D={head_dim}",
-               (lambda q=q, k=k, v=v, c=lq > 1: F.scaled_dot_product_attention(q, k, v, is_causal=c, enable_gqa=True)))
+        # a decode row (q=1) over the context, and a prefill (q = kv: the paged kernel's shape)
+        kk, vv = (k, v) if lq == 1 else (k[:, :, :lq], v[:, :, :lq])
+        fn = (lambda q=q, k=kk, v=vv, c=lq > 1: F.scaled_dot_product_attention(q, k, v, is_causal=c, enable_gqa=True))
+        kv_len = kk.shape[2]
+        yield f"sdpa q={lq} kv={kv_len} H={heads}/{kv_heads} D={head_dim}", fn
+        if dt != torch.float32:
+            yield f"sdpa q={lq} kv={kv_len} H={heads}/{kv_heads} D={head_dim} (paged)", paged(fn)
     try:
         import transformers
     except ImportError:
@@ -117,6 +137,8 @@ def cases(args):
                 return model(ids).logits
 
         yield f"qwen3 2-layer forward batch={batch} len={length}", forward
+        if dt != torch.float32:
+            yield f"qwen3 2-layer forward batch={batch} len={length} (paged SDPA)", paged(forward)
 
 
 def write_plot(path, records, title):
