@@ -154,13 +154,7 @@ int bench_attention(const std::vector<std::string>& argv) {
   std::printf("copy ceiling (1 GiB, read + write): %.0f GB/s\n", copy_gbps);
 
   const int64_t hq = 32, hkv = 8, d = 128, bs = 16;
-  nlohmann::json j;
-  j["benchmark"] = "attention";
-  j["gpu"] = props.name;
-  j["arch"] = props.arch();
-  j["sms"] = props.sm_count;
-  j["commit"] = commit;
-  j["date"] = date;
+  nlohmann::json j = bench::gpu_report("attention", props, commit, date);
   j["config"] = {{"q_heads", hq}, {"kv_heads", hkv}, {"head_dim", d}, {"block_size", bs}, {"dtype", "bf16"}};
   j["method"] = "kernel: median over " + std::to_string(repeats) +
                 " replays of a CUDA graph of launches (metadata validated once); call: median of the public "

@@ -52,17 +52,10 @@ const std::vector<Shape2>& bench_shapes() {
 }
 
 GemmArgs args_of(const TensorView& out, const TensorView& a, const TensorView& w) {
-  auto as3 = [](const TensorView& t) {
-    TensorView v = t;
-    v.ndim = 3;
-    v.shape = {1, t.shape[0], t.shape[1]};
-    v.stride = {0, t.stride[0], t.stride[1]};
-    return v;
-  };
   GemmArgs g;
-  g.a = as3(a);
-  g.w = as3(w);
-  g.out = as3(out);
+  g.a = as3d(a);
+  g.w = as3d(w);
+  g.out = as3d(out);
   g.batch = 1;
   g.m = a.shape[0];
   g.k = a.shape[1];
@@ -107,14 +100,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
   const std::string commit = bench::commit_of(args.str("commit", ""));
   const std::string date = bench::utc_now();
 
-  nlohmann::json j;
-  j["benchmark"] = "gemm";
-  j["gpu"] = props.name;
-  j["arch"] = props.arch();
-  j["sms"] = props.sm_count;
-  j["l2_bytes"] = props.l2_bytes;
-  j["commit"] = commit;
-  j["date"] = date;
+  nlohmann::json j = bench::gpu_report("gemm", props, commit, date);
   j["dtype"] = dtype_name(dt);
   j["layout"] = "out[M,N] = a[M,K] * w[N,K]^T, row-major, out in the input dtype, no bias";
   j["method"] = "median over " + std::to_string(repeats) + " replays of a CUDA graph of up to " +

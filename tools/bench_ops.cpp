@@ -332,14 +332,7 @@ int bench_ops(const std::vector<std::string>& argv) {
   const double ceiling = gbps_memcpy;
   std::printf("copy ceiling (1 GiB, read + write): cudaMemcpy D2D %.0f GB/s\n", gbps_memcpy);
 
-  nlohmann::json j;
-  j["benchmark"] = "ops";
-  j["gpu"] = props.name;
-  j["arch"] = props.arch();
-  j["sms"] = props.sm_count;
-  j["l2_bytes"] = props.l2_bytes;
-  j["commit"] = commit;
-  j["date"] = date;
+  nlohmann::json j = bench::gpu_report("ops", props, commit, date);
   j["method"] = "median over " + std::to_string(repeats) +
                 " replays of a CUDA graph of launches rotating input sets (> 2x L2 when they fit in 8 sets); "
                 "sample/logprobs: plain loop of calls between events; bytes = inputs read once + outputs written once";

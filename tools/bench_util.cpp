@@ -51,6 +51,19 @@ double median(std::vector<float> v) {
   return v[v.size() / 2];
 }
 
+nlohmann::json gpu_report(const std::string& benchmark, const DeviceProps& props, const std::string& commit,
+                          const std::string& date) {
+  nlohmann::json j;
+  j["benchmark"] = benchmark;
+  j["gpu"] = props.name;
+  j["arch"] = props.arch();
+  j["sms"] = props.sm_count;
+  j["l2_bytes"] = props.l2_bytes;
+  j["commit"] = commit;
+  j["date"] = date;
+  return j;
+}
+
 bool have_cuda_device(const char* command) {
   if (cuda_device_count() > 0) return true;
   std::fprintf(stderr, "%s: no CUDA device\n", command);

@@ -2,8 +2,11 @@
 // medians of repeated launches.
 #pragma once
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "bik/device.h"
 
 #if BIK_WITH_CUDA
 #include <cuda_runtime.h>
@@ -21,6 +24,9 @@ std::string name_tag(const std::string& name);
 double median(std::vector<float> v);
 // False (after saying so on stderr, prefixed by `command`) when the machine has no CUDA device.
 bool have_cuda_device(const char* command);
+// The head of a GPU benchmark's JSON: benchmark name, GPU name, arch, SM count, L2 size, commit, date.
+nlohmann::json gpu_report(const std::string& benchmark, const DeviceProps& props, const std::string& commit,
+                          const std::string& date);
 
 #if BIK_WITH_CUDA
 // Median time of one launch in ms. launch(set, stream) runs one call on input set `set` (of `sets`, used
