@@ -520,6 +520,21 @@ TEST(Server, HealthModelsAndMetrics) {
   EXPECT_NE(res->body.find("\nbik_requests_waiting 0\n"), std::string::npos) << res->body;
 }
 
+// Posts a streaming completion and hangs up after its second chunk; returns the chunks received.
+int stream_and_hang_up(const json& body) {
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = body.dump();
+  req.set_header("Content-Type", "application/json");
+  int chunks = 0;
+  req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
+  httplib::Client dc("127.0.0.1", tiny_server().port);
+  dc.set_read_timeout(30);
+  dc.send(req);  // fails on purpose: the receiver hangs up after the second chunk
+  return chunks;
+}
+
 int64_t metric(const std::string& text, const std::string& name) {
   const size_t at = text.find("\n" + name + " ");
   if (at == std::string::npos) return -1;
@@ -529,17 +544,7 @@ int64_t metric(const std::string& text, const std::string& name) {
 TEST(Server, StreamingClientDisconnectCancels) {
   auto c = client();
   const int64_t before = metric(c.Get("/metrics")->body, "bik_requests_cancelled_total");
-  httplib::Request req;
-  req.method = "POST";
-  req.path = "/v1/completions";
-  req.body = json({{"prompt", "disconnect"}, {"max_tokens", 200}, {"stream", true}}).dump();
-  req.set_header("Content-Type", "application/json");
-  int chunks = 0;
-  req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
-  httplib::Client dc("127.0.0.1", tiny_server().port);
-  dc.set_read_timeout(30);
-  dc.send(req);  // fails on purpose: the receiver hangs up after the second chunk
-  EXPECT_GE(chunks, 2);
+  EXPECT_GE(stream_and_hang_up({{"prompt", "disconnect"}, {"max_tokens", 200}, {"stream", true}}), 2);
   int64_t after = before;
   for (int i = 0; i < 100 && after == before; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -600,17 +605,8 @@ TEST(Server, StreamingDisconnectAbortsTheSequence) {
   const std::string m0 = c.Get("/metrics")->body;
   const int64_t aborted0 = metric(m0, "bik_requests_aborted_total");
   const int64_t tokens0 = metric(m0, "bik_aborted_generation_tokens_total");
-  httplib::Request req;
-  req.method = "POST";
-  req.path = "/v1/completions";
-  req.body = json({{"prompt", "hang up"}, {"max_tokens", 220}, {"ignore_eos", true}, {"stream", true}}).dump();
-  req.set_header("Content-Type", "application/json");
-  int chunks = 0;
-  req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
-  httplib::Client dc("127.0.0.1", tiny_server().port);
-  dc.set_read_timeout(30);
-  dc.send(req);  // fails on purpose: the receiver hangs up after the second chunk
-  EXPECT_GE(chunks, 2);
+  EXPECT_GE(stream_and_hang_up({{"prompt", "hang up"}, {"max_tokens", 220}, {"ignore_eos", true}, {"stream", true}}),
+            2);
   const int64_t aborted1 = wait_metric_above("bik_requests_aborted_total", aborted0);
   EXPECT_EQ(aborted1, aborted0 + 1);
   const int64_t tokens1 = metric(c.Get("/metrics")->body, "bik_aborted_generation_tokens_total");
