@@ -171,14 +171,6 @@ TensorView first_row(const TensorView& v) { return v.select(0, 0); }
 
 enum class GemmMode { Mm, Addmm, Bmm };
 
-TensorView to3d(const TensorView& t) {
-  if (t.ndim == 3) return t;
-  TensorView v = t;
-  v.ndim = 3;
-  v.shape = {1, t.shape[0], t.shape[1]};
-  v.stride = {0, t.stride[0], t.stride[1]};
-  return v;
-}
 
 class GemmCheck final : public OpCheck {
  public:
@@ -257,9 +249,9 @@ class GemmCheck final : public OpCheck {
     const TensorView &a = v[0], &out = v[1];
     if (gemm_) {
       GemmArgs g;
-      g.a = to3d(a);
-      g.w = to3d(w);
-      g.out = to3d(out);
+      g.a = as3d(a);
+      g.w = as3d(w);
+      g.out = as3d(out);
       if (bias_) g.bias = bias_->view();
       g.batch = g.a.shape[0];
       g.m = g.a.shape[1];

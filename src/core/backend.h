@@ -10,6 +10,16 @@
 
 namespace bik {
 
+// A 2-D view [R, C] as the 3-D [1, R, C] of a batch of one (batch stride 0); 3-D views as they are.
+inline TensorView as3d(const TensorView& t) {
+  if (t.ndim == 3) return t;
+  TensorView v = t;
+  v.ndim = 3;
+  v.shape = {1, t.shape[0], t.shape[1]};
+  v.stride = {0, t.stride[0], t.stride[1]};
+  return v;
+}
+
 // out[b] = a[b] * b[b]^T (+ bias), every view 3-D: a [B, M, K], w [B, N, K], out [B, M, N].
 struct GemmArgs {
   TensorView out, a, w;

@@ -46,14 +46,6 @@ void dispatch_device(const TensorView& ref, void (*cpu_fn)(Args...), void (*cuda
     cuda_fn(args...);
 }
 
-TensorView as3d(const TensorView& t) {
-  if (t.ndim == 3) return t;
-  TensorView v = t;
-  v.ndim = 3;
-  v.shape = {1, t.shape[0], t.shape[1]};
-  v.stride = {0, t.stride[0], t.stride[1]};
-  return v;
-}
 
 void gemm_checked(const char* op, const TensorView& out, const std::optional<TensorView>& bias, const TensorView& a,
                   const TensorView& b, int dims, Stream s) {

@@ -57,14 +57,6 @@ Tensor host_slice(const Tensor& t, int64_t e0, int64_t ne) {
 
 bool power_of_two(int64_t n) { return n >= 1 && (n & (n - 1)) == 0; }
 
-TensorView as3d(const TensorView& t) {
-  TensorView v = t;
-  v.ndim = 3;
-  v.shape = {1, t.shape[0], t.shape[1]};
-  v.stride = {0, t.stride[0], t.stride[1]};
-  return v;
-}
-
 }  // namespace
 
 Tensor rotary_table(const ModelConfig& c, int64_t max_pos, const std::vector<double>& freq_factors) {

@@ -114,13 +114,6 @@ AccuracyStats check_accuracy(const TensorView& out, const TensorView& a, const T
 // GemmArgs for 2-D views (a [M, K], w [N, K], out [M, N]) as the backend sees them.
 GemmArgs args2d(const TensorView& out, const TensorView& a, const TensorView& w,
                 const std::optional<TensorView>& bias = std::nullopt) {
-  auto as3d = [](const TensorView& t) {
-    TensorView v = t;
-    v.ndim = 3;
-    v.shape = {1, t.shape[0], t.shape[1]};
-    v.stride = {0, t.stride[0], t.stride[1]};
-    return v;
-  };
   GemmArgs g;
   g.out = as3d(out);
   g.a = as3d(a);

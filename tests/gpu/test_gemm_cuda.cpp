@@ -42,14 +42,6 @@ Tensor dev_filled(const Shape& s, DType t, uint64_t seed) {
   return x;
 }
 
-TensorView as3d(const TensorView& t) {
-  if (t.ndim == 3) return t;
-  TensorView v = t;
-  v.ndim = 3;
-  v.shape = {1, t.shape[0], t.shape[1]};
-  v.stride = {0, t.stride[0], t.stride[1]};
-  return v;
-}
 
 GemmArgs make_args(const TensorView& out, const TensorView& a, const TensorView& w,
                    const std::optional<TensorView>& bias) {
