@@ -61,7 +61,7 @@ for s in "${steps[@]}"; do
       # then python -m bik.bisect on a seeded Qwen3 under stock torch on the GPU.
       step hf_reference 400 env BIK_BIN="$bin/bik" BIK_DEVICE=cuda python3 -m pytest -q -rs \
         "$root/tests/python/test_hf_reference.py"
-      step hf_bisect_stock 200 env PYTHONPATH="$root/python" python3 -m bik.bisect --config-init qwen3 --device cuda \
+      step hf_bisect_stock 200 env PYTHONPATH="$root/python" python3 -m bik.bisect --config-init qwen3 --config-size medium --device cuda \
         --batch 31 --json "$out/hf_bisect_stock.json" ;;
     torch)
       # Configure + build only the extension target; fails when CMake turned the CUDA registrations off
@@ -83,7 +83,7 @@ for s in "${steps[@]}"; do
         step torch_speed 400 env BIK_TORCH_LIB="$tlib" python3 "$root/bench/torch_mode_speed.py" --device cuda \
           --commit "$commit" --out "$out" --name torch_mode_h100
         step hf_bisect_mode_on 200 env PYTHONPATH="$root/python" BIK_TORCH_LIB="$tlib" python3 -m bik.bisect \
-          --config-init qwen3 --device cuda --batch 31 --mode on --json "$out/hf_bisect_mode_on.json"
+          --config-init qwen3 --config-size medium --device cuda --batch 31 --mode on --json "$out/hf_bisect_mode_on.json"
       fi ;;
     tp)
       # Needs 2+ GPUs: the TP tests (NCCL ranks against TP = 1) and the engine's output for --tp 1, 2.

@@ -420,16 +420,20 @@ BIK_ENGINE_TEST(AbortDoesNotChangeOtherRequests) {
   }
 }
 
-// The negative control: with the linear layers on OpenBLAS (its blocking depends on the number of rows;
-// N = K = 1000 differs from M = 16 on, see docs/invariance.md) the needle's numbers must change with the
-// batch, while the batch-invariant kernels on the same shapes keep them identical.
+// The negative control: with the linear layers on the library GEMM (OpenBLAS on the CPU: its blocking
+// depends on the number of rows, N = K = 1000 differs from M = 16 on, see docs/invariance.md; cuBLAS on
+// CUDA, whose kernel choice depends on M: at the tiny sizes it picked one kernel for every M, so the GPU
+// run takes the shapes of bench/data/small_llama_config.json, where it does not) the needle's numbers must
+// change with the batch, while the batch-invariant kernels on the same shapes keep them identical.
 BIK_ENGINE_TEST(BatchInvariantOffIsDetected) {
-  const ModelConfig c = tiny_config(1000, 1000);
+  const bool gpu = engine_test_device().is_cuda();
+  ModelConfig c = gpu ? tiny_config(1024, 8192) : tiny_config(1000, 1000);
+  if (gpu) c.intermediate = 2816, c.layers = 4, c.heads = 16, c.kv_heads = 8;
   TinyModel tm(c, 3, /*invariant=*/false);
   std::mt19937 rng(9);
   const auto needle = random_prompt(rng, 24, c.vocab);
   const RequestParams np = sampled(21, 12);
-  Batch b = make_batch(rng, 20, c.vocab, needle, np, 10);
+  Batch b = make_batch(rng, gpu ? 40 : 20, c.vocab, needle, np, 10);
   const EngineConfig e = engine_config(512);
 
   const auto alone_off = run(*tm.model, e, {needle}, {np});

@@ -144,12 +144,24 @@ def bisect(model, prompt_ids, batch: int = 15, position: int | None = None, seed
     return Report(batch, position, list(prompt_ids), mods, first)
 
 
-def tiny_model(arch: str, dtype, seed: int = 0):
-    """A seeded, config-initialised small model of a supported family (no download)."""
+# --config-size: "tiny" is quick on a CPU; "medium" has the widths of a 1-2B model (hidden 2048), where a
+# GPU library GEMM picks its kernel by the number of rows: at hidden 256 cuBLAS on an H100 used one kernel
+# for 24 and for 768 rows, so stock torch showed no divergence there.
+CONFIG_SIZES = {
+    "tiny": dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
+    "medium": dict(vocab_size=32768, hidden_size=2048, intermediate_size=6144, num_hidden_layers=4,
+                   num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=1024),
+}
+
+
+def tiny_model(arch: str, dtype, seed: int = 0, size: str = "tiny"):
+    """A seeded, config-initialised model of a supported family (no download); `size` from CONFIG_SIZES."""
     import torch
     import transformers
-    common = dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    if size not in CONFIG_SIZES:
+        raise ValueError(f"--config-size: '{size}' is not one of {', '.join(CONFIG_SIZES)}")
+    common = CONFIG_SIZES[size]
     configs = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
                "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}
@@ -179,6 +191,8 @@ def main(argv=None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a Hugging Face model folder or hub id (loaded with AutoModelForCausalLM)")
     src.add_argument("--config-init", metavar="ARCH", help="seeded random small model: llama, qwen2 or qwen3")
+    p.add_argument("--config-size", choices=sorted(CONFIG_SIZES), default="tiny",
+                   help="widths of the --config-init model: tiny (hidden 256, default) or medium (hidden 2048)")
     p.add_argument("--prompt", help="prompt text (needs the model's tokenizer)")
     p.add_argument("--prompt-ids", help="comma-separated token ids (default: 24 seeded random ids)")
     p.add_argument("--batch", type=int, default=15, help="other prompts in the batch (default 15)")
@@ -204,7 +218,7 @@ def main(argv=None) -> int:
             except TypeError:
                 model = transformers.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=dtype).eval()
         else:
-            model = tiny_model(a.config_init, dtype, a.seed)
+            model = tiny_model(a.config_init, dtype, a.seed, a.config_size)
         model = model.to(a.device)
         if a.prompt is not None and a.prompt_ids is not None:
             raise ValueError("give --prompt or --prompt-ids, not both")

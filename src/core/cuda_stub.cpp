@@ -20,8 +20,8 @@ DeviceProps cuda_device_props(int index) {
 namespace cuda {
 void* malloc_bytes(int, int64_t) { no_cuda("cuda allocation"); }
 void free_bytes(int, void*) {}
-void memcpy_bytes(void*, const void*, int64_t, int) { no_cuda("cuda copy"); }
-void memset_bytes(void*, uint8_t, int64_t) { no_cuda("cuda memset"); }
+void memcpy_bytes(void*, int, const void*, int, int64_t) { no_cuda("cuda copy"); }
+void memset_bytes(void*, int, uint8_t, int64_t) { no_cuda("cuda memset"); }
 void synchronize(int) { no_cuda("cuda synchronize"); }
 
 // Unreachable in practice (no CUDA tensor can be allocated), but the dispatcher links against them.

@@ -5,8 +5,10 @@
 namespace bik::cuda {
 void* malloc_bytes(int device, int64_t bytes);
 void free_bytes(int device, void* p);
-// kind: 0 host->device, 1 device->host, 2 device->device
-void memcpy_bytes(void* dst, const void* src, int64_t bytes, int kind);
-void memset_bytes(void* dst, uint8_t byte, int64_t bytes);
+// dst_device / src_device: the CUDA device index of each side, -1 for host memory (not both -1). The copy
+// runs on the device that holds the memory (pool memory is not reachable from another device's context);
+// between two different devices it goes through the host.
+void memcpy_bytes(void* dst, int dst_device, const void* src, int src_device, int64_t bytes);
+void memset_bytes(void* dst, int device, uint8_t byte, int64_t bytes);
 void synchronize(int device);
 }  // namespace bik::cuda

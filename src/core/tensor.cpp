@@ -178,8 +178,7 @@ void memcpy_bytes(void* dst, Device dd, const void* src, Device sd, int64_t byte
     std::memcpy(dst, src, size_t(bytes));
     return;
   }
-  int kind = sd.is_cpu() ? 0 : dd.is_cpu() ? 1 : 2;
-  cuda::memcpy_bytes(dst, src, bytes, kind);
+  cuda::memcpy_bytes(dst, dd.is_cpu() ? -1 : dd.index, src, sd.is_cpu() ? -1 : sd.index, bytes);
 }
 
 void copy(const TensorView& dst, const TensorView& src) {
@@ -245,7 +244,7 @@ void fill_bytes(const TensorView& dst, uint8_t byte) {
   if (dst.device.is_cpu())
     std::memset(dst.data, byte, size_t(span));
   else
-    cuda::memset_bytes(dst.data, byte, span);
+    cuda::memset_bytes(dst.data, dst.device.index, byte, span);
 }
 
 void synchronize(Device d) {

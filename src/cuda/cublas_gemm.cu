@@ -77,7 +77,9 @@ void cublaslt_gemm(const GemmArgs& g, Stream s) {
   PerDevice& pd = devices[dev];
   if (pd.handle == nullptr) {
     BIK_CUBLAS_CHECK(cublasLtCreate(&pd.handle));
-    BIK_CUDA_CHECK(cudaMalloc(&pd.workspace, kWorkspaceBytes));
+    // From the stream-ordered pool, like every tensor (src/cuda/memory.cu says why: plain cudaMalloc can
+    // wait on a peer GPU whose all-gather waits for this rank).
+    BIK_CUDA_CHECK(cudaMallocAsync(&pd.workspace, kWorkspaceBytes, nullptr));
   }
   const int batch = int(g.batch);
   // Leading dimensions of extent-1 dims are free; cuBLASLt still wants ld >= rows.

@@ -68,11 +68,20 @@ def test_cli_reports_and_writes_json(tmp_path):
     (["--config-init", "llama", "--batch", "-1"], "batch must be >= 0"),
     (["--config-init", "llama", "--batch", "3", "--position", "9"], "position must be in [0, 3]"),
     (["--config-init", "llama", "--prompt", "hi"], "--prompt needs --model"),
+    (["--config-init", "llama", "--config-size", "huge"], "invalid choice: 'huge'"),
 ])
 def test_cli_bad_input_is_a_clear_error(args, message):
     r = run_cli(*args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in r.stderr
+
+
+def test_medium_config_size_has_the_widths_it_names():
+    model = hb.tiny_model("llama", torch.float32, seed=1, size="medium")
+    assert model.config.hidden_size == 2048 and model.config.intermediate_size == 6144
+    assert model.model.layers[0].self_attn.q_proj.weight.shape == (2048, 2048)
+    with pytest.raises(ValueError, match="not one of"):
+        hb.tiny_model("llama", torch.float32, size="huge")
 
 
 def test_mode_on_agrees_where_the_stock_kernels_are_made_variant():
