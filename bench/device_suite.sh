@@ -80,7 +80,7 @@ for s in "${steps[@]}"; do
       then
         step torch_tests 400 env BIK_TORCH_LIB="$tlib" BIK_TEST_DEVICE=cuda python3 -m pytest -q -rs \
           "$root/tests/python/test_torch_mode.py"
-        step torch_speed 400 env BIK_TORCH_LIB="$tlib" python3 "$root/bench/torch_mode_speed.py" --device cuda \
+        step torch_speed 400 env BIK_TORCH_LIB="$tlib" python3 "$root/bench/torch_mode_speed.py" --device cuda --time-budget 300 \
           --commit "$commit" --out "$out" --name torch_mode_h100
         step hf_bisect_mode_on 200 env PYTHONPATH="$root/python" BIK_TORCH_LIB="$tlib" python3 -m bik.bisect \
           --config-init qwen3 --config-size medium --device cuda --batch 31 --mode on --json "$out/hf_bisect_mode_on.json"

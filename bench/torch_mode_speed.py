@@ -175,6 +175,8 @@ def main():
     ap.add_argument("--small", action="store_true", help="small shapes (quick CPU runs)")
     ap.add_argument("--reps", type=int, default=None, help="timed calls per case (default 5 on CPU, 50 on CUDA)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2 on CPU, 5 on CUDA)")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds after which the remaining cases are skipped (listed in the outputs)")
     ap.add_argument("--commit", default=os.environ.get("BIK_COMMIT", "unknown"), help="commit (or $BIK_COMMIT)")
     ap.add_argument("--out", default=".", help="output folder (created)")
     ap.add_argument("--name", default=None, help="file name without extension (default torch_mode_DEVICE)")
@@ -198,8 +200,19 @@ def main():
         device_name = f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
     print(f"{device_name}, torch {torch.__version__}, {args.dtype}, extension {bt.library_path()}", flush=True)
 
-    records = []
+    meta = {"device": device_name, "device_kind": args.device, "dtype": args.dtype, "small": args.small,
+            "torch": torch.__version__, "cuda": torch.version.cuda if args.device == "cuda" else None,
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if args.device == "cuda" else None,
+            "extension": bt.library_path(), "commit": args.commit, "reps": reps, "warmup": warmup,
+            "statistic": "median ms per call", "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    records, skipped = [], []
+    start = time.perf_counter()
     for case, fn in cases(args):
+        if args.time_budget and time.perf_counter() - start > args.time_budget:
+            skipped.append(case)
+            print(f"{case:55s} skipped: --time-budget {args.time_budget:g} s spent", flush=True)
+            continue
         stock = timed(fn, args.device, warmup, reps)
         bt.reset_counters()
         with bt.set_batch_invariant_mode():
@@ -208,30 +221,35 @@ def main():
         records.append({"case": case, "stock_ms": stock, "mode_ms": mode, "mode_over_stock": mode / stock,
                         "fallbacks": on_stock})
         print(f"{case:55s} stock {stock:9.3f} ms  mode {mode:9.3f} ms  mode/stock {mode / stock:6.2f}", flush=True)
+        write_tables(base, meta, records, skipped, complete=False)  # a run stopped midway keeps what it timed
+    write_tables(base, meta, records, skipped, complete=True)
+    written = [base + ".json", base + ".md"]
+    if write_plot(base + ".png", records, f"bik mode vs stock torch, {args.dtype}, {device_name}"):
+        written.append(base + ".png")
+    print("wrote " + ", ".join(written))
 
-    meta = {"device": device_name, "device_kind": args.device, "dtype": args.dtype, "small": args.small,
-            "torch": torch.__version__, "cuda": torch.version.cuda if args.device == "cuda" else None,
-            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if args.device == "cuda" else None,
-            "extension": bt.library_path(), "commit": args.commit, "reps": reps, "warmup": warmup,
-            "statistic": "median ms per call", "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+def write_tables(base, meta, records, skipped, complete):
+    """NAME.json and NAME.md from the cases timed so far; `complete` is False while the run goes on."""
+    meta = dict(meta, complete=complete, skipped=skipped)
     with open(base + ".json", "w") as f:
         json.dump({"meta": meta, "results": records}, f, indent=1)
-    lines = [f"# bik batch-invariant mode vs stock torch ({args.dtype})", "",
+    reps, warmup = meta["reps"], meta["warmup"]
+    lines = [f"# bik batch-invariant mode vs stock torch ({meta['dtype']})", "",
              f"{meta['device']}, torch {meta['torch']}, commit `{meta['commit']}`, {meta['date']}.", "",
              f"Median of {reps} calls after {warmup} warm-up calls"
-             + (", each between two torch.cuda.synchronize()" if args.device == "cuda" else "")
+             + (", each between two torch.cuda.synchronize()" if meta["device_kind"] == "cuda" else "")
              + "; stock and mode timed one after the other in the same run. mode/stock > 1: the mode is slower.",
              "", "| case | stock ms | mode ms | mode/stock |", "|---|---:|---:|---:|"]
     for r in records:
         note = f" (fallbacks: {r['fallbacks']})" if r["fallbacks"] else ""
         lines.append(f"| {r['case']}{note} | {r['stock_ms']:.3f} | {r['mode_ms']:.3f} | {r['mode_over_stock']:.2f} |")
+    if skipped:
+        lines += ["", f"Not timed (time budget spent): {', '.join(skipped)}."]
+    if not complete:
+        lines += ["", "The run stopped before its last case: this table is partial."]
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    written = [base + ".json", base + ".md"]
-    if write_plot(base + ".png", records, f"bik mode vs stock torch, {args.dtype}, {device_name}"):
-        written.append(base + ".png")
-    print("wrote " + ", ".join(written))
 
 
 if __name__ == "__main__":

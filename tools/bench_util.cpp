@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 
 #include "bik/device.h"
@@ -33,6 +34,7 @@ std::string utc_now() {
 
 std::string commit_of(const std::string& given) {
   if (!given.empty()) return given;
+  if (const char* env = std::getenv("BIK_COMMIT"); env && *env) return env;  // a copy of the tree without .git
   std::string c = shell_line("git rev-parse HEAD 2>/dev/null");
   if (c.empty()) return "unknown";
   if (!shell_line("git status --porcelain --untracked-files=no 2>/dev/null").empty()) c += "-dirty";

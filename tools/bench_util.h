@@ -16,7 +16,7 @@ namespace bik::cli::bench {
 
 std::string shell_line(const char* cmd);  // stdout of a shell command, trailing newlines dropped
 std::string utc_now();                    // e.g. "2026-11-25T16:10:09Z"
-// `given` when not empty; else `git rev-parse HEAD`, with "-dirty" when tracked files differ from it;
+// `given` when not empty; else $BIK_COMMIT when set; else `git rev-parse HEAD`, with "-dirty" when tracked files differ from it;
 // else "unknown".
 std::string commit_of(const std::string& given);
 // A device name as a file-name tag: "NVIDIA H100 80GB HBM3" -> "nvidia_h100_80gb_hbm3".

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "bik/device.h"
+#include "bench_util.h"
 #include "check/harness.h"
 #include "cli.h"
 
@@ -133,6 +134,8 @@ static int check_kernels(const std::vector<std::string>& argv) {
     j["seed"] = seed;
     j["variant"] = opt.gemm_variant;
     j["wall_seconds"] = seconds;
+    j["commit"] = bench::commit_of("");
+    j["date"] = bench::utc_now();
     std::ofstream f(args.str("json"));
     BIK_CHECK(f.good(), "cannot write --json ", args.str("json"));
     f << j.dump(2) << "\n";

@@ -248,8 +248,15 @@ def main(argv=None) -> int:
           f"batch-invariant mode {a.mode}")
     print(format_report(report))
     if a.json:
+        import datetime
+        import os
+        gpu = torch.cuda.get_device_name() if str(a.device).startswith("cuda") else None
+        run = {"model": a.model or f"config-init {a.config_init} ({a.config_size})", "device": a.device, "gpu": gpu,
+               "dtype": a.dtype, "mode": a.mode, "torch": torch.__version__,
+               "commit": os.environ.get("BIK_COMMIT", "unknown"),
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         with open(a.json, "w") as f:
-            json.dump(report.to_json(), f, indent=1)
+            json.dump(dict(run=run, **report.to_json()), f, indent=1)
     return 1 if report.first else 0
 
 

@@ -20,17 +20,33 @@ void check_all_gather(const TpComm& c, const TensorView& out, const TensorView& 
             c.device().str(), ", got in ", in.str(), ", out ", out.str());
 }
 
+void HostBarrier::wait() {
+  std::unique_lock<std::mutex> lock(mu_);
+  BIK_CHECK(!aborted_, "tp: another rank failed");
+  const uint64_t gen = generation_;
+  if (++arrived_ == size_) {
+    arrived_ = 0;
+    ++generation_;
+    cv_.notify_all();
+    return;
+  }
+  cv_.wait(lock, [&] { return generation_ != gen || aborted_; });
+  BIK_CHECK(!aborted_, "tp: another rank failed");
+}
+
+void HostBarrier::abort() {
+  std::lock_guard<std::mutex> lock(mu_);
+  aborted_ = true;
+  cv_.notify_all();
+}
+
 namespace {
 
 struct ThreadGroup {
-  explicit ThreadGroup(int n) : size(n), inputs(size_t(n), nullptr) {}
+  explicit ThreadGroup(int n) : size(n), sync(n), inputs(size_t(n), nullptr) {}
   const int size;
   std::mutex turn;  // held by the one rank that computes
-  std::mutex mu;    // guards what follows
-  std::condition_variable cv;
-  int arrived = 0;
-  uint64_t generation = 0;
-  bool aborted = false;
+  HostBarrier sync;
   std::vector<const void*> inputs;
 };
 
@@ -52,19 +68,7 @@ class ThreadComm final : public TpComm {
 
   void barrier() override {
     leave();  // the others may compute while this rank waits
-    {
-      std::unique_lock<std::mutex> lock(g_->mu);
-      BIK_CHECK(!g_->aborted, "tp: another rank failed");
-      const uint64_t gen = g_->generation;
-      if (++g_->arrived == g_->size) {
-        g_->arrived = 0;
-        ++g_->generation;
-        g_->cv.notify_all();
-      } else {
-        g_->cv.wait(lock, [&] { return g_->generation != gen || g_->aborted; });
-        BIK_CHECK(!g_->aborted, "tp: another rank failed");
-      }
-    }
+    g_->sync.wait();
     enter();
   }
 
@@ -78,11 +82,7 @@ class ThreadComm final : public TpComm {
     barrier();  // nobody overwrites its input before every rank has read it
   }
 
-  void abort() override {
-    std::lock_guard<std::mutex> lock(g_->mu);
-    g_->aborted = true;
-    g_->cv.notify_all();
-  }
+  void abort() override { g_->sync.abort(); }
 
  private:
   std::shared_ptr<ThreadGroup> g_;

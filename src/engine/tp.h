@@ -13,7 +13,10 @@
 //    stream of its own ordered after the default stream the ops run on. NVLink SHARP (NVLS) is switched
 //    off before the communicators are created (NCCL_NVLS_ENABLE=0).
 #pragma once
+#include <condition_variable>
+#include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "bik/tensor.h"
@@ -37,6 +40,23 @@ class TpComm {
   virtual void barrier() = 0;
   // After a failure on one rank: releases the others from any collective they wait in (they throw).
   virtual void abort() = 0;
+};
+
+// A host barrier of a fixed number of threads; abort() releases every waiter (wait() then throws) and
+// makes every later wait() throw.
+class HostBarrier {
+ public:
+  explicit HostBarrier(int size) : size_(size) {}
+  void wait();
+  void abort();
+
+ private:
+  const int size_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int arrived_ = 0;
+  uint64_t generation_ = 0;
+  bool aborted_ = false;
 };
 
 // `size` ranks as threads of one process; every rank's tensors on `device`.

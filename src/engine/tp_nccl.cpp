@@ -70,7 +70,8 @@ const NcclApi& nccl() {
 
 class NcclComm final : public TpComm {
  public:
-  NcclComm(ncclComm_t comm, int rank, int size) : comm_(comm), rank_(rank), size_(size) {
+  NcclComm(ncclComm_t comm, int rank, int size, std::shared_ptr<HostBarrier> enqueued)
+      : comm_(comm), rank_(rank), size_(size), enqueued_(std::move(enqueued)) {
     BIK_TP_CUDA(cudaSetDevice(rank_));
     BIK_TP_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     BIK_TP_CUDA(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
@@ -98,6 +99,13 @@ class NcclComm final : public TpComm {
     BIK_TP_NCCL(nccl().AllGather(in.data, out.data, size_t(in.numel()), ncclFloat32, comm_, stream_));
     BIK_TP_CUDA(cudaEventRecord(done_, stream_));
     BIK_TP_CUDA(cudaStreamWaitEvent(nullptr, done_, 0));
+    // No rank goes on before every rank has enqueued this all-gather. The ranks' threads share the CUDA
+    // driver: a rank that next blocks in it (a copy from pageable host memory, a kernel's first load, the
+    // memory pool growing) can hold a driver lock while it waits for its own GPU, whose all-gather waits
+    // for the peers' all-gathers; a peer that still had to enqueue its one, and needed that lock to get
+    // there, would deadlock with it. After this barrier a wait in the driver is only ever for work the
+    // GPUs can finish without the host.
+    enqueued_->wait();
   }
 
   void barrier() override {
@@ -107,6 +115,7 @@ class NcclComm final : public TpComm {
   }
 
   void abort() override {
+    enqueued_->abort();
     if (comm_) nccl().CommAbort(comm_);
     comm_ = nullptr;
   }
@@ -117,6 +126,7 @@ class NcclComm final : public TpComm {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t ready_ = nullptr, done_ = nullptr;
   float* token_ = nullptr;
+  std::shared_ptr<HostBarrier> enqueued_;
 };
 
 }  // namespace
@@ -135,7 +145,8 @@ std::vector<std::unique_ptr<TpComm>> make_nccl_comms(int size) {
   for (int r = 0; r < size; ++r) devs[size_t(r)] = r;
   BIK_TP_NCCL(nccl().CommInitAll(raw.data(), size, devs.data()));
   std::vector<std::unique_ptr<TpComm>> comms;
-  for (int r = 0; r < size; ++r) comms.push_back(std::make_unique<NcclComm>(raw[size_t(r)], r, size));
+  auto enqueued = std::make_shared<HostBarrier>(size);
+  for (int r = 0; r < size; ++r) comms.push_back(std::make_unique<NcclComm>(raw[size_t(r)], r, size, enqueued));
   BIK_TP_CUDA(cudaSetDevice(0));
   return comms;
 }

@@ -59,6 +59,7 @@ def test_cli_reports_and_writes_json(tmp_path):
     rep = json.loads(out.read_text())
     assert rep["batch"] == 5 and len(rep["prompt_ids"]) == 24 and len(rep["modules"]) > 20
     assert (rep["first"] is None) == (r.returncode == 0)
+    assert rep["run"]["mode"] == "off" and rep["run"]["dtype"] == "float32" and rep["run"]["date"]
 
 
 @pytest.mark.parametrize("args,message", [
