@@ -5,8 +5,8 @@
 #
 # usage: bench/device_suite.sh BIN_DIR OUT_DIR [steps...]
 #   BIN_DIR holds bik and bik_tests_gpu (and lib/ with shared libraries the machine may lack)
-#   steps: tests check engine ops gemm attention serve hf torch tp (default: the first seven, in that order;
-#          hf and torch need torch + transformers (+ pytest), tp needs 2+ GPUs)
+#   steps: tests check engine ops gemm attention serve hf torch tp tp_serve (default: the first seven, in
+#          that order; hf and torch need torch + transformers (+ pytest), tp and tp_serve need 2+ GPUs)
 #   serve: Qwen3-8B dummy weights, BIK_SERVE_REQUESTS requests (default 1000), batch-invariant on then off
 #   torch: builds the PyTorch extension (docs/torch.md) from this tree with CMake into /tmp/bik-torch-build
 #          (no pip: it would fetch scikit-build-core; BIK_CUDA_ARCHS overrides the archs, default that of
@@ -24,16 +24,37 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 commit="${BIK_COMMIT:-$(git -C "$root" rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}"
 summary=()
 
-step() {  # step NAME LIMIT_S command...
+step() {  # step NAME LIMIT_S command... (the command may be a function of this script)
   local name=$1 limit=$2
   shift 2
   local t0=$SECONDS
   echo "== $name (limit ${limit}s)"
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  if declare -F "$1" > /dev/null; then
+    # shellcheck disable=SC2016  # the inner shell expands its own arguments
+    timeout "$limit" bash -c "$(declare -f "$1"); "'"$@"' _ "$@" > "$out/$name.log" 2>&1
+  else
+    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  fi
   local rc=$?
   summary+=("$(printf '%-18s rc=%-3s %4ss' "$name" "$rc" "$((SECONDS - t0))")")
   tail -n 25 "$out/$name.log"
   return $rc
+}
+
+# backtrace_at SECONDS command...: runs the command; if it still runs after SECONDS, prints the backtrace
+# of every thread (cuda-gdb attached; a hang shows where each thread waits), then kills it.
+backtrace_at() {
+  local after=$1
+  shift
+  "$@" &
+  local pid=$! i
+  for ((i = 0; i < after; ++i)); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "== still running after ${after}s: backtraces"
+    timeout 50 cuda-gdb -p "$pid" -batch -ex "info threads" -ex "thread apply all bt 30" 2>&1 | tail -c 40000
+    kill -9 "$pid"
+  fi
+  wait "$pid"
 }
 
 nvidia-smi -L | tee "$out/gpu.txt"
@@ -86,10 +107,16 @@ for s in "${steps[@]}"; do
           --config-init qwen3 --config-size medium --device cuda --batch 31 --mode on --json "$out/hf_bisect_mode_on.json"
       fi ;;
     tp)
-      # Needs 2+ GPUs: the TP tests (NCCL ranks against TP = 1) and the engine's output for --tp 1, 2.
-      step tp_tests 400 "$bin/bik_tests_gpu" --gtest_filter='GpuTp*:EngineCudaTp2.*'
-      step tp_generate 300 bash "$root/tests/cli_generate_tp_invariance.sh" "$bin/bik" \
+      # Needs 2+ GPUs: the TP tests (NCCL ranks against TP = 1) and the engine's output for --tp 1, 2; a
+      # step still running near its limit gets every thread's backtrace (cuda-gdb) in NAME.log first.
+      step tp_tests 400 backtrace_at 340 "$bin/bik_tests_gpu" --gtest_filter='GpuTp*:EngineCudaTp2.*'
+      step tp_generate 300 backtrace_at 240 bash "$root/tests/cli_generate_tp_invariance.sh" "$bin/bik" \
         "$root/tests/data/engine/tiny_llama_tp_config.json" cuda "1 2" ;;
+    tp_serve)
+      # The serve workload of the `serve` step over two GPUs (compare with serve_h100 of the same machine).
+      step bench_serve_tp2 420 backtrace_at 400 "$bin/bik" bench serve --dummy-weights "$root/bench/data/qwen3_8b_config.json" \
+        --device cuda --tp 2 --requests "${BIK_SERVE_REQUESTS:-1000}" --kv-cache-mib 16384 --out "$out" \
+        --name serve_tp2_h100 --commit "$commit" ;;
     *) echo "unknown step $s" >&2 ;;
   esac
 done

@@ -70,6 +70,12 @@ void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weig
 // weight and bias are optional ([n]).
 void layer_norm(const TensorView& out, const TensorView& x, const std::optional<TensorView>& weight,
                 const std::optional<TensorView>& bias, float eps, Stream s = {});
+// layer_norm that also writes, per row, the mean and rstd = 1 / sqrt(var + eps) it normalised with (what
+// torch's native_layer_norm returns for its backward), from the same pass over the row.
+// mean, rstd: F32, x's shape with the last dim 1 (any strides).
+void layer_norm_with_stats(const TensorView& out, const TensorView& mean, const TensorView& rstd, const TensorView& x,
+                           const std::optional<TensorView>& weight, const std::optional<TensorView>& bias, float eps,
+                           Stream s = {});
 
 // ---- softmax ----------------------------------------------------------------------------------------
 // Over the last dim. out has x's shape and x's dtype or F32 (F16/BF16 -> F32 is torch's half_to_float).

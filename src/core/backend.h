@@ -52,7 +52,8 @@ struct AttentionArgs {
   void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weight, float eps,   \
                 const std::optional<TensorView>& residual, Stream s);                               \
   void layer_norm(const TensorView& out, const TensorView& x, const std::optional<TensorView>& w,  \
-                  const std::optional<TensorView>& b, float eps, Stream s);                        \
+                  const std::optional<TensorView>& b, float eps, const TensorView* mean,           \
+                  const TensorView* rstd, Stream s);                                                \
   void softmax(const TensorView& out, const TensorView& x, bool log, Stream s);                    \
   void reduce(const ReduceArgs& r, Stream s);                                                       \
   void argmax(const TensorView& out, const TensorView& x, Stream s);                               \

@@ -31,7 +31,7 @@ void rms_norm(const TensorView&, const TensorView&, const TensorView&, float, co
   no_cuda("rms_norm");
 }
 void layer_norm(const TensorView&, const TensorView&, const std::optional<TensorView>&,
-                const std::optional<TensorView>&, float, Stream) {
+                const std::optional<TensorView>&, float, const TensorView*, const TensorView*, Stream) {
   no_cuda("layer_norm");
 }
 void softmax(const TensorView&, const TensorView&, bool, Stream) { no_cuda("softmax"); }

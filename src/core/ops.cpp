@@ -151,8 +151,9 @@ void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weig
   dispatch_device(x, &cpu::rms_norm, &cuda::rms_norm, out, x, weight, eps, residual, s);
 }
 
-void layer_norm(const TensorView& out, const TensorView& x, const std::optional<TensorView>& weight,
-                const std::optional<TensorView>& bias, float eps, Stream s) {
+namespace {
+void check_layer_norm(const TensorView& out, const TensorView& x, const std::optional<TensorView>& weight,
+                      const std::optional<TensorView>& bias, float eps) {
   check_rows("layer_norm", out, x);
   if (weight) {
     check_same_device("layer_norm", x, "weight", *weight);
@@ -163,8 +164,34 @@ void layer_norm(const TensorView& out, const TensorView& x, const std::optional<
     check_vector("layer_norm", "bias", *bias, x.size(-1), x.dtype);
   }
   BIK_CHECK(eps >= 0, "layer_norm: eps must be >= 0, got ", eps);
+}
+}  // namespace
+
+void layer_norm(const TensorView& out, const TensorView& x, const std::optional<TensorView>& weight,
+                const std::optional<TensorView>& bias, float eps, Stream s) {
+  check_layer_norm(out, x, weight, bias, eps);
   if (x.numel() == 0) return;
-  dispatch_device(x, &cpu::layer_norm, &cuda::layer_norm, out, x, weight, bias, eps, s);
+  const TensorView* none = nullptr;
+  dispatch_device(x, &cpu::layer_norm, &cuda::layer_norm, out, x, weight, bias, eps, none, none, s);
+}
+
+void layer_norm_with_stats(const TensorView& out, const TensorView& mean, const TensorView& rstd, const TensorView& x,
+                           const std::optional<TensorView>& weight, const std::optional<TensorView>& bias, float eps,
+                           Stream s) {
+  check_layer_norm(out, x, weight, bias, eps);
+  for (const auto& [name, t] : {std::pair<const char*, const TensorView&>{"mean", mean}, {"rstd", rstd}}) {
+    BIK_CHECK(t.dtype == DType::F32, "layer_norm: ", name, " must be F32, got ", t.str());
+    Shape want = x.sizes();
+    want.back() = 1;
+    BIK_CHECK(t.sizes() == want, "layer_norm: ", name, " must have x's shape with the last dim 1, got ", t.str(),
+              " for x ", x.str());
+    check_same_device("layer_norm", x, name, t);
+    check_data("layer_norm", name, t);
+  }
+  if (x.numel() == 0) return;
+  const TensorView* m = &mean;
+  const TensorView* r = &rstd;
+  dispatch_device(x, &cpu::layer_norm, &cuda::layer_norm, out, x, weight, bias, eps, m, r, s);
 }
 
 void softmax(const TensorView& out, const TensorView& x, Stream s) {

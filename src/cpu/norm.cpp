@@ -55,8 +55,10 @@ void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weig
 }
 
 void layer_norm(const TensorView& out, const TensorView& x, const std::optional<TensorView>& weight,
-                const std::optional<TensorView>& bias, float eps, Stream) {
+                const std::optional<TensorView>& bias, float eps, const TensorView* mean_out,
+                const TensorView* rstd_out, Stream) {
   const Rows xr(x), outr(out);
+  const Rows mr(mean_out ? *mean_out : x), rr(rstd_out ? *rstd_out : x);
   const int64_t n = xr.n;
   check_row_plan(x.dtype, n);
   // A missing weight is a weight of ones (multiplying by 1 is exact); a missing bias is skipped rather
@@ -74,6 +76,8 @@ void layer_norm(const TensorView& out, const TensorView& x, const std::optional<
       const float mean = row_sum(v, n) / float(n);
       const float var = row_sum_squared_dev(v, n, mean) / float(n);
       const float rstd = 1.0f / std::sqrt(var + eps);
+      if (mean_out) static_cast<float*>(mean_out->data)[mr.offset(r)] = mean;
+      if (rstd_out) static_cast<float*>(rstd_out->data)[rr.offset(r)] = rstd;
       RowOut o(out.data, out.dtype, outr.offset(r), n, outr.elem_stride, out_buf.data());
       if (bias)
         for (int64_t i = 0; i < n; ++i) o.data[i] = (v[i] - mean) * rstd * w[size_t(i)] + b[size_t(i)];

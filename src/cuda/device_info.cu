@@ -2,10 +2,10 @@
 
 #include <cuda_runtime.h>
 
+#include <deque>
 #include <mutex>
 #include <set>
 #include <utility>
-#include <vector>
 
 #include "cuda/check.cuh"
 
@@ -13,7 +13,8 @@ namespace bik::cuda {
 
 const DeviceInfo& use_device(int index) {
   static std::mutex mu;
-  static std::vector<DeviceInfo> cache;
+  static std::deque<DeviceInfo> cache;  // a deque: growing it keeps the references handed out valid (the
+                                        // ranks of tensor parallelism call this from several threads)
   int current = -1;
   BIK_CUDA_CHECK(cudaGetDevice(&current));
   if (current != index) BIK_CUDA_CHECK(cudaSetDevice(index));

@@ -167,7 +167,8 @@ __global__ void __launch_bounds__(256) rms_norm_kernel(RowArg<To> out, RowArg<co
 // mean = sum(x) / n; var = sum((x - mean)^2) / n (two passes, biased); out = (x - mean) * rstd * w + b.
 template <class Tx, class To, int NG>
 __global__ void __launch_bounds__(256) layer_norm_kernel(RowArg<To> out, RowArg<const Tx> x, ParamVec w, ParamVec b,
-                                                         int64_t rows, int64_t n, float eps, int W) {
+                                                         RowArg<float> mean_out, RowArg<float> rstd_out, int64_t rows,
+                                                         int64_t n, float eps, int W) {
   constexpr int V = 16 / sizeof(Tx);
   extern __shared__ float smem[];
   const RowGroup rg = row_group(W);
@@ -239,6 +240,10 @@ __global__ void __launch_bounds__(256) layer_norm_kernel(RowArg<To> out, RowArg<
     });
     const float var = __fdiv_rn(group_tree<V, NG>(acc, smem, rg, AddOp{}), float(n));
     const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+    if (rg.tg == 0 && mean_out.data) {  // every lane holds the same two numbers (the tree's result)
+      *mean_out.row(r) = mean;
+      *rstd_out.row(r) = rstd;
+    }
 
     // Pass 3: the output.
     To* orow = out.row(r);
@@ -309,7 +314,11 @@ void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weig
 }
 
 void layer_norm(const TensorView& out, const TensorView& x, const std::optional<TensorView>& w,
-                const std::optional<TensorView>& b, float eps, Stream s) {
+                const std::optional<TensorView>& b, float eps, const TensorView* mean, const TensorView* rstd,
+                Stream s) {
+  RowArg<float> mean_arg{}, rstd_arg{};
+  if (mean) mean_arg = row_arg<float>(*mean);
+  if (rstd) rstd_arg = row_arg<float>(*rstd);
   const int64_t n = x.size(-1), rows = x.numel() / n;
   dispatch_float(x.dtype, [&](auto xt) {
     using Tx = decltype(xt);
@@ -319,7 +328,8 @@ void layer_norm(const TensorView& out, const TensorView& x, const std::optional<
       dispatch_ng(gs.NG, [&](auto ng) {
         constexpr int NG = decltype(ng)::value;
         layer_norm_kernel<Tx, To, NG><<<group_grid(rows, gs.W), gs.threads, norm_smem<Tx>(gs), stream_of(s)>>>(
-            row_arg<To>(out), row_arg<const Tx>(x), param_vec(w), param_vec(b), rows, n, eps, gs.W);
+            row_arg<To>(out), row_arg<const Tx>(x), param_vec(w), param_vec(b), mean_arg, rstd_arg, rows, n, eps,
+            gs.W);
         BIK_CUDA_LAUNCH_CHECK();
       });
     };

@@ -418,9 +418,9 @@ Tensor k_rms_norm(const Tensor& x, c10::SymIntArrayRef normalized_shape, const O
       [&] { return at::compositeimplicitautograd::rms_norm_symint(x, normalized_shape, weight, eps); });
 }
 
-// native_layer_norm: bik's layer_norm gives the output; mean and rstd (which only the backward reads)
-// are bik row means of x and of (x - mean)^2, with torch's shapes and dtypes: F32 on CUDA, and on the
-// CPU x's dtype unless x is half and a parameter F32.
+// native_layer_norm: bik's layer_norm gives the output and, from the same pass, each row's mean and rstd
+// (which only the backward reads), with torch's shapes and dtypes: F32 on CUDA, and on the CPU x's dtype
+// unless x is half and a parameter F32.
 template <Dev D>
 std::tuple<Tensor, Tensor, Tensor> k_layer_norm(const Tensor& x, c10::SymIntArrayRef normalized_shape,
                                                 const OptTensor& weight, const OptTensor& bias, double eps) {
@@ -438,20 +438,14 @@ std::tuple<Tensor, Tensor, Tensor> k_layer_norm(const Tensor& x, c10::SymIntArra
         if (weight && weight->defined()) w = param_for(*weight, x, n);
         if (bias && bias->defined()) b = param_for(*bias, x, n);
         Tensor out = at::empty({rows, n}, x.options());
-        Tensor mean = at::empty({rows}, x.options().dtype(at::kFloat));
-        Tensor var = at::empty({rows}, x.options().dtype(at::kFloat));
+        Tensor mean = at::empty({rows, 1}, x.options().dtype(at::kFloat));
+        Tensor rstd = at::empty({rows, 1}, x.options().dtype(at::kFloat));
         c10::OptionalDeviceGuard guard(x.device());
-        Stream s = stream_of(x);
         std::optional<TensorView> wv, bv;
         if (w) wv = view(*w);
         if (b) bv = view(*b);
-        bik::layer_norm(view(out), view(x2), wv, bv, static_cast<float>(eps), s);
-        if (rows > 0) {
-          bik::mean(view(mean), view(x2), {1}, false, s);
-          Tensor dev = x2.to(at::kFloat) - mean.unsqueeze(1);
-          bik::mean(view(var), view(dev * dev), {1}, false, s);
-        }
-        Tensor rstd = (var + eps).rsqrt_();
+        bik::layer_norm_with_stats(view(out), view(mean), view(rstd), view(x2), wv, bv, static_cast<float>(eps),
+                                   stream_of(x));
         const bool half = x.scalar_type() != at::kFloat;
         const bool mixed = half && ((w && w->scalar_type() == at::kFloat) || (b && b->scalar_type() == at::kFloat));
         at::ScalarType stat_t = D == Dev::cuda || mixed ? at::kFloat : x.scalar_type();

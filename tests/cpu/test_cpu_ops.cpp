@@ -610,6 +610,42 @@ TEST(CpuOpsLayerNorm, MeanAndVarianceFollowTheRowPlan) {
   for (int64_t i = 0; i < n; ++i) ASSERT_EQ(f32_bits(float(get(out.v, i))), f32_bits((v[size_t(i)] - mean) * rstd)) << i;
 }
 
+TEST(CpuOpsLayerNorm, WithStatsWritesTheMeanAndRstdItUsed) {
+  std::mt19937 rng(23);
+  const int64_t rows = 6, n = 300;
+  Buf x = random({rows, n}, DType::BF16, rng, -2, 6), w = random({n}, DType::F32, rng, 0.5, 1.5);
+  Buf out = alloc({rows, n}, DType::BF16), plain = alloc({rows, n}, DType::BF16);
+  Buf mean = alloc({rows, 1}, DType::F32), rstd = alloc({rows, 1}, DType::F32);
+  layer_norm_with_stats(out.v, mean.v, rstd.v, x.v, w.v, std::nullopt, 1e-5f);
+  layer_norm(plain.v, x.v, w.v, std::nullopt, 1e-5f);
+  for (int64_t i = 0; i < rows * n; ++i) ASSERT_EQ(get(out.v, i), get(plain.v, i)) << i;
+  std::vector<double> xs = values(x.v);
+  for (int64_t r = 0; r < rows; ++r) {
+    double m = 0, var = 0;
+    for (int64_t i = 0; i < n; ++i) m += xs[size_t(r * n + i)] / double(n);
+    for (int64_t i = 0; i < n; ++i) var += std::pow(xs[size_t(r * n + i)] - m, 2) / double(n);
+    EXPECT_NEAR(get(mean.v, r), m, 1e-5 * (1 + std::fabs(m))) << r;
+    EXPECT_NEAR(get(rstd.v, r), 1 / std::sqrt(var + 1e-5), 1e-5 / std::sqrt(var + 1e-5)) << r;
+  }
+  // Row 4 alone (as a 1-D tensor): the same two numbers, bit for bit.
+  Buf m1 = alloc({1}, DType::F32), r1 = alloc({1}, DType::F32), o1 = alloc({n}, DType::BF16);
+  layer_norm_with_stats(o1.v, m1.v, r1.v, x.v.select(0, 4), w.v, std::nullopt, 1e-5f);
+  EXPECT_EQ(f32_bits(float(get(m1.v, 0))), f32_bits(float(get(mean.v, 4))));
+  EXPECT_EQ(f32_bits(float(get(r1.v, 0))), f32_bits(float(get(rstd.v, 4))));
+  // Strided stats (every other element of a [rows, 2] buffer) land where their views say.
+  Buf wide = alloc({rows, 2}, DType::F32), wide2 = alloc({rows, 2}, DType::F32);
+  layer_norm_with_stats(out.v, wide.v.narrow(1, 0, 1), wide2.v.narrow(1, 1, 1), x.v, w.v, std::nullopt, 1e-5f);
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_EQ(f32_bits(float(get(wide.v, 2 * r))), f32_bits(float(get(mean.v, r))));
+    EXPECT_EQ(f32_bits(float(get(wide2.v, 2 * r + 1))), f32_bits(float(get(rstd.v, r))));
+  }
+  expect_error([&] { layer_norm_with_stats(out.v, alloc({rows}, DType::F32).v, rstd.v, x.v, w.v, std::nullopt, 1e-5f); },
+               "mean must have x's shape with the last dim 1");
+  expect_error([&] { layer_norm_with_stats(out.v, mean.v, alloc({rows, 1}, DType::BF16).v, x.v, w.v, std::nullopt,
+                                           1e-5f); },
+               "rstd must be F32");
+}
+
 TEST(CpuOpsLayerNorm, EveryWeightBiasAndOutputDtypeMix) {
   std::mt19937 rng(19);
   const int64_t n = 130;

@@ -355,6 +355,32 @@ OpSpec layer_norm_spec(DType xt, DType ot, int64_t n, bool weight, bool bias) {
   return op;
 }
 
+// layer_norm_with_stats: the output as layer_norm_spec, plus each row's mean and rstd ([M, 1] F32).
+OpSpec layer_norm_stats_spec(DType xt, int64_t n) {
+  OpSpec op;
+  op.name = std::string("layer_norm_with_stats ") + dn(xt) + " n=" + std::to_string(n);
+  op.bufs.push_back({"x", xt, n, Role::In, 0, normal(1.5, 3)});
+  // The mean of a zero-centred row is small next to the rounding of an F32 sum of n terms: relative 1e-4.
+  op.bufs.push_back({"mean", DType::F32, 1, Role::Out, 1e-4, {}});
+  op.bufs.push_back({"rstd", DType::F32, 1, Role::Out, 1e-5, {}});
+  op.bufs.push_back({"out", xt, n, Role::Out, tol_of(xt), {}});
+  op.run = [=](const std::vector<TensorView>& v, const std::vector<uint64_t>&) {
+    layer_norm_with_stats(v[3], v[1], v[2], v[0], std::nullopt, std::nullopt, 1e-5f);
+  };
+  op.ref = [=](const Rows& in, Rows& out, uint64_t) {
+    double mean = 0, var = 0;
+    for (double x : in[0]) mean += x;
+    mean /= double(n);
+    for (double x : in[0]) var += (x - mean) * (x - mean);
+    var /= double(n);
+    const double rstd = 1.0 / std::sqrt(var + 1e-5);
+    out[1][0] = mean;
+    out[2][0] = rstd;
+    for (int64_t j = 0; j < n; ++j) out[3][size_t(j)] = (in[0][size_t(j)] - mean) * rstd;
+  };
+  return op;
+}
+
 OpSpec softmax_spec(DType xt, DType ot, int64_t n, bool log) {
   OpSpec op;
   op.name = std::string(log ? "log_softmax " : "softmax ") + dn(xt) + "->" + dn(ot) + " n=" + std::to_string(n);
@@ -581,6 +607,8 @@ TEST(OpsCuda, LayerNorm) {
   expect_clean(layer_norm_spec(DType::BF16, DType::BF16, 4096, true, true));
   expect_clean(layer_norm_spec(DType::F32, DType::F32, 777, false, false));
   expect_clean(layer_norm_spec(DType::F16, DType::F32, 20000, true, false));
+  expect_clean(layer_norm_stats_spec(DType::BF16, 4096));
+  expect_clean(layer_norm_stats_spec(DType::F32, 20000));
 }
 
 TEST(OpsCuda, Softmax) {
