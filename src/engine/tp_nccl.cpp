@@ -1,5 +1,6 @@
 // The NCCL transport of tensor parallelism (src/engine/tp.h): one rank per GPU, driven by one host thread
 // per GPU of this process. Built only when CMake found NCCL (BIK_WITH_NCCL).
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -93,6 +94,8 @@ class NcclComm final : public TpComm {
 
   void all_gather(const TensorView& out, const TensorView& in) override {
     check_all_gather(*this, out, in);
+    ++gathers_;
+    trace("enqueue");
     // The ops run on the legacy default stream: the gather waits for them, and they wait for the gather.
     BIK_TP_CUDA(cudaEventRecord(ready_, nullptr));
     BIK_TP_CUDA(cudaStreamWaitEvent(stream_, ready_, 0));
@@ -106,6 +109,7 @@ class NcclComm final : public TpComm {
     // there, would deadlock with it. After this barrier a wait in the driver is only ever for work the
     // GPUs can finish without the host.
     enqueued_->wait();
+    trace("all enqueued");
   }
 
   void barrier() override {
@@ -127,6 +131,16 @@ class NcclComm final : public TpComm {
   cudaEvent_t ready_ = nullptr, done_ = nullptr;
   float* token_ = nullptr;
   std::shared_ptr<HostBarrier> enqueued_;
+  int64_t gathers_ = 0;
+
+  // BIK_TP_TRACE=1: one stderr line per rank and step of each all-gather (where a hang stops).
+  void trace(const char* what) const {
+    static const bool on = [] {
+      const char* e = std::getenv("BIK_TP_TRACE");
+      return e && *e && std::string(e) != "0";
+    }();
+    if (on) std::fprintf(stderr, "bik tp: rank %d all-gather %lld: %s\n", rank_, (long long)gathers_, what);
+  }
 };
 
 }  // namespace
