@@ -5,8 +5,9 @@
 #
 # usage: bench/device_suite.sh BIN_DIR OUT_DIR [steps...]
 #   BIN_DIR holds bik and bik_tests_gpu (and lib/ with shared libraries the machine may lack)
-#   steps: tests check engine ops gemm attention serve hf torch tp tp_serve (default: the first seven, in
-#          that order; hf and torch need torch + transformers (+ pytest), tp and tp_serve need 2+ GPUs)
+#   steps: tests check engine ops gemm attention serve serve_graphs hf torch tp tp_serve (default: the first
+#          seven, in that order; hf and torch need torch + transformers (+ pytest), tp and tp_serve need 2+
+#          GPUs)
 #   serve: Qwen3-8B dummy weights, BIK_SERVE_REQUESTS requests (default 1000), batch-invariant on then off
 #   torch: builds the PyTorch extension (docs/torch.md) from this tree with CMake into /tmp/bik-torch-build
 #          (no pip: it would fetch scikit-build-core; BIK_CUDA_ARCHS overrides the archs, default that of
@@ -77,6 +78,11 @@ for s in "${steps[@]}"; do
     serve)
       step bench_serve 420 "$bin/bik" bench serve --dummy-weights "$root/bench/data/qwen3_8b_config.json" --device cuda \
         --requests "${BIK_SERVE_REQUESTS:-1000}" --kv-cache-mib 16384 --out "$out" --name serve_h100 --commit "$commit" ;;
+    serve_graphs)
+      # The serve workload with decode steps as CUDA graphs (compare with serve_h100 of the same run).
+      step bench_serve_graphs 420 "$bin/bik" bench serve --dummy-weights "$root/bench/data/qwen3_8b_config.json" \
+        --device cuda --cuda-graphs on --requests "${BIK_SERVE_REQUESTS:-1000}" --kv-cache-mib 16384 --out "$out" \
+        --name serve_graphs_h100 --commit "$commit" ;;
     hf)
       # The engine on CUDA against transformers (tests skip what the machine lacks, e.g. the GGUF model),
       # then python -m bik.bisect on a seeded Qwen3 under stock torch on the GPU.

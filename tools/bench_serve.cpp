@@ -54,6 +54,7 @@ const char* kServeUsage =
     "  --dummy-weights CONFIG    seeded random weights for a config.json (e.g. bench/data/qwen3_8b_config.json)\n"
     "  --weights-seed S          seed of the dummy weights (default 0)\n"
     "  --device cpu|cuda         (default cpu)\n"
+    "  --cuda-graphs on|off      decode steps as recorded CUDA graphs (cuda, no --tp; default off)\n"
     "  --tp K                    tensor parallelism over K ranks, K in 1, 2, 4, 8 (cpu: threads; cuda: K GPUs\n"
     "                            over NCCL); --tp-invariant on|off as for bik serve (default on)\n"
     "workload:\n"
@@ -140,7 +141,7 @@ int serve_bench(const std::vector<std::string>& argv) {
          {"model", "dummy-weights", "weights-seed", "device", "requests", "shared-fraction", "prompt-set",
           "min-prompt-len", "max-prompt-len", "min-tokens", "max-tokens", "temperature", "top-p", "top-k", "seed",
           "modes", "max-seqs", "max-batched-tokens", "kv-cache-mib", "block-size", "out", "name", "commit", "tp",
-          "tp-invariant"},
+          "tp-invariant", "cuda-graphs"},
          "bik bench serve");
   BIK_CHECK(a.positional().empty(), "bik bench serve: unexpected argument '",
             a.positional().empty() ? "" : a.positional()[0], "'");
@@ -198,6 +199,7 @@ int serve_bench(const std::vector<std::string>& argv) {
   // Model.
   const ModelChoice choice = model_option(a, "bik bench serve");
   const TpChoice tp = tp_option(a, "bik bench serve");
+  const bool graphs = cuda_graphs_option(a, "bik bench serve", device, tp);
   const std::string& path = choice.path;
   const LoadOptions& lo = choice.options;
   std::fprintf(stderr, "bik bench serve: loading %s%s on %s (%s)\n", path.c_str(),
@@ -207,7 +209,7 @@ int serve_bench(const std::vector<std::string>& argv) {
   const double init_s = std::chrono::duration<double>(Clock::now() - t_load).count();
   const ModelConfig mcfg = loaded.config;
   const std::unique_ptr<ModelRunner> runner =
-      make_runner(loaded.config, loaded.weights, device, modes[0], tp, "bik bench serve");
+      make_runner(loaded.config, loaded.weights, device, modes[0], tp, "bik bench serve", graphs);
   ModelRunner& model = *runner;
   const double weight_gib = double(loaded.weights.bytes()) / double(1 << 30);
   loaded.weights = Weights();
@@ -255,6 +257,7 @@ int serve_bench(const std::vector<std::string>& argv) {
   j["dummy_weights"] = lo.dummy_weights;
   j["model_config"] = mcfg.str();
   j["tp"] = {{"size", tp.size}, {"chunks", tp.chunks}};
+  j["cuda_graphs"] = graphs;
   j["weights_gib"] = weight_gib;
   j["load_s"] = load_s;
   j["config"] = {{"requests", n_req},
@@ -289,7 +292,8 @@ int serve_bench(const std::vector<std::string>& argv) {
       << "\n\n"
       << n_req << " requests (" << w.shared.size() << " repeat one prompt), max_tokens in [" << min_tok << ", "
       << max_tok << "], ignore EOS, temperature " << base.temperature << ", max_seqs " << ec.max_num_seqs
-      << ", max_batched_tokens " << ec.max_num_batched_tokens << ", KV cache " << kv_mib << " MiB. Commit "
+      << ", max_batched_tokens " << ec.max_num_batched_tokens << ", KV cache " << kv_mib << " MiB"
+      << (graphs ? ", CUDA graphs for decode" : "") << ". Commit "
       << commit << ", " << date << ".\n\n"
       << "| batch-invariant | wall s | output tok/s | total tok/s | steps | preemptions | unique completions | "
          "unique logprob sequences |\n"

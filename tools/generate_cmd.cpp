@@ -59,6 +59,7 @@ const char* kGenerateUsage =
     "                          GPUs over NCCL); K must divide the attention heads, kv heads, MLP size\n"
     "  --tp-invariant on|off   with --tp: sum the o/down layers as a fixed tree of 8 K-chunks, so every K\n"
     "                          (1 included) gives the same bits (default on); off: naive per-rank sums\n"
+"  --cuda-graphs on|off    decode steps as recorded CUDA graphs (cuda, no --tp; default off)\n"
     "  --chunk-size N          token budget of one step = prefill chunk (default 512)\n"
     "  --block-size N          KV cache block size in tokens (default 16)\n"
     "  --num-blocks N          KV cache blocks (default: 256 MiB worth); small values force preemption\n"
@@ -84,7 +85,7 @@ int generate(const std::vector<std::string>& argv) {
   Args a(argv, {"json", "ignore-eos", "no-prefix-cache", "chat"},
          {"system", "model", "dummy-weights", "weights-seed", "prompt", "prompts-file", "max-tokens", "temperature",
           "top-k", "top-p", "min-p", "seed", "logprobs", "device", "batch-invariant", "tp", "tp-invariant", "chunk-size", "block-size",
-          "num-blocks", "max-seqs"},
+          "num-blocks", "max-seqs", "cuda-graphs"},
          "bik generate");
   BIK_CHECK(a.positional().empty(), "bik generate: unexpected argument '",
             a.positional().empty() ? "" : a.positional()[0], "'");
@@ -93,6 +94,7 @@ int generate(const std::vector<std::string>& argv) {
   // Device.
   const Device device = device_option(a, "bik generate");
   const TpChoice tp = tp_option(a, "bik generate");
+  const bool graphs = cuda_graphs_option(a, "bik generate", device, tp);
 
   // Model and tokenizer.
   const ModelChoice choice = model_option(a, "bik generate");
@@ -103,7 +105,7 @@ int generate(const std::vector<std::string>& argv) {
   std::optional<Tokenizer> tok = find_tokenizer(path);
   const bool invariant = batch_invariant_option(a, "bik generate");
   const std::unique_ptr<ModelRunner> runner =
-      make_runner(loaded.config, loaded.weights, device, invariant, tp, "bik generate");
+      make_runner(loaded.config, loaded.weights, device, invariant, tp, "bik generate", graphs);
   const ModelRunner& model = *runner;
   loaded.weights = Weights();  // the model holds its own (converted) copies
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();

@@ -38,14 +38,26 @@ TpChoice tp_option(const Args& a, const std::string& command) {
   return t;
 }
 
+bool cuda_graphs_option(const Args& a, const std::string& command, Device device, const TpChoice& tp) {
+  const std::string v = a.str("cuda-graphs", "off");
+  BIK_CHECK(v == "on" || v == "off", command, ": --cuda-graphs must be on or off, got '", v, "'");
+  if (v == "off") return false;
+  BIK_CHECK(device.is_cuda(), command, ": --cuda-graphs on needs --device cuda");
+  BIK_CHECK(!a.has("tp"), command, ": --cuda-graphs on does not run with --tp yet");
+  (void)tp;
+  return true;
+}
+
 std::unique_ptr<engine::ModelRunner> make_runner(const engine::ModelConfig& config, const engine::Weights& weights,
                                                  Device device, bool batch_invariant, const TpChoice& tp,
-                                                 const std::string& command) {
+                                                 const std::string& command, bool cuda_graphs) {
   engine::check_tp_size(tp.size, config, command);
   if (tp.size == 1) {
     engine::TpConfig tc;
     tc.chunks = tp.chunks;
-    return std::make_unique<engine::LlamaModel>(config, weights, device, batch_invariant, tc);
+    auto m = std::make_unique<engine::LlamaModel>(config, weights, device, batch_invariant, tc);
+    if (cuda_graphs) m->set_cuda_graphs(true);
+    return m;
   }
   engine::TpOptions o;
   o.size = tp.size;

@@ -31,10 +31,14 @@ struct TpChoice {
 };
 TpChoice tp_option(const Args& a, const std::string& command);
 
+// --cuda-graphs on|off (default off): decode steps as recorded CUDA graphs (docs/engine.md, "CUDA
+// graphs"); on needs --device cuda and no --tp.
+bool cuda_graphs_option(const Args& a, const std::string& command, Device device, const TpChoice& tp);
+
 // The model the engine runs: a LlamaModel, or a TpModel for K > 1. Checks K against the model's heads.
 std::unique_ptr<engine::ModelRunner> make_runner(const engine::ModelConfig& config, const engine::Weights& weights,
                                                  Device device, bool batch_invariant, const TpChoice& tp,
-                                                 const std::string& command);
+                                                 const std::string& command, bool cuda_graphs = false);
 
 // --model PATH | --dummy-weights CONFIG [--weights-seed S]; with neither, the embedded SmolLM2 model
 // (an error saying how to install it when it is missing).

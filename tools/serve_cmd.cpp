@@ -41,6 +41,7 @@ const char* kServeUsage =
     "engine:\n"
     "  --device cpu|cuda       (default cpu)\n"
     "  --batch-invariant on|off  off: batch-variant GEMMs (negative control; default on)\n"
+    "  --cuda-graphs on|off    decode steps as recorded CUDA graphs (cuda, no --tp; default off)\n"
     "  --tp K                  tensor parallelism over K ranks, K in 1, 2, 4, 8 (cpu: K threads; cuda: K\n"
     "                          GPUs over NCCL); K must divide the attention heads, kv heads, MLP size\n"
     "  --tp-invariant on|off   with --tp: sum the o/down layers as a fixed tree of 8 K-chunks, so every K\n"
@@ -64,13 +65,14 @@ const char* kServeUsage =
 int serve(const std::vector<std::string>& argv) {
   Args a(argv, {"no-prefix-cache"},
          {"model", "dummy-weights", "weights-seed", "served-model-name", "device", "batch-invariant", "tp", "tp-invariant", "block-size",
-          "num-blocks", "kv-cache-mib", "max-batched-tokens", "max-seqs", "max-model-len", "host", "port",
+          "cuda-graphs", "num-blocks", "kv-cache-mib", "max-batched-tokens", "max-seqs", "max-model-len", "host", "port",
           "http-threads", "max-body-bytes", "max-tokens-limit", "max-n", "seed"},
          "bik serve");
   BIK_CHECK(a.positional().empty(), "bik serve: unexpected argument '", a.positional().empty() ? "" : a.positional()[0], "'");
 
   const Device device = device_option(a, "bik serve");
   const TpChoice tp = tp_option(a, "bik serve");
+  const bool graphs = cuda_graphs_option(a, "bik serve", device, tp);
   const bool invariant = batch_invariant_option(a, "bik serve");
 
   ServerConfig sc;
@@ -105,8 +107,8 @@ int serve(const std::vector<std::string>& argv) {
   const LoadOptions& lo = choice.options;
   engine::Model loaded = load_model(path, lo);
   std::optional<Tokenizer> tok = find_tokenizer(path);
-  const std::unique_ptr<ModelRunner> runner =
-      make_runner(loaded.config, loaded.weights, device, invariant, tp, "bik serve");
+  const std::unique_ptr<ModelRunner> runner = make_runner(loaded.config, loaded.weights, device, invariant, tp,
+                                                          "bik serve", graphs);
   const ModelRunner& model = *runner;
   loaded.weights = Weights();
   std::string name = fs::path(path).filename().string();

@@ -36,6 +36,9 @@ struct Stream {
   void* handle = nullptr;
 };
 
+// fill_bytes (bik/tensor.h) ordered on stream s: every byte of dst's span set to `byte`.
+void fill_bytes(const TensorView& dst, uint8_t byte, Stream s);
+
 // ---- matrix multiply ------------------------------------------------------------------------------
 // Weight layout: b is [N, K] (the layout of a torch.nn.Linear weight, "out_features x in_features"), so
 //   out[m, n] = sum_k a[m, k] * b[n, k]  (+ bias[n])

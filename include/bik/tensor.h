@@ -82,6 +82,8 @@ class Tensor {
   // Bytes of the whole allocation (including padding).
   int64_t alloc_bytes() const { return alloc_bytes_; }
   Tensor to(Device d) const;  // contiguous copy on another device
+  // A sub-tensor sharing this one's storage (it keeps the allocation alive), as TensorView::narrow.
+  Tensor narrow(int dim, int64_t start, int64_t length) const;
 
  private:
   std::shared_ptr<void> storage_;

@@ -1,5 +1,6 @@
 // Linked instead of src/cuda/ when the library is built without the CUDA toolkit.
 #include "bik/device.h"
+#include "bik/graph.h"
 #include "bik/error.h"
 #include "core/backend.h"
 #include "core/memory.h"
@@ -17,11 +18,21 @@ DeviceProps cuda_device_props(int index) {
   throw Error("cuda_device_props(" + std::to_string(index) + "): this build of bik has no CUDA backend");
 }
 
+CudaStream::CudaStream(Device device) : device_(device) { no_cuda("CudaStream"); }
+CudaStream::~CudaStream() = default;
+void CudaStream::wait_for_default() const { no_cuda("CudaStream"); }
+void CudaStream::default_waits() const { no_cuda("CudaStream"); }
+CudaGraph::~CudaGraph() = default;
+void CudaGraph::begin_capture(Stream) { no_cuda("CudaGraph"); }
+void CudaGraph::end_capture(Stream) { no_cuda("CudaGraph"); }
+void CudaGraph::launch(Stream) const { no_cuda("CudaGraph"); }
+
 namespace cuda {
 void* malloc_bytes(int, int64_t) { no_cuda("cuda allocation"); }
 void free_bytes(int, void*) {}
 void memcpy_bytes(void*, int, const void*, int, int64_t) { no_cuda("cuda copy"); }
 void memset_bytes(void*, int, uint8_t, int64_t) { no_cuda("cuda memset"); }
+void memset_bytes_async(void*, int, uint8_t, int64_t, void*) { no_cuda("cuda memset"); }
 void synchronize(int) { no_cuda("cuda synchronize"); }
 
 // Unreachable in practice (no CUDA tensor can be allocated), but the dispatcher links against them.

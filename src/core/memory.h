@@ -10,5 +10,7 @@ void free_bytes(int device, void* p);
 // between two different devices it goes through the host.
 void memcpy_bytes(void* dst, int dst_device, const void* src, int src_device, int64_t bytes);
 void memset_bytes(void* dst, int device, uint8_t byte, int64_t bytes);
+// Ordered on `stream` (a cudaStream_t; nullptr: the default stream), without waiting for it.
+void memset_bytes_async(void* dst, int device, uint8_t byte, int64_t bytes, void* stream);
 void synchronize(int device);
 }  // namespace bik::cuda

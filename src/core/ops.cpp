@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "core/backend.h"
+#include "core/memory.h"
 
 namespace bik {
 namespace {
@@ -366,6 +367,15 @@ void check_embedding(const TensorView& out, const TensorView& ids, const TensorV
   check_data(op, "out", out);
 }
 }  // namespace
+
+void fill_bytes(const TensorView& dst, uint8_t byte, Stream s) {
+  if (dst.device.is_cpu()) {
+    fill_bytes(dst, byte);
+    return;
+  }
+  const int64_t span = dst.span_bytes();
+  if (span > 0) cuda::memset_bytes_async(dst.data, dst.device.index, byte, span, s.handle);
+}
 
 void embedding(const TensorView& out, const TensorView& ids, const TensorView& table, Stream s) {
   check_embedding(out, ids, table);

@@ -172,6 +172,12 @@ Tensor Tensor::to(Device d) const {
   return t;
 }
 
+Tensor Tensor::narrow(int dim, int64_t start, int64_t length) const {
+  Tensor t = *this;
+  t.view_ = view_.narrow(dim, start, length);
+  return t;
+}
+
 void memcpy_bytes(void* dst, Device dd, const void* src, Device sd, int64_t bytes) {
   if (bytes == 0) return;
   if (dd.is_cpu() && sd.is_cpu()) {

@@ -119,6 +119,10 @@ void memset_bytes(void* dst, int device, uint8_t byte, int64_t bytes) {
   KeepDevice keep(device);
   BIK_CUDA_CHECK(cudaMemset(dst, byte, size_t(bytes)));
 }
+void memset_bytes_async(void* dst, int device, uint8_t byte, int64_t bytes, void* stream) {
+  KeepDevice keep(device);
+  BIK_CUDA_CHECK(cudaMemsetAsync(dst, byte, size_t(bytes), static_cast<cudaStream_t>(stream)));
+}
 void synchronize(int device) {
   KeepDevice keep(device);
   BIK_CUDA_CHECK(cudaDeviceSynchronize());

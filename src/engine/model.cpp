@@ -1,6 +1,8 @@
 #include "engine/model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "bik/attention.h"
 #include "bik/ops.h"
@@ -199,19 +201,20 @@ KvCache LlamaModel::make_cache(int64_t num_blocks, int64_t block_size) const {
   return KvCache(num_layers(), num_blocks, block_size, kv_heads_, head_dim_, DType::BF16, device_);
 }
 
-void LlamaModel::linear(const TensorView& out, const TensorView& x, const Linear& w) const {
+void LlamaModel::linear(const TensorView& out, const TensorView& x, const Linear& w, Stream s) const {
   if (w.bias)
-    gemm(out, x, w.w, &w.bias->view());
+    gemm(out, x, w.w, &w.bias->view(), s);
   else
-    gemm(out, x, w.w, nullptr);
+    gemm(out, x, w.w, nullptr, s);
 }
 
-void LlamaModel::gemm(const TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias) const {
+void LlamaModel::gemm(const TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias,
+                      Stream s) const {
   if (batch_invariant_) {
     if (bias)
-      addmm(out, *bias, x, w);
+      addmm(out, *bias, x, w, s);
     else
-      mm(out, x, w);
+      mm(out, x, w, s);
     return;
   }
   // The negative control: a library GEMM whose blocking and kernel choice depend on the row count.
@@ -229,17 +232,17 @@ void LlamaModel::gemm(const TensorView& out, const TensorView& x, const TensorVi
     check::openblas_gemm(g);
   } else {
 #ifdef BIK_WITH_CUDA
-    cuda::cublaslt_gemm(g, {});
+    cuda::cublaslt_gemm(g, s);
 #else
     throw Error("model: CUDA tensors in a build without CUDA");
 #endif
   }
 }
 
-void LlamaModel::row_parallel(const TensorView& out, const TensorView& x, const Linear& w) const {
+void LlamaModel::row_parallel(const TensorView& out, const TensorView& x, const Linear& w, Stream s) const {
   const int64_t size = tp_.size;
   if (size == 1 && tp_.chunks <= 1) {
-    linear(out, x, w);  // the default: one chain over all of K
+    linear(out, x, w, s);  // the default: one chain over all of K
     return;
   }
   const int64_t T = x.shape[0], N = out.shape[1], K = x.shape[1];
@@ -253,21 +256,85 @@ void LlamaModel::row_parallel(const TensorView& out, const TensorView& x, const 
   float* base = partial_store_.ptr<float>();
   const TensorView leaves(base, DType::F32, {local, T, N}, device_);
   for (int64_t c = 0; c < local; ++c)
-    gemm(leaves.select(0, c), x.narrow(1, c * kc, kc), w.w.view().narrow(1, c * kc, kc), nullptr);
+    gemm(leaves.select(0, c), x.narrow(1, c * kc, kc), w.w.view().narrow(1, c * kc, kc), nullptr, s);
   TensorView sub = leaves.select(0, 0);
   if (local > 1) {
     sub = TensorView(base + local * tn, DType::F32, {T, N}, device_);
-    sum_partials(sub, leaves);
+    sum_partials(sub, leaves, std::nullopt, s);
   }
   std::optional<TensorView> bias;
   if (w.bias) bias = w.bias->view();
   if (size == 1) {
-    sum_partials(out, sub.reshape({1, T, N}), bias);
+    sum_partials(out, sub.reshape({1, T, N}), bias, s);
     return;
   }
   const TensorView gathered(base + (local + (local > 1 ? 1 : 0)) * tn, DType::F32, {size, T, N}, device_);
   tp_.comm->all_gather(gathered, sub);
-  sum_partials(out, gathered, bias);
+  sum_partials(out, gathered, bias, s);
+}
+
+namespace {
+
+// A step's metadata in one host buffer (16-byte aligned parts, in StepViews order) and the block table
+// as a [S, width] matrix (also kept apart: the attention launch reads it on the host).
+struct PackedMeta {
+  std::vector<int32_t> data;
+  std::vector<std::pair<int64_t, Shape>> parts;
+  std::vector<int32_t> bt_host;
+};
+
+PackedMeta pack_meta(const StepBatch& b, int64_t width) {
+  const int64_t T = int64_t(b.token_ids.size()), S = int64_t(b.seq_lens.size()), R = int64_t(b.logit_rows.size());
+  PackedMeta m;
+  m.bt_host.assign(size_t(S * width), 0);
+  for (int64_t s = 0; s < S; ++s)
+    std::copy(b.block_tables[size_t(s)].begin(), b.block_tables[size_t(s)].end(), m.bt_host.begin() + s * width);
+  auto add = [&](const std::vector<int32_t>& v, const Shape& shape) {
+    while (m.data.size() % 4) m.data.push_back(0);
+    m.parts.push_back({int64_t(m.data.size()), shape});
+    m.data.insert(m.data.end(), v.begin(), v.end());
+  };
+  add(b.token_ids, {T});
+  add(b.positions, {T});
+  add(b.slot_mapping, {T});
+  add(b.query_start_loc, {S + 1});
+  add(b.seq_lens, {S});
+  add(m.bt_host, {S, width});
+  add(b.logit_rows, {R});
+  return m;
+}
+
+}  // namespace
+
+// One recorded decode step: its bucket, the KV cache it was recorded with (every layer's pointers are in
+// the graph), its metadata buffer (read at a fixed address), and the graph. Logits go to the model's
+// graph_logits_ (graphs run one at a time).
+struct LlamaModel::DecodeGraph {
+  int64_t seqs = 0, width = 0;
+  std::vector<const void*> cache;
+  Tensor meta;
+  CudaGraph graph;
+};
+
+namespace {
+std::vector<const void*> cache_pointers(const KvCache& c) {
+  std::vector<const void*> p{reinterpret_cast<const void*>(intptr_t(c.num_blocks)),
+                             reinterpret_cast<const void*>(intptr_t(c.block_size))};
+  for (const auto& t : c.k) p.push_back(t.data());
+  for (const auto& t : c.v) p.push_back(t.data());
+  return p;
+}
+}  // namespace
+
+LlamaModel::~LlamaModel() = default;
+
+int64_t LlamaModel::scratch_elems(int64_t T, int64_t R) const {
+  const int64_t H = hidden_, Hq = heads_, Hk = kv_heads_, D = head_dim_, I = inter_;
+  const std::vector<int64_t> sizes = {T * H,     T * H,     T * H, T * Hq * D, T * Hk * D, T * Hk * D,
+                                      T * Hq * D, T * 2 * I, T * I, T * Hq * D, T * Hk * D, R * H};
+  int64_t need = 0;
+  for (int64_t n : sizes) need += (n + 63) / 64 * 64;  // 128-byte aligned views
+  return need;
 }
 
 Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
@@ -278,56 +345,44 @@ Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
             "model: inconsistent step batch (", T, " tokens, ", S, " sequences)");
   BIK_CHECK(int64_t(cache.k.size()) == num_layers(), "model: the KV cache has ", cache.k.size(), " layers, the model ",
             num_layers());
+  if (graphs_on_ && graphable(b)) return forward_graph(b, cache);
   const Device dev = device_;
   const bool want_logits = tp_.rank == 0;  // tensor parallelism: the lm_head is replicated, rank 0 runs it
   Tensor logits = want_logits ? Tensor::empty({R, vocab_}, DType::F32, dev) : Tensor();
   if (T == 0) return logits;  // (R == 0 still runs the layers: they write the KV cache)
 
-  int64_t max_blocks = 1;
-  for (const auto& t : b.block_tables) max_blocks = std::max<int64_t>(max_blocks, int64_t(t.size()));
-  std::vector<int32_t> bt_host(size_t(S * max_blocks), 0);
-  for (int64_t s = 0; s < S; ++s)
-    std::copy(b.block_tables[size_t(s)].begin(), b.block_tables[size_t(s)].end(), bt_host.begin() + s * max_blocks);
-  // Metadata: one host buffer, one copy to the device, views into it.
-  std::vector<int32_t> meta;
-  std::vector<std::pair<int64_t, Shape>> meta_views;
-  auto add_meta = [&](const std::vector<int32_t>& v, const Shape& shape) {
-    while (meta.size() % 4) meta.push_back(0);  // 16-byte aligned views
-    meta_views.push_back({int64_t(meta.size()), shape});
-    meta.insert(meta.end(), v.begin(), v.end());
-  };
-  add_meta(b.token_ids, {T});
-  add_meta(b.positions, {T});
-  add_meta(b.slot_mapping, {T});
-  add_meta(b.query_start_loc, {S + 1});
-  add_meta(b.seq_lens, {S});
-  add_meta(bt_host, {S, max_blocks});
-  add_meta(b.logit_rows, {R});
-  if (meta_store_.numel() < int64_t(meta.size()))
-    meta_store_ = Tensor::empty({std::max<int64_t>(int64_t(meta.size()), 2 * meta_store_.numel())}, DType::I32, dev);
-  memcpy_bytes(meta_store_.data(), dev, meta.data(), Device::cpu(), int64_t(meta.size()) * 4);
-  auto meta_view = [&](int i) {
-    const auto& [offset, shape] = meta_views[size_t(i)];
+  int64_t width = 1;
+  for (const auto& t : b.block_tables) width = std::max<int64_t>(width, int64_t(t.size()));
+  const PackedMeta pm = pack_meta(b, width);
+  if (meta_store_.numel() < int64_t(pm.data.size()))
+    meta_store_ = Tensor::empty({std::max<int64_t>(int64_t(pm.data.size()), 2 * meta_store_.numel())}, DType::I32, dev);
+  memcpy_bytes(meta_store_.data(), dev, pm.data.data(), Device::cpu(), int64_t(pm.data.size()) * 4);
+  auto part = [&](int i) {
+    const auto& [offset, shape] = pm.parts[size_t(i)];
     return TensorView(meta_store_.ptr<int32_t>() + offset, DType::I32, shape, dev);
   };
-  const TensorView ids = meta_view(0), pos = meta_view(1), slots = meta_view(2), qsl = meta_view(3),
-                   lens = meta_view(4), bt = meta_view(5), rows = meta_view(6);
-  const AttentionHostMetadata host_meta{bt_host, b.seq_lens, b.query_start_loc};
+  const StepViews m{part(0), part(1), part(2), part(3), part(4), part(5), part(6)};
+  const AttentionHostMetadata host{pm.bt_host, b.seq_lens, b.query_start_loc};
+  const int64_t need = scratch_elems(T, R);
+  if (scratch_.numel() < need) scratch_ = Tensor::empty({std::max(need, scratch_.numel() * 3 / 2)}, DType::BF16, dev);
+  run_step(b, cache, m, host, scratch_.ptr<bf16>(), want_logits ? logits.view() : TensorView(), Stream{});
+  return logits;
+}
 
-  // Activations: views into one scratch buffer kept across steps (grown on demand).
+void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m, const AttentionHostMetadata& host,
+                          bf16* scratch, const TensorView& logits, Stream s) const {
+  const int64_t T = int64_t(b.token_ids.size()), R = int64_t(b.logit_rows.size());
+  const Device dev = device_;
+  // Activations: views into the scratch buffer.
   const DType dt = DType::BF16;
   const int64_t H = hidden_, Hq = heads_, Hk = kv_heads_, D = head_dim_, I = inter_;
   const std::vector<Shape> shapes = {{T, H},      {T, H},     {T, H}, {T, Hq * D}, {T, Hk * D}, {T, Hk * D},
                                      {T, Hq * D}, {T, 2 * I}, {T, I}, {T, Hq, D},  {T, Hk, D},  {R, H}};
-  auto aligned = [](int64_t n) { return (n + 63) / 64 * 64; };  // 128-byte aligned views
-  int64_t need = 0;
-  for (const Shape& sh : shapes) need += aligned(TensorView(nullptr, dt, sh).numel());
-  if (scratch_.numel() < need) scratch_ = Tensor::empty({std::max(need, scratch_.numel() * 3 / 2)}, dt, dev);
   std::vector<TensorView> buf;
   int64_t off = 0;
   for (const Shape& sh : shapes) {
-    buf.emplace_back(scratch_.ptr<bf16>() + off, dt, sh, dev);
-    off += aligned(buf.back().numel());
+    buf.emplace_back(scratch + off, dt, sh, dev);
+    off += (buf.back().numel() + 63) / 64 * 64;
   }
   const TensorView x = buf[0];         // a sub-block's output (the residual branch)
   const TensorView residual = buf[1];  // the residual stream
@@ -340,64 +395,175 @@ Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
   auto tap = [this](const char* name, int64_t layer, const TensorView& t) {
     if (tap_) tap_(name, layer, t);
   };
-  embedding(x, ids, embed_, b.token_ids);  // ids checked on the host: no wait for the device
+  embedding(x, m.ids, embed_, b.token_ids, s);  // ids checked on the host: no wait for the device
   tap("embedding", -1, x);
-  fill_bytes(residual, 0);  // the first add-and-norm then sets residual = x exactly
+  fill_bytes(residual, 0, s);  // the first add-and-norm then sets residual = x exactly
   for (const Layer& L : layers_) {
     const size_t li = size_t(&L - layers_.data());
     const int64_t l = int64_t(li);
-    rms_norm(h, x, L.input_norm, eps_, residual);
+    rms_norm(h, x, L.input_norm, eps_, residual, s);
     tap("input_residual", l, residual);
     tap("input_norm", l, h);
-    linear(q, h, L.q);
+    linear(q, h, L.q, s);
     tap("q_proj", l, q);
-    linear(k, h, L.k);
+    linear(k, h, L.k, s);
     tap("k_proj", l, k);
-    linear(v, h, L.v);
+    linear(v, h, L.v, s);
     tap("v_proj", l, v);
     TensorView q3 = q.reshape({T, Hq, D}), k3 = k.reshape({T, Hk, D});
     if (L.q_norm) {
-      rms_norm(qn.reshape({T * Hq, D}), q.reshape({T * Hq, D}), *L.q_norm, eps_);
+      rms_norm(qn.reshape({T * Hq, D}), q.reshape({T * Hq, D}), *L.q_norm, eps_, std::nullopt, s);
       q3 = qn;
       tap("q_norm", l, qn);
     }
     if (L.k_norm) {
-      rms_norm(kn.reshape({T * Hk, D}), k.reshape({T * Hk, D}), *L.k_norm, eps_);
+      rms_norm(kn.reshape({T * Hk, D}), k.reshape({T * Hk, D}), *L.k_norm, eps_, std::nullopt, s);
       k3 = kn;
       tap("k_norm", l, kn);
     }
-    rotary_embedding(q3, k3, pos, cos_sin_, neox_);
+    rotary_embedding(q3, k3, m.pos, cos_sin_, neox_, s);
     tap("rotary_q", l, q3);
     tap("rotary_k", l, k3);
     // The metadata's host copies go along, so that neither call reads the device tensors back (which
     // would synchronise the device twice per layer).
-    write_kv_cache(cache.k[li], cache.v[li], k3, v.reshape({T, Hk, D}), slots, b.slot_mapping);
-    paged_attention(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], bt, lens, qsl, scale, host_meta);
+    write_kv_cache(cache.k[li], cache.v[li], k3, v.reshape({T, Hk, D}), m.slots, b.slot_mapping, s);
+    paged_attention(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], m.bt, m.lens, m.qsl, scale, host, s);
     tap("attention", l, attn);
-    row_parallel(x, attn, L.o);
+    row_parallel(x, attn, L.o, s);
     tap("o_proj", l, x);
-    rms_norm(h, x, L.post_attn_norm, eps_, residual);
+    rms_norm(h, x, L.post_attn_norm, eps_, residual, s);
     tap("post_attn_residual", l, residual);
     tap("post_attn_norm", l, h);
-    linear(gate_out, h, L.gate);
+    linear(gate_out, h, L.gate, s);
     tap("gate_proj", l, gate_out);
-    linear(up_out, h, L.up);
+    linear(up_out, h, L.up, s);
     tap("up_proj", l, up_out);
-    silu_and_mul(act, gate_up);
+    silu_and_mul(act, gate_up, s);
     tap("silu_and_mul", l, act);
-    row_parallel(x, act, L.down);
+    row_parallel(x, act, L.down, s);
     tap("down_proj", l, x);
   }
-  if (R == 0 || !want_logits) return logits;
-  rms_norm(h, x, final_norm_, eps_, residual);
+  if (R == 0 || logits.data == nullptr) return;
+  rms_norm(h, x, final_norm_, eps_, residual, s);
   tap("final_residual", -1, residual);
   tap("final_norm", -1, h);
   // Only the rows that need logits go through the lm_head: gather them (an exact copy; `embedding`
   // with the hidden states as the table is a row gather).
-  embedding(picked, rows, h, b.logit_rows);
-  linear(logits, picked, lm_head_);
+  embedding(picked, m.rows, h, b.logit_rows, s);
+  linear(logits, picked, lm_head_, s);
   tap("lm_head", -1, logits);
-  return logits;
+}
+
+// ---- CUDA graphs for decode steps ---------------------------------------------------------------------
+
+void LlamaModel::set_cuda_graphs(bool on) {
+  if (on) {
+    BIK_CHECK(device_.is_cuda(), "model: CUDA graphs need a CUDA device, the model is on ", device_.str());
+    BIK_CHECK(tp_.size == 1 && tp_.chunks <= 1, "model: CUDA graphs do not run with tensor parallelism yet");
+  }
+  graphs_on_ = on;
+  if (!on) graphs_.clear();
+}
+
+bool LlamaModel::graphable(const StepBatch& b) const {
+  const int64_t T = int64_t(b.token_ids.size()), S = int64_t(b.seq_lens.size());
+  if (tap_ || T == 0 || T != S || S > kMaxGraphSeqs || int64_t(b.logit_rows.size()) != S) return false;
+  for (int64_t i = 0; i < S; ++i)
+    if (b.query_start_loc[size_t(i + 1)] != i + 1 || b.logit_rows[size_t(i)] != i) return false;
+  return true;
+}
+
+Tensor LlamaModel::forward_graph(const StepBatch& b, KvCache& cache) const {
+  const int64_t S = int64_t(b.seq_lens.size());
+  int64_t seqs = 1;
+  while (seqs < S) seqs *= 2;
+  const int64_t max_pos = max_positions();
+  for (int32_t len : b.seq_lens)
+    BIK_CHECK(len <= max_pos, "model: a context of ", len, " tokens is longer than the model's ", max_pos,
+              " positions");
+  const int64_t width = (max_pos + cache.block_size - 1) / cache.block_size;
+
+  // The step padded to `seqs` sequences: one token each (id 0 at position 0, slot -1: no KV written,
+  // context 1 read from block 0), every row's logits.
+  StepBatch p = b;
+  for (int64_t i = S; i < seqs; ++i) {
+    p.token_ids.push_back(0);
+    p.positions.push_back(0);
+    p.slot_mapping.push_back(-1);
+    p.query_start_loc.push_back(int32_t(i + 1));
+    p.seq_lens.push_back(1);
+    p.block_tables.push_back({0});
+    p.logit_rows.push_back(int32_t(i));
+  }
+  const PackedMeta pm = pack_meta(p, width);
+
+  const std::vector<const void*> cache_ptrs = cache_pointers(cache);
+  DecodeGraph* g = nullptr;
+  for (auto& x : graphs_)
+    if (x->seqs == seqs && x->width == width && x->cache == cache_ptrs) g = x.get();
+  const bool record = g == nullptr;
+  if (record) {
+    if (!graph_stream_) graph_stream_ = std::make_unique<CudaStream>(device_);
+    if (!graph_scratch_.data()) {
+      graph_scratch_ = Tensor::empty({scratch_elems(kMaxGraphSeqs, kMaxGraphSeqs)}, DType::BF16, device_);
+      graph_logits_ = Tensor::empty({kMaxGraphSeqs, vocab_}, DType::F32, device_);
+    }
+    auto fresh = std::make_unique<DecodeGraph>();
+    fresh->seqs = seqs;
+    fresh->width = width;
+    fresh->cache = cache_ptrs;
+    fresh->meta = Tensor::empty({int64_t(pm.data.size())}, DType::I32, device_);
+    graphs_.push_back(std::move(fresh));
+    g = graphs_.back().get();
+  }
+  const TensorView logits = graph_logits_.view().narrow(0, 0, seqs);
+  // On the default stream, after the previous graph step (whose end the default stream waits for) and
+  // before this one (the graph stream waits for the default stream's work so far).
+  memcpy_bytes(g->meta.data(), device_, pm.data.data(), Device::cpu(), int64_t(pm.data.size()) * 4);
+  const Stream s = graph_stream_->stream();
+  graph_stream_->wait_for_default();
+  if (!record) {
+    g->graph.launch(s);
+    graph_stream_->default_waits();  // the sampler (default stream) reads the logits
+    ++graph_replays_;
+    return graph_logits_.narrow(0, 0, S);
+  }
+
+  auto part = [&](int i) {
+    const auto& [offset, shape] = pm.parts[size_t(i)];
+    return TensorView(g->meta.ptr<int32_t>() + offset, DType::I32, shape, device_);
+  };
+  const StepViews m{part(0), part(1), part(2), part(3), part(4), part(5), part(6)};
+  // The attention launch is planned for the model's longest context, so the recording serves every later
+  // step of the bucket (the kernel reads each sequence's real length on the device; splits past it exit).
+  std::vector<int32_t> plan_lens = p.seq_lens;
+  *std::max_element(plan_lens.begin(), plan_lens.end()) = int32_t(max_pos);
+  const AttentionHostMetadata host{pm.bt_host, plan_lens, p.query_start_loc};
+  // This step: the ops run on the graph stream (which also loads every kernel and sets its attributes
+  // before the recording), then the same ops are recorded for the bucket's later steps.
+  run_step(p, cache, m, host, graph_scratch_.ptr<bf16>(), logits, s);
+  try {
+    g->graph.begin_capture(s);
+    try {
+      run_step(p, cache, m, host, graph_scratch_.ptr<bf16>(), logits, s);
+    } catch (...) {
+      try {
+        g->graph.end_capture(s);
+      } catch (const Error&) {
+      }
+      throw;
+    }
+    g->graph.end_capture(s);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "bik: recording a CUDA graph failed (%s); decode steps run op by op from here\n", e.what());
+    graph_stream_->default_waits();
+    synchronize(device_);
+    graphs_.clear();
+    graphs_on_ = false;
+    return graph_logits_.narrow(0, 0, S);  // this step's logits, from the ops run above
+  }
+  graph_stream_->default_waits();
+  return graph_logits_.narrow(0, 0, S);
 }
 
 }  // namespace bik::engine

@@ -11,10 +11,13 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "bik/attention.h"
+#include "bik/graph.h"
 #include "bik/tensor.h"
 #include "engine/kv_cache.h"
 #include "engine/model_config.h"
@@ -53,6 +56,11 @@ class ModelRunner {
   // Off: the linear layers take a batch-variant library GEMM (the negative control, see above).
   virtual bool batch_invariant() const = 0;
   virtual void set_batch_invariant(bool on) = 0;
+  // CUDA graphs for decode steps (LlamaModel says which steps); a model that has none refuses `on`.
+  virtual void set_cuda_graphs(bool on) {
+    BIK_CHECK(!on, "model: CUDA graphs are not available for this model (one CUDA model without --tp)");
+  }
+  virtual bool cuda_graphs() const { return false; }
 };
 
 class TpComm;
@@ -80,6 +88,7 @@ class LlamaModel : public ModelRunner {
   // only the rank's slices of the sharded weights.
   LlamaModel(const ModelConfig& config, const Weights& weights, Device device, bool batch_invariant = true,
              const TpConfig& tp = {});
+  ~LlamaModel() override;
 
   const ModelConfig& config() const override { return cfg_; }
   Device device() const override { return device_; }
@@ -97,7 +106,8 @@ class LlamaModel : public ModelRunner {
   // Logits F32 [batch.logit_rows.size(), vocab] on the model's device. Not reentrant: the activations
   // live in scratch buffers the model keeps between calls (one forward at a time per model). A
   // tensor-parallel shard of rank > 0 returns an empty tensor (rank 0 computes the logits); all ranks
-  // must run the same step together.
+  // must run the same step together. A step run as a CUDA graph returns a view of a buffer the next
+  // graph step overwrites (valid until the next forward).
   Tensor forward(const StepBatch& batch, KvCache& cache) const override;
 
   // An observation hook for debugging (bik bisect): when set, forward() calls it after each op with the
@@ -111,6 +121,19 @@ class LlamaModel : public ModelRunner {
   using Tap = std::function<void(const char* name, int64_t layer, const TensorView& out)>;
   void set_tap(Tap tap) { tap_ = std::move(tap); }
 
+  // CUDA graphs for decode steps (docs/engine.md, "CUDA graphs"). A step in which every sequence brings
+  // one token and wants its logits runs as a recorded graph: one per bucket of sequences (1, 2, 4, ...,
+  // kMaxGraphSeqs; the rows past the step's own are padding that writes no KV) and KV cache, with the
+  // attention launch planned for the model's longest context. A bucket's first step runs the ops on the
+  // stream and records them; later steps replay the recording. The bits are those without graphs: every
+  // op is batch-invariant, and padding rows are rows like any other. Other steps (prefill, more
+  // sequences, a tap set, tensor parallelism) run op by op. CUDA only; off by default.
+  static constexpr int64_t kMaxGraphSeqs = 256;
+  void set_cuda_graphs(bool on) override;
+  bool cuda_graphs() const override { return graphs_on_; }
+  int64_t graph_replays() const { return graph_replays_; }  // decode steps served by a replay
+  int64_t graphs_recorded() const { return int64_t(graphs_.size()); }
+
  private:
   struct Linear {
     Tensor w;                   // [N, K] BF16
@@ -121,10 +144,22 @@ class LlamaModel : public ModelRunner {
     std::optional<Tensor> q_norm, k_norm;  // [head_dim] F32 (Qwen3)
     Linear q, k, v, o, gate, up, down;
   };
-  void linear(const TensorView& out, const TensorView& x, const Linear& w) const;
-  void gemm(const TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias) const;
+  void linear(const TensorView& out, const TensorView& x, const Linear& w, Stream s) const;
+  void gemm(const TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias, Stream s) const;
   // o and down: the K-chunk tree and the cross-rank sum when tensor parallelism or chunks are on, else linear().
-  void row_parallel(const TensorView& out, const TensorView& x, const Linear& w) const;
+  void row_parallel(const TensorView& out, const TensorView& x, const Linear& w, Stream s) const;
+
+  // A step's metadata on the device: views into one I32 buffer.
+  struct StepViews {
+    TensorView ids, pos, slots, qsl, lens, bt, rows;
+  };
+  // The ops of one step on stream s: activations in `scratch` (BF16, at least scratch_elems(T, R)),
+  // logits (rank 0) into `logits` [R, vocab] F32; `attn` plans the attention launch.
+  void run_step(const StepBatch& b, KvCache& cache, const StepViews& m, const AttentionHostMetadata& attn,
+                bf16* scratch, const TensorView& logits, Stream s) const;
+  int64_t scratch_elems(int64_t T, int64_t R) const;
+  bool graphable(const StepBatch& b) const;
+  Tensor forward_graph(const StepBatch& b, KvCache& cache) const;
 
   ModelConfig cfg_;
   Device device_;
@@ -142,6 +177,14 @@ class LlamaModel : public ModelRunner {
   mutable Tensor partial_store_;  // F32 partial sums of the row-parallel layers, reused
   TpConfig tp_;
   Tap tap_;                    // see set_tap
+
+  struct DecodeGraph;
+  mutable bool graphs_on_ = false;  // cleared when a recording fails
+  mutable std::vector<std::unique_ptr<DecodeGraph>> graphs_;
+  mutable std::unique_ptr<CudaStream> graph_stream_;
+  mutable Tensor graph_scratch_;  // activations of every graph (they run one at a time)
+  mutable Tensor graph_logits_;   // [kMaxGraphSeqs, vocab] F32: the logits of every graph
+  mutable int64_t graph_replays_ = 0;
 };
 
 }  // namespace bik::engine

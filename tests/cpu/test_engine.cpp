@@ -292,6 +292,23 @@ TEST(Model, RowsAloneEqualRowsInBatch) {
   }
 }
 
+// CUDA graphs are CUDA-only: a CPU model refuses them with a message; off is always accepted. (The graphs
+// themselves run in the GPU tests, EngineCudaGraphs.*.)
+TEST(Model, CudaGraphsRefusedOnTheCpu) {
+  const ModelConfig c = tiny_config();
+  const Weights w = Weights::dummy(c, 7);
+  LlamaModel cpu(c, w, Device::cpu(), true);
+  cpu.set_cuda_graphs(false);
+  EXPECT_FALSE(cpu.cuda_graphs());
+  try {
+    cpu.set_cuda_graphs(true);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA graphs need a CUDA device"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(cpu.cuda_graphs());
+}
+
 // ---- the embedded real model (skips when not installed) -----------------------------------------------
 
 TEST(RealModel, SmolLM2BatchAndDecodeInvariance) {

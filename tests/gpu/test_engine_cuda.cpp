@@ -22,3 +22,79 @@ class EngineCuda : public ::testing::Test {
 
 #define BIK_ENGINE_FIXTURE EngineCuda
 #include "engine_suite.h"
+
+// ---- CUDA graphs for decode steps (LlamaModel::set_cuda_graphs) -------------------------------------------
+namespace bik::engine {
+namespace {
+
+class EngineCudaGraphs : public ::testing::Test {
+ protected:
+  void SetUp() override { BIK_REQUIRE_GPU(); }
+};
+
+struct GraphModel {
+  ModelConfig config;
+  Weights weights;
+  std::unique_ptr<LlamaModel> model;
+  GraphModel(const ModelConfig& c, bool invariant) : config(c), weights(Weights::dummy(c, 7)) {
+    model = std::make_unique<LlamaModel>(c, weights, Device::cuda(0), invariant);
+  }
+};
+
+// Graphs on and off give the same tokens and logprobs, for a batch whose decode steps go through several
+// buckets (20 sequences finishing at different lengths: buckets 32, 16, 8, ...), and the replays happened.
+TEST_F(EngineCudaGraphs, OnAndOffGiveIdenticalResults) {
+  GraphModel gm(tiny_config(), true);
+  std::mt19937 rng(31);
+  const auto needle = random_prompt(rng, 29, gm.config.vocab);
+  const RequestParams np = sampled(77, 40);
+  Batch b = make_batch(rng, 20, gm.config.vocab, needle, np, 6);
+  const auto off = run(*gm.model, engine_config(), b.prompts, b.params);
+  gm.model->set_cuda_graphs(true);
+  const auto on = run(*gm.model, engine_config(), b.prompts, b.params);
+  ASSERT_EQ(on.size(), off.size());
+  for (size_t i = 0; i < on.size(); ++i) EXPECT_TRUE(same_output(on[i], off[i])) << "request " << i;
+  EXPECT_TRUE(gm.model->cuda_graphs()) << "a recording failed (see stderr); the steps ran op by op";
+  EXPECT_GT(gm.model->graphs_recorded(), 2);
+  EXPECT_GT(gm.model->graph_replays(), 20);
+}
+
+// With graphs on, the needle alone (bucket 1) and among 20 other prompts (larger buckets, padding rows)
+// gives the same bits; and so does a second run that only replays.
+TEST_F(EngineCudaGraphs, NeedleAloneEqualsNeedleInBatch) {
+  GraphModel gm(tiny_config(), true);
+  gm.model->set_cuda_graphs(true);
+  std::mt19937 rng(32);
+  const auto needle = random_prompt(rng, 33, gm.config.vocab);
+  const RequestParams np = sampled(78, 32);
+  Batch b = make_batch(rng, 21, gm.config.vocab, needle, np, 13);
+  const auto alone = run(*gm.model, engine_config(), {needle}, {np});
+  const auto batch = run(*gm.model, engine_config(), b.prompts, b.params);
+  EXPECT_TRUE(same_output(alone[0], batch[13]));
+  const int64_t recorded = gm.model->graphs_recorded();
+  const auto again = run(*gm.model, engine_config(), {needle}, {np});
+  EXPECT_TRUE(same_output(alone[0], again[0]));
+  EXPECT_EQ(gm.model->graphs_recorded(), recorded) << "the second run should only replay";
+  EXPECT_TRUE(gm.model->cuda_graphs());
+}
+
+// The negative control: with the linear layers on cuBLASLt (batch-invariant off) and graphs on, the
+// needle's numbers change with the batch (the shapes of BatchInvariantOffIsDetected on CUDA), so the
+// comparison above can fail.
+TEST_F(EngineCudaGraphs, BatchInvariantOffIsDetected) {
+  ModelConfig c = tiny_config(1024, 8192);
+  c.intermediate = 2816, c.layers = 4, c.heads = 16, c.kv_heads = 8;
+  GraphModel gm(c, false);
+  gm.model->set_cuda_graphs(true);
+  std::mt19937 rng(9);
+  const auto needle = random_prompt(rng, 24, c.vocab);
+  const RequestParams np = sampled(21, 12);
+  Batch b = make_batch(rng, 40, c.vocab, needle, np, 10);
+  const auto alone = run(*gm.model, engine_config(512), {needle}, {np});
+  const auto batch = run(*gm.model, engine_config(512), b.prompts, b.params);
+  EXPECT_FALSE(same_output(alone[0], batch[10])) << "cuBLASLt gave identical results: the control has no teeth";
+  EXPECT_GT(gm.model->graph_replays(), 0);
+}
+
+}  // namespace
+}  // namespace bik::engine

@@ -326,6 +326,16 @@ OpSpec rms_norm_spec(DType xt, DType ot, DType wt, int64_t n, bool residual) {
   return op;
 }
 
+// A row's mean and 1 / sqrt(biased variance + eps) in float64 (two passes).
+std::pair<double, double> mean_rstd64(const std::vector<double>& row, double eps) {
+  double mean = 0, var = 0;
+  for (double x : row) mean += x;
+  mean /= double(row.size());
+  for (double x : row) var += (x - mean) * (x - mean);
+  var /= double(row.size());
+  return {mean, 1.0 / std::sqrt(var + eps)};
+}
+
 OpSpec layer_norm_spec(DType xt, DType ot, int64_t n, bool weight, bool bias) {
   auto w = std::make_shared<Shared>(shared_tensor({n}, xt, 0.3, 1.0, 8));
   auto b = std::make_shared<Shared>(shared_tensor({n}, DType::F32, 0.5, 0.0, 9));
@@ -339,12 +349,7 @@ OpSpec layer_norm_spec(DType xt, DType ot, int64_t n, bool weight, bool bias) {
                bias ? std::optional<TensorView>(b->dev.view()) : std::nullopt, 1e-5f);
   };
   op.ref = [=](const Rows& in, Rows& out, uint64_t) {
-    double mean = 0, var = 0;
-    for (double x : in[0]) mean += x;
-    mean /= double(n);
-    for (double x : in[0]) var += (x - mean) * (x - mean);
-    var /= double(n);
-    const double rstd = 1.0 / std::sqrt(var + 1e-5);
+    const auto [mean, rstd] = mean_rstd64(in[0], 1e-5);
     for (int64_t j = 0; j < n; ++j) {
       double y = (in[0][size_t(j)] - mean) * rstd;
       if (weight) y *= w->host[size_t(j)];
@@ -368,12 +373,7 @@ OpSpec layer_norm_stats_spec(DType xt, int64_t n) {
     layer_norm_with_stats(v[3], v[1], v[2], v[0], std::nullopt, std::nullopt, 1e-5f);
   };
   op.ref = [=](const Rows& in, Rows& out, uint64_t) {
-    double mean = 0, var = 0;
-    for (double x : in[0]) mean += x;
-    mean /= double(n);
-    for (double x : in[0]) var += (x - mean) * (x - mean);
-    var /= double(n);
-    const double rstd = 1.0 / std::sqrt(var + 1e-5);
+    const auto [mean, rstd] = mean_rstd64(in[0], 1e-5);
     out[1][0] = mean;
     out[2][0] = rstd;
     for (int64_t j = 0; j < n; ++j) out[3][size_t(j)] = (in[0][size_t(j)] - mean) * rstd;
