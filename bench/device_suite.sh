@@ -11,7 +11,8 @@
 #   serve: Qwen3-8B dummy weights, BIK_SERVE_REQUESTS requests (default 1000), batch-invariant on then off
 #   torch: builds the PyTorch extension (docs/torch.md) from this tree with CMake into /tmp/bik-torch-build
 #          (no pip: it would fetch scikit-build-core; BIK_CUDA_ARCHS overrides the archs, default that of
-#          CMakeLists.txt), then tests/python/test_torch_mode.py on CUDA tensors, bench/torch_mode_speed.py
+#          CMakeLists.txt) unless $BIK_TORCH_PREBUILT names one built against the same torch; then
+#          tests/python/test_torch_mode.py on CUDA tensors, bench/torch_mode_speed.py
 #          (torch_mode_h100.json/.md/.png) and python -m bik.bisect under the mode (hf_bisect_mode_on.json)
 set -uo pipefail
 bin="$(cd "$1" && pwd)"
@@ -93,12 +94,14 @@ for s in "${steps[@]}"; do
     torch)
       # Configure + build only the extension target; fails when CMake turned the CUDA registrations off
       # (no nvcc or a CPU-only torch), since the tests would then only skip.
+      # BIK_TORCH_PREBUILT=PATH: a libbik_torch.so built elsewhere against the same torch (with CUDA
+      # registrations), which saves the build here.
       tbuild=/tmp/bik-torch-build
-      tlib="$tbuild/src/torch/libbik_torch.so"
+      tlib="${BIK_TORCH_PREBUILT:-$tbuild/src/torch/libbik_torch.so}"
       tgen="Unix Makefiles"
       command -v ninja >/dev/null 2>&1 && tgen=Ninja
       # shellcheck disable=SC2016  # the inner script expands its own arguments
-      if step torch_build 600 bash -c '
+      if [ -n "${BIK_TORCH_PREBUILT:-}" ] || step torch_build 600 bash -c '
           log=$(cmake -S "$1" -B "$2" -G "$3" -DBIK_TORCH=ON -DCMAKE_BUILD_TYPE=Release \
                 -DPython3_EXECUTABLE="$(command -v python3)" -DCMAKE_CUDA_ARCHITECTURES="$4" 2>&1)
           rc=$?; echo "$log"; [ $rc -eq 0 ] || exit $rc
