@@ -503,6 +503,11 @@ Tensor LlamaModel::forward_graph(const StepBatch& b, KvCache& cache) const {
     if (x->seqs == seqs && x->width == width && x->cache == cache_ptrs) g = x.get();
   const bool record = g == nullptr;
   if (record) {
+    // Recordings of another KV cache (an engine that is gone, as a rule) are dropped: one cache's set at most.
+    if (!graphs_.empty() && graphs_.front()->cache != cache_ptrs) {
+      synchronize(device_);
+      graphs_.clear();
+    }
     if (!graph_stream_) graph_stream_ = std::make_unique<CudaStream>(device_);
     if (!graph_scratch_.data()) {
       graph_scratch_ = Tensor::empty({scratch_elems(kMaxGraphSeqs, kMaxGraphSeqs)}, DType::BF16, device_);

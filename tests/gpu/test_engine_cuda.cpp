@@ -60,7 +60,7 @@ TEST_F(EngineCudaGraphs, OnAndOffGiveIdenticalResults) {
 }
 
 // With graphs on, the needle alone (bucket 1) and among 20 other prompts (larger buckets, padding rows)
-// gives the same bits; and so does a second run that only replays.
+// gives the same bits; and a second request on the same engine only replays recordings.
 TEST_F(EngineCudaGraphs, NeedleAloneEqualsNeedleInBatch) {
   GraphModel gm(tiny_config(), true);
   gm.model->set_cuda_graphs(true);
@@ -68,13 +68,15 @@ TEST_F(EngineCudaGraphs, NeedleAloneEqualsNeedleInBatch) {
   const auto needle = random_prompt(rng, 33, gm.config.vocab);
   const RequestParams np = sampled(78, 32);
   Batch b = make_batch(rng, 21, gm.config.vocab, needle, np, 13);
-  const auto alone = run(*gm.model, engine_config(), {needle}, {np});
   const auto batch = run(*gm.model, engine_config(), b.prompts, b.params);
+  LLMEngine engine(*gm.model, engine_config());
+  const auto alone = engine.generate({needle}, {np});
   EXPECT_TRUE(same_output(alone[0], batch[13]));
-  const int64_t recorded = gm.model->graphs_recorded();
-  const auto again = run(*gm.model, engine_config(), {needle}, {np});
+  const int64_t recorded = gm.model->graphs_recorded(), replays = gm.model->graph_replays();
+  const auto again = engine.generate({needle}, {np});  // the same engine and KV cache (prefix cache hit)
   EXPECT_TRUE(same_output(alone[0], again[0]));
-  EXPECT_EQ(gm.model->graphs_recorded(), recorded) << "the second run should only replay";
+  EXPECT_EQ(gm.model->graphs_recorded(), recorded) << "the second request should only replay";
+  EXPECT_GE(gm.model->graph_replays(), replays + 30);
   EXPECT_TRUE(gm.model->cuda_graphs());
 }
 
