@@ -456,6 +456,24 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
 
 // ---- CUDA graphs for decode steps ---------------------------------------------------------------------
 
+StepBatch pad_decode_step(const StepBatch& b, int64_t seqs) {
+  const int64_t S = int64_t(b.seq_lens.size());
+  BIK_CHECK(int64_t(b.token_ids.size()) == S && int64_t(b.logit_rows.size()) == S && seqs >= S,
+            "pad_decode_step: needs a decode step (one token and one logit row per sequence) of at most ", seqs,
+            " sequences, got ", b.token_ids.size(), " tokens, ", S, " sequences, ", b.logit_rows.size(), " logit rows");
+  StepBatch p = b;
+  for (int64_t i = S; i < seqs; ++i) {
+    p.token_ids.push_back(0);
+    p.positions.push_back(0);
+    p.slot_mapping.push_back(-1);
+    p.query_start_loc.push_back(int32_t(i + 1));
+    p.seq_lens.push_back(1);
+    p.block_tables.push_back({0});
+    p.logit_rows.push_back(int32_t(i));
+  }
+  return p;
+}
+
 void LlamaModel::set_cuda_graphs(bool on) {
   if (on) {
     BIK_CHECK(device_.is_cuda(), "model: CUDA graphs need a CUDA device, the model is on ", device_.str());
@@ -483,18 +501,7 @@ Tensor LlamaModel::forward_graph(const StepBatch& b, KvCache& cache) const {
               " positions");
   const int64_t width = (max_pos + cache.block_size - 1) / cache.block_size;
 
-  // The step padded to `seqs` sequences: one token each (id 0 at position 0, slot -1: no KV written,
-  // context 1 read from block 0), every row's logits.
-  StepBatch p = b;
-  for (int64_t i = S; i < seqs; ++i) {
-    p.token_ids.push_back(0);
-    p.positions.push_back(0);
-    p.slot_mapping.push_back(-1);
-    p.query_start_loc.push_back(int32_t(i + 1));
-    p.seq_lens.push_back(1);
-    p.block_tables.push_back({0});
-    p.logit_rows.push_back(int32_t(i));
-  }
+  const StepBatch p = pad_decode_step(b, seqs);
   const PackedMeta pm = pack_meta(p, width);
 
   const std::vector<const void*> cache_ptrs = cache_pointers(cache);

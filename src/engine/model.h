@@ -35,6 +35,11 @@ struct StepBatch {
   std::vector<int32_t> logit_rows;       // rows whose logits are returned, in this order
 };
 
+// A decode step (one token per sequence, every row's logits) padded to `seqs` sequences, as a CUDA graph
+// bucket runs it: each added sequence has token 0 at position 0, slot -1 (writes no KV), a context of one
+// token read from block 0, and its own logit row after the step's.
+StepBatch pad_decode_step(const StepBatch& b, int64_t seqs);
+
 // The rotary cos/sin table ([max_pos, head_dim], F32, CPU) for the config's theta and scaling; GGUF
 // rope_freqs factors (when given) divide the frequencies.
 Tensor rotary_table(const ModelConfig& c, int64_t max_pos, const std::vector<double>& freq_factors = {});

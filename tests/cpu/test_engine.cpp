@@ -292,6 +292,63 @@ TEST(Model, RowsAloneEqualRowsInBatch) {
   }
 }
 
+// The padding of a CUDA graph bucket, checked with the op-by-op forward on the CPU: a decode step padded
+// to 8 sequences gives its rows' logits bit for bit, and the padding writes no KV (the cache's bytes are
+// those of the unpadded step).
+TEST(Model, PaddedDecodeStepGivesTheSameRowsAndWritesNoKv) {
+  TinyModel& tm = small_model();
+  const int64_t V = tm.config.vocab;
+  std::mt19937 rng(40);
+  const auto p0 = random_prompt(rng, 21, V), p1 = random_prompt(rng, 9, V);
+  // Prefill both prompts (blocks 0-1 and 4), then one decode token each.
+  StepBatch pre;
+  pre.query_start_loc = {0};
+  auto add = [&](StepBatch& b, const std::vector<int32_t>& ids, int64_t first_pos, std::vector<int32_t> blocks) {
+    for (size_t t = 0; t < ids.size(); ++t) {
+      const int64_t pos = first_pos + int64_t(t);
+      b.token_ids.push_back(ids[t]);
+      b.positions.push_back(int32_t(pos));
+      b.slot_mapping.push_back(blocks[size_t(pos / 16)] * 16 + int32_t(pos % 16));
+    }
+    b.query_start_loc.push_back(int32_t(b.token_ids.size()));
+    b.seq_lens.push_back(int32_t(first_pos + int64_t(ids.size())));
+    b.block_tables.push_back(blocks);
+    b.logit_rows.push_back(int32_t(b.token_ids.size() - 1));
+  };
+  add(pre, p0, 0, {0, 1});
+  add(pre, p1, 0, {4});
+  StepBatch dec;
+  dec.query_start_loc = {0};
+  add(dec, {17}, 21, {0, 1});
+  add(dec, {23}, 9, {4});
+  auto run_step = [&](const StepBatch& d) {
+    KvCache cache = tm.model->make_cache(8, 16);
+    tm.model->forward(pre, cache);
+    const Tensor logits = tm.model->forward(d, cache);
+    std::vector<uint8_t> kv;
+    for (const auto* side : {&cache.k, &cache.v})
+      for (const Tensor& t : *side)
+        kv.insert(kv.end(), static_cast<const uint8_t*>(t.data()),
+                  static_cast<const uint8_t*>(t.data()) + t.numel() * dtype_size(t.dtype()));
+    return std::make_pair(logits, kv);
+  };
+  const auto [plain, plain_kv] = run_step(dec);
+  const StepBatch padded = pad_decode_step(dec, 8);
+  ASSERT_EQ(padded.seq_lens.size(), 8u);
+  EXPECT_EQ(padded.slot_mapping[5], -1);
+  EXPECT_EQ(padded.query_start_loc.back(), 8);
+  const auto [pad, pad_kv] = run_step(padded);
+  ASSERT_EQ(pad.size(0), 8);
+  EXPECT_EQ(std::memcmp(plain.data(), pad.data(), size_t(2 * V) * sizeof(float)), 0);
+  EXPECT_TRUE(plain_kv == pad_kv) << "the padding rows wrote into the KV cache";
+  try {
+    pad_decode_step(pre, 64);
+    FAIL() << "a prefill step was padded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("needs a decode step"), std::string::npos) << e.what();
+  }
+}
+
 // CUDA graphs are CUDA-only: a CPU model refuses them with a message; off is always accepted. (The graphs
 // themselves run in the GPU tests, EngineCudaGraphs.*.)
 TEST(Model, CudaGraphsRefusedOnTheCpu) {
