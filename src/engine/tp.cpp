@@ -2,6 +2,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 
 #include "bik/error.h"
@@ -20,6 +21,18 @@ void check_all_gather(const TpComm& c, const TensorView& out, const TensorView& 
             c.device().str(), ", got in ", in.str(), ", out ", out.str());
 }
 
+std::chrono::milliseconds HostBarrier::default_timeout() {
+  const char* e = std::getenv("BIK_TP_TIMEOUT_S");
+  if (e && *e) {
+    char* end = nullptr;
+    const double s = std::strtod(e, &end);
+    BIK_CHECK(end && *end == '\0' && s > 0, "tp: BIK_TP_TIMEOUT_S must be a positive number of seconds, got '", e,
+              "'");
+    return std::chrono::milliseconds(int64_t(s * 1000.0));
+  }
+  return std::chrono::seconds(600);
+}
+
 void HostBarrier::wait() {
   std::unique_lock<std::mutex> lock(mu_);
   BIK_CHECK(!aborted_, "tp: another rank failed");
@@ -30,7 +43,15 @@ void HostBarrier::wait() {
     cv_.notify_all();
     return;
   }
-  cv_.wait(lock, [&] { return generation_ != gen || aborted_; });
+  if (!cv_.wait_for(lock, timeout_, [&] { return generation_ != gen || aborted_; })) {
+    const int arrived = arrived_;
+    aborted_ = true;
+    cv_.notify_all();
+    throw Error(detail::concat("tp: a rank waited ", double(timeout_.count()) / 1000.0, " s at collective ", gen,
+                               " for the other ranks (", arrived, " of ", size_,
+                               " had arrived); giving up (BIK_TP_TIMEOUT_S sets the limit, BIK_TP_TRACE=1 "
+                               "traces each rank's collectives)"));
+  }
   BIK_CHECK(!aborted_, "tp: another rank failed");
 }
 

@@ -13,6 +13,7 @@
 //    stream of its own ordered after the default stream the ops run on. NVLink SHARP (NVLS) is switched
 //    off before the communicators are created (NCCL_NVLS_ENABLE=0).
 #pragma once
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -43,15 +44,20 @@ class TpComm {
 };
 
 // A host barrier of a fixed number of threads; abort() releases every waiter (wait() then throws) and
-// makes every later wait() throw.
+// makes every later wait() throw. A wait longer than `timeout` aborts the barrier and throws, naming how
+// many ranks had arrived: a rank that never comes (stuck, or gone without abort) ends in an error, not a
+// hang. The default timeout is $BIK_TP_TIMEOUT_S seconds, else 600.
 class HostBarrier {
  public:
-  explicit HostBarrier(int size) : size_(size) {}
+  explicit HostBarrier(int size, std::chrono::milliseconds timeout = default_timeout())
+      : size_(size), timeout_(timeout) {}
   void wait();
   void abort();
+  static std::chrono::milliseconds default_timeout();
 
  private:
   const int size_;
+  const std::chrono::milliseconds timeout_;
   std::mutex mu_;
   std::condition_variable cv_;
   int arrived_ = 0;

@@ -5,6 +5,8 @@
 // Negative control: the naive row-parallel sum (one chain per rank over its K slice) must differ.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -139,6 +141,49 @@ std::vector<std::vector<int32_t>> random_tokens(int64_t vocab, uint32_t seed = 5
 float tree_ref(const std::vector<float>& leaves, size_t lo, size_t n) {
   if (n == 1) return leaves[lo];
   return tree_ref(leaves, lo, n / 2) + tree_ref(leaves, lo + n / 2, n / 2);
+}
+
+// The ranks' host barrier: all arrive -> everyone goes on; a rank that never comes -> the waiter gives up
+// after the timeout with a message (and the barrier stays aborted), instead of a hang.
+TEST(HostBarrier, PassesWhenAllArriveAndTimesOutOtherwise) {
+  HostBarrier two(2, std::chrono::milliseconds(2000));
+  std::thread other([&] { two.wait(); });
+  two.wait();
+  other.join();
+
+  HostBarrier lonely(2, std::chrono::milliseconds(50));
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    lonely.wait();
+    FAIL() << "no timeout";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("waited 0.05 s at collective 0 for the other ranks (1 of 2 had arrived)"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  try {
+    lonely.wait();
+    FAIL() << "an aborted barrier let a rank through";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("another rank failed"), std::string::npos) << e.what();
+  }
+}
+
+TEST(HostBarrier, TimeoutFromTheEnvironment) {
+  setenv("BIK_TP_TIMEOUT_S", "1.5", 1);
+  EXPECT_EQ(HostBarrier::default_timeout().count(), 1500);
+  setenv("BIK_TP_TIMEOUT_S", "soon", 1);
+  try {
+    HostBarrier::default_timeout();
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("BIK_TP_TIMEOUT_S must be a positive number of seconds, got 'soon'"),
+              std::string::npos)
+        << e.what();
+  }
+  unsetenv("BIK_TP_TIMEOUT_S");
+  EXPECT_EQ(HostBarrier::default_timeout().count(), 600000);
 }
 
 TEST(SumPartials, FollowsTheFixedTreeAndAddsBiasOnce) {
