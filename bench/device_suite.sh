@@ -11,7 +11,8 @@
 #   serve: Qwen3-8B dummy weights, BIK_SERVE_REQUESTS requests (default 1000), batch-invariant on then off
 #   torch: builds the PyTorch extension (docs/torch.md) from this tree with CMake into /tmp/bik-torch-build
 #          (no pip: it would fetch scikit-build-core; BIK_CUDA_ARCHS overrides the archs, default that of
-#          CMakeLists.txt) unless $BIK_TORCH_PREBUILT names one built against the same torch; then
+#          CMakeLists.txt) unless $BIK_TORCH_PREBUILT names one built against the same torch (e.g. by
+#          scripts/build_torch_ext.sh on another machine); then
 #          tests/python/test_torch_mode.py on CUDA tensors, bench/torch_mode_speed.py
 #          (torch_mode_h100.json/.md/.png) and python -m bik.bisect under the mode (hf_bisect_mode_on.json)
 set -uo pipefail
