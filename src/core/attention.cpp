@@ -84,15 +84,21 @@ void write_kv_cache_checked(const TensorView& k_cache, const TensorView& v_cache
   else
     read_back = host_i32(slot_mapping);
   const HostInts sm = host_slots ? *host_slots : HostInts(read_back);
-  std::vector<uint8_t> used(size_t(slots), 0);
+  // (slot, token) of the tokens that write: sorted, a repeated slot sits next to its first use. This costs
+  // O(T log T) per call rather than a flag per cache slot (the call runs for every layer of every step).
+  std::vector<std::pair<int32_t, size_t>> writes;
+  writes.reserve(sm.size());
   for (size_t t = 0; t < sm.size(); ++t) {
     if (sm[t] == -1) continue;
     BIK_CHECK(sm[t] >= 0 && sm[t] < slots, op, ": slot_mapping[", t, "] = ", sm[t], " is outside [0, ", slots,
               ") (num_blocks * block_size) and is not -1 (skip)");
-    // Two tokens writing one slot would race on a GPU: the bits would depend on timing.
-    BIK_CHECK(!used[size_t(sm[t])], op, ": slot_mapping[", t, "] = ", sm[t], " repeats an earlier token's slot");
-    used[size_t(sm[t])] = 1;
+    writes.push_back({sm[t], t});
   }
+  std::sort(writes.begin(), writes.end());
+  for (size_t i = 1; i < writes.size(); ++i)
+    // Two tokens writing one slot would race on a GPU: the bits would depend on timing.
+    BIK_CHECK(writes[i].first != writes[i - 1].first, op, ": slot_mapping[", writes[i].second, "] = ",
+              writes[i].first, " repeats an earlier token's slot");
   if (k.device.is_cpu())
     cpu::write_kv_cache(k_cache, v_cache, k, v, slot_mapping, s);
   else
