@@ -304,6 +304,13 @@ PackedMeta pack_meta(const StepBatch& b, int64_t width) {
   return m;
 }
 
+// Views of the packed metadata once it is in `store` (I32, on `dev`), in StepViews order.
+std::vector<TensorView> meta_views(const PackedMeta& pm, const Tensor& store, Device dev) {
+  std::vector<TensorView> v;
+  for (const auto& [offset, shape] : pm.parts) v.emplace_back(store.ptr<int32_t>() + offset, DType::I32, shape, dev);
+  return v;
+}
+
 }  // namespace
 
 // One recorded decode step: its bucket, the KV cache it was recorded with (every layer's pointers are in
@@ -357,11 +364,8 @@ Tensor LlamaModel::forward(const StepBatch& b, KvCache& cache) const {
   if (meta_store_.numel() < int64_t(pm.data.size()))
     meta_store_ = Tensor::empty({std::max<int64_t>(int64_t(pm.data.size()), 2 * meta_store_.numel())}, DType::I32, dev);
   memcpy_bytes(meta_store_.data(), dev, pm.data.data(), Device::cpu(), int64_t(pm.data.size()) * 4);
-  auto part = [&](int i) {
-    const auto& [offset, shape] = pm.parts[size_t(i)];
-    return TensorView(meta_store_.ptr<int32_t>() + offset, DType::I32, shape, dev);
-  };
-  const StepViews m{part(0), part(1), part(2), part(3), part(4), part(5), part(6)};
+  const std::vector<TensorView> v = meta_views(pm, meta_store_, dev);
+  const StepViews m{v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
   const AttentionHostMetadata host{pm.bt_host, b.seq_lens, b.query_start_loc};
   const int64_t need = scratch_elems(T, R);
   if (scratch_.numel() < need) scratch_ = Tensor::empty({std::max(need, scratch_.numel() * 3 / 2)}, DType::BF16, dev);
@@ -499,7 +503,14 @@ Tensor LlamaModel::forward_graph(const StepBatch& b, KvCache& cache) const {
   for (int32_t len : b.seq_lens)
     BIK_CHECK(len <= max_pos, "model: a context of ", len, " tokens is longer than the model's ", max_pos,
               " positions");
-  const int64_t width = (max_pos + cache.block_size - 1) / cache.block_size;
+  // The block-table width is bucketed too (a power of two of blocks, at most the model's longest context):
+  // a fixed full width would copy and read max_positions / block_size entries per sequence every step.
+  const int64_t max_width = (max_pos + cache.block_size - 1) / cache.block_size;
+  int64_t longest_table = 1;
+  for (const auto& t : b.block_tables) longest_table = std::max<int64_t>(longest_table, int64_t(t.size()));
+  int64_t width = 1;
+  while (width < longest_table) width *= 2;
+  width = std::min(width, max_width);
 
   const StepBatch p = pad_decode_step(b, seqs);
   const PackedMeta pm = pack_meta(p, width);
@@ -541,15 +552,13 @@ Tensor LlamaModel::forward_graph(const StepBatch& b, KvCache& cache) const {
     return graph_logits_.narrow(0, 0, S);
   }
 
-  auto part = [&](int i) {
-    const auto& [offset, shape] = pm.parts[size_t(i)];
-    return TensorView(g->meta.ptr<int32_t>() + offset, DType::I32, shape, device_);
-  };
-  const StepViews m{part(0), part(1), part(2), part(3), part(4), part(5), part(6)};
-  // The attention launch is planned for the model's longest context, so the recording serves every later
-  // step of the bucket (the kernel reads each sequence's real length on the device; splits past it exit).
+  const std::vector<TensorView> v = meta_views(pm, g->meta, device_);
+  const StepViews m{v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
+  // The attention launch is planned for the longest context the block tables can hold, so the recording
+  // serves every later step of the bucket (the kernel reads each sequence's real length on the device;
+  // splits past it exit).
   std::vector<int32_t> plan_lens = p.seq_lens;
-  *std::max_element(plan_lens.begin(), plan_lens.end()) = int32_t(max_pos);
+  *std::max_element(plan_lens.begin(), plan_lens.end()) = int32_t(std::min(max_pos, width * cache.block_size));
   const AttentionHostMetadata host{pm.bt_host, plan_lens, p.query_start_loc};
   // This step: the ops run on the graph stream (which also loads every kernel and sets its attributes
   // before the recording), then the same ops are recorded for the bucket's later steps.

@@ -128,8 +128,9 @@ class LlamaModel : public ModelRunner {
 
   // CUDA graphs for decode steps (docs/engine.md, "CUDA graphs"). A step in which every sequence brings
   // one token and wants its logits runs as a recorded graph: one per bucket of sequences (1, 2, 4, ...,
-  // kMaxGraphSeqs; the rows past the step's own are padding that writes no KV) and KV cache, with the
-  // attention launch planned for the model's longest context. A bucket's first step runs the ops on the
+  // kMaxGraphSeqs; the rows past the step's own are padding that writes no KV), of block-table width (a
+  // power of two of blocks) and KV cache, with the attention launch planned for the longest context that
+  // width holds. A bucket's first step runs the ops on the
   // stream and records them; later steps replay the recording. The bits are those without graphs: every
   // op is batch-invariant, and padding rows are rows like any other. Other steps (prefill, more
   // sequences, a tap set, tensor parallelism) run op by op. CUDA only; off by default.
