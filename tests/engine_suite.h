@@ -38,6 +38,16 @@ ModelConfig tiny_config(int64_t hidden = 64, int64_t vocab = 512, const std::str
   return test_fixtures::tiny_model_config(hidden, vocab, 1024, arch);
 }
 
+// Shapes at which the batch-invariant-off GEMM does change with the batch: OpenBLAS at N = K = 1000 on the
+// CPU; on CUDA those of bench/data/small_llama_config.json (cuBLAS used one kernel for every M at the tiny
+// sizes).
+ModelConfig variant_gemm_config(bool gpu) {
+  if (!gpu) return tiny_config(1000, 1000);
+  ModelConfig c = tiny_config(1024, 8192);
+  c.intermediate = 2816, c.layers = 4, c.heads = 16, c.kv_heads = 8;
+  return c;
+}
+
 struct TinyModel {
   ModelConfig config;
   Weights weights;
@@ -427,8 +437,7 @@ BIK_ENGINE_TEST(AbortDoesNotChangeOtherRequests) {
 // change with the batch, while the batch-invariant kernels on the same shapes keep them identical.
 BIK_ENGINE_TEST(BatchInvariantOffIsDetected) {
   const bool gpu = engine_test_device().is_cuda();
-  ModelConfig c = gpu ? tiny_config(1024, 8192) : tiny_config(1000, 1000);
-  if (gpu) c.intermediate = 2816, c.layers = 4, c.heads = 16, c.kv_heads = 8;
+  const ModelConfig c = variant_gemm_config(gpu);
   TinyModel tm(c, 3, /*invariant=*/false);
   std::mt19937 rng(9);
   const auto needle = random_prompt(rng, 24, c.vocab);

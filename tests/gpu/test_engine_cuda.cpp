@@ -84,8 +84,7 @@ TEST_F(EngineCudaGraphs, NeedleAloneEqualsNeedleInBatch) {
 // needle's numbers change with the batch (the shapes of BatchInvariantOffIsDetected on CUDA), so the
 // comparison above can fail.
 TEST_F(EngineCudaGraphs, BatchInvariantOffIsDetected) {
-  ModelConfig c = tiny_config(1024, 8192);
-  c.intermediate = 2816, c.layers = 4, c.heads = 16, c.kv_heads = 8;
+  const ModelConfig c = variant_gemm_config(true);
   GraphModel gm(c, false);
   gm.model->set_cuda_graphs(true);
   std::mt19937 rng(9);
