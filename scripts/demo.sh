@@ -7,11 +7,18 @@
 #      requests, with ONE unique completion (bitwise-identical logprobs); then the same server with
 #      --batch-invariant off (batch-variant GEMMs) and the same audit, which shows the divergence.
 # Knobs (environment): REQUESTS (default 1000 on a GPU, 400 on the CPU), MAX_TOKENS (100 / 32),
-# CONCURRENCY (256 / 64), CASES (kernel cases, 30000), PORT (8917).
+# CONCURRENCY (256 / 64), CASES (kernel cases, 30000), PORT (8917); BIK_BIN=PATH runs that prebuilt bik
+# instead of setting up and building this tree (logs then go to BUILD_DIR, created if missing).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-bik_build
-BIK="$BUILD_DIR/bik"
+if [ -n "${BIK_BIN:-}" ]; then
+  [ -x "$BIK_BIN" ] || { echo "demo: BIK_BIN=$BIK_BIN is not an executable" >&2; exit 1; }
+  BIK="$BIK_BIN"
+  mkdir -p "$BUILD_DIR"
+else
+  bik_build
+  BIK="$BUILD_DIR/bik"
+fi
 
 device=cpu
 if bik_has_gpu && "$BIK" info | grep -q "^cuda devices: [1-9]"; then device=cuda; fi

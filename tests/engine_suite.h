@@ -430,17 +430,19 @@ BIK_ENGINE_TEST(AbortDoesNotChangeOtherRequests) {
   }
 }
 
-// The negative control: with the linear layers on the library GEMM (OpenBLAS on the CPU: its blocking
-// depends on the number of rows, N = K = 1000 differs from M = 16 on, see docs/invariance.md; cuBLAS on
-// CUDA, whose kernel choice depends on M: at the tiny sizes it picked one kernel for every M, so the GPU
-// run takes the shapes of bench/data/small_llama_config.json, where it does not) the needle's numbers must
-// change with the batch, while the batch-invariant kernels on the same shapes keep them identical.
+// The negative control: batch invariance off, as a non-invariant engine runs. The linear layers go to the
+// library GEMM (OpenBLAS on the CPU: its blocking depends on the number of rows, N = K = 1000 differs from
+// M = 16 on, see docs/invariance.md; cuBLAS on CUDA, whose kernel choice depends on M: at the tiny sizes it
+// picked one kernel for every M, so the GPU run takes the shapes of bench/data/small_llama_config.json) and
+// attention splits the keys by the number of sequences in the step (a needle of 96 tokens has two splits
+// alone, one in a batch). The needle's numbers must change with the batch, while the batch-invariant
+// kernels on the same shapes keep them identical.
 BIK_ENGINE_TEST(BatchInvariantOffIsDetected) {
   const bool gpu = engine_test_device().is_cuda();
   const ModelConfig c = variant_gemm_config(gpu);
   TinyModel tm(c, 3, /*invariant=*/false);
   std::mt19937 rng(9);
-  const auto needle = random_prompt(rng, 24, c.vocab);
+  const auto needle = random_prompt(rng, 96, c.vocab);
   const RequestParams np = sampled(21, 12);
   Batch b = make_batch(rng, gpu ? 40 : 20, c.vocab, needle, np, 10);
   const EngineConfig e = engine_config(512);
@@ -448,7 +450,7 @@ BIK_ENGINE_TEST(BatchInvariantOffIsDetected) {
   const auto alone_off = run(*tm.model, e, {needle}, {np});
   const auto batch_off = run(*tm.model, e, b.prompts, b.params);
   EXPECT_FALSE(same_output(alone_off[0], batch_off[10]))
-      << "the variant GEMM gave identical results: the test has no teeth for these shapes";
+      << "batch invariance off gave identical results: the test has no teeth for these shapes";
 
   tm.model->set_batch_invariant(true);
   const auto alone_on = run(*tm.model, e, {needle}, {np});

@@ -241,16 +241,32 @@ void paged_attention(const TensorView& out, const TensorView& q, const TensorVie
            s);
 }
 
+namespace {
+// The split length of the variant: one key tile per split up to 2 sequences, then a tile more for every
+// 2 sequences (1 sequence: 64 keys, 13 sequences: 384 with 64-key tiles).
+AttentionArgs split_by_seqs(AttentionArgs a) {
+  const int64_t tile = policy::attention_plan({}, a.q.dtype, a.head_dim).key_tile;
+  a.split_len = tile * std::max<int64_t>(1, a.num_seqs / 2);
+  return a;
+}
+}  // namespace
+
 void paged_attention_split_by_seqs(const TensorView& out, const TensorView& q, const TensorView& k_cache,
                                    const TensorView& v_cache, const TensorView& block_tables,
                                    const TensorView& seq_lens, const TensorView& query_start_loc, float scale,
                                    Stream s) {
-  AttentionArgs a = check_attention("paged_attention_split_by_seqs", out, q, k_cache, v_cache, block_tables,
-                                    seq_lens, query_start_loc, scale);
-  // The flash-decoding habit: fewer sequences, more (shorter) splits to fill the machine.
-  const int64_t tile = policy::attention_plan({}, a.q.dtype, a.head_dim).key_tile;
-  a.split_len = tile * std::max<int64_t>(1, 8 / std::max<int64_t>(1, a.num_seqs));
-  dispatch(a, s);
+  dispatch(split_by_seqs(check_attention("paged_attention_split_by_seqs", out, q, k_cache, v_cache, block_tables,
+                                         seq_lens, query_start_loc, scale)),
+           s);
+}
+
+void paged_attention_split_by_seqs(const TensorView& out, const TensorView& q, const TensorView& k_cache,
+                                   const TensorView& v_cache, const TensorView& block_tables,
+                                   const TensorView& seq_lens, const TensorView& query_start_loc, float scale,
+                                   const AttentionHostMetadata& host, Stream s) {
+  dispatch(split_by_seqs(check_attention("paged_attention_split_by_seqs", out, q, k_cache, v_cache, block_tables,
+                                         seq_lens, query_start_loc, scale, &host)),
+           s);
 }
 
 }  // namespace bik

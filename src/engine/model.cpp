@@ -7,6 +7,7 @@
 #include "bik/attention.h"
 #include "bik/ops.h"
 #include "check/variants.h"
+#include "core/attention_variants.h"
 #include "core/backend.h"
 #include "engine/tp.h"
 #ifdef BIK_WITH_CUDA
@@ -195,6 +196,16 @@ LlamaModel::LlamaModel(const ModelConfig& config, const Weights& weights, Device
     for (int64_t i = 0; i < f.numel(); ++i) freq_factors.push_back(f.ptr<float>()[i]);
   }
   cos_sin_ = rotary_table(cfg_, max_pos, freq_factors).to(device_);
+}
+
+void LlamaModel::set_batch_invariant(bool on) {
+  // A recorded decode graph holds the kernels of the mode it was recorded in: replaying one of the other
+  // mode would run cuBLAS under batch-invariant on (or the reverse), so the recordings go.
+  if (on != batch_invariant_ && !graphs_.empty()) {
+    synchronize(device_);
+    graphs_.clear();
+  }
+  batch_invariant_ = on;
 }
 
 KvCache LlamaModel::make_cache(int64_t num_blocks, int64_t block_size) const {
@@ -431,7 +442,11 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
     // The metadata's host copies go along, so that neither call reads the device tensors back (which
     // would synchronise the device twice per layer).
     write_kv_cache(cache.k[li], cache.v[li], k3, v.reshape({T, Hk, D}), m.slots, b.slot_mapping, s);
-    paged_attention(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], m.bt, m.lens, m.qsl, scale, host, s);
+    if (batch_invariant_)
+      paged_attention(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], m.bt, m.lens, m.qsl, scale, host, s);
+    else  // the flash-decoding habit: the split length follows the number of sequences in the step
+      paged_attention_split_by_seqs(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], m.bt, m.lens, m.qsl,
+                                    scale, host, s);
     tap("attention", l, attn);
     row_parallel(x, attn, L.o, s);
     tap("o_proj", l, x);

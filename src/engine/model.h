@@ -98,7 +98,7 @@ class LlamaModel : public ModelRunner {
   const ModelConfig& config() const override { return cfg_; }
   Device device() const override { return device_; }
   bool batch_invariant() const override { return batch_invariant_; }
-  void set_batch_invariant(bool on) override { batch_invariant_ = on; }
+  void set_batch_invariant(bool on) override;
   int64_t vocab_size() const override { return vocab_; }
   int64_t num_layers() const override { return int64_t(layers_.size()); }
   int64_t kv_heads() const override { return kv_heads_; }  // a shard's own kv heads under tensor parallelism
