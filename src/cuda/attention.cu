@@ -1,4 +1,10 @@
-// bik::cuda::write_kv_cache and bik::cuda::paged_attention (kernel: cuda/attention.cuh).
+// bik::cuda::write_kv_cache and bik::cuda::paged_attention (kernels: cuda/attention.cuh, mma.sync, and
+// cuda/attention_sm90.cuh, wgmma).
+//
+// Engine choice: a function of the device alone. sm_90 runs the wgmma kernel (when the build carries its
+// sm_90a code, as the default CMAKE_CUDA_ARCHITECTURES does), every other architecture the mma.sync
+// kernel; the two may round differently, so the choice never looks at the batch or the mode.
+// BIK_ATTENTION_SM90=0 forces the mma.sync kernel on sm_90, for A/B benchmarks (read at each call).
 //
 // Launch choice: the in-kernel fold (one CTA per 64 query rows walks all their splits) when there are
 // enough such CTAs to fill the GPU; otherwise split-parallel (one CTA per split, then fold_kernel). The
@@ -6,6 +12,9 @@
 // never changes a bit (tests/gpu/test_attention_cuda.cpp runs both on the same rows).
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <mutex>
 #include <set>
 #include <utility>
@@ -14,6 +23,8 @@
 #include "core/backend.h"
 #include "core/policy.h"
 #include "cuda/attention.cuh"
+#include "cuda/attention_dispatch.h"
+#include "cuda/attention_sm90.cuh"
 #include "cuda/check.cuh"
 #include "cuda/device_info.h"
 
@@ -36,6 +47,49 @@ void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream
     k<<<grid, attn::kThreads, S::bytes(false), st>>>(p);
     BIK_CUDA_LAUNCH_CHECK();
   }
+}
+
+// The wgmma kernel: same grid, same Params, same fold kernel for the split-parallel mode.
+template <typename T, int D>
+void launch_sm90(const attn::Params& p, dim3 grid, bool split, int device, cudaStream_t st, int64_t rows) {
+  constexpr int bytes = attn::sm90::Layout<D>::kBytes;
+  if (split) {
+    auto k = attn::sm90::attention_kernel<T, D, true>;
+    allow_dynamic_smem(reinterpret_cast<const void*>(k), device, bytes);
+    k<<<grid, attn::kThreads, bytes, st>>>(p);
+    BIK_CUDA_LAUNCH_CHECK();
+    attn::fold_kernel<T, D><<<unsigned(rows), D, 0, st>>>(p);
+    BIK_CUDA_LAUNCH_CHECK();
+  } else {
+    auto k = attn::sm90::attention_kernel<T, D, false>;
+    allow_dynamic_smem(reinterpret_cast<const void*>(k), device, bytes);
+    k<<<grid, attn::kThreads, bytes, st>>>(p);
+    BIK_CUDA_LAUNCH_CHECK();
+  }
+}
+
+// Whether the sm_90a kernel exists for this device: an image compiled from compute_90(a) or later that
+// the device loads. (The kernel body exists only in the sm_90a pass; an sm_90 build without the "a"
+// features traps instead of returning garbage.) Cached per device.
+bool sm90_kernel_loadable(int device) {
+  static std::mutex mu;
+  static std::deque<int> cache;  // -1 unknown, 0 no, 1 yes
+  std::lock_guard<std::mutex> lock(mu);
+  if (int(cache.size()) <= device) cache.resize(size_t(device) + 1, -1);
+  int& known = cache[size_t(device)];
+  if (known < 0) {
+    cudaFuncAttributes attr{};
+    const cudaError_t e = cudaFuncGetAttributes(
+        &attr, reinterpret_cast<const void*>(attn::sm90::attention_kernel<__nv_bfloat16, 128, false>));
+    if (e != cudaSuccess) cudaGetLastError();  // no image for this device: clear the error, use mma.sync
+    known = e == cudaSuccess && attr.ptxVersion >= 90 && attr.binaryVersion == 90 ? 1 : 0;
+  }
+  return known == 1;
+}
+
+bool wgmma_switched_off() {
+  const char* e = std::getenv("BIK_ATTENTION_SM90");
+  return e != nullptr && std::strcmp(e, "0") == 0;
 }
 
 template <typename T>
@@ -137,7 +191,19 @@ void paged_attention(const AttentionArgs& a, Stream s) {
     p.part_acc = p.part_ml + rows * max_splits * 2;
   }
   const bool bf = a.q.dtype == DType::BF16;
-  if (a.head_dim == 128) {
+  if (dev.arch == 90 && !wgmma_switched_off() && sm90_kernel_loadable(device)) {
+    if (a.head_dim == 128) {
+      if (bf)
+        launch_sm90<__nv_bfloat16, 128>(p, grid, split, device, st, rows);
+      else
+        launch_sm90<__half, 128>(p, grid, split, device, st, rows);
+    } else {
+      if (bf)
+        launch_sm90<__nv_bfloat16, 64>(p, grid, split, device, st, rows);
+      else
+        launch_sm90<__half, 64>(p, grid, split, device, st, rows);
+    }
+  } else if (a.head_dim == 128) {
     if (bf)
       launch<__nv_bfloat16, 128>(p, grid, split, device, st, rows);
     else
@@ -150,5 +216,11 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   }
   if (part) BIK_CUDA_CHECK(cudaFreeAsync(part, st));
 }
+
+bool attention_wgmma_available(int device) {
+  return use_device(device).arch == 90 && sm90_kernel_loadable(device);
+}
+
+bool attention_uses_wgmma(int device) { return !wgmma_switched_off() && attention_wgmma_available(device); }
 
 }  // namespace bik::cuda

@@ -15,6 +15,8 @@
 //  - the fold of split results (fold_coef + fold) is the same inlined code in both modes.
 // Every F32 operation of the softmax path is an explicit round-to-nearest intrinsic, so no fused
 // multiply-add is formed differently in the two kernels (the library builds with --fmad=true).
+// This kernel serves sm_80..sm_89 (and sm_90 when BIK_ATTENTION_SM90=0 is set, for A/B comparisons);
+// sm_90 runs the same plan and softmax with wgmma (attention_sm90.cuh) in both modes.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -18,31 +18,54 @@ dim3 row_grid(int64_t chunks_per_row, int64_t rows, int threads) {
 
 // ---- silu_and_mul -------------------------------------------------------------------------------------
 // out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)); x = [gate | up] along the last dim.
+// A thread takes kSiluUnroll chunks of a row, blockDim.x chunks apart, and issues all their loads before
+// any math: each thread then has 2 kSiluUnroll 16-byte loads in flight.
+constexpr int kSiluThreads = 256;
+constexpr int kSiluUnroll = 2;
 template <class Tx, class To>
-__global__ void silu_and_mul_kernel(To* out, DevRows out_rows, const Tx* x, DevRows x_rows, int64_t rows, int64_t d) {
+__global__ void __launch_bounds__(kSiluThreads)
+    silu_and_mul_kernel(To* out, DevRows out_rows, const Tx* x, DevRows x_rows, int64_t rows, int64_t d) {
   constexpr int V = 16 / sizeof(Tx);
-  const int64_t chunks = (d + V - 1) / V;
   const int64_t xs = x_rows.elem_stride, os = out_rows.elem_stride;
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= chunks) return;
-  const int64_t i0 = c * V;
+  const int64_t step = int64_t(blockDim.x) * V;
+  const int64_t first = int64_t(blockIdx.x) * kSiluUnroll * step + int64_t(threadIdx.x) * V;
+  if (first >= d) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const Tx* gate = x + x_rows.offset(r);
     const Tx* up = gate + d * xs;
     To* o = out + out_rows.offset(r);
-    float g[V], u[V], y[V];
-    load_chunk<V>(gate, xs, d, i0, xs == 1 && aligned16_dev(gate), g);
-    load_chunk<V>(up, xs, d, i0, xs == 1 && aligned16_dev(up), u);
+    const bool vg = xs == 1 && aligned16_dev(gate), vu = xs == 1 && aligned16_dev(up);
+    const bool vo = os == 1 && aligned16_dev(o);
+    float g[kSiluUnroll][V], u[kSiluUnroll][V];
 #pragma unroll
-    for (int k = 0; k < V; ++k) y[k] = __fmul_rn(__fdiv_rn(g[k], __fadd_rn(1.0f, expf(-g[k]))), u[k]);
-    store_chunk<V>(o, os, d, i0, os == 1 && aligned16_dev(o), y);
+    for (int q = 0; q < kSiluUnroll; ++q) {
+      const int64_t i0 = first + q * step;
+      if (i0 >= d) continue;
+      load_chunk<V>(gate, xs, d, i0, vg, g[q]);
+      load_chunk<V>(up, xs, d, i0, vu, u[q]);
+    }
+#pragma unroll
+    for (int q = 0; q < kSiluUnroll; ++q) {
+      const int64_t i0 = first + q * step;
+      if (i0 >= d) continue;
+      float y[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k)
+        y[k] = __fmul_rn(__fdiv_rn(g[q][k], __fadd_rn(1.0f, expf(-g[q][k]))), u[q][k]);
+      store_chunk<V>(o, os, d, i0, vo, y);
+    }
   }
 }
 
 // ---- rotary embedding ---------------------------------------------------------------------------------
-// One item is a chunk of one head of one token. neox: V pairs (i, i + rot/2) for i in [i0, i0 + V);
-// GPT-J: V elements [e0, e0 + V) holding V / 2 pairs (2j, 2j + 1). The rotation of a pair (a, b) by
-// angle theta: (a cos - b sin, b cos + a sin), each product rounded, then the sum.
+// neox: a chunk is V pairs (i, i + rot/2), i in [i0, i0 + V); GPT-J: V elements [e0, e0 + V) holding V / 2
+// pairs (2j, 2j + 1). The rotation of a pair (a, b) by angle theta: (a cos - b sin, b cos + a sin), each
+// product rounded, then the sum.
+//
+// One launch covers q and k; a CTA takes a token at a time. Its threads form a grid of (chunk of a head)
+// x (head lane): a thread keeps one chunk position and walks the token's heads, q's then k's, kRopeUnroll
+// at a time with all their loads issued before the math. The heads' loads never wait for the position:
+// only the table's do, and a position outside the table only skips the stores.
 struct Heads {
   int64_t tokens, heads, s0, s1, s2;  // [T, H, D] strides
 };
@@ -53,52 +76,84 @@ __device__ __forceinline__ void rotate(float a, float b, float c, float s, float
   rb = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
 }
 
+constexpr int kRopeThreads = 128;
+constexpr int kRopeUnroll = 2;
+
 template <class T>
-__global__ void rope_kernel(T* q, Heads hq, const int32_t* pos, int64_t pos_stride, const float* cs, int64_t cs_s0,
-                            int64_t cs_s1, int64_t max_pos, int64_t rot, bool neox) {
+__global__ void __launch_bounds__(kRopeThreads)
+    rope_kernel(T* q, Heads hq, T* k, Heads hk, const int32_t* pos, int64_t pos_stride, const float* cs,
+                int64_t cs_s0, int64_t cs_s1, int64_t max_pos, int64_t rot, bool neox) {
   constexpr int V = 16 / sizeof(T);
   const int64_t half = rot / 2;
   const int64_t chunks = neox ? (half + V - 1) / V : (rot + V - 1) / V;
-  const int item = int(blockIdx.x) * blockDim.x + threadIdx.x;  // a chunk of one head of one token
-  if (item >= int(hq.heads * chunks)) return;
-  const int64_t h = item / int(chunks), c = item % int(chunks);
-  for (int64_t tok = blockIdx.y; tok < hq.tokens; tok += gridDim.y) {
+  const int64_t cstep = chunks < int64_t(blockDim.x) ? chunks : int64_t(blockDim.x);  // threads across chunks
+  const int64_t lanes = blockDim.x / cstep;                                            // threads across heads
+  const int64_t tc = threadIdx.x % cstep, hl = threadIdx.x / cstep;
+  if (hl >= lanes) return;
+  const int64_t heads = hq.heads + hk.heads;
+  const bool contiguous = hq.s2 == 1 && (hk.heads == 0 || hk.s2 == 1);
+  for (int64_t tok = blockIdx.x; tok < hq.tokens; tok += gridDim.x) {
     const int64_t p = pos[tok * pos_stride];
     // Positions come from the engine and are not checked on the host for device tensors; one outside
     // the table leaves its token untouched rather than read out of bounds.
-    if (p < 0 || p >= max_pos) continue;
-    T* head = q + tok * hq.s0 + h * hq.s1;
-    const float* cos_row = cs + p * cs_s0;
+    const bool ok = p >= 0 && p < max_pos;
+    const float* cos_row = cs + (ok ? p : 0) * cs_s0;
     const float* sin_row = cos_row + half * cs_s1;
-    const bool contiguous = hq.s2 == 1;
-    if (neox) {
-      const int64_t i0 = c * V;
-      T* second = head + half * hq.s2;
-      const bool v1 = contiguous && aligned16_dev(head), v2 = contiguous && aligned16_dev(second);
-      const bool vc = cs_s1 == 1 && aligned16_dev(cos_row) && aligned16_dev(sin_row);
-      float a[V], b[V], co[V], si[V];
-      load_chunk<V>(head, hq.s2, half, i0, v1, a);
-      load_chunk<V>(second, hq.s2, half, i0, v2, b);
-      load_chunk<V>(cos_row, cs_s1, half, i0, vc, co);
-      load_chunk<V>(sin_row, cs_s1, half, i0, vc, si);
+    const bool vc = cs_s1 == 1 && aligned16_dev(cos_row) && aligned16_dev(sin_row);
+    for (int64_t c = tc; c < chunks; c += cstep) {
+      for (int64_t h0 = hl; h0 < heads; h0 += kRopeUnroll * lanes) {
+        T* head[kRopeUnroll];
+        float a[kRopeUnroll][V], b[kRopeUnroll][V];
 #pragma unroll
-      for (int k = 0; k < V; ++k) rotate(a[k], b[k], co[k], si[k], a[k], b[k]);
-      store_chunk<V>(head, hq.s2, half, i0, v1, a);
-      store_chunk<V>(second, hq.s2, half, i0, v2, b);
-    } else {
-      const int64_t e0 = c * V;
-      const bool v1 = contiguous && aligned16_dev(head);
-      float e[V];
-      load_chunk<V>(head, hq.s2, rot, e0, v1, e);
+        for (int uu = 0; uu < kRopeUnroll; ++uu) {
+          const int64_t h = h0 + uu * lanes;
+          head[uu] = nullptr;
+          if (h >= heads) continue;
+          head[uu] = h < hq.heads ? q + tok * hq.s0 + h * hq.s1 : k + tok * hk.s0 + (h - hq.heads) * hk.s1;
+          const int64_t s2 = h < hq.heads ? hq.s2 : hk.s2;
+          if (neox) {
+            const int64_t i0 = c * V;
+            T* second = head[uu] + half * s2;
+            load_chunk<V>(head[uu], s2, half, i0, contiguous && aligned16_dev(head[uu]), a[uu]);
+            load_chunk<V>(second, s2, half, i0, contiguous && aligned16_dev(second), b[uu]);
+          } else {
+            load_chunk<V>(head[uu], s2, rot, c * V, contiguous && aligned16_dev(head[uu]), a[uu]);
+          }
+        }
+        if (neox) {
+          float co[V], si[V];
+          load_chunk<V>(cos_row, cs_s1, half, c * V, vc, co);
+          load_chunk<V>(sin_row, cs_s1, half, c * V, vc, si);
 #pragma unroll
-      for (int j = 0; j < V / 2; ++j) {
-        const int64_t pair = e0 / 2 + j;
-        if (2 * pair < rot) {
-          float co = cos_row[pair * cs_s1], si = sin_row[pair * cs_s1];
-          rotate(e[2 * j], e[2 * j + 1], co, si, e[2 * j], e[2 * j + 1]);
+          for (int uu = 0; uu < kRopeUnroll; ++uu) {
+            if (head[uu] == nullptr || !ok) continue;
+            const int64_t s2 = h0 + uu * lanes < hq.heads ? hq.s2 : hk.s2;
+            const bool v1 = contiguous && aligned16_dev(head[uu]), v2 = contiguous && aligned16_dev(head[uu] + half * s2);
+#pragma unroll
+            for (int e = 0; e < V; ++e) rotate(a[uu][e], b[uu][e], co[e], si[e], a[uu][e], b[uu][e]);
+            store_chunk<V>(head[uu], s2, half, c * V, v1, a[uu]);
+            store_chunk<V>(head[uu] + half * s2, s2, half, c * V, v2, b[uu]);
+          }
+        } else {
+          const int64_t e0 = c * V;
+          float co[V / 2], si[V / 2];
+#pragma unroll
+          for (int j = 0; j < V / 2; ++j) {
+            const int64_t pair = e0 / 2 + j;
+            co[j] = 2 * pair < rot ? cos_row[pair * cs_s1] : 0.0f;
+            si[j] = 2 * pair < rot ? sin_row[pair * cs_s1] : 0.0f;
+          }
+#pragma unroll
+          for (int uu = 0; uu < kRopeUnroll; ++uu) {
+            if (head[uu] == nullptr || !ok) continue;
+            const int64_t s2 = h0 + uu * lanes < hq.heads ? hq.s2 : hk.s2;
+#pragma unroll
+            for (int j = 0; j < V / 2; ++j)
+              if (2 * (e0 / 2 + j) < rot) rotate(a[uu][2 * j], a[uu][2 * j + 1], co[j], si[j], a[uu][2 * j], a[uu][2 * j + 1]);
+            store_chunk<V>(head[uu], s2, rot, e0, contiguous && aligned16_dev(head[uu]), a[uu]);
+          }
         }
       }
-      store_chunk<V>(head, hq.s2, rot, e0, v1, e);
     }
   }
 }
@@ -139,9 +194,9 @@ void silu_and_mul(const TensorView& out, const TensorView& x, Stream s) {
     constexpr int V = 16 / sizeof(Tx);
     auto launch = [&](auto ot) {
       using To = decltype(ot);
-      const int threads = 128;
-      silu_and_mul_kernel<Tx, To><<<row_grid((d + V - 1) / V, rows, threads), threads, 0, stream_of(s)>>>(
-          out.ptr<To>(), DevRows(out), x.ptr<const Tx>(), DevRows(x), rows, d);
+      silu_and_mul_kernel<Tx, To>
+          <<<row_grid((d + V - 1) / V, rows, kSiluThreads * kSiluUnroll), kSiluThreads, 0, stream_of(s)>>>(
+              out.ptr<To>(), DevRows(out), x.ptr<const Tx>(), DevRows(x), rows, d);
       BIK_CUDA_LAUNCH_CHECK();
     };
     if (out.dtype == DType::F32) launch(float{});
@@ -152,22 +207,18 @@ void silu_and_mul(const TensorView& out, const TensorView& x, Stream s) {
 void rotary_embedding(const TensorView& q, const TensorView& k, const TensorView& positions,
                       const TensorView& cos_sin, bool neox, Stream s) {
   const int64_t rot = cos_sin.shape[1];
-  const bool has_k = k.ndim != 0 || k.data != nullptr;
+  const bool has_k = (k.ndim != 0 || k.data != nullptr) && k.numel() != 0;
+  if (rot == 0 || (q.numel() == 0 && !has_k)) return;
   dispatch_float(q.dtype, [&](auto qt) {
     using T = decltype(qt);
-    constexpr int V = 16 / sizeof(T);
-    const int64_t chunks = neox ? (rot / 2 + V - 1) / V : (rot + V - 1) / V;
-    auto launch = [&](const TensorView& t) {
-      if (t.numel() == 0) return;
-      Heads h = heads_of(t);
-      const int threads = 128;
-      rope_kernel<T><<<row_grid(h.heads * chunks, h.tokens, threads), threads, 0, stream_of(s)>>>(
-          t.ptr<T>(), h, positions.ptr<const int32_t>(), positions.stride[0], cos_sin.ptr<const float>(),
-          cos_sin.stride[0], cos_sin.stride[1], cos_sin.shape[0], rot, neox);
-      BIK_CUDA_LAUNCH_CHECK();
-    };
-    launch(q);
-    if (has_k) launch(k);
+    const Heads hq = heads_of(q);
+    Heads hk = has_k ? heads_of(k) : Heads{hq.tokens, 0, 0, 0, 1};
+    const int64_t tokens = hq.tokens;
+    if (tokens == 0) return;
+    rope_kernel<T><<<grid_for(tokens), kRopeThreads, 0, stream_of(s)>>>(
+        q.ptr<T>(), hq, has_k ? k.ptr<T>() : nullptr, hk, positions.ptr<const int32_t>(), positions.stride[0],
+        cos_sin.ptr<const float>(), cos_sin.stride[0], cos_sin.stride[1], cos_sin.shape[0], rot, neox);
+    BIK_CUDA_LAUNCH_CHECK();
   });
 }
 

@@ -6,9 +6,11 @@
 // tree of rows.cuh sums over i exactly as it sums a row of a norm. When the reduced dims collapse to
 // one contiguous run the 16-byte path applies; otherwise each element's offset is computed from i.
 // argmax is exact in any order (a strict total order on (value, index)), so only its result is fixed.
+#include <climits>
 #include <cstdlib>
 
 #include "core/backend.h"
+#include "cuda/device_info.h"
 #include "cuda/rows.cuh"
 
 namespace bik::cuda {
@@ -136,118 +138,191 @@ __global__ void __launch_bounds__(256) reduce_run_kernel(To* out, DimIndex out_i
 }
 
 // ---- sum / mean with the reduced elements far apart and the outputs adjacent (e.g. over dim 0) ------------
-// A thread that walked one output's elements would touch a 32-byte sector per element. Here the 32
-// lanes of a warp read 32 adjacent outputs at each reduced index, and the order stays the plan's: with
-// kColClasses classes (the warps of the CTA), class j computes what lane j of the plan holds once the
-// halving tree has come down to width kColClasses, i.e. the tree over lanes j + m * kColClasses
-// (m < M = L / kColClasses) that pairs m with m + M/2 first. Visiting m in bit-reversed order turns
-// that tree into a left-to-right pairwise sum, kept as a stack of log2(M) partial sums. The classes
-// then finish the tree (widths kColClasses / 2 .. 1) in shared memory.
-constexpr int kColClasses = 16;   // warps a CTA
-constexpr int kColOuts = 4;       // outputs a thread: a CTA covers 32 * kColOuts adjacent outputs
-constexpr int kColMaxLevels = 10; // M <= 8192 lanes / kColClasses = 2^9
-template <class Tx, class To>
-__global__ void __launch_bounds__(32 * kColClasses)
-    reduce_cols_kernel(To* out, DimIndex out_idx, const Tx* x, DimIndex kept_idx, int64_t stride, int64_t rows,
-                       int64_t n, int64_t L, bool mean) {
-  __shared__ float part[kColClasses][kColOuts][32];
-  const int lane = threadIdx.x & 31, j = threadIdx.x >> 5;
-  const int64_t M = L / kColClasses;
-  int log_m = 0;
-  while ((int64_t(1) << log_m) < M) ++log_m;
-  constexpr int kPer = 32 * kColOuts;
-  for (int64_t r0 = int64_t(blockIdx.x) * kPer; r0 < rows; r0 += int64_t(gridDim.x) * kPer) {
-    const Tx* xr[kColOuts];
-    bool live[kColOuts];
+// x seen as [n, cols]: output `col` sums x[i, col] over i < n, the reduced index i at stride `stride`,
+// the columns contiguous. The order is the plan's, exactly as the row kernels sum a row of n: L lanes,
+// lane j sums the elements i = j (mod L) in increasing i, then the halving tree over the lanes.
+//
+// The tree splits along residues. Its steps of width w >= C (C a power of two dividing L) only pair
+// lanes of one class j = c (mod C), so each class's subtree is finished alone and the C class values
+// are folded last by the steps w = C/2 .. 1. Inside class c the lanes are j = c + m C, m < M = L / C,
+// and the steps pair m with m + w', w' = M/2 .. 1: the same shape again. A CTA takes one class of a
+// tile of columns; its thread (tx, g) keeps the NL lanes m = g + m2 kColTy (m2 < NL), folds them in
+// registers (steps w' >= kColTy), and the kColTy threads of a column fold in shared memory (w' < kColTy).
+// With C > 1 the class values go to a [C, cols] buffer and a second kernel folds them.
+//
+// So C, the tile, the threads and NL only say where each step of the plan runs, never which step it is:
+// they may follow the number of columns and the GPU freely. A warp reads two reduced indices of 256
+// contiguous bytes each, so the loads stay whole 32-byte sectors however far apart the indices are.
+constexpr int kColTx = 16;     // threads across a tile's columns, 16 bytes each
+constexpr int kColTy = 16;     // threads across a class's lanes
+constexpr int kColMaxNl = 8;   // lanes a thread keeps in registers
+constexpr int kColMaxC = 256;  // classes at most (the fold kernel's shared memory)
+constexpr int kColFoldCols = 32;
+
+// V elements of the columns [col0, col0 + V) at one reduced index (columns at or past `cols` read 0).
+template <class Tx>
+__device__ __forceinline__ uint4 load_cols(const Tx* p, int64_t col0, int64_t cols, bool vec) {
+  constexpr int V = 16 / sizeof(Tx);
+  if (vec && col0 + V <= cols) return *reinterpret_cast<const uint4*>(p);
+  uint4 u = make_uint4(0, 0, 0, 0);
+  Tx* e = reinterpret_cast<Tx*>(&u);
 #pragma unroll
-    for (int c = 0; c < kColOuts; ++c) {
-      const int64_t r = r0 + c * 32 + lane;
-      live[c] = r < rows;
-      xr[c] = x + (live[c] ? kept_idx.offset(r) : 0);
+  for (int k = 0; k < V; ++k)
+    if (col0 + k < cols) e[k] = p[k];
+  return u;
+}
+
+template <class Tx, class To, int NL>
+__global__ void __launch_bounds__(kColTx * kColTy, 2)  // two CTAs an SM: 16 warps with 8 loads each in flight
+    reduce_cols_kernel(float* partial, To* out, DimIndex out_idx, const Tx* x, int64_t stride, int64_t cols, int64_t n,
+                       int64_t L, bool vec, bool mean) {
+  constexpr int V = 16 / sizeof(Tx);
+  constexpr int kTile = kColTx * V;  // columns a CTA
+  __shared__ float part[kColTy][kTile];
+  const int tx = threadIdx.x % kColTx, g = threadIdx.x / kColTx;
+  const int64_t C = gridDim.y, c = blockIdx.y;
+  const int64_t col0 = int64_t(blockIdx.x) * kTile + tx * V;
+  const Tx* xc = x + col0;
+  int64_t j[NL];  // this thread's lanes
+#pragma unroll
+  for (int m2 = 0; m2 < NL; ++m2) j[m2] = c + (g + int64_t(m2) * kColTy) * C;
+
+  float acc[NL][V];
+#pragma unroll
+  for (int m2 = 0; m2 < NL; ++m2)
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc[m2][k] = 0.0f;
+  // Pass `base` holds element base + j of each lane j: every lane adds its elements in increasing i.
+  for (int64_t base = 0; base < n; base += L) {
+    uint4 raw[NL];
+#pragma unroll
+    for (int m2 = 0; m2 < NL; ++m2) {
+      const int64_t i = base + j[m2];
+      raw[m2] = i < n ? load_cols(xc + i * stride, col0, cols, vec) : make_uint4(0, 0, 0, 0);
     }
-    float stack[kColOuts][kColMaxLevels];
 #pragma unroll
-    for (int c = 0; c < kColOuts; ++c)
+    for (int m2 = 0; m2 < NL; ++m2) {
+      if (base + j[m2] >= n) continue;
+      float v[V];
+      unpack<Tx, V>(raw[m2], v);
 #pragma unroll
-      for (int l = 0; l < kColMaxLevels; ++l) stack[c][l] = 0.0f;
-#pragma unroll 2
-    for (int64_t k = 0; k < M; ++k) {
-      const int64_t m = log_m == 0 ? 0 : int64_t(__brevll(uint64_t(k)) >> (64 - log_m));
-      float v[kColOuts];
-#pragma unroll
-      for (int c = 0; c < kColOuts; ++c) v[c] = 0.0f;
-      // Lane j + m * kColClasses: its elements in increasing index, from 0, as every row kernel sums a lane.
-      for (int64_t i = j + m * kColClasses; i < n; i += L)
-#pragma unroll
-        for (int c = 0; c < kColOuts; ++c)
-          if (live[c]) v[c] = __fadd_rn(v[c], to_f32(xr[c][i * stride]));
-      // Push: the pairwise sum of the leaves so far, as a binary counter over k.
-#pragma unroll
-      for (int c = 0; c < kColOuts; ++c) {
-        float a = v[c];
-        bool carry = true;
-#pragma unroll
-        for (int l = 0; l < kColMaxLevels; ++l)
-          if (carry) {
-            if ((k >> l) & 1) {
-              a = __fadd_rn(stack[c][l], a);
-            } else {
-              stack[c][l] = a;
-              carry = false;
-            }
-          }
-      }
+      for (int k = 0; k < V; ++k) acc[m2][k] = __fadd_rn(acc[m2][k], v[k]);
     }
+  }
+  // Steps w' = (NL / 2 .. 1) kColTy: inside the thread.
 #pragma unroll
-    for (int c = 0; c < kColOuts; ++c) {
-      float top = 0.0f;
+  for (int h = NL / 2; h >= 1; h /= 2)
 #pragma unroll
-      for (int l = 0; l < kColMaxLevels; ++l)
-        if (l == log_m) top = stack[c][l];
-      part[j][c][lane] = top;
-    }
+    for (int m2 = 0; m2 < h; ++m2)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[m2][k] = __fadd_rn(acc[m2][k], acc[m2 + h][k]);
+#pragma unroll
+  for (int k = 0; k < V; ++k) part[g][tx * V + k] = acc[0][k];
+  // Steps w' = kColTy / 2 .. 1: across the threads of a column.
+  for (int w = kColTy / 2; w >= 1; w /= 2) {
     __syncthreads();
-    for (int idx = threadIdx.x; idx < kPer; idx += blockDim.x) {
-      float* col = &part[0][0][0] + idx;
-      for (int h = kColClasses / 2; h >= 1; h /= 2)
-        for (int q = 0; q < h; ++q) col[q * kPer] = __fadd_rn(col[q * kPer], col[(q + h) * kPer]);
-      const int64_t r = r0 + idx;
-      if (r < rows) {
-        float total = col[0];
-        if (mean) total = __fdiv_rn(total, float(n));
-        out[out_idx.offset(r)] = from_f32<To>(total);
-      }
+    for (int idx = threadIdx.x; idx < w * kTile; idx += blockDim.x) {
+      const int gg = idx / kTile, cc = idx % kTile;
+      part[gg][cc] = __fadd_rn(part[gg][cc], part[gg + w][cc]);
     }
-    __syncthreads();  // part is reused by the next tile
+  }
+  __syncthreads();
+  for (int cc = threadIdx.x; cc < kTile; cc += blockDim.x) {
+    const int64_t col = int64_t(blockIdx.x) * kTile + cc;
+    if (col >= cols) continue;
+    float total = part[0][cc];
+    if (C > 1) {
+      partial[c * cols + col] = total;
+    } else {
+      if (mean) total = __fdiv_rn(total, float(n));
+      out[out_idx.offset(col)] = from_f32<To>(total);
+    }
+  }
+}
+
+// The last steps of the plan, w = C/2 .. 1, over the class values partial [C, cols].
+template <class To>
+__global__ void __launch_bounds__(256)
+    reduce_cols_fold_kernel(To* out, DimIndex out_idx, const float* partial, int64_t cols, int C, int64_t n,
+                            bool mean) {
+  __shared__ float s[kColMaxC][kColFoldCols];
+  const int64_t col0 = int64_t(blockIdx.x) * kColFoldCols;
+  for (int idx = threadIdx.x; idx < C * kColFoldCols; idx += blockDim.x) {
+    const int c = idx / kColFoldCols, l = idx % kColFoldCols;
+    s[c][l] = col0 + l < cols ? partial[c * cols + col0 + l] : 0.0f;
+  }
+  for (int w = C / 2; w >= 1; w /= 2) {
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < w * kColFoldCols; idx += blockDim.x) {
+      const int c = idx / kColFoldCols, l = idx % kColFoldCols;
+      s[c][l] = __fadd_rn(s[c][l], s[c + w][l]);
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < kColFoldCols && col0 + threadIdx.x < cols) {
+    float total = s[0][threadIdx.x];
+    if (mean) total = __fdiv_rn(total, float(n));
+    out[out_idx.offset(col0 + threadIdx.x)] = from_f32<To>(total);
   }
 }
 
 // ---- argmax -----------------------------------------------------------------------------------------
+// The winner under rows.cuh's strict total order (`beats`) is the same whatever the grouping, so a row
+// may be cut into pieces at any boundaries: few rows are spread over many CTAs (a piece each, the
+// pieces' winners folded by a second kernel), many rows take one CTA each and write the result at once.
+// A winner travels between the kernels as one 64-bit key that orders exactly as `beats`: the value in
+// the high half (NaN above all, -0 equal to +0), the reversed index in the low half.
+constexpr int kArgmaxThreads = 256;
+constexpr int kArgmaxUnroll = 4;  // chunks a thread has in flight
+
+__device__ __forceinline__ uint64_t argmax_key(float v, int32_t i) {
+  uint32_t hi = 0xFFFFFFFFu;
+  if (v == v) {
+    const uint32_t u = v == 0.0f ? 0u : __float_as_uint(v);
+    hi = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  }
+  return (uint64_t(hi) << 32) | uint64_t(0xFFFFFFFFu - uint32_t(i));
+}
+
+// piece: elements a CTA (a multiple of V); gridDim.x pieces a row, rows in y (grid-stride).
 template <class Tx>
-__global__ void __launch_bounds__(kMaxRowThreads) argmax_kernel(int32_t* out, DimIndex out_idx, const Tx* x, DevRows x_rows, int64_t rows, int64_t n) {
+__global__ void __launch_bounds__(kArgmaxThreads)
+    argmax_kernel(int32_t* out, DimIndex out_idx, unsigned long long* partial, const Tx* x, DevRows x_rows,
+                  int64_t rows, int64_t n, int64_t piece) {
   constexpr int V = 16 / sizeof(Tx);
-  __shared__ float sv[32];
-  __shared__ int64_t si[32];
+  __shared__ float sv[kArgmaxThreads / 32];
+  __shared__ int32_t si[kArgmaxThreads / 32];
   const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-  const int64_t L = int64_t(blockDim.x) * V;
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  const int64_t step = int64_t(kArgmaxThreads) * V;
+  const int64_t lo = int64_t(blockIdx.x) * piece, hi = lo + piece < n ? lo + piece : n;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const Tx* xr = x + x_rows.offset(r);
     const bool vec = x_rows.elem_stride == 1 && aligned16_dev(xr);
+    // A thread visits its elements in increasing index, so a later one wins only when strictly better:
+    // greater, or NaN over a number. Starting from (-inf, its first index) makes an all -inf run pick
+    // its first element too.
     float best = -INFINITY;
-    int64_t bi = INT64_MAX;
-    for (int64_t i0 = int64_t(t) * V; i0 < n; i0 += L) {
-      float v[V];
-      load_chunk<V>(xr, x_rows.elem_stride, n, i0, vec, v);
+    int32_t bi = lo + t * V < hi ? int32_t(lo + t * V) : INT32_MAX;
+    for (int64_t i0 = lo + t * V; i0 < hi; i0 += kArgmaxUnroll * step) {
+      float v[kArgmaxUnroll][V];
 #pragma unroll
-      for (int k = 0; k < V; ++k)
-        if (i0 + k < n && beats(v[k], i0 + k, best, bi)) {
-          best = v[k];
-          bi = i0 + k;
-        }
+      for (int u = 0; u < kArgmaxUnroll; ++u)
+        if (i0 + u * step < hi) load_chunk<V>(xr, x_rows.elem_stride, n, i0 + u * step, vec, v[u]);
+#pragma unroll
+      for (int u = 0; u < kArgmaxUnroll; ++u) {
+        const int64_t c0 = i0 + u * step;
+        if (c0 >= hi) continue;
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+          if (c0 + k < n && (v[u][k] > best || (v[u][k] != v[u][k] && best == best))) {
+            best = v[u][k];
+            bi = int32_t(c0 + k);
+          }
+      }
     }
     for (int w = 16; w >= 1; w /= 2) {
-      float ov = __shfl_down_sync(0xffffffffu, best, w);
-      int64_t oi = __shfl_down_sync(0xffffffffu, bi, w);
+      const float ov = __shfl_down_sync(0xffffffffu, best, w);
+      const int32_t oi = __shfl_down_sync(0xffffffffu, bi, w);
       if (beats(ov, oi, best, bi)) {
         best = ov;
         bi = oi;
@@ -259,20 +334,78 @@ __global__ void __launch_bounds__(kMaxRowThreads) argmax_kernel(int32_t* out, Di
     }
     __syncthreads();
     if (warp == 0) {
-      const int nw = blockDim.x >> 5;
-      best = lane < nw ? sv[lane] : -INFINITY;
-      bi = lane < nw ? si[lane] : INT64_MAX;
+      constexpr int kWarps = kArgmaxThreads / 32;
+      best = lane < kWarps ? sv[lane] : -INFINITY;
+      bi = lane < kWarps ? si[lane] : INT32_MAX;
       for (int w = 16; w >= 1; w /= 2) {
-        float ov = __shfl_down_sync(0xffffffffu, best, w);
-        int64_t oi = __shfl_down_sync(0xffffffffu, bi, w);
+        const float ov = __shfl_down_sync(0xffffffffu, best, w);
+        const int32_t oi = __shfl_down_sync(0xffffffffu, bi, w);
         if (beats(ov, oi, best, bi)) {
           best = ov;
           bi = oi;
         }
       }
-      if (lane == 0) out[out_idx.offset(r)] = int32_t(bi);
+      if (lane == 0) {
+        if (gridDim.x == 1)
+          out[out_idx.offset(r)] = bi;
+        else
+          partial[r * gridDim.x + blockIdx.x] = argmax_key(best, bi);
+      }
     }
     __syncthreads();  // sv/si are reused by the next row
+  }
+}
+
+// One warp a row: the largest of the row's `pieces` keys.
+__global__ void __launch_bounds__(256)
+    argmax_fold_kernel(int32_t* out, DimIndex out_idx, const unsigned long long* partial, int64_t rows, int pieces) {
+  const int lane = threadIdx.x & 31;
+  const int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
+  if (r >= rows) return;
+  unsigned long long best = 0;
+  for (int p = lane; p < pieces; p += 32) {
+    const unsigned long long k = partial[r * pieces + p];
+    best = k > best ? k : best;
+  }
+  for (int w = 16; w >= 1; w /= 2) {
+    const unsigned long long o = __shfl_down_sync(0xffffffffu, best, w);
+    best = o > best ? o : best;
+  }
+  if (lane == 0) out[out_idx.offset(r)] = int32_t(0xFFFFFFFFu - uint32_t(best));
+}
+
+// Sum / mean of x [n, cols] over n (reduced stride `stride`, columns contiguous) by the column kernels.
+template <class Tx, class To>
+void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride, int64_t cols, int64_t n, Stream s) {
+  constexpr int V = 16 / sizeof(Tx);
+  constexpr int64_t kTile = kColTx * V;
+  if (cols == 0) return;
+  cudaStream_t st = stream_of(s);
+  const DeviceInfo& dev = use_device(a.x.device.index);
+  const int64_t L = int64_t(row_threads(n, V)) * V;
+  const int64_t tiles = (cols + kTile - 1) / kTile;
+  // The fewest classes whose lanes fit the threads' registers, then more while the grid is short of
+  // two CTAs an SM.
+  int64_t C = L / (kColTy * kColMaxNl) > 1 ? L / (kColTy * kColMaxNl) : 1;
+  while (C < L / kColTy && C < kColMaxC && tiles * C < 2 * int64_t(dev.sms)) C *= 2;
+  const int nl = int(L / (C * kColTy));
+  BIK_CHECK(tiles < (int64_t(1) << 31) && C <= kColMaxC && nl >= 1 && nl <= kColMaxNl,
+            "cuda reduce: unexpected column split");
+  const Tx* x = a.x.ptr<const Tx>();
+  const bool vec = aligned16(x) && (stride * int64_t(sizeof(Tx))) % 16 == 0;
+  float* partial = nullptr;
+  if (C > 1) BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial), size_t(C * cols) * sizeof(float), st));
+  dispatch_ng<kColMaxNl>(nl, [&](auto ng) {
+    constexpr int NL = decltype(ng)::value;
+    reduce_cols_kernel<Tx, To, NL><<<dim3(unsigned(tiles), unsigned(C)), kColTx * kColTy, 0, st>>>(
+        partial, a.out.ptr<To>(), out_idx, x, stride, cols, n, L, vec, a.mean);
+    BIK_CUDA_LAUNCH_CHECK();
+  });
+  if (C > 1) {
+    reduce_cols_fold_kernel<To><<<grid_for((cols + kColFoldCols - 1) / kColFoldCols), 256, 0, st>>>(
+        a.out.ptr<To>(), out_idx, partial, cols, int(C), n, a.mean);
+    BIK_CUDA_LAUNCH_CHECK();
+    BIK_CUDA_CHECK(cudaFreeAsync(partial, st));
   }
 }
 
@@ -294,19 +427,14 @@ void reduce(const ReduceArgs& a, Stream s) {
     constexpr int V = 16 / sizeof(Tx);
     auto launch = [&](auto ot) {
       using To = decltype(ot);
-      // Outputs adjacent in memory and their elements far apart: the column kernel (same bits). Opt-in
-      // (BIK_REDUCE_COLUMNS=1) until it is faster than the per-output kernel: on the H100 it took 430 us
-      // for a sum over dim 0 of 4096 x 16384 bf16 (13% of copy) and 408 us for 4096 x 1024, where a grid
-      // of 8 CTAs leaves the GPU idle; the per-output kernel was not timed on these shapes.
+      // The reduced elements far apart and the outputs adjacent (the kept dims one contiguous run): the
+      // column kernels, the same bits as the per-output kernel below. BIK_REDUCE_COLUMNS=0 forces the
+      // per-output kernel (tests compare the two).
       const char* columns_env = std::getenv("BIK_REDUCE_COLUMNS");
-      const bool columns = columns_env != nullptr && columns_env[0] == '1';
-      const bool kept_inner = kept_x.nd >= 1 && kept_x.stride[kept_x.nd - 1] == 1 && kept_x.shape[kept_x.nd - 1] >= 32;
-      if (columns && red.nd == 1 && red.stride[0] != 1 && kept_inner) {
-        const int64_t L = int64_t(row_threads(n, V)) * V;
-        const int64_t tiles = (rows + 32 * kColOuts - 1) / (32 * kColOuts);
-        reduce_cols_kernel<Tx, To><<<grid_for(tiles), 32 * kColClasses, 0, stream_of(s)>>>(
-            a.out.ptr<To>(), out_idx, x.ptr<const Tx>(), kept_x, red.stride[0], rows, n, L, a.mean);
-        BIK_CUDA_LAUNCH_CHECK();
+      const bool columns = columns_env == nullptr || columns_env[0] != '0';
+      const DimIndex kept_run = collapse(x.shape.data(), x.stride.data(), a.kept);
+      if (columns && red.nd == 1 && red.stride[0] != 1 && kept_run.nd == 1 && kept_run.stride[0] == 1) {
+        reduce_columns<Tx, To>(a, out_idx, red.stride[0], rows, n, s);
         return;
       }
       // Contiguous runs only: strided ones keep the per-output kernel below, as timed before.
@@ -335,14 +463,36 @@ void reduce(const ReduceArgs& a, Stream s) {
 
 void argmax(const TensorView& out, const TensorView& x, Stream s) {
   const int64_t n = x.size(-1), rows = x.numel() / n;
+  BIK_CHECK(n <= INT32_MAX, "argmax: rows longer than 2^31 - 1 elements are not supported, got ", n);
+  if (rows == 0) return;
+  cudaStream_t st = stream_of(s);
+  const DeviceInfo& dev = use_device(x.device.index);
+  const DimIndex out_idx = dim_index(out.shape.data(), out.stride.data(), out.ndim);
   dispatch_float(x.dtype, [&](auto xt) {
     using Tx = decltype(xt);
     constexpr int V = 16 / sizeof(Tx);
-    int threads = row_threads(n, V);
-    argmax_kernel<Tx><<<grid_for(rows), threads, 0, stream_of(s)>>>(
-        out.ptr<int32_t>(), dim_index(out.shape.data(), out.stride.data(), out.ndim), x.ptr<const Tx>(), DevRows(x),
-        rows, n);
+    // Pieces a row: enough CTAs for four an SM, each piece at least two chunks a thread.
+    const int64_t chunks = (n + V - 1) / V;
+    const int64_t want = (4 * int64_t(dev.sms) + rows - 1) / rows;
+    const int64_t most = (chunks + 2 * kArgmaxThreads - 1) / (2 * kArgmaxThreads);
+    int64_t pieces = want < most ? want : most;
+    pieces = pieces < 1 ? 1 : pieces > 65535 ? 65535 : pieces;
+    const int64_t piece = (chunks + pieces - 1) / pieces * V;
+    pieces = (n + piece - 1) / piece;
+    unsigned long long* partial = nullptr;
+    if (pieces > 1)
+      BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial),
+                                     size_t(rows * pieces) * sizeof(unsigned long long), st));
+    const dim3 grid(unsigned(pieces), unsigned(rows < 65535 ? rows : 65535));
+    argmax_kernel<Tx><<<grid, kArgmaxThreads, 0, st>>>(out.ptr<int32_t>(), out_idx, partial, x.ptr<const Tx>(),
+                                                       DevRows(x), rows, n, piece);
     BIK_CUDA_LAUNCH_CHECK();
+    if (pieces > 1) {
+      argmax_fold_kernel<<<grid_for((rows + 7) / 8), 256, 0, st>>>(out.ptr<int32_t>(), out_idx, partial, rows,
+                                                                   int(pieces));
+      BIK_CUDA_LAUNCH_CHECK();
+      BIK_CUDA_CHECK(cudaFreeAsync(partial, st));
+    }
   });
 }
 

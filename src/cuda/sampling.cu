@@ -13,17 +13,23 @@
 // Where the result may differ from the CPU: logf/exp on the device may round differently from the
 // host's libm by an ulp, and top-p's mass is summed in fixed point rather than double; either can move
 // the chosen token only when two candidates are within such a rounding of each other.
+#include <cooperative_groups.h>
+
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
 #include "bik/sampling.h"
 #include "core/backend.h"
 #include "core/philox.h"
+#include "cuda/device_info.h"
 #include "cuda/rows.cuh"
 #include "cuda/softmax.cuh"
 
 namespace bik::cuda {
 namespace {
+
+namespace cg = cooperative_groups;
 
 // ---- keys ---------------------------------------------------------------------------------------------
 // An unsigned key with the order of the CPU's "Descending" (larger first, NaN above everything), with
@@ -198,6 +204,15 @@ struct RowParams {
   int64_t position;
 };
 
+// A launch's row params: up to kInlineParams rows travel in the kernel's parameters (no upload, no
+// wait for the host), more from device memory.
+constexpr int kInlineParams = 48;
+struct ParamsArg {
+  const RowParams* dev = nullptr;  // null: the rows are in `inl`
+  RowParams inl[kInlineParams];
+  __device__ __forceinline__ RowParams get(int64_t r) const { return dev != nullptr ? dev[r] : inl[r]; }
+};
+
 // exp(z - zmax) in units of 2^-40: at most 2^40 per element, so up to 2^23 elements sum without overflow.
 __device__ __forceinline__ uint64_t fixed_mass(float z, float zmax) {
   return __double2ull_rn(exp(double(z) - double(zmax)) * 0x1p40);
@@ -206,13 +221,13 @@ __device__ __forceinline__ uint64_t fixed_mass(float z, float zmax) {
 template <class T>
 __global__ void __launch_bounds__(kMaxRowThreads)
     sample_kernel(int32_t* tokens, int64_t tok_stride, const T* logits, int64_t ls0, int64_t ls1, int64_t rows,
-                  int64_t n, const RowParams* params) {
+                  int64_t n, const __grid_constant__ ParamsArg params) {
   constexpr int V = 16 / sizeof(T);
   static_assert(V % 4 == 0, "a chunk holds whole Philox blocks");
   __shared__ SelectSmem sel;
   __shared__ BestSmem bsm;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const RowParams p = params[r];
+    const RowParams p = params.get(r);
     const T* xr = logits + r * ls0;
     const bool vec = ls1 == 1 && aligned16_dev(xr);
     int32_t* out = tokens + r * tok_stride;
@@ -307,6 +322,238 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
+// ---- sample, one row over a cluster of CTAs (sm_90) ------------------------------------------------------
+// The same definition as sample_kernel, for rows of few tokens where one CTA a row leaves the GPU idle:
+// a cluster of kSampleCluster CTAs takes a row, each CTA a slice of it, and keeps its slice's z in
+// shared memory, so the row is read from memory once and every later pass (the selects' digits, the
+// Gumbel draw) reads shared memory. What the CTAs combine is exact: maxima and best scores under a
+// strict total order, and integer histograms, summed across the cluster through distributed shared
+// memory. So every CTA of a cluster reaches the same threshold, and the token is the one sample_kernel
+// picks, bit for bit.
+constexpr int kSampleCluster = 8;
+constexpr int kSampleThreads = 512;
+
+struct ClusterSmem {
+  unsigned long long weight[256];  // the bins summed over the cluster
+  unsigned count[256];
+  float best_v;  // this CTA's best, read by the others
+  int64_t best_i;
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// The best of the cluster; every thread of every CTA gets it. Every thread of the cluster must call.
+__device__ Best cluster_best(Best b, BestSmem& bsm, ClusterSmem& cx, cg::cluster_group& cluster) {
+  b = block_best(b, bsm);
+  if (threadIdx.x == 0) {
+    cx.best_v = b.v;
+    cx.best_i = b.i;
+  }
+  cluster.sync();
+  for (unsigned j = 0; j < cluster.num_blocks(); ++j) {
+    const ClusterSmem* o = cluster.map_shared_rank(&cx, j);
+    const float ov = o->best_v;
+    const int64_t oi = o->best_i;
+    if (beats(ov, oi, b.v, b.i)) b = Best{ov, oi};
+  }
+  cluster.sync();  // cx may be written again
+  return b;
+}
+
+// select_desc over the whole row held by a cluster: each CTA counts its slice into its own bins, the
+// bins are summed over the cluster, and every CTA walks the same sums to the same prefix.
+template <bool kWeighted, class Visit>
+__device__ uint64_t cluster_select_desc(const Visit& visit, bool relative, double value, SelectSmem& sm,
+                                        ClusterSmem& cx, cg::cluster_group& cluster) {
+  uint64_t prefix = 0, above = 0;
+  double target = value;
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    const uint64_t hi_mask = shift == 56 ? 0 : ~0ull << (shift + 8);
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) {
+      sm.weight[b] = 0;
+      sm.count[b] = 0;
+    }
+    __syncthreads();
+    visit([&](uint64_t key, uint64_t w) {
+      if ((key & hi_mask) == prefix) {
+        const int d = int(key >> shift) & 255;
+        const unsigned grp = __match_any_sync(__activemask(), d);
+        const bool leader = (threadIdx.x & 31) == __ffs(grp) - 1;
+        if constexpr (kWeighted) {
+          const unsigned lo = __reduce_add_sync(grp, unsigned(w & 0xFFFFFFu));
+          const unsigned hi = __reduce_add_sync(grp, unsigned(w >> 24));
+          if (leader) {
+            atomicAdd(&sm.count[d], unsigned(__popc(grp)));
+            const uint64_t total = (uint64_t(hi) << 24) + lo;
+            if (total != 0) atomicAdd(&sm.weight[d], (unsigned long long)total);
+          }
+        } else if (leader) {
+          atomicAdd(&sm.count[d], unsigned(__popc(grp)));
+        }
+      }
+    });
+    cluster.sync();  // every CTA's bins complete
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) {
+      unsigned long long w = 0;
+      unsigned c = 0;
+      for (unsigned j = 0; j < cluster.num_blocks(); ++j) {
+        const SelectSmem* o = cluster.map_shared_rank(&sm, j);
+        c += o->count[b];
+        if constexpr (kWeighted) w += o->weight[b];
+      }
+      cx.count[b] = c;
+      cx.weight[b] = w;
+    }
+    cluster.sync();  // no CTA clears its bins while another still reads them
+    if (threadIdx.x < 32) {
+      const int lane = threadIdx.x;
+      uint64_t own = 0;
+      auto weight = [&](int b) -> uint64_t { return kWeighted ? uint64_t(cx.weight[b]) : uint64_t(cx.count[b]); };
+      for (int q = 0; q < 8; ++q) own += weight(255 - 8 * lane - q);
+      uint64_t incl = own;
+      for (int o = 1; o < 32; o *= 2) {
+        const uint64_t y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+      }
+      if (relative && shift == 56) target = value * double(__shfl_sync(0xffffffffu, incl, 31));
+      uint64_t cum = above + incl - own;
+      int found = -1;
+      for (int q = 0; q < 8; ++q) {
+        const int b = 255 - 8 * lane - q;
+        const uint64_t w = weight(b);
+        if (cx.count[b] > 0 && double(cum + w) >= target) {
+          found = b;
+          break;
+        }
+        cum += w;
+      }
+      const unsigned ballot = __ballot_sync(0xffffffffu, found >= 0);
+      if (ballot == 0) {
+        if (lane == 0) {
+          sm.prefix = prefix;
+          sm.above = above;
+          sm.done = 1;
+        }
+      } else if (lane == __ffs(ballot) - 1) {
+        sm.prefix = prefix | (uint64_t(found) << shift);
+        sm.above = cum;
+        sm.done = cx.count[found] == 1 || shift == 0;
+      }
+    }
+    __syncthreads();
+    prefix = sm.prefix;
+    above = sm.above;
+    const bool done = sm.done != 0;
+    __syncthreads();
+    if (done) break;
+  }
+  return prefix;
+}
+#endif
+
+// grid (kSampleCluster, rows), clusters of kSampleCluster CTAs along x; CTA `rank` holds the elements
+// [rank * slice, (rank + 1) * slice) of its row (slice: a multiple of 8), z in dynamic shared memory.
+template <class T>
+__global__ void __launch_bounds__(kSampleThreads, 2)  // two CTAs an SM: one works while the other waits at a barrier
+    sample_cluster_kernel(int32_t* tokens, int64_t tok_stride, const T* logits, int64_t ls0, int64_t ls1, int64_t rows,
+                          int64_t n, int64_t slice, const __grid_constant__ ParamsArg params) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int V = 16 / sizeof(T);
+  constexpr int kU = 16 / V;  // chunks a thread loads at once: 16 values in flight
+  extern __shared__ float zs[];
+  __shared__ SelectSmem sel;
+  __shared__ BestSmem bsm;
+  __shared__ ClusterSmem cx;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int64_t lo = int64_t(cluster.block_rank()) * slice;
+  const int64_t hi = lo + slice < n ? lo + slice : n;
+  const int64_t step = int64_t(blockDim.x) * V;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const RowParams p = params.get(r);
+    const T* xr = logits + r * ls0;
+    const bool vec = ls1 == 1 && aligned16_dev(xr);
+    const bool greedy = p.temperature == 0;
+    const float temp = p.temperature;
+    auto zval = [temp](float x) { return x != x ? -INFINITY : __fdiv_rn(x, temp); };
+
+    // The slice, once from memory: z (or x when greedy) into shared memory, and its best.
+    Best top{-INFINITY, kNone};
+    for (int64_t i0 = lo + int64_t(threadIdx.x) * V; i0 < hi; i0 += kU * step) {
+      float x[kU][V];
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+        if (i0 + u * step < hi) load_chunk<V>(xr, ls1, n, i0 + u * step, vec, x[u]);
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int64_t c0 = i0 + u * step;
+        if (c0 >= hi) continue;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          if (c0 + k >= hi) continue;
+          const float z = greedy ? x[u][k] : zval(x[u][k]);
+          zs[c0 + k - lo] = z;
+          if (beats(z, c0 + k, top.v, top.i)) top = Best{z, c0 + k};
+        }
+      }
+    }
+    top = cluster_best(top, bsm, cx, cluster);  // also orders the stores to zs before the reads below
+    int32_t* out = tokens + r * tok_stride;
+    const bool first = cluster.block_rank() == 0 && threadIdx.x == 0;
+    if (greedy || !isfinite(top.v)) {  // greedy, or nothing has a positive probability
+      if (first) *out = int32_t(top.i);
+      continue;
+    }
+    const float zmax = top.v;
+
+    // This thread's elements of the slice, from shared memory.
+    auto for_slice = [&](auto&& f) {
+      for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) f(i, zs[i - lo]);
+    };
+    uint64_t thr = 0;  // kept: order_key(z, i) >= thr
+    if (p.top_k > 0 && p.top_k < n) {
+      auto visit = [&](auto&& f) { for_slice([&](int64_t i, float z) { f(order_key(z, i), uint64_t(1)); }); };
+      thr = cluster_select_desc<false>(visit, false, double(p.top_k), sel, cx, cluster);
+    }
+    if (p.top_p < 1.0f) {
+      const uint64_t lo_key = thr;
+      auto visit = [&](auto&& f) {
+        for_slice([&](int64_t i, float z) {
+          const uint64_t key = order_key(z, i);
+          if (key >= lo_key) f(key, fixed_mass(z, zmax));
+        });
+      };
+      const uint64_t tp = cluster_select_desc<true>(visit, true, double(p.top_p), sel, cx, cluster);
+      thr = tp > thr ? tp : thr;
+    }
+
+    // Gumbel-max over the kept set, Philox blocks of 4 indices (lo is a multiple of 4).
+    Best best{-INFINITY, kNone};
+    for (int64_t b0 = lo + 4 * int64_t(threadIdx.x); b0 < hi; b0 += 4 * int64_t(blockDim.x)) {
+      bool keep[4];
+      bool any = false;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int64_t i = b0 + k;
+        const float z = i < hi ? zs[i - lo] : -INFINITY;
+        keep[k] = i < hi && z != -INFINITY && order_key(z, i) >= thr && !(double(z) - double(zmax) < p.log_min_p);
+        any |= keep[k];
+      }
+      if (!any) continue;
+      const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, b0 >> 2);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (!keep[k]) continue;
+        const int64_t i = b0 + k;
+        const float u = philox::to_unit(rnd.v[k]);
+        const float score = __fadd_rn(zs[i - lo], -logf(-logf(u)));
+        if (beats(score, i, best.v, best.i)) best = Best{score, i};
+      }
+    }
+    best = cluster_best(best, bsm, cx, cluster);
+    if (first) *out = int32_t(best.i != kNone ? best.i : top.i);
+  }
+#endif
+}
+
 // ---- logprobs -----------------------------------------------------------------------------------------------
 // The row's log_softmax with the bits of cuda::softmax(log = true) into F32 (same statistics, same
 // expression), the chosen token's value, and the top n by a radix select on those values.
@@ -397,22 +644,59 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
                                 p.seed,        p.position};
   }
   cudaStream_t st = stream_of(s);
+  // Few rows: the params travel in the launch itself. More: uploaded from pageable memory, which
+  // returns once `host` has been staged, so it may go out of scope after the copy call.
+  ParamsArg args;
   RowParams* dev = nullptr;
-  const size_t bytes = host.size() * sizeof(RowParams);
-  BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&dev), bytes, st));
-  // From pageable memory: returns once `host` has been staged, so it may go out of scope after this.
-  BIK_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), bytes, cudaMemcpyHostToDevice, st));
+  if (rows <= kInlineParams) {
+    for (int64_t r = 0; r < rows; ++r) args.inl[r] = host[size_t(r)];
+  } else {
+    const size_t bytes = host.size() * sizeof(RowParams);
+    BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&dev), bytes, st));
+    BIK_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), bytes, cudaMemcpyHostToDevice, st));
+    args.dev = dev;
+  }
+  const DeviceInfo& info = use_device(logits.device.index);
+  const char* env = std::getenv("BIK_SAMPLE_CLUSTER");  // 0: one CTA a row everywhere (tests compare the two)
+  const bool cluster_ok = info.arch >= 90 && (env == nullptr || env[0] != '0');
   dispatch_float(logits.dtype, [&](auto lt) {
     using T = decltype(lt);
+    // A cluster a row when each CTA's slice of z fits its shared memory.
+    const int64_t slice = ((n + kSampleCluster - 1) / kSampleCluster + 7) / 8 * 8;
+    const int max_dyn = info.smem_optin - 8192;
+    if (cluster_ok && slice * int64_t(sizeof(float)) <= max_dyn) {
+      auto kernel = sample_cluster_kernel<T>;
+      allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, max_dyn);
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(kSampleCluster, unsigned(rows < 65535 ? rows : 65535), 1);
+      cfg.blockDim = dim3(kSampleThreads, 1, 1);
+      cfg.dynamicSmemBytes = size_t(slice) * sizeof(float);
+      cfg.stream = st;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = kSampleCluster;
+      attr[0].val.clusterDim.y = 1;
+      attr[0].val.clusterDim.z = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, tokens.ptr<int32_t>(), tokens.stride[0],
+                                               logits.ptr<const T>(), logits.stride[0], logits.stride[1], rows, n,
+                                               slice, args);
+      if (e == cudaSuccess) return;
+      // No room for such a cluster on this device: the one-CTA-a-row kernel below.
+      (void)cudaGetLastError();
+    }
     const int threads = row_threads(n, 16 / int(sizeof(T)));
     sample_kernel<T><<<grid_for(rows), threads, 0, st>>>(tokens.ptr<int32_t>(), tokens.stride[0],
                                                           logits.ptr<const T>(), logits.stride[0], logits.stride[1],
-                                                          rows, n, dev);
+                                                          rows, n, args);
     BIK_CUDA_LAUNCH_CHECK();
   });
-  BIK_CUDA_CHECK(cudaFreeAsync(dev, st));
-  // The host copy of the params must outlive the transfer.
-  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+  if (dev != nullptr) {
+    BIK_CUDA_CHECK(cudaFreeAsync(dev, st));
+    // The host copy of the params must outlive the transfer.
+    BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+  }
 }
 
 void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorView& top_vals,

@@ -1,13 +1,22 @@
 // Paged causal attention on CUDA: the CPU test's invariance checks at GPU sizes (contexts up to 32k,
 // batches that switch the kernel between its split-parallel and in-kernel-fold launches), accuracy vs
 // float64 and vs the CPU backend, run-to-run repeats, and the split-count-by-sequences negative control.
+// These run on whichever kernel paged_attention dispatches (wgmma on sm_90, mma.sync elsewhere); the
+// GpuAttentionSm90 tests pin each of the two kernels on sm_90 through BIK_ATTENTION_SM90.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <optional>
 #include <random>
+#include <string>
 
 #include "attention_harness.h"
 #include "core/attention_variants.h"
 #include "gpu_env.h"
+#if BIK_WITH_CUDA
+#include "cuda/attention_dispatch.h"
+#include "cuda/device_info.h"
+#endif
 
 namespace bik {
 namespace {
@@ -141,6 +150,167 @@ TEST(GpuAttention, NegativeControlSplitBySequencesIsCaught) {
   const Outcome o = alone_vs_batched(gpu(), c, targets, {2, 5, 13}, 1500, 64, 42, variant);
   EXPECT_GT(o.diffs, 0) << "the harness missed a batch-variant split count (" << o.cases << " rows)";
 }
+
+
+#if BIK_WITH_CUDA
+// Sets BIK_ATTENTION_SM90 for its lifetime (paged_attention reads it at each call), then restores it.
+class EngineSwitch {
+ public:
+  explicit EngineSwitch(const char* value) {
+    if (const char* old = std::getenv(kName)) saved_ = std::string(old);
+    setenv(kName, value, 1);
+  }
+  ~EngineSwitch() {
+    if (saved_)
+      setenv(kName, saved_->c_str(), 1);
+    else
+      unsetenv(kName);
+  }
+  EngineSwitch(const EngineSwitch&) = delete;
+  EngineSwitch& operator=(const EngineSwitch&) = delete;
+
+ private:
+  static constexpr const char* kName = "BIK_ATTENTION_SM90";
+  std::optional<std::string> saved_;
+};
+
+// Skips off sm_90; on sm_90 the build must carry the sm_90a kernel (the default architectures do), or
+// the wgmma path would silently never run.
+#define BIK_REQUIRE_SM90_ATTENTION()                                                                        \
+  do {                                                                                                      \
+    BIK_REQUIRE_GPU();                                                                                      \
+    if (cuda::use_device(0).arch != 90) GTEST_SKIP() << "the wgmma attention kernel needs an sm_90 device"; \
+    ASSERT_TRUE(cuda::attention_wgmma_available(0))                                                         \
+        << "sm_90 device, but this build has no loadable sm_90a attention kernel (CMAKE_CUDA_ARCHITECTURES "  \
+           "without 90a?)";                                                                                 \
+  } while (0)
+
+// Norm-wise relative difference of two outputs of the same step; NaN or inf anywhere -> inf.
+double relative_difference(DType dt, const std::vector<uint16_t>& a, const std::vector<uint16_t>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double x = stored(dt, a[i]), y = stored(dt, b[i]);
+    if (!std::isfinite(x) || !std::isfinite(y)) return INFINITY;
+    num += (x - y) * (x - y);
+    den += y * y;
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  {
+    EngineSwitch on("1");
+    EXPECT_TRUE(cuda::attention_uses_wgmma(0));
+  }
+  {
+    EngineSwitch off("0");
+    EXPECT_FALSE(cuda::attention_uses_wgmma(0));
+  }
+}
+
+// The wgmma kernel against float64, in both launch modes: the first configuration's 2000-token prefill
+// makes enough CTAs for the in-kernel fold (rows spanning 8 splits), the small batches run
+// split-parallel. Head dims 64 and 128, both dtypes, group sizes 1..16, block sizes 1..64.
+TEST(GpuAttentionSm90, WgmmaKernelAccuracyVsFloat64) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  EngineSwitch on("1");
+  struct Case {
+    DType dt;
+    int64_t hq, hkv, d, bs;
+  };
+  uint64_t seed = 31;
+  for (Case k : {Case{DType::BF16, 32, 8, 128, 16}, Case{DType::F16, 8, 2, 128, 1}, Case{DType::BF16, 4, 4, 64, 7},
+                 Case{DType::F16, 16, 1, 64, 32}, Case{DType::BF16, 12, 3, 128, 5}, Case{DType::F16, 8, 8, 128, 64}}) {
+    Config c{k.dt, k.hq, k.hkv, k.d, k.bs};
+    const std::vector<SeqSpec> prefill = {{41, 2000, 2000}, {42, 130, 65}};
+    const std::vector<SeqSpec> decode = {{43, 1, 1}, {44, 700, 700}, {45, 4100, 1}, {46, 520, 9}, {47, 257, 2}};
+    for (const auto& seqs : {prefill, decode}) {
+      const double err = max_error(gpu(), c, seqs, 8, seed++);
+      EXPECT_LE(err, tolerance(c.dtype)) << dtype_name(c.dtype) << " D=" << c.d << " Hq=" << c.hq
+                                         << " Hkv=" << c.hkv << " block=" << c.block_size
+                                         << (seqs.size() == 2 ? " (prefill batch)" : " (decode batch)");
+    }
+  }
+  Config c{DType::BF16, 8, 1, 128, 16};
+  EXPECT_LE(max_error(gpu(), c, {{77, 32768, 1}, {78, 20001, 3}}, 3, 5), tolerance(c.dtype));
+}
+
+// The two engines on the same steps: close (both within the dtype's tolerance of each other), not
+// necessarily equal, and neither leaves an element unwritten (outputs are poisoned with NaN first).
+TEST(GpuAttentionSm90, WgmmaAndMmaSyncKernelsAgree) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  uint64_t seed = 51;
+  for (Config c : {Config{DType::BF16, 32, 8, 128, 16}, Config{DType::F16, 8, 2, 128, 3},
+                   Config{DType::BF16, 16, 2, 64, 16}, Config{DType::F16, 4, 4, 64, 32}}) {
+    const std::vector<SeqSpec> seqs = {{61, 1500, 1500}, {62, 3000, 2}, {63, 1, 1}, {64, 300, 17}, {65, 9000, 1}};
+    std::vector<uint16_t> wg, ms;
+    {
+      EngineSwitch on("1");
+      ASSERT_TRUE(cuda::attention_uses_wgmma(0));
+      wg = run_step(gpu(), c, seqs, seed);
+    }
+    {
+      EngineSwitch off("0");
+      ASSERT_FALSE(cuda::attention_uses_wgmma(0));
+      ms = run_step(gpu(), c, seqs, seed);
+    }
+    ++seed;
+    size_t differing = 0;
+    for (size_t i = 0; i < wg.size(); ++i) differing += wg[i] != ms[i];
+    const double diff = relative_difference(c.dtype, wg, ms);
+    EXPECT_LE(diff, tolerance(c.dtype)) << dtype_name(c.dtype) << " D=" << c.d << ": " << differing << " of "
+                                        << wg.size() << " elements differ";
+    std::printf("[ info ] %s D=%lld Hq=%lld Hkv=%lld: wgmma vs mma.sync relative difference %.3g, %zu of %zu "
+                "elements differ\n",
+                dtype_name(c.dtype), static_cast<long long>(c.d), static_cast<long long>(c.hq),
+                static_cast<long long>(c.hkv), diff, differing, wg.size());
+  }
+}
+
+// The invariance checks on the wgmma kernel pinned explicitly (the GpuAttention tests above use it too
+// on sm_90, through the default dispatch), including the launch-mode switch inside a batch.
+TEST(GpuAttentionSm90, WgmmaKernelInvariance) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  EngineSwitch on("1");
+  Config c{DType::BF16, 32, 8, 128, 16};
+  Outcome o = decode_vs_prefill(gpu(), c, 701, 3000, 10, 1, 1);
+  EXPECT_EQ(o.diffs, 0) << "decode vs prefill: " << o.diffs << " of " << o.cases;
+  o = decode_vs_prefill(gpu(), Config{DType::F16, 8, 2, 64, 5}, 702, 1300, 5, 3, 2);
+  EXPECT_EQ(o.diffs, 0) << "decode vs prefill (f16, D=64): " << o.diffs << " of " << o.cases;
+  o = chunked_vs_whole(gpu(), c, 703, 900, 100, 3);
+  EXPECT_EQ(o.diffs, 0) << "chunked vs whole: " << o.diffs << " of " << o.cases;
+  o = alone_vs_batched(gpu(), c, {{704, 5000, 3}, {705, 700, 64}, {706, 1, 1}}, {1, 3, 40}, 3000, 200, 4);
+  EXPECT_GT(o.cases, 0);
+  EXPECT_EQ(o.diffs, 0) << "alone vs batched: " << o.diffs << " of " << o.cases;
+}
+
+// The mma.sync kernel stays selectable on sm_90 (BIK_ATTENTION_SM90=0), and stays invariant there.
+TEST(GpuAttentionSm90, MmaSyncKernelInvarianceOnSm90) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  EngineSwitch off("0");
+  Config c{DType::BF16, 32, 8, 128, 16};
+  Outcome o = decode_vs_prefill(gpu(), c, 801, 3000, 10, 1, 1);
+  EXPECT_EQ(o.diffs, 0) << "decode vs prefill: " << o.diffs << " of " << o.cases;
+  o = alone_vs_batched(gpu(), c, {{804, 5000, 3}, {805, 700, 64}}, {1, 3, 40}, 3000, 200, 4);
+  EXPECT_GT(o.cases, 0);
+  EXPECT_EQ(o.diffs, 0) << "alone vs batched: " << o.diffs << " of " << o.cases;
+}
+
+// The negative control on the wgmma kernel: a split count that follows the number of sequences must be
+// caught by the same harness.
+TEST(GpuAttentionSm90, NegativeControlOnWgmmaKernel) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  EngineSwitch on("1");
+  Config c{DType::BF16, 32, 8, 128, 16};
+  const AttnOp variant = [](const TensorView& out, const TensorView& q, const TensorView& kc, const TensorView& vc,
+                            const TensorView& bt, const TensorView& sl, const TensorView& qsl, float scale) {
+    paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
+  };
+  const Outcome o = alone_vs_batched(gpu(), c, {{102, 2100, 1}, {104, 777, 5}}, {2, 5, 13}, 1500, 64, 42, variant);
+  EXPECT_GT(o.diffs, 0) << "the harness missed a batch-variant split count (" << o.cases << " rows)";
+}
+#endif  // BIK_WITH_CUDA
 
 }  // namespace
 }  // namespace bik

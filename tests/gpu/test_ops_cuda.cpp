@@ -336,12 +336,12 @@ std::pair<double, double> mean_rstd64(const std::vector<double>& row, double eps
   return {mean, 1.0 / std::sqrt(var + eps)};
 }
 
-OpSpec layer_norm_spec(DType xt, DType ot, int64_t n, bool weight, bool bias) {
+OpSpec layer_norm_spec(DType xt, DType ot, int64_t n, bool weight, bool bias, DType bt = DType::F32) {
   auto w = std::make_shared<Shared>(shared_tensor({n}, xt, 0.3, 1.0, 8));
-  auto b = std::make_shared<Shared>(shared_tensor({n}, DType::F32, 0.5, 0.0, 9));
+  auto b = std::make_shared<Shared>(shared_tensor({n}, bt, 0.5, 0.0, 9));
   OpSpec op;
-  op.name = std::string("layer_norm ") + dn(xt) + "->" + dn(ot) + (weight ? " w" : "") + (bias ? " b" : "") +
-            " n=" + std::to_string(n);
+  op.name = std::string("layer_norm ") + dn(xt) + "->" + dn(ot) + (weight ? " w" : "") +
+            (bias ? std::string(" b") + dn(bt) : "") + " n=" + std::to_string(n);
   op.bufs.push_back({"x", xt, n, Role::In, 0, normal(1.5, 3)});
   op.bufs.push_back({"out", ot, n, Role::Out, tol_of(ot), {}});
   op.run = [=](const std::vector<TensorView>& v, const std::vector<uint64_t>&) {
@@ -381,10 +381,20 @@ OpSpec layer_norm_stats_spec(DType xt, int64_t n) {
   return op;
 }
 
-OpSpec softmax_spec(DType xt, DType ot, int64_t n, bool log) {
+// masked: -inf at the start of the row and at every 7th element (masked logits), so a lane's running
+// maximum starts at -inf and the statistics rescale when the first finite chunk arrives.
+OpSpec softmax_spec(DType xt, DType ot, int64_t n, bool log, bool masked = false) {
   OpSpec op;
-  op.name = std::string(log ? "log_softmax " : "softmax ") + dn(xt) + "->" + dn(ot) + " n=" + std::to_string(n);
-  op.bufs.push_back({"x", xt, n, Role::In, 0, normal(3.0, 4)});
+  op.name = std::string(log ? "log_softmax " : "softmax ") + dn(xt) + "->" + dn(ot) + " n=" + std::to_string(n) +
+            (masked ? " masked" : "");
+  auto gen = normal(3.0, 4);
+  if (masked)
+    gen = [gen](uint64_t key, std::vector<double>& v) {
+      gen(key, v);
+      for (size_t j = 0; j < v.size(); ++j)
+        if (j < v.size() / 3 || j % 7 == 0) v[j] = -INFINITY;
+    };
+  op.bufs.push_back({"x", xt, n, Role::In, 0, gen});
   op.bufs.push_back({"out", ot, n, Role::Out, tol_of(ot), {}});
   op.run = [=](const std::vector<TensorView>& v, const std::vector<uint64_t>&) {
     if (log)
@@ -600,6 +610,14 @@ TEST(OpsCuda, RmsNorm) {
   expect_clean(rms_norm_spec(DType::F16, DType::F32, DType::F32, 7, false));
   expect_clean(rms_norm_spec(DType::F32, DType::F32, DType::F32, 5123, true));
   expect_clean(rms_norm_spec(DType::BF16, DType::F32, DType::BF16, 20000, true));  // longer than the cached chunks
+  // One dtype throughout: aligned rows take the 16-byte path, the misaligned and strided layouts of the
+  // same batches the general kernel, so any difference between the two shows as a diff. Sizes cover
+  // the path's launch shapes (1 lane group a thread with 1 or 2 warps a row, 4 with 1 to 8 warps).
+  expect_clean(rms_norm_spec(DType::BF16, DType::BF16, DType::BF16, 4096, true));
+  expect_clean(rms_norm_spec(DType::F16, DType::F16, DType::F16, 512, true));
+  expect_clean(rms_norm_spec(DType::F32, DType::F32, DType::F32, 512, false));
+  expect_clean(rms_norm_spec(DType::F32, DType::F32, DType::F32, 1000, true));  // chunks past n
+  expect_clean(rms_norm_spec(DType::BF16, DType::BF16, DType::BF16, 16384, false));
 }
 
 TEST(OpsCuda, LayerNorm) {
@@ -609,6 +627,11 @@ TEST(OpsCuda, LayerNorm) {
   expect_clean(layer_norm_spec(DType::F16, DType::F32, 20000, true, false));
   expect_clean(layer_norm_stats_spec(DType::BF16, 4096));
   expect_clean(layer_norm_stats_spec(DType::F32, 20000));
+  // The 16-byte path (see RmsNorm): weight and bias in x's dtype.
+  expect_clean(layer_norm_spec(DType::BF16, DType::BF16, 4096, true, true, DType::BF16));
+  expect_clean(layer_norm_spec(DType::F16, DType::F16, 1024, true, true, DType::F16));
+  expect_clean(layer_norm_spec(DType::F32, DType::F32, 1000, false, true, DType::F32));
+  expect_clean(layer_norm_spec(DType::BF16, DType::BF16, 16384, true, false));
 }
 
 TEST(OpsCuda, Softmax) {
@@ -618,6 +641,40 @@ TEST(OpsCuda, Softmax) {
   expect_clean(softmax_spec(DType::F16, DType::F16, 33, false));
   expect_clean(softmax_spec(DType::BF16, DType::F32, 151936, true));
   expect_clean(softmax_spec(DType::F32, DType::F32, 4097, true));
+  // The 16-byte path (aligned rows) against the general kernel (the other layouts of the same batches):
+  // rows held in registers with 1 or 4 lane groups a thread, 1 to 8 warps a row, and rows read twice.
+  expect_clean(softmax_spec(DType::F32, DType::F32, 32000, false));
+  expect_clean(softmax_spec(DType::F32, DType::F32, 8192, true));
+  expect_clean(softmax_spec(DType::F32, DType::F32, 512, false));
+  expect_clean(softmax_spec(DType::F16, DType::F16, 64, false));
+  expect_clean(softmax_spec(DType::BF16, DType::BF16, 4096, false, true));
+  expect_clean(softmax_spec(DType::F32, DType::F32, 32000, false, true));
+  expect_clean(softmax_spec(DType::F32, DType::F32, 1000, false, true));
+}
+
+// log_softmax and logprobs share the row statistics (softmax.cuh): the chosen token's logprob has the
+// bits of log_softmax's output at that token, whichever kernel layout each runs.
+TEST(OpsCuda, LogSoftmaxMatchesLogprobs) {
+  BIK_REQUIRE_GPU();
+  for (DType t : {DType::BF16, DType::F32})
+    for (int64_t n : {int64_t(1000), int64_t(32000), int64_t(151936)}) {
+      const int64_t m = 5;
+      Shared x = shared_tensor({m, n}, t, 3.0, 0.0, 21);
+      Tensor out = Tensor::empty({m, n}, DType::F32, Device::cuda(0));
+      log_softmax(out, x.dev);
+      Tensor tok_h = Tensor::empty({m}, DType::I32);
+      for (int64_t r = 0; r < m; ++r) tok_h.ptr<int32_t>()[r] = int32_t((r * 7919 + 13) % n);
+      Tensor tok = tok_h.to(Device::cuda(0));
+      Tensor chosen = Tensor::empty({m}, DType::F32, Device::cuda(0));
+      Tensor ids = Tensor::empty({m, 1}, DType::I32, Device::cuda(0));
+      Tensor vals = Tensor::empty({m, 1}, DType::F32, Device::cuda(0));
+      logprobs(chosen, ids, vals, x.dev, tok);
+      const Tensor out_h = out.to(Device::cpu()), chosen_h = chosen.to(Device::cpu());
+      for (int64_t r = 0; r < m; ++r) {
+        const float a = out_h.ptr<float>()[r * n + tok_h.ptr<int32_t>()[r]], b = chosen_h.ptr<float>()[r];
+        EXPECT_EQ(std::memcmp(&a, &b, 4), 0) << dn(t) << " n=" << n << " row " << r << ": " << a << " vs " << b;
+      }
+    }
 }
 
 TEST(OpsCuda, SumMean) {
@@ -626,7 +683,8 @@ TEST(OpsCuda, SumMean) {
   expect_clean(reduce_spec(DType::F32, DType::F32, 3, 1001, {2}, false, true));
   expect_clean(reduce_spec(DType::F16, DType::F32, 64, 24, {1}, true, false));  // strided reduced dim
   expect_clean(reduce_spec(DType::BF16, DType::BF16, 1, 8192, {1, 2}, true, true));
-  // The reduced dim far apart and the outputs adjacent: the per-output kernel, then the column kernel.
+  // The reduced dim far apart and the outputs adjacent: the per-output kernel (forced), then the column
+  // kernels (the default).
   for (const char* columns : {"0", "1"}) {
     setenv("BIK_REDUCE_COLUMNS", columns, 1);
     expect_clean(reduce_spec(DType::BF16, DType::F32, 300, 48, {1}, false, false));
@@ -635,12 +693,14 @@ TEST(OpsCuda, SumMean) {
   unsetenv("BIK_REDUCE_COLUMNS");
 }
 
-// A sum over dim 0 of x [n, cols] (the column kernel, opted into by BIK_REDUCE_COLUMNS=1) must give
-// the bits of the row kernel on the contiguous transpose [cols, n], and of each column alone (a batch
-// of one output, which takes the per-output kernel).
+// A sum over dim 0 of x [n, cols] (the column kernels) must give the bits of the row kernel on the
+// contiguous transpose [cols, n], and of each column alone (a batch of one output, which takes the
+// per-output kernel). The shapes reach the column kernels' variants on a GPU of ~132 SMs: classes folded
+// by the second kernel with 1, 2 and 8 lanes a thread (4096 x 300, 40000 x 33, 1024 x 34000), a single
+// class (200 x 20000, f32), and the element loads (a view one column in, not 16-byte aligned).
 TEST(OpsCuda, SumOverDim0MatchesRows) {
   BIK_REQUIRE_GPU();
-  setenv("BIK_REDUCE_COLUMNS", "1", 1);
+  unsetenv("BIK_REDUCE_COLUMNS");
   struct Shape2 {
     DType t;
     int64_t n, cols;
@@ -649,7 +709,7 @@ TEST(OpsCuda, SumOverDim0MatchesRows) {
   std::mt19937_64 rng(99);
   std::normal_distribution<double> nd(0.0, 1.0);
   for (Shape2 c : {Shape2{DType::BF16, 4096, 300}, Shape2{DType::F32, 1001, 64}, Shape2{DType::F16, 37, 129},
-                   Shape2{DType::BF16, 40000, 33}}) {
+                   Shape2{DType::BF16, 40000, 33}, Shape2{DType::BF16, 1024, 34000}, Shape2{DType::F32, 200, 20000}}) {
     const int64_t es = int64_t(dtype_size(c.t));
     Tensor xh = Tensor::empty({c.n, c.cols}, c.t), th = Tensor::empty({c.cols, c.n}, c.t);
     for (int64_t i = 0; i < c.n; ++i)
@@ -668,8 +728,18 @@ TEST(OpsCuda, SumOverDim0MatchesRows) {
       };
       red(o1, x, 0);
       red(o2, xt, 1);
-      for (int64_t k = 0; k < c.cols; ++k) red(o3.view().narrow(0, k, 1), x.view().narrow(1, k, 1), 0);
+      // Each column alone: every column of the narrow shapes, a sample of the wide ones.
+      const int64_t every = c.cols > 1000 ? 97 : 1;
+      o3 = o1.to(Device::cpu()).to(gpu);
+      for (int64_t k = 0; k < c.cols; k += every) red(o3.view().narrow(0, k, 1), x.view().narrow(1, k, 1), 0);
+      // Columns 1.. of x: a view whose rows start off 16-byte boundaries.
+      Tensor o4 = Tensor::empty({c.cols - 1}, DType::F32, gpu);
+      red(o4, x.view().narrow(1, 1, c.cols - 1), 0);
       Tensor h1 = o1.to(Device::cpu()), h2 = o2.to(Device::cpu()), h3 = o3.to(Device::cpu());
+      Tensor h4 = o4.to(Device::cpu());
+      EXPECT_EQ(0, std::memcmp(h1.ptr<float>() + 1, h4.data(), size_t(c.cols - 1) * 4))
+          << dtype_name(c.t) << " n=" << c.n << " cols=" << c.cols << (is_mean ? " mean" : " sum")
+          << ": unaligned view";
       EXPECT_EQ(0, std::memcmp(h1.data(), h2.data(), size_t(c.cols) * 4))
           << dtype_name(c.t) << " n=" << c.n << " cols=" << c.cols << (is_mean ? " mean" : " sum")
           << ": dim 0 vs rows";
@@ -694,7 +764,6 @@ TEST(OpsCuda, SumOverDim0MatchesRows) {
       EXPECT_LT(worst, 1e-6) << dtype_name(c.t) << " n=" << c.n << " cols=" << c.cols;
     }
   }
-  unsetenv("BIK_REDUCE_COLUMNS");
 }
 
 TEST(OpsCuda, Argmax) {
@@ -702,6 +771,9 @@ TEST(OpsCuda, Argmax) {
   expect_clean(argmax_spec(DType::BF16, 151936, false));
   expect_clean(argmax_spec(DType::F32, 100, true));
   expect_clean(argmax_spec(DType::F16, 5000, true));
+  // Long rows of few distinct values: ties between the pieces a row is cut into when the batch is small.
+  expect_clean(argmax_spec(DType::BF16, 151936, true));
+  expect_clean(argmax_spec(DType::F32, 70001, true));
 }
 
 TEST(OpsCuda, SiluAndMul) {
@@ -781,6 +853,46 @@ TEST(OpsCuda, SampleMatchesCpu) {
   for (int64_t r = 0; r < rows; ++r) same += tc.ptr<int32_t>()[r] == tg_h.ptr<int32_t>()[r];
   std::printf("sample: GPU matches CPU on %lld of %lld rows\n", (long long)same, (long long)rows);
   EXPECT_GE(same, rows - 2);
+}
+
+// The cluster-a-row kernel (sm_90) and the one-CTA-a-row kernel (BIK_SAMPLE_CLUSTER=0) follow one exact
+// definition, so they must pick the same token for every row: rows with NaN and -inf logits, rows of only
+// -inf, every filter variant, vocabularies shorter than the cluster's slices, params in the launch (up to
+// 48 rows) and from memory (more).
+TEST(OpsCuda, SampleClusterMatchesRowKernel) {
+  BIK_REQUIRE_GPU();
+  struct Case {
+    DType t;
+    int64_t vocab, rows;
+  };
+  const Device gpu = Device::cuda(0);
+  std::mt19937_64 rng(31);
+  std::normal_distribution<double> nd(0.0, 3.0);
+  for (Case c : {Case{DType::BF16, 151936, 5}, Case{DType::F32, 32000, 48}, Case{DType::F32, 32000, 49},
+                 Case{DType::F16, 4099, 300}, Case{DType::F32, 37, 20}}) {
+    const int64_t es = int64_t(dtype_size(c.t));
+    Tensor xh = Tensor::empty({c.rows, c.vocab}, c.t);
+    std::vector<SamplingParams> ps;
+    for (int64_t r = 0; r < c.rows; ++r) {
+      for (int64_t i = 0; i < c.vocab; ++i) {
+        double v = nd(rng);
+        if (r % 11 == 5) v = -INFINITY;
+        else if (r % 7 == 3 && i % 97 == 0) v = i % 2 ? NAN : -INFINITY;
+        put(static_cast<uint8_t*>(xh.data()) + (r * c.vocab + i) * es, c.t, v);
+      }
+      ps.push_back(params_for(uint64_t(r) * 31 + uint64_t(c.vocab), int(r % 6)));
+    }
+    Tensor x = xh.to(gpu);
+    Tensor a = Tensor::empty({c.rows}, DType::I32, gpu), b = Tensor::empty({c.rows}, DType::I32, gpu);
+    setenv("BIK_SAMPLE_CLUSTER", "0", 1);
+    sample(a, x, ps);
+    unsetenv("BIK_SAMPLE_CLUSTER");
+    sample(b, x, ps);
+    Tensor ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
+    int64_t diff = 0;
+    for (int64_t r = 0; r < c.rows; ++r) diff += ha.ptr<int32_t>()[r] != hb.ptr<int32_t>()[r];
+    EXPECT_EQ(diff, 0) << dtype_name(c.t) << " V=" << c.vocab << " rows=" << c.rows;
+  }
 }
 
 TEST(OpsCuda, Logprobs) {

@@ -1,0 +1,16 @@
+// Which tensor-core engine bik::cuda::paged_attention runs (kernels: cuda/attention.cuh, mma.sync, and
+// cuda/attention_sm90.cuh, wgmma). Host-only: tests and benchmarks ask it which kernel they measure.
+#pragma once
+
+namespace bik::cuda {
+
+// True when the next paged_attention call on `device` runs the wgmma kernel: the device is sm_90, this
+// build carries the sm_90a kernel, and the environment does not say BIK_ATTENTION_SM90=0 (read at each
+// call, so an A/B comparison can switch it between calls). Makes `device` current.
+bool attention_uses_wgmma(int device);
+
+// Whether this build carries the sm_90a attention kernel in a form `device` can run (false on devices
+// other than sm_90). Ignores the environment switch. Makes `device` current.
+bool attention_wgmma_available(int device);
+
+}  // namespace bik::cuda

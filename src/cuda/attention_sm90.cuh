@@ -1,0 +1,440 @@
+// Paged causal attention on Hopper (sm_90a): the plan and the softmax of attention.cuh, with the tensor-core
+// products done by warpgroup MMA (wgmma) instead of mma.sync.
+//
+// Same work unit, same plan (attention.cuh's header comment is the contract): one CTA = one sequence, one
+// KV head, 64 query rows, 64-key tiles from the split start, splits at multiples of split_len, the fold of
+// split results in increasing split order, the in-kernel fold ("prefill") and split-parallel ("decode")
+// modes running the same per-split code. The CTA is one warpgroup (4 warps x 16 rows); what changes is
+// the arithmetic engine, and it changes for BOTH modes on sm_90, never with the mode or the batch:
+//  - S = Q K^T: wgmma m64n64k16, Q and K tiles in shared memory (SS), K steps of 16 over head_dim from
+//    d = 0, each adding into the same F32 accumulator of the score;
+//  - O += P V: wgmma m64n(D)k16 with P from registers (RS: the score accumulators rounded to the input
+//    dtype, which is exactly how the mma.sync kernel forms P) and V from shared memory, in increasing
+//    16-key steps;
+//  - the softmax between them is attention.cuh's code line by line: the wgmma accumulator of m64nN gives
+//    each thread rows lane/4 and lane/4 + 8 of its warp's 16 and columns 8j + 2(lane%4) + {0, 1}, the
+//    pattern of mma.sync m16n8 repeated over N/8, so the thread-local order and the 4-lane shuffle tree
+//    are unchanged.
+// wgmma and mma.sync may round differently, so which engine runs is a function of the device alone:
+// wgmma on every sm_90 device whose build has sm_90a code, for every mode and batch. BIK_ATTENTION_SM90=0
+// in the environment forces the mma.sync kernel on sm_90 (read at each call; for A/B benchmarks only,
+// a process must not mix the two engines if it wants invariant outputs).
+//
+// Shared memory (all tiles 64 rows x D halves, each cut into panels of 64 columns = 128-byte rows, in the
+// 128-byte swizzle: 16-byte chunk c of row r at chunk c ^ (r % 8), panels 8 KB apart and 1024-aligned):
+//  - Q [64 rows][D]: the A operand of Q K^T, K-major;
+//  - K [64 keys][D] x stages: the B operand of Q K^T, K-major (N = keys);
+//  - V [64 keys][D] x stages: the B operand of P V, MN-major (N = d contiguous), read with the transpose
+//    bit: descriptor leading byte offset = panel stride (next 64 columns of d), stride byte offset =
+//    1024 (next 8 keys).
+// Loads: cp.async of 16-byte chunks gathered through the block table (each key row from its block), into
+// the swizzled layout; stages in a ring (wait, proxy fence, barrier, then refill the stage freed by the
+// previous tile). Keys past every row's position are zero-filled; rows past the CTA's queries are zeros.
+#pragma once
+#include "cuda/attention.cuh"
+#include "cuda/gemm_sm90_wgmma.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define BIK_ATTN_SM90_DEVICE_CODE 1  // wgmma exists only in the sm_90a pass
+#endif
+
+namespace bik::cuda::attn::sm90 {
+
+using gemm_detail::sm90::Wgmma;  // SS form, both operands K-major: S = Q K^T
+
+template <int D>
+struct Layout {
+  static constexpr int kPanel = kBK * 128;        // 64 rows of 128 bytes
+  static constexpr int kTile = (D / 64) * kPanel;  // one Q, K or V tile
+  // D = 128: 2 stages keep a CTA at 81 KB, so two CTAs (two warpgroups) share an SM and one's softmax
+  // overlaps the other's wgmma. D = 64 tiles are half the size: 3 stages.
+  static constexpr int kStages = D == 128 ? 2 : 3;
+  static constexpr int kOffK = kTile, kOffV = kOffK + kStages * kTile;
+  static constexpr int kBytes = kOffV + kStages * kTile + 1024;  // + slack to align the base to 1024
+  // Byte offset of 16-byte chunk c (columns 8c..8c+7) of row r inside a tile.
+  __device__ __forceinline__ static uint32_t off(int r, int c) {
+    return uint32_t((c >> 3) * kPanel + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+  }
+};
+
+// wgmma.mma_async m64nNk16, F32 accumulate, A (16-bit) from registers in the accumulator pattern of
+// m64n16 (a[0]: row lane/4, k 2(lane%4)..+1; a[1]: row + 8; a[2], a[3]: the same at k + 8), B from shared
+// memory MN-major (transpose bit set). Scale-d is 1: every instruction adds into the accumulators.
+template <int N, typename T>
+struct WgmmaRS;
+
+template <>
+struct WgmmaRS<64, __nv_bfloat16> {
+  __device__ __forceinline__ static void mma(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+  }
+};
+
+template <>
+struct WgmmaRS<64, __half> {
+  __device__ __forceinline__ static void mma(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+  }
+};
+
+template <>
+struct WgmmaRS<128, __nv_bfloat16> {
+  __device__ __forceinline__ static void mma(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+  }
+};
+
+template <>
+struct WgmmaRS<128, __half> {
+  __device__ __forceinline__ static void mma(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+  }
+};
+
+#ifdef BIK_ATTN_SM90_DEVICE_CODE
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Makes this thread's completed generic-proxy writes to shared memory (cp.async) visible to the async
+// proxy, which is where wgmma reads its shared-memory operands.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keeps the compiler from moving register reads or writes across the asynchronous wgmma window.
+template <int R>
+__device__ __forceinline__ void pin(float (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int R>
+__device__ __forceinline__ void pin(uint32_t (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor in the 128-byte swizzle: start address, leading and stride byte offsets
+// (16-byte units, 14 bits each), base offset 0 (every pattern starts 1024-aligned), layout type 1 (128B).
+//  - K-major (Q, K): 8-row groups 1024 bytes apart (stride); the leading offset is unused (1).
+//  - MN-major (V): next 64 columns of N one panel further (leading), next 8 keys 1024 bytes on (stride).
+__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lead_bytes, uint32_t stride_bytes) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((lead_bytes >> 4) & 0x3FFF) << 16) |
+         (uint64_t((stride_bytes >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
+}
+#endif
+
+template <typename T, int D, bool kSplit>
+__global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) {
+#ifdef BIK_ATTN_SM90_DEVICE_CODE
+  using Ly = Layout<D>;
+  constexpr int S = Ly::kStages;
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int KT = D / 16;      // k-steps of Q K^T
+  constexpr int kO = D / 2;       // O accumulators per thread (m64nD)
+  extern __shared__ __align__(1024) uint8_t smem[];
+
+  // ---- the work unit: exactly attention.cuh's ----
+  const int seq = blockIdx.x / p.kv_heads, kvh = blockIdx.x % p.kv_heads;
+  const int q0 = p.qsl[int64_t(seq) * p.qsl_s];
+  const int q_len = p.qsl[int64_t(seq + 1) * p.qsl_s] - q0;
+  const int tok0 = blockIdx.y * p.tok_per_cta;
+  if (tok0 >= q_len) return;
+  const int ntok = min(p.tok_per_cta, q_len - tok0);
+  const int ctx = p.seq_lens[int64_t(seq) * p.sl_s];
+  const int pos0 = ctx - q_len + tok0;  // absolute position of the CTA's first token
+  const int pmax = pos0 + ntok - 1;
+  const int L = p.split_len;
+  int kb_begin, kb_last;  // tiles [kb_begin, kb_last] (key positions of the tile starts)
+  if constexpr (kSplit) {
+    kb_begin = blockIdx.z * L;
+    if (kb_begin > pmax) return;
+    kb_last = min(kb_begin + L - 1, pmax) / kBK * kBK;
+  } else {
+    kb_begin = 0;
+    kb_last = pmax / kBK * kBK;
+  }
+  const int valid_rows = ntok * p.group;
+
+  const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
+  const uint32_t sq = base;
+  auto sk = [&](int s) { return base + Ly::kOffK + s * Ly::kTile; };
+  auto sv = [&](int s) { return base + Ly::kOffV + s * Ly::kTile; };
+  const T* kc = static_cast<const T*>(p.k_cache);
+  const T* vc = static_cast<const T*>(p.v_cache);
+  const int32_t* bt = p.block_tables + int64_t(seq) * p.bt_s0;
+
+  // Q rows: row r = token (r / group), head kvh * group + r % group; rows past the CTA's tokens are 0.
+  // Fixed trip counts: a thread keeps its chunk column c and steps rows by kThreads / kChunks, so the
+  // swizzled destination is a constant plus a multiple of 1024 bytes. (The tile loop unrolls by 2 only:
+  // a full unroll hoists every block-table read and spills registers at D = 128.)
+#pragma unroll
+  for (int it = 0; it < kRows * kChunks / kThreads; ++it) {
+    const int i = threadIdx.x + it * kThreads;
+    const int r = i / kChunks, c = i % kChunks;
+    const bool live = r < valid_rows;
+    const T* src = static_cast<const T*>(p.q);
+    if (live)
+      src += int64_t(q0 + tok0 + r / p.group) * p.q_s0 + int64_t(kvh * p.group + r % p.group) * p.q_s1 + c * 8;
+    cp_async_16(sq + Ly::off(r, c), src, live ? 16 : 0);
+  }
+  // One K and V tile: key row kb + r from its block of the block table.
+  auto load_tile = [&](int stage, int kb) {
+#pragma unroll 2
+    for (int it = 0; it < kBK * kChunks / kThreads; ++it) {
+      const int i = threadIdx.x + it * kThreads;
+      const int r = i / kChunks, c = i % kChunks;
+      const int kp = kb + r;
+      const bool live = kp <= pmax;  // keys past every row's position: zero-filled
+      int64_t off = 0;
+      if (live) {
+        const int64_t blk = bt[int64_t(kp / p.block_size) * p.bt_s1];
+        off = blk * p.cache_blk + int64_t(kp % p.block_size) * p.cache_tok + int64_t(kvh) * D + c * 8;
+      }
+      cp_async_16(sk(stage) + Ly::off(r, c), kc + off, live ? 16 : 0);
+      cp_async_16(sv(stage) + Ly::off(r, c), vc + off, live ? 16 : 0);
+    }
+  };
+  // Prologue: group 0 = Q and tile 0; groups 1..S-2 = the next tiles (empty past the last one).
+  load_tile(0, kb_begin);
+  cp_async_commit();
+#pragma unroll
+  for (int t = 1; t < S - 1; ++t) {
+    if (kb_begin + t * kBK <= kb_last) load_tile(t, kb_begin + t * kBK);
+    cp_async_commit();
+  }
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, cq = lane & 3;
+  // This thread's two rows (g and g + 8 of its warp's 16) and their positions (-1: no row). Every warp
+  // takes part in every wgmma (they are warpgroup-wide); a row with no query has Q = 0, every key
+  // masked, p = 0, and is never stored.
+  int pos_r[2];
+  int row_id[2];  // global (token, head) index, for partials and output
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp * 16 + g + h * 8;
+    pos_r[h] = r < valid_rows ? pos0 + r / p.group : -1;
+    row_id[h] = r < valid_rows ? (q0 + tok0 + r / p.group) * p.q_heads + kvh * p.group + r % p.group : 0;
+  }
+
+  // Accumulator patterns (m64nN): s[4j + e] is row g + 8 (e / 2), key kb + 8j + 2cq + e % 2 (attention.cuh's
+  // s[j][e]); o[4n + e] is row g + 8 (e / 2), column 8n + 2cq + e % 2 (its o[n][e]).
+  float s[32];
+  float o[kO];
+  float accf[kSplit ? 1 : kO];  // folded over the finished splits (in-kernel fold mode)
+  float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
+  float M_f[2], L_f[2];
+  const float kNegInf = -__int_as_float(0x7f800000);
+
+  int stage = 0;
+  for (int kb = kb_begin; kb <= kb_last; kb += kBK, stage = stage + 1 == S ? 0 : stage + 1) {
+    // Tile kb has landed (this thread's copies), is visible to the async proxy, and every thread is past
+    // the previous tile, whose stage the refill below overwrites.
+    cp_async_wait<S - 2>();
+    fence_proxy_async();
+    __syncthreads();
+    {
+      const int kn = kb + (S - 1) * kBK;
+      const int sn = stage + S - 1 >= S ? stage - 1 : stage + S - 1;
+      if (kn <= kb_last) load_tile(sn, kn);
+      cp_async_commit();
+    }
+    const bool split_start = kb % L == 0;
+    const bool split_end = (kb + kBK) % L == 0 || kb == kb_last;
+    if (split_start) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
+#pragma unroll
+      for (int i = 0; i < kO; ++i) o[i] = 0.f;
+    }
+
+    // S = Q K^T for the tile's 64 keys: head_dim in k-steps of 16 from d = 0.
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s[i] = 0.f;
+    pin(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+      const uint32_t at = (kk >> 2) * Ly::kPanel + (kk & 3) * 32;  // 16 halves = 32 bytes per k-step
+      Wgmma<64, T>::mma(s, desc_sw128(sq + at, 16, 1024), desc_sw128(sk(stage) + at, 16, 1024));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    pin(s);
+
+    // Scale, mask, running max: attention.cuh's code.
+    float mt[2] = {m_run[0], m_run[1]};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1, key = kb + j * 8 + cq * 2 + (e & 1);
+        float& x = s[4 * j + e];
+        x = key <= pos_r[h] ? __fmul_rn(x, p.scale_log2) : kNegInf;
+        mt[h] = fmaxf(mt[h], x);
+      }
+    float alpha[2], tsum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mt[h] = fmaxf(mt[h], __shfl_xor_sync(0xffffffffu, mt[h], 1));
+      mt[h] = fmaxf(mt[h], __shfl_xor_sync(0xffffffffu, mt[h], 2));
+      const float m_use = mt[h] == kNegInf ? 0.f : mt[h];  // a row with no key yet: keep p = 0
+      // An unchanged max rescales by exactly 1, so a tile with no key for this row is a no-op.
+      alpha[h] = m_run[h] == m_use ? 1.f : ex2(__fsub_rn(m_run[h], m_use));
+      mt[h] = m_use;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1;
+        float& x = s[4 * j + e];
+        x = ex2(__fsub_rn(x, mt[h]));
+        tsum[h] = __fadd_rn(tsum[h], x);
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tsum[h] = __fadd_rn(tsum[h], __shfl_xor_sync(0xffffffffu, tsum[h], 1));
+      tsum[h] = __fadd_rn(tsum[h], __shfl_xor_sync(0xffffffffu, tsum[h], 2));
+      l_run[h] = __fmaf_rn(l_run[h], alpha[h], tsum[h]);
+      m_run[h] = mt[h];
+    }
+#pragma unroll
+    for (int i = 0; i < kO; ++i) o[i] = __fmul_rn(o[i], alpha[(i >> 1) & 1]);
+
+    // O += P V, 16 keys per step in increasing order. P's A fragment for keys 16k2.. is the score pattern
+    // of those 16 columns: (s[8k2], s[8k2 + 1]) row g, (s[8k2 + 2], ..3) row g + 8, then the same 8 keys on.
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int k2 = 0; k2 < 4; ++k2) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) pa[k2][r] = pack2<T>(s[8 * k2 + 2 * r], s[8 * k2 + 2 * r + 1]);
+      pin(pa[k2]);
+    }
+    pin(o);
+    wgmma_fence();
+#pragma unroll
+    for (int k2 = 0; k2 < 4; ++k2)  // keys 16k2.. start 16 rows (2048 bytes) into the V tile
+      WgmmaRS<D, T>::mma(o, pa[k2], desc_sw128(sv(stage) + k2 * 16 * 128, Ly::kPanel, 1024));
+    wgmma_commit();
+    wgmma_wait<0>();
+    pin(o);
+
+    if (split_end) {
+      const int j = kb / L;
+      if constexpr (kSplit) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          if (pos_r[h] < j * L) continue;  // the row has no key in this split
+          const int64_t pbase = int64_t(row_id[h]) * p.max_splits + j;
+          if (cq == 0) {
+            p.part_ml[pbase * 2] = m_run[h];
+            p.part_ml[pbase * 2 + 1] = l_run[h];
+          }
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n)
+            *reinterpret_cast<float2*>(p.part_acc + pbase * D + n * 8 + cq * 2) =
+                make_float2(o[4 * n + 2 * h], o[4 * n + 2 * h + 1]);
+        }
+      } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          if (pos_r[h] < j * L) continue;
+          if (j == 0) {
+            M_f[h] = m_run[h];
+            L_f[h] = l_run[h];
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) accf[4 * n + 2 * h + e] = o[4 * n + 2 * h + e];
+          } else {
+            const FoldCoef fc = fold_coef(M_f[h], m_run[h]);
+            L_f[h] = fold(L_f[h], l_run[h], fc);
+            M_f[h] = fc.m;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                float& A = accf[4 * n + 2 * h + e];
+                A = fold(A, o[4 * n + 2 * h + e], fc);
+              }
+          }
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  if constexpr (!kSplit) {
+    T* out = static_cast<T*>(p.out);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = warp * 16 + g + h * 8;
+      if (r >= valid_rows) continue;
+      T* orow = out + int64_t(q0 + tok0 + r / p.group) * p.o_s0 + int64_t(kvh * p.group + r % p.group) * p.o_s1;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const float a0 = __fdiv_rn(accf[4 * n + 2 * h], L_f[h]);
+        const float a1 = __fdiv_rn(accf[4 * n + 2 * h + 1], L_f[h]);
+        *reinterpret_cast<uint32_t*>(orow + n * 8 + cq * 2) = pack2<T>(a0, a1);
+      }
+    }
+  }
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
+  __trap();  // sm_90 code without the sm_90a features: the host only launches this where sm_90a was built
+#endif
+}
+
+}  // namespace bik::cuda::attn::sm90
