@@ -3,6 +3,10 @@
 // Each row is summed by the plan's tree (rows.cuh, group_tree), whose shape depends on n and the dtype
 // only. A thread keeps its chunks of the row in registers between the statistics pass and the output
 // pass when the row has at most 2 L elements; longer rows are read again. Both give the same bits.
+// Rows in the common layout with one dtype throughout run the short kernels of the 16-byte path (below);
+// any other layout or dtype mix runs the general kernels, same lanes, same order, same bits.
+#include <initializer_list>
+
 #include "core/backend.h"
 #include "cuda/rows.cuh"
 
@@ -265,6 +269,206 @@ __global__ void __launch_bounds__(256) layer_norm_kernel(RowArg<To> out, RowArg<
   }
 }
 
+// ---- the 16-byte path ---------------------------------------------------------------------------------
+// Rows of at most 2 L elements in the common layout (rows.cuh, flat_rows), with x, the residual, the
+// output and the parameters all in one dtype T: the same lanes, the same per-lane order and the same
+// expressions as the kernels above, so the same bits, in far fewer instructions. Chunk (p, g) of a
+// thread starts at p * L + g * G V + tg * V. All loads of a row are issued before the first use, and
+// all parameter loads before the first output store (the compiler must assume a store may alias a
+// parameter and keeps every load after the stores written before it, so a load next to its use would
+// cost a round trip per chunk): a row costs two memory round trips. The parameters are not held across the reduction: at most 128
+// registers a thread keep eight 64-thread rows on an SM (rows of 4096 bf16), so 1024 rows fit one wave.
+template <class T, int NG, bool has_res>
+__global__ void __launch_bounds__(kMaxGroupThreads, 2)
+    rms_norm_flat_kernel(T* out, int64_t out_stride, const T* x, int64_t x_stride, T* res, int64_t res_stride,
+                         const T* w, int64_t rows, int n, float eps, int W) {
+  constexpr int V = 16 / sizeof(T);
+  extern __shared__ float smem[];
+  const RowGroup rg = row_group(W);
+  const int GV = rg.G * V, L = GV * NG, t0 = rg.tg * V;
+
+  for (int64_t r = rg.first; r < rows; r += rg.step) {
+    const T* xr = x + r * x_stride;
+    T* rr = has_res ? res + r * res_stride : nullptr;
+    uint4 hc[2][NG], rc[2][NG];
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int i0 = p * L + g * GV + t0;
+        hc[p][g] = rc[p][g] = make_uint4(0, 0, 0, 0);
+        if (i0 < n) {
+          hc[p][g] = ld16(xr + i0);
+          if (has_res) rc[p][g] = ld16(rr + i0);
+        }
+      }
+
+    float acc[NG][V];
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[g][k] = 0.0f;
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int i0 = p * L + g * GV + t0;
+        if (i0 < n) {
+          float hv[V];
+          if constexpr (has_res) {
+            // h = x + residual, rounded to T once, goes back to the residual.
+            float rv[V];
+            unpack<T, V>(hc[p][g], hv);
+            unpack<T, V>(rc[p][g], rv);
+#pragma unroll
+            for (int k = 0; k < V; ++k) hv[k] = __fadd_rn(hv[k], rv[k]);
+            hc[p][g] = pack<T, V>(hv);
+            st16(rr + i0, hc[p][g]);
+          }
+          unpack<T, V>(hc[p][g], hv);
+#pragma unroll
+          for (int k = 0; k < V; ++k) acc[g][k] = __fmaf_rn(hv[k], hv[k], acc[g][k]);
+        }
+      }
+    const float ss = group_tree<V, NG>(acc, smem, rg, AddOp{});
+    const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, float(n)), eps)));
+
+    uint4 wc[2][NG];
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int i0 = p * L + g * GV + t0;
+        wc[p][g] = i0 < n ? ld16(w + i0) : make_uint4(0, 0, 0, 0);
+      }
+    T* orow = out + r * out_stride;
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int i0 = p * L + g * GV + t0;
+        if (i0 < n) {
+          float hv[V], wv[V], o[V];
+          unpack<T, V>(hc[p][g], hv);
+          unpack<T, V>(wc[p][g], wv);
+#pragma unroll
+          for (int k = 0; k < V; ++k) o[k] = __fmul_rn(__fmul_rn(hv[k], rstd), wv[k]);
+          st16(orow + i0, pack<T, V>(o));
+        }
+      }
+  }
+}
+
+template <class T, int NG>
+__global__ void __launch_bounds__(kMaxGroupThreads, 2)
+    layer_norm_flat_kernel(T* out, int64_t out_stride, const T* x, int64_t x_stride, const T* w, const T* b,
+                           float* mean_out, float* rstd_out, int64_t stats_stride, int64_t rows, int n, float eps,
+                           int W) {
+  constexpr int V = 16 / sizeof(T);
+  extern __shared__ float smem[];
+  const RowGroup rg = row_group(W);
+  const int GV = rg.G * V, L = GV * NG, t0 = rg.tg * V;
+
+  for (int64_t r = rg.first; r < rows; r += rg.step) {
+    const T* xr = x + r * x_stride;
+    uint4 xc[2][NG];
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int i0 = p * L + g * GV + t0;
+        xc[p][g] = i0 < n ? ld16(xr + i0) : make_uint4(0, 0, 0, 0);
+      }
+    float acc[NG][V];
+
+    // The mean.
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[g][k] = 0.0f;
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g)
+        if (p * L + g * GV + t0 < n) {
+          float xv[V];
+          unpack<T, V>(xc[p][g], xv);
+#pragma unroll
+          for (int k = 0; k < V; ++k) acc[g][k] = __fadd_rn(acc[g][k], xv[k]);
+        }
+    const float mean = __fdiv_rn(group_tree<V, NG>(acc, smem, rg, AddOp{}), float(n));
+
+    // The variance around that mean.
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[g][k] = 0.0f;
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g)
+        if (p * L + g * GV + t0 < n) {
+          float xv[V];
+          unpack<T, V>(xc[p][g], xv);
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            const float d = __fsub_rn(xv[k], mean);
+            acc[g][k] = __fmaf_rn(d, d, acc[g][k]);
+          }
+        }
+    const float var = __fdiv_rn(group_tree<V, NG>(acc, smem, rg, AddOp{}), float(n));
+    const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+    if (rg.tg == 0 && mean_out) {
+      mean_out[r * stats_stride] = mean;
+      rstd_out[r * stats_stride] = rstd;
+    }
+
+    uint4 wc[2][NG], bc[2][NG];
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int i0 = p * L + g * GV + t0;
+        wc[p][g] = w && i0 < n ? ld16(w + i0) : make_uint4(0, 0, 0, 0);
+        bc[p][g] = b && i0 < n ? ld16(b + i0) : make_uint4(0, 0, 0, 0);
+      }
+    T* orow = out + r * out_stride;
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int i0 = p * L + g * GV + t0;
+        if (i0 < n) {
+          float xv[V], wv[V], bv[V], o[V];
+          unpack<T, V>(xc[p][g], xv);
+          unpack<T, V>(wc[p][g], wv);
+          unpack<T, V>(bc[p][g], bv);
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            float y = __fmul_rn(__fsub_rn(xv[k], mean), rstd);
+            if (w) y = __fmul_rn(y, wv[k]);
+            if (b) y = __fadd_rn(y, bv[k]);
+            o[k] = y;
+          }
+          st16(orow + i0, pack<T, V>(o));
+        }
+      }
+  }
+}
+
+// The 16-byte path applies: rows of at most 2 L elements (held in registers), one dtype throughout,
+// every tensor in the flat layout.
+bool flat_norm(int64_t n, DType dt, std::initializer_list<const TensorView*> rows_like,
+               std::initializer_list<const TensorView*> params) {
+  const int V = 16 / int(dtype_size(dt));
+  if (n > 2 * int64_t(row_threads(n, V)) * V) return false;
+  for (const TensorView* t : rows_like)
+    if (t && (t->dtype != dt || !flat_rows(*t).ok)) return false;
+  for (const TensorView* t : params)
+    if (t && (t->dtype != dt || !flat_vector(*t))) return false;
+  return true;
+}
+
 // The most lane groups a thread of each kernel keeps (registers: 2 NG chunks of the row, NG * V sums).
 // Measured on the H100 (bench/results/ops_h100.md, BIK_ROW_MAX_NG): 8 groups (one warp a row of 4096
 // bf16, ~210 registers) ran rms_norm at 47% of copy, 4 groups (two warps a row) at 100%.
@@ -285,6 +489,23 @@ size_t norm_smem(const GroupShape& gs) {
 void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weight, float eps,
               const std::optional<TensorView>& residual, Stream s) {
   const int64_t n = x.size(-1), rows = x.numel() / n;
+  if (flat_norm(n, x.dtype, {&out, &x, residual ? &*residual : nullptr}, {&weight})) {
+    dispatch_float(x.dtype, [&](auto xt) {
+      using T = decltype(xt);
+      const GroupShape gs = flat_shape(row_threads(n, 16 / int(sizeof(T))));
+      const int64_t res_stride = residual ? flat_rows(*residual).stride : 0;
+      T* res = residual ? residual->ptr<T>() : nullptr;
+      dispatch_flat_ng(gs.NG, [&](auto ng) {
+        constexpr int NG = decltype(ng)::value;
+        auto kernel = residual ? rms_norm_flat_kernel<T, NG, true> : rms_norm_flat_kernel<T, NG, false>;
+        kernel<<<group_grid(rows, gs.W), gs.threads, norm_smem<T>(gs), stream_of(s)>>>(
+            out.ptr<T>(), flat_rows(out).stride, x.ptr<const T>(), flat_rows(x).stride, res, res_stride,
+            weight.ptr<const T>(), rows, int(n), eps, gs.W);
+        BIK_CUDA_LAUNCH_CHECK();
+      });
+    });
+    return;
+  }
   dispatch_float(x.dtype, [&](auto xt) {
     using Tx = decltype(xt);
     auto launch = [&](auto ot) {
@@ -320,6 +541,25 @@ void layer_norm(const TensorView& out, const TensorView& x, const std::optional<
   if (mean) mean_arg = row_arg<float>(*mean);
   if (rstd) rstd_arg = row_arg<float>(*rstd);
   const int64_t n = x.size(-1), rows = x.numel() / n;
+  // The statistics ([..., 1] F32) on the flat path: one stride for both, any alignment.
+  int64_t mean_stride = 0, rstd_stride = 0;
+  const bool flat_stats = (!mean && !rstd) || (mean && rstd && collapsed_row_stride(*mean, mean_stride) &&
+                                                collapsed_row_stride(*rstd, rstd_stride) && mean_stride == rstd_stride);
+  if (flat_stats && flat_norm(n, x.dtype, {&out, &x}, {w ? &*w : nullptr, b ? &*b : nullptr})) {
+    dispatch_float(x.dtype, [&](auto xt) {
+      using T = decltype(xt);
+      const GroupShape gs = flat_shape(row_threads(n, 16 / int(sizeof(T))));
+      dispatch_flat_ng(gs.NG, [&](auto ng) {
+        constexpr int NG = decltype(ng)::value;
+        layer_norm_flat_kernel<T, NG><<<group_grid(rows, gs.W), gs.threads, norm_smem<T>(gs), stream_of(s)>>>(
+            out.ptr<T>(), flat_rows(out).stride, x.ptr<const T>(), flat_rows(x).stride, w ? w->ptr<const T>() : nullptr,
+            b ? b->ptr<const T>() : nullptr, mean ? mean->ptr<float>() : nullptr, rstd ? rstd->ptr<float>() : nullptr,
+            mean_stride, rows, int(n), eps, gs.W);
+        BIK_CUDA_LAUNCH_CHECK();
+      });
+    });
+    return;
+  }
   dispatch_float(x.dtype, [&](auto xt) {
     using Tx = decltype(xt);
     auto launch = [&](auto ot) {

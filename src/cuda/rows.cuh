@@ -349,6 +349,92 @@ inline GroupShape group_shape(int plan_threads, int max_ng) {
   return s;
 }
 
+// ---- the 16-byte path ------------------------------------------------------------------------------------
+// The common layout, handled by kernels of their own (no per-element bounds, no scalar fallback, so a
+// few hundred instructions instead of thousands): every row is contiguous, starts 16-byte aligned and
+// is a whole number of 16-byte vectors, and row r starts at data + r * stride. They load the same
+// elements into the same lanes as the general kernels, so which one runs never changes a bit.
+
+// Whether row r of t (rows.h order) starts at data + r * stride for one stride, and that stride: the
+// leading dims must collapse (dims of size 1 never move the address).
+inline bool collapsed_row_stride(const TensorView& t, int64_t& stride) {
+  const Rows r(t);
+  bool have = false;
+  int64_t expect = 0;
+  stride = r.n;
+  for (int d = r.lead - 1; d >= 0; --d) {
+    if (r.shape[d] == 1) continue;
+    if (!have) {
+      stride = r.stride[d];
+      have = true;
+    } else if (r.stride[d] != expect) {
+      return false;
+    }
+    expect = r.stride[d] * r.shape[d];
+  }
+  return true;
+}
+struct FlatRows {
+  bool ok = false;
+  int64_t stride = 0;  // elements from one row to the next
+};
+inline FlatRows flat_rows(const TensorView& t) {
+  FlatRows f;
+  const Rows r(t);
+  const int64_t es = dtype_size(t.dtype);
+  if (r.n <= 0 || (r.n > 1 && r.elem_stride != 1)) return f;
+  if ((r.n * es) % 16 != 0 || !aligned16(t.data)) return f;
+  f.ok = collapsed_row_stride(t, f.stride) && (f.stride * es) % 16 == 0;
+  return f;
+}
+// A [n] parameter vector (weight, bias) on the 16-byte path.
+inline bool flat_vector(const TensorView& t) {
+  return (t.shape[0] <= 1 || t.stride[0] == 1) && aligned16(t.data) && (t.shape[0] * dtype_size(t.dtype)) % 16 == 0;
+}
+
+template <class T>
+__device__ __forceinline__ uint4 ld16(const T* p) {
+  return *reinterpret_cast<const uint4*>(p);
+}
+template <class T>
+__device__ __forceinline__ void st16(T* p, uint4 u) {
+  *reinterpret_cast<uint4*>(p) = u;
+}
+
+// Launch shape of the 16-byte-path row kernels: one lane group a thread for rows of up to 2 * 64 V
+// elements (one or two warps a row), else four (one to eight warps a row, at most kMaxGroupThreads
+// threads). A function of the plan alone, hence of (n, dtype).
+inline GroupShape flat_shape(int plan_threads) {
+  GroupShape s;
+  s.NG = plan_threads <= 64 ? 1 : 4;
+  s.W = plan_threads / (32 * s.NG);
+  s.threads = s.W == 1 ? 32 * kWarpRowsPerCta : 32 * s.W;
+  return s;
+}
+
+// Calls f(std::integral_constant<int, NG>) for the lane groups of flat_shape.
+template <class F>
+void dispatch_flat_ng(int ng, F&& f) {
+  if (ng == 1) return f(std::integral_constant<int, 1>{});
+  if (ng == 4) return f(std::integral_constant<int, 4>{});
+  throw Error("cuda: unexpected lane groups " + std::to_string(ng));
+}
+
+// Stores V floats, each rounded once to T, as whole 16-byte vectors (p 16-byte aligned).
+template <class T, int V>
+__device__ __forceinline__ void store_flat(T* p, const float (&v)[V]) {
+  constexpr int kPer = 16 / sizeof(T);
+  static_assert(V % kPer == 0, "a chunk is a whole number of 16-byte vectors");
+#pragma unroll
+  for (int q = 0; q < V / kPer; ++q) {
+    uint4 u;
+    T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) e[k] = from_f32<T>(v[q * kPer + k]);
+    st16(p + q * kPer, u);
+  }
+}
+
 // Calls f(std::integral_constant<int, NG>) for NG in {1, 2, 4, 8} up to kMax.
 template <int kMax = 8, class F>
 void dispatch_ng(int ng, F&& f) {

@@ -1,5 +1,13 @@
 // The statistics of a softmax row (max and sum of exp(x - max)), shared by softmax.cu and the
-// top-logprobs kernel of sample.cu so that both see the very same bits for a row.
+// top-logprobs kernel of sampling.cu so that both see the very same bits for a row.
+//
+// One read of the row gives both. The plan's lanes (core/policy.h) are taken V at a time, as the chunk
+// of one plan thread: chunk i0 = p * L + tau * V of plan thread tau, for passes p = 0, 1, ... in order.
+// Each plan thread keeps a running maximum m of the chunks it has seen and, per lane, s = the sum of
+// exp(x - m) over that lane's elements; when a chunk raises m, the V sums are first scaled by
+// exp(m_old - m_new). Then M = the row's maximum (exact in any order), each lane's term is
+// s * exp(m - M), and S = the terms summed by the plan's halving tree. Every step is a function of the
+// lanes' contents and of n and the dtype, never of where the row sits or which kernel layout holds it.
 #pragma once
 #include "cuda/rows.cuh"
 
@@ -9,57 +17,79 @@ struct RowStats {
   float max, sum;
 };
 
-// Called by every thread of a CTA of blockDim.x threads. When `cached`, xs holds this thread's chunks
-// (c * L + t * V for c < kCachedChunks, L = blockDim.x * V); otherwise the row is read from xr.
+// Max under a total order: NaN (canonical) above everything, +0 above -0. Commutative and associative
+// to the bit, so any tree gives the same M.
+struct SoftmaxMaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const {
+    if (a != a || b != b) return __uint_as_float(0x7fffffffu);
+    if (a == b) return __uint_as_float(__float_as_uint(a) & __float_as_uint(b));  // +0 over -0
+    return a > b ? a : b;
+  }
+};
+
+// Takes one chunk of a plan thread into its running statistics (m, s[V]). Elements past the row end
+// must arrive as -inf: they change neither m nor s (exp(-inf - m) = 0 is added to s).
+template <int V>
+__device__ __forceinline__ void absorb_chunk(float& m, float (&s)[V], const float (&x)[V]) {
+  SoftmaxMaxOp mx;
+  float cm = x[0];
+#pragma unroll
+  for (int k = 1; k < V; ++k) cm = mx(cm, x[k]);
+  const float mn = mx(m, cm);
+  if (__float_as_uint(mn) != __float_as_uint(m)) {  // a larger maximum (or NaN): rescale the sums
+    const float scale = expf(__fsub_rn(m, mn));
+#pragma unroll
+    for (int k = 0; k < V; ++k) s[k] = __fmul_rn(s[k], scale);
+    m = mn;
+  }
+  if (m != -INFINITY) {  // while m is -inf every element seen is -inf and adds nothing
+#pragma unroll
+    for (int k = 0; k < V; ++k) s[k] = __fadd_rn(s[k], expf(__fsub_rn(x[k], m)));
+  }
+}
+
+// A lane's term of the sum once the row's maximum M is known.
+__device__ __forceinline__ float softmax_lane_term(float m, float s, float M) {
+  return m == -INFINITY ? 0.0f : __fmul_rn(s, expf(__fsub_rn(m, M)));
+}
+
+// Called by every thread of a CTA of blockDim.x threads, one plan thread each (blockDim.x * V = the
+// plan's lanes). When `cached`, xs holds this thread's chunks (c * L + t * V for c < kCachedChunks,
+// L = blockDim.x * V); otherwise the row is read from xr. smem: blockDim.x * V + 1 floats.
 template <int V, class Tx>
 __device__ __forceinline__ RowStats row_softmax_stats(const Tx* xr, int64_t stride, int64_t n, bool vec, bool cached,
                                                       const float (&xs)[kCachedChunks][V], float* smem) {
   const int t = threadIdx.x;
   const int64_t L = int64_t(blockDim.x) * V;
+  float m = -INFINITY, s[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) s[k] = 0.0f;
+  auto take = [&](int64_t i0, const float (&xv)[V]) {
+    float c[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) c[k] = i0 + k < n ? xv[k] : -INFINITY;
+    absorb_chunk<V>(m, s, c);
+  };
+  if (cached) {
+#pragma unroll
+    for (int c = 0; c < kCachedChunks; ++c) {
+      const int64_t i0 = c * L + int64_t(t) * V;
+      if (i0 < n) take(i0, xs[c]);
+    }
+  } else {
+    for (int64_t i0 = int64_t(t) * V; i0 < n; i0 += L) {
+      float xv[V];
+      load_chunk<V>(xr, stride, n, i0, vec, xv);
+      take(i0, xv);
+    }
+  }
+  float mm[1] = {m};
+  const float M = block_tree<1>(mm, smem, SoftmaxMaxOp{});
   float acc[V];
 #pragma unroll
-  for (int k = 0; k < V; ++k) acc[k] = -INFINITY;
-  MaxOp mx;
-  if (cached) {
-#pragma unroll
-    for (int c = 0; c < kCachedChunks; ++c) {
-      int64_t i0 = c * L + int64_t(t) * V;
-#pragma unroll
-      for (int k = 0; k < V; ++k)
-        if (i0 + k < n) acc[k] = mx(acc[k], xs[c][k]);
-    }
-  } else {
-    for (int64_t i0 = int64_t(t) * V; i0 < n; i0 += L) {
-      float xv[V];
-      load_chunk<V>(xr, stride, n, i0, vec, xv);
-#pragma unroll
-      for (int k = 0; k < V; ++k)
-        if (i0 + k < n) acc[k] = mx(acc[k], xv[k]);
-    }
-  }
-  const float m = block_tree<V>(acc, smem, mx);
-
-#pragma unroll
-  for (int k = 0; k < V; ++k) acc[k] = 0.0f;
-  if (cached) {
-#pragma unroll
-    for (int c = 0; c < kCachedChunks; ++c) {
-      int64_t i0 = c * L + int64_t(t) * V;
-#pragma unroll
-      for (int k = 0; k < V; ++k)
-        if (i0 + k < n) acc[k] = __fadd_rn(acc[k], expf(__fsub_rn(xs[c][k], m)));
-    }
-  } else {
-    for (int64_t i0 = int64_t(t) * V; i0 < n; i0 += L) {
-      float xv[V];
-      load_chunk<V>(xr, stride, n, i0, vec, xv);
-#pragma unroll
-      for (int k = 0; k < V; ++k)
-        if (i0 + k < n) acc[k] = __fadd_rn(acc[k], expf(__fsub_rn(xv[k], m)));
-    }
-  }
-  const float s = block_tree<V>(acc, smem, AddOp{});
-  return RowStats{m, s};
+  for (int k = 0; k < V; ++k) acc[k] = softmax_lane_term(m, s[k], M);
+  const float S = block_tree<V>(acc, smem, AddOp{});
+  return RowStats{M, S};
 }
 
 }  // namespace bik::cuda

@@ -156,7 +156,17 @@ std::vector<std::unique_ptr<TpComm>> make_nccl_comms(int size) {
   setenv("NCCL_NVLS_ENABLE", "0", 1);
   std::vector<ncclComm_t> raw(size_t(size), nullptr);
   std::vector<int> devs(static_cast<size_t>(size));
-  for (int r = 0; r < size; ++r) devs[size_t(r)] = r;
+  for (int r = 0; r < size; ++r) {
+    devs[size_t(r)] = r;
+    // NCCL's init reads the runtime's last-error state: an error an earlier call left there (and nobody
+    // read) would fail the init as an "unhandled cuda error". Said and cleared here; a sticky error (a
+    // broken context) fails the init anyway.
+    BIK_TP_CUDA(cudaSetDevice(r));
+    const cudaError_t stale = cudaGetLastError();
+    if (stale != cudaSuccess)
+      std::fprintf(stderr, "bik tp: cleared a CUDA error left pending on cuda:%d before NCCL init: %s\n", r,
+                   cudaGetErrorString(stale));
+  }
   BIK_TP_NCCL(nccl().CommInitAll(raw.data(), size, devs.data()));
   std::vector<std::unique_ptr<TpComm>> comms;
   auto enqueued = std::make_shared<HostBarrier>(size);
