@@ -4,7 +4,9 @@
 // Engine choice: a function of the device alone. sm_90 runs the wgmma kernel (when the build carries its
 // sm_90a code, as the default CMAKE_CUDA_ARCHITECTURES does), every other architecture the mma.sync
 // kernel; the two may round differently, so the choice never looks at the batch or the mode.
-// BIK_ATTENTION_SM90=0 forces the mma.sync kernel on sm_90, for A/B benchmarks (read at each call).
+// BIK_ATTENTION_SM90=0 forces the mma.sync kernel on sm_90, for A/B benchmarks (read at each call);
+// BIK_ATTENTION_SM90=2 picks the software-pipelined wgmma variant, whose outputs are bitwise those of the
+// default one (same arithmetic, another schedule), so it may be switched freely.
 //
 // Launch choice: the in-kernel fold (one CTA per 64 query rows walks all their splits) when there are
 // enough such CTAs to fill the GPU; otherwise split-parallel (one CTA per split, then fold_kernel). The
@@ -49,21 +51,24 @@ void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream
   }
 }
 
-// The wgmma kernel: same grid, same Params, same fold kernel for the split-parallel mode.
+// The wgmma kernels (variant 1: attention_kernel, 2: attention_kernel_pipelined): same grid, same
+// Params, same fold kernel for the split-parallel mode.
 template <typename T, int D>
-void launch_sm90(const attn::Params& p, dim3 grid, bool split, int device, cudaStream_t st, int64_t rows) {
-  constexpr int bytes = attn::sm90::Layout<D>::kBytes;
+void launch_sm90(const attn::Params& p, dim3 grid, bool split, int variant, int device, cudaStream_t st,
+                 int64_t rows) {
+  namespace k90 = attn::sm90;
+  const bool piped = variant == 2;
+  const int bytes = piped ? k90::PipeLayout<D>::kBytes : k90::Layout<D>::kBytes;
+  void (*k)(attn::Params) = nullptr;
+  if (piped)
+    k = split ? k90::attention_kernel_pipelined<T, D, true> : k90::attention_kernel_pipelined<T, D, false>;
+  else
+    k = split ? k90::attention_kernel<T, D, true> : k90::attention_kernel<T, D, false>;
+  allow_dynamic_smem(reinterpret_cast<const void*>(k), device, bytes);
+  k<<<grid, attn::kThreads, bytes, st>>>(p);
+  BIK_CUDA_LAUNCH_CHECK();
   if (split) {
-    auto k = attn::sm90::attention_kernel<T, D, true>;
-    allow_dynamic_smem(reinterpret_cast<const void*>(k), device, bytes);
-    k<<<grid, attn::kThreads, bytes, st>>>(p);
-    BIK_CUDA_LAUNCH_CHECK();
     attn::fold_kernel<T, D><<<unsigned(rows), D, 0, st>>>(p);
-    BIK_CUDA_LAUNCH_CHECK();
-  } else {
-    auto k = attn::sm90::attention_kernel<T, D, false>;
-    allow_dynamic_smem(reinterpret_cast<const void*>(k), device, bytes);
-    k<<<grid, attn::kThreads, bytes, st>>>(p);
     BIK_CUDA_LAUNCH_CHECK();
   }
 }
@@ -87,9 +92,12 @@ bool sm90_kernel_loadable(int device) {
   return known == 1;
 }
 
-bool wgmma_switched_off() {
+// BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "2" -> 2 (pipelined wgmma), anything else or unset -> 1.
+int variant_from_env() {
   const char* e = std::getenv("BIK_ATTENTION_SM90");
-  return e != nullptr && std::strcmp(e, "0") == 0;
+  if (e != nullptr && std::strcmp(e, "0") == 0) return 0;
+  if (e != nullptr && std::strcmp(e, "2") == 0) return 2;
+  return 1;
 }
 
 template <typename T>
@@ -191,17 +199,18 @@ void paged_attention(const AttentionArgs& a, Stream s) {
     p.part_acc = p.part_ml + rows * max_splits * 2;
   }
   const bool bf = a.q.dtype == DType::BF16;
-  if (dev.arch == 90 && !wgmma_switched_off() && sm90_kernel_loadable(device)) {
+  const int variant = dev.arch == 90 && sm90_kernel_loadable(device) ? variant_from_env() : 0;
+  if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)
-        launch_sm90<__nv_bfloat16, 128>(p, grid, split, device, st, rows);
+        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, st, rows);
       else
-        launch_sm90<__half, 128>(p, grid, split, device, st, rows);
+        launch_sm90<__half, 128>(p, grid, split, variant, device, st, rows);
     } else {
       if (bf)
-        launch_sm90<__nv_bfloat16, 64>(p, grid, split, device, st, rows);
+        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, st, rows);
       else
-        launch_sm90<__half, 64>(p, grid, split, device, st, rows);
+        launch_sm90<__half, 64>(p, grid, split, variant, device, st, rows);
     }
   } else if (a.head_dim == 128) {
     if (bf)
@@ -221,6 +230,8 @@ bool attention_wgmma_available(int device) {
   return use_device(device).arch == 90 && sm90_kernel_loadable(device);
 }
 
-bool attention_uses_wgmma(int device) { return !wgmma_switched_off() && attention_wgmma_available(device); }
+bool attention_uses_wgmma(int device) { return attention_wgmma_variant(device) != 0; }
+
+int attention_wgmma_variant(int device) { return attention_wgmma_available(device) ? variant_from_env() : 0; }
 
 }  // namespace bik::cuda

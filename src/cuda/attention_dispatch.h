@@ -13,4 +13,9 @@ bool attention_uses_wgmma(int device);
 // other than sm_90). Ignores the environment switch. Makes `device` current.
 bool attention_wgmma_available(int device);
 
+// Which kernel the next paged_attention call on `device` runs: 0 the mma.sync kernel, 1 the wgmma kernel
+// (default), 2 its software-pipelined variant (BIK_ATTENTION_SM90=2; bitwise the same outputs as 1).
+// Makes `device` current.
+int attention_wgmma_variant(int device);
+
 }  // namespace bik::cuda

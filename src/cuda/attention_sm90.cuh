@@ -20,6 +20,12 @@
 // in the environment forces the mma.sync kernel on sm_90 (read at each call; for A/B benchmarks only,
 // a process must not mix the two engines if it wants invariant outputs).
 //
+// Two wgmma variants run the same arithmetic (the helpers below hold all of it), so their outputs are
+// bitwise equal and either may serve any call: variant 1 (attention_kernel, the default) runs each tile's
+// steps in sequence; variant 2 (attention_kernel_pipelined, BIK_ATTENTION_SM90=2) overlaps the softmax of
+// tile j with the tensor-core work of S(j + 1) and P V(j - 1) and keeps K one tile ahead of V in its
+// copy ring. Only the schedule differs; tests/gpu/test_attention_cuda.cpp compares them with memcmp.
+//
 // Shared memory (all tiles 64 rows x D halves, each cut into panels of 64 columns = 128-byte rows, in the
 // 128-byte swizzle: 16-byte chunk c of row r at chunk c ^ (r % 8), panels 8 KB apart and 1024-aligned):
 //  - Q [64 rows][D]: the A operand of Q K^T, K-major;
@@ -29,7 +35,8 @@
 //    1024 (next 8 keys).
 // Loads: cp.async of 16-byte chunks gathered through the block table (each key row from its block), into
 // the swizzled layout; stages in a ring (wait, proxy fence, barrier, then refill the stage freed by the
-// previous tile). Keys past every row's position are zero-filled; rows past the CTA's queries are zeros.
+// previous tile; variant 2's ring is described at PipeLayout). Keys past every row's position are
+// zero-filled; rows past the CTA's queries are zeros.
 #pragma once
 #include "cuda/attention.cuh"
 #include "cuda/gemm_sm90_wgmma.cuh"
@@ -175,111 +182,302 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lead_byte
 }
 #endif
 
+// ---- Pieces shared by the two variants. The arithmetic lives only here, so both kernels run the same
+// instructions on the same values in the same order per row and their outputs are bitwise equal. ----
+
+#ifdef BIK_ATTN_SM90_DEVICE_CODE
+// The CTA's work unit: exactly attention.cuh's.
+struct WorkUnit {
+  int seq, kvh, q0, tok0, pos0, pmax, kb_begin, kb_last, valid_rows;
+};
+
+// Fills w; false when the CTA has nothing to do (past its sequence's queries, or a split past every row).
+template <bool kSplit>
+__device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w) {
+  w.seq = blockIdx.x / p.kv_heads;
+  w.kvh = blockIdx.x % p.kv_heads;
+  w.q0 = p.qsl[int64_t(w.seq) * p.qsl_s];
+  const int q_len = p.qsl[int64_t(w.seq + 1) * p.qsl_s] - w.q0;
+  w.tok0 = blockIdx.y * p.tok_per_cta;
+  if (w.tok0 >= q_len) return false;
+  const int ntok = min(p.tok_per_cta, q_len - w.tok0);
+  const int ctx = p.seq_lens[int64_t(w.seq) * p.sl_s];
+  w.pos0 = ctx - q_len + w.tok0;  // absolute position of the CTA's first token
+  w.pmax = w.pos0 + ntok - 1;
+  const int L = p.split_len;
+  if constexpr (kSplit) {  // tiles [kb_begin, kb_last] (key positions of the tile starts)
+    w.kb_begin = blockIdx.z * L;
+    if (w.kb_begin > w.pmax) return false;
+    w.kb_last = min(w.kb_begin + L - 1, w.pmax) / kBK * kBK;
+  } else {
+    w.kb_begin = 0;
+    w.kb_last = w.pmax / kBK * kBK;
+  }
+  w.valid_rows = ntok * p.group;
+  return true;
+}
+
+// Q rows: row r = token (r / group), head kvh * group + r % group; rows past the CTA's tokens are 0.
+// Fixed trip counts: a thread keeps its chunk column c and steps rows by kThreads / kChunks, so the
+// swizzled destination is a constant plus a multiple of 1024 bytes.
+template <typename T, int D>
+__device__ __forceinline__ void load_q(const Params& p, const WorkUnit& w, uint32_t sq) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+#pragma unroll
+  for (int it = 0; it < kRows * kChunks / kThreads; ++it) {
+    const int i = threadIdx.x + it * kThreads;
+    const int r = i / kChunks, c = i % kChunks;
+    const bool live = r < w.valid_rows;
+    const T* src = static_cast<const T*>(p.q);
+    if (live)
+      src += int64_t(w.q0 + w.tok0 + r / p.group) * p.q_s0 + int64_t(w.kvh * p.group + r % p.group) * p.q_s1 + c * 8;
+    cp_async_16(sq + Layout<D>::off(r, c), src, live ? 16 : 0);
+  }
+}
+
+// This thread's two rows (g and g + 8 of its warp's 16): position (-1: no row) and global (token, head)
+// index for partials and output. Every warp takes part in every wgmma (they are warpgroup-wide); a row
+// with no query has Q = 0, every key masked, p = 0, and is never stored.
+__device__ __forceinline__ void thread_rows(const Params& p, const WorkUnit& w, int (&pos_r)[2], int (&row_id)[2]) {
+  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp * 16 + g + h * 8;
+    pos_r[h] = r < w.valid_rows ? w.pos0 + r / p.group : -1;
+    row_id[h] = r < w.valid_rows ? (w.q0 + w.tok0 + r / p.group) * p.q_heads + w.kvh * p.group + r % p.group : 0;
+  }
+}
+
+// Accumulator patterns (m64nN): s[4j + e] is row g + 8 (e / 2), key kb + 8j + 2cq + e % 2 (attention.cuh's
+// s[j][e]); o[4n + e] is row g + 8 (e / 2), column 8n + 2cq + e % 2 (its o[n][e]).
+
+// The score accumulators start at zero and every k-step adds into them (scale-d = 1).
+__device__ __forceinline__ void zero_scores(float (&s)[32]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) s[i] = 0.f;
+  pin(s);
+}
+
+// S = Q K^T for one 64-key tile into zeroed accumulators (zero_scores): head_dim in k-steps of 16 from
+// d = 0. Issued, not committed: the caller commits, waits and pins s.
+template <typename T, int D>
+__device__ __forceinline__ void qk_issue(float (&s)[32], uint32_t sq, uint32_t sk) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t at = (kk >> 2) * Layout<D>::kPanel + (kk & 3) * 32;  // 16 halves = 32 bytes per k-step
+    Wgmma<64, T>::mma(s, desc_sw128(sq + at, 16, 1024), desc_sw128(sk + at, 16, 1024));
+  }
+}
+
+// Scale, mask, running max, p = 2^(x - max), running sum: attention.cuh's code. Leaves p in s and the
+// factor the tile rescales the running output by in alpha.
+__device__ __forceinline__ void softmax_tile(float (&s)[32], int kb, int cq, const int (&pos_r)[2], float scale_log2,
+                                             float (&m_run)[2], float (&l_run)[2], float (&alpha)[2]) {
+  const float kNegInf = -__int_as_float(0x7f800000);
+  float mt[2] = {m_run[0], m_run[1]};
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int h = e >> 1, key = kb + j * 8 + cq * 2 + (e & 1);
+      float& x = s[4 * j + e];
+      x = key <= pos_r[h] ? __fmul_rn(x, scale_log2) : kNegInf;
+      mt[h] = fmaxf(mt[h], x);
+    }
+  float tsum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    mt[h] = fmaxf(mt[h], __shfl_xor_sync(0xffffffffu, mt[h], 1));
+    mt[h] = fmaxf(mt[h], __shfl_xor_sync(0xffffffffu, mt[h], 2));
+    const float m_use = mt[h] == kNegInf ? 0.f : mt[h];  // a row with no key yet: keep p = 0
+    // An unchanged max rescales by exactly 1, so a tile with no key for this row is a no-op.
+    alpha[h] = m_run[h] == m_use ? 1.f : ex2(__fsub_rn(m_run[h], m_use));
+    mt[h] = m_use;
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int h = e >> 1;
+      float& x = s[4 * j + e];
+      x = ex2(__fsub_rn(x, mt[h]));
+      tsum[h] = __fadd_rn(tsum[h], x);
+    }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    tsum[h] = __fadd_rn(tsum[h], __shfl_xor_sync(0xffffffffu, tsum[h], 1));
+    tsum[h] = __fadd_rn(tsum[h], __shfl_xor_sync(0xffffffffu, tsum[h], 2));
+    l_run[h] = __fmaf_rn(l_run[h], alpha[h], tsum[h]);
+    m_run[h] = mt[h];
+  }
+}
+
+// P = the tile's probabilities rounded to T, in the A-fragment pattern: P's fragment for keys 16k2.. is
+// the score pattern of those 16 columns: (s[8k2], s[8k2 + 1]) row g, (s[8k2 + 2], ..3) row g + 8, then
+// the same 8 keys on.
+template <typename T>
+__device__ __forceinline__ void pack_p(uint32_t (&pa)[4][4], const float (&s)[32]) {
+#pragma unroll
+  for (int k2 = 0; k2 < 4; ++k2) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) pa[k2][r] = pack2<T>(s[8 * k2 + 2 * r], s[8 * k2 + 2 * r + 1]);
+    pin(pa[k2]);
+  }
+}
+
+// O *= alpha, per row.
+template <int R>
+__device__ __forceinline__ void rescale_o(float (&o)[R], const float (&alpha)[2]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) o[i] = __fmul_rn(o[i], alpha[(i >> 1) & 1]);
+  pin(o);
+}
+
+// O += P V, 16 keys per step in increasing order. Issued, not committed; wgmma reads pa and o
+// asynchronously, so neither may be touched before the group completes.
+template <typename T, int D>
+__device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t sv) {
+  wgmma_fence();
+#pragma unroll
+  for (int k2 = 0; k2 < 4; ++k2)  // keys 16k2.. start 16 rows (2048 bytes) into the V tile
+    WgmmaRS<D, T>::mma(o, pa[k2], desc_sw128(sv + k2 * 16 * 128, Layout<D>::kPanel, 1024));
+}
+
+// The end of split j for this thread's rows, from the split's (m, l) and its finished o: the partials
+// (split-parallel mode) or the fold into (M_f, L_f, accf) in increasing split order (in-kernel fold).
+template <int D, bool kSplit>
+__device__ __forceinline__ void finish_split(const Params& p, int j, int cq, const int (&pos_r)[2],
+                                             const int (&row_id)[2], const float (&m)[2], const float (&l)[2],
+                                             const float (&o)[D / 2], float (&accf)[kSplit ? 1 : D / 2],
+                                             float (&M_f)[2], float (&L_f)[2]) {
+  const int L = p.split_len;
+  if constexpr (kSplit) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (pos_r[h] < j * L) continue;  // the row has no key in this split
+      const int64_t pbase = int64_t(row_id[h]) * p.max_splits + j;
+      if (cq == 0) {
+        p.part_ml[pbase * 2] = m[h];
+        p.part_ml[pbase * 2 + 1] = l[h];
+      }
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<float2*>(p.part_acc + pbase * D + n * 8 + cq * 2) =
+            make_float2(o[4 * n + 2 * h], o[4 * n + 2 * h + 1]);
+    }
+  } else {
+    // Split 0 starts the fold; a row with no key in the split keeps its fold. Written as selects (the
+    // fold is computed and dropped where it does not apply) so the compiler keeps accf in place: as
+    // branches it holds two copies of it and runs out of registers at D = 128.
+    const bool first = j == 0;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const bool live = pos_r[h] >= j * L;
+      const FoldCoef fc = fold_coef(M_f[h], m[h]);
+      const float Ln = first ? l[h] : fold(L_f[h], l[h], fc);
+      const float Mn = first ? m[h] : fc.m;
+      L_f[h] = live ? Ln : L_f[h];
+      M_f[h] = live ? Mn : M_f[h];
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& A = accf[4 * n + 2 * h + e];
+          const float x = o[4 * n + 2 * h + e];
+          const float An = first ? x : fold(A, x, fc);
+          A = live ? An : A;
+        }
+    }
+  }
+}
+
+// In-kernel fold mode: out = accf / L_f, rounded to T, for this thread's live rows.
+template <typename T, int D>
+__device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, int cq, const float (&accf)[D / 2],
+                                          const float (&L_f)[2]) {
+  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
+  T* out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp * 16 + g + h * 8;
+    if (r >= w.valid_rows) continue;
+    T* orow = out + int64_t(w.q0 + w.tok0 + r / p.group) * p.o_s0 + int64_t(w.kvh * p.group + r % p.group) * p.o_s1;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const float a0 = __fdiv_rn(accf[4 * n + 2 * h], L_f[h]);
+      const float a1 = __fdiv_rn(accf[4 * n + 2 * h + 1], L_f[h]);
+      *reinterpret_cast<uint32_t*>(orow + n * 8 + cq * 2) = pack2<T>(a0, a1);
+    }
+  }
+}
+#endif  // BIK_ATTN_SM90_DEVICE_CODE
+
+// ---- Variant 1 (BIK_ATTENTION_SM90 unset or 1): each tile runs copies -> S wgmma -> softmax -> P V wgmma
+// in sequence; the only overlap is between the two CTAs an SM holds. ----
 template <typename T, int D, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) {
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
   using Ly = Layout<D>;
   constexpr int S = Ly::kStages;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  constexpr int KT = D / 16;      // k-steps of Q K^T
   constexpr int kO = D / 2;       // O accumulators per thread (m64nD)
   extern __shared__ __align__(1024) uint8_t smem[];
 
-  // ---- the work unit: exactly attention.cuh's ----
-  const int seq = blockIdx.x / p.kv_heads, kvh = blockIdx.x % p.kv_heads;
-  const int q0 = p.qsl[int64_t(seq) * p.qsl_s];
-  const int q_len = p.qsl[int64_t(seq + 1) * p.qsl_s] - q0;
-  const int tok0 = blockIdx.y * p.tok_per_cta;
-  if (tok0 >= q_len) return;
-  const int ntok = min(p.tok_per_cta, q_len - tok0);
-  const int ctx = p.seq_lens[int64_t(seq) * p.sl_s];
-  const int pos0 = ctx - q_len + tok0;  // absolute position of the CTA's first token
-  const int pmax = pos0 + ntok - 1;
+  WorkUnit w;
+  if (!work_unit<kSplit>(p, w)) return;
   const int L = p.split_len;
-  int kb_begin, kb_last;  // tiles [kb_begin, kb_last] (key positions of the tile starts)
-  if constexpr (kSplit) {
-    kb_begin = blockIdx.z * L;
-    if (kb_begin > pmax) return;
-    kb_last = min(kb_begin + L - 1, pmax) / kBK * kBK;
-  } else {
-    kb_begin = 0;
-    kb_last = pmax / kBK * kBK;
-  }
-  const int valid_rows = ntok * p.group;
-
   const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
   const uint32_t sq = base;
   auto sk = [&](int s) { return base + Ly::kOffK + s * Ly::kTile; };
   auto sv = [&](int s) { return base + Ly::kOffV + s * Ly::kTile; };
   const T* kc = static_cast<const T*>(p.k_cache);
   const T* vc = static_cast<const T*>(p.v_cache);
-  const int32_t* bt = p.block_tables + int64_t(seq) * p.bt_s0;
+  const int32_t* bt = p.block_tables + int64_t(w.seq) * p.bt_s0;
 
-  // Q rows: row r = token (r / group), head kvh * group + r % group; rows past the CTA's tokens are 0.
-  // Fixed trip counts: a thread keeps its chunk column c and steps rows by kThreads / kChunks, so the
-  // swizzled destination is a constant plus a multiple of 1024 bytes. (The tile loop unrolls by 2 only:
-  // a full unroll hoists every block-table read and spills registers at D = 128.)
-#pragma unroll
-  for (int it = 0; it < kRows * kChunks / kThreads; ++it) {
-    const int i = threadIdx.x + it * kThreads;
-    const int r = i / kChunks, c = i % kChunks;
-    const bool live = r < valid_rows;
-    const T* src = static_cast<const T*>(p.q);
-    if (live)
-      src += int64_t(q0 + tok0 + r / p.group) * p.q_s0 + int64_t(kvh * p.group + r % p.group) * p.q_s1 + c * 8;
-    cp_async_16(sq + Ly::off(r, c), src, live ? 16 : 0);
-  }
-  // One K and V tile: key row kb + r from its block of the block table.
+  load_q<T, D>(p, w, sq);
+  // One K and V tile: key row kb + r from its block of the block table. (Unrolled by 2 only: a full
+  // unroll hoists every block-table read and spills registers at D = 128.)
   auto load_tile = [&](int stage, int kb) {
 #pragma unroll 2
     for (int it = 0; it < kBK * kChunks / kThreads; ++it) {
       const int i = threadIdx.x + it * kThreads;
       const int r = i / kChunks, c = i % kChunks;
       const int kp = kb + r;
-      const bool live = kp <= pmax;  // keys past every row's position: zero-filled
+      const bool live = kp <= w.pmax;  // keys past every row's position: zero-filled
       int64_t off = 0;
       if (live) {
         const int64_t blk = bt[int64_t(kp / p.block_size) * p.bt_s1];
-        off = blk * p.cache_blk + int64_t(kp % p.block_size) * p.cache_tok + int64_t(kvh) * D + c * 8;
+        off = blk * p.cache_blk + int64_t(kp % p.block_size) * p.cache_tok + int64_t(w.kvh) * D + c * 8;
       }
       cp_async_16(sk(stage) + Ly::off(r, c), kc + off, live ? 16 : 0);
       cp_async_16(sv(stage) + Ly::off(r, c), vc + off, live ? 16 : 0);
     }
   };
   // Prologue: group 0 = Q and tile 0; groups 1..S-2 = the next tiles (empty past the last one).
-  load_tile(0, kb_begin);
+  load_tile(0, w.kb_begin);
   cp_async_commit();
 #pragma unroll
   for (int t = 1; t < S - 1; ++t) {
-    if (kb_begin + t * kBK <= kb_last) load_tile(t, kb_begin + t * kBK);
+    if (w.kb_begin + t * kBK <= w.kb_last) load_tile(t, w.kb_begin + t * kBK);
     cp_async_commit();
   }
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int g = lane >> 2, cq = lane & 3;
-  // This thread's two rows (g and g + 8 of its warp's 16) and their positions (-1: no row). Every warp
-  // takes part in every wgmma (they are warpgroup-wide); a row with no query has Q = 0, every key
-  // masked, p = 0, and is never stored.
-  int pos_r[2];
-  int row_id[2];  // global (token, head) index, for partials and output
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = warp * 16 + g + h * 8;
-    pos_r[h] = r < valid_rows ? pos0 + r / p.group : -1;
-    row_id[h] = r < valid_rows ? (q0 + tok0 + r / p.group) * p.q_heads + kvh * p.group + r % p.group : 0;
-  }
-
-  // Accumulator patterns (m64nN): s[4j + e] is row g + 8 (e / 2), key kb + 8j + 2cq + e % 2 (attention.cuh's
-  // s[j][e]); o[4n + e] is row g + 8 (e / 2), column 8n + 2cq + e % 2 (its o[n][e]).
+  const int cq = threadIdx.x & 3;
+  int pos_r[2], row_id[2];
+  thread_rows(p, w, pos_r, row_id);
   float s[32];
+  uint32_t pa[4][4];
   float o[kO];
   float accf[kSplit ? 1 : kO];  // folded over the finished splits (in-kernel fold mode)
+#pragma unroll
+  for (int i = 0; i < (kSplit ? 1 : kO); ++i) accf[i] = 0.f;
   float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
-  float M_f[2], L_f[2];
+  float M_f[2] = {0.f, 0.f}, L_f[2] = {0.f, 0.f};  // (split 0's fold reads them, then drops the result)
   const float kNegInf = -__int_as_float(0x7f800000);
 
   int stage = 0;
-  for (int kb = kb_begin; kb <= kb_last; kb += kBK, stage = stage + 1 == S ? 0 : stage + 1) {
+  for (int kb = w.kb_begin; kb <= w.kb_last; kb += kBK, stage = stage + 1 == S ? 0 : stage + 1) {
     // Tile kb has landed (this thread's copies), is visible to the async proxy, and every thread is past
     // the previous tile, whose stage the refill below overwrites.
     cp_async_wait<S - 2>();
@@ -288,150 +486,193 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
     {
       const int kn = kb + (S - 1) * kBK;
       const int sn = stage + S - 1 >= S ? stage - 1 : stage + S - 1;
-      if (kn <= kb_last) load_tile(sn, kn);
+      if (kn <= w.kb_last) load_tile(sn, kn);
       cp_async_commit();
     }
     const bool split_start = kb % L == 0;
-    const bool split_end = (kb + kBK) % L == 0 || kb == kb_last;
+    const bool split_end = (kb + kBK) % L == 0 || kb == w.kb_last;
     if (split_start) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
 #pragma unroll
       for (int i = 0; i < kO; ++i) o[i] = 0.f;
     }
-
-    // S = Q K^T for the tile's 64 keys: head_dim in k-steps of 16 from d = 0.
-#pragma unroll
-    for (int i = 0; i < 32; ++i) s[i] = 0.f;
-    pin(s);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < KT; ++kk) {
-      const uint32_t at = (kk >> 2) * Ly::kPanel + (kk & 3) * 32;  // 16 halves = 32 bytes per k-step
-      Wgmma<64, T>::mma(s, desc_sw128(sq + at, 16, 1024), desc_sw128(sk(stage) + at, 16, 1024));
-    }
+    zero_scores(s);
+    qk_issue<T, D>(s, sq, sk(stage));
     wgmma_commit();
     wgmma_wait<0>();
     pin(s);
-
-    // Scale, mask, running max: attention.cuh's code.
-    float mt[2] = {m_run[0], m_run[1]};
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int h = e >> 1, key = kb + j * 8 + cq * 2 + (e & 1);
-        float& x = s[4 * j + e];
-        x = key <= pos_r[h] ? __fmul_rn(x, p.scale_log2) : kNegInf;
-        mt[h] = fmaxf(mt[h], x);
-      }
-    float alpha[2], tsum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      mt[h] = fmaxf(mt[h], __shfl_xor_sync(0xffffffffu, mt[h], 1));
-      mt[h] = fmaxf(mt[h], __shfl_xor_sync(0xffffffffu, mt[h], 2));
-      const float m_use = mt[h] == kNegInf ? 0.f : mt[h];  // a row with no key yet: keep p = 0
-      // An unchanged max rescales by exactly 1, so a tile with no key for this row is a no-op.
-      alpha[h] = m_run[h] == m_use ? 1.f : ex2(__fsub_rn(m_run[h], m_use));
-      mt[h] = m_use;
-    }
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int h = e >> 1;
-        float& x = s[4 * j + e];
-        x = ex2(__fsub_rn(x, mt[h]));
-        tsum[h] = __fadd_rn(tsum[h], x);
-      }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      tsum[h] = __fadd_rn(tsum[h], __shfl_xor_sync(0xffffffffu, tsum[h], 1));
-      tsum[h] = __fadd_rn(tsum[h], __shfl_xor_sync(0xffffffffu, tsum[h], 2));
-      l_run[h] = __fmaf_rn(l_run[h], alpha[h], tsum[h]);
-      m_run[h] = mt[h];
-    }
-#pragma unroll
-    for (int i = 0; i < kO; ++i) o[i] = __fmul_rn(o[i], alpha[(i >> 1) & 1]);
-
-    // O += P V, 16 keys per step in increasing order. P's A fragment for keys 16k2.. is the score pattern
-    // of those 16 columns: (s[8k2], s[8k2 + 1]) row g, (s[8k2 + 2], ..3) row g + 8, then the same 8 keys on.
-    uint32_t pa[4][4];
-#pragma unroll
-    for (int k2 = 0; k2 < 4; ++k2) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) pa[k2][r] = pack2<T>(s[8 * k2 + 2 * r], s[8 * k2 + 2 * r + 1]);
-      pin(pa[k2]);
-    }
-    pin(o);
-    wgmma_fence();
-#pragma unroll
-    for (int k2 = 0; k2 < 4; ++k2)  // keys 16k2.. start 16 rows (2048 bytes) into the V tile
-      WgmmaRS<D, T>::mma(o, pa[k2], desc_sw128(sv(stage) + k2 * 16 * 128, Ly::kPanel, 1024));
+    float alpha[2];
+    softmax_tile(s, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
+    rescale_o(o, alpha);
+    pack_p<T>(pa, s);
+    pv_issue<T, D>(o, pa, sv(stage));
     wgmma_commit();
     wgmma_wait<0>();
     pin(o);
-
-    if (split_end) {
-      const int j = kb / L;
-      if constexpr (kSplit) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          if (pos_r[h] < j * L) continue;  // the row has no key in this split
-          const int64_t pbase = int64_t(row_id[h]) * p.max_splits + j;
-          if (cq == 0) {
-            p.part_ml[pbase * 2] = m_run[h];
-            p.part_ml[pbase * 2 + 1] = l_run[h];
-          }
-#pragma unroll
-          for (int n = 0; n < D / 8; ++n)
-            *reinterpret_cast<float2*>(p.part_acc + pbase * D + n * 8 + cq * 2) =
-                make_float2(o[4 * n + 2 * h], o[4 * n + 2 * h + 1]);
-        }
-      } else {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          if (pos_r[h] < j * L) continue;
-          if (j == 0) {
-            M_f[h] = m_run[h];
-            L_f[h] = l_run[h];
-#pragma unroll
-            for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-              for (int e = 0; e < 2; ++e) accf[4 * n + 2 * h + e] = o[4 * n + 2 * h + e];
-          } else {
-            const FoldCoef fc = fold_coef(M_f[h], m_run[h]);
-            L_f[h] = fold(L_f[h], l_run[h], fc);
-            M_f[h] = fc.m;
-#pragma unroll
-            for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                float& A = accf[4 * n + 2 * h + e];
-                A = fold(A, o[4 * n + 2 * h + e], fc);
-              }
-          }
-        }
-      }
-    }
+    if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
   }
   cp_async_wait<0>();
+  if constexpr (!kSplit) store_out<T, D>(p, w, cq, accf, L_f);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
+  __trap();  // sm_90 code without the sm_90a features: the host only launches this where sm_90a was built
+#endif
+}
 
-  if constexpr (!kSplit) {
-    T* out = static_cast<T*>(p.out);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = warp * 16 + g + h * 8;
-      if (r >= valid_rows) continue;
-      T* orow = out + int64_t(q0 + tok0 + r / p.group) * p.o_s0 + int64_t(kvh * p.group + r % p.group) * p.o_s1;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const float a0 = __fdiv_rn(accf[4 * n + 2 * h], L_f[h]);
-        const float a1 = __fdiv_rn(accf[4 * n + 2 * h + 1], L_f[h]);
-        *reinterpret_cast<uint32_t*>(orow + n * 8 + cq * 2) = pack2<T>(a0, a1);
+// ---- Variant 2 (BIK_ATTENTION_SM90=2): the same pieces, software-pipelined inside the warpgroup. ----
+//
+// Step j (entered with S(j) complete in `cur`, `nxt` zeroed, P V(j - 1) in flight):
+//   copies of K(j + 1) and V(j) landed -> proxy fence -> barrier -> refill the copy ring;
+//   issue S(j + 1) into `nxt`         (the tensor cores now hold P V(j - 1) and S(j + 1))
+//   softmax of tile j on `cur`        (overlaps both)
+//   wait for both; end tile j - 1's split if it ended; O *= alpha_j; P(j) from `cur`; zero `cur` for
+//   S(j + 2); issue P V(j)            (it runs through the next step's barrier and copies)
+// Accumulator registers are read or written by other instructions only while no wgmma is in flight (the
+// rescale, the zeroing, the split's end), and every step issues the same wgmmas: otherwise ptxas cannot
+// follow the in-flight groups and serialises every wgmma (ptxas -v: C7514 / C7515; a wait_group 1 that
+// retires P V(j - 1) before the softmax is enough to trigger it).
+// Per row this is variant 1's sequence of operations on the same values: S(j + 1) reads only Q and K;
+// tile j's (m, l) update precedes P V(j); O is rescaled by alpha_j after P V(j - 1) and before P V(j);
+// a split's (m, l) are kept (m_end, l_end) past the next tile's reset until its O is complete. The two
+// score buffers swap roles every step (the loop body is written out twice so both stay in registers).
+//
+// Copies: S(j + 1) needs K(j + 1) while P V(j) needs V(j), so K runs one tile ahead of V: copy group G_t
+// carries K(t + 1) and V(t) (the first group: Q and K(0)), K and V have separate rings, and step j waits
+// for G_j, then issues G_{j + kAhead}. Its K(j + kAhead + 1) takes the stage of K(j), whose S completed in
+// step j - 1; its V(j + kAhead) takes the stage of V(j - 2), whose P V completed in step j - 1 (P V(j - 1)
+// is still reading V(j - 1)). The barrier at the top of step j orders both refills after every warp's wait.
+template <int D>
+struct PipeLayout {
+  // D = 128: one group ahead keeps a CTA at 97 KB (two per SM); D = 64: two ahead, 65 KB.
+  static constexpr int kAhead = D == 128 ? 1 : 2;
+  static constexpr int kStagesK = kAhead + 1;  // K(j + 1 .. j + kAhead + 1) after the refill of step j
+  static constexpr int kStagesV = kAhead + 2;  // V(j - 1 .. j + kAhead): P V(j - 1) still reads V(j - 1)
+  static constexpr int kTile = Layout<D>::kTile;
+  static constexpr int kOffK = kTile, kOffV = kOffK + kStagesK * kTile;
+  static constexpr int kBytes = kOffV + kStagesV * kTile + 1024;  // + slack to align the base to 1024
+};
+
+template <typename T, int D, bool kSplit>
+__global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const Params p) {
+#ifdef BIK_ATTN_SM90_DEVICE_CODE
+  using Ly = PipeLayout<D>;
+  constexpr int A = Ly::kAhead, SK = Ly::kStagesK, SV = Ly::kStagesV;
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int kO = D / 2;       // O accumulators per thread (m64nD)
+  extern __shared__ __align__(1024) uint8_t smem[];
+
+  WorkUnit w;
+  if (!work_unit<kSplit>(p, w)) return;
+  const int L = p.split_len;
+  const int n = (w.kb_last - w.kb_begin) / kBK + 1;  // tiles
+  const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
+  const uint32_t sq = base;
+  auto sk = [&](int t) { return base + Ly::kOffK + (t % SK) * Ly::kTile; };  // stage of K(t)
+  auto sv = [&](int t) { return base + Ly::kOffV + (t % SV) * Ly::kTile; };  // stage of V(t)
+  const int32_t* bt = p.block_tables + int64_t(w.seq) * p.bt_s0;
+
+  // Rows kb..kb + 63 of one cache (K or V) into a tile: key row kb + r from its block of the block table,
+  // keys past every row's position zero-filled.
+  auto load_rows = [&](const void* cache, uint32_t dst, int kb) {
+    const T* src = static_cast<const T*>(cache);
+#pragma unroll 2
+    for (int it = 0; it < kBK * kChunks / kThreads; ++it) {
+      const int i = threadIdx.x + it * kThreads;
+      const int r = i / kChunks, c = i % kChunks;
+      const int kp = kb + r;
+      const bool live = kp <= w.pmax;
+      int64_t off = 0;
+      if (live) {
+        const int64_t blk = bt[int64_t(kp / p.block_size) * p.bt_s1];
+        off = blk * p.cache_blk + int64_t(kp % p.block_size) * p.cache_tok + int64_t(w.kvh) * D + c * 8;
       }
+      cp_async_16(dst + Layout<D>::off(r, c), src + off, live ? 16 : 0);
     }
+  };
+  // Copy group G_t: K(t + 1) and V(t), each only if the tile exists (an empty group otherwise, so that the
+  // group count, and with it every wait below, is the same at every step).
+  auto load_group = [&](int t) {
+    if (t + 1 < n) load_rows(p.k_cache, sk(t + 1), w.kb_begin + (t + 1) * kBK);
+    if (t < n) load_rows(p.v_cache, sv(t), w.kb_begin + t * kBK);
+    cp_async_commit();
+  };
+
+  // Prologue: Q and K(0) in their own group, then G_0 .. G_{A-1}; S(0) once Q and K(0) have landed.
+  load_q<T, D>(p, w, sq);
+  load_rows(p.k_cache, sk(0), w.kb_begin);
+  cp_async_commit();
+#pragma unroll
+  for (int t = 0; t < A; ++t) load_group(t);
+  cp_async_wait<A>();
+  fence_proxy_async();
+  __syncthreads();
+
+  const int cq = threadIdx.x & 3;
+  int pos_r[2], row_id[2];
+  thread_rows(p, w, pos_r, row_id);
+  float sa[32], sb[32];  // the scores of the current and the next tile, swapping roles every step
+  uint32_t pa[4][4];     // P of the tile whose P V is in flight
+  float o[kO];
+  float accf[kSplit ? 1 : kO];  // folded over the finished splits (in-kernel fold mode)
+#pragma unroll
+  for (int i = 0; i < (kSplit ? 1 : kO); ++i) accf[i] = 0.f;
+  float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
+  float m_end[2], l_end[2];     // a finished split's (m, l), kept until its O is complete
+  float M_f[2] = {0.f, 0.f}, L_f[2] = {0.f, 0.f};  // (split 0's fold reads them, then drops the result)
+  const float kNegInf = -__int_as_float(0x7f800000);
+
+  zero_scores(sa);
+  qk_issue<T, D>(sa, sq, sk(0));
+  wgmma_commit();
+  wgmma_wait<0>();
+  pin(sa);
+  zero_scores(sb);
+
+  auto step = [&](int j, float (&cur)[32], float (&nxt)[32]) {
+    const int kb = w.kb_begin + j * kBK;
+    // G_j (K(j + 1), V(j)) has landed and is visible to the async proxy, and every warp is past the waits
+    // of S(j) and P V(j - 2): the stages the refill overwrites (PipeLayout's comment) are free.
+    cp_async_wait<A - 1>();
+    fence_proxy_async();
+    __syncthreads();
+    load_group(j + A);
+
+    // Past the last tile the product is still issued, on Q as its own B operand, and thrown away: with
+    // a conditional issue ptxas can no longer prove which wgmmas are in flight and serialises them all.
+    qk_issue<T, D>(nxt, sq, j + 1 < n ? sk(j + 1) : sq);
+    wgmma_commit();
+    const bool split_start = kb % L == 0;  // for j > 0 also the end of tile j - 1's split
+    if (split_start) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) m_end[h] = m_run[h], l_end[h] = l_run[h], m_run[h] = kNegInf, l_run[h] = 0.f;
+    }
+    float alpha[2];
+    softmax_tile(cur, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
+
+    wgmma_wait<0>();  // P V(j - 1) and S(j + 1)
+    pin(o);
+    pin(nxt);
+#pragma unroll
+    for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(j - 1) stays in its registers until here
+    pack_p<T>(pa, cur);  // first: `cur` is dead from here to its zeroing, which eases the split's end
+    if (split_start && j > 0)
+      finish_split<D, kSplit>(p, (kb - kBK) / L, cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
+#pragma unroll
+    for (int i = 0; i < kO; ++i) o[i] = split_start ? 0.f : o[i];  // a select: no second copy of o
+    rescale_o(o, alpha);
+    zero_scores(cur);  // S(j + 2)'s accumulators
+    pv_issue<T, D>(o, pa, sv(j));
+    wgmma_commit();
+  };
+  for (int j = 0; j < n; j += 2) {
+    step(j, sa, sb);
+    if (j + 1 < n) step(j + 1, sb, sa);
   }
+  wgmma_wait<0>();
+  pin(o);
+  finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+  cp_async_wait<0>();
+  if constexpr (!kSplit) store_out<T, D>(p, w, cq, accf, L_f);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
   __trap();  // sm_90 code without the sm_90a features: the host only launches this where sm_90a was built
 #endif

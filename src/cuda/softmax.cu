@@ -8,12 +8,29 @@
 // between the passes (one read of the row); longer rows are read twice, U passes' chunks in flight
 // per thread. Any other layout runs the
 // general kernel, same lanes, same order, same bits.
+//
+// On sm_90, rows of the largest plan (1024 plan threads: n > 4096 for F32, n > 8192 for 16-bit types)
+// on the 16-byte path run on a thread-block cluster of kClusterCtas CTAs a row: CTA c holds lane group
+// g = c of the plan's four (the top bits of the lane index), so a row is read by 4x the threads and a
+// single row no longer waits on one SM. The CTAs trade their maxima and their lanes' terms through
+// distributed shared memory; the terms' first two tree steps (across lane groups, the top bits) are
+// folded in the plan's order by every CTA alike, then the rest of the tree inside each CTA. Same lanes,
+// same order, same bits as the one-CTA kernels.
+#include <cooperative_groups.h>
+
+#include <cstdlib>
+
 #include "core/backend.h"
+#include "cuda/device_info.h"
 #include "cuda/rows.cuh"
 #include "cuda/softmax.cuh"
 
 namespace bik::cuda {
 namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kClusterCtas = 4;  // = the lane groups of flat_shape for the largest plan
 
 template <class Tx, class To, int NG, bool kFlat>
 __global__ void __launch_bounds__(kMaxGroupThreads, 2)
@@ -142,6 +159,127 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
   }
 }
 
+// One row per cluster of K CTAs (grid K x row slots), each CTA G = blockDim.x threads holding one lane
+// group: thread tg of CTA c is plan thread c * G + tg, its chunks p * L + c * G * V + tg * V (L = K G V).
+// U passes in flight a thread (K times the one-CTA kernel's, the same registers: one lane group instead
+// of K), so rows of up to U L elements stay in registers between the passes.
+// Dynamic smem: 2 G V + 1 floats (tree scratch, this CTA's lane terms, this CTA's maximum).
+template <class Tx, class To, int K>
+__global__ void __launch_bounds__(kMaxGroupThreads, 2)
+    softmax_cluster_kernel(To* out, int64_t out_stride, const Tx* x, int64_t x_stride, int64_t rows, int64_t n,
+                           bool log) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int V = 16 / sizeof(Tx);
+  constexpr int U = K * (sizeof(Tx) == 4 ? 4 : 2);
+  extern __shared__ float smem[];
+  cg::cluster_group cluster = cg::this_cluster();
+  const int c = int(cluster.block_rank());
+  const int G = blockDim.x;
+  float* scratch = smem;            // group_tree: G * V floats
+  float* terms = smem + G * V;      // this CTA's lane terms, terms[v * G + tg], read by the whole cluster
+  float* cmax = smem + 2 * G * V;   // this CTA's maximum, read by the whole cluster
+  RowGroup rg;
+  rg.W = G >> 5;
+  rg.G = G;
+  rg.tg = threadIdx.x;
+  rg.first = blockIdx.y;
+  rg.step = gridDim.y;
+  const int64_t GV = int64_t(G) * V, L = GV * K, t0 = int64_t(c) * GV + int64_t(rg.tg) * V;
+  const bool cached = n <= U * L;
+
+  for (int64_t r = rg.first; r < rows; r += rg.step) {
+    const Tx* xr = x + r * x_stride;
+    To* orow = out + r * out_stride;
+
+    // Pass 1: this plan thread's statistics, chunks in increasing pass order.
+    float m = -INFINITY, s[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) s[k] = 0.0f;
+    uint4 raw[U];  // U passes' chunks; the whole row's when cached
+    for (int64_t base = 0; base < n; base += U * L) {
+#pragma unroll
+      for (int p = 0; p < U; ++p) {
+        const int64_t i0 = base + p * L + t0;
+        raw[p] = i0 < n ? ld16(xr + i0) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int p = 0; p < U; ++p)
+        if (base + p * L + t0 < n) {
+          float v[V];
+          unpack<Tx, V>(raw[p], v);
+          absorb_chunk<V>(m, s, v);
+        }
+    }
+
+    // The row's maximum: this CTA's, then the cluster's (exact in any order).
+    float mm[1][1] = {{m}};
+    const float cm = group_tree<1, 1>(mm, scratch, rg, SoftmaxMaxOp{});
+    if (rg.tg == 0) *cmax = cm;
+    cluster.sync();
+    float M = *cluster.map_shared_rank(cmax, 0);
+#pragma unroll
+    for (int q = 1; q < K; ++q) M = SoftmaxMaxOp{}(M, *cluster.map_shared_rank(cmax, q));
+
+    // The sum: the plan's tree over lanes j = g G V + tg V + v. Its steps over g (the top bits) pair
+    // lane groups, i.e. CTAs: every CTA folds the K groups' terms of its (tg, v) the same way, then runs
+    // the remaining steps (warps, shuffles, v) on the result.
+#pragma unroll
+    for (int k = 0; k < V; ++k) terms[k * G + rg.tg] = softmax_lane_term(m, s[k], M);
+    cluster.sync();
+    float b[K][V];
+#pragma unroll
+    for (int q = 0; q < K; ++q) {
+      const float* tq = cluster.map_shared_rank(terms, q);
+#pragma unroll
+      for (int k = 0; k < V; ++k) b[q][k] = tq[k * G + rg.tg];
+    }
+    cluster.sync();  // no CTA rewrites its terms or maximum (next row) or exits while others read them
+#pragma unroll
+    for (int h = K / 2; h >= 1; h /= 2)
+#pragma unroll
+      for (int q = 0; q < h; ++q)
+#pragma unroll
+        for (int k = 0; k < V; ++k) b[q][k] = __fadd_rn(b[q][k], b[q + h][k]);
+    float acc[1][V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc[0][k] = b[0][k];
+    const float S = group_tree<V, 1>(acc, scratch, rg, AddOp{});
+    const float log_sum = log ? logf(S) : 0.0f;
+
+    // Pass 2: this CTA's lanes of the output.
+    for (int64_t base = 0; base < n; base += U * L) {
+      if (!cached) {
+#pragma unroll
+        for (int p = 0; p < U; ++p) {
+          const int64_t i0 = base + p * L + t0;
+          raw[p] = i0 < n ? ld16(xr + i0) : make_uint4(0, 0, 0, 0);
+        }
+      }
+#pragma unroll
+      for (int p = 0; p < U; ++p) {
+        const int64_t i0 = base + p * L + t0;
+        if (i0 < n) {
+          float v[V], o[V];
+          unpack<Tx, V>(raw[p], v);
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            const float d = __fsub_rn(v[k], M);
+            o[k] = log ? __fsub_rn(d, log_sum) : __fdiv_rn(expf(d), S);
+          }
+          store_flat<To, V>(orow + i0, o);
+        }
+      }
+    }
+  }
+#endif
+}
+
+// BIK_SOFTMAX_CLUSTER=0 keeps every row on one CTA (benchmarks and tests compare the two; same bits).
+bool softmax_cluster_enabled() {
+  const char* e = std::getenv("BIK_SOFTMAX_CLUSTER");
+  return e == nullptr || e[0] != '0';
+}
+
 }  // namespace
 
 void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
@@ -153,8 +291,31 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
     constexpr int V = 16 / sizeof(Tx);
     const GroupShape gs = flat_shape(row_threads(n, V));
     const size_t smem = gs.W > 1 ? size_t(32 * gs.W) * V * sizeof(float) : 0;
+    // The cluster kernel for the largest plan (1024 plan threads): its four lane groups, one a CTA.
+    const bool cluster = flat && gs.NG == kClusterCtas && gs.W * 32 == kMaxGroupThreads && rows > 0 &&
+                         softmax_cluster_enabled() && use_device(x.device.index).arch >= 90;
     auto launch = [&](auto ot) {
       using To = decltype(ot);
+      if (cluster) {
+        auto kernel = softmax_cluster_kernel<Tx, To, kClusterCtas>;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(kClusterCtas, unsigned(rows < 65535 ? rows : 65535), 1);
+        cfg.blockDim = dim3(unsigned(gs.W * 32), 1, 1);
+        cfg.dynamicSmemBytes = (size_t(2 * 32 * gs.W) * V + 1) * sizeof(float);
+        cfg.stream = stream_of(s);
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = kClusterCtas;
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, out.ptr<To>(), fo.stride, x.ptr<const Tx>(), fx.stride,
+                                                 rows, n, log);
+        if (e == cudaSuccess) return;
+        // No room for such a cluster on this device: the one-CTA kernels below (same bits).
+        (void)cudaGetLastError();
+      }
       dispatch_flat_ng(gs.NG, [&](auto ng) {
         constexpr int NG = decltype(ng)::value;
         auto kernel = flat ? softmax_kernel<Tx, To, NG, true> : softmax_kernel<Tx, To, NG, false>;

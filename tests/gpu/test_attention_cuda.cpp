@@ -2,10 +2,14 @@
 // batches that switch the kernel between its split-parallel and in-kernel-fold launches), accuracy vs
 // float64 and vs the CPU backend, run-to-run repeats, and the split-count-by-sequences negative control.
 // These run on whichever kernel paged_attention dispatches (wgmma on sm_90, mma.sync elsewhere); the
-// GpuAttentionSm90 tests pin each of the two kernels on sm_90 through BIK_ATTENTION_SM90.
+// GpuAttentionSm90 tests pin each kernel on sm_90 through BIK_ATTENTION_SM90 (0 mma.sync, 1 wgmma,
+// 2 the pipelined wgmma variant, which must equal 1 bit for bit).
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <random>
 #include <string>
@@ -202,11 +206,110 @@ TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
   {
     EngineSwitch on("1");
     EXPECT_TRUE(cuda::attention_uses_wgmma(0));
+    EXPECT_EQ(cuda::attention_wgmma_variant(0), 1);
+  }
+  {
+    EngineSwitch piped("2");
+    EXPECT_TRUE(cuda::attention_uses_wgmma(0));
+    EXPECT_EQ(cuda::attention_wgmma_variant(0), 2);
   }
   {
     EngineSwitch off("0");
     EXPECT_FALSE(cuda::attention_uses_wgmma(0));
+    EXPECT_EQ(cuda::attention_wgmma_variant(0), 0);
   }
+}
+
+// The pipelined wgmma kernel (BIK_ATTENTION_SM90=2) runs the default wgmma kernel's arithmetic on another
+// schedule, so every output byte must be equal: both head dims and dtypes, group sizes 1..8, block sizes
+// 1..32, in both launch modes (the long prefills make enough CTAs for the in-kernel fold, rows spanning
+// up to 24 splits; the small decode batches run split-parallel), odd and even tile counts, a row ending
+// on a split boundary (ctx 1024), a one-key context. Both outputs must be complete (NaN-poisoned
+// first). Negative control: the pipelined kernel under another split length (the split-by-sequences
+// variant: another fold grouping, same kernels) must differ from the default somewhere, or this
+// comparison could not see a change of arithmetic. (How many elements the mma.sync kernel changes is
+// printed for information: it may round like wgmma or not.)
+TEST(GpuAttentionSm90, PipelinedKernelEqualsDefaultBitwise) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  struct Case {
+    Config c;
+    std::vector<SeqSpec> seqs;
+    const char* what;
+  };
+  const std::vector<SeqSpec> decode = {{91, 1, 1}, {92, 1024, 1}, {93, 4100, 1}, {94, 257, 2}, {95, 700, 3}};
+  const std::vector<SeqSpec> mixed = {{96, 3000, 3000}, {97, 6000, 1}, {98, 5000, 300}, {99, 65, 65}, {100, 1, 1}};
+  const std::vector<Case> cases = {
+      {{DType::BF16, 32, 8, 128, 16}, {{81, 2000, 2000}, {82, 130, 65}}, "prefill"},
+      {{DType::BF16, 32, 8, 128, 16}, decode, "decode"},
+      {{DType::BF16, 32, 8, 128, 16}, mixed, "mixed"},
+      {{DType::F16, 8, 2, 128, 3}, {{83, 6100, 6100}}, "prefill"},
+      {{DType::F16, 8, 2, 128, 3}, decode, "decode"},
+      {{DType::BF16, 16, 2, 64, 16}, {{84, 2000, 2000}, {85, 777, 1}}, "prefill"},
+      {{DType::BF16, 16, 2, 64, 16}, decode, "decode"},
+      {{DType::F16, 8, 8, 64, 32}, {{86, 3000, 3000}}, "prefill"},
+      {{DType::F16, 8, 8, 64, 32}, mixed, "mixed"},
+      {{DType::BF16, 12, 3, 128, 1}, {{87, 1500, 1500}, {88, 9000, 1}}, "prefill"},
+      {{DType::F16, 4, 4, 64, 7}, decode, "decode"},
+  };
+  uint64_t seed = 1201;
+  for (const Case& k : cases) {
+    const Config& c = k.c;
+    std::vector<uint16_t> v1, v2, v0;
+    {
+      EngineSwitch one("1");
+      ASSERT_EQ(cuda::attention_wgmma_variant(0), 1);
+      v1 = run_step(gpu(), c, k.seqs, seed);
+    }
+    {
+      EngineSwitch two("2");
+      ASSERT_EQ(cuda::attention_wgmma_variant(0), 2);
+      v2 = run_step(gpu(), c, k.seqs, seed);
+    }
+    {
+      EngineSwitch zero("0");
+      v0 = run_step(gpu(), c, k.seqs, seed);
+    }
+    ++seed;
+    const std::string label = std::string(dtype_name(c.dtype)) + " D=" + std::to_string(c.d) + " Hq=" +
+                              std::to_string(c.hq) + " Hkv=" + std::to_string(c.hkv) + " block=" +
+                              std::to_string(c.block_size) + " (" + k.what + " batch)";
+    ASSERT_EQ(v1.size(), v2.size()) << label;
+    size_t nonfinite = 0, differing = 0;
+    for (size_t i = 0; i < v1.size(); ++i) {
+      nonfinite += !std::isfinite(stored(c.dtype, v1[i])) || !std::isfinite(stored(c.dtype, v2[i]));
+      differing += v1[i] != v2[i];
+    }
+    EXPECT_EQ(nonfinite, 0u) << label << ": unwritten or non-finite outputs";
+    EXPECT_EQ(std::memcmp(v1.data(), v2.data(), v1.size() * sizeof(uint16_t)), 0)
+        << label << ": " << differing << " of " << v1.size() << " elements differ between variants 1 and 2";
+    size_t mma_sync_differs = 0;
+    for (size_t i = 0; i < v1.size(); ++i) mma_sync_differs += v0[i] != v1[i];
+    std::printf("[ info ] %s: variant 2 vs 1: %zu of %zu elements differ; mma.sync vs wgmma: %zu differ\n",
+                label.c_str(), differing, v1.size(), mma_sync_differs);
+  }
+
+  const AttnOp other_splits = [](const TensorView& out, const TensorView& q, const TensorView& kc,
+                                 const TensorView& vc, const TensorView& bt, const TensorView& sl,
+                                 const TensorView& qsl, float scale) {
+    paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
+  };
+  const Config c{DType::BF16, 32, 8, 128, 16};
+  const std::vector<SeqSpec> seqs = {{89, 2000, 2000}};  // one sequence: split length 64 instead of the plan's
+  std::vector<uint16_t> plan, other1, other2;
+  {
+    EngineSwitch one("1");
+    plan = run_step(gpu(), c, seqs, 77);
+    other1 = run_step(gpu(), c, seqs, 77, other_splits);
+  }
+  {
+    EngineSwitch two("2");
+    other2 = run_step(gpu(), c, seqs, 77, other_splits);
+  }
+  ASSERT_EQ(plan.size(), other2.size());
+  EXPECT_NE(std::memcmp(plan.data(), other2.data(), plan.size() * sizeof(uint16_t)), 0)
+      << "another fold grouping gave the same bytes: the bitwise comparison proves nothing";
+  // With 64-key splits every tile ends a split: the pipelined kernel's deferred end of split at each step.
+  EXPECT_TRUE(other1 == other2) << "variants 1 and 2 differ with one tile per split";
 }
 
 // The wgmma kernel against float64, in both launch modes: the first configuration's 2000-token prefill
