@@ -291,9 +291,14 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
     constexpr int V = 16 / sizeof(Tx);
     const GroupShape gs = flat_shape(row_threads(n, V));
     const size_t smem = gs.W > 1 ? size_t(32 * gs.W) * V * sizeof(float) : 0;
-    // The cluster kernel for the largest plan (1024 plan threads): its four lane groups, one a CTA.
+    // The cluster kernel for the largest plan (1024 plan threads): its four lane groups, one a CTA. It
+    // gives the bits of the one-CTA kernel (OpsCuda.SoftmaxClusterMatchesOneCta), so the choice may follow
+    // the row count: on an H200 (bench/results/ops_h200.md and logs_h200x2/5147631_*) the cluster took
+    // f32 n=32000 from 24 to 10 us at 1 row and 26 to 22 us at 64 rows, but 69 -> 101 us at 512 rows, where
+    // one CTA a row already fills the GPU. So: clusters while the rows fit the SMs one a SM.
+    const DeviceInfo& dev = use_device(x.device.index);
     const bool cluster = flat && gs.NG == kClusterCtas && gs.W * 32 == kMaxGroupThreads && rows > 0 &&
-                         softmax_cluster_enabled() && use_device(x.device.index).arch >= 90;
+                         rows <= dev.sms && softmax_cluster_enabled() && dev.arch >= 90;
     auto launch = [&](auto ot) {
       using To = decltype(ot);
       if (cluster) {
