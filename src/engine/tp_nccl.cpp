@@ -1,6 +1,9 @@
 // The NCCL transport of tensor parallelism (src/engine/tp.h): one rank per GPU, driven by one host thread
 // per GPU of this process. Built only when CMake found NCCL (BIK_WITH_NCCL).
 #include <cstdio>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -119,10 +122,12 @@ class NcclComm final : public TpComm {
   }
 
   void abort() override {
+    aborted_ = true;
     enqueued_->abort();
     if (comm_) nccl().CommAbort(comm_);
     comm_ = nullptr;
   }
+  bool aborted() const { return aborted_; }
 
  private:
   ncclComm_t comm_;
@@ -132,6 +137,7 @@ class NcclComm final : public TpComm {
   float* token_ = nullptr;
   std::shared_ptr<HostBarrier> enqueued_;
   int64_t gathers_ = 0;
+  bool aborted_ = false;
 
   // BIK_TP_TRACE=1: one stderr line per rank and step of each all-gather (where a hang stops).
   void trace(const char* what) const {
@@ -143,17 +149,45 @@ class NcclComm final : public TpComm {
   }
 };
 
-}  // namespace
+// The ranks of one ncclCommInitAll.
+struct NcclSet {
+  std::vector<std::unique_ptr<NcclComm>> ranks;
+};
 
-bool nccl_built() { return true; }
+// Communicators are kept for the life of the process, never destroyed. On the stack this was measured
+// on (CUDA 13, two H200s: bench/results/logs_h200x2/README.md), a process that destroyed its last
+// communicators and then initialised new ones had the new init fail with an illegal-address fault (the
+// same with NCCL_CUMEM_ENABLE=0 or NCCL_P2P_DISABLE=1), while inits next to a live set worked. So a set
+// whose model is gone waits here for the next model of the same size; the process's exit releases it.
+// A set with an aborted rank is not reused.
+std::mutex& pool_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+std::map<int, std::vector<NcclSet*>>& idle_sets() {
+  static auto* pool = new std::map<int, std::vector<NcclSet*>>();  // never destroyed, like the sets
+  return *pool;
+}
 
-std::vector<std::unique_ptr<TpComm>> make_nccl_comms(int size) {
-  BIK_CHECK(size >= 1, "tp: the number of ranks must be >= 1, got ", size);
-  const int gpus = cuda_device_count();
-  BIK_CHECK(gpus >= size, "tp: --tp ", size, " needs ", size, " GPUs (one rank per GPU), found ", gpus);
-  // NVLink SHARP (NVLS) stays off: its in-switch arithmetic is an order this code does not choose, and
-  // nothing here needs it (the only data collective is an all-gather).
-  setenv("NCCL_NVLS_ENABLE", "0", 1);
+// One rank of a pooled set, handed to a model; the set goes back to the pool with its last rank.
+class LeasedComm final : public TpComm {
+ public:
+  LeasedComm(std::shared_ptr<NcclSet> set, int rank) : set_(std::move(set)), comm_(set_->ranks[size_t(rank)].get()) {}
+  int rank() const override { return comm_->rank(); }
+  int size() const override { return comm_->size(); }
+  Device device() const override { return comm_->device(); }
+  void enter() override { comm_->enter(); }
+  void leave() override { comm_->leave(); }
+  void all_gather(const TensorView& out, const TensorView& in) override { comm_->all_gather(out, in); }
+  void barrier() override { comm_->barrier(); }
+  void abort() override { comm_->abort(); }
+
+ private:
+  std::shared_ptr<NcclSet> set_;
+  NcclComm* comm_;
+};
+
+NcclSet* init_set(int size) {
   std::vector<ncclComm_t> raw(size_t(size), nullptr);
   std::vector<int> devs(static_cast<size_t>(size));
   for (int r = 0; r < size; ++r) {
@@ -168,9 +202,45 @@ std::vector<std::unique_ptr<TpComm>> make_nccl_comms(int size) {
                    cudaGetErrorString(stale));
   }
   BIK_TP_NCCL(nccl().CommInitAll(raw.data(), size, devs.data()));
-  std::vector<std::unique_ptr<TpComm>> comms;
+  auto set = std::make_unique<NcclSet>();
   auto enqueued = std::make_shared<HostBarrier>(size);
-  for (int r = 0; r < size; ++r) comms.push_back(std::make_unique<NcclComm>(raw[size_t(r)], r, size, enqueued));
+  for (int r = 0; r < size; ++r) set->ranks.push_back(std::make_unique<NcclComm>(raw[size_t(r)], r, size, enqueued));
+  return set.release();
+}
+
+}  // namespace
+
+bool nccl_built() { return true; }
+
+std::vector<std::unique_ptr<TpComm>> make_nccl_comms(int size) {
+  BIK_CHECK(size >= 1, "tp: the number of ranks must be >= 1, got ", size);
+  const int gpus = cuda_device_count();
+  BIK_CHECK(gpus >= size, "tp: --tp ", size, " needs ", size, " GPUs (one rank per GPU), found ", gpus);
+  // NVLink SHARP (NVLS) stays off: its in-switch arithmetic is an order this code does not choose, and
+  // nothing here needs it (the only data collective is an all-gather).
+  setenv("NCCL_NVLS_ENABLE", "0", 1);
+  NcclSet* raw_set = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(pool_mutex());
+    auto& idle = idle_sets()[size];
+    if (!idle.empty()) {
+      raw_set = idle.back();
+      idle.pop_back();
+    }
+  }
+  if (!raw_set) raw_set = init_set(size);
+  std::shared_ptr<NcclSet> set(raw_set, [size](NcclSet* done) {
+    bool aborted = false;
+    for (const auto& c : done->ranks) aborted = aborted || c->aborted();
+    if (aborted) {
+      delete done;  // its communicators were aborted: nothing left to destroy but the host side
+      return;
+    }
+    std::lock_guard<std::mutex> lock(pool_mutex());
+    idle_sets()[size].push_back(done);
+  });
+  std::vector<std::unique_ptr<TpComm>> comms;
+  for (int r = 0; r < size; ++r) comms.push_back(std::make_unique<LeasedComm>(set, r));
   BIK_TP_CUDA(cudaSetDevice(0));
   return comms;
 }
