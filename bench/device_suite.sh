@@ -14,7 +14,8 @@
 #          CMakeLists.txt) unless $BIK_TORCH_PREBUILT names one built against the same torch (e.g. by
 #          scripts/build_torch_ext.sh on another machine); then
 #          tests/python/test_torch_mode.py on CUDA tensors, bench/torch_mode_speed.py
-#          (torch_mode_h100.json/.md/.png) and python -m bik.bisect under the mode (hf_bisect_mode_on.json)
+#          (torch_mode_GPU.json/.md/.png, GPU the card, e.g. h100) and python -m bik.bisect under the mode
+#          (hf_bisect_mode_on.json)
 set -uo pipefail
 bin="$(cd "$1" && pwd)"
 out="$2"
@@ -61,6 +62,11 @@ backtrace_at() {
 }
 
 nvidia-smi -L | tee "$out/gpu.txt"
+# Result names end in the GPU's model (ops_h100, ops_h200, ...; "gpu" when nvidia-smi names none of these),
+# so runs on different cards never share a file name. BIK_GPU_TAG overrides it.
+gpu_tag="${BIK_GPU_TAG:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 |
+  grep -oiE 'h100|h200|h20|b200|gh200|a100|a10g|l40s|l4|rtx ?[0-9]+' | head -n 1 | tr 'A-Z ' 'a-z_')}"
+gpu_tag="${gpu_tag:-gpu}"
 for s in "${steps[@]}"; do
   case "$s" in
     tests)
@@ -70,21 +76,21 @@ for s in "${steps[@]}"; do
     engine)
       step engine_cuda 120 bash "$root/bench/engine_needle.sh" "$bin/bik" "$root/bench/data/small_llama_config.json" cuda ;;
     ops)
-      step bench_ops 150 "$bin/bik" bench ops --out "$out" --name ops_h100 --commit "$commit" &&
-        step torch_ops 120 python3 "$root/bench/torch_ops.py" "$out/ops_h100.json" ;;
+      step bench_ops 150 "$bin/bik" bench ops --out "$out" --name "ops_${gpu_tag}" --commit "$commit" &&
+        step torch_ops 120 python3 "$root/bench/torch_ops.py" "$out/ops_${gpu_tag}.json" ;;
     gemm)
-      step bench_gemm 300 "$bin/bik" bench gemm --out "$out" --name gemm_h100 --commit "$commit" ;;
+      step bench_gemm 300 "$bin/bik" bench gemm --out "$out" --name "gemm_${gpu_tag}" --commit "$commit" ;;
     attention)
-      step bench_attention 200 "$bin/bik" bench attention --out "$out" --name attention_h100 --commit "$commit" &&
-        step torch_attention 150 python3 "$root/bench/torch_attention.py" "$out/attention_h100.json" ;;
+      step bench_attention 200 "$bin/bik" bench attention --out "$out" --name "attention_${gpu_tag}" --commit "$commit" &&
+        step torch_attention 150 python3 "$root/bench/torch_attention.py" "$out/attention_${gpu_tag}.json" ;;
     serve)
       step bench_serve 420 "$bin/bik" bench serve --dummy-weights "$root/bench/data/qwen3_8b_config.json" --device cuda \
-        --requests "${BIK_SERVE_REQUESTS:-1000}" --kv-cache-mib 16384 --out "$out" --name serve_h100 --commit "$commit" ;;
+        --requests "${BIK_SERVE_REQUESTS:-1000}" --kv-cache-mib 16384 --out "$out" --name "serve_${gpu_tag}" --commit "$commit" ;;
     serve_graphs)
-      # The serve workload with decode steps as CUDA graphs (compare with serve_h100 of the same run).
+      # The serve workload with decode steps as CUDA graphs (compare with serve_GPU of the same run).
       step bench_serve_graphs 420 "$bin/bik" bench serve --dummy-weights "$root/bench/data/qwen3_8b_config.json" \
         --device cuda --cuda-graphs on --requests "${BIK_SERVE_REQUESTS:-1000}" --kv-cache-mib 16384 --out "$out" \
-        --name serve_graphs_h100 --commit "$commit" ;;
+        --name "serve_graphs_${gpu_tag}" --commit "$commit" ;;
     hf)
       # The engine on CUDA against transformers (tests skip what the machine lacks, e.g. the GGUF model),
       # then python -m bik.bisect on a seeded Qwen3 under stock torch on the GPU.
@@ -112,7 +118,7 @@ for s in "${steps[@]}"; do
         step torch_tests 400 env BIK_TORCH_LIB="$tlib" BIK_TEST_DEVICE=cuda python3 -m pytest -q -rs \
           "$root/tests/python/test_torch_mode.py"
         step torch_speed 400 env BIK_TORCH_LIB="$tlib" python3 "$root/bench/torch_mode_speed.py" --device cuda --time-budget 300 \
-          --commit "$commit" --out "$out" --name torch_mode_h100
+          --commit "$commit" --out "$out" --name "torch_mode_${gpu_tag}"
         step hf_bisect_mode_on 200 env PYTHONPATH="$root/python" BIK_TORCH_LIB="$tlib" python3 -m bik.bisect \
           --config-init qwen3 --config-size medium --device cuda --batch 31 --mode on --json "$out/hf_bisect_mode_on.json"
       fi ;;
@@ -123,10 +129,10 @@ for s in "${steps[@]}"; do
       step tp_generate 300 backtrace_at 240 bash "$root/tests/cli_generate_tp_invariance.sh" "$bin/bik" \
         "$root/tests/data/engine/tiny_llama_tp_config.json" cuda "1 2" ;;
     tp_serve)
-      # The serve workload of the `serve` step over two GPUs (compare with serve_h100 of the same machine).
+      # The serve workload of the `serve` step over two GPUs (compare with serve_GPU of the same machine).
       step bench_serve_tp2 420 backtrace_at 400 "$bin/bik" bench serve --dummy-weights "$root/bench/data/qwen3_8b_config.json" \
         --device cuda --tp 2 --requests "${BIK_SERVE_REQUESTS:-1000}" --kv-cache-mib 16384 --out "$out" \
-        --name serve_tp2_h100 --commit "$commit" ;;
+        --name "serve_tp2_${gpu_tag}" --commit "$commit" ;;
     *) echo "unknown step $s" >&2 ;;
   esac
 done
