@@ -379,6 +379,18 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
         const int i0 = p * L + g * GV + t0;
         xc[p][g] = i0 < n ? ld16(xr + i0) : make_uint4(0, 0, 0, 0);
       }
+    // Calls f(g, x) for every chunk of the row this thread holds (pass p, group g), in that order.
+    auto each = [&](auto&& f) {
+#pragma unroll
+      for (int p = 0; p < 2; ++p)
+#pragma unroll
+        for (int g = 0; g < NG; ++g)
+          if (p * L + g * GV + t0 < n) {
+            float xv[V];
+            unpack<T, V>(xc[p][g], xv);
+            f(g, xv);
+          }
+    };
     float acc[NG][V];
 
     // The mean.
@@ -386,16 +398,10 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
     for (int g = 0; g < NG; ++g)
 #pragma unroll
       for (int k = 0; k < V; ++k) acc[g][k] = 0.0f;
+    each([&](int g, const float (&xv)[V]) {
 #pragma unroll
-    for (int p = 0; p < 2; ++p)
-#pragma unroll
-      for (int g = 0; g < NG; ++g)
-        if (p * L + g * GV + t0 < n) {
-          float xv[V];
-          unpack<T, V>(xc[p][g], xv);
-#pragma unroll
-          for (int k = 0; k < V; ++k) acc[g][k] = __fadd_rn(acc[g][k], xv[k]);
-        }
+      for (int k = 0; k < V; ++k) acc[g][k] = __fadd_rn(acc[g][k], xv[k]);
+    });
     const float mean = __fdiv_rn(group_tree<V, NG>(acc, smem, rg, AddOp{}), float(n));
 
     // The variance around that mean.
@@ -403,19 +409,13 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
     for (int g = 0; g < NG; ++g)
 #pragma unroll
       for (int k = 0; k < V; ++k) acc[g][k] = 0.0f;
+    each([&](int g, const float (&xv)[V]) {
 #pragma unroll
-    for (int p = 0; p < 2; ++p)
-#pragma unroll
-      for (int g = 0; g < NG; ++g)
-        if (p * L + g * GV + t0 < n) {
-          float xv[V];
-          unpack<T, V>(xc[p][g], xv);
-#pragma unroll
-          for (int k = 0; k < V; ++k) {
-            const float d = __fsub_rn(xv[k], mean);
-            acc[g][k] = __fmaf_rn(d, d, acc[g][k]);
-          }
-        }
+      for (int k = 0; k < V; ++k) {
+        const float d = __fsub_rn(xv[k], mean);
+        acc[g][k] = __fmaf_rn(d, d, acc[g][k]);
+      }
+    });
     const float var = __fdiv_rn(group_tree<V, NG>(acc, smem, rg, AddOp{}), float(n));
     const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
     if (rg.tg == 0 && mean_out) {

@@ -430,8 +430,7 @@ void reduce(const ReduceArgs& a, Stream s) {
       // The reduced elements far apart and the outputs adjacent (the kept dims one contiguous run): the
       // column kernels, the same bits as the per-output kernel below. BIK_REDUCE_COLUMNS=0 forces the
       // per-output kernel (tests compare the two).
-      const char* columns_env = std::getenv("BIK_REDUCE_COLUMNS");
-      const bool columns = columns_env == nullptr || columns_env[0] != '0';
+      const bool columns = env_switch_on("BIK_REDUCE_COLUMNS");
       const DimIndex kept_run = collapse(x.shape.data(), x.stride.data(), a.kept);
       if (columns && red.nd == 1 && red.stride[0] != 1 && kept_run.nd == 1 && kept_run.stride[0] == 1) {
         reduce_columns<Tx, To>(a, out_idx, red.stride[0], rows, n, s);

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "bik/tensor.h"
 #include "core/policy.h"
@@ -468,6 +469,36 @@ void dispatch_float(DType t, F&& f) {
     case DType::BF16: f(__nv_bfloat16{}); break;
     default: throw Error("cuda: unexpected dtype " + std::string(dtype_name(t)));
   }
+}
+
+// The A/B switches of kernel variants (docs/invariance.md): on unless the environment variable starts
+// with '0'. Read at each call, so that tests and benchmarks can flip them between calls.
+inline bool env_switch_on(const char* name) {
+  const char* e = std::getenv(name);
+  return e == nullptr || e[0] != '0';
+}
+
+// Launches `kernel` as clusters of `ctas` CTAs along x, one cluster a row (grid y: the rows, at most
+// 65535; the kernels step over further rows). Returns false, with the launch error cleared, when the
+// device cannot place such a cluster: the caller then runs its one-CTA-a-row kernel (the same bits).
+template <class... KArgs, class... Args>
+bool launch_row_clusters(void (*kernel)(KArgs...), int ctas, int threads, size_t smem, cudaStream_t stream,
+                         int64_t rows, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(ctas), unsigned(rows < 65535 ? rows : 65535), 1);
+  cfg.blockDim = dim3(unsigned(threads), 1, 1);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(ctas);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...) == cudaSuccess) return true;
+  (void)cudaGetLastError();
+  return false;
 }
 
 }  // namespace bik::cuda

@@ -657,8 +657,8 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
     args.dev = dev;
   }
   const DeviceInfo& info = use_device(logits.device.index);
-  const char* env = std::getenv("BIK_SAMPLE_CLUSTER");  // 0: one CTA a row everywhere (tests compare the two)
-  const bool cluster_ok = info.arch >= 90 && (env == nullptr || env[0] != '0');
+  // BIK_SAMPLE_CLUSTER=0: one CTA a row everywhere (tests compare the two).
+  const bool cluster_ok = info.arch >= 90 && env_switch_on("BIK_SAMPLE_CLUSTER");
   dispatch_float(logits.dtype, [&](auto lt) {
     using T = decltype(lt);
     // A cluster a row when each CTA's slice of z fits its shared memory.
@@ -667,24 +667,11 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
     if (cluster_ok && slice * int64_t(sizeof(float)) <= max_dyn) {
       auto kernel = sample_cluster_kernel<T>;
       allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, max_dyn);
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = dim3(kSampleCluster, unsigned(rows < 65535 ? rows : 65535), 1);
-      cfg.blockDim = dim3(kSampleThreads, 1, 1);
-      cfg.dynamicSmemBytes = size_t(slice) * sizeof(float);
-      cfg.stream = st;
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = kSampleCluster;
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = 1;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
-      const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, tokens.ptr<int32_t>(), tokens.stride[0],
-                                               logits.ptr<const T>(), logits.stride[0], logits.stride[1], rows, n,
-                                               slice, args);
-      if (e == cudaSuccess) return;
       // No room for such a cluster on this device: the one-CTA-a-row kernel below.
-      (void)cudaGetLastError();
+      if (launch_row_clusters(kernel, kSampleCluster, kSampleThreads, size_t(slice) * sizeof(float), st, rows,
+                              tokens.ptr<int32_t>(), tokens.stride[0], logits.ptr<const T>(), logits.stride[0],
+                              logits.stride[1], rows, n, slice, args))
+        return;
     }
     const int threads = row_threads(n, 16 / int(sizeof(T)));
     sample_kernel<T><<<grid_for(rows), threads, 0, st>>>(tokens.ptr<int32_t>(), tokens.stride[0],

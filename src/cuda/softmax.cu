@@ -32,6 +32,17 @@ namespace cg = cooperative_groups;
 
 constexpr int kClusterCtas = 4;  // = the lane groups of flat_shape for the largest plan
 
+// A chunk's outputs from the row's statistics: exp(x - M) / S, or x - M - log S, each one rounding.
+template <int V>
+__device__ __forceinline__ void softmax_outputs(const float (&v)[V], float M, float S, float log_sum, bool log,
+                                                float (&o)[V]) {
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const float d = __fsub_rn(v[k], M);
+    o[k] = log ? __fsub_rn(d, log_sum) : __fdiv_rn(expf(d), S);
+  }
+}
+
 template <class Tx, class To, int NG, bool kFlat>
 __global__ void __launch_bounds__(kMaxGroupThreads, 2)
     softmax_kernel(To* out, DevRows out_rows, int64_t out_stride, const Tx* x, DevRows x_rows, int64_t x_stride,
@@ -67,15 +78,19 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
       for (int k = 0; k < V; ++k) s[g][k] = 0.0f;
     }
     uint4 raw[U][NG];  // flat: U passes' chunks; the whole row when cached
+    // Flat path: the chunks of passes base / L .. + U - 1 into raw, zeros past the row end.
+    auto load_passes = [&](int64_t base) {
+#pragma unroll
+      for (int p = 0; p < U; ++p)
+#pragma unroll
+        for (int g = 0; g < NG; ++g) {
+          const int64_t i0 = base + p * L + g * GV + t0;
+          raw[p][g] = i0 < n ? ld16(xr + i0) : make_uint4(0, 0, 0, 0);
+        }
+    };
     if constexpr (kFlat) {
       for (int64_t base = 0; base < n; base += U * L) {
-#pragma unroll
-        for (int p = 0; p < U; ++p)
-#pragma unroll
-          for (int g = 0; g < NG; ++g) {
-            const int64_t i0 = base + p * L + g * GV + t0;
-            raw[p][g] = i0 < n ? ld16(xr + i0) : make_uint4(0, 0, 0, 0);
-          }
+        load_passes(base);
 #pragma unroll
         for (int p = 0; p < U; ++p)
 #pragma unroll
@@ -110,24 +125,9 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
     const float log_sum = log ? logf(S) : 0.0f;
 
     // Pass 2: the output.
-    auto outputs = [&](const float (&v)[V], float (&o)[V]) {
-#pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const float d = __fsub_rn(v[k], M);
-        o[k] = log ? __fsub_rn(d, log_sum) : __fdiv_rn(expf(d), S);
-      }
-    };
     if constexpr (kFlat) {
       for (int64_t base = 0; base < n; base += U * L) {
-        if (!cached) {
-#pragma unroll
-          for (int p = 0; p < U; ++p)
-#pragma unroll
-            for (int g = 0; g < NG; ++g) {
-              const int64_t i0 = base + p * L + g * GV + t0;
-              raw[p][g] = i0 < n ? ld16(xr + i0) : make_uint4(0, 0, 0, 0);
-            }
-        }
+        if (!cached) load_passes(base);
 #pragma unroll
         for (int p = 0; p < U; ++p)
 #pragma unroll
@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
             if (i0 < n) {
               float v[V], o[V];
               unpack<Tx, V>(raw[p][g], v);
-              outputs(v, o);
+              softmax_outputs<V>(v, M, S, log_sum, log, o);
               store_flat<To, V>(orow + i0, o);
             }
           }
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
         for (int g = 0; g < NG; ++g)
           if (base + g * GV < n) {
             float o[V];
-            outputs(v[g], o);
+            softmax_outputs<V>(v[g], M, S, log_sum, log, o);
             store_chunk<V>(orow, os, n, base + g * GV, o_vec, o);
           }
       }
@@ -196,12 +196,15 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
 #pragma unroll
     for (int k = 0; k < V; ++k) s[k] = 0.0f;
     uint4 raw[U];  // U passes' chunks; the whole row's when cached
-    for (int64_t base = 0; base < n; base += U * L) {
+    auto load_passes = [&](int64_t base) {  // zeros past the row end
 #pragma unroll
       for (int p = 0; p < U; ++p) {
         const int64_t i0 = base + p * L + t0;
         raw[p] = i0 < n ? ld16(xr + i0) : make_uint4(0, 0, 0, 0);
       }
+    };
+    for (int64_t base = 0; base < n; base += U * L) {
+      load_passes(base);
 #pragma unroll
       for (int p = 0; p < U; ++p)
         if (base + p * L + t0 < n) {
@@ -248,24 +251,14 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
 
     // Pass 2: this CTA's lanes of the output.
     for (int64_t base = 0; base < n; base += U * L) {
-      if (!cached) {
-#pragma unroll
-        for (int p = 0; p < U; ++p) {
-          const int64_t i0 = base + p * L + t0;
-          raw[p] = i0 < n ? ld16(xr + i0) : make_uint4(0, 0, 0, 0);
-        }
-      }
+      if (!cached) load_passes(base);
 #pragma unroll
       for (int p = 0; p < U; ++p) {
         const int64_t i0 = base + p * L + t0;
         if (i0 < n) {
           float v[V], o[V];
           unpack<Tx, V>(raw[p], v);
-#pragma unroll
-          for (int k = 0; k < V; ++k) {
-            const float d = __fsub_rn(v[k], M);
-            o[k] = log ? __fsub_rn(d, log_sum) : __fdiv_rn(expf(d), S);
-          }
+          softmax_outputs<V>(v, M, S, log_sum, log, o);
           store_flat<To, V>(orow + i0, o);
         }
       }
@@ -274,11 +267,6 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
 #endif
 }
 
-// BIK_SOFTMAX_CLUSTER=0 keeps every row on one CTA (benchmarks and tests compare the two; same bits).
-bool softmax_cluster_enabled() {
-  const char* e = std::getenv("BIK_SOFTMAX_CLUSTER");
-  return e == nullptr || e[0] != '0';
-}
 
 }  // namespace
 
@@ -296,31 +284,17 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
     // the row count: on an H200 (bench/results/ops_h200.md and logs_h200x2/5147631_*) the cluster took
     // f32 n=32000 from 24 to 10 us at 1 row and 26 to 22 us at 64 rows, but 69 -> 101 us at 512 rows, where
     // one CTA a row already fills the GPU. So: clusters while the rows fit the SMs one a SM.
+    // BIK_SOFTMAX_CLUSTER=0 keeps every row on one CTA (tests compare the two).
     const DeviceInfo& dev = use_device(x.device.index);
     const bool cluster = flat && gs.NG == kClusterCtas && gs.W * 32 == kMaxGroupThreads && rows > 0 &&
-                         rows <= dev.sms && softmax_cluster_enabled() && dev.arch >= 90;
+                         rows <= dev.sms && env_switch_on("BIK_SOFTMAX_CLUSTER") && dev.arch >= 90;
     auto launch = [&](auto ot) {
       using To = decltype(ot);
-      if (cluster) {
-        auto kernel = softmax_cluster_kernel<Tx, To, kClusterCtas>;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(kClusterCtas, unsigned(rows < 65535 ? rows : 65535), 1);
-        cfg.blockDim = dim3(unsigned(gs.W * 32), 1, 1);
-        cfg.dynamicSmemBytes = (size_t(2 * 32 * gs.W) * V + 1) * sizeof(float);
-        cfg.stream = stream_of(s);
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeClusterDimension;
-        attr[0].val.clusterDim.x = kClusterCtas;
-        attr[0].val.clusterDim.y = 1;
-        attr[0].val.clusterDim.z = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, out.ptr<To>(), fo.stride, x.ptr<const Tx>(), fx.stride,
-                                                 rows, n, log);
-        if (e == cudaSuccess) return;
-        // No room for such a cluster on this device: the one-CTA kernels below (same bits).
-        (void)cudaGetLastError();
-      }
+      // No room for such a cluster on this device: the one-CTA kernels below (same bits).
+      if (cluster && launch_row_clusters(softmax_cluster_kernel<Tx, To, kClusterCtas>, kClusterCtas, gs.W * 32,
+                                         (size_t(2 * 32 * gs.W) * V + 1) * sizeof(float), stream_of(s), rows,
+                                         out.ptr<To>(), fo.stride, x.ptr<const Tx>(), fx.stride, rows, n, log))
+        return;
       dispatch_flat_ng(gs.NG, [&](auto ng) {
         constexpr int NG = decltype(ng)::value;
         auto kernel = flat ? softmax_kernel<Tx, To, NG, true> : softmax_kernel<Tx, To, NG, false>;
