@@ -3,9 +3,12 @@
 // Each row is summed by the plan's tree (rows.cuh, group_tree), whose shape depends on n and the dtype
 // only. A thread keeps its chunks of the row in registers between the statistics pass and the output
 // pass when the row has at most 2 L elements; longer rows are read again. Both give the same bits.
-// Rows in the common layout with one dtype throughout run the short kernels of the 16-byte path (below);
-// any other layout or dtype mix runs the general kernels, same lanes, same order, same bits.
+// Rows in the common layouts with one dtype for x, residual and output (parameters in that dtype or in
+// F32) run the short kernels of the 16-byte path (below); any other layout or dtype mix runs the general
+// kernels, same lanes, same order, same bits.
 #include <initializer_list>
+#include <optional>
+#include <type_traits>
 
 #include "core/backend.h"
 #include "cuda/rows.cuh"
@@ -270,26 +273,76 @@ __global__ void __launch_bounds__(256) layer_norm_kernel(RowArg<To> out, RowArg<
 }
 
 // ---- the 16-byte path ---------------------------------------------------------------------------------
-// Rows of at most 2 L elements in the common layout (rows.cuh, flat_rows), with x, the residual, the
-// output and the parameters all in one dtype T: the same lanes, the same per-lane order and the same
+// Rows of at most 2 L elements in the common layouts (RowMap), with x, the residual and the output in one
+// dtype T and the parameters in T or F32 (P): the same lanes, the same per-lane order and the same
 // expressions as the kernels above, so the same bits, in far fewer instructions. Chunk (p, g) of a
 // thread starts at p * L + g * G V + tg * V. All loads of a row are issued before the first use, and
 // all parameter loads before the first output store (the compiler must assume a store may alias a
 // parameter and keeps every load after the stores written before it, so a load next to its use would
 // cost a round trip per chunk): a row costs two memory round trips. The parameters are not held across the reduction: at most 128
 // registers a thread keep eight 64-thread rows on an SM (rows of 4096 bf16), so 1024 rows fit one wave.
-template <class T, int NG, bool has_res>
+// Where row r of a tensor on the 16-byte path starts: r * stride, or, for a [outer, inner, n] view whose
+// two leading dims do not collapse into one stride (the heads of q inside a fused q|k|v row),
+// (r / inner) * outer + (r % inner) * stride. Only addresses change, never the arithmetic.
+struct RowMap {
+  int64_t stride = 0, inner = 0, outer = 0;  // inner == 0: one stride
+  __device__ __forceinline__ int64_t at(int64_t r) const {
+    return inner ? (r / inner) * outer + (r % inner) * stride : r * stride;
+  }
+};
+std::optional<RowMap> row_map(const TensorView& t) {
+  const FlatRows f = flat_rows(t);
+  if (f.ok) return RowMap{f.stride, 0, 0};
+  // [outer, inner, n] with unit element stride and 16-byte aligned rows at both levels.
+  const int64_t es = dtype_size(t.dtype);
+  if (t.ndim != 3 || t.shape[2] <= 0 || (t.shape[2] > 1 && t.stride[2] != 1) || t.shape[1] <= 0) return std::nullopt;
+  if ((t.shape[2] * es) % 16 != 0 || !aligned16(t.data)) return std::nullopt;
+  if ((t.stride[1] * es) % 16 != 0 || (t.stride[0] * es) % 16 != 0) return std::nullopt;
+  return RowMap{t.stride[1], t.shape[1], t.stride[0]};
+}
+
+// One thread's chunk of a parameter vector (weight, bias) for V row elements of dtype T: the raw 16-byte
+// words, held in registers until the output pass. Parameters come in T or in F32 (the engine keeps its
+// norm weights in F32); either way each element is used as the float it converts to exactly.
+template <class T, class P>
+struct ParamChunk {
+  static constexpr int V = 16 / int(sizeof(T)), kWords = V * int(sizeof(P)) / 16;
+  uint4 raw[kWords];
+  __device__ __forceinline__ void load(const P* p, int i0) {
+#pragma unroll
+    for (int q = 0; q < kWords; ++q) raw[q] = ld16(p + i0 + q * (16 / int(sizeof(P))));
+  }
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int q = 0; q < kWords; ++q) raw[q] = make_uint4(0, 0, 0, 0);
+  }
+  __device__ __forceinline__ void get(float (&v)[V]) const {
+    if constexpr (std::is_same_v<P, float>) {
+#pragma unroll
+      for (int q = 0; q < kWords; ++q) {
+        v[4 * q] = __uint_as_float(raw[q].x);
+        v[4 * q + 1] = __uint_as_float(raw[q].y);
+        v[4 * q + 2] = __uint_as_float(raw[q].z);
+        v[4 * q + 3] = __uint_as_float(raw[q].w);
+      }
+    } else {
+      unpack<T, V>(raw[0], v);
+    }
+  }
+};
+
+template <class T, class P, int NG, bool has_res>
 __global__ void __launch_bounds__(kMaxGroupThreads, 2)
-    rms_norm_flat_kernel(T* out, int64_t out_stride, const T* x, int64_t x_stride, T* res, int64_t res_stride,
-                         const T* w, int64_t rows, int n, float eps, int W) {
+    rms_norm_flat_kernel(T* out, RowMap out_map, const T* x, RowMap x_map, T* res, RowMap res_map, const P* w,
+                         int64_t rows, int n, float eps, int W) {
   constexpr int V = 16 / sizeof(T);
   extern __shared__ float smem[];
   const RowGroup rg = row_group(W);
   const int GV = rg.G * V, L = GV * NG, t0 = rg.tg * V;
 
   for (int64_t r = rg.first; r < rows; r += rg.step) {
-    const T* xr = x + r * x_stride;
-    T* rr = has_res ? res + r * res_stride : nullptr;
+    const T* xr = x + x_map.at(r);
+    T* rr = has_res ? res + res_map.at(r) : nullptr;
     uint4 hc[2][NG], rc[2][NG];
 #pragma unroll
     for (int p = 0; p < 2; ++p)
@@ -333,15 +386,16 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
     const float ss = group_tree<V, NG>(acc, smem, rg, AddOp{});
     const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, float(n)), eps)));
 
-    uint4 wc[2][NG];
+    ParamChunk<T, P> wc[2][NG];
 #pragma unroll
     for (int p = 0; p < 2; ++p)
 #pragma unroll
       for (int g = 0; g < NG; ++g) {
         const int i0 = p * L + g * GV + t0;
-        wc[p][g] = i0 < n ? ld16(w + i0) : make_uint4(0, 0, 0, 0);
+        if (i0 < n) wc[p][g].load(w, i0);
+        else wc[p][g].zero();
       }
-    T* orow = out + r * out_stride;
+    T* orow = out + out_map.at(r);
 #pragma unroll
     for (int p = 0; p < 2; ++p)
 #pragma unroll
@@ -350,7 +404,7 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
         if (i0 < n) {
           float hv[V], wv[V], o[V];
           unpack<T, V>(hc[p][g], hv);
-          unpack<T, V>(wc[p][g], wv);
+          wc[p][g].get(wv);
 #pragma unroll
           for (int k = 0; k < V; ++k) o[k] = __fmul_rn(__fmul_rn(hv[k], rstd), wv[k]);
           st16(orow + i0, pack<T, V>(o));
@@ -359,9 +413,9 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
   }
 }
 
-template <class T, int NG>
+template <class T, class P, int NG>
 __global__ void __launch_bounds__(kMaxGroupThreads, 2)
-    layer_norm_flat_kernel(T* out, int64_t out_stride, const T* x, int64_t x_stride, const T* w, const T* b,
+    layer_norm_flat_kernel(T* out, RowMap out_map, const T* x, RowMap x_map, const P* w, const P* b,
                            float* mean_out, float* rstd_out, int64_t stats_stride, int64_t rows, int n, float eps,
                            int W) {
   constexpr int V = 16 / sizeof(T);
@@ -370,7 +424,7 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
   const int GV = rg.G * V, L = GV * NG, t0 = rg.tg * V;
 
   for (int64_t r = rg.first; r < rows; r += rg.step) {
-    const T* xr = x + r * x_stride;
+    const T* xr = x + x_map.at(r);
     uint4 xc[2][NG];
 #pragma unroll
     for (int p = 0; p < 2; ++p)
@@ -423,16 +477,18 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
       rstd_out[r * stats_stride] = rstd;
     }
 
-    uint4 wc[2][NG], bc[2][NG];
+    ParamChunk<T, P> wc[2][NG], bc[2][NG];
 #pragma unroll
     for (int p = 0; p < 2; ++p)
 #pragma unroll
       for (int g = 0; g < NG; ++g) {
         const int i0 = p * L + g * GV + t0;
-        wc[p][g] = w && i0 < n ? ld16(w + i0) : make_uint4(0, 0, 0, 0);
-        bc[p][g] = b && i0 < n ? ld16(b + i0) : make_uint4(0, 0, 0, 0);
+        if (w && i0 < n) wc[p][g].load(w, i0);
+        else wc[p][g].zero();
+        if (b && i0 < n) bc[p][g].load(b, i0);
+        else bc[p][g].zero();
       }
-    T* orow = out + r * out_stride;
+    T* orow = out + out_map.at(r);
 #pragma unroll
     for (int p = 0; p < 2; ++p)
 #pragma unroll
@@ -441,8 +497,8 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
         if (i0 < n) {
           float xv[V], wv[V], bv[V], o[V];
           unpack<T, V>(xc[p][g], xv);
-          unpack<T, V>(wc[p][g], wv);
-          unpack<T, V>(bc[p][g], bv);
+          wc[p][g].get(wv);
+          bc[p][g].get(bv);
 #pragma unroll
           for (int k = 0; k < V; ++k) {
             float y = __fmul_rn(__fsub_rn(xv[k], mean), rstd);
@@ -456,17 +512,37 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
   }
 }
 
-// The 16-byte path applies: rows of at most 2 L elements (held in registers), one dtype throughout,
-// every tensor in the flat layout.
+// The 16-byte path applies: rows of at most 2 L elements (held in registers), x, the residual and the
+// output in one dtype, each in a RowMap layout, and the parameters (weight, bias) either all in that
+// dtype or, where the caller allows it (`params_f32` not null; set to the answer), all in F32.
 bool flat_norm(int64_t n, DType dt, std::initializer_list<const TensorView*> rows_like,
-               std::initializer_list<const TensorView*> params) {
+               std::initializer_list<const TensorView*> params, bool* params_f32) {
   const int V = 16 / int(dtype_size(dt));
   if (n > 2 * int64_t(row_threads(n, V)) * V) return false;
   for (const TensorView* t : rows_like)
-    if (t && (t->dtype != dt || !flat_rows(*t).ok)) return false;
-  for (const TensorView* t : params)
-    if (t && (t->dtype != dt || !flat_vector(*t))) return false;
+    if (t && (t->dtype != dt || !row_map(*t))) return false;
+  bool any = false, f32 = false;
+  for (const TensorView* t : params) {
+    if (!t) continue;
+    const bool t_f32 = t->dtype == DType::F32 && dt != DType::F32;
+    if ((!t_f32 && t->dtype != dt) || !flat_vector(*t) || (any && t_f32 != f32)) return false;
+    any = true;
+    f32 = t_f32;
+  }
+  if (f32 && !params_f32) return false;
+  if (params_f32) *params_f32 = f32;
   return true;
+}
+
+// Calls f(P{}) with P the parameters' element type on the 16-byte path: T or float.
+template <class T, class F>
+void dispatch_param(bool params_f32, F&& f) {
+  if constexpr (std::is_same_v<T, float>) {
+    f(float{});
+  } else {
+    if (params_f32) f(float{});
+    else f(T{});
+  }
 }
 
 // The most lane groups a thread of each kernel keeps (registers: 2 NG chunks of the row, NG * V sums).
@@ -489,19 +565,23 @@ size_t norm_smem(const GroupShape& gs) {
 void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weight, float eps,
               const std::optional<TensorView>& residual, Stream s) {
   const int64_t n = x.size(-1), rows = x.numel() / n;
-  if (flat_norm(n, x.dtype, {&out, &x, residual ? &*residual : nullptr}, {&weight})) {
+  bool params_f32 = false;
+  if (flat_norm(n, x.dtype, {&out, &x, residual ? &*residual : nullptr}, {&weight}, &params_f32)) {
     dispatch_float(x.dtype, [&](auto xt) {
       using T = decltype(xt);
       const GroupShape gs = flat_shape(row_threads(n, 16 / int(sizeof(T))));
-      const int64_t res_stride = residual ? flat_rows(*residual).stride : 0;
+      const RowMap res_map = residual ? *row_map(*residual) : RowMap{};
       T* res = residual ? residual->ptr<T>() : nullptr;
-      dispatch_flat_ng(gs.NG, [&](auto ng) {
-        constexpr int NG = decltype(ng)::value;
-        auto kernel = residual ? rms_norm_flat_kernel<T, NG, true> : rms_norm_flat_kernel<T, NG, false>;
-        kernel<<<group_grid(rows, gs.W), gs.threads, norm_smem<T>(gs), stream_of(s)>>>(
-            out.ptr<T>(), flat_rows(out).stride, x.ptr<const T>(), flat_rows(x).stride, res, res_stride,
-            weight.ptr<const T>(), rows, int(n), eps, gs.W);
-        BIK_CUDA_LAUNCH_CHECK();
+      dispatch_param<T>(params_f32, [&](auto pt) {
+        using P = decltype(pt);
+        dispatch_flat_ng(gs.NG, [&](auto ng) {
+          constexpr int NG = decltype(ng)::value;
+          auto kernel = residual ? rms_norm_flat_kernel<T, P, NG, true> : rms_norm_flat_kernel<T, P, NG, false>;
+          kernel<<<group_grid(rows, gs.W), gs.threads, norm_smem<T>(gs), stream_of(s)>>>(
+              out.ptr<T>(), *row_map(out), x.ptr<const T>(), *row_map(x), res, res_map, weight.ptr<const P>(), rows,
+              int(n), eps, gs.W);
+          BIK_CUDA_LAUNCH_CHECK();
+        });
       });
     });
     return;
@@ -545,14 +625,15 @@ void layer_norm(const TensorView& out, const TensorView& x, const std::optional<
   int64_t mean_stride = 0, rstd_stride = 0;
   const bool flat_stats = (!mean && !rstd) || (mean && rstd && collapsed_row_stride(*mean, mean_stride) &&
                                                 collapsed_row_stride(*rstd, rstd_stride) && mean_stride == rstd_stride);
-  if (flat_stats && flat_norm(n, x.dtype, {&out, &x}, {w ? &*w : nullptr, b ? &*b : nullptr})) {
+  // Parameters in x's dtype only: with F32 weight and bias held as floats the flat kernel would spill.
+  if (flat_stats && flat_norm(n, x.dtype, {&out, &x}, {w ? &*w : nullptr, b ? &*b : nullptr}, nullptr)) {
     dispatch_float(x.dtype, [&](auto xt) {
       using T = decltype(xt);
       const GroupShape gs = flat_shape(row_threads(n, 16 / int(sizeof(T))));
       dispatch_flat_ng(gs.NG, [&](auto ng) {
         constexpr int NG = decltype(ng)::value;
-        layer_norm_flat_kernel<T, NG><<<group_grid(rows, gs.W), gs.threads, norm_smem<T>(gs), stream_of(s)>>>(
-            out.ptr<T>(), flat_rows(out).stride, x.ptr<const T>(), flat_rows(x).stride, w ? w->ptr<const T>() : nullptr,
+        layer_norm_flat_kernel<T, T, NG><<<group_grid(rows, gs.W), gs.threads, norm_smem<T>(gs), stream_of(s)>>>(
+            out.ptr<T>(), *row_map(out), x.ptr<const T>(), *row_map(x), w ? w->ptr<const T>() : nullptr,
             b ? b->ptr<const T>() : nullptr, mean ? mean->ptr<float>() : nullptr, rstd ? rstd->ptr<float>() : nullptr,
             mean_stride, rows, int(n), eps, gs.W);
         BIK_CUDA_LAUNCH_CHECK();
