@@ -101,7 +101,7 @@ Tensor rotary_table(const ModelConfig& c, int64_t max_pos, const std::vector<dou
 }
 
 LlamaModel::LlamaModel(const ModelConfig& config, const Weights& weights, Device device, bool batch_invariant,
-                       const TpConfig& tp)
+                       const TpConfig& tp, bool fuse_projections)
     : cfg_(config), device_(device), batch_invariant_(batch_invariant), tp_(tp) {
   hidden_ = cfg_.hidden;
   inter_ = cfg_.intermediate;
@@ -137,24 +137,70 @@ LlamaModel::LlamaModel(const ModelConfig& config, const Weights& weights, Device
   // Split::Rows keeps the rank's slice of the output rows (column-parallel), Split::Cols its slice of
   // the K columns (row-parallel; the bias is kept whole and added once after the cross-rank sum).
   enum class Split { None, Rows, Cols };
-  auto matrix = [&](const std::string& name, int64_t n, int64_t k, Split split) {
+  auto host_matrix = [&](const std::string& name, int64_t n, int64_t k, Split split) {
     const Tensor& t = weights.get(name);
     BIK_CHECK(t.view().ndim == 2 && t.size(0) == n && t.size(1) == k, "model: weight ", name, " must be [", n, ", ",
               k, "], got ", t.view().str());
     const int64_t nr = split == Split::Rows ? n / tp_size : n, nc = split == Split::Cols ? k / tp_size : k;
     const Tensor part = host_slice(t, split == Split::Rows ? rank * nr : 0, nr, split == Split::Cols ? rank * nc : 0, nc);
-    return host_as(part, DType::BF16).to(device_);
+    return host_as(part, DType::BF16);
   };
-  auto vec = [&](const std::string& name, int64_t n, Split split = Split::None) {
+  auto host_vec = [&](const std::string& name, int64_t n, Split split) {
     const Tensor& t = weights.get(name);
     BIK_CHECK(t.view().ndim == 1 && t.numel() == n, "model: weight ", name, " must be [", n, "], got ",
               t.view().str());
     const int64_t ne = split == Split::Rows ? n / tp_size : n;
-    return host_as(host_slice(t, split == Split::Rows ? rank * ne : 0, ne), DType::F32).to(device_);
+    return host_as(host_slice(t, split == Split::Rows ? rank * ne : 0, ne), DType::F32);
+  };
+  auto matrix = [&](const std::string& name, int64_t n, int64_t k, Split split) {
+    return host_matrix(name, n, k, split).to(device_);
+  };
+  auto vec = [&](const std::string& name, int64_t n, Split split = Split::None) {
+    return host_vec(name, n, split).to(device_);
   };
   auto lin = [&](const std::string& name, int64_t n, int64_t k, Split split = Split::None) {
     Linear l{matrix(name, n, k, split), std::nullopt};
     if (weights.has(name + "_bias")) l.bias = vec(name + "_bias", n, split);
+    return l;
+  };
+  // Column-parallel layers that read the same input, stacked by rows into one weight (each part the
+  // rank's slice, in the order given) and their biases end to end: one GEMM computes them all, and each
+  // output element is the same single K chain it is in its own GEMM (gemm_plan depends on K only), so
+  // the bits are those of the separate GEMMs. Only when every part has a bias or none has: a zero bias
+  // for a missing one would turn a -0 output into +0.
+  using Part = std::pair<std::string, int64_t>;  // weight name, its rows in the whole model
+  auto biases = [&](const std::vector<Part>& parts) {
+    int n = 0;
+    for (const auto& p : parts) n += weights.has(p.first + "_bias") ? 1 : 0;
+    return n;
+  };
+  auto can_stack = [&](const std::vector<Part>& parts) {
+    return fuse_projections && (biases(parts) == 0 || biases(parts) == int(parts.size()));
+  };
+  auto stacked = [&](const std::vector<Part>& parts, int64_t k) {
+    std::vector<Tensor> ws;
+    int64_t rows = 0;
+    for (const auto& [name, n] : parts) {
+      ws.push_back(host_matrix(name, n, k, Split::Rows));
+      rows += ws.back().size(0);
+    }
+    Tensor w = Tensor::empty({rows, k}, DType::BF16);
+    int64_t r = 0;
+    for (const Tensor& part : ws) {
+      copy(w.view().narrow(0, r, part.size(0)), part);
+      r += part.size(0);
+    }
+    Linear l{device_.is_cpu() ? w : w.to(device_), std::nullopt};
+    if (biases(parts) > 0) {
+      Tensor b = Tensor::empty({rows}, DType::F32);
+      r = 0;
+      for (const auto& [name, n] : parts) {
+        const Tensor part = host_vec(name + "_bias", n, Split::Rows);
+        copy(b.view().narrow(0, r, part.numel()), part);
+        r += part.numel();
+      }
+      l.bias = device_.is_cpu() ? b : b.to(device_);
+    }
     return l;
   };
 
@@ -174,12 +220,24 @@ LlamaModel::LlamaModel(const ModelConfig& config, const Weights& weights, Device
     L.post_attn_norm = vec(p + "post_attn_norm", hidden_);
     if (weights.has(p + "q_norm")) L.q_norm = vec(p + "q_norm", head_dim_);
     if (weights.has(p + "k_norm")) L.k_norm = vec(p + "k_norm", head_dim_);
-    L.q = lin(p + "attn.q", qd, hidden_, Split::Rows);
-    L.k = lin(p + "attn.k", kd, hidden_, Split::Rows);
-    L.v = lin(p + "attn.v", kd, hidden_, Split::Rows);
+    const std::vector<Part> qkv = {{p + "attn.q", qd}, {p + "attn.k", kd}, {p + "attn.v", kd}};
+    const std::vector<Part> gate_up = {{p + "mlp.gate", inter_}, {p + "mlp.up", inter_}};
+    L.qkv_fused = can_stack(qkv);
+    if (L.qkv_fused) {
+      L.qkv = stacked(qkv, hidden_);
+    } else {
+      L.q = lin(p + "attn.q", qd, hidden_, Split::Rows);
+      L.k = lin(p + "attn.k", kd, hidden_, Split::Rows);
+      L.v = lin(p + "attn.v", kd, hidden_, Split::Rows);
+    }
     L.o = lin(p + "attn.o", hidden_, qd, Split::Cols);
-    L.gate = lin(p + "mlp.gate", inter_, hidden_, Split::Rows);
-    L.up = lin(p + "mlp.up", inter_, hidden_, Split::Rows);
+    L.gate_up_fused = can_stack(gate_up);
+    if (L.gate_up_fused) {
+      L.gate_up = stacked(gate_up, hidden_);
+    } else {
+      L.gate = lin(p + "mlp.gate", inter_, hidden_, Split::Rows);
+      L.up = lin(p + "mlp.up", inter_, hidden_, Split::Rows);
+    }
     L.down = lin(p + "mlp.down", hidden_, inter_, Split::Cols);
     layers_.push_back(std::move(L));
   }
@@ -346,12 +404,20 @@ std::vector<const void*> cache_pointers(const KvCache& c) {
 
 LlamaModel::~LlamaModel() = default;
 
-int64_t LlamaModel::scratch_elems(int64_t T, int64_t R) const {
+std::vector<Shape> LlamaModel::scratch_shapes(int64_t T, int64_t R) const {
   const int64_t H = hidden_, Hq = heads_, Hk = kv_heads_, D = head_dim_, I = inter_;
-  const std::vector<int64_t> sizes = {T * H,     T * H,     T * H, T * Hq * D, T * Hk * D, T * Hk * D,
-                                      T * Hq * D, T * 2 * I, T * I, T * Hq * D, T * Hk * D, R * H};
+  // x, residual, h, qkv, attn, gate_up, act, qn, kn, picked (run_step names them).
+  return {{T, H}, {T, H}, {T, H}, {T, (Hq + 2 * Hk) * D}, {T, Hq * D}, {T, 2 * I}, {T, I}, {T, Hq, D}, {T, Hk, D},
+          {R, H}};
+}
+
+int64_t LlamaModel::scratch_elems(int64_t T, int64_t R) const {
   int64_t need = 0;
-  for (int64_t n : sizes) need += (n + 63) / 64 * 64;  // 128-byte aligned views
+  for (const Shape& sh : scratch_shapes(T, R)) {
+    int64_t n = 1;
+    for (int64_t e : sh) n *= e;
+    need += (n + 63) / 64 * 64;  // 128-byte aligned views
+  }
   return need;
 }
 
@@ -390,20 +456,29 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
   const Device dev = device_;
   // Activations: views into the scratch buffer.
   const DType dt = DType::BF16;
-  const int64_t H = hidden_, Hq = heads_, Hk = kv_heads_, D = head_dim_, I = inter_;
-  const std::vector<Shape> shapes = {{T, H},      {T, H},     {T, H}, {T, Hq * D}, {T, Hk * D}, {T, Hk * D},
-                                     {T, Hq * D}, {T, 2 * I}, {T, I}, {T, Hq, D},  {T, Hk, D},  {R, H}};
+  const int64_t Hq = heads_, Hk = kv_heads_, D = head_dim_, I = inter_;
   std::vector<TensorView> buf;
   int64_t off = 0;
-  for (const Shape& sh : shapes) {
+  for (const Shape& sh : scratch_shapes(T, R)) {
     buf.emplace_back(scratch + off, dt, sh, dev);
     off += (buf.back().numel() + 63) / 64 * 64;
   }
   const TensorView x = buf[0];         // a sub-block's output (the residual branch)
   const TensorView residual = buf[1];  // the residual stream
   const TensorView h = buf[2];         // a sub-block's normalised input
-  const TensorView q = buf[3], k = buf[4], v = buf[5], attn = buf[6], gate_up = buf[7], act = buf[8];
-  const TensorView qn = buf[9], kn = buf[10], picked = buf[11];
+  const TensorView qkv = buf[3], attn = buf[4], gate_up = buf[5], act = buf[6];
+  const TensorView qn = buf[7], kn = buf[8], picked = buf[9];
+  // q, k and v: with the fused projection, column blocks of every row of qkv [T, (Hq + 2 Hk) D] (row
+  // stride (Hq + 2 Hk) D); run apart, three contiguous matrices one after the other in the same memory.
+  // Every op downstream takes strided views, and a row's bits do not depend on its strides.
+  const int64_t qd = Hq * D, kd = Hk * D;
+  const TensorView q_cols = qkv.narrow(1, 0, qd), k_cols = qkv.narrow(1, qd, kd), v_cols = qkv.narrow(1, qd + kd, kd);
+  const TensorView q_apart(qkv.ptr<bf16>(), dt, {T, qd}, dev), k_apart(qkv.ptr<bf16>() + T * qd, dt, {T, kd}, dev),
+      v_apart(qkv.ptr<bf16>() + T * (qd + kd), dt, {T, kd}, dev);
+  // [T, n * D] (any row stride) as heads [T, n, D].
+  auto heads = [&](const TensorView& cols, int64_t n) {
+    return TensorView(cols.data, dt, {T, n, D}, {cols.stride[0], D, 1}, dev);
+  };
   const TensorView gate_out = gate_up.narrow(1, 0, I), up_out = gate_up.narrow(1, I, I);
   const float scale = float(1.0 / std::sqrt(double(D)));
 
@@ -419,20 +494,27 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
     rms_norm(h, x, L.input_norm, eps_, residual, s);
     tap("input_residual", l, residual);
     tap("input_norm", l, h);
-    linear(q, h, L.q, s);
+    const TensorView q = L.qkv_fused ? q_cols : q_apart, k = L.qkv_fused ? k_cols : k_apart,
+                     v = L.qkv_fused ? v_cols : v_apart;
+    if (L.qkv_fused) {
+      linear(qkv, h, L.qkv, s);
+    } else {
+      linear(q, h, L.q, s);
+      linear(k, h, L.k, s);
+      linear(v, h, L.v, s);
+    }
     tap("q_proj", l, q);
-    linear(k, h, L.k, s);
     tap("k_proj", l, k);
-    linear(v, h, L.v, s);
     tap("v_proj", l, v);
-    TensorView q3 = q.reshape({T, Hq, D}), k3 = k.reshape({T, Hk, D});
+    TensorView q3 = heads(q, Hq), k3 = heads(k, Hk);
+    const TensorView v3 = heads(v, Hk);
     if (L.q_norm) {
-      rms_norm(qn.reshape({T * Hq, D}), q.reshape({T * Hq, D}), *L.q_norm, eps_, std::nullopt, s);
+      rms_norm(qn, q3, *L.q_norm, eps_, std::nullopt, s);
       q3 = qn;
       tap("q_norm", l, qn);
     }
     if (L.k_norm) {
-      rms_norm(kn.reshape({T * Hk, D}), k.reshape({T * Hk, D}), *L.k_norm, eps_, std::nullopt, s);
+      rms_norm(kn, k3, *L.k_norm, eps_, std::nullopt, s);
       k3 = kn;
       tap("k_norm", l, kn);
     }
@@ -441,7 +523,7 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
     tap("rotary_k", l, k3);
     // The metadata's host copies go along, so that neither call reads the device tensors back (which
     // would synchronise the device twice per layer).
-    write_kv_cache(cache.k[li], cache.v[li], k3, v.reshape({T, Hk, D}), m.slots, b.slot_mapping, s);
+    write_kv_cache(cache.k[li], cache.v[li], k3, v3, m.slots, b.slot_mapping, s);
     if (batch_invariant_)
       paged_attention(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], m.bt, m.lens, m.qsl, scale, host, s);
     else  // the flash-decoding habit: the split length follows the number of sequences in the step
@@ -453,9 +535,13 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
     rms_norm(h, x, L.post_attn_norm, eps_, residual, s);
     tap("post_attn_residual", l, residual);
     tap("post_attn_norm", l, h);
-    linear(gate_out, h, L.gate, s);
+    if (L.gate_up_fused) {
+      linear(gate_up, h, L.gate_up, s);
+    } else {
+      linear(gate_out, h, L.gate, s);
+      linear(up_out, h, L.up, s);
+    }
     tap("gate_proj", l, gate_out);
-    linear(up_out, h, L.up, s);
     tap("up_proj", l, up_out);
     silu_and_mul(act, gate_up, s);
     tap("silu_and_mul", l, act);

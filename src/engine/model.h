@@ -90,9 +90,11 @@ struct TpConfig {
 class LlamaModel : public ModelRunner {
  public:
   // Takes the weights it needs (converted to BF16, norms and biases to F32) onto `device`; with `tp`,
-  // only the rank's slices of the sharded weights.
+  // only the rank's slices of the sharded weights. q, k and v are stacked into one weight and run as one
+  // GEMM, and so are gate and up (docs/engine.md, "Fused projections"); the bits are those of separate
+  // GEMMs. fuse_projections = false keeps them apart: the reference that the tests compare with.
   LlamaModel(const ModelConfig& config, const Weights& weights, Device device, bool batch_invariant = true,
-             const TpConfig& tp = {});
+             const TpConfig& tp = {}, bool fuse_projections = true);
   ~LlamaModel() override;
 
   const ModelConfig& config() const override { return cfg_; }
@@ -118,7 +120,9 @@ class LlamaModel : public ModelRunner {
   // An observation hook for debugging (bik bisect): when set, forward() calls it after each op with the
   // op's name, its layer (-1 outside the layers) and its output, a view on the model's device that is only
   // valid during the call. Row i of the view is row i of the step, except for "lm_head", whose rows are
-  // the step's logit_rows in order. Names in forward order: "embedding"; per layer "input_residual",
+  // the step's logit_rows in order; "q_proj", "k_proj" and "v_proj" are column views of the fused q|k|v
+  // output (row stride (heads + 2 kv_heads) * head_dim; contiguous in a layer run apart), "gate_proj" and
+  // "up_proj" the two halves of each gate|up row. Names in forward order: "embedding"; per layer "input_residual",
   // "input_norm", "q_proj", "k_proj", "v_proj", ["q_norm", "k_norm"], "rotary_q", "rotary_k", "attention",
   // "o_proj", "post_attn_residual", "post_attn_norm", "gate_proj", "up_proj", "silu_and_mul",
   // "down_proj"; then "final_residual", "final_norm", "lm_head". Unset by default; it never changes the
@@ -148,7 +152,13 @@ class LlamaModel : public ModelRunner {
   struct Layer {
     Tensor input_norm, post_attn_norm;    // [H] F32
     std::optional<Tensor> q_norm, k_norm;  // [head_dim] F32 (Qwen3)
-    Linear q, k, v, o, gate, up, down;
+    // Fused: qkv = [q rows; k rows; v rows] and gate_up = [gate rows; up rows] (the rank's rows of each),
+    // and q, k, v, gate, up stay empty. Apart (fuse_projections off, or biases on only some of q, k, v):
+    // the reverse.
+    bool qkv_fused = false, gate_up_fused = false;
+    Linear qkv, gate_up;
+    Linear q, k, v, gate, up;
+    Linear o, down;
   };
   void linear(const TensorView& out, const TensorView& x, const Linear& w, Stream s) const;
   void gemm(const TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias, Stream s) const;
@@ -163,6 +173,7 @@ class LlamaModel : public ModelRunner {
   // logits (rank 0) into `logits` [R, vocab] F32; `attn` plans the attention launch.
   void run_step(const StepBatch& b, KvCache& cache, const StepViews& m, const AttentionHostMetadata& attn,
                 bf16* scratch, const TensorView& logits, Stream s) const;
+  std::vector<Shape> scratch_shapes(int64_t T, int64_t R) const;  // the activation views, in run_step's order
   int64_t scratch_elems(int64_t T, int64_t R) const;
   bool graphable(const StepBatch& b) const;
   Tensor forward_graph(const StepBatch& b, KvCache& cache) const;

@@ -35,7 +35,8 @@ TpModel::TpModel(const ModelConfig& config, const Weights& weights, Device devic
     tc.size = options.size;
     tc.chunks = options.chunks;
     tc.comm = comms_[size_t(r)].get();
-    shards_.push_back(std::make_unique<LlamaModel>(config, weights, comms_[size_t(r)]->device(), batch_invariant, tc));
+    shards_.push_back(std::make_unique<LlamaModel>(config, weights, comms_[size_t(r)]->device(), batch_invariant, tc,
+                                                   options.fuse_projections));
   }
   if (device.is_cuda()) comms_[0]->enter(), comms_[0]->leave();  // rank 0's device current again
 }

@@ -21,6 +21,7 @@ struct TpOptions {
   int size = 1;     // 1, 2, 4 or 8
   int chunks = 8;   // K-chunks of o and down (TpConfig::chunks); 0 = naive row-parallel sums
   TpTransport transport = TpTransport::Auto;
+  bool fuse_projections = true;  // each shard stacks its q/k/v and gate/up rows (LlamaModel's constructor)
 };
 
 // The K-chunk count that makes every TP size up to 8 give the same bits.

@@ -3,6 +3,8 @@
 // and the embedded SmolLM2 model.
 #include <gtest/gtest.h>
 
+#include "bik/attention.h"
+#include "bik/ops.h"
 #include "bik/tensor.h"
 #include "engine/model.h"
 
@@ -364,6 +366,223 @@ TEST(Model, CudaGraphsRefusedOnTheCpu) {
     EXPECT_NE(std::string(e.what()).find("CUDA graphs need a CUDA device"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(cpu.cuda_graphs());
+}
+
+// ---- fused projections (q|k|v and gate|up as one GEMM each) ---------------------------------------------
+
+// A contiguous host copy of any view, and its bytes.
+std::vector<uint8_t> bytes_of(const TensorView& v) {
+  Tensor c = Tensor::empty(v.sizes(), v.dtype);
+  copy(c, v);
+  const auto* p = static_cast<const uint8_t*>(c.data());
+  return std::vector<uint8_t>(p, p + c.numel() * int64_t(dtype_size(c.dtype())));
+}
+
+// The config's weights with random values in its biases (dummy biases are zero, which would hide a bias
+// added to the wrong rows).
+Weights with_random_biases(const ModelConfig& c, const Weights& w, uint32_t seed) {
+  Weights out = w;
+  if (!c.attn_bias) return out;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 0.5f);
+  for (int64_t l = 0; l < c.layers; ++l)
+    for (const char* b : {"attn.q_bias", "attn.k_bias", "attn.v_bias"}) {
+      const std::string name = Weights::layer_name(l, b);
+      Tensor t = Tensor::empty(w.get(name).sizes(), DType::BF16);
+      for (int64_t i = 0; i < t.numel(); ++i) t.ptr<bf16>()[i] = to_bf16(nd(rng));
+      out.set(name, t);
+    }
+  return out;
+}
+
+struct TapCapture {
+  std::string name;  // "0.q_proj", ...
+  std::vector<uint8_t> bytes;
+  int64_t row_stride;
+};
+
+struct FusionRun {
+  std::vector<uint8_t> logits;  // both steps' logits, one after the other
+  std::vector<TapCapture> taps;
+};
+
+// Two sequences (23 and 9 tokens) prefilled together with every row's logits, then one decode step of
+// both: the logits of both steps and every op's output (the tap) of both.
+FusionRun prefill_then_decode(LlamaModel& m, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const auto p0 = random_prompt(rng, 23, m.vocab_size()), p1 = random_prompt(rng, 9, m.vocab_size());
+  auto add = [](StepBatch& b, const std::vector<int32_t>& ids, int64_t first_pos, std::vector<int32_t> blocks) {
+    for (size_t t = 0; t < ids.size(); ++t) {
+      const int64_t pos = first_pos + int64_t(t);
+      b.logit_rows.push_back(int32_t(b.token_ids.size()));
+      b.token_ids.push_back(ids[t]);
+      b.positions.push_back(int32_t(pos));
+      b.slot_mapping.push_back(blocks[size_t(pos / 16)] * 16 + int32_t(pos % 16));
+    }
+    b.query_start_loc.push_back(int32_t(b.token_ids.size()));
+    b.seq_lens.push_back(int32_t(first_pos + int64_t(ids.size())));
+    b.block_tables.push_back(blocks);
+  };
+  StepBatch pre, dec;
+  pre.query_start_loc = dec.query_start_loc = {0};
+  add(pre, p0, 0, {0, 1});
+  add(pre, p1, 0, {4});
+  add(dec, {17}, 23, {0, 1});
+  add(dec, {23}, 9, {4});
+  FusionRun r;
+  m.set_tap([&](const char* name, int64_t layer, const TensorView& out) {
+    r.taps.push_back({(layer >= 0 ? std::to_string(layer) + "." : std::string()) + name, bytes_of(out), out.stride[0]});
+  });
+  KvCache cache = m.make_cache(8, 16);
+  for (const StepBatch* b : {&pre, &dec}) {
+    const std::vector<uint8_t> l = bytes_of(m.forward(*b, cache));
+    r.logits.insert(r.logits.end(), l.begin(), l.end());
+  }
+  m.set_tap(nullptr);
+  return r;
+}
+
+int64_t tap_stride(const FusionRun& r, const std::string& name) {
+  for (const auto& t : r.taps)
+    if (t.name == name) return t.row_stride;
+  ADD_FAILURE() << "no tap " << name;
+  return -1;
+}
+
+// One GEMM over [q; k; v] rows (and one over [gate; up]) gives every output element the same K chain as
+// its own GEMM, so the fused model's logits and every op's output are those of the model that runs the
+// five projections apart (whose q, k, v are contiguous matrices: the fused model's are column views of one
+// [T, (Hq + 2 Hk) D] buffer, so the strided paths of rms_norm, rotary, the KV write and attention are
+// compared with the contiguous ones too). Llama (GQA), Qwen3 (q/k norms read the views) and Qwen2 (q/k/v
+// biases, concatenated).
+TEST(Model, FusedProjectionsGiveTheBitsOfSeparateOnes) {
+  for (const char* arch : {"llama", "qwen3", "qwen2"}) {
+    SCOPED_TRACE(arch);
+    ModelConfig c = tiny_config(64, 512, arch);
+    c.tie_word_embeddings = std::string(arch) == "qwen2";
+    const Weights w = with_random_biases(c, Weights::dummy(c, 31), 5);
+    LlamaModel fused(c, w, Device::cpu()), apart(c, w, Device::cpu(), true, {}, false);
+    const FusionRun f = prefill_then_decode(fused, 9), a = prefill_then_decode(apart, 9);
+    ASSERT_EQ(f.logits.size(), size_t((32 + 2) * c.vocab) * sizeof(float));
+    EXPECT_TRUE(f.logits == a.logits) << "the fused projections changed the logits";
+    ASSERT_EQ(f.taps.size(), a.taps.size());
+    for (size_t i = 0; i < f.taps.size(); ++i) {
+      ASSERT_EQ(f.taps[i].name, a.taps[i].name);
+      EXPECT_TRUE(f.taps[i].bytes == a.taps[i].bytes) << f.taps[i].name;
+    }
+    // Both paths ran: the fused q/k/v taps are column views of the q|k|v rows, the others whole matrices.
+    const int64_t qd = c.heads * c.head_dim, wide = (c.heads + 2 * c.kv_heads) * c.head_dim;
+    for (const char* l : {"0.", "1."}) {
+      EXPECT_EQ(tap_stride(f, std::string(l) + "q_proj"), wide);
+      EXPECT_EQ(tap_stride(f, std::string(l) + "v_proj"), wide);
+      EXPECT_EQ(tap_stride(a, std::string(l) + "q_proj"), qd);
+      EXPECT_EQ(tap_stride(f, std::string(l) + "up_proj"), 2 * c.intermediate);
+    }
+  }
+}
+
+// The comparison above has teeth: one changed weight in the last row of v (the end of the stacked rows)
+// changes the fused model's logits.
+TEST(Model, FusedProjectionsComparisonSeesOneChangedWeight) {
+  const ModelConfig c = tiny_config(64, 512, "llama");
+  const Weights w = Weights::dummy(c, 31);
+  Weights changed = w;
+  const std::string name = Weights::layer_name(1, "attn.v");
+  Tensor v = Tensor::empty(w.get(name).sizes(), DType::BF16);
+  copy(v, w.get(name));
+  bf16& e = v.ptr<bf16>()[v.numel() - 1];
+  e = to_bf16(to_float(e) + 0.25f);
+  changed.set(name, v);
+  LlamaModel fused(c, changed, Device::cpu()), apart(c, w, Device::cpu(), true, {}, false);
+  EXPECT_FALSE(prefill_then_decode(fused, 9).logits == prefill_then_decode(apart, 9).logits);
+}
+
+// A layer whose q, k, v do not all have a bias keeps them apart (a zero bias for the missing one could
+// turn a -0 into +0); the other layers fuse, and the logits are those of the unfused model.
+TEST(Model, PartialBiasesKeepTheLayerApart) {
+  ModelConfig c = tiny_config(64, 512, "qwen2");
+  const Weights all = with_random_biases(c, Weights::dummy(c, 33), 6);
+  Weights w;
+  for (const auto& [name, t] : all.all())
+    if (name != Weights::layer_name(0, "attn.k_bias")) w.set(name, t);
+  LlamaModel fused(c, w, Device::cpu()), apart(c, w, Device::cpu(), true, {}, false);
+  const FusionRun f = prefill_then_decode(fused, 4), a = prefill_then_decode(apart, 4);
+  EXPECT_TRUE(f.logits == a.logits);
+  EXPECT_EQ(tap_stride(f, "0.q_proj"), c.heads * c.head_dim);
+  EXPECT_EQ(tap_stride(f, "1.q_proj"), (c.heads + 2 * c.kv_heads) * c.head_dim);
+  EXPECT_EQ(tap_stride(f, "0.up_proj"), 2 * c.intermediate);  // gate|up has no bias: fused
+  // The missing bias is missing, not zero: the model with all three biases differs.
+  LlamaModel with_k(c, all, Device::cpu());
+  EXPECT_FALSE(prefill_then_decode(with_k, 4).logits == f.logits);
+}
+
+// The ops after the fused projection read q, k and v as [T, H, D] column blocks of one [T, (Hq + 2 Hk) D]
+// buffer (row stride (Hq + 2 Hk) D): each gives the bits it gives on contiguous copies. The negative
+// control reads the same memory with the contiguous row stride (wrong heads for every row past the first)
+// and must differ.
+TEST(FusedQkvViews, OpsReadColumnBlocksLikeContiguousCopies) {
+  const int64_t T = 7, Hq = 4, Hk = 2, D = 64, W = (Hq + 2 * Hk) * D;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  Tensor qkv = Tensor::empty({T, W}, DType::BF16);
+  for (int64_t i = 0; i < qkv.numel(); ++i) qkv.ptr<bf16>()[i] = to_bf16(nd(rng));
+  auto heads = [&](int64_t col, int64_t n, int64_t row_stride) {
+    return TensorView(qkv.ptr<bf16>() + col, DType::BF16, {T, n, D}, {row_stride, D, 1});
+  };
+  const TensorView q3 = heads(0, Hq, W), k3 = heads(Hq * D, Hk, W), v3 = heads((Hq + Hk) * D, Hk, W);
+  auto contiguous = [](const TensorView& v) {
+    Tensor c = Tensor::empty(v.sizes(), v.dtype);
+    copy(c, v);
+    return c;
+  };
+  const Tensor qc = contiguous(q3), kc = contiguous(k3), vc = contiguous(v3);
+
+  // rms_norm over each head (Qwen3's q/k norms).
+  Tensor g = Tensor::empty({D}, DType::F32);
+  for (int64_t i = 0; i < D; ++i) g.ptr<float>()[i] = 0.5f + float(i % 7) / 8.0f;
+  Tensor n_view = Tensor::empty({T, Hq, D}, DType::BF16), n_copy = Tensor::empty({T, Hq, D}, DType::BF16),
+         n_wrong = Tensor::empty({T, Hq, D}, DType::BF16);
+  rms_norm(n_view, q3, g, 1e-6f);
+  rms_norm(n_copy, qc, g, 1e-6f);
+  rms_norm(n_wrong, heads(0, Hq, Hq * D), g, 1e-6f);
+  EXPECT_TRUE(bytes_of(n_view) == bytes_of(n_copy));
+  EXPECT_FALSE(bytes_of(n_wrong) == bytes_of(n_copy));
+
+  // Rotary in place on the q and k blocks; v's columns stay as they were.
+  const Tensor cs = rope_cos_sin_table(64, D, 10000.0);
+  Tensor pos = Tensor::empty({T}, DType::I32);
+  for (int64_t t = 0; t < T; ++t) pos.ptr<int32_t>()[t] = int32_t(3 * t + 1);
+  rotary_embedding(q3, k3, pos, cs, true);
+  rotary_embedding(qc, kc, pos, cs, true);
+  EXPECT_TRUE(bytes_of(q3) == bytes_of(qc));
+  EXPECT_TRUE(bytes_of(k3) == bytes_of(kc));
+  EXPECT_TRUE(bytes_of(v3) == bytes_of(vc));
+
+  // The KV write and attention (one sequence of T tokens in block 1 of 2).
+  auto cache = [&] {
+    Tensor t = Tensor::empty({2, 16, Hk, D}, DType::BF16);
+    fill_bytes(t, 0);
+    return t;
+  };
+  Tensor kc_view = cache(), vc_view = cache(), kc_copy = cache(), vc_copy = cache();
+  Tensor slots = Tensor::empty({T}, DType::I32), bt = Tensor::empty({1, 1}, DType::I32),
+         lens = Tensor::empty({1}, DType::I32), qsl = Tensor::empty({2}, DType::I32);
+  for (int64_t t = 0; t < T; ++t) slots.ptr<int32_t>()[t] = int32_t(16 + t);
+  bt.ptr<int32_t>()[0] = 1;
+  lens.ptr<int32_t>()[0] = int32_t(T);
+  qsl.ptr<int32_t>()[0] = 0, qsl.ptr<int32_t>()[1] = int32_t(T);
+  write_kv_cache(kc_view, vc_view, k3, v3, slots);
+  write_kv_cache(kc_copy, vc_copy, kc, vc, slots);
+  EXPECT_TRUE(bytes_of(kc_view) == bytes_of(kc_copy));
+  EXPECT_TRUE(bytes_of(vc_view) == bytes_of(vc_copy));
+  Tensor a_view = Tensor::empty({T, Hq, D}, DType::BF16), a_copy = Tensor::empty({T, Hq, D}, DType::BF16),
+         a_wrong = Tensor::empty({T, Hq, D}, DType::BF16);
+  const float scale = 0.125f;
+  paged_attention(a_view, q3, kc_view, vc_view, bt, lens, qsl, scale);
+  paged_attention(a_copy, qc, kc_copy, vc_copy, bt, lens, qsl, scale);
+  paged_attention(a_wrong, heads(0, Hq, Hq * D), kc_copy, vc_copy, bt, lens, qsl, scale);
+  EXPECT_TRUE(bytes_of(a_view) == bytes_of(a_copy));
+  EXPECT_FALSE(bytes_of(a_wrong) == bytes_of(a_copy));
 }
 
 // ---- the embedded real model (skips when not installed) -----------------------------------------------
