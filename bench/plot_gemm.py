@@ -42,7 +42,9 @@ def markdown(j):
                    f"{r['cublaslt_ms'] * 1e3:.1f} | {r['bik_tflops']:.1f} | {r['bik_gbps']:.0f} | "
                    f"{r['ratio']:.3f} | {r['bik_config']} |")
     if any("sm90_tile_ms" in r for r in rows):
-        tiles = list(next(r for r in rows if "sm90_tile_ms" in r)["sm90_tile_ms"].keys())
+        # JSON objects come back with sorted keys ("128x128" before "64x32"): order the tiles by (BM, BN).
+        tiles = sorted({x for r in rows for x in r.get("sm90_tile_ms", {})},
+                       key=lambda x: tuple(int(v) for v in x.split("x")))
         out += ["", "## Every wgmma tile (us; * = the tile the table picks)", "",
                 "| shape | M | " + " | ".join(tiles) + " | cuBLASLt |",
                 "|---|---:|" + "---:|" * (len(tiles) + 1)]
@@ -51,7 +53,7 @@ def markdown(j):
             if not t:
                 continue
             picked = r["bik_config"].split()[1] if len(r["bik_config"].split()) > 1 else ""
-            cells = [f"{t[x] * 1e3:.1f}{'*' if x == picked else ''}" for x in tiles]
+            cells = [f"{t[x] * 1e3:.1f}{'*' if x == picked else ''}" if x in t else "" for x in tiles]
             out.append(f"| {r['shape']} | {r['m']} | " + " | ".join(cells) + f" | {r['cublaslt_ms'] * 1e3:.1f} |")
     return "\n".join(out) + "\n"
 

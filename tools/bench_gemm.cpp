@@ -46,8 +46,12 @@ struct Shape2 {
   const char* what;
 };
 const std::vector<Shape2>& bench_shapes() {
-  static const std::vector<Shape2> s = {{4096, 6144, "qkv"},     {4096, 4096, "o-proj"},  {4096, 24576, "gate-up"},
-                                        {12288, 4096, "down"},   {1024, 151936, "lm-head"}, {4095, 1000, "odd"}};
+  // Fused projections first (q/k/v and gate/up of an 8B model), then the unfused ones an engine runs today:
+  // k or v alone (8 KV heads of 128) and gate or up alone; q alone is o-proj's shape. New shapes go at the
+  // end so that --shapes indices keep their meaning.
+  static const std::vector<Shape2> s = {{4096, 6144, "qkv"},     {4096, 4096, "o-proj"},    {4096, 24576, "gate-up"},
+                                        {12288, 4096, "down"},   {1024, 151936, "lm-head"}, {4095, 1000, "odd"},
+                                        {4096, 1024, "kv"},      {4096, 12288, "gate"}};
   return s;
 }
 
@@ -74,7 +78,11 @@ int bench_gemm(const std::vector<std::string>& argv) {
         "                      [--repeats N] [--launches N] [--commit SHA] [--sweep]\n"
         "--sweep also times every wgmma tile shape (sm_90) for every problem.\n"
         "Times bik::mm against cuBLASLt's default heuristic; writes DIR/NAME.json (default\n"
-        "bench/results/gemm_<gpu>.json). Render with: python3 bench/plot_gemm.py DIR/NAME.json");
+        "bench/results/gemm_<gpu>.json). Render with: python3 bench/plot_gemm.py DIR/NAME.json\n"
+        "Shapes (--shapes index: name K x N):");
+    for (size_t i = 0; i < bench_shapes().size(); ++i)
+      std::printf("  %zu: %s %lld x %lld\n", i, bench_shapes()[i].what, (long long)bench_shapes()[i].k,
+                  (long long)bench_shapes()[i].n);
     return 0;
   }
   if (!bench::have_cuda_device("bik bench gemm")) return 2;
@@ -182,9 +190,12 @@ int bench_gemm(const std::vector<std::string>& argv) {
       std::printf("%-8s %6lld %6lld %6lld | %10.2f %10.2f | %8.1f %8.0f | %6.3f  %s\n", s.what, (long long)s.k,
                   (long long)s.n, (long long)m, t_bik * 1e3, t_cub * 1e3, flop / (t_bik * 1e-3) / 1e12,
                   bytes / (t_bik * 1e-3) / 1e9, ratio, config.c_str());
-      if (!best_tile.empty())
-        std::printf("%-8s   best tile %s: %.2f us (x%.3f of cublas)\n", "", best_tile.c_str(), best_ms * 1e3,
-                    t_cub / best_ms);
+      if (!best_tile.empty()) {
+        std::printf("%-8s   best tile %s: %.2f us (x%.3f of cublas); us per tile:", "", best_tile.c_str(),
+                    best_ms * 1e3, t_cub / best_ms);
+        for (const auto& [tile, t] : tile_ms.items()) std::printf(" %s %.1f", tile.c_str(), double(t) * 1e3);
+        std::printf("\n");
+      }
       std::fflush(stdout);
       j["results"].push_back({{"shape", s.what},
                               {"k", s.k},

@@ -19,34 +19,60 @@ namespace gemm_detail {
 namespace {
 
 using namespace sm90;
-// Stages fill about 192 KB of the 227 KB a Hopper CTA may use.
+// Stages fill about 192 KB of the 227 KB a Hopper CTA may use (the 128x192 tile: 200 KB in 5 stages).
 using Tile64x32 = Config<64, 32, 16>;     // decode-sized M: weight-bandwidth bound, one consumer warpgroup
 using Tile64x64 = Config<64, 64, 12>;
 using Tile64x128 = Config<64, 128, 8>;
+using Tile64x192 = Config<64, 192, 6>;    // one wave where 64x128 needs two and 128x128 leaves SMs idle
 using Tile128x32 = Config<128, 32, 9>;
 using Tile128x64 = Config<128, 64, 8>;
 using Tile128x128 = Config<128, 128, 6>;
+using Tile128x192 = Config<128, 192, 5>;  // 96 accumulators per consumer thread; 128 tiles for M=256, N=12288
 using Tile128x256 = Config<128, 256, 4>;  // large M: 128 accumulators per consumer thread
 
-enum class Choice { T64x32, T64x64, T64x128, T128x32, T128x64, T128x128, T128x256, Count };
-const char* const kChoiceNames[] = {"64x32", "64x64", "64x128", "128x32", "128x64", "128x128", "128x256"};
+enum class Choice { T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256, Count };
+const char* const kChoiceNames[] = {"64x32",  "64x64",   "64x128",  "64x192", "128x32",
+                                    "128x64", "128x128", "128x192", "128x256"};
+static_assert(std::size(kChoiceNames) == size_t(Choice::Count), "one name per tile");
 
 struct TileShape {
   Choice c;
   int bm, bn;
 };
-constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},    {Choice::T64x64, 64, 64},   {Choice::T64x128, 64, 128},
-                                 {Choice::T128x32, 128, 32},  {Choice::T128x64, 128, 64}, {Choice::T128x128, 128, 128},
-                                 {Choice::T128x256, 128, 256}};
+constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},    {Choice::T64x64, 64, 64},     {Choice::T64x128, 64, 128},
+                                 {Choice::T64x192, 64, 192},  {Choice::T128x32, 128, 32},   {Choice::T128x64, 128, 64},
+                                 {Choice::T128x128, 128, 128}, {Choice::T128x192, 128, 192}, {Choice::T128x256, 128, 256}};
 
-// The tile table. Measured on an H100 (bench/results/gemm_h100*.json, --sweep): every tile is tried on every
-// shape and M, and these rules pick within a few percent of the best. Waves = ceil(tiles / SMs).
+// Clocks one SM spends on one 64-deep K stage of a tile once the pipeline runs: the larger of the
+// tensor-core time (BM x BN x 64 multiply-adds at about 1500 a clock, what the 128x256 tile sustains on
+// an H100) and the operand time ((BM + BN) rows of 128 bytes at about 40 bytes a clock from L2, what
+// makes 128x128 reach only ~0.85 of 128x256). Small tiles are operand-bound: their SMs wait on bytes.
+double stage_clocks(const TileShape& t) {
+  constexpr double kMacsPerClock = 1500, kBytesPerClock = 40;
+  return std::max(double(t.bm) * t.bn * kBK / kMacsPerClock, double(t.bm + t.bn) * kRowBytes / kBytesPerClock);
+}
+
+// Clocks of a whole tile: its K stages, then the pipeline drain and the epilogue (about 500 clocks, plus
+// the output at about 32 elements a clock), during which the tensor cores idle.
+double tile_clocks(const TileShape& t, int k) {
+  const int stages = (k + kBK - 1) / kBK;
+  return stages * stage_clocks(t) + 500.0 + double(t.bm) * t.bn / 32.0;
+}
+
+// The tile table. Every tile is tried on every shape and M by `bik bench gemm --sweep`
+// (bench/results/gemm_<gpu>.json); these rules are meant to pick within a few percent of the best.
+// Waves = ceil(tiles / SMs): a persistent CTA walks its tiles one after the other, so the step takes
+// about waves x (time of one tile), whatever the number of SMs the last wave leaves idle.
 //   M <= 64   (decode) 64 x {32, 64, 128}: fewest waves, then most tiles. Each CTA's time is set by the
 //             serial K chain of its wgmmas, nearly the same for n = 32..128, so spread over as many SMs
 //             as one wave allows.
-//   M <= 128  {64x64, 128x32, 128x64, 128x128}: fewest waves, then most tiles.
-//   M <= 256  {64x128, 128x64, 128x128, 128x256}: least waves x tile area (x 1.25 below 128x128).
-//   M > 256   {128x64, 128x128, 128x256}: least waves x tile area / efficiency (0.7, 0.85, 1).
+//   M <= 128  {64x32, 64x64, 128x32, 128x64, 128x128}: the same rule (64x32 gives N=1024 64 CTAs, not 32).
+//   M > 128   every tile: least waves x tile_clocks; ties go to more tiles, then to the first listed
+//             (64-row tiles waste no rows for M <= 192). On 132 SMs with K=4096 this fills the SMs in whole
+//             waves: M=256 runs N=1024 as 64x32 (128 CTAs, where 64x128 gave 32), N=4096 as 64x128 (128),
+//             N=6144 as 64x192 (128), N=12288 as 128x192 (128), N=24576 as 128x192 (256, two waves);
+//             M=512 runs N=4096 as 128x128 (128) and N=6144 as 128x192 (128).
+// The choice depends on (M, N, K, batch, SM count) only: it moves outputs between threads, never the K order.
 Choice choose(const Problem& p, const DeviceInfo& d) {
   auto tiles_of = [&](const TileShape& t) {
     return int64_t((p.m + t.bm - 1) / t.bm) * ((p.n + t.bn - 1) / t.bn) * p.batch;
@@ -65,15 +91,11 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
   };
   auto waves = [&](const TileShape& t) { return double(waves_of(t)); };
   if (p.m <= 64) return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128}, waves);
-  if (p.m <= 128) return pick({Choice::T64x64, Choice::T128x32, Choice::T128x64, Choice::T128x128}, waves);
-  if (p.m <= 256)
-    return pick({Choice::T64x128, Choice::T128x64, Choice::T128x128, Choice::T128x256}, [&](const TileShape& t) {
-      return double(waves_of(t)) * t.bm * t.bn * (t.bm * t.bn < 128 * 128 ? 1.25 : 1.0);
-    });
-  return pick({Choice::T128x64, Choice::T128x128, Choice::T128x256}, [&](const TileShape& t) {
-    const double eff = t.bn == 64 ? 0.7 : t.bn == 128 ? 0.85 : 1.0;
-    return double(waves_of(t)) * t.bm * t.bn / eff;
-  });
+  if (p.m <= 128)
+    return pick({Choice::T64x32, Choice::T64x64, Choice::T128x32, Choice::T128x64, Choice::T128x128}, waves);
+  return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32, Choice::T128x64,
+               Choice::T128x128, Choice::T128x192, Choice::T128x256},
+              [&](const TileShape& t) { return double(waves_of(t)) * tile_clocks(t, p.k); });
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
@@ -142,9 +164,11 @@ void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) 
     case Choice::T64x32: return launch<Tile64x32, T>(p, d, st);
     case Choice::T64x64: return launch<Tile64x64, T>(p, d, st);
     case Choice::T64x128: return launch<Tile64x128, T>(p, d, st);
+    case Choice::T64x192: return launch<Tile64x192, T>(p, d, st);
     case Choice::T128x32: return launch<Tile128x32, T>(p, d, st);
     case Choice::T128x64: return launch<Tile128x64, T>(p, d, st);
     case Choice::T128x128: return launch<Tile128x128, T>(p, d, st);
+    case Choice::T128x192: return launch<Tile128x192, T>(p, d, st);
     case Choice::T128x256: return launch<Tile128x256, T>(p, d, st);
     case Choice::Count: break;
   }

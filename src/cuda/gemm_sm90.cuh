@@ -45,6 +45,12 @@ struct Config {
   // stages + full/empty barriers + staging + slack to align the stages to the 1024-byte swizzle period
   static constexpr int kSmemBytes = STAGES * kStageBytes + kBarBytes + kConsumers * 4 * kEpiWarpBytes + 1024;
   static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
+  // wgmma N is a multiple of 8 up to 256 and a TMA box has at most 256 rows; the staged epilogue walks
+  // BN in chunks of 32 (f32 out) or 64 (16-bit out) columns, so BN is 32, 64, 128, 192 or 256.
+  static_assert(BN % 32 == 0 && BN <= 256, "BN: a multiple of 32, at most 256");
+  // Every stage (and its W half) must start on the 1024-byte period of the 128-byte swizzle.
+  static_assert(kStageA % 1024 == 0 && kStageBytes % 1024 == 0, "stages keep the swizzle period");
+  static_assert(kSmemBytes <= 227 * 1024, "more shared memory than a Hopper CTA may opt in to");
 };
 
 struct Params {
@@ -121,6 +127,7 @@ __device__ __forceinline__ void store_tile_staged(const Problem& p, const float 
   constexpr int kPieceElems = 16 / int(sizeof(O));
   constexpr int kPiecesPerRow = kChunk / kPieceElems;
   constexpr int kPieces = 16 * kPiecesPerRow;
+  static_assert(BN % kChunk == 0, "the staged epilogue walks BN in whole chunks");
   const int r = lane >> 2, c2 = (lane & 3) * 2;
 #pragma unroll
   for (int chunk = 0; chunk < BN / kChunk; ++chunk) {

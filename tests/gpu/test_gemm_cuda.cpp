@@ -383,28 +383,77 @@ TEST(GpuGemm, LayoutsGiveTheSameBits) {
     }
 }
 
-// The wgmma tile shape may change with M (see gemm_sm90.cu); every tile must give the same bits.
+// The wgmma tile shape may change with M (see gemm_sm90.cu); every tile must give the same bits, through
+// every epilogue: f32 out (staged 16-byte stores), 16-bit out with a bias (a 64-column staging chunk, so
+// BN = 192 takes three), and out rows that are not 16-byte aligned (element-pair stores). Shapes leave
+// partial tiles in M, N and K for every tile, and {600, 6144, 520} gives the 128x192 tile 160 tiles, so
+// its CTAs walk more than one tile (the stage ring carries over between tiles).
 TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const std::vector<std::string> tiles = cuda::gemm_sm90_tiles();
+  for (const char* want : {"64x32", "64x192", "128x192", "128x256"})
+    EXPECT_NE(std::find(tiles.begin(), tiles.end(), want), tiles.end()) << "no tile " << want;
   int64_t compared = 0;
   for (DType dt : {DType::BF16, DType::F16})
-    for (const auto& [m, n, k] : std::vector<std::array<int64_t, 3>>{{1, 1000, 4095}, {77, 4096, 1024},
-                                                                   {300, 520, 257}, {1025, 2048, 4096}}) {
+    for (const auto& [m, n, k] : std::vector<std::array<int64_t, 3>>{
+             {1, 1000, 4095}, {77, 4096, 1024}, {300, 520, 257}, {1025, 2048, 4096}, {600, 6144, 520}}) {
       const Tensor a = dev_filled({m, k}, dt, uint64_t(m + n)), w = dev_filled({n, k}, dt, uint64_t(k));
+      const Tensor bias = dev_filled({n}, dt, uint64_t(n) + 3);
       const Tensor base = dev({m, n}, DType::F32), o = dev({m, n}, DType::F32);
+      const Tensor base16 = dev({m, n}, dt), o16 = dev({m, n}, dt);
+      const Tensor opad = Tensor::empty_padded({m, n}, n + 1, DType::F32, gpu());
       fill_bytes(base, 0xff);
+      fill_bytes(base16, 0xff);
       run(Impl::Dispatch, base, a, w);
+      run(Impl::Dispatch, base16, a, w, bias.view());
       EXPECT_LT(rel_error(base, a, w, std::nullopt), tolerance(DType::F32));
-      for (const std::string& tile : cuda::gemm_sm90_tiles()) {
+      if (m * n * k < 5'000'000'000)  // the float64 reference is a host loop
+        EXPECT_LT(rel_error(base16, a, w, bias.view()), tolerance(dt));
+      for (const std::string& tile : tiles) {
+        const std::string what =
+            "tile " + tile + " " + dtype_name(dt) + " M=" + std::to_string(m) + " N=" + std::to_string(n) +
+            " K=" + std::to_string(k);
         fill_bytes(o, 0xff);
         cuda::gemm_sm90_tile(make_args(o, a, w, std::nullopt), {}, tile);
-        ++compared;
-        EXPECT_TRUE(bits_equal(o, base)) << "tile " << tile << " " << dtype_name(dt) << " M=" << m << " N=" << n
-                                         << " K=" << k;
+        EXPECT_TRUE(bits_equal(o, base)) << what << ", f32 out";
+        fill_bytes(o16, 0xff);
+        cuda::gemm_sm90_tile(make_args(o16, a, w, bias.view()), {}, tile);
+        EXPECT_TRUE(bits_equal(o16, base16)) << what << ", 16-bit out + bias";
+        fill_bytes(opad, 0xff);
+        cuda::gemm_sm90_tile(make_args(opad, a, w, std::nullopt), {}, tile);
+        EXPECT_TRUE(bits_equal(opad, base)) << what << ", f32 out rows of N + 1";
+        compared += 3;
       }
     }
   std::printf("[tiles] %lld tile runs compared bit for bit with gemm()\n", (long long)compared);
+}
+
+// The tile table (gemm_sm90.cu) must not leave most SMs idle when a smaller tile would fill them: the
+// engine's small projections (N = 1024 for k and v) once ran as 32 CTAs of 64x128 on 132 SMs. For every
+// M > 64 the chosen tile must give at least half as many CTAs as min(SMs, tiles of the smallest tile).
+TEST(GpuGemm, Sm90TileChoiceFillsTheGpu) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma tile table is sm_90's";
+  const int sms = cuda_device_props(0).sm_count;
+  const int64_t k = 4096;
+  for (int64_t n : {1024, 4096, 6144, 12288, 24576}) {
+    const Tensor w = dev({n, k}, DType::BF16);
+    std::string line;
+    for (int64_t m : {65, 128, 129, 192, 256, 257, 384, 512, 1024, 2048}) {
+      const Tensor a = dev({m, k}, DType::BF16), o = dev({m, n}, DType::BF16);
+      const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));  // "sm90 128x192 tma"
+      const size_t s0 = name.find(' '), s1 = name.find(' ', s0 + 1), x = name.find('x', s0);
+      ASSERT_TRUE(s0 != std::string::npos && x != std::string::npos && x < s1) << name;
+      const int64_t bm = std::stoll(name.substr(s0 + 1, x - s0 - 1)), bn = std::stoll(name.substr(x + 1, s1 - x - 1));
+      const int64_t tiles = (m + bm - 1) / bm * ((n + bn - 1) / bn);
+      const int64_t most = std::min<int64_t>(sms, (m + 63) / 64 * ((n + 31) / 32));
+      EXPECT_GE(2 * tiles, most) << "M=" << m << " N=" << n << " K=" << k << ": " << name << " gives " << tiles
+                                 << " CTAs on " << sms << " SMs";
+      line += " " + std::to_string(m) + ":" + name.substr(s0 + 1, s1 - s0 - 1);
+    }
+    std::printf("[tiles] N=%-5lld K=%lld%s\n", (long long)n, (long long)k, line.c_str());
+  }
 }
 
 // BIK_GEMM_TRIALS (default 2) scales the batches per size; 2 gives about 5000 (M, position) cases per
