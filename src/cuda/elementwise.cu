@@ -4,6 +4,7 @@
 #include <climits>
 
 #include "core/backend.h"
+#include "cuda/device_info.h"
 #include "cuda/rows.cuh"
 
 namespace bik::cuda {
@@ -161,6 +162,8 @@ __global__ void __launch_bounds__(kRopeThreads)
 // ---- embedding ----------------------------------------------------------------------------------------
 // out[t, :] = table[ids[t], :]. A kernel cannot throw: an id outside [0, V) writes a zero row and
 // records the lowest such position in *bad (an integer atomic: exact in any order); the host checks it.
+// With out in the table's dtype a gather moves the bytes unchanged (as the CPU backend does: a round
+// trip through F32 could change a NaN's payload); into F32 each element is widened exactly.
 template <class Tt, class To>
 __global__ void embedding_kernel(To* out, int64_t os0, int64_t os1, const int32_t* ids, int64_t ids_stride,
                                  const Tt* table, int64_t ts0, int64_t ts1, int64_t vocab, int64_t tokens, int64_t d,
@@ -173,15 +176,66 @@ __global__ void embedding_kernel(To* out, int64_t os0, int64_t os1, const int32_
   for (int64_t t = blockIdx.y; t < tokens; t += gridDim.y) {
     const int64_t id = ids[t * ids_stride];
     To* o = out + t * os0;
-    float v[V];
-    if (id < 0 || id >= vocab) {
-      for (int k = 0; k < V; ++k) v[k] = 0.0f;
-      if (bad != nullptr && i0 == 0) atomicMin(bad, int(t));
+    const bool in_table = id >= 0 && id < vocab;
+    if (!in_table && bad != nullptr && i0 == 0) atomicMin(bad, int(t));
+    if constexpr (std::is_same_v<Tt, To>) {
+      uint4 u = make_uint4(0, 0, 0, 0);
+      if (in_table) {
+        const Tt* row = table + id * ts0;
+        u = load_raw(row, ts1, d, i0, ts1 == 1 && aligned16_dev(row));
+      }
+      store_raw(o, os1, d, i0, os1 == 1 && aligned16_dev(o), u);
     } else {
-      const Tt* row = table + id * ts0;
-      load_chunk<V>(row, ts1, d, i0, ts1 == 1 && aligned16_dev(row), v);
+      float v[V] = {};
+      if (in_table) {
+        const Tt* row = table + id * ts0;
+        load_chunk<V>(row, ts1, d, i0, ts1 == 1 && aligned16_dev(row), v);
+      }
+      store_chunk<V>(o, os1, d, i0, os1 == 1 && aligned16_dev(o), v);
     }
-    store_chunk<V>(o, os1, d, i0, os1 == 1 && aligned16_dev(o), v);
+  }
+}
+
+// Table and out rows contiguous, 16-byte aligned, whole 16-byte vectors (the common layout): a thread
+// copies chunk c of U tokens at a time, all U ids and then all U rows' loads in flight before the first
+// store, so a CTA of kEmbedThreads threads moves U x 2 KiB per round trip instead of 2 KiB.
+constexpr int kEmbedThreads = 128;
+constexpr int kEmbedTokens = 4;
+template <class Tt, class To, int U>
+__global__ void __launch_bounds__(kEmbedThreads)
+    embedding_flat_kernel(To* out, int64_t os0, const int32_t* ids, int64_t ids_stride, const Tt* table,
+                          int64_t ts0, int64_t vocab, int64_t tokens, int64_t d, int* bad) {
+  constexpr int V = 16 / sizeof(Tt);
+  const int64_t c = int64_t(blockIdx.x) * kEmbedThreads + threadIdx.x;
+  if (c * V >= d) return;
+  const int64_t i0 = c * V;
+  for (int64_t t0 = int64_t(blockIdx.y) * U; t0 < tokens; t0 += int64_t(gridDim.y) * U) {
+    int64_t id[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) id[u] = t0 + u < tokens ? int64_t(ids[(t0 + u) * ids_stride]) : 0;
+    uint4 raw[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const bool ok = t0 + u < tokens && id[u] >= 0 && id[u] < vocab;
+      raw[u] = ld16_if(table + id[u] * ts0 + i0, ok);  // zeros for an id outside the table
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t t = t0 + u;
+      if (t >= tokens) continue;
+      if ((id[u] < 0 || id[u] >= vocab) && bad != nullptr && i0 == 0) atomicMin(bad, int(t));
+      To* o = out + t * os0 + i0;
+      if constexpr (std::is_same_v<Tt, To>) {
+        // One 16-byte store: st16 here compiled to four 4-byte ones.
+        asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(o), "r"(raw[u].x), "r"(raw[u].y),
+                     "r"(raw[u].z), "r"(raw[u].w)
+                     : "memory");
+      } else {
+        float v[V];
+        unpack<Tt, V>(raw[u], v);
+        store_flat<To, V>(o, v);
+      }
+    }
   }
 }
 
@@ -240,6 +294,30 @@ void embedding(const TensorView& out, const TensorView& ids, const TensorView& t
     constexpr int V = 16 / sizeof(Tt);
     auto launch = [&](auto ot) {
       using To = decltype(ot);
+      // The common layout: embedding_flat_kernel, kEmbedTokens tokens a thread once that still gives
+      // four CTAs an SM. BIK_EMBEDDING_FLAT=0 keeps the general kernel (the same bytes either way).
+      const int64_t ets = dtype_size(table.dtype), eos = dtype_size(out.dtype);
+      const bool flat = env_switch_on("BIK_EMBEDDING_FLAT") && d > 0 && (table.stride[1] == 1 || d == 1) &&
+                        (out.stride[1] == 1 || d == 1) && aligned16(table.data) && aligned16(out.data) &&
+                        (d * ets) % 16 == 0 && (d * eos) % 16 == 0 && (table.stride[0] * ets) % 16 == 0 &&
+                        (out.stride[0] * eos) % 16 == 0;
+      if (flat) {
+        if (tokens == 0) return;
+        const int64_t bx = (d / V + kEmbedThreads - 1) / kEmbedThreads;
+        const int sms = use_device(table.device.index).sms;
+        auto go = [&](auto u) {
+          constexpr int U = decltype(u)::value;
+          const int64_t by = (tokens + U - 1) / U;
+          const dim3 grid(unsigned(bx), unsigned(by < 65535 ? by : 65535));
+          embedding_flat_kernel<Tt, To, U><<<grid, kEmbedThreads, 0, st>>>(
+              out.ptr<To>(), out.stride[0], ids.ptr<const int32_t>(), ids.stride[0], table.ptr<const Tt>(),
+              table.stride[0], vocab, tokens, d, bad);
+          BIK_CUDA_LAUNCH_CHECK();
+        };
+        if ((tokens / kEmbedTokens) * bx >= 4 * int64_t(sms)) go(std::integral_constant<int, kEmbedTokens>{});
+        else go(std::integral_constant<int, 1>{});
+        return;
+      }
       const int threads = 128;
       embedding_kernel<Tt, To><<<row_grid((d + V - 1) / V, tokens, threads), threads, 0, st>>>(
           out.ptr<To>(), out.stride[0], out.stride[1], ids.ptr<const int32_t>(), ids.stride[0], table.ptr<const Tt>(),

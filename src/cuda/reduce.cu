@@ -4,7 +4,8 @@
 //
 // sum/mean: the reduced dims are flattened in row-major order into one index i in [0, n), and the CTA
 // tree of rows.cuh sums over i exactly as it sums a row of a norm. When the reduced dims collapse to
-// one contiguous run the 16-byte path applies; otherwise each element's offset is computed from i.
+// one contiguous run the 16-byte path applies (reduce_flat_kernel when the rows are in the common
+// layout); otherwise each element's offset is computed from i.
 // argmax is exact in any order (a strict total order on (value, index)), so only its result is fixed.
 #include <climits>
 #include <cstdlib>
@@ -135,6 +136,78 @@ __global__ void __launch_bounds__(256) reduce_run_kernel(To* out, DimIndex out_i
     if (mean) total = __fdiv_rn(total, float(n));
     if (rg.tg == 0) out[out_idx.offset(r)] = from_f32<To>(total);
   }
+}
+
+// The common layout (rows.cuh, flat_rows): every row contiguous, 16-byte aligned, a whole number of
+// 16-byte vectors, row r at x + r * x_stride. Same lanes, order and tree as reduce_run_kernel (a flat row
+// has no partial chunk, so a chunk is added whole or not at all), with kFlatChunks chunks in flight per
+// thread: U passes of NG lane groups loaded before any is added, no per-element bounds, no 64-bit index
+// arithmetic per row. Rows of up to 256 plan threads (bf16 n <= 4096, f32 n <= 2048) take one warp each
+// (up to 8 lane groups a thread, no barrier); longer rows 4 lane groups on 4 or 8 warps.
+constexpr int kFlatChunks = 16;
+template <class Tx, class To, int NG, int U>
+__global__ void __launch_bounds__(kMaxGroupThreads)
+    reduce_flat_kernel(To* out, DimIndex out_idx, const Tx* x, int64_t x_stride, int64_t rows, int64_t n, bool mean,
+                       int W) {
+  constexpr int V = 16 / sizeof(Tx);
+  extern __shared__ float smem[];
+  const RowGroup rg = row_group(W);
+  const int64_t GV = int64_t(rg.G) * V, L = GV * NG, t0 = int64_t(rg.tg) * V;
+  for (int64_t r = rg.first; r < rows; r += rg.step) {
+    const Tx* xr = x + r * x_stride;
+    float acc[NG][V];
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[g][k] = 0.0f;
+    for (int64_t base = 0; base < n; base += U * L) {
+      uint4 raw[U][NG];
+#pragma unroll
+      for (int p = 0; p < U; ++p)
+#pragma unroll
+        for (int g = 0; g < NG; ++g) {
+          const int64_t i0 = base + p * L + g * GV + t0;
+          raw[p][g] = ld16_if(xr + i0, i0 < n);
+        }
+#pragma unroll
+      for (int p = 0; p < U; ++p)
+#pragma unroll
+        for (int g = 0; g < NG; ++g)
+          if (base + p * L + g * GV + t0 < n) {
+            float v[V];
+            unpack<Tx, V>(raw[p][g], v);
+#pragma unroll
+            for (int k = 0; k < V; ++k) acc[g][k] = __fadd_rn(acc[g][k], v[k]);
+          }
+    }
+    float total = group_tree<V, NG>(acc, smem, rg, AddOp{});
+    if (mean) total = __fdiv_rn(total, float(n));
+    if (rg.tg == 0) out[out_idx.offset(r)] = from_f32<To>(total);
+  }
+}
+
+// Whether the rows of x (kept dims collapsed to `kept_run`, reduced run of n contiguous elements) are in
+// the common layout, and the distance between them.
+bool reduce_flat_rows(const TensorView& x, const DimIndex& kept_run, int64_t n, int64_t& x_stride) {
+  const int64_t es = dtype_size(x.dtype);
+  if (n <= 0 || (n * es) % 16 != 0 || !aligned16(x.data) || kept_run.nd > 1) return false;
+  x_stride = kept_run.nd == 1 ? kept_run.stride[0] : 0;
+  return (x_stride * es) % 16 == 0;
+}
+
+// Launch shape of reduce_flat_kernel for `plan_threads` plan threads: a function of (n, dtype) alone.
+GroupShape reduce_flat_shape(int plan_threads) {
+  GroupShape s;
+  if (plan_threads <= 256) {
+    s.W = 1;
+    s.NG = plan_threads / 32;
+    s.threads = 32 * kWarpRowsPerCta;
+  } else {
+    s.NG = 4;
+    s.W = plan_threads / (32 * s.NG);
+    s.threads = 32 * s.W;
+  }
+  return s;
 }
 
 // ---- sum / mean with the reduced elements far apart and the outputs adjacent (e.g. over dim 0) ------------
@@ -434,6 +507,23 @@ void reduce(const ReduceArgs& a, Stream s) {
       const DimIndex kept_run = collapse(x.shape.data(), x.stride.data(), a.kept);
       if (columns && red.nd == 1 && red.stride[0] != 1 && kept_run.nd == 1 && kept_run.stride[0] == 1) {
         reduce_columns<Tx, To>(a, out_idx, red.stride[0], rows, n, s);
+        return;
+      }
+      // Contiguous runs in the common layout: reduce_flat_kernel. BIK_REDUCE_FLAT=0 keeps them on
+      // reduce_run_kernel below (the same bits: OpsCuda.SumFlatMatchesRunKernel).
+      int64_t x_stride = 0;
+      if (red.nd == 1 && red.stride[0] == 1 && reduce_flat_rows(x, kept_run, n, x_stride) &&
+          env_switch_on("BIK_REDUCE_FLAT")) {
+        if (rows == 0) return;
+        const GroupShape gs = reduce_flat_shape(row_threads(n, V));
+        const size_t smem = gs.W > 1 ? size_t(32 * gs.W) * V * sizeof(float) : 0;
+        dispatch_ng(gs.NG, [&](auto ng) {
+          constexpr int NG = decltype(ng)::value;
+          constexpr int U = kFlatChunks / NG;
+          reduce_flat_kernel<Tx, To, NG, U><<<group_grid(rows, gs.W), gs.threads, smem, stream_of(s)>>>(
+              a.out.ptr<To>(), out_idx, x.ptr<const Tx>(), x_stride, rows, n, a.mean, gs.W);
+          BIK_CUDA_LAUNCH_CHECK();
+        });
         return;
       }
       // Contiguous runs only: strided ones keep the per-output kernel below, as timed before.

@@ -397,6 +397,24 @@ template <class T>
 __device__ __forceinline__ uint4 ld16(const T* p) {
   return *reinterpret_cast<const uint4*>(p);
 }
+// ld16(p) when `pred`, else zeros, as one predicated load: written as `pred ? ld16(p) : 0` the compiler
+// may turn each load into a branch next to its use, so a thread's loads would wait on one another; this
+// way every load of a batch is issued before the first one is used. p need not be valid when !pred.
+__device__ __forceinline__ uint4 ld16_if(const void* p, bool pred) {
+  uint4 u;
+  asm("{\n"
+      "  .reg .pred q;\n"
+      "  setp.ne.b32 q, %5, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  mov.b32 %2, 0;\n"
+      "  mov.b32 %3, 0;\n"
+      "  @q ld.global.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "}\n"
+      : "=r"(u.x), "=r"(u.y), "=r"(u.z), "=r"(u.w)
+      : "l"(p), "r"(int(pred)));
+  return u;
+}
 template <class T>
 __device__ __forceinline__ void st16(T* p, uint4 u) {
   *reinterpret_cast<uint4*>(p) = u;

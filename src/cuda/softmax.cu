@@ -6,8 +6,9 @@
 // Rows in the common layout (rows.cuh, flat_rows) run a kernel of 16-byte loads without per-element
 // bounds, which keeps rows of up to U L elements (U = 4 for F32, 2 for 16-bit types) in registers
 // between the passes (one read of the row); longer rows are read twice, U passes' chunks in flight
-// per thread. Any other layout runs the
-// general kernel, same lanes, same order, same bits.
+// per thread, except the rows of softmax_resident_kernel (below), which one CTA keeps in registers
+// (F32 n <= 32768, 16-bit n <= 65536). Any other layout runs the general kernel, same lanes, same order,
+// same bits.
 //
 // On sm_90, rows of the largest plan (1024 plan threads: n > 4096 for F32, n > 8192 for 16-bit types)
 // on the 16-byte path run on a thread-block cluster of kClusterCtas CTAs a row: CTA c holds lane group
@@ -267,6 +268,98 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
 #endif
 }
 
+// ---- rows held on chip -------------------------------------------------------------------------------------
+// Rows of the largest plan (1024 plan threads, L = 1024 V lanes) that the kernels above read twice
+// (F32 16384 < n, 16-bit 16384 < n) but that fit kResidentPasses passes (F32 n <= 32768, 16-bit n <= 65536):
+// one CTA of kResidentThreads threads a row, each thread kResidentNg lane groups, so thread tg holds plan
+// threads g * kResidentThreads + tg (g < kResidentNg) and loads every chunk of the row it will ever need at
+// once (kResidentPasses x kResidentNg 16-byte values, 64 registers). The row is read once and written
+// once. Chunks, lanes, their order and the tree are those of softmax_kernel (the flat path with U =
+// kResidentPasses), so the bits are the same; only where the chunks wait between the passes differs.
+// A CTA takes a whole SM's registers, so an SM runs one row at a time: the loads of all its chunks are in
+// flight together (128 KiB for F32 n = 32000), which keeps HBM busy without a second CTA.
+constexpr int kResidentThreads = 512;
+constexpr int kResidentNg = kMaxRowThreads / kResidentThreads;
+constexpr int kResidentPasses = 8;
+
+template <class Tx, class To>
+__global__ void __launch_bounds__(kResidentThreads, 1)
+    softmax_resident_kernel(To* out, int64_t out_stride, const Tx* x, int64_t x_stride, int64_t rows, int64_t n,
+                            bool log) {
+  constexpr int V = 16 / sizeof(Tx), NG = kResidentNg, P = kResidentPasses;
+  extern __shared__ float smem[];
+  const RowGroup rg = row_group(kResidentThreads / 32);  // one CTA a row
+  const int64_t GV = int64_t(kResidentThreads) * V, L = GV * NG, t0 = int64_t(rg.tg) * V;
+
+  for (int64_t r = rg.first; r < rows; r += rg.step) {
+    const Tx* xr = x + r * x_stride;
+    To* orow = out + r * out_stride;
+
+    // Every chunk of the row this thread owns: pass p, lane group g (zeros past the row end, never used).
+    uint4 raw[P][NG];
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int64_t i0 = p * L + g * GV + t0;
+        raw[p][g] = ld16_if(xr + i0, i0 < n);
+      }
+
+    // The statistics: each plan thread's chunks in increasing pass order.
+    float m[NG], s[NG][V];
+#pragma unroll
+    for (int g = 0; g < NG; ++g) {
+      m[g] = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < V; ++k) s[g][k] = 0.0f;
+    }
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g)
+        if (p * L + g * GV + t0 < n) {
+          float v[V];
+          unpack<Tx, V>(raw[p][g], v);
+          absorb_chunk<V>(m[g], s[g], v);
+        }
+    float mm[NG][1];
+#pragma unroll
+    for (int g = 0; g < NG; ++g) mm[g][0] = m[g];
+    const float M = group_tree<1, NG>(mm, smem, rg, SoftmaxMaxOp{});
+    float acc[NG][V];
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[g][k] = softmax_lane_term(m[g], s[g][k], M);
+    const float S = group_tree<V, NG>(acc, smem, rg, AddOp{});
+    const float log_sum = log ? logf(S) : 0.0f;
+
+    // The output, from the registers.
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int64_t i0 = p * L + g * GV + t0;
+        if (i0 < n) {
+          float v[V], o[V];
+          unpack<Tx, V>(raw[p][g], v);
+          softmax_outputs<V>(v, M, S, log_sum, log, o);
+          store_flat<To, V>(orow + i0, o);
+        }
+      }
+  }
+}
+
+// Whether softmax() runs softmax_resident_kernel for rows of n elements of `dtype` on the 16-byte path:
+// the rows of the largest plan longer than the other kernels keep in registers, up to kResidentPasses
+// passes. A function of (n, dtype) and the switch alone.
+bool softmax_resident_applies(int64_t n, DType dtype) {
+  const int V = int(16 / dtype_size(dtype));
+  const int64_t L = int64_t(kMaxRowThreads) * V;
+  const int64_t cached = (dtype == DType::F32 ? 4 : 2) * L;  // softmax_kernel's U L
+  return env_switch_on("BIK_SOFTMAX_RESIDENT") && row_threads(n, V) == kMaxRowThreads && n > cached &&
+         n <= kResidentPasses * L;
+}
 
 }  // namespace
 
@@ -279,6 +372,22 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
     constexpr int V = 16 / sizeof(Tx);
     const GroupShape gs = flat_shape(row_threads(n, V));
     const size_t smem = gs.W > 1 ? size_t(32 * gs.W) * V * sizeof(float) : 0;
+    // Rows the one-CTA and cluster kernels would read twice but that fit one CTA's registers: read once
+    // (softmax_resident_kernel), whatever the row count. BIK_SOFTMAX_RESIDENT=0 restores the choice below
+    // (OpsCuda.SoftmaxResidentMatchesOtherKernels compares the bits).
+    if (flat && softmax_resident_applies(n, x.dtype)) {
+      if (rows == 0) return;
+      auto launch_resident = [&](auto ot) {
+        using To = decltype(ot);
+        const size_t rsmem = size_t(kResidentThreads) * V * sizeof(float);
+        softmax_resident_kernel<Tx, To><<<grid_for(rows), kResidentThreads, rsmem, stream_of(s)>>>(
+            out.ptr<To>(), fo.stride, x.ptr<const Tx>(), fx.stride, rows, n, log);
+        BIK_CUDA_LAUNCH_CHECK();
+      };
+      if (out.dtype == DType::F32) launch_resident(float{});
+      else launch_resident(Tx{});
+      return;
+    }
     // The cluster kernel for the largest plan (1024 plan threads): its four lane groups, one a CTA. It
     // gives the bits of the one-CTA kernel (OpsCuda.SoftmaxClusterMatchesOneCta), so the choice may follow
     // the row count: on an H200 (bench/results/ops_h200.md and logs_h200x2/5147631_*) the cluster took

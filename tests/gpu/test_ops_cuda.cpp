@@ -652,12 +652,32 @@ TEST(OpsCuda, Softmax) {
   expect_clean(softmax_spec(DType::F32, DType::F32, 1000, false, true));
 }
 
+// Rows of the largest plan held on chip by one CTA (softmax_resident_kernel: F32 16384 < n <= 32768,
+// 16-bit 16384 < n <= 65536, 16-byte path), next to the lengths that take the other kernels: each row
+// alone (the 16-byte path) against float64 and against the same row in batches of many sizes, where the
+// misaligned and strided layouts run the general kernel. n = 1 and 31 and the odd lengths never take the
+// 16-byte path; 32772 and 65544 are the first 16-byte-path lengths past the resident range.
+TEST(OpsCuda, SoftmaxResidentBoundaries) {
+  BIK_REQUIRE_GPU();
+  for (int64_t n : {int64_t(1), int64_t(31), int64_t(16384), int64_t(16388), int64_t(32000), int64_t(32768),
+                    int64_t(32769), int64_t(32772)})
+    expect_clean(softmax_spec(DType::F32, DType::F32, n, false));
+  for (int64_t n : {int64_t(1), int64_t(31), int64_t(16392), int64_t(32000), int64_t(65536), int64_t(65544)})
+    expect_clean(softmax_spec(DType::BF16, DType::F32, n, n % 2 == 0));
+  for (int64_t n : {int64_t(16384), int64_t(16392), int64_t(40000), int64_t(65536)})
+    expect_clean(softmax_spec(DType::F16, DType::F16, n, false));
+  expect_clean(softmax_spec(DType::BF16, DType::BF16, 32000, false));
+  // Masked rows: -inf chunks before the first finite one, on the resident path.
+  expect_clean(softmax_spec(DType::F32, DType::F32, 20000, true, true));
+  expect_clean(softmax_spec(DType::BF16, DType::F32, 50000, false, true));
+}
+
 // log_softmax and logprobs share the row statistics (softmax.cuh): the chosen token's logprob has the
 // bits of log_softmax's output at that token, whichever kernel layout each runs.
 TEST(OpsCuda, LogSoftmaxMatchesLogprobs) {
   BIK_REQUIRE_GPU();
   for (DType t : {DType::BF16, DType::F32})
-    for (int64_t n : {int64_t(1000), int64_t(32000), int64_t(151936)}) {
+    for (int64_t n : {int64_t(1000), int64_t(20000), int64_t(32000), int64_t(65536), int64_t(151936)}) {
       const int64_t m = 5;
       Shared x = shared_tensor({m, n}, t, 3.0, 0.0, 21);
       Tensor out = Tensor::empty({m, n}, DType::F32, Device::cuda(0));
@@ -718,6 +738,48 @@ TEST(OpsCuda, SoftmaxClusterMatchesOneCta) {
   EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(c.m * c.n) * 4), 0) << "the comparison missed a changed input";
 }
 
+// BIK_SOFTMAX_RESIDENT=0 sends the rows of softmax_resident_kernel back to the cluster kernel (rows that
+// fit the SMs, sm_90) or the one-CTA kernel reading the row twice: the bits must not change. One row and
+// batches of several, every input dtype, softmax and log_softmax. Negative control: an input that differs
+// in one element of the last row must show.
+TEST(OpsCuda, SoftmaxResidentMatchesOtherKernels) {
+  BIK_REQUIRE_GPU();
+  struct Case {
+    DType t, o;
+    int64_t m, n;
+    bool log;
+  };
+  const Case cases[] = {{DType::F32, DType::F32, 1, 32000, false},    {DType::F32, DType::F32, 64, 32000, true},
+                        {DType::F32, DType::F32, 3, 16388, false},    {DType::F32, DType::F32, 5, 32768, false},
+                        {DType::F32, DType::F32, 700, 20000, true},   {DType::BF16, DType::F32, 2, 65536, true},
+                        {DType::BF16, DType::BF16, 9, 16392, false},  {DType::F16, DType::F32, 300, 40000, false},
+                        {DType::BF16, DType::F32, 200, 32000, true}};
+  auto run = [](const Case& c, const Tensor& x, const char* resident) {
+    setenv("BIK_SOFTMAX_RESIDENT", resident, 1);
+    Tensor out = Tensor::empty({c.m, c.n}, c.o, Device::cuda(0));
+    if (c.log)
+      log_softmax(out, x);
+    else
+      softmax(out, x);
+    unsetenv("BIK_SOFTMAX_RESIDENT");
+    return out.to(Device::cpu());
+  };
+  for (const Case& c : cases) {
+    Shared x = shared_tensor({c.m, c.n}, c.t, 3.0, 0.0, uint64_t(c.n + c.m));
+    const Tensor a = run(c, x.dev, "1"), b = run(c, x.dev, "0");
+    const size_t bytes = size_t(c.m * c.n) * dtype_size(c.o);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), bytes), 0) << dn(c.t) << " n=" << c.n << " rows " << c.m;
+  }
+  // Negative control.
+  const Case& c = cases[1];
+  Shared x = shared_tensor({c.m, c.n}, c.t, 3.0, 0.0, uint64_t(c.n + c.m));
+  Tensor xh = x.dev.to(Device::cpu());
+  float* last = xh.ptr<float>() + c.m * c.n - 1;
+  *last = *last + 1.0f;
+  const Tensor a = run(c, xh.to(Device::cuda(0)), "1"), b = run(c, x.dev, "0");
+  EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(c.m * c.n) * 4), 0) << "the comparison missed a changed input";
+}
+
 TEST(OpsCuda, SumMean) {
   BIK_REQUIRE_GPU();
   expect_clean(reduce_spec(DType::BF16, DType::F32, 8, 512, {1, 2}, false, false));
@@ -732,6 +794,75 @@ TEST(OpsCuda, SumMean) {
     expect_clean(reduce_spec(DType::F32, DType::F32, 1001, 40, {1}, false, true));
   }
   unsetenv("BIK_REDUCE_COLUMNS");
+}
+
+// Sums over the last dim in the common layout (reduce_flat_kernel): one warp a row with 1 to 8 lane groups
+// (bf16 n <= 4096, f32 n <= 2048), 4 lane groups on 4 or 8 warps for longer rows, several passes of 16
+// chunks for the longest. Each row alone against float64 and in batches, where the misaligned and strided
+// layouts run the other kernels.
+TEST(OpsCuda, SumFlatRows) {
+  BIK_REQUIRE_GPU();
+  unsetenv("BIK_REDUCE_FLAT");
+  expect_clean(reduce_spec(DType::BF16, DType::F32, 1, 4096, {1, 2}, false, false));
+  expect_clean(reduce_spec(DType::BF16, DType::F32, 1, 64, {2}, false, true));
+  expect_clean(reduce_spec(DType::F32, DType::F32, 1, 2048, {2}, true, false));
+  expect_clean(reduce_spec(DType::F32, DType::F32, 1, 1000, {2}, false, false));
+  expect_clean(reduce_spec(DType::F16, DType::F16, 1, 8192, {1, 2}, false, false));
+  expect_clean(reduce_spec(DType::BF16, DType::BF16, 1, 100000, {2}, true, false));
+  expect_clean(reduce_spec(DType::F32, DType::F32, 1, 40000, {2}, false, false));
+}
+
+// BIK_REDUCE_FLAT=0 keeps rows in the common layout on reduce_run_kernel: the same bits for every launch
+// shape of reduce_flat_kernel, one row and many. Negative control: one changed element must show.
+TEST(OpsCuda, SumFlatMatchesRunKernel) {
+  BIK_REQUIRE_GPU();
+  struct Case {
+    DType t;
+    int64_t m, n;
+    bool is_mean;
+  };
+  const Case cases[] = {{DType::BF16, 1, 4096, false},   {DType::BF16, 4096, 4096, false}, {DType::BF16, 333, 8, false},
+                        {DType::F16, 100, 256, true},     {DType::F32, 1000, 2048, false},   {DType::F32, 7, 4, false},
+                        {DType::BF16, 65, 8192, true},    {DType::F32, 3, 100000, false},    {DType::BF16, 2, 151936, false},
+                        {DType::F32, 513, 1000, true}};
+  const Device gpu = Device::cuda(0);
+  auto run = [&](const Case& c, const Tensor& x, const char* flat) {
+    setenv("BIK_REDUCE_FLAT", flat, 1);
+    Tensor out = Tensor::empty({c.m}, DType::F32, gpu);
+    if (c.is_mean)
+      mean(out, x, {1}, false);
+    else
+      sum(out, x, {1}, false);
+    unsetenv("BIK_REDUCE_FLAT");
+    return out.to(Device::cpu());
+  };
+  for (const Case& c : cases) {
+    Shared x = shared_tensor({c.m, c.n}, c.t, 1.0, 0.25, uint64_t(c.n * 3 + c.m));
+    const Tensor a = run(c, x.dev, "1"), b = run(c, x.dev, "0");
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), size_t(c.m) * 4), 0) << dn(c.t) << " n=" << c.n << " rows " << c.m;
+    // Accuracy of every row against float64, relative to the sum of magnitudes.
+    double worst = 0;
+    for (int64_t r = 0; r < c.m; ++r) {
+      double ref = 0, mag = 0;
+      for (int64_t i = 0; i < c.n; ++i) {
+        ref += x.host[size_t(r * c.n + i)];
+        mag += std::fabs(x.host[size_t(r * c.n + i)]);
+      }
+      if (c.is_mean) {
+        ref /= double(c.n);
+        mag /= double(c.n);
+      }
+      worst = std::max(worst, std::fabs(double(a.ptr<float>()[r]) - ref) / mag);
+    }
+    EXPECT_LT(worst, 1e-6) << dn(c.t) << " n=" << c.n << " rows " << c.m;
+  }
+  // Negative control.
+  const Case& c = cases[1];
+  Shared x = shared_tensor({c.m, c.n}, c.t, 1.0, 0.25, uint64_t(c.n * 3 + c.m));
+  Tensor xh = x.dev.to(Device::cpu());
+  put(static_cast<uint8_t*>(xh.data()) + (c.m * c.n - 1) * 2, c.t, x.host.back() + 1.0);
+  const Tensor a = run(c, xh.to(gpu), "1"), b = run(c, x.dev, "0");
+  EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(c.m) * 4), 0) << "the comparison missed a changed input";
 }
 
 // A sum over dim 0 of x [n, cols] (the column kernels) must give the bits of the row kernel on the
@@ -836,6 +967,71 @@ TEST(OpsCuda, Embedding) {
   expect_clean(embedding_spec(DType::BF16, DType::BF16, 5000, 4096));
   expect_clean(embedding_spec(DType::F32, DType::F32, 100, 7));
   expect_clean(embedding_spec(DType::F16, DType::F32, 300, 1000));
+}
+
+// BIK_EMBEDDING_FLAT=0 keeps the common layout on the general kernel: the same bytes, for few tokens (one a
+// thread) and many (four a thread), copies and widening to F32, ids outside the table (zero rows, checked
+// and reported by the call). Negative control: a changed table element must show.
+TEST(OpsCuda, EmbeddingFlatMatchesGeneral) {
+  BIK_REQUIRE_GPU();
+  struct Case {
+    DType t, o;
+    int64_t vocab, d, tokens;
+  };
+  const Case cases[] = {{DType::BF16, DType::BF16, 5000, 4096, 1},   {DType::BF16, DType::BF16, 5000, 4096, 4096},
+                        {DType::BF16, DType::F32, 300, 4096, 1024},  {DType::F16, DType::F16, 300, 1000, 3000},
+                        {DType::F32, DType::F32, 100, 12, 777},      {DType::F32, DType::F32, 100, 7, 50},
+                        {DType::F16, DType::F32, 64, 8, 5}};
+  const Device gpu = Device::cuda(0);
+  auto ids_for = [](const Case& c, bool with_bad) {
+    Tensor h = Tensor::empty({c.tokens}, DType::I32);
+    for (int64_t t = 0; t < c.tokens; ++t) h.ptr<int32_t>()[t] = int32_t((t * 7919 + 11) % c.vocab);
+    if (with_bad) h.ptr<int32_t>()[c.tokens / 2] = int32_t(c.vocab);  // outside the table: a zero row
+    return h.to(Device::cuda(0));
+  };
+  // An id outside the table: the kernel writes its zero row, then the call throws.
+  auto run = [&](const Case& c, const Tensor& table, const Tensor& ids, const char* flat, bool with_bad = false) {
+    setenv("BIK_EMBEDDING_FLAT", flat, 1);
+    Tensor out = Tensor::empty({c.tokens, c.d}, c.o, gpu);
+    bool threw = false;
+    try {
+      embedding(out, ids, table);
+    } catch (const Error&) {
+      threw = true;
+    }
+    unsetenv("BIK_EMBEDDING_FLAT");
+    EXPECT_EQ(threw, with_bad) << dn(c.t) << " d=" << c.d << " tokens " << c.tokens << " flat " << flat;
+    return out.to(Device::cpu());
+  };
+  for (const Case& c : cases)
+    for (bool with_bad : {false, true}) {
+      Shared table = shared_tensor({c.vocab, c.d}, c.t, 1.0, 0.0, uint64_t(c.vocab + c.d));
+      const Tensor ids = ids_for(c, with_bad);
+      const Tensor a = run(c, table.dev, ids, "1", with_bad), b = run(c, table.dev, ids, "0", with_bad);
+      const size_t bytes = size_t(c.tokens * c.d) * dtype_size(c.o);
+      EXPECT_EQ(std::memcmp(a.data(), b.data(), bytes), 0)
+          << dn(c.t) << "->" << dn(c.o) << " d=" << c.d << " tokens " << c.tokens << (with_bad ? " (bad id)" : "");
+      // The rows' values: the table's row, or zeros for the id outside it.
+      const Tensor ids_h = ids.to(Device::cpu());
+      int64_t wrong = 0;
+      for (int64_t t = 0; t < c.tokens; ++t) {
+        const int64_t id = ids_h.ptr<int32_t>()[t];
+        for (int64_t j = 0; j < c.d; ++j) {
+          const double want = id < c.vocab ? table.host[size_t(id * c.d + j)] : 0.0;
+          wrong += get(static_cast<const uint8_t*>(a.data()) + (t * c.d + j) * dtype_size(c.o), c.o) != want;
+        }
+      }
+      EXPECT_EQ(wrong, 0) << dn(c.t) << "->" << dn(c.o) << " d=" << c.d << " tokens " << c.tokens;
+    }
+  // Negative control: the token whose row changed must differ.
+  const Case& c = cases[1];
+  Shared table = shared_tensor({c.vocab, c.d}, c.t, 1.0, 0.0, uint64_t(c.vocab + c.d));
+  const Tensor ids = ids_for(c, false);
+  Tensor th = table.dev.to(Device::cpu());
+  const int64_t id0 = ids.to(Device::cpu()).ptr<int32_t>()[c.tokens - 1];
+  put(static_cast<uint8_t*>(th.data()) + (id0 * c.d + c.d - 1) * 2, c.t, table.host[size_t(id0 * c.d + c.d - 1)] + 1.0);
+  const Tensor a = run(c, th.to(gpu), ids, "1"), b = run(c, table.dev, ids, "0");
+  EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(c.tokens * c.d) * 2), 0) << "the comparison missed a changed row";
 }
 
 TEST(OpsCuda, EmbeddingRejectsBadId) {
