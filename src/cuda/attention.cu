@@ -5,8 +5,10 @@
 // sm_90a code, as the default CMAKE_CUDA_ARCHITECTURES does), every other architecture the mma.sync
 // kernel; the two may round differently, so the choice never looks at the batch or the mode.
 // BIK_ATTENTION_SM90=0 forces the mma.sync kernel on sm_90, for A/B benchmarks (read at each call);
-// BIK_ATTENTION_SM90=2 picks the software-pipelined wgmma variant, whose outputs are bitwise those of the
-// default one (same arithmetic, another schedule), so it may be switched freely.
+// BIK_ATTENTION_SM90=2 picks the software-pipelined wgmma variant, BIK_ATTENTION_SM90=3 the
+// warp-specialised one (a producer warpgroup feeding two 64-row consumer warpgroups) and
+// BIK_ATTENTION_SM90=4 the same with S(j + 1) issued behind P V(j); all give bitwise the outputs of the
+// default one (same arithmetic per row, another schedule), so they may be switched freely.
 //
 // Launch choice: the in-kernel fold (one CTA per 64 query rows walks all their splits) when there are
 // enough such CTAs to fill the GPU; otherwise split-parallel (one CTA per split, then fold_kernel). The
@@ -51,21 +53,31 @@ void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream
   }
 }
 
-// The wgmma kernels (variant 1: attention_kernel, 2: attention_kernel_pipelined): same grid, same
-// Params, same fold kernel for the split-parallel mode.
+// The wgmma kernels (variant 1: attention_kernel, 2: attention_kernel_pipelined, 3 and 4:
+// attention_kernel_ws): same Params, same fold kernel for the split-parallel mode. A CTA of variants 3
+// and 4 takes two query blocks, so their grid has half as many in y (the kernel maps y to the pair).
 template <typename T, int D>
 void launch_sm90(const attn::Params& p, dim3 grid, bool split, int variant, int device, cudaStream_t st,
                  int64_t rows) {
   namespace k90 = attn::sm90;
-  const bool piped = variant == 2;
-  const int bytes = piped ? k90::PipeLayout<D>::kBytes : k90::Layout<D>::kBytes;
+  int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
   void (*k)(attn::Params) = nullptr;
-  if (piped)
+  if (variant == 2) {
+    bytes = k90::PipeLayout<D>::kBytes;
     k = split ? k90::attention_kernel_pipelined<T, D, true> : k90::attention_kernel_pipelined<T, D, false>;
-  else
+  } else if (variant == 3 || variant == 4) {
+    using Ws = k90::WsLayout<D>;
+    bytes = Ws::kBytes, threads = Ws::kThreads;
+    grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
+    if (variant == 3)
+      k = split ? k90::attention_kernel_ws<T, D, true, false> : k90::attention_kernel_ws<T, D, false, false>;
+    else
+      k = split ? k90::attention_kernel_ws<T, D, true, true> : k90::attention_kernel_ws<T, D, false, true>;
+  } else {
     k = split ? k90::attention_kernel<T, D, true> : k90::attention_kernel<T, D, false>;
+  }
   allow_dynamic_smem(reinterpret_cast<const void*>(k), device, bytes);
-  k<<<grid, attn::kThreads, bytes, st>>>(p);
+  k<<<grid, unsigned(threads), bytes, st>>>(p);
   BIK_CUDA_LAUNCH_CHECK();
   if (split) {
     attn::fold_kernel<T, D><<<unsigned(rows), D, 0, st>>>(p);
@@ -92,11 +104,14 @@ bool sm90_kernel_loadable(int device) {
   return known == 1;
 }
 
-// BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "2" -> 2 (pipelined wgmma), anything else or unset -> 1.
+// BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "2" -> 2 (pipelined wgmma), "3" -> 3 (warp-specialised
+// wgmma), "4" -> 4 (warp-specialised, S(j + 1) behind P V(j)), anything else or unset -> 1.
 int variant_from_env() {
   const char* e = std::getenv("BIK_ATTENTION_SM90");
   if (e != nullptr && std::strcmp(e, "0") == 0) return 0;
   if (e != nullptr && std::strcmp(e, "2") == 0) return 2;
+  if (e != nullptr && std::strcmp(e, "3") == 0) return 3;
+  if (e != nullptr && std::strcmp(e, "4") == 0) return 4;
   return 1;
 }
 

@@ -14,7 +14,9 @@ bool attention_uses_wgmma(int device);
 bool attention_wgmma_available(int device);
 
 // Which kernel the next paged_attention call on `device` runs: 0 the mma.sync kernel, 1 the wgmma kernel
-// (default), 2 its software-pipelined variant (BIK_ATTENTION_SM90=2; bitwise the same outputs as 1).
+// (default), 2 its software-pipelined variant (BIK_ATTENTION_SM90=2), 3 its warp-specialised variant
+// (BIK_ATTENTION_SM90=3), 4 the latter with S(j + 1) issued behind P V(j) (BIK_ATTENTION_SM90=4);
+// 2, 3 and 4 give bitwise the outputs of 1.
 // Makes `device` current.
 int attention_wgmma_variant(int device);
 

@@ -20,11 +20,15 @@
 // in the environment forces the mma.sync kernel on sm_90 (read at each call; for A/B benchmarks only,
 // a process must not mix the two engines if it wants invariant outputs).
 //
-// Two wgmma variants run the same arithmetic (the helpers below hold all of it), so their outputs are
-// bitwise equal and either may serve any call: variant 1 (attention_kernel, the default) runs each tile's
-// steps in sequence; variant 2 (attention_kernel_pipelined, BIK_ATTENTION_SM90=2) overlaps the softmax of
-// tile j with the tensor-core work of S(j + 1) and P V(j - 1) and keeps K one tile ahead of V in its
-// copy ring. Only the schedule differs; tests/gpu/test_attention_cuda.cpp compares them with memcmp.
+// Four wgmma variants run the same arithmetic (the helpers below hold all of it), so their outputs are
+// bitwise equal and any of them may serve any call: variant 1 (attention_kernel, the default) runs each
+// tile's steps in sequence; variant 2 (attention_kernel_pipelined, BIK_ATTENTION_SM90=2) overlaps the
+// softmax of tile j with the tensor-core work of S(j + 1) and P V(j - 1) and keeps K one tile ahead of V
+// in its copy ring; variant 3 (attention_kernel_ws, BIK_ATTENTION_SM90=3) is warp-specialised: a producer
+// warpgroup gathers K and V into a deep mbarrier ring shared by two consumer warpgroups, each running
+// variant 1's per-tile sequence on its own 64 query rows; variant 4 (BIK_ATTENTION_SM90=4) is variant 3
+// with S(j + 1) issued right behind P V(j) in each consumer. Only the schedule differs;
+// tests/gpu/test_attention_cuda.cpp compares them with memcmp.
 //
 // Shared memory (all tiles 64 rows x D halves, each cut into panels of 64 columns = 128-byte rows, in the
 // 128-byte swizzle: 16-byte chunk c of row r at chunk c ^ (r % 8), panels 8 KB apart and 1024-aligned):
@@ -172,6 +176,36 @@ __device__ __forceinline__ void pin(uint32_t (&d)[R]) {
   for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i])::"memory");
 }
 
+// mbarrier ring of the warp-specialised variant (the arrive releases, the wait acquires, CTA scope).
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Returns once the phase of parity `parity` has completed (a fresh barrier counts as having completed
+// the phase of parity 1).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// One arrival on `bar`, made by the hardware once every cp.async this thread has issued so far has
+// landed (noinc: it is one of the arrivals the barrier was initialised to expect).
+__device__ __forceinline__ void mbar_arrive_on_copies(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+// Barrier `id` (1..15) among `threads` threads (a multiple of 32); id 0 is __syncthreads.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Shared-memory matrix descriptor in the 128-byte swizzle: start address, leading and stride byte offsets
 // (16-byte units, 14 bits each), base offset 0 (every pattern starts 1024-aligned), layout type 1 (128B).
 //  - K-major (Q, K): 8-row groups 1024 bytes apart (stride); the leading offset is unused (1).
@@ -191,14 +225,15 @@ struct WorkUnit {
   int seq, kvh, q0, tok0, pos0, pmax, kb_begin, kb_last, valid_rows;
 };
 
-// Fills w; false when the CTA has nothing to do (past its sequence's queries, or a split past every row).
+// Fills w for query block `qblock` (64 rows) of the sequence blockIdx.x / kv_heads; false when there is
+// nothing to do (past its sequence's queries, or a split past every row).
 template <bool kSplit>
-__device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w) {
+__device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w, int qblock) {
   w.seq = blockIdx.x / p.kv_heads;
   w.kvh = blockIdx.x % p.kv_heads;
   w.q0 = p.qsl[int64_t(w.seq) * p.qsl_s];
   const int q_len = p.qsl[int64_t(w.seq + 1) * p.qsl_s] - w.q0;
-  w.tok0 = blockIdx.y * p.tok_per_cta;
+  w.tok0 = qblock * p.tok_per_cta;
   if (w.tok0 >= q_len) return false;
   const int ntok = min(p.tok_per_cta, q_len - w.tok0);
   const int ctx = p.seq_lens[int64_t(w.seq) * p.sl_s];
@@ -219,13 +254,14 @@ __device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w) {
 
 // Q rows: row r = token (r / group), head kvh * group + r % group; rows past the CTA's tokens are 0.
 // Fixed trip counts: a thread keeps its chunk column c and steps rows by kThreads / kChunks, so the
-// swizzled destination is a constant plus a multiple of 1024 bytes.
+// swizzled destination is a constant plus a multiple of 1024 bytes. tid: the thread's index in its
+// warpgroup (all 128 threads of it call this).
 template <typename T, int D>
-__device__ __forceinline__ void load_q(const Params& p, const WorkUnit& w, uint32_t sq) {
+__device__ __forceinline__ void load_q(const Params& p, const WorkUnit& w, uint32_t sq, int tid) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
 #pragma unroll
   for (int it = 0; it < kRows * kChunks / kThreads; ++it) {
-    const int i = threadIdx.x + it * kThreads;
+    const int i = tid + it * kThreads;
     const int r = i / kChunks, c = i % kChunks;
     const bool live = r < w.valid_rows;
     const T* src = static_cast<const T*>(p.q);
@@ -238,8 +274,9 @@ __device__ __forceinline__ void load_q(const Params& p, const WorkUnit& w, uint3
 // This thread's two rows (g and g + 8 of its warp's 16): position (-1: no row) and global (token, head)
 // index for partials and output. Every warp takes part in every wgmma (they are warpgroup-wide); a row
 // with no query has Q = 0, every key masked, p = 0, and is never stored.
-__device__ __forceinline__ void thread_rows(const Params& p, const WorkUnit& w, int (&pos_r)[2], int (&row_id)[2]) {
-  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
+__device__ __forceinline__ void thread_rows(const Params& p, const WorkUnit& w, int tid, int (&pos_r)[2],
+                                            int (&row_id)[2]) {
+  const int warp = tid >> 5, g = (tid & 31) >> 2;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = warp * 16 + g + h * 8;
@@ -394,9 +431,9 @@ __device__ __forceinline__ void finish_split(const Params& p, int j, int cq, con
 
 // In-kernel fold mode: out = accf / L_f, rounded to T, for this thread's live rows.
 template <typename T, int D>
-__device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, int cq, const float (&accf)[D / 2],
-                                          const float (&L_f)[2]) {
-  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
+__device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, int tid, int cq,
+                                          const float (&accf)[D / 2], const float (&L_f)[2]) {
+  const int warp = tid >> 5, g = (tid & 31) >> 2;
   T* out = static_cast<T*>(p.out);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -425,7 +462,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
   extern __shared__ __align__(1024) uint8_t smem[];
 
   WorkUnit w;
-  if (!work_unit<kSplit>(p, w)) return;
+  if (!work_unit<kSplit>(p, w, blockIdx.y)) return;
   const int L = p.split_len;
   const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
   const uint32_t sq = base;
@@ -435,7 +472,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
   const T* vc = static_cast<const T*>(p.v_cache);
   const int32_t* bt = p.block_tables + int64_t(w.seq) * p.bt_s0;
 
-  load_q<T, D>(p, w, sq);
+  load_q<T, D>(p, w, sq, threadIdx.x);
   // One K and V tile: key row kb + r from its block of the block table. (Unrolled by 2 only: a full
   // unroll hoists every block-table read and spills registers at D = 128.)
   auto load_tile = [&](int stage, int kb) {
@@ -465,7 +502,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
 
   const int cq = threadIdx.x & 3;
   int pos_r[2], row_id[2];
-  thread_rows(p, w, pos_r, row_id);
+  thread_rows(p, w, threadIdx.x, pos_r, row_id);
   float s[32];
   uint32_t pa[4][4];
   float o[kO];
@@ -513,7 +550,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
     if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
   }
   cp_async_wait<0>();
-  if constexpr (!kSplit) store_out<T, D>(p, w, cq, accf, L_f);
+  if constexpr (!kSplit) store_out<T, D>(p, w, threadIdx.x, cq, accf, L_f);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
   __trap();  // sm_90 code without the sm_90a features: the host only launches this where sm_90a was built
 #endif
@@ -562,7 +599,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
   extern __shared__ __align__(1024) uint8_t smem[];
 
   WorkUnit w;
-  if (!work_unit<kSplit>(p, w)) return;
+  if (!work_unit<kSplit>(p, w, blockIdx.y)) return;
   const int L = p.split_len;
   const int n = (w.kb_last - w.kb_begin) / kBK + 1;  // tiles
   const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
@@ -598,7 +635,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
   };
 
   // Prologue: Q and K(0) in their own group, then G_0 .. G_{A-1}; S(0) once Q and K(0) have landed.
-  load_q<T, D>(p, w, sq);
+  load_q<T, D>(p, w, sq, threadIdx.x);
   load_rows(p.k_cache, sk(0), w.kb_begin);
   cp_async_commit();
 #pragma unroll
@@ -609,7 +646,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
 
   const int cq = threadIdx.x & 3;
   int pos_r[2], row_id[2];
-  thread_rows(p, w, pos_r, row_id);
+  thread_rows(p, w, threadIdx.x, pos_r, row_id);
   float sa[32], sb[32];  // the scores of the current and the next tile, swapping roles every step
   uint32_t pa[4][4];     // P of the tile whose P V is in flight
   float o[kO];
@@ -672,7 +709,254 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
   pin(o);
   finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
   cp_async_wait<0>();
-  if constexpr (!kSplit) store_out<T, D>(p, w, cq, accf, L_f);
+  if constexpr (!kSplit) store_out<T, D>(p, w, threadIdx.x, cq, accf, L_f);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
+  __trap();  // sm_90 code without the sm_90a features: the host only launches this where sm_90a was built
+#endif
+}
+
+// ---- Variants 3 and 4 (BIK_ATTENTION_SM90=3, 4): warp-specialised, two query blocks per CTA. ----
+//
+// CTA = 3 warpgroups: warpgroups 0 and 1 are consumers, each running variant 1's per-tile sequence for
+// its own 64-row query block (blocks 2y' and 2y' + 1 of one sequence and KV head); warpgroup 2 is the
+// producer, which only copies K and V tiles into a ring of shared-memory stages that both consumers read.
+// Per row nothing changes: a consumer's work unit is exactly the one variant 1's CTA for that block
+// computes (same tiles from the same start, same split ends, same helpers in the same order), and
+// wgmma is a warpgroup operation whose result for a row depends only on that row's operands. What the
+// rows share is the copy of each tile; its keys run to the larger of the two blocks' last positions, so
+// a block sees real cached keys where variant 1 had zeros past its own last position. Those keys are
+// past every one of the block's rows: they score -inf by the mask (whatever K holds) and get p = 0
+// exactly, and 0 times a finite cached value is an exact zero, as for the keys between a row's
+// position and its block's end in variant 1. Keys past both blocks are zero-filled as before.
+//
+// Why it is faster than variant 1: the consumers never compute an address or read the block table (the
+// block-table reads and index arithmetic of the gather ran on variant 1's critical path between
+// its tensor-core steps), the ring is kStages deep instead of 2..3, each K/V byte copied serves 128
+// query rows instead of 64, and the two consumers' tensor-core work and softmax interleave on the SM.
+//
+// Ring protocol (stage s = t % kStages for stream tile t, parity (t / kStages) & 1):
+//  - full[s]: 128 arrivals, one per producer thread, made by the copy hardware once that thread's copies
+//    of the tile have landed (cp.async.mbarrier.arrive.noinc), so the producer never waits on a copy.
+//    Each consumer thread then issues the proxy fence before its wgmma (the async proxy) reads the
+//    stage: the bytes were written through the generic proxy and are visible to it via the barrier;
+//  - empty[s]: 8 arrivals, lane 0 of each consumer warp once its P V of the tile has completed (wait
+//    group 0), i.e. every wgmma reading the stage is done; the producer waits for it before refilling.
+// A consumer whose block ends before the stream does keeps waiting and releasing the remaining tiles
+// without computing, so every phase of every barrier gets its arrivals. Tile t's stage needs only tile
+// t - kStages released, and each consumer releases its tiles in order, so the ring cannot deadlock; the
+// producer runs up to kStages tiles ahead of the slower consumer.
+//
+// Registers: 384 threads at one CTA per SM start at 168; the producer drops to 40 and the consumers rise
+// to 232 (setmaxnreg), which is variant 1's state (O, the fold, the scores and P) without its copy code.
+// The grid's y runs over pairs of query blocks from the last (longest causal rows) to the first.
+//
+// kOverlap (variant 4) changes only the consumers' order of issue: S(t + 1) goes to the tensor cores
+// right behind P V(t), before either is waited for, instead of after P V(t) has completed; the
+// registers stay within the same 232 (ptxas: no spills, the two groups stay asynchronous).
+template <int D>
+struct WsLayout {
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kTile = Layout<D>::kTile;
+  static constexpr int kStages = D == 128 ? 5 : 8;
+  static constexpr int kOffK = kConsumers * kTile;  // Q of consumer c at c * kTile
+  static constexpr int kOffV = kOffK + kStages * kTile;
+  static constexpr int kOffBar = kOffV + kStages * kTile;                // full[kStages], empty[kStages]
+  static constexpr int kBytes = kOffBar + 2 * kStages * 8 + 1024;       // + slack to align the base to 1024
+  static_assert(kBytes <= 227 * 1024, "one CTA per SM must fit");
+};
+
+template <typename T, int D, bool kSplit, bool kOverlap>
+__global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(const Params p) {
+#ifdef BIK_ATTN_SM90_DEVICE_CODE
+  using Ly = WsLayout<D>;
+  constexpr int S = Ly::kStages, C = Ly::kConsumers;
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int kO = D / 2;       // O accumulators per thread (m64nD)
+  extern __shared__ __align__(1024) uint8_t smem[];
+
+  // The CTA's query blocks qb0 .. qb0 + C - 1 and the key stream that covers all of them: tiles from the
+  // common start (0, or the split's start) to the last tile any of them needs.
+  const int qb0 = int(gridDim.y - 1 - blockIdx.y) * C;
+  const int kb_first = kSplit ? int(blockIdx.z) * p.split_len : 0;
+  int kb_end = -1, pmax_all = -1;
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    WorkUnit u;
+    if (work_unit<kSplit>(p, u, qb0 + c)) kb_end = max(kb_end, u.kb_last), pmax_all = max(pmax_all, u.pmax);
+  }
+  if (kb_end < 0) return;  // uniform over the CTA, before any barrier
+  const int n = (kb_end - kb_first) / kBK + 1;  // stream tiles
+
+  const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
+  auto sk = [&](int s) { return base + Ly::kOffK + s * Ly::kTile; };
+  auto sv = [&](int s) { return base + Ly::kOffV + s * Ly::kTile; };
+  auto full = [&](int s) { return base + Ly::kOffBar + s * 8; };         // producer -> consumers
+  auto empty = [&](int s) { return base + Ly::kOffBar + (S + s) * 8; };  // consumers -> producer
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      mbar_init(full(s), 128);
+      mbar_init(empty(s), C * 4);
+    }
+  }
+  __syncthreads();
+
+  const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, lane = tid & 31;
+  if (wg == C) {
+    // ---- producer: K and V tiles of the stream into the ring ----
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    const T* kc = static_cast<const T*>(p.k_cache);
+    const T* vc = static_cast<const T*>(p.v_cache);
+    const int32_t* bt = p.block_tables + int64_t(blockIdx.x / p.kv_heads) * p.bt_s0;
+    const int kvh = blockIdx.x % p.kv_heads;
+    // Warp pw copies rows 16pw .. 16pw + 15 of each tile. Lane l (and l + 16) looks up row 16pw + l % 16
+    // in the block table; each copy instruction then covers kRowsPerOp whole rows (consecutive lanes,
+    // consecutive 16-byte chunks of a row), taking the row's offset from its lane by a shuffle.
+    constexpr int kRowsPerOp = 32 / kChunks;
+    const int pw = tid >> 5, c = lane % kChunks;
+    // Element offset of row 16pw + lane % 16 of tile t in either cache; -1 past every row's position.
+    auto row_offset = [&](int t) -> int64_t {
+      const int kp = kb_first + t * kBK + pw * 16 + (lane & 15);
+      if (kp > pmax_all) return -1;
+      const int64_t blk = bt[int64_t(kp / p.block_size) * p.bt_s1];
+      return blk * p.cache_blk + int64_t(kp % p.block_size) * p.cache_tok + int64_t(kvh) * D;
+    };
+    int64_t off = row_offset(0);
+    int s = 0, phase = 0;
+    for (int t = 0; t < n; ++t) {
+      mbar_wait(empty(s), phase ^ 1);  // tile t - S released (immediate for the first S tiles)
+#pragma unroll
+      for (int it = 0; it < 16 / kRowsPerOp; ++it) {
+        const int rl = it * kRowsPerOp + lane / kChunks;
+        const int64_t o = __shfl_sync(0xffffffffu, off, rl);
+        const uint32_t dst = Layout<D>::off(pw * 16 + rl, c);
+        const int64_t src = o < 0 ? 0 : o + c * 8;
+        cp_async_16(sk(s) + dst, kc + src, o < 0 ? 0 : 16);
+        cp_async_16(sv(s) + dst, vc + src, o < 0 ? 0 : 16);
+      }
+      mbar_arrive_on_copies(full(s));
+      if (t + 1 < n) off = row_offset(t + 1);  // the block-table read overlaps the copies in flight
+      if (++s == S) s = 0, phase ^= 1;
+    }
+    cp_async_wait_all();  // no copy outlives its thread
+    return;
+  }
+
+  // ---- consumers: warpgroup wg runs variant 1's loop for query block qb0 + wg over its prefix of the
+  // stream, then releases the stream's remaining tiles ----
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  WorkUnit w;
+  const bool mine = work_unit<kSplit>(p, w, qb0 + wg);  // uniform over the warpgroup
+  int t = 0, s = 0, phase = 0;
+  if (mine) {
+    const int L = p.split_len;
+    const uint32_t sq = base + wg * Ly::kTile;
+    load_q<T, D>(p, w, sq, tid);
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async();
+    named_barrier_sync(1 + wg, 128);  // the warpgroup's Q has landed and is visible to the async proxy
+
+    const int cq = tid & 3;
+    int pos_r[2], row_id[2];
+    thread_rows(p, w, tid, pos_r, row_id);
+    float sc[32];
+    uint32_t pa[4][4];
+    float o[kO];
+    float accf[kSplit ? 1 : kO];  // folded over the finished splits (in-kernel fold mode)
+#pragma unroll
+    for (int i = 0; i < (kSplit ? 1 : kO); ++i) accf[i] = 0.f;
+    float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
+    float M_f[2] = {0.f, 0.f}, L_f[2] = {0.f, 0.f};  // (split 0's fold reads them, then drops the result)
+    const float kNegInf = -__int_as_float(0x7f800000);
+
+    if constexpr (!kOverlap) {
+      for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
+        mbar_wait(full(s), phase);
+        fence_proxy_async();  // the stage's bytes (generic-proxy writes) before the wgmma reads them
+        const bool split_start = kb % L == 0;
+        const bool split_end = (kb + kBK) % L == 0 || kb == w.kb_last;
+        if (split_start) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
+#pragma unroll
+          for (int i = 0; i < kO; ++i) o[i] = 0.f;
+        }
+        zero_scores(sc);
+        qk_issue<T, D>(sc, sq, sk(s));
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(sc);
+        float alpha[2];
+        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
+        rescale_o(o, alpha);
+        pack_p<T>(pa, sc);
+        pv_issue<T, D>(o, pa, sv(s));
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(o);
+        if (lane == 0) mbar_arrive(empty(s));  // this warp's wgmmas reading the stage are done
+        if (++s == S) s = 0, phase ^= 1;
+        ++t;
+        if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+      }
+    } else {
+      // Variant 4: S(t + 1) is issued right behind P V(t), so the tensor cores run both back to back
+      // and the softmax of tile t + 1 starts once both are done. Per row the order of operations is
+      // variant 1's: S(t + 1) reads only Q and K(t + 1); everything else happens in the same sequence.
+      // After the last tile the product is still issued (on Q as its own B operand) and dropped: with a
+      // conditional issue ptxas can no longer tell which wgmmas are in flight and serialises them all.
+      mbar_wait(full(s), phase);
+      fence_proxy_async();
+      zero_scores(sc);
+      qk_issue<T, D>(sc, sq, sk(s));
+      wgmma_commit();
+      wgmma_wait<0>();
+      pin(sc);
+      for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
+        const bool split_start = kb % L == 0;
+        const bool split_end = (kb + kBK) % L == 0 || kb == w.kb_last;
+        if (split_start) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
+#pragma unroll
+          for (int i = 0; i < kO; ++i) o[i] = 0.f;
+        }
+        float alpha[2];
+        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
+        rescale_o(o, alpha);
+        pack_p<T>(pa, sc);
+        pv_issue<T, D>(o, pa, sv(s));
+        wgmma_commit();
+        const bool more = kb < w.kb_last;
+        const int s_next = s + 1 == S ? 0 : s + 1;
+        const int phase_next = s + 1 == S ? phase ^ 1 : phase;
+        if (more) {
+          mbar_wait(full(s_next), phase_next);
+          fence_proxy_async();
+        }
+        zero_scores(sc);
+        qk_issue<T, D>(sc, sq, more ? sk(s_next) : sq);
+        wgmma_commit();
+        wgmma_wait<0>();  // P V(t) and S(t + 1)
+        pin(o);
+        pin(sc);
+#pragma unroll
+        for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t) stays in its registers until P V(t) is done
+        if (lane == 0) mbar_arrive(empty(s));
+        s = s_next, phase = phase_next;
+        ++t;
+        if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+      }
+    }
+    if constexpr (!kSplit) store_out<T, D>(p, w, tid, cq, accf, L_f);
+  }
+  for (; t < n; ++t) {
+    mbar_wait(full(s), phase);
+    if (lane == 0) mbar_arrive(empty(s));
+    if (++s == S) s = 0, phase ^= 1;
+  }
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
   __trap();  // sm_90 code without the sm_90a features: the host only launches this where sm_90a was built
 #endif

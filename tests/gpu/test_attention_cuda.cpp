@@ -3,7 +3,7 @@
 // float64 and vs the CPU backend, run-to-run repeats, and the split-count-by-sequences negative control.
 // These run on whichever kernel paged_attention dispatches (wgmma on sm_90, mma.sync elsewhere); the
 // GpuAttentionSm90 tests pin each kernel on sm_90 through BIK_ATTENTION_SM90 (0 mma.sync, 1 wgmma,
-// 2 the pipelined wgmma variant, which must equal 1 bit for bit).
+// 2 the pipelined, 3 and 4 the warp-specialised wgmma variants, which must equal 1 bit for bit).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -213,6 +213,11 @@ TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
     EXPECT_TRUE(cuda::attention_uses_wgmma(0));
     EXPECT_EQ(cuda::attention_wgmma_variant(0), 2);
   }
+  for (int v : {3, 4}) {
+    EngineSwitch ws(std::to_string(v).c_str());
+    EXPECT_TRUE(cuda::attention_uses_wgmma(0));
+    EXPECT_EQ(cuda::attention_wgmma_variant(0), v);
+  }
   {
     EngineSwitch off("0");
     EXPECT_FALSE(cuda::attention_uses_wgmma(0));
@@ -405,6 +410,175 @@ TEST(GpuAttentionSm90, MmaSyncKernelInvarianceOnSm90) {
 TEST(GpuAttentionSm90, NegativeControlOnWgmmaKernel) {
   BIK_REQUIRE_SM90_ATTENTION();
   EngineSwitch on("1");
+  Config c{DType::BF16, 32, 8, 128, 16};
+  const AttnOp variant = [](const TensorView& out, const TensorView& q, const TensorView& kc, const TensorView& vc,
+                            const TensorView& bt, const TensorView& sl, const TensorView& qsl, float scale) {
+    paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
+  };
+  const Outcome o = alone_vs_batched(gpu(), c, {{102, 2100, 1}, {104, 777, 5}}, {2, 5, 13}, 1500, 64, 42, variant);
+  EXPECT_GT(o.diffs, 0) << "the harness missed a batch-variant split count (" << o.cases << " rows)";
+}
+
+// The warp-specialised kernel (BIK_ATTENTION_SM90=3: two 64-row query blocks per CTA sharing one K/V
+// stream, a producer warpgroup filling an mbarrier ring; 4: the same with S(j + 1) issued behind
+// P V(j)) must give every output byte of the default wgmma kernel. Fixed cases: both head dims and
+// dtypes, group sizes 1..8 and 7 (63-row blocks), block sizes 1..32, both launch modes, a one-key
+// context, a row ending on a split boundary, a pair of blocks where only the second has keys in a split
+// (ctx 290, 100 queries, group 1); then random batches: 1..12 sequences, contexts 1..6000, query lengths
+// 1, the whole context, or anything between (odd counts, not multiples of a tile or a block). Outputs
+// NaN-poisoned first must be complete. Negative control: variants 3 and 4 under another split length
+// must differ from the default somewhere.
+TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  struct Case {
+    Config c;
+    std::vector<SeqSpec> seqs;
+    std::string what;
+  };
+  const std::vector<SeqSpec> decode = {{91, 1, 1}, {92, 1024, 1}, {93, 4100, 1}, {94, 257, 2}, {95, 700, 3}};
+  const std::vector<SeqSpec> mixed = {{96, 3000, 3000}, {97, 6000, 1}, {98, 5000, 300}, {99, 65, 65}, {100, 1, 1}};
+  const std::vector<SeqSpec> straddle = {{110, 290, 100}, {111, 1, 1}, {112, 513, 130}, {113, 256, 129}};
+  std::vector<Case> cases = {
+      {{DType::BF16, 32, 8, 128, 16}, {{81, 2000, 2000}, {82, 130, 65}}, "prefill"},
+      {{DType::BF16, 32, 8, 128, 16}, decode, "decode"},
+      {{DType::BF16, 32, 8, 128, 16}, mixed, "mixed"},
+      {{DType::F16, 8, 2, 128, 3}, {{83, 6100, 6100}}, "prefill"},
+      {{DType::F16, 8, 2, 128, 3}, decode, "decode"},
+      {{DType::BF16, 16, 2, 64, 16}, {{84, 2000, 2000}, {85, 777, 1}}, "prefill"},
+      {{DType::BF16, 16, 2, 64, 16}, decode, "decode"},
+      {{DType::F16, 8, 8, 64, 32}, {{86, 3000, 3000}}, "prefill"},
+      {{DType::F16, 8, 8, 64, 32}, mixed, "mixed"},
+      {{DType::BF16, 12, 3, 128, 1}, {{87, 1500, 1500}, {88, 9000, 1}}, "prefill"},
+      {{DType::F16, 4, 4, 64, 7}, decode, "decode"},
+      {{DType::BF16, 4, 4, 128, 16}, straddle, "straddling blocks"},
+      {{DType::F16, 8, 8, 64, 5}, straddle, "straddling blocks"},
+      {{DType::BF16, 28, 4, 128, 16}, {{114, 2500, 2500}, {115, 700, 333}}, "prefill, group 7"},
+      {{DType::F16, 28, 4, 64, 2}, mixed, "mixed, group 7"},
+  };
+  std::mt19937_64 rng(4242);
+  const Config random_configs[] = {{DType::BF16, 32, 8, 128, 16}, {DType::F16, 8, 2, 128, 5},
+                                   {DType::BF16, 16, 16, 64, 32}, {DType::F16, 28, 4, 64, 1},
+                                   {DType::BF16, 12, 3, 128, 7}, {DType::F16, 8, 1, 128, 16}};
+  for (int i = 0; i < 12; ++i) {
+    std::vector<SeqSpec> seqs;
+    const int nseq = 1 + int(rng() % 12);
+    for (int k = 0; k < nseq; ++k) {
+      const int64_t ctx = 1 + int64_t(rng() % 6000);
+      const uint64_t kind = rng() % 3;
+      const int64_t q = kind == 0 ? 1 : kind == 1 ? ctx : 1 + int64_t(rng() % uint64_t(ctx));
+      seqs.push_back({rng(), ctx, q});
+    }
+    cases.push_back({random_configs[i % 6], seqs, "random batch " + std::to_string(i)});
+  }
+  uint64_t seed = 2201;
+  for (const Case& k : cases) {
+    const Config& c = k.c;
+    std::vector<uint16_t> v1;
+    {
+      EngineSwitch one("1");
+      ASSERT_EQ(cuda::attention_wgmma_variant(0), 1);
+      v1 = run_step(gpu(), c, k.seqs, seed);
+    }
+    for (int v : {3, 4}) {
+      std::vector<uint16_t> vv;
+      {
+        EngineSwitch ws(std::to_string(v).c_str());
+        ASSERT_EQ(cuda::attention_wgmma_variant(0), v);
+        vv = run_step(gpu(), c, k.seqs, seed);
+      }
+      const std::string label = std::string(dtype_name(c.dtype)) + " D=" + std::to_string(c.d) + " Hq=" +
+                                std::to_string(c.hq) + " Hkv=" + std::to_string(c.hkv) + " block=" +
+                                std::to_string(c.block_size) + " (" + k.what + ", " +
+                                std::to_string(k.seqs.size()) + " sequences), variant " + std::to_string(v);
+      ASSERT_EQ(v1.size(), vv.size()) << label;
+      size_t nonfinite = 0, differing = 0;
+      for (size_t i = 0; i < v1.size(); ++i) {
+        nonfinite += !std::isfinite(stored(c.dtype, v1[i])) || !std::isfinite(stored(c.dtype, vv[i]));
+        differing += v1[i] != vv[i];
+      }
+      EXPECT_EQ(nonfinite, 0u) << label << ": unwritten or non-finite outputs";
+      EXPECT_EQ(std::memcmp(v1.data(), vv.data(), v1.size() * sizeof(uint16_t)), 0)
+          << label << ": " << differing << " of " << v1.size() << " elements differ from variant 1";
+    }
+    ++seed;
+  }
+
+  const AttnOp other_splits = [](const TensorView& out, const TensorView& q, const TensorView& kc,
+                                 const TensorView& vc, const TensorView& bt, const TensorView& sl,
+                                 const TensorView& qsl, float scale) {
+    paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
+  };
+  const Config c{DType::BF16, 32, 8, 128, 16};
+  const std::vector<SeqSpec> seqs = {{89, 2000, 2000}};  // one sequence: split length 64 instead of the plan's
+  std::vector<uint16_t> plan, other1;
+  {
+    EngineSwitch one("1");
+    plan = run_step(gpu(), c, seqs, 77);
+    other1 = run_step(gpu(), c, seqs, 77, other_splits);
+  }
+  for (int v : {3, 4}) {
+    std::vector<uint16_t> other;
+    {
+      EngineSwitch ws(std::to_string(v).c_str());
+      other = run_step(gpu(), c, seqs, 77, other_splits);
+    }
+    ASSERT_EQ(plan.size(), other.size());
+    EXPECT_NE(std::memcmp(plan.data(), other.data(), plan.size() * sizeof(uint16_t)), 0)
+        << "variant " << v << ": another fold grouping gave the same bytes: the bitwise comparison proves nothing";
+    // With 64-key splits every tile ends a split.
+    EXPECT_TRUE(other1 == other) << "variants 1 and " << v << " differ with one tile per split";
+  }
+}
+
+// The invariance checks of WarpSpecializedKernelInvariance, on whichever kernel BIK_ATTENTION_SM90 selects.
+void check_invariance_on_current_kernel() {
+  const Config c{DType::BF16, 32, 8, 128, 16};
+  const Config c64{DType::F16, 8, 2, 64, 5};
+  Outcome o = decode_vs_prefill(gpu(), c, 901, 3000, 10, 1, 1);
+  EXPECT_EQ(o.diffs, 0) << "decode vs prefill: " << o.diffs << " of " << o.cases;
+  o = decode_vs_prefill(gpu(), c64, 902, 1300, 5, 3, 2);
+  EXPECT_EQ(o.diffs, 0) << "decode vs prefill (f16, D=64): " << o.diffs << " of " << o.cases;
+  for (const Config& cc : {c, c64})
+    for (int64_t chunk : {1, 7, 64, 129, 300}) {
+      o = chunked_vs_whole(gpu(), cc, 903, 1100, chunk, uint64_t(chunk) + 11);
+      EXPECT_EQ(o.cases, 1100);
+      EXPECT_EQ(o.diffs, 0) << dtype_name(cc.dtype) << " D=" << cc.d << " chunk " << chunk << ": " << o.diffs
+                            << " of " << o.cases;
+    }
+  for (int64_t cached : {1, 16, 63, 255, 256, 2000, 4000}) {
+    o = prefix_hit_vs_miss(gpu(), c, 904, 4100, cached, uint64_t(cached) + 5);
+    EXPECT_EQ(o.diffs, 0) << "cached " << cached << ": " << o.diffs << " of " << o.cases;
+  }
+  o = alone_vs_batched(gpu(), c, {{905, 5000, 3}, {906, 700, 64}, {907, 1, 1}, {908, 2100, 2100}}, {1, 3, 17, 40},
+                       3000, 300, 6);
+  EXPECT_GT(o.cases, 0);
+  EXPECT_EQ(o.diffs, 0) << "alone vs batched: " << o.diffs << " of " << o.cases;
+  o = alone_vs_batched(gpu(), Config{DType::F16, 28, 4, 64, 3}, {{909, 3000, 250}, {910, 90, 90}}, {2, 9}, 2500,
+                       200, 8);
+  EXPECT_GT(o.cases, 0);
+  EXPECT_EQ(o.diffs, 0) << "alone vs batched (group 7, D=64): " << o.diffs << " of " << o.cases;
+}
+
+// The invariance checks on the warp-specialised kernels (variants 3 and 4) pinned explicitly: decode
+// equals prefill, chunked prefill equals whole (chunks of 1, 7, 64, 129, 300 tokens with a neighbour
+// decode in each chunk's batch), prefix-cache hit equals miss (cached prefixes inside and on tile and
+// split borders), a row alone equals the row in random batches. With the bitwise test above (each
+// equals variant 1 on whole steps) this carries variant 1's guarantees over to every path through them.
+TEST(GpuAttentionSm90, WarpSpecializedKernelInvariance) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  for (int v : {3, 4}) {
+    SCOPED_TRACE("variant " + std::to_string(v));
+    EngineSwitch ws(std::to_string(v).c_str());
+    ASSERT_EQ(cuda::attention_wgmma_variant(0), v);
+    check_invariance_on_current_kernel();
+  }
+}
+
+// The negative control under the warp-specialised kernel (variant 4, which has every change of 3): the
+// harness must still see a split count that follows the number of sequences.
+TEST(GpuAttentionSm90, NegativeControlOnWarpSpecializedKernel) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  EngineSwitch ws("4");
   Config c{DType::BF16, 32, 8, 128, 16};
   const AttnOp variant = [](const TensorView& out, const TensorView& q, const TensorView& kc, const TensorView& vc,
                             const TensorView& bt, const TensorView& sl, const TensorView& qsl, float scale) {
