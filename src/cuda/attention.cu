@@ -1,14 +1,15 @@
 // bik::cuda::write_kv_cache and bik::cuda::paged_attention (kernels: cuda/attention.cuh, mma.sync, and
 // cuda/attention_sm90.cuh, wgmma).
 //
-// Engine choice: a function of the device alone. sm_90 runs the wgmma kernel (when the build carries its
+// Engine choice: a function of the device alone. sm_90 runs a wgmma kernel (when the build carries its
 // sm_90a code, as the default CMAKE_CUDA_ARCHITECTURES does), every other architecture the mma.sync
 // kernel; the two may round differently, so the choice never looks at the batch or the mode.
-// BIK_ATTENTION_SM90=0 forces the mma.sync kernel on sm_90, for A/B benchmarks (read at each call);
-// BIK_ATTENTION_SM90=2 picks the software-pipelined wgmma variant, BIK_ATTENTION_SM90=3 the
-// warp-specialised one (a producer warpgroup feeding two 64-row consumer warpgroups) and
-// BIK_ATTENTION_SM90=4 the same with S(j + 1) issued behind P V(j); all give bitwise the outputs of the
-// default one (same arithmetic per row, another schedule), so they may be switched freely.
+// On sm_90 the default is the warp-specialised wgmma kernel (variant 3: a producer warpgroup feeding two
+// 64-row consumer warpgroups), the fastest measured for prefill and decode
+// (bench/results/logs_h200x2/0907d85_*). BIK_ATTENTION_SM90 picks another for A/B benchmarks (read at each
+// call): 0 the mma.sync kernel, 1 the one-warpgroup wgmma kernel, 2 its software-pipelined form, 4 the
+// warp-specialised one with S(j + 1) issued behind P V(j). Variants 1 to 4 give bitwise the same outputs
+// (same arithmetic per row, another schedule), so they may be switched freely.
 //
 // Launch choice: the in-kernel fold (one CTA per 64 query rows walks all their splits) when there are
 // enough such CTAs to fill the GPU; otherwise split-parallel (one CTA per split, then fold_kernel). The
@@ -21,6 +22,7 @@
 #include <deque>
 #include <mutex>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -104,15 +106,14 @@ bool sm90_kernel_loadable(int device) {
   return known == 1;
 }
 
-// BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "2" -> 2 (pipelined wgmma), "3" -> 3 (warp-specialised
-// wgmma), "4" -> 4 (warp-specialised, S(j + 1) behind P V(j)), anything else or unset -> 1.
+// BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "1" -> 1 (one-warpgroup wgmma), "2" -> 2 (pipelined wgmma),
+// "4" -> 4 (warp-specialised, S(j + 1) behind P V(j)); anything else or unset -> 3 (warp-specialised).
 int variant_from_env() {
   const char* e = std::getenv("BIK_ATTENTION_SM90");
-  if (e != nullptr && std::strcmp(e, "0") == 0) return 0;
-  if (e != nullptr && std::strcmp(e, "2") == 0) return 2;
-  if (e != nullptr && std::strcmp(e, "3") == 0) return 3;
-  if (e != nullptr && std::strcmp(e, "4") == 0) return 4;
-  return 1;
+  if (e != nullptr)
+    for (int v : {0, 1, 2, 4})
+      if (std::strcmp(e, std::to_string(v).c_str()) == 0) return v;
+  return 3;
 }
 
 template <typename T>

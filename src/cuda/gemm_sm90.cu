@@ -90,9 +90,14 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
     return best->c;
   };
   auto waves = [&](const TileShape& t) { return double(waves_of(t)); };
-  if (p.m <= 64) return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128}, waves);
+  // Up to 128 rows: fewest waves, then most tiles. The 192-wide tiles fill one wave where 128-wide ones
+  // need two (gate|up, N = 24576: on an H200 54 vs 63 us at M = 64, 61 vs 67 us at M = 128;
+  // logs_h200x2/0907d85_gemm_sweep).
+  if (p.m <= 64) return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192}, waves);
   if (p.m <= 128)
-    return pick({Choice::T64x32, Choice::T64x64, Choice::T128x32, Choice::T128x64, Choice::T128x128}, waves);
+    return pick({Choice::T64x32, Choice::T64x64, Choice::T64x192, Choice::T128x32, Choice::T128x64, Choice::T128x128,
+                 Choice::T128x192},
+                waves);
   return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32, Choice::T128x64,
                Choice::T128x128, Choice::T128x192, Choice::T128x256},
               [&](const TileShape& t) { return double(waves_of(t)) * tile_clocks(t, p.k); });

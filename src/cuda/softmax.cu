@@ -372,10 +372,22 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
     constexpr int V = 16 / sizeof(Tx);
     const GroupShape gs = flat_shape(row_threads(n, V));
     const size_t smem = gs.W > 1 ? size_t(32 * gs.W) * V * sizeof(float) : 0;
+    // The cluster kernel for the largest plan (1024 plan threads): its four lane groups, one a CTA. It
+    // gives the bits of the one-CTA kernel (OpsCuda.SoftmaxClusterMatchesOneCta), so the choice may follow
+    // the row count: on an H200 (bench/results/ops_h200.md and logs_h200x2/5147631_*) the cluster took
+    // f32 n=32000 from 24 to 10 us at 1 row and 26 to 22 us at 64 rows, but 69 -> 101 us at 512 rows, where
+    // one CTA a row already fills the GPU. So: clusters while the rows fit the SMs one a SM.
+    // BIK_SOFTMAX_CLUSTER=0 keeps every row on one CTA (tests compare the two).
+    const DeviceInfo& dev = use_device(x.device.index);
+    const bool cluster_ok = flat && gs.NG == kClusterCtas && gs.W * 32 == kMaxGroupThreads && rows > 0 &&
+                            env_switch_on("BIK_SOFTMAX_CLUSTER") && dev.arch >= 90;
+    const bool cluster = cluster_ok && rows <= dev.sms;
     // Rows the one-CTA and cluster kernels would read twice but that fit one CTA's registers: read once
-    // (softmax_resident_kernel), whatever the row count. BIK_SOFTMAX_RESIDENT=0 restores the choice below
+    // (softmax_resident_kernel), unless every row's cluster gets SMs of its own (rows * 4 <= SMs), where
+    // the cluster is faster (H200, f32 n=32000: 1 row 10.1 us on the cluster, 13.7 resident; 64 rows 21.5
+    // and 15.4; logs_h200x2/0907d85_*). BIK_SOFTMAX_RESIDENT=0 restores the choice below
     // (OpsCuda.SoftmaxResidentMatchesOtherKernels compares the bits).
-    if (flat && softmax_resident_applies(n, x.dtype)) {
+    if (flat && softmax_resident_applies(n, x.dtype) && !(cluster_ok && rows * kClusterCtas <= dev.sms)) {
       if (rows == 0) return;
       auto launch_resident = [&](auto ot) {
         using To = decltype(ot);
@@ -388,15 +400,6 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
       else launch_resident(Tx{});
       return;
     }
-    // The cluster kernel for the largest plan (1024 plan threads): its four lane groups, one a CTA. It
-    // gives the bits of the one-CTA kernel (OpsCuda.SoftmaxClusterMatchesOneCta), so the choice may follow
-    // the row count: on an H200 (bench/results/ops_h200.md and logs_h200x2/5147631_*) the cluster took
-    // f32 n=32000 from 24 to 10 us at 1 row and 26 to 22 us at 64 rows, but 69 -> 101 us at 512 rows, where
-    // one CTA a row already fills the GPU. So: clusters while the rows fit the SMs one a SM.
-    // BIK_SOFTMAX_CLUSTER=0 keeps every row on one CTA (tests compare the two).
-    const DeviceInfo& dev = use_device(x.device.index);
-    const bool cluster = flat && gs.NG == kClusterCtas && gs.W * 32 == kMaxGroupThreads && rows > 0 &&
-                         rows <= dev.sms && env_switch_on("BIK_SOFTMAX_CLUSTER") && dev.arch >= 90;
     auto launch = [&](auto ot) {
       using To = decltype(ot);
       // No room for such a cluster on this device: the one-CTA kernels below (same bits).

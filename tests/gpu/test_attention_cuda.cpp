@@ -3,7 +3,7 @@
 // float64 and vs the CPU backend, run-to-run repeats, and the split-count-by-sequences negative control.
 // These run on whichever kernel paged_attention dispatches (wgmma on sm_90, mma.sync elsewhere); the
 // GpuAttentionSm90 tests pin each kernel on sm_90 through BIK_ATTENTION_SM90 (0 mma.sync, 1 wgmma,
-// 2 the pipelined, 3 and 4 the warp-specialised wgmma variants, which must equal 1 bit for bit).
+// 2 the pipelined, 3 (the default) and 4 the warp-specialised wgmma variants, which must equal 1 bit for bit).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -222,6 +222,11 @@ TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
     EngineSwitch off("0");
     EXPECT_FALSE(cuda::attention_uses_wgmma(0));
     EXPECT_EQ(cuda::attention_wgmma_variant(0), 0);
+  }
+  {
+    EngineSwitch unknown("default");  // any other value: the default, the warp-specialised kernel
+    EXPECT_TRUE(cuda::attention_uses_wgmma(0));
+    EXPECT_EQ(cuda::attention_wgmma_variant(0), 3);
   }
 }
 
