@@ -5,7 +5,8 @@
 // sum/mean: the reduced dims are flattened in row-major order into one index i in [0, n), and the CTA
 // tree of rows.cuh sums over i exactly as it sums a row of a norm. When the reduced dims collapse to
 // one contiguous run the 16-byte path applies (reduce_flat_kernel when the rows are in the common
-// layout); otherwise each element's offset is computed from i.
+// layout, or on sm_90 reduce_ring_kernel for many one-warp rows); otherwise each element's offset is
+// computed from i.
 // argmax is exact in any order (a strict total order on (value, index)), so only its result is fixed.
 #include <climits>
 #include <cstdlib>
@@ -184,6 +185,96 @@ __global__ void __launch_bounds__(kMaxGroupThreads)
     if (mean) total = __fdiv_rn(total, float(n));
     if (rg.tg == 0) out[out_idx.offset(r)] = from_f32<To>(total);
   }
+}
+
+// ---- one-warp rows with the next rows prefetched (sm_90) -------------------------------------------------
+// reduce_flat_kernel's one-warp rows (up to 256 plan threads: the whole row, at most 512 V elements = 8 KiB,
+// is one batch of U x NG chunks a thread) on a persistent grid whose warps fetch their rows through a ring of
+// kRingStages shared-memory buffers filled by the copy engine (cp.async.bulk, one mbarrier a stage). The
+// bytes in flight an SM are then set by the ring (stages x warps x row bytes), not by the registers a thread
+// can hold for its loads, and a warp's next rows arrive while it adds and folds the current one. Warp w's
+// k-th row r = first + k step sits in stage k % kRingStages, completing that stage's phase k / kRingStages.
+// Each lane copies its chunks from the stage to registers, the warp syncs, lane 0 hands the stage to row
+// r + kRingStages step, and the lanes add exactly as reduce_flat_kernel does (same chunks, lanes, order and
+// tree), so the bits are the same.
+// Dynamic smem: kRingHead bytes (the warps' mbarriers), then per warp kRingStages buffers of `stage` bytes
+// (the row's bytes rounded up to 128).
+constexpr int kRingStages = 2;
+constexpr int kRingHead = 128;
+constexpr int kRingCtasPerSm = 4;  // the launch bounds: at most 128 registers a thread
+// Shorter rows stay on reduce_flat_kernel: a copy of a few hundred bytes a row would cost the copy engine
+// more than it saves.
+constexpr int64_t kRingMinBytes = 2048;
+static_assert(kWarpRowsPerCta * kRingStages * 8 <= kRingHead, "the ring's mbarriers fit the head");
+
+template <class Tx, class To, int NG, int U>
+__global__ void __launch_bounds__(32 * kWarpRowsPerCta, kRingCtasPerSm)
+    reduce_ring_kernel(To* out, DimIndex out_idx, const Tx* x, int64_t x_stride, int64_t rows, int64_t n, bool mean,
+                       uint32_t stage) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int V = 16 / sizeof(Tx);
+  extern __shared__ __align__(128) unsigned char ring_smem[];
+  const int warp = threadIdx.x >> 5;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(ring_smem) + warp * kRingStages;
+  unsigned char* bufs = ring_smem + kRingHead + size_t(warp) * kRingStages * stage;
+  const RowGroup rg = row_group(1);
+  const int64_t GV = int64_t(rg.G) * V, L = GV * NG, t0 = int64_t(rg.tg) * V;
+  const uint32_t row_bytes = uint32_t(n * int64_t(sizeof(Tx)));
+
+  if (rg.tg == 0)
+    for (int st = 0; st < kRingStages; ++st) bulk_bar_init(&bars[st]);
+  __syncwarp();  // the lanes see the barriers initialised before they wait on them
+  if (rg.tg == 0)
+    for (int st = 0; st < kRingStages; ++st) {
+      const int64_t r = rg.first + st * rg.step;
+      if (r < rows) bulk_copy_row(bufs + size_t(st) * stage, x + r * x_stride, row_bytes, &bars[st]);
+    }
+
+  int st = 0;
+  uint32_t parity = 0;
+  for (int64_t r = rg.first; r < rows; r += rg.step) {
+    const unsigned char* buf = bufs + size_t(st) * stage;
+    bulk_wait(&bars[st], parity);
+    uint4 raw[U][NG];
+#pragma unroll
+    for (int p = 0; p < U; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int64_t i0 = p * L + g * GV + t0;
+        raw[p][g] = lds16_if(buf + i0 * int64_t(sizeof(Tx)), i0 < n);
+      }
+    // Every lane has read the stage (and passed this phase's wait): it may take row r + kRingStages step.
+    __syncwarp();
+    const int64_t next = r + kRingStages * rg.step;
+    if (rg.tg == 0 && next < rows) {
+      bulk_after_reads();
+      bulk_copy_row(bufs + size_t(st) * stage, x + next * x_stride, row_bytes, &bars[st]);
+    }
+    if (++st == kRingStages) {
+      st = 0;
+      parity ^= 1;
+    }
+
+    float acc[NG][V];
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[g][k] = 0.0f;
+#pragma unroll
+    for (int p = 0; p < U; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g)
+        if (p * L + g * GV + t0 < n) {
+          float v[V];
+          unpack<Tx, V>(raw[p][g], v);
+#pragma unroll
+          for (int k = 0; k < V; ++k) acc[g][k] = __fadd_rn(acc[g][k], v[k]);
+        }
+    float total = group_tree<V, NG>(acc, static_cast<float*>(nullptr), rg, AddOp{});
+    if (mean) total = __fdiv_rn(total, float(n));
+    if (rg.tg == 0) out[out_idx.offset(r)] = from_f32<To>(total);
+  }
+#endif
 }
 
 // Whether the rows of x (kept dims collapsed to `kept_run`, reduced run of n contiguous elements) are in
@@ -517,9 +608,33 @@ void reduce(const ReduceArgs& a, Stream s) {
         if (rows == 0) return;
         const GroupShape gs = reduce_flat_shape(row_threads(n, V));
         const size_t smem = gs.W > 1 ? size_t(32 * gs.W) * V * sizeof(float) : 0;
+        // One-warp rows of at least kRingMinBytes, more of them than one a warp of a full grid: the ring
+        // kernel (sm_90; the same bits, OpsCuda.SumRingMatchesFlatKernel). BIK_SUM_RING=0 keeps
+        // reduce_flat_kernel, =2 takes the ring for every row count (tests).
+        const DeviceInfo& dev = use_device(x.device.index);
+        const int ring_level = env_switch_level("BIK_SUM_RING");
+        const int64_t row_bytes = n * int64_t(sizeof(Tx));
+        const uint32_t stage = uint32_t((row_bytes + 127) / 128 * 128);
+        const size_t ring_smem = kRingHead + size_t(kWarpRowsPerCta) * kRingStages * stage;
+        // CTAs an SM: the launch bounds, or the shared memory (1 KiB of it reserved per CTA).
+        int per_sm = int((int64_t(dev.smem_optin) + 1024) / int64_t(ring_smem + 1024));
+        per_sm = per_sm < kRingCtasPerSm ? per_sm : kRingCtasPerSm;
+        const int64_t ring_ctas = int64_t(dev.sms) * (per_sm > 0 ? per_sm : 1);
+        const bool ring = dev.arch >= 90 && ring_level > 0 && gs.W == 1 && row_bytes >= kRingMinBytes &&
+                          ring_smem <= size_t(dev.smem_optin) &&
+                          (ring_level == 2 || rows > ring_ctas * kWarpRowsPerCta);
         dispatch_ng(gs.NG, [&](auto ng) {
           constexpr int NG = decltype(ng)::value;
           constexpr int U = kFlatChunks / NG;
+          if (ring) {
+            auto kernel = reduce_ring_kernel<Tx, To, NG, U>;
+            allow_dynamic_smem(reinterpret_cast<const void*>(kernel), dev.index, dev.smem_optin);
+            const int64_t want = (rows + kWarpRowsPerCta - 1) / kWarpRowsPerCta;
+            kernel<<<unsigned(want < ring_ctas ? want : ring_ctas), 32 * kWarpRowsPerCta, ring_smem, stream_of(s)>>>(
+                a.out.ptr<To>(), out_idx, x.ptr<const Tx>(), x_stride, rows, n, a.mean, stage);
+            BIK_CUDA_LAUNCH_CHECK();
+            return;
+          }
           reduce_flat_kernel<Tx, To, NG, U><<<group_grid(rows, gs.W), gs.threads, smem, stream_of(s)>>>(
               a.out.ptr<To>(), out_idx, x.ptr<const Tx>(), x_stride, rows, n, a.mean, gs.W);
           BIK_CUDA_LAUNCH_CHECK();

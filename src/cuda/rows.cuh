@@ -496,6 +496,75 @@ inline bool env_switch_on(const char* name) {
   return e == nullptr || e[0] != '0';
 }
 
+// A switch with a third setting: 0 when the variable starts with '0', 2 when it starts with '2' (force a
+// variant for every row count, so tests reach it at batch sizes where the default would not take it), 1
+// otherwise (unset included: the default choice).
+inline int env_switch_level(const char* name) {
+  const char* e = std::getenv(name);
+  if (e == nullptr) return 1;
+  return e[0] == '0' ? 0 : e[0] == '2' ? 2 : 1;
+}
+
+// ---- bulk copies into shared memory (sm_90) ----------------------------------------------------------------
+// A row copied global -> shared by the copy engine (cp.async.bulk), its arrival counted in bytes on an
+// mbarrier, so a CTA or warp can fetch its next row while it reduces and writes the current one. Rules the
+// callers keep: source address, destination address and size are multiples of 16 bytes; the barrier gets
+// one arrive (bulk_expect, by the issuing thread) per phase plus the bytes of the copies of that phase;
+// every phase is waited on before the kernel exits; a buffer is handed to the next copy only after every
+// thread that reads it has read it (a barrier, then bulk_after_reads by the issuing thread).
+__device__ __forceinline__ uint32_t bulk_smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void bulk_bar_init(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bulk_smem_addr(bar)) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the copy engine
+#endif
+}
+// The phase's one arrive, with the bytes its copies will bring.
+__device__ __forceinline__ void bulk_expect(uint64_t* bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bulk_smem_addr(bar)), "r"(bytes) : "memory");
+#endif
+}
+// Waits for the phase of parity `parity` to complete (the copies' bytes visible to the waiting thread).
+__device__ __forceinline__ void bulk_wait(uint64_t* bar, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "BULK_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra BULK_WAIT;\n"
+      "}\n" ::"r"(bulk_smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_copy_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   bulk_smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(bulk_smem_addr(bar))
+               : "memory");
+#endif
+}
+// Orders this CTA's earlier generic-proxy accesses of shared memory before later copy-engine writes.
+__device__ __forceinline__ void bulk_after_reads() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Copies `bytes` (a multiple of 16) from src to dst in pieces of at most kBulkPiece bytes, counted on bar.
+constexpr uint32_t kBulkPiece = 16384;
+__device__ __forceinline__ void bulk_copy_row(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  bulk_expect(bar, bytes);
+  for (uint32_t off = 0; off < bytes; off += kBulkPiece)
+    bulk_copy_g2s(static_cast<char*>(dst) + off, static_cast<const char*>(src) + off,
+                  bytes - off < kBulkPiece ? bytes - off : kBulkPiece, bar);
+}
+// A 16-byte chunk from shared memory, zeros when !pred (the address need not be valid then).
+__device__ __forceinline__ uint4 lds16_if(const void* p, bool pred) {
+  return pred ? *reinterpret_cast<const uint4*>(p) : make_uint4(0, 0, 0, 0);
+}
+
 // Launches `kernel` as clusters of `ctas` CTAs along x, one cluster a row (grid y: the rows, at most
 // 65535; the kernels step over further rows). Returns false, with the launch error cleared, when the
 // device cannot place such a cluster: the caller then runs its one-CTA-a-row kernel (the same bits).

@@ -7,8 +7,9 @@
 // bounds, which keeps rows of up to U L elements (U = 4 for F32, 2 for 16-bit types) in registers
 // between the passes (one read of the row); longer rows are read twice, U passes' chunks in flight
 // per thread, except the rows of softmax_resident_kernel (below), which one CTA keeps in registers
-// (F32 n <= 32768, 16-bit n <= 65536). Any other layout runs the general kernel, same lanes, same order,
-// same bits.
+// (F32 n <= 32768, 16-bit n <= 65536; on sm_90 with more rows than SMs softmax_prefetch_kernel, which
+// also prefetches each CTA's next row into shared memory). Any other layout runs the general kernel,
+// same lanes, same order, same bits.
 //
 // On sm_90, rows of the largest plan (1024 plan threads: n > 4096 for F32, n > 8192 for 16-bit types)
 // on the 16-byte path run on a thread-block cluster of kClusterCtas CTAs a row: CTA c holds lane group
@@ -350,6 +351,110 @@ __global__ void __launch_bounds__(kResidentThreads, 1)
   }
 }
 
+// ---- resident rows with the next row prefetched (sm_90) -----------------------------------------------------
+// softmax_resident_kernel on a persistent grid (one CTA an SM, rows r = blockIdx.x + k gridDim.x): an SM's
+// loads of one row no longer wait for the compute and the stores of the one before. The copy engine brings
+// row r into a shared-memory buffer (cp.async.bulk, one mbarrier phase a row); each thread moves its chunks
+// from there to registers (the chunks and registers of softmax_resident_kernel), the CTA syncs, and thread
+// 0 starts the copy of the CTA's next row into the same buffer; the statistics, the trees and the output
+// of row r then run from the registers while that copy is in flight. The chunks, lanes, their order and
+// the tree are softmax_resident_kernel's, and a chunk's bytes are the row's bytes whichever way they came,
+// so the bits are the same.
+// Dynamic smem: kPrefetchHead bytes (the mbarrier), the tree's scratch (kResidentThreads V floats), then
+// the row buffer (n * sizeof(Tx) bytes, 16-byte aligned: flat rows are a whole number of 16-byte vectors).
+constexpr int kPrefetchHead = 128;
+
+template <class Tx>
+constexpr size_t prefetch_scratch_bytes() {
+  return size_t(kResidentThreads) * (16 / sizeof(Tx)) * sizeof(float);
+}
+
+template <class Tx, class To>
+__global__ void __launch_bounds__(kResidentThreads, 1)
+    softmax_prefetch_kernel(To* out, int64_t out_stride, const Tx* x, int64_t x_stride, int64_t rows, int64_t n,
+                            bool log) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int V = 16 / sizeof(Tx), NG = kResidentNg, P = kResidentPasses;
+  extern __shared__ __align__(128) unsigned char prefetch_smem[];
+  uint64_t* bar = reinterpret_cast<uint64_t*>(prefetch_smem);
+  float* scratch = reinterpret_cast<float*>(prefetch_smem + kPrefetchHead);
+  unsigned char* buf = prefetch_smem + kPrefetchHead + prefetch_scratch_bytes<Tx>();
+  const RowGroup rg = row_group(kResidentThreads / 32);  // one CTA a row
+  const int64_t GV = int64_t(kResidentThreads) * V, L = GV * NG, t0 = int64_t(rg.tg) * V;
+  const uint32_t row_bytes = uint32_t(n * int64_t(sizeof(Tx)));
+
+  if (rg.tg == 0) bulk_bar_init(bar);
+  __syncthreads();  // the barrier is initialised before anyone waits on it
+  if (rg.tg == 0 && rg.first < rows) bulk_copy_row(buf, x + rg.first * x_stride, row_bytes, bar);
+
+  uint32_t parity = 0;  // the k-th row of this CTA completes phase k
+  for (int64_t r = rg.first; r < rows; r += rg.step, parity ^= 1) {
+    To* orow = out + r * out_stride;
+
+    // Row r has landed: every chunk of it this thread owns (pass p, lane group g), as in
+    // softmax_resident_kernel (zeros past the row end, never used).
+    bulk_wait(bar, parity);
+    uint4 raw[P][NG];
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int64_t i0 = p * L + g * GV + t0;
+        raw[p][g] = lds16_if(buf + i0 * int64_t(sizeof(Tx)), i0 < n);
+      }
+    // Every thread has read the buffer (and passed the wait of this phase): it may take the next row.
+    __syncthreads();
+    if (rg.tg == 0 && r + rg.step < rows) {
+      bulk_after_reads();
+      bulk_copy_row(buf, x + (r + rg.step) * x_stride, row_bytes, bar);
+    }
+
+    // The statistics: each plan thread's chunks in increasing pass order.
+    float m[NG], s[NG][V];
+#pragma unroll
+    for (int g = 0; g < NG; ++g) {
+      m[g] = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < V; ++k) s[g][k] = 0.0f;
+    }
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g)
+        if (p * L + g * GV + t0 < n) {
+          float v[V];
+          unpack<Tx, V>(raw[p][g], v);
+          absorb_chunk<V>(m[g], s[g], v);
+        }
+    float mm[NG][1];
+#pragma unroll
+    for (int g = 0; g < NG; ++g) mm[g][0] = m[g];
+    const float M = group_tree<1, NG>(mm, scratch, rg, SoftmaxMaxOp{});
+    float acc[NG][V];
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[g][k] = softmax_lane_term(m[g], s[g][k], M);
+    const float S = group_tree<V, NG>(acc, scratch, rg, AddOp{});
+    const float log_sum = log ? logf(S) : 0.0f;
+
+    // The output, from the registers.
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int64_t i0 = p * L + g * GV + t0;
+        if (i0 < n) {
+          float v[V], o[V];
+          unpack<Tx, V>(raw[p][g], v);
+          softmax_outputs<V>(v, M, S, log_sum, log, o);
+          store_flat<To, V>(orow + i0, o);
+        }
+      }
+  }
+#endif
+}
+
 // Whether softmax() runs softmax_resident_kernel for rows of n elements of `dtype` on the 16-byte path:
 // the rows of the largest plan longer than the other kernels keep in registers, up to kResidentPasses
 // passes. A function of (n, dtype) and the switch alone.
@@ -387,10 +492,29 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
     // the cluster is faster (H200, f32 n=32000: 1 row 10.1 us on the cluster, 13.7 resident; 64 rows 21.5
     // and 15.4; logs_h200x2/0907d85_*). BIK_SOFTMAX_RESIDENT=0 restores the choice below
     // (OpsCuda.SoftmaxResidentMatchesOtherKernels compares the bits).
-    if (flat && softmax_resident_applies(n, x.dtype) && !(cluster_ok && rows * kClusterCtas <= dev.sms)) {
+    // More rows than SMs: the persistent kernel that prefetches each CTA's next row (sm_90; the same
+    // bits, OpsCuda.SoftmaxPrefetchMatchesResident). BIK_SOFTMAX_PREFETCH=0 keeps softmax_resident_kernel,
+    // =2 takes the prefetching kernel for every row count, the cluster's included (tests).
+    const int prefetch_level = env_switch_level("BIK_SOFTMAX_PREFETCH");
+    if (flat && softmax_resident_applies(n, x.dtype) &&
+        (prefetch_level == 2 || !(cluster_ok && rows * kClusterCtas <= dev.sms))) {
       if (rows == 0) return;
+      const size_t psmem = kPrefetchHead + prefetch_scratch_bytes<Tx>() + size_t(n) * sizeof(Tx);
+      const size_t psmem_max = kPrefetchHead + prefetch_scratch_bytes<Tx>() +
+                               size_t(kResidentPasses) * kMaxRowThreads * 16;  // the longest resident row
+      const bool prefetch = dev.arch >= 90 && prefetch_level > 0 && (prefetch_level == 2 || rows > dev.sms) &&
+                            psmem_max <= size_t(dev.smem_optin);
       auto launch_resident = [&](auto ot) {
         using To = decltype(ot);
+        if (prefetch) {
+          auto kernel = softmax_prefetch_kernel<Tx, To>;
+          allow_dynamic_smem(reinterpret_cast<const void*>(kernel), dev.index, int(psmem_max));
+          const int64_t ctas = rows < dev.sms ? rows : dev.sms;
+          kernel<<<unsigned(ctas), kResidentThreads, psmem, stream_of(s)>>>(out.ptr<To>(), fo.stride,
+                                                                            x.ptr<const Tx>(), fx.stride, rows, n, log);
+          BIK_CUDA_LAUNCH_CHECK();
+          return;
+        }
         const size_t rsmem = size_t(kResidentThreads) * V * sizeof(float);
         softmax_resident_kernel<Tx, To><<<grid_for(rows), kResidentThreads, rsmem, stream_of(s)>>>(
             out.ptr<To>(), fo.stride, x.ptr<const Tx>(), fx.stride, rows, n, log);

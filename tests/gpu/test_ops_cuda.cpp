@@ -785,6 +785,95 @@ TEST(OpsCuda, SoftmaxResidentMatchesOtherKernels) {
   EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(c.m * c.n) * 4), 0) << "the comparison missed a changed input";
 }
 
+// A [rows, n] tensor on the GPU whose values come from a hash of (seed, index): no host copy as doubles, so
+// batches of thousands of long rows stay cheap. Values: about N(0, scale^2)-sized, rounded to the dtype.
+Tensor hashed_tensor(int64_t rows, int64_t n, DType t, double scale, uint64_t seed) {
+  Tensor h = Tensor::empty({rows, n}, t);
+  const int64_t es = dtype_size(t);
+  uint8_t* p = static_cast<uint8_t*>(h.data());
+  for (int64_t i = 0; i < rows * n; ++i) {
+    uint64_t z = seed * 0x9E3779B97F4A7C15ull + uint64_t(i) + 1;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    // Sum of four uniforms in [-0.5, 0.5): mean 0, variance 1/3.
+    double u = 0;
+    for (int k = 0; k < 4; ++k) u += double((z >> (16 * k)) & 0xFFFF) / 65536.0 - 0.5;
+    put(p + i * es, t, u * scale * 1.7320508);
+  }
+  return h.to(Device::cuda(0));
+}
+
+// Copy of a GPU tensor with element `at` (flat index) raised by 1: the negative controls' input.
+Tensor bumped(const Tensor& x, int64_t at) {
+  Tensor h = x.to(Device::cpu());
+  uint8_t* e = static_cast<uint8_t*>(h.data()) + at * dtype_size(x.dtype());
+  put(e, x.dtype(), get(e, x.dtype()) + 1.0);
+  return h.to(Device::cuda(0));
+}
+
+// The persistent softmax kernel that prefetches each CTA's next row into shared memory (sm_90;
+// BIK_SOFTMAX_PREFETCH=2 forces it for every row count) against the kernels it replaces
+// (BIK_SOFTMAX_PREFETCH=0: softmax_resident_kernel, or the cluster kernel while every row's cluster has SMs
+// of its own): the same bytes for 1, 7, 133, 1000 and 4097 rows (CTAs of one row, of two, of many; more
+// rows than CTAs by every remainder), every input dtype and the ends of the resident range, softmax and
+// log_softmax, and the default choice (which takes the prefetching kernel past one row an SM). Negative
+// control: one changed element of the last row must show.
+TEST(OpsCuda, SoftmaxPrefetchMatchesResident) {
+  BIK_REQUIRE_GPU();
+  struct Case {
+    DType t, o;
+    int64_t n;
+    bool log;
+  };
+  const Case cases[] = {{DType::F32, DType::F32, 32000, false},  {DType::F32, DType::F32, 16388, true},
+                        {DType::F32, DType::F32, 32768, false},  {DType::BF16, DType::F32, 65536, true},
+                        {DType::BF16, DType::BF16, 16392, false}, {DType::F16, DType::F16, 40000, false},
+                        {DType::BF16, DType::F32, 32000, true}};
+  const Device gpu = Device::cuda(0);
+  auto run = [&](const Case& c, int64_t m, const Tensor& x, const char* level) {
+    if (level) setenv("BIK_SOFTMAX_PREFETCH", level, 1);
+    Tensor out = Tensor::empty({m, c.n}, c.o, gpu);
+    if (c.log)
+      log_softmax(out, x);
+    else
+      softmax(out, x);
+    unsetenv("BIK_SOFTMAX_PREFETCH");
+    return out.to(Device::cpu());
+  };
+  for (const Case& c : cases)
+    for (int64_t m : {int64_t(1), int64_t(7), int64_t(133), int64_t(1000), int64_t(4097)}) {
+      if (m * c.n > (int64_t(1) << 27)) continue;  // at most 128M elements a tensor
+      const Tensor x = hashed_tensor(m, c.n, c.t, 3.0, uint64_t(c.n * 7 + m));
+      const Tensor a = run(c, m, x, "2"), b = run(c, m, x, "0"), d = run(c, m, x, nullptr);
+      const size_t bytes = size_t(m * c.n) * dtype_size(c.o);
+      EXPECT_EQ(std::memcmp(a.data(), b.data(), bytes), 0) << dn(c.t) << "->" << dn(c.o) << " n=" << c.n << " rows " << m;
+      EXPECT_EQ(std::memcmp(d.data(), b.data(), bytes), 0)
+          << dn(c.t) << "->" << dn(c.o) << " n=" << c.n << " rows " << m << " (default choice)";
+    }
+  // Negative control.
+  const Case& c = cases[0];
+  const int64_t m = 133;
+  const Tensor x = hashed_tensor(m, c.n, c.t, 3.0, uint64_t(c.n * 7 + m));
+  const Tensor a = run(c, m, bumped(x, m * c.n - 1), "2"), b = run(c, m, x, "0");
+  EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(m * c.n) * 4), 0) << "the comparison missed a changed input";
+}
+
+// The invariance harness on the prefetching kernel alone (forced for every batch size, so a row alone and
+// the same row in a batch of 257 both take it; the misaligned and strided layouts run the general kernel):
+// the ends of the resident range for each input dtype, masked rows.
+TEST(OpsCuda, SoftmaxPrefetchInvariance) {
+  BIK_REQUIRE_GPU();
+  setenv("BIK_SOFTMAX_PREFETCH", "2", 1);
+  for (int64_t n : {int64_t(16388), int64_t(32000), int64_t(32768)}) expect_clean(softmax_spec(DType::F32, DType::F32, n, false));
+  for (int64_t n : {int64_t(16392), int64_t(65536)}) expect_clean(softmax_spec(DType::BF16, DType::F32, n, n % 2 == 0));
+  expect_clean(softmax_spec(DType::F16, DType::F16, 40000, false));
+  expect_clean(softmax_spec(DType::BF16, DType::BF16, 32000, false));
+  expect_clean(softmax_spec(DType::F32, DType::F32, 20000, true, true));
+  expect_clean(softmax_spec(DType::BF16, DType::F32, 50000, false, true));
+  unsetenv("BIK_SOFTMAX_PREFETCH");
+}
+
 TEST(OpsCuda, SumMean) {
   BIK_REQUIRE_GPU();
   expect_clean(reduce_spec(DType::BF16, DType::F32, 8, 512, {1, 2}, false, false));
@@ -868,6 +957,64 @@ TEST(OpsCuda, SumFlatMatchesRunKernel) {
   put(static_cast<uint8_t*>(xh.data()) + (c.m * c.n - 1) * 2, c.t, x.host.back() + 1.0);
   const Tensor a = run(c, xh.to(gpu), "1"), b = run(c, x.dev, "0");
   EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(c.m) * 4), 0) << "the comparison missed a changed input";
+}
+
+// The ring kernel for one-warp rows (sm_90; BIK_SUM_RING=2 forces it for every row count) against
+// reduce_flat_kernel (BIK_SUM_RING=0): the same bytes for 1, 7, 133, 1000 and 4097 rows and the bench shape
+// 16384 x 4096 (warps of one row, of two, of many; the ring's stages wrapping), the shortest rows it takes
+// (2048 bytes) and the longest (8 KiB), rows not a multiple of 128 bytes, F32 and 16-bit inputs, sum and
+// mean, and the default choice. Negative control: one changed element of the last row must show.
+TEST(OpsCuda, SumRingMatchesFlatKernel) {
+  BIK_REQUIRE_GPU();
+  struct Case {
+    DType t;
+    int64_t n;
+    bool is_mean;
+  };
+  const Case cases[] = {{DType::BF16, 4096, false}, {DType::BF16, 1024, false}, {DType::BF16, 1032, true},
+                        {DType::F16, 2056, false},  {DType::F32, 2048, false},  {DType::F32, 512, true},
+                        {DType::F32, 1000, false},  {DType::BF16, 3000, false}};
+  const Device gpu = Device::cuda(0);
+  auto run = [&](const Case& c, int64_t m, const Tensor& x, const char* level) {
+    if (level) setenv("BIK_SUM_RING", level, 1);
+    Tensor out = Tensor::empty({m}, DType::F32, gpu);
+    if (c.is_mean)
+      mean(out, x, {1}, false);
+    else
+      sum(out, x, {1}, false);
+    unsetenv("BIK_SUM_RING");
+    return out.to(Device::cpu());
+  };
+  for (const Case& c : cases)
+    for (int64_t m : {int64_t(1), int64_t(7), int64_t(133), int64_t(1000), int64_t(4097), int64_t(16384)}) {
+      if (m == 16384 && !(c.t == DType::BF16 && c.n == 4096)) continue;
+      const Tensor x = hashed_tensor(m, c.n, c.t, 1.0, uint64_t(c.n * 5 + m));
+      const Tensor a = run(c, m, x, "2"), b = run(c, m, x, "0"), d = run(c, m, x, nullptr);
+      EXPECT_EQ(std::memcmp(a.data(), b.data(), size_t(m) * 4), 0) << dn(c.t) << " n=" << c.n << " rows " << m;
+      EXPECT_EQ(std::memcmp(d.data(), b.data(), size_t(m) * 4), 0)
+          << dn(c.t) << " n=" << c.n << " rows " << m << " (default choice)";
+    }
+  // Negative control.
+  const Case& c = cases[0];
+  const int64_t m = 4097;
+  const Tensor x = hashed_tensor(m, c.n, c.t, 1.0, uint64_t(c.n * 5 + m));
+  const Tensor a = run(c, m, bumped(x, m * c.n - 1), "2"), b = run(c, m, x, "0");
+  EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(m) * 4), 0) << "the comparison missed a changed input";
+}
+
+// The invariance harness on the ring kernel alone (forced for every batch size): its shortest and longest
+// rows per dtype, and the lengths just outside (2032 bytes, and bf16 4104, which takes 4 warps a row).
+TEST(OpsCuda, SumRingInvariance) {
+  BIK_REQUIRE_GPU();
+  setenv("BIK_SUM_RING", "2", 1);
+  expect_clean(reduce_spec(DType::BF16, DType::F32, 1, 4096, {1, 2}, false, false));
+  expect_clean(reduce_spec(DType::BF16, DType::F32, 1, 1024, {2}, false, true));
+  expect_clean(reduce_spec(DType::BF16, DType::BF16, 1, 1016, {2}, true, false));
+  expect_clean(reduce_spec(DType::BF16, DType::F32, 1, 4104, {2}, false, false));
+  expect_clean(reduce_spec(DType::F32, DType::F32, 1, 512, {2}, false, false));
+  expect_clean(reduce_spec(DType::F32, DType::F32, 1, 2048, {2}, true, false));
+  expect_clean(reduce_spec(DType::F16, DType::F32, 1, 3000, {1, 2}, false, false));
+  unsetenv("BIK_SUM_RING");
 }
 
 // A sum over dim 0 of x [n, cols] (the column kernels) must give the bits of the row kernel on the
