@@ -6,8 +6,13 @@
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <iterator>
+#include <map>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "cuda/gemm.h"
@@ -135,11 +140,127 @@ bool make_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, in
   return r == CUDA_SUCCESS;
 }
 
+// Whether out rows take the staged 16-byte stores: unit N stride, 16-byte aligned base and row/batch steps.
+bool out_vec16_of(const Problem& p) {
+  const int64_t es = p.out_f32 ? 4 : 2;
+  return p.o_sn == 1 && aligned16(p.out) && (p.m == 1 || (p.o_sm * es) % 16 == 0) &&
+         (p.batch == 1 || (p.o_sb * es) % 16 == 0);
+}
+
+// ---- cluster mode (gemm_sm90.cuh): pairs of CTAs share one operand through TMA multicast ----------------
+// BIK_GEMM_CLUSTER: "2" -> clusters of two, the shared operand picked per shape (share_w_for); "2a" / "2w"
+// -> clusters of two that always share A / W (for A/B timing and the tests); anything else or unset -> one
+// CTA per tile. Read at each call, so tests and benchmarks can flip it between calls. It never changes a
+// bit: the K order, the wgmma sequence and the epilogue of every stored output are the same.
+enum class ClusterMode { Off, Auto, ShareA, ShareW };
+ClusterMode cluster_mode_from_env() {
+  const char* e = std::getenv("BIK_GEMM_CLUSTER");
+  if (e == nullptr) return ClusterMode::Off;
+  if (std::strcmp(e, "2") == 0) return ClusterMode::Auto;
+  if (std::strcmp(e, "2a") == 0) return ClusterMode::ShareA;
+  if (std::strcmp(e, "2w") == 0) return ClusterMode::ShareW;
+  return ClusterMode::Off;
+}
+
+std::atomic<uint64_t> g_cluster_launches{0};
+
+// Auto: the sharing that moves fewer operand rows from L2 over the whole launch, counting the partner
+// that copies (and discards) a tile past M or N when the tile count along the pairing is odd. Per CTA and
+// stage, sharing W copies BM + BN / 2 rows, sharing A BM / 2 + BN. Decode (one M-tile) always shares A;
+// M = 256 with 128x192 tiles shares W.
+bool share_w_for(const Problem& p, int bm, int bn, ClusterMode mode) {
+  if (mode == ClusterMode::ShareA) return false;
+  if (mode == ClusterMode::ShareW) return true;
+  const int64_t tm = (p.m + bm - 1) / bm, tn = (p.n + bn - 1) / bn;
+  const int64_t rows_w = 2 * ((tm + 1) / 2) * tn * (2 * bm + bn);  // twice the rows, to stay in integers
+  const int64_t rows_a = tm * 2 * ((tn + 1) / 2) * (bm + 2 * bn);
+  return rows_w <= rows_a;
+}
+
+// How many clusters of two CTAs of this kernel the device holds at once (GPCs with an odd number of free
+// SMs leave one idle), cached per (kernel, device); 0 when clusters cannot be placed.
+int max_active_pairs(const void* kernel, int threads, int smem, const DeviceInfo& d) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(kernel, d.index);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(std::max(2, d.sms / 2 * 2)), 1, 1);
+  cfg.blockDim = dim3(unsigned(threads), 1, 1);
+  cfg.dynamicSmemBytes = size_t(smem);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+    (void)cudaGetLastError();
+    n = 0;
+  }
+  n = std::min(n, d.sms / 2);
+  cache[key] = n;
+  return n;
+}
+
+// The cluster launch of tile Cfg. Returns false (nothing launched) where it does not apply: an operand
+// the copy engine cannot describe (the one-CTA kernel then loads with its producer warps), K = 0, no tiles,
+// or a device that cannot place a cluster of two such CTAs.
+template <class Cfg, typename T>
+bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, ClusterMode mode) {
+  constexpr int BM = Cfg::BM, BN = Cfg::BN;
+  if (p.a_sk != 1 || p.w_sk != 1 || p.k == 0 || p.m == 0 || p.n == 0 || p.batch == 0) return false;
+  auto kernel = gemm_kernel<Cfg, T, true>;
+  Params prm{};
+  prm.p = p;
+  prm.share_w = share_w_for(p, BM, BN, mode) ? 1 : 0;
+  const int tiles_m = (p.m + BM - 1) / BM, tiles_n = (p.n + BN - 1) / BN;
+  // Pairs walk in bands that keep the one-CTA walk's band of 8 M-tiles over each W tile.
+  prm.order = prm.share_w ? TileOrder{(tiles_m + 1) / 2, tiles_n, 4} : TileOrder{tiles_m, (tiles_n + 1) / 2, 8};
+  const int64_t pairs = int64_t(prm.order.count_per_batch()) * p.batch;
+  BIK_CHECK(pairs < (int64_t(1) << 31), "matmul: too many tiles");
+  prm.total_tiles = int(pairs);
+  const bool a_batched = p.batch > 1 && p.a_sb != 0, w_batched = p.batch > 1 && p.w_sb != 0;
+  prm.a_batched = a_batched;
+  prm.w_batched = w_batched;
+  prm.out_vec16 = out_vec16_of(p);
+  prm.tma = 1;
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  // The shared operand's map copies half a tile: each CTA of the pair copies one half for both.
+  CUtensorMap map_a{}, map_w{};
+  if (!make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, prm.share_w ? BM : BM / 2) ||
+      !make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, prm.share_w ? BN / 2 : BN))
+    return false;
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
+  const int most = max_active_pairs(reinterpret_cast<const void*>(kernel), Cfg::kThreads, Cfg::kSmemBytes, d);
+  if (most < 1) return false;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(2 * std::min<int64_t>(pairs, most)), 1, 1);
+  cfg.blockDim = dim3(unsigned(Cfg::kThreads), 1, 1);
+  cfg.dynamicSmemBytes = size_t(Cfg::kSmemBytes);
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm, map_a, map_w));
+  g_cluster_launches.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 template <class Cfg, typename T>
 void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
   auto kernel = gemm_kernel<Cfg, T>;
   BIK_CHECK(Cfg::kSmemBytes <= d.smem_optin, "matmul: sm90 tile needs ", Cfg::kSmemBytes,
             " bytes of shared memory; the device allows ", d.smem_optin);
+  if (const ClusterMode mode = cluster_mode_from_env(); mode != ClusterMode::Off && launch_cluster<Cfg, T>(p, d, st, mode))
+    return;
   Params prm{};
   prm.p = p;
   prm.order = TileOrder{(p.m + Cfg::BM - 1) / Cfg::BM, (p.n + Cfg::BN - 1) / Cfg::BN, 8};
@@ -151,9 +272,7 @@ void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
   prm.w_batched = w_batched;
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   CUtensorMap map_a{}, map_w{};
-  const int64_t es = p.out_f32 ? 4 : 2;
-  prm.out_vec16 = p.o_sn == 1 && aligned16(p.out) && (p.m == 1 || (p.o_sm * es) % 16 == 0) &&
-                  (p.batch == 1 || (p.o_sb * es) % 16 == 0);
+  prm.out_vec16 = out_vec16_of(p);
   prm.tma = p.a_sk == 1 && p.w_sk == 1 &&
             make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, Cfg::BM) &&
             make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, Cfg::BN);
@@ -262,7 +381,11 @@ bool tma_possible(const Problem& p) {
 }  // namespace
 
 std::string sm90_config_name(const Problem& p, const DeviceInfo& d) {
-  return std::string("sm90 ") + kChoiceNames[int(choose(p, d))] + (tma_possible(p) ? " tma" : " tma-packed");
+  const Choice c = choose(p, d);
+  std::string name = std::string("sm90 ") + kChoiceNames[int(c)] + (tma_possible(p) ? " tma" : " tma-packed");
+  if (const ClusterMode mode = cluster_mode_from_env(); mode != ClusterMode::Off && p.k > 0)
+    name += share_w_for(p, kShapes[int(c)].bm, kShapes[int(c)].bn, mode) ? " cluster2w" : " cluster2a";
+  return name;
 }
 
 }  // namespace gemm_detail
@@ -273,6 +396,9 @@ void gemm_sm90(const GemmArgs& g, Stream s) {
   const gemm_detail::Problem p = gemm_detail::make_problem(g);
   gemm_detail::run_packed(gemm_detail::choose(p, d), g, p, d, gemm_detail::stream_of(s));
 }
+
+// Cluster launches so far in this process (the tests check that BIK_GEMM_CLUSTER really took that path).
+uint64_t gemm_sm90_cluster_launches() { return gemm_detail::g_cluster_launches.load(std::memory_order_relaxed); }
 
 std::vector<std::string> gemm_sm90_tiles() {
   return std::vector<std::string>(std::begin(gemm_detail::kChoiceNames), std::end(gemm_detail::kChoiceNames));

@@ -15,6 +15,21 @@
 // When TMA cannot describe an operand (K stride != 1, rows not 16-byte aligned), the host packs it into
 // zero-padded rows first (gemm_sm90.cu); should that scratch allocation fail, the producer warps write the
 // very same bytes with ordinary loads and stores: same tiles, same wgmma sequence, same bits.
+//
+// Cluster mode (kCluster, opt-in: BIK_GEMM_CLUSTER=2): CTAs run in clusters of two that compute two
+// neighbouring tiles sharing one operand, either the same W tile for M-tiles 2i and 2i + 1 (share_w) or the
+// same A tile for N-tiles 2j and 2j + 1. Each CTA copies half of the shared box from global memory and the
+// copy engine multicasts it into the same shared-memory offset of both CTAs, so the shared operand crosses
+// L2 once per pair instead of twice. The stage contents are the bytes the one-CTA kernel would load (rows
+// of a tile past M or N may hold other rows instead of zeros; their outputs are never stored), so every
+// stored sum keeps its bits. The protocol, per stage use:
+//   full[s]  (count 1):  the CTA's own producer arrives with expect_tx(the whole stage); its own copy and
+//                        its half of the shared box, and the partner's multicast half, complete the bytes.
+//   empty[s] (count 2 x consumer warps): every consumer warp of BOTH CTAs arrives, because the producer's
+//                        multicast writes the partner's stage too; it may refill s only when both are done.
+// Barriers are initialised before a cluster barrier that precedes any remote arrive or multicast; at the
+// end, the producer waits until every stage is released by both CTAs (so no arrive is still on its way
+// to this CTA's barriers) and then all threads meet at a cluster barrier before any CTA exits.
 #pragma once
 #include <cuda.h>  // CUtensorMap (a plain struct; nothing from the driver library is linked)
 
@@ -60,6 +75,7 @@ struct Params {
   int tma;                   // 1: the copy engine loads tiles; 0: the producer warps do
   int a_batched, w_batched;  // 0: the operand is one matrix shared by every batch (batch stride 0)
   int out_vec16;             // 1: out rows are 16-byte aligned with unit N stride (staged 16-byte stores)
+  int share_w;               // cluster mode only: 1: a pair is two M-tiles sharing W; 0: two N-tiles sharing A
 };
 
 #ifdef BIK_SM90_DEVICE_CODE
@@ -88,6 +104,45 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, u
           "r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(k), "r"(row), "r"(b)
       : "memory");
+}
+// The same box copied into the same shared-memory offset of every CTA of the cluster named in `mask`,
+// completing bytes on the barrier at the same offset in each of them.
+__device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorMap* map, uint32_t bar, int k, int row,
+                                                   int b, uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4, "
+      "%5}], [%2], %6;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(k), "r"(row), "r"(b), "h"(mask)
+      : "memory");
+}
+// Arrives on the barrier at the same offset in CTA `cta` of the cluster (this CTA included).
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
+  asm volatile(
+      "{\n.reg .b32 remote;\n"
+      "mapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n"
+      "}\n" ::"r"(bar),
+      "r"(cta)
+      : "memory");
+}
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_id_x() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_count_x() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
+  return r;
+}
+// Every thread of both CTAs (not .aligned: the producer warp reaches it from divergent paths).
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
 }
 __device__ __forceinline__ void st_shared_16(uint32_t dst, uint4 v) {
   asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
@@ -175,7 +230,9 @@ __device__ __forceinline__ void store_tile_staged(const Problem& p, const float 
   }
 }
 
-template <class Cfg, typename T>
+// kCluster: launched in clusters of two along x (see the top of this file); prm.total_tiles then counts
+// pairs of tiles, prm.order walks the grid of pairs, and map_a or map_w (the shared one) has half-height boxes.
+template <class Cfg, typename T, bool kCluster = false>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     gemm_kernel(const __grid_constant__ Params prm, const __grid_constant__ CUtensorMap map_a,
                 const __grid_constant__ CUtensorMap map_w) {
@@ -183,6 +240,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES;
   using Mma = Wgmma<BN, T>;
   extern __shared__ uint8_t smem_raw[];
+  // The same offset in both CTAs of a cluster: the multicast copies address the partner's stages by it.
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t bars = base + STAGES * Cfg::kStageBytes;
   auto stage_a = [&](int s) { return base + s * Cfg::kStageBytes; };
@@ -193,50 +251,116 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const Problem& p = prm.p;
   const int num_kb = (p.k + kBK - 1) / kBK;
   const int wg = threadIdx.x / 128;
-
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), prm.tma ? 1 : 128);
-      mbar_init(empty(s), Cfg::kConsumers * 4);  // lane 0 of every consumer warp
+      mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kConsumers * 4);  // lane 0 of every consumer warp (of both CTAs)
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
+  // No multicast or remote arrive may reach the partner before its barriers exist.
+  if constexpr (kCluster) cluster_sync();
+
+  // The walk: one-CTA mode steps over tiles by CTA; cluster mode steps over pairs by cluster, and the
+  // CTA of rank r takes tile r of each pair. Both CTAs of a cluster walk the same pairs with the same
+  // number of K stages, so their stage counters stay equal, which the shared empty barriers rely on.
+  const int rank = kCluster ? int(cluster_ctarank()) : 0;
+  const auto walk0 = [] {
+    if constexpr (kCluster)
+      return cluster_id_x();
+    else
+      return blockIdx.x;
+  }();
+  const auto walk_step = [] {
+    if constexpr (kCluster)
+      return cluster_count_x();
+    else
+      return gridDim.x;
+  }();
+  auto tile_coords = [&](int tile, int& b, int& tm, int& tn) {
+    prm.order.coords(tile, b, tm, tn);
+    if constexpr (kCluster) {
+      if (prm.share_w)
+        tm = 2 * tm + rank;
+      else
+        tn = 2 * tn + rank;
+    }
+  };
 
   if (wg == Cfg::kConsumers) {
     // ---- producer warpgroup: fills stages in the same tile order the consumers drain them ----
     if constexpr (Cfg::kConsumers == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     const int t = threadIdx.x % 128;
-    if (prm.tma && t != 0) return;  // one thread drives the copy engine
-    int it = 0;                     // stage use counter, continued across tiles
-    for (int tile = blockIdx.x; tile < prm.total_tiles; tile += gridDim.x) {
-      int b, tm, tn;
-      prm.order.coords(tile, b, tm, tn);
-      for (int kb = 0; kb < num_kb; ++kb, ++it) {
-        const int s = it % STAGES, phase = (it / STAGES) & 1;
-        mbar_wait(empty(s), phase ^ 1);  // a fresh barrier counts as having completed phase "1"
-        if (prm.tma) {
-          mbar_arrive_expect_tx(full(s), Cfg::kStageBytes);  // out-of-bounds box parts count too
-          tma_load(stage_a(s), &map_a, full(s), kb * kBK, tm * BM, prm.a_batched ? b : 0);
-          tma_load(stage_w(s), &map_w, full(s), kb * kBK, tn * BN, prm.w_batched ? b : 0);
-        } else {
-          const T* a = static_cast<const T*>(p.a) + int64_t(b) * p.a_sb;
-          const T* w = static_cast<const T*>(p.w) + int64_t(b) * p.w_sb;
-          const int k0 = kb * kBK;
-          for (int i = t; i < (BM + BN) * 8; i += 128) {
-            const bool is_a = i < BM * 8;
-            const int r = (is_a ? i : i - BM * 8) >> 3, c = i & 7;
-            const int gr = (is_a ? tm * BM : tn * BN) + r, gk = k0 + c * 8;
-            const bool live = gr < (is_a ? p.m : p.n) && gk < p.k;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (live)
-              v = is_a ? load_8_scalar(a + int64_t(gr) * p.a_sm, p.a_sk, gk, p.k)
-                       : load_8_scalar(w + int64_t(gr) * p.w_sn, p.w_sk, gk, p.k);
-            st_shared_16((is_a ? stage_a(s) : stage_w(s)) + r * kRowBytes + ((c ^ (r & 7)) << 4), v);
+    if constexpr (kCluster) {
+      // Cluster mode always copies with TMA (the host falls back to one-CTA mode otherwise); one thread
+      // drives the copy engine, the others go straight to the final cluster barrier.
+      if (t == 0) {
+        constexpr int kHalfA = BM / 2, kHalfW = BN / 2;  // rows of the half box each CTA copies and multicasts
+        constexpr uint16_t kBoth = 0x3;
+        int it = 0;
+        for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
+          int b, tm, tn;
+          tile_coords(tile, b, tm, tn);
+          // Box starts are kept inside the matrix: a partner whose tile lies past M or N (odd tile count),
+          // or a half box past N or M, copies rows that exist instead. Such rows only feed outputs past
+          // M or N, which are not stored; K is never clamped, so the zero fill past K is as before.
+          const int ab = prm.a_batched ? b : 0, wb = prm.w_batched ? b : 0;
+          const int a_row = prm.share_w ? min(tm * BM, p.m - 1) : min(tm * BM + rank * kHalfA, p.m - 1);
+          const int w_row = prm.share_w ? min(tn * BN + rank * kHalfW, p.n - 1) : min(tn * BN, p.n - 1);
+          for (int kb = 0; kb < num_kb; ++kb, ++it) {
+            const int s = it % STAGES, phase = (it / STAGES) & 1;
+            mbar_wait(empty(s), phase ^ 1);  // both CTAs' consumers are done with stage s
+            // The whole stage lands here: this CTA's own box of one operand plus both halves of the
+            // shared one (the partner's half may arrive before this expect_tx; the phase cannot complete
+            // without this arrival, so the early bytes are counted into the right phase).
+            mbar_arrive_expect_tx(full(s), Cfg::kStageBytes);
+            if (prm.share_w) {
+              tma_load(stage_a(s), &map_a, full(s), kb * kBK, a_row, ab);
+              tma_load_multicast(stage_w(s) + rank * kHalfW * kRowBytes, &map_w, full(s), kb * kBK, w_row, wb, kBoth);
+            } else {
+              tma_load_multicast(stage_a(s) + rank * kHalfA * kRowBytes, &map_a, full(s), kb * kBK, a_row, ab, kBoth);
+              tma_load(stage_w(s), &map_w, full(s), kb * kBK, w_row, wb);
+            }
           }
-          // Ordinary stores become visible to the wgmma (async proxy) only through this fence.
-          asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-          mbar_arrive(full(s));
+        }
+        // Tail: wait for the release of the last use of every stage. Each release needs the partner's
+        // consumers too, so after this no remote arrive is still on its way to this CTA's barriers.
+        for (int i = 0; i < STAGES; ++i, ++it) mbar_wait(empty(it % STAGES), ((it / STAGES) & 1) ^ 1);
+      }
+      __syncwarp();  // the copy thread's warp meets the final cluster barrier converged
+    } else {
+      if (prm.tma && t != 0) return;  // one thread drives the copy engine
+      int it = 0;                     // stage use counter, continued across tiles
+      for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
+        int b, tm, tn;
+        tile_coords(tile, b, tm, tn);
+        for (int kb = 0; kb < num_kb; ++kb, ++it) {
+          const int s = it % STAGES, phase = (it / STAGES) & 1;
+          mbar_wait(empty(s), phase ^ 1);  // a fresh barrier counts as having completed phase "1"
+          if (prm.tma) {
+            mbar_arrive_expect_tx(full(s), Cfg::kStageBytes);  // out-of-bounds box parts count too
+            tma_load(stage_a(s), &map_a, full(s), kb * kBK, tm * BM, prm.a_batched ? b : 0);
+            tma_load(stage_w(s), &map_w, full(s), kb * kBK, tn * BN, prm.w_batched ? b : 0);
+          } else {
+            const T* a = static_cast<const T*>(p.a) + int64_t(b) * p.a_sb;
+            const T* w = static_cast<const T*>(p.w) + int64_t(b) * p.w_sb;
+            const int k0 = kb * kBK;
+            for (int i = t; i < (BM + BN) * 8; i += 128) {
+              const bool is_a = i < BM * 8;
+              const int r = (is_a ? i : i - BM * 8) >> 3, c = i & 7;
+              const int gr = (is_a ? tm * BM : tn * BN) + r, gk = k0 + c * 8;
+              const bool live = gr < (is_a ? p.m : p.n) && gk < p.k;
+              uint4 v = make_uint4(0, 0, 0, 0);
+              if (live)
+                v = is_a ? load_8_scalar(a + int64_t(gr) * p.a_sm, p.a_sk, gk, p.k)
+                         : load_8_scalar(w + int64_t(gr) * p.w_sn, p.w_sk, gk, p.k);
+              st_shared_16((is_a ? stage_a(s) : stage_w(s)) + r * kRowBytes + ((c ^ (r & 7)) << 4), v);
+            }
+            // Ordinary stores become visible to the wgmma (async proxy) only through this fence.
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+            mbar_arrive(full(s));
+          }
         }
       }
     }
@@ -244,11 +368,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     // ---- consumer warpgroups: rows [64 * wg, 64 * wg + 64) of each tile, all BN columns ----
     if constexpr (Cfg::kConsumers == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    // A released stage may be refilled by either CTA's producer in cluster mode: tell both.
+    auto release = [&](int s) {
+      if constexpr (kCluster) {
+        mbar_arrive_cluster(empty(s), 0);
+        mbar_arrive_cluster(empty(s), 1);
+      } else {
+        mbar_arrive(empty(s));
+      }
+    };
     float acc[Mma::kRegs];
     int it = 0;
-    for (int tile = blockIdx.x; tile < prm.total_tiles; tile += gridDim.x) {
+    for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
       int b, tm, tn;
-      prm.order.coords(tile, b, tm, tn);
+      tile_coords(tile, b, tm, tn);
 #pragma unroll
       for (int i = 0; i < Mma::kRegs; ++i) acc[i] = 0.f;
       for (int kb = 0; kb < num_kb; ++kb, ++it) {
@@ -264,11 +397,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
         wgmma_wait<1>();
         pin(acc);
-        if (kb > 0 && lane == 0) mbar_arrive(empty((it - 1) % STAGES));
+        if (kb > 0 && lane == 0) release((it - 1) % STAGES);
       }
       wgmma_wait<0>();
       pin(acc);
-      if (num_kb > 0 && lane == 0) mbar_arrive(empty((it - 1) % STAGES));
+      if (num_kb > 0 && lane == 0) release((it - 1) % STAGES);
+      // Cluster mode: the partner of the last tile of an odd count computes on copied rows; nothing to store.
+      if constexpr (kCluster) {
+        if (tm * BM >= p.m || tn * BN >= p.n) continue;
+      }
 
       // wgmma D layout: per 8 columns, registers {0,1} hold row lane/4, {2,3} row lane/4 + 8, at
       // columns 2 * (lane % 4) + {0, 1}; warp w of the warpgroup owns rows 16w..16w+15.
@@ -290,6 +427,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
     }
   }
+  // No CTA leaves while its partner may still multicast into it or arrive on its barriers.
+  if constexpr (kCluster) cluster_sync();
 #endif
 }
 

@@ -125,6 +125,28 @@ bool bits_equal(const TensorView& x, const TensorView& y) {
 
 bool is_sm90() { return cuda_device_props(0).arch() == 90; }
 
+// Sets (or, with nullptr, clears) an environment variable for one scope and restores it after.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    set(value);
+  }
+  ~ScopedEnv() { set(old_ ? old_->c_str() : nullptr); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  void set(const char* v) {
+    if (v)
+      setenv(name_.c_str(), v, 1);
+    else
+      unsetenv(name_.c_str());
+  }
+  std::string name_;
+  std::optional<std::string> old_;
+};
+
 // ---- the row-invariance harness -----------------------------------------------------------------------
 
 struct RowStats {
@@ -388,13 +410,18 @@ TEST(GpuGemm, LayoutsGiveTheSameBits) {
 // BN = 192 takes three), and out rows that are not 16-byte aligned (element-pair stores). Shapes leave
 // partial tiles in M, N and K for every tile, and {600, 6144, 520} gives the 128x192 tile 160 tiles, so
 // its CTAs walk more than one tile (the stage ring carries over between tiles).
+// Each tile also runs in the cluster mode (BIK_GEMM_CLUSTER), sharing A ("2a": pairs of N-tiles) and
+// sharing W ("2w": pairs of M-tiles), against the one-CTA gemm() bit for bit. The shapes give odd tile
+// counts along both pairings (M = 1, 77 and 300 leave the partner of the last pair past M; N = 520 and
+// 1000 past N), half boxes wholly past N (N = 520 with BN = 256), and walks of many pairs a cluster. The
+// launch counter proves the cluster kernel ran: a silent fall-back would compare gemm() with itself.
 TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
   const std::vector<std::string> tiles = cuda::gemm_sm90_tiles();
   for (const char* want : {"64x32", "64x192", "128x192", "128x256"})
     EXPECT_NE(std::find(tiles.begin(), tiles.end(), want), tiles.end()) << "no tile " << want;
-  int64_t compared = 0;
+  int64_t compared = 0, compared_cluster = 0;
   for (DType dt : {DType::BF16, DType::F16})
     for (const auto& [m, n, k] : std::vector<std::array<int64_t, 3>>{
              {1, 1000, 4095}, {77, 4096, 1024}, {300, 520, 257}, {1025, 2048, 4096}, {600, 6144, 520}}) {
@@ -405,28 +432,64 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
       const Tensor opad = Tensor::empty_padded({m, n}, n + 1, DType::F32, gpu());
       fill_bytes(base, 0xff);
       fill_bytes(base16, 0xff);
-      run(Impl::Dispatch, base, a, w);
-      run(Impl::Dispatch, base16, a, w, bias.view());
+      {
+        const ScopedEnv one_cta("BIK_GEMM_CLUSTER", nullptr);
+        run(Impl::Dispatch, base, a, w);
+        run(Impl::Dispatch, base16, a, w, bias.view());
+      }
       EXPECT_LT(rel_error(base, a, w, std::nullopt), tolerance(DType::F32));
       if (m * n * k < 5'000'000'000)  // the float64 reference is a host loop
         EXPECT_LT(rel_error(base16, a, w, bias.view()), tolerance(dt));
-      for (const std::string& tile : tiles) {
-        const std::string what =
-            "tile " + tile + " " + dtype_name(dt) + " M=" + std::to_string(m) + " N=" + std::to_string(n) +
-            " K=" + std::to_string(k);
-        fill_bytes(o, 0xff);
-        cuda::gemm_sm90_tile(make_args(o, a, w, std::nullopt), {}, tile);
-        EXPECT_TRUE(bits_equal(o, base)) << what << ", f32 out";
-        fill_bytes(o16, 0xff);
-        cuda::gemm_sm90_tile(make_args(o16, a, w, bias.view()), {}, tile);
-        EXPECT_TRUE(bits_equal(o16, base16)) << what << ", 16-bit out + bias";
-        fill_bytes(opad, 0xff);
-        cuda::gemm_sm90_tile(make_args(opad, a, w, std::nullopt), {}, tile);
-        EXPECT_TRUE(bits_equal(opad, base)) << what << ", f32 out rows of N + 1";
-        compared += 3;
-      }
+      for (const std::string& tile : tiles)
+        for (const char* mode : {static_cast<const char*>(nullptr), "2a", "2w"}) {
+          const ScopedEnv cluster("BIK_GEMM_CLUSTER", mode);
+          const std::string what = "tile " + tile + (mode ? std::string(" cluster ") + mode : std::string()) + " " +
+                                   dtype_name(dt) + " M=" + std::to_string(m) + " N=" + std::to_string(n) +
+                                   " K=" + std::to_string(k);
+          const uint64_t launches0 = cuda::gemm_sm90_cluster_launches();
+          fill_bytes(o, 0xff);
+          cuda::gemm_sm90_tile(make_args(o, a, w, std::nullopt), {}, tile);
+          EXPECT_TRUE(bits_equal(o, base)) << what << ", f32 out";
+          fill_bytes(o16, 0xff);
+          cuda::gemm_sm90_tile(make_args(o16, a, w, bias.view()), {}, tile);
+          EXPECT_TRUE(bits_equal(o16, base16)) << what << ", 16-bit out + bias";
+          fill_bytes(opad, 0xff);
+          cuda::gemm_sm90_tile(make_args(opad, a, w, std::nullopt), {}, tile);
+          EXPECT_TRUE(bits_equal(opad, base)) << what << ", f32 out rows of N + 1";
+          EXPECT_EQ(cuda::gemm_sm90_cluster_launches() - launches0, mode ? 3u : 0u) << what << ": cluster launches";
+          compared += 3;
+          if (mode) compared_cluster += 3;
+        }
     }
-  std::printf("[tiles] %lld tile runs compared bit for bit with gemm()\n", (long long)compared);
+  // Batched (bmm, own and shared weights) through gemm() in every cluster mode, against the one-CTA bits.
+  for (DType dt : {DType::BF16, DType::F16}) {
+    const int64_t B = 3, m = 133, n = 200, k = 520;
+    const Tensor a = dev_filled({B, m, k}, dt, 11), w = dev_filled({B, n, k}, dt, 12), w1 = dev_filled({1, n, k}, dt, 13);
+    TensorView w_shared = w1.view();
+    w_shared.shape[0] = B;
+    w_shared.stride[0] = 0;
+    const Tensor base = dev({B, m, n}, DType::F32), base_shared = dev({B, m, n}, DType::F32), o = dev({B, m, n}, DType::F32);
+    {
+      const ScopedEnv one_cta("BIK_GEMM_CLUSTER", nullptr);
+      run(Impl::Dispatch, base, a, w);
+      run(Impl::Dispatch, base_shared, a, w_shared);
+    }
+    EXPECT_LT(rel_error(base, a, w, std::nullopt), tolerance(DType::F32));
+    for (const char* mode : {"2", "2a", "2w"}) {
+      const ScopedEnv cluster("BIK_GEMM_CLUSTER", mode);
+      const uint64_t launches0 = cuda::gemm_sm90_cluster_launches();
+      fill_bytes(o, 0xff);
+      run(Impl::Dispatch, o, a, w);
+      EXPECT_TRUE(bits_equal(o, base)) << "bmm cluster " << mode << " " << dtype_name(dt);
+      fill_bytes(o, 0xff);
+      run(Impl::Dispatch, o, a, w_shared);
+      EXPECT_TRUE(bits_equal(o, base_shared)) << "bmm shared weight cluster " << mode << " " << dtype_name(dt);
+      EXPECT_EQ(cuda::gemm_sm90_cluster_launches() - launches0, 2u) << "bmm cluster " << mode;
+      compared_cluster += 2;
+    }
+  }
+  std::printf("[tiles] %lld tile runs compared bit for bit with gemm(), %lld of them in cluster mode\n",
+              (long long)compared, (long long)compared_cluster);
 }
 
 // The tile table (gemm_sm90.cu) must not leave most SMs idle when a smaller tile would fill them: the
