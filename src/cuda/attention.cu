@@ -8,8 +8,9 @@
 // 64-row consumer warpgroups), the fastest measured for prefill and decode
 // (bench/results/logs_h200x2/0907d85_*). BIK_ATTENTION_SM90 picks another for A/B benchmarks (read at each
 // call): 0 the mma.sync kernel, 1 the one-warpgroup wgmma kernel, 2 its software-pipelined form, 4 the
-// warp-specialised one with S(j + 1) issued behind P V(j). Variants 1 to 4 give bitwise the same outputs
-// (same arithmetic per row, another schedule), so they may be switched freely.
+// warp-specialised one with S(j + 1) issued behind P V(j), 5 the latter with its two consumer warpgroups
+// taking turns at the tensor cores (ping-pong). Variants 1 to 5 give bitwise the same outputs (same
+// arithmetic per row, another schedule), so they may be switched freely.
 //
 // Launch choice: the in-kernel fold (one CTA per 64 query rows walks all their splits) when there are
 // enough such CTAs to fill the GPU; otherwise split-parallel (one CTA per split, then fold_kernel). The
@@ -55,9 +56,10 @@ void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream
   }
 }
 
-// The wgmma kernels (variant 1: attention_kernel, 2: attention_kernel_pipelined, 3 and 4:
-// attention_kernel_ws): same Params, same fold kernel for the split-parallel mode. A CTA of variants 3
-// and 4 takes two query blocks, so their grid has half as many in y (the kernel maps y to the pair).
+// The wgmma kernels (variant 1: attention_kernel, 2: attention_kernel_pipelined, 3, 4 and 5:
+// attention_kernel_ws with the schedules kSequential, kOverlap, kPingPong): same Params, same fold kernel
+// for the split-parallel mode. A CTA of variants 3 to 5 takes two query blocks, so their grid has half as
+// many in y (the kernel maps y to the pair).
 template <typename T, int D>
 void launch_sm90(const attn::Params& p, dim3 grid, bool split, int variant, int device, cudaStream_t st,
                  int64_t rows) {
@@ -67,14 +69,20 @@ void launch_sm90(const attn::Params& p, dim3 grid, bool split, int variant, int 
   if (variant == 2) {
     bytes = k90::PipeLayout<D>::kBytes;
     k = split ? k90::attention_kernel_pipelined<T, D, true> : k90::attention_kernel_pipelined<T, D, false>;
-  } else if (variant == 3 || variant == 4) {
+  } else if (variant >= 3 && variant <= 5) {
     using Ws = k90::WsLayout<D>;
+    using k90::WsSchedule;
     bytes = Ws::kBytes, threads = Ws::kThreads;
     grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
     if (variant == 3)
-      k = split ? k90::attention_kernel_ws<T, D, true, false> : k90::attention_kernel_ws<T, D, false, false>;
+      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kSequential>
+                : k90::attention_kernel_ws<T, D, false, WsSchedule::kSequential>;
+    else if (variant == 4)
+      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kOverlap>
+                : k90::attention_kernel_ws<T, D, false, WsSchedule::kOverlap>;
     else
-      k = split ? k90::attention_kernel_ws<T, D, true, true> : k90::attention_kernel_ws<T, D, false, true>;
+      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kPingPong>
+                : k90::attention_kernel_ws<T, D, false, WsSchedule::kPingPong>;
   } else {
     k = split ? k90::attention_kernel<T, D, true> : k90::attention_kernel<T, D, false>;
   }
@@ -107,11 +115,12 @@ bool sm90_kernel_loadable(int device) {
 }
 
 // BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "1" -> 1 (one-warpgroup wgmma), "2" -> 2 (pipelined wgmma),
-// "4" -> 4 (warp-specialised, S(j + 1) behind P V(j)); anything else or unset -> 3 (warp-specialised).
+// "4" -> 4 (warp-specialised, S(j + 1) behind P V(j)), "5" -> 5 (4 with ping-pong consumers); anything
+// else or unset -> 3 (warp-specialised).
 int variant_from_env() {
   const char* e = std::getenv("BIK_ATTENTION_SM90");
   if (e != nullptr)
-    for (int v : {0, 1, 2, 4})
+    for (int v : {0, 1, 2, 4, 5})
       if (std::strcmp(e, std::to_string(v).c_str()) == 0) return v;
   return 3;
 }

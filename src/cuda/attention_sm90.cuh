@@ -20,14 +20,16 @@
 // in the environment forces the mma.sync kernel on sm_90 (read at each call; for A/B benchmarks only,
 // a process must not mix the two engines if it wants invariant outputs).
 //
-// Four wgmma variants run the same arithmetic (the helpers below hold all of it), so their outputs are
-// bitwise equal and any of them may serve any call: variant 1 (attention_kernel, the default) runs each
-// tile's steps in sequence; variant 2 (attention_kernel_pipelined, BIK_ATTENTION_SM90=2) overlaps the
-// softmax of tile j with the tensor-core work of S(j + 1) and P V(j - 1) and keeps K one tile ahead of V
-// in its copy ring; variant 3 (attention_kernel_ws, BIK_ATTENTION_SM90=3) is warp-specialised: a producer
+// Five wgmma variants run the same arithmetic (the helpers below hold all of it), so their outputs are
+// bitwise equal and any of them may serve any call: variant 1 (attention_kernel, BIK_ATTENTION_SM90=1)
+// runs each tile's steps in sequence; variant 2 (attention_kernel_pipelined, BIK_ATTENTION_SM90=2)
+// overlaps the softmax of tile j with the tensor-core work of S(j + 1) and P V(j - 1) and keeps K one tile
+// ahead of V in its copy ring; variant 3 (attention_kernel_ws, the default) is warp-specialised: a producer
 // warpgroup gathers K and V into a deep mbarrier ring shared by two consumer warpgroups, each running
 // variant 1's per-tile sequence on its own 64 query rows; variant 4 (BIK_ATTENTION_SM90=4) is variant 3
-// with S(j + 1) issued right behind P V(j) in each consumer. Only the schedule differs;
+// with S(j + 1) issued right behind P V(j) in each consumer; variant 5 (BIK_ATTENTION_SM90=5) is variant
+// 4 with the two consumers taking turns at the tensor cores (named-barrier ping-pong), so one's softmax
+// overlaps the other's products. Only the schedule differs;
 // tests/gpu/test_attention_cuda.cpp compares them with memcmp.
 //
 // Shared memory (all tiles 64 rows x D halves, each cut into panels of 64 columns = 128-byte rows, in the
@@ -204,6 +206,10 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // Barrier `id` (1..15) among `threads` threads (a multiple of 32); id 0 is __syncthreads.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// Counts this warp's threads as arrived at barrier `id` of `threads` without waiting for the others.
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // Shared-memory matrix descriptor in the 128-byte swizzle: start address, leading and stride byte offsets
@@ -715,7 +721,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
 #endif
 }
 
-// ---- Variants 3 and 4 (BIK_ATTENTION_SM90=3, 4): warp-specialised, two query blocks per CTA. ----
+// ---- Variants 3, 4 and 5 (BIK_ATTENTION_SM90=3, 4, 5): warp-specialised, two query blocks per CTA. ----
 //
 // CTA = 3 warpgroups: warpgroups 0 and 1 are consumers, each running variant 1's per-tile sequence for
 // its own 64-row query block (blocks 2y' and 2y' + 1 of one sequence and KV head); warpgroup 2 is the
@@ -750,9 +756,40 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
 // to 232 (setmaxnreg), which is variant 1's state (O, the fold, the scores and P) without its copy code.
 // The grid's y runs over pairs of query blocks from the last (longest causal rows) to the first.
 //
-// kOverlap (variant 4) changes only the consumers' order of issue: S(t + 1) goes to the tensor cores
-// right behind P V(t), before either is waited for, instead of after P V(t) has completed; the
-// registers stay within the same 232 (ptxas: no spills, the two groups stay asynchronous).
+// The schedules differ only in the consumers' order of issue (WsSchedule):
+//  - kSequential (variant 3): each tile's S, softmax and P V in sequence, as variant 1;
+//  - kOverlap (variant 4): S(t + 1) goes to the tensor cores right behind P V(t), before either is waited
+//    for, instead of after P V(t) has completed; the registers stay within the same 232 (ptxas: no
+//    spills, the two groups stay asynchronous);
+//  - kPingPong (variant 5): variant 4's per-warpgroup sequence, with the two consumers taking turns at
+//    the tensor cores (the ping-pong below), so one's softmax runs while the other's products do.
+//
+// Ping-pong. Left alone, the two consumers drift into step: both run their softmax at once (the tensor
+// cores idle), then both queue their products (the MUFU and FMA pipes idle). Variant 5 orders the issue
+// with two named barriers, kTurnBar + c for consumer c, each of 256 threads: consumer c waits on its own
+// (bar.sync, 128 threads) before it issues, and right after its last commit of the turn it arrives on
+// its partner's (bar.arrive, the other 128). A turn is one issue of wgmma groups: turn 0 issues S(0),
+// turn k >= 1 issues P V(k - 1) and S(k) (the product past the last tile runs on Q and is dropped, as in
+// variant 4). The turns alternate strictly, 0, 1, 0, 1, ...: consumer 1 arrives once before its first
+// turn, which opens consumer 0's turn 0, and consumer c's turn k needs its partner's turn k - 1 + c. The
+// tensor cores run the groups in the order issued, so while consumer 0's softmax of tile k runs, the
+// cores work through consumer 1's turn k, and the other way round.
+// Unequal work: both consumers take exactly n + 1 turns, n the stream's tile count (the common
+// count of the ring). A consumer with fewer tiles (the lower causal block, a block with no key in the
+// split, a block past its sequence's queries) takes empty turns after its own (bar.sync then bar.arrive,
+// nothing issued), each paired with releasing one remaining ring tile, so its partner's turns always
+// find their arrival. Consumer 1 skips the arrival of its turn n (consumer 0 has no turn n + 1), so no
+// barrier is left with a partial count when the CTA exits.
+// Why it cannot hang: order the turns as g = 2k + c. Turn g waits for (a) the arrival of turn g - 1
+// and (b) the ring tile it reads (k for S(k), or k - 1 for an empty turn's release, both waited for
+// before the bar.sync), whose copy the producer starts once both consumers have released tile k - S,
+// which each does right after its turn k - S + 1 (g' <= 2(k - S + 1) + 1 < g for S >= 2). So every turn
+// waits only on turns before it in this order, and the first (consumer 0's turn 0) only on the producer
+// and consumer 1's opening arrival, which waits on nothing.
+// Per row the order of operations is variant 4's (hence variant 1's); only the moment of issue moves.
+enum class WsSchedule { kSequential, kOverlap, kPingPong };
+constexpr int kTurnBar = 3;  // named barriers 3 and 4 (0 is __syncthreads, 1 and 2 the consumers' Q loads)
+
 template <int D>
 struct WsLayout {
   static constexpr int kConsumers = 2;
@@ -766,7 +803,7 @@ struct WsLayout {
   static_assert(kBytes <= 227 * 1024, "one CTA per SM must fit");
 };
 
-template <typename T, int D, bool kSplit, bool kOverlap>
+template <typename T, int D, bool kSplit, WsSchedule kSchedule>
 __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(const Params p) {
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
   using Ly = WsLayout<D>;
@@ -846,6 +883,22 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   // ---- consumers: warpgroup wg runs variant 1's loop for query block qb0 + wg over its prefix of the
   // stream, then releases the stream's remaining tiles ----
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  constexpr bool kPingPong = kSchedule == WsSchedule::kPingPong;
+  // Variant 5's turns (the comment above WsSchedule); no-ops for the other schedules.
+  [[maybe_unused]] int turn = 0;  // turns this consumer has taken
+  [[maybe_unused]] auto turn_begin = [&] {
+    if constexpr (kPingPong) named_barrier_sync(kTurnBar + wg, 256);
+  };
+  [[maybe_unused]] auto turn_end = [&] {
+    if constexpr (kPingPong) {
+      if (wg == 0 || turn < n) named_barrier_arrive(kTurnBar + 1 - wg, 256);  // consumer 0 has no turn n + 1
+      ++turn;
+    }
+  };
+  if constexpr (kPingPong) {
+    static_assert(C == 2, "the ping-pong alternates two consumers");
+    if (wg == 1) named_barrier_arrive(kTurnBar, 256);  // opens consumer 0's turn 0
+  }
   WorkUnit w;
   const bool mine = work_unit<kSplit>(p, w, qb0 + wg);  // uniform over the warpgroup
   int t = 0, s = 0, phase = 0;
@@ -871,7 +924,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     float M_f[2] = {0.f, 0.f}, L_f[2] = {0.f, 0.f};  // (split 0's fold reads them, then drops the result)
     const float kNegInf = -__int_as_float(0x7f800000);
 
-    if constexpr (!kOverlap) {
+    if constexpr (kSchedule == WsSchedule::kSequential) {
       for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
         mbar_wait(full(s), phase);
         fence_proxy_async();  // the stage's bytes (generic-proxy writes) before the wgmma reads them
@@ -901,7 +954,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         ++t;
         if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
       }
-    } else {
+    } else if constexpr (kSchedule == WsSchedule::kOverlap) {
       // Variant 4: S(t + 1) is issued right behind P V(t), so the tensor cores run both back to back
       // and the softmax of tile t + 1 starts once both are done. Per row the order of operations is
       // variant 1's: S(t + 1) reads only Q and K(t + 1); everything else happens in the same sequence.
@@ -949,13 +1002,78 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         ++t;
         if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
       }
+    } else {
+      // Variant 5: variant 4's sequence, each issue inside a turn. Everything a turn's products need
+      // (the ring tile, P, the rescaled O, the zeroed scores) is ready before the turn is taken, so
+      // the partner waits on this consumer only for the issue itself.
+      mbar_wait(full(s), phase);
+      fence_proxy_async();
+      zero_scores(sc);
+      turn_begin();  // turn 0: S(0)
+      qk_issue<T, D>(sc, sq, sk(s));
+      wgmma_commit();
+      turn_end();
+      wgmma_wait<0>();
+      pin(sc);
+      for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
+        const bool split_start = kb % L == 0;
+        const bool split_end = (kb + kBK) % L == 0 || kb == w.kb_last;
+        if (split_start) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
+#pragma unroll
+          for (int i = 0; i < kO; ++i) o[i] = 0.f;
+        }
+        float alpha[2];
+        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
+        rescale_o(o, alpha);
+        pack_p<T>(pa, sc);
+        const bool more = kb < w.kb_last;
+        const int s_next = s + 1 == S ? 0 : s + 1;
+        const int phase_next = s + 1 == S ? phase ^ 1 : phase;
+        if (more) {
+          mbar_wait(full(s_next), phase_next);
+          fence_proxy_async();
+        }
+        zero_scores(sc);  // S(t + 1)'s accumulators (P(t) is in pa)
+        turn_begin();     // turn t + 1: P V(t), S(t + 1)
+        pv_issue<T, D>(o, pa, sv(s));
+        wgmma_commit();
+        qk_issue<T, D>(sc, sq, more ? sk(s_next) : sq);
+        wgmma_commit();
+        turn_end();
+        wgmma_wait<0>();  // P V(t) and S(t + 1)
+        pin(o);
+        pin(sc);
+#pragma unroll
+        for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t) stays in its registers until P V(t) is done
+        if (lane == 0) mbar_arrive(empty(s));
+        s = s_next, phase = phase_next;
+        ++t;
+        if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+      }
     }
     if constexpr (!kSplit) store_out<T, D>(p, w, tid, cq, accf, L_f);
   }
-  for (; t < n; ++t) {
-    mbar_wait(full(s), phase);
-    if (lane == 0) mbar_arrive(empty(s));
-    if (++s == S) s = 0, phase ^= 1;
+  if constexpr (kPingPong) {
+    // The remaining turns up to n, each empty turn k after releasing ring tile k - 1 (here t == turn - 1
+    // once turn > 0: a consumer that computed took turns 0..t, one without a block none).
+    for (; turn <= n;) {
+      if (turn > 0) {
+        mbar_wait(full(s), phase);
+        if (lane == 0) mbar_arrive(empty(s));
+        if (++s == S) s = 0, phase ^= 1;
+        ++t;
+      }
+      turn_begin();
+      turn_end();  // advances turn
+    }
+  } else {
+    for (; t < n; ++t) {
+      mbar_wait(full(s), phase);
+      if (lane == 0) mbar_arrive(empty(s));
+      if (++s == S) s = 0, phase ^= 1;
+    }
   }
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
   __trap();  // sm_90 code without the sm_90a features: the host only launches this where sm_90a was built

@@ -3,7 +3,8 @@
 // float64 and vs the CPU backend, run-to-run repeats, and the split-count-by-sequences negative control.
 // These run on whichever kernel paged_attention dispatches (wgmma on sm_90, mma.sync elsewhere); the
 // GpuAttentionSm90 tests pin each kernel on sm_90 through BIK_ATTENTION_SM90 (0 mma.sync, 1 wgmma,
-// 2 the pipelined, 3 (the default) and 4 the warp-specialised wgmma variants, which must equal 1 bit for bit).
+// 2 the pipelined, 3 (the default), 4 and 5 the warp-specialised wgmma variants, which must equal 1 bit for
+// bit).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -213,7 +214,7 @@ TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
     EXPECT_TRUE(cuda::attention_uses_wgmma(0));
     EXPECT_EQ(cuda::attention_wgmma_variant(0), 2);
   }
-  for (int v : {3, 4}) {
+  for (int v : {3, 4, 5}) {
     EngineSwitch ws(std::to_string(v).c_str());
     EXPECT_TRUE(cuda::attention_uses_wgmma(0));
     EXPECT_EQ(cuda::attention_wgmma_variant(0), v);
@@ -426,13 +427,16 @@ TEST(GpuAttentionSm90, NegativeControlOnWgmmaKernel) {
 
 // The warp-specialised kernel (BIK_ATTENTION_SM90=3: two 64-row query blocks per CTA sharing one K/V
 // stream, a producer warpgroup filling an mbarrier ring; 4: the same with S(j + 1) issued behind
-// P V(j)) must give every output byte of the default wgmma kernel. Fixed cases: both head dims and
-// dtypes, group sizes 1..8 and 7 (63-row blocks), block sizes 1..32, both launch modes, a one-key
-// context, a row ending on a split boundary, a pair of blocks where only the second has keys in a split
-// (ctx 290, 100 queries, group 1); then random batches: 1..12 sequences, contexts 1..6000, query lengths
-// 1, the whole context, or anything between (odd counts, not multiples of a tile or a block). Outputs
-// NaN-poisoned first must be complete. Negative control: variants 3 and 4 under another split length
-// must differ from the default somewhere.
+// P V(j); 5: 4 with the two consumers taking turns at the tensor cores) must give every output byte of
+// the one-warpgroup wgmma kernel (variant 1). Fixed cases: both head dims and dtypes, group sizes 1..8
+// and 7 (63-row blocks), block sizes 1..32, both launch modes, a one-key context, a row ending on a split
+// boundary, a pair of blocks where only the second has keys in a split (ctx 290, 100 queries, group 1);
+// the consumers' unequal tile counts that variant 5's turns must absorb without a hang: causal pairs
+// (the lower block one tile short), decodes and odd last pairs (the second consumer has no block), the
+// split above (the first has none); then random batches: 1..12 sequences, contexts 1..6000, query
+// lengths 1, the whole context, or anything between (odd counts, not multiples of a tile or a block).
+// Outputs NaN-poisoned first must be complete. Negative control: variants 3 to 5 under another split
+// length must differ from the plan's bytes.
 TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
   BIK_REQUIRE_SM90_ATTENTION();
   struct Case {
@@ -484,7 +488,7 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
       ASSERT_EQ(cuda::attention_wgmma_variant(0), 1);
       v1 = run_step(gpu(), c, k.seqs, seed);
     }
-    for (int v : {3, 4}) {
+    for (int v : {3, 4, 5}) {
       std::vector<uint16_t> vv;
       {
         EngineSwitch ws(std::to_string(v).c_str());
@@ -521,7 +525,7 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
     plan = run_step(gpu(), c, seqs, 77);
     other1 = run_step(gpu(), c, seqs, 77, other_splits);
   }
-  for (int v : {3, 4}) {
+  for (int v : {3, 4, 5}) {
     std::vector<uint16_t> other;
     {
       EngineSwitch ws(std::to_string(v).c_str());
@@ -564,14 +568,14 @@ void check_invariance_on_current_kernel() {
   EXPECT_EQ(o.diffs, 0) << "alone vs batched (group 7, D=64): " << o.diffs << " of " << o.cases;
 }
 
-// The invariance checks on the warp-specialised kernels (variants 3 and 4) pinned explicitly: decode
+// The invariance checks on the warp-specialised kernels (variants 3, 4 and 5) pinned explicitly: decode
 // equals prefill, chunked prefill equals whole (chunks of 1, 7, 64, 129, 300 tokens with a neighbour
 // decode in each chunk's batch), prefix-cache hit equals miss (cached prefixes inside and on tile and
 // split borders), a row alone equals the row in random batches. With the bitwise test above (each
 // equals variant 1 on whole steps) this carries variant 1's guarantees over to every path through them.
 TEST(GpuAttentionSm90, WarpSpecializedKernelInvariance) {
   BIK_REQUIRE_SM90_ATTENTION();
-  for (int v : {3, 4}) {
+  for (int v : {3, 4, 5}) {
     SCOPED_TRACE("variant " + std::to_string(v));
     EngineSwitch ws(std::to_string(v).c_str());
     ASSERT_EQ(cuda::attention_wgmma_variant(0), v);
@@ -579,18 +583,23 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelInvariance) {
   }
 }
 
-// The negative control under the warp-specialised kernel (variant 4, which has every change of 3): the
-// harness must still see a split count that follows the number of sequences.
+// The negative control under the warp-specialised kernels (variant 4, which has every change of 3, and
+// variant 5, which has every change of 4): the harness must still see a split count that follows the
+// number of sequences.
 TEST(GpuAttentionSm90, NegativeControlOnWarpSpecializedKernel) {
   BIK_REQUIRE_SM90_ATTENTION();
-  EngineSwitch ws("4");
-  Config c{DType::BF16, 32, 8, 128, 16};
-  const AttnOp variant = [](const TensorView& out, const TensorView& q, const TensorView& kc, const TensorView& vc,
-                            const TensorView& bt, const TensorView& sl, const TensorView& qsl, float scale) {
-    paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
-  };
-  const Outcome o = alone_vs_batched(gpu(), c, {{102, 2100, 1}, {104, 777, 5}}, {2, 5, 13}, 1500, 64, 42, variant);
-  EXPECT_GT(o.diffs, 0) << "the harness missed a batch-variant split count (" << o.cases << " rows)";
+  for (const char* v : {"4", "5"}) {
+    SCOPED_TRACE(std::string("variant ") + v);
+    EngineSwitch ws(v);
+    ASSERT_EQ(cuda::attention_wgmma_variant(0), std::atoi(v));
+    Config c{DType::BF16, 32, 8, 128, 16};
+    const AttnOp variant = [](const TensorView& out, const TensorView& q, const TensorView& kc, const TensorView& vc,
+                              const TensorView& bt, const TensorView& sl, const TensorView& qsl, float scale) {
+      paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
+    };
+    const Outcome o = alone_vs_batched(gpu(), c, {{102, 2100, 1}, {104, 777, 5}}, {2, 5, 13}, 1500, 64, 42, variant);
+    EXPECT_GT(o.diffs, 0) << "the harness missed a batch-variant split count (" << o.cases << " rows)";
+  }
 }
 #endif  // BIK_WITH_CUDA
 
