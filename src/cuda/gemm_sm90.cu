@@ -98,6 +98,14 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
   // Up to 128 rows: fewest waves, then most tiles. The 192-wide tiles fill one wave where 128-wide ones
   // need two (gate|up, N = 24576: on an H200 54 vs 63 us at M = 64, 61 vs 67 us at M = 128;
   // logs_h200x2/0907d85_gemm_sweep).
+  // Up to 16 rows the GEMM streams the weight: fewer, wider tiles stream it faster than many narrow ones
+  // (H200, M = 1: down 4096x12288 49 us on 64x128 against 57 on 64x32; qkv 21 against 34;
+  // logs_h200x2/b907e7e_gemm_c0). So the widest 64-row tile that still gives 32 tiles.
+  if (p.m <= 16) {
+    for (Choice c : {Choice::T64x192, Choice::T64x128, Choice::T64x64})
+      if (tiles_of(kShapes[int(c)]) >= 32) return c;
+    return Choice::T64x32;
+  }
   if (p.m <= 64) return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192}, waves);
   if (p.m <= 128)
     return pick({Choice::T64x32, Choice::T64x64, Choice::T64x192, Choice::T128x32, Choice::T128x64, Choice::T128x128,
