@@ -203,6 +203,16 @@ LlamaModel::LlamaModel(const ModelConfig& config, const Weights& weights, Device
     }
     return l;
   };
+  // Column-parallel layers of the hidden state: stacked into `fused` when they can be (returns true),
+  // else each part into its own Linear of `apart` (the same order).
+  auto stack_or_apart = [&](const std::vector<Part>& parts, Linear& fused, const std::vector<Linear*>& apart) {
+    if (can_stack(parts)) {
+      fused = stacked(parts, hidden_);
+      return true;
+    }
+    for (size_t j = 0; j < parts.size(); ++j) *apart[j] = lin(parts[j].first, parts[j].second, hidden_, Split::Rows);
+    return false;
+  };
 
   embed_ = matrix("embed", vocab_, hidden_, Split::None);
   final_norm_ = vec("final_norm", hidden_);
@@ -222,22 +232,9 @@ LlamaModel::LlamaModel(const ModelConfig& config, const Weights& weights, Device
     if (weights.has(p + "k_norm")) L.k_norm = vec(p + "k_norm", head_dim_);
     const std::vector<Part> qkv = {{p + "attn.q", qd}, {p + "attn.k", kd}, {p + "attn.v", kd}};
     const std::vector<Part> gate_up = {{p + "mlp.gate", inter_}, {p + "mlp.up", inter_}};
-    L.qkv_fused = can_stack(qkv);
-    if (L.qkv_fused) {
-      L.qkv = stacked(qkv, hidden_);
-    } else {
-      L.q = lin(p + "attn.q", qd, hidden_, Split::Rows);
-      L.k = lin(p + "attn.k", kd, hidden_, Split::Rows);
-      L.v = lin(p + "attn.v", kd, hidden_, Split::Rows);
-    }
+    L.qkv_fused = stack_or_apart(qkv, L.qkv, {&L.q, &L.k, &L.v});
     L.o = lin(p + "attn.o", hidden_, qd, Split::Cols);
-    L.gate_up_fused = can_stack(gate_up);
-    if (L.gate_up_fused) {
-      L.gate_up = stacked(gate_up, hidden_);
-    } else {
-      L.gate = lin(p + "mlp.gate", inter_, hidden_, Split::Rows);
-      L.up = lin(p + "mlp.up", inter_, hidden_, Split::Rows);
-    }
+    L.gate_up_fused = stack_or_apart(gate_up, L.gate_up, {&L.gate, &L.up});
     L.down = lin(p + "mlp.down", hidden_, inter_, Split::Cols);
     layers_.push_back(std::move(L));
   }

@@ -303,27 +303,9 @@ TEST(Model, PaddedDecodeStepGivesTheSameRowsAndWritesNoKv) {
   const int64_t V = tm.config.vocab;
   std::mt19937 rng(40);
   const auto p0 = random_prompt(rng, 21, V), p1 = random_prompt(rng, 9, V);
-  // Prefill both prompts (blocks 0-1 and 4), then one decode token each.
-  StepBatch pre;
-  pre.query_start_loc = {0};
-  auto add = [&](StepBatch& b, const std::vector<int32_t>& ids, int64_t first_pos, std::vector<int32_t> blocks) {
-    for (size_t t = 0; t < ids.size(); ++t) {
-      const int64_t pos = first_pos + int64_t(t);
-      b.token_ids.push_back(ids[t]);
-      b.positions.push_back(int32_t(pos));
-      b.slot_mapping.push_back(blocks[size_t(pos / 16)] * 16 + int32_t(pos % 16));
-    }
-    b.query_start_loc.push_back(int32_t(b.token_ids.size()));
-    b.seq_lens.push_back(int32_t(first_pos + int64_t(ids.size())));
-    b.block_tables.push_back(blocks);
-    b.logit_rows.push_back(int32_t(b.token_ids.size() - 1));
-  };
-  add(pre, p0, 0, {0, 1});
-  add(pre, p1, 0, {4});
-  StepBatch dec;
-  dec.query_start_loc = {0};
-  add(dec, {17}, 21, {0, 1});
-  add(dec, {23}, 9, {4});
+  // Prefill both prompts (blocks 0-1 and 4), then one decode token each; each sequence's last row's logits.
+  const PrefillDecode steps = two_sequence_steps(p0, p1, 4, 17, 23, false);
+  const StepBatch &pre = steps.prefill, &dec = steps.decode;
   auto run_step = [&](const StepBatch& d) {
     KvCache cache = tm.model->make_cache(8, 16);
     tm.model->forward(pre, cache);
@@ -371,52 +353,21 @@ TEST(Model, CudaGraphsRefusedOnTheCpu) {
 
 // ---- fused projections (q|k|v and gate|up as one GEMM each) ---------------------------------------------
 
-// One GEMM over [q; k; v] rows (and one over [gate; up]) gives every output element the same K chain as
-// its own GEMM, so the fused model's logits and every op's output are those of the model that runs the
-// five projections apart (whose q, k, v are contiguous matrices: the fused model's are column views of one
-// [T, (Hq + 2 Hk) D] buffer, so the strided paths of rms_norm, rotary, the KV write and attention are
-// compared with the contiguous ones too). Llama (GQA), Qwen3 (q/k norms read the views) and Qwen2 (q/k/v
-// biases, concatenated).
+// The fused model gives the bits of the one that runs the five projections apart
+// (expect_fused_projections_give_the_bits_of_separate_ones in tests/engine_fusion.h): Llama (GQA), Qwen3
+// (q/k norms read the views) and Qwen2 (q/k/v biases, concatenated; tied embeddings).
 TEST(Model, FusedProjectionsGiveTheBitsOfSeparateOnes) {
   for (const char* arch : {"llama", "qwen3", "qwen2"}) {
     SCOPED_TRACE(arch);
     ModelConfig c = tiny_config(64, 512, arch);
     c.tie_word_embeddings = std::string(arch) == "qwen2";
-    const Weights w = with_random_biases(c, Weights::dummy(c, 31), 5);
-    LlamaModel fused(c, w, Device::cpu()), apart(c, w, Device::cpu(), true, {}, false);
-    const FusionRun f = prefill_then_decode(fused, 9), a = prefill_then_decode(apart, 9);
-    ASSERT_EQ(f.logits.size(), size_t((32 + 2) * c.vocab) * sizeof(float));
-    EXPECT_TRUE(f.logits == a.logits) << "the fused projections changed the logits";
-    ASSERT_EQ(f.taps.size(), a.taps.size());
-    for (size_t i = 0; i < f.taps.size(); ++i) {
-      ASSERT_EQ(f.taps[i].name, a.taps[i].name);
-      EXPECT_TRUE(f.taps[i].bytes == a.taps[i].bytes) << f.taps[i].name;
-    }
-    // Both paths ran: the fused q/k/v taps are column views of the q|k|v rows, the others whole matrices.
-    const int64_t qd = c.heads * c.head_dim, wide = (c.heads + 2 * c.kv_heads) * c.head_dim;
-    for (const char* l : {"0.", "1."}) {
-      EXPECT_EQ(tap_stride(f, std::string(l) + "q_proj"), wide);
-      EXPECT_EQ(tap_stride(f, std::string(l) + "v_proj"), wide);
-      EXPECT_EQ(tap_stride(a, std::string(l) + "q_proj"), qd);
-      EXPECT_EQ(tap_stride(f, std::string(l) + "up_proj"), 2 * c.intermediate);
-    }
+    expect_fused_projections_give_the_bits_of_separate_ones(c, Device::cpu());
   }
 }
 
-// The comparison above has teeth: one changed weight in the last row of v (the end of the stacked rows)
-// changes the fused model's logits.
+// The comparison above has teeth: one changed weight in the last row of v changes the fused logits.
 TEST(Model, FusedProjectionsComparisonSeesOneChangedWeight) {
-  const ModelConfig c = tiny_config(64, 512, "llama");
-  const Weights w = Weights::dummy(c, 31);
-  Weights changed = w;
-  const std::string name = Weights::layer_name(1, "attn.v");
-  Tensor v = Tensor::empty(w.get(name).sizes(), DType::BF16);
-  copy(v, w.get(name));
-  bf16& e = v.ptr<bf16>()[v.numel() - 1];
-  e = to_bf16(to_float(e) + 0.25f);
-  changed.set(name, v);
-  LlamaModel fused(c, changed, Device::cpu()), apart(c, w, Device::cpu(), true, {}, false);
-  EXPECT_FALSE(prefill_then_decode(fused, 9).logits == prefill_then_decode(apart, 9).logits);
+  expect_fused_comparison_sees_one_changed_weight(tiny_config(64, 512, "llama"), Device::cpu());
 }
 
 // A layer whose q, k, v do not all have a bias keeps them apart (a zero bias for the missing one could

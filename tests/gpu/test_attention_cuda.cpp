@@ -30,6 +30,13 @@ using namespace attn_test;
 
 Device gpu() { return Device::cuda(0); }
 
+// The negative controls' attention call: a split count that follows the number of sequences (another
+// fold grouping, the same kernels).
+void split_by_seqs(const TensorView& out, const TensorView& q, const TensorView& kc, const TensorView& vc,
+                   const TensorView& bt, const TensorView& sl, const TensorView& qsl, float scale) {
+  paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
+}
+
 TEST(GpuAttention, AccuracyVsFloat64) {
   BIK_REQUIRE_GPU();
   struct Case {
@@ -147,12 +154,8 @@ TEST(GpuAttention, PrefixHitEqualsMiss) {
 TEST(GpuAttention, NegativeControlSplitBySequencesIsCaught) {
   BIK_REQUIRE_GPU();
   Config c{DType::BF16, 32, 8, 128, 16};
-  const AttnOp variant = [](const TensorView& out, const TensorView& q, const TensorView& kc, const TensorView& vc,
-                            const TensorView& bt, const TensorView& sl, const TensorView& qsl, float scale) {
-    paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
-  };
   const std::vector<SeqSpec> targets = {{102, 2100, 1}, {104, 777, 5}};
-  const Outcome o = alone_vs_batched(gpu(), c, targets, {2, 5, 13}, 1500, 64, 42, variant);
+  const Outcome o = alone_vs_batched(gpu(), c, targets, {2, 5, 13}, 1500, 64, 42, split_by_seqs);
   EXPECT_GT(o.diffs, 0) << "the harness missed a batch-variant split count (" << o.cases << " rows)";
 }
 
@@ -202,6 +205,85 @@ double relative_difference(DType dt, const std::vector<uint16_t>& a, const std::
   return std::sqrt(num / std::max(den, 1e-300));
 }
 
+// The fixed cases of the variant comparisons: both head dims and dtypes, group sizes 1..8, block sizes
+// 1..32, prefill, decode and mixed batches.
+struct VariantCase {
+  Config c;
+  std::vector<SeqSpec> seqs;
+  std::string what;
+};
+std::vector<VariantCase> variant_cases() {
+  const std::vector<SeqSpec> decode = {{91, 1, 1}, {92, 1024, 1}, {93, 4100, 1}, {94, 257, 2}, {95, 700, 3}};
+  const std::vector<SeqSpec> mixed = {{96, 3000, 3000}, {97, 6000, 1}, {98, 5000, 300}, {99, 65, 65}, {100, 1, 1}};
+  return {
+      {{DType::BF16, 32, 8, 128, 16}, {{81, 2000, 2000}, {82, 130, 65}}, "prefill"},
+      {{DType::BF16, 32, 8, 128, 16}, decode, "decode"},
+      {{DType::BF16, 32, 8, 128, 16}, mixed, "mixed"},
+      {{DType::F16, 8, 2, 128, 3}, {{83, 6100, 6100}}, "prefill"},
+      {{DType::F16, 8, 2, 128, 3}, decode, "decode"},
+      {{DType::BF16, 16, 2, 64, 16}, {{84, 2000, 2000}, {85, 777, 1}}, "prefill"},
+      {{DType::BF16, 16, 2, 64, 16}, decode, "decode"},
+      {{DType::F16, 8, 8, 64, 32}, {{86, 3000, 3000}}, "prefill"},
+      {{DType::F16, 8, 8, 64, 32}, mixed, "mixed"},
+      {{DType::BF16, 12, 3, 128, 1}, {{87, 1500, 1500}, {88, 9000, 1}}, "prefill"},
+      {{DType::F16, 4, 4, 64, 7}, decode, "decode"},
+  };
+}
+
+std::string config_label(const Config& c) {
+  return std::string(dtype_name(c.dtype)) + " D=" + std::to_string(c.d) + " Hq=" + std::to_string(c.hq) +
+         " Hkv=" + std::to_string(c.hkv) + " block=" + std::to_string(c.block_size);
+}
+
+// run_step's output under BIK_ATTENTION_SM90=variant, after checking that the switch selects it.
+void run_variant(int variant, const Config& c, const std::vector<SeqSpec>& seqs, uint64_t seed,
+                 std::vector<uint16_t>& out) {
+  EngineSwitch s(std::to_string(variant).c_str());
+  ASSERT_EQ(cuda::attention_wgmma_variant(0), variant);
+  out = run_step(gpu(), c, seqs, seed);
+}
+
+// Expects every element of a and b (of one length) written and finite, and their bytes equal (else says
+// how many elements differ, `versus`). Returns that count.
+size_t expect_same_output(DType dt, const std::vector<uint16_t>& a, const std::vector<uint16_t>& b,
+                          const std::string& label, const std::string& versus) {
+  size_t nonfinite = 0, differing = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    nonfinite += !std::isfinite(stored(dt, a[i])) || !std::isfinite(stored(dt, b[i]));
+    differing += a[i] != b[i];
+  }
+  EXPECT_EQ(nonfinite, 0u) << label << ": unwritten or non-finite outputs";
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(uint16_t)), 0)
+      << label << ": " << differing << " of " << a.size() << " elements differ " << versus;
+  return differing;
+}
+
+// The negative control of the variant comparisons: each variant under another split length (a 2000-token
+// prefill alone, split length 64 instead of the plan's) must differ from variant 1's bytes under the plan,
+// or the bitwise comparison could not see a change of arithmetic. With 64-key splits every tile ends a
+// split: the variants must equal variant 1 under that split length too.
+void expect_other_splits_differ(const std::vector<int>& variants) {
+  const Config c{DType::BF16, 32, 8, 128, 16};
+  const std::vector<SeqSpec> seqs = {{89, 2000, 2000}};
+  std::vector<uint16_t> plan, other1;
+  {
+    EngineSwitch one("1");
+    plan = run_step(gpu(), c, seqs, 77);
+    other1 = run_step(gpu(), c, seqs, 77, split_by_seqs);
+  }
+  for (int v : variants) {
+    std::vector<uint16_t> other;
+    {
+      EngineSwitch ws(std::to_string(v).c_str());
+      other = run_step(gpu(), c, seqs, 77, split_by_seqs);
+    }
+    ASSERT_EQ(plan.size(), other.size());
+    EXPECT_NE(std::memcmp(plan.data(), other.data(), plan.size() * sizeof(uint16_t)), 0)
+        << "variant " << v << ": another fold grouping gave the same bytes: the bitwise comparison proves nothing";
+    EXPECT_TRUE(other1 == other) << "variants 1 and " << v << " differ with one tile per split";
+  }
+}
+
 TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
   BIK_REQUIRE_SM90_ATTENTION();
   {
@@ -242,85 +324,24 @@ TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
 // printed for information: it may round like wgmma or not.)
 TEST(GpuAttentionSm90, PipelinedKernelEqualsDefaultBitwise) {
   BIK_REQUIRE_SM90_ATTENTION();
-  struct Case {
-    Config c;
-    std::vector<SeqSpec> seqs;
-    const char* what;
-  };
-  const std::vector<SeqSpec> decode = {{91, 1, 1}, {92, 1024, 1}, {93, 4100, 1}, {94, 257, 2}, {95, 700, 3}};
-  const std::vector<SeqSpec> mixed = {{96, 3000, 3000}, {97, 6000, 1}, {98, 5000, 300}, {99, 65, 65}, {100, 1, 1}};
-  const std::vector<Case> cases = {
-      {{DType::BF16, 32, 8, 128, 16}, {{81, 2000, 2000}, {82, 130, 65}}, "prefill"},
-      {{DType::BF16, 32, 8, 128, 16}, decode, "decode"},
-      {{DType::BF16, 32, 8, 128, 16}, mixed, "mixed"},
-      {{DType::F16, 8, 2, 128, 3}, {{83, 6100, 6100}}, "prefill"},
-      {{DType::F16, 8, 2, 128, 3}, decode, "decode"},
-      {{DType::BF16, 16, 2, 64, 16}, {{84, 2000, 2000}, {85, 777, 1}}, "prefill"},
-      {{DType::BF16, 16, 2, 64, 16}, decode, "decode"},
-      {{DType::F16, 8, 8, 64, 32}, {{86, 3000, 3000}}, "prefill"},
-      {{DType::F16, 8, 8, 64, 32}, mixed, "mixed"},
-      {{DType::BF16, 12, 3, 128, 1}, {{87, 1500, 1500}, {88, 9000, 1}}, "prefill"},
-      {{DType::F16, 4, 4, 64, 7}, decode, "decode"},
-  };
   uint64_t seed = 1201;
-  for (const Case& k : cases) {
+  for (const VariantCase& k : variant_cases()) {
     const Config& c = k.c;
     std::vector<uint16_t> v1, v2, v0;
-    {
-      EngineSwitch one("1");
-      ASSERT_EQ(cuda::attention_wgmma_variant(0), 1);
-      v1 = run_step(gpu(), c, k.seqs, seed);
-    }
-    {
-      EngineSwitch two("2");
-      ASSERT_EQ(cuda::attention_wgmma_variant(0), 2);
-      v2 = run_step(gpu(), c, k.seqs, seed);
-    }
-    {
-      EngineSwitch zero("0");
-      v0 = run_step(gpu(), c, k.seqs, seed);
-    }
+    ASSERT_NO_FATAL_FAILURE(run_variant(1, c, k.seqs, seed, v1));
+    ASSERT_NO_FATAL_FAILURE(run_variant(2, c, k.seqs, seed, v2));
+    ASSERT_NO_FATAL_FAILURE(run_variant(0, c, k.seqs, seed, v0));
     ++seed;
-    const std::string label = std::string(dtype_name(c.dtype)) + " D=" + std::to_string(c.d) + " Hq=" +
-                              std::to_string(c.hq) + " Hkv=" + std::to_string(c.hkv) + " block=" +
-                              std::to_string(c.block_size) + " (" + k.what + " batch)";
+    const std::string label = config_label(c) + " (" + k.what + " batch)";
     ASSERT_EQ(v1.size(), v2.size()) << label;
-    size_t nonfinite = 0, differing = 0;
-    for (size_t i = 0; i < v1.size(); ++i) {
-      nonfinite += !std::isfinite(stored(c.dtype, v1[i])) || !std::isfinite(stored(c.dtype, v2[i]));
-      differing += v1[i] != v2[i];
-    }
-    EXPECT_EQ(nonfinite, 0u) << label << ": unwritten or non-finite outputs";
-    EXPECT_EQ(std::memcmp(v1.data(), v2.data(), v1.size() * sizeof(uint16_t)), 0)
-        << label << ": " << differing << " of " << v1.size() << " elements differ between variants 1 and 2";
+    const size_t differing = expect_same_output(c.dtype, v1, v2, label, "between variants 1 and 2");
     size_t mma_sync_differs = 0;
     for (size_t i = 0; i < v1.size(); ++i) mma_sync_differs += v0[i] != v1[i];
     std::printf("[ info ] %s: variant 2 vs 1: %zu of %zu elements differ; mma.sync vs wgmma: %zu differ\n",
                 label.c_str(), differing, v1.size(), mma_sync_differs);
   }
-
-  const AttnOp other_splits = [](const TensorView& out, const TensorView& q, const TensorView& kc,
-                                 const TensorView& vc, const TensorView& bt, const TensorView& sl,
-                                 const TensorView& qsl, float scale) {
-    paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
-  };
-  const Config c{DType::BF16, 32, 8, 128, 16};
-  const std::vector<SeqSpec> seqs = {{89, 2000, 2000}};  // one sequence: split length 64 instead of the plan's
-  std::vector<uint16_t> plan, other1, other2;
-  {
-    EngineSwitch one("1");
-    plan = run_step(gpu(), c, seqs, 77);
-    other1 = run_step(gpu(), c, seqs, 77, other_splits);
-  }
-  {
-    EngineSwitch two("2");
-    other2 = run_step(gpu(), c, seqs, 77, other_splits);
-  }
-  ASSERT_EQ(plan.size(), other2.size());
-  EXPECT_NE(std::memcmp(plan.data(), other2.data(), plan.size() * sizeof(uint16_t)), 0)
-      << "another fold grouping gave the same bytes: the bitwise comparison proves nothing";
-  // With 64-key splits every tile ends a split: the pipelined kernel's deferred end of split at each step.
-  EXPECT_TRUE(other1 == other2) << "variants 1 and 2 differ with one tile per split";
+  // The pipelined kernel's deferred end of split at each step, with one tile per split.
+  expect_other_splits_differ({2});
 }
 
 // The wgmma kernel against float64, in both launch modes: the first configuration's 2000-token prefill
@@ -417,11 +438,7 @@ TEST(GpuAttentionSm90, NegativeControlOnWgmmaKernel) {
   BIK_REQUIRE_SM90_ATTENTION();
   EngineSwitch on("1");
   Config c{DType::BF16, 32, 8, 128, 16};
-  const AttnOp variant = [](const TensorView& out, const TensorView& q, const TensorView& kc, const TensorView& vc,
-                            const TensorView& bt, const TensorView& sl, const TensorView& qsl, float scale) {
-    paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
-  };
-  const Outcome o = alone_vs_batched(gpu(), c, {{102, 2100, 1}, {104, 777, 5}}, {2, 5, 13}, 1500, 64, 42, variant);
+  const Outcome o = alone_vs_batched(gpu(), c, {{102, 2100, 1}, {104, 777, 5}}, {2, 5, 13}, 1500, 64, 42, split_by_seqs);
   EXPECT_GT(o.diffs, 0) << "the harness missed a batch-variant split count (" << o.cases << " rows)";
 }
 
@@ -439,31 +456,15 @@ TEST(GpuAttentionSm90, NegativeControlOnWgmmaKernel) {
 // length must differ from the plan's bytes.
 TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
   BIK_REQUIRE_SM90_ATTENTION();
-  struct Case {
-    Config c;
-    std::vector<SeqSpec> seqs;
-    std::string what;
-  };
-  const std::vector<SeqSpec> decode = {{91, 1, 1}, {92, 1024, 1}, {93, 4100, 1}, {94, 257, 2}, {95, 700, 3}};
   const std::vector<SeqSpec> mixed = {{96, 3000, 3000}, {97, 6000, 1}, {98, 5000, 300}, {99, 65, 65}, {100, 1, 1}};
   const std::vector<SeqSpec> straddle = {{110, 290, 100}, {111, 1, 1}, {112, 513, 130}, {113, 256, 129}};
-  std::vector<Case> cases = {
-      {{DType::BF16, 32, 8, 128, 16}, {{81, 2000, 2000}, {82, 130, 65}}, "prefill"},
-      {{DType::BF16, 32, 8, 128, 16}, decode, "decode"},
-      {{DType::BF16, 32, 8, 128, 16}, mixed, "mixed"},
-      {{DType::F16, 8, 2, 128, 3}, {{83, 6100, 6100}}, "prefill"},
-      {{DType::F16, 8, 2, 128, 3}, decode, "decode"},
-      {{DType::BF16, 16, 2, 64, 16}, {{84, 2000, 2000}, {85, 777, 1}}, "prefill"},
-      {{DType::BF16, 16, 2, 64, 16}, decode, "decode"},
-      {{DType::F16, 8, 8, 64, 32}, {{86, 3000, 3000}}, "prefill"},
-      {{DType::F16, 8, 8, 64, 32}, mixed, "mixed"},
-      {{DType::BF16, 12, 3, 128, 1}, {{87, 1500, 1500}, {88, 9000, 1}}, "prefill"},
-      {{DType::F16, 4, 4, 64, 7}, decode, "decode"},
+  std::vector<VariantCase> cases = variant_cases();
+  cases.insert(cases.end(), {
       {{DType::BF16, 4, 4, 128, 16}, straddle, "straddling blocks"},
       {{DType::F16, 8, 8, 64, 5}, straddle, "straddling blocks"},
       {{DType::BF16, 28, 4, 128, 16}, {{114, 2500, 2500}, {115, 700, 333}}, "prefill, group 7"},
       {{DType::F16, 28, 4, 64, 2}, mixed, "mixed, group 7"},
-  };
+  });
   std::mt19937_64 rng(4242);
   const Config random_configs[] = {{DType::BF16, 32, 8, 128, 16}, {DType::F16, 8, 2, 128, 5},
                                    {DType::BF16, 16, 16, 64, 32}, {DType::F16, 28, 4, 64, 1},
@@ -480,63 +481,21 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
     cases.push_back({random_configs[i % 6], seqs, "random batch " + std::to_string(i)});
   }
   uint64_t seed = 2201;
-  for (const Case& k : cases) {
+  for (const VariantCase& k : cases) {
     const Config& c = k.c;
     std::vector<uint16_t> v1;
-    {
-      EngineSwitch one("1");
-      ASSERT_EQ(cuda::attention_wgmma_variant(0), 1);
-      v1 = run_step(gpu(), c, k.seqs, seed);
-    }
+    ASSERT_NO_FATAL_FAILURE(run_variant(1, c, k.seqs, seed, v1));
     for (int v : {3, 4, 5}) {
       std::vector<uint16_t> vv;
-      {
-        EngineSwitch ws(std::to_string(v).c_str());
-        ASSERT_EQ(cuda::attention_wgmma_variant(0), v);
-        vv = run_step(gpu(), c, k.seqs, seed);
-      }
-      const std::string label = std::string(dtype_name(c.dtype)) + " D=" + std::to_string(c.d) + " Hq=" +
-                                std::to_string(c.hq) + " Hkv=" + std::to_string(c.hkv) + " block=" +
-                                std::to_string(c.block_size) + " (" + k.what + ", " +
-                                std::to_string(k.seqs.size()) + " sequences), variant " + std::to_string(v);
+      ASSERT_NO_FATAL_FAILURE(run_variant(v, c, k.seqs, seed, vv));
+      const std::string label = config_label(c) + " (" + k.what + ", " + std::to_string(k.seqs.size()) +
+                                " sequences), variant " + std::to_string(v);
       ASSERT_EQ(v1.size(), vv.size()) << label;
-      size_t nonfinite = 0, differing = 0;
-      for (size_t i = 0; i < v1.size(); ++i) {
-        nonfinite += !std::isfinite(stored(c.dtype, v1[i])) || !std::isfinite(stored(c.dtype, vv[i]));
-        differing += v1[i] != vv[i];
-      }
-      EXPECT_EQ(nonfinite, 0u) << label << ": unwritten or non-finite outputs";
-      EXPECT_EQ(std::memcmp(v1.data(), vv.data(), v1.size() * sizeof(uint16_t)), 0)
-          << label << ": " << differing << " of " << v1.size() << " elements differ from variant 1";
+      expect_same_output(c.dtype, v1, vv, label, "from variant 1");
     }
     ++seed;
   }
-
-  const AttnOp other_splits = [](const TensorView& out, const TensorView& q, const TensorView& kc,
-                                 const TensorView& vc, const TensorView& bt, const TensorView& sl,
-                                 const TensorView& qsl, float scale) {
-    paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
-  };
-  const Config c{DType::BF16, 32, 8, 128, 16};
-  const std::vector<SeqSpec> seqs = {{89, 2000, 2000}};  // one sequence: split length 64 instead of the plan's
-  std::vector<uint16_t> plan, other1;
-  {
-    EngineSwitch one("1");
-    plan = run_step(gpu(), c, seqs, 77);
-    other1 = run_step(gpu(), c, seqs, 77, other_splits);
-  }
-  for (int v : {3, 4, 5}) {
-    std::vector<uint16_t> other;
-    {
-      EngineSwitch ws(std::to_string(v).c_str());
-      other = run_step(gpu(), c, seqs, 77, other_splits);
-    }
-    ASSERT_EQ(plan.size(), other.size());
-    EXPECT_NE(std::memcmp(plan.data(), other.data(), plan.size() * sizeof(uint16_t)), 0)
-        << "variant " << v << ": another fold grouping gave the same bytes: the bitwise comparison proves nothing";
-    // With 64-key splits every tile ends a split.
-    EXPECT_TRUE(other1 == other) << "variants 1 and " << v << " differ with one tile per split";
-  }
+  expect_other_splits_differ({3, 4, 5});
 }
 
 // The invariance checks of WarpSpecializedKernelInvariance, on whichever kernel BIK_ATTENTION_SM90 selects.
@@ -593,11 +552,7 @@ TEST(GpuAttentionSm90, NegativeControlOnWarpSpecializedKernel) {
     EngineSwitch ws(v);
     ASSERT_EQ(cuda::attention_wgmma_variant(0), std::atoi(v));
     Config c{DType::BF16, 32, 8, 128, 16};
-    const AttnOp variant = [](const TensorView& out, const TensorView& q, const TensorView& kc, const TensorView& vc,
-                              const TensorView& bt, const TensorView& sl, const TensorView& qsl, float scale) {
-      paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);
-    };
-    const Outcome o = alone_vs_batched(gpu(), c, {{102, 2100, 1}, {104, 777, 5}}, {2, 5, 13}, 1500, 64, 42, variant);
+    const Outcome o = alone_vs_batched(gpu(), c, {{102, 2100, 1}, {104, 777, 5}}, {2, 5, 13}, 1500, 64, 42, split_by_seqs);
     EXPECT_GT(o.diffs, 0) << "the harness missed a batch-variant split count (" << o.cases << " rows)";
   }
 }

@@ -106,44 +106,21 @@ TEST_F(EngineCudaGraphs, BatchInvariantOffIsDetected) {
 namespace bik::engine {
 namespace {
 
-// q|k|v and gate|up as one GEMM each give the logits and every op's output of the model that runs the five
-// projections apart, on the CUDA kernels: the wgmma GEMM at the fused widths, and the strided q/k/v views
-// through the q/k norms (the 16-byte path's [T, H, D] rows), rotary, the KV write and attention.
+// The fused projections against the five run apart (tests/engine_fusion.h) on the CUDA kernels: the
+// wgmma GEMM at the fused widths, and the strided q/k/v views through the q/k norms (the 16-byte path's
+// [T, H, D] rows), rotary, the KV write and attention.
 TEST(EngineCudaFusion, FusedProjectionsGiveTheBitsOfSeparateOnes) {
   BIK_REQUIRE_GPU();
   for (const char* arch : {"llama", "qwen3", "qwen2"}) {
     SCOPED_TRACE(arch);
-    ModelConfig c = tiny_config(256, 512, arch);
-    const Weights w = with_random_biases(c, Weights::dummy(c, 31), 5);
-    LlamaModel fused(c, w, Device::cuda(0)), apart(c, w, Device::cuda(0), true, {}, false);
-    const FusionRun f = prefill_then_decode(fused, 9), a = prefill_then_decode(apart, 9);
-    ASSERT_EQ(f.logits.size(), size_t((32 + 2) * c.vocab) * sizeof(float));
-    EXPECT_TRUE(f.logits == a.logits) << "the fused projections changed the logits";
-    ASSERT_EQ(f.taps.size(), a.taps.size());
-    for (size_t i = 0; i < f.taps.size(); ++i) {
-      ASSERT_EQ(f.taps[i].name, a.taps[i].name);
-      EXPECT_TRUE(f.taps[i].bytes == a.taps[i].bytes) << f.taps[i].name;
-    }
-    const int64_t wide = (c.heads + 2 * c.kv_heads) * c.head_dim;
-    EXPECT_EQ(tap_stride(f, "0.q_proj"), wide);
-    EXPECT_EQ(tap_stride(a, "0.q_proj"), c.heads * c.head_dim);
+    expect_fused_projections_give_the_bits_of_separate_ones(tiny_config(256, 512, arch), Device::cuda(0));
   }
 }
 
 // The control: one changed weight in the last row of v changes the fused model's logits on CUDA too.
 TEST(EngineCudaFusion, ComparisonSeesOneChangedWeight) {
   BIK_REQUIRE_GPU();
-  const ModelConfig c = tiny_config(256, 512, "llama");
-  const Weights w = Weights::dummy(c, 31);
-  Weights changed = w;
-  const std::string name = Weights::layer_name(1, "attn.v");
-  Tensor v = Tensor::empty(w.get(name).sizes(), DType::BF16);
-  copy(v, w.get(name));
-  bf16& e = v.ptr<bf16>()[v.numel() - 1];
-  e = to_bf16(to_float(e) + 0.25f);
-  changed.set(name, v);
-  LlamaModel fused(c, changed, Device::cuda(0)), apart(c, w, Device::cuda(0), true, {}, false);
-  EXPECT_FALSE(prefill_then_decode(fused, 9).logits == prefill_then_decode(apart, 9).logits);
+  expect_fused_comparison_sees_one_changed_weight(tiny_config(256, 512, "llama"), Device::cuda(0));
 }
 
 }  // namespace

@@ -702,45 +702,56 @@ TEST(OpsCuda, LogSoftmaxMatchesLogprobs) {
     }
 }
 
+struct SoftmaxCase {
+  DType t, o;  // input, output
+  int64_t m, n;
+  bool log;
+};
+
+// softmax (or log_softmax) of x with the switch `var` set to `value` for the call; the output on the host.
+Tensor softmax_under(const char* var, const char* value, const SoftmaxCase& c, const Tensor& x) {
+  setenv(var, value, 1);
+  Tensor out = Tensor::empty({c.m, c.n}, c.o, Device::cuda(0));
+  if (c.log)
+    log_softmax(out, x);
+  else
+    softmax(out, x);
+  unsetenv(var);
+  return out.to(Device::cpu());
+}
+
+// Every case gives the same bits with the switch `var` at 1 and at 0. Negative control: the same
+// comparison against an input that differs in one element of the last row must see a difference (on
+// cases[1], which must have F32 input and output).
+void expect_softmax_switch_keeps_bits(const char* var, const std::vector<SoftmaxCase>& cases) {
+  for (const SoftmaxCase& c : cases) {
+    Shared x = shared_tensor({c.m, c.n}, c.t, 3.0, 0.0, uint64_t(c.n + c.m));
+    const Tensor a = softmax_under(var, "1", c, x.dev), b = softmax_under(var, "0", c, x.dev);
+    const size_t bytes = size_t(c.m * c.n) * dtype_size(c.o);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), bytes), 0) << dn(c.t) << " n=" << c.n << " rows " << c.m;
+  }
+  const SoftmaxCase& c = cases[1];
+  ASSERT_TRUE(c.t == DType::F32 && c.o == DType::F32);
+  Shared x = shared_tensor({c.m, c.n}, c.t, 3.0, 0.0, uint64_t(c.n + c.m));
+  Tensor xh = x.dev.to(Device::cpu());
+  float* last = xh.ptr<float>() + c.m * c.n - 1;
+  *last = *last + 1.0f;
+  const Tensor a = softmax_under(var, "1", c, xh.to(Device::cuda(0))), b = softmax_under(var, "0", c, x.dev);
+  EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(c.m * c.n) * 4), 0) << "the comparison missed a changed input";
+}
+
 // On sm_90 rows of the largest plan run on a cluster of four CTAs a row; BIK_SOFTMAX_CLUSTER=0 keeps them
 // on one CTA. Both must give the same bits: rows held in registers and rows read twice (F32 n > 65536,
 // BF16 151936), one row and batches of several. Negative control: the same comparison against an input
 // that differs in one element of the last row must see a difference.
 TEST(OpsCuda, SoftmaxClusterMatchesOneCta) {
   BIK_REQUIRE_GPU();
-  struct Case {
-    DType t, o;
-    int64_t m, n;
-    bool log;
-  };
-  const Case cases[] = {{DType::F32, DType::F32, 1, 32000, false},    {DType::F32, DType::F32, 64, 32000, true},
-                        {DType::F32, DType::F32, 3, 4100, false},     {DType::F32, DType::F32, 2, 100000, false},
-                        {DType::BF16, DType::F32, 2, 151936, true},   {DType::BF16, DType::BF16, 5, 8200, false},
-                        {DType::F16, DType::F32, 1, 70000, true},     {DType::BF16, DType::F32, 300, 32000, true}};
-  auto run = [](const Case& c, const Tensor& x, const char* cluster) {
-    setenv("BIK_SOFTMAX_CLUSTER", cluster, 1);
-    Tensor out = Tensor::empty({c.m, c.n}, c.o, Device::cuda(0));
-    if (c.log)
-      log_softmax(out, x);
-    else
-      softmax(out, x);
-    unsetenv("BIK_SOFTMAX_CLUSTER");
-    return out.to(Device::cpu());
-  };
-  for (const Case& c : cases) {
-    Shared x = shared_tensor({c.m, c.n}, c.t, 3.0, 0.0, uint64_t(c.n + c.m));
-    const Tensor a = run(c, x.dev, "1"), b = run(c, x.dev, "0");
-    const size_t bytes = size_t(c.m * c.n) * dtype_size(c.o);
-    EXPECT_EQ(std::memcmp(a.data(), b.data(), bytes), 0) << dn(c.t) << " n=" << c.n << " rows " << c.m;
-  }
-  // Negative control.
-  const Case& c = cases[1];
-  Shared x = shared_tensor({c.m, c.n}, c.t, 3.0, 0.0, uint64_t(c.n + c.m));
-  Tensor xh = x.dev.to(Device::cpu());
-  float* last = xh.ptr<float>() + c.m * c.n - 1;
-  *last = *last + 1.0f;
-  const Tensor a = run(c, xh.to(Device::cuda(0)), "1"), b = run(c, x.dev, "0");
-  EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(c.m * c.n) * 4), 0) << "the comparison missed a changed input";
+  expect_softmax_switch_keeps_bits(
+      "BIK_SOFTMAX_CLUSTER",
+      {{DType::F32, DType::F32, 1, 32000, false}, {DType::F32, DType::F32, 64, 32000, true},
+       {DType::F32, DType::F32, 3, 4100, false}, {DType::F32, DType::F32, 2, 100000, false},
+       {DType::BF16, DType::F32, 2, 151936, true}, {DType::BF16, DType::BF16, 5, 8200, false},
+       {DType::F16, DType::F32, 1, 70000, true}, {DType::BF16, DType::F32, 300, 32000, true}});
 }
 
 // BIK_SOFTMAX_RESIDENT=0 sends the rows of softmax_resident_kernel back to the cluster kernel (rows that
@@ -749,40 +760,13 @@ TEST(OpsCuda, SoftmaxClusterMatchesOneCta) {
 // in one element of the last row must show.
 TEST(OpsCuda, SoftmaxResidentMatchesOtherKernels) {
   BIK_REQUIRE_GPU();
-  struct Case {
-    DType t, o;
-    int64_t m, n;
-    bool log;
-  };
-  const Case cases[] = {{DType::F32, DType::F32, 1, 32000, false},    {DType::F32, DType::F32, 64, 32000, true},
-                        {DType::F32, DType::F32, 3, 16388, false},    {DType::F32, DType::F32, 5, 32768, false},
-                        {DType::F32, DType::F32, 700, 20000, true},   {DType::BF16, DType::F32, 2, 65536, true},
-                        {DType::BF16, DType::BF16, 9, 16392, false},  {DType::F16, DType::F32, 300, 40000, false},
-                        {DType::BF16, DType::F32, 200, 32000, true}};
-  auto run = [](const Case& c, const Tensor& x, const char* resident) {
-    setenv("BIK_SOFTMAX_RESIDENT", resident, 1);
-    Tensor out = Tensor::empty({c.m, c.n}, c.o, Device::cuda(0));
-    if (c.log)
-      log_softmax(out, x);
-    else
-      softmax(out, x);
-    unsetenv("BIK_SOFTMAX_RESIDENT");
-    return out.to(Device::cpu());
-  };
-  for (const Case& c : cases) {
-    Shared x = shared_tensor({c.m, c.n}, c.t, 3.0, 0.0, uint64_t(c.n + c.m));
-    const Tensor a = run(c, x.dev, "1"), b = run(c, x.dev, "0");
-    const size_t bytes = size_t(c.m * c.n) * dtype_size(c.o);
-    EXPECT_EQ(std::memcmp(a.data(), b.data(), bytes), 0) << dn(c.t) << " n=" << c.n << " rows " << c.m;
-  }
-  // Negative control.
-  const Case& c = cases[1];
-  Shared x = shared_tensor({c.m, c.n}, c.t, 3.0, 0.0, uint64_t(c.n + c.m));
-  Tensor xh = x.dev.to(Device::cpu());
-  float* last = xh.ptr<float>() + c.m * c.n - 1;
-  *last = *last + 1.0f;
-  const Tensor a = run(c, xh.to(Device::cuda(0)), "1"), b = run(c, x.dev, "0");
-  EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(c.m * c.n) * 4), 0) << "the comparison missed a changed input";
+  expect_softmax_switch_keeps_bits(
+      "BIK_SOFTMAX_RESIDENT",
+      {{DType::F32, DType::F32, 1, 32000, false}, {DType::F32, DType::F32, 64, 32000, true},
+       {DType::F32, DType::F32, 3, 16388, false}, {DType::F32, DType::F32, 5, 32768, false},
+       {DType::F32, DType::F32, 700, 20000, true}, {DType::BF16, DType::F32, 2, 65536, true},
+       {DType::BF16, DType::BF16, 9, 16392, false}, {DType::F16, DType::F32, 300, 40000, false},
+       {DType::BF16, DType::F32, 200, 32000, true}});
 }
 
 // A [rows, n] tensor on the GPU whose values come from a hash of (seed, index): no host copy as doubles, so
