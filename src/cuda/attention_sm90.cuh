@@ -46,6 +46,7 @@
 #pragma once
 #include "cuda/attention.cuh"
 #include "cuda/gemm_sm90_wgmma.cuh"
+#include "cuda/sm90_sync.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define BIK_ATTN_SM90_DEVICE_CODE 1  // wgmma exists only in the sm_90a pass
@@ -157,46 +158,16 @@ struct WgmmaRS<128, __half> {
 };
 
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Makes this thread's completed generic-proxy writes to shared memory (cp.async) visible to the async
-// proxy, which is where wgmma reads its shared-memory operands.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// Keeps the compiler from moving register reads or writes across the asynchronous wgmma window.
-template <int R>
-__device__ __forceinline__ void pin(float (&d)[R]) {
-#pragma unroll
-  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-template <int R>
-__device__ __forceinline__ void pin(uint32_t (&d)[R]) {
-#pragma unroll
-  for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i])::"memory");
-}
+using sm90_sync::fence_proxy_async;
+using sm90_sync::pin;
+using sm90_sync::wgmma_commit;
+using sm90_sync::wgmma_fence;
+using sm90_sync::wgmma_wait;
 
 // mbarrier ring of the warp-specialised variant (the arrive releases, the wait acquires, CTA scope).
-__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-// Returns once the phase of parity `parity` has completed (a fresh barrier counts as having completed
-// the phase of parity 1).
-__device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
-  asm volatile(
-      "{\n.reg .pred done;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
+using sm90_sync::mbar_arrive;
+using sm90_sync::mbar_init;
+using sm90_sync::mbar_wait;
 // One arrival on `bar`, made by the hardware once every cp.async this thread has issued so far has
 // landed (noinc: it is one of the arrivals the barrier was initialised to expect).
 __device__ __forceinline__ void mbar_arrive_on_copies(uint32_t bar) {

@@ -185,6 +185,24 @@ bool share_w_for(const Problem& p, int bm, int bn, ClusterMode mode) {
   return rows_w <= rows_a;
 }
 
+// A launch of `ctas` CTAs (even) in clusters of two along x; `attr` holds the cluster attribute the
+// returned configuration points at, so it must outlive every use of that configuration.
+cudaLaunchConfig_t pair_cluster_config(cudaLaunchAttribute (&attr)[1], unsigned ctas, int threads, int smem,
+                                       cudaStream_t st) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(ctas, 1, 1);
+  cfg.blockDim = dim3(unsigned(threads), 1, 1);
+  cfg.dynamicSmemBytes = size_t(smem);
+  cfg.stream = st;
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
 // How many clusters of two CTAs of this kernel the device holds at once (GPCs with an odd number of free
 // SMs leave one idle), cached per (kernel, device); 0 when clusters cannot be placed.
 int max_active_pairs(const void* kernel, int threads, int smem, const DeviceInfo& d) {
@@ -193,17 +211,9 @@ int max_active_pairs(const void* kernel, int threads, int smem, const DeviceInfo
   std::lock_guard<std::mutex> lock(mu);
   const auto key = std::make_pair(kernel, d.index);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(std::max(2, d.sms / 2 * 2)), 1, 1);
-  cfg.blockDim = dim3(unsigned(threads), 1, 1);
-  cfg.dynamicSmemBytes = size_t(smem);
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 2;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  const cudaLaunchConfig_t cfg =
+      pair_cluster_config(attr, unsigned(std::max(2, d.sms / 2 * 2)), threads, smem, nullptr);
   int n = 0;
   if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
     (void)cudaGetLastError();
@@ -245,18 +255,9 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
   const int most = max_active_pairs(reinterpret_cast<const void*>(kernel), Cfg::kThreads, Cfg::kSmemBytes, d);
   if (most < 1) return false;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(2 * std::min<int64_t>(pairs, most)), 1, 1);
-  cfg.blockDim = dim3(unsigned(Cfg::kThreads), 1, 1);
-  cfg.dynamicSmemBytes = size_t(Cfg::kSmemBytes);
-  cfg.stream = st;
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 2;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  const cudaLaunchConfig_t cfg =
+      pair_cluster_config(attr, unsigned(2 * std::min<int64_t>(pairs, most)), Cfg::kThreads, Cfg::kSmemBytes, st);
   BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm, map_a, map_w));
   g_cluster_launches.fetch_add(1, std::memory_order_relaxed);
   return true;

@@ -35,6 +35,7 @@
 
 #include "cuda/gemm_common.cuh"
 #include "cuda/gemm_sm90_wgmma.cuh"
+#include "cuda/sm90_sync.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define BIK_SM90_DEVICE_CODE 1  // wgmma, TMA and setmaxnreg exist only in the sm_90a pass
@@ -79,25 +80,16 @@ struct Params {
 };
 
 #ifdef BIK_SM90_DEVICE_CODE
-__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
-  asm volatile(
-      "{\n.reg .pred done;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, int bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
+using sm90_sync::fence_proxy_async;
+using sm90_sync::mbar_arrive;
+using sm90_sync::mbar_arrive_expect_tx;
+using sm90_sync::mbar_init;
+using sm90_sync::mbar_wait;
+using sm90_sync::pin;
+using sm90_sync::wgmma_commit;
+using sm90_sync::wgmma_fence;
+using sm90_sync::wgmma_wait;
+
 __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, uint32_t bar, int k, int row, int b) {
   asm volatile(
       "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::
@@ -148,19 +140,6 @@ __device__ __forceinline__ void st_shared_16(uint32_t dst, uint4 v) {
   asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
                : "memory");
 }
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma window.
-template <int R>
-__device__ __forceinline__ void pin(float (&d)[R]) {
-#pragma unroll
-  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
 // Shared-memory matrix descriptor of a K-major tile in the 128-byte swizzle: rows of 128 bytes, groups of
 // 8 rows 1024 bytes apart (stride byte offset); the leading byte offset is unused in this mode. A K step
 // of 16 halves (32 bytes) inside the 64-wide stage is +2 on the 16-byte-unit start address.
@@ -358,7 +337,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
               st_shared_16((is_a ? stage_a(s) : stage_w(s)) + r * kRowBytes + ((c ^ (r & 7)) << 4), v);
             }
             // Ordinary stores become visible to the wgmma (async proxy) only through this fence.
-            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+            fence_proxy_async();
             mbar_arrive(full(s));
           }
         }

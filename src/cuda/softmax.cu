@@ -283,6 +283,58 @@ constexpr int kResidentThreads = 512;
 constexpr int kResidentNg = kMaxRowThreads / kResidentThreads;
 constexpr int kResidentPasses = 8;
 
+// One resident row from the registers: the statistics (each plan thread's chunks in increasing pass
+// order), the max and sum trees, and the output. raw[p][g] is the chunk of pass p, lane group g that
+// thread rg.tg owns (zeros past the row end, never used); how it got there is the caller's business, so
+// softmax_resident_kernel and softmax_prefetch_kernel share the arithmetic and give the same bits.
+template <class Tx, class To>
+__device__ __forceinline__ void softmax_resident_row(const uint4 (&raw)[kResidentPasses][kResidentNg], To* orow,
+                                                     int64_t n, float* scratch, const RowGroup& rg, bool log) {
+  constexpr int V = 16 / sizeof(Tx), NG = kResidentNg, P = kResidentPasses;
+  const int64_t GV = int64_t(kResidentThreads) * V, L = GV * NG, t0 = int64_t(rg.tg) * V;
+  float m[NG], s[NG][V];
+#pragma unroll
+  for (int g = 0; g < NG; ++g) {
+    m[g] = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < V; ++k) s[g][k] = 0.0f;
+  }
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+      if (p * L + g * GV + t0 < n) {
+        float v[V];
+        unpack<Tx, V>(raw[p][g], v);
+        absorb_chunk<V>(m[g], s[g], v);
+      }
+  float mm[NG][1];
+#pragma unroll
+  for (int g = 0; g < NG; ++g) mm[g][0] = m[g];
+  const float M = group_tree<1, NG>(mm, scratch, rg, SoftmaxMaxOp{});
+  float acc[NG][V];
+#pragma unroll
+  for (int g = 0; g < NG; ++g)
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc[g][k] = softmax_lane_term(m[g], s[g][k], M);
+  const float S = group_tree<V, NG>(acc, scratch, rg, AddOp{});
+  const float log_sum = log ? logf(S) : 0.0f;
+
+  // The output, from the registers.
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int g = 0; g < NG; ++g) {
+      const int64_t i0 = p * L + g * GV + t0;
+      if (i0 < n) {
+        float v[V], o[V];
+        unpack<Tx, V>(raw[p][g], v);
+        softmax_outputs<V>(v, M, S, log_sum, log, o);
+        store_flat<To, V>(orow + i0, o);
+      }
+    }
+}
+
 template <class Tx, class To>
 __global__ void __launch_bounds__(kResidentThreads, 1)
     softmax_resident_kernel(To* out, int64_t out_stride, const Tx* x, int64_t x_stride, int64_t rows, int64_t n,
@@ -306,48 +358,7 @@ __global__ void __launch_bounds__(kResidentThreads, 1)
         raw[p][g] = ld16_if(xr + i0, i0 < n);
       }
 
-    // The statistics: each plan thread's chunks in increasing pass order.
-    float m[NG], s[NG][V];
-#pragma unroll
-    for (int g = 0; g < NG; ++g) {
-      m[g] = -INFINITY;
-#pragma unroll
-      for (int k = 0; k < V; ++k) s[g][k] = 0.0f;
-    }
-#pragma unroll
-    for (int p = 0; p < P; ++p)
-#pragma unroll
-      for (int g = 0; g < NG; ++g)
-        if (p * L + g * GV + t0 < n) {
-          float v[V];
-          unpack<Tx, V>(raw[p][g], v);
-          absorb_chunk<V>(m[g], s[g], v);
-        }
-    float mm[NG][1];
-#pragma unroll
-    for (int g = 0; g < NG; ++g) mm[g][0] = m[g];
-    const float M = group_tree<1, NG>(mm, smem, rg, SoftmaxMaxOp{});
-    float acc[NG][V];
-#pragma unroll
-    for (int g = 0; g < NG; ++g)
-#pragma unroll
-      for (int k = 0; k < V; ++k) acc[g][k] = softmax_lane_term(m[g], s[g][k], M);
-    const float S = group_tree<V, NG>(acc, smem, rg, AddOp{});
-    const float log_sum = log ? logf(S) : 0.0f;
-
-    // The output, from the registers.
-#pragma unroll
-    for (int p = 0; p < P; ++p)
-#pragma unroll
-      for (int g = 0; g < NG; ++g) {
-        const int64_t i0 = p * L + g * GV + t0;
-        if (i0 < n) {
-          float v[V], o[V];
-          unpack<Tx, V>(raw[p][g], v);
-          softmax_outputs<V>(v, M, S, log_sum, log, o);
-          store_flat<To, V>(orow + i0, o);
-        }
-      }
+    softmax_resident_row<Tx, To>(raw, orow, n, smem, rg, log);
   }
 }
 
@@ -409,48 +420,7 @@ __global__ void __launch_bounds__(kResidentThreads, 1)
       bulk_copy_row(buf, x + (r + rg.step) * x_stride, row_bytes, bar);
     }
 
-    // The statistics: each plan thread's chunks in increasing pass order.
-    float m[NG], s[NG][V];
-#pragma unroll
-    for (int g = 0; g < NG; ++g) {
-      m[g] = -INFINITY;
-#pragma unroll
-      for (int k = 0; k < V; ++k) s[g][k] = 0.0f;
-    }
-#pragma unroll
-    for (int p = 0; p < P; ++p)
-#pragma unroll
-      for (int g = 0; g < NG; ++g)
-        if (p * L + g * GV + t0 < n) {
-          float v[V];
-          unpack<Tx, V>(raw[p][g], v);
-          absorb_chunk<V>(m[g], s[g], v);
-        }
-    float mm[NG][1];
-#pragma unroll
-    for (int g = 0; g < NG; ++g) mm[g][0] = m[g];
-    const float M = group_tree<1, NG>(mm, scratch, rg, SoftmaxMaxOp{});
-    float acc[NG][V];
-#pragma unroll
-    for (int g = 0; g < NG; ++g)
-#pragma unroll
-      for (int k = 0; k < V; ++k) acc[g][k] = softmax_lane_term(m[g], s[g][k], M);
-    const float S = group_tree<V, NG>(acc, scratch, rg, AddOp{});
-    const float log_sum = log ? logf(S) : 0.0f;
-
-    // The output, from the registers.
-#pragma unroll
-    for (int p = 0; p < P; ++p)
-#pragma unroll
-      for (int g = 0; g < NG; ++g) {
-        const int64_t i0 = p * L + g * GV + t0;
-        if (i0 < n) {
-          float v[V], o[V];
-          unpack<Tx, V>(raw[p][g], v);
-          softmax_outputs<V>(v, M, S, log_sum, log, o);
-          store_flat<To, V>(orow + i0, o);
-        }
-      }
+    softmax_resident_row<Tx, To>(raw, orow, n, scratch, rg, log);
   }
 #endif
 }
