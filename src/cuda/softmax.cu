@@ -45,6 +45,27 @@ __device__ __forceinline__ void softmax_outputs(const float (&v)[V], float M, fl
   }
 }
 
+// The row's statistics from the lane groups' running maxima m and sums s: the maximum M and the sum S of
+// the lanes' terms, each by the plan's tree, and log S for log_softmax (0 otherwise).
+struct RowStatsLog {
+  float M, S, log_sum;
+};
+template <int V, int NG>
+__device__ __forceinline__ RowStatsLog row_stats(const float (&m)[NG], const float (&s)[NG][V], float* smem,
+                                                const RowGroup& rg, bool log) {
+  float mm[NG][1];
+#pragma unroll
+  for (int g = 0; g < NG; ++g) mm[g][0] = m[g];
+  const float M = group_tree<1, NG>(mm, smem, rg, SoftmaxMaxOp{});
+  float acc[NG][V];
+#pragma unroll
+  for (int g = 0; g < NG; ++g)
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc[g][k] = softmax_lane_term(m[g], s[g][k], M);
+  const float S = group_tree<V, NG>(acc, smem, rg, AddOp{});
+  return RowStatsLog{M, S, log ? logf(S) : 0.0f};
+}
+
 template <class Tx, class To, int NG, bool kFlat>
 __global__ void __launch_bounds__(kMaxGroupThreads, 2)
     softmax_kernel(To* out, DevRows out_rows, int64_t out_stride, const Tx* x, DevRows x_rows, int64_t x_stride,
@@ -114,17 +135,7 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
           if (base + g * GV < n) absorb_chunk<V>(m[g], s[g], v[g]);
       }
     }
-    float mm[NG][1];
-#pragma unroll
-    for (int g = 0; g < NG; ++g) mm[g][0] = m[g];
-    const float M = group_tree<1, NG>(mm, smem, rg, SoftmaxMaxOp{});
-    float acc[NG][V];
-#pragma unroll
-    for (int g = 0; g < NG; ++g)
-#pragma unroll
-      for (int k = 0; k < V; ++k) acc[g][k] = softmax_lane_term(m[g], s[g][k], M);
-    const float S = group_tree<V, NG>(acc, smem, rg, AddOp{});
-    const float log_sum = log ? logf(S) : 0.0f;
+    const auto [M, S, log_sum] = row_stats<V, NG>(m, s, smem, rg, log);
 
     // Pass 2: the output.
     if constexpr (kFlat) {
@@ -308,17 +319,7 @@ __device__ __forceinline__ void softmax_resident_row(const uint4 (&raw)[kResiden
         unpack<Tx, V>(raw[p][g], v);
         absorb_chunk<V>(m[g], s[g], v);
       }
-  float mm[NG][1];
-#pragma unroll
-  for (int g = 0; g < NG; ++g) mm[g][0] = m[g];
-  const float M = group_tree<1, NG>(mm, scratch, rg, SoftmaxMaxOp{});
-  float acc[NG][V];
-#pragma unroll
-  for (int g = 0; g < NG; ++g)
-#pragma unroll
-    for (int k = 0; k < V; ++k) acc[g][k] = softmax_lane_term(m[g], s[g][k], M);
-  const float S = group_tree<V, NG>(acc, scratch, rg, AddOp{});
-  const float log_sum = log ? logf(S) : 0.0f;
+  const auto [M, S, log_sum] = row_stats<V, NG>(m, s, scratch, rg, log);
 
   // The output, from the registers.
 #pragma unroll
