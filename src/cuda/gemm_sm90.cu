@@ -155,6 +155,21 @@ bool out_vec16_of(const Problem& p) {
          (p.batch == 1 || (p.o_sb * es) % 16 == 0);
 }
 
+// The kernel's parameters for a walk over `order`'s tiles (pairs of tiles in cluster mode): the problem,
+// the tile count, which operands are batched and the output's store path.
+Params walk_params(const Problem& p, const TileOrder& order) {
+  Params prm{};
+  prm.p = p;
+  prm.order = order;
+  const int64_t total = int64_t(order.count_per_batch()) * p.batch;
+  BIK_CHECK(total < (int64_t(1) << 31), "matmul: too many tiles");
+  prm.total_tiles = int(total);
+  prm.a_batched = p.batch > 1 && p.a_sb != 0;
+  prm.w_batched = p.batch > 1 && p.w_sb != 0;
+  prm.out_vec16 = out_vec16_of(p);
+  return prm;
+}
+
 // ---- cluster mode (gemm_sm90.cuh): pairs of CTAs share one operand through TMA multicast ----------------
 // BIK_GEMM_CLUSTER: "2" -> clusters of two, the shared operand picked per shape (share_w_for); "2a" / "2w"
 // -> clusters of two that always share A / W (for A/B timing and the tests); anything else or unset -> one
@@ -232,19 +247,14 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   constexpr int BM = Cfg::BM, BN = Cfg::BN;
   if (p.a_sk != 1 || p.w_sk != 1 || p.k == 0 || p.m == 0 || p.n == 0 || p.batch == 0) return false;
   auto kernel = gemm_kernel<Cfg, T, true>;
-  Params prm{};
-  prm.p = p;
-  prm.share_w = share_w_for(p, BM, BN, mode) ? 1 : 0;
+  const bool share_w = share_w_for(p, BM, BN, mode);
   const int tiles_m = (p.m + BM - 1) / BM, tiles_n = (p.n + BN - 1) / BN;
   // Pairs walk in bands that keep the one-CTA walk's band of 8 M-tiles over each W tile.
-  prm.order = prm.share_w ? TileOrder{(tiles_m + 1) / 2, tiles_n, 4} : TileOrder{tiles_m, (tiles_n + 1) / 2, 8};
-  const int64_t pairs = int64_t(prm.order.count_per_batch()) * p.batch;
-  BIK_CHECK(pairs < (int64_t(1) << 31), "matmul: too many tiles");
-  prm.total_tiles = int(pairs);
-  const bool a_batched = p.batch > 1 && p.a_sb != 0, w_batched = p.batch > 1 && p.w_sb != 0;
-  prm.a_batched = a_batched;
-  prm.w_batched = w_batched;
-  prm.out_vec16 = out_vec16_of(p);
+  Params prm =
+      walk_params(p, share_w ? TileOrder{(tiles_m + 1) / 2, tiles_n, 4} : TileOrder{tiles_m, (tiles_n + 1) / 2, 8});
+  prm.share_w = share_w ? 1 : 0;
+  const int64_t pairs = prm.total_tiles;
+  const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
   prm.tma = 1;
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   // The shared operand's map copies half a tile: each CTA of the pair copies one half for both.
@@ -270,18 +280,11 @@ void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
             " bytes of shared memory; the device allows ", d.smem_optin);
   if (const ClusterMode mode = cluster_mode_from_env(); mode != ClusterMode::Off && launch_cluster<Cfg, T>(p, d, st, mode))
     return;
-  Params prm{};
-  prm.p = p;
-  prm.order = TileOrder{(p.m + Cfg::BM - 1) / Cfg::BM, (p.n + Cfg::BN - 1) / Cfg::BN, 8};
-  const int64_t total = int64_t(prm.order.count_per_batch()) * p.batch;
-  BIK_CHECK(total < (int64_t(1) << 31), "matmul: too many tiles");
-  prm.total_tiles = int(total);
-  const bool a_batched = p.batch > 1 && p.a_sb != 0, w_batched = p.batch > 1 && p.w_sb != 0;
-  prm.a_batched = a_batched;
-  prm.w_batched = w_batched;
+  Params prm = walk_params(p, TileOrder{(p.m + Cfg::BM - 1) / Cfg::BM, (p.n + Cfg::BN - 1) / Cfg::BN, 8});
+  const int64_t total = prm.total_tiles;
+  const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   CUtensorMap map_a{}, map_w{};
-  prm.out_vec16 = out_vec16_of(p);
   prm.tma = p.a_sk == 1 && p.w_sk == 1 &&
             make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, Cfg::BM) &&
             make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, Cfg::BN);
