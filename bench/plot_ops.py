@@ -61,17 +61,23 @@ def main():
         head += " before us | before % |"
         rule += "---:|---:|"
     lines += [head, rule]
+    # Cases whose torch time is a composition (torch_ops.py records it as "torch_impl"): numbered
+    # footnotes under the table, the number beside the torch time.
+    impls = list(dict.fromkeys((r["op"], r["torch_impl"]) for r in res if r.get("torch_impl")))
     for r in res:
         rows, rest = size_of(r)
         tm = r.get("torch_ms")
         mark = f" [{r['source']}]" if r.get("source") else ""
+        tmark = f" [t{impls.index((r['op'], r['torch_impl'])) + 1}]" if r.get("torch_impl") else ""
         lines.append(
             f"| {r['op']}{mark} | {r['dtype']}->{r['out_dtype']} | {rows} | {rest} | {r['bik_ms']*1e3:.2f} | "
             f"{r['bik_gbps']:.0f} | {100*r['frac_of_copy']:.1f} | "
-            + (f"{tm*1e3:.2f} | {tm / r['bik_ms']:.2f} |" if tm else "- | - |")
+            + (f"{tm*1e3:.2f}{tmark} | {tm / r['bik_ms']:.2f} |" if tm else "- | - |")
             + ((f" {before[key_of(r)]['bik_ms']*1e3:.2f} | {100*before[key_of(r)]['frac_of_copy']:.1f} |"
                 if key_of(r) in before else " - | - |") if before else "")
         )
+    if impls:
+        lines += [""] + [f"- [t{k + 1}] {op}, torch ran: {impl}." for k, (op, impl) in enumerate(impls)]
     # Summary: the largest size of each op.
     largest = {}
     for r in res:

@@ -256,8 +256,9 @@ std::vector<Case> make_cases(bool quick) {
   }
   for (int64_t m : ms({1, 64, 256})) {
     const int64_t vocab = 151936;
-    for (int kind = 0; kind < 2; ++kind) {
-      Case c{kind == 0 ? "sample_topk_topp" : "logprobs_top20", "f32", "i32", {{"m", m}, {"n", vocab}}};
+    for (int kind = 0; kind < 3; ++kind) {
+      const char* names[] = {"sample_topk_topp", "logprobs_top20", "sample_temperature"};
+      Case c{names[kind], "f32", "i32", {{"m", m}, {"n", vocab}}};
       c.input_bytes = double(m * vocab * 4);
       c.bytes = c.input_bytes;
       c.host_sync = true;
@@ -271,16 +272,18 @@ std::vector<Case> make_cases(bool quick) {
         std::vector<SamplingParams> ps(static_cast<size_t>(m));
         for (int64_t r = 0; r < m; ++r) {
           ps[size_t(r)].temperature = 0.8f;
-          ps[size_t(r)].top_k = 50;
-          ps[size_t(r)].top_p = 0.9f;
+          if (kind == 0) {
+            ps[size_t(r)].top_k = 50;
+            ps[size_t(r)].top_p = 0.9f;
+          }
           ps[size_t(r)].seed = uint64_t(r);
           ps[size_t(r)].position = 1000 + r;
         }
         return Launch([=](int i, cudaStream_t st) {
-          if (kind == 0)
-            sample(*tok, (*xs)[size_t(i)], ps, Stream{st});
-          else
+          if (kind == 1)
             logprobs(*chosen, *ids, *vals, (*xs)[size_t(i)], *tok, Stream{st});
+          else
+            sample(*tok, (*xs)[size_t(i)], ps, Stream{st});
         });
       };
       cs.push_back(c);

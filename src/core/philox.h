@@ -31,8 +31,10 @@ BIK_HD U32x4 philox4x32_10(U32x4 ctr, uint32_t k0, uint32_t k1) {
 // Tag in the last counter word: keeps sampling's stream apart from any other use of the same seed.
 constexpr uint32_t kSamplingTag = 0x53414D50u;  // "SAMP"
 
-// Uniform in (0, 1), never 0 or 1: 24 random bits, centred in their cell.
-BIK_HD float to_unit(uint32_t x) { return float(x >> 8) * 0x1.0p-24f + 0x1.0p-25f; }
+// Uniform in (0, 1), never 0 or 1: 23 random bits, centred in their cell, so every value (2k + 1) 2^-24
+// is exact in a float. (With 24 bits the top cell's centre 1 - 2^-25 rounds to 1.0, whose Gumbel noise
+// -log(-log u) is +inf: that token would win whatever its probability.)
+BIK_HD float to_unit(uint32_t x) { return float(x >> 9) * 0x1.0p-23f + 0x1.0p-24f; }
 
 // The 4 uniforms of vocabulary indices [4j, 4j + 4) for (seed, position).
 BIK_HD U32x4 sampling_block(uint64_t seed, int64_t position, int64_t j) {

@@ -121,15 +121,19 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
     const int32_t t = static_cast<const int32_t*>(tokens.data)[r * tokens.stride[0]];
     BIK_CHECK(t >= 0 && t < v, "logprobs: tokens[", r, "] = ", t, " is outside the vocabulary [0, ", v, ")");
   }
+  // The top n are the n largest logits (NaN first, ties by lower index): log_softmax is monotone, so their
+  // logprobs come out in decreasing order too, and no tie made by rounding the logprobs reorders them.
   parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
     std::vector<int32_t> idx(static_cast<size_t>(v));
+    std::vector<float> x(static_cast<size_t>(v));
     for (int64_t r = r0; r < r1; ++r) {
       const float* row = lp.ptr<float>() + r * v;
       const int32_t t = static_cast<const int32_t*>(tokens.data)[r * tokens.stride[0]];
       static_cast<float*>(chosen.data)[r * chosen.stride[0]] = row[t];
       if (n == 0) continue;
+      for (int64_t i = 0; i < v; ++i) x[size_t(i)] = load(logits, r, i);
       std::iota(idx.begin(), idx.end(), 0);
-      std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), Descending{row});
+      std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), Descending{x.data()});
       for (int64_t j = 0; j < n; ++j) {
         static_cast<int32_t*>(top_ids.data)[r * top_ids.stride[0] + j * top_ids.stride[1]] = idx[size_t(j)];
         static_cast<float*>(top_vals.data)[r * top_vals.stride[0] + j * top_vals.stride[1]] = row[idx[size_t(j)]];

@@ -15,8 +15,10 @@
 // the chosen token only when two candidates are within such a rounding of each other.
 #include <cooperative_groups.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "bik/sampling.h"
@@ -204,121 +206,130 @@ struct RowParams {
   int64_t position;
 };
 
-// A launch's row params: up to kInlineParams rows travel in the kernel's parameters (no upload, no
-// wait for the host), more from device memory.
-constexpr int kInlineParams = 48;
-struct ParamsArg {
+// A launch's row params: up to N rows travel in the kernel's parameters (no upload, no wait for the
+// host), more from device memory. ParamsArg: 48 rows; the streaming kernel also has a form for up to
+// 768 rows (30 KB of parameters, below the 32 KB limit), so batches of up to 768 rows never wait.
+template <int N>
+struct ParamsArgN {
+  static constexpr int kRows = N;
   const RowParams* dev = nullptr;  // null: the rows are in `inl`
-  RowParams inl[kInlineParams];
+  RowParams inl[N];
   __device__ __forceinline__ RowParams get(int64_t r) const { return dev != nullptr ? dev[r] : inl[r]; }
 };
+constexpr int kInlineParams = 48;
+using ParamsArg = ParamsArgN<kInlineParams>;
+using ParamsArgLarge = ParamsArgN<768>;
 
 // exp(z - zmax) in units of 2^-40: at most 2^40 per element, so up to 2^23 elements sum without overflow.
 __device__ __forceinline__ uint64_t fixed_mass(float z, float zmax) {
   return __double2ull_rn(exp(double(z) - double(zmax)) * 0x1p40);
 }
 
+// One row by the whole CTA, straight from memory: every pass (the maximum, each select's digits, the
+// Gumbel draw) reads the row again. Any params, any blockDim.x.
+template <class T>
+__device__ __noinline__ void sample_row_generic(int32_t* out, const T* xr, int64_t ls1, int64_t n, bool vec, const RowParams& p,
+                                   SelectSmem& sel, BestSmem& bsm) {
+  constexpr int V = 16 / sizeof(T);
+  static_assert(V % 4 == 0, "a chunk holds whole Philox blocks");
+  if (p.temperature == 0) {  // greedy: the first maximum of the raw logits (NaN first)
+    Best b{-INFINITY, kNone};
+    for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+      for (int k = 0; k < V; ++k)
+        if (i0 + k < n && beats(x[k], i0 + k, b.v, b.i)) b = Best{x[k], i0 + k};
+    });
+    b = block_best(b, bsm);
+    if (threadIdx.x == 0) *out = int32_t(b.i);
+    return;
+  }
+
+  const float temp = p.temperature;
+  auto zval = [temp](float x) { return x != x ? -INFINITY : __fdiv_rn(x, temp); };
+
+  // The largest z and its first index (z has no NaN, so this is the CPU's first_max of z).
+  Best top{-INFINITY, kNone};
+  for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const float z = zval(x[k]);
+      if (i0 + k < n && beats(z, i0 + k, top.v, top.i)) top = Best{z, i0 + k};
+    }
+  });
+  top = block_best(top, bsm);
+  const float zmax = top.v;
+  if (!isfinite(zmax)) {  // nothing has a positive probability (or +inf dominates)
+    if (threadIdx.x == 0) *out = int32_t(top.i);
+    return;
+  }
+
+  uint64_t thr = 0;  // kept: order_key(z, i) >= thr
+  if (p.top_k > 0 && p.top_k < n) {
+    auto visit = [&](auto&& f) {
+      for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+          if (i0 + k < n) f(order_key(zval(x[k]), i0 + k), uint64_t(1));
+      });
+    };
+    thr = select_desc<false>(visit, false, double(p.top_k), sel);
+  }
+  if (p.top_p < 1.0f) {
+    const uint64_t lo = thr;
+    auto visit = [&](auto&& f) {
+      for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          if (i0 + k >= n) continue;
+          const float z = zval(x[k]);
+          const uint64_t key = order_key(z, i0 + k);
+          if (key >= lo) f(key, fixed_mass(z, zmax));
+        }
+      });
+    };
+    const uint64_t tp = select_desc<true>(visit, true, double(p.top_p), sel);
+    thr = tp > thr ? tp : thr;
+  }
+
+  // Gumbel-max over the kept set.
+  Best best{-INFINITY, kNone};
+  for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
+#pragma unroll
+    for (int q = 0; q < V / 4; ++q) {
+      bool keep[4];
+      bool any = false;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int64_t i = i0 + 4 * q + k;
+        const float z = zval(x[4 * q + k]);
+        keep[k] = i < n && z != -INFINITY && order_key(z, i) >= thr && !(double(z) - double(zmax) < p.log_min_p);
+        any |= keep[k];
+      }
+      if (!any) continue;
+      const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, (i0 >> 2) + q);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (!keep[k]) continue;
+        const int64_t i = i0 + 4 * q + k;
+        const float u = philox::to_unit(rnd.v[k]);
+        const float score = __fadd_rn(zval(x[4 * q + k]), -logf(-logf(u)));
+        if (beats(score, i, best.v, best.i)) best = Best{score, i};
+      }
+    }
+  });
+  best = block_best(best, bsm);
+  if (threadIdx.x == 0) *out = int32_t(best.i != kNone ? best.i : top.i);
+}
+
 template <class T>
 __global__ void __launch_bounds__(kMaxRowThreads)
     sample_kernel(int32_t* tokens, int64_t tok_stride, const T* logits, int64_t ls0, int64_t ls1, int64_t rows,
                   int64_t n, const __grid_constant__ ParamsArg params) {
-  constexpr int V = 16 / sizeof(T);
-  static_assert(V % 4 == 0, "a chunk holds whole Philox blocks");
   __shared__ SelectSmem sel;
   __shared__ BestSmem bsm;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const RowParams p = params.get(r);
     const T* xr = logits + r * ls0;
-    const bool vec = ls1 == 1 && aligned16_dev(xr);
-    int32_t* out = tokens + r * tok_stride;
-
-    if (p.temperature == 0) {  // greedy: the first maximum of the raw logits (NaN first)
-      Best b{-INFINITY, kNone};
-      for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
-#pragma unroll
-        for (int k = 0; k < V; ++k)
-          if (i0 + k < n && beats(x[k], i0 + k, b.v, b.i)) b = Best{x[k], i0 + k};
-      });
-      b = block_best(b, bsm);
-      if (threadIdx.x == 0) *out = int32_t(b.i);
-      continue;
-    }
-
-    const float temp = p.temperature;
-    auto zval = [temp](float x) { return x != x ? -INFINITY : __fdiv_rn(x, temp); };
-
-    // The largest z and its first index (z has no NaN, so this is the CPU's first_max of z).
-    Best top{-INFINITY, kNone};
-    for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
-#pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const float z = zval(x[k]);
-        if (i0 + k < n && beats(z, i0 + k, top.v, top.i)) top = Best{z, i0 + k};
-      }
-    });
-    top = block_best(top, bsm);
-    const float zmax = top.v;
-    if (!isfinite(zmax)) {  // nothing has a positive probability (or +inf dominates)
-      if (threadIdx.x == 0) *out = int32_t(top.i);
-      continue;
-    }
-
-    uint64_t thr = 0;  // kept: order_key(z, i) >= thr
-    if (p.top_k > 0 && p.top_k < n) {
-      auto visit = [&](auto&& f) {
-        for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
-#pragma unroll
-          for (int k = 0; k < V; ++k)
-            if (i0 + k < n) f(order_key(zval(x[k]), i0 + k), uint64_t(1));
-        });
-      };
-      thr = select_desc<false>(visit, false, double(p.top_k), sel);
-    }
-    if (p.top_p < 1.0f) {
-      const uint64_t lo = thr;
-      auto visit = [&](auto&& f) {
-        for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
-#pragma unroll
-          for (int k = 0; k < V; ++k) {
-            if (i0 + k >= n) continue;
-            const float z = zval(x[k]);
-            const uint64_t key = order_key(z, i0 + k);
-            if (key >= lo) f(key, fixed_mass(z, zmax));
-          }
-        });
-      };
-      const uint64_t tp = select_desc<true>(visit, true, double(p.top_p), sel);
-      thr = tp > thr ? tp : thr;
-    }
-
-    // Gumbel-max over the kept set.
-    Best best{-INFINITY, kNone};
-    for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
-#pragma unroll
-      for (int q = 0; q < V / 4; ++q) {
-        bool keep[4];
-        bool any = false;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const int64_t i = i0 + 4 * q + k;
-          const float z = zval(x[4 * q + k]);
-          keep[k] = i < n && z != -INFINITY && order_key(z, i) >= thr && !(double(z) - double(zmax) < p.log_min_p);
-          any |= keep[k];
-        }
-        if (!any) continue;
-        const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, (i0 >> 2) + q);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          if (!keep[k]) continue;
-          const int64_t i = i0 + 4 * q + k;
-          const float u = philox::to_unit(rnd.v[k]);
-          const float score = __fadd_rn(zval(x[4 * q + k]), -logf(-logf(u)));
-          if (beats(score, i, best.v, best.i)) best = Best{score, i};
-        }
-      }
-    });
-    best = block_best(best, bsm);
-    if (threadIdx.x == 0) *out = int32_t(best.i != kNone ? best.i : top.i);
+    sample_row_generic<T>(tokens + r * tok_stride, xr, ls1, n, ls1 == 1 && aligned16_dev(xr), params.get(r), sel, bsm);
   }
 }
 
@@ -554,10 +565,336 @@ __global__ void __launch_bounds__(kSampleThreads, 2)  // two CTAs an SM: one wor
 #endif
 }
 
+// ---- streaming top-k -----------------------------------------------------------------------------------
+// The row is read once, in tiles; each CTA keeps in shared memory a running superset of the k largest
+// keys it has read: buf[0, fill), and thr, below which a key cannot be among the k largest any more (k
+// keys at or above it have been seen). Keys at or above thr are appended while streaming; when the
+// buffer could not take another tile it is cut to exactly its k largest keys (a radix select), which
+// raises thr. Keys are distinct (the index is in the low bits), so "the k largest" is a set: the order
+// in which threads appended, and where the cuts fell, change nothing but the time taken.
+constexpr int kStreamMaxK = 1024;   // the largest k a streaming kernel keeps
+constexpr int kStreamPerThread = 16;  // elements a thread takes per tile (U chunks of V)
+
+// Capacity of a buffer for CTAs of `threads`: a tile on top of the k largest always fits. The dynamic
+// shared memory of a streaming kernel starts with the buffer and the spare room of a cut.
+__host__ __device__ constexpr int stream_cap(int threads) { return threads * kStreamPerThread + kStreamMaxK; }
+__host__ __device__ constexpr int stream_keys(int threads) { return stream_cap(threads) + kStreamMaxK; }
+
+struct StreamSmem {
+  unsigned added[3];  // keys appended during tile t, in added[t % 3] (see stream_tile_end)
+  unsigned kept;
+  unsigned fill;      // published for the cluster's merge
+};
+
+// The float whose value_key is the key's high half (the inverse of value_key; -0 comes back as +0).
+__device__ __forceinline__ float key_value(uint64_t key) {
+  const uint32_t v = uint32_t(key >> 32);
+  return __uint_as_float((v & 0x80000000u) ? (v & 0x7FFFFFFFu) : ~v);
+}
+
+// Cuts buf[0, fill) to its k largest keys (fill > k) and returns the k-th largest: the new thr. The kept
+// keys go to `spare` (room for kStreamMaxK keys) in any order, then back to the front of buf. Every
+// thread calls with the same fill, after a barrier that completed every append; ends with a barrier.
+__device__ uint64_t stream_cut(uint64_t* buf, uint64_t* spare, unsigned fill, int64_t k, SelectSmem& sel,
+                               StreamSmem& ss) {
+  auto visit = [&](auto&& f) {
+    for (unsigned j = threadIdx.x; j < fill; j += blockDim.x) f(buf[j], uint64_t(1));
+  };
+  const uint64_t t = select_desc<false>(visit, false, double(k), sel);
+  if (threadIdx.x == 0) ss.kept = 0;
+  __syncthreads();
+  for (unsigned j = threadIdx.x; j < fill; j += blockDim.x) {
+    const uint64_t key = buf[j];
+    if (key >= t) spare[atomicAdd(&ss.kept, 1u)] = key;
+  }
+  __syncthreads();
+  for (unsigned j = threadIdx.x; j < unsigned(k); j += blockDim.x) buf[j] = spare[j];
+  __syncthreads();
+  return t;
+}
+
+// Calls chunk(t, i0, x) for each chunk of V elements of [lo, hi) this thread owns, U chunks a tile (all
+// their loads issued first), and tile_end(t) after tile t, by every thread. Chunk i0 = lo + (t U + u) L
+// + threadIdx.x V with L = blockDim.x V: lanes in the plan's order when lo = 0 (softmax.cuh). Elements
+// past hi (inside a chunk that straddles it) are the caller's to skip.
+template <int V, int U, class T, class Chunk, class TileEnd>
+__device__ __forceinline__ void stream_tiles(const T* xr, int64_t ls1, int64_t n, int64_t lo, int64_t hi, bool vec,
+                                             Chunk&& chunk, TileEnd&& tile_end) {
+  const int64_t L = int64_t(blockDim.x) * V, tile = U * L;
+  const int64_t tiles = hi > lo ? (hi - lo + tile - 1) / tile : 0;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t b = lo + t * tile + int64_t(threadIdx.x) * V;
+    float x[U][V];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (b + u * L < hi) load_chunk<V>(xr, ls1, n, b + u * L, vec, x[u]);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (b + u * L < hi) chunk(t, b + u * L, x[u]);
+    tile_end(t);
+  }
+}
+
+// The running buffer of one CTA. append() from a chunk's keys; tile_end() after each tile by every
+// thread: the tile's appends are counted in added[t % 3] (the counter of tile t + 2 is zeroed here: its
+// last readers, tile t - 1's, have all passed this tile's barrier), and the buffer is cut when another
+// tile might not fit. fill and thr are the same in every thread.
+struct StreamBuffer {
+  uint64_t* buf;  // stream_cap keys, then kStreamMaxK spare
+  StreamSmem* ss;
+  SelectSmem* sel;
+  int64_t k;
+  unsigned cap, tile;
+  unsigned fill = 0;
+  uint64_t thr = 0;
+
+  __device__ void begin() {
+    if (threadIdx.x < 3) ss->added[threadIdx.x] = 0;
+    fill = 0;
+    thr = 0;
+    __syncthreads();
+  }
+  template <int V>
+  __device__ __forceinline__ void append(int64_t t, const uint64_t (&key)[V], const bool (&valid)[V]) {
+    unsigned c = 0;
+#pragma unroll
+    for (int j = 0; j < V; ++j) c += valid[j] && key[j] >= thr;
+    if (c == 0) return;
+    unsigned pos = fill + atomicAdd(&ss->added[t % 3], c);
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+      if (valid[j] && key[j] >= thr) buf[pos++] = key[j];
+  }
+  __device__ void tile_end(int64_t t) {
+    __syncthreads();
+    fill += ss->added[t % 3];
+    if (threadIdx.x == 0) ss->added[(t + 2) % 3] = 0;
+    if (fill > cap - tile) cut();
+  }
+  // To exactly the k largest (when there are more).
+  __device__ void cut() {
+    if (int64_t(fill) <= k) return;
+    thr = stream_cut(buf, buf + cap, fill, k, *sel, *ss);
+    fill = unsigned(k);
+  }
+};
+
+// The largest key of buf[0, count) (0 when empty); every thread gets it.
+__device__ uint64_t block_max_key(const uint64_t* buf, unsigned count, StreamSmem& ss, uint64_t* scratch) {
+  uint64_t m = 0;
+  for (unsigned j = threadIdx.x; j < count; j += blockDim.x) m = buf[j] > m ? buf[j] : m;
+  for (int o = 16; o >= 1; o /= 2) {
+    const uint64_t y = __shfl_xor_sync(0xffffffffu, m, o);
+    m = y > m ? y : m;
+  }
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = 0;
+  for (unsigned w = 0; w < (blockDim.x >> 5); ++w) m = scratch[w] > m ? scratch[w] : m;
+  __syncthreads();
+  return m;
+}
+
+// ---- sample, streaming (one read of the row) -------------------------------------------------------------
+// For the rows whose definition needs no more than the k largest keys, or no filter at all:
+//   greedy          the best raw logit;
+//   top-k (k <= kStreamMaxK), then optional top-p and min-p: everything after the top-k cut happens
+//                   inside the k largest keys, and the largest z is the first of them;
+//   no filter       the Gumbel draw needs no threshold: the best z and the best score in one pass.
+// A row is taken by a cluster of C CTAs (C = 1: a plain launch), CTA j streaming the slice
+// [j slice, (j + 1) slice). Top-k: each CTA keeps its slice's k largest keys (a superset of the row's k
+// largest inside it), CTA 0 gathers the C buffers through distributed shared memory and finishes the
+// row alone. Every other combination is exact (the best of a total order), so the token is the one
+// sample_kernel picks, bit for bit. Rows of other params (top-p or min-p without top-k, larger k) are
+// left to sample_row_generic on CTA 0; the host sends a batch holding such rows to the other kernels.
+constexpr int kStreamThreads = 512;
+
+enum class RowPath { Greedy, TopK, Plain, Generic };
+__host__ __device__ inline RowPath row_path(const RowParams& p, int64_t n, int C) {
+  if (p.temperature == 0) return RowPath::Greedy;
+  if (p.top_k > 0 && p.top_k < n)
+    return p.top_k <= kStreamMaxK && int64_t(C) * p.top_k <= stream_cap(kStreamThreads) ? RowPath::TopK
+                                                                                          : RowPath::Generic;
+  if (p.top_p >= 1.0f && !(p.log_min_p > -INFINITY)) return RowPath::Plain;
+  return RowPath::Generic;
+}
+
+template <class T, class Params>
+__global__ void __launch_bounds__(kStreamThreads, 2)
+    sample_stream_kernel(int32_t* tokens, int64_t tok_stride, const T* logits, int64_t ls0, int64_t ls1, int64_t rows,
+                         int64_t n, int64_t slice, const __grid_constant__ Params params) {
+  constexpr int V = 16 / sizeof(T), U = kStreamPerThread / V;
+  static_assert(V % 4 == 0, "a chunk holds whole Philox blocks");
+  extern __shared__ uint64_t buf[];
+  __shared__ SelectSmem sel;
+  __shared__ BestSmem bsm;
+  __shared__ ClusterSmem cx;
+  __shared__ StreamSmem ss;
+  __shared__ uint64_t scratch[32];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cg::cluster_group cluster = cg::this_cluster();
+  const int C = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+#else
+  const int C = 1, rank = 0;
+  (void)cx;
+#endif
+  // The best of the row's CTAs; every thread of every CTA of the cluster calls.
+  auto row_best = [&](Best b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (C > 1) return cluster_best(b, bsm, cx, cluster);
+#endif
+    return block_best(b, bsm);
+  };
+  const int64_t lo = int64_t(rank) * slice;
+  const int64_t hi = lo + slice < n ? lo + slice : n;
+  const unsigned cap = unsigned(stream_cap(kStreamThreads));
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const RowParams p = params.get(r);
+    const T* xr = logits + r * ls0;
+    const bool vec = ls1 == 1 && aligned16_dev(xr);
+    int32_t* out = tokens + r * tok_stride;
+    const bool first = rank == 0 && threadIdx.x == 0;
+    const float temp = p.temperature;
+    auto zval = [temp](float x) { return x != x ? -INFINITY : __fdiv_rn(x, temp); };
+    auto no_tile_end = [](int64_t) {};
+
+    switch (row_path(p, n, C)) {
+      case RowPath::Generic:
+        if (rank == 0) sample_row_generic<T>(out, xr, ls1, n, vec, p, sel, bsm);
+        break;
+
+      case RowPath::Greedy: {
+        Best b{-INFINITY, kNone};
+        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t, int64_t i0, const float (&x)[V]) {
+#pragma unroll
+          for (int k = 0; k < V; ++k)
+            if (i0 + k < hi && beats(x[k], i0 + k, b.v, b.i)) b = Best{x[k], i0 + k};
+        }, no_tile_end);
+        b = row_best(b);
+        if (first) *out = int32_t(b.i);
+        break;
+      }
+
+      case RowPath::Plain: {  // Gumbel-max over every z != -inf, and the best z for the degenerate rows
+        Best top{-INFINITY, kNone}, best{-INFINITY, kNone};
+        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t, int64_t i0, const float (&x)[V]) {
+#pragma unroll
+          for (int q = 0; q < V / 4; ++q) {
+            float z[4];
+            bool keep[4], any = false;
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+              const int64_t i = i0 + 4 * q + k;
+              z[k] = zval(x[4 * q + k]);
+              if (i < hi && beats(z[k], i, top.v, top.i)) top = Best{z[k], i};
+              keep[k] = i < hi && z[k] != -INFINITY;
+              any |= keep[k];
+            }
+            if (!any) continue;
+            const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, (i0 >> 2) + q);
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+              if (!keep[k]) continue;
+              const int64_t i = i0 + 4 * q + k;
+              const float score = __fadd_rn(z[k], -logf(-logf(philox::to_unit(rnd.v[k]))));
+              if (beats(score, i, best.v, best.i)) best = Best{score, i};
+            }
+          }
+        }, no_tile_end);
+        top = row_best(top);
+        best = row_best(best);
+        if (first) *out = int32_t(!isfinite(top.v) || best.i == kNone ? top.i : best.i);
+        break;
+      }
+
+      case RowPath::TopK: {
+        const int64_t k = p.top_k;
+        StreamBuffer sb{buf, &ss, &sel, k, cap, unsigned(U * kStreamThreads * V)};
+        sb.begin();
+        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t t, int64_t i0, const float (&x)[V]) {
+          uint64_t key[V];
+          bool valid[V];
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            valid[j] = i0 + j < hi;
+            key[j] = order_key(zval(x[j]), i0 + j);
+          }
+          sb.append<V>(t, key, valid);
+        }, [&](int64_t t) { sb.tile_end(t); });
+        sb.cut();
+        unsigned total = sb.fill;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if (C > 1) {  // CTA 0 appends the other CTAs' k largest to its own
+          if (threadIdx.x == 0) ss.fill = sb.fill;
+          cluster.sync();
+          if (rank == 0) {
+            for (int j = 1; j < C; ++j) {
+              const uint64_t* other = cluster.map_shared_rank(buf, j);
+              const unsigned of = cluster.map_shared_rank(&ss, j)->fill;
+              for (unsigned q = threadIdx.x; q < of; q += blockDim.x) buf[total + q] = other[q];
+              total += of;
+            }
+          }
+          cluster.sync();  // no CTA moves on (and refills its buffer) while CTA 0 still reads it
+          if (rank != 0) break;
+          __syncthreads();
+        }
+#endif
+        // CTA 0 holds every key the definition can reach: the row's k largest are among `total`.
+        const uint64_t top_key = block_max_key(buf, total, ss, scratch);
+        const float zmax = key_value(top_key);
+        const int64_t top_i = key_index(top_key);
+        if (!isfinite(zmax)) {
+          if (threadIdx.x == 0) *out = int32_t(top_i);
+          break;
+        }
+        const unsigned cnt = total;
+        uint64_t thr = 0;
+        if (int64_t(cnt) > k) {
+          auto visit = [&](auto&& f) {
+            for (unsigned j = threadIdx.x; j < cnt; j += blockDim.x) f(buf[j], uint64_t(1));
+          };
+          thr = select_desc<false>(visit, false, double(k), sel);
+        }
+        if (p.top_p < 1.0f) {
+          const uint64_t lo_key = thr;
+          auto visit = [&](auto&& f) {
+            for (unsigned j = threadIdx.x; j < cnt; j += blockDim.x) {
+              const uint64_t key = buf[j];
+              if (key >= lo_key) f(key, fixed_mass(key_value(key), zmax));
+            }
+          };
+          const uint64_t tp = select_desc<true>(visit, true, double(p.top_p), sel);
+          thr = tp > thr ? tp : thr;
+        }
+        Best best{-INFINITY, kNone};
+        for (unsigned j = threadIdx.x; j < cnt; j += blockDim.x) {
+          const uint64_t key = buf[j];
+          const float z = key_value(key);
+          if (key < thr || z == -INFINITY || double(z) - double(zmax) < p.log_min_p) continue;
+          const int64_t i = key_index(key);
+          const float u = philox::to_unit(philox::sampling_block(p.seed, p.position, i >> 2).v[i & 3]);
+          const float score = __fadd_rn(z, -logf(-logf(u)));
+          if (beats(score, i, best.v, best.i)) best = Best{score, i};
+        }
+        best = block_best(best, bsm);
+        if (threadIdx.x == 0) *out = int32_t(best.i != kNone ? best.i : top_i);
+        break;
+      }
+    }
+    __syncthreads();  // shared memory is reused by the next row
+  }
+}
+
 // ---- logprobs -----------------------------------------------------------------------------------------------
 // The row's log_softmax with the bits of cuda::softmax(log = true) into F32 (same statistics, same
-// expression), the chosen token's value, and the top n by a radix select on those values.
+// expression), the chosen token's value, and the top n: the n largest logits (order_key: NaN first, then
+// larger, ties by lower index), whose logprobs are then in decreasing order too (log_softmax is monotone).
+// Ranking by the logits rather than by the rounded logprobs leaves no ties to rounding, so the set can be
+// found in the same read as the statistics (logprobs_stream_kernel). logprobs_kernel: rows of small plans,
+// where every pass reads the row again.
 constexpr int kMaxTopN = 1024;
+static_assert(kMaxTopN <= kStreamMaxK, "the streaming buffer holds the top n");
 
 template <class T>
 __global__ void __launch_bounds__(kMaxRowThreads)
@@ -592,7 +929,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
 #pragma unroll
         for (int k = 0; k < V; ++k)
-          if (i0 + k < n) f(order_key(lp(x[k]), i0 + k), uint64_t(1));
+          if (i0 + k < n) f(order_key(x[k], i0 + k), uint64_t(1));
       });
     };
     const uint64_t thr = select_desc<false>(visit, false, double(top_n), sel);
@@ -602,7 +939,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         if (i0 + k >= n) continue;
-        const uint64_t key = order_key(lp(x[k]), i0 + k);
+        const uint64_t key = order_key(x[k], i0 + k);
         if (key >= thr) {
           const unsigned slot = atomicAdd(&ncand, 1u);
           if (slot < unsigned(top_n)) cand[slot] = key;
@@ -625,6 +962,75 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
+// One read of the row for the statistics (this CTA is the plan: blockDim.x plan threads taking their
+// chunks in the plan's order, as row_softmax_stats does) and for the top n (a streaming buffer of
+// blockDim.x >= 256 threads). Dynamic shared memory: stream_keys(blockDim.x) keys, then the tree's
+// blockDim.x V + 1 floats.
+template <class T>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    logprobs_stream_kernel(float* chosen, int64_t chosen_stride, int32_t* top_ids, int64_t ids0, int64_t ids1,
+                           float* top_vals, int64_t vals0, int64_t vals1, const T* logits, int64_t ls0, int64_t ls1,
+                           const int32_t* tokens, int64_t tok_stride, int64_t rows, int64_t n, int64_t top_n,
+                           int* bad) {
+  constexpr int V = 16 / sizeof(T), U = kStreamPerThread / V;
+  extern __shared__ uint64_t dyn[];
+  __shared__ SelectSmem sel;
+  __shared__ StreamSmem ss;
+  const unsigned cap = unsigned(stream_cap(int(blockDim.x)));
+  uint64_t* buf = dyn;
+  float* tree = reinterpret_cast<float*>(dyn + stream_keys(int(blockDim.x)));
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = logits + r * ls0;
+    const bool vec = ls1 == 1 && aligned16_dev(xr);
+    float m = -INFINITY, s[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) s[k] = 0.0f;
+    StreamBuffer sb{buf, &ss, &sel, top_n, cap, blockDim.x * unsigned(kStreamPerThread)};
+    if (top_n > 0) sb.begin();
+    stream_tiles<V, U>(xr, ls1, n, 0, n, vec, [&](int64_t t, int64_t i0, const float (&x)[V]) {
+      float c[V];
+      uint64_t key[V];
+      bool valid[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        valid[k] = i0 + k < n;
+        c[k] = valid[k] ? x[k] : -INFINITY;
+        key[k] = order_key(x[k], i0 + k);
+      }
+      absorb_chunk<V>(m, s, c);
+      if (top_n > 0) sb.append<V>(t, key, valid);
+    }, [&](int64_t t) {
+      if (top_n > 0) sb.tile_end(t);
+    });
+    const RowStats st = finish_row_stats<V>(m, s, tree);
+    const float log_sum = logf(st.sum);
+    auto lp = [&](float x) { return __fsub_rn(__fsub_rn(x, st.max), log_sum); };
+    if (threadIdx.x == 0) {
+      const int32_t tk = tokens[r * tok_stride];
+      if (tk >= 0 && tk < n) {
+        chosen[r * chosen_stride] = lp(to_f32(xr[tk * ls1]));
+      } else {
+        chosen[r * chosen_stride] = NAN;
+        atomicMin(bad, int(r));
+      }
+    }
+    if (top_n > 0) {
+      sb.cut();
+      // Keys are distinct, so a key's rank is the number of larger keys.
+      const unsigned cnt = sb.fill;
+      for (unsigned c = threadIdx.x; c < cnt; c += blockDim.x) {
+        const uint64_t key = buf[c];
+        int rank = 0;
+        for (unsigned j = 0; j < cnt; ++j) rank += buf[j] > key;
+        const int64_t i = key_index(key);
+        top_ids[r * ids0 + rank * ids1] = int32_t(i);
+        top_vals[r * vals0 + rank * vals1] = lp(to_f32(xr[i * ls1]));
+      }
+    }
+    __syncthreads();  // the buffer and the tree are reused by the next row
+  }
+}
+
 int* alloc_bad_flag(cudaStream_t st) {
   int* bad = nullptr;
   BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&bad), sizeof(int), st));
@@ -644,23 +1050,61 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
                                 p.seed,        p.position};
   }
   cudaStream_t st = stream_of(s);
-  // Few rows: the params travel in the launch itself. More: uploaded from pageable memory, which
-  // returns once `host` has been staged, so it may go out of scope after the copy call.
+  const DeviceInfo& info = use_device(logits.device.index);
+  // BIK_SAMPLE_CLUSTER=0: one CTA a row everywhere (tests compare the two).
+  const bool cluster_ok = info.arch >= 90 && env_switch_on("BIK_SAMPLE_CLUSTER");
+  // The streaming kernel's CTAs a row: enough for two CTAs an SM, up to a cluster of 8 (sm_90).
+  // BIK_SAMPLE_STREAM=0: never; BIK_SAMPLE_STREAM_CTAS=1|2|4|8 fixes the count (tests).
+  int ctas = 1;
+  if (cluster_ok) {
+    while (ctas < 8 && rows * ctas < 2 * int64_t(info.sms)) ctas *= 2;
+    if (const char* e = std::getenv("BIK_SAMPLE_STREAM_CTAS")) {
+      const int want = std::atoi(e);
+      BIK_CHECK(want == 1 || want == 2 || want == 4 || want == 8, "BIK_SAMPLE_STREAM_CTAS must be 1, 2, 4 or 8, got '",
+                e, "'");
+      ctas = want;
+    }
+  }
+  bool streaming = env_switch_on("BIK_SAMPLE_STREAM");
+  for (int64_t r = 0; r < rows && streaming; ++r) streaming = row_path(host[size_t(r)], n, ctas) != RowPath::Generic;
+  // The params travel in the launch itself when they fit it; otherwise they are uploaded from pageable
+  // memory, and the call waits for the stream before `host` goes out of scope.
   ParamsArg args;
+  ParamsArgLarge large;
+  const bool use_large = streaming && rows > ParamsArg::kRows && rows <= ParamsArgLarge::kRows;
   RowParams* dev = nullptr;
-  if (rows <= kInlineParams) {
+  if (rows <= ParamsArg::kRows) {
     for (int64_t r = 0; r < rows; ++r) args.inl[r] = host[size_t(r)];
+  } else if (use_large) {
+    for (int64_t r = 0; r < rows; ++r) large.inl[r] = host[size_t(r)];
   } else {
     const size_t bytes = host.size() * sizeof(RowParams);
     BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&dev), bytes, st));
     BIK_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), bytes, cudaMemcpyHostToDevice, st));
     args.dev = dev;
   }
-  const DeviceInfo& info = use_device(logits.device.index);
-  // BIK_SAMPLE_CLUSTER=0: one CTA a row everywhere (tests compare the two).
-  const bool cluster_ok = info.arch >= 90 && env_switch_on("BIK_SAMPLE_CLUSTER");
   dispatch_float(logits.dtype, [&](auto lt) {
     using T = decltype(lt);
+    if (streaming) {
+      auto launch = [&](const auto& pa) {
+        auto kernel = sample_stream_kernel<T, std::decay_t<decltype(pa)>>;
+        const int smem = stream_keys(kStreamThreads) * int(sizeof(uint64_t));
+        allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, smem);
+        const int64_t slice = ((n + ctas - 1) / ctas + 7) / 8 * 8;  // whole chunks and Philox blocks
+        if (ctas > 1 && launch_row_clusters(kernel, ctas, kStreamThreads, size_t(smem), st, rows, tokens.ptr<int32_t>(),
+                                            tokens.stride[0], logits.ptr<const T>(), logits.stride[0],
+                                            logits.stride[1], rows, n, slice, pa))
+          return;
+        // One CTA a row (no cluster of that size fits this device): every row's path is the same at C = 1.
+        kernel<<<dim3(1, unsigned(rows < 65535 ? rows : 65535)), kStreamThreads, smem, st>>>(
+            tokens.ptr<int32_t>(), tokens.stride[0], logits.ptr<const T>(), logits.stride[0], logits.stride[1], rows,
+            n, n, pa);
+        BIK_CUDA_LAUNCH_CHECK();
+      };
+      if (use_large) launch(large);
+      else launch(args);
+      return;
+    }
     // A cluster a row when each CTA's slice of z fits its shared memory.
     const int64_t slice = ((n + kSampleCluster - 1) / kSampleCluster + 7) / 8 * 8;
     const int max_dyn = info.smem_optin - 8192;
@@ -693,12 +1137,28 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
             top_n);
   cudaStream_t st = stream_of(s);
   int* bad = alloc_bad_flag(st);
+  const DeviceInfo& info = use_device(logits.device.index);
   dispatch_float(logits.dtype, [&](auto lt) {
     using T = decltype(lt);
     constexpr int V = 16 / sizeof(T);
     const int threads = row_threads(n, V);
-    const size_t smem = (size_t(threads) * V + 1) * sizeof(float);
-    logprobs_kernel<T><<<grid_for(rows), threads, smem, st>>>(
+    const size_t tree = (size_t(threads) * V + 1) * sizeof(float);
+    // One read of the row (BIK_LOGPROBS_STREAM=0: the select passes of logprobs_kernel).
+    auto stream_smem = [](int t) { return size_t(stream_keys(t)) * sizeof(uint64_t) + (size_t(t) * V + 1) * sizeof(float); };
+    const size_t smem_max = std::min(stream_smem(kMaxRowThreads), size_t(info.smem_optin) - 8192);
+    const size_t smem = stream_smem(threads);
+    if (threads >= 256 && smem <= smem_max && env_switch_on("BIK_LOGPROBS_STREAM")) {
+      auto kernel = logprobs_stream_kernel<T>;
+      // One setting for every plan size (the attribute is set once a kernel).
+      allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, int(smem_max));
+      kernel<<<grid_for(rows), threads, smem, st>>>(
+          chosen.ptr<float>(), chosen.stride[0], top_ids.ptr<int32_t>(), top_ids.stride[0], top_ids.stride[1],
+          top_vals.ptr<float>(), top_vals.stride[0], top_vals.stride[1], logits.ptr<const T>(), logits.stride[0],
+          logits.stride[1], tokens.ptr<const int32_t>(), tokens.stride[0], rows, n, top_n, bad);
+      BIK_CUDA_LAUNCH_CHECK();
+      return;
+    }
+    logprobs_kernel<T><<<grid_for(rows), threads, tree, st>>>(
         chosen.ptr<float>(), chosen.stride[0], top_ids.ptr<int32_t>(), top_ids.stride[0], top_ids.stride[1],
         top_vals.ptr<float>(), top_vals.stride[0], top_vals.stride[1], logits.ptr<const T>(), logits.stride[0],
         logits.stride[1], tokens.ptr<const int32_t>(), tokens.stride[0], rows, n, top_n, bad);

@@ -53,6 +53,19 @@ __device__ __forceinline__ float softmax_lane_term(float m, float s, float M) {
   return m == -INFINITY ? 0.0f : __fmul_rn(s, expf(__fsub_rn(m, M)));
 }
 
+// M and S from every plan thread's running (m, s[V]) (absorb_chunk): the plan's trees over the CTA.
+// Called by every thread of a CTA of blockDim.x threads, one plan thread each; smem as below.
+template <int V>
+__device__ __forceinline__ RowStats finish_row_stats(float m, const float (&s)[V], float* smem) {
+  float mm[1] = {m};
+  const float M = block_tree<1>(mm, smem, SoftmaxMaxOp{});
+  float acc[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) acc[k] = softmax_lane_term(m, s[k], M);
+  const float S = block_tree<V>(acc, smem, AddOp{});
+  return RowStats{M, S};
+}
+
 // Called by every thread of a CTA of blockDim.x threads, one plan thread each (blockDim.x * V = the
 // plan's lanes). When `cached`, xs holds this thread's chunks (c * L + t * V for c < kCachedChunks,
 // L = blockDim.x * V); otherwise the row is read from xr. smem: blockDim.x * V + 1 floats.
@@ -83,13 +96,7 @@ __device__ __forceinline__ RowStats row_softmax_stats(const Tx* xr, int64_t stri
       take(i0, xv);
     }
   }
-  float mm[1] = {m};
-  const float M = block_tree<1>(mm, smem, SoftmaxMaxOp{});
-  float acc[V];
-#pragma unroll
-  for (int k = 0; k < V; ++k) acc[k] = softmax_lane_term(m, s[k], M);
-  const float S = block_tree<V>(acc, smem, AddOp{});
-  return RowStats{M, S};
+  return finish_row_stats<V>(m, s, smem);
 }
 
 }  // namespace bik::cuda

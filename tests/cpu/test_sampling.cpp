@@ -102,6 +102,18 @@ TEST(Sampling, UniformsAreInTheOpenIntervalAndUnbiased) {
   EXPECT_NE(sampling_uniform(1, 5, 7), sampling_uniform(1, 6, 7));  // so does the position
 }
 
+// The extreme words map strictly inside (0, 1), and the noise -log(-log u) stays finite there, so no
+// token's Gumbel score is +inf whatever its probability.
+TEST(Sampling, ExtremeWordsStayInsideTheOpenInterval) {
+  for (uint32_t w : {0u, 1u, 0xFFu, 0x1FFu, 0xFFFFFE00u, 0xFFFFFEFFu, 0xFFFFFF00u, 0xFFFFFFFFu}) {
+    const float u = philox::to_unit(w);
+    EXPECT_GT(u, 0.0f) << w;
+    EXPECT_LT(u, 1.0f) << w;
+    EXPECT_TRUE(std::isfinite(-std::log(-std::log(u)))) << w;
+  }
+  EXPECT_LT(philox::to_unit(0xFFFFFDFFu), philox::to_unit(0xFFFFFFFFu));  // the top bits still count
+}
+
 TEST(Sampling, RowAloneEqualsRowInsideBatches) {
   EXPECT_EQ(count_batch_diffs(library_sampler(), 257, 7), 0);
 }

@@ -1268,6 +1268,148 @@ TEST(OpsCuda, SampleClusterMatchesRowKernel) {
   }
 }
 
+// Logits for the streaming tests: normal rows, rows with NaN / -inf / +inf entries, rows of only -inf,
+// and rows quantised to a few levels (long runs of equal values: the ties go by index, across the cuts
+// of the streaming buffer and across the cluster's slices).
+Tensor stress_logits(DType t, int64_t rows, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> nd(0.0, 3.0);
+  const int64_t es = int64_t(dtype_size(t));
+  Tensor xh = Tensor::empty({rows, vocab}, t);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < vocab; ++i) {
+      double v = nd(rng);
+      if (r % 11 == 5) v = -INFINITY;
+      else if (r % 7 == 3 && i % 97 == 0) v = i % 2 ? NAN : -INFINITY;
+      else if (r % 13 == 6) v = std::floor(v);               // ~15 levels, thousands of equal values each
+      else if (r % 17 == 8 && i == vocab / 2) v = INFINITY;  // +inf dominates
+      put(static_cast<uint8_t*>(xh.data()) + (r * vocab + i) * es, t, v);
+    }
+  return xh.to(Device::cuda(0));
+}
+
+std::vector<int32_t> tokens_of(const Tensor& x, const std::vector<SamplingParams>& ps) {
+  Tensor tok = Tensor::empty({x.size(0)}, DType::I32, Device::cuda(0));
+  sample(tok, x, ps);
+  Tensor h = tok.to(Device::cpu());
+  return std::vector<int32_t>(h.ptr<int32_t>(), h.ptr<int32_t>() + x.size(0));
+}
+
+int64_t count_diffs(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  int64_t d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d += a[i] != b[i];
+  return d;
+}
+
+// The streaming kernel (one read of the row; greedy, top-k up to 1024 with top-p / min-p after it, plain
+// temperature) against the kernels that read the row once per pass, for every CTA count a row: the same
+// token for every row. Negative control: the same comparison catches a kernel whose top-k keeps one
+// more token than asked.
+TEST(OpsCuda, SampleStreamMatchesOtherKernels) {
+  BIK_REQUIRE_GPU();
+  struct Case {
+    DType t;
+    int64_t vocab, rows;
+  };
+  int64_t control_diffs = 0;
+  for (Case c : {Case{DType::F32, 151936, 40}, Case{DType::BF16, 151936, 7}, Case{DType::F32, 32000, 100},
+                 Case{DType::F16, 4099, 60}, Case{DType::F32, 1029, 30}, Case{DType::F32, 37, 20}}) {
+    const Tensor x = stress_logits(c.t, c.rows, c.vocab, uint64_t(c.vocab) + uint64_t(c.rows));
+    std::vector<SamplingParams> ps;
+    for (int64_t r = 0; r < c.rows; ++r) {
+      const int v = int(r % 8);
+      SamplingParams p = params_for(uint64_t(r) * 7 + uint64_t(c.vocab), v < 3 ? v : 4);  // greedy, plain, k, k+p
+      if (v == 4) p.top_k = 1;
+      if (v == 5) p.top_k = int32_t(std::min<int64_t>(1024, c.vocab - 1));  // the largest streamed k
+      if (v == 6) p.top_k = int32_t(c.vocab - 1);                           // streamed only when <= 1024
+      if (v == 7) {
+        p.top_k = 40;
+        p.min_p = 0.05f;
+      }
+      ps.push_back(p);
+    }
+    setenv("BIK_SAMPLE_STREAM", "0", 1);
+    const std::vector<int32_t> want = tokens_of(x, ps);
+    setenv("BIK_SAMPLE_CLUSTER", "0", 1);
+    EXPECT_EQ(count_diffs(want, tokens_of(x, ps)), 0) << "cluster vs row kernel, V=" << c.vocab;
+    unsetenv("BIK_SAMPLE_CLUSTER");
+    unsetenv("BIK_SAMPLE_STREAM");
+    EXPECT_EQ(count_diffs(want, tokens_of(x, ps)), 0) << dtype_name(c.t) << " V=" << c.vocab << " default CTAs";
+    for (const char* ctas : {"1", "2", "4", "8"}) {
+      setenv("BIK_SAMPLE_STREAM_CTAS", ctas, 1);
+      EXPECT_EQ(count_diffs(want, tokens_of(x, ps)), 0) << dtype_name(c.t) << " V=" << c.vocab << " CTAs=" << ctas;
+      // The control: the same streamed run with k + 1 for the top-k rows.
+      std::vector<SamplingParams> more = ps;
+      for (SamplingParams& p : more)
+        if (p.temperature > 0 && p.top_k > 0 && p.top_k < std::min<int64_t>(1024, c.vocab - 1)) p.top_k += 1;
+      control_diffs += count_diffs(want, tokens_of(x, more));
+    }
+    unsetenv("BIK_SAMPLE_STREAM_CTAS");
+  }
+  EXPECT_GT(control_diffs, 0) << "the comparison did not notice a top-k keeping one token too many";
+}
+
+// A row samples the same token alone and inside batches of every size the streaming kernel splits
+// differently (CTAs a row: 8 for few rows, fewer for many), at every position in the batch.
+TEST(OpsCuda, SampleStreamRowAloneEqualsRowInBatches) {
+  BIK_REQUIRE_GPU();
+  const int64_t vocab = 151936, rows = 300;
+  const Tensor x = stress_logits(DType::F32, rows, vocab, 77);
+  std::vector<SamplingParams> ps;
+  for (int64_t r = 0; r < rows; ++r) ps.push_back(params_for(uint64_t(r) + 900, int(r % 3) == 0 ? 4 : int(r % 3)));
+  const std::vector<int32_t> all = tokens_of(x, ps);
+  for (int64_t m : {int64_t(1), int64_t(3), int64_t(17), int64_t(64), int64_t(133)}) {
+    for (int64_t r0 = 0; r0 + m <= rows; r0 += 97) {
+      const Tensor part = x.narrow(0, r0, m);
+      const std::vector<SamplingParams> pp(ps.begin() + r0, ps.begin() + r0 + m);
+      const std::vector<int32_t> got = tokens_of(part, pp);
+      for (int64_t r = 0; r < m; ++r) EXPECT_EQ(got[size_t(r)], all[size_t(r0 + r)]) << "row " << r0 + r << " in " << m;
+    }
+  }
+}
+
+// Logprobs from the one-read kernel against the pass-per-select kernel, bit for bit (chosen, ids,
+// values), and the ids against the CPU backend's (an exact order of the logits, no float math). The
+// control: the same comparison notices the top n of a different row.
+TEST(OpsCuda, LogprobsStreamMatchesPassKernel) {
+  BIK_REQUIRE_GPU();
+  struct Case {
+    DType t;
+    int64_t vocab, rows, top_n;
+  };
+  for (Case c : {Case{DType::F32, 151936, 24, 20}, Case{DType::BF16, 151936, 9, 1024}, Case{DType::F32, 32000, 70, 1},
+                 Case{DType::F16, 50000, 13, 5}, Case{DType::F32, 4099, 40, 20}, Case{DType::F32, 151936, 5, 0}}) {
+    const Tensor x = stress_logits(c.t, c.rows, c.vocab, uint64_t(c.vocab) * 3 + uint64_t(c.top_n));
+    Tensor tok_h = Tensor::empty({c.rows}, DType::I32);
+    for (int64_t r = 0; r < c.rows; ++r) tok_h.ptr<int32_t>()[r] = int32_t((r * 7919) % c.vocab);
+    const Tensor tok = tok_h.to(Device::cuda(0));
+    auto run = [&](const Tensor& xs) {
+      const Device gpu = Device::cuda(0);
+      Tensor ch = Tensor::empty({c.rows}, DType::F32, gpu), ids = Tensor::empty({c.rows, c.top_n}, DType::I32, gpu),
+             vals = Tensor::empty({c.rows, c.top_n}, DType::F32, gpu);
+      logprobs(ch, ids, vals, xs, tok);
+      return std::vector<Tensor>{ch.to(Device::cpu()), ids.to(Device::cpu()), vals.to(Device::cpu())};
+    };
+    setenv("BIK_LOGPROBS_STREAM", "0", 1);
+    const std::vector<Tensor> want = run(x);
+    unsetenv("BIK_LOGPROBS_STREAM");
+    const std::vector<Tensor> got = run(x);
+    const std::string what = std::string(dtype_name(c.t)) + " V=" + std::to_string(c.vocab) + " n=" + std::to_string(c.top_n);
+    EXPECT_EQ(std::memcmp(want[0].data(), got[0].data(), size_t(c.rows) * 4), 0) << what << " chosen";
+    EXPECT_EQ(std::memcmp(want[1].data(), got[1].data(), size_t(c.rows * c.top_n) * 4), 0) << what << " ids";
+    EXPECT_EQ(std::memcmp(want[2].data(), got[2].data(), size_t(c.rows * c.top_n) * 4), 0) << what << " values";
+    if (c.top_n == 0) continue;
+    // The CPU backend's ids.
+    const Tensor xc = x.to(Device::cpu());
+    Tensor ch = Tensor::empty({c.rows}, DType::F32), ids = Tensor::empty({c.rows, c.top_n}, DType::I32),
+           vals = Tensor::empty({c.rows, c.top_n}, DType::F32);
+    logprobs(ch, ids, vals, xc, tok_h);
+    EXPECT_EQ(std::memcmp(ids.data(), got[1].data(), size_t(c.rows * c.top_n) * 4), 0) << what << " ids vs CPU";
+    // Control: row 0's ids against row 1's must differ.
+    EXPECT_NE(std::memcmp(got[1].ptr<int32_t>(), got[1].ptr<int32_t>() + c.top_n, size_t(c.top_n) * 4), 0) << what;
+  }
+}
+
 TEST(OpsCuda, Logprobs) {
   BIK_REQUIRE_GPU();
   expect_clean(logprobs_spec(DType::F32, 32000, 5));
