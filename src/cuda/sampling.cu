@@ -613,32 +613,31 @@ __device__ uint64_t stream_cut(uint64_t* buf, uint64_t* spare, unsigned fill, in
   return t;
 }
 
-// Calls chunk(t, i0, x) for each chunk of V elements of [lo, hi) this thread owns, U chunks a tile (all
-// their loads issued first), and tile_end(t) after tile t, by every thread. Chunk i0 = lo + (t U + u) L
-// + threadIdx.x V with L = blockDim.x V: lanes in the plan's order when lo = 0 (softmax.cuh). Elements
-// past hi (inside a chunk that straddles it) are the caller's to skip.
-template <int V, int U, class T, class Chunk, class TileEnd>
+// Calls tile(t, b, L, x) for each tile t of [lo, hi) by every thread, x holding this thread's U chunks of
+// the tile (all their loads issued first): chunk u starts at b + u L (L = blockDim.x V) and holds data
+// when b + u L < hi. Chunk i0 = lo + (t U + u) L + threadIdx.x V: lanes in the plan's order when lo = 0
+// (softmax.cuh). Elements past hi (inside a chunk that straddles it) are the caller's to skip.
+template <int V, int U, class T, class Tile>
 __device__ __forceinline__ void stream_tiles(const T* xr, int64_t ls1, int64_t n, int64_t lo, int64_t hi, bool vec,
-                                             Chunk&& chunk, TileEnd&& tile_end) {
-  const int64_t L = int64_t(blockDim.x) * V, tile = U * L;
-  const int64_t tiles = hi > lo ? (hi - lo + tile - 1) / tile : 0;
+                                             Tile&& tile) {
+  const int64_t L = int64_t(blockDim.x) * V, span = U * L;
+  const int64_t tiles = hi > lo ? (hi - lo + span - 1) / span : 0;
   for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t b = lo + t * tile + int64_t(threadIdx.x) * V;
+    const int64_t b = lo + t * span + int64_t(threadIdx.x) * V;
     float x[U][V];
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (b + u * L < hi) load_chunk<V>(xr, ls1, n, b + u * L, vec, x[u]);
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (b + u * L < hi) chunk(t, b + u * L, x[u]);
-    tile_end(t);
+    tile(t, b, L, x);
   }
 }
 
-// The running buffer of one CTA. append() from a chunk's keys; tile_end() after each tile by every
-// thread: the tile's appends are counted in added[t % 3] (the counter of tile t + 2 is zeroed here: its
-// last readers, tile t - 1's, have all passed this tile's barrier), and the buffer is cut when another
-// tile might not fit. fill and thr are the same in every thread.
+// The running buffer of one CTA. In each tile every thread calls offer() for its chunks, then
+// tile_end(t): the tile's appends are counted in added[t % 3] (the counter of tile t + 2 is zeroed there:
+// its last readers, tile t - 1's, have all passed this tile's barrier), and the buffer is cut when
+// another tile might not fit. In tile 0, seed() first raises thr to the k-th largest of the threads'
+// own largest keys (k distinct keys are at or above it), so the first tile does not flood the buffer.
+// fill, thr and floor are the same in every thread.
 struct StreamBuffer {
   uint64_t* buf;  // stream_cap keys, then kStreamMaxK spare
   StreamSmem* ss;
@@ -653,6 +652,16 @@ struct StreamBuffer {
     fill = 0;
     thr = 0;
     __syncthreads();
+  }
+  // The value part of thr as a float (-inf while thr = 0): an element of a smaller value is below thr.
+  __device__ __forceinline__ float floor() const { return thr == 0 ? -INFINITY : key_value(thr); }
+  __device__ void seed(uint64_t own_max) {
+    const int have = __syncthreads_count(own_max != 0);
+    if (have < k) return;
+    auto visit = [&](auto&& f) {
+      if (own_max != 0) f(own_max, uint64_t(1));
+    };
+    thr = select_desc<false>(visit, false, double(k), *sel);
   }
   template <int V>
   __device__ __forceinline__ void append(int64_t t, const uint64_t (&key)[V], const bool (&valid)[V]) {
@@ -678,6 +687,12 @@ struct StreamBuffer {
     fill = unsigned(k);
   }
 };
+
+// A lower bound under which z = x / temp (rounded) is surely below zt, for x * inv (inv = 1 / temp
+// rounded): the two differ by less than 2^-21 |z| (three roundings), well inside the 2^-18 margin.
+__device__ __forceinline__ float z_floor(float zt) {
+  return zt == -INFINITY ? -INFINITY : __fsub_rn(__fsub_rn(zt, __fmul_rn(fabsf(zt), 0x1p-18f)), 0x1p-100f);
+}
 
 // The largest key of buf[0, count) (0 when empty); every thread gets it.
 __device__ uint64_t block_max_key(const uint64_t* buf, unsigned count, StreamSmem& ss, uint64_t* scratch) {
@@ -765,62 +780,127 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
 
       case RowPath::Greedy: {
         Best b{-INFINITY, kNone};
-        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t, int64_t i0, const float (&x)[V]) {
+        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t, int64_t b0, int64_t L, const float (&x)[U][V]) {
 #pragma unroll
-          for (int k = 0; k < V; ++k)
-            if (i0 + k < hi && beats(x[k], i0 + k, b.v, b.i)) b = Best{x[k], i0 + k};
-        }, no_tile_end);
+          for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+              const int64_t i = b0 + u * L + k;
+              if (i < hi && beats(x[u][k], i, b.v, b.i)) b = Best{x[u][k], i};
+            }
+        });
         b = row_best(b);
         if (first) *out = int32_t(b.i);
         break;
       }
 
-      case RowPath::Plain: {  // Gumbel-max over every z != -inf, and the best z for the degenerate rows
-        Best top{-INFINITY, kNone}, best{-INFINITY, kNone};
-        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t, int64_t i0, const float (&x)[V]) {
+      case RowPath::Plain: {
+        // Gumbel-max over every z != -inf. A score is z + g with g <= 16.64 (the largest uniform is
+        // 1 - 2^-24), so an element whose bound zhi on that sum is below the thread's best so far cannot
+        // win, and its random numbers are never drawn (zhi from x * inv with room for the roundings).
+        // The largest x (NaN as -inf) gives z's maximum, since x / temp is monotone: only when it is not
+        // finite does the row need the first maximum of z, from a second pass.
+        const float inv = __frcp_rn(temp);
+        float xmax = -INFINITY;
+        Best best{-INFINITY, kNone};
+        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t, int64_t b0, int64_t L, const float (&x)[U][V]) {
 #pragma unroll
-          for (int q = 0; q < V / 4; ++q) {
-            float z[4];
-            bool keep[4], any = false;
+          for (int u = 0; u < U; ++u) {
+            const int64_t i0 = b0 + u * L;
+            if (i0 >= hi) continue;
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
-              const int64_t i = i0 + 4 * q + k;
-              z[k] = zval(x[4 * q + k]);
-              if (i < hi && beats(z[k], i, top.v, top.i)) top = Best{z[k], i};
-              keep[k] = i < hi && z[k] != -INFINITY;
-              any |= keep[k];
-            }
-            if (!any) continue;
-            const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, (i0 >> 2) + q);
+            for (int q = 0; q < V / 4; ++q) {
+              bool need[4], any = false;
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
-              if (!keep[k]) continue;
-              const int64_t i = i0 + 4 * q + k;
-              const float score = __fadd_rn(z[k], -logf(-logf(philox::to_unit(rnd.v[k]))));
-              if (beats(score, i, best.v, best.i)) best = Best{score, i};
+              for (int k = 0; k < 4; ++k) {
+                const float xv = x[u][4 * q + k];
+                const bool ok = i0 + 4 * q + k < hi && xv == xv;
+                if (ok) xmax = fmaxf(xmax, xv);
+                const float zx = __fmul_rn(xv, inv);
+                const float zhi = __fadd_rn(__fadd_rn(zx, __fmul_rn(fabsf(zx), 0x1p-18f)), 17.0f);
+                need[k] = ok && xv != -INFINITY && !(zhi < best.v);
+                any |= need[k];
+              }
+              if (!any) continue;
+              const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, (i0 >> 2) + q);
+#pragma unroll
+              for (int k = 0; k < 4; ++k) {
+                if (!need[k]) continue;
+                const float z = zval(x[u][4 * q + k]);
+                if (z == -INFINITY) continue;
+                const int64_t i = i0 + 4 * q + k;
+                const float score = __fadd_rn(z, -logf(-logf(philox::to_unit(rnd.v[k]))));
+                if (beats(score, i, best.v, best.i)) best = Best{score, i};
+              }
             }
           }
-        }, no_tile_end);
-        top = row_best(top);
+        });
         best = row_best(best);
-        if (first) *out = int32_t(!isfinite(top.v) || best.i == kNone ? top.i : best.i);
+        const float zmax = zval(row_best(Best{xmax, kNone}).v);
+        if (isfinite(zmax)) {
+          if (first) *out = int32_t(best.i);
+          break;
+        }
+        // Nothing has a positive probability, or +inf dominates: the first maximum of z.
+        Best top{-INFINITY, kNone};
+        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t, int64_t b0, int64_t L, const float (&x)[U][V]) {
+#pragma unroll
+          for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+              const int64_t i = b0 + u * L + k;
+              const float z = zval(x[u][k]);
+              if (i < hi && beats(z, i, top.v, top.i)) top = Best{z, i};
+            }
+        });
+        top = row_best(top);
+        if (first) *out = int32_t(top.i);
         break;
       }
 
       case RowPath::TopK: {
         const int64_t k = p.top_k;
+        const float inv = __frcp_rn(temp);
         StreamBuffer sb{buf, &ss, &sel, k, cap, unsigned(U * kStreamThreads * V)};
         sb.begin();
-        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t t, int64_t i0, const float (&x)[V]) {
-          uint64_t key[V];
-          bool valid[V];
+        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t t, int64_t b0, int64_t L, const float (&x)[U][V]) {
+          auto keys = [&](int u, uint64_t (&key)[V], bool (&valid)[V]) {
 #pragma unroll
-          for (int j = 0; j < V; ++j) {
-            valid[j] = i0 + j < hi;
-            key[j] = order_key(zval(x[j]), i0 + j);
+            for (int j = 0; j < V; ++j) {
+              const int64_t i = b0 + u * L + j;
+              valid[j] = i < hi;
+              key[j] = order_key(zval(x[u][j]), i);
+            }
+          };
+          if (t == 0) {  // seed thr from the threads' own largest keys
+            uint64_t own = 0;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+              uint64_t key[V];
+              bool valid[V];
+              keys(u, key, valid);
+#pragma unroll
+              for (int j = 0; j < V; ++j)
+                if (valid[j] && key[j] > own) own = key[j];
+            }
+            sb.seed(own);
           }
-          sb.append<V>(t, key, valid);
-        }, [&](int64_t t) { sb.tile_end(t); });
+          // Keys below thr have z below floor(); x * inv below z_floor of it rules z out without a division.
+          const float zlo = z_floor(sb.floor());
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            if (b0 + u * L >= hi) continue;
+            bool any = false;
+#pragma unroll
+            for (int j = 0; j < V; ++j) any |= !(__fmul_rn(x[u][j], inv) < zlo);
+            if (!any) continue;
+            uint64_t key[V];
+            bool valid[V];
+            keys(u, key, valid);
+            sb.append<V>(t, key, valid);
+          }
+          sb.tile_end(t);
+        });
         sb.cut();
         unsigned total = sb.fill;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -987,20 +1067,53 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     for (int k = 0; k < V; ++k) s[k] = 0.0f;
     StreamBuffer sb{buf, &ss, &sel, top_n, cap, blockDim.x * unsigned(kStreamPerThread)};
     if (top_n > 0) sb.begin();
-    stream_tiles<V, U>(xr, ls1, n, 0, n, vec, [&](int64_t t, int64_t i0, const float (&x)[V]) {
-      float c[V];
-      uint64_t key[V];
-      bool valid[V];
+    stream_tiles<V, U>(xr, ls1, n, 0, n, vec, [&](int64_t t, int64_t b0, int64_t L, const float (&x)[U][V]) {
+      // The statistics, chunk by chunk in the plan's order.
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        valid[k] = i0 + k < n;
-        c[k] = valid[k] ? x[k] : -INFINITY;
-        key[k] = order_key(x[k], i0 + k);
+      for (int u = 0; u < U; ++u) {
+        const int64_t i0 = b0 + u * L;
+        if (i0 >= n) continue;
+        float c[V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) c[k] = i0 + k < n ? x[u][k] : -INFINITY;
+        absorb_chunk<V>(m, s, c);
       }
-      absorb_chunk<V>(m, s, c);
-      if (top_n > 0) sb.append<V>(t, key, valid);
-    }, [&](int64_t t) {
-      if (top_n > 0) sb.tile_end(t);
+      if (top_n == 0) return;
+      auto keys = [&](int u, uint64_t (&key)[V], bool (&valid)[V]) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const int64_t i = b0 + u * L + k;
+          valid[k] = i < n;
+          key[k] = order_key(x[u][k], i);
+        }
+      };
+      if (t == 0) {  // seed thr from the threads' own largest keys
+        uint64_t own = 0;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          uint64_t key[V];
+          bool valid[V];
+          keys(u, key, valid);
+#pragma unroll
+          for (int k = 0; k < V; ++k)
+            if (valid[k] && key[k] > own) own = key[k];
+        }
+        sb.seed(own);
+      }
+      const float xlo = sb.floor();  // a key below thr has a logit below this (NaN is above it)
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (b0 + u * L >= n) continue;
+        bool any = false;
+#pragma unroll
+        for (int k = 0; k < V; ++k) any |= !(x[u][k] < xlo);
+        if (!any) continue;
+        uint64_t key[V];
+        bool valid[V];
+        keys(u, key, valid);
+        sb.append<V>(t, key, valid);
+      }
+      sb.tile_end(t);
     });
     const RowStats st = finish_row_stats<V>(m, s, tree);
     const float log_sum = logf(st.sum);
