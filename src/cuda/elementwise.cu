@@ -2,6 +2,7 @@
 // each output element is one fixed F32 expression of its inputs, rounded once; a thread handles a
 // chunk of V consecutive elements (16-byte loads when the row is contiguous and aligned).
 #include <climits>
+#include <cstdlib>
 
 #include "core/backend.h"
 #include "cuda/device_info.h"
@@ -19,17 +20,22 @@ dim3 row_grid(int64_t chunks_per_row, int64_t rows, int threads) {
 
 // ---- silu_and_mul -------------------------------------------------------------------------------------
 // out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)); x = [gate | up] along the last dim.
-// A thread takes kSiluUnroll chunks of a row, blockDim.x chunks apart, and issues all their loads before
-// any math: each thread then has 2 kSiluUnroll 16-byte loads in flight.
+// A thread takes U chunks of a row, blockDim.x chunks apart, and issues all their loads before any math:
+// each thread then has 2 U 16-byte loads in flight. The default launch: kSiluThreads threads, U =
+// kSiluUnroll. Few rows (a decode step's handful of tokens) are one short wave of latency: a row of d =
+// 14336 bf16 is 4 such CTAs on 4 SMs, each thread with 16 elements of exp and divide in a row. There
+// silu_and_mul() launches U = 1 on kSiluSmallThreads-thread CTAs: 14 CTAs, 8 elements a thread. Element-
+// wise, so which thread computes an element never changes its bits (OpsCudaSmall.SiluSmall*).
 constexpr int kSiluThreads = 256;
 constexpr int kSiluUnroll = 2;
-template <class Tx, class To>
+constexpr int kSiluSmallThreads = 128;
+template <class Tx, class To, int U>
 __global__ void __launch_bounds__(kSiluThreads)
     silu_and_mul_kernel(To* out, DevRows out_rows, const Tx* x, DevRows x_rows, int64_t rows, int64_t d) {
   constexpr int V = 16 / sizeof(Tx);
   const int64_t xs = x_rows.elem_stride, os = out_rows.elem_stride;
   const int64_t step = int64_t(blockDim.x) * V;
-  const int64_t first = int64_t(blockIdx.x) * kSiluUnroll * step + int64_t(threadIdx.x) * V;
+  const int64_t first = int64_t(blockIdx.x) * U * step + int64_t(threadIdx.x) * V;
   if (first >= d) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const Tx* gate = x + x_rows.offset(r);
@@ -37,16 +43,16 @@ __global__ void __launch_bounds__(kSiluThreads)
     To* o = out + out_rows.offset(r);
     const bool vg = xs == 1 && aligned16_dev(gate), vu = xs == 1 && aligned16_dev(up);
     const bool vo = os == 1 && aligned16_dev(o);
-    float g[kSiluUnroll][V], u[kSiluUnroll][V];
+    float g[U][V], u[U][V];
 #pragma unroll
-    for (int q = 0; q < kSiluUnroll; ++q) {
+    for (int q = 0; q < U; ++q) {
       const int64_t i0 = first + q * step;
       if (i0 >= d) continue;
       load_chunk<V>(gate, xs, d, i0, vg, g[q]);
       load_chunk<V>(up, xs, d, i0, vu, u[q]);
     }
 #pragma unroll
-    for (int q = 0; q < kSiluUnroll; ++q) {
+    for (int q = 0; q < U; ++q) {
       const int64_t i0 = first + q * step;
       if (i0 >= d) continue;
       float y[V];
@@ -246,10 +252,29 @@ void silu_and_mul(const TensorView& out, const TensorView& x, Stream s) {
   dispatch_float(x.dtype, [&](auto xt) {
     using Tx = decltype(xt);
     constexpr int V = 16 / sizeof(Tx);
+    const int64_t chunks = (d + V - 1) / V;
+    // Few rows: U = 1 on smaller CTAs (kSiluSmallThreads, or BIK_SILU_SMALL_THREADS = 32, 64, 128 or 256)
+    // while the rows' CTAs fit the SMs one an SM. BIK_SILU_SMALL=0 keeps the default launch, =2 takes the
+    // small one for every row count (tests compare the two).
+    const int small_level = env_switch_level("BIK_SILU_SMALL");
+    int small_threads = kSiluSmallThreads;
+    if (const char* e = std::getenv("BIK_SILU_SMALL_THREADS")) {
+      const int t = std::atoi(e);
+      if (t == 32 || t == 64 || t == 128 || t == 256) small_threads = t;
+    }
+    const int64_t small_ctas = rows * ((chunks + small_threads - 1) / small_threads);
+    const bool small =
+        small_level == 2 || (small_level == 1 && rows > 0 && small_ctas <= use_device(x.device.index).sms);
     auto launch = [&](auto ot) {
       using To = decltype(ot);
-      silu_and_mul_kernel<Tx, To>
-          <<<row_grid((d + V - 1) / V, rows, kSiluThreads * kSiluUnroll), kSiluThreads, 0, stream_of(s)>>>(
+      if (small) {
+        silu_and_mul_kernel<Tx, To, 1><<<row_grid(chunks, rows, small_threads), small_threads, 0, stream_of(s)>>>(
+            out.ptr<To>(), DevRows(out), x.ptr<const Tx>(), DevRows(x), rows, d);
+        BIK_CUDA_LAUNCH_CHECK();
+        return;
+      }
+      silu_and_mul_kernel<Tx, To, kSiluUnroll>
+          <<<row_grid(chunks, rows, kSiluThreads * kSiluUnroll), kSiluThreads, 0, stream_of(s)>>>(
               out.ptr<To>(), DevRows(out), x.ptr<const Tx>(), DevRows(x), rows, d);
       BIK_CUDA_LAUNCH_CHECK();
     };

@@ -8,8 +8,14 @@
 // layout, or on sm_90 reduce_ring_kernel for many one-warp rows); otherwise each element's offset is
 // computed from i.
 // argmax is exact in any order (a strict total order on (value, index)), so only its result is fixed.
+#include <cooperative_groups.h>
+
 #include <climits>
 #include <cstdlib>
+#include <mutex>
+#include <set>
+#include <type_traits>
+#include <utility>
 
 #include "core/backend.h"
 #include "cuda/device_info.h"
@@ -17,6 +23,8 @@
 
 namespace bik::cuda {
 namespace {
+
+namespace cg = cooperative_groups;
 
 // Row-major index -> element offset over up to kMaxDims dims.
 struct DimIndex {
@@ -336,6 +344,49 @@ __device__ __forceinline__ uint4 load_cols(const Tx* p, int64_t col0, int64_t co
   return u;
 }
 
+// The end of a tile's class: the steps w' = (NL / 2 .. 1) kColTy inside the thread (its lanes m2 and
+// m2 + h), then w' = kColTy / 2 .. 1 across the kColTy threads of a column in shared memory. On return
+// part[0][cc] is the class value of the tile's column cc, seen by every thread of the CTA.
+template <int NL, int V>
+__device__ __forceinline__ void cols_fold_lanes(float (&acc)[NL][V], float (&part)[kColTy][kColTx * V], int tx,
+                                                int g) {
+  constexpr int kTile = kColTx * V;
+#pragma unroll
+  for (int h = NL / 2; h >= 1; h /= 2)
+#pragma unroll
+    for (int m2 = 0; m2 < h; ++m2)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[m2][k] = __fadd_rn(acc[m2][k], acc[m2 + h][k]);
+#pragma unroll
+  for (int k = 0; k < V; ++k) part[g][tx * V + k] = acc[0][k];
+  for (int w = kColTy / 2; w >= 1; w /= 2) {
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < w * kTile; idx += blockDim.x) {
+      const int gg = idx / kTile, cc = idx % kTile;
+      part[gg][cc] = __fadd_rn(part[gg][cc], part[gg + w][cc]);
+    }
+  }
+  __syncthreads();
+}
+
+// A tile's class values: to partial [C, cols] (C > 1, folded later), or, for a single class, the output.
+template <class To, int kTile>
+__device__ __forceinline__ void cols_store(const float (&part0)[kTile], float* partial, To* out,
+                                           const DimIndex& out_idx, int64_t cols, int64_t n, int64_t C, int64_t c,
+                                           bool mean) {
+  for (int cc = threadIdx.x; cc < kTile; cc += blockDim.x) {
+    const int64_t col = int64_t(blockIdx.x) * kTile + cc;
+    if (col >= cols) continue;
+    float total = part0[cc];
+    if (C > 1) {
+      partial[c * cols + col] = total;
+    } else {
+      if (mean) total = __fdiv_rn(total, float(n));
+      out[out_idx.offset(col)] = from_f32<To>(total);
+    }
+  }
+}
+
 template <class Tx, class To, int NL>
 __global__ void __launch_bounds__(kColTx * kColTy, 2)  // two CTAs an SM: 16 warps with 8 loads each in flight
     reduce_cols_kernel(float* partial, To* out, DimIndex out_idx, const Tx* x, int64_t stride, int64_t cols, int64_t n,
@@ -373,35 +424,122 @@ __global__ void __launch_bounds__(kColTx * kColTy, 2)  // two CTAs an SM: 16 war
       for (int k = 0; k < V; ++k) acc[m2][k] = __fadd_rn(acc[m2][k], v[k]);
     }
   }
-  // Steps w' = (NL / 2 .. 1) kColTy: inside the thread.
+  cols_fold_lanes<NL, V>(acc, part, tx, g);
+  cols_store<To, kTile>(part[0], partial, out, out_idx, cols, n, C, c, mean);
+}
+
+// ---- the column kernel with its loads staged in shared memory (an A/B variant) ------------------------------
+// reduce_cols_kernel keeps a thread's NL loads of a pass in registers, next to its NL V accumulators, so
+// registers cap the bytes an SM has in flight (2 CTAs x 256 threads x 8 x 16 bytes = 64 KiB for bf16, NL =
+// 8). This kernel copies `passes` passes of a thread's lanes at a time into shared memory (cp.async, 16
+// bytes each: passes x NL x 4 KiB a CTA) and adds them from there once they have landed: the same elements,
+// each lane's in increasing i, the same tree, so the same bits (OpsCudaSmall.SumColumns*).
+// With `in_cluster` the grid's C classes of a tile are one thread-block cluster (sm_90, C <= 16): after the
+// lanes' fold every CTA holds its class value of the tile's columns in shared memory, and CTA c finishes
+// columns [c kTile / C, (c + 1) kTile / C) of the tile by the steps w = C/2 .. 1 over the C CTAs' values
+// (distributed shared memory), exactly as reduce_cols_fold_kernel does: no partials, no second kernel.
+constexpr int kColMaxCluster = 16;  // the largest cluster sm_90 runs (8 without the non-portable opt-in)
+
+__device__ __forceinline__ void cols_cp_async16(void* smem_dst, const void* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(uint32_t(__cvta_generic_to_shared(smem_dst))),
+               "l"(src)
+               : "memory");
+#endif
+}
+// Waits for this thread's copies; they are then visible to this thread (no other thread reads them).
+__device__ __forceinline__ void cols_cp_async_wait_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+
+template <class Tx, class To, int NL>
+__global__ void __launch_bounds__(kColTx * kColTy, 2)
+    reduce_cols_staged_kernel(float* partial, To* out, DimIndex out_idx, const Tx* x, int64_t stride, int64_t cols,
+                              int64_t n, int64_t L, bool vec, bool mean, int passes, bool in_cluster) {
+  constexpr int V = 16 / sizeof(Tx);
+  constexpr int kTile = kColTx * V;
+  constexpr int kThreads = kColTx * kColTy;
+  __shared__ float part[kColTy][kTile];
+  extern __shared__ uint4 cols_stage[];  // slot q of thread t: cols_stage[q * kThreads + t], q = p NL + m2
+  const int tx = threadIdx.x % kColTx, g = threadIdx.x / kColTx;
+  const int64_t C = gridDim.y, c = blockIdx.y;
+  const int64_t col0 = int64_t(blockIdx.x) * kTile + tx * V;
+  const Tx* xc = x + col0;
+  const bool whole = vec && col0 + V <= cols;  // this thread's chunks are whole aligned 16-byte vectors
+  uint4* slots = cols_stage + threadIdx.x;
+  int64_t j[NL];
 #pragma unroll
-  for (int h = NL / 2; h >= 1; h /= 2)
+  for (int m2 = 0; m2 < NL; ++m2) j[m2] = c + (g + int64_t(m2) * kColTy) * C;
+
+  float acc[NL][V];
 #pragma unroll
-    for (int m2 = 0; m2 < h; ++m2)
+  for (int m2 = 0; m2 < NL; ++m2)
 #pragma unroll
-      for (int k = 0; k < V; ++k) acc[m2][k] = __fadd_rn(acc[m2][k], acc[m2 + h][k]);
+    for (int k = 0; k < V; ++k) acc[m2][k] = 0.0f;
+  const int64_t batch = int64_t(passes) * L;
+  for (int64_t base = 0; base < n; base += batch) {
+    // Passes base / L .. + passes - 1 of this thread's lanes into its slots, all in flight at once.
+    for (int p = 0; p < passes; ++p)
 #pragma unroll
-  for (int k = 0; k < V; ++k) part[g][tx * V + k] = acc[0][k];
-  // Steps w' = kColTy / 2 .. 1: across the threads of a column.
-  for (int w = kColTy / 2; w >= 1; w /= 2) {
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < w * kTile; idx += blockDim.x) {
-      const int gg = idx / kTile, cc = idx % kTile;
-      part[gg][cc] = __fadd_rn(part[gg][cc], part[gg + w][cc]);
-    }
+      for (int m2 = 0; m2 < NL; ++m2) {
+        const int64_t i = base + p * L + j[m2];
+        if (i >= n) continue;
+        uint4* dst = slots + (p * NL + m2) * kThreads;
+        if (whole)
+          cols_cp_async16(dst, xc + i * stride);
+        else
+          *dst = load_cols(xc + i * stride, col0, cols, false);
+      }
+    cols_cp_async_wait_all();
+    // Each lane's elements in increasing i: pass p before p + 1, batch before batch.
+    for (int p = 0; p < passes; ++p)
+#pragma unroll
+      for (int m2 = 0; m2 < NL; ++m2) {
+        if (base + p * L + j[m2] >= n) continue;
+        float v[V];
+        unpack<Tx, V>(slots[(p * NL + m2) * kThreads], v);
+#pragma unroll
+        for (int k = 0; k < V; ++k) acc[m2][k] = __fadd_rn(acc[m2][k], v[k]);
+      }
   }
-  __syncthreads();
-  for (int cc = threadIdx.x; cc < kTile; cc += blockDim.x) {
+  cols_fold_lanes<NL, V>(acc, part, tx, g);
+  if (!in_cluster) {
+    cols_store<To, kTile>(part[0], partial, out, out_idx, cols, n, C, c, mean);
+    return;
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every CTA's class values are in its shared memory
+  const int per = kTile / int(C);
+  if (int(threadIdx.x) < per) {
+    const int cc = int(c) * per + int(threadIdx.x);
+    float v[kColMaxCluster];
+#pragma unroll
+    for (int q = 0; q < kColMaxCluster; ++q) v[q] = q < C ? *cluster.map_shared_rank(&part[0][cc], q) : 0.0f;
+    // The steps w = C/2 .. 1 (C a power of two): value[q] += value[q + w] for q < w. Spelled out with
+    // compile-time w so that v stays in registers.
+    auto step = [&](auto wc) {
+      constexpr int w = decltype(wc)::value;
+      if (w < C)
+#pragma unroll
+        for (int q = 0; q < w; ++q) v[q] = __fadd_rn(v[q], v[q + w]);
+    };
+    static_assert(kColMaxCluster == 16, "the steps below start at 16 / 2");
+    step(std::integral_constant<int, 8>{});
+    step(std::integral_constant<int, 4>{});
+    step(std::integral_constant<int, 2>{});
+    step(std::integral_constant<int, 1>{});
     const int64_t col = int64_t(blockIdx.x) * kTile + cc;
-    if (col >= cols) continue;
-    float total = part[0][cc];
-    if (C > 1) {
-      partial[c * cols + col] = total;
-    } else {
+    if (col < cols) {
+      float total = v[0];
       if (mean) total = __fdiv_rn(total, float(n));
       out[out_idx.offset(col)] = from_f32<To>(total);
     }
   }
+  cluster.sync();  // no CTA exits while another reads its shared memory
+#endif
 }
 
 // The last steps of the plan, w = C/2 .. 1, over the class values partial [C, cols].
@@ -538,11 +676,45 @@ __global__ void __launch_bounds__(256)
   if (lane == 0) out[out_idx.offset(r)] = int32_t(0xFFFFFFFFu - uint32_t(best));
 }
 
+// An integer knob of the column kernels (docs/invariance.md), read at each call: `fallback` when unset or
+// outside [lo, hi].
+int cols_knob(const char* name, int fallback, int lo, int hi) {
+  const char* e = std::getenv(name);
+  if (e == nullptr || *e == '\0') return fallback;
+  const int v = std::atoi(e);
+  return v >= lo && v <= hi ? v : fallback;
+}
+
+// cudaFuncSetAttribute(NonPortableClusterSizeAllowed) once per (kernel, device): clusters of 16 CTAs.
+void allow_cluster_16(const void* kernel, int device) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count({kernel, device})) return;
+  BIK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  done.insert({kernel, device});
+}
+
 // Sum / mean of x [n, cols] over n (reduced stride `stride`, columns contiguous) by the column kernels.
+// The knobs below only move the plan's steps between threads, CTAs and kernels (see the column kernels'
+// comment), never change one, so each is free for the bits (OpsCudaSmall.SumColumns* compares them):
+//   BIK_COLS_NL (1, 2, 4, 8; default 8): the most lanes a thread keeps in registers, so the fewest
+//     classes C = L / (16 NL); fewer lanes a thread: more classes, more CTAs, more partials.
+//   BIK_COLS_CTAS_PER_SM (1..64; default 2): C then doubles while the grid has fewer CTAs than this
+//     many an SM (narrow outputs: more CTAs along the reduced dim).
+//   BIK_COLS_STAGE (0..4; default 0): 0 keeps reduce_cols_kernel (loads in registers); P > 0 takes
+//     reduce_cols_staged_kernel, P passes of a thread's lanes in flight through shared memory (P NL 4 KiB
+//     a CTA; never more passes than the reduced dim has).
+//   BIK_COLS_CLUSTER (0, 1; default 0): 1 folds a tile's classes inside a cluster of C CTAs (sm_90,
+//     1 < C <= 16) instead of writing partials for reduce_cols_fold_kernel: no cudaMallocAsync, no
+//     second kernel. It runs the staged kernel (one pass when BIK_COLS_STAGE is 0); if the device cannot
+//     place the cluster, the partials and the fold kernel.
 template <class Tx, class To>
 void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride, int64_t cols, int64_t n, Stream s) {
   constexpr int V = 16 / sizeof(Tx);
   constexpr int64_t kTile = kColTx * V;
+  constexpr int kThreads = kColTx * kColTy;
+  constexpr int kStaticSmem = int(kColTy * kTile * sizeof(float));  // part[][] of the column kernels
   if (cols == 0) return;
   cudaStream_t st = stream_of(s);
   const DeviceInfo& dev = use_device(a.x.device.index);
@@ -550,27 +722,77 @@ void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride
   const int64_t tiles = (cols + kTile - 1) / kTile;
   // The fewest classes whose lanes fit the threads' registers, then more while the grid is short of
   // two CTAs an SM.
-  int64_t C = L / (kColTy * kColMaxNl) > 1 ? L / (kColTy * kColMaxNl) : 1;
-  while (C < L / kColTy && C < kColMaxC && tiles * C < 2 * int64_t(dev.sms)) C *= 2;
+  const int nl_max = cols_knob("BIK_COLS_NL", kColMaxNl, 1, kColMaxNl);
+  const int per_sm = cols_knob("BIK_COLS_CTAS_PER_SM", 2, 1, 64);
+  int64_t C = L / (kColTy * nl_max) > 1 ? L / (kColTy * nl_max) : 1;
+  if (C > kColMaxC) C = kColMaxC;
+  while (C < L / kColTy && C < kColMaxC && tiles * C < per_sm * int64_t(dev.sms)) C *= 2;
   const int nl = int(L / (C * kColTy));
   BIK_CHECK(tiles < (int64_t(1) << 31) && C <= kColMaxC && nl >= 1 && nl <= kColMaxNl,
             "cuda reduce: unexpected column split");
   const Tx* x = a.x.ptr<const Tx>();
   const bool vec = aligned16(x) && (stride * int64_t(sizeof(Tx))) % 16 == 0;
-  float* partial = nullptr;
-  if (C > 1) BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial), size_t(C * cols) * sizeof(float), st));
+  int passes = cols_knob("BIK_COLS_STAGE", 0, 0, 4);
+  const bool cluster = cols_knob("BIK_COLS_CLUSTER", 0, 0, 1) == 1 && dev.arch >= 90 && C > 1 &&
+                       C <= kColMaxCluster;
+  if (cluster && passes == 0) passes = 1;
+  const int64_t all_passes = (n + L - 1) / L;
+  if (passes > all_passes) passes = int(all_passes);  // 0 for an empty reduced dim: reduce_cols_kernel
+  const size_t slot_bytes = size_t(nl) * kThreads * 16;
+  while (passes > 1 && kStaticSmem + passes * slot_bytes > size_t(dev.smem_optin)) passes /= 2;
+  const dim3 grid{unsigned(tiles), unsigned(C), 1u};
+
+  // The class values [C, cols] of the kernel that `go` launches, folded by reduce_cols_fold_kernel.
+  auto with_partials = [&](auto&& go) {
+    float* partial = nullptr;
+    if (C > 1)
+      BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial), size_t(C * cols) * sizeof(float), st));
+    go(partial);
+    if (C > 1) {
+      reduce_cols_fold_kernel<To><<<grid_for((cols + kColFoldCols - 1) / kColFoldCols), 256, 0, st>>>(
+          a.out.ptr<To>(), out_idx, partial, cols, int(C), n, a.mean);
+      BIK_CUDA_LAUNCH_CHECK();
+      BIK_CUDA_CHECK(cudaFreeAsync(partial, st));
+    }
+  };
   dispatch_ng<kColMaxNl>(nl, [&](auto ng) {
     constexpr int NL = decltype(ng)::value;
-    reduce_cols_kernel<Tx, To, NL><<<dim3(unsigned(tiles), unsigned(C)), kColTx * kColTy, 0, st>>>(
-        partial, a.out.ptr<To>(), out_idx, x, stride, cols, n, L, vec, a.mean);
-    BIK_CUDA_LAUNCH_CHECK();
+    if (passes == 0) {
+      with_partials([&](float* partial) {
+        reduce_cols_kernel<Tx, To, NL><<<grid, kThreads, 0, st>>>(partial, a.out.ptr<To>(), out_idx, x, stride, cols,
+                                                                  n, L, vec, a.mean);
+        BIK_CUDA_LAUNCH_CHECK();
+      });
+      return;
+    }
+    auto kernel = reduce_cols_staged_kernel<Tx, To, NL>;
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), dev.index, dev.smem_optin - kStaticSmem);
+    const size_t smem = size_t(passes) * slot_bytes;
+    if (cluster) {
+      if (C > 8) allow_cluster_16(reinterpret_cast<const void*>(kernel), dev.index);
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = grid;
+      cfg.blockDim = dim3(kThreads, 1, 1);
+      cfg.dynamicSmemBytes = smem;
+      cfg.stream = st;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = 1;
+      attr[0].val.clusterDim.y = unsigned(C);
+      attr[0].val.clusterDim.z = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      if (cudaLaunchKernelEx(&cfg, kernel, static_cast<float*>(nullptr), a.out.ptr<To>(), out_idx, x, stride, cols, n,
+                             L, vec, bool(a.mean), passes, true) == cudaSuccess)
+        return;
+      (void)cudaGetLastError();  // no room for such a cluster: the partials below (the same bits)
+    }
+    with_partials([&](float* partial) {
+      kernel<<<grid, kThreads, smem, st>>>(partial, a.out.ptr<To>(), out_idx, x, stride, cols, n, L, vec, a.mean,
+                                           passes, false);
+      BIK_CUDA_LAUNCH_CHECK();
+    });
   });
-  if (C > 1) {
-    reduce_cols_fold_kernel<To><<<grid_for((cols + kColFoldCols - 1) / kColFoldCols), 256, 0, st>>>(
-        a.out.ptr<To>(), out_idx, partial, cols, int(C), n, a.mean);
-    BIK_CUDA_LAUNCH_CHECK();
-    BIK_CUDA_CHECK(cudaFreeAsync(partial, st));
-  }
 }
 
 }  // namespace

@@ -17,7 +17,10 @@
 // single row no longer waits on one SM. The CTAs trade their maxima and their lanes' terms through
 // distributed shared memory; the terms' first two tree steps (across lane groups, the top bits) are
 // folded in the plan's order by every CTA alike, then the rest of the tree inside each CTA. Same lanes,
-// same order, same bits as the one-CTA kernels.
+// same order, same bits as the one-CTA kernels. The same kernel runs on clusters of 2 CTAs of 512 threads
+// (CTA c holds lane groups 2c and 2c + 1, i.e. the top bit of the plan thread) for the rows of the
+// resident range while twice the rows fit the SMs but four times do not: one CTA a row would leave half
+// of the SMs idle, four-CTA clusters no longer fit.
 #include <cooperative_groups.h>
 
 #include <cstdlib>
@@ -172,18 +175,22 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
   }
 }
 
-// One row per cluster of K CTAs (grid K x row slots), each CTA G = blockDim.x threads holding one lane
-// group: thread tg of CTA c is plan thread c * G + tg, its chunks p * L + c * G * V + tg * V (L = K G V).
-// U passes in flight a thread (K times the one-CTA kernel's, the same registers: one lane group instead
-// of K), so rows of up to U L elements stay in registers between the passes.
+// One row per cluster of K CTAs (grid K x row slots), each CTA G = blockDim.x = 1024 / K threads, one
+// plan thread each: thread tg of CTA c is plan thread c * G + tg, its chunks p * L + c * G * V + tg * V
+// (L = K G V, the plan's lanes). K = 4: CTA c holds lane group c of flat_shape's four (G = 256); K = 2:
+// lane groups 2c and 2c + 1 (G = 512). Either way the CTA index is the top bits of the plan thread.
+// U passes in flight a thread (64 registers of chunks for F32, 32 for 16-bit types; the launch bounds
+// give 128 registers a thread for either K: 1024 / K threads, K / 2 CTAs an SM), so rows of up to
+// U L = 65536 elements stay in registers between the passes.
 // Dynamic smem: 2 G V + 1 floats (tree scratch, this CTA's lane terms, this CTA's maximum).
 template <class Tx, class To, int K>
-__global__ void __launch_bounds__(kMaxGroupThreads, 2)
+__global__ void __launch_bounds__(kMaxRowThreads / K, K / 2)
     softmax_cluster_kernel(To* out, int64_t out_stride, const Tx* x, int64_t x_stride, int64_t rows, int64_t n,
                            bool log) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  static_assert(K == 2 || K == 4, "clusters of 2 or 4 CTAs");
   constexpr int V = 16 / sizeof(Tx);
-  constexpr int U = K * (sizeof(Tx) == 4 ? 4 : 2);
+  constexpr int U = sizeof(Tx) == 4 ? 16 : 8;
   extern __shared__ float smem[];
   cg::cluster_group cluster = cg::this_cluster();
   const int c = int(cluster.block_rank());
@@ -236,9 +243,9 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
 #pragma unroll
     for (int q = 1; q < K; ++q) M = SoftmaxMaxOp{}(M, *cluster.map_shared_rank(cmax, q));
 
-    // The sum: the plan's tree over lanes j = g G V + tg V + v. Its steps over g (the top bits) pair
-    // lane groups, i.e. CTAs: every CTA folds the K groups' terms of its (tg, v) the same way, then runs
-    // the remaining steps (warps, shuffles, v) on the result.
+    // The sum: the plan's tree over lanes j = c G V + tg V + v. Its first log2 K steps (w = L / 2 ..
+    // G V, the top bits: c) pair CTAs: every CTA folds the K CTAs' terms of its (tg, v) the same way,
+    // then runs the remaining steps (the W = G / 32 warps, shuffles, v) on the result.
 #pragma unroll
     for (int k = 0; k < V; ++k) terms[k * G + rg.tg] = softmax_lane_term(m, s[k], M);
     cluster.sync();
@@ -467,8 +474,26 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
     // bits, OpsCuda.SoftmaxPrefetchMatchesResident). BIK_SOFTMAX_PREFETCH=0 keeps softmax_resident_kernel,
     // =2 takes the prefetching kernel for every row count, the cluster's included (tests).
     const int prefetch_level = env_switch_level("BIK_SOFTMAX_PREFETCH");
-    if (flat && softmax_resident_applies(n, x.dtype) &&
-        (prefetch_level == 2 || !(cluster_ok && rows * kClusterCtas <= dev.sms))) {
+    const bool resident = flat && softmax_resident_applies(n, x.dtype);
+    // Rows of the resident range that twice but not four times fit the SMs (SMs / 4 < rows <= SMs / 2, e.g.
+    // 64 rows on 132 SMs): one CTA a row leaves half of the SMs idle and four-CTA clusters no longer fit,
+    // so a cluster of two 512-thread CTAs a row (the cluster kernel with K = 2: same lanes, same tree, same
+    // bits, OpsCudaSmall.SoftmaxCluster2*). BIK_SOFTMAX_CLUSTER2=0 keeps the choice below, =2 takes the
+    // two-CTA cluster for every row count and every row of the largest plan (tests); BIK_SOFTMAX_CLUSTER=0
+    // and BIK_SOFTMAX_PREFETCH=2 turn it off. If the device cannot place the cluster, the choice below.
+    const int cluster2_level = env_switch_level("BIK_SOFTMAX_CLUSTER2");
+    if (cluster_ok && prefetch_level != 2 && cluster2_level > 0 &&
+        (cluster2_level == 2 || (resident && rows * 2 <= dev.sms && rows * kClusterCtas > dev.sms))) {
+      constexpr int kPairThreads = kMaxRowThreads / 2;
+      auto launch_pair = [&](auto ot) {
+        using To = decltype(ot);
+        return launch_row_clusters(softmax_cluster_kernel<Tx, To, 2>, 2, kPairThreads,
+                                   (size_t(2 * kPairThreads) * V + 1) * sizeof(float), stream_of(s), rows,
+                                   out.ptr<To>(), fo.stride, x.ptr<const Tx>(), fx.stride, rows, n, log);
+      };
+      if (out.dtype == DType::F32 ? launch_pair(float{}) : launch_pair(Tx{})) return;
+    }
+    if (resident && (prefetch_level == 2 || !(cluster_ok && rows * kClusterCtas <= dev.sms))) {
       if (rows == 0) return;
       const size_t psmem = kPrefetchHead + prefetch_scratch_bytes<Tx>() + size_t(n) * sizeof(Tx);
       const size_t psmem_max = kPrefetchHead + prefetch_scratch_bytes<Tx>() +
