@@ -141,6 +141,40 @@ __device__ uint64_t select_desc(const Visit& visit, bool relative, double value,
   return prefix;
 }
 
+// select_desc for at most blockDim.x keys in shared memory: keys[0, m), of which those >= lo are visited,
+// with weights w[j] (kWeighted) or 1. The same threshold, found by counting instead of by digits: key
+// j's running weight is the weight of the visited keys above it, and the first key in decreasing order
+// whose running weight with its own reaches the target is the largest key of those that do. (The keys
+// ranked as the kept set: any threshold between that key and the next one keeps the same set.) One
+// pass of m shared-memory reads a thread and three barriers, where select_desc takes up to eight digit
+// passes of four barriers each. Falls back to lo (keep every visited key) if no key reaches the target,
+// as select_desc keeps its whole range.
+template <bool kWeighted>
+__device__ uint64_t select_small(const uint64_t* keys, const uint64_t* w, unsigned m, uint64_t lo, bool relative,
+                                 double value, SelectSmem& sm) {
+  const unsigned j = threadIdx.x;
+  const bool mine = j < m && keys[j] >= lo;
+  const uint64_t key = mine ? keys[j] : 0;
+  const uint64_t wj = mine ? (kWeighted ? w[j] : 1) : 0;
+  if (threadIdx.x == 0) {
+    sm.prefix = 0;
+    sm.above = 0;
+  }
+  __syncthreads();
+  if (relative && wj != 0) atomicAdd(&sm.above, (unsigned long long)wj);
+  uint64_t above = 0;
+  if (mine)
+    for (unsigned i = 0; i < m; ++i)
+      if (keys[i] > key) above += kWeighted ? w[i] : 1;  // keys above key are >= lo too
+  __syncthreads();
+  const double target = relative ? value * double(sm.above) : value;
+  if (mine && double(above + wj) >= target) atomicMax(&sm.prefix, (unsigned long long)key);
+  __syncthreads();
+  const uint64_t r = sm.prefix;
+  __syncthreads();
+  return r != 0 ? r : lo;
+}
+
 // ---- best of a CTA ----------------------------------------------------------------------------------------
 struct Best {
   float v;
@@ -583,6 +617,7 @@ __host__ __device__ constexpr int stream_keys(int threads) { return stream_cap(t
 struct StreamSmem {
   unsigned added[3];  // keys appended during tile t, in added[t % 3] (see stream_tile_end)
   unsigned kept;
+  unsigned best_key;  // Plain: value_key of the best score any thread of the CTA has seen so far
   unsigned fill;      // published for the cluster's merge
 };
 
@@ -600,7 +635,8 @@ __device__ uint64_t stream_cut(uint64_t* buf, uint64_t* spare, unsigned fill, in
   auto visit = [&](auto&& f) {
     for (unsigned j = threadIdx.x; j < fill; j += blockDim.x) f(buf[j], uint64_t(1));
   };
-  const uint64_t t = select_desc<false>(visit, false, double(k), sel);
+  const uint64_t t = fill <= blockDim.x ? select_small<false>(buf, nullptr, fill, 1, false, double(k), sel)
+                                        : select_desc<false>(visit, false, double(k), sel);
   if (threadIdx.x == 0) ss.kept = 0;
   __syncthreads();
   for (unsigned j = threadIdx.x; j < fill; j += blockDim.x) {
@@ -656,12 +692,11 @@ struct StreamBuffer {
   // The value part of thr as a float (-inf while thr = 0): an element of a smaller value is below thr.
   __device__ __forceinline__ float floor() const { return thr == 0 ? -INFINITY : key_value(thr); }
   __device__ void seed(uint64_t own_max) {
+    uint64_t* spare = buf + cap;  // blockDim.x <= kStreamMaxK keys
+    spare[threadIdx.x] = own_max;
     const int have = __syncthreads_count(own_max != 0);
     if (have < k) return;
-    auto visit = [&](auto&& f) {
-      if (own_max != 0) f(own_max, uint64_t(1));
-    };
-    thr = select_desc<false>(visit, false, double(k), *sel);
+    thr = select_small<false>(spare, nullptr, blockDim.x, 1, false, double(k), *sel);
   }
   template <int V>
   __device__ __forceinline__ void append(int64_t t, const uint64_t (&key)[V], const bool (&valid)[V]) {
@@ -800,10 +835,17 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
         // win, and its random numbers are never drawn (zhi from x * inv with room for the roundings).
         // The largest x (NaN as -inf) gives z's maximum, since x / temp is monotone: only when it is not
         // finite does the row need the first maximum of z, from a second pass.
+        // The bound is the best score of the whole CTA published so far (any published score is one
+        // an element reached, so the row's best is at least that).
         const float inv = __frcp_rn(temp);
         float xmax = -INFINITY;
         Best best{-INFINITY, kNone};
+        if (threadIdx.x == 0) ss.best_key = 0;
+        __syncthreads();
         stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t, int64_t b0, int64_t L, const float (&x)[U][V]) {
+          const unsigned published = *static_cast<volatile unsigned*>(&ss.best_key);
+          const float shared = key_value(uint64_t(published) << 32);
+          const float bound = published == 0 || !(shared > best.v) ? best.v : shared;
 #pragma unroll
           for (int u = 0; u < U; ++u) {
             const int64_t i0 = b0 + u * L;
@@ -818,7 +860,7 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
                 if (ok) xmax = fmaxf(xmax, xv);
                 const float zx = __fmul_rn(xv, inv);
                 const float zhi = __fadd_rn(__fadd_rn(zx, __fmul_rn(fabsf(zx), 0x1p-18f)), 17.0f);
-                need[k] = ok && xv != -INFINITY && !(zhi < best.v);
+                need[k] = ok && xv != -INFINITY && !(zhi < bound);
                 any |= need[k];
               }
               if (!any) continue;
@@ -834,6 +876,7 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
               }
             }
           }
+          if (best.i != kNone && best.v > bound) atomicMax(&ss.best_key, value_key(best.v));
         });
         best = row_best(best);
         const float zmax = zval(row_best(Best{xmax, kNone}).v);
@@ -930,21 +973,34 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
         }
         const unsigned cnt = total;
         uint64_t thr = 0;
+        const bool small = cnt <= blockDim.x;  // blockDim.x <= kStreamMaxK: the weights fit the spare room
         if (int64_t(cnt) > k) {
           auto visit = [&](auto&& f) {
             for (unsigned j = threadIdx.x; j < cnt; j += blockDim.x) f(buf[j], uint64_t(1));
           };
-          thr = select_desc<false>(visit, false, double(k), sel);
+          thr = small ? select_small<false>(buf, nullptr, cnt, 1, false, double(k), sel)
+                      : select_desc<false>(visit, false, double(k), sel);
         }
         if (p.top_p < 1.0f) {
           const uint64_t lo_key = thr;
-          auto visit = [&](auto&& f) {
-            for (unsigned j = threadIdx.x; j < cnt; j += blockDim.x) {
-              const uint64_t key = buf[j];
-              if (key >= lo_key) f(key, fixed_mass(key_value(key), zmax));
+          uint64_t tp;
+          if (small) {
+            uint64_t* w = buf + cap;
+            if (threadIdx.x < cnt) {
+              const uint64_t key = buf[threadIdx.x];
+              w[threadIdx.x] = key >= lo_key ? fixed_mass(key_value(key), zmax) : 0;
             }
-          };
-          const uint64_t tp = select_desc<true>(visit, true, double(p.top_p), sel);
+            __syncthreads();
+            tp = select_small<true>(buf, w, cnt, lo_key, true, double(p.top_p), sel);
+          } else {
+            auto visit = [&](auto&& f) {
+              for (unsigned j = threadIdx.x; j < cnt; j += blockDim.x) {
+                const uint64_t key = buf[j];
+                if (key >= lo_key) f(key, fixed_mass(key_value(key), zmax));
+              }
+            };
+            tp = select_desc<true>(visit, true, double(p.top_p), sel);
+          }
           thr = tp > thr ? tp : thr;
         }
         Best best{-INFINITY, kNone};
