@@ -141,14 +141,16 @@ __device__ uint64_t select_desc(const Visit& visit, bool relative, double value,
   return prefix;
 }
 
-// select_desc for at most blockDim.x keys in shared memory: keys[0, m), of which those >= lo are visited,
+// select_desc for at most blockDim.x (and kSelectSmall) keys in shared memory: keys[0, m), of which those >= lo are visited,
 // with weights w[j] (kWeighted) or 1. The same threshold, found by counting instead of by digits: key
 // j's running weight is the weight of the visited keys above it, and the first key in decreasing order
 // whose running weight with its own reaches the target is the largest key of those that do. (The keys
 // ranked as the kept set: any threshold between that key and the next one keeps the same set.) One
-// pass of m shared-memory reads a thread and three barriers, where select_desc takes up to eight digit
-// passes of four barriers each. Falls back to lo (keep every visited key) if no key reaches the target,
+// pass of m shared-memory reads a thread (m^2 in all) and three barriers, where select_desc takes up to
+// eight digit passes of four barriers each. Falls back to lo (keep every visited key) if no key reaches the target,
 // as select_desc keeps its whole range.
+constexpr unsigned kSelectSmall = 256;  // select_small's cost grows as m^2: above this select_desc is faster
+
 template <bool kWeighted>
 __device__ uint64_t select_small(const uint64_t* keys, const uint64_t* w, unsigned m, uint64_t lo, bool relative,
                                  double value, SelectSmem& sm) {
@@ -635,8 +637,9 @@ __device__ uint64_t stream_cut(uint64_t* buf, uint64_t* spare, unsigned fill, in
   auto visit = [&](auto&& f) {
     for (unsigned j = threadIdx.x; j < fill; j += blockDim.x) f(buf[j], uint64_t(1));
   };
-  const uint64_t t = fill <= blockDim.x ? select_small<false>(buf, nullptr, fill, 1, false, double(k), sel)
-                                        : select_desc<false>(visit, false, double(k), sel);
+  const uint64_t t = fill <= kSelectSmall && fill <= blockDim.x
+                         ? select_small<false>(buf, nullptr, fill, 1, false, double(k), sel)
+                         : select_desc<false>(visit, false, double(k), sel);
   if (threadIdx.x == 0) ss.kept = 0;
   __syncthreads();
   for (unsigned j = threadIdx.x; j < fill; j += blockDim.x) {
@@ -691,12 +694,29 @@ struct StreamBuffer {
   }
   // The value part of thr as a float (-inf while thr = 0): an element of a smaller value is below thr.
   __device__ __forceinline__ float floor() const { return thr == 0 ? -INFINITY : key_value(thr); }
+  // The maxima of groups of g lanes (g a power of two <= 32, as large as leaves k groups): fewer
+  // candidates make a cheaper select, and k distinct keys are still at or above the k-th largest.
   __device__ void seed(uint64_t own_max) {
-    uint64_t* spare = buf + cap;  // blockDim.x <= kStreamMaxK keys
-    spare[threadIdx.x] = own_max;
-    const int have = __syncthreads_count(own_max != 0);
+    unsigned g = 32;
+    while (g > 1 && int64_t(blockDim.x / g) < k) g /= 2;
+    for (unsigned o = 1; o < g; o *= 2) {
+      const uint64_t y = __shfl_xor_sync(0xffffffffu, own_max, o);
+      own_max = y > own_max ? y : own_max;
+    }
+    const unsigned m = blockDim.x / g;
+    const bool leader = threadIdx.x % g == 0;
+    uint64_t* spare = buf + cap;  // m <= blockDim.x <= kStreamMaxK keys
+    if (leader) spare[threadIdx.x / g] = own_max;
+    const int have = __syncthreads_count(leader && own_max != 0);
     if (have < k) return;
-    thr = select_small<false>(spare, nullptr, blockDim.x, 1, false, double(k), *sel);
+    if (m <= kSelectSmall) {
+      thr = select_small<false>(spare, nullptr, m, 1, false, double(k), *sel);
+    } else {
+      auto visit = [&](auto&& f) {
+        if (leader && own_max != 0) f(own_max, uint64_t(1));
+      };
+      thr = select_desc<false>(visit, false, double(k), *sel);
+    }
   }
   template <int V>
   __device__ __forceinline__ void append(int64_t t, const uint64_t (&key)[V], const bool (&valid)[V]) {
@@ -973,7 +993,7 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
         }
         const unsigned cnt = total;
         uint64_t thr = 0;
-        const bool small = cnt <= blockDim.x;  // blockDim.x <= kStreamMaxK: the weights fit the spare room
+        const bool small = cnt <= kSelectSmall && cnt <= blockDim.x;  // the weights fit the spare room
         if (int64_t(cnt) > k) {
           auto visit = [&](auto&& f) {
             for (unsigned j = threadIdx.x; j < cnt; j += blockDim.x) f(buf[j], uint64_t(1));
