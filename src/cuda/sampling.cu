@@ -653,22 +653,28 @@ __device__ uint64_t stream_cut(uint64_t* buf, uint64_t* spare, unsigned fill, in
 }
 
 // Calls tile(t, b, L, x) for each tile t of [lo, hi) by every thread, x holding this thread's U chunks of
-// the tile (all their loads issued first): chunk u starts at b + u L (L = blockDim.x V) and holds data
-// when b + u L < hi. Chunk i0 = lo + (t U + u) L + threadIdx.x V: lanes in the plan's order when lo = 0
-// (softmax.cuh). Elements past hi (inside a chunk that straddles it) are the caller's to skip.
+// the tile (all their loads issued first): chunk u starts at b + u L and holds data when b + u L < hi.
+// Chunk i0 = lo + (t U + u) L + t0: with L = blockDim.x V and t0 = threadIdx.x V (stream_tiles) the lanes
+// of the plan's order when lo = 0 (softmax.cuh); a cluster's CTAs pass the plan's L and their threads'
+// offsets. Elements past hi (inside a chunk that straddles it) are the caller's to skip.
 template <int V, int U, class T, class Tile>
-__device__ __forceinline__ void stream_tiles(const T* xr, int64_t ls1, int64_t n, int64_t lo, int64_t hi, bool vec,
-                                             Tile&& tile) {
-  const int64_t L = int64_t(blockDim.x) * V, span = U * L;
+__device__ __forceinline__ void stream_tiles_at(const T* xr, int64_t ls1, int64_t n, int64_t lo, int64_t hi, bool vec,
+                                                int64_t L, int64_t t0, Tile&& tile) {
+  const int64_t span = U * L;
   const int64_t tiles = hi > lo ? (hi - lo + span - 1) / span : 0;
   for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t b = lo + t * span + int64_t(threadIdx.x) * V;
+    const int64_t b = lo + t * span + t0;
     float x[U][V];
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (b + u * L < hi) load_chunk<V>(xr, ls1, n, b + u * L, vec, x[u]);
     tile(t, b, L, x);
   }
+}
+template <int V, int U, class T, class Tile>
+__device__ __forceinline__ void stream_tiles(const T* xr, int64_t ls1, int64_t n, int64_t lo, int64_t hi, bool vec,
+                                             Tile&& tile) {
+  stream_tiles_at<V, U>(xr, ls1, n, lo, hi, vec, int64_t(blockDim.x) * V, int64_t(threadIdx.x) * V, tile);
 }
 
 // The running buffer of one CTA. In each tile every thread calls offer() for its chunks, then
@@ -1118,6 +1124,93 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
+// The streaming logprobs pass, shared by the one-CTA and the cluster kernels: each thread absorbs its
+// chunks into (m, s) in the plan's order and offers its keys (order_key of the logit) to the CTA's buffer.
+template <int V, int U>
+struct LogprobsTile {
+  float& m;
+  float (&s)[V];
+  StreamBuffer& sb;
+  int64_t n, top_n;
+
+  __device__ __forceinline__ void operator()(int64_t t, int64_t b0, int64_t L, const float (&x)[U][V]) const {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {  // the statistics, chunk by chunk in the plan's order
+      const int64_t i0 = b0 + u * L;
+      if (i0 >= n) continue;
+      float c[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) c[k] = i0 + k < n ? x[u][k] : -INFINITY;
+      absorb_chunk<V>(m, s, c);
+    }
+    if (top_n == 0) return;
+    auto keys = [&](int u, uint64_t (&key)[V], bool (&valid)[V]) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const int64_t i = b0 + u * L + k;
+        valid[k] = i < n;
+        key[k] = order_key(x[u][k], i);
+      }
+    };
+    if (t == 0) {  // seed thr from the threads' own largest keys
+      uint64_t own = 0;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        uint64_t key[V];
+        bool valid[V];
+        keys(u, key, valid);
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+          if (valid[k] && key[k] > own) own = key[k];
+      }
+      sb.seed(own);
+    }
+    const float xlo = sb.floor();  // an element whose logit is below this is below thr (NaN is not)
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (b0 + u * L >= n) continue;
+      bool any = false;
+#pragma unroll
+      for (int k = 0; k < V; ++k) any |= !(x[u][k] < xlo);
+      if (!any) continue;
+      uint64_t key[V];
+      bool valid[V];
+      keys(u, key, valid);
+      sb.append<V>(t, key, valid);
+    }
+    sb.tile_end(t);
+  }
+};
+
+// A row's outputs from its statistics and (top_n > 0) the row's top_n keys in buf[0, top_n) in any
+// order: the chosen token's logprob (thread 0; a token outside the vocabulary sets *bad), and the top
+// ids and values, each key's rank the number of larger keys (keys are distinct).
+template <class T>
+__device__ void logprobs_outputs(const RowStats& st, const uint64_t* buf, unsigned cnt, const T* xr, int64_t ls1,
+                                 int64_t n, int64_t r, float* chosen, int64_t chosen_stride, int32_t* top_ids,
+                                 int64_t ids0, int64_t ids1, float* top_vals, int64_t vals0, int64_t vals1,
+                                 const int32_t* tokens, int64_t tok_stride, int* bad) {
+  const float log_sum = logf(st.sum);
+  auto lp = [&](float x) { return __fsub_rn(__fsub_rn(x, st.max), log_sum); };
+  if (threadIdx.x == 0) {
+    const int32_t tk = tokens[r * tok_stride];
+    if (tk >= 0 && tk < n) {
+      chosen[r * chosen_stride] = lp(to_f32(xr[tk * ls1]));
+    } else {
+      chosen[r * chosen_stride] = NAN;
+      atomicMin(bad, int(r));
+    }
+  }
+  for (unsigned c = threadIdx.x; c < cnt; c += blockDim.x) {
+    const uint64_t key = buf[c];
+    int rank = 0;
+    for (unsigned j = 0; j < cnt; ++j) rank += buf[j] > key;
+    const int64_t i = key_index(key);
+    top_ids[r * ids0 + rank * ids1] = int32_t(i);
+    top_vals[r * vals0 + rank * vals1] = lp(to_f32(xr[i * ls1]));
+  }
+}
+
 // One read of the row for the statistics (this CTA is the plan: blockDim.x plan threads taking their
 // chunks in the plan's order, as row_softmax_stats does) and for the top n (a streaming buffer of
 // blockDim.x >= 256 threads). Dynamic shared memory: stream_keys(blockDim.x) keys, then the tree's
@@ -1143,81 +1236,84 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     for (int k = 0; k < V; ++k) s[k] = 0.0f;
     StreamBuffer sb{buf, &ss, &sel, top_n, cap, blockDim.x * unsigned(kStreamPerThread)};
     if (top_n > 0) sb.begin();
-    stream_tiles<V, U>(xr, ls1, n, 0, n, vec, [&](int64_t t, int64_t b0, int64_t L, const float (&x)[U][V]) {
-      // The statistics, chunk by chunk in the plan's order.
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t i0 = b0 + u * L;
-        if (i0 >= n) continue;
-        float c[V];
-#pragma unroll
-        for (int k = 0; k < V; ++k) c[k] = i0 + k < n ? x[u][k] : -INFINITY;
-        absorb_chunk<V>(m, s, c);
-      }
-      if (top_n == 0) return;
-      auto keys = [&](int u, uint64_t (&key)[V], bool (&valid)[V]) {
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          const int64_t i = b0 + u * L + k;
-          valid[k] = i < n;
-          key[k] = order_key(x[u][k], i);
-        }
-      };
-      if (t == 0) {  // seed thr from the threads' own largest keys
-        uint64_t own = 0;
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          uint64_t key[V];
-          bool valid[V];
-          keys(u, key, valid);
-#pragma unroll
-          for (int k = 0; k < V; ++k)
-            if (valid[k] && key[k] > own) own = key[k];
-        }
-        sb.seed(own);
-      }
-      const float xlo = sb.floor();  // a key below thr has a logit below this (NaN is above it)
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (b0 + u * L >= n) continue;
-        bool any = false;
-#pragma unroll
-        for (int k = 0; k < V; ++k) any |= !(x[u][k] < xlo);
-        if (!any) continue;
-        uint64_t key[V];
-        bool valid[V];
-        keys(u, key, valid);
-        sb.append<V>(t, key, valid);
-      }
-      sb.tile_end(t);
-    });
+    stream_tiles<V, U>(xr, ls1, n, 0, n, vec, LogprobsTile<V, U>{m, s, sb, n, top_n});
     const RowStats st = finish_row_stats<V>(m, s, tree);
-    const float log_sum = logf(st.sum);
-    auto lp = [&](float x) { return __fsub_rn(__fsub_rn(x, st.max), log_sum); };
-    if (threadIdx.x == 0) {
-      const int32_t tk = tokens[r * tok_stride];
-      if (tk >= 0 && tk < n) {
-        chosen[r * chosen_stride] = lp(to_f32(xr[tk * ls1]));
-      } else {
-        chosen[r * chosen_stride] = NAN;
-        atomicMin(bad, int(r));
-      }
-    }
+    if (top_n > 0) sb.cut();
+    logprobs_outputs<T>(st, buf, top_n > 0 ? sb.fill : 0, xr, ls1, n, r, chosen, chosen_stride, top_ids, ids0, ids1,
+                        top_vals, vals0, vals1, tokens, tok_stride, bad);
+    __syncthreads();  // the buffer and the tree are reused by the next row
+  }
+}
+
+// The same row on a cluster of K CTAs of G = 1024 / K threads (sm_90, the largest plan): thread tg of
+// CTA c is plan thread c G + tg (softmax.cuh's cluster_row_stats), so the statistics keep their bits,
+// and each CTA keeps the top n of its lanes; CTA 0 gathers the K buffers through distributed shared
+// memory, cuts them to the row's top n and writes the outputs. A row is read by K SMs at once.
+// Dynamic shared memory: stream_keys(G) keys, then 2 G V + 1 floats (tree scratch, terms, maximum).
+template <class T, int K>
+__global__ void __launch_bounds__(kMaxRowThreads / K, K)
+    logprobs_cluster_kernel(float* chosen, int64_t chosen_stride, int32_t* top_ids, int64_t ids0, int64_t ids1,
+                            float* top_vals, int64_t vals0, int64_t vals1, const T* logits, int64_t ls0, int64_t ls1,
+                            const int32_t* tokens, int64_t tok_stride, int64_t rows, int64_t n, int64_t top_n,
+                            int* bad) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int V = 16 / sizeof(T), U = kStreamPerThread / V;
+  extern __shared__ uint64_t dyn[];
+  __shared__ SelectSmem sel;
+  __shared__ StreamSmem ss;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int c = int(cluster.block_rank());
+  const int G = int(blockDim.x);
+  const unsigned cap = unsigned(stream_cap(G));
+  uint64_t* buf = dyn;
+  float* scratch = reinterpret_cast<float*>(dyn + stream_keys(G));
+  float* terms = scratch + G * V;
+  float* cmax = terms + G * V;
+  RowGroup rg;
+  rg.W = G >> 5;
+  rg.G = G;
+  rg.tg = threadIdx.x;
+  rg.first = blockIdx.y;
+  rg.step = gridDim.y;
+  const int64_t L = int64_t(K) * G * V, t0 = (int64_t(c) * G + threadIdx.x) * V;
+  for (int64_t r = rg.first; r < rows; r += rg.step) {
+    const T* xr = logits + r * ls0;
+    const bool vec = ls1 == 1 && aligned16_dev(xr);
+    float m = -INFINITY, s[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) s[k] = 0.0f;
+    StreamBuffer sb{buf, &ss, &sel, top_n, cap, unsigned(G) * unsigned(kStreamPerThread)};
+    if (top_n > 0) sb.begin();
+    stream_tiles_at<V, U>(xr, ls1, n, 0, n, vec, L, t0, LogprobsTile<V, U>{m, s, sb, n, top_n});
+    const RowStats st = cluster_row_stats<V, K>(m, s, scratch, terms, cmax, rg, cluster);
+    unsigned total = 0;
     if (top_n > 0) {
       sb.cut();
-      // Keys are distinct, so a key's rank is the number of larger keys.
-      const unsigned cnt = sb.fill;
-      for (unsigned c = threadIdx.x; c < cnt; c += blockDim.x) {
-        const uint64_t key = buf[c];
-        int rank = 0;
-        for (unsigned j = 0; j < cnt; ++j) rank += buf[j] > key;
-        const int64_t i = key_index(key);
-        top_ids[r * ids0 + rank * ids1] = int32_t(i);
-        top_vals[r * vals0 + rank * vals1] = lp(to_f32(xr[i * ls1]));
+      total = sb.fill;
+      if (threadIdx.x == 0) ss.fill = sb.fill;
+      cluster.sync();
+      if (c == 0) {  // K top-n buffers: at most K kMaxTopN <= cap keys
+        for (int j = 1; j < K; ++j) {
+          const uint64_t* other = cluster.map_shared_rank(buf, j);
+          const unsigned of = cluster.map_shared_rank(&ss, j)->fill;
+          for (unsigned q = threadIdx.x; q < of; q += blockDim.x) buf[total + q] = other[q];
+          total += of;
+        }
       }
+      cluster.sync();  // no CTA refills its buffer (next row) or exits while CTA 0 still reads it
+    }
+    if (c == 0) {
+      if (top_n > 0 && int64_t(total) > top_n) {
+        __syncthreads();
+        stream_cut(buf, buf + cap, total, top_n, sel, ss);
+        total = unsigned(top_n);
+      }
+      logprobs_outputs<T>(st, buf, total, xr, ls1, n, r, chosen, chosen_stride, top_ids, ids0, ids1, top_vals, vals0,
+                          vals1, tokens, tok_stride, bad);
     }
     __syncthreads();  // the buffer and the tree are reused by the next row
   }
+#endif
 }
 
 int* alloc_bad_flag(cudaStream_t st) {
@@ -1336,7 +1432,26 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
     auto stream_smem = [](int t) { return size_t(stream_keys(t)) * sizeof(uint64_t) + (size_t(t) * V + 1) * sizeof(float); };
     const size_t smem_max = std::min(stream_smem(kMaxRowThreads), size_t(info.smem_optin) - 8192);
     const size_t smem = stream_smem(threads);
-    if (threads >= 256 && smem <= smem_max && env_switch_on("BIK_LOGPROBS_STREAM")) {
+    const bool stream = threads >= 256 && smem <= smem_max && env_switch_on("BIK_LOGPROBS_STREAM");
+    // The largest plan on sm_90: a cluster of K CTAs a row (BIK_LOGPROBS_CLUSTER: default 4, 2, or 0 for
+    // one CTA a row), so a row is read by K SMs; the one-CTA kernel if the cluster cannot be placed.
+    const int cluster_level = env_switch_level("BIK_LOGPROBS_CLUSTER");
+    if (stream && info.arch >= 90 && threads == kMaxRowThreads && cluster_level > 0) {
+      auto launch = [&](auto kc) {
+        constexpr int K = decltype(kc)::value, G = kMaxRowThreads / K;
+        auto kernel = logprobs_cluster_kernel<T, K>;
+        const size_t csmem = size_t(stream_keys(G)) * sizeof(uint64_t) + (2 * size_t(G) * V + 1) * sizeof(float);
+        allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, int(csmem));
+        return launch_row_clusters(kernel, K, G, csmem, st, rows, chosen.ptr<float>(), chosen.stride[0],
+                                   top_ids.ptr<int32_t>(), top_ids.stride[0], top_ids.stride[1], top_vals.ptr<float>(),
+                                   top_vals.stride[0], top_vals.stride[1], logits.ptr<const T>(), logits.stride[0],
+                                   logits.stride[1], tokens.ptr<const int32_t>(), tokens.stride[0], rows, n, top_n,
+                                   bad);
+      };
+      if (cluster_level == 2 ? launch(std::integral_constant<int, 2>{}) : launch(std::integral_constant<int, 4>{}))
+        return;
+    }
+    if (stream) {
       auto kernel = logprobs_stream_kernel<T>;
       // One setting for every plan size (the attribute is set once a kernel).
       allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, int(smem_max));

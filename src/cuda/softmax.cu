@@ -234,39 +234,9 @@ __global__ void __launch_bounds__(kMaxRowThreads / K, K / 2)
         }
     }
 
-    // The row's maximum: this CTA's, then the cluster's (exact in any order).
-    float mm[1][1] = {{m}};
-    const float cm = group_tree<1, 1>(mm, scratch, rg, SoftmaxMaxOp{});
-    if (rg.tg == 0) *cmax = cm;
-    cluster.sync();
-    float M = *cluster.map_shared_rank(cmax, 0);
-#pragma unroll
-    for (int q = 1; q < K; ++q) M = SoftmaxMaxOp{}(M, *cluster.map_shared_rank(cmax, q));
-
-    // The sum: the plan's tree over lanes j = c G V + tg V + v. Its first log2 K steps (w = L / 2 ..
-    // G V, the top bits: c) pair CTAs: every CTA folds the K CTAs' terms of its (tg, v) the same way,
-    // then runs the remaining steps (the W = G / 32 warps, shuffles, v) on the result.
-#pragma unroll
-    for (int k = 0; k < V; ++k) terms[k * G + rg.tg] = softmax_lane_term(m, s[k], M);
-    cluster.sync();
-    float b[K][V];
-#pragma unroll
-    for (int q = 0; q < K; ++q) {
-      const float* tq = cluster.map_shared_rank(terms, q);
-#pragma unroll
-      for (int k = 0; k < V; ++k) b[q][k] = tq[k * G + rg.tg];
-    }
-    cluster.sync();  // no CTA rewrites its terms or maximum (next row) or exits while others read them
-#pragma unroll
-    for (int h = K / 2; h >= 1; h /= 2)
-#pragma unroll
-      for (int q = 0; q < h; ++q)
-#pragma unroll
-        for (int k = 0; k < V; ++k) b[q][k] = __fadd_rn(b[q][k], b[q + h][k]);
-    float acc[1][V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) acc[0][k] = b[0][k];
-    const float S = group_tree<V, 1>(acc, scratch, rg, AddOp{});
+    // The row's statistics over the cluster (softmax.cuh).
+    const RowStats st = cluster_row_stats<V, K>(m, s, scratch, terms, cmax, rg, cluster);
+    const float M = st.max, S = st.sum;
     const float log_sum = log ? logf(S) : 0.0f;
 
     // Pass 2: this CTA's lanes of the output.

@@ -9,6 +9,8 @@
 // s * exp(m - M), and S = the terms summed by the plan's halving tree. Every step is a function of the
 // lanes' contents and of n and the dtype, never of where the row sits or which kernel layout holds it.
 #pragma once
+#include <cooperative_groups.h>
+
 #include "cuda/rows.cuh"
 
 namespace bik::cuda {
@@ -98,5 +100,51 @@ __device__ __forceinline__ RowStats row_softmax_stats(const Tx* xr, int64_t stri
   }
   return finish_row_stats<V>(m, s, smem);
 }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// The statistics of a row held by a cluster of K CTAs of G = rg.G threads each, one plan thread a thread:
+// thread tg of CTA c is plan thread c G + tg (the CTA index is the top bits of the plan thread). m and
+// s[V] are this plan thread's running statistics (absorb_chunk). M: this CTA's maximum, then the
+// cluster's (exact in any order). S: the plan's tree over lanes j = c G V + tg V + v, whose first log2 K
+// steps (w = L / 2 .. G V, the top bits: c) pair CTAs: every CTA folds the K CTAs' terms of its (tg, v)
+// the same way, then runs the remaining steps (the G / 32 warps, shuffles, v) on the result. Shared
+// memory: scratch (G V floats, the in-CTA tree), terms (G V floats) and cmax (1 float), the last two
+// read by the whole cluster. Every thread of the cluster calls; all get the result.
+template <int V, int K>
+__device__ __forceinline__ RowStats cluster_row_stats(float m, const float (&s)[V], float* scratch, float* terms,
+                                                     float* cmax, const RowGroup& rg,
+                                                     cooperative_groups::cluster_group& cluster) {
+  const int G = rg.G;
+  float mm[1][1] = {{m}};
+  const float cm = group_tree<1, 1>(mm, scratch, rg, SoftmaxMaxOp{});
+  if (rg.tg == 0) *cmax = cm;
+  cluster.sync();
+  float M = *cluster.map_shared_rank(cmax, 0);
+#pragma unroll
+  for (int q = 1; q < K; ++q) M = SoftmaxMaxOp{}(M, *cluster.map_shared_rank(cmax, q));
+#pragma unroll
+  for (int k = 0; k < V; ++k) terms[k * G + rg.tg] = softmax_lane_term(m, s[k], M);
+  cluster.sync();
+  float b[K][V];
+#pragma unroll
+  for (int q = 0; q < K; ++q) {
+    const float* tq = cluster.map_shared_rank(terms, q);
+#pragma unroll
+    for (int k = 0; k < V; ++k) b[q][k] = tq[k * G + rg.tg];
+  }
+  cluster.sync();  // no CTA rewrites its terms or maximum (next row) or exits while others read them
+#pragma unroll
+  for (int h = K / 2; h >= 1; h /= 2)
+#pragma unroll
+    for (int q = 0; q < h; ++q)
+#pragma unroll
+      for (int k = 0; k < V; ++k) b[q][k] = __fadd_rn(b[q][k], b[q + h][k]);
+  float acc[1][V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) acc[0][k] = b[0][k];
+  const float S = group_tree<V, 1>(acc, scratch, rg, AddOp{});
+  return RowStats{M, S};
+}
+#endif
 
 }  // namespace bik::cuda

@@ -1393,11 +1393,19 @@ TEST(OpsCuda, LogprobsStreamMatchesPassKernel) {
     setenv("BIK_LOGPROBS_STREAM", "0", 1);
     const std::vector<Tensor> want = run(x);
     unsetenv("BIK_LOGPROBS_STREAM");
-    const std::vector<Tensor> got = run(x);
+    std::vector<Tensor> got;
+    // The cluster kernels (default 4 CTAs a row, 2) and the one-CTA streaming kernel (0).
+    for (const char* cl : {"0", "2", "4"}) {
+      setenv("BIK_LOGPROBS_CLUSTER", cl, 1);
+      got = run(x);
+      const std::string what = std::string(dtype_name(c.t)) + " V=" + std::to_string(c.vocab) +
+                               " n=" + std::to_string(c.top_n) + " cluster=" + cl;
+      EXPECT_EQ(std::memcmp(want[0].data(), got[0].data(), size_t(c.rows) * 4), 0) << what << " chosen";
+      EXPECT_EQ(std::memcmp(want[1].data(), got[1].data(), size_t(c.rows * c.top_n) * 4), 0) << what << " ids";
+      EXPECT_EQ(std::memcmp(want[2].data(), got[2].data(), size_t(c.rows * c.top_n) * 4), 0) << what << " values";
+    }
+    unsetenv("BIK_LOGPROBS_CLUSTER");
     const std::string what = std::string(dtype_name(c.t)) + " V=" + std::to_string(c.vocab) + " n=" + std::to_string(c.top_n);
-    EXPECT_EQ(std::memcmp(want[0].data(), got[0].data(), size_t(c.rows) * 4), 0) << what << " chosen";
-    EXPECT_EQ(std::memcmp(want[1].data(), got[1].data(), size_t(c.rows * c.top_n) * 4), 0) << what << " ids";
-    EXPECT_EQ(std::memcmp(want[2].data(), got[2].data(), size_t(c.rows * c.top_n) * 4), 0) << what << " values";
     if (c.top_n == 0) continue;
     // The CPU backend's ids.
     const Tensor xc = x.to(Device::cpu());
