@@ -325,9 +325,13 @@ GroupShape reduce_flat_shape(int plan_threads) {
 // So C, the tile, the threads and NL only say where each step of the plan runs, never which step it is:
 // they may follow the number of columns and the GPU freely. A warp reads two reduced indices of 256
 // contiguous bytes each, so the loads stay whole 32-byte sectors however far apart the indices are.
+// reduce_cols_kernel may widen the tile W times (a thread then holds W chunks, kColTx chunks apart, so
+// each load instruction still covers 256 contiguous bytes and a warp's W loads of a reduced index
+// W x 256): columns never meet, so the width is free as well.
 constexpr int kColTx = 16;     // threads across a tile's columns, 16 bytes each
 constexpr int kColTy = 16;     // threads across a class's lanes
-constexpr int kColMaxNl = 8;   // lanes a thread keeps in registers
+constexpr int kColMaxNl = 8;   // lanes a thread keeps in registers (NL x W chunks a thread, W the width)
+constexpr int kColMaxWide = 4;
 constexpr int kColMaxC = 256;  // classes at most (the fold kernel's shared memory)
 constexpr int kColFoldCols = 32;
 
@@ -344,21 +348,11 @@ __device__ __forceinline__ uint4 load_cols(const Tx* p, int64_t col0, int64_t co
   return u;
 }
 
-// The end of a tile's class: the steps w' = (NL / 2 .. 1) kColTy inside the thread (its lanes m2 and
-// m2 + h), then w' = kColTy / 2 .. 1 across the kColTy threads of a column in shared memory. On return
-// part[0][cc] is the class value of the tile's column cc, seen by every thread of the CTA.
-template <int NL, int V>
-__device__ __forceinline__ void cols_fold_lanes(float (&acc)[NL][V], float (&part)[kColTy][kColTx * V], int tx,
-                                                int g) {
-  constexpr int kTile = kColTx * V;
-#pragma unroll
-  for (int h = NL / 2; h >= 1; h /= 2)
-#pragma unroll
-    for (int m2 = 0; m2 < h; ++m2)
-#pragma unroll
-      for (int k = 0; k < V; ++k) acc[m2][k] = __fadd_rn(acc[m2][k], acc[m2 + h][k]);
-#pragma unroll
-  for (int k = 0; k < V; ++k) part[g][tx * V + k] = acc[0][k];
+// The steps w' = kColTy / 2 .. 1 across the kColTy threads of a column, in shared memory, from each
+// thread's folded lanes in part[g][]. On return part[0][cc] is the class value of the tile's column cc,
+// seen by every thread of the CTA.
+template <int kTile>
+__device__ __forceinline__ void cols_fold_threads(float (&part)[kColTy][kTile]) {
   for (int w = kColTy / 2; w >= 1; w /= 2) {
     __syncthreads();
     for (int idx = threadIdx.x; idx < w * kTile; idx += blockDim.x) {
@@ -369,13 +363,48 @@ __device__ __forceinline__ void cols_fold_lanes(float (&acc)[NL][V], float (&par
   __syncthreads();
 }
 
-// A tile's class values: to partial [C, cols] (C > 1, folded later), or, for a single class, the output.
+// The end of a tile's class: the steps w' = (NL / 2 .. 1) kColTy inside the thread (its lanes m2 and
+// m2 + h), then cols_fold_threads.
+template <int NL, int V>
+__device__ __forceinline__ void cols_fold_lanes(float (&acc)[NL][V], float (&part)[kColTy][kColTx * V], int tx,
+                                                int g) {
+#pragma unroll
+  for (int h = NL / 2; h >= 1; h /= 2)
+#pragma unroll
+    for (int m2 = 0; m2 < h; ++m2)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[m2][k] = __fadd_rn(acc[m2][k], acc[m2 + h][k]);
+#pragma unroll
+  for (int k = 0; k < V; ++k) part[g][tx * V + k] = acc[0][k];
+  cols_fold_threads<kColTx * V>(part);
+}
+
+// The same for a tile W chunks wide: chunk q of thread tx holds the tile's columns (q kColTx + tx) V + k.
+template <int NL, int W, int V>
+__device__ __forceinline__ void cols_fold_lanes(float (&acc)[NL][W][V], float (&part)[kColTy][kColTx * V * W],
+                                                int tx, int g) {
+#pragma unroll
+  for (int h = NL / 2; h >= 1; h /= 2)
+#pragma unroll
+    for (int m2 = 0; m2 < h; ++m2)
+#pragma unroll
+      for (int q = 0; q < W; ++q)
+#pragma unroll
+        for (int k = 0; k < V; ++k) acc[m2][q][k] = __fadd_rn(acc[m2][q][k], acc[m2 + h][q][k]);
+#pragma unroll
+  for (int q = 0; q < W; ++q)
+#pragma unroll
+    for (int k = 0; k < V; ++k) part[g][(q * kColTx + tx) * V + k] = acc[0][q][k];
+  cols_fold_threads<kColTx * V * W>(part);
+}
+
+// Tile `tile`'s class values: to partial [C, cols] (C > 1, folded later), or, for a single class, the output.
 template <class To, int kTile>
 __device__ __forceinline__ void cols_store(const float (&part0)[kTile], float* partial, To* out,
                                            const DimIndex& out_idx, int64_t cols, int64_t n, int64_t C, int64_t c,
-                                           bool mean) {
+                                           int64_t tile, bool mean) {
   for (int cc = threadIdx.x; cc < kTile; cc += blockDim.x) {
-    const int64_t col = int64_t(blockIdx.x) * kTile + cc;
+    const int64_t col = tile * kTile + cc;
     if (col >= cols) continue;
     float total = part0[cc];
     if (C > 1) {
@@ -387,45 +416,58 @@ __device__ __forceinline__ void cols_store(const float (&part0)[kTile], float* p
   }
 }
 
-template <class Tx, class To, int NL>
+// W: the tile's width in chunks a thread (kColTx V W columns a CTA). classes_fast: the grid is [C, tiles]
+// instead of [tiles, C], so that CTAs launched together take one tile's classes (neighbouring reduced
+// indices over a narrow band of columns) rather than one class's tiles (whole rows).
+template <class Tx, class To, int NL, int W>
 __global__ void __launch_bounds__(kColTx * kColTy, 2)  // two CTAs an SM: 16 warps with 8 loads each in flight
     reduce_cols_kernel(float* partial, To* out, DimIndex out_idx, const Tx* x, int64_t stride, int64_t cols, int64_t n,
-                       int64_t L, bool vec, bool mean) {
+                       int64_t L, bool vec, bool mean, bool classes_fast) {
   constexpr int V = 16 / sizeof(Tx);
-  constexpr int kTile = kColTx * V;  // columns a CTA
+  constexpr int kTile = kColTx * V * W;  // columns a CTA
+  constexpr int kChunkCols = kColTx * V;  // columns between a thread's chunks
   __shared__ float part[kColTy][kTile];
   const int tx = threadIdx.x % kColTx, g = threadIdx.x / kColTx;
-  const int64_t C = gridDim.y, c = blockIdx.y;
-  const int64_t col0 = int64_t(blockIdx.x) * kTile + tx * V;
+  const int64_t C = classes_fast ? gridDim.x : gridDim.y, c = classes_fast ? blockIdx.x : blockIdx.y;
+  const int64_t tile = classes_fast ? blockIdx.y : blockIdx.x;
+  const int64_t col0 = tile * kTile + tx * V;  // chunk q starts at column col0 + q kChunkCols
   const Tx* xc = x + col0;
   int64_t j[NL];  // this thread's lanes
 #pragma unroll
   for (int m2 = 0; m2 < NL; ++m2) j[m2] = c + (g + int64_t(m2) * kColTy) * C;
 
-  float acc[NL][V];
+  float acc[NL][W][V];
 #pragma unroll
   for (int m2 = 0; m2 < NL; ++m2)
 #pragma unroll
-    for (int k = 0; k < V; ++k) acc[m2][k] = 0.0f;
+    for (int q = 0; q < W; ++q)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[m2][q][k] = 0.0f;
   // Pass `base` holds element base + j of each lane j: every lane adds its elements in increasing i.
   for (int64_t base = 0; base < n; base += L) {
-    uint4 raw[NL];
+    uint4 raw[NL][W];
 #pragma unroll
     for (int m2 = 0; m2 < NL; ++m2) {
       const int64_t i = base + j[m2];
-      raw[m2] = i < n ? load_cols(xc + i * stride, col0, cols, vec) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int q = 0; q < W; ++q)
+        raw[m2][q] = i < n ? load_cols(xc + i * stride + q * kChunkCols, col0 + q * kChunkCols, cols, vec)
+                           : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int m2 = 0; m2 < NL; ++m2) {
       if (base + j[m2] >= n) continue;
-      float v[V];
-      unpack<Tx, V>(raw[m2], v);
 #pragma unroll
-      for (int k = 0; k < V; ++k) acc[m2][k] = __fadd_rn(acc[m2][k], v[k]);
+      for (int q = 0; q < W; ++q) {
+        float v[V];
+        unpack<Tx, V>(raw[m2][q], v);
+#pragma unroll
+        for (int k = 0; k < V; ++k) acc[m2][q][k] = __fadd_rn(acc[m2][q][k], v[k]);
+      }
     }
   }
-  cols_fold_lanes<NL, V>(acc, part, tx, g);
-  cols_store<To, kTile>(part[0], partial, out, out_idx, cols, n, C, c, mean);
+  cols_fold_lanes<NL, W, V>(acc, part, tx, g);
+  cols_store<To, kTile>(part[0], partial, out, out_idx, cols, n, C, c, tile, mean);
 }
 
 // ---- the column kernel with its loads staged in shared memory (an A/B variant) ------------------------------
@@ -506,7 +548,7 @@ __global__ void __launch_bounds__(kColTx * kColTy, 2)
   }
   cols_fold_lanes<NL, V>(acc, part, tx, g);
   if (!in_cluster) {
-    cols_store<To, kTile>(part[0], partial, out, out_idx, cols, n, C, c, mean);
+    cols_store<To, kTile>(part[0], partial, out, out_idx, cols, n, C, c, int64_t(blockIdx.x), mean);
     return;
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -709,6 +751,12 @@ void allow_cluster_16(const void* kernel, int device) {
 //     1 < C <= 16) instead of writing partials for reduce_cols_fold_kernel: no cudaMallocAsync, no
 //     second kernel. It runs the staged kernel (one pass when BIK_COLS_STAGE is 0); if the device cannot
 //     place the cluster, the partials and the fold kernel.
+//   BIK_COLS_WIDE (1, 2, 4; default 1): reduce_cols_kernel's tile W times wider (W x 256 contiguous bytes
+//     of each reduced index a warp loads); NL is then at most 8 / W, so a thread keeps as many chunks
+//     and the classes grow W-fold (W x the partials). Only with BIK_COLS_STAGE and BIK_COLS_CLUSTER at 0.
+//   BIK_COLS_ORDER (0, 1; default 0): 1 launches reduce_cols_kernel on a [C, tiles] grid, so CTAs started
+//     together take one tile's classes (neighbouring reduced indices, a narrow band of columns) instead
+//     of one class's tiles (whole rows, every C-th reduced index).
 template <class Tx, class To>
 void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride, int64_t cols, int64_t n, Stream s) {
   constexpr int V = 16 / sizeof(Tx);
@@ -719,22 +767,27 @@ void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride
   cudaStream_t st = stream_of(s);
   const DeviceInfo& dev = use_device(a.x.device.index);
   const int64_t L = int64_t(row_threads(n, V)) * V;
-  const int64_t tiles = (cols + kTile - 1) / kTile;
-  // The fewest classes whose lanes fit the threads' registers, then more while the grid is short of
-  // two CTAs an SM.
-  const int nl_max = cols_knob("BIK_COLS_NL", kColMaxNl, 1, kColMaxNl);
+  int passes = cols_knob("BIK_COLS_STAGE", 0, 0, 4);
+  const bool cluster_knob = cols_knob("BIK_COLS_CLUSTER", 0, 0, 1) == 1;
+  // The tile's width in chunks a thread (a power of two; reduce_cols_kernel only).
+  int wide = passes == 0 && !cluster_knob ? cols_knob("BIK_COLS_WIDE", 1, 1, kColMaxWide) : 1;
+  if ((wide & (wide - 1)) != 0) wide = 1;
+  const int64_t tiles = (cols + kTile * wide - 1) / (kTile * wide);
+  // The fewest classes whose lanes fit the threads' registers (NL x W chunks a thread, NL a power of two),
+  // then more while the grid is short of two CTAs an SM.
+  int nl_max = cols_knob("BIK_COLS_NL", kColMaxNl, 1, kColMaxNl);
+  while ((nl_max & (nl_max - 1)) != 0) nl_max &= nl_max - 1;
+  if (nl_max > kColMaxNl / wide) nl_max = kColMaxNl / wide;
   const int per_sm = cols_knob("BIK_COLS_CTAS_PER_SM", 2, 1, 64);
   int64_t C = L / (kColTy * nl_max) > 1 ? L / (kColTy * nl_max) : 1;
   if (C > kColMaxC) C = kColMaxC;
   while (C < L / kColTy && C < kColMaxC && tiles * C < per_sm * int64_t(dev.sms)) C *= 2;
   const int nl = int(L / (C * kColTy));
-  BIK_CHECK(tiles < (int64_t(1) << 31) && C <= kColMaxC && nl >= 1 && nl <= kColMaxNl,
+  BIK_CHECK(tiles < (int64_t(1) << 31) && C <= kColMaxC && nl >= 1 && nl * wide <= kColMaxNl,
             "cuda reduce: unexpected column split");
   const Tx* x = a.x.ptr<const Tx>();
   const bool vec = aligned16(x) && (stride * int64_t(sizeof(Tx))) % 16 == 0;
-  int passes = cols_knob("BIK_COLS_STAGE", 0, 0, 4);
-  const bool cluster = cols_knob("BIK_COLS_CLUSTER", 0, 0, 1) == 1 && dev.arch >= 90 && C > 1 &&
-                       C <= kColMaxCluster;
+  const bool cluster = cluster_knob && dev.arch >= 90 && C > 1 && C <= kColMaxCluster;
   if (cluster && passes == 0) passes = 1;
   const int64_t all_passes = (n + L - 1) / L;
   if (passes > all_passes) passes = int(all_passes);  // 0 for an empty reduced dim: reduce_cols_kernel
@@ -755,16 +808,30 @@ void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride
       BIK_CUDA_CHECK(cudaFreeAsync(partial, st));
     }
   };
+  if (passes == 0) {
+    const bool classes_fast = cols_knob("BIK_COLS_ORDER", 0, 0, 1) == 1 && tiles <= 65535;
+    const dim3 cols_grid = classes_fast ? dim3{unsigned(C), unsigned(tiles), 1u} : grid;
+    auto launch = [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      dispatch_ng<kColMaxNl / W>(nl, [&](auto ng) {
+        constexpr int NL = decltype(ng)::value;
+        with_partials([&](float* partial) {
+          reduce_cols_kernel<Tx, To, NL, W><<<cols_grid, kThreads, 0, st>>>(
+              partial, a.out.ptr<To>(), out_idx, x, stride, cols, n, L, vec, a.mean, classes_fast);
+          BIK_CUDA_LAUNCH_CHECK();
+        });
+      });
+    };
+    if (wide == 4)
+      launch(std::integral_constant<int, 4>{});
+    else if (wide == 2)
+      launch(std::integral_constant<int, 2>{});
+    else
+      launch(std::integral_constant<int, 1>{});
+    return;
+  }
   dispatch_ng<kColMaxNl>(nl, [&](auto ng) {
     constexpr int NL = decltype(ng)::value;
-    if (passes == 0) {
-      with_partials([&](float* partial) {
-        reduce_cols_kernel<Tx, To, NL><<<grid, kThreads, 0, st>>>(partial, a.out.ptr<To>(), out_idx, x, stride, cols,
-                                                                  n, L, vec, a.mean);
-        BIK_CUDA_LAUNCH_CHECK();
-      });
-      return;
-    }
     auto kernel = reduce_cols_staged_kernel<Tx, To, NL>;
     allow_dynamic_smem(reinterpret_cast<const void*>(kernel), dev.index, dev.smem_optin - kStaticSmem);
     const size_t smem = size_t(passes) * slot_bytes;

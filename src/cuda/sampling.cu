@@ -1338,11 +1338,13 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
   const DeviceInfo& info = use_device(logits.device.index);
   // BIK_SAMPLE_CLUSTER=0: one CTA a row everywhere (tests compare the two).
   const bool cluster_ok = info.arch >= 90 && env_switch_on("BIK_SAMPLE_CLUSTER");
-  // The streaming kernel's CTAs a row: enough for two CTAs an SM, up to a cluster of 8 (sm_90).
+  // The streaming kernel's CTAs a row: the most (up to a cluster of 8, sm_90) that leave every CTA an SM
+  // of its own; on an H200, f32 rows of 151936 with top-k 50 took 30 us at 1 row on 8 CTAs, 57 us at 64
+  // rows on 2 (87 on 8) and 99 us at 256 rows on 1 (268 on 8; bench/results/logs_h200/34c1743_sample_ctas.log).
   // BIK_SAMPLE_STREAM=0: never; BIK_SAMPLE_STREAM_CTAS=1|2|4|8 fixes the count (tests).
   int ctas = 1;
   if (cluster_ok) {
-    while (ctas < 8 && rows * ctas < 2 * int64_t(info.sms)) ctas *= 2;
+    while (ctas < 8 && rows * ctas * 2 <= int64_t(info.sms)) ctas *= 2;
     if (const char* e = std::getenv("BIK_SAMPLE_STREAM_CTAS")) {
       const int want = std::atoi(e);
       BIK_CHECK(want == 1 || want == 2 || want == 4 || want == 8, "BIK_SAMPLE_STREAM_CTAS must be 1, 2, 4 or 8, got '",
@@ -1433,10 +1435,17 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
     const size_t smem_max = std::min(stream_smem(kMaxRowThreads), size_t(info.smem_optin) - 8192);
     const size_t smem = stream_smem(threads);
     const bool stream = threads >= 256 && smem <= smem_max && env_switch_on("BIK_LOGPROBS_STREAM");
-    // The largest plan on sm_90: a cluster of K CTAs a row (BIK_LOGPROBS_CLUSTER: default 4, 2, or 0 for
-    // one CTA a row), so a row is read by K SMs; the one-CTA kernel if the cluster cannot be placed.
-    const int cluster_level = env_switch_level("BIK_LOGPROBS_CLUSTER");
-    if (stream && info.arch >= 90 && threads == kMaxRowThreads && cluster_level > 0) {
+    // The largest plan on sm_90 while the rows leave SMs idle: a cluster of K CTAs a row, so a row is read
+    // by K SMs (K = 4 while rows x 4 <= SMs, 2 while rows x 2 <= SMs; on an H200 1 row took 58 us on 4,
+    // 73 on one CTA; 64 rows 71 us on 2, 78 on one; 256 rows 134 us on one, 160 on 2: logs_h200/
+    // 34c1743_logprobs_cluster.log). The one-CTA
+    // kernel if the cluster cannot be placed. BIK_LOGPROBS_CLUSTER=0: never; 2 / 4: that K for every
+    // row count (tests).
+    const int64_t sms = info.sms;
+    const char* env_k = std::getenv("BIK_LOGPROBS_CLUSTER");
+    const int cluster_k = env_k != nullptr ? (env_k[0] == '0' ? 0 : env_k[0] == '2' ? 2 : 4)
+                          : rows * 4 <= sms ? 4 : rows * 2 <= sms ? 2 : 0;
+    if (stream && info.arch >= 90 && threads == kMaxRowThreads && cluster_k > 0) {
       auto launch = [&](auto kc) {
         constexpr int K = decltype(kc)::value, G = kMaxRowThreads / K;
         auto kernel = logprobs_cluster_kernel<T, K>;
@@ -1448,7 +1457,7 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
                                    logits.stride[1], tokens.ptr<const int32_t>(), tokens.stride[0], rows, n, top_n,
                                    bad);
       };
-      if (cluster_level == 2 ? launch(std::integral_constant<int, 2>{}) : launch(std::integral_constant<int, 4>{}))
+      if (cluster_k == 2 ? launch(std::integral_constant<int, 2>{}) : launch(std::integral_constant<int, 4>{}))
         return;
     }
     if (stream) {

@@ -1,7 +1,8 @@
 // Launch variants of three CUDA memory-bound ops for small problems, each selected by an environment
 // switch next to the default so that one device run can time both:
 //   softmax       BIK_SOFTMAX_CLUSTER2  rows of the largest plan on a cluster of two 512-thread CTAs
-//   sum over dim0 BIK_COLS_NL, BIK_COLS_CTAS_PER_SM, BIK_COLS_STAGE, BIK_COLS_CLUSTER (the column kernels)
+//   sum over dim0 BIK_COLS_NL, BIK_COLS_CTAS_PER_SM, BIK_COLS_STAGE, BIK_COLS_CLUSTER, BIK_COLS_WIDE,
+//                 BIK_COLS_ORDER (the column kernels)
 //   silu_and_mul  BIK_SILU_SMALL, BIK_SILU_SMALL_THREADS  one chunk a thread on small CTAs
 // Every variant must give the default's bytes (memcmp) on the benchmark shapes, odd sizes and strided or
 // misaligned layouts; the new softmax path must keep a row's bits alone and among 64 or 100 neighbours.
@@ -286,6 +287,14 @@ const Env kColsEnvs[] = {
     {{"BIK_COLS_CLUSTER", "1"}, {"BIK_COLS_STAGE", "2"}},
     {{"BIK_COLS_CLUSTER", "1"}, {"BIK_COLS_NL", "4"}},
     {{"BIK_COLS_CLUSTER", "1"}, {"BIK_COLS_CTAS_PER_SM", "8"}},
+    {{"BIK_COLS_WIDE", "2"}},
+    {{"BIK_COLS_WIDE", "4"}},
+    {{"BIK_COLS_WIDE", "2"}, {"BIK_COLS_NL", "1"}},
+    {{"BIK_COLS_WIDE", "4"}, {"BIK_COLS_NL", "1"}, {"BIK_COLS_CTAS_PER_SM", "8"}},
+    {{"BIK_COLS_WIDE", "2"}, {"BIK_COLS_NL", "3"}},  // NL rounded down to a power of two
+    {{"BIK_COLS_ORDER", "1"}},
+    {{"BIK_COLS_ORDER", "1"}, {"BIK_COLS_WIDE", "4"}},
+    {{"BIK_COLS_ORDER", "1"}, {"BIK_COLS_WIDE", "2"}, {"BIK_COLS_NL", "2"}, {"BIK_COLS_CTAS_PER_SM", "64"}},
     {{"BIK_REDUCE_COLUMNS", "0"}},  // one CTA per output: the row kernels' lanes and tree
 };
 
@@ -318,7 +327,7 @@ std::vector<uint8_t> run_cols(const TensorView& x, DType o, bool is_mean, const 
 
 // Every knob setting of the column kernels gives the default's bytes: the benchmark shapes (bf16 4096 x
 // 16384 and 4096 x 1024), shapes that take 1 to 256 classes and a single one, a partial last tile (odd
-// column counts), padded rows (a reduced stride of cols + pad, 16-byte multiple or not) and a view that
+// column counts; with BIK_COLS_WIDE a tile whose later chunks lie wholly past the last column), padded rows (a reduced stride of cols + pad, 16-byte multiple or not) and a view that
 // starts off a 16-byte boundary (element loads); sum and mean, F32 output and the input's dtype. Accuracy
 // of the default against float64. Negative control: one changed input element must show.
 TEST(OpsCudaSmall, SumColumnsKnobsKeepBits) {
@@ -369,6 +378,10 @@ TEST(OpsCudaSmall, SumColumnsKnobsKeepBits) {
   EXPECT_FALSE(run_cols(b.view, DType::F32, false, {{"BIK_COLS_CLUSTER", "1"}}) ==
                run_cols(a.view, DType::F32, false, {}))
       << "the comparison missed a changed input";
+  // The same through the widest tile on the class-major grid.
+  EXPECT_FALSE(run_cols(b.view, DType::F32, false, {{"BIK_COLS_WIDE", "4"}, {"BIK_COLS_ORDER", "1"}}) ==
+               run_cols(a.view, DType::F32, false, {}))
+      << "the comparison missed a changed input (BIK_COLS_WIDE=4, BIK_COLS_ORDER=1)";
 }
 
 // ---- silu_and_mul on small CTAs -----------------------------------------------------------------------------
