@@ -31,6 +31,8 @@ std::vector<std::string> gemm_sm90_tiles();  // "64x32", "128x256", ...
 void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile);
 // Cluster launches of the wgmma kernel so far (BIK_GEMM_CLUSTER; tests check the switch took effect).
 uint64_t gemm_sm90_cluster_launches();
+// Ping-pong launches of the wgmma kernel so far (BIK_GEMM_PINGPONG; tests check the switch took effect).
+uint64_t gemm_sm90_pingpong_launches();
 
 // Name of the kernel configuration gemm() runs for this problem, e.g. "sm90 128x256 tma".
 std::string gemm_config_name(const GemmArgs& g);

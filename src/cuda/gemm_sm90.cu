@@ -35,6 +35,13 @@ using Tile128x128 = Config<128, 128, 6>;
 using Tile128x192 = Config<128, 192, 5>;  // 96 accumulators per consumer thread; 128 tiles for M=256, N=12288
 using Tile128x256 = Config<128, 256, 4>;  // large M: 128 accumulators per consumer thread
 
+// The ping-pong forms of the two-consumer tiles (BIK_GEMM_PINGPONG=1): 64 x BN tiles, one a consumer at a
+// time, so a stage holds 64 rows of A; the stage counts are those of the 64-row tiles (5 for BN = 256,
+// 200 KB), about the shared memory the 128-row stages fill.
+constexpr int pingpong_stages(int bn) { return bn == 32 ? 16 : bn == 64 ? 12 : bn == 128 ? 8 : bn == 192 ? 6 : 5; }
+template <class Cfg>
+using PingPongOf = Config<64, Cfg::BN, pingpong_stages(Cfg::BN), true>;
+
 enum class Choice { T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256, Count };
 const char* const kChoiceNames[] = {"64x32",  "64x64",   "64x128",  "64x192", "128x32",
                                     "128x64", "128x128", "128x192", "128x256"};
@@ -187,6 +194,18 @@ ClusterMode cluster_mode_from_env() {
 
 std::atomic<uint64_t> g_cluster_launches{0};
 
+// BIK_GEMM_PINGPONG: "1" -> the tiles with two consumer warpgroups (128 x BN) run their ping-pong form
+// (gemm_sm90.cuh), the two consumers on alternate 64 x BN tiles, taking turns at the tensor cores; unset
+// or anything else -> the default kernel. Read at each call, as BIK_GEMM_CLUSTER; where the cluster launch
+// applies, it goes first. It never changes a bit: every 64-row slab gets the same wgmma sequence and
+// epilogue either way.
+bool pingpong_from_env() {
+  const char* e = std::getenv("BIK_GEMM_PINGPONG");
+  return e != nullptr && e[0] == '1';
+}
+
+std::atomic<uint64_t> g_pingpong_launches{0};
+
 // Auto: the sharing that moves fewer operand rows from L2 over the whole launch, counting the partner
 // that copies (and discards) a tile past M or N when the tile count along the pairing is odd. Per CTA and
 // stage, sharing W copies BM + BN / 2 rows, sharing A BM / 2 + BN. Decode (one M-tile) always shares A;
@@ -273,14 +292,13 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   return true;
 }
 
+// The one-CTA-a-tile launch of Cfg (persistent: at most one CTA an SM), walking bands of `group` M-tiles.
 template <class Cfg, typename T>
-void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
+void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int group) {
   auto kernel = gemm_kernel<Cfg, T>;
   BIK_CHECK(Cfg::kSmemBytes <= d.smem_optin, "matmul: sm90 tile needs ", Cfg::kSmemBytes,
             " bytes of shared memory; the device allows ", d.smem_optin);
-  if (const ClusterMode mode = cluster_mode_from_env(); mode != ClusterMode::Off && launch_cluster<Cfg, T>(p, d, st, mode))
-    return;
-  Params prm = walk_params(p, TileOrder{(p.m + Cfg::BM - 1) / Cfg::BM, (p.n + Cfg::BN - 1) / Cfg::BN, 8});
+  Params prm = walk_params(p, TileOrder{(p.m + Cfg::BM - 1) / Cfg::BM, (p.n + Cfg::BN - 1) / Cfg::BN, group});
   const int64_t total = prm.total_tiles;
   const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
@@ -292,6 +310,23 @@ void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
   const int grid = int(std::min<int64_t>(total, d.sms));
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, st>>>(prm, map_a, map_w);
   BIK_CUDA_LAUNCH_CHECK();
+}
+
+template <class Cfg, typename T>
+void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
+  BIK_CHECK(Cfg::kSmemBytes <= d.smem_optin, "matmul: sm90 tile needs ", Cfg::kSmemBytes,
+            " bytes of shared memory; the device allows ", d.smem_optin);
+  if (const ClusterMode mode = cluster_mode_from_env(); mode != ClusterMode::Off && launch_cluster<Cfg, T>(p, d, st, mode))
+    return;
+  if constexpr (Cfg::kConsumers == 2) {
+    if (pingpong_from_env()) {
+      // Bands of 16 64-row tiles: the rows of the default walk's bands of 8 128-row tiles.
+      launch_one_cta<PingPongOf<Cfg>, T>(p, d, st, 16);
+      g_pingpong_launches.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  launch_one_cta<Cfg, T>(p, d, st, 8);
 }
 
 template <typename T>
@@ -397,6 +432,8 @@ std::string sm90_config_name(const Problem& p, const DeviceInfo& d) {
   std::string name = std::string("sm90 ") + kChoiceNames[int(c)] + (tma_possible(p) ? " tma" : " tma-packed");
   if (const ClusterMode mode = cluster_mode_from_env(); mode != ClusterMode::Off && p.k > 0)
     name += share_w_for(p, kShapes[int(c)].bm, kShapes[int(c)].bn, mode) ? " cluster2w" : " cluster2a";
+  else if (kShapes[int(c)].bm == 128 && pingpong_from_env())
+    name += " pingpong";
   return name;
 }
 
@@ -411,6 +448,9 @@ void gemm_sm90(const GemmArgs& g, Stream s) {
 
 // Cluster launches so far in this process (the tests check that BIK_GEMM_CLUSTER really took that path).
 uint64_t gemm_sm90_cluster_launches() { return gemm_detail::g_cluster_launches.load(std::memory_order_relaxed); }
+
+// Ping-pong launches so far in this process (the tests check that BIK_GEMM_PINGPONG really took that path).
+uint64_t gemm_sm90_pingpong_launches() { return gemm_detail::g_pingpong_launches.load(std::memory_order_relaxed); }
 
 std::vector<std::string> gemm_sm90_tiles() {
   return std::vector<std::string>(std::begin(gemm_detail::kChoiceNames), std::end(gemm_detail::kChoiceNames));

@@ -30,6 +30,37 @@
 // Barriers are initialised before a cluster barrier that precedes any remote arrive or multicast; at the
 // end, the producer waits until every stage is released by both CTAs (so no arrive is still on its way
 // to this CTA's barriers) and then all threads meet at a cluster barrier before any CTA exits.
+//
+// Ping-pong mode (Config::kPingPong, opt-in: BIK_GEMM_PINGPONG=1, for the tiles with two consumers): the
+// two consumer warpgroups no longer split one 128-row tile; each computes whole 64 x BN tiles, consumer c
+// the tiles c, c + 2, c + 4, ... of its CTA's walk, and the two take turns at the tensor cores, so that
+// one's drain and epilogue run while the other's main loop keeps the tensor cores busy. A stage then holds
+// 64 rows of A (Config<64, BN, STAGES, true>, with more stages in the same shared memory), and the
+// producer is the one-CTA producer unchanged: it fills the stages in the walk's tile order, which is the
+// order the turns consume them in. Every 64-row slab of the output gets the m64nBNk16 sequence over the
+// same K stages from zero accumulators, and the same epilogue, as in the 128-row tile that holds it in
+// the default kernel, so every stored value keeps its bits; only the walk order of the slabs changes.
+// The turns use two named barriers, kTurnBar + c for consumer c, each of 256 threads (consumer c waits
+// with bar.sync, its partner arrives with bar.arrive):
+//   - consumer c's turn on its tile begins with bar.sync on kTurnBar + c; it waits for, and issues the
+//     wgmmas of, every K stage of the tile; then, if the CTA's walk has a next tile, it arrives on the
+//     partner's barrier, before draining its own wgmmas and storing its tile;
+//   - consumer 1 arrives once before everything (when the CTA has a tile), which opens consumer 0's first.
+// So every tile's turn gets exactly one arrival and one bar.sync (no barrier is left partly counted when
+// the CTA exits, and an arrival never meets a barrier whose previous round is still open), and the turns
+// issue strictly in walk order: tile 0, 1, 2, ...
+// The strict order is also what keeps the full barriers sound. Stage use u = L * num_kb + kb (tile L of
+// the CTA's walk, K stage kb) runs on across both consumers; a wait on full[u % STAGES] by parity tells
+// the phase of use u only from that of use u - STAGES, so use u - STAGES must have landed before the wait
+// starts. It has: it belongs either to the same turn (waited for earlier in it) or to an earlier turn,
+// and every earlier turn waited for all of its stages before it let the next turn begin. Each use is read
+// by one warpgroup only, so empty[s] counts the 4 warps of one consumer.
+// Why it cannot hang: a turn waits (a) for the arrival of the turn before it, which comes once that turn
+// has issued, and (b) for its stages, which the producer fills once use u - STAGES is released: by the
+// same turn earlier on (a consumer releases use u - 1 once it has issued use u and use u - 1's wgmmas
+// are done, and STAGES >= 2), or by an earlier turn's consumer once its own wgmmas have drained, which
+// waits on nothing but the tensor cores. So every wait is on something earlier in the walk, and consumer
+// 1's opening arrival waits on nothing.
 #pragma once
 #include <cuda.h>  // CUtensorMap (a plain struct; nothing from the driver library is linked)
 
@@ -45,11 +76,17 @@ namespace bik::cuda::gemm_detail::sm90 {
 
 constexpr int kBK = 64;  // K per stage: 64 halves = one 128-byte swizzle row
 constexpr int kRowBytes = 128;
+constexpr int kTurnBar = 1;  // ping-pong turns: named barriers 1 and 2 (0 is __syncthreads)
 
-template <int BM_, int BN_, int STAGES_>
+// BM x BN output tiles through a ring of STAGES stages. Default: BM / 64 consumer warpgroups share each
+// tile, 64 rows x BN each. kPingPong_ (BM = 64 only): two consumer warpgroups that take turns, each
+// computing whole tiles (see the top of this file).
+template <int BM_, int BN_, int STAGES_, bool kPingPong_ = false>
 struct Config {
   static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
-  static constexpr int kConsumers = BM / 64;  // each consumer warpgroup owns 64 rows x BN
+  static constexpr bool kPingPong = kPingPong_;
+  static constexpr int kConsumers = kPingPong ? 2 : BM / 64;
+  static constexpr int kStageReaders = kPingPong ? 1 : kConsumers;  // consumer warpgroups that read each stage
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kStageA = BM * kRowBytes, kStageW = BN * kRowBytes;
   static constexpr int kStageBytes = kStageA + kStageW;
@@ -61,6 +98,7 @@ struct Config {
   // stages + full/empty barriers + staging + slack to align the stages to the 1024-byte swizzle period
   static constexpr int kSmemBytes = STAGES * kStageBytes + kBarBytes + kConsumers * 4 * kEpiWarpBytes + 1024;
   static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
+  static_assert(!kPingPong || BM == 64, "ping-pong consumers take whole 64-row tiles");
   // wgmma N is a multiple of 8 up to 256 and a TMA box has at most 256 rows; the staged epilogue walks
   // BN in chunks of 32 (f32 out) or 64 (16-bit out) columns, so BN is 32, 64, 128, 192 or 256.
   static_assert(BN % 32 == 0 && BN <= 256, "BN: a multiple of 32, at most 256");
@@ -135,6 +173,14 @@ __device__ __forceinline__ uint32_t cluster_count_x() {
 // Every thread of both CTAs (not .aligned: the producer warp reaches it from divergent paths).
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+// Named barrier `id` of `threads` threads (a multiple of 32): bar.sync returns once that many have
+// arrived, the caller included; bar.arrive counts the caller and returns at once.
+__device__ __forceinline__ void named_bar_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 __device__ __forceinline__ void st_shared_16(uint32_t dst, uint4 v) {
   asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
@@ -233,7 +279,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), prm.tma ? 1 : 128);
-      mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kConsumers * 4);  // lane 0 of every consumer warp (of both CTAs)
+      // lane 0 of every consumer warp that reads the stage (of both CTAs)
+      mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kStageReaders * 4);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -344,8 +391,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
     }
   } else {
-    // ---- consumer warpgroups: rows [64 * wg, 64 * wg + 64) of each tile, all BN columns ----
+    // ---- consumer warpgroups: rows [64 * wg, 64 * wg + 64) of each tile, all BN columns; in ping-pong
+    // mode whole tiles, the CTA's tiles wg, wg + 2, ... of its walk, in turns (the top of this file) ----
     if constexpr (Cfg::kConsumers == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    constexpr bool kPingPong = Cfg::kPingPong;
+    static_assert(!(kPingPong && kCluster), "ping-pong runs one CTA a tile");
+    const int slab = kPingPong ? 0 : wg;  // this consumer's 64-row slab of the tile and of the stage's A rows
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     // A released stage may be refilled by either CTA's producer in cluster mode: tell both.
     auto release = [&](int s) {
@@ -358,7 +409,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     };
     float acc[Mma::kRegs];
     int it = 0;
-    for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
+    if constexpr (kPingPong) {
+      if (wg == 1 && int(walk0) < prm.total_tiles) named_bar_arrive(kTurnBar, 256);  // opens consumer 0's first turn
+    }
+    int local = 0;  // the tile's place in this CTA's walk
+    for (int tile = walk0; tile < prm.total_tiles; tile += walk_step, ++local) {
+      if constexpr (kPingPong) {
+        if ((local & 1) != wg) continue;   // the partner's tile
+        it = local * num_kb;               // the partner's turns used the stages in between
+        named_bar_sync(kTurnBar + wg, 256);  // the turn before has waited for and issued all of its stages
+      }
       int b, tm, tn;
       tile_coords(tile, b, tm, tn);
 #pragma unroll
@@ -366,7 +426,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       for (int kb = 0; kb < num_kb; ++kb, ++it) {
         const int s = it % STAGES, phase = (it / STAGES) & 1;
         mbar_wait(full(s), phase);
-        const uint64_t da = smem_desc(stage_a(s) + wg * 64 * kRowBytes), dw = smem_desc(stage_w(s));
+        const uint64_t da = smem_desc(stage_a(s) + slab * 64 * kRowBytes), dw = smem_desc(stage_w(s));
         pin(acc);
         wgmma_fence();
 #pragma unroll
@@ -378,6 +438,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         pin(acc);
         if (kb > 0 && lane == 0) release((it - 1) % STAGES);
       }
+      // Ping-pong: the next tile's turn may issue now, behind this tile's wgmmas still in flight.
+      if constexpr (kPingPong) {
+        if (tile + int(walk_step) < prm.total_tiles) named_bar_arrive(kTurnBar + 1 - wg, 256);
+      }
       wgmma_wait<0>();
       pin(acc);
       if (num_kb > 0 && lane == 0) release((it - 1) % STAGES);
@@ -388,7 +452,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
       // wgmma D layout: per 8 columns, registers {0,1} hold row lane/4, {2,3} row lane/4 + 8, at
       // columns 2 * (lane % 4) + {0, 1}; warp w of the warpgroup owns rows 16w..16w+15.
-      const int row0 = tm * BM + wg * 64 + warp * 16;
+      const int row0 = tm * BM + slab * 64 + warp * 16;
       const uint32_t staging = bars + Cfg::kBarBytes + (wg * 4 + warp) * Cfg::kEpiWarpBytes;
       if (prm.out_vec16) {
         if (p.out_f32)
