@@ -677,7 +677,7 @@ __device__ __forceinline__ void stream_tiles(const T* xr, int64_t ls1, int64_t n
   stream_tiles_at<V, U>(xr, ls1, n, lo, hi, vec, int64_t(blockDim.x) * V, int64_t(threadIdx.x) * V, tile);
 }
 
-// The running buffer of one CTA. In each tile every thread calls offer() for its chunks, then
+// The running buffer of one CTA. In each tile every thread appends its chunks' keys (offer_tile), then
 // tile_end(t): the tile's appends are counted in added[t % 3] (the counter of tile t + 2 is zeroed there:
 // its last readers, tile t - 1's, have all passed this tile's barrier), and the buffer is cut when
 // another tile might not fit. In tile 0, seed() first raises thr to the k-th largest of the threads'
@@ -753,6 +753,51 @@ struct StreamBuffer {
 // rounded): the two differ by less than 2^-21 |z| (three roundings), well inside the 2^-18 margin.
 __device__ __forceinline__ float z_floor(float zt) {
   return zt == -INFINITY ? -INFINITY : __fsub_rn(__fsub_rn(zt, __fmul_rn(fabsf(zt), 0x1p-18f)), 0x1p-100f);
+}
+
+// Offers this thread's elements of tile t to the buffer (every thread calls; ends with tile_end): the
+// ranked value of element x is value(x) (its key order_key(value(x), i)); in tile 0 thr is seeded first.
+// ruled_out(x, bound), with bound = bound_of(floor()) once a tile, must hold only for elements whose key
+// is surely below thr: those are dropped without forming their key.
+template <int V, int U, class Value, class BoundOf, class RuledOut>
+__device__ __forceinline__ void offer_tile(StreamBuffer& sb, int64_t t, int64_t b0, int64_t L, int64_t hi,
+                                           const float (&x)[U][V], Value value, BoundOf bound_of,
+                                           RuledOut ruled_out) {
+  auto keys = [&](int u, uint64_t (&key)[V], bool (&valid)[V]) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const int64_t i = b0 + u * L + j;
+      valid[j] = i < hi;
+      key[j] = order_key(value(x[u][j]), i);
+    }
+  };
+  if (t == 0) {  // seed thr from the threads' own largest keys
+    uint64_t own = 0;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      uint64_t key[V];
+      bool valid[V];
+      keys(u, key, valid);
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+        if (valid[j] && key[j] > own) own = key[j];
+    }
+    sb.seed(own);
+  }
+  const float bound = bound_of(sb.floor());
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (b0 + u * L >= hi) continue;
+    bool any = false;
+#pragma unroll
+    for (int j = 0; j < V; ++j) any |= !ruled_out(x[u][j], bound);
+    if (!any) continue;
+    uint64_t key[V];
+    bool valid[V];
+    keys(u, key, valid);
+    sb.append<V>(t, key, valid);
+  }
+  sb.tile_end(t);
 }
 
 // The largest key of buf[0, count) (0 when empty); every thread gets it.
@@ -932,43 +977,11 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
         const float inv = __frcp_rn(temp);
         StreamBuffer sb{buf, &ss, &sel, k, cap, unsigned(U * kStreamThreads * V)};
         sb.begin();
+        // Keys below thr have z below floor(); x * inv below z_floor of it rules z out without a division.
         stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t t, int64_t b0, int64_t L, const float (&x)[U][V]) {
-          auto keys = [&](int u, uint64_t (&key)[V], bool (&valid)[V]) {
-#pragma unroll
-            for (int j = 0; j < V; ++j) {
-              const int64_t i = b0 + u * L + j;
-              valid[j] = i < hi;
-              key[j] = order_key(zval(x[u][j]), i);
-            }
-          };
-          if (t == 0) {  // seed thr from the threads' own largest keys
-            uint64_t own = 0;
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-              uint64_t key[V];
-              bool valid[V];
-              keys(u, key, valid);
-#pragma unroll
-              for (int j = 0; j < V; ++j)
-                if (valid[j] && key[j] > own) own = key[j];
-            }
-            sb.seed(own);
-          }
-          // Keys below thr have z below floor(); x * inv below z_floor of it rules z out without a division.
-          const float zlo = z_floor(sb.floor());
-#pragma unroll
-          for (int u = 0; u < U; ++u) {
-            if (b0 + u * L >= hi) continue;
-            bool any = false;
-#pragma unroll
-            for (int j = 0; j < V; ++j) any |= !(__fmul_rn(x[u][j], inv) < zlo);
-            if (!any) continue;
-            uint64_t key[V];
-            bool valid[V];
-            keys(u, key, valid);
-            sb.append<V>(t, key, valid);
-          }
-          sb.tile_end(t);
+          offer_tile<V, U>(
+              sb, t, b0, L, hi, x, zval, [](float fl) { return z_floor(fl); },
+              [inv](float xv, float zlo) { return __fmul_rn(xv, inv) < zlo; });
         });
         sb.cut();
         unsigned total = sb.fill;
@@ -1144,41 +1157,10 @@ struct LogprobsTile {
       absorb_chunk<V>(m, s, c);
     }
     if (top_n == 0) return;
-    auto keys = [&](int u, uint64_t (&key)[V], bool (&valid)[V]) {
-#pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const int64_t i = b0 + u * L + k;
-        valid[k] = i < n;
-        key[k] = order_key(x[u][k], i);
-      }
-    };
-    if (t == 0) {  // seed thr from the threads' own largest keys
-      uint64_t own = 0;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        uint64_t key[V];
-        bool valid[V];
-        keys(u, key, valid);
-#pragma unroll
-        for (int k = 0; k < V; ++k)
-          if (valid[k] && key[k] > own) own = key[k];
-      }
-      sb.seed(own);
-    }
-    const float xlo = sb.floor();  // an element whose logit is below this is below thr (NaN is not)
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (b0 + u * L >= n) continue;
-      bool any = false;
-#pragma unroll
-      for (int k = 0; k < V; ++k) any |= !(x[u][k] < xlo);
-      if (!any) continue;
-      uint64_t key[V];
-      bool valid[V];
-      keys(u, key, valid);
-      sb.append<V>(t, key, valid);
-    }
-    sb.tile_end(t);
+    // An element whose logit is below floor() is below thr (NaN is not).
+    offer_tile<V, U>(
+        sb, t, b0, L, n, x, [](float xv) { return xv; }, [](float fl) { return fl; },
+        [](float xv, float xlo) { return xv < xlo; });
   }
 };
 
@@ -1269,12 +1251,7 @@ __global__ void __launch_bounds__(kMaxRowThreads / K, K)
   float* scratch = reinterpret_cast<float*>(dyn + stream_keys(G));
   float* terms = scratch + G * V;
   float* cmax = terms + G * V;
-  RowGroup rg;
-  rg.W = G >> 5;
-  rg.G = G;
-  rg.tg = threadIdx.x;
-  rg.first = blockIdx.y;
-  rg.step = gridDim.y;
+  const RowGroup rg = cluster_row_group();
   const int64_t L = int64_t(K) * G * V, t0 = (int64_t(c) * G + threadIdx.x) * V;
   for (int64_t r = rg.first; r < rows; r += rg.step) {
     const T* xr = logits + r * ls0;

@@ -198,12 +198,7 @@ __global__ void __launch_bounds__(kMaxRowThreads / K, K / 2)
   float* scratch = smem;            // group_tree: G * V floats
   float* terms = smem + G * V;      // this CTA's lane terms, terms[v * G + tg], read by the whole cluster
   float* cmax = smem + 2 * G * V;   // this CTA's maximum, read by the whole cluster
-  RowGroup rg;
-  rg.W = G >> 5;
-  rg.G = G;
-  rg.tg = threadIdx.x;
-  rg.first = blockIdx.y;
-  rg.step = gridDim.y;
+  const RowGroup rg = cluster_row_group();
   const int64_t GV = int64_t(G) * V, L = GV * K, t0 = int64_t(c) * GV + int64_t(rg.tg) * V;
   const bool cached = n <= U * L;
 

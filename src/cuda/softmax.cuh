@@ -101,6 +101,17 @@ __device__ __forceinline__ RowStats row_softmax_stats(const Tx* xr, int64_t stri
   return finish_row_stats<V>(m, s, smem);
 }
 
+// A CTA of a row's cluster as a row group of all its threads; the rows go along grid y.
+__device__ __forceinline__ RowGroup cluster_row_group() {
+  RowGroup rg;
+  rg.W = int(blockDim.x) >> 5;
+  rg.G = int(blockDim.x);
+  rg.tg = threadIdx.x;
+  rg.first = blockIdx.y;
+  rg.step = gridDim.y;
+  return rg;
+}
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // The statistics of a row held by a cluster of K CTAs of G = rg.G threads each, one plan thread a thread:
 // thread tg of CTA c is plan thread c G + tg (the CTA index is the top bits of the plan thread). m and
