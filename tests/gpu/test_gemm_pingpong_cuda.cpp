@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "gpu/gpu_env.h"
+#include "gpu/test_util.h"
 
 #if BIK_WITH_CUDA
 #include <cuda_runtime.h>
@@ -56,29 +57,8 @@ GemmArgs make_args(const TensorView& out, const TensorView& a, const TensorView&
   return g;
 }
 
-bool is_sm90() { return cuda_device_props(0).arch() == 90; }
-
-// Sets (or, with nullptr, clears) an environment variable for one scope and restores it after.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    set(value);
-  }
-  ~ScopedEnv() { set(old_ ? old_->c_str() : nullptr); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  void set(const char* v) {
-    if (v)
-      setenv(name_.c_str(), v, 1);
-    else
-      unsetenv(name_.c_str());
-  }
-  std::string name_;
-  std::optional<std::string> old_;
-};
+using test::is_sm90;
+using test::ScopedEnv;
 
 // Waits for everything queued on the default stream (where these tests launch) with a deadline instead of
 // blocking: the GEMMs here take milliseconds, so a minute means a deadlocked turn protocol. Call it right

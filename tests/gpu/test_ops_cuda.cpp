@@ -18,6 +18,7 @@
 #include "bik/sampling.h"
 #include "bik/tensor.h"
 #include "gpu_env.h"
+#include "test_util.h"
 #if BIK_WITH_CUDA
 #include "cuda/reduce_variants.h"
 #endif
@@ -70,23 +71,8 @@ std::vector<double> gen_row(const Buf& b, uint64_t key) {
   return v;
 }
 
-void put(uint8_t* p, DType t, double v) {
-  switch (t) {
-    case DType::F32: { float f = float(v); std::memcpy(p, &f, 4); break; }
-    case DType::F16: { f16 h = to_f16(float(v)); std::memcpy(p, &h, 2); break; }
-    case DType::BF16: { bf16 h = to_bf16(float(v)); std::memcpy(p, &h, 2); break; }
-    case DType::I32: { int32_t i = int32_t(v); std::memcpy(p, &i, 4); break; }
-  }
-}
-double get(const uint8_t* p, DType t) {
-  switch (t) {
-    case DType::F32: { float f; std::memcpy(&f, p, 4); return f; }
-    case DType::F16: { f16 h; std::memcpy(&h, p, 2); return to_float(h); }
-    case DType::BF16: { bf16 h; std::memcpy(&h, p, 2); return to_float(h); }
-    case DType::I32: { int32_t i; std::memcpy(&i, p, 4); return i; }
-  }
-  return 0;
-}
+using test::get;
+using test::put;
 
 struct Batch {
   // per output/inout buffer: each row's bytes

@@ -21,6 +21,7 @@
 #include "bik/ops.h"
 #include "bik/tensor.h"
 #include "gpu_env.h"
+#include "test_util.h"
 
 namespace bik {
 namespace {
@@ -62,23 +63,8 @@ std::string env_str(const Env& env) {
   return s.empty() ? "(defaults)" : s;
 }
 
-void put(uint8_t* p, DType t, double v) {
-  switch (t) {
-    case DType::F32: { float f = float(v); std::memcpy(p, &f, 4); break; }
-    case DType::F16: { f16 h = to_f16(float(v)); std::memcpy(p, &h, 2); break; }
-    case DType::BF16: { bf16 h = to_bf16(float(v)); std::memcpy(p, &h, 2); break; }
-    case DType::I32: { int32_t i = int32_t(v); std::memcpy(p, &i, 4); break; }
-  }
-}
-double get(const uint8_t* p, DType t) {
-  switch (t) {
-    case DType::F32: { float f; std::memcpy(&f, p, 4); return f; }
-    case DType::F16: { f16 h; std::memcpy(&h, p, 2); return to_float(h); }
-    case DType::BF16: { bf16 h; std::memcpy(&h, p, 2); return to_float(h); }
-    case DType::I32: { int32_t i; std::memcpy(&i, p, 4); return i; }
-  }
-  return 0;
-}
+using test::get;
+using test::put;
 
 // A host [rows, n] tensor whose values come from a hash of (seed, index), about N(0, scale^2)-sized and
 // rounded to the dtype: cheap for the hundred-megabyte benchmark shapes.
