@@ -320,8 +320,7 @@ GroupShape reduce_flat_shape(int plan_threads) {
 // and the steps pair m with m + w', w' = M/2 .. 1: the same shape again. A CTA takes one class of a
 // tile of columns; its thread (tx, g) keeps the NL lanes m = g + m2 kColTy (m2 < NL), folds them in
 // registers (steps w' >= kColTy), and the kColTy threads of a column fold in shared memory (w' < kColTy).
-// With C > 1 the class values go to a [C, cols] buffer, folded by the last class CTA of each tile to finish
-// (cols_last_fold) or by a second kernel.
+// With C > 1 the class values go to a [C, cols] buffer and a second kernel folds them.
 //
 // So C, the tile, the threads and NL only say where each step of the plan runs, never which step it is:
 // they may follow the number of columns and the GPU freely. A warp reads two reduced indices of 256
@@ -417,71 +416,13 @@ __device__ __forceinline__ void cols_store(const float (&part0)[kTile], float* p
   }
 }
 
-// ---- the last of a tile's classes folds it (no second kernel) -----------------------------------------------
-// With `arrivals` (one int a tile, zero on entry) every class CTA of a tile writes its class values to the
-// partials as for reduce_cols_fold_kernel, then counts its arrival; the CTA that arrives last (the C-th)
-// reads the tile's C class values back and runs the fold kernel's steps on them, then zeroes the counter.
-// Nothing waits on another CTA, so no CTA can stall one that has not started.
-//
-// The same bits as the fold kernel, column by column: (1) the values. A CTA's threads write its partials,
-// fence (__threadfence: the writes are visible device-wide before anything the thread does after it) and
-// meet at a barrier before thread 0 counts the arrival, so a count of C - 1 seen by the last CTA comes after
-// all C CTAs' partials were written and made visible; the last CTA fences again and reads them through
-// L2 (__ldcg, never a stale L1 line). So s[c] = partial[c][col] for every class c, exactly the values the
-// fold kernel loads (0 for a column past `cols`, which neither writes). (2) the steps. The same
-// s[c] = __fadd_rn(s[c], s[c + w]) for c < w, w = C/2 .. 1 in that order, each column alone (the columns
-// of a tile go through shared memory `group` at a time, which decides only which columns share a pass,
-// never which values a column's step adds); __fadd_rn is correctly rounded, so by induction over the steps
-// every intermediate value, and s[0], equal the fold kernel's. (3) the end: the same __fdiv_rn by float(n)
-// for a mean and the same from_f32<To>. Which CTA arrives last changes from run to run; it decides only
-// where the fold runs, never its inputs or steps (OpsCudaSmall.SumColumnsKnobsKeepBits, BIK_COLS_LAST_FOLD).
-template <class To, int kTile>
-__device__ __forceinline__ void cols_last_fold(float (&part)[kColTy][kTile], const float* partial, int* arrivals,
-                                               To* out, const DimIndex& out_idx, int64_t cols, int64_t n, int C,
-                                               int64_t tile, bool mean) {
-  __shared__ int is_last;
-  __threadfence();  // this thread's partials are visible to every CTA before the arrival below
-  __syncthreads();  // every thread's partials and fence; cols_store's reads of part[0] are done
-  if (threadIdx.x == 0) is_last = atomicAdd(&arrivals[tile], 1) == C - 1;
-  __syncthreads();
-  if (!is_last) return;  // the same for the whole CTA
-  __threadfence();  // the other classes' partials, visible before their arrivals, are read after this
-
-  // part[][] as C rows of `group` columns: the whole tile for C <= kColTy, else kColTy kTile / C columns a
-  // pass (C and kTile powers of two, C <= kColMaxC: at least kTile / 16 columns).
-  constexpr int kSmem = kColTy * kTile;
-  float* s = &part[0][0];
-  int group = kTile;
-  while (group * C > kSmem) group /= 2;
-  for (int g0 = 0; g0 < kTile; g0 += group) {
-    const int64_t col0 = tile * kTile + g0;
-    for (int idx = threadIdx.x; idx < C * group; idx += blockDim.x) {
-      const int c = idx / group, l = idx % group;
-      s[idx] = col0 + l < cols ? __ldcg(partial + int64_t(c) * cols + col0 + l) : 0.0f;
-    }
-    for (int w = C / 2; w >= 1; w /= 2) {
-      __syncthreads();
-      for (int idx = threadIdx.x; idx < w * group; idx += blockDim.x) s[idx] = __fadd_rn(s[idx], s[idx + w * group]);
-    }
-    __syncthreads();
-    if (int(threadIdx.x) < group && col0 + threadIdx.x < cols) {
-      float total = s[threadIdx.x];
-      if (mean) total = __fdiv_rn(total, float(n));
-      out[out_idx.offset(col0 + threadIdx.x)] = from_f32<To>(total);
-    }
-    __syncthreads();  // s[] is the next pass's
-  }
-  if (threadIdx.x == 0) arrivals[tile] = 0;  // ready for another use of the same counters
-}
-
 // W: the tile's width in chunks a thread (kColTx V W columns a CTA). classes_fast: the grid is [C, tiles]
 // instead of [tiles, C], so that CTAs launched together take one tile's classes (neighbouring reduced
-// indices over a narrow band of columns) rather than one class's tiles (whole rows). arrivals (C > 1): the
-// last class CTA of a tile folds it (cols_last_fold); nullptr leaves the partials to reduce_cols_fold_kernel.
+// indices over a narrow band of columns) rather than one class's tiles (whole rows).
 template <class Tx, class To, int NL, int W>
 __global__ void __launch_bounds__(kColTx * kColTy, 2)  // two CTAs an SM: 16 warps with 8 loads each in flight
-    reduce_cols_kernel(float* partial, int* arrivals, To* out, DimIndex out_idx, const Tx* x, int64_t stride,
-                       int64_t cols, int64_t n, int64_t L, bool vec, bool mean, bool classes_fast) {
+    reduce_cols_kernel(float* partial, To* out, DimIndex out_idx, const Tx* x, int64_t stride, int64_t cols, int64_t n,
+                       int64_t L, bool vec, bool mean, bool classes_fast) {
   constexpr int V = 16 / sizeof(Tx);
   constexpr int kTile = kColTx * V * W;  // columns a CTA
   constexpr int kChunkCols = kColTx * V;  // columns between a thread's chunks
@@ -527,8 +468,6 @@ __global__ void __launch_bounds__(kColTx * kColTy, 2)  // two CTAs an SM: 16 war
   }
   cols_fold_lanes<NL, W, V>(acc, part, tx, g);
   cols_store<To, kTile>(part[0], partial, out, out_idx, cols, n, C, c, tile, mean);
-  if (C > 1 && arrivals != nullptr)
-    cols_last_fold<To, kTile>(part, partial, arrivals, out, out_idx, cols, n, int(C), tile, mean);
 }
 
 // ---- the column kernel with its loads staged in shared memory (an A/B variant) ------------------------------
@@ -818,11 +757,6 @@ void allow_cluster_16(const void* kernel, int device) {
 //   BIK_COLS_ORDER (0, 1; default 0): 1 launches reduce_cols_kernel on a [C, tiles] grid, so CTAs started
 //     together take one tile's classes (neighbouring reduced indices, a narrow band of columns) instead
 //     of one class's tiles (whole rows, every C-th reduced index).
-//   BIK_COLS_LAST_FOLD (0, 1; default 1): reduce_cols_kernel with C > 1: the last class CTA to finish a
-//     tile folds it (cols_last_fold): no second kernel. 0 keeps reduce_cols_fold_kernel. The arrival
-//     counters (one int a tile) share the partials' cudaMallocAsync and are zeroed by one cudaMemsetAsync
-//     on the call's stream: per-call memory, so reductions on two streams, or graph replays of one, never
-//     count each other's arrivals (a persistent buffer would be shared by them).
 template <class Tx, class To>
 void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride, int64_t cols, int64_t n, Stream s) {
   constexpr int V = 16 / sizeof(Tx);
@@ -877,29 +811,15 @@ void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride
   if (passes == 0) {
     const bool classes_fast = cols_knob("BIK_COLS_ORDER", 0, 0, 1) == 1 && tiles <= 65535;
     const dim3 cols_grid = classes_fast ? dim3{unsigned(C), unsigned(tiles), 1u} : grid;
-    const bool last_fold = C > 1 && cols_knob("BIK_COLS_LAST_FOLD", 1, 0, 1) == 1;
     auto launch = [&](auto wc) {
       constexpr int W = decltype(wc)::value;
       dispatch_ng<kColMaxNl / W>(nl, [&](auto ng) {
         constexpr int NL = decltype(ng)::value;
-        auto go = [&](float* partial, int* arrivals) {
+        with_partials([&](float* partial) {
           reduce_cols_kernel<Tx, To, NL, W><<<cols_grid, kThreads, 0, st>>>(
-              partial, arrivals, a.out.ptr<To>(), out_idx, x, stride, cols, n, L, vec, a.mean, classes_fast);
+              partial, a.out.ptr<To>(), out_idx, x, stride, cols, n, L, vec, a.mean, classes_fast);
           BIK_CUDA_LAUNCH_CHECK();
-        };
-        if (!last_fold) {
-          with_partials([&](float* partial) { go(partial, nullptr); });
-          return;
-        }
-        // One allocation: the counters, padded to 256 bytes so the partials keep the allocation's alignment,
-        // then the partials [C, cols].
-        const size_t counter_bytes = (size_t(tiles) * sizeof(int) + 255) / 256 * 256;
-        void* buf = nullptr;
-        BIK_CUDA_CHECK(cudaMallocAsync(&buf, counter_bytes + size_t(C * cols) * sizeof(float), st));
-        int* arrivals = static_cast<int*>(buf);
-        BIK_CUDA_CHECK(cudaMemsetAsync(arrivals, 0, size_t(tiles) * sizeof(int), st));
-        go(reinterpret_cast<float*>(static_cast<char*>(buf) + counter_bytes), arrivals);
-        BIK_CUDA_CHECK(cudaFreeAsync(buf, st));
+        });
       });
     };
     if (wide == 4)

@@ -2,7 +2,7 @@
 // switch next to the default so that one device run can time both:
 //   softmax       BIK_SOFTMAX_CLUSTER2  rows of the largest plan on a cluster of two 512-thread CTAs
 //   sum over dim0 BIK_COLS_NL, BIK_COLS_CTAS_PER_SM, BIK_COLS_STAGE, BIK_COLS_CLUSTER, BIK_COLS_WIDE,
-//                 BIK_COLS_ORDER, BIK_COLS_LAST_FOLD (the column kernels)
+//                 BIK_COLS_ORDER (the column kernels)
 //   silu_and_mul  BIK_SILU_SMALL, BIK_SILU_SMALL_THREADS  one chunk a thread on small CTAs
 // Every variant must give the default's bytes (memcmp) on the benchmark shapes, odd sizes and strided or
 // misaligned layouts; the new softmax path must keep a row's bits alone and among 64 or 100 neighbours.
@@ -17,7 +17,6 @@
 #include <vector>
 
 #include "bik/device.h"
-#include "bik/graph.h"
 #include "bik/ops.h"
 #include "bik/tensor.h"
 #include "gpu_env.h"
@@ -282,15 +281,6 @@ const Env kColsEnvs[] = {
     {{"BIK_COLS_ORDER", "1"}},
     {{"BIK_COLS_ORDER", "1"}, {"BIK_COLS_WIDE", "4"}},
     {{"BIK_COLS_ORDER", "1"}, {"BIK_COLS_WIDE", "2"}, {"BIK_COLS_NL", "2"}, {"BIK_COLS_CTAS_PER_SM", "64"}},
-    // The last class CTA of a tile folds it (the default) or reduce_cols_fold_kernel does (0): both against
-    // the default, with up to 256 classes (NL = 1: the fold in passes of a few columns), wide tiles and the
-    // class-major grid.
-    {{"BIK_COLS_LAST_FOLD", "0"}},
-    {{"BIK_COLS_LAST_FOLD", "1"}},
-    {{"BIK_COLS_LAST_FOLD", "0"}, {"BIK_COLS_NL", "1"}},
-    {{"BIK_COLS_LAST_FOLD", "1"}, {"BIK_COLS_NL", "1"}, {"BIK_COLS_CTAS_PER_SM", "64"}},
-    {{"BIK_COLS_LAST_FOLD", "0"}, {"BIK_COLS_WIDE", "4"}, {"BIK_COLS_ORDER", "1"}},
-    {{"BIK_COLS_LAST_FOLD", "1"}, {"BIK_COLS_WIDE", "2"}, {"BIK_COLS_ORDER", "1"}, {"BIK_COLS_NL", "2"}},
     {{"BIK_REDUCE_COLUMNS", "0"}},  // one CTA per output: the row kernels' lanes and tree
 };
 
@@ -378,66 +368,6 @@ TEST(OpsCudaSmall, SumColumnsKnobsKeepBits) {
   EXPECT_FALSE(run_cols(b.view, DType::F32, false, {{"BIK_COLS_WIDE", "4"}, {"BIK_COLS_ORDER", "1"}}) ==
                run_cols(a.view, DType::F32, false, {}))
       << "the comparison missed a changed input (BIK_COLS_WIDE=4, BIK_COLS_ORDER=1)";
-  // The same through each fold: the last class CTA of a tile, and the fold kernel.
-  const std::pair<const char*, const char*> folds[] = {{"1", "0"}, {"0", "1"}};
-  for (const auto& [changed, original] : folds)
-    EXPECT_FALSE(run_cols(b.view, DType::F32, false, {{"BIK_COLS_LAST_FOLD", changed}}) ==
-                 run_cols(a.view, DType::F32, false, {{"BIK_COLS_LAST_FOLD", original}}))
-        << "the comparison missed a changed input (BIK_COLS_LAST_FOLD=" << changed << ")";
-}
-
-// The last-arrival fold's counters are per call: two streams summing different inputs at once, and a
-// recorded graph replayed (each replay a fresh allocation and zeroing) while the other stream sums, give
-// each input's bytes from the default stream alone. bf16 [4096, 4096]: 32 tiles of 32 classes (the fold
-// in two passes of 64 columns), 1024 CTAs a sum, so the two streams' CTAs share the GPU. Control: the two
-// inputs' sums differ, so a crossed counter or partial would show.
-TEST(OpsCudaSmall, SumColumnsLastFoldOnTwoStreams) {
-  BIK_REQUIRE_GPU();
-  const ColsCase c{DType::BF16, 4096, 4096, 0, 0};
-  const ColsInput in_a = cols_input(c, 500), in_b = cols_input(c, 501);
-  const Device dev = Device::cuda(0);
-  for (const char* lf : {"1", "0"}) {
-    const Env env{{"BIK_COLS_LAST_FOLD", lf}};
-    const std::vector<uint8_t> ref_a = run_cols(in_a.view, DType::F32, false, env);
-    const std::vector<uint8_t> ref_b = run_cols(in_b.view, DType::F32, false, env);
-    ASSERT_FALSE(ref_a == ref_b) << "the two inputs must sum differently";
-    ScopedEnv scoped(env);
-    CudaStream s1(dev), s2(dev);
-    constexpr int kRounds = 8;
-    std::vector<Tensor> out_a, out_b;
-    for (int r = 0; r < kRounds; ++r) {
-      out_a.push_back(Tensor::empty({c.cols}, DType::F32, dev));
-      out_b.push_back(Tensor::empty({c.cols}, DType::F32, dev));
-      fill_bytes(out_a.back(), 0xFF);
-      fill_bytes(out_b.back(), 0xFF);
-    }
-    synchronize(dev);
-    for (int r = 0; r < kRounds; ++r) {
-      sum(out_a[size_t(r)], in_a.view, {0}, false, s1.stream());
-      sum(out_b[size_t(r)], in_b.view, {0}, false, s2.stream());
-    }
-    synchronize(dev);
-    for (int r = 0; r < kRounds; ++r) {
-      EXPECT_TRUE(bytes_of(out_a[size_t(r)]) == ref_a) << "stream 1, round " << r << ", LAST_FOLD=" << lf;
-      EXPECT_TRUE(bytes_of(out_b[size_t(r)]) == ref_b) << "stream 2, round " << r << ", LAST_FOLD=" << lf;
-    }
-    // A recorded sum of A on stream 1, replayed while stream 2 sums B.
-    Tensor out_g = Tensor::empty({c.cols}, DType::F32, dev);
-    CudaGraph graph;
-    graph.begin_capture(s1.stream());
-    sum(out_g, in_a.view, {0}, false, s1.stream());
-    graph.end_capture(s1.stream());
-    for (int r = 0; r < 3; ++r) {
-      fill_bytes(out_g, 0xFF);
-      fill_bytes(out_b[0], 0xFF);
-      synchronize(dev);
-      graph.launch(s1.stream());
-      sum(out_b[0], in_b.view, {0}, false, s2.stream());
-      synchronize(dev);
-      EXPECT_TRUE(bytes_of(out_g) == ref_a) << "graph replay " << r << ", LAST_FOLD=" << lf;
-      EXPECT_TRUE(bytes_of(out_b[0]) == ref_b) << "beside graph replay " << r << ", LAST_FOLD=" << lf;
-    }
-  }
 }
 
 // ---- silu_and_mul on small CTAs -----------------------------------------------------------------------------
