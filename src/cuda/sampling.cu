@@ -1071,6 +1071,35 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
 constexpr int kMaxTopN = 1024;
 static_assert(kMaxTopN <= kStreamMaxK, "the streaming buffer holds the top n");
 
+// A row's outputs from its statistics and (top_n > 0) the row's top_n keys in buf[0, top_n) in any
+// order: the chosen token's logprob (thread 0; a token outside the vocabulary sets *bad), and the top
+// ids and values, each key's rank the number of larger keys (keys are distinct).
+template <class T>
+__device__ void logprobs_outputs(const RowStats& st, const uint64_t* buf, unsigned cnt, const T* xr, int64_t ls1,
+                                 int64_t n, int64_t r, float* chosen, int64_t chosen_stride, int32_t* top_ids,
+                                 int64_t ids0, int64_t ids1, float* top_vals, int64_t vals0, int64_t vals1,
+                                 const int32_t* tokens, int64_t tok_stride, int* bad) {
+  const float log_sum = logf(st.sum);
+  auto lp = [&](float x) { return __fsub_rn(__fsub_rn(x, st.max), log_sum); };
+  if (threadIdx.x == 0) {
+    const int32_t tk = tokens[r * tok_stride];
+    if (tk >= 0 && tk < n) {
+      chosen[r * chosen_stride] = lp(to_f32(xr[tk * ls1]));
+    } else {
+      chosen[r * chosen_stride] = NAN;
+      atomicMin(bad, int(r));
+    }
+  }
+  for (unsigned c = threadIdx.x; c < cnt; c += blockDim.x) {
+    const uint64_t key = buf[c];
+    int rank = 0;
+    for (unsigned j = 0; j < cnt; ++j) rank += buf[j] > key;
+    const int64_t i = key_index(key);
+    top_ids[r * ids0 + rank * ids1] = int32_t(i);
+    top_vals[r * vals0 + rank * vals1] = lp(to_f32(xr[i * ls1]));
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(kMaxRowThreads)
     logprobs_kernel(float* chosen, int64_t chosen_stride, int32_t* top_ids, int64_t ids0, int64_t ids1,
@@ -1086,19 +1115,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     const bool vec = ls1 == 1 && aligned16_dev(xr);
     const float unused[kCachedChunks][V] = {};
     const RowStats st = row_softmax_stats<V>(xr, ls1, n, vec, false, unused, smem);
-    const float log_sum = logf(st.sum);
-    auto lp = [&](float x) { return __fsub_rn(__fsub_rn(x, st.max), log_sum); };
-
-    if (threadIdx.x == 0) {
-      const int32_t tk = tokens[r * tok_stride];
-      if (tk >= 0 && tk < n) {
-        chosen[r * chosen_stride] = lp(to_f32(xr[tk * ls1]));
-      } else {
-        chosen[r * chosen_stride] = NAN;
-        atomicMin(bad, int(r));
-      }
+    if (top_n == 0) {
+      logprobs_outputs<T>(st, cand, 0, xr, ls1, n, r, chosen, chosen_stride, top_ids, ids0, ids1, top_vals, vals0,
+                          vals1, tokens, tok_stride, bad);
+      continue;
     }
-    if (top_n == 0) continue;
 
     auto visit = [&](auto&& f) {
       for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
@@ -1122,17 +1143,10 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       }
     });
     __syncthreads();
-    // Keys are distinct, so a candidate's rank is the number of larger keys: independent of the order
-    // in which the candidates were gathered.
-    const int m = int(ncand < unsigned(top_n) ? ncand : unsigned(top_n));
-    for (int c = threadIdx.x; c < m; c += blockDim.x) {
-      const uint64_t key = cand[c];
-      int rank = 0;
-      for (int j = 0; j < m; ++j) rank += cand[j] > key;
-      const int64_t i = key_index(key);
-      top_ids[r * ids0 + rank * ids1] = int32_t(i);
-      top_vals[r * vals0 + rank * vals1] = lp(to_f32(xr[i * ls1]));
-    }
+    // Keys are distinct, so the ranks do not depend on the order in which the candidates were gathered.
+    const unsigned m = ncand < unsigned(top_n) ? ncand : unsigned(top_n);
+    logprobs_outputs<T>(st, cand, m, xr, ls1, n, r, chosen, chosen_stride, top_ids, ids0, ids1, top_vals, vals0, vals1,
+                        tokens, tok_stride, bad);
     __syncthreads();  // cand and ncand are reused by the next row
   }
 }
@@ -1163,35 +1177,6 @@ struct LogprobsTile {
         [](float xv, float xlo) { return xv < xlo; });
   }
 };
-
-// A row's outputs from its statistics and (top_n > 0) the row's top_n keys in buf[0, top_n) in any
-// order: the chosen token's logprob (thread 0; a token outside the vocabulary sets *bad), and the top
-// ids and values, each key's rank the number of larger keys (keys are distinct).
-template <class T>
-__device__ void logprobs_outputs(const RowStats& st, const uint64_t* buf, unsigned cnt, const T* xr, int64_t ls1,
-                                 int64_t n, int64_t r, float* chosen, int64_t chosen_stride, int32_t* top_ids,
-                                 int64_t ids0, int64_t ids1, float* top_vals, int64_t vals0, int64_t vals1,
-                                 const int32_t* tokens, int64_t tok_stride, int* bad) {
-  const float log_sum = logf(st.sum);
-  auto lp = [&](float x) { return __fsub_rn(__fsub_rn(x, st.max), log_sum); };
-  if (threadIdx.x == 0) {
-    const int32_t tk = tokens[r * tok_stride];
-    if (tk >= 0 && tk < n) {
-      chosen[r * chosen_stride] = lp(to_f32(xr[tk * ls1]));
-    } else {
-      chosen[r * chosen_stride] = NAN;
-      atomicMin(bad, int(r));
-    }
-  }
-  for (unsigned c = threadIdx.x; c < cnt; c += blockDim.x) {
-    const uint64_t key = buf[c];
-    int rank = 0;
-    for (unsigned j = 0; j < cnt; ++j) rank += buf[j] > key;
-    const int64_t i = key_index(key);
-    top_ids[r * ids0 + rank * ids1] = int32_t(i);
-    top_vals[r * vals0 + rank * vals1] = lp(to_f32(xr[i * ls1]));
-  }
-}
 
 // One read of the row for the statistics (this CTA is the plan: blockDim.x plan threads taking their
 // chunks in the plan's order, as row_softmax_stats does) and for the top n (a streaming buffer of

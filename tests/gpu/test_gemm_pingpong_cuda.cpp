@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "gpu/gpu_env.h"
+#include "gpu/gemm_test_util.h"
 #include "gpu/test_util.h"
 
 #if BIK_WITH_CUDA
@@ -35,27 +36,10 @@ using namespace bik;
 
 namespace {
 
-Device gpu() { return Device::cuda(0); }
-Tensor dev(const Shape& s, DType t) { return Tensor::empty(s, t, gpu()); }
-Tensor dev_filled(const Shape& s, DType t, uint64_t seed) {
-  Tensor x = dev(s, t);
-  cuda::gemm_fill_uniform(x, seed);
-  return x;
-}
-
-GemmArgs make_args(const TensorView& out, const TensorView& a, const TensorView& w,
-                   const std::optional<TensorView>& bias) {
-  GemmArgs g;
-  g.a = as3d(a);
-  g.w = as3d(w);
-  g.out = as3d(out);
-  g.bias = bias;
-  g.batch = g.a.shape[0];
-  g.m = g.a.shape[1];
-  g.k = g.a.shape[2];
-  g.n = g.w.shape[1];
-  return g;
-}
+using test::dev;
+using test::dev_filled;
+using test::gpu;
+using test::make_args;
 
 using test::is_sm90;
 using test::ScopedEnv;

@@ -755,23 +755,9 @@ TEST(OpsCuda, SoftmaxResidentMatchesOtherKernels) {
        {DType::BF16, DType::F32, 200, 32000, true}});
 }
 
-// A [rows, n] tensor on the GPU whose values come from a hash of (seed, index): no host copy as doubles, so
-// batches of thousands of long rows stay cheap. Values: about N(0, scale^2)-sized, rounded to the dtype.
+// A [rows, n] tensor on the GPU whose values come from a hash of (seed, index) (test::hashed_host).
 Tensor hashed_tensor(int64_t rows, int64_t n, DType t, double scale, uint64_t seed) {
-  Tensor h = Tensor::empty({rows, n}, t);
-  const int64_t es = dtype_size(t);
-  uint8_t* p = static_cast<uint8_t*>(h.data());
-  for (int64_t i = 0; i < rows * n; ++i) {
-    uint64_t z = seed * 0x9E3779B97F4A7C15ull + uint64_t(i) + 1;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    // Sum of four uniforms in [-0.5, 0.5): mean 0, variance 1/3.
-    double u = 0;
-    for (int k = 0; k < 4; ++k) u += double((z >> (16 * k)) & 0xFFFF) / 65536.0 - 0.5;
-    put(p + i * es, t, u * scale * 1.7320508);
-  }
-  return h.to(Device::cuda(0));
+  return test::hashed_host(rows, n, t, scale, seed).to(Device::cuda(0));
 }
 
 // Copy of a GPU tensor with element `at` (flat index) raised by 1: the negative controls' input.

@@ -9,6 +9,7 @@
 
 #include "bik/device.h"
 #include "bik/dtype.h"
+#include "bik/tensor.h"
 
 namespace bik::test {
 
@@ -52,6 +53,24 @@ inline double get(const uint8_t* p, DType t) {
     case DType::I32: { int32_t i; std::memcpy(&i, p, 4); return i; }
   }
   return 0;
+}
+
+// A host [rows, n] tensor whose values come from a hash of (seed, index), about N(0, scale^2)-sized and
+// rounded to the dtype: cheap for the hundred-megabyte benchmark shapes (no host copy as doubles).
+inline Tensor hashed_host(int64_t rows, int64_t n, DType t, double scale, uint64_t seed) {
+  Tensor h = Tensor::empty({rows, n}, t);
+  const int64_t es = dtype_size(t);
+  uint8_t* p = static_cast<uint8_t*>(h.data());
+  for (int64_t i = 0; i < rows * n; ++i) {
+    uint64_t z = seed * 0x9E3779B97F4A7C15ull + uint64_t(i) + 1;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    double u = 0;  // sum of four uniforms in [-0.5, 0.5): mean 0, variance 1/3
+    for (int k = 0; k < 4; ++k) u += double((z >> (16 * k)) & 0xFFFF) / 65536.0 - 0.5;
+    put(p + i * es, t, u * scale * 1.7320508);
+  }
+  return h;
 }
 
 }  // namespace bik::test
