@@ -610,6 +610,26 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// The same steps w = C/2 .. 1 for C <= 16 classes, one column a thread in registers: each thread loads its
+// column's C values at once (coalesced across the threads) and folds them with the very additions of
+// reduce_cols_fold_kernel, in the same order, with no shared memory and no barrier.
+template <class To, int C>
+__global__ void __launch_bounds__(256)
+    reduce_cols_fold_reg_kernel(To* out, DimIndex out_idx, const float* partial, int64_t cols, int64_t n, bool mean) {
+  const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= cols) return;
+  float v[C];
+#pragma unroll
+  for (int c = 0; c < C; ++c) v[c] = partial[c * cols + col];
+#pragma unroll
+  for (int w = C / 2; w >= 1; w /= 2)
+#pragma unroll
+    for (int c = 0; c < w; ++c) v[c] = __fadd_rn(v[c], v[c + w]);
+  float total = v[0];
+  if (mean) total = __fdiv_rn(total, float(n));
+  out[out_idx.offset(col)] = from_f32<To>(total);
+}
+
 // ---- argmax -----------------------------------------------------------------------------------------
 // The winner under rows.cuh's strict total order (`beats`) is the same whatever the grouping, so a row
 // may be cut into pieces at any boundaries: few rows are spread over many CTAs (a piece each, the
@@ -802,8 +822,20 @@ void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride
       BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial), size_t(C * cols) * sizeof(float), st));
     go(partial);
     if (C > 1) {
-      reduce_cols_fold_kernel<To><<<grid_for((cols + kColFoldCols - 1) / kColFoldCols), 256, 0, st>>>(
-          a.out.ptr<To>(), out_idx, partial, cols, int(C), n, a.mean);
+      // Up to 16 classes: a column a thread in registers (BIK_COLS_FOLD_REG=0: the shared-memory fold).
+      auto fold_reg = [&](auto kc) {
+        constexpr int K = decltype(kc)::value;
+        reduce_cols_fold_reg_kernel<To, K><<<grid_for((cols + 255) / 256), 256, 0, st>>>(a.out.ptr<To>(), out_idx,
+                                                                                         partial, cols, n, a.mean);
+      };
+      const bool reg = env_switch_on("BIK_COLS_FOLD_REG");
+      if (reg && C == 2) fold_reg(std::integral_constant<int, 2>{});
+      else if (reg && C == 4) fold_reg(std::integral_constant<int, 4>{});
+      else if (reg && C == 8) fold_reg(std::integral_constant<int, 8>{});
+      else if (reg && C == 16) fold_reg(std::integral_constant<int, 16>{});
+      else
+        reduce_cols_fold_kernel<To><<<grid_for((cols + kColFoldCols - 1) / kColFoldCols), 256, 0, st>>>(
+            a.out.ptr<To>(), out_idx, partial, cols, int(C), n, a.mean);
       BIK_CUDA_LAUNCH_CHECK();
       BIK_CUDA_CHECK(cudaFreeAsync(partial, st));
     }

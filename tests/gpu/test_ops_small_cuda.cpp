@@ -265,6 +265,8 @@ const Env kColsEnvs[] = {
     {{"BIK_COLS_ORDER", "1"}},
     {{"BIK_COLS_ORDER", "1"}, {"BIK_COLS_WIDE", "4"}},
     {{"BIK_COLS_ORDER", "1"}, {"BIK_COLS_WIDE", "2"}, {"BIK_COLS_NL", "2"}, {"BIK_COLS_CTAS_PER_SM", "64"}},
+    {{"BIK_COLS_FOLD_REG", "0"}},   // the shared-memory fold of the classes
+    {{"BIK_COLS_FOLD_REG", "0"}, {"BIK_COLS_NL", "4"}},
     {{"BIK_REDUCE_COLUMNS", "0"}},  // one CTA per output: the row kernels' lanes and tree
 };
 
