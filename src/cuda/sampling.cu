@@ -1,5 +1,11 @@
-// Sampling (temperature, top-k, top-p, min-p, Gumbel-max with Philox) and logprobs on CUDA: one row
-// per CTA, following the definition of src/cpu/sampling.cpp.
+// Sampling (temperature, top-k, top-p, min-p, Gumbel-max with Philox) and logprobs on CUDA, following
+// the definition of src/cpu/sampling.cpp. Three shapes of kernel, one definition:
+//   - streaming (sample_stream_kernel, logprobs_stream_kernel, logprobs_cluster_kernel): the row is read
+//     once; a CTA keeps the k largest keys it has seen in shared memory (StreamBuffer) and everything
+//     after the top-k / top-n cut happens inside them; a row may be split over a cluster of CTAs;
+//   - sample_cluster_kernel: a cluster of 8 CTAs holds the row in shared memory and selects by digits;
+//   - sample_kernel / logprobs_kernel: one CTA a row, reading the row once per pass.
+// The host takes the streaming kernels whenever every row of the batch fits them.
 //
 // Nothing here sums floats in an order that could vary. Maxima and "best score" reductions are exact
 // (a strict total order on (value, index)). Top-k and top-p find their cut by a radix select over a
