@@ -1170,11 +1170,14 @@ struct LogprobsTile {
 #pragma unroll
     for (int u = 0; u < U; ++u) {  // the statistics, chunk by chunk in the plan's order
       const int64_t i0 = b0 + u * L;
-      if (i0 >= n) continue;
-      float c[V];
+      if (i0 + V <= n) {  // a whole chunk: no element past the row end
+        absorb_chunk<V>(m, s, x[u]);
+      } else if (i0 < n) {
+        float c[V];
 #pragma unroll
-      for (int k = 0; k < V; ++k) c[k] = i0 + k < n ? x[u][k] : -INFINITY;
-      absorb_chunk<V>(m, s, c);
+        for (int k = 0; k < V; ++k) c[k] = i0 + k < n ? x[u][k] : -INFINITY;
+        absorb_chunk<V>(m, s, c);
+      }
     }
     if (top_n == 0) return;
     // An element whose logit is below floor() is below thr (NaN is not).
