@@ -925,58 +925,16 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         ++t;
         if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
       }
-    } else if constexpr (kSchedule == WsSchedule::kOverlap) {
+    } else {
       // Variant 4: S(t + 1) is issued right behind P V(t), so the tensor cores run both back to back
       // and the softmax of tile t + 1 starts once both are done. Per row the order of operations is
       // variant 1's: S(t + 1) reads only Q and K(t + 1); everything else happens in the same sequence.
       // After the last tile the product is still issued (on Q as its own B operand) and dropped: with a
       // conditional issue ptxas can no longer tell which wgmmas are in flight and serialises them all.
-      mbar_wait(full(s), phase);
-      fence_proxy_async();
-      zero_scores(sc);
-      qk_issue<T, D>(sc, sq, sk(s));
-      wgmma_commit();
-      wgmma_wait<0>();
-      pin(sc);
-      for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
-        const bool split_start = kb % L == 0;
-        const bool split_end = (kb + kBK) % L == 0 || kb == w.kb_last;
-        if (split_start) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
-#pragma unroll
-          for (int i = 0; i < kO; ++i) o[i] = 0.f;
-        }
-        float alpha[2];
-        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
-        rescale_o(o, alpha);
-        pack_p<T>(pa, sc);
-        pv_issue<T, D>(o, pa, sv(s));
-        wgmma_commit();
-        const bool more = kb < w.kb_last;
-        const int s_next = s + 1 == S ? 0 : s + 1;
-        const int phase_next = s + 1 == S ? phase ^ 1 : phase;
-        if (more) {
-          mbar_wait(full(s_next), phase_next);
-          fence_proxy_async();
-        }
-        zero_scores(sc);
-        qk_issue<T, D>(sc, sq, more ? sk(s_next) : sq);
-        wgmma_commit();
-        wgmma_wait<0>();  // P V(t) and S(t + 1)
-        pin(o);
-        pin(sc);
-#pragma unroll
-        for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t) stays in its registers until P V(t) is done
-        if (lane == 0) mbar_arrive(empty(s));
-        s = s_next, phase = phase_next;
-        ++t;
-        if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-      }
-    } else {
-      // Variant 5: variant 4's sequence, each issue inside a turn. Everything a turn's products need
-      // (the ring tile, P, the rescaled O, the zeroed scores) is ready before the turn is taken, so
-      // the partner waits on this consumer only for the issue itself.
+      // Variant 5: the same sequence, each issue inside a turn (turn_begin / turn_end, no-ops for
+      // variant 4), P V(t) moved into turn t + 1 next to S(t + 1). Everything a turn's products need
+      // (the ring tile, P, the rescaled O, the zeroed scores) is ready before the turn is taken, so the
+      // partner waits on this consumer only for the issue itself.
       mbar_wait(full(s), phase);
       fence_proxy_async();
       zero_scores(sc);
@@ -999,6 +957,10 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
         rescale_o(o, alpha);
         pack_p<T>(pa, sc);
+        if constexpr (!kPingPong) {
+          pv_issue<T, D>(o, pa, sv(s));
+          wgmma_commit();
+        }
         const bool more = kb < w.kb_last;
         const int s_next = s + 1 == S ? 0 : s + 1;
         const int phase_next = s + 1 == S ? phase ^ 1 : phase;
@@ -1007,9 +969,11 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           fence_proxy_async();
         }
         zero_scores(sc);  // S(t + 1)'s accumulators (P(t) is in pa)
-        turn_begin();     // turn t + 1: P V(t), S(t + 1)
-        pv_issue<T, D>(o, pa, sv(s));
-        wgmma_commit();
+        turn_begin();     // variant 5's turn t + 1: P V(t), S(t + 1)
+        if constexpr (kPingPong) {
+          pv_issue<T, D>(o, pa, sv(s));
+          wgmma_commit();
+        }
         qk_issue<T, D>(sc, sq, more ? sk(s_next) : sq);
         wgmma_commit();
         turn_end();
