@@ -244,13 +244,7 @@ __global__ void __launch_bounds__(32 * kWarpRowsPerCta, kRingCtasPerSm)
     const unsigned char* buf = bufs + size_t(st) * stage;
     bulk_wait(&bars[st], parity);
     uint4 raw[U][NG];
-#pragma unroll
-    for (int p = 0; p < U; ++p)
-#pragma unroll
-      for (int g = 0; g < NG; ++g) {
-        const int64_t i0 = p * L + g * GV + t0;
-        raw[p][g] = lds16_if(buf + i0 * int64_t(sizeof(Tx)), i0 < n);
-      }
+    lds_row_chunks<U, NG, Tx>(raw, buf, L, GV, t0, n);
     // Every lane has read the stage (and passed this phase's wait): it may take row r + kRingStages step.
     __syncwarp();
     const int64_t next = r + kRingStages * rg.step;

@@ -564,6 +564,19 @@ __device__ __forceinline__ void bulk_copy_row(void* dst, const void* src, uint32
 __device__ __forceinline__ uint4 lds16_if(const void* p, bool pred) {
   return pred ? *reinterpret_cast<const uint4*>(p) : make_uint4(0, 0, 0, 0);
 }
+// A staged row's chunks this thread owns, from shared memory: pass p, lane group g at element
+// p L + g GV + t0 (zeros past the row end n).
+template <int P, int NG, class Tx>
+__device__ __forceinline__ void lds_row_chunks(uint4 (&raw)[P][NG], const unsigned char* buf, int64_t L, int64_t GV,
+                                               int64_t t0, int64_t n) {
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int g = 0; g < NG; ++g) {
+      const int64_t i0 = p * L + g * GV + t0;
+      raw[p][g] = lds16_if(buf + i0 * int64_t(sizeof(Tx)), i0 < n);
+    }
+}
 
 // Launches `kernel` as clusters of `ctas` CTAs along x, one cluster a row (grid y: the rows, at most
 // 65535; the kernels step over further rows). Returns false, with the launch error cleared, when the

@@ -379,13 +379,7 @@ __global__ void __launch_bounds__(kResidentThreads, 1)
     // softmax_resident_kernel (zeros past the row end, never used).
     bulk_wait(bar, parity);
     uint4 raw[P][NG];
-#pragma unroll
-    for (int p = 0; p < P; ++p)
-#pragma unroll
-      for (int g = 0; g < NG; ++g) {
-        const int64_t i0 = p * L + g * GV + t0;
-        raw[p][g] = lds16_if(buf + i0 * int64_t(sizeof(Tx)), i0 < n);
-      }
+    lds_row_chunks<P, NG, Tx>(raw, buf, L, GV, t0, n);
     // Every thread has read the buffer (and passed the wait of this phase): it may take the next row.
     __syncthreads();
     if (rg.tg == 0 && r + rg.step < rows) {
