@@ -267,6 +267,26 @@ __device__ __forceinline__ uint64_t fixed_mass(float z, float zmax) {
   return __double2ull_rn(exp(double(z) - double(zmax)) * 0x1p40);
 }
 
+// The Gumbel score of a scaled logit z whose index drew the random word w: z - log(-log u).
+__device__ __forceinline__ float gumbel_score(float z, uint32_t w) {
+  return __fadd_rn(z, -logf(-logf(philox::to_unit(w))));
+}
+
+// The Gumbel draw over one Philox block, vocabulary indices [4 j, 4 j + 4): the indices with keep[k] take
+// part with scaled logits z[k], and best keeps the winner (beats' order). The block's random words are
+// drawn only when one of them takes part.
+__device__ __forceinline__ void gumbel_block(Best& best, const RowParams& p, int64_t j, const float (&z)[4],
+                                             const bool (&keep)[4]) {
+  if (!(keep[0] || keep[1] || keep[2] || keep[3])) return;
+  const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, j);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (!keep[k]) continue;
+    const float score = gumbel_score(z[k], rnd.v[k]);
+    if (beats(score, 4 * j + k, best.v, best.i)) best = Best{score, 4 * j + k};
+  }
+}
+
 // One row by the whole CTA, straight from memory: every pass (the maximum, each select's digits, the
 // Gumbel draw) reads the row again. Any params, any blockDim.x.
 template <class T>
@@ -338,25 +358,16 @@ __device__ __noinline__ void sample_row_generic(int32_t* out, const T* xr, int64
   for_chunks<V>(xr, ls1, n, vec, [&](int64_t i0, const float (&x)[V]) {
 #pragma unroll
     for (int q = 0; q < V / 4; ++q) {
+      float z[4];
       bool keep[4];
-      bool any = false;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const int64_t i = i0 + 4 * q + k;
-        const float z = zval(x[4 * q + k]);
-        keep[k] = i < n && z != -INFINITY && order_key(z, i) >= thr && !(double(z) - double(zmax) < p.log_min_p);
-        any |= keep[k];
+        z[k] = zval(x[4 * q + k]);
+        keep[k] = i < n && z[k] != -INFINITY && order_key(z[k], i) >= thr &&
+                  !(double(z[k]) - double(zmax) < p.log_min_p);
       }
-      if (!any) continue;
-      const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, (i0 >> 2) + q);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if (!keep[k]) continue;
-        const int64_t i = i0 + 4 * q + k;
-        const float u = philox::to_unit(rnd.v[k]);
-        const float score = __fadd_rn(zval(x[4 * q + k]), -logf(-logf(u)));
-        if (beats(score, i, best.v, best.i)) best = Best{score, i};
-      }
+      gumbel_block(best, p, (i0 >> 2) + q, z, keep);
     }
   });
   best = block_best(best, bsm);
@@ -581,25 +592,16 @@ __global__ void __launch_bounds__(kSampleThreads, 2)  // two CTAs an SM: one wor
     // Gumbel-max over the kept set, Philox blocks of 4 indices (lo is a multiple of 4).
     Best best{-INFINITY, kNone};
     for (int64_t b0 = lo + 4 * int64_t(threadIdx.x); b0 < hi; b0 += 4 * int64_t(blockDim.x)) {
+      float z[4];
       bool keep[4];
-      bool any = false;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const int64_t i = b0 + k;
-        const float z = i < hi ? zs[i - lo] : -INFINITY;
-        keep[k] = i < hi && z != -INFINITY && order_key(z, i) >= thr && !(double(z) - double(zmax) < p.log_min_p);
-        any |= keep[k];
+        z[k] = i < hi ? zs[i - lo] : -INFINITY;
+        keep[k] = i < hi && z[k] != -INFINITY && order_key(z[k], i) >= thr &&
+                  !(double(z[k]) - double(zmax) < p.log_min_p);
       }
-      if (!any) continue;
-      const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, b0 >> 2);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if (!keep[k]) continue;
-        const int64_t i = b0 + k;
-        const float u = philox::to_unit(rnd.v[k]);
-        const float score = __fadd_rn(zs[i - lo], -logf(-logf(u)));
-        if (beats(score, i, best.v, best.i)) best = Best{score, i};
-      }
+      gumbel_block(best, p, b0 >> 2, z, keep);
     }
     best = cluster_best(best, bsm, cx, cluster);
     if (first) *out = int32_t(best.i != kNone ? best.i : top.i);
@@ -929,7 +931,8 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
             if (i0 >= hi) continue;
 #pragma unroll
             for (int q = 0; q < V / 4; ++q) {
-              bool need[4], any = false;
+              float z[4];
+              bool keep[4];
 #pragma unroll
               for (int k = 0; k < 4; ++k) {
                 const float xv = x[u][4 * q + k];
@@ -937,20 +940,11 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
                 if (ok) xmax = fmaxf(xmax, xv);
                 const float zx = __fmul_rn(xv, inv);
                 const float zhi = __fadd_rn(__fadd_rn(zx, __fmul_rn(fabsf(zx), 0x1p-18f)), 17.0f);
-                need[k] = ok && xv != -INFINITY && !(zhi < bound);
-                any |= need[k];
+                const bool need = ok && xv != -INFINITY && !(zhi < bound);
+                z[k] = need ? zval(xv) : -INFINITY;
+                keep[k] = need && z[k] != -INFINITY;
               }
-              if (!any) continue;
-              const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, (i0 >> 2) + q);
-#pragma unroll
-              for (int k = 0; k < 4; ++k) {
-                if (!need[k]) continue;
-                const float z = zval(x[u][4 * q + k]);
-                if (z == -INFINITY) continue;
-                const int64_t i = i0 + 4 * q + k;
-                const float score = __fadd_rn(z, -logf(-logf(philox::to_unit(rnd.v[k]))));
-                if (beats(score, i, best.v, best.i)) best = Best{score, i};
-              }
+              gumbel_block(best, p, (i0 >> 2) + q, z, keep);
             }
           }
           if (best.i != kNone && best.v > bound) atomicMax(&ss.best_key, value_key(best.v));
@@ -1054,8 +1048,7 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
           const float z = key_value(key);
           if (key < thr || z == -INFINITY || double(z) - double(zmax) < p.log_min_p) continue;
           const int64_t i = key_index(key);
-          const float u = philox::to_unit(philox::sampling_block(p.seed, p.position, i >> 2).v[i & 3]);
-          const float score = __fadd_rn(z, -logf(-logf(u)));
+          const float score = gumbel_score(z, philox::sampling_block(p.seed, p.position, i >> 2).v[i & 3]);
           if (beats(score, i, best.v, best.i)) best = Best{score, i};
         }
         best = block_best(best, bsm);
