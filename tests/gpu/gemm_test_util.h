@@ -32,4 +32,18 @@ inline GemmArgs make_args(const TensorView& out, const TensorView& a, const Tens
   return g;
 }
 
+// The batched operands of the bmm tests: A [B, m, k], its own weights W [B, n, k], and one weight
+// [1, n, k] broadcast to every batch (w_shared: batch stride 0).
+struct BatchedOperands {
+  Tensor a, w, w1;
+  TensorView w_shared;
+};
+inline BatchedOperands batched_operands(DType dt, int64_t B, int64_t m, int64_t n, int64_t k) {
+  BatchedOperands b{dev_filled({B, m, k}, dt, 11), dev_filled({B, n, k}, dt, 12), dev_filled({1, n, k}, dt, 13), {}};
+  b.w_shared = b.w1.view();
+  b.w_shared.shape[0] = B;
+  b.w_shared.stride[0] = 0;
+  return b;
+}
+
 }  // namespace bik::test

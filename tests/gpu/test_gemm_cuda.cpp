@@ -427,10 +427,9 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
   // Batched (bmm, own and shared weights) through gemm() in every cluster mode, against the one-CTA bits.
   for (DType dt : {DType::BF16, DType::F16}) {
     const int64_t B = 3, m = 133, n = 200, k = 520;
-    const Tensor a = dev_filled({B, m, k}, dt, 11), w = dev_filled({B, n, k}, dt, 12), w1 = dev_filled({1, n, k}, dt, 13);
-    TensorView w_shared = w1.view();
-    w_shared.shape[0] = B;
-    w_shared.stride[0] = 0;
+    const test::BatchedOperands ops = test::batched_operands(dt, B, m, n, k);
+    const Tensor &a = ops.a, &w = ops.w;
+    const TensorView& w_shared = ops.w_shared;
     const Tensor base = dev({B, m, n}, DType::F32), base_shared = dev({B, m, n}, DType::F32), o = dev({B, m, n}, DType::F32);
     {
       const ScopedEnv one_cta("BIK_GEMM_CLUSTER", nullptr);

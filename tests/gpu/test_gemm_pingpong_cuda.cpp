@@ -196,10 +196,9 @@ TEST(GpuGemmPingPong, DispatchBatchedAndPackedGiveTheDefaultBits) {
   // Batched, every two-consumer tile forced, own and shared weights; and a transposed weight (packed).
   for (DType dt : {DType::BF16, DType::F16}) {
     const int64_t B = 3, m = 133, n = 200, k = 520;
-    const Tensor a = dev_filled({B, m, k}, dt, 11), w = dev_filled({B, n, k}, dt, 12), w1 = dev_filled({1, n, k}, dt, 13);
-    TensorView w_shared = w1.view();
-    w_shared.shape[0] = B;
-    w_shared.stride[0] = 0;
+    const test::BatchedOperands ops = test::batched_operands(dt, B, m, n, k);
+    const Tensor &a = ops.a, &w = ops.w;
+    const TensorView& w_shared = ops.w_shared;
     const Tensor wt = dev({k, n}, dt);  // the weight of batch 0 stored [K, N], passed as a transposed view
     copy(wt.view().transpose(0, 1), w.view().select(0, 0));
     const TensorView a0 = a.view().select(0, 0);
