@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <functional>
@@ -43,6 +44,16 @@ namespace bik::cli {
 namespace {
 
 using bench::median;
+
+// A positive integer field of a --case item; the error names the item and the field.
+int64_t positive(const std::string& text, const std::string& item, const char* field) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || !end || *end != 0 || v <= 0)
+    throw Error("bik bench attention: --case '" + item + "': " + field + " must be a positive integer, got '" + text +
+                "'");
+  return v;
+}
 
 double time_graph(const std::function<void(cudaStream_t)>& fn, int launches, int repeats, cudaStream_t st) {
   return bench::time_graph([&](int, cudaStream_t s) { fn(s); }, 1, launches, repeats, st);
@@ -118,13 +129,15 @@ Problem make_problem(int64_t batch, int64_t ctx, int64_t q_len, int64_t hq, int6
 }  // namespace
 
 int bench_attention(const std::vector<std::string>& argv) {
-  Args args(argv, {"help", "quick"}, {"out", "name", "repeats", "commit"}, "bench attention");
+  Args args(argv, {"help", "quick"}, {"out", "name", "repeats", "commit", "case"}, "bench attention");
   if (args.flag("help")) {
     std::puts(
         "usage: bik bench attention [--out DIR] [--name NAME] [--repeats N] [--quick] [--commit SHA]\n"
+        "                          [--case MODE:BATCH:CTX[,...]]\n"
         "Times paged_attention prefill (TFLOP/s) and decode (GB/s of KV read); writes DIR/NAME.json (default\n"
         "bench/results/attention_<gpu>.json). Add torch SDPA: python3 bench/torch_attention.py DIR/NAME.json;\n"
-        "render: python3 bench/plot_attention.py DIR/NAME.json");
+        "render: python3 bench/plot_attention.py DIR/NAME.json\n"
+        "--case runs only the listed cases (MODE prefill or decode), e.g. --case prefill:1:8192,decode:1:32768");
     return 0;
   }
   if (!bench::have_cuda_device("bik bench attention")) return 2;
@@ -176,12 +189,25 @@ int bench_attention(const std::vector<std::string>& argv) {
   const std::vector<int64_t> ctxs = quick ? std::vector<int64_t>{512, 8192} : std::vector<int64_t>{512, 2048, 8192, 32768};
   const std::vector<int64_t> dec_b = quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 8, 32, 128, 256};
   const std::vector<int64_t> pre_b = quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16};
-  for (int64_t b : pre_b)
-    for (int64_t n : ctxs)
-      if (b * n <= 65536) cases.push_back({"prefill", b, n});
-  for (int64_t b : dec_b)
-    for (int64_t n : ctxs)
-      if (b * n <= (int64_t(1) << 21)) cases.push_back({"decode", b, n});
+  if (args.has("case")) {
+    for (const std::string& item : split_list(args.str("case", ""))) {
+      Case c;
+      const size_t a = item.find(':'), b = a == std::string::npos ? a : item.find(':', a + 1);
+      c.mode = item.substr(0, a);
+      if (b == std::string::npos || (c.mode != "prefill" && c.mode != "decode"))
+        throw Error("bik bench attention: --case '" + item + "': expected MODE:BATCH:CTX with MODE prefill or decode");
+      c.batch = positive(item.substr(a + 1, b - a - 1), item, "batch");
+      c.ctx = positive(item.substr(b + 1), item, "context");
+      cases.push_back(c);
+    }
+  } else {
+    for (int64_t b : pre_b)
+      for (int64_t n : ctxs)
+        if (b * n <= 65536) cases.push_back({"prefill", b, n});
+    for (int64_t b : dec_b)
+      for (int64_t n : ctxs)
+        if (b * n <= (int64_t(1) << 21)) cases.push_back({"decode", b, n});
+  }
 
   std::printf("%-8s %6s %6s | %10s %10s %10s %8s\n", "mode", "batch", "ctx", "kernel us", "call us", "TFLOP/s", "GB/s");
   int failures = 0;
