@@ -398,11 +398,27 @@ __global__ void __launch_bounds__(D) fold_kernel(const Params p) {
   const int d = threadIdx.x;
   const int64_t base = int64_t(row) * p.max_splits;
   float M = p.part_ml[base * 2], Lsum = p.part_ml[base * 2 + 1], A = p.part_acc[base * D + d];
-  for (int j = 1; j < nsplit; ++j) {
-    const FoldCoef fc = fold_coef(M, p.part_ml[(base + j) * 2]);
-    Lsum = fold(Lsum, p.part_ml[(base + j) * 2 + 1], fc);
-    M = fc.m;
-    A = fold(A, p.part_acc[(base + j) * D + d], fc);
+  // The fold is a chain, but its inputs are not: each round loads the next kBatch splits' partials at
+  // once (a long context has hundreds of splits, and one load in flight at a time left this kernel
+  // waiting on L2 latency for most of a long decode), then folds them in increasing order as before.
+  constexpr int kBatch = 16;
+  for (int j0 = 1; j0 < nsplit; j0 += kBatch) {
+    float mb[kBatch], lb[kBatch], ab[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int64_t j = base + min(j0 + u, nsplit - 1);  // past the last split: a load that is not used
+      mb[u] = p.part_ml[j * 2];
+      lb[u] = p.part_ml[j * 2 + 1];
+      ab[u] = p.part_acc[j * D + d];
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      if (j0 + u >= nsplit) break;
+      const FoldCoef fc = fold_coef(M, mb[u]);
+      Lsum = fold(Lsum, lb[u], fc);
+      M = fc.m;
+      A = fold(A, ab[u], fc);
+    }
   }
   T* out = static_cast<T*>(p.out) + int64_t(t) * p.o_s0 + int64_t(head) * p.o_s1;
   const float v = __fdiv_rn(A, Lsum);

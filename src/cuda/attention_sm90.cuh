@@ -277,26 +277,41 @@ __device__ __forceinline__ void zero_scores(float (&s)[32]) {
 template <typename T, int D>
 __device__ __forceinline__ void qk_issue(float (&s)[32], uint32_t sq, uint32_t sk) {
   wgmma_fence();
+  // Each k-step's descriptors are the tiles' plus the step's byte offset / 16 in the address field
+  // (shared addresses stay below 2^18, so the 14-bit field never carries).
+  const uint64_t dq = desc_sw128(sq, 16, 1024), dk = desc_sw128(sk, 16, 1024);
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     const uint32_t at = (kk >> 2) * Layout<D>::kPanel + (kk & 3) * 32;  // 16 halves = 32 bytes per k-step
-    Wgmma<64, T>::mma(s, desc_sw128(sq + at, 16, 1024), desc_sw128(sk + at, 16, 1024));
+    Wgmma<64, T>::mma(s, dq + (at >> 4), dk + (at >> 4));
   }
 }
 
 // Scale, mask, running max, p = 2^(x - max), running sum: attention.cuh's code. Leaves p in s and the
 // factor the tile rescales the running output by in alpha.
-__device__ __forceinline__ void softmax_tile(float (&s)[32], int kb, int cq, const int (&pos_r)[2], float scale_log2,
-                                             float (&m_run)[2], float (&l_run)[2], float (&alpha)[2]) {
+// kMask = false is the same arithmetic for a tile whose every key is at or before every row's position
+// (the mask selects x * scale for each of them, so leaving it out changes no bit); it saves the key
+// index, compare and select per score, which otherwise cost as many instructions as the softmax itself.
+// Rows with no query (pos_r = -1) are not masked there either: their Q is zero, so their scores are
+// finite, and their results are never stored.
+template <bool kMask>
+__device__ __forceinline__ void softmax_tile_body(float (&s)[32], int kb, int cq, const int (&pos_r)[2],
+                                                  float scale_log2, float (&m_run)[2], float (&l_run)[2],
+                                                  float (&alpha)[2]) {
   const float kNegInf = -__int_as_float(0x7f800000);
   float mt[2] = {m_run[0], m_run[1]};
+  // Key kb + 8j + 2cq + (e & 1) is at or before row h's position iff 8j + (e & 1) <= lim[h].
+  const int lim[2] = {pos_r[0] - kb - 2 * cq, pos_r[1] - kb - 2 * cq};
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int h = e >> 1, key = kb + j * 8 + cq * 2 + (e & 1);
+      const int h = e >> 1;
       float& x = s[4 * j + e];
-      x = key <= pos_r[h] ? __fmul_rn(x, scale_log2) : kNegInf;
+      if constexpr (kMask)
+        x = j * 8 + (e & 1) <= lim[h] ? __fmul_rn(x, scale_log2) : kNegInf;
+      else
+        x = __fmul_rn(x, scale_log2);
       mt[h] = fmaxf(mt[h], x);
     }
   float tsum[2] = {0.f, 0.f};
@@ -326,6 +341,15 @@ __device__ __forceinline__ void softmax_tile(float (&s)[32], int kb, int cq, con
     m_run[h] = mt[h];
   }
 }
+// `masked`: some key of the tile is past the first row's position (the tile reaches the CTA's diagonal).
+__device__ __forceinline__ void softmax_tile(float (&s)[32], int kb, int cq, const int (&pos_r)[2], float scale_log2,
+                                             float (&m_run)[2], float (&l_run)[2], float (&alpha)[2],
+                                             bool masked = true) {
+  if (masked)
+    softmax_tile_body<true>(s, kb, cq, pos_r, scale_log2, m_run, l_run, alpha);
+  else
+    softmax_tile_body<false>(s, kb, cq, pos_r, scale_log2, m_run, l_run, alpha);
+}
 
 // P = the tile's probabilities rounded to T, in the A-fragment pattern: P's fragment for keys 16k2.. is
 // the score pattern of those 16 columns: (s[8k2], s[8k2 + 1]) row g, (s[8k2 + 2], ..3) row g + 8, then
@@ -348,19 +372,39 @@ __device__ __forceinline__ void rescale_o(float (&o)[R], const float (&alpha)[2]
   pin(o);
 }
 
+// A split's first tile starts O at zero (what rescaling the zeros would give: alpha is 0 or 1 there);
+// any other tile rescales it. `start` is uniform over the warpgroup.
+template <int R>
+__device__ __forceinline__ void start_or_rescale_o(float (&o)[R], const float (&alpha)[2], bool start) {
+  if (start) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) o[i] = 0.f;
+    pin(o);
+  } else {
+    rescale_o(o, alpha);
+  }
+}
+
 // O += P V, 16 keys per step in increasing order. Issued, not committed; wgmma reads pa and o
 // asynchronously, so neither may be touched before the group completes.
 template <typename T, int D>
 __device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t sv) {
   wgmma_fence();
+  const uint64_t dv = desc_sw128(sv, Layout<D>::kPanel, 1024);
 #pragma unroll
   for (int k2 = 0; k2 < 4; ++k2)  // keys 16k2.. start 16 rows (2048 bytes) into the V tile
-    WgmmaRS<D, T>::mma(o, pa[k2], desc_sw128(sv + k2 * 16 * 128, Layout<D>::kPanel, 1024));
+    WgmmaRS<D, T>::mma(o, pa[k2], dv + (k2 * 16 * 128 >> 4));
 }
 
 // The end of split j for this thread's rows, from the split's (m, l) and its finished o: the partials
 // (split-parallel mode) or the fold into (M_f, L_f, accf) in increasing split order (in-kernel fold).
-template <int D, bool kSplit>
+// The fold starts from fold_start's state: split 0 takes the coefficients (ca, cb) = (0, 1), so
+// A = fma(-0, 0, x * 1) = x and L = fma(0, 0, l * 1) = l exactly, the split's own values, as the fold
+// kernel takes split 0's partials; the coefficients are selected per row, the arithmetic per element
+// is the same for every split. A row with no key in split j keeps its fold (a select per element);
+// kAllLive (every row of the warpgroup has a key in split j: any split but a CTA's last, whose start
+// may lie inside the CTA's tokens) leaves those selects out.
+template <int D, bool kSplit, bool kAllLive = false>
 __device__ __forceinline__ void finish_split(const Params& p, int j, int cq, const int (&pos_r)[2],
                                              const int (&row_id)[2], const float (&m)[2], const float (&l)[2],
                                              const float (&o)[D / 2], float (&accf)[kSplit ? 1 : D / 2],
@@ -381,29 +425,38 @@ __device__ __forceinline__ void finish_split(const Params& p, int j, int cq, con
             make_float2(o[4 * n + 2 * h], o[4 * n + 2 * h + 1]);
     }
   } else {
-    // Split 0 starts the fold; a row with no key in the split keeps its fold. Written as selects (the
-    // fold is computed and dropped where it does not apply) so the compiler keeps accf in place: as
-    // branches it holds two copies of it and runs out of registers at D = 128.
+    // Written as selects (the fold is computed and dropped where it does not apply) so the compiler
+    // keeps accf in place: as branches it holds two copies of it and runs out of registers at D = 128.
     const bool first = j == 0;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const bool live = pos_r[h] >= j * L;
-      const FoldCoef fc = fold_coef(M_f[h], m[h]);
-      const float Ln = first ? l[h] : fold(L_f[h], l[h], fc);
-      const float Mn = first ? m[h] : fc.m;
-      L_f[h] = live ? Ln : L_f[h];
-      M_f[h] = live ? Mn : M_f[h];
+      const bool live = kAllLive || pos_r[h] >= j * L;
+      FoldCoef fc = fold_coef(M_f[h], m[h]);
+      fc.m = first ? m[h] : fc.m;
+      fc.ca = first ? 0.f : fc.ca;
+      fc.cb = first ? 1.f : fc.cb;
+      L_f[h] = live ? fold(L_f[h], l[h], fc) : L_f[h];
+      M_f[h] = live ? fc.m : M_f[h];
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& A = accf[4 * n + 2 * h + e];
-          const float x = o[4 * n + 2 * h + e];
-          const float An = first ? x : fold(A, x, fc);
+          const float An = fold(A, o[4 * n + 2 * h + e], fc);
           A = live ? An : A;
         }
     }
   }
+}
+
+// The in-kernel fold's state before split 0 (finish_split): accf = -0, so that fma(-0, 0, x) = x for
+// every x, +0 included; M_f and L_f are replaced by split 0's values.
+template <int R>
+__device__ __forceinline__ void fold_start(float (&accf)[R], float (&M_f)[2], float (&L_f)[2]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) accf[i] = -0.f;
+  M_f[0] = M_f[1] = 0.f;
+  L_f[0] = L_f[1] = 0.f;
 }
 
 // In-kernel fold mode: out = accf / L_f, rounded to T, for this thread's live rows.
@@ -484,10 +537,9 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
   uint32_t pa[4][4];
   float o[kO];
   float accf[kSplit ? 1 : kO];  // folded over the finished splits (in-kernel fold mode)
-#pragma unroll
-  for (int i = 0; i < (kSplit ? 1 : kO); ++i) accf[i] = 0.f;
   float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
-  float M_f[2] = {0.f, 0.f}, L_f[2] = {0.f, 0.f};  // (split 0's fold reads them, then drops the result)
+  float M_f[2], L_f[2];
+  fold_start(accf, M_f, L_f);
   const float kNegInf = -__int_as_float(0x7f800000);
 
   int stage = 0;
@@ -628,11 +680,10 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
   uint32_t pa[4][4];     // P of the tile whose P V is in flight
   float o[kO];
   float accf[kSplit ? 1 : kO];  // folded over the finished splits (in-kernel fold mode)
-#pragma unroll
-  for (int i = 0; i < (kSplit ? 1 : kO); ++i) accf[i] = 0.f;
   float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
   float m_end[2], l_end[2];     // a finished split's (m, l), kept until its O is complete
-  float M_f[2] = {0.f, 0.f}, L_f[2] = {0.f, 0.f};  // (split 0's fold reads them, then drops the result)
+  float M_f[2], L_f[2];
+  fold_start(accf, M_f, L_f);
   const float kNegInf = -__int_as_float(0x7f800000);
 
   zero_scores(sa);
@@ -889,23 +940,24 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     uint32_t pa[4][4];
     float o[kO];
     float accf[kSplit ? 1 : kO];  // folded over the finished splits (in-kernel fold mode)
-#pragma unroll
-    for (int i = 0; i < (kSplit ? 1 : kO); ++i) accf[i] = 0.f;
     float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
-    float M_f[2] = {0.f, 0.f}, L_f[2] = {0.f, 0.f};  // (split 0's fold reads them, then drops the result)
+    float M_f[2], L_f[2];
+    fold_start(accf, M_f, L_f);
     const float kNegInf = -__int_as_float(0x7f800000);
+    // The tile's place in the plan's splits, counted instead of divided out of kb: tiles per split, the
+    // tile's index in its split, the split's index (the stream starts at a split start).
+    const int tps = L / kBK;
+    int tis = 0, js = kb_first / L;
 
     if constexpr (kSchedule == WsSchedule::kSequential) {
       for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
         mbar_wait(full(s), phase);
         fence_proxy_async();  // the stage's bytes (generic-proxy writes) before the wgmma reads them
-        const bool split_start = kb % L == 0;
-        const bool split_end = (kb + kBK) % L == 0 || kb == w.kb_last;
+        const bool split_start = tis == 0;
+        const bool split_end = tis == tps - 1 || kb == w.kb_last;
         if (split_start) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
-#pragma unroll
-          for (int i = 0; i < kO; ++i) o[i] = 0.f;
         }
         zero_scores(sc);
         qk_issue<T, D>(sc, sq, sk(s));
@@ -913,8 +965,8 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         wgmma_wait<0>();
         pin(sc);
         float alpha[2];
-        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
-        rescale_o(o, alpha);
+        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
+        start_or_rescale_o(o, alpha, split_start);
         pack_p<T>(pa, sc);
         pv_issue<T, D>(o, pa, sv(s));
         wgmma_commit();
@@ -923,7 +975,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         if (lane == 0) mbar_arrive(empty(s));  // this warp's wgmmas reading the stage are done
         if (++s == S) s = 0, phase ^= 1;
         ++t;
-        if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+        if (split_end && kb != w.kb_last)
+          finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+        if (++tis == tps) tis = 0, ++js;
       }
     } else {
       // Variant 4: S(t + 1) is issued right behind P V(t), so the tensor cores run both back to back
@@ -945,17 +999,15 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       wgmma_wait<0>();
       pin(sc);
       for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
-        const bool split_start = kb % L == 0;
-        const bool split_end = (kb + kBK) % L == 0 || kb == w.kb_last;
+        const bool split_start = tis == 0;
+        const bool split_end = tis == tps - 1 || kb == w.kb_last;
         if (split_start) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
-#pragma unroll
-          for (int i = 0; i < kO; ++i) o[i] = 0.f;
         }
         float alpha[2];
-        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
-        rescale_o(o, alpha);
+        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
+        start_or_rescale_o(o, alpha, split_start);
         pack_p<T>(pa, sc);
         if constexpr (!kPingPong) {
           pv_issue<T, D>(o, pa, sv(s));
@@ -985,9 +1037,13 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         if (lane == 0) mbar_arrive(empty(s));
         s = s_next, phase = phase_next;
         ++t;
-        if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+        if (split_end && kb != w.kb_last)
+          finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+        if (++tis == tps) tis = 0, ++js;
       }
     }
+    // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
+    finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
     if constexpr (!kSplit) store_out<T, D>(p, w, tid, cq, accf, L_f);
   }
   if constexpr (kPingPong) {
