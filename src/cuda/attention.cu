@@ -13,9 +13,12 @@
 // arithmetic per row, another schedule), so they may be switched freely.
 //
 // Launch choice: the in-kernel fold (one CTA per 64 query rows walks all their splits) when there are
-// enough such CTAs to fill the GPU; otherwise split-parallel (one CTA per split, then fold_kernel). The
-// two modes run the same per-split code and the same fold, so the choice, which depends on the batch,
-// never changes a bit (tests/gpu/test_attention_cuda.cpp runs both on the same rows).
+// enough such CTAs to fill the GPU; otherwise split-parallel (one CTA per split, then fold_kernel; the
+// warp-specialised variants give a CTA a run of consecutive splits, sized by split_run below, so a CTA
+// keeps its copy ring full across them instead of filling and draining it for every split). The two
+// modes run the same per-split code and the same fold, and a split's partials are the same whichever
+// CTA computes them, so the choice, which depends on the batch, never changes a bit
+// (tests/gpu/test_attention_cuda.cpp runs both on the same rows).
 #include <cuda_runtime.h>
 
 #include <cstdlib>
@@ -60,8 +63,24 @@ void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream
 // attention_kernel_ws with the schedules kSequential, kOverlap, kPingPong): same Params, same fold kernel
 // for the split-parallel mode. A CTA of variants 3 to 5 takes two query blocks, so their grid has half as
 // many in y (the kernel maps y to the pair).
+// Split-parallel mode of the warp-specialised kernel: how many consecutive splits one CTA walks, for
+// `cols` CTA columns (sequence x KV head x query-block pair) of `splits` splits each on `sms` SMs (one
+// CTA per SM). Minimises waves x (run + 1): the time of the last wave in split units, the 1 standing for
+// a CTA's start (barriers, Q, the first copies in flight), which a longer run pays less often. Only the
+// launch shape depends on it, never a split's partials.
+int split_run(int64_t cols, int64_t splits, int sms) {
+  int best = 1;
+  int64_t best_cost = -1;
+  for (int64_t g = 1; g <= splits; ++g) {
+    const int64_t ctas = cols * ((splits + g - 1) / g);
+    const int64_t cost = (ctas + sms - 1) / sms * (g + 1);
+    if (best_cost < 0 || cost < best_cost) best_cost = cost, best = int(g);
+  }
+  return best;
+}
+
 template <typename T, int D>
-void launch_sm90(const attn::Params& p, dim3 grid, bool split, int variant, int device, cudaStream_t st,
+void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device, int sms, cudaStream_t st,
                  int64_t rows) {
   namespace k90 = attn::sm90;
   int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
@@ -74,6 +93,10 @@ void launch_sm90(const attn::Params& p, dim3 grid, bool split, int variant, int 
     using k90::WsSchedule;
     bytes = Ws::kBytes, threads = Ws::kThreads;
     grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
+    if (split) {
+      p.splits_per_cta = split_run(int64_t(grid.x) * grid.y, grid.z, sms);
+      grid.z = (grid.z + unsigned(p.splits_per_cta) - 1) / unsigned(p.splits_per_cta);
+    }
     if (variant == 3)
       k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kSequential>
                 : k90::attention_kernel_ws<T, D, false, WsSchedule::kSequential>;
@@ -197,6 +220,7 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   p.block_size = int(a.block_size);
   p.tok_per_cta = attn::kRows / p.group;
   p.split_len = int(L);
+  p.splits_per_cta = 1;
   p.scale_log2 = a.scale * 1.4426950408889634f;
 
   // CTAs of the in-kernel fold mode; split-parallel when they cannot fill the GPU and the contexts are
@@ -228,14 +252,14 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)
-        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, st, rows);
+        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, dev.sms, st, rows);
       else
-        launch_sm90<__half, 128>(p, grid, split, variant, device, st, rows);
+        launch_sm90<__half, 128>(p, grid, split, variant, device, dev.sms, st, rows);
     } else {
       if (bf)
-        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, st, rows);
+        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, dev.sms, st, rows);
       else
-        launch_sm90<__half, 64>(p, grid, split, variant, device, st, rows);
+        launch_sm90<__half, 64>(p, grid, split, variant, device, dev.sms, st, rows);
     }
   } else if (a.head_dim == 128) {
     if (bf)

@@ -49,6 +49,7 @@ struct Params {
   float* part_ml;
   float* part_acc;
   int max_splits;
+  int splits_per_cta;  // split-parallel mode: consecutive splits one CTA walks (1 but for variants 3-5)
 };
 
 __device__ __forceinline__ float ex2(float x) {
@@ -397,27 +398,32 @@ __global__ void __launch_bounds__(D) fold_kernel(const Params p) {
   const int nsplit = pos / p.split_len + 1;
   const int d = threadIdx.x;
   const int64_t base = int64_t(row) * p.max_splits;
-  float M = p.part_ml[base * 2], Lsum = p.part_ml[base * 2 + 1], A = p.part_acc[base * D + d];
-  // The fold is a chain, but its inputs are not: each round loads the next kBatch splits' partials at
-  // once (a long context has hundreds of splits, and one load in flight at a time left this kernel
-  // waiting on L2 latency for most of a long decode), then folds them in increasing order as before.
+  const float* ml = p.part_ml + base * 2;
+  const float* acc = p.part_acc + base * D + d;
+  float M = ml[0], Lsum = ml[1], A = acc[0];
+  // The fold is a chain, but its inputs are not: each round issues the loads of the next kBatch splits'
+  // partials, then folds them in increasing order as before (one load in flight at a time left this
+  // kernel waiting on memory latency for most of a long decode). The empty asm keeps the compiler from
+  // sinking the loads back next to their folds.
   constexpr int kBatch = 16;
   for (int j0 = 1; j0 < nsplit; j0 += kBatch) {
     float mb[kBatch], lb[kBatch], ab[kBatch];
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
-      const int64_t j = base + min(j0 + u, nsplit - 1);  // past the last split: a load that is not used
-      mb[u] = p.part_ml[j * 2];
-      lb[u] = p.part_ml[j * 2 + 1];
-      ab[u] = p.part_acc[j * D + d];
+      const int j = min(j0 + u, nsplit - 1);  // past the last split: a load that is not used
+      mb[u] = ml[2 * j];
+      lb[u] = ml[2 * j + 1];
+      ab[u] = acc[int64_t(j) * D];
     }
+    asm volatile("" ::: "memory");
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
-      if (j0 + u >= nsplit) break;
-      const FoldCoef fc = fold_coef(M, mb[u]);
-      Lsum = fold(Lsum, lb[u], fc);
-      M = fc.m;
-      A = fold(A, ab[u], fc);
+      if (j0 + u < nsplit) {
+        const FoldCoef fc = fold_coef(M, mb[u]);
+        Lsum = fold(Lsum, lb[u], fc);
+        M = fc.m;
+        A = fold(A, ab[u], fc);
+      }
     }
   }
   T* out = static_cast<T*>(p.out) + int64_t(t) * p.o_s0 + int64_t(head) * p.o_s1;

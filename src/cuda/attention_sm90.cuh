@@ -218,9 +218,10 @@ __device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w, int qblo
   w.pmax = w.pos0 + ntok - 1;
   const int L = p.split_len;
   if constexpr (kSplit) {  // tiles [kb_begin, kb_last] (key positions of the tile starts)
-    w.kb_begin = blockIdx.z * L;
+    const int span = p.splits_per_cta * L;  // the CTA's consecutive splits
+    w.kb_begin = blockIdx.z * span;
     if (w.kb_begin > w.pmax) return false;
-    w.kb_last = min(w.kb_begin + L - 1, w.pmax) / kBK * kBK;
+    w.kb_last = min(w.kb_begin + span - 1, w.pmax) / kBK * kBK;
   } else {
     w.kb_begin = 0;
     w.kb_last = w.pmax / kBK * kBK;
@@ -835,9 +836,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   extern __shared__ __align__(1024) uint8_t smem[];
 
   // The CTA's query blocks qb0 .. qb0 + C - 1 and the key stream that covers all of them: tiles from the
-  // common start (0, or the split's start) to the last tile any of them needs.
+  // common start (0, or the start of the CTA's run of splits) to the last tile any of them needs.
   const int qb0 = int(gridDim.y - 1 - blockIdx.y) * C;
-  const int kb_first = kSplit ? int(blockIdx.z) * p.split_len : 0;
+  const int kb_first = kSplit ? int(blockIdx.z) * p.splits_per_cta * p.split_len : 0;
   int kb_end = -1, pmax_all = -1;
 #pragma unroll
   for (int c = 0; c < C; ++c) {
