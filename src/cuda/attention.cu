@@ -88,10 +88,10 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
   if (variant == 2) {
     bytes = k90::PipeLayout<D>::kBytes;
     k = split ? k90::attention_kernel_pipelined<T, D, true> : k90::attention_kernel_pipelined<T, D, false>;
-  } else if (variant >= 3 && variant <= 5) {
+  } else if (variant >= 3 && variant <= 6) {
     using Ws = k90::WsLayout<D>;
     using k90::WsSchedule;
-    bytes = Ws::kBytes, threads = Ws::kThreads;
+    bytes = variant == 6 ? k90::WsLayout<D, true>::kBytes : Ws::kBytes, threads = Ws::kThreads;
     grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
     if (split) {
       p.splits_per_cta = split_run(int64_t(grid.x) * grid.y, grid.z, sms);
@@ -103,9 +103,12 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
     else if (variant == 4)
       k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kOverlap>
                 : k90::attention_kernel_ws<T, D, false, WsSchedule::kOverlap>;
-    else
+    else if (variant == 5)
       k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kPingPong>
                 : k90::attention_kernel_ws<T, D, false, WsSchedule::kPingPong>;
+    else
+      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kPipelined>
+                : k90::attention_kernel_ws<T, D, false, WsSchedule::kPipelined>;
   } else {
     k = split ? k90::attention_kernel<T, D, true> : k90::attention_kernel<T, D, false>;
   }
@@ -138,12 +141,12 @@ bool sm90_kernel_loadable(int device) {
 }
 
 // BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "1" -> 1 (one-warpgroup wgmma), "2" -> 2 (pipelined wgmma),
-// "4" -> 4 (warp-specialised, S(j + 1) behind P V(j)), "5" -> 5 (4 with ping-pong consumers); anything
-// else or unset -> 3 (warp-specialised).
+// "4" -> 4 (warp-specialised, S(j + 1) behind P V(j)), "5" -> 5 (4 with ping-pong consumers), "6" -> 6
+// (warp-specialised, S(j + 1) overlapping the softmax of tile j); anything else or unset -> 3.
 int variant_from_env() {
   const char* e = std::getenv("BIK_ATTENTION_SM90");
   if (e != nullptr)
-    for (int v : {0, 1, 2, 4, 5})
+    for (int v : {0, 1, 2, 4, 5, 6})
       if (std::strcmp(e, std::to_string(v).c_str()) == 0) return v;
   return 3;
 }

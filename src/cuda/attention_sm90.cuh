@@ -397,6 +397,25 @@ __device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)
     WgmmaRS<D, T>::mma(o, pa[k2], dv + (k2 * 16 * 128 >> 4));
 }
 
+// The per-row part of the in-kernel fold of split j (finish_split's comment): the coefficients, which
+// rows have a key in the split, and the folded (M, L).
+template <bool kAllLive>
+__device__ __forceinline__ void fold_rows(int j, int L, const int (&pos_r)[2], const float (&m)[2],
+                                          const float (&l)[2], float (&M_f)[2], float (&L_f)[2], FoldCoef (&fc)[2],
+                                          bool (&live)[2]) {
+  const bool first = j == 0;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    live[h] = kAllLive || pos_r[h] >= j * L;
+    fc[h] = fold_coef(M_f[h], m[h]);
+    fc[h].m = first ? m[h] : fc[h].m;
+    fc[h].ca = first ? 0.f : fc[h].ca;
+    fc[h].cb = first ? 1.f : fc[h].cb;
+    L_f[h] = live[h] ? fold(L_f[h], l[h], fc[h]) : L_f[h];
+    M_f[h] = live[h] ? fc[h].m : M_f[h];
+  }
+}
+
 // The end of split j for this thread's rows, from the split's (m, l) and its finished o: the partials
 // (split-parallel mode) or the fold into (M_f, L_f, accf) in increasing split order (in-kernel fold).
 // The fold starts from fold_start's state: split 0 takes the coefficients (ca, cb) = (0, 1), so
@@ -428,25 +447,39 @@ __device__ __forceinline__ void finish_split(const Params& p, int j, int cq, con
   } else {
     // Written as selects (the fold is computed and dropped where it does not apply) so the compiler
     // keeps accf in place: as branches it holds two copies of it and runs out of registers at D = 128.
-    const bool first = j == 0;
+    FoldCoef fc[2];
+    bool live[2];
+    fold_rows<kAllLive>(j, L, pos_r, m, l, M_f, L_f, fc, live);
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const bool live = kAllLive || pos_r[h] >= j * L;
-      FoldCoef fc = fold_coef(M_f[h], m[h]);
-      fc.m = first ? m[h] : fc.m;
-      fc.ca = first ? 0.f : fc.ca;
-      fc.cb = first ? 1.f : fc.cb;
-      L_f[h] = live ? fold(L_f[h], l[h], fc) : L_f[h];
-      M_f[h] = live ? fc.m : M_f[h];
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& A = accf[4 * n + 2 * h + e];
-          const float An = fold(A, o[4 * n + 2 * h + e], fc);
-          A = live ? An : A;
-        }
+    for (int i = 0; i < D / 2; ++i) {
+      const int h = (i >> 1) & 1;  // o[4n + 2h + e] belongs to row h
+      const float An = fold(accf[i], o[i], fc[h]);
+      accf[i] = live[h] ? An : accf[i];
     }
+  }
+}
+
+// The same fold with the folded accumulators in shared memory (variant 6): this thread's D / 2 values
+// as D / 8 float4s, `acc` pointing at its first, the next one kThreads float4s on (a warp touches 512
+// consecutive bytes per access). Same coefficients, same per-element arithmetic, same order.
+template <int D, bool kAllLive = false>
+__device__ __forceinline__ void fold_split_smem(float4* acc, int j, int L, const int (&pos_r)[2], const float (&m)[2],
+                                                const float (&l)[2], const float (&o)[D / 2], float (&M_f)[2],
+                                                float (&L_f)[2]) {
+  FoldCoef fc[2];
+  bool live[2];
+  fold_rows<kAllLive>(j, L, pos_r, m, l, M_f, L_f, fc, live);
+#pragma unroll
+  for (int i4 = 0; i4 < D / 8; ++i4) {
+    float4 a = acc[i4 * kThreads];
+    float* av = &a.x;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = 4 * i4 + e, h = (i >> 1) & 1;
+      const float An = fold(av[e], o[i], fc[h]);
+      av[e] = live[h] ? An : av[e];
+    }
+    acc[i4 * kThreads] = a;
   }
 }
 
@@ -810,18 +843,23 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
 // waits only on turns before it in this order, and the first (consumer 0's turn 0) only on the producer
 // and consumer 1's opening arrival, which waits on nothing.
 // Per row the order of operations is variant 4's (hence variant 1's); only the moment of issue moves.
-enum class WsSchedule { kSequential, kOverlap, kPingPong };
+enum class WsSchedule { kSequential, kOverlap, kPingPong, kPipelined };
 constexpr int kTurnBar = 3;  // named barriers 3 and 4 (0 is __syncthreads, 1 and 2 the consumers' Q loads)
 
-template <int D>
+// kAccSmem (variant 6): the in-kernel fold's accumulators live in shared memory (kOffAcc: per consumer,
+// D / 8 float4s per thread, thread-interleaved), which frees the registers for a second score buffer;
+// the ring loses a stage (D = 128) to make room.
+template <int D, bool kAccSmem = false>
 struct WsLayout {
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kTile = Layout<D>::kTile;
-  static constexpr int kStages = D == 128 ? 5 : 8;
+  static constexpr int kStages = D == 128 ? (kAccSmem ? 4 : 5) : 8;
   static constexpr int kOffK = kConsumers * kTile;  // Q of consumer c at c * kTile
   static constexpr int kOffV = kOffK + kStages * kTile;
-  static constexpr int kOffBar = kOffV + kStages * kTile;                // full[kStages], empty[kStages]
+  static constexpr int kOffAcc = kOffV + kStages * kTile;
+  static constexpr int kAccBytes = kAccSmem ? kConsumers * attn::kThreads * (D / 2) * 4 : 0;
+  static constexpr int kOffBar = kOffAcc + kAccBytes;                    // full[kStages], empty[kStages]
   static constexpr int kBytes = kOffBar + 2 * kStages * 8 + 1024;       // + slack to align the base to 1024
   static_assert(kBytes <= 227 * 1024, "one CTA per SM must fit");
 };
@@ -829,7 +867,7 @@ struct WsLayout {
 template <typename T, int D, bool kSplit, WsSchedule kSchedule>
 __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(const Params p) {
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
-  using Ly = WsLayout<D>;
+  using Ly = WsLayout<D, kSchedule == WsSchedule::kPipelined>;
   constexpr int S = Ly::kStages, C = Ly::kConsumers;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int kO = D / 2;       // O accumulators per thread (m64nD)
@@ -940,7 +978,8 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     float sc[32];
     uint32_t pa[4][4];
     float o[kO];
-    float accf[kSplit ? 1 : kO];  // folded over the finished splits (in-kernel fold mode)
+    // Folded over the finished splits (in-kernel fold mode; variant 6 keeps them in shared memory).
+    float accf[kSplit || kSchedule == WsSchedule::kPipelined ? 1 : kO];
     float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
     float M_f[2], L_f[2];
     fold_start(accf, M_f, L_f);
@@ -950,7 +989,98 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     const int tps = L / kBK;
     int tis = 0, js = kb_first / L;
 
-    if constexpr (kSchedule == WsSchedule::kSequential) {
+    if constexpr (kSchedule == WsSchedule::kPipelined) {
+      // Variant 6: S(t + 1) is issued before the softmax of tile t, which then runs while the tensor
+      // cores compute S(t + 1) and P V(t - 1) (variant 2's schedule, here with the producer warpgroup's
+      // ring and the fold's accumulators in shared memory). Step t, entered with S(t) complete in `cur`
+      // and P V(t - 1) in flight:
+      //   wait for tile t + 1's copies, issue S(t + 1) into `nxt` (on Q past the last tile, dropped);
+      //   softmax of tile t (a split start first keeps the ending split's (m, l) in m_end, l_end);
+      //   wait for both groups; release tile t - 1's stage; P(t) from `cur`; at a split start, fold
+      //   the split that ended with tile t - 1 (its O is complete now); O zeroed or rescaled; zero
+      //   `cur` for S(t + 2); issue P V(t).
+      // Accumulator registers are touched only while no wgmma is in flight and every step issues the
+      // same groups (variant 2's comment says why). Per row the order of operations is variant 1's.
+      float4* acc = reinterpret_cast<float4*>(smem + (base - smem_u32(smem)) + Ly::kOffAcc) +
+                    wg * (kO / 4) * attn::kThreads + tid;
+      if constexpr (!kSplit) {
+#pragma unroll
+        for (int i4 = 0; i4 < kO / 4; ++i4) acc[i4 * attn::kThreads] = make_float4(-0.f, -0.f, -0.f, -0.f);
+      }
+      float sb[32];
+      float m_end[2] = {0.f, 0.f}, l_end[2] = {0.f, 0.f};  // a finished split's (m, l) until its O is done
+      const int n_mine = (w.kb_last - kb_first) / kBK + 1;
+      mbar_wait(full(s), phase);
+      fence_proxy_async();
+      int st_cur = s, st_prev = s;  // stages of tiles t and t - 1
+      if (++s == S) s = 0, phase ^= 1;
+      zero_scores(sc);
+      qk_issue<T, D>(sc, sq, sk(st_cur));
+      wgmma_commit();
+      wgmma_wait<0>();
+      pin(sc);
+      zero_scores(sb);
+      auto step = [&](int j, float (&cur)[32], float (&nxt)[32]) {
+        const int kb = kb_first + j * kBK;
+        const bool more = j + 1 < n_mine;
+        int st_nxt = st_cur;
+        if (more) {
+          mbar_wait(full(s), phase);
+          fence_proxy_async();
+          st_nxt = s;
+          if (++s == S) s = 0, phase ^= 1;
+        }
+        qk_issue<T, D>(nxt, sq, more ? sk(st_nxt) : sq);
+        wgmma_commit();
+        const bool split_start = tis == 0;
+        if (split_start) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) m_end[h] = m_run[h], l_end[h] = l_run[h], m_run[h] = kNegInf, l_run[h] = 0.f;
+        }
+        float alpha[2];
+        softmax_tile(cur, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
+        wgmma_wait<0>();  // P V(t - 1) and S(t + 1)
+        pin(o);
+        pin(nxt);
+#pragma unroll
+        for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t - 1) stays in its registers until here
+        if (j > 0 && lane == 0) mbar_arrive(empty(st_prev));  // P V(t - 1) was its stage's last reader
+        pack_p<T>(pa, cur);
+        if (split_start && j > 0) {  // the split of tile t - 1 ended, and it was not the last one
+          if constexpr (kSplit)
+            finish_split<D, true>(p, js - 1, cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
+          else
+            fold_split_smem<D, true>(acc, js - 1, L, pos_r, m_end, l_end, o, M_f, L_f);
+        }
+        start_or_rescale_o(o, alpha, split_start);
+        zero_scores(cur);  // S(t + 2)'s accumulators
+        pv_issue<T, D>(o, pa, sv(st_cur));
+        wgmma_commit();
+        st_prev = st_cur, st_cur = st_nxt;
+        if (++tis == tps) tis = 0, ++js;
+      };
+      for (int j = 0; j < n_mine; j += 2) {
+        step(j, sc, sb);
+        if (j + 1 < n_mine) step(j + 1, sb, sc);
+      }
+      wgmma_wait<0>();
+      pin(o);
+      if (lane == 0) mbar_arrive(empty(st_prev));  // the last tile's stage
+      t = n_mine;
+      // The last split (per-row selects: its start may lie inside the block's tokens), then the output.
+      if constexpr (kSplit) {
+        finish_split<D, true>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+      } else {
+        fold_split_smem<D>(acc, w.kb_last / L, L, pos_r, m_run, l_run, o, M_f, L_f);
+        float af[kO];
+#pragma unroll
+        for (int i4 = 0; i4 < kO / 4; ++i4) {
+          const float4 a = acc[i4 * attn::kThreads];
+          af[4 * i4] = a.x, af[4 * i4 + 1] = a.y, af[4 * i4 + 2] = a.z, af[4 * i4 + 3] = a.w;
+        }
+        store_out<T, D>(p, w, tid, cq, af, L_f);
+      }
+    } else if constexpr (kSchedule == WsSchedule::kSequential) {
       for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
         mbar_wait(full(s), phase);
         fence_proxy_async();  // the stage's bytes (generic-proxy writes) before the wgmma reads them
@@ -1043,9 +1173,11 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         if (++tis == tps) tis = 0, ++js;
       }
     }
-    // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
-    finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-    if constexpr (!kSplit) store_out<T, D>(p, w, tid, cq, accf, L_f);
+    if constexpr (kSchedule != WsSchedule::kPipelined) {
+      // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
+      finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+      if constexpr (!kSplit) store_out<T, D>(p, w, tid, cq, accf, L_f);
+    }
   }
   if constexpr (kPingPong) {
     // The remaining turns up to n, each empty turn k after releasing ring tile k - 1 (here t == turn - 1

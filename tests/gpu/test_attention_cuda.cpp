@@ -296,7 +296,7 @@ TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
     EXPECT_TRUE(cuda::attention_uses_wgmma(0));
     EXPECT_EQ(cuda::attention_wgmma_variant(0), 2);
   }
-  for (int v : {3, 4, 5}) {
+  for (int v : {3, 4, 5, 6}) {
     EngineSwitch ws(std::to_string(v).c_str());
     EXPECT_TRUE(cuda::attention_uses_wgmma(0));
     EXPECT_EQ(cuda::attention_wgmma_variant(0), v);
@@ -444,7 +444,8 @@ TEST(GpuAttentionSm90, NegativeControlOnWgmmaKernel) {
 
 // The warp-specialised kernel (BIK_ATTENTION_SM90=3: two 64-row query blocks per CTA sharing one K/V
 // stream, a producer warpgroup filling an mbarrier ring; 4: the same with S(j + 1) issued behind
-// P V(j); 5: 4 with the two consumers taking turns at the tensor cores) must give every output byte of
+// P V(j); 5: 4 with the two consumers taking turns at the tensor cores; 6: S(j + 1) issued before the
+// softmax of tile j, the fold's accumulators in shared memory) must give every output byte of
 // the one-warpgroup wgmma kernel (variant 1). Fixed cases: both head dims and dtypes, group sizes 1..8
 // and 7 (63-row blocks), block sizes 1..32, both launch modes, a one-key context, a row ending on a split
 // boundary, a pair of blocks where only the second has keys in a split (ctx 290, 100 queries, group 1);
@@ -452,7 +453,7 @@ TEST(GpuAttentionSm90, NegativeControlOnWgmmaKernel) {
 // (the lower block one tile short), decodes and odd last pairs (the second consumer has no block), the
 // split above (the first has none); then random batches: 1..12 sequences, contexts 1..6000, query
 // lengths 1, the whole context, or anything between (odd counts, not multiples of a tile or a block).
-// Outputs NaN-poisoned first must be complete. Negative control: variants 3 to 5 under another split
+// Outputs NaN-poisoned first must be complete. Negative control: variants 3 to 6 under another split
 // length must differ from the plan's bytes.
 TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
   BIK_REQUIRE_SM90_ATTENTION();
@@ -485,7 +486,7 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
     const Config& c = k.c;
     std::vector<uint16_t> v1;
     ASSERT_NO_FATAL_FAILURE(run_variant(1, c, k.seqs, seed, v1));
-    for (int v : {3, 4, 5}) {
+    for (int v : {3, 4, 5, 6}) {
       std::vector<uint16_t> vv;
       ASSERT_NO_FATAL_FAILURE(run_variant(v, c, k.seqs, seed, vv));
       const std::string label = config_label(c) + " (" + k.what + ", " + std::to_string(k.seqs.size()) +
@@ -495,7 +496,7 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
     }
     ++seed;
   }
-  expect_other_splits_differ({3, 4, 5});
+  expect_other_splits_differ({3, 4, 5, 6});
 }
 
 // The invariance checks of WarpSpecializedKernelInvariance, on whichever kernel BIK_ATTENTION_SM90 selects.
@@ -527,14 +528,14 @@ void check_invariance_on_current_kernel() {
   EXPECT_EQ(o.diffs, 0) << "alone vs batched (group 7, D=64): " << o.diffs << " of " << o.cases;
 }
 
-// The invariance checks on the warp-specialised kernels (variants 3, 4 and 5) pinned explicitly: decode
+// The invariance checks on the warp-specialised kernels (variants 3 to 6) pinned explicitly: decode
 // equals prefill, chunked prefill equals whole (chunks of 1, 7, 64, 129, 300 tokens with a neighbour
 // decode in each chunk's batch), prefix-cache hit equals miss (cached prefixes inside and on tile and
 // split borders), a row alone equals the row in random batches. With the bitwise test above (each
 // equals variant 1 on whole steps) this carries variant 1's guarantees over to every path through them.
 TEST(GpuAttentionSm90, WarpSpecializedKernelInvariance) {
   BIK_REQUIRE_SM90_ATTENTION();
-  for (int v : {3, 4, 5}) {
+  for (int v : {3, 4, 5, 6}) {
     SCOPED_TRACE("variant " + std::to_string(v));
     EngineSwitch ws(std::to_string(v).c_str());
     ASSERT_EQ(cuda::attention_wgmma_variant(0), v);
@@ -542,12 +543,12 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelInvariance) {
   }
 }
 
-// The negative control under the warp-specialised kernels (variant 4, which has every change of 3, and
-// variant 5, which has every change of 4): the harness must still see a split count that follows the
-// number of sequences.
+// The negative control under the warp-specialised kernels (variant 4, which has every change of 3,
+// variant 5, which has every change of 4, and variant 6): the harness must still see a split count that
+// follows the number of sequences.
 TEST(GpuAttentionSm90, NegativeControlOnWarpSpecializedKernel) {
   BIK_REQUIRE_SM90_ATTENTION();
-  for (const char* v : {"4", "5"}) {
+  for (const char* v : {"4", "5", "6"}) {
     SCOPED_TRACE(std::string("variant ") + v);
     EngineSwitch ws(v);
     ASSERT_EQ(cuda::attention_wgmma_variant(0), std::atoi(v));
