@@ -4,12 +4,13 @@
 // Engine choice: a function of the device alone. sm_90 runs a wgmma kernel (when the build carries its
 // sm_90a code, as the default CMAKE_CUDA_ARCHITECTURES does), every other architecture the mma.sync
 // kernel; the two may round differently, so the choice never looks at the batch or the mode.
-// On sm_90 the default is the warp-specialised wgmma kernel (variant 3: a producer warpgroup feeding two
-// 64-row consumer warpgroups), the fastest measured for prefill and decode
-// (bench/results/logs_h200x2/0907d85_*). BIK_ATTENTION_SM90 picks another for A/B benchmarks (read at each
-// call): 0 the mma.sync kernel, 1 the one-warpgroup wgmma kernel, 2 its software-pipelined form, 4 the
-// warp-specialised one with S(j + 1) issued behind P V(j), 5 the latter with its two consumer warpgroups
-// taking turns at the tensor cores (ping-pong). Variants 1 to 5 give bitwise the same outputs (same
+// On sm_90 the default is the warp-specialised wgmma kernel with ping-pong consumers (variant 5: a producer
+// warpgroup feeding two 64-row consumer warpgroups that take turns at the tensor cores), the fastest
+// measured for prefill and as fast as variant 3 for decode (bench/results/logs_h200/998b4f4_*).
+// BIK_ATTENTION_SM90 picks another for A/B benchmarks (read at each call): 0 the mma.sync kernel, 1 the
+// one-warpgroup wgmma kernel, 2 its software-pipelined form, 3 the warp-specialised kernel running each
+// tile in sequence, 4 the latter with S(j + 1) issued behind P V(j), 6 the warp-specialised kernel with
+// S(j + 1) overlapping the softmax of tile j. Variants 1 to 6 give bitwise the same outputs (same
 // arithmetic per row, another schedule), so they may be switched freely.
 //
 // Launch choice: the in-kernel fold (one CTA per 64 query rows walks all their splits) when there are
@@ -142,13 +143,14 @@ bool sm90_kernel_loadable(int device) {
 
 // BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "1" -> 1 (one-warpgroup wgmma), "2" -> 2 (pipelined wgmma),
 // "4" -> 4 (warp-specialised, S(j + 1) behind P V(j)), "5" -> 5 (4 with ping-pong consumers), "6" -> 6
-// (warp-specialised, S(j + 1) overlapping the softmax of tile j); anything else or unset -> 3.
+// (warp-specialised, S(j + 1) overlapping the softmax of tile j), "3" -> 3 (warp-specialised, each tile in
+// sequence); anything else or unset -> 5.
 int variant_from_env() {
   const char* e = std::getenv("BIK_ATTENTION_SM90");
   if (e != nullptr)
-    for (int v : {0, 1, 2, 4, 5, 6})
+    for (int v : {0, 1, 2, 3, 4, 6})
       if (std::strcmp(e, std::to_string(v).c_str()) == 0) return v;
-  return 3;
+  return 5;
 }
 
 template <typename T>

@@ -20,17 +20,18 @@
 // in the environment forces the mma.sync kernel on sm_90 (read at each call; for A/B benchmarks only,
 // a process must not mix the two engines if it wants invariant outputs).
 //
-// Five wgmma variants run the same arithmetic (the helpers below hold all of it), so their outputs are
+// Six wgmma variants run the same arithmetic (the helpers below hold all of it), so their outputs are
 // bitwise equal and any of them may serve any call: variant 1 (attention_kernel, BIK_ATTENTION_SM90=1)
 // runs each tile's steps in sequence; variant 2 (attention_kernel_pipelined, BIK_ATTENTION_SM90=2)
 // overlaps the softmax of tile j with the tensor-core work of S(j + 1) and P V(j - 1) and keeps K one tile
-// ahead of V in its copy ring; variant 3 (attention_kernel_ws, the default) is warp-specialised: a producer
+// ahead of V in its copy ring; variant 3 (attention_kernel_ws) is warp-specialised: a producer
 // warpgroup gathers K and V into a deep mbarrier ring shared by two consumer warpgroups, each running
 // variant 1's per-tile sequence on its own 64 query rows; variant 4 (BIK_ATTENTION_SM90=4) is variant 3
 // with S(j + 1) issued right behind P V(j) in each consumer; variant 5 (BIK_ATTENTION_SM90=5) is variant
 // 4 with the two consumers taking turns at the tensor cores (named-barrier ping-pong), so one's softmax
-// overlaps the other's products. Only the schedule differs;
-// tests/gpu/test_attention_cuda.cpp compares them with memcmp.
+// overlaps the other's products (the default on sm_90); variant 6 (BIK_ATTENTION_SM90=6) is variant 3
+// with variant 2's schedule in each consumer and the fold's accumulators in shared memory. Only the
+// schedule differs; tests/gpu/test_attention_cuda.cpp compares them with memcmp.
 //
 // Shared memory (all tiles 64 rows x D halves, each cut into panels of 64 columns = 128-byte rows, in the
 // 128-byte swizzle: 16-byte chunk c of row r at chunk c ^ (r % 8), panels 8 KB apart and 1024-aligned):

@@ -307,9 +307,9 @@ TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
     EXPECT_EQ(cuda::attention_wgmma_variant(0), 0);
   }
   {
-    EngineSwitch unknown("default");  // any other value: the default, the warp-specialised kernel
+    EngineSwitch unknown("default");  // any other value: the default, the ping-pong warp-specialised kernel
     EXPECT_TRUE(cuda::attention_uses_wgmma(0));
-    EXPECT_EQ(cuda::attention_wgmma_variant(0), 3);
+    EXPECT_EQ(cuda::attention_wgmma_variant(0), 5);
   }
 }
 
