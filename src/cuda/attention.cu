@@ -15,8 +15,9 @@
 //
 // Launch choice: the in-kernel fold (one CTA per 64 query rows walks all their splits) when there are
 // enough such CTAs to fill the GPU; otherwise split-parallel (one CTA per split, then fold_kernel; the
-// warp-specialised variants give a CTA a run of consecutive splits, sized by split_run below, so a CTA
-// keeps its copy ring full across them instead of filling and draining it for every split). The two
+// warp-specialised variants give a CTA a run of consecutive splits in decode-like steps, sized by
+// split_run below, so a CTA keeps its copy ring full across them instead of filling and draining it for
+// every split). The two
 // modes run the same per-split code and the same fold, and a split's partials are the same whichever
 // CTA computes them, so the choice, which depends on the batch, never changes a bit
 // (tests/gpu/test_attention_cuda.cpp runs both on the same rows).
@@ -93,11 +94,14 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
     using Ws = k90::WsLayout<D>;
     using k90::WsSchedule;
     bytes = variant == 6 ? k90::WsLayout<D, true>::kBytes : Ws::kBytes, threads = Ws::kThreads;
-    grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
-    if (split) {
+    // Runs of splits only where every CTA column has all of its splits to do: one query block per
+    // sequence (decode-like steps). With longer queries the causal blocks before a split's start have
+    // nothing in it, and one CTA a split spreads the remaining work better.
+    if (split && grid.y == 1) {
       p.splits_per_cta = split_run(int64_t(grid.x) * grid.y, grid.z, sms);
       grid.z = (grid.z + unsigned(p.splits_per_cta) - 1) / unsigned(p.splits_per_cta);
     }
+    grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
     if (variant == 3)
       k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kSequential>
                 : k90::attention_kernel_ws<T, D, false, WsSchedule::kSequential>;
