@@ -404,16 +404,19 @@ __global__ void __launch_bounds__(D) fold_kernel(const Params p) {
   // The fold is a chain, but its inputs are not: each round issues the loads of the next kBatch splits'
   // partials, then folds them in increasing order as before (one load in flight at a time left this
   // kernel waiting on memory latency for most of a long decode). The empty asm keeps the compiler from
-  // sinking the loads back next to their folds.
+  // sinking the loads back next to their folds; loads past the last split are not issued (a prefill
+  // step in this mode folds millions of rows of one or two splits).
   constexpr int kBatch = 16;
   for (int j0 = 1; j0 < nsplit; j0 += kBatch) {
-    float mb[kBatch], lb[kBatch], ab[kBatch];
+    float mb[kBatch] = {}, lb[kBatch] = {}, ab[kBatch] = {};
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
-      const int j = min(j0 + u, nsplit - 1);  // past the last split: a load that is not used
-      mb[u] = ml[2 * j];
-      lb[u] = ml[2 * j + 1];
-      ab[u] = acc[int64_t(j) * D];
+      if (j0 + u < nsplit) {
+        const int j = j0 + u;
+        mb[u] = ml[2 * j];
+        lb[u] = ml[2 * j + 1];
+        ab[u] = acc[int64_t(j) * D];
+      }
     }
     asm volatile("" ::: "memory");
 #pragma unroll
