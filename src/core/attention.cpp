@@ -150,7 +150,9 @@ AttentionArgs check_attention(const char* op, const TensorView& out, const Tenso
     check_device(op, q, name, *t);
   BIK_CHECK(q.data != nullptr || q.numel() == 0, op, ": q has no data (null pointer)");
   BIK_CHECK(out.data != nullptr || out.numel() == 0, op, ": out has no data (null pointer)");
-  BIK_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  // Positive: the CUDA kernels take the running max of the raw scores and scale it once (rounding is
+  // monotonic only for a positive factor).
+  BIK_CHECK(std::isfinite(scale) && scale > 0.f, op, ": scale must be positive and finite, got ", scale);
   if (q.device.is_cuda()) {
     // The kernel reads q rows and writes out rows as 16-byte vectors.
     for (auto [name, t] : {std::pair{"q", &q}, {"out", &out}})

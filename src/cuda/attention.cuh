@@ -256,32 +256,40 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
           mma_16816<T>(s[2 * j2 + 1], qf[kk], t[2], t[3]);
         }
       }
-      // Scale, mask, running max.
-      float mt[2] = {m_run[0], m_run[1]};
+      // Mask (raw scores), the tile's raw max (in any order: max is exact), the running max in scaled
+      // units (rounding is monotonic for a positive scale, so max of the scaled = scaled max).
+      float pm[2][4];
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) pm[h][c] = kNegInf;
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int h = e >> 1, key = kb + j * 8 + cq * 2 + (e & 1);
-          s[j][e] = key <= pos_r[h] ? __fmul_rn(s[j][e], p.scale_log2) : kNegInf;
-          mt[h] = fmaxf(mt[h], s[j][e]);
+          s[j][e] = key <= pos_r[h] ? s[j][e] : kNegInf;
+          pm[h][(j & 1) * 2 + (e & 1)] = fmaxf(pm[h][(j & 1) * 2 + (e & 1)], s[j][e]);
         }
-      float alpha[2], tsum[2] = {0.f, 0.f};
+      float mt[2], alpha[2], tsum[2] = {0.f, 0.f};
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
+        mt[h] = fmaxf(fmaxf(pm[h][0], pm[h][1]), fmaxf(pm[h][2], pm[h][3]));
         mt[h] = fmaxf(mt[h], __shfl_xor_sync(0xffffffffu, mt[h], 1));
         mt[h] = fmaxf(mt[h], __shfl_xor_sync(0xffffffffu, mt[h], 2));
+        mt[h] = fmaxf(m_run[h], __fmul_rn(mt[h], p.scale_log2));
         const float m_use = mt[h] == kNegInf ? 0.f : mt[h];  // a row with no key yet: keep p = 0
         // An unchanged max rescales by exactly 1, so a tile with no key for this row is a no-op.
         alpha[h] = m_run[h] == m_use ? 1.f : ex2(__fsub_rn(m_run[h], m_use));
-        mt[h] = m_use;
+        mt[h] = -m_use;
       }
+      // p = 2^(x * scale - max), one rounding: fma(x, scale, -max).
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int h = e >> 1;
-          s[j][e] = ex2(__fsub_rn(s[j][e], mt[h]));
+          s[j][e] = ex2(__fmaf_rn(s[j][e], p.scale_log2, mt[h]));
           tsum[h] = __fadd_rn(tsum[h], s[j][e]);
         }
 #pragma unroll
@@ -289,7 +297,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
         tsum[h] = __fadd_rn(tsum[h], __shfl_xor_sync(0xffffffffu, tsum[h], 1));
         tsum[h] = __fadd_rn(tsum[h], __shfl_xor_sync(0xffffffffu, tsum[h], 2));
         l_run[h] = __fmaf_rn(l_run[h], alpha[h], tsum[h]);
-        m_run[h] = mt[h];
+        m_run[h] = -mt[h];
       }
 #pragma unroll
       for (int n = 0; n < NT; ++n)

@@ -289,10 +289,10 @@ __device__ __forceinline__ void qk_issue(float (&s)[32], uint32_t sq, uint32_t s
   }
 }
 
-// Scale, mask, running max, p = 2^(x - max), running sum: attention.cuh's code. Leaves p in s and the
+// Mask, running max, p = 2^(x * scale - max), running sum: attention.cuh's code. Leaves p in s and the
 // factor the tile rescales the running output by in alpha.
 // kMask = false is the same arithmetic for a tile whose every key is at or before every row's position
-// (the mask selects x * scale for each of them, so leaving it out changes no bit); it saves the key
+// (the mask keeps each of them as it is, so leaving it out changes no bit); it saves the key
 // index, compare and select per score, which otherwise cost as many instructions as the softmax itself.
 // Rows with no query (pos_r = -1) are not masked there either: their Q is zero, so their scores are
 // finite, and their results are never stored.
@@ -301,38 +301,43 @@ __device__ __forceinline__ void softmax_tile_body(float (&s)[32], int kb, int cq
                                                   float scale_log2, float (&m_run)[2], float (&l_run)[2],
                                                   float (&alpha)[2]) {
   const float kNegInf = -__int_as_float(0x7f800000);
-  float mt[2] = {m_run[0], m_run[1]};
   // Key kb + 8j + 2cq + (e & 1) is at or before row h's position iff 8j + (e & 1) <= lim[h].
   const int lim[2] = {pos_r[0] - kb - 2 * cq, pos_r[1] - kb - 2 * cq};
+  // The tile's raw max per row, in four independent chains (max is exact in any order).
+  float pm[2][4];
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) pm[h][c] = kNegInf;
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int h = e >> 1;
       float& x = s[4 * j + e];
-      if constexpr (kMask)
-        x = j * 8 + (e & 1) <= lim[h] ? __fmul_rn(x, scale_log2) : kNegInf;
-      else
-        x = __fmul_rn(x, scale_log2);
-      mt[h] = fmaxf(mt[h], x);
+      if constexpr (kMask) x = j * 8 + (e & 1) <= lim[h] ? x : kNegInf;
+      pm[h][(j & 1) * 2 + (e & 1)] = fmaxf(pm[h][(j & 1) * 2 + (e & 1)], x);
     }
-  float tsum[2] = {0.f, 0.f};
+  float mt[2], tsum[2] = {0.f, 0.f};
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
+    mt[h] = fmaxf(fmaxf(pm[h][0], pm[h][1]), fmaxf(pm[h][2], pm[h][3]));
     mt[h] = fmaxf(mt[h], __shfl_xor_sync(0xffffffffu, mt[h], 1));
     mt[h] = fmaxf(mt[h], __shfl_xor_sync(0xffffffffu, mt[h], 2));
+    mt[h] = fmaxf(m_run[h], __fmul_rn(mt[h], scale_log2));  // monotonic rounding: the scaled max
     const float m_use = mt[h] == kNegInf ? 0.f : mt[h];  // a row with no key yet: keep p = 0
     // An unchanged max rescales by exactly 1, so a tile with no key for this row is a no-op.
     alpha[h] = m_run[h] == m_use ? 1.f : ex2(__fsub_rn(m_run[h], m_use));
-    mt[h] = m_use;
+    mt[h] = -m_use;
   }
+  // p = 2^(x * scale - max) with one rounding: fma(x, scale, -max).
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int h = e >> 1;
       float& x = s[4 * j + e];
-      x = ex2(__fsub_rn(x, mt[h]));
+      x = ex2(__fmaf_rn(x, scale_log2, mt[h]));
       tsum[h] = __fadd_rn(tsum[h], x);
     }
 #pragma unroll
@@ -340,7 +345,7 @@ __device__ __forceinline__ void softmax_tile_body(float (&s)[32], int kb, int cq
     tsum[h] = __fadd_rn(tsum[h], __shfl_xor_sync(0xffffffffu, tsum[h], 1));
     tsum[h] = __fadd_rn(tsum[h], __shfl_xor_sync(0xffffffffu, tsum[h], 2));
     l_run[h] = __fmaf_rn(l_run[h], alpha[h], tsum[h]);
-    m_run[h] = mt[h];
+    m_run[h] = -mt[h];
   }
 }
 // `masked`: some key of the tile is past the first row's position (the tile reaches the CTA's diagonal).

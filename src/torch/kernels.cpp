@@ -15,6 +15,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/SymIntArrayRef.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <optional>
@@ -476,10 +477,11 @@ bool paged_attention_enabled() {
 // nb)). Its order is fixed by positions alone, like the matrix path's; which path a call takes depends on
 // L, S, the head size, the dtype and the mask, never on the batch. q4/k4/v4: [B, H, ., E]; k4, v4 with the
 // kv heads (grouped-query attention is native). Returns [B, Hq, L, E] (a transposed view) or an undefined
-// tensor when the call does not have that shape.
+// tensor when the call does not have that shape (or its scale is not positive: the kernel needs one).
 Tensor paged_sdpa(const Tensor& q4, const Tensor& k4, const Tensor& v4, bool is_causal, bool has_mask, double scale) {
   const int64_t B = q4.size(0), Hq = q4.size(1), L = q4.size(2), E = q4.size(3), Hk = k4.size(1), S = k4.size(2);
-  const bool shape_ok = !has_mask && (E == 64 || E == 128) && v4.size(3) == E && L >= 1 && S >= 1 &&
+  const bool shape_ok = !has_mask && scale > 0 && std::isfinite(scale) && (E == 64 || E == 128) && v4.size(3) == E &&
+                        L >= 1 && S >= 1 &&
                         (is_causal ? L == S : L == 1) && Hk >= 1 && Hq % Hk == 0 && Hq / Hk <= 64 &&
                         (q4.scalar_type() == at::kHalf || q4.scalar_type() == at::kBFloat16) &&
                         k4.size(0) == B && v4.size(0) == B && v4.size(1) == Hk && v4.size(2) == S;

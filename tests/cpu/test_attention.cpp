@@ -3,6 +3,8 @@
 // all over shuffled physical blocks. A split-count-by-sequences variant must be caught by the same check.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "attention_harness.h"
 #include "core/attention_variants.h"
 #include "core/policy.h"
@@ -130,6 +132,10 @@ TEST(CpuAttention, ValidatesArguments) {
     }
     return std::string("no error");
   };
+  for (float bad : {0.f, -0.125f, std::numeric_limits<float>::infinity()})
+    EXPECT_NE(msg([&] { paged_attention(out, q, kc, vc, bt, sl, qsl, bad); }).find("scale must be positive and finite"),
+              std::string::npos)
+        << bad;
   Tensor q96 = t({3, 4, 96}, DType::BF16);
   EXPECT_NE(msg([&] { paged_attention(q96, q96, kc, vc, bt, sl, qsl, 1.f); }).find("head_dim"), std::string::npos);
   Tensor q16 = t({3, 4, 64}, DType::F16);
