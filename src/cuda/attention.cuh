@@ -415,7 +415,15 @@ __global__ void __launch_bounds__(D) fold_kernel(const Params p) {
   // sinking the loads back next to their folds; loads past the last split are not issued (a prefill
   // step in this mode folds millions of rows of one or two splits).
   constexpr int kBatch = 16;
-  for (int j0 = 1; j0 < nsplit; j0 += kBatch) {
+  if (nsplit <= 4) {  // few splits (prefill rows in this mode): the plain loop, without a round's setup
+    for (int j = 1; j < nsplit; ++j) {
+      const FoldCoef fc = fold_coef(M, ml[2 * j]);
+      Lsum = fold(Lsum, ml[2 * j + 1], fc);
+      M = fc.m;
+      A = fold(A, acc[int64_t(j) * D], fc);
+    }
+  }
+  for (int j0 = nsplit <= 4 ? nsplit : 1; j0 < nsplit; j0 += kBatch) {
     float mb[kBatch] = {}, lb[kBatch] = {}, ab[kBatch] = {};
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
