@@ -296,10 +296,10 @@ __device__ __forceinline__ void qk_issue(float (&s)[32], uint32_t sq, uint32_t s
 // index, compare and select per score, which otherwise cost as many instructions as the softmax itself.
 // Rows with no query (pos_r = -1) are not masked there either: their Q is zero, so their scores are
 // finite, and their results are never stored.
-template <bool kMask, int R>
+template <bool kMask>
 __device__ __forceinline__ void softmax_tile_body(float (&s)[32], int kb, int cq, const int (&pos_r)[2],
                                                   float scale_log2, float (&m_run)[2], float (&l_run)[2],
-                                                  float (&alpha)[2], float (&o)[R]) {
+                                                  float (&alpha)[2]) {
   const float kNegInf = -__int_as_float(0x7f800000);
   // Key kb + 8j + 2cq + (e & 1) is at or before row h's position iff 8j + (e & 1) <= lim[h].
   const int lim[2] = {pos_r[0] - kb - 2 * cq, pos_r[1] - kb - 2 * cq};
@@ -330,10 +330,7 @@ __device__ __forceinline__ void softmax_tile_body(float (&s)[32], int kb, int cq
     alpha[h] = m_run[h] == m_use ? 1.f : ex2(__fsub_rn(m_run[h], m_use));
     mt[h] = -m_use;
   }
-  // p = 2^(x * scale - max) with one rounding: fma(x, scale, -max). With an O (R > 1), its R / 32
-  // multiplies by alpha per score are written between the exponentials, whose unit issues a warp's
-  // instruction only every few cycles.
-  static_assert(R == 1 || R % 32 == 0, "O is rescaled R / 32 values per score");
+  // p = 2^(x * scale - max) with one rounding: fma(x, scale, -max).
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -342,13 +339,6 @@ __device__ __forceinline__ void softmax_tile_body(float (&s)[32], int kb, int cq
       float& x = s[4 * j + e];
       x = ex2(__fmaf_rn(x, scale_log2, mt[h]));
       tsum[h] = __fadd_rn(tsum[h], x);
-      if constexpr (R > 1) {
-#pragma unroll
-        for (int u = 0; u < R / 32; ++u) {
-          const int i = (4 * j + e) * (R / 32) + u;
-          o[i] = __fmul_rn(o[i], alpha[(i >> 1) & 1]);
-        }
-      }
     }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -362,23 +352,10 @@ __device__ __forceinline__ void softmax_tile_body(float (&s)[32], int kb, int cq
 __device__ __forceinline__ void softmax_tile(float (&s)[32], int kb, int cq, const int (&pos_r)[2], float scale_log2,
                                              float (&m_run)[2], float (&l_run)[2], float (&alpha)[2],
                                              bool masked = true) {
-  float none[1];
   if (masked)
-    softmax_tile_body<true>(s, kb, cq, pos_r, scale_log2, m_run, l_run, alpha, none);
+    softmax_tile_body<true>(s, kb, cq, pos_r, scale_log2, m_run, l_run, alpha);
   else
-    softmax_tile_body<false>(s, kb, cq, pos_r, scale_log2, m_run, l_run, alpha, none);
-}
-// softmax_tile, then O *= alpha (rescale_o's arithmetic). O must hold zeros at a split's first tile
-// (alpha is 0 or 1 there, so the zeros stay +0): the loops zero it when a split ends.
-template <int R>
-__device__ __forceinline__ void softmax_rescale_tile(float (&s)[32], int kb, int cq, const int (&pos_r)[2],
-                                                     float scale_log2, float (&m_run)[2], float (&l_run)[2],
-                                                     float (&alpha)[2], float (&o)[R], bool masked) {
-  if (masked)
-    softmax_tile_body<true>(s, kb, cq, pos_r, scale_log2, m_run, l_run, alpha, o);
-  else
-    softmax_tile_body<false>(s, kb, cq, pos_r, scale_log2, m_run, l_run, alpha, o);
-  pin(o);
+    softmax_tile_body<false>(s, kb, cq, pos_r, scale_log2, m_run, l_run, alpha);
 }
 
 // P = the tile's probabilities rounded to T, in the A-fragment pattern: P's fragment for keys 16k2.. is
@@ -399,13 +376,6 @@ template <int R>
 __device__ __forceinline__ void rescale_o(float (&o)[R], const float (&alpha)[2]) {
 #pragma unroll
   for (int i = 0; i < R; ++i) o[i] = __fmul_rn(o[i], alpha[(i >> 1) & 1]);
-  pin(o);
-}
-
-template <int R>
-__device__ __forceinline__ void zero_o(float (&o)[R]) {
-#pragma unroll
-  for (int i = 0; i < R; ++i) o[i] = 0.f;
   pin(o);
 }
 
@@ -1014,7 +984,6 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     float sc[32];
     uint32_t pa[4][4];
     float o[kO];
-    zero_o(o);  // variants 3 to 5 rescale it at every tile, a split's first included
     // Folded over the finished splits (in-kernel fold mode; variant 6 keeps them in shared memory).
     float accf[kSplit || kSchedule == WsSchedule::kPipelined ? 1 : kO];
     float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
@@ -1133,7 +1102,8 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         wgmma_wait<0>();
         pin(sc);
         float alpha[2];
-        softmax_rescale_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, o, kb + kBK - 1 > w.pos0);
+        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
+        start_or_rescale_o(o, alpha, split_start);
         pack_p<T>(pa, sc);
         pv_issue<T, D>(o, pa, sv(s));
         wgmma_commit();
@@ -1142,10 +1112,8 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         if (lane == 0) mbar_arrive(empty(s));  // this warp's wgmmas reading the stage are done
         if (++s == S) s = 0, phase ^= 1;
         ++t;
-        if (split_end && kb != w.kb_last) {
+        if (split_end && kb != w.kb_last)
           finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-          zero_o(o);  // the next split's first tile rescales zeros
-        }
         if (++tis == tps) tis = 0, ++js;
       }
     } else {
@@ -1175,7 +1143,8 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
         }
         float alpha[2];
-        softmax_rescale_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, o, kb + kBK - 1 > w.pos0);
+        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
+        start_or_rescale_o(o, alpha, split_start);
         pack_p<T>(pa, sc);
         if constexpr (!kPingPong) {
           pv_issue<T, D>(o, pa, sv(s));
@@ -1205,10 +1174,8 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         if (lane == 0) mbar_arrive(empty(s));
         s = s_next, phase = phase_next;
         ++t;
-        if (split_end && kb != w.kb_last) {
+        if (split_end && kb != w.kb_last)
           finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-          zero_o(o);  // the next split's first tile rescales zeros
-        }
         if (++tis == tps) tis = 0, ++js;
       }
     }
