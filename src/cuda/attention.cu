@@ -17,9 +17,8 @@
 // enough such CTAs to fill the GPU; otherwise split-parallel (one CTA per split, then fold_kernel; the
 // warp-specialised variants give a CTA a run of consecutive splits in decode-like steps, sized by
 // split_run below, so a CTA keeps its copy ring full across them instead of filling and draining it for
-// every split). The two
-// modes run the same per-split code and the same fold, and a split's partials are the same whichever
-// CTA computes them, so the choice, which depends on the batch, never changes a bit
+// every split). The two modes run the same per-split code and the same fold, and a split's partials are
+// the same whichever CTA computes them, so the choice, which depends on the batch, never changes a bit
 // (tests/gpu/test_attention_cuda.cpp runs both on the same rows).
 #include <cuda_runtime.h>
 
@@ -61,12 +60,8 @@ void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream
   }
 }
 
-// The wgmma kernels (variant 1: attention_kernel, 2: attention_kernel_pipelined, 3, 4 and 5:
-// attention_kernel_ws with the schedules kSequential, kOverlap, kPingPong): same Params, same fold kernel
-// for the split-parallel mode. A CTA of variants 3 to 5 takes two query blocks, so their grid has half as
-// many in y (the kernel maps y to the pair).
 // Split-parallel mode of the warp-specialised kernel: how many consecutive splits one CTA walks, for
-// `cols` CTA columns (sequence x KV head x query-block pair) of `splits` splits each on `sms` SMs (one
+// `cols` CTA columns (sequence x KV head; one query block each) of `splits` splits each on `sms` SMs (one
 // CTA per SM). Minimises waves x (run + 1): the time of the last wave in split units, the 1 standing for
 // a CTA's start (barriers, Q, the first copies in flight), which a longer run pays less often. Only the
 // launch shape depends on it, never a split's partials.
@@ -81,6 +76,10 @@ int split_run(int64_t cols, int64_t splits, int sms) {
   return best;
 }
 
+// The wgmma kernels (variant 1: attention_kernel, 2: attention_kernel_pipelined, 3 to 6:
+// attention_kernel_ws with the schedules kSequential, kOverlap, kPingPong, kPipelined): same Params, same
+// fold kernel for the split-parallel mode. A CTA of variants 3 to 6 takes two query blocks, so their grid
+// has half as many in y (the kernel maps y to the pair).
 template <typename T, int D>
 void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device, int sms, cudaStream_t st,
                  int64_t rows) {
