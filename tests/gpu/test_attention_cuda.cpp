@@ -258,6 +258,9 @@ size_t expect_same_output(DType dt, const std::vector<uint16_t>& a, const std::v
   return differing;
 }
 
+// The warp-specialised variants (BIK_ATTENTION_SM90=3..6), which every test below runs alike.
+const std::vector<int> kWarpSpecialized = {3, 4, 5, 6};
+
 // The negative control of the variant comparisons: each variant under another split length (a 2000-token
 // prefill alone, split length 64 instead of the plan's) must differ from variant 1's bytes under the plan,
 // or the bitwise comparison could not see a change of arithmetic. With 64-key splits every tile ends a
@@ -296,7 +299,7 @@ TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
     EXPECT_TRUE(cuda::attention_uses_wgmma(0));
     EXPECT_EQ(cuda::attention_wgmma_variant(0), 2);
   }
-  for (int v : {3, 4, 5, 6}) {
+  for (int v : kWarpSpecialized) {
     EngineSwitch ws(std::to_string(v).c_str());
     EXPECT_TRUE(cuda::attention_uses_wgmma(0));
     EXPECT_EQ(cuda::attention_wgmma_variant(0), v);
@@ -486,7 +489,7 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
     const Config& c = k.c;
     std::vector<uint16_t> v1;
     ASSERT_NO_FATAL_FAILURE(run_variant(1, c, k.seqs, seed, v1));
-    for (int v : {3, 4, 5, 6}) {
+    for (int v : kWarpSpecialized) {
       std::vector<uint16_t> vv;
       ASSERT_NO_FATAL_FAILURE(run_variant(v, c, k.seqs, seed, vv));
       const std::string label = config_label(c) + " (" + k.what + ", " + std::to_string(k.seqs.size()) +
@@ -496,7 +499,7 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
     }
     ++seed;
   }
-  expect_other_splits_differ({3, 4, 5, 6});
+  expect_other_splits_differ(kWarpSpecialized);
 }
 
 // The invariance checks of WarpSpecializedKernelInvariance, on whichever kernel BIK_ATTENTION_SM90 selects.
@@ -535,7 +538,7 @@ void check_invariance_on_current_kernel() {
 // equals variant 1 on whole steps) this carries variant 1's guarantees over to every path through them.
 TEST(GpuAttentionSm90, WarpSpecializedKernelInvariance) {
   BIK_REQUIRE_SM90_ATTENTION();
-  for (int v : {3, 4, 5, 6}) {
+  for (int v : kWarpSpecialized) {
     SCOPED_TRACE("variant " + std::to_string(v));
     EngineSwitch ws(std::to_string(v).c_str());
     ASSERT_EQ(cuda::attention_wgmma_variant(0), v);
