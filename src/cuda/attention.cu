@@ -22,14 +22,12 @@
 // (tests/gpu/test_attention_cuda.cpp runs both on the same rows).
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
 #include <set>
 #include <string>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -40,7 +38,6 @@
 #include "cuda/attention_sm90.cuh"
 #include "cuda/check.cuh"
 #include "cuda/device_info.h"
-#include "cuda/tensor_map.h"
 
 namespace bik::cuda {
 namespace {
@@ -79,50 +76,16 @@ int split_run(int64_t cols, int64_t splits, int sms) {
   return best;
 }
 
-// Copy-engine descriptors of the two caches for the warp-specialised variants' producer (KvMaps), and
-// p.kv_tma / p.kv_box to match. Boxes of min(block_size, 64) rows must tile a 64-key tile within its cache
-// blocks and start on whole swizzle periods (8 rows), so block sizes of 8, 16, 32 or a multiple of 64;
-// other layouts, base addresses the copy engine cannot take, or BIK_ATTENTION_KV_TMA=0 (read at each call,
-// for A/B comparisons) leave p.kv_tma = 0 and the producer gathers with cp.async. Either way the ring's
-// stages receive the same bytes, so the outputs are bitwise the same.
-template <typename T, int D>
-void set_kv_maps(attn::sm90::KvMaps& maps, attn::Params& p, int64_t cache_rows) {
-  p.kv_tma = 0, p.kv_box = 0;
-  const char* e = std::getenv("BIK_ATTENTION_KV_TMA");
-  if (e != nullptr && std::strcmp(e, "0") == 0) return;
-  const int bs = p.block_size;
-  if (!(bs % 64 == 0 || (bs >= 8 && 64 % bs == 0)) || cache_rows >= (int64_t(1) << 31)) return;
-  const int box_rows = std::min(bs, 64);
-  const cuuint64_t dims[3] = {cuuint64_t(D), cuuint64_t(p.kv_heads), cuuint64_t(cache_rows)};
-  const cuuint64_t strides[2] = {cuuint64_t(D) * sizeof(T), cuuint64_t(p.cache_tok) * sizeof(T)};
-  const cuuint32_t box[3] = {64, 1, cuuint32_t(box_rows)};
-  const cuuint32_t elem_strides[3] = {1, 1, 1};
-  const CUtensorMapDataType type =
-      std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  for (auto [map, base] : {std::pair{&maps.k, p.k_cache}, std::pair{&maps.v, p.v_cache}}) {
-    if ((reinterpret_cast<uintptr_t>(base) & 15) != 0) return;
-    const CUresult r = tensor_map_encoder("paged_attention")(
-        map, type, 3, const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS) return;
-  }
-  p.kv_tma = 1, p.kv_box = box_rows;
-}
-
-thread_local bool last_kv_tma = false;  // attention_last_call_used_kv_tma
-
 // The wgmma kernels (variant 1: attention_kernel, 2: attention_kernel_pipelined, 3 to 6:
 // attention_kernel_ws with the schedules kSequential, kOverlap, kPingPong, kPipelined): same Params, same
 // fold kernel for the split-parallel mode. A CTA of variants 3 to 6 takes two query blocks, so their grid
 // has half as many in y (the kernel maps y to the pair).
 template <typename T, int D>
 void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device, int sms, cudaStream_t st,
-                 int64_t rows, int64_t cache_rows) {
+                 int64_t rows) {
   namespace k90 = attn::sm90;
   int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
   void (*k)(attn::Params) = nullptr;
-  void (*ws)(attn::Params, k90::KvMaps) = nullptr;
-  k90::KvMaps maps{};
   if (variant == 2) {
     bytes = k90::PipeLayout<D>::kBytes;
     k = split ? k90::attention_kernel_pipelined<T, D, true> : k90::attention_kernel_pipelined<T, D, false>;
@@ -138,30 +101,23 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
       grid.z = (grid.z + unsigned(p.splits_per_cta) - 1) / unsigned(p.splits_per_cta);
     }
     grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
-    set_kv_maps<T, D>(maps, p, cache_rows);
     if (variant == 3)
-      ws = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kSequential>
+      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kSequential>
                 : k90::attention_kernel_ws<T, D, false, WsSchedule::kSequential>;
     else if (variant == 4)
-      ws = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kOverlap>
+      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kOverlap>
                 : k90::attention_kernel_ws<T, D, false, WsSchedule::kOverlap>;
     else if (variant == 5)
-      ws = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kPingPong>
+      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kPingPong>
                 : k90::attention_kernel_ws<T, D, false, WsSchedule::kPingPong>;
     else
-      ws = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kPipelined>
+      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kPipelined>
                 : k90::attention_kernel_ws<T, D, false, WsSchedule::kPipelined>;
   } else {
     k = split ? k90::attention_kernel<T, D, true> : k90::attention_kernel<T, D, false>;
   }
-  last_kv_tma = ws != nullptr && p.kv_tma != 0;
-  if (ws != nullptr) {
-    allow_dynamic_smem(reinterpret_cast<const void*>(ws), device, bytes);
-    ws<<<grid, unsigned(threads), bytes, st>>>(p, maps);
-  } else {
-    allow_dynamic_smem(reinterpret_cast<const void*>(k), device, bytes);
-    k<<<grid, unsigned(threads), bytes, st>>>(p);
-  }
+  allow_dynamic_smem(reinterpret_cast<const void*>(k), device, bytes);
+  k<<<grid, unsigned(threads), bytes, st>>>(p);
   BIK_CUDA_LAUNCH_CHECK();
   if (split) {
     attn::fold_kernel<T, D><<<unsigned(rows), D, 0, st>>>(p);
@@ -301,27 +257,24 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   }
   const bool bf = a.q.dtype == DType::BF16;
   const int variant = dev.arch == 90 && sm90_kernel_loadable(device) ? variant_from_env() : 0;
-  const int64_t cache_rows = a.k_cache.shape[0] * a.block_size;  // rows of the [blocks x block_size] view
   if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)
-        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, dev.sms, st, rows, cache_rows);
+        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, dev.sms, st, rows);
       else
-        launch_sm90<__half, 128>(p, grid, split, variant, device, dev.sms, st, rows, cache_rows);
+        launch_sm90<__half, 128>(p, grid, split, variant, device, dev.sms, st, rows);
     } else {
       if (bf)
-        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, dev.sms, st, rows, cache_rows);
+        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, dev.sms, st, rows);
       else
-        launch_sm90<__half, 64>(p, grid, split, variant, device, dev.sms, st, rows, cache_rows);
+        launch_sm90<__half, 64>(p, grid, split, variant, device, dev.sms, st, rows);
     }
   } else if (a.head_dim == 128) {
-    last_kv_tma = false;
     if (bf)
       launch<__nv_bfloat16, 128>(p, grid, split, device, st, rows);
     else
       launch<__half, 128>(p, grid, split, device, st, rows);
   } else {
-    last_kv_tma = false;
     if (bf)
       launch<__nv_bfloat16, 64>(p, grid, split, device, st, rows);
     else
@@ -337,7 +290,5 @@ bool attention_wgmma_available(int device) {
 bool attention_uses_wgmma(int device) { return attention_wgmma_variant(device) != 0; }
 
 int attention_wgmma_variant(int device) { return attention_wgmma_available(device) ? variant_from_env() : 0; }
-
-bool attention_last_call_used_kv_tma() { return last_kv_tma; }
 
 }  // namespace bik::cuda

@@ -50,9 +50,6 @@ struct Params {
   float* part_acc;
   int max_splits;
   int splits_per_cta;  // split-parallel mode: consecutive splits one CTA walks (1 but for variants 3-5)
-  // Warp-specialised wgmma variants: 1 when the copy engine (TMA) brings K and V in boxes of kv_box cache
-  // rows (attention_sm90.cuh, KvMaps); 0 when the producer warps gather them with cp.async.
-  int kv_tma, kv_box;
 };
 
 __device__ __forceinline__ float ex2(float x) {

@@ -23,10 +23,4 @@ bool attention_wgmma_available(int device);
 // Makes `device` current.
 int attention_wgmma_variant(int device);
 
-// Whether the last paged_attention call on this host thread ran a warp-specialised variant (3 to 6) with
-// the copy engine (TMA) bringing K and V into its ring (block sizes 8, 16, 32 or a multiple of 64, unless
-// BIK_ATTENTION_KV_TMA=0), rather than the producer warps' cp.async gather. The two give the same bytes
-// in shared memory; tests use this to know which one they compared.
-bool attention_last_call_used_kv_tma();
-
 }  // namespace bik::cuda

@@ -57,13 +57,6 @@ namespace bik::cuda::attn::sm90 {
 
 using gemm_detail::sm90::Wgmma;  // SS form, both operands K-major: S = Q K^T
 
-// Copy-engine descriptors of the K and V caches for the warp-specialised variants' producer (Params::kv_tma):
-// each cache seen as a 3-D tensor [blocks x block_size rows][kv_heads][head_dim] in the 128-byte swizzle,
-// boxes of 64 columns of head_dim (one panel) by one head by kv_box rows.
-struct KvMaps {
-  CUtensorMap k, v;
-};
-
 template <int D>
 struct Layout {
   static constexpr int kPanel = kBK * 128;        // 64 rows of 128 bytes
@@ -182,8 +175,6 @@ __device__ __forceinline__ void mbar_arrive_on_copies(uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-using sm90_sync::mbar_arrive_expect_tx;
-using sm90_sync::tma_load;
 // Barrier `id` (1..15) among `threads` threads (a multiple of 32); id 0 is __syncthreads.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
@@ -380,17 +371,11 @@ __device__ __forceinline__ void pack_p(uint32_t (&pa)[4][4], const float (&s)[32
   }
 }
 
-// O *= alpha, per row. A row whose running max did not change has alpha exactly 1, and x * 1 is x (zeros
-// keep their sign; NaN stays NaN and is rounded like any NaN by the final normalisation), so a warp none of
-// whose rows' maxima moved skips the multiplies: the same bits, and once the maxima settle (a few tiles
-// into a row's keys) D / 2 fewer instructions per thread and tile. The vote is over the warp's lanes, all
-// of which are here (callers are warp-uniform).
+// O *= alpha, per row.
 template <int R>
 __device__ __forceinline__ void rescale_o(float (&o)[R], const float (&alpha)[2]) {
-  if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-    for (int i = 0; i < R; ++i) o[i] = __fmul_rn(o[i], alpha[(i >> 1) & 1]);
-  }
+  for (int i = 0; i < R; ++i) o[i] = __fmul_rn(o[i], alpha[(i >> 1) & 1]);
   pin(o);
 }
 
@@ -818,16 +803,10 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
 // query rows instead of 64, and the two consumers' tensor-core work and softmax interleave on the SM.
 //
 // Ring protocol (stage s = t % kStages for stream tile t, parity (t / kStages) & 1):
-//  - full[s], cp.async mode: 128 arrivals, one per producer thread, made by the copy hardware once that
-//    thread's copies of the tile have landed (cp.async.mbarrier.arrive.noinc), so the producer never
-//    waits on a copy. Each consumer thread then issues the proxy fence before its wgmma (the async
-//    proxy) reads the stage: the bytes were written through the generic proxy and are visible to it via
-//    the barrier;
-//  - full[s], copy-engine mode (Params::kv_tma, where the cache layout allows it): one arrival with the
-//    tile's byte count, made by the one producer warp after it has issued the tile's TMA boxes (one per
-//    kv_box keys and panel, K and V); the bytes land in the async proxy, so no consumer fence. The issue
-//    costs a few instructions a tile instead of the gather's ~250 per producer warp, which ran on the
-//    consumers' schedulers;
+//  - full[s]: 128 arrivals, one per producer thread, made by the copy hardware once that thread's copies
+//    of the tile have landed (cp.async.mbarrier.arrive.noinc), so the producer never waits on a copy.
+//    Each consumer thread then issues the proxy fence before its wgmma (the async proxy) reads the
+//    stage: the bytes were written through the generic proxy and are visible to it via the barrier;
 //  - empty[s]: 8 arrivals, lane 0 of each consumer warp once its P V of the tile has completed (wait
 //    group 0), i.e. every wgmma reading the stage is done; the producer waits for it before refilling.
 // A consumer whose block ends before the stream does keeps waiting and releasing the remaining tiles
@@ -892,8 +871,7 @@ struct WsLayout {
 };
 
 template <typename T, int D, bool kSplit, WsSchedule kSchedule>
-__global__ void __launch_bounds__(WsLayout<D>::kThreads, 1)
-    attention_kernel_ws(const Params p, const __grid_constant__ KvMaps maps) {
+__global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(const Params p) {
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
   using Ly = WsLayout<D, kSchedule == WsSchedule::kPipelined>;
   constexpr int S = Ly::kStages, C = Ly::kConsumers;
@@ -922,7 +900,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1)
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int s = 0; s < S; ++s) {
-      mbar_init(full(s), p.kv_tma ? 1 : 128);  // the copy warp's lane 0, or every producer thread
+      mbar_init(full(s), 128);
       mbar_init(empty(s), C * 4);
     }
   }
@@ -936,50 +914,6 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1)
     const T* vc = static_cast<const T*>(p.v_cache);
     const int32_t* bt = p.block_tables + int64_t(blockIdx.x / p.kv_heads) * p.bt_s0;
     const int kvh = blockIdx.x % p.kv_heads;
-    if (p.kv_tma) {
-      // Copy-engine mode, warp 0 alone. Box i of a tile (kv_box consecutive keys of one cache block) is
-      // lane i's: its table lookup (made before the wait for the stage), then one copy per panel of K and
-      // of V, landing where the cp.async gather would put the same bytes (box starts are 1024-byte
-      // aligned: whole swizzle periods). Lane 0's arrival announces the tile's bytes; copies may land
-      // before it, but the phase cannot complete without it. Only the stream's last tile can reach past
-      // pmax_all: its rows from the first box that does are gathered with cp.async as in the other mode
-      // (zero-filled past pmax_all), awaited, and made visible to the async proxy before the arrival.
-      if (tid >= 32) return;
-      const int B = p.kv_box, bs = p.block_size;
-      constexpr int kRowBytes = D * int(sizeof(T));  // one key row of one cache
-      // Row of key position kp in the cache seen as [blocks x block_size] rows; -1 past pmax_all.
-      auto cache_row = [&](int kp) { return kp > pmax_all ? -1 : bt[int64_t(kp / bs) * p.bt_s1] * bs + kp % bs; };
-      int s = 0, phase = 0;
-      for (int t = 0; t < n; ++t) {
-        const int kp0 = kb_first + t * kBK;
-        const int nvalid = min(kBK, pmax_all - kp0 + 1);  // >= 1: the stream ends with pmax_all's tile
-        const int nfull = nvalid / B;                     // boxes wholly at or before pmax_all
-        const int row = lane < nfull ? cache_row(kp0 + lane * B) : 0;
-        mbar_wait(empty(s), phase ^ 1);  // tile t - S released (immediate for the first S tiles)
-        if (lane < nfull) {
-#pragma unroll
-          for (int pn = 0; pn < D / 64; ++pn) {
-            const uint32_t dst = pn * Layout<D>::kPanel + lane * B * 128;
-            tma_load(sk(s) + dst, &maps.k, full(s), pn * 64, kvh, row);
-            tma_load(sv(s) + dst, &maps.v, full(s), pn * 64, kvh, row);
-          }
-        }
-        if (nvalid < kBK) {
-          for (int i = nfull * B * kChunks + lane; i < kBK * kChunks; i += 32) {
-            const int r = i / kChunks, c = i % kChunks, cr = cache_row(kp0 + r);
-            const int64_t src = cr < 0 ? 0 : int64_t(cr) * p.cache_tok + int64_t(kvh) * D + c * 8;
-            cp_async_16(sk(s) + Layout<D>::off(r, c), kc + src, cr < 0 ? 0 : 16);
-            cp_async_16(sv(s) + Layout<D>::off(r, c), vc + src, cr < 0 ? 0 : 16);
-          }
-          cp_async_wait_all();
-          fence_proxy_async();
-        }
-        __syncwarp();
-        if (lane == 0) mbar_arrive_expect_tx(full(s), 2 * nfull * B * kRowBytes);
-        if (++s == S) s = 0, phase ^= 1;
-      }
-      return;
-    }
     // Warp pw copies rows 16pw .. 16pw + 15 of each tile. Lane l (and l + 16) looks up row 16pw + l % 16
     // in the block table; each copy instruction then covers kRowsPerOp whole rows (consecutive lanes,
     // consecutive 16-byte chunks of a row), taking the row's offset from its lane by a shuffle.
@@ -1032,12 +966,6 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1)
     static_assert(C == 2, "the ping-pong alternates two consumers");
     if (wg == 1) named_barrier_arrive(kTurnBar, 256);  // opens consumer 0's turn 0
   }
-  // After the wait for a ring tile: bytes the producer threads gathered with cp.async (generic-proxy
-  // writes) need the proxy fence before a wgmma reads them; the copy engine's land in the async proxy,
-  // and in copy-engine mode the producer has fenced its own cp.async rows already.
-  auto stage_visible = [&] {
-    if (!p.kv_tma) fence_proxy_async();
-  };
   WorkUnit w;
   const bool mine = work_unit<kSplit>(p, w, qb0 + wg);  // uniform over the warpgroup
   int t = 0, s = 0, phase = 0;
@@ -1089,7 +1017,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1)
       float m_end[2] = {0.f, 0.f}, l_end[2] = {0.f, 0.f};  // a finished split's (m, l) until its O is done
       const int n_mine = (w.kb_last - kb_first) / kBK + 1;
       mbar_wait(full(s), phase);
-      stage_visible();
+      fence_proxy_async();
       int st_cur = s, st_prev = s;  // stages of tiles t and t - 1
       if (++s == S) s = 0, phase ^= 1;
       zero_scores(sc);
@@ -1104,7 +1032,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1)
         int st_nxt = st_cur;
         if (more) {
           mbar_wait(full(s), phase);
-          stage_visible();
+          fence_proxy_async();
           st_nxt = s;
           if (++s == S) s = 0, phase ^= 1;
         }
@@ -1161,7 +1089,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1)
     } else if constexpr (kSchedule == WsSchedule::kSequential) {
       for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
         mbar_wait(full(s), phase);
-        stage_visible();
+        fence_proxy_async();  // the stage's bytes (generic-proxy writes) before the wgmma reads them
         const bool split_start = tis == 0;
         const bool split_end = tis == tps - 1 || kb == w.kb_last;
         if (split_start) {
@@ -1199,7 +1127,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1)
       // (the ring tile, P, the rescaled O, the zeroed scores) is ready before the turn is taken, so the
       // partner waits on this consumer only for the issue itself.
       mbar_wait(full(s), phase);
-      stage_visible();
+      fence_proxy_async();
       zero_scores(sc);
       turn_begin();  // turn 0: S(0)
       qk_issue<T, D>(sc, sq, sk(s));
@@ -1227,7 +1155,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1)
         const int phase_next = s + 1 == S ? phase ^ 1 : phase;
         if (more) {
           mbar_wait(full(s_next), phase_next);
-          stage_visible();
+          fence_proxy_async();
         }
         zero_scores(sc);  // S(t + 1)'s accumulators (P(t) is in pa)
         turn_begin();     // variant 5's turn t + 1: P V(t), S(t + 1)

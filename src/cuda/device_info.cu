@@ -8,7 +8,6 @@
 #include <utility>
 
 #include "cuda/check.cuh"
-#include "cuda/tensor_map.h"
 
 namespace bik::cuda {
 
@@ -41,21 +40,6 @@ void allow_dynamic_smem(const void* kernel, int device, int bytes) {
   if (done.count({kernel, device})) return;
   BIK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   done.insert({kernel, device});
-}
-
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder(const char* op) {
-  static void* fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();
-      f = nullptr;
-    }
-    return f;
-  }();
-  BIK_CHECK(fn != nullptr, op, ": the driver has no cuTensorMapEncodeTiled");
-  return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
 }
 
 }  // namespace bik::cuda

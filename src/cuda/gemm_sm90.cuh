@@ -124,11 +124,17 @@ using sm90_sync::mbar_arrive_expect_tx;
 using sm90_sync::mbar_init;
 using sm90_sync::mbar_wait;
 using sm90_sync::pin;
-using sm90_sync::tma_load;
 using sm90_sync::wgmma_commit;
 using sm90_sync::wgmma_fence;
 using sm90_sync::wgmma_wait;
 
+__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, uint32_t bar, int k, int row, int b) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::
+          "r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(k), "r"(row), "r"(b)
+      : "memory");
+}
 // The same box copied into the same shared-memory offset of every CTA of the cluster named in `mask`,
 // completing bytes on the barrier at the same offset in each of them.
 __device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorMap* map, uint32_t bar, int k, int row,

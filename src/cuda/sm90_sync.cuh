@@ -1,11 +1,9 @@
 // Hopper (sm_90a) synchronisation primitives shared by the wgmma GEMM and the wgmma attention kernels:
-// CTA-scope mbarriers, the async-proxy fence, the copy engine's 3-D box load, and the wgmma fence /
-// commit / wait group. One definition each; gemm_detail::sm90 and attn::sm90 bring them in with using-declarations. Variants with other
+// CTA-scope mbarriers, the async-proxy fence, and the wgmma fence / commit / wait group. One definition
+// each; gemm_detail::sm90 and attn::sm90 bring them in with using-declarations. Variants with other
 // semantics (cluster-scope arrives, cp.async arrives, the row copies' barriers in rows.cuh) stay beside
 // their callers under their own names.
 #pragma once
-#include <cuda.h>  // CUtensorMap (a plain struct; nothing from the driver library is linked)
-
 #include <cstdint>
 
 namespace bik::cuda::sm90_sync {
@@ -37,15 +35,6 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, int bytes) {
 // Makes this thread's completed generic-proxy accesses of shared memory visible to (ordered before) the
 // async proxy, which is where wgmma reads its shared-memory operands and the copy engine writes.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// The copy engine (TMA) copies the box at coordinates (c0, c1, c2) of the 3-D tensor `map` to shared memory
-// at `dst` and completes its bytes on the barrier `bar` (whose phase must expect them).
-__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::
-          "r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
-      : "memory");
-}
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }

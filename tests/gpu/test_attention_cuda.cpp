@@ -161,30 +161,25 @@ TEST(GpuAttention, NegativeControlSplitBySequencesIsCaught) {
 
 
 #if BIK_WITH_CUDA
-// Sets an environment variable that paged_attention reads at each call for its lifetime, then restores it.
-class EnvSwitch {
+// Sets BIK_ATTENTION_SM90 for its lifetime (paged_attention reads it at each call), then restores it.
+class EngineSwitch {
  public:
-  EnvSwitch(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name_)) saved_ = std::string(old);
-    setenv(name_, value, 1);
+  explicit EngineSwitch(const char* value) {
+    if (const char* old = std::getenv(kName)) saved_ = std::string(old);
+    setenv(kName, value, 1);
   }
-  ~EnvSwitch() {
+  ~EngineSwitch() {
     if (saved_)
-      setenv(name_, saved_->c_str(), 1);
+      setenv(kName, saved_->c_str(), 1);
     else
-      unsetenv(name_);
+      unsetenv(kName);
   }
-  EnvSwitch(const EnvSwitch&) = delete;
-  EnvSwitch& operator=(const EnvSwitch&) = delete;
+  EngineSwitch(const EngineSwitch&) = delete;
+  EngineSwitch& operator=(const EngineSwitch&) = delete;
 
  private:
-  const char* name_;
+  static constexpr const char* kName = "BIK_ATTENTION_SM90";
   std::optional<std::string> saved_;
-};
-// BIK_ATTENTION_SM90: which attention kernel runs.
-class EngineSwitch : public EnvSwitch {
- public:
-  explicit EngineSwitch(const char* value) : EnvSwitch("BIK_ATTENTION_SM90", value) {}
 };
 
 // Skips off sm_90; on sm_90 the build must carry the sm_90a kernel (the default architectures do), or
@@ -505,52 +500,6 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
     ++seed;
   }
   expect_other_splits_differ(kWarpSpecialized);
-}
-
-// The producer of variants 3 to 6 fills its ring through the copy engine (TMA boxes of min(block size, 64)
-// rows) where the block size is 8, 16, 32 or a multiple of 64, and with the cp.async gather otherwise or
-// under BIK_ATTENTION_KV_TMA=0. Both must put the same bytes in the ring: outputs bitwise equal to each
-// other and to variant 1, for every block size the boxes take (8 to 256) and ones they do not (3, 24, 48,
-// where the switch must not engage), both head dims and dtypes, sequences whose last tile ends inside a
-// box, on a box edge, or past several empty boxes (zero-filled rows), prefill, decode and mixed batches.
-// Negative control: another split length must change the bytes of variant 5 in either mode.
-TEST(GpuAttentionSm90, KvCopyEngineEqualsGatherBitwise) {
-  BIK_REQUIRE_SM90_ATTENTION();
-  const std::vector<SeqSpec> prefill = {{120, 2000, 2000}, {121, 130, 65}, {122, 64, 64}, {123, 200, 9}};
-  const std::vector<SeqSpec> decode = {{124, 1, 1}, {125, 1024, 1}, {126, 4100, 1}, {127, 257, 2}, {128, 703, 3}};
-  const std::vector<SeqSpec> mixed = {{129, 3000, 3000}, {130, 6000, 1}, {131, 5000, 300}, {132, 65, 65},
-                                      {133, 1, 1},       {134, 129, 1},  {135, 191, 191}};
-  uint64_t seed = 3301;
-  for (int64_t bs : {8, 16, 32, 64, 128, 256, 3, 24, 48}) {
-    const bool boxes = bs % 64 == 0 || 64 % bs == 0;
-    for (const Config& c : {Config{DType::BF16, 32, 8, 128, bs}, Config{DType::F16, 8, 2, 64, bs}}) {
-      for (const auto* seqs : {&prefill, &decode, &mixed}) {
-        const std::string label = config_label(c) + " (" + std::to_string(seqs->size()) + " sequences)";
-        std::vector<uint16_t> v1, tma, gather;
-        ASSERT_NO_FATAL_FAILURE(run_variant(1, c, *seqs, seed, v1));
-        {
-          EnvSwitch on("BIK_ATTENTION_KV_TMA", "1");
-          ASSERT_NO_FATAL_FAILURE(run_variant(5, c, *seqs, seed, tma));
-          EXPECT_EQ(cuda::attention_last_call_used_kv_tma(), boxes) << label;
-        }
-        {
-          EnvSwitch off("BIK_ATTENTION_KV_TMA", "0");
-          ASSERT_NO_FATAL_FAILURE(run_variant(5, c, *seqs, seed, gather));
-          EXPECT_FALSE(cuda::attention_last_call_used_kv_tma()) << label;
-        }
-        ASSERT_EQ(v1.size(), tma.size());
-        ASSERT_EQ(v1.size(), gather.size());
-        expect_same_output(c.dtype, gather, tma, label + ", copy engine", "from the cp.async gather");
-        expect_same_output(c.dtype, v1, tma, label + ", copy engine", "from variant 1");
-        ++seed;
-      }
-    }
-  }
-  for (const char* mode : {"1", "0"}) {
-    EnvSwitch sw("BIK_ATTENTION_KV_TMA", mode);
-    SCOPED_TRACE(std::string("BIK_ATTENTION_KV_TMA=") + mode);
-    expect_other_splits_differ({5});
-  }
 }
 
 // The invariance checks of WarpSpecializedKernelInvariance, on whichever kernel BIK_ATTENTION_SM90 selects.
