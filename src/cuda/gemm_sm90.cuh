@@ -145,12 +145,17 @@ __device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorM
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(k), "r"(row), "r"(b), "h"(mask)
       : "memory");
 }
-// Arrives on the barrier at the same offset in CTA `cta` of the cluster (this CTA included).
+// Arrives on the barrier at the same offset in CTA `cta` of the cluster (this CTA included). The consumers
+// use it to release a stage once their wgmmas reading it have completed (wait_group), so no access of
+// theirs is left to order against the refill: the arrive keeps the default CTA-scope release. A
+// cluster-scope release (.release.cluster) compiles to a GPU-wide memory fence before every arrive
+// (MEMBAR.ALL.GPU in the SASS), which stalled each consumer warp on the epilogue's outstanding stores
+// and made the cluster kernel about twice as slow as one CTA a tile.
 __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
   asm volatile(
       "{\n.reg .b32 remote;\n"
       "mapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n"
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
       "}\n" ::"r"(bar),
       "r"(cta)
       : "memory");
