@@ -178,18 +178,25 @@ Params walk_params(const Problem& p, const TileOrder& order) {
 }
 
 // ---- cluster mode (gemm_sm90.cuh): pairs of CTAs share one operand through TMA multicast ----------------
-// BIK_GEMM_CLUSTER: "2" -> clusters of two, the shared operand picked per shape (share_w_for); "2a" / "2w"
-// -> clusters of two that always share A / W (for A/B timing and the tests); anything else or unset -> one
-// CTA per tile. Read at each call, so tests and benchmarks can flip it between calls. It never changes a
-// bit: the K order, the wgmma sequence and the epilogue of every stored output are the same.
+// BIK_GEMM_CLUSTER, read at each call so tests and benchmarks can flip it between calls:
+//   unset -> clusters of two (the shared operand picked per shape, share_w_for) for decode-sized products
+//            with few output columns and a long K (M <= 256, N <= 4096, K >= 4096, one batch: on an H200 the
+//            down projection 4096 x 12288 at M = 64..256 took 43-47 us against 49-51 on one CTA a tile, the
+//            4096 -> 1024 one 16-18 against 18-21, 4096 x 4096 the same either way;
+//            logs_h200/<commit>_gemm_c*.log), one CTA per tile otherwise;
+//   "0" -> one CTA per tile everywhere; "2" -> clusters of two everywhere; "2a" / "2w" -> clusters of two
+//   that always share A / W (for A/B timing and the tests); anything else -> as unset.
+// It never changes a bit: the K order, the wgmma sequence and the epilogue of every stored output are the same.
 enum class ClusterMode { Off, Auto, ShareA, ShareW };
-ClusterMode cluster_mode_from_env() {
+ClusterMode cluster_mode_for(const Problem& p) {
   const char* e = std::getenv("BIK_GEMM_CLUSTER");
-  if (e == nullptr) return ClusterMode::Off;
-  if (std::strcmp(e, "2") == 0) return ClusterMode::Auto;
-  if (std::strcmp(e, "2a") == 0) return ClusterMode::ShareA;
-  if (std::strcmp(e, "2w") == 0) return ClusterMode::ShareW;
-  return ClusterMode::Off;
+  if (e != nullptr) {
+    if (std::strcmp(e, "0") == 0) return ClusterMode::Off;
+    if (std::strcmp(e, "2") == 0) return ClusterMode::Auto;
+    if (std::strcmp(e, "2a") == 0) return ClusterMode::ShareA;
+    if (std::strcmp(e, "2w") == 0) return ClusterMode::ShareW;
+  }
+  return p.m <= 256 && p.n <= 4096 && p.k >= 4096 && p.batch == 1 ? ClusterMode::Auto : ClusterMode::Off;
 }
 
 std::atomic<uint64_t> g_cluster_launches{0};
@@ -316,7 +323,7 @@ template <class Cfg, typename T>
 void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
   BIK_CHECK(Cfg::kSmemBytes <= d.smem_optin, "matmul: sm90 tile needs ", Cfg::kSmemBytes,
             " bytes of shared memory; the device allows ", d.smem_optin);
-  if (const ClusterMode mode = cluster_mode_from_env(); mode != ClusterMode::Off && launch_cluster<Cfg, T>(p, d, st, mode))
+  if (const ClusterMode mode = cluster_mode_for(p); mode != ClusterMode::Off && launch_cluster<Cfg, T>(p, d, st, mode))
     return;
   if constexpr (Cfg::kConsumers == 2) {
     if (pingpong_from_env()) {
@@ -430,7 +437,7 @@ bool tma_possible(const Problem& p) {
 std::string sm90_config_name(const Problem& p, const DeviceInfo& d) {
   const Choice c = choose(p, d);
   std::string name = std::string("sm90 ") + kChoiceNames[int(c)] + (tma_possible(p) ? " tma" : " tma-packed");
-  if (const ClusterMode mode = cluster_mode_from_env(); mode != ClusterMode::Off && p.k > 0)
+  if (const ClusterMode mode = cluster_mode_for(p); mode != ClusterMode::Off && p.k > 0)
     name += share_w_for(p, kShapes[int(c)].bm, kShapes[int(c)].bn, mode) ? " cluster2w" : " cluster2a";
   else if (kShapes[int(c)].bm == 128 && pingpong_from_env())
     name += " pingpong";

@@ -396,7 +396,7 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
       fill_bytes(base, 0xff);
       fill_bytes(base16, 0xff);
       {
-        const ScopedEnv one_cta("BIK_GEMM_CLUSTER", nullptr);
+        const ScopedEnv one_cta("BIK_GEMM_CLUSTER", "0");
         run(Impl::Dispatch, base, a, w);
         run(Impl::Dispatch, base16, a, w, bias.view());
       }
@@ -404,7 +404,8 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
       if (m * n * k < 5'000'000'000)  // the float64 reference is a host loop
         EXPECT_LT(rel_error(base16, a, w, bias.view()), tolerance(dt));
       for (const std::string& tile : tiles)
-        for (const char* mode : {static_cast<const char*>(nullptr), "2a", "2w"}) {
+        for (const char* mode : {static_cast<const char*>(nullptr), "2a", "2w"}) {  // unset: none of these shapes
+                                                                                  // meets the default rule
           const ScopedEnv cluster("BIK_GEMM_CLUSTER", mode);
           const std::string what = "tile " + tile + (mode ? std::string(" cluster ") + mode : std::string()) + " " +
                                    dtype_name(dt) + " M=" + std::to_string(m) + " N=" + std::to_string(n) +
@@ -432,7 +433,7 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
     const TensorView& w_shared = ops.w_shared;
     const Tensor base = dev({B, m, n}, DType::F32), base_shared = dev({B, m, n}, DType::F32), o = dev({B, m, n}, DType::F32);
     {
-      const ScopedEnv one_cta("BIK_GEMM_CLUSTER", nullptr);
+      const ScopedEnv one_cta("BIK_GEMM_CLUSTER", "0");
       run(Impl::Dispatch, base, a, w);
       run(Impl::Dispatch, base_shared, a, w_shared);
     }
@@ -452,6 +453,43 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
   }
   std::printf("[tiles] %lld tile runs compared bit for bit with gemm(), %lld of them in cluster mode\n",
               (long long)compared, (long long)compared_cluster);
+}
+
+// With BIK_GEMM_CLUSTER unset, gemm() runs decode-sized products with N <= 4096 and K >= 4096 (M <= 256, one
+// batch) as clusters of two CTAs and everything else on one CTA a tile. The rule must pick the path it
+// says (launch counter) and the path must not change a bit: every M on both sides of the M bound, a row
+// alone against the same row in the batch, against BIK_GEMM_CLUSTER=0.
+TEST(GpuGemm, DefaultClusterRuleKeepsTheBits) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  struct Case {
+    int64_t m, n, k;
+    bool cluster;
+  };
+  const std::vector<Case> cases = {{1, 1024, 4096, true},    {64, 4096, 4096, true},    {256, 4096, 12288, true},
+                                   {257, 4096, 12288, false}, {200, 4097, 4096, false}, {128, 1024, 4095, false}};
+  for (DType dt : {DType::BF16, DType::F16})
+    for (const Case& c : cases) {
+      const std::string what = std::string(dtype_name(dt)) + " M=" + std::to_string(c.m) +
+                               " N=" + std::to_string(c.n) + " K=" + std::to_string(c.k);
+      const Tensor a = dev_filled({c.m, c.k}, dt, uint64_t(c.m * 7 + c.k)), w = dev_filled({c.n, c.k}, dt, uint64_t(c.n));
+      const Tensor base = dev({c.m, c.n}, dt), o = dev({c.m, c.n}, dt), row = dev({1, c.n}, dt);
+      fill_bytes(base, 0xff);
+      {
+        const ScopedEnv one_cta("BIK_GEMM_CLUSTER", "0");
+        run(Impl::Dispatch, base, a, w);
+      }
+      const ScopedEnv unset("BIK_GEMM_CLUSTER", nullptr);
+      const uint64_t launches0 = cuda::gemm_sm90_cluster_launches();
+      fill_bytes(o, 0xff);
+      run(Impl::Dispatch, o, a, w);
+      EXPECT_EQ(cuda::gemm_sm90_cluster_launches() - launches0, c.cluster ? 1u : 0u) << what << ": cluster launches";
+      EXPECT_TRUE(bits_equal(o, base)) << what << ": default rule against one CTA a tile";
+      // The last row alone (M = 1 meets the rule whenever N and K do) against its bits in the batch.
+      fill_bytes(row, 0xff);
+      run(Impl::Dispatch, row, a.view().narrow(0, c.m - 1, 1), w);
+      EXPECT_TRUE(bits_equal(row, base.view().narrow(0, c.m - 1, 1))) << what << ": last row alone against the batch";
+    }
 }
 
 // The tile table (gemm_sm90.cu) must not leave most SMs idle when a smaller tile would fill them: the

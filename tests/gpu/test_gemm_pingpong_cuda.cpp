@@ -107,7 +107,7 @@ struct Outs {
 // ping-pong launches it made.
 uint64_t run_three(const std::string& tile, bool pingpong, const TensorView& a, const TensorView& w,
                    const TensorView& bias, const Outs& o, const std::string& what) {
-  const ScopedEnv cluster("BIK_GEMM_CLUSTER", nullptr);  // cluster mode would go first
+  const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");  // cluster mode would go first
   const ScopedEnv env("BIK_GEMM_PINGPONG", pingpong ? "1" : nullptr);
   const uint64_t launches0 = cuda::gemm_sm90_pingpong_launches();
   fill_bytes(o.f32, 0xff);
@@ -165,7 +165,7 @@ TEST(GpuGemmPingPong, EveryTwoConsumerTileGivesTheDefaultBits) {
 TEST(GpuGemmPingPong, DispatchBatchedAndPackedGiveTheDefaultBits) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
-  const ScopedEnv cluster("BIK_GEMM_CLUSTER", nullptr);
+  const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
   int pingpong_shapes = 0;
   for (DType dt : {DType::BF16, DType::F16})
     for (const auto& [m, n, k] : std::vector<std::array<int64_t, 3>>{
@@ -239,7 +239,7 @@ TEST(GpuGemmPingPong, DispatchBatchedAndPackedGiveTheDefaultBits) {
 TEST(GpuGemmPingPong, RowsAreBatchInvariant) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
-  const ScopedEnv cluster("BIK_GEMM_CLUSTER", nullptr);
+  const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
   const int64_t rows = 1000, n = 1000, k = 4096;
   const std::vector<int64_t> targets = {0, 1, 63, 64, 65, 127, 128, 129, 400, 463, 464, 500, 501, 507, 999};
   struct Batch {
@@ -298,7 +298,7 @@ TEST(GpuGemmPingPong, RowsAreBatchInvariant) {
 TEST(GpuGemmPingPong, NegativeControlSplitKIsCaught) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
-  const ScopedEnv cluster("BIK_GEMM_CLUSTER", nullptr);
+  const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
   const int64_t m = 200, n = 1000, k = 4096, h = k / 2;
   const Tensor a = dev_filled({m, k}, DType::BF16, 91), w = dev_filled({n, k}, DType::BF16, 92);
   const Tensor base = dev({m, n}, DType::F32), pp = dev({m, n}, DType::F32);
