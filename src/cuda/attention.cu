@@ -241,8 +241,13 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   const int64_t max_splits = (a.max_seq_len + L - 1) / L;
   const int64_t rows = a.tokens * a.q_heads;
   const int64_t part_bytes = rows * max_splits * (a.head_dim + 2) * 4;
-  const bool split = max_splits > 1 && ctas < 2 * int64_t(dev.sms) && part_bytes <= (int64_t(1) << 30) &&
-                     max_splits <= 65535;
+  // BIK_ATTENTION_SPLIT (read at each call, for A/B timing): "0" never splits, "1" splits wherever the
+  // partials fit; unset or anything else: the rule above. Either mode gives the same bits.
+  const char* force = std::getenv("BIK_ATTENTION_SPLIT");
+  const bool fits = max_splits > 1 && part_bytes <= (int64_t(1) << 30) && max_splits <= 65535;
+  const bool split = force != nullptr && std::strcmp(force, "0") == 0   ? false
+                     : force != nullptr && std::strcmp(force, "1") == 0 ? fits
+                                                                        : fits && ctas < 2 * int64_t(dev.sms);
   const int64_t qblocks = (a.max_q_len + p.tok_per_cta - 1) / p.tok_per_cta;
   BIK_CHECK(qblocks <= 65535 && a.num_seqs * a.kv_heads < (int64_t(1) << 31),
             "paged_attention: too many query rows for one launch");

@@ -180,10 +180,11 @@ Params walk_params(const Problem& p, const TileOrder& order) {
 // ---- cluster mode (gemm_sm90.cuh): pairs of CTAs share one operand through TMA multicast ----------------
 // BIK_GEMM_CLUSTER, read at each call so tests and benchmarks can flip it between calls:
 //   unset -> clusters of two (the shared operand picked per shape, share_w_for) for decode-sized products
-//            with few output columns and a long K (M <= 256, N <= 4096, K >= 4096, one batch: on an H200 the
-//            down projection 4096 x 12288 at M = 64..256 took 43-47 us against 49-51 on one CTA a tile, the
-//            4096 -> 1024 one 16-18 against 18-21, 4096 x 4096 the same either way;
-//            logs_h200/<commit>_gemm_c*.log), one CTA per tile otherwise;
+//            with few output columns and a long K (M <= 256, N <= 4096, K >= 8192, one batch): on an H200 the
+//            down projection 4096 x 12288 at M = 1..128 took 36.6-43.5 us against 40.2-47.2 on one CTA a
+//            tile, 47.1 against 47.5 at M = 256; with K = 4096 the pairs gained nothing reliable (4096 x 4096
+//            0.4 us faster at M <= 128, 0.9 us slower at 256; logs_h200/146edda_gemm_rule_*.log), so one CTA
+//            per tile otherwise;
 //   "0" -> one CTA per tile everywhere; "2" -> clusters of two everywhere; "2a" / "2w" -> clusters of two
 //   that always share A / W (for A/B timing and the tests); anything else -> as unset.
 // It never changes a bit: the K order, the wgmma sequence and the epilogue of every stored output are the same.
@@ -196,7 +197,7 @@ ClusterMode cluster_mode_for(const Problem& p) {
     if (std::strcmp(e, "2a") == 0) return ClusterMode::ShareA;
     if (std::strcmp(e, "2w") == 0) return ClusterMode::ShareW;
   }
-  return p.m <= 256 && p.n <= 4096 && p.k >= 4096 && p.batch == 1 ? ClusterMode::Auto : ClusterMode::Off;
+  return p.m <= 256 && p.n <= 4096 && p.k >= 8192 && p.batch == 1 ? ClusterMode::Auto : ClusterMode::Off;
 }
 
 std::atomic<uint64_t> g_cluster_launches{0};

@@ -16,7 +16,8 @@
 // zero-padded rows first (gemm_sm90.cu); should that scratch allocation fail, the producer warps write the
 // very same bytes with ordinary loads and stores: same tiles, same wgmma sequence, same bits.
 //
-// Cluster mode (kCluster, opt-in: BIK_GEMM_CLUSTER=2): CTAs run in clusters of two that compute two
+// Cluster mode (kCluster; the host's default for long-K decode-sized products, BIK_GEMM_CLUSTER in
+// gemm_sm90.cu): CTAs run in clusters of two that compute two
 // neighbouring tiles sharing one operand, either the same W tile for M-tiles 2i and 2i + 1 (share_w) or the
 // same A tile for N-tiles 2j and 2j + 1. Each CTA copies half of the shared box from global memory and the
 // copy engine multicasts it into the same shared-memory offset of both CTAs, so the shared operand crosses

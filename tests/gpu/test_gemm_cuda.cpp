@@ -455,7 +455,7 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
               (long long)compared, (long long)compared_cluster);
 }
 
-// With BIK_GEMM_CLUSTER unset, gemm() runs decode-sized products with N <= 4096 and K >= 4096 (M <= 256, one
+// With BIK_GEMM_CLUSTER unset, gemm() runs decode-sized products with N <= 4096 and K >= 8192 (M <= 256, one
 // batch) as clusters of two CTAs and everything else on one CTA a tile. The rule must pick the path it
 // says (launch counter) and the path must not change a bit: every M on both sides of the M bound, a row
 // alone against the same row in the batch, against BIK_GEMM_CLUSTER=0.
@@ -466,8 +466,9 @@ TEST(GpuGemm, DefaultClusterRuleKeepsTheBits) {
     int64_t m, n, k;
     bool cluster;
   };
-  const std::vector<Case> cases = {{1, 1024, 4096, true},    {64, 4096, 4096, true},    {256, 4096, 12288, true},
-                                   {257, 4096, 12288, false}, {200, 4097, 4096, false}, {128, 1024, 4095, false}};
+  const std::vector<Case> cases = {{1, 1024, 8192, true},     {64, 4096, 12288, true},  {256, 4096, 12288, true},
+                                   {257, 4096, 12288, false}, {200, 4097, 8192, false}, {128, 4096, 8191, false},
+                                   {64, 4096, 4096, false}};
   for (DType dt : {DType::BF16, DType::F16})
     for (const Case& c : cases) {
       const std::string what = std::string(dtype_name(dt)) + " M=" + std::to_string(c.m) +
