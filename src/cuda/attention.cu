@@ -76,6 +76,21 @@ int split_run(int64_t cols, int64_t splits, int sms) {
   return best;
 }
 
+// Whether the split-parallel launch should finish before the in-kernel fold, counted in key tiles on
+// the longest path: the fold mode's longest CTA walks the longest context's tiles, once per wave of its
+// `ctas` CTAs; a split CTA walks at most split_len / 64 tiles per wave of ctas x splits CTAs, and the
+// fold kernel with the partials' round trip costs about kFoldTiles more. Only the launch mode depends
+// on it, never a bit. On an H200 a 512-token prefill alone took 34.6 us split and 16.7 us unsplit, 32
+// decodes of 512 tokens 30.3 against 27.9, while 8 decodes of 2048 tokens took 26.7 split and 37.2
+// unsplit (logs_h200/6a430a3_split_*.log).
+bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t split_len, int sms) {
+  constexpr int64_t kFoldTiles = 4;
+  auto waves = [&](int64_t n) { return (n + sms - 1) / sms; };
+  const int64_t unsplit = (max_seq_len + attn::kBK - 1) / attn::kBK * waves(ctas);
+  const int64_t per_split = split_len / attn::kBK * waves(ctas * splits) + kFoldTiles;
+  return per_split <= unsplit;
+}
+
 // The wgmma kernels (variant 1: attention_kernel, 2: attention_kernel_pipelined, 3 to 6:
 // attention_kernel_ws with the schedules kSequential, kOverlap, kPingPong, kPipelined): same Params, same
 // fold kernel for the split-parallel mode. A CTA of variants 3 to 6 takes two query blocks, so their grid
@@ -231,8 +246,9 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   p.splits_per_cta = 1;
   p.scale_log2 = a.scale * 1.4426950408889634f;
 
-  // CTAs of the in-kernel fold mode; split-parallel when they cannot fill the GPU and the contexts are
-  // longer than a split (its partials cost ~ (q_heads / kv_heads) / split_len of the KV bytes).
+  // CTAs of the in-kernel fold mode; split-parallel when they cannot fill the GPU, the contexts are longer
+  // than a split (its partials cost ~ (q_heads / kv_heads) / split_len of the KV bytes), and the split
+  // launch is expected to finish first (split_pays).
   int64_t ctas = 0;
   for (int64_t i = 0; i < a.num_seqs; ++i) {
     const int64_t q_len = a.host_query_start_loc[size_t(i + 1)] - a.host_query_start_loc[size_t(i)];
@@ -242,12 +258,12 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   const int64_t rows = a.tokens * a.q_heads;
   const int64_t part_bytes = rows * max_splits * (a.head_dim + 2) * 4;
   // BIK_ATTENTION_SPLIT (read at each call, for A/B timing): "0" never splits, "1" splits wherever the
-  // partials fit; unset or anything else: the rule above. Either mode gives the same bits.
+  // partials fit; unset or anything else: the rule here. Either mode gives the same bits.
   const char* force = std::getenv("BIK_ATTENTION_SPLIT");
   const bool fits = max_splits > 1 && part_bytes <= (int64_t(1) << 30) && max_splits <= 65535;
   const bool split = force != nullptr && std::strcmp(force, "0") == 0   ? false
                      : force != nullptr && std::strcmp(force, "1") == 0 ? fits
-                                                                        : fits && ctas < 2 * int64_t(dev.sms);
+                     : fits && ctas < 2 * int64_t(dev.sms) && split_pays(ctas, a.max_seq_len, max_splits, L, dev.sms);
   const int64_t qblocks = (a.max_q_len + p.tok_per_cta - 1) / p.tok_per_cta;
   BIK_CHECK(qblocks <= 65535 && a.num_seqs * a.kv_heads < (int64_t(1) << 31),
             "paged_attention: too many query rows for one launch");
