@@ -14,7 +14,8 @@
 // arithmetic per row, another schedule), so they may be switched freely.
 //
 // Launch choice: the in-kernel fold (one CTA per 64 query rows walks all their splits) when there are
-// enough such CTAs to fill the GPU; otherwise split-parallel (one CTA per split, then fold_kernel; the
+// enough such CTAs to fill the GPU or a split launch would not finish first (split_pays: short contexts);
+// otherwise split-parallel (one CTA per split, then fold_kernel; the
 // warp-specialised variants give a CTA a run of consecutive splits in decode-like steps, sized by
 // split_run below, so a CTA keeps its copy ring full across them instead of filling and draining it for
 // every split). The two modes run the same per-split code and the same fold, and a split's partials are
