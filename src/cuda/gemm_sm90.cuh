@@ -17,13 +17,13 @@
 // very same bytes with ordinary loads and stores: same tiles, same wgmma sequence, same bits.
 //
 // Cluster mode (kCluster; the host's default for long-K decode-sized products, BIK_GEMM_CLUSTER in
-// gemm_sm90.cu): CTAs run in clusters of two that compute two
-// neighbouring tiles sharing one operand, either the same W tile for M-tiles 2i and 2i + 1 (share_w) or the
-// same A tile for N-tiles 2j and 2j + 1. Each CTA copies half of the shared box from global memory and the
-// copy engine multicasts it into the same shared-memory offset of both CTAs, so the shared operand crosses
-// L2 once per pair instead of twice. The stage contents are the bytes the one-CTA kernel would load (rows
-// of a tile past M or N may hold other rows instead of zeros; their outputs are never stored), so every
-// stored sum keeps its bits. The protocol, per stage use:
+// gemm_sm90.cu): CTAs run in clusters of two that compute two neighbouring tiles sharing one operand,
+// either the same W tile for M-tiles 2i and 2i + 1 (share_w) or the same A tile for N-tiles 2j and 2j + 1.
+// Each CTA copies half of the shared box from global memory and the copy engine multicasts it into the
+// same shared-memory offset of both CTAs, so the shared operand crosses L2 once per pair instead of twice.
+// The stage contents are the bytes the one-CTA kernel would load (rows of a tile past M or N may hold
+// other rows instead of zeros; their outputs are never stored), so every stored sum keeps its bits. The
+// protocol, per stage use:
 //   full[s]  (count 1):  the CTA's own producer arrives with expect_tx(the whole stage); its own copy and
 //                        its half of the shared box, and the partner's multicast half, complete the bytes.
 //   empty[s] (count 2 x consumer warps): every consumer warp of BOTH CTAs arrives, because the producer's

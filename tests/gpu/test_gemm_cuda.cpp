@@ -403,9 +403,9 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
       EXPECT_LT(rel_error(base, a, w, std::nullopt), tolerance(DType::F32));
       if (m * n * k < 5'000'000'000)  // the float64 reference is a host loop
         EXPECT_LT(rel_error(base16, a, w, bias.view()), tolerance(dt));
+      // Unset: none of these shapes meets the default cluster rule, so one CTA a tile.
       for (const std::string& tile : tiles)
-        for (const char* mode : {static_cast<const char*>(nullptr), "2a", "2w"}) {  // unset: none of these shapes
-                                                                                  // meets the default rule
+        for (const char* mode : {static_cast<const char*>(nullptr), "2a", "2w"}) {
           const ScopedEnv cluster("BIK_GEMM_CLUSTER", mode);
           const std::string what = "tile " + tile + (mode ? std::string(" cluster ") + mode : std::string()) + " " +
                                    dtype_name(dt) + " M=" + std::to_string(m) + " N=" + std::to_string(n) +
