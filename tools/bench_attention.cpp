@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
-#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <functional>
@@ -44,16 +43,6 @@ namespace bik::cli {
 namespace {
 
 using bench::median;
-
-// A positive integer field of a --case item; the error names the item and the field.
-int64_t positive(const std::string& text, const std::string& item, const char* field) {
-  char* end = nullptr;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || !end || *end != 0 || v <= 0)
-    throw Error("bik bench attention: --case '" + item + "': " + field + " must be a positive integer, got '" + text +
-                "'");
-  return v;
-}
 
 double time_graph(const std::function<void(cudaStream_t)>& fn, int launches, int repeats, cudaStream_t st) {
   return bench::time_graph([&](int, cudaStream_t s) { fn(s); }, 1, launches, repeats, st);
@@ -196,8 +185,9 @@ int bench_attention(const std::vector<std::string>& argv) {
       c.mode = item.substr(0, a);
       if (b == std::string::npos || (c.mode != "prefill" && c.mode != "decode"))
         throw Error("bik bench attention: --case '" + item + "': expected MODE:BATCH:CTX with MODE prefill or decode");
-      c.batch = positive(item.substr(a + 1, b - a - 1), item, "batch");
-      c.ctx = positive(item.substr(b + 1), item, "context");
+      const std::string where = "bik bench attention: --case '" + item + "': ";
+      c.batch = positive_integer(item.substr(a + 1, b - a - 1), where + "batch");
+      c.ctx = positive_integer(item.substr(b + 1), where + "context");
       cases.push_back(c);
     }
   } else {

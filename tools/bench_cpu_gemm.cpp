@@ -143,12 +143,8 @@ int bench_cpu_gemm(const std::vector<std::string>& argv) {
   BIK_CHECK(args.positional().empty(), "bik bench cpu-gemm: unexpected argument '", args.positional()[0], "'\n",
             kUsage);
   std::vector<int64_t> ms;
-  for (auto& s : split_list(args.str("m", "1,8,32,128,512"))) {
-    char* end = nullptr;
-    long long v = std::strtoll(s.c_str(), &end, 10);
-    BIK_CHECK(end && *end == 0 && v > 0, "bik bench cpu-gemm: --m expects positive integers, got '", s, "'");
-    ms.push_back(v);
-  }
+  for (auto& s : split_list(args.str("m", "1,8,32,128,512")))
+    ms.push_back(positive_integer(s, "bik bench cpu-gemm: --m"));
   std::vector<std::pair<int64_t, int64_t>> nks;
   for (auto& s : split_list(args.str("nk", "1024x1024,4096x1024,1024x4096"))) {
     long long n = 0, k = 0;

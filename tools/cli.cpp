@@ -76,6 +76,13 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
+long long positive_integer(const std::string& text, const std::string& what) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  BIK_CHECK(!text.empty() && end && *end == 0 && v > 0, what, " must be a positive integer, got '", text, "'");
+  return v;
+}
+
 int run_command(const char* command, const char* usage, const std::vector<std::string>& argv,
                 int (*body)(const std::vector<std::string>&)) {
   for (const auto& x : argv)

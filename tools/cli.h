@@ -38,6 +38,9 @@ int run_command(const char* command, const char* usage, const std::vector<std::s
 // Splits "a,b,c" (empty items dropped).
 std::vector<std::string> split_list(const std::string& s);
 
+// `text` as a positive integer; otherwise an error "<what> must be a positive integer, got '<text>'".
+long long positive_integer(const std::string& text, const std::string& what);
+
 // Subcommands; each returns the process exit code.
 int cmd_check(const std::vector<std::string>& args);
 int cmd_bench(const std::vector<std::string>& args);

@@ -172,6 +172,14 @@ int variant_from_env() {
   return 5;
 }
 
+// BIK_ATTENTION_SPLIT (read at each call, for A/B timing): "0" -> 0 (never split), "1" -> 1 (split
+// wherever the partials fit); anything else or unset -> -1 (the launch rule). Either mode gives the same bits.
+int split_from_env() {
+  const char* e = std::getenv("BIK_ATTENTION_SPLIT");
+  if (e != nullptr && (std::strcmp(e, "0") == 0 || std::strcmp(e, "1") == 0)) return e[0] - '0';
+  return -1;
+}
+
 template <typename T>
 __global__ void write_kv_kernel(T* kc, T* vc, const T* k, const T* v, int64_t k_s0, int64_t k_s1, int64_t k_s2,
                                 int64_t v_s0, int64_t v_s1, int64_t v_s2, const int32_t* slots, int64_t slot_s,
@@ -258,13 +266,11 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   const int64_t max_splits = (a.max_seq_len + L - 1) / L;
   const int64_t rows = a.tokens * a.q_heads;
   const int64_t part_bytes = rows * max_splits * (a.head_dim + 2) * 4;
-  // BIK_ATTENTION_SPLIT (read at each call, for A/B timing): "0" never splits, "1" splits wherever the
-  // partials fit; unset or anything else: the rule here. Either mode gives the same bits.
-  const char* force = std::getenv("BIK_ATTENTION_SPLIT");
   const bool fits = max_splits > 1 && part_bytes <= (int64_t(1) << 30) && max_splits <= 65535;
-  const bool split = force != nullptr && std::strcmp(force, "0") == 0   ? false
-                     : force != nullptr && std::strcmp(force, "1") == 0 ? fits
-                     : fits && ctas < 2 * int64_t(dev.sms) && split_pays(ctas, a.max_seq_len, max_splits, L, dev.sms);
+  const int forced = split_from_env();
+  const bool split = fits && (forced >= 0 ? forced == 1
+                                          : ctas < 2 * int64_t(dev.sms) &&
+                                                split_pays(ctas, a.max_seq_len, max_splits, L, dev.sms));
   const int64_t qblocks = (a.max_q_len + p.tok_per_cta - 1) / p.tok_per_cta;
   BIK_CHECK(qblocks <= 65535 && a.num_seqs * a.kv_heads < (int64_t(1) << 31),
             "paged_attention: too many query rows for one launch");
