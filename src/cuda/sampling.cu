@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -243,6 +244,7 @@ struct RowParams {
   float temperature;
   int32_t top_k;
   float top_p;
+  int32_t prune;     // PruneMode of the launch (the same for every row)
   double log_min_p;  // log(min_p) computed on the host, as the CPU does; -inf when min_p = 0
   uint64_t seed;
   int64_t position;
@@ -261,6 +263,7 @@ struct ParamsArgN {
 constexpr int kInlineParams = 48;
 using ParamsArg = ParamsArgN<kInlineParams>;
 using ParamsArgLarge = ParamsArgN<768>;
+static_assert(sizeof(RowParams) == 40 && sizeof(ParamsArgLarge) < 32764, "the large form fits a launch's parameters");
 
 // exp(z - zmax) in units of 2^-40: at most 2^40 per element, so up to 2^23 elements sum without overflow.
 __device__ __forceinline__ uint64_t fixed_mass(float z, float zmax) {
@@ -272,16 +275,46 @@ __device__ __forceinline__ float gumbel_score(float z, uint32_t w) {
   return __fadd_rn(z, -logf(-logf(philox::to_unit(w))));
 }
 
+// Pruning the Gumbel draw: most elements drawn lose to the best score already seen, and telling so
+// from the uniform u costs two hardware exponentials instead of the two correctly rounded logarithms
+// (and the division of z) of their score. The scores that are formed are the exact ones, so the token
+// is the same with pruning on or off (BIK_SAMPLE_PRUNE=0); `Loose` prunes elements that may still win
+// by up to 1.0, the negative control of the test that compares the two.
+enum PruneMode : int32_t { kPruneOff = 0, kPruneOn = 1, kPruneLoose = 2 };
+
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// True when gumbel_score(z, w) < bound for sure, for every z <= zhi. With d = bound - zhi, the score
+// stays below bound when g(u) = -log(-log u) < d, that is when u < exp(-exp(-d)). The test takes
+// d less a margin m = 2^-10 (1 + |bound|), far above the rounding of d, of the score's sum and of
+// gumbel_score's logarithms (a few 2^-23 relative), and the threshold less 2^-18, above the error of
+// the two ex2.approx and their scaled arguments (< 2^-19 for t in [1/e, 1)). NaN or infinite
+// operands never prune.
+__device__ __forceinline__ bool gumbel_loses(float zhi, float bound, uint32_t w, int32_t mode) {
+  if (mode == kPruneOff) return false;
+  const float m = mode == kPruneLoose ? -1.0f : __fmul_rn(0x1p-10f, __fadd_rn(1.0f, fabsf(bound)));
+  const float d = __fsub_rn(__fsub_rn(bound, zhi), m);
+  if (!(d > 0.0f) || isinf(d)) return false;
+  constexpr float kLog2e = 1.4426950408889634f;
+  const float e = ex2_approx(__fmul_rn(-d, kLog2e));                          // exp(-d)
+  const float t = __fsub_rn(ex2_approx(__fmul_rn(-e, kLog2e)), 0x1p-18f);    // exp(-exp(-d)), lowered
+  return philox::to_unit(w) < t;
+}
+
 // The Gumbel draw over one Philox block, vocabulary indices [4 j, 4 j + 4): the indices with keep[k] take
 // part with scaled logits z[k], and best keeps the winner (beats' order). The block's random words are
-// drawn only when one of them takes part.
+// drawn only when one of them takes part; a score that surely loses to best is not formed.
 __device__ __forceinline__ void gumbel_block(Best& best, const RowParams& p, int64_t j, const float (&z)[4],
                                              const bool (&keep)[4]) {
   if (!(keep[0] || keep[1] || keep[2] || keep[3])) return;
   const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, j);
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    if (!keep[k]) continue;
+    if (!keep[k] || gumbel_loses(z[k], best.v, rnd.v[k], p.prune)) continue;
     const float score = gumbel_score(z[k], rnd.v[k]);
     if (beats(score, 4 * j + k, best.v, best.i)) best = Best{score, 4 * j + k};
   }
@@ -931,20 +964,29 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
             if (i0 >= hi) continue;
 #pragma unroll
             for (int q = 0; q < V / 4; ++q) {
-              float z[4];
-              bool keep[4];
+              float zhi[4];
+              bool need[4];
 #pragma unroll
               for (int k = 0; k < 4; ++k) {
                 const float xv = x[u][4 * q + k];
                 const bool ok = i0 + 4 * q + k < hi && xv == xv;
                 if (ok) xmax = fmaxf(xmax, xv);
                 const float zx = __fmul_rn(xv, inv);
-                const float zhi = __fadd_rn(__fadd_rn(zx, __fmul_rn(fabsf(zx), 0x1p-18f)), 17.0f);
-                const bool need = ok && xv != -INFINITY && !(zhi < bound);
-                z[k] = need ? zval(xv) : -INFINITY;
-                keep[k] = need && z[k] != -INFINITY;
+                zhi[k] = __fadd_rn(zx, __fmul_rn(fabsf(zx), 0x1p-18f));  // >= z
+                need[k] = ok && xv != -INFINITY && !(__fadd_rn(zhi[k], 17.0f) < bound);
               }
-              gumbel_block(best, p, (i0 >> 2) + q, z, keep);
+              if (!(need[0] || need[1] || need[2] || need[3])) continue;
+              // As gumbel_block, with z's division left to the elements not pruned.
+              const int64_t j = (i0 >> 2) + q;
+              const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, j);
+#pragma unroll
+              for (int k = 0; k < 4; ++k) {
+                if (!need[k] || gumbel_loses(zhi[k], fmaxf(bound, best.v), rnd.v[k], p.prune)) continue;
+                const float z = zval(x[u][4 * q + k]);
+                if (z == -INFINITY) continue;
+                const float score = gumbel_score(z, rnd.v[k]);
+                if (beats(score, 4 * j + k, best.v, best.i)) best = Best{score, 4 * j + k};
+              }
             }
           }
           if (best.i != kNone && best.v > bound) atomicMax(&ss.best_key, value_key(best.v));
@@ -1292,10 +1334,17 @@ int* alloc_bad_flag(cudaStream_t st) {
 void sample(const TensorView& tokens, const TensorView& logits, const SamplingParams* params, Stream s) {
   const int64_t rows = logits.shape[0], n = logits.shape[1];
   BIK_CHECK(n < (int64_t(1) << 23), "sample: the CUDA backend handles vocabularies below 2^23 entries, got ", n);
+  // BIK_SAMPLE_PRUNE=0: every kept element's score is formed (tests compare); `loose`: the negative control.
+  int32_t prune = kPruneOn;
+  if (const char* e = std::getenv("BIK_SAMPLE_PRUNE")) {
+    const std::string v = e;
+    BIK_CHECK(v == "0" || v == "1" || v == "loose", "BIK_SAMPLE_PRUNE must be 0, 1 or loose, got '", v, "'");
+    prune = v == "0" ? kPruneOff : v == "1" ? kPruneOn : kPruneLoose;
+  }
   std::vector<RowParams> host(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
     const SamplingParams& p = params[r];
-    host[size_t(r)] = RowParams{p.temperature, p.top_k,  p.top_p, p.min_p > 0 ? std::log(double(p.min_p)) : -INFINITY,
+    host[size_t(r)] = RowParams{p.temperature, p.top_k,  p.top_p,     prune, p.min_p > 0 ? std::log(double(p.min_p)) : -INFINITY,
                                 p.seed,        p.position};
   }
   cudaStream_t st = stream_of(s);

@@ -1321,6 +1321,51 @@ TEST(OpsCuda, SampleStreamMatchesOtherKernels) {
   EXPECT_GT(control_diffs, 0) << "the comparison did not notice a top-k keeping one token too many";
 }
 
+// Pruning the Gumbel draw (a score that surely loses to the best so far is not formed) leaves every
+// token as it is: each sampling kernel, pruned against BIK_SAMPLE_PRUNE=0, on rows of every filter and
+// of temperatures from 0.05 (scores far apart: most elements pruned) to 8 (none skipped by the bound),
+// NaN / +-inf rows included. Negative control: pruning elements that may still win by up to 1.0
+// (BIK_SAMPLE_PRUNE=loose) changes tokens, and this comparison sees it.
+TEST(OpsCuda, SamplePruneKeepsTheToken) {
+  BIK_REQUIRE_GPU();
+  struct Case {
+    DType t;
+    int64_t vocab, rows;
+  };
+  int64_t control_diffs = 0;
+  for (Case c : {Case{DType::F32, 151936, 96}, Case{DType::BF16, 151936, 24}, Case{DType::F32, 4099, 300}}) {
+    const Tensor x = stress_logits(c.t, c.rows, c.vocab, uint64_t(c.vocab) * 5 + uint64_t(c.rows));
+    std::vector<SamplingParams> ps;
+    const float temps[] = {0.05f, 0.3f, 0.8f, 1.0f, 2.0f, 8.0f};
+    for (int64_t r = 0; r < c.rows; ++r) {
+      SamplingParams p = params_for(uint64_t(r) * 13 + uint64_t(c.vocab), r % 4 == 0 ? 1 + int(r / 4 % 5) : 1);
+      p.temperature = temps[(r / 2) % 6];
+      ps.push_back(p);
+    }
+    // Every row plain (the streaming kernel's pruned loop), then the mix (other paths and kernels).
+    std::vector<SamplingParams> plain = ps;
+    for (SamplingParams& p : plain) p.top_k = 0, p.top_p = 1.0f, p.min_p = 0.0f;
+    // The kernels: streaming (default), the cluster-slice kernel (no streaming), one CTA a row (neither).
+    const char* kernels[] = {"streaming", "cluster", "row"};
+    for (const std::vector<SamplingParams>* set : {&plain, &ps})
+      for (int kernel = 0; kernel < 3; ++kernel) {
+        if (kernel >= 1) setenv("BIK_SAMPLE_STREAM", "0", 1);
+        if (kernel == 2) setenv("BIK_SAMPLE_CLUSTER", "0", 1);
+        setenv("BIK_SAMPLE_PRUNE", "0", 1);
+        const std::vector<int32_t> want = tokens_of(x, *set);
+        unsetenv("BIK_SAMPLE_PRUNE");
+        EXPECT_EQ(count_diffs(want, tokens_of(x, *set)), 0) << dtype_name(c.t) << " V=" << c.vocab << " "
+                                                            << kernels[kernel] << (set == &plain ? " plain" : " mixed");
+        setenv("BIK_SAMPLE_PRUNE", "loose", 1);
+        control_diffs += count_diffs(want, tokens_of(x, *set));
+        unsetenv("BIK_SAMPLE_PRUNE");
+        unsetenv("BIK_SAMPLE_STREAM");
+        unsetenv("BIK_SAMPLE_CLUSTER");
+      }
+  }
+  EXPECT_GT(control_diffs, 0) << "the comparison did not notice a draw that prunes possible winners";
+}
+
 // A row samples the same token alone and inside batches of every size the streaming kernel splits
 // differently (CTAs a row: 8 for few rows, fewer for many), at every position in the batch.
 TEST(OpsCuda, SampleStreamRowAloneEqualsRowInBatches) {
