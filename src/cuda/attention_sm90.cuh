@@ -926,8 +926,45 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       const int64_t blk = bt[int64_t(kp / p.block_size) * p.bt_s1];
       return blk * p.cache_blk + int64_t(kp % p.block_size) * p.cache_tok + int64_t(kvh) * D;
     };
-    int64_t off = row_offset(0);
     int s = 0, phase = 0;
+    if (p.block_size % 16 == 0) {
+      // Block sizes that are multiples of 16: a warp's 16 rows of a tile lie in one cache block, so the
+      // warp looks the block up once a tile and each lane steps its own pointers down the block's rows:
+      // copy `it` covers rows 2it and 2it + 1 of the warp (lanes 0-15 and 16-31, chunk c = lane % 16 of
+      // D = 128; kRowsPerOp rows of D / 8 chunks for D = 64), the same rows, chunks and destinations as
+      // the gather below, without its per-copy shuffles and 64-bit offset arithmetic. Rows past pmax_all
+      // are zero-filled as there; their source stays inside the warp's block (or block 0 when the whole
+      // warp is past pmax_all), so no address outside the caches is formed.
+      const int64_t tok_stride = p.cache_tok * int64_t(sizeof(T));  // bytes between a block's rows
+      const int r_lane = lane / kChunks;                              // the lane's row within a copy
+      const int bs = p.block_size, step_blocks = kBK / bs, step_rows = kBK % bs;
+      // The warp's first key position kpw of tile t as (table index, row in the block), advanced by one
+      // tile (kBK keys) per step instead of divided out each time.
+      int kpw = kb_first + pw * 16, bi = kpw / bs, br = kpw % bs;
+      for (int t = 0; t < n; ++t, kpw += kBK) {
+        const int blk = kpw > pmax_all ? 0 : bt[int64_t(bi) * p.bt_s1];
+        const int64_t off =
+            int64_t(blk) * p.cache_blk + int64_t(br + r_lane) * p.cache_tok + int64_t(kvh) * D + c * 8;
+        bi += step_blocks, br += step_rows;
+        if (br >= bs) br -= bs, ++bi;
+        const char* ksrc = reinterpret_cast<const char*>(kc + off);
+        const char* vsrc = reinterpret_cast<const char*>(vc + off);
+        mbar_wait(empty(s), phase ^ 1);  // tile t - S released (immediate for the first S tiles)
+#pragma unroll
+        for (int it = 0; it < 16 / kRowsPerOp; ++it) {
+          const int rl = it * kRowsPerOp + r_lane;
+          const uint32_t dst = Layout<D>::off(pw * 16 + rl, c);
+          const int bytes = kpw + rl <= pmax_all ? 16 : 0;
+          cp_async_16(sk(s) + dst, ksrc + it * kRowsPerOp * tok_stride, bytes);
+          cp_async_16(sv(s) + dst, vsrc + it * kRowsPerOp * tok_stride, bytes);
+        }
+        mbar_arrive_on_copies(full(s));
+        if (++s == S) s = 0, phase ^= 1;
+      }
+      cp_async_wait_all();  // no copy outlives its thread
+      return;
+    }
+    int64_t off = row_offset(0);
     for (int t = 0; t < n; ++t) {
       mbar_wait(empty(s), phase ^ 1);  // tile t - S released (immediate for the first S tiles)
 #pragma unroll
