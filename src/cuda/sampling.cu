@@ -288,20 +288,23 @@ __device__ __forceinline__ float ex2_approx(float x) {
   return y;
 }
 
-// True when gumbel_score(z, w) < bound for sure, for every z <= zhi. With d = bound - zhi, the score
-// stays below bound when g(u) = -log(-log u) < d, that is when u < exp(-exp(-d)). The test takes
-// d less a margin m = 2^-10 (1 + |bound|), far above the rounding of d, of the score's sum and of
-// gumbel_score's logarithms (a few 2^-23 relative), and the threshold less 2^-18, above the error of
-// the two ex2.approx and their scaled arguments (< 2^-19 for t in [1/e, 1)). NaN or infinite
-// operands never prune.
-__device__ __forceinline__ bool gumbel_loses(float zhi, float bound, uint32_t w, int32_t mode) {
-  if (mode == kPruneOff) return false;
-  const float m = mode == kPruneLoose ? -1.0f : __fmul_rn(0x1p-10f, __fadd_rn(1.0f, fabsf(bound)));
-  const float d = __fsub_rn(__fsub_rn(bound, zhi), m);
-  if (!(d > 0.0f) || isinf(d)) return false;
+// The Gumbel noise g(u) = -log(-log u) is increasing, so z + g(u) < b exactly when u < exp(-exp(-(b - z)))
+// (for any sign of b - z). prune_base(bound) lowers the bound by a margin m = 2^-10 (1 + |bound|), far
+// above the rounding of b - z (pruning needs b - z > -2.9, else the threshold is below the smallest u),
+// of the score's sum and of gumbel_score's logarithms (a few 2^-23 relative); gumbel_loses lowers the
+// threshold by 2^-18, above the error of its two ex2.approx and their rounded arguments (< 2^-20). So
+// gumbel_loses(zhi, prune_base(bound), w) implies gumbel_score(z, w) < bound for every z <= zhi. The
+// base is -inf when pruning is off (the threshold is then 0), NaN for an infinite bound (never prunes).
+__device__ __forceinline__ float prune_base(float bound, int32_t mode) {
+  if (mode == kPruneOff) return -INFINITY;
+  if (mode == kPruneLoose) return __fadd_rn(bound, 1.0f);
+  return __fsub_rn(bound, __fmul_rn(0x1p-10f, __fadd_rn(1.0f, fabsf(bound))));
+}
+__device__ __forceinline__ bool gumbel_loses(float zhi, float base, uint32_t w) {
   constexpr float kLog2e = 1.4426950408889634f;
-  const float e = ex2_approx(__fmul_rn(-d, kLog2e));                          // exp(-d)
-  const float t = __fsub_rn(ex2_approx(__fmul_rn(-e, kLog2e)), 0x1p-18f);    // exp(-exp(-d)), lowered
+  const float d = __fsub_rn(base, zhi);
+  const float e = ex2_approx(__fmul_rn(-d, kLog2e));                        // exp(-d)
+  const float t = __fsub_rn(ex2_approx(__fmul_rn(-e, kLog2e)), 0x1p-18f);  // exp(-exp(-d)), lowered
   return philox::to_unit(w) < t;
 }
 
@@ -312,9 +315,10 @@ __device__ __forceinline__ void gumbel_block(Best& best, const RowParams& p, int
                                              const bool (&keep)[4]) {
   if (!(keep[0] || keep[1] || keep[2] || keep[3])) return;
   const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, j);
+  const float base = prune_base(best.v, p.prune);
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    if (!keep[k] || gumbel_loses(z[k], best.v, rnd.v[k], p.prune)) continue;
+    if (!keep[k] || gumbel_loses(z[k], base, rnd.v[k])) continue;
     const float score = gumbel_score(z[k], rnd.v[k]);
     if (beats(score, 4 * j + k, best.v, best.i)) best = Best{score, 4 * j + k};
   }
@@ -948,7 +952,8 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
         // The largest x (NaN as -inf) gives z's maximum, since x / temp is monotone: only when it is not
         // finite does the row need the first maximum of z, from a second pass.
         // The bound is the best score of the whole CTA published so far (any published score is one
-        // an element reached, so the row's best is at least that).
+        // an element reached, so the row's best is at least that). Of the elements drawn, those whose
+        // uniform alone shows that they lose to the bound (gumbel_loses) form no score.
         const float inv = __frcp_rn(temp);
         float xmax = -INFINITY;
         Best best{-INFINITY, kNone};
@@ -958,36 +963,48 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
           const unsigned published = *static_cast<volatile unsigned*>(&ss.best_key);
           const float shared = key_value(uint64_t(published) << 32);
           const float bound = published == 0 || !(shared > best.v) ? best.v : shared;
+          const float base = prune_base(bound, p.prune);
+          // z's bound zhi and whether the element needs its random number (zhi + 17 reaches the bound).
+          auto zhi_of = [inv](float xv) {
+            const float zx = __fmul_rn(xv, inv);
+            return __fadd_rn(zx, __fmul_rn(fabsf(zx), 0x1p-18f));
+          };
+          bool need[U][V];
+          bool any = false;
 #pragma unroll
-          for (int u = 0; u < U; ++u) {
-            const int64_t i0 = b0 + u * L;
-            if (i0 >= hi) continue;
+          for (int u = 0; u < U; ++u)
 #pragma unroll
-            for (int q = 0; q < V / 4; ++q) {
-              float zhi[4];
-              bool need[4];
-#pragma unroll
-              for (int k = 0; k < 4; ++k) {
-                const float xv = x[u][4 * q + k];
-                const bool ok = i0 + 4 * q + k < hi && xv == xv;
-                if (ok) xmax = fmaxf(xmax, xv);
-                const float zx = __fmul_rn(xv, inv);
-                zhi[k] = __fadd_rn(zx, __fmul_rn(fabsf(zx), 0x1p-18f));  // >= z
-                need[k] = ok && xv != -INFINITY && !(__fadd_rn(zhi[k], 17.0f) < bound);
-              }
-              if (!(need[0] || need[1] || need[2] || need[3])) continue;
-              // As gumbel_block, with z's division left to the elements not pruned.
-              const int64_t j = (i0 >> 2) + q;
-              const philox::U32x4 rnd = philox::sampling_block(p.seed, p.position, j);
-#pragma unroll
-              for (int k = 0; k < 4; ++k) {
-                if (!need[k] || gumbel_loses(zhi[k], fmaxf(bound, best.v), rnd.v[k], p.prune)) continue;
-                const float z = zval(x[u][4 * q + k]);
-                if (z == -INFINITY) continue;
-                const float score = gumbel_score(z, rnd.v[k]);
-                if (beats(score, 4 * j + k, best.v, best.i)) best = Best{score, 4 * j + k};
-              }
+            for (int k = 0; k < V; ++k) {
+              const float xv = x[u][k];
+              const bool ok = b0 + u * L + k < hi && xv == xv;
+              if (ok) xmax = fmaxf(xmax, xv);
+              need[u][k] = ok && xv != -INFINITY && !(__fadd_rn(zhi_of(xv), 17.0f) < bound);
+              any |= need[u][k];
             }
+          // A warp runs the draw when one of its lanes needs it: then every lane draws its blocks, two
+          // at a time (independent chains the scheduler can interleave), and tests each element.
+          if (!__any_sync(__activemask(), any)) return;
+          constexpr int kQ = V / 4, kBlocks = U * kQ;
+#pragma unroll
+          for (int bb = 0; bb < kBlocks; bb += 2) {
+            philox::U32x4 rnd[2];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int u = (bb + h) / kQ, q = (bb + h) % kQ;
+              rnd[h] = philox::sampling_block(p.seed, p.position, ((b0 + u * L) >> 2) + q);
+            }
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+              for (int k = 0; k < 4; ++k) {
+                const int u = (bb + h) / kQ, e = 4 * ((bb + h) % kQ) + k;
+                if (!need[u][e] || gumbel_loses(zhi_of(x[u][e]), base, rnd[h].v[k])) continue;
+                const float z = zval(x[u][e]);
+                if (z == -INFINITY) continue;
+                const int64_t i = b0 + u * L + e;
+                const float score = gumbel_score(z, rnd[h].v[k]);
+                if (beats(score, i, best.v, best.i)) best = Best{score, i};
+              }
           }
           if (best.i != kNone && best.v > bound) atomicMax(&ss.best_key, value_key(best.v));
         });
