@@ -702,6 +702,9 @@ __device__ uint64_t stream_cut(uint64_t* buf, uint64_t* spare, unsigned fill, in
 // Chunk i0 = lo + (t U + u) L + t0: with L = blockDim.x V and t0 = threadIdx.x V (stream_tiles) the lanes
 // of the plan's order when lo = 0 (softmax.cuh); a cluster's CTAs pass the plan's L and their threads'
 // offsets. Elements past hi (inside a chunk that straddles it) are the caller's to skip.
+// The next tile's chunks are prefetched into L2 before tile() runs, so that the memory works on them while
+// the tile's arithmetic does (the registers hold one tile; the kernels that draw or select per element
+// spend longer on a tile than its loads take).
 template <int V, int U, class T, class Tile>
 __device__ __forceinline__ void stream_tiles_at(const T* xr, int64_t ls1, int64_t n, int64_t lo, int64_t hi, bool vec,
                                                 int64_t L, int64_t t0, Tile&& tile) {
@@ -713,6 +716,10 @@ __device__ __forceinline__ void stream_tiles_at(const T* xr, int64_t ls1, int64_
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (b + u * L < hi) load_chunk<V>(xr, ls1, n, b + u * L, vec, x[u]);
+    if (vec)
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (b + span + u * L < hi) asm volatile("prefetch.global.L2 [%0];" ::"l"(xr + b + span + u * L));
     tile(t, b, L, x);
   }
 }
@@ -959,11 +966,11 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
         Best best{-INFINITY, kNone};
         if (threadIdx.x == 0) ss.best_key = 0;
         __syncthreads();
-        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t, int64_t b0, int64_t L, const float (&x)[U][V]) {
+        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t t, int64_t b0, int64_t L, const float (&x)[U][V]) {
           const unsigned published = *static_cast<volatile unsigned*>(&ss.best_key);
           const float shared = key_value(uint64_t(published) << 32);
-          const float bound = published == 0 || !(shared > best.v) ? best.v : shared;
-          const float base = prune_base(bound, p.prune);
+          const float bound0 = published == 0 || !(shared > best.v) ? best.v : shared;
+          float bound = bound0;
           // z's bound zhi and whether the element needs its random number (zhi + 17 reaches the bound).
           auto zhi_of = [inv](float xv) {
             const float zx = __fmul_rn(xv, inv);
@@ -981,6 +988,28 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
               need[u][k] = ok && xv != -INFINITY && !(__fadd_rn(zhi_of(xv), 17.0f) < bound);
               any |= need[u][k];
             }
+          if (t == 0) {
+            // Nothing bounds the first tile yet: each lane scores its largest x first, and the best of
+            // the warp's scores (a score an element reached) bounds the rest of the tile.
+            int64_t ib = -1;
+            float xb = -INFINITY;
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+#pragma unroll
+              for (int k = 0; k < V; ++k)
+                if (need[u][k] && (ib < 0 || x[u][k] > xb)) xb = x[u][k], ib = b0 + u * L + k;
+            float first_score = -INFINITY;
+            const float z = ib >= 0 ? zval(xb) : -INFINITY;
+            if (z != -INFINITY) {
+              const philox::U32x4 r = philox::sampling_block(p.seed, p.position, ib >> 2);
+              const int q = int(ib & 3);
+              first_score = gumbel_score(z, q == 0 ? r.v[0] : q == 1 ? r.v[1] : q == 2 ? r.v[2] : r.v[3]);
+              if (beats(first_score, ib, best.v, best.i)) best = Best{first_score, ib};
+            }
+            const float warp_best = key_value(uint64_t(__reduce_max_sync(__activemask(), value_key(first_score))) << 32);
+            if (warp_best > bound) bound = warp_best;
+          }
+          const float base = prune_base(bound, p.prune);
           // A warp runs the draw when one of its lanes needs it: then every lane draws its blocks, two
           // at a time (independent chains the scheduler can interleave), and tests each element.
           if (!__any_sync(__activemask(), any)) return;
@@ -1006,7 +1035,7 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
                 if (beats(score, i, best.v, best.i)) best = Best{score, i};
               }
           }
-          if (best.i != kNone && best.v > bound) atomicMax(&ss.best_key, value_key(best.v));
+          if (best.i != kNone && best.v > bound0) atomicMax(&ss.best_key, value_key(best.v));
         });
         best = row_best(best);
         const float zmax = zval(row_best(Best{xmax, kNone}).v);
