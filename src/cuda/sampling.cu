@@ -702,9 +702,6 @@ __device__ uint64_t stream_cut(uint64_t* buf, uint64_t* spare, unsigned fill, in
 // Chunk i0 = lo + (t U + u) L + t0: with L = blockDim.x V and t0 = threadIdx.x V (stream_tiles) the lanes
 // of the plan's order when lo = 0 (softmax.cuh); a cluster's CTAs pass the plan's L and their threads'
 // offsets. Elements past hi (inside a chunk that straddles it) are the caller's to skip.
-// The next tile's chunks are prefetched into L2 before tile() runs, so that the memory works on them while
-// the tile's arithmetic does (the registers hold one tile; the kernels that draw or select per element
-// spend longer on a tile than its loads take).
 template <int V, int U, class T, class Tile>
 __device__ __forceinline__ void stream_tiles_at(const T* xr, int64_t ls1, int64_t n, int64_t lo, int64_t hi, bool vec,
                                                 int64_t L, int64_t t0, Tile&& tile) {
@@ -716,10 +713,6 @@ __device__ __forceinline__ void stream_tiles_at(const T* xr, int64_t ls1, int64_
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (b + u * L < hi) load_chunk<V>(xr, ls1, n, b + u * L, vec, x[u]);
-    if (vec)
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (b + span + u * L < hi) asm volatile("prefetch.global.L2 [%0];" ::"l"(xr + b + span + u * L));
     tile(t, b, L, x);
   }
 }
