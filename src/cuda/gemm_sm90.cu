@@ -79,10 +79,12 @@ double tile_clocks(const TileShape& t, int k) {
 //             serial K chain of its wgmmas, nearly the same for n = 32..128, so spread over as many SMs
 //             as one wave allows.
 //   M <= 128  {64x32, 64x64, 128x32, 128x64, 128x128}: the same rule (64x32 gives N=1024 64 CTAs, not 32).
-//   M > 128   every tile: least waves x tile_clocks; ties go to more tiles, then to the first listed
-//             (64-row tiles waste no rows for M <= 192). On 132 SMs with K=4096 this fills the SMs in whole
-//             waves: M=256 runs N=1024 as 64x32 (128 CTAs, where 64x128 gave 32), N=4096 as 64x128 (128),
-//             N=6144 as 64x192 (128), N=12288 as 128x192 (128), N=24576 as 128x192 (256, two waves);
+//   M > 128   every tile: least waves x tile_clocks; ties go to the least padding past M and N, then to
+//             more tiles, then to the first listed (M = 192 ran o-proj 4096 x 4096 on 128x64 in 27 us,
+//             where 64x128 covers no padding: logs_h200/d50f14a_gemm_m192.log). On 132 SMs with K=4096
+//             this fills the SMs in whole waves: M=256 runs N=1024 as 64x32 (128 CTAs, where 64x128 gave
+//             32), N=4096 as 64x128 (128), N=6144 as 64x192 (128), N=12288 as 128x192 (128), N=24576 as
+//             128x192 (256, two waves);
 //             M=512 runs N=4096 as 128x128 (128) and N=6144 as 128x192 (128).
 // The choice depends on (M, N, K, batch, SM count) only: it moves outputs between threads, never the K order.
 Choice choose(const Problem& p, const DeviceInfo& d) {
@@ -90,13 +92,19 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
     return int64_t((p.m + t.bm - 1) / t.bm) * ((p.n + t.bn - 1) / t.bn) * p.batch;
   };
   auto waves_of = [&](const TileShape& t) { return (tiles_of(t) + d.sms - 1) / d.sms; };
-  auto pick = [&](std::initializer_list<Choice> cands, auto cost) {
+  // Area the tiles cover, padding past M and N included.
+  auto area_of = [&](const TileShape& t) { return tiles_of(t) * t.bm * t.bn; };
+  // less_padding: among equal costs, the least area first (M > 128), then the most tiles.
+  auto pick = [&](std::initializer_list<Choice> cands, auto cost, bool less_padding = false) {
     const TileShape* best = nullptr;
     double best_cost = 0;
     for (Choice c : cands) {
       const TileShape* t = &kShapes[int(c)];
       const double cost_t = cost(*t);
-      if (!best || cost_t < best_cost || (cost_t == best_cost && tiles_of(*t) > tiles_of(*best)))
+      const bool tie = best && cost_t == best_cost;
+      const int64_t area_t = less_padding ? area_of(*t) : 0, area_b = less_padding && best ? area_of(*best) : 0;
+      if (!best || cost_t < best_cost || (tie && area_t < area_b) ||
+          (tie && area_t == area_b && tiles_of(*t) > tiles_of(*best)))
         best = t, best_cost = cost_t;
     }
     return best->c;
@@ -120,7 +128,7 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
                 waves);
   return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32, Choice::T128x64,
                Choice::T128x128, Choice::T128x192, Choice::T128x256},
-              [&](const TileShape& t) { return double(waves_of(t)) * tile_clocks(t, p.k); });
+              [&](const TileShape& t) { return double(waves_of(t)) * tile_clocks(t, p.k); }, true);
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {

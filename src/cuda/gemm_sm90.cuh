@@ -510,6 +510,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       // wgmma D layout: per 8 columns, registers {0,1} hold row lane/4, {2,3} row lane/4 + 8, at
       // columns 2 * (lane % 4) + {0, 1}; warp w of the warpgroup owns rows 16w..16w+15.
       const int row0 = tm * BM + slab * 64 + warp * 16;
+      if (row0 >= p.m) continue;  // the warp's rows all lie past M (a partial last M-tile): nothing to store
       const uint32_t staging = bars + Cfg::kBarBytes + (wg * 4 + warp) * Cfg::kEpiWarpBytes;
       if (prm.out_vec16) {
         if (p.out_f32)

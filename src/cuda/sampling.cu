@@ -999,7 +999,8 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
               first_score = gumbel_score(z, q == 0 ? r.v[0] : q == 1 ? r.v[1] : q == 2 ? r.v[2] : r.v[3]);
               if (beats(first_score, ib, best.v, best.i)) best = Best{first_score, ib};
             }
-            const float warp_best = key_value(uint64_t(__reduce_max_sync(__activemask(), value_key(first_score))) << 32);
+            const unsigned warp_key = __reduce_max_sync(__activemask(), value_key(first_score));
+            const float warp_best = key_value(uint64_t(warp_key) << 32);
             if (warp_best > bound) bound = warp_best;
           }
           const float base = prune_base(bound, p.prune);
@@ -1383,8 +1384,8 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
   std::vector<RowParams> host(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
     const SamplingParams& p = params[r];
-    host[size_t(r)] = RowParams{p.temperature, p.top_k,  p.top_p,     prune, p.min_p > 0 ? std::log(double(p.min_p)) : -INFINITY,
-                                p.seed,        p.position};
+    const double log_min_p = p.min_p > 0 ? std::log(double(p.min_p)) : -INFINITY;
+    host[size_t(r)] = RowParams{p.temperature, p.top_k, p.top_p, prune, log_min_p, p.seed, p.position};
   }
   cudaStream_t st = stream_of(s);
   const DeviceInfo& info = use_device(logits.device.index);
