@@ -81,7 +81,7 @@ double tile_clocks(const TileShape& t, int k) {
 //   M <= 128  {64x32, 64x64, 128x32, 128x64, 128x128}: the same rule (64x32 gives N=1024 64 CTAs, not 32).
 //   M > 128   every tile: least waves x tile_clocks; ties go to the least padding past M and N, then to
 //             more tiles, then to the first listed (M = 192 ran o-proj 4096 x 4096 on 128x64 in 27 us,
-//             where 64x128 covers no padding: logs_h200/d50f14a_gemm_m192.log). On 132 SMs with K=4096
+//             where 64x128 covers no padding: logs_h200/0d83a70_gemm_m192.log). On 132 SMs with K=4096
 //             this fills the SMs in whole waves: M=256 runs N=1024 as 64x32 (128 CTAs, where 64x128 gave
 //             32), N=4096 as 64x128 (128), N=6144 as 64x192 (128), N=12288 as 128x192 (128), N=24576 as
 //             128x192 (256, two waves);
