@@ -210,14 +210,19 @@ ClusterMode cluster_mode_for(const Problem& p) {
 
 std::atomic<uint64_t> g_cluster_launches{0};
 
-// BIK_GEMM_PINGPONG: "1" -> the tiles with two consumer warpgroups (128 x BN) run their ping-pong form
-// (gemm_sm90.cuh), the two consumers on alternate 64 x BN tiles, taking turns at the tensor cores; unset
-// or anything else -> the default kernel. Read at each call, as BIK_GEMM_CLUSTER; where the cluster launch
-// applies, it goes first. It never changes a bit: every 64-row slab gets the same wgmma sequence and
-// epilogue either way.
-bool pingpong_from_env() {
+// BIK_GEMM_PINGPONG: "1" -> every tile with two consumer warpgroups (128 x BN) runs its ping-pong form
+// (gemm_sm90.cuh), the two consumers on alternate 64 x BN tiles, taking turns at the tensor cores; "0" ->
+// never; unset or anything else -> the 128x192 tile for N >= 6144 only. On an H200 that form ran gate|up
+// (N = 24576) at 66-500 us against 92-531 for M = 160..1600 and q|k|v (N = 6144) at M = 768 and 2112 in
+// 58 / 155-169 against 78-80 / 204-205 us, within 3% elsewhere; other tiles and N = 4096 lost or tied
+// (logs_h200/cdfe3d1_gemm_pingpong_m.log). Read at each call, as BIK_GEMM_CLUSTER; where the cluster
+// launch applies, it goes first. It never changes a bit: every 64-row slab gets the same wgmma sequence
+// and epilogue either way.
+bool pingpong_for(const Problem& p, int bn) {
   const char* e = std::getenv("BIK_GEMM_PINGPONG");
-  return e != nullptr && e[0] == '1';
+  if (e != nullptr && e[0] == '1') return true;
+  if (e != nullptr && e[0] == '0') return false;
+  return bn == 192 && p.n >= 6144;
 }
 
 std::atomic<uint64_t> g_pingpong_launches{0};
@@ -335,7 +340,7 @@ void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
   if (const ClusterMode mode = cluster_mode_for(p); mode != ClusterMode::Off && launch_cluster<Cfg, T>(p, d, st, mode))
     return;
   if constexpr (Cfg::kConsumers == 2) {
-    if (pingpong_from_env()) {
+    if (pingpong_for(p, Cfg::BN)) {
       // Bands of 16 64-row tiles: the rows of the default walk's bands of 8 128-row tiles.
       launch_one_cta<PingPongOf<Cfg>, T>(p, d, st, 16);
       g_pingpong_launches.fetch_add(1, std::memory_order_relaxed);
@@ -448,7 +453,7 @@ std::string sm90_config_name(const Problem& p, const DeviceInfo& d) {
   std::string name = std::string("sm90 ") + kChoiceNames[int(c)] + (tma_possible(p) ? " tma" : " tma-packed");
   if (const ClusterMode mode = cluster_mode_for(p); mode != ClusterMode::Off && p.k > 0)
     name += share_w_for(p, kShapes[int(c)].bm, kShapes[int(c)].bn, mode) ? " cluster2w" : " cluster2a";
-  else if (kShapes[int(c)].bm == 128 && pingpong_from_env())
+  else if (kShapes[int(c)].bm == 128 && pingpong_for(p, kShapes[int(c)].bn))
     name += " pingpong";
   return name;
 }

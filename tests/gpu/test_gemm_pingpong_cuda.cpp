@@ -108,7 +108,7 @@ struct Outs {
 uint64_t run_three(const std::string& tile, bool pingpong, const TensorView& a, const TensorView& w,
                    const TensorView& bias, const Outs& o, const std::string& what) {
   const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");  // cluster mode would go first
-  const ScopedEnv env("BIK_GEMM_PINGPONG", pingpong ? "1" : nullptr);
+  const ScopedEnv env("BIK_GEMM_PINGPONG", pingpong ? "1" : "0");
   const uint64_t launches0 = cuda::gemm_sm90_pingpong_launches();
   fill_bytes(o.f32, 0xff);
   fill_bytes(o.half, 0xff);
@@ -175,7 +175,7 @@ TEST(GpuGemmPingPong, DispatchBatchedAndPackedGiveTheDefaultBits) {
       const std::string what = std::string(dtype_name(dt)) + " " + shape_str(m, n, k);
       fill_bytes(base, 0xff);
       {
-        const ScopedEnv env("BIK_GEMM_PINGPONG", nullptr);
+        const ScopedEnv env("BIK_GEMM_PINGPONG", "0");
         mm(base, a, w);
         finish_or_die(what + " (default)");
       }
@@ -207,7 +207,7 @@ TEST(GpuGemmPingPong, DispatchBatchedAndPackedGiveTheDefaultBits) {
     for (const std::string& tile : two_consumer_tiles()) {
       const std::string what = "tile " + tile + " " + dtype_name(dt);
       {
-        const ScopedEnv env("BIK_GEMM_PINGPONG", nullptr);
+        const ScopedEnv env("BIK_GEMM_PINGPONG", "0");
         cuda::gemm_sm90_tile(make_args(base, a, w, std::nullopt), {}, tile);
         cuda::gemm_sm90_tile(make_args(base_shared, a, w_shared, std::nullopt), {}, tile);
         cuda::gemm_sm90_tile(make_args(base_t, a0, wt.view().transpose(0, 1), std::nullopt), {}, tile);
@@ -253,7 +253,7 @@ TEST(GpuGemmPingPong, RowsAreBatchInvariant) {
     std::vector<Tensor> alone;
     for (int64_t t : targets) {
       alone.push_back(dev({1, n}, DType::F32));
-      const ScopedEnv env("BIK_GEMM_PINGPONG", nullptr);
+      const ScopedEnv env("BIK_GEMM_PINGPONG", "0");
       mm(alone.back(), pool.view().narrow(0, t, 1), w);
     }
     finish_or_die("rows alone");
@@ -295,6 +295,39 @@ TEST(GpuGemmPingPong, RowsAreBatchInvariant) {
 // Negative control: the same comparison applied to a split-K product (the two K halves computed apart
 // and added, a correct product summed in another order) must find differences against both kernels,
 // while the split result stays as accurate; if it found none, the checks above would prove nothing.
+// With BIK_GEMM_PINGPONG unset the 128x192 tile takes the ping-pong form for N >= 6144 and the default
+// form otherwise (gemm_sm90.cu, pingpong_for); either way the bits are those of BIK_GEMM_PINGPONG=0.
+TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
+  BIK_REQUIRE_GPU();
+  const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
+  int ruled = 0;
+  for (const auto& [m, n, k] : std::vector<std::array<int64_t, 3>>{{768, 6144, 4096}, {1088, 4096, 4096}}) {
+    const DType dt = DType::BF16;
+    const Tensor a = dev_filled({m, k}, dt, uint64_t(m + 7)), w = dev_filled({n, k}, dt, uint64_t(n + k));
+    const Tensor base = dev({m, n}, dt), o = dev({m, n}, dt);
+    const std::string what = shape_str(m, n, k);
+    fill_bytes(base, 0xff);
+    {
+      const ScopedEnv env("BIK_GEMM_PINGPONG", "0");
+      mm(base, a, w);
+      finish_or_die(what + " (off)");
+    }
+    const ScopedEnv env("BIK_GEMM_PINGPONG", nullptr);
+    const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
+    const bool wide_192 = name.find("128x192") != std::string::npos && n >= 6144;
+    ruled += wide_192;
+    const uint64_t launches0 = cuda::gemm_sm90_pingpong_launches();
+    fill_bytes(o, 0xff);
+    mm(o, a, w);
+    finish_or_die(what + " (" + name + ")");
+    EXPECT_EQ(name.find(" pingpong") != std::string::npos, wide_192) << what << ": " << name;
+    EXPECT_EQ(cuda::gemm_sm90_pingpong_launches() - launches0, wide_192 ? 1u : 0u) << what << ": " << name;
+    EXPECT_EQ(differing(o, base), 0) << what << ": " << name;
+    std::printf("[pingpong rule] %s: %s\n", what.c_str(), name.c_str());
+  }
+  EXPECT_GT(ruled, 0) << "no shape here ran the 128x192 tile at N >= 6144: the rule was not exercised";
+}
+
 TEST(GpuGemmPingPong, NegativeControlSplitKIsCaught) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
@@ -304,7 +337,7 @@ TEST(GpuGemmPingPong, NegativeControlSplitKIsCaught) {
   const Tensor base = dev({m, n}, DType::F32), pp = dev({m, n}, DType::F32);
   const Tensor lo = dev({m, n}, DType::F32), hi = dev({m, n}, DType::F32);
   {
-    const ScopedEnv env("BIK_GEMM_PINGPONG", nullptr);
+    const ScopedEnv env("BIK_GEMM_PINGPONG", "0");
     cuda::gemm_sm90_tile(make_args(base, a, w, std::nullopt), {}, "128x128");
     mm(lo, a.view().narrow(1, 0, h), w.view().narrow(1, 0, h));
     mm(hi, a.view().narrow(1, h, h), w.view().narrow(1, h, h));
