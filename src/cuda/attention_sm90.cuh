@@ -937,22 +937,16 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       // warp is past pmax_all), so no address outside the caches is formed.
       const int64_t tok_stride = p.cache_tok * int64_t(sizeof(T));  // bytes between a block's rows
       const int r_lane = lane / kChunks;                              // the lane's row within a copy
-      const int bs = p.block_size, step_rows = kBK % bs;
-      // The warp's first key position kpw of tile t and its row br in its cache block, advanced by one
-      // tile (kBK keys) per step instead of divided out each time. The block numbers of 32 tiles at a
-      // time are looked up together, lane j holding tile t + j's, so the table's load latency is paid
-      // once per 32 tiles rather than before every tile's copies.
-      int kpw = kb_first + pw * 16, br = kpw % bs, lane_blk = 0;
+      const int bs = p.block_size, step_blocks = kBK / bs, step_rows = kBK % bs;
+      // The warp's first key position kpw of tile t as (table index, row in the block), advanced by one
+      // tile (kBK keys) per step instead of divided out each time.
+      int kpw = kb_first + pw * 16, bi = kpw / bs, br = kpw % bs;
       for (int t = 0; t < n; ++t, kpw += kBK) {
-        if ((t & 31) == 0) {
-          const int kp = kpw + lane * kBK;
-          lane_blk = t + lane < n && kp <= pmax_all ? bt[int64_t(kp / bs) * p.bt_s1] : 0;
-        }
-        const int blk = __shfl_sync(0xffffffffu, lane_blk, t & 31);
+        const int blk = kpw > pmax_all ? 0 : bt[int64_t(bi) * p.bt_s1];
         const int64_t off =
             int64_t(blk) * p.cache_blk + int64_t(br + r_lane) * p.cache_tok + int64_t(kvh) * D + c * 8;
-        br += step_rows;
-        if (br >= bs) br -= bs;
+        bi += step_blocks, br += step_rows;
+        if (br >= bs) br -= bs, ++bi;
         const char* ksrc = reinterpret_cast<const char*>(kc + off);
         const char* vsrc = reinterpret_cast<const char*>(vc + off);
         mbar_wait(empty(s), phase ^ 1);  // tile t - S released (immediate for the first S tiles)
