@@ -84,7 +84,7 @@ __device__ __forceinline__ void rotate(float a, float b, float c, float s, float
 }
 
 constexpr int kRopeThreads = 128;
-constexpr int kRopeUnroll = 3;
+constexpr int kRopeUnroll = 2;
 
 template <class T>
 __global__ void __launch_bounds__(kRopeThreads)

@@ -439,17 +439,8 @@ void dispatch_flat_ng(int ng, F&& f) {
   throw Error("cuda: unexpected lane groups " + std::to_string(ng));
 }
 
-// A 16-byte store marked evict-first (st.global.cs): for outputs written while the kernel still has to
-// read its input again, so that the output lines leave L2 before the input's do.
-template <class T>
-__device__ __forceinline__ void st16_stream(T* p, uint4 u) {
-  asm volatile("st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(u.x), "r"(u.y), "r"(u.z), "r"(u.w)
-               : "memory");
-}
-
-// Stores V floats, each rounded once to T, as whole 16-byte vectors (p 16-byte aligned); kStream: as
-// st16_stream.
-template <class T, int V, bool kStream = false>
+// Stores V floats, each rounded once to T, as whole 16-byte vectors (p 16-byte aligned).
+template <class T, int V>
 __device__ __forceinline__ void store_flat(T* p, const float (&v)[V]) {
   constexpr int kPer = 16 / sizeof(T);
   static_assert(V % kPer == 0, "a chunk is a whole number of 16-byte vectors");
@@ -459,8 +450,7 @@ __device__ __forceinline__ void store_flat(T* p, const float (&v)[V]) {
     T* e = reinterpret_cast<T*>(&u);
 #pragma unroll
     for (int k = 0; k < kPer; ++k) e[k] = from_f32<T>(v[q * kPer + k]);
-    if constexpr (kStream) st16_stream(p + q * kPer, u);
-    else st16(p + q * kPer, u);
+    st16(p + q * kPer, u);
   }
 }
 

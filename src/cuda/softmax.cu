@@ -244,10 +244,7 @@ __global__ void __launch_bounds__(kMaxRowThreads / K, K / 2)
           float v[V], o[V];
           unpack<Tx, V>(raw[p], v);
           softmax_outputs<V>(v, M, S, log_sum, log, o);
-          // A row read twice: its output must not push the rest of its input (and the other rows') out of
-          // L2 before the second read.
-          if (cached) store_flat<To, V>(orow + i0, o);
-          else store_flat<To, V, true>(orow + i0, o);
+          store_flat<To, V>(orow + i0, o);
         }
       }
     }
