@@ -78,7 +78,9 @@ double tile_clocks(const TileShape& t, int k) {
 //   M <= 64   (decode) 64 x {32, 64, 128}: fewest waves, then most tiles. Each CTA's time is set by the
 //             serial K chain of its wgmmas, nearly the same for n = 32..128, so spread over as many SMs
 //             as one wave allows.
-//   M <= 128  {64x32, 64x64, 128x32, 128x64, 128x128}: the same rule (64x32 gives N=1024 64 CTAs, not 32).
+//   M <= 128  {64x32, 64x64, 64x128, 64x192, 128x32, 128x64, 128x128, 128x192}: the same rule (64x32 gives
+//             N=1024 64 CTAs, not 32); at N = 6144 64x128 ties 128x64 on 96 CTAs and, listed first, wins
+//             (M = 72..128: 17.7-22.9 against 18.7-29.1 us, logs_h200/fba4dc7_gemm_sweep_m72_200.log).
 //   M > 128   every tile: least waves x tile_clocks; ties go to the least padding past M and N, then to
 //             more tiles, then to the first listed (M = 192 ran o-proj 4096 x 4096 on 128x64 in 27 us,
 //             where 64x128 covers no padding: logs_h200/0d83a70_gemm_m192.log). On 132 SMs with K=4096
@@ -123,8 +125,8 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
   }
   if (p.m <= 64) return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192}, waves);
   if (p.m <= 128)
-    return pick({Choice::T64x32, Choice::T64x64, Choice::T64x192, Choice::T128x32, Choice::T128x64, Choice::T128x128,
-                 Choice::T128x192},
+    return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32, Choice::T128x64,
+                 Choice::T128x128, Choice::T128x192},
                 waves);
   return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32, Choice::T128x64,
                Choice::T128x128, Choice::T128x192, Choice::T128x256},
