@@ -295,13 +295,15 @@ TEST(GpuGemmPingPong, RowsAreBatchInvariant) {
 // Negative control: the same comparison applied to a split-K product (the two K halves computed apart
 // and added, a correct product summed in another order) must find differences against both kernels,
 // while the split result stays as accurate; if it found none, the checks above would prove nothing.
-// With BIK_GEMM_PINGPONG unset the 128x192 tile takes the ping-pong form for N >= 6144 and the default
-// form otherwise (gemm_sm90.cu, pingpong_for); either way the bits are those of BIK_GEMM_PINGPONG=0.
+// With BIK_GEMM_PINGPONG unset the 128x192 tile takes the ping-pong form for N >= 6144 when M is not a
+// multiple of 128, the default form otherwise (gemm_sm90.cu, pingpong_for); either way the bits are those
+// of BIK_GEMM_PINGPONG=0.
 TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
   BIK_REQUIRE_GPU();
   const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
   int ruled = 0;
-  for (const auto& [m, n, k] : std::vector<std::array<int64_t, 3>>{{768, 6144, 4096}, {1088, 4096, 4096}}) {
+  for (const auto& [m, n, k] :
+       std::vector<std::array<int64_t, 3>>{{2100, 6144, 4096}, {768, 6144, 4096}, {1088, 4096, 4096}}) {
     const DType dt = DType::BF16;
     const Tensor a = dev_filled({m, k}, dt, uint64_t(m + 7)), w = dev_filled({n, k}, dt, uint64_t(n + k));
     const Tensor base = dev({m, n}, dt), o = dev({m, n}, dt);
@@ -314,7 +316,7 @@ TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
     }
     const ScopedEnv env("BIK_GEMM_PINGPONG", nullptr);
     const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
-    const bool wide_192 = name.find("128x192") != std::string::npos && n >= 6144;
+    const bool wide_192 = name.find("128x192") != std::string::npos && n >= 6144 && m % 128 != 0;
     ruled += wide_192;
     const uint64_t launches0 = cuda::gemm_sm90_pingpong_launches();
     fill_bytes(o, 0xff);
@@ -325,7 +327,8 @@ TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
     EXPECT_EQ(differing(o, base), 0) << what << ": " << name;
     std::printf("[pingpong rule] %s: %s\n", what.c_str(), name.c_str());
   }
-  EXPECT_GT(ruled, 0) << "no shape here ran the 128x192 tile at N >= 6144: the rule was not exercised";
+  EXPECT_GT(ruled, 0) << "no shape here ran the 128x192 tile at N >= 6144 and M % 128 != 0: the rule was not "
+                          "exercised";
 }
 
 TEST(GpuGemmPingPong, NegativeControlSplitKIsCaught) {
