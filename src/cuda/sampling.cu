@@ -1004,8 +1004,8 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
             if (warp_best > bound) bound = warp_best;
           }
           const float base = prune_base(bound, p.prune);
-          // A warp runs the draw when one of its lanes needs it: then every lane draws its blocks, two
-          // at a time (independent chains the scheduler can interleave), and tests each element.
+          // A warp runs the draw when one of its lanes needs it (its lanes run in step anyway): then every
+          // lane draws its blocks, two a step, and tests each element it needs against the base.
           if (!__any_sync(__activemask(), any)) return;
           constexpr int kQ = V / 4, kBlocks = U * kQ;
 #pragma unroll
