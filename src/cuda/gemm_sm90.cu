@@ -96,18 +96,20 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
   auto waves_of = [&](const TileShape& t) { return (tiles_of(t) + d.sms - 1) / d.sms; };
   // Area the tiles cover, padding past M and N included.
   auto area_of = [&](const TileShape& t) { return tiles_of(t) * t.bm * t.bn; };
-  // less_padding: among equal costs, the least area first (M > 128), then the most tiles.
+  // The least cost; among equal costs the least area when less_padding (M > 128), then the most tiles,
+  // then the first listed.
   auto pick = [&](std::initializer_list<Choice> cands, auto cost, bool less_padding = false) {
     const TileShape* best = nullptr;
     double best_cost = 0;
     for (Choice c : cands) {
       const TileShape* t = &kShapes[int(c)];
       const double cost_t = cost(*t);
-      const bool tie = best && cost_t == best_cost;
-      const int64_t area_t = less_padding ? area_of(*t) : 0, area_b = less_padding && best ? area_of(*best) : 0;
-      if (!best || cost_t < best_cost || (tie && area_t < area_b) ||
-          (tie && area_t == area_b && tiles_of(*t) > tiles_of(*best)))
-        best = t, best_cost = cost_t;
+      bool better = !best || cost_t < best_cost;
+      if (best && cost_t == best_cost) {
+        if (less_padding && area_of(*t) != area_of(*best)) better = area_of(*t) < area_of(*best);
+        else better = tiles_of(*t) > tiles_of(*best);
+      }
+      if (better) best = t, best_cost = cost_t;
     }
     return best->c;
   };

@@ -200,6 +200,16 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
 }
 #endif
 
+// 16 bytes from shared memory (the epilogues' staging rows).
+__device__ __forceinline__ uint4 ld_shared_16(uint32_t src) {
+  uint4 v;
+  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(src)
+               : "memory");
+  return v;
+}
+
 #ifdef BIK_SM90_DEVICE_CODE
 // The warp's 16 x BN block when it lies wholly inside the output, without a bias, to a 16-bit type: the
 // same roundings as store_tile_staged (one cvt of each pair of sums), moved into the staging rows by
@@ -231,12 +241,8 @@ __device__ __forceinline__ void store_tile_interior(const Problem& p, const floa
 #pragma unroll
     for (int q = 0; q < 16 * kPiecesPerRow / 32; ++q) {
       const int i = q * 32 + lane, row = i / kPiecesPerRow, piece = i % kPiecesPerRow;
-      uint4 v;
-      asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                   : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                   : "r"(staging + row * Cfg::kEpiRowBytes + piece * 16)
-                   : "memory");
-      *reinterpret_cast<uint4*>(out + int64_t(row) * p.o_sm + chunk * kChunk + piece * 8) = v;
+      *reinterpret_cast<uint4*>(out + int64_t(row) * p.o_sm + chunk * kChunk + piece * 8) =
+          ld_shared_16(staging + row * Cfg::kEpiRowBytes + piece * 16);
     }
     __syncwarp();
   }
@@ -294,11 +300,7 @@ __device__ __forceinline__ void store_tile_staged(const Problem& p, const float 
       const int pr_row = i / kPiecesPerRow, piece = i % kPiecesPerRow;
       const int m = row0 + pr_row, n = col0 + chunk * kChunk + piece * kPieceElems;
       if (m < p.m && n < p.n) {
-        uint4 v;
-        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                     : "r"(staging + pr_row * Cfg::kEpiRowBytes + piece * 16)
-                     : "memory");
+        const uint4 v = ld_shared_16(staging + pr_row * Cfg::kEpiRowBytes + piece * 16);
         O* dst = static_cast<O*>(p.out) + int64_t(b) * p.o_sb + int64_t(m) * p.o_sm + n;
         if (n + kPieceElems <= p.n) {
           *reinterpret_cast<uint4*>(dst) = v;

@@ -965,6 +965,8 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
           const float bound0 = published == 0 || !(shared > best.v) ? best.v : shared;
           float bound = bound0;
           // z's bound zhi and whether the element needs its random number (zhi + 17 reaches the bound).
+          // zhi is formed again for the test below (three instructions) rather than kept: 16 more live
+          // registers would spill under the two-CTA launch bound.
           auto zhi_of = [inv](float xv) {
             const float zx = __fmul_rn(xv, inv);
             return __fadd_rn(zx, __fmul_rn(fabsf(zx), 0x1p-18f));

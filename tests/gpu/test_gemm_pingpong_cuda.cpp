@@ -292,14 +292,12 @@ TEST(GpuGemmPingPong, RowsAreBatchInvariant) {
               (long long)cases, (long long)diffs);
 }
 
-// Negative control: the same comparison applied to a split-K product (the two K halves computed apart
-// and added, a correct product summed in another order) must find differences against both kernels,
-// while the split result stays as accurate; if it found none, the checks above would prove nothing.
 // With BIK_GEMM_PINGPONG unset the 128x192 tile takes the ping-pong form for N >= 6144 when M is not a
 // multiple of 128, the default form otherwise (gemm_sm90.cu, pingpong_for); either way the bits are those
 // of BIK_GEMM_PINGPONG=0.
 TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
   BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
   const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
   int ruled = 0;
   for (const auto& [m, n, k] :
@@ -331,6 +329,9 @@ TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
                           "exercised";
 }
 
+// Negative control: the same comparison applied to a split-K product (the two K halves computed apart
+// and added, a correct product summed in another order) must find differences against both kernels,
+// while the split result stays as accurate; if it found none, the checks above would prove nothing.
 TEST(GpuGemmPingPong, NegativeControlSplitKIsCaught) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
