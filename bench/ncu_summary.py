@@ -28,7 +28,7 @@ def main(paths):
                 continue
             unit = r["Metric Unit"]
             name = r["Kernel Name"]
-            tile = re.search(r"Config<(\d+), (\d+), (\d+)>", name)
+            tile = re.search(r"Config<(\d+), (\d+), (\d+)(?:, \d+)?>", name)
             for drop in ("void ", "(anonymous namespace)::", "<unnamed>::", "bik::cuda::", "bik::"):
                 name = name.replace(drop, "")
             short = re.sub(r"<.*", "", name)

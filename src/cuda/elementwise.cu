@@ -165,6 +165,82 @@ __global__ void __launch_bounds__(kRopeThreads)
   }
 }
 
+// The common layout (neox, every head's elements contiguous, the heads, both halves and the table's cos and
+// sin rows on 16-byte boundaries): a flat walk over items (token, head, chunk), item i = (token * heads + h)
+// * cpr + c with cpr = rot / 2 / V chunks a half. A CTA of kRopeFlatThreads threads takes kRopeFlatItems
+// * kRopeFlatThreads consecutive items, a thread every kRopeFlatThreads-th of them, and issues the loads of
+// all its items (both halves, then the table's cos and sin) before any math: no CTA a token, so no
+// token's 40-odd heads wait on one short-lived CTA. The rotation is rope_kernel's, on the same floats,
+// so the bits are the same (OpsCuda.RotaryFlatMatchesGeneral); BIK_ROPE_FLAT=0 keeps rope_kernel.
+constexpr int kRopeFlatThreads = 256;
+constexpr int kRopeFlatItems = 4;
+
+template <class T>
+__global__ void __launch_bounds__(kRopeFlatThreads)
+    rope_flat_kernel(T* q, Heads hq, T* k, Heads hk, const int32_t* pos, int64_t pos_stride, const float* cs,
+                     int64_t cs_s0, int64_t max_pos, int half, int cpr, int heads, int total) {
+  constexpr int V = 16 / sizeof(T), U = kRopeFlatItems;
+  constexpr int CV = V / 4;  // 16-byte vectors of V floats of the table
+  const int first = int(blockIdx.x) * (kRopeFlatThreads * U) + int(threadIdx.x);
+  T* head[U];
+  bool ok[U];
+  uint4 a[U], b[U], co[U][CV], si[U][CV];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int i = first + u * kRopeFlatThreads;
+    const bool valid = i < total;
+    const int c = valid ? i % cpr : 0, th = valid ? i / cpr : 0;
+    const int h = th % heads, tok = th / heads;
+    head[u] = (h < hq.heads ? q + tok * hq.s0 + h * hq.s1 : k + tok * hk.s0 + (h - hq.heads) * hk.s1) + c * V;
+    a[u] = ld16_if(head[u], valid);
+    b[u] = ld16_if(head[u] + half, valid);
+    const int64_t p = valid ? pos[tok * pos_stride] : 0;
+    // A position outside the table leaves its token untouched, as in rope_kernel.
+    ok[u] = valid && p >= 0 && p < max_pos;
+    const float* cos_row = cs + (ok[u] ? p : 0) * cs_s0 + c * V;
+#pragma unroll
+    for (int j = 0; j < CV; ++j) {
+      co[u][j] = ld16_if(cos_row + 4 * j, ok[u]);
+      si[u][j] = ld16_if(cos_row + half + 4 * j, ok[u]);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (!ok[u]) continue;
+    float x1[V], x2[V], c[V], s[V], r1[V], r2[V];
+    unpack<T, V>(a[u], x1);
+    unpack<T, V>(b[u], x2);
+#pragma unroll
+    for (int j = 0; j < CV; ++j) {
+      float c4[4], s4[4];
+      unpack<float, 4>(co[u][j], c4);
+      unpack<float, 4>(si[u][j], s4);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        c[4 * j + e] = c4[e];
+        s[4 * j + e] = s4[e];
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < V; ++e) rotate(x1[e], x2[e], c[e], s[e], r1[e], r2[e]);
+    store_flat<T, V>(head[u], r1);
+    store_flat<T, V>(head[u] + half, r2);
+  }
+}
+
+// Whether rope_flat_kernel applies: neox, 16-byte chunks everywhere, and an item count that fits an int.
+bool rope_flat_ok(const TensorView& q, const Heads& hq, const TensorView& k, const Heads& hk,
+                  const TensorView& cos_sin, int64_t rot, bool neox) {
+  const int64_t V = 16 / dtype_size(q.dtype), half = rot / 2;
+  auto heads_ok = [&](const TensorView& t, const Heads& h) {
+    return h.heads == 0 || (h.s2 == 1 && aligned16(t.data) && h.s0 % V == 0 && h.s1 % V == 0);
+  };
+  const int64_t heads = hq.heads + hk.heads;
+  return neox && env_switch_on("BIK_ROPE_FLAT") && half % V == 0 && heads_ok(q, hq) && heads_ok(k, hk) &&
+         cos_sin.stride[1] == 1 && aligned16(cos_sin.data) && cos_sin.stride[0] % 4 == 0 &&
+         hq.tokens * heads * (half / V) < (int64_t(1) << 31) - int64_t(kRopeFlatThreads) * kRopeFlatItems;
+}
+
 // ---- embedding ----------------------------------------------------------------------------------------
 // out[t, :] = table[ids[t], :]. A kernel cannot throw: an id outside [0, V) writes a zero row and
 // records the lowest such position in *bad (an integer atomic: exact in any order); the host checks it.
@@ -294,6 +370,18 @@ void rotary_embedding(const TensorView& q, const TensorView& k, const TensorView
     Heads hk = has_k ? heads_of(k) : Heads{hq.tokens, 0, 0, 0, 1};
     const int64_t tokens = hq.tokens;
     if (tokens == 0) return;
+    if (rope_flat_ok(q, hq, has_k ? k : q, hk, cos_sin, rot, neox)) {
+      constexpr int V = 16 / sizeof(T);
+      const int heads = int(hq.heads + hk.heads), cpr = int(rot / 2 / V);
+      const int64_t total = tokens * heads * cpr;
+      if (total == 0) return;
+      const int64_t per_cta = int64_t(kRopeFlatThreads) * kRopeFlatItems;
+      rope_flat_kernel<T><<<unsigned((total + per_cta - 1) / per_cta), kRopeFlatThreads, 0, stream_of(s)>>>(
+          q.ptr<T>(), hq, has_k ? k.ptr<T>() : nullptr, hk, positions.ptr<const int32_t>(), positions.stride[0],
+          cos_sin.ptr<const float>(), cos_sin.stride[0], cos_sin.shape[0], int(rot / 2), cpr, heads, int(total));
+      BIK_CUDA_LAUNCH_CHECK();
+      return;
+    }
     rope_kernel<T><<<grid_for(tokens), kRopeThreads, 0, stream_of(s)>>>(
         q.ptr<T>(), hq, has_k ? k.ptr<T>() : nullptr, hk, positions.ptr<const int32_t>(), positions.stride[0],
         cos_sin.ptr<const float>(), cos_sin.stride[0], cos_sin.stride[1], cos_sin.shape[0], rot, neox);

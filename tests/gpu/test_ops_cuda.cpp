@@ -740,6 +740,21 @@ TEST(OpsCuda, SoftmaxClusterMatchesOneCta) {
        {DType::F16, DType::F32, 1, 70000, true}, {DType::BF16, DType::F32, 300, 32000, true}});
 }
 
+// 16-bit rows of 65536 < n <= 163840 run the four-CTA cluster kernel with the whole row in registers for every
+// row count; BIK_SOFTMAX_LONG=0 sends them back to the kernels that read the row twice. The bits must not
+// change: the ends of the range, Qwen's and Llama 3's vocabularies, one row, fewer rows than SMs and more,
+// softmax and log_softmax, 16-bit and F32 outputs. Negative control (on an F32 case, as the helper wants):
+// an input that differs in one element of the last row must show.
+TEST(OpsCuda, SoftmaxLongRowsMatchOtherKernels) {
+  BIK_REQUIRE_GPU();
+  expect_softmax_switch_keeps_bits(
+      "BIK_SOFTMAX_LONG",
+      {{DType::BF16, DType::F32, 1, 151936, true}, {DType::F32, DType::F32, 3, 100000, true},
+       {DType::BF16, DType::F32, 300, 151936, true}, {DType::BF16, DType::BF16, 7, 65544, false},
+       {DType::F16, DType::F32, 2, 163840, true}, {DType::F16, DType::F16, 133, 128256, false},
+       {DType::BF16, DType::F32, 5, 163848, true}});
+}
+
 // BIK_SOFTMAX_RESIDENT=0 sends the rows of softmax_resident_kernel back to the cluster kernel (rows that
 // fit the SMs, sm_90) or the one-CTA kernel reading the row twice: the bits must not change. One row and
 // batches of several, every input dtype, softmax and log_softmax. Negative control: an input that differs
@@ -1068,6 +1083,65 @@ TEST(OpsCuda, Rotary) {
   expect_clean(rope_spec(DType::BF16, 32, 8, 128, 128, true));
   expect_clean(rope_spec(DType::F32, 4, 2, 64, 32, false));
   expect_clean(rope_spec(DType::F16, 3, 1, 80, 80, true));
+}
+
+// BIK_ROPE_FLAT=0 keeps the common layout on rope_kernel (a CTA a token): the flat walk must give the same
+// bytes, for q and k as column blocks of one fused qkv row (the engine's layout), partial rotation, F32
+// without k, and a position outside the table (its token untouched). Negative control: a changed position
+// must show.
+TEST(OpsCuda, RotaryFlatMatchesGeneral) {
+  BIK_REQUIRE_GPU();
+  struct Case {
+    DType t;
+    int64_t hq, hk, d, rot, tokens;
+  };
+  const Case cases[] = {{DType::BF16, 32, 8, 128, 128, 1000},
+                        {DType::F16, 4, 2, 128, 64, 77},
+                        {DType::F32, 3, 0, 64, 64, 50},
+                        {DType::BF16, 16, 4, 64, 64, 1}};
+  const Device gpu = Device::cuda(0);
+  const int64_t max_pos = 2048;
+  for (const Case& c : cases) {
+    const Tensor table = rope_cos_sin_table(max_pos, c.rot, 10000.0, gpu);
+    const int64_t width = (c.hq + 2 * c.hk) * c.d;  // q | k | v of one token
+    Shared qkv = shared_tensor({c.tokens, width}, c.t, 1.0, 0.0, uint64_t(width + c.tokens));
+    Tensor pos_h = Tensor::empty({c.tokens}, DType::I32);
+    for (int64_t t = 0; t < c.tokens; ++t) pos_h.ptr<int32_t>()[t] = int32_t((t * 7919 + 3) % max_pos);
+    if (c.tokens > 2) pos_h.ptr<int32_t>()[c.tokens / 2] = int32_t(max_pos);  // outside the table
+    auto run = [&](const char* flat, const Tensor& pos) {
+      Tensor x = qkv.dev.to(Device::cpu()).to(gpu);
+      const int64_t es = dtype_size(c.t);
+      const TensorView q(x.data(), c.t, {c.tokens, c.hq, c.d}, {width, c.d, 1}, gpu);
+      const TensorView k = c.hk == 0 ? TensorView()
+                                     : TensorView(static_cast<uint8_t*>(x.data()) + c.hq * c.d * es, c.t,
+                                                  {c.tokens, c.hk, c.d}, {width, c.d, 1}, gpu);
+      const Tensor pos_dev = pos.to(gpu);
+      setenv("BIK_ROPE_FLAT", flat, 1);
+      rotary_embedding(q, k, pos_dev, table, true);
+      unsetenv("BIK_ROPE_FLAT");
+      return x.to(Device::cpu());
+    };
+    const Tensor a = run("1", pos_h), b = run("0", pos_h);
+    const size_t bytes = size_t(c.tokens * width) * dtype_size(c.t);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), bytes), 0) << dn(c.t) << " H=" << c.hq << "/" << c.hk << " rot=" << c.rot;
+    // The token outside the table is unchanged; the others' rotated elements moved.
+    if (c.tokens > 2) {
+      const int64_t t = c.tokens / 2;
+      EXPECT_EQ(std::memcmp(static_cast<const uint8_t*>(a.data()) + t * width * dtype_size(c.t),
+                            static_cast<const uint8_t*>(qkv.dev.to(Device::cpu()).data()) + t * width * dtype_size(c.t),
+                            size_t(width) * dtype_size(c.t)),
+                0)
+          << dn(c.t) << ": the token outside the table changed";
+    }
+    EXPECT_NE(std::memcmp(a.data(), qkv.dev.to(Device::cpu()).data(), bytes), 0) << dn(c.t) << ": nothing rotated";
+    if (&c == &cases[0]) {
+      // Negative control: the last token at another position must differ.
+      Tensor moved = pos_h.to(Device::cpu());
+      moved.ptr<int32_t>()[c.tokens - 1] = (moved.ptr<int32_t>()[c.tokens - 1] + 1) % int32_t(max_pos);
+      const Tensor m = run("1", moved);
+      EXPECT_NE(std::memcmp(m.data(), b.data(), bytes), 0) << "the comparison missed a moved position";
+    }
+  }
 }
 
 TEST(OpsCuda, Embedding) {
