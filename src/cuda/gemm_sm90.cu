@@ -195,8 +195,11 @@ Params walk_params(const Problem& p, const TileOrder& order) {
 //            with few output columns and a long K (M <= 256, N <= 4096, K >= 8192, one batch): on an H200 the
 //            down projection 4096 x 12288 at M = 1..128 took 36.6-43.5 us against 40.2-47.2 on one CTA a
 //            tile, 47.1 against 47.5 at M = 256; with K = 4096 the pairs gained nothing reliable (4096 x 4096
-//            0.4 us faster at M <= 128, 0.9 us slower at 256; logs_h200/146edda_gemm_rule_*.log), so one CTA
-//            per tile otherwise;
+//            0.4 us faster at M <= 128, 0.9 us slower at 256; logs_h200/146edda_gemm_rule_*.log); and for two
+//            M-tiles of 128 rows over many output columns (128 < M <= 256, N >= 16384, K >= 4096, one batch),
+//            where the pair shares W: gate|up 24576 x 4096 at M = 256 took 76.8 / 81.5 us against 89.6 / 91.4
+//            on one CTA a tile, at M = 200 77.4 / 77.5 against 80.1 / 79.3 (ping-pong), while q|k|v (N = 6144)
+//            lost 1-7 us (logs_h200/5e5800c_gemm_cluster_ab.log); one CTA per tile otherwise;
 //   "0" -> one CTA per tile everywhere; "2" -> clusters of two everywhere; "2a" / "2w" -> clusters of two
 //   that always share A / W (for A/B timing and the tests); anything else -> as unset.
 // It never changes a bit: the K order, the wgmma sequence and the epilogue of every stored output are the same.
@@ -209,7 +212,9 @@ ClusterMode cluster_mode_for(const Problem& p) {
     if (std::strcmp(e, "2a") == 0) return ClusterMode::ShareA;
     if (std::strcmp(e, "2w") == 0) return ClusterMode::ShareW;
   }
-  return p.m <= 256 && p.n <= 4096 && p.k >= 8192 && p.batch == 1 ? ClusterMode::Auto : ClusterMode::Off;
+  const bool long_k = p.m <= 256 && p.n <= 4096 && p.k >= 8192;
+  const bool wide_n = p.m > 128 && p.m <= 256 && p.n >= 16384 && p.k >= 4096;
+  return (long_k || wide_n) && p.batch == 1 ? ClusterMode::Auto : ClusterMode::Off;
 }
 
 std::atomic<uint64_t> g_cluster_launches{0};
@@ -219,8 +224,8 @@ std::atomic<uint64_t> g_cluster_launches{0};
 // never; unset or anything else -> the 128x192 tile for N >= 6144 when M is not a multiple of 128. On an
 // H200 that form ran gate|up (N = 24576) at 66-500 us against 92-531 for M = 160..1600 and q|k|v (N = 6144)
 // at M = 2112 in 155-169 against 204-205 us, within 3% elsewhere; other tiles and N = 4096 lost or tied
-// (logs_h200/cdfe3d1_gemm_pingpong_m.log); at M = 256, the decode steps of a full batch, gate|up took 93.5
-// us a layer in serving against 85.8 without it (logs_h200/0d83a70_ncu_serve_on.csv.xz,
+// (logs_h200/cdfe3d1_gemm_pingpong_m.log); at M = 256, the decode steps of a full batch, gate|up took 84.4
+// us a layer in serving against 76.7 without it (logs_h200/0d83a70_ncu_serve_on.csv.xz,
 // d79050f_ncu_serve_on.csv.xz). Read at each call, as BIK_GEMM_CLUSTER; where the cluster launch applies,
 // it goes first. It never changes a bit: every 64-row slab gets the same wgmma sequence and epilogue
 // either way.

@@ -179,24 +179,18 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
 // plan thread each: thread tg of CTA c is plan thread c * G + tg, its chunks p * L + c * G * V + tg * V
 // (L = K G V, the plan's lanes). K = 4: CTA c holds lane group c of flat_shape's four (G = 256); K = 2:
 // lane groups 2c and 2c + 1 (G = 512). Either way the CTA index is the top bits of the plan thread.
-// U passes in flight a thread (kClusterPasses: 64 registers of chunks for F32, 32 for 16-bit types; the
-// launch bounds give 128 registers a thread for either K: 1024 / K threads, K / 2 CTAs an SM), so rows of
-// up to U L = 65536 elements stay in registers between the passes. U = kLongPasses (16-bit inputs only, K =
-// 4): 80 registers of chunks, rows of up to 163840 elements (vocabularies of 128K-160K) read once rather
-// than twice; a thread's chunks and their order are the same for any U (pass p's chunk is p L + t0), so
-// the bits are too.
+// U passes in flight a thread (64 registers of chunks for F32, 32 for 16-bit types; the launch bounds
+// give 128 registers a thread for either K: 1024 / K threads, K / 2 CTAs an SM), so rows of up to
+// U L = 65536 elements stay in registers between the passes.
 // Dynamic smem: 2 G V + 1 floats (tree scratch, this CTA's lane terms, this CTA's maximum).
-template <class Tx>
-constexpr int kClusterPasses = sizeof(Tx) == 4 ? 16 : 8;
-constexpr int kLongPasses = 20;
-
-template <class Tx, class To, int K, int U>
+template <class Tx, class To, int K>
 __global__ void __launch_bounds__(kMaxRowThreads / K, K / 2)
     softmax_cluster_kernel(To* out, int64_t out_stride, const Tx* x, int64_t x_stride, int64_t rows, int64_t n,
                            bool log) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(K == 2 || K == 4, "clusters of 2 or 4 CTAs");
   constexpr int V = 16 / sizeof(Tx);
+  constexpr int U = sizeof(Tx) == 4 ? 16 : 8;
   extern __shared__ float smem[];
   cg::cluster_group cluster = cg::this_cluster();
   const int c = int(cluster.block_rank());
@@ -440,23 +434,6 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
     // =2 takes the prefetching kernel for every row count, the cluster's included (tests).
     const int prefetch_level = env_switch_level("BIK_SOFTMAX_PREFETCH");
     const bool resident = flat && softmax_resident_applies(n, x.dtype);
-    // 16-bit rows longer than the resident range and the cluster kernel's registers (65536 < n <= 20 L =
-    // 163840, e.g. a 151936-token vocabulary): the cluster kernel with kLongPasses passes in flight, which
-    // keeps the whole row in registers, for every row count (the other kernels read such a row twice).
-    // BIK_SOFTMAX_LONG=0 keeps the choice below (OpsCuda.SoftmaxLongRowsMatchOtherKernels).
-    if constexpr (sizeof(Tx) == 2) {
-      const int64_t plan_lanes = int64_t(kMaxRowThreads) * V;
-      if (cluster_ok && n > int64_t(kClusterPasses<Tx>) * plan_lanes && n <= int64_t(kLongPasses) * plan_lanes &&
-          env_switch_on("BIK_SOFTMAX_LONG")) {
-        auto launch_long = [&](auto ot) {
-          using To = decltype(ot);
-          return launch_row_clusters(softmax_cluster_kernel<Tx, To, kClusterCtas, kLongPasses>, kClusterCtas,
-                                     gs.W * 32, (size_t(2 * 32 * gs.W) * V + 1) * sizeof(float), stream_of(s),
-                                     rows, out.ptr<To>(), fo.stride, x.ptr<const Tx>(), fx.stride, rows, n, log);
-        };
-        if (out.dtype == DType::F32 ? launch_long(float{}) : launch_long(Tx{})) return;
-      }
-    }
     // Rows of the resident range that twice but not four times fit the SMs (SMs / 4 < rows <= SMs / 2, e.g.
     // 64 rows on 132 SMs): one CTA a row leaves half of the SMs idle and four-CTA clusters no longer fit,
     // so a cluster of two 512-thread CTAs a row (the cluster kernel with K = 2: same lanes, same tree, same
@@ -469,7 +446,7 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
       constexpr int kPairThreads = kMaxRowThreads / 2;
       auto launch_pair = [&](auto ot) {
         using To = decltype(ot);
-        return launch_row_clusters(softmax_cluster_kernel<Tx, To, 2, kClusterPasses<Tx>>, 2, kPairThreads,
+        return launch_row_clusters(softmax_cluster_kernel<Tx, To, 2>, 2, kPairThreads,
                                    (size_t(2 * kPairThreads) * V + 1) * sizeof(float), stream_of(s), rows,
                                    out.ptr<To>(), fo.stride, x.ptr<const Tx>(), fx.stride, rows, n, log);
       };
@@ -505,10 +482,9 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
     auto launch = [&](auto ot) {
       using To = decltype(ot);
       // No room for such a cluster on this device: the one-CTA kernels below (same bits).
-      if (cluster && launch_row_clusters(softmax_cluster_kernel<Tx, To, kClusterCtas, kClusterPasses<Tx>>,
-                                         kClusterCtas, gs.W * 32, (size_t(2 * 32 * gs.W) * V + 1) * sizeof(float),
-                                         stream_of(s), rows, out.ptr<To>(), fo.stride, x.ptr<const Tx>(), fx.stride,
-                                         rows, n, log))
+      if (cluster && launch_row_clusters(softmax_cluster_kernel<Tx, To, kClusterCtas>, kClusterCtas, gs.W * 32,
+                                         (size_t(2 * 32 * gs.W) * V + 1) * sizeof(float), stream_of(s), rows,
+                                         out.ptr<To>(), fo.stride, x.ptr<const Tx>(), fx.stride, rows, n, log))
         return;
       dispatch_flat_ng(gs.NG, [&](auto ng) {
         constexpr int NG = decltype(ng)::value;

@@ -740,21 +740,6 @@ TEST(OpsCuda, SoftmaxClusterMatchesOneCta) {
        {DType::F16, DType::F32, 1, 70000, true}, {DType::BF16, DType::F32, 300, 32000, true}});
 }
 
-// 16-bit rows of 65536 < n <= 163840 run the four-CTA cluster kernel with the whole row in registers for every
-// row count; BIK_SOFTMAX_LONG=0 sends them back to the kernels that read the row twice. The bits must not
-// change: the ends of the range, Qwen's and Llama 3's vocabularies, one row, fewer rows than SMs and more,
-// softmax and log_softmax, 16-bit and F32 outputs. Negative control (on an F32 case, as the helper wants):
-// an input that differs in one element of the last row must show.
-TEST(OpsCuda, SoftmaxLongRowsMatchOtherKernels) {
-  BIK_REQUIRE_GPU();
-  expect_softmax_switch_keeps_bits(
-      "BIK_SOFTMAX_LONG",
-      {{DType::BF16, DType::F32, 1, 151936, true}, {DType::F32, DType::F32, 3, 100000, true},
-       {DType::BF16, DType::F32, 300, 151936, true}, {DType::BF16, DType::BF16, 7, 65544, false},
-       {DType::F16, DType::F32, 2, 163840, true}, {DType::F16, DType::F16, 133, 128256, false},
-       {DType::BF16, DType::F32, 5, 163848, true}});
-}
-
 // BIK_SOFTMAX_RESIDENT=0 sends the rows of softmax_resident_kernel back to the cluster kernel (rows that
 // fit the SMs, sm_90) or the one-CTA kernel reading the row twice: the bits must not change. One row and
 // batches of several, every input dtype, softmax and log_softmax. Negative control: an input that differs
