@@ -80,7 +80,6 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
   const RowGroup rg = row_group(W);
   // Chunk (pass p, group g) of this thread: p * L + g * GV + t0, the chunk of plan thread g * G + tg.
   const int64_t GV = int64_t(rg.G) * V, L = GV * NG, t0 = int64_t(rg.tg) * V;
-  const bool cached = kFlat && n <= U * L;
 
   for (int64_t r = rg.first; r < rows; r += rg.step) {
     const Tx* xr = kFlat ? x + r * x_stride : x + x_rows.offset(r);
@@ -103,7 +102,7 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
 #pragma unroll
       for (int k = 0; k < V; ++k) s[g][k] = 0.0f;
     }
-    uint4 raw[U][NG];  // flat: U passes' chunks; the whole row when cached
+    uint4 raw[U][NG];  // flat: U passes' chunks; the whole row when n <= U L
     // Flat path: the chunks of passes base / L .. + U - 1 into raw, zeros past the row end.
     auto load_passes = [&](int64_t base) {
 #pragma unroll
@@ -140,10 +139,14 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
     }
     const auto [M, S, log_sum] = row_stats<V, NG>(m, s, smem, rg, log);
 
-    // Pass 2: the output.
+    // Pass 2: the output, blocks of U passes from the row's end back: the block pass 1 read last is still
+    // in raw, and the blocks read just before it are the likeliest still in L2. Each output is one
+    // element's expression, so the order of the stores never changes a bit.
     if constexpr (kFlat) {
-      for (int64_t base = 0; base < n; base += U * L) {
-        if (!cached) load_passes(base);
+      const int64_t last = n > 0 ? (n - 1) / (U * L) : -1;  // the last block, which raw holds
+      for (int64_t blk = last; blk >= 0; --blk) {
+        const int64_t base = blk * U * L;
+        if (blk != last) load_passes(base);
 #pragma unroll
         for (int p = 0; p < U; ++p)
 #pragma unroll
