@@ -117,6 +117,16 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
       grid.z = (grid.z + unsigned(p.splits_per_cta) - 1) / unsigned(p.splits_per_cta);
     }
     grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
+    // More CTAs than SMs: a persistent grid of one CTA an SM walking the same units in the same order
+    // (attention_kernel_ws), so a unit's start and end overlap its neighbours' work.
+    // BIK_ATTENTION_PERSISTENT=0 (read at each call) keeps one CTA a unit; the bits are the same
+    // (GpuAttention.PersistentGridKeepsTheBits).
+    const char* pe = std::getenv("BIK_ATTENTION_PERSISTENT");
+    const int64_t units = int64_t(grid.x) * grid.y * grid.z;
+    if (units > sms && units < (int64_t(1) << 31) && (pe == nullptr || pe[0] != '0')) {
+      p.units = int(units), p.grid_x = int(grid.x), p.grid_y = int(grid.y);
+      grid = dim3(unsigned(sms), 1, 1);
+    }
     if (variant == 3)
       k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kSequential>
                 : k90::attention_kernel_ws<T, D, false, WsSchedule::kSequential>;

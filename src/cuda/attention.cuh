@@ -50,6 +50,10 @@ struct Params {
   float* part_acc;
   int max_splits;
   int splits_per_cta;  // split-parallel mode: consecutive splits one CTA walks (1 but for variants 3-5)
+  // Variants 3-6 on a persistent grid: `units` > 0 CTA work units of a virtual grid (grid_x, grid_y,
+  // grid_z), unit u at (u % grid_x, u / grid_x % grid_y, u / (grid_x grid_y)), CTA b taking units b,
+  // b + gridDim.x, ...; 0: one CTA a unit (blockIdx).
+  int units, grid_x, grid_y;
 };
 
 __device__ __forceinline__ float ex2(float x) {

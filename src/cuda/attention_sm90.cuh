@@ -203,12 +203,12 @@ struct WorkUnit {
   int seq, kvh, q0, tok0, pos0, pmax, kb_begin, kb_last, valid_rows;
 };
 
-// Fills w for query block `qblock` (64 rows) of the sequence blockIdx.x / kv_heads; false when there is
-// nothing to do (past its sequence's queries, or a split past every row).
+// Fills w for query block `qblock` (64 rows) of the sequence bx / kv_heads (bx, bz: the CTA's grid x and
+// z); false when there is nothing to do (past its sequence's queries, or a split past every row).
 template <bool kSplit>
-__device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w, int qblock) {
-  w.seq = blockIdx.x / p.kv_heads;
-  w.kvh = blockIdx.x % p.kv_heads;
+__device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w, int qblock, int bx, int bz) {
+  w.seq = bx / p.kv_heads;
+  w.kvh = bx % p.kv_heads;
   w.q0 = p.qsl[int64_t(w.seq) * p.qsl_s];
   const int q_len = p.qsl[int64_t(w.seq + 1) * p.qsl_s] - w.q0;
   w.tok0 = qblock * p.tok_per_cta;
@@ -220,7 +220,7 @@ __device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w, int qblo
   const int L = p.split_len;
   if constexpr (kSplit) {  // tiles [kb_begin, kb_last] (key positions of the tile starts)
     const int span = p.splits_per_cta * L;  // the CTA's consecutive splits
-    w.kb_begin = blockIdx.z * span;
+    w.kb_begin = bz * span;
     if (w.kb_begin > w.pmax) return false;
     w.kb_last = min(w.kb_begin + span - 1, w.pmax) / kBK * kBK;
   } else {
@@ -532,7 +532,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
   extern __shared__ __align__(1024) uint8_t smem[];
 
   WorkUnit w;
-  if (!work_unit<kSplit>(p, w, blockIdx.y)) return;
+  if (!work_unit<kSplit>(p, w, blockIdx.y, blockIdx.x, blockIdx.z)) return;
   const int L = p.split_len;
   const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
   const uint32_t sq = base;
@@ -668,7 +668,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
   extern __shared__ __align__(1024) uint8_t smem[];
 
   WorkUnit w;
-  if (!work_unit<kSplit>(p, w, blockIdx.y)) return;
+  if (!work_unit<kSplit>(p, w, blockIdx.y, blockIdx.x, blockIdx.z)) return;
   const int L = p.split_len;
   const int n = (w.kb_last - w.kb_begin) / kBK + 1;  // tiles
   const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
@@ -879,18 +879,42 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   constexpr int kO = D / 2;       // O accumulators per thread (m64nD)
   extern __shared__ __align__(1024) uint8_t smem[];
 
-  // The CTA's query blocks qb0 .. qb0 + C - 1 and the key stream that covers all of them: tiles from the
-  // common start (0, or the start of the CTA's run of splits) to the last tile any of them needs.
-  const int qb0 = int(gridDim.y - 1 - blockIdx.y) * C;
-  const int kb_first = kSplit ? int(blockIdx.z) * p.splits_per_cta * p.split_len : 0;
-  int kb_end = -1, pmax_all = -1;
+  // The CTA's work units: itself (blockIdx), or on a persistent grid (p.units > 0) units blockIdx.x,
+  // blockIdx.x + gridDim.x, ... of the virtual grid, in that order for every role. The producer streams the
+  // next unit's tiles into the ring while the consumers finish the current one; the ring's and the
+  // barriers' phases carry on from unit to unit. A unit's work is the same either way, so are its bits.
+  const bool persistent = p.units > 0;
+  const int first_unit = persistent ? int(blockIdx.x) : 0;
+  const int unit_end = persistent ? p.units : 1, unit_step = persistent ? int(gridDim.x) : 1;
+  // Unit u: its grid coordinates, query blocks qb0 .. qb0 + C - 1 and the key stream that covers all of
+  // them: n tiles from the common start kb_first (0, or the start of the unit's run of splits) to the last
+  // tile any of them needs, with pmax_all the last position of any of its rows; n = 0: nothing to do.
+  struct Unit {
+    int bx, bz, qb0, kb_first, pmax_all, n;
+  };
+  auto unit_at = [&](int ui) {
+    Unit u;
+    int by;
+    if (persistent) {
+      u.bx = ui % p.grid_x, by = ui / p.grid_x % p.grid_y, u.bz = ui / (p.grid_x * p.grid_y);
+    } else {
+      u.bx = int(blockIdx.x), by = int(blockIdx.y), u.bz = int(blockIdx.z);
+    }
+    const int gy = persistent ? p.grid_y : int(gridDim.y);
+    u.qb0 = (gy - 1 - by) * C;
+    u.kb_first = kSplit ? u.bz * p.splits_per_cta * p.split_len : 0;
+    int kb_end = -1;
+    u.pmax_all = -1;
 #pragma unroll
-  for (int c = 0; c < C; ++c) {
-    WorkUnit u;
-    if (work_unit<kSplit>(p, u, qb0 + c)) kb_end = max(kb_end, u.kb_last), pmax_all = max(pmax_all, u.pmax);
-  }
-  if (kb_end < 0) return;  // uniform over the CTA, before any barrier
-  const int n = (kb_end - kb_first) / kBK + 1;  // stream tiles
+    for (int c = 0; c < C; ++c) {
+      WorkUnit w;
+      if (work_unit<kSplit>(p, w, u.qb0 + c, u.bx, u.bz))
+        kb_end = max(kb_end, w.kb_last), u.pmax_all = max(u.pmax_all, w.pmax);
+    }
+    u.n = kb_end < 0 ? 0 : (kb_end - u.kb_first) / kBK + 1;
+    return u;
+  };
+  if (!persistent && unit_at(0).n == 0) return;  // uniform over the CTA, before any barrier
 
   const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
   auto sk = [&](int s) { return base + Ly::kOffK + s * Ly::kTile; };
@@ -912,73 +936,77 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     const T* kc = static_cast<const T*>(p.k_cache);
     const T* vc = static_cast<const T*>(p.v_cache);
-    const int32_t* bt = p.block_tables + int64_t(blockIdx.x / p.kv_heads) * p.bt_s0;
-    const int kvh = blockIdx.x % p.kv_heads;
     // Warp pw copies rows 16pw .. 16pw + 15 of each tile. Lane l (and l + 16) looks up row 16pw + l % 16
     // in the block table; each copy instruction then covers kRowsPerOp whole rows (consecutive lanes,
     // consecutive 16-byte chunks of a row), taking the row's offset from its lane by a shuffle.
     constexpr int kRowsPerOp = 32 / kChunks;
     const int pw = tid >> 5, c = lane % kChunks;
-    // Element offset of row 16pw + lane % 16 of tile t in either cache; -1 past every row's position.
-    auto row_offset = [&](int t) -> int64_t {
-      const int kp = kb_first + t * kBK + pw * 16 + (lane & 15);
-      if (kp > pmax_all) return -1;
-      const int64_t blk = bt[int64_t(kp / p.block_size) * p.bt_s1];
-      return blk * p.cache_blk + int64_t(kp % p.block_size) * p.cache_tok + int64_t(kvh) * D;
-    };
     int s = 0, phase = 0;
-    if (p.block_size % 16 == 0) {
-      // Block sizes that are multiples of 16: a warp's 16 rows of a tile lie in one cache block, so the
-      // warp looks the block up once a tile and each lane steps its own pointers down the block's rows:
-      // copy `it` covers rows 2it and 2it + 1 of the warp (lanes 0-15 and 16-31, chunk c = lane % 16 of
-      // D = 128; kRowsPerOp rows of D / 8 chunks for D = 64), the same rows, chunks and destinations as
-      // the gather below, without its per-copy shuffles and 64-bit offset arithmetic. Rows past pmax_all
-      // are zero-filled as there; their source stays inside the warp's block (or block 0 when the whole
-      // warp is past pmax_all), so no address outside the caches is formed.
-      const int64_t tok_stride = p.cache_tok * int64_t(sizeof(T));  // bytes between a block's rows
-      const int r_lane = lane / kChunks;                              // the lane's row within a copy
-      const int bs = p.block_size, step_blocks = kBK / bs, step_rows = kBK % bs;
-      // The warp's first key position kpw of tile t as (table index, row in the block), advanced by one
-      // tile (kBK keys) per step instead of divided out each time.
-      int kpw = kb_first + pw * 16, bi = kpw / bs, br = kpw % bs;
-      for (int t = 0; t < n; ++t, kpw += kBK) {
-        const int blk = kpw > pmax_all ? 0 : bt[int64_t(bi) * p.bt_s1];
-        const int64_t off =
-            int64_t(blk) * p.cache_blk + int64_t(br + r_lane) * p.cache_tok + int64_t(kvh) * D + c * 8;
-        bi += step_blocks, br += step_rows;
-        if (br >= bs) br -= bs, ++bi;
-        const char* ksrc = reinterpret_cast<const char*>(kc + off);
-        const char* vsrc = reinterpret_cast<const char*>(vc + off);
+    for (int ui = first_unit; ui < unit_end; ui += unit_step) {
+      const Unit un = unit_at(ui);
+      if (un.n == 0) continue;
+      const int kb_first = un.kb_first, pmax_all = un.pmax_all, n = un.n;
+      const int32_t* bt = p.block_tables + int64_t(un.bx / p.kv_heads) * p.bt_s0;
+      const int kvh = un.bx % p.kv_heads;
+      // Element offset of row 16pw + lane % 16 of tile t in either cache; -1 past every row's position.
+      auto row_offset = [&](int t) -> int64_t {
+        const int kp = kb_first + t * kBK + pw * 16 + (lane & 15);
+        if (kp > pmax_all) return -1;
+        const int64_t blk = bt[int64_t(kp / p.block_size) * p.bt_s1];
+        return blk * p.cache_blk + int64_t(kp % p.block_size) * p.cache_tok + int64_t(kvh) * D;
+      };
+      if (p.block_size % 16 == 0) {
+        // Block sizes that are multiples of 16: a warp's 16 rows of a tile lie in one cache block, so the
+        // warp looks the block up once a tile and each lane steps its own pointers down the block's rows:
+        // copy `it` covers rows 2it and 2it + 1 of the warp (lanes 0-15 and 16-31, chunk c = lane % 16 of
+        // D = 128; kRowsPerOp rows of D / 8 chunks for D = 64), the same rows, chunks and destinations as
+        // the gather below, without its per-copy shuffles and 64-bit offset arithmetic. Rows past pmax_all
+        // are zero-filled as there; their source stays inside the warp's block (or block 0 when the whole
+        // warp is past pmax_all), so no address outside the caches is formed.
+        const int64_t tok_stride = p.cache_tok * int64_t(sizeof(T));  // bytes between a block's rows
+        const int r_lane = lane / kChunks;                              // the lane's row within a copy
+        const int bs = p.block_size, step_blocks = kBK / bs, step_rows = kBK % bs;
+        // The warp's first key position kpw of tile t as (table index, row in the block), advanced by one
+        // tile (kBK keys) per step instead of divided out each time.
+        int kpw = kb_first + pw * 16, bi = kpw / bs, br = kpw % bs;
+        for (int t = 0; t < n; ++t, kpw += kBK) {
+          const int blk = kpw > pmax_all ? 0 : bt[int64_t(bi) * p.bt_s1];
+          const int64_t off =
+              int64_t(blk) * p.cache_blk + int64_t(br + r_lane) * p.cache_tok + int64_t(kvh) * D + c * 8;
+          bi += step_blocks, br += step_rows;
+          if (br >= bs) br -= bs, ++bi;
+          const char* ksrc = reinterpret_cast<const char*>(kc + off);
+          const char* vsrc = reinterpret_cast<const char*>(vc + off);
+          mbar_wait(empty(s), phase ^ 1);  // tile t - S released (immediate for the first S tiles)
+#pragma unroll
+          for (int it = 0; it < 16 / kRowsPerOp; ++it) {
+            const int rl = it * kRowsPerOp + r_lane;
+            const uint32_t dst = Layout<D>::off(pw * 16 + rl, c);
+            const int bytes = kpw + rl <= pmax_all ? 16 : 0;
+            cp_async_16(sk(s) + dst, ksrc + it * kRowsPerOp * tok_stride, bytes);
+            cp_async_16(sv(s) + dst, vsrc + it * kRowsPerOp * tok_stride, bytes);
+          }
+          mbar_arrive_on_copies(full(s));
+          if (++s == S) s = 0, phase ^= 1;
+        }
+        continue;
+      }
+      int64_t off = row_offset(0);
+      for (int t = 0; t < n; ++t) {
         mbar_wait(empty(s), phase ^ 1);  // tile t - S released (immediate for the first S tiles)
 #pragma unroll
         for (int it = 0; it < 16 / kRowsPerOp; ++it) {
-          const int rl = it * kRowsPerOp + r_lane;
+          const int rl = it * kRowsPerOp + lane / kChunks;
+          const int64_t o = __shfl_sync(0xffffffffu, off, rl);
           const uint32_t dst = Layout<D>::off(pw * 16 + rl, c);
-          const int bytes = kpw + rl <= pmax_all ? 16 : 0;
-          cp_async_16(sk(s) + dst, ksrc + it * kRowsPerOp * tok_stride, bytes);
-          cp_async_16(sv(s) + dst, vsrc + it * kRowsPerOp * tok_stride, bytes);
+          const int64_t src = o < 0 ? 0 : o + c * 8;
+          cp_async_16(sk(s) + dst, kc + src, o < 0 ? 0 : 16);
+          cp_async_16(sv(s) + dst, vc + src, o < 0 ? 0 : 16);
         }
         mbar_arrive_on_copies(full(s));
+        if (t + 1 < n) off = row_offset(t + 1);  // the block-table read overlaps the copies in flight
         if (++s == S) s = 0, phase ^= 1;
       }
-      cp_async_wait_all();  // no copy outlives its thread
-      return;
-    }
-    int64_t off = row_offset(0);
-    for (int t = 0; t < n; ++t) {
-      mbar_wait(empty(s), phase ^ 1);  // tile t - S released (immediate for the first S tiles)
-#pragma unroll
-      for (int it = 0; it < 16 / kRowsPerOp; ++it) {
-        const int rl = it * kRowsPerOp + lane / kChunks;
-        const int64_t o = __shfl_sync(0xffffffffu, off, rl);
-        const uint32_t dst = Layout<D>::off(pw * 16 + rl, c);
-        const int64_t src = o < 0 ? 0 : o + c * 8;
-        cp_async_16(sk(s) + dst, kc + src, o < 0 ? 0 : 16);
-        cp_async_16(sv(s) + dst, vc + src, o < 0 ? 0 : 16);
-      }
-      mbar_arrive_on_copies(full(s));
-      if (t + 1 < n) off = row_offset(t + 1);  // the block-table read overlaps the copies in flight
-      if (++s == S) s = 0, phase ^= 1;
     }
     cp_async_wait_all();  // no copy outlives its thread
     return;
@@ -988,258 +1016,264 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   // stream, then releases the stream's remaining tiles ----
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   constexpr bool kPingPong = kSchedule == WsSchedule::kPingPong;
-  // Variant 5's turns (the comment above WsSchedule); no-ops for the other schedules.
-  [[maybe_unused]] int turn = 0;  // turns this consumer has taken
-  [[maybe_unused]] auto turn_begin = [&] {
-    if constexpr (kPingPong) named_barrier_sync(kTurnBar + wg, 256);
-  };
-  [[maybe_unused]] auto turn_end = [&] {
+  int s = 0, phase = 0;  // the ring's position, carried from unit to unit
+  for (int ui = first_unit; ui < unit_end; ui += unit_step) {
+    const Unit un = unit_at(ui);
+    if (un.n == 0) continue;
+    const int qb0 = un.qb0, kb_first = un.kb_first, n = un.n;
+    // Variant 5's turns (the comment above WsSchedule); no-ops for the other schedules.
+    [[maybe_unused]] int turn = 0;  // turns this consumer has taken
+    [[maybe_unused]] auto turn_begin = [&] {
+      if constexpr (kPingPong) named_barrier_sync(kTurnBar + wg, 256);
+    };
+    [[maybe_unused]] auto turn_end = [&] {
+      if constexpr (kPingPong) {
+        if (wg == 0 || turn < n) named_barrier_arrive(kTurnBar + 1 - wg, 256);  // consumer 0 has no turn n + 1
+        ++turn;
+      }
+    };
     if constexpr (kPingPong) {
-      if (wg == 0 || turn < n) named_barrier_arrive(kTurnBar + 1 - wg, 256);  // consumer 0 has no turn n + 1
-      ++turn;
+      static_assert(C == 2, "the ping-pong alternates two consumers");
+      if (wg == 1) named_barrier_arrive(kTurnBar, 256);  // opens consumer 0's turn 0
     }
-  };
-  if constexpr (kPingPong) {
-    static_assert(C == 2, "the ping-pong alternates two consumers");
-    if (wg == 1) named_barrier_arrive(kTurnBar, 256);  // opens consumer 0's turn 0
-  }
-  WorkUnit w;
-  const bool mine = work_unit<kSplit>(p, w, qb0 + wg);  // uniform over the warpgroup
-  int t = 0, s = 0, phase = 0;
-  if (mine) {
-    const int L = p.split_len;
-    const uint32_t sq = base + wg * Ly::kTile;
-    load_q<T, D>(p, w, sq, tid);
-    cp_async_commit();
-    cp_async_wait<0>();
-    fence_proxy_async();
-    named_barrier_sync(1 + wg, 128);  // the warpgroup's Q has landed and is visible to the async proxy
-
-    const int cq = tid & 3;
-    int pos_r[2], row_id[2];
-    thread_rows(p, w, tid, pos_r, row_id);
-    float sc[32];
-    uint32_t pa[4][4];
-    float o[kO];
-    // Folded over the finished splits (in-kernel fold mode; variant 6 keeps them in shared memory).
-    float accf[kSplit || kSchedule == WsSchedule::kPipelined ? 1 : kO];
-    float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
-    float M_f[2], L_f[2];
-    fold_start(accf, M_f, L_f);
-    const float kNegInf = -__int_as_float(0x7f800000);
-    // The tile's place in the plan's splits, counted instead of divided out of kb: tiles per split, the
-    // tile's index in its split, the split's index (the stream starts at a split start).
-    const int tps = L / kBK;
-    int tis = 0, js = kb_first / L;
-
-    if constexpr (kSchedule == WsSchedule::kPipelined) {
-      // Variant 6: S(t + 1) is issued before the softmax of tile t, which then runs while the tensor
-      // cores compute S(t + 1) and P V(t - 1) (variant 2's schedule, here with the producer warpgroup's
-      // ring and the fold's accumulators in shared memory). Step t, entered with S(t) complete in `cur`
-      // and P V(t - 1) in flight:
-      //   wait for tile t + 1's copies, issue S(t + 1) into `nxt` (on Q past the last tile, dropped);
-      //   softmax of tile t (a split start first keeps the ending split's (m, l) in m_end, l_end);
-      //   wait for both groups; release tile t - 1's stage; P(t) from `cur`; at a split start, fold
-      //   the split that ended with tile t - 1 (its O is complete now); O zeroed or rescaled; zero
-      //   `cur` for S(t + 2); issue P V(t).
-      // Accumulator registers are touched only while no wgmma is in flight and every step issues the
-      // same groups (variant 2's comment says why). Per row the order of operations is variant 1's.
-      float4* acc = reinterpret_cast<float4*>(smem + (base - smem_u32(smem)) + Ly::kOffAcc) +
-                    wg * (kO / 4) * attn::kThreads + tid;
-      if constexpr (!kSplit) {
-#pragma unroll
-        for (int i4 = 0; i4 < kO / 4; ++i4) acc[i4 * attn::kThreads] = make_float4(-0.f, -0.f, -0.f, -0.f);
-      }
-      float sb[32];
-      float m_end[2] = {0.f, 0.f}, l_end[2] = {0.f, 0.f};  // a finished split's (m, l) until its O is done
-      const int n_mine = (w.kb_last - kb_first) / kBK + 1;
-      mbar_wait(full(s), phase);
+    WorkUnit w;
+    const bool mine = work_unit<kSplit>(p, w, qb0 + wg, un.bx, un.bz);  // uniform over the warpgroup
+    int t = 0;
+    if (mine) {
+      const int L = p.split_len;
+      const uint32_t sq = base + wg * Ly::kTile;
+      load_q<T, D>(p, w, sq, tid);
+      cp_async_commit();
+      cp_async_wait<0>();
       fence_proxy_async();
-      int st_cur = s, st_prev = s;  // stages of tiles t and t - 1
-      if (++s == S) s = 0, phase ^= 1;
-      zero_scores(sc);
-      qk_issue<T, D>(sc, sq, sk(st_cur));
-      wgmma_commit();
-      wgmma_wait<0>();
-      pin(sc);
-      zero_scores(sb);
-      auto step = [&](int j, float (&cur)[32], float (&nxt)[32]) {
-        const int kb = kb_first + j * kBK;
-        const bool more = j + 1 < n_mine;
-        int st_nxt = st_cur;
-        if (more) {
-          mbar_wait(full(s), phase);
-          fence_proxy_async();
-          st_nxt = s;
-          if (++s == S) s = 0, phase ^= 1;
-        }
-        qk_issue<T, D>(nxt, sq, more ? sk(st_nxt) : sq);
-        wgmma_commit();
-        const bool split_start = tis == 0;
-        if (split_start) {
+      named_barrier_sync(1 + wg, 128);  // the warpgroup's Q has landed and is visible to the async proxy
+
+      const int cq = tid & 3;
+      int pos_r[2], row_id[2];
+      thread_rows(p, w, tid, pos_r, row_id);
+      float sc[32];
+      uint32_t pa[4][4];
+      float o[kO];
+      // Folded over the finished splits (in-kernel fold mode; variant 6 keeps them in shared memory).
+      float accf[kSplit || kSchedule == WsSchedule::kPipelined ? 1 : kO];
+      float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
+      float M_f[2], L_f[2];
+      fold_start(accf, M_f, L_f);
+      const float kNegInf = -__int_as_float(0x7f800000);
+      // The tile's place in the plan's splits, counted instead of divided out of kb: tiles per split, the
+      // tile's index in its split, the split's index (the stream starts at a split start).
+      const int tps = L / kBK;
+      int tis = 0, js = kb_first / L;
+
+      if constexpr (kSchedule == WsSchedule::kPipelined) {
+        // Variant 6: S(t + 1) is issued before the softmax of tile t, which then runs while the tensor
+        // cores compute S(t + 1) and P V(t - 1) (variant 2's schedule, here with the producer warpgroup's
+        // ring and the fold's accumulators in shared memory). Step t, entered with S(t) complete in `cur`
+        // and P V(t - 1) in flight:
+        //   wait for tile t + 1's copies, issue S(t + 1) into `nxt` (on Q past the last tile, dropped);
+        //   softmax of tile t (a split start first keeps the ending split's (m, l) in m_end, l_end);
+        //   wait for both groups; release tile t - 1's stage; P(t) from `cur`; at a split start, fold
+        //   the split that ended with tile t - 1 (its O is complete now); O zeroed or rescaled; zero
+        //   `cur` for S(t + 2); issue P V(t).
+        // Accumulator registers are touched only while no wgmma is in flight and every step issues the
+        // same groups (variant 2's comment says why). Per row the order of operations is variant 1's.
+        float4* acc = reinterpret_cast<float4*>(smem + (base - smem_u32(smem)) + Ly::kOffAcc) +
+                      wg * (kO / 4) * attn::kThreads + tid;
+        if constexpr (!kSplit) {
 #pragma unroll
-          for (int h = 0; h < 2; ++h) m_end[h] = m_run[h], l_end[h] = l_run[h], m_run[h] = kNegInf, l_run[h] = 0.f;
+          for (int i4 = 0; i4 < kO / 4; ++i4) acc[i4 * attn::kThreads] = make_float4(-0.f, -0.f, -0.f, -0.f);
         }
-        float alpha[2];
-        softmax_tile(cur, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
-        wgmma_wait<0>();  // P V(t - 1) and S(t + 1)
-        pin(o);
-        pin(nxt);
-#pragma unroll
-        for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t - 1) stays in its registers until here
-        if (j > 0 && lane == 0) mbar_arrive(empty(st_prev));  // P V(t - 1) was its stage's last reader
-        pack_p<T>(pa, cur);
-        if (split_start && j > 0) {  // the split of tile t - 1 ended, and it was not the last one
-          if constexpr (kSplit)
-            finish_split<D, true>(p, js - 1, cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
-          else
-            fold_split_smem<D, true>(acc, js - 1, L, pos_r, m_end, l_end, o, M_f, L_f);
-        }
-        start_or_rescale_o(o, alpha, split_start);
-        zero_scores(cur);  // S(t + 2)'s accumulators
-        pv_issue<T, D>(o, pa, sv(st_cur));
-        wgmma_commit();
-        st_prev = st_cur, st_cur = st_nxt;
-        if (++tis == tps) tis = 0, ++js;
-      };
-      for (int j = 0; j < n_mine; j += 2) {
-        step(j, sc, sb);
-        if (j + 1 < n_mine) step(j + 1, sb, sc);
-      }
-      wgmma_wait<0>();
-      pin(o);
-      if (lane == 0) mbar_arrive(empty(st_prev));  // the last tile's stage
-      t = n_mine;
-      // The last split (per-row selects: its start may lie inside the block's tokens), then the output.
-      if constexpr (kSplit) {
-        finish_split<D, true>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-      } else {
-        fold_split_smem<D>(acc, w.kb_last / L, L, pos_r, m_run, l_run, o, M_f, L_f);
-        float af[kO];
-#pragma unroll
-        for (int i4 = 0; i4 < kO / 4; ++i4) {
-          const float4 a = acc[i4 * attn::kThreads];
-          af[4 * i4] = a.x, af[4 * i4 + 1] = a.y, af[4 * i4 + 2] = a.z, af[4 * i4 + 3] = a.w;
-        }
-        store_out<T, D>(p, w, tid, cq, af, L_f);
-      }
-    } else if constexpr (kSchedule == WsSchedule::kSequential) {
-      for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
+        float sb[32];
+        float m_end[2] = {0.f, 0.f}, l_end[2] = {0.f, 0.f};  // a finished split's (m, l) until its O is done
+        const int n_mine = (w.kb_last - kb_first) / kBK + 1;
         mbar_wait(full(s), phase);
-        fence_proxy_async();  // the stage's bytes (generic-proxy writes) before the wgmma reads them
-        const bool split_start = tis == 0;
-        const bool split_end = tis == tps - 1 || kb == w.kb_last;
-        if (split_start) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
-        }
+        fence_proxy_async();
+        int st_cur = s, st_prev = s;  // stages of tiles t and t - 1
+        if (++s == S) s = 0, phase ^= 1;
         zero_scores(sc);
+        qk_issue<T, D>(sc, sq, sk(st_cur));
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(sc);
+        zero_scores(sb);
+        auto step = [&](int j, float (&cur)[32], float (&nxt)[32]) {
+          const int kb = kb_first + j * kBK;
+          const bool more = j + 1 < n_mine;
+          int st_nxt = st_cur;
+          if (more) {
+            mbar_wait(full(s), phase);
+            fence_proxy_async();
+            st_nxt = s;
+            if (++s == S) s = 0, phase ^= 1;
+          }
+          qk_issue<T, D>(nxt, sq, more ? sk(st_nxt) : sq);
+          wgmma_commit();
+          const bool split_start = tis == 0;
+          if (split_start) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) m_end[h] = m_run[h], l_end[h] = l_run[h], m_run[h] = kNegInf, l_run[h] = 0.f;
+          }
+          float alpha[2];
+          softmax_tile(cur, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
+          wgmma_wait<0>();  // P V(t - 1) and S(t + 1)
+          pin(o);
+          pin(nxt);
+#pragma unroll
+          for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t - 1) stays in its registers until here
+          if (j > 0 && lane == 0) mbar_arrive(empty(st_prev));  // P V(t - 1) was its stage's last reader
+          pack_p<T>(pa, cur);
+          if (split_start && j > 0) {  // the split of tile t - 1 ended, and it was not the last one
+            if constexpr (kSplit)
+              finish_split<D, true>(p, js - 1, cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
+            else
+              fold_split_smem<D, true>(acc, js - 1, L, pos_r, m_end, l_end, o, M_f, L_f);
+          }
+          start_or_rescale_o(o, alpha, split_start);
+          zero_scores(cur);  // S(t + 2)'s accumulators
+          pv_issue<T, D>(o, pa, sv(st_cur));
+          wgmma_commit();
+          st_prev = st_cur, st_cur = st_nxt;
+          if (++tis == tps) tis = 0, ++js;
+        };
+        for (int j = 0; j < n_mine; j += 2) {
+          step(j, sc, sb);
+          if (j + 1 < n_mine) step(j + 1, sb, sc);
+        }
+        wgmma_wait<0>();
+        pin(o);
+        if (lane == 0) mbar_arrive(empty(st_prev));  // the last tile's stage
+        t = n_mine;
+        // The last split (per-row selects: its start may lie inside the block's tokens), then the output.
+        if constexpr (kSplit) {
+          finish_split<D, true>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+        } else {
+          fold_split_smem<D>(acc, w.kb_last / L, L, pos_r, m_run, l_run, o, M_f, L_f);
+          float af[kO];
+#pragma unroll
+          for (int i4 = 0; i4 < kO / 4; ++i4) {
+            const float4 a = acc[i4 * attn::kThreads];
+            af[4 * i4] = a.x, af[4 * i4 + 1] = a.y, af[4 * i4 + 2] = a.z, af[4 * i4 + 3] = a.w;
+          }
+          store_out<T, D>(p, w, tid, cq, af, L_f);
+        }
+      } else if constexpr (kSchedule == WsSchedule::kSequential) {
+        for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
+          mbar_wait(full(s), phase);
+          fence_proxy_async();  // the stage's bytes (generic-proxy writes) before the wgmma reads them
+          const bool split_start = tis == 0;
+          const bool split_end = tis == tps - 1 || kb == w.kb_last;
+          if (split_start) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
+          }
+          zero_scores(sc);
+          qk_issue<T, D>(sc, sq, sk(s));
+          wgmma_commit();
+          wgmma_wait<0>();
+          pin(sc);
+          float alpha[2];
+          softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
+          start_or_rescale_o(o, alpha, split_start);
+          pack_p<T>(pa, sc);
+          pv_issue<T, D>(o, pa, sv(s));
+          wgmma_commit();
+          wgmma_wait<0>();
+          pin(o);
+          if (lane == 0) mbar_arrive(empty(s));  // this warp's wgmmas reading the stage are done
+          if (++s == S) s = 0, phase ^= 1;
+          ++t;
+          if (split_end && kb != w.kb_last)
+            finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+          if (++tis == tps) tis = 0, ++js;
+        }
+      } else {
+        // Variant 4: S(t + 1) is issued right behind P V(t), so the tensor cores run both back to back
+        // and the softmax of tile t + 1 starts once both are done. Per row the order of operations is
+        // variant 1's: S(t + 1) reads only Q and K(t + 1); everything else happens in the same sequence.
+        // After the last tile the product is still issued (on Q as its own B operand) and dropped: with a
+        // conditional issue ptxas can no longer tell which wgmmas are in flight and serialises them all.
+        // Variant 5: the same sequence, each issue inside a turn (turn_begin / turn_end, no-ops for
+        // variant 4), P V(t) moved into turn t + 1 next to S(t + 1). Everything a turn's products need
+        // (the ring tile, P, the rescaled O, the zeroed scores) is ready before the turn is taken, so the
+        // partner waits on this consumer only for the issue itself.
+        mbar_wait(full(s), phase);
+        fence_proxy_async();
+        zero_scores(sc);
+        turn_begin();  // turn 0: S(0)
         qk_issue<T, D>(sc, sq, sk(s));
         wgmma_commit();
+        turn_end();
         wgmma_wait<0>();
         pin(sc);
-        float alpha[2];
-        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
-        start_or_rescale_o(o, alpha, split_start);
-        pack_p<T>(pa, sc);
-        pv_issue<T, D>(o, pa, sv(s));
-        wgmma_commit();
-        wgmma_wait<0>();
-        pin(o);
-        if (lane == 0) mbar_arrive(empty(s));  // this warp's wgmmas reading the stage are done
-        if (++s == S) s = 0, phase ^= 1;
-        ++t;
-        if (split_end && kb != w.kb_last)
-          finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-        if (++tis == tps) tis = 0, ++js;
+        for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
+          const bool split_start = tis == 0;
+          const bool split_end = tis == tps - 1 || kb == w.kb_last;
+          if (split_start) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
+          }
+          float alpha[2];
+          softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
+          start_or_rescale_o(o, alpha, split_start);
+          pack_p<T>(pa, sc);
+          if constexpr (!kPingPong) {
+            pv_issue<T, D>(o, pa, sv(s));
+            wgmma_commit();
+          }
+          const bool more = kb < w.kb_last;
+          const int s_next = s + 1 == S ? 0 : s + 1;
+          const int phase_next = s + 1 == S ? phase ^ 1 : phase;
+          if (more) {
+            mbar_wait(full(s_next), phase_next);
+            fence_proxy_async();
+          }
+          zero_scores(sc);  // S(t + 1)'s accumulators (P(t) is in pa)
+          turn_begin();     // variant 5's turn t + 1: P V(t), S(t + 1)
+          if constexpr (kPingPong) {
+            pv_issue<T, D>(o, pa, sv(s));
+            wgmma_commit();
+          }
+          qk_issue<T, D>(sc, sq, more ? sk(s_next) : sq);
+          wgmma_commit();
+          turn_end();
+          wgmma_wait<0>();  // P V(t) and S(t + 1)
+          pin(o);
+          pin(sc);
+#pragma unroll
+          for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t) stays in its registers until P V(t) is done
+          if (lane == 0) mbar_arrive(empty(s));
+          s = s_next, phase = phase_next;
+          ++t;
+          if (split_end && kb != w.kb_last)
+            finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+          if (++tis == tps) tis = 0, ++js;
+        }
+      }
+      if constexpr (kSchedule != WsSchedule::kPipelined) {
+        // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
+        finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+        if constexpr (!kSplit) store_out<T, D>(p, w, tid, cq, accf, L_f);
+      }
+    }
+    if constexpr (kPingPong) {
+      // The remaining turns up to n, each empty turn k after releasing ring tile k - 1 (here t == turn - 1
+      // once turn > 0: a consumer that computed took turns 0..t, one without a block none).
+      for (; turn <= n;) {
+        if (turn > 0) {
+          mbar_wait(full(s), phase);
+          if (lane == 0) mbar_arrive(empty(s));
+          if (++s == S) s = 0, phase ^= 1;
+          ++t;
+        }
+        turn_begin();
+        turn_end();  // advances turn
       }
     } else {
-      // Variant 4: S(t + 1) is issued right behind P V(t), so the tensor cores run both back to back
-      // and the softmax of tile t + 1 starts once both are done. Per row the order of operations is
-      // variant 1's: S(t + 1) reads only Q and K(t + 1); everything else happens in the same sequence.
-      // After the last tile the product is still issued (on Q as its own B operand) and dropped: with a
-      // conditional issue ptxas can no longer tell which wgmmas are in flight and serialises them all.
-      // Variant 5: the same sequence, each issue inside a turn (turn_begin / turn_end, no-ops for
-      // variant 4), P V(t) moved into turn t + 1 next to S(t + 1). Everything a turn's products need
-      // (the ring tile, P, the rescaled O, the zeroed scores) is ready before the turn is taken, so the
-      // partner waits on this consumer only for the issue itself.
-      mbar_wait(full(s), phase);
-      fence_proxy_async();
-      zero_scores(sc);
-      turn_begin();  // turn 0: S(0)
-      qk_issue<T, D>(sc, sq, sk(s));
-      wgmma_commit();
-      turn_end();
-      wgmma_wait<0>();
-      pin(sc);
-      for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
-        const bool split_start = tis == 0;
-        const bool split_end = tis == tps - 1 || kb == w.kb_last;
-        if (split_start) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
-        }
-        float alpha[2];
-        softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
-        start_or_rescale_o(o, alpha, split_start);
-        pack_p<T>(pa, sc);
-        if constexpr (!kPingPong) {
-          pv_issue<T, D>(o, pa, sv(s));
-          wgmma_commit();
-        }
-        const bool more = kb < w.kb_last;
-        const int s_next = s + 1 == S ? 0 : s + 1;
-        const int phase_next = s + 1 == S ? phase ^ 1 : phase;
-        if (more) {
-          mbar_wait(full(s_next), phase_next);
-          fence_proxy_async();
-        }
-        zero_scores(sc);  // S(t + 1)'s accumulators (P(t) is in pa)
-        turn_begin();     // variant 5's turn t + 1: P V(t), S(t + 1)
-        if constexpr (kPingPong) {
-          pv_issue<T, D>(o, pa, sv(s));
-          wgmma_commit();
-        }
-        qk_issue<T, D>(sc, sq, more ? sk(s_next) : sq);
-        wgmma_commit();
-        turn_end();
-        wgmma_wait<0>();  // P V(t) and S(t + 1)
-        pin(o);
-        pin(sc);
-#pragma unroll
-        for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t) stays in its registers until P V(t) is done
-        if (lane == 0) mbar_arrive(empty(s));
-        s = s_next, phase = phase_next;
-        ++t;
-        if (split_end && kb != w.kb_last)
-          finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-        if (++tis == tps) tis = 0, ++js;
-      }
-    }
-    if constexpr (kSchedule != WsSchedule::kPipelined) {
-      // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
-      finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-      if constexpr (!kSplit) store_out<T, D>(p, w, tid, cq, accf, L_f);
-    }
-  }
-  if constexpr (kPingPong) {
-    // The remaining turns up to n, each empty turn k after releasing ring tile k - 1 (here t == turn - 1
-    // once turn > 0: a consumer that computed took turns 0..t, one without a block none).
-    for (; turn <= n;) {
-      if (turn > 0) {
+      for (; t < n; ++t) {
         mbar_wait(full(s), phase);
         if (lane == 0) mbar_arrive(empty(s));
         if (++s == S) s = 0, phase ^= 1;
-        ++t;
       }
-      turn_begin();
-      turn_end();  // advances turn
-    }
-  } else {
-    for (; t < n; ++t) {
-      mbar_wait(full(s), phase);
-      if (lane == 0) mbar_arrive(empty(s));
-      if (++s == S) s = 0, phase ^= 1;
     }
   }
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900

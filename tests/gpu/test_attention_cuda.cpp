@@ -502,6 +502,42 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
   expect_other_splits_differ(kWarpSpecialized);
 }
 
+// Variants 3 to 6 run on a persistent grid (one CTA an SM walking the work units) wherever a step has more
+// units than SMs; BIK_ATTENTION_PERSISTENT=0 keeps one CTA a unit. Every output byte must be the same:
+// many short prefills (16 x 512, the case the persistent grid is for), ragged prefills with cached
+// prefixes, decode batches of 256 sequences (split-parallel units along z), both head dims, block sizes
+// that are and are not multiples of 16. Negative control: under the persistent grid another split length
+// must still change the bytes (expect_other_splits_differ, whose 2000-token prefill has 504 units).
+TEST(GpuAttentionSm90, PersistentGridKeepsTheBits) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  std::vector<SeqSpec> short16, ragged, decode256;
+  for (uint64_t i = 0; i < 16; ++i) short16.push_back({300 + i, 512, 512});
+  for (uint64_t i = 0; i < 9; ++i) ragged.push_back({400 + i, int64_t(200 + 311 * i), int64_t(1 + 97 * i)});
+  for (uint64_t i = 0; i < 256; ++i) decode256.push_back({500 + i, int64_t(1 + (i * 977) % 4096), 1});
+  const std::vector<VariantCase> cases = {
+      {{DType::BF16, 32, 8, 128, 16}, short16, "16 x 512 prefill"},
+      {{DType::BF16, 32, 8, 128, 16}, ragged, "ragged prefill"},
+      {{DType::BF16, 32, 8, 128, 16}, decode256, "decode, 256 sequences"},
+      {{DType::F16, 16, 2, 64, 7}, short16, "16 x 512 prefill"},
+      {{DType::F16, 16, 2, 64, 7}, decode256, "decode, 256 sequences"},
+      {{DType::BF16, 12, 3, 128, 5}, ragged, "ragged prefill"},
+  };
+  uint64_t seed = 3301;
+  for (const VariantCase& k : cases)
+    for (int v : kWarpSpecialized) {
+      std::vector<uint16_t> persistent, per_unit;
+      ASSERT_NO_FATAL_FAILURE(run_variant(v, k.c, k.seqs, seed, persistent));
+      setenv("BIK_ATTENTION_PERSISTENT", "0", 1);
+      run_variant(v, k.c, k.seqs, seed, per_unit);
+      unsetenv("BIK_ATTENTION_PERSISTENT");
+      const std::string label = config_label(k.c) + " (" + k.what + "), variant " + std::to_string(v);
+      ASSERT_EQ(persistent.size(), per_unit.size()) << label;
+      expect_same_output(k.c.dtype, persistent, per_unit, label, "from one CTA a unit");
+      ++seed;
+    }
+  expect_other_splits_differ(kWarpSpecialized);
+}
+
 // The invariance checks of WarpSpecializedKernelInvariance, on whichever kernel BIK_ATTENTION_SM90 selects.
 void check_invariance_on_current_kernel() {
   const Config c{DType::BF16, 32, 8, 128, 16};
