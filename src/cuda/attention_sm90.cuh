@@ -879,13 +879,17 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   constexpr int kO = D / 2;       // O accumulators per thread (m64nD)
   extern __shared__ __align__(1024) uint8_t smem[];
 
-  // The CTA's work units: itself (blockIdx), or on a persistent grid (p.units > 0) units blockIdx.x,
-  // blockIdx.x + gridDim.x, ... of the virtual grid, in that order for every role. The producer streams the
-  // next unit's tiles into the ring while the consumers finish the current one; the ring's and the
-  // barriers' phases carry on from unit to unit. A unit's work is the same either way, so are its bits.
+  // The CTA's work units: itself (blockIdx), or on a persistent grid (p.units > 0) one unit of each round
+  // of gridDim.x consecutive units of the virtual grid, in that order for every role: unit blockIdx.x of
+  // even rounds, gridDim.x - 1 - blockIdx.x of odd ones, so the CTA that took a round's first (longest)
+  // unit takes the next round's last. The producer streams the next unit's tiles into the ring while the
+  // consumers finish the current one; the ring's and the barriers' phases carry on from unit to unit. A
+  // unit's work is the same either way, so are its bits.
   const bool persistent = p.units > 0;
-  const int first_unit = persistent ? int(blockIdx.x) : 0;
-  const int unit_end = persistent ? p.units : 1, unit_step = persistent ? int(gridDim.x) : 1;
+  const int rounds = persistent ? (p.units + int(gridDim.x) - 1) / int(gridDim.x) : 1;
+  auto unit_of_round = [&](int r) {
+    return r * int(gridDim.x) + (r & 1 ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x));
+  };
   // Unit u: its grid coordinates, query blocks qb0 .. qb0 + C - 1 and the key stream that covers all of
   // them: n tiles from the common start kb_first (0, or the start of the unit's run of splits) to the last
   // tile any of them needs, with pmax_all the last position of any of its rows; n = 0: nothing to do.
@@ -942,7 +946,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     constexpr int kRowsPerOp = 32 / kChunks;
     const int pw = tid >> 5, c = lane % kChunks;
     int s = 0, phase = 0;
-    for (int ui = first_unit; ui < unit_end; ui += unit_step) {
+    for (int r = 0; r < rounds; ++r) {
+      const int ui = unit_of_round(r);
+      if (persistent && ui >= p.units) continue;
       const Unit un = unit_at(ui);
       if (un.n == 0) continue;
       const int kb_first = un.kb_first, pmax_all = un.pmax_all, n = un.n;
@@ -1017,7 +1023,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   constexpr bool kPingPong = kSchedule == WsSchedule::kPingPong;
   int s = 0, phase = 0;  // the ring's position, carried from unit to unit
-  for (int ui = first_unit; ui < unit_end; ui += unit_step) {
+  for (int r = 0; r < rounds; ++r) {
+    const int ui = unit_of_round(r);
+    if (persistent && ui >= p.units) continue;
     const Unit un = unit_at(ui);
     if (un.n == 0) continue;
     const int qb0 = un.qb0, kb_first = un.kb_first, n = un.n;
