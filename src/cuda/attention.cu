@@ -98,7 +98,7 @@ bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t split
 // has half as many in y (the kernel maps y to the pair).
 template <typename T, int D>
 void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device, int sms, cudaStream_t st,
-                 int64_t rows) {
+                 int64_t rows, int64_t max_seq_len) {
   namespace k90 = attn::sm90;
   int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
   void (*k)(attn::Params) = nullptr;
@@ -117,13 +117,17 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
       grid.z = (grid.z + unsigned(p.splits_per_cta) - 1) / unsigned(p.splits_per_cta);
     }
     grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
-    // More CTAs than SMs: a persistent grid of one CTA an SM walking the same units in the same order
-    // (attention_kernel_ws), so a unit's start and end overlap its neighbours' work.
-    // BIK_ATTENTION_PERSISTENT=0 (read at each call) keeps one CTA a unit; the bits are the same
-    // (GpuAttention.PersistentGridKeepsTheBits).
+    // More CTAs than SMs, contexts of at most 4096: a persistent grid of one CTA an SM walking the same
+    // units (attention_kernel_ws), so a unit's start and end overlap its neighbours' work. On an H200 it
+    // took prefill 16 x 512 from 196 to 188 us, 16 x 2048 from 1670-1785 to 1630, 4 x 512 and 4 x 2048 3-4%
+    // down, decode 256 x 4096 1107 -> 1090; 1 x 8192 and 1 x 32768 were the same either way and decode 64
+    // x 8192 ~1% slower (logs_h200/d92aa2e_attention_persistent_ab.log), hence the bound.
+    // BIK_ATTENTION_PERSISTENT (read at each call): 0 keeps one CTA a unit, 2 takes the persistent grid for
+    // any context; the bits are the same (GpuAttentionSm90.PersistentGridKeepsTheBits).
     const char* pe = std::getenv("BIK_ATTENTION_PERSISTENT");
+    const int level = pe == nullptr ? 1 : pe[0] == '0' ? 0 : pe[0] == '2' ? 2 : 1;
     const int64_t units = int64_t(grid.x) * grid.y * grid.z;
-    if (units > sms && units < (int64_t(1) << 31) && (pe == nullptr || pe[0] != '0')) {
+    if (units > sms && units < (int64_t(1) << 31) && (level == 2 || (level == 1 && max_seq_len <= 4096))) {
       p.units = int(units), p.grid_x = int(grid.x), p.grid_y = int(grid.y);
       grid = dim3(unsigned(sms), 1, 1);
     }
@@ -298,14 +302,14 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)
-        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, dev.sms, st, rows);
+        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, dev.sms, st, rows, a.max_seq_len);
       else
-        launch_sm90<__half, 128>(p, grid, split, variant, device, dev.sms, st, rows);
+        launch_sm90<__half, 128>(p, grid, split, variant, device, dev.sms, st, rows, a.max_seq_len);
     } else {
       if (bf)
-        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, dev.sms, st, rows);
+        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, dev.sms, st, rows, a.max_seq_len);
       else
-        launch_sm90<__half, 64>(p, grid, split, variant, device, dev.sms, st, rows);
+        launch_sm90<__half, 64>(p, grid, split, variant, device, dev.sms, st, rows, a.max_seq_len);
     }
   } else if (a.head_dim == 128) {
     if (bf)

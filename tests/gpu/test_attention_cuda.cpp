@@ -503,7 +503,8 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
 }
 
 // Variants 3 to 6 run on a persistent grid (one CTA an SM walking the work units) wherever a step has more
-// units than SMs; BIK_ATTENTION_PERSISTENT=0 keeps one CTA a unit. Every output byte must be the same:
+// units than SMs and contexts of at most 4096 (BIK_ATTENTION_PERSISTENT=2: any context);
+// BIK_ATTENTION_PERSISTENT=0 keeps one CTA a unit. Every output byte must be the same:
 // many short prefills (16 x 512, the case the persistent grid is for), ragged prefills with cached
 // prefixes, decode batches of 256 sequences (2048 units), both head dims, block sizes
 // that are and are not multiples of 16. Negative control: under the persistent grid another split length
@@ -517,6 +518,7 @@ TEST(GpuAttentionSm90, PersistentGridKeepsTheBits) {
   const std::vector<VariantCase> cases = {
       {{DType::BF16, 32, 8, 128, 16}, short16, "16 x 512 prefill"},
       {{DType::BF16, 32, 8, 128, 16}, ragged, "ragged prefill"},
+      {{DType::BF16, 32, 8, 128, 16}, {{450, 6000, 6000}}, "6000-token prefill"},
       {{DType::BF16, 32, 8, 128, 16}, decode256, "decode, 256 sequences"},
       {{DType::F16, 16, 2, 64, 7}, short16, "16 x 512 prefill"},
       {{DType::F16, 16, 2, 64, 7}, decode256, "decode, 256 sequences"},
@@ -526,6 +528,7 @@ TEST(GpuAttentionSm90, PersistentGridKeepsTheBits) {
   for (const VariantCase& k : cases)
     for (int v : {3, 5, 6}) {  // 5 has every change of 4
       std::vector<uint16_t> persistent, per_unit;
+      setenv("BIK_ATTENTION_PERSISTENT", "2", 1);  // whatever the contexts
       ASSERT_NO_FATAL_FAILURE(run_variant(v, k.c, k.seqs, seed, persistent));
       setenv("BIK_ATTENTION_PERSISTENT", "0", 1);
       run_variant(v, k.c, k.seqs, seed, per_unit);
