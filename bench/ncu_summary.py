@@ -34,6 +34,8 @@ def main(paths):
             short = re.sub(r"<.*", "", name)
             if tile:
                 short += " %sx%s/%s" % tile.groups()
+                if re.search(r"Config<[^>]*>, [^,]+, 1>", r["Kernel Name"]):
+                    short += " cluster"
             key = (short[:60], r["Grid Size"], r["Block Size"])
             total[key] += float(r["Metric Value"].replace(",", ""))
             count[key] += 1

@@ -49,9 +49,9 @@ const std::vector<Shape2>& bench_shapes() {
   // Fused projections first (q/k/v and gate/up of an 8B model), then the unfused ones an engine runs today:
   // k or v alone (8 KV heads of 128) and gate or up alone; q alone is o-proj's shape. New shapes go at the
   // end so that --shapes indices keep their meaning.
-  static const std::vector<Shape2> s = {{4096, 6144, "qkv"},     {4096, 4096, "o-proj"},    {4096, 24576, "gate-up"},
-                                        {12288, 4096, "down"},   {1024, 151936, "lm-head"}, {4095, 1000, "odd"},
-                                        {4096, 1024, "kv"},      {4096, 12288, "gate"}};
+  static const std::vector<Shape2> s = {{4096, 6144, "qkv"},       {4096, 4096, "o-proj"},    {4096, 24576, "gate-up"},
+                                        {12288, 4096, "down"},     {1024, 151936, "lm-head"}, {4095, 1000, "odd"},
+                                        {4096, 1024, "kv"},        {4096, 12288, "gate"},     {4096, 151936, "lm-head-8b"}};
   return s;
 }
 

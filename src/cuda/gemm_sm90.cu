@@ -196,10 +196,13 @@ Params walk_params(const Problem& p, const TileOrder& order) {
 //            down projection 4096 x 12288 at M = 1..128 took 36.6-43.5 us against 40.2-47.2 on one CTA a
 //            tile, 47.1 against 47.5 at M = 256; with K = 4096 the pairs gained nothing reliable (4096 x 4096
 //            0.4 us faster at M <= 128, 0.9 us slower at 256; logs_h200/146edda_gemm_rule_*.log); and for two
-//            M-tiles of 128 rows over many output columns (128 < M <= 256, N >= 16384, K >= 4096, one batch),
-//            where the pair shares W: gate|up 24576 x 4096 at M = 256 took 76.8 / 81.5 us against 89.6 / 91.4
-//            on one CTA a tile, at M = 200 77.4 / 77.5 against 80.1 / 79.3 (ping-pong), while q|k|v (N = 6144)
-//            lost 1-7 us (logs_h200/5e5800c_gemm_cluster_ab.log); one CTA per tile otherwise;
+//            full M-tiles of 128 rows over many output columns (M = 256, N >= 16384, K >= 4096, one batch:
+//            a full batch's decode step), where the pair shares W: gate|up 24576 x 4096 took 76.8 / 81.5 us
+//            against 89.6 / 91.4 on one CTA a tile, while q|k|v (N = 6144) lost 1-7 us
+//            (logs_h200/5e5800c_gemm_cluster_ab.log). Not for 128 < M < 256: the pair's 128-row tiles then
+//            compute 256 rows, and in serving gate|up at M = 144 took 87.8 us a layer on them against 54.7
+//            for cuBLAS (logs_h200/b44b12b_ncu_serve_*_70000.csv.xz), where the ping-pong form's 64-row
+//            tiles did M = 160 in 66 (logs_h200/cdfe3d1_gemm_pingpong_m.log). One CTA per tile otherwise;
 //   "0" -> one CTA per tile everywhere; "2" -> clusters of two everywhere; "2a" / "2w" -> clusters of two
 //   that always share A / W (for A/B timing and the tests); anything else -> as unset.
 // It never changes a bit: the K order, the wgmma sequence and the epilogue of every stored output are the same.
@@ -213,7 +216,7 @@ ClusterMode cluster_mode_for(const Problem& p) {
     if (std::strcmp(e, "2w") == 0) return ClusterMode::ShareW;
   }
   const bool long_k = p.m <= 256 && p.n <= 4096 && p.k >= 8192;
-  const bool wide_n = p.m > 128 && p.m <= 256 && p.n >= 16384 && p.k >= 4096;
+  const bool wide_n = p.m == 256 && p.n >= 16384 && p.k >= 4096;
   return (long_k || wide_n) && p.batch == 1 ? ClusterMode::Auto : ClusterMode::Off;
 }
 
