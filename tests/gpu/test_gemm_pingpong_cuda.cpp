@@ -293,15 +293,21 @@ TEST(GpuGemmPingPong, RowsAreBatchInvariant) {
 }
 
 // With BIK_GEMM_PINGPONG unset the 128x192 tile takes the ping-pong form for N >= 6144 when M is not a
-// multiple of 128, the default form otherwise (gemm_sm90.cu, pingpong_for); either way the bits are those
-// of BIK_GEMM_PINGPONG=0.
+// multiple of 128, and so does the 128x256 tile there for M < 256; the default form otherwise (gemm_sm90.cu,
+// pingpong_for); either way the bits are those of BIK_GEMM_PINGPONG=0.
 TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
   const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
-  int ruled = 0;
+  int ruled = 0, ruled_256 = 0;
   for (const auto& [m, n, k] :
-       std::vector<std::array<int64_t, 3>>{{2100, 6144, 4096}, {768, 6144, 4096}, {1088, 4096, 4096}}) {
+       std::vector<std::array<int64_t, 3>>{{2100, 6144, 4096},
+                                           {768, 6144, 4096},
+                                           {1088, 4096, 4096},
+                                           {144, 151936, 1024},
+                                           {200, 151936, 1024},
+                                           {240, 151936, 1024},
+                                           {520, 151936, 1024}}) {
     const DType dt = DType::BF16;
     const Tensor a = dev_filled({m, k}, dt, uint64_t(m + 7)), w = dev_filled({n, k}, dt, uint64_t(n + k));
     const Tensor base = dev({m, n}, dt), o = dev({m, n}, dt);
@@ -314,8 +320,11 @@ TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
     }
     const ScopedEnv env("BIK_GEMM_PINGPONG", nullptr);
     const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
-    const bool wide_192 = name.find("128x192") != std::string::npos && n >= 6144 && m % 128 != 0;
+    const bool wide_192 = n >= 6144 && m % 128 != 0 &&
+                          (name.find("128x192") != std::string::npos ||
+                           (name.find("128x256") != std::string::npos && m < 256));
     ruled += wide_192;
+    ruled_256 += wide_192 && name.find("128x256") != std::string::npos;
     const uint64_t launches0 = cuda::gemm_sm90_pingpong_launches();
     fill_bytes(o, 0xff);
     mm(o, a, w);
@@ -327,6 +336,8 @@ TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
   }
   EXPECT_GT(ruled, 0) << "no shape here ran the 128x192 tile at N >= 6144 and M % 128 != 0: the rule was not "
                           "exercised";
+  EXPECT_GT(ruled_256, 0) << "no shape here ran the 128x256 tile at N >= 6144, M < 256 and M % 128 != 0: that part "
+                             "of the rule was not exercised";
 }
 
 // Negative control: the same comparison applied to a split-K product (the two K halves computed apart
