@@ -503,7 +503,7 @@ TEST(GpuAttentionSm90, WarpSpecializedKernelEqualsDefaultBitwise) {
 }
 
 // Variants 3 to 6 run on a persistent grid (one CTA an SM walking the work units) wherever a step has more
-// units than SMs and contexts of at most 4096 (BIK_ATTENTION_PERSISTENT=2: any context);
+// units than SMs, contexts of at most 4096 (BIK_ATTENTION_PERSISTENT=2: any context) and no split launch;
 // BIK_ATTENTION_PERSISTENT=0 keeps one CTA a unit. Every output byte must be the same:
 // many short prefills (16 x 512, the case the persistent grid is for), ragged prefills with cached
 // prefixes, decode batches of 256 sequences (2048 units), both head dims, block sizes
