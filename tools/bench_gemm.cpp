@@ -45,10 +45,12 @@ struct Shape2 {
   int64_t k, n;
   const char* what;
 };
+constexpr size_t kTableShapes = 8;
 const std::vector<Shape2>& bench_shapes() {
   // Fused projections first (q/k/v and gate/up of an 8B model), then the unfused ones an engine runs today:
   // k or v alone (8 KV heads of 128) and gate or up alone; q alone is o-proj's shape. New shapes go at the
-  // end so that --shapes indices keep their meaning.
+  // end so that --shapes indices keep their meaning; the table (no --shapes) runs the first kTableShapes,
+  // so its rows stay comparable from run to run (8: the 8B model's lm-head, for serving's shapes).
   static const std::vector<Shape2> s = {{4096, 6144, "qkv"},       {4096, 4096, "o-proj"},    {4096, 24576, "gate-up"},
                                         {12288, 4096, "down"},     {1024, 151936, "lm-head"}, {4095, 1000, "odd"},
                                         {4096, 1024, "kv"},        {4096, 12288, "gate"},     {4096, 151936, "lm-head-8b"}};
@@ -79,14 +81,12 @@ int bench_gemm(const std::vector<std::string>& argv) {
         "--sweep also times every wgmma tile shape (sm_90) for every problem.\n"
         "Times bik::mm against cuBLASLt's default heuristic; writes DIR/NAME.json (default\n"
         "bench/results/gemm_<gpu>.json). Render with: python3 bench/plot_gemm.py DIR/NAME.json\n"
-        "Shapes (--shapes index: name K x N):");
+        "Shapes (--shapes index: name K x N; without --shapes: 0 to 7):");
     for (size_t i = 0; i < bench_shapes().size(); ++i)
       std::printf("  %zu: %s %lld x %lld\n", i, bench_shapes()[i].what, (long long)bench_shapes()[i].k,
                   (long long)bench_shapes()[i].n);
     return 0;
   }
-  if (!bench::have_cuda_device("bik bench gemm")) return 2;
-  const DeviceProps props = cuda_device_props(0);
   const DType dt = args.str("dtype", "bf16") == "f16" ? DType::F16 : DType::BF16;
   const int repeats = int(args.integer("repeats", 15)), launches_max = int(args.integer("launches", 20));
   std::vector<int64_t> ms;
@@ -97,10 +97,21 @@ int bench_gemm(const std::vector<std::string>& argv) {
   }
   std::vector<Shape2> shapes;
   if (args.has("shapes")) {
-    for (const auto& s : split_list(args.str("shapes"))) shapes.push_back(bench_shapes().at(size_t(std::stoi(s))));
+    for (const auto& s : split_list(args.str("shapes"))) {
+      const size_t i = s.find_first_not_of("0123456789") == std::string::npos && !s.empty() && s.size() < 9
+                           ? size_t(std::stoul(s))
+                           : bench_shapes().size();
+      if (i >= bench_shapes().size())
+        throw Error("bik bench gemm: --shapes '" + s + "': expected an index in [0, " +
+                    std::to_string(bench_shapes().size() - 1) + "] (--help lists them)");
+      shapes.push_back(bench_shapes()[i]);
+    }
   } else {
-    shapes = bench_shapes();
+    // The table's shapes: the first kTableShapes (later ones only on request, --shapes).
+    shapes.assign(bench_shapes().begin(), bench_shapes().begin() + kTableShapes);
   }
+  if (!bench::have_cuda_device("bik bench gemm")) return 2;
+  const DeviceProps props = cuda_device_props(0);
   const std::string gpu_tag = bench::name_tag(props.name);
   const std::string out_dir = args.str("out", "bench/results");
   const std::string name = args.str("name", "gemm_" + gpu_tag);
