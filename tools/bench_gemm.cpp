@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cctype>
 #include <ctime>
 #include <functional>
@@ -98,13 +99,11 @@ int bench_gemm(const std::vector<std::string>& argv) {
   std::vector<Shape2> shapes;
   if (args.has("shapes")) {
     for (const auto& s : split_list(args.str("shapes"))) {
-      const size_t i = s.find_first_not_of("0123456789") == std::string::npos && !s.empty() && s.size() < 9
-                           ? size_t(std::stoul(s))
-                           : bench_shapes().size();
-      if (i >= bench_shapes().size())
-        throw Error("bik bench gemm: --shapes '" + s + "': expected an index in [0, " +
-                    std::to_string(bench_shapes().size() - 1) + "] (--help lists them)");
-      shapes.push_back(bench_shapes()[i]);
+      char* end = nullptr;
+      const long long i = std::strtoll(s.c_str(), &end, 10);
+      BIK_CHECK(*end == 0 && i >= 0 && i < (long long)bench_shapes().size(), "bik bench gemm: --shapes '", s,
+                "': expected an index in [0, ", bench_shapes().size() - 1, "] (--help lists them)");
+      shapes.push_back(bench_shapes()[size_t(i)]);
     }
   } else {
     // The table's shapes: the first kTableShapes (later ones only on request, --shapes).
