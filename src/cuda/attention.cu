@@ -39,6 +39,7 @@
 #include "cuda/attention_sm90.cuh"
 #include "cuda/check.cuh"
 #include "cuda/device_info.h"
+#include "cuda/rows.cuh"
 
 namespace bik::cuda {
 namespace {
@@ -126,8 +127,7 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
     // only. BIK_ATTENTION_PERSISTENT (read at each call): 0 keeps one CTA a unit, 2 takes the persistent
     // grid for any context (still not for split launches); the bits are the same
     // (GpuAttentionSm90.PersistentGridKeepsTheBits).
-    const char* pe = std::getenv("BIK_ATTENTION_PERSISTENT");
-    const int level = pe == nullptr ? 1 : pe[0] == '0' ? 0 : pe[0] == '2' ? 2 : 1;
+    const int level = env_switch_level("BIK_ATTENTION_PERSISTENT");
     const int64_t units = int64_t(grid.x) * grid.y * grid.z;
     if (!split && units > sms && units < (int64_t(1) << 31) &&
         (level == 2 || (level == 1 && max_seq_len <= 4096))) {
