@@ -1093,9 +1093,10 @@ TEST(OpsCuda, RotaryFlatMatchesGeneral) {
     Tensor pos_h = Tensor::empty({c.tokens}, DType::I32);
     for (int64_t t = 0; t < c.tokens; ++t) pos_h.ptr<int32_t>()[t] = int32_t((t * 7919 + 3) % max_pos);
     if (c.tokens > 2) pos_h.ptr<int32_t>()[c.tokens / 2] = int32_t(max_pos);  // outside the table
+    const Tensor orig = qkv.dev.to(Device::cpu());  // the bytes before any rotation
+    const int64_t es = dtype_size(c.t);
     auto run = [&](const char* flat, const Tensor& pos) {
-      Tensor x = qkv.dev.to(Device::cpu()).to(gpu);
-      const int64_t es = dtype_size(c.t);
+      Tensor x = orig.to(gpu);
       const TensorView q(x.data(), c.t, {c.tokens, c.hq, c.d}, {width, c.d, 1}, gpu);
       const TensorView k = c.hk == 0 ? TensorView()
                                      : TensorView(static_cast<uint8_t*>(x.data()) + c.hq * c.d * es, c.t,
@@ -1107,18 +1108,17 @@ TEST(OpsCuda, RotaryFlatMatchesGeneral) {
       return x.to(Device::cpu());
     };
     const Tensor a = run("1", pos_h), b = run("0", pos_h);
-    const size_t bytes = size_t(c.tokens * width) * dtype_size(c.t);
+    const size_t bytes = size_t(c.tokens * width * es);
     EXPECT_EQ(std::memcmp(a.data(), b.data(), bytes), 0) << dn(c.t) << " H=" << c.hq << "/" << c.hk << " rot=" << c.rot;
     // The token outside the table is unchanged; the others' rotated elements moved.
     if (c.tokens > 2) {
-      const int64_t t = c.tokens / 2;
-      EXPECT_EQ(std::memcmp(static_cast<const uint8_t*>(a.data()) + t * width * dtype_size(c.t),
-                            static_cast<const uint8_t*>(qkv.dev.to(Device::cpu()).data()) + t * width * dtype_size(c.t),
-                            size_t(width) * dtype_size(c.t)),
+      const int64_t off = c.tokens / 2 * width * es;
+      EXPECT_EQ(std::memcmp(static_cast<const uint8_t*>(a.data()) + off, static_cast<const uint8_t*>(orig.data()) + off,
+                            size_t(width * es)),
                 0)
           << dn(c.t) << ": the token outside the table changed";
     }
-    EXPECT_NE(std::memcmp(a.data(), qkv.dev.to(Device::cpu()).data(), bytes), 0) << dn(c.t) << ": nothing rotated";
+    EXPECT_NE(std::memcmp(a.data(), orig.data(), bytes), 0) << dn(c.t) << ": nothing rotated";
     if (&c == &cases[0]) {
       // Negative control: the last token at another position must differ.
       Tensor moved = pos_h.to(Device::cpu());
