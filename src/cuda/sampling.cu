@@ -290,11 +290,15 @@ __device__ __forceinline__ float ex2_approx(float x) {
 
 // The Gumbel noise g(u) = -log(-log u) is increasing, so z + g(u) < b exactly when u < exp(-exp(-(b - z)))
 // (for any sign of b - z). prune_base(bound) lowers the bound by a margin m = 2^-10 (1 + |bound|), far
-// above the rounding of b - z (pruning needs b - z > -2.9, else the threshold is below the smallest u),
-// of the score's sum and of gumbel_score's logarithms (a few 2^-23 relative); gumbel_loses lowers the
-// threshold by 2^-18, above the error of its two ex2.approx and their rounded arguments (< 2^-20). So
-// gumbel_loses(zhi, prune_base(bound), w) implies gumbel_score(z, w) < bound for every z <= zhi. The
-// base is -inf when pruning is off (the threshold is then 0), NaN for an infinite bound (never prunes).
+// above the rounding of d = b - z, of the score's sum and of gumbel_score's logarithms (a few 2^-23
+// relative). gumbel_loses tests the weaker 1 - u > exp(-d), which implies u < 1 - exp(-d) <=
+// exp(-exp(-d)), with one hardware exponential and no integer conversion: 1 - u is to_unit(~w) exactly
+// (u = (2m + 1) 2^-24 with m = w >> 9, and (~w) >> 9 = 2^23 - 1 - m), and the test takes the lower bound
+// ((~w) >> 9) 2^-23 of it, read off the bits as 1.f - 1 (exact); exp(-d) is raised by 2^-16 relative,
+// above the error of ex2.approx and of its rounded argument (< 2^-17 while exp(-d) is a normal float; it
+// is +inf or flushed to 0 beyond, which never prunes or prunes correctly). So gumbel_loses(zhi,
+// prune_base(bound), w) implies gumbel_score(z, w) < bound for every z <= zhi. It prunes only d > 0. The
+// base is -inf when pruning is off (exp(-d) is then +inf), NaN for an infinite bound (never prunes).
 __device__ __forceinline__ float prune_base(float bound, int32_t mode) {
   if (mode == kPruneOff) return -INFINITY;
   if (mode == kPruneLoose) return __fadd_rn(bound, 1.0f);
@@ -303,9 +307,9 @@ __device__ __forceinline__ float prune_base(float bound, int32_t mode) {
 __device__ __forceinline__ bool gumbel_loses(float zhi, float base, uint32_t w) {
   constexpr float kLog2e = 1.4426950408889634f;
   const float d = __fsub_rn(base, zhi);
-  const float e = ex2_approx(__fmul_rn(-d, kLog2e));                        // exp(-d)
-  const float t = __fsub_rn(ex2_approx(__fmul_rn(-e, kLog2e)), 0x1p-18f);  // exp(-exp(-d)), lowered
-  return philox::to_unit(w) < t;
+  const float e = __fmul_rn(ex2_approx(__fmul_rn(-d, kLog2e)), 1.0f + 0x1p-16f);  // exp(-d), raised
+  const float one_minus_u = __fsub_rn(__uint_as_float(0x3f800000u | (~w >> 9)), 1.0f);   // <= 1 - u
+  return one_minus_u > e;
 }
 
 // The Gumbel draw over one Philox block, vocabulary indices [4 j, 4 j + 4): the indices with keep[k] take
@@ -725,9 +729,11 @@ __device__ __forceinline__ void stream_tiles(const T* xr, int64_t ls1, int64_t n
 // The running buffer of one CTA. In each tile every thread appends its chunks' keys (offer_tile), then
 // tile_end(t): the tile's appends are counted in added[t % 3] (the counter of tile t + 2 is zeroed there:
 // its last readers, tile t - 1's, have all passed this tile's barrier), and the buffer is cut when
-// another tile might not fit. In tile 0, seed() first raises thr to the k-th largest of the threads'
+// another tile might not fit or once it holds max(kEarlyCut, 2k) keys. In tile 0, seed() first raises thr to the k-th largest of the threads'
 // own largest keys (k distinct keys are at or above it), so the first tile does not flood the buffer.
 // fill, thr and floor are the same in every thread.
+constexpr int64_t kEarlyCut = 128;  // StreamBuffer::tile_end cuts from max(kEarlyCut, 2k) keys on
+
 struct StreamBuffer {
   uint64_t* buf;  // stream_cap keys, then kStreamMaxK spare
   StreamSmem* ss;
@@ -784,7 +790,10 @@ struct StreamBuffer {
     __syncthreads();
     fill += ss->added[t % 3];
     if (threadIdx.x == 0) ss->added[(t + 2) % 3] = 0;
-    if (fill > cap - tile) cut();
+    // Cut when another tile might not fit, and also as soon as the buffer holds a few times k keys: the
+    // raised thr rules out more of the following tiles, which is worth more than the cut (one select_small
+    // over at most kSelectSmall keys while 2k <= kEarlyCut).
+    if (fill > cap - tile || (int64_t(fill) > k && int64_t(fill) >= (2 * k > kEarlyCut ? 2 * k : kEarlyCut))) cut();
   }
   // To exactly the k largest (when there are more).
   __device__ void cut() {
@@ -833,14 +842,23 @@ __device__ __forceinline__ void offer_tile(StreamBuffer& sb, int64_t t, int64_t 
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     if (b0 + u * L >= hi) continue;
+    // Only the elements not ruled out form their key (for sampling a division each): a warp then runs
+    // an element's key when one of its lanes needs that element, not every key of a chunk with one.
+    bool cand[V];
     bool any = false;
 #pragma unroll
-    for (int j = 0; j < V; ++j) any |= !ruled_out(x[u][j], bound);
+    for (int j = 0; j < V; ++j) {
+      cand[j] = b0 + u * L + j < hi && !ruled_out(x[u][j], bound);
+      any |= cand[j];
+    }
     if (!any) continue;
     uint64_t key[V];
-    bool valid[V];
-    keys(u, key, valid);
-    sb.append<V>(t, key, valid);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      key[j] = 0;
+      if (cand[j]) key[j] = order_key(value(x[u][j]), b0 + u * L + j);
+    }
+    sb.append<V>(t, key, cand);
   }
   sb.tile_end(t);
 }
