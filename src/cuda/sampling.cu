@@ -706,33 +706,12 @@ __device__ uint64_t stream_cut(uint64_t* buf, uint64_t* spare, unsigned fill, in
 // Chunk i0 = lo + (t U + u) L + t0: with L = blockDim.x V and t0 = threadIdx.x V (stream_tiles) the lanes
 // of the plan's order when lo = 0 (softmax.cuh); a cluster's CTAs pass the plan's L and their threads'
 // offsets. Elements past hi (inside a chunk that straddles it) are the caller's to skip.
-//
-// A CTA that covers whole tiles (L = blockDim.x V) and reads them contiguously has thread 0 ask L2 for
-// tile t + kStreamPrefetch while tile t is read (sm_90's bulk prefetch): the tile after the barrier that
-// ends this one is then on its way. Only a hint: what is read stays the same.
-constexpr int kStreamPrefetch = 1;
-
-template <class T>
-__device__ __forceinline__ void prefetch_l2(const T* p, int64_t elems) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const uint32_t bytes = uint32_t(elems * int64_t(sizeof(T))) & ~15u;  // p is 16-byte aligned
-  if (bytes > 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
 template <int V, int U, class T, class Tile>
 __device__ __forceinline__ void stream_tiles_at(const T* xr, int64_t ls1, int64_t n, int64_t lo, int64_t hi, bool vec,
                                                 int64_t L, int64_t t0, Tile&& tile) {
   const int64_t span = U * L;
   const int64_t tiles = hi > lo ? (hi - lo + span - 1) / span : 0;
-  // vec: xr is 16-byte aligned and contiguous; lo and span are whole 16-byte units (lo a multiple of 8).
-  const bool prefetch = kStreamPrefetch > 0 && vec && threadIdx.x == 0 && L == int64_t(blockDim.x) * V;
   for (int64_t t = 0; t < tiles; ++t) {
-    if (prefetch)
-      for (int64_t a = t == 0 ? 1 : kStreamPrefetch; a <= kStreamPrefetch; ++a) {
-        const int64_t s0 = lo + (t + a) * span;
-        if (s0 < hi) prefetch_l2(xr + s0, (hi - s0 < span ? hi - s0 : span));
-      }
     const int64_t b = lo + t * span + t0;
     float x[U][V];
 #pragma unroll
