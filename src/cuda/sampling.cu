@@ -781,15 +781,15 @@ struct StreamBuffer {
 #pragma unroll
     for (int j = 0; j < V; ++j) c += valid[j] && key[j] >= thr;
     if (c == 0) return;
-    unsigned pos = fill + atomicAdd(&ss->added[t % 3], c);
+    unsigned pos = fill + atomicAdd(&ss->added[unsigned(t) % 3u], c);
 #pragma unroll
     for (int j = 0; j < V; ++j)
       if (valid[j] && key[j] >= thr) buf[pos++] = key[j];
   }
   __device__ void tile_end(int64_t t) {
     __syncthreads();
-    fill += ss->added[t % 3];
-    if (threadIdx.x == 0) ss->added[(t + 2) % 3] = 0;
+    fill += ss->added[unsigned(t) % 3u];
+    if (threadIdx.x == 0) ss->added[(unsigned(t) + 2u) % 3u] = 0;
     // Cut when another tile might not fit, and also as soon as the buffer holds a few times k keys: the
     // raised thr rules out more of the following tiles, which is worth more than the cut (one select_small
     // over at most kSelectSmall keys while 2k <= kEarlyCut).
@@ -839,27 +839,34 @@ __device__ __forceinline__ void offer_tile(StreamBuffer& sb, int64_t t, int64_t 
     sb.seed(own);
   }
   const float bound = bound_of(sb.floor());
+  // kWhole: every chunk of the tile lies before hi (all tiles but a slice's last), so no element needs
+  // its index compared; the index is formed only for a key.
+  auto offer = [&](auto whole) {
+    constexpr bool kWhole = decltype(whole)::value;
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    if (b0 + u * L >= hi) continue;
-    // Only the elements not ruled out form their key (for sampling a division each): a warp then runs
-    // an element's key when one of its lanes needs that element, not every key of a chunk with one.
-    bool cand[V];
-    bool any = false;
+    for (int u = 0; u < U; ++u) {
+      if (!kWhole && b0 + u * L >= hi) continue;
+      // Only the elements not ruled out form their key (for sampling a division each): a warp then runs
+      // an element's key when one of its lanes needs that element, not every key of a chunk with one.
+      bool cand[V];
+      bool any = false;
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-      cand[j] = b0 + u * L + j < hi && !ruled_out(x[u][j], bound);
-      any |= cand[j];
+      for (int j = 0; j < V; ++j) {
+        cand[j] = (kWhole || b0 + u * L + j < hi) && !ruled_out(x[u][j], bound);
+        any |= cand[j];
+      }
+      if (!any) continue;
+      uint64_t key[V];
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        key[j] = 0;
+        if (cand[j]) key[j] = order_key(value(x[u][j]), b0 + u * L + j);
+      }
+      sb.append<V>(t, key, cand);
     }
-    if (!any) continue;
-    uint64_t key[V];
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      key[j] = 0;
-      if (cand[j]) key[j] = order_key(value(x[u][j]), b0 + u * L + j);
-    }
-    sb.append<V>(t, key, cand);
-  }
+  };
+  if (b0 + (U - 1) * L + V <= hi) offer(std::true_type{});
+  else offer(std::false_type{});
   sb.tile_end(t);
 }
 
@@ -991,16 +998,22 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
           };
           bool need[U][V];
           bool any = false;
+          // kWhole: every chunk of the tile lies before hi, so no element's index is compared.
+          auto mark = [&](auto whole) {
+            constexpr bool kWhole = decltype(whole)::value;
 #pragma unroll
-          for (int u = 0; u < U; ++u)
+            for (int u = 0; u < U; ++u)
 #pragma unroll
-            for (int k = 0; k < V; ++k) {
-              const float xv = x[u][k];
-              const bool ok = b0 + u * L + k < hi && xv == xv;
-              if (ok) xmax = fmaxf(xmax, xv);
-              need[u][k] = ok && xv != -INFINITY && !(__fadd_rn(zhi_of(xv), 17.0f) < bound);
-              any |= need[u][k];
-            }
+              for (int k = 0; k < V; ++k) {
+                const float xv = x[u][k];
+                const bool ok = (kWhole || b0 + u * L + k < hi) && xv == xv;
+                if (ok) xmax = fmaxf(xmax, xv);
+                need[u][k] = ok && xv != -INFINITY && !(__fadd_rn(zhi_of(xv), 17.0f) < bound);
+                any |= need[u][k];
+              }
+          };
+          if (b0 + (U - 1) * L + V <= hi) mark(std::true_type{});
+          else mark(std::false_type{});
           if (t == 0) {
             // Nothing bounds the first tile yet: each lane scores its largest x first, and the best of
             // the warp's scores (a score an element reached) bounds the rest of the tile.
