@@ -492,10 +492,7 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
       dispatch_flat_ng(gs.NG, [&](auto ng) {
         constexpr int NG = decltype(ng)::value;
         auto kernel = flat ? softmax_kernel<Tx, To, NG, true> : softmax_kernel<Tx, To, NG, false>;
-        size_t pad = 0;  // EXPERIMENT: extra dynamic shared memory, to cap the CTAs an SM
-        if (const char* e = std::getenv("BIK_SOFTMAX_PAD")) pad = size_t(std::atol(e));
-        if (pad > 0) allow_dynamic_smem(reinterpret_cast<const void*>(kernel), dev.index, int(smem + pad));
-        kernel<<<group_grid(rows, gs.W), gs.threads, smem + pad, stream_of(s)>>>(
+        kernel<<<group_grid(rows, gs.W), gs.threads, smem, stream_of(s)>>>(
             out.ptr<To>(), DevRows(out), fo.stride, x.ptr<const Tx>(), DevRows(x), fx.stride, rows, n, log, gs.W);
         BIK_CUDA_LAUNCH_CHECK();
       });
