@@ -1267,10 +1267,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 
 // The streaming logprobs pass, shared by the one-CTA and the cluster kernels: each thread absorbs its
 // chunks into (m, s) in the plan's order and offers its keys (order_key of the logit) to the CTA's buffer.
-template <int V, int U>
+// NG plan threads a thread (logprobs_half_kernel: 2): chunk u of a tile goes to plan thread u % NG.
+template <int V, int U, int NG = 1>
 struct LogprobsTile {
-  float& m;
-  float (&s)[V];
+  float (&m)[NG];
+  float (&s)[NG][V];
   StreamBuffer& sb;
   int64_t n, top_n;
 
@@ -1279,12 +1280,12 @@ struct LogprobsTile {
     for (int u = 0; u < U; ++u) {  // the statistics, chunk by chunk in the plan's order
       const int64_t i0 = b0 + u * L;
       if (i0 + V <= n) {  // a whole chunk: no element past the row end
-        absorb_chunk<V>(m, s, x[u]);
+        absorb_chunk<V>(m[u % NG], s[u % NG], x[u]);
       } else if (i0 < n) {
         float c[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) c[k] = i0 + k < n ? x[u][k] : -INFINITY;
-        absorb_chunk<V>(m, s, c);
+        absorb_chunk<V>(m[u % NG], s[u % NG], c);
       }
     }
     if (top_n == 0) return;
@@ -1315,17 +1316,67 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = logits + r * ls0;
     const bool vec = ls1 == 1 && aligned16_dev(xr);
-    float m = -INFINITY, s[V];
+    float m[1] = {-INFINITY}, s[1][V];
 #pragma unroll
-    for (int k = 0; k < V; ++k) s[k] = 0.0f;
+    for (int k = 0; k < V; ++k) s[0][k] = 0.0f;
     StreamBuffer sb{buf, &ss, &sel, top_n, cap, blockDim.x * unsigned(kStreamPerThread)};
     if (top_n > 0) sb.begin();
     stream_tiles<V, U>(xr, ls1, n, 0, n, vec, LogprobsTile<V, U>{m, s, sb, n, top_n});
-    const RowStats st = finish_row_stats<V>(m, s, tree);
+    const RowStats st = finish_row_stats<V>(m[0], s[0], tree);
     if (top_n > 0) sb.cut();
     logprobs_outputs<T>(st, buf, top_n > 0 ? sb.fill : 0, xr, ls1, n, r, chosen, chosen_stride, top_ids, ids0, ids1,
                         top_vals, vals0, vals1, tokens, tok_stride, bad);
     __syncthreads();  // the buffer and the tree are reused by the next row
+  }
+}
+
+// The same pass for rows of the largest plan (1024 plan threads) on 512 threads, two plan threads a thread:
+// thread tg holds plan threads tg and tg + 512 (lane groups 0 and 1 of a 512-thread RowGroup). With
+// L' = 512 V its chunk p L' + tg V is plan thread tg's chunk p / 2 for even p and plan thread tg + 512's
+// chunk (p - 1) / 2 for odd p (U is even, so chunk u of a tile goes to plan thread u % 2), each plan
+// thread's chunks in increasing order; the trees are group_tree's over the two groups, the plan's tree.
+// Same statistics, same keys, so the same bits as logprobs_stream_kernel; two CTAs an SM, so 256 rows
+// run in one wave on 132 SMs where 1024-thread CTAs (one an SM) take two.
+// Dynamic shared memory: stream_keys(512) keys, then 512 V floats for the trees.
+constexpr int kHalfThreads = kMaxRowThreads / 2;
+
+template <class T>
+__global__ void __launch_bounds__(kHalfThreads, 2)
+    logprobs_half_kernel(float* chosen, int64_t chosen_stride, int32_t* top_ids, int64_t ids0, int64_t ids1,
+                         float* top_vals, int64_t vals0, int64_t vals1, const T* logits, int64_t ls0, int64_t ls1,
+                         const int32_t* tokens, int64_t tok_stride, int64_t rows, int64_t n, int64_t top_n, int* bad) {
+  constexpr int V = 16 / sizeof(T), U = kStreamPerThread / V;
+  static_assert(U % 2 == 0, "a tile's chunks alternate between the thread's two plan threads");
+  extern __shared__ uint64_t dyn[];
+  __shared__ SelectSmem sel;
+  __shared__ StreamSmem ss;
+  const unsigned cap = unsigned(stream_cap(kHalfThreads));
+  uint64_t* buf = dyn;
+  float* tree = reinterpret_cast<float*>(dyn + stream_keys(kHalfThreads));
+  const RowGroup rg = row_group(kHalfThreads / 32);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = logits + r * ls0;
+    const bool vec = ls1 == 1 && aligned16_dev(xr);
+    float m[2] = {-INFINITY, -INFINITY}, s[2][V];
+#pragma unroll
+    for (int g = 0; g < 2; ++g)
+#pragma unroll
+      for (int k = 0; k < V; ++k) s[g][k] = 0.0f;
+    StreamBuffer sb{buf, &ss, &sel, top_n, cap, unsigned(kHalfThreads) * unsigned(kStreamPerThread)};
+    if (top_n > 0) sb.begin();
+    stream_tiles<V, U>(xr, ls1, n, 0, n, vec, LogprobsTile<V, U, 2>{m, s, sb, n, top_n});
+    float mm[2][1] = {{m[0]}, {m[1]}};
+    const float M = group_tree<1, 2>(mm, tree, rg, SoftmaxMaxOp{});
+    float acc[2][V];
+#pragma unroll
+    for (int g = 0; g < 2; ++g)
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[g][k] = softmax_lane_term(m[g], s[g][k], M);
+    const float S = group_tree<V, 2>(acc, tree, rg, AddOp{});
+    if (top_n > 0) sb.cut();
+    logprobs_outputs<T>(RowStats{M, S}, buf, top_n > 0 ? sb.fill : 0, xr, ls1, n, r, chosen, chosen_stride, top_ids,
+                        ids0, ids1, top_vals, vals0, vals1, tokens, tok_stride, bad);
+    __syncthreads();  // the buffer and the trees' scratch are reused by the next row
   }
 }
 
@@ -1358,13 +1409,13 @@ __global__ void __launch_bounds__(kMaxRowThreads / K, K)
   for (int64_t r = rg.first; r < rows; r += rg.step) {
     const T* xr = logits + r * ls0;
     const bool vec = ls1 == 1 && aligned16_dev(xr);
-    float m = -INFINITY, s[V];
+    float m[1] = {-INFINITY}, s[1][V];
 #pragma unroll
-    for (int k = 0; k < V; ++k) s[k] = 0.0f;
+    for (int k = 0; k < V; ++k) s[0][k] = 0.0f;
     StreamBuffer sb{buf, &ss, &sel, top_n, cap, unsigned(G) * unsigned(kStreamPerThread)};
     if (top_n > 0) sb.begin();
     stream_tiles_at<V, U>(xr, ls1, n, 0, n, vec, L, t0, LogprobsTile<V, U>{m, s, sb, n, top_n});
-    const RowStats st = cluster_row_stats<V, K>(m, s, scratch, terms, cmax, rg, cluster);
+    const RowStats st = cluster_row_stats<V, K>(m[0], s[0], scratch, terms, cmax, rg, cluster);
     unsigned total = 0;
     if (top_n > 0) {
       sb.cut();
@@ -1545,6 +1596,20 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
       };
       if (cluster_k == 2 ? launch(std::integral_constant<int, 2>{}) : launch(std::integral_constant<int, 4>{}))
         return;
+    }
+    // Rows of the largest plan otherwise: the same pass on 512 threads, two CTAs an SM (H200, 256 rows of
+    // 151936 f32: see bench/results/logs_h200/README.md). BIK_LOGPROBS_HALF=0 keeps the 1024-thread kernel
+    // (tests compare the two).
+    if (stream && threads == kMaxRowThreads && env_switch_on("BIK_LOGPROBS_HALF")) {
+      auto kernel = logprobs_half_kernel<T>;
+      const size_t hsmem = size_t(stream_keys(kHalfThreads)) * sizeof(uint64_t) + size_t(kHalfThreads) * V * sizeof(float);
+      allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, int(hsmem));
+      kernel<<<grid_for(rows), kHalfThreads, hsmem, st>>>(
+          chosen.ptr<float>(), chosen.stride[0], top_ids.ptr<int32_t>(), top_ids.stride[0], top_ids.stride[1],
+          top_vals.ptr<float>(), top_vals.stride[0], top_vals.stride[1], logits.ptr<const T>(), logits.stride[0],
+          logits.stride[1], tokens.ptr<const int32_t>(), tokens.stride[0], rows, n, top_n, bad);
+      BIK_CUDA_LAUNCH_CHECK();
+      return;
     }
     if (stream) {
       auto kernel = logprobs_stream_kernel<T>;

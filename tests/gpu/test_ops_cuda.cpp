@@ -1470,10 +1470,14 @@ TEST(OpsCuda, LogprobsStreamMatchesPassKernel) {
     const std::vector<Tensor> want = run(x);
     unsetenv("BIK_LOGPROBS_STREAM");
     std::vector<Tensor> got;
-    // The cluster kernels (default 4 CTAs a row, 2) and the one-CTA streaming kernel (0).
-    for (const char* cl : {"0", "2", "4"}) {
-      setenv("BIK_LOGPROBS_CLUSTER", cl, 1);
+    // The cluster kernels (default 4 CTAs a row, 2) and the one-CTA streaming kernels (0): for rows of the
+    // largest plan the 512-thread kernel, and with BIK_LOGPROBS_HALF=0 the 1024-thread one.
+    for (const char* cl : {"0", "0 half=0", "2", "4"}) {
+      const bool full = std::string(cl) == "0 half=0";
+      setenv("BIK_LOGPROBS_CLUSTER", full ? "0" : cl, 1);
+      if (full) setenv("BIK_LOGPROBS_HALF", "0", 1);
       got = run(x);
+      unsetenv("BIK_LOGPROBS_HALF");
       const std::string what = std::string(dtype_name(c.t)) + " V=" + std::to_string(c.vocab) +
                                " n=" + std::to_string(c.top_n) + " cluster=" + cl;
       EXPECT_EQ(std::memcmp(want[0].data(), got[0].data(), size_t(c.rows) * 4), 0) << what << " chosen";
