@@ -416,7 +416,7 @@ __device__ __forceinline__ void cols_store(const float (&part0)[kTile], float* p
 template <class Tx, class To, int NL, int W>
 __global__ void __launch_bounds__(kColTx * kColTy, 2)  // two CTAs an SM: 16 warps with 8 loads each in flight
     reduce_cols_kernel(float* partial, To* out, DimIndex out_idx, const Tx* x, int64_t stride, int64_t cols, int64_t n,
-                       int64_t L, bool vec, bool mean, bool classes_fast, bool pair) {
+                       int64_t L, bool vec, bool mean, bool classes_fast) {
   constexpr int V = 16 / sizeof(Tx);
   constexpr int kTile = kColTx * V * W;  // columns a CTA
   constexpr int kChunkCols = kColTx * V;  // columns between a thread's chunks
@@ -438,37 +438,7 @@ __global__ void __launch_bounds__(kColTx * kColTy, 2)  // two CTAs an SM: 16 war
 #pragma unroll
       for (int k = 0; k < V; ++k) acc[m2][q][k] = 0.0f;
   // Pass `base` holds element base + j of each lane j: every lane adds its elements in increasing i.
-  int64_t base = 0;
-  if (pair && n > L) {
-    // The first two passes' loads in flight together (twice the bytes a thread has in flight): while the
-    // accumulators are zero, a lane's two chunks take the registers the accumulators will, so both fit.
-    uint4 raw[2][NL][W];
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int m2 = 0; m2 < NL; ++m2) {
-        const int64_t i = h * L + j[m2];
-#pragma unroll
-        for (int q = 0; q < W; ++q)
-          raw[h][m2][q] = i < n ? load_cols(xc + i * stride + q * kChunkCols, col0 + q * kChunkCols, cols, vec)
-                                : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-    for (int m2 = 0; m2 < NL; ++m2)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (h * L + j[m2] >= n) continue;
-#pragma unroll
-        for (int q = 0; q < W; ++q) {
-          float v[V];
-          unpack<Tx, V>(raw[h][m2][q], v);
-#pragma unroll
-          for (int k = 0; k < V; ++k) acc[m2][q][k] = __fadd_rn(acc[m2][q][k], v[k]);
-        }
-      }
-    base = 2 * L;
-  }
-  for (; base < n; base += L) {
+  for (int64_t base = 0; base < n; base += L) {
     uint4 raw[NL][W];
 #pragma unroll
     for (int m2 = 0; m2 < NL; ++m2) {
@@ -798,8 +768,6 @@ void allow_cluster_16(const void* kernel, int device) {
 //   BIK_COLS_WIDE (1, 2, 4; default 1): reduce_cols_kernel's tile W times wider (W x 256 contiguous bytes
 //     of each reduced index a warp loads); NL is then at most 8 / W, so a thread keeps as many chunks
 //     and the classes grow W-fold (W x the partials). Only with BIK_COLS_STAGE and BIK_COLS_CLUSTER at 0.
-//   BIK_COLS_PAIR (0, 1; default 1): reduce_cols_kernel loads the first two passes together (0: one pass
-//     at a time).
 //   BIK_COLS_ORDER (0, 1; default 0): 1 launches reduce_cols_kernel on a [C, tiles] grid, so CTAs started
 //     together take one tile's classes (neighbouring reduced indices, a narrow band of columns) instead
 //     of one class's tiles (whole rows, every C-th reduced index).
@@ -868,7 +836,6 @@ void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride
   };
   if (passes == 0) {
     const bool classes_fast = cols_knob("BIK_COLS_ORDER", 0, 0, 1) == 1 && tiles <= 65535;
-    const bool pair = cols_knob("BIK_COLS_PAIR", 1, 0, 1) == 1;
     const dim3 cols_grid = classes_fast ? dim3{unsigned(C), unsigned(tiles), 1u} : grid;
     auto launch = [&](auto wc) {
       constexpr int W = decltype(wc)::value;
@@ -876,7 +843,7 @@ void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride
         constexpr int NL = decltype(ng)::value;
         with_partials([&](float* partial) {
           reduce_cols_kernel<Tx, To, NL, W><<<cols_grid, kThreads, 0, st>>>(
-              partial, a.out.ptr<To>(), out_idx, x, stride, cols, n, L, vec, a.mean, classes_fast, pair);
+              partial, a.out.ptr<To>(), out_idx, x, stride, cols, n, L, vec, a.mean, classes_fast);
           BIK_CUDA_LAUNCH_CHECK();
         });
       });

@@ -242,8 +242,6 @@ struct ColsCase {
 };
 
 const Env kColsEnvs[] = {
-    {{"BIK_COLS_PAIR", "0"}},
-    {{"BIK_COLS_PAIR", "0"}, {"BIK_COLS_WIDE", "2"}},
     {{"BIK_COLS_NL", "1"}},
     {{"BIK_COLS_NL", "2"}},
     {{"BIK_COLS_NL", "4"}},
