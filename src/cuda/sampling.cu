@@ -1598,8 +1598,8 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
         return;
     }
     // Rows of the largest plan otherwise: the same pass on 512 threads, two CTAs an SM (H200, 256 rows of
-    // 151936 f32: see bench/results/logs_h200/README.md). BIK_LOGPROBS_HALF=0 keeps the 1024-thread kernel
-    // (tests compare the two).
+    // 151936 f32, top 20: 114 against 130 us on 1024 threads; logs_h200/4f4d492_sampling_ab.log).
+    // BIK_LOGPROBS_HALF=0 keeps the 1024-thread kernel (tests compare the two).
     if (stream && threads == kMaxRowThreads && env_switch_on("BIK_LOGPROBS_HALF")) {
       auto kernel = logprobs_half_kernel<T>;
       const size_t hsmem = size_t(stream_keys(kHalfThreads)) * sizeof(uint64_t) + size_t(kHalfThreads) * V * sizeof(float);
