@@ -69,13 +69,17 @@ __device__ __forceinline__ RowStatsLog row_stats(const float (&m)[NG], const flo
   return RowStatsLog{M, S, log ? logf(S) : 0.0f};
 }
 
-template <class Tx, class To, int NG, bool kFlat>
-__global__ void __launch_bounds__(kMaxGroupThreads, 2)
+// kCtas: the CTAs an SM the launch bounds aim at. 3 (16-bit flat rows of four lane groups only, see
+// softmax()): one pass in flight a thread instead of two, so three CTAs fit an SM's registers. A thread's
+// chunks and their order are the same for any U, so are the bits.
+template <class Tx, class To, int NG, bool kFlat, int kCtas = 2>
+__global__ void __launch_bounds__(kMaxGroupThreads, kCtas)
     softmax_kernel(To* out, DevRows out_rows, int64_t out_stride, const Tx* x, DevRows x_rows, int64_t x_stride,
                    int64_t rows, int64_t n, bool log, int W) {
   constexpr int V = 16 / sizeof(Tx);
+  static_assert(kCtas == 2 || (kCtas == 3 && sizeof(Tx) == 2 && kFlat), "three CTAs: 16-bit flat rows");
   // Passes a thread has in flight on the flat path (chunks: U * NG, held as raw 16-byte values).
-  constexpr int U = sizeof(Tx) == 4 ? 4 : 2;
+  constexpr int U = sizeof(Tx) == 4 ? 4 : kCtas == 3 ? 1 : 2;
   extern __shared__ float smem[];
   const RowGroup rg = row_group(W);
   // Chunk (pass p, group g) of this thread: p * L + g * GV + t0, the chunk of plan thread g * G + tg.
@@ -492,6 +496,30 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
       dispatch_flat_ng(gs.NG, [&](auto ng) {
         constexpr int NG = decltype(ng)::value;
         auto kernel = flat ? softmax_kernel<Tx, To, NG, true> : softmax_kernel<Tx, To, NG, false>;
+        if constexpr (sizeof(Tx) == 2 && NG == 4) {
+          // 16-bit rows of four lane groups (rows read twice: longer than the resident range, or too few
+          // rows for it) with one pass in flight, three CTAs an SM, when that grid's waves, each taken as
+          // 1.2 of the two-CTA grid's, are fewer: on an H200 (bench/results/logs_h200/
+          // 26c945f_softmax_occupancy_ab.log) log_softmax bf16 151936 took 726 against 811 us at 2048
+          // rows, 262 against 249 at 512 (the second wave of 396 slots half empty). BIK_SOFTMAX_THREE=0
+          // never, =2 always (OpsCuda.SoftmaxThreeCtasKeepsBits compares the two).
+          const int three = env_switch_level("BIK_SOFTMAX_THREE");
+          if (flat && three > 0) {
+            auto kernel3 = softmax_kernel<Tx, To, 4, true, 3>;
+            bool use3 = three == 2;
+            if (three == 1) {
+              int per2 = 0, per3 = 0;
+              BIK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per2, kernel, gs.threads, smem));
+              BIK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per3, kernel3, gs.threads, smem));
+              const int64_t slots2 = int64_t(per2) * dev.sms, slots3 = int64_t(per3) * dev.sms;
+              if (slots2 > 0 && slots3 > slots2) {
+                const int64_t waves2 = (rows + slots2 - 1) / slots2, waves3 = (rows + slots3 - 1) / slots3;
+                use3 = waves3 * 6 < waves2 * 5;
+              }
+            }
+            if (use3) kernel = kernel3;
+          }
+        }
         kernel<<<group_grid(rows, gs.W), gs.threads, smem, stream_of(s)>>>(
             out.ptr<To>(), DevRows(out), fo.stride, x.ptr<const Tx>(), DevRows(x), fx.stride, rows, n, log, gs.W);
         BIK_CUDA_LAUNCH_CHECK();

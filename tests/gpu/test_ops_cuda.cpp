@@ -768,6 +768,32 @@ Tensor bumped(const Tensor& x, int64_t at) {
   return h.to(Device::cuda(0));
 }
 
+// 16-bit rows that softmax_kernel reads twice may run with one pass in flight and three CTAs an SM
+// (BIK_SOFTMAX_THREE=2 for every row count) instead of two passes and two CTAs (=0): the same chunks in
+// the same order, so the same bits. Rows longer than the resident range and too many for the cluster
+// kernel, 16-bit in and F32 or 16-bit out, softmax and log_softmax. Negative control: an input that
+// differs in one element of the last row must show.
+TEST(OpsCuda, SoftmaxThreeCtasKeepsBits) {
+  BIK_REQUIRE_GPU();
+  const SoftmaxCase cases[] = {{DType::BF16, DType::F32, 200, 151936, true},
+                               {DType::F16, DType::F32, 140, 70000, false},
+                               {DType::BF16, DType::BF16, 150, 100000, false},
+                               {DType::F16, DType::F16, 300, 65544, true}};
+  for (const SoftmaxCase& c : cases) {
+    Shared x = shared_tensor({c.m, c.n}, c.t, 3.0, 0.0, uint64_t(c.n + 3 * c.m));
+    const Tensor a = softmax_under("BIK_SOFTMAX_THREE", "2", c, x.dev);
+    const Tensor b = softmax_under("BIK_SOFTMAX_THREE", "0", c, x.dev);
+    const size_t bytes = size_t(c.m * c.n) * dtype_size(c.o);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), bytes), 0) << dn(c.t) << "->" << dn(c.o) << " n=" << c.n << " rows "
+                                                         << c.m;
+  }
+  const SoftmaxCase& c = cases[0];
+  Shared x = shared_tensor({c.m, c.n}, c.t, 3.0, 0.0, uint64_t(c.n + 3 * c.m));
+  const Tensor a = softmax_under("BIK_SOFTMAX_THREE", "2", c, bumped(x.dev, c.m * c.n - 1));
+  const Tensor b = softmax_under("BIK_SOFTMAX_THREE", "0", c, x.dev);
+  EXPECT_NE(std::memcmp(a.data(), b.data(), size_t(c.m * c.n) * 4), 0) << "the comparison missed a changed input";
+}
+
 // The persistent softmax kernel that prefetches each CTA's next row into shared memory (sm_90;
 // BIK_SOFTMAX_PREFETCH=2 forces it for every row count) against the kernels it replaces
 // (BIK_SOFTMAX_PREFETCH=0: softmax_resident_kernel, or the cluster kernel while every row's cluster has SMs
