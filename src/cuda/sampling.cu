@@ -276,7 +276,7 @@ __device__ __forceinline__ float gumbel_score(float z, uint32_t w) {
 }
 
 // Pruning the Gumbel draw: most elements drawn lose to the best score already seen, and telling so
-// from the uniform u costs two hardware exponentials instead of the two correctly rounded logarithms
+// from the uniform u costs one hardware exponential instead of the two correctly rounded logarithms
 // (and the division of z) of their score. The scores that are formed are the exact ones, so the token
 // is the same with pruning on or off (BIK_SAMPLE_PRUNE=0); `Loose` prunes elements that may still win
 // by up to 1.0, the negative control of the test that compares the two.
