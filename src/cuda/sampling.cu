@@ -294,11 +294,13 @@ __device__ __forceinline__ float ex2_approx(float x) {
 // relative). gumbel_loses tests the weaker 1 - u > exp(-d), which implies u < 1 - exp(-d) <=
 // exp(-exp(-d)), with one hardware exponential and no integer conversion: 1 - u is to_unit(~w) exactly
 // (u = (2m + 1) 2^-24 with m = w >> 9, and (~w) >> 9 = 2^23 - 1 - m), and the test takes the lower bound
-// ((~w) >> 9) 2^-23 of it, read off the bits as 1.f - 1 (exact); exp(-d) is raised by 2^-16 relative,
-// above the error of ex2.approx and of its rounded argument (< 2^-17 while exp(-d) is a normal float; it
-// is +inf or flushed to 0 beyond, which never prunes or prunes correctly). So gumbel_loses(zhi,
-// prune_base(bound), w) implies gumbel_score(z, w) < bound for every z <= zhi. It prunes only d > 0. The
-// base is -inf when pruning is off (exp(-d) is then +inf), NaN for an infinite bound (never prunes).
+// ((~w) >> 9) 2^-23 of it, whose 1 + that is the float with the bits 0x3f800000 | (~w) >> 9. It is
+// compared with r = 1 + 2^-23 + exp(-d) (1 + 2^-16), one rounding (at most 2^-24 below), so passing
+// means 1 - u > exp(-d) (1 + 2^-16): the raise of 2^-16 is above the error of ex2.approx and of its
+// rounded argument (< 2^-17 while exp(-d) is a normal float; it is +inf or flushed to 0 beyond, which
+// never prunes or prunes correctly). So gumbel_loses(zhi, prune_base(bound), w) implies
+// gumbel_score(z, w) < bound for every z <= zhi. It prunes only d > 0. The base is -inf when pruning is
+// off (exp(-d) is then +inf), NaN for an infinite bound (never prunes).
 __device__ __forceinline__ float prune_base(float bound, int32_t mode) {
   if (mode == kPruneOff) return -INFINITY;
   if (mode == kPruneLoose) return __fadd_rn(bound, 1.0f);
@@ -307,9 +309,8 @@ __device__ __forceinline__ float prune_base(float bound, int32_t mode) {
 __device__ __forceinline__ bool gumbel_loses(float zhi, float base, uint32_t w) {
   constexpr float kLog2e = 1.4426950408889634f;
   const float d = __fsub_rn(base, zhi);
-  const float e = __fmul_rn(ex2_approx(__fmul_rn(-d, kLog2e)), 1.0f + 0x1p-16f);  // exp(-d), raised
-  const float one_minus_u = __fsub_rn(__uint_as_float(0x3f800000u | (~w >> 9)), 1.0f);   // <= 1 - u
-  return one_minus_u > e;
+  const float r = __fmaf_rn(ex2_approx(__fmul_rn(-d, kLog2e)), 1.0f + 0x1p-16f, 1.0f + 0x1p-23f);
+  return __uint_as_float(0x3f800000u | (~w >> 9)) > r;  // 1 + a lower bound of 1 - u
 }
 
 // The Gumbel draw over one Philox block, vocabulary indices [4 j, 4 j + 4): the indices with keep[k] take
@@ -994,7 +995,7 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
           // registers would spill under the two-CTA launch bound.
           auto zhi_of = [inv](float xv) {
             const float zx = __fmul_rn(xv, inv);
-            return __fadd_rn(zx, __fmul_rn(fabsf(zx), 0x1p-18f));
+            return __fmaf_rn(fabsf(zx), 0x1p-18f, zx);
           };
           bool need[U][V];
           bool any = false;
