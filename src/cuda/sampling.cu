@@ -1598,6 +1598,14 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
       if (cluster_k == 2 ? launch(std::integral_constant<int, 2>{}) : launch(std::integral_constant<int, 4>{}))
         return;
     }
+    // The one-CTA-a-row kernels share one signature: launch `kernel` with `block` threads and `bytes` of
+    // dynamic shared memory.
+    auto run = [&](auto kernel, int block, size_t bytes) {
+      kernel<<<grid_for(rows), block, bytes, st>>>(
+          chosen.ptr<float>(), chosen.stride[0], top_ids.ptr<int32_t>(), top_ids.stride[0], top_ids.stride[1],
+          top_vals.ptr<float>(), top_vals.stride[0], top_vals.stride[1], logits.ptr<const T>(), logits.stride[0],
+          logits.stride[1], tokens.ptr<const int32_t>(), tokens.stride[0], rows, n, top_n, bad);
+    };
     // Rows of the largest plan otherwise: the same pass on 512 threads, two CTAs an SM (H200, 256 rows of
     // 151936 f32, top 20: 114 against 130 us on 1024 threads; logs_h200/4f4d492_sampling_ab.log).
     // BIK_LOGPROBS_HALF=0 keeps the 1024-thread kernel (tests compare the two).
@@ -1605,28 +1613,15 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
       auto kernel = logprobs_half_kernel<T>;
       const size_t hsmem = size_t(stream_keys(kHalfThreads)) * sizeof(uint64_t) + size_t(kHalfThreads) * V * sizeof(float);
       allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, int(hsmem));
-      kernel<<<grid_for(rows), kHalfThreads, hsmem, st>>>(
-          chosen.ptr<float>(), chosen.stride[0], top_ids.ptr<int32_t>(), top_ids.stride[0], top_ids.stride[1],
-          top_vals.ptr<float>(), top_vals.stride[0], top_vals.stride[1], logits.ptr<const T>(), logits.stride[0],
-          logits.stride[1], tokens.ptr<const int32_t>(), tokens.stride[0], rows, n, top_n, bad);
-      BIK_CUDA_LAUNCH_CHECK();
-      return;
-    }
-    if (stream) {
+      run(kernel, kHalfThreads, hsmem);
+    } else if (stream) {
       auto kernel = logprobs_stream_kernel<T>;
       // One setting for every plan size (the attribute is set once a kernel).
       allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, int(smem_max));
-      kernel<<<grid_for(rows), threads, smem, st>>>(
-          chosen.ptr<float>(), chosen.stride[0], top_ids.ptr<int32_t>(), top_ids.stride[0], top_ids.stride[1],
-          top_vals.ptr<float>(), top_vals.stride[0], top_vals.stride[1], logits.ptr<const T>(), logits.stride[0],
-          logits.stride[1], tokens.ptr<const int32_t>(), tokens.stride[0], rows, n, top_n, bad);
-      BIK_CUDA_LAUNCH_CHECK();
-      return;
+      run(kernel, threads, smem);
+    } else {
+      run(logprobs_kernel<T>, threads, tree);
     }
-    logprobs_kernel<T><<<grid_for(rows), threads, tree, st>>>(
-        chosen.ptr<float>(), chosen.stride[0], top_ids.ptr<int32_t>(), top_ids.stride[0], top_ids.stride[1],
-        top_vals.ptr<float>(), top_vals.stride[0], top_vals.stride[1], logits.ptr<const T>(), logits.stride[0],
-        logits.stride[1], tokens.ptr<const int32_t>(), tokens.stride[0], rows, n, top_n, bad);
     BIK_CUDA_LAUNCH_CHECK();
   });
   int first_bad = 0;
