@@ -934,7 +934,10 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   }
   __syncthreads();
 
-  const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, lane = tid & 31;
+  // The warpgroup index through a broadcast from lane 0, which the compiler knows is the same in every
+  // lane of a warp: the consumers' shared-memory addresses and wgmma descriptors then stay in uniform
+  // registers instead of being moved there before every wgmma.
+  const int wg = __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0), tid = threadIdx.x % 128, lane = tid & 31;
   if (wg == C) {
     // ---- producer: K and V tiles of the stream into the ring ----
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
