@@ -491,7 +491,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       for (int kb = 0; kb < num_kb; ++kb, ++it) {
         const int s = it % STAGES, phase = (it / STAGES) & 1;
         mbar_wait(full(s), phase);
-        const uint64_t da = smem_desc(stage_a(s) + slab * 64 * kRowBytes), dw = smem_desc(stage_w(s));
+        // The stage addresses through a broadcast from lane 0 (the same in every lane): the compiler then
+        // keeps the descriptors in uniform registers instead of moving them there before every wgmma.
+        const uint32_t sa = __shfl_sync(0xffffffffu, stage_a(s) + slab * 64 * kRowBytes, 0);
+        const uint32_t sw = __shfl_sync(0xffffffffu, stage_w(s), 0);
+        const uint64_t da = smem_desc(sa), dw = smem_desc(sw);
         pin(acc);
         wgmma_fence();
 #pragma unroll
