@@ -730,8 +730,9 @@ __device__ __forceinline__ void stream_tiles(const T* xr, int64_t ls1, int64_t n
 // The running buffer of one CTA. In each tile every thread appends its chunks' keys (offer_tile), then
 // tile_end(t): the tile's appends are counted in added[t % 3] (the counter of tile t + 2 is zeroed there:
 // its last readers, tile t - 1's, have all passed this tile's barrier), and the buffer is cut when
-// another tile might not fit or once it holds max(kEarlyCut, 2k) keys. In tile 0, seed() first raises thr to the k-th largest of the threads'
-// own largest keys (k distinct keys are at or above it), so the first tile does not flood the buffer.
+// another tile might not fit or once it holds max(kEarlyCut, 2k) keys. In tile 0, seed() first raises thr
+// to the k-th largest of the threads' own largest keys (k distinct keys are at or above it), so the first
+// tile does not flood the buffer.
 // fill, thr and floor are the same in every thread.
 constexpr int64_t kEarlyCut = 128;  // StreamBuffer::tile_end cuts from max(kEarlyCut, 2k) keys on
 
@@ -1606,15 +1607,22 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
           top_vals.ptr<float>(), top_vals.stride[0], top_vals.stride[1], logits.ptr<const T>(), logits.stride[0],
           logits.stride[1], tokens.ptr<const int32_t>(), tokens.stride[0], rows, n, top_n, bad);
     };
-    // Rows of the largest plan otherwise: the same pass on 512 threads, two CTAs an SM (H200, 256 rows of
-    // 151936 f32, top 20: 114 against 130 us on 1024 threads; logs_h200/4f4d492_sampling_ab.log).
-    // BIK_LOGPROBS_HALF=0 keeps the 1024-thread kernel (tests compare the two).
-    if (stream && threads == kMaxRowThreads && env_switch_on("BIK_LOGPROBS_HALF")) {
-      auto kernel = logprobs_half_kernel<T>;
-      const size_t hsmem = size_t(stream_keys(kHalfThreads)) * sizeof(uint64_t) + size_t(kHalfThreads) * V * sizeof(float);
-      allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, int(hsmem));
-      run(kernel, kHalfThreads, hsmem);
-    } else if (stream) {
+    // F32 rows of the largest plan otherwise: the same pass on 512 threads, two CTAs an SM (H200, 256 rows
+    // of 151936, top 20: 114 against 130 us on 1024 threads; logs_h200/4f4d492_sampling_ab.log; 16-bit
+    // rows, not measured, keep the 1024-thread kernel). BIK_LOGPROBS_HALF=0 keeps it for F32 too (tests
+    // compare the two).
+    if constexpr (sizeof(T) == 4) {
+      if (stream && threads == kMaxRowThreads && env_switch_on("BIK_LOGPROBS_HALF")) {
+        auto kernel = logprobs_half_kernel<T>;
+        const size_t hsmem =
+            size_t(stream_keys(kHalfThreads)) * sizeof(uint64_t) + size_t(kHalfThreads) * V * sizeof(float);
+        allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, int(hsmem));
+        run(kernel, kHalfThreads, hsmem);
+        BIK_CUDA_LAUNCH_CHECK();
+        return;
+      }
+    }
+    if (stream) {
       auto kernel = logprobs_stream_kernel<T>;
       // One setting for every plan size (the attribute is set once a kernel).
       allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, int(smem_max));

@@ -24,6 +24,9 @@
 #include <cooperative_groups.h>
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "core/backend.h"
 #include "cuda/device_info.h"
@@ -410,6 +413,20 @@ bool softmax_resident_applies(int64_t n, DType dtype) {
          n <= kResidentPasses * L;
 }
 
+// CTAs of `kernel` an SM holds at `threads` threads and `smem` bytes of dynamic shared memory, cached per
+// (kernel, device, threads, smem).
+int ctas_per_sm(const void* kernel, int threads, size_t smem, int device) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, int, size_t>, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(kernel, device, threads, smem);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  int n = 0;
+  BIK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem));
+  cache[key] = n;
+  return n;
+}
+
 }  // namespace
 
 void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
@@ -497,20 +514,22 @@ void softmax(const TensorView& out, const TensorView& x, bool log, Stream s) {
         constexpr int NG = decltype(ng)::value;
         auto kernel = flat ? softmax_kernel<Tx, To, NG, true> : softmax_kernel<Tx, To, NG, false>;
         if constexpr (sizeof(Tx) == 2 && NG == 4) {
-          // 16-bit rows of four lane groups (rows read twice: longer than the resident range, or too few
+          // 16-bit rows of four lane groups that are read twice (longer than the resident range, or too few
           // rows for it) with one pass in flight, three CTAs an SM, when that grid's waves, each taken as
           // 1.2 of the two-CTA grid's, are fewer: on an H200 (bench/results/logs_h200/
           // 26c945f_softmax_occupancy_ab.log) log_softmax bf16 151936 took 726 against 811 us at 2048
           // rows, 262 against 249 at 512 (the second wave of 396 slots half empty). BIK_SOFTMAX_THREE=0
           // never, =2 always (OpsCuda.SoftmaxThreeCtasKeepsBits compares the two).
           const int three = env_switch_level("BIK_SOFTMAX_THREE");
-          if (flat && three > 0) {
+          // Only rows the two-CTA kernel reads twice too (longer than its two passes of lanes): shorter ones
+          // it keeps in registers between the passes, which one pass in flight would not.
+          const bool read_twice = n > int64_t(2) * gs.threads * V * NG;
+          if (flat && read_twice && three > 0) {
             auto kernel3 = softmax_kernel<Tx, To, 4, true, 3>;
             bool use3 = three == 2;
             if (three == 1) {
-              int per2 = 0, per3 = 0;
-              BIK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per2, kernel, gs.threads, smem));
-              BIK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per3, kernel3, gs.threads, smem));
+              const int per2 = ctas_per_sm(reinterpret_cast<const void*>(kernel), gs.threads, smem, dev.index);
+              const int per3 = ctas_per_sm(reinterpret_cast<const void*>(kernel3), gs.threads, smem, dev.index);
               const int64_t slots2 = int64_t(per2) * dev.sms, slots3 = int64_t(per3) * dev.sms;
               if (slots2 > 0 && slots3 > slots2) {
                 const int64_t waves2 = (rows + slots2 - 1) / slots2, waves3 = (rows + slots3 - 1) / slots3;

@@ -1496,8 +1496,8 @@ TEST(OpsCuda, LogprobsStreamMatchesPassKernel) {
     const std::vector<Tensor> want = run(x);
     unsetenv("BIK_LOGPROBS_STREAM");
     std::vector<Tensor> got;
-    // The cluster kernels (default 4 CTAs a row, 2) and the one-CTA streaming kernels (0): for rows of the
-    // largest plan the 512-thread kernel, and with BIK_LOGPROBS_HALF=0 the 1024-thread one.
+    // The cluster kernels (default 4 CTAs a row, 2) and the one-CTA streaming kernels (0): for F32 rows of
+    // the largest plan the 512-thread kernel, and with BIK_LOGPROBS_HALF=0 the 1024-thread one.
     for (const char* cl : {"0", "0 half=0", "2", "4"}) {
       const bool full = std::string(cl) == "0 half=0";
       setenv("BIK_LOGPROBS_CLUSTER", full ? "0" : cl, 1);
