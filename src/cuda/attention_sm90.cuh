@@ -918,6 +918,13 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     u.n = kb_end < 0 ? 0 : (kb_end - u.kb_first) / kBK + 1;
     return u;
   };
+  // Round r's unit into `un`; false when the round has no work for this CTA (past the last unit, or n = 0).
+  auto round_unit = [&](int r, Unit& un) {
+    const int ui = unit_of_round(r);
+    if (persistent && ui >= p.units) return false;
+    un = unit_at(ui);
+    return un.n != 0;
+  };
   if (!persistent && unit_at(0).n == 0) return;  // uniform over the CTA, before any barrier
 
   const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
@@ -950,10 +957,8 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     const int pw = tid >> 5, c = lane % kChunks;
     int s = 0, phase = 0;
     for (int r = 0; r < rounds; ++r) {
-      const int ui = unit_of_round(r);
-      if (persistent && ui >= p.units) continue;
-      const Unit un = unit_at(ui);
-      if (un.n == 0) continue;
+      Unit un;
+      if (!round_unit(r, un)) continue;
       const int kb_first = un.kb_first, pmax_all = un.pmax_all, n = un.n;
       const int32_t* bt = p.block_tables + int64_t(un.bx / p.kv_heads) * p.bt_s0;
       const int kvh = un.bx % p.kv_heads;
@@ -1027,10 +1032,8 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   constexpr bool kPingPong = kSchedule == WsSchedule::kPingPong;
   int s = 0, phase = 0;  // the ring's position, carried from unit to unit
   for (int r = 0; r < rounds; ++r) {
-    const int ui = unit_of_round(r);
-    if (persistent && ui >= p.units) continue;
-    const Unit un = unit_at(ui);
-    if (un.n == 0) continue;
+    Unit un;
+    if (!round_unit(r, un)) continue;
     const int qb0 = un.qb0, kb_first = un.kb_first, n = un.n;
     // Variant 5's turns (the comment above WsSchedule); no-ops for the other schedules.
     [[maybe_unused]] int turn = 0;  // turns this consumer has taken
