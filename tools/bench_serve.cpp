@@ -40,13 +40,45 @@ namespace fs = std::filesystem;
 using namespace bik::engine;
 using Clock = std::chrono::steady_clock;
 
+// Engine steps grouped by the tokens they scheduled (the GEMMs' M): where the wall time goes, per mode.
+struct StepBucket {
+  int64_t lo = 0, hi = 0, steps = 0, tokens = 0;
+  double seconds = 0;
+};
+
+// [1, 64], [65, 128], ..., [449, 512] (one bucket per 64 rows: the GEMM tiles' granularity), then
+// doublings up to the token budget.
+std::vector<StepBucket> step_buckets(int64_t budget) {
+  std::vector<StepBucket> b;
+  int64_t lo = 1;
+  for (int64_t hi = 64; lo <= budget; hi = hi < 512 ? hi + 64 : hi * 2) {
+    b.push_back({lo, std::min(hi, budget)});
+    lo = hi + 1;
+  }
+  return b;
+}
+
+void add_step(std::vector<StepBucket>& b, int64_t tokens, double seconds) {
+  if (b.empty()) return;
+  StepBucket* k = &b.back();  // a step alone over the budget (chunked prefill off) counts in the last one
+  for (StepBucket& x : b)
+    if (tokens <= x.hi) {
+      k = &x;
+      break;
+    }
+  k->steps += 1;
+  k->tokens += tokens;
+  k->seconds += seconds;
+}
+
 const char* kServeUsage =
     "usage: bik bench serve (--model PATH | --dummy-weights CONFIG) [options]\n"
     "\n"
     "The offline serving workload: N requests, prompts drawn from a fixed set plus one prompt that many\n"
     "requests repeat, max_tokens uniform in [--min-tokens, --max-tokens], end of sequence ignored. Runs the\n"
     "same requests once per --modes entry (batch-invariant kernels on / off) and reports wall time,\n"
-    "tokens/s, steps and the number of unique completions among the requests of the repeated prompt.\n"
+    "tokens/s, steps and the number of unique completions among the requests of the repeated prompt,\n"
+    "then the steps grouped by the tokens they scheduled (64-token groups up to 512) with their seconds.\n"
     "Exits 1 when a batch-invariant run gives that prompt more than one completion.\n"
     "\n"
     "model:\n"
@@ -307,6 +339,41 @@ int serve_bench(const std::vector<std::string>& argv) {
                     r["shared_requests"].get<long long>(), r["unique_logprob_sequences"].get<long long>());
       m << row;
     }
+    // Where the time goes: steps by the tokens they scheduled, seconds per mode.
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    for (const auto& r : j["results"])
+      for (const auto& b : r["step_profile"]) {
+        const std::pair<int64_t, int64_t> k{b["tokens"][0].get<int64_t>(), b["tokens"][1].get<int64_t>()};
+        if (std::find(ranges.begin(), ranges.end(), k) == ranges.end()) ranges.push_back(k);
+      }
+    std::sort(ranges.begin(), ranges.end());
+    if (!ranges.empty()) {
+      m << "\nSteps by scheduled tokens (the GEMMs' M); seconds of wall time, step end to step end.\n\n| tokens |";
+      std::string rule = "|---|";
+      for (const auto& r : j["results"]) {
+        const char* mn = r["batch_invariant"].get<bool>() ? "on" : "off";
+        m << " steps " << mn << " | s " << mn << " | ms/step " << mn << " |";
+        rule += "---:|---:|---:|";
+      }
+      m << "\n" << rule << "\n";
+      for (const auto& [lo, hi] : ranges) {
+        m << "| " << lo << "-" << hi << " |";
+        for (const auto& r : j["results"]) {
+          const nlohmann::json* hit = nullptr;
+          for (const auto& b : r["step_profile"])
+            if (b["tokens"][0].get<int64_t>() == lo) hit = &b;
+          if (!hit) {
+            m << " 0 | 0 | - |";
+            continue;
+          }
+          const int64_t n = (*hit)["steps"].get<int64_t>();
+          const double sec = (*hit)["seconds"].get<double>();
+          std::snprintf(row, sizeof row, " %lld | %.3f | %.2f |", (long long)n, sec, 1e3 * sec / double(n));
+          m << row;
+        }
+        m << "\n";
+      }
+    }
     if (!f || !m) {
       std::fprintf(stderr, "bik bench serve: cannot write %s\n", json_path.c_str());
       return false;
@@ -332,10 +399,16 @@ int serve_bench(const std::vector<std::string>& argv) {
     const EngineStats before = llm.stats();
     size_t done = 0;
     const auto t0 = Clock::now();
-    auto last = t0;
+    auto last = t0, step_start = t0;
+    int64_t tokens_seen = before.scheduled_tokens;
+    std::vector<StepBucket> profile = step_buckets(ec.max_num_batched_tokens);
     auto on_step = [&](const std::vector<StepOutput>& outs) {
       for (const StepOutput& o : outs) done += o.finished;
       const auto t = Clock::now();
+      const int64_t tokens = llm.stats().scheduled_tokens - tokens_seen;
+      tokens_seen += tokens;
+      add_step(profile, tokens, std::chrono::duration<double>(t - step_start).count());
+      step_start = t;
       if (std::chrono::duration<double>(t - last).count() > 5.0) {
         last = t;
         const double s = std::chrono::duration<double>(t - t0).count();
@@ -390,6 +463,11 @@ int serve_bench(const std::vector<std::string>& argv) {
                         {"first_divergent_token", first_diff},
                         {"first_divergent_logprob", first_diff_lp}};
     if (same_as_on >= 0) r["requests_identical_to_on"] = same_as_on;
+    r["step_profile"] = nlohmann::json::array();
+    for (const StepBucket& b : profile)
+      if (b.steps > 0)
+        r["step_profile"].push_back(
+            {{"tokens", {b.lo, b.hi}}, {"steps", b.steps}, {"scheduled_tokens", b.tokens}, {"seconds", b.seconds}});
     j["results"].push_back(r);
     std::printf(
         "batch-invariant %s: %lld requests, %lld output tokens in %.2f s: %.1f output tok/s, %.1f total tok/s, %lld "

@@ -27,12 +27,14 @@ void gemm_f32(const GemmArgs& g, Stream s);   // f32 only
 
 // The wgmma kernel with a named tile shape instead of the one gemm_sm90 picks for M (for the tests, which
 // check that every tile gives the same bits, and for the benchmark's tile sweep).
-std::vector<std::string> gemm_sm90_tiles();  // "64x32", "128x256", ...
+std::vector<std::string> gemm_sm90_tiles();  // "64x32", "128x256", ..., "swap64x144", ... (bias-free only)
 void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile);
 // Cluster launches of the wgmma kernel so far (BIK_GEMM_CLUSTER; tests check the switch took effect).
 uint64_t gemm_sm90_cluster_launches();
 // Ping-pong launches of the wgmma kernel so far (BIK_GEMM_PINGPONG; tests check the switch took effect).
 uint64_t gemm_sm90_pingpong_launches();
+// Swapped-tile launches so far (BIK_GEMM_SWAP and the swap64x* tiles; tests check the path was taken).
+uint64_t gemm_sm90_swapped_launches();
 
 // Name of the kernel configuration gemm() runs for this problem, e.g. "sm90 128x256 tma".
 std::string gemm_config_name(const GemmArgs& g);

@@ -42,18 +42,43 @@ constexpr int pingpong_stages(int bn) { return bn == 32 ? 16 : bn == 64 ? 12 : b
 template <class Cfg>
 using PingPongOf = Config<64, Cfg::BN, pingpong_stages(Cfg::BN), true>;
 
-enum class Choice { T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256, Count };
-const char* const kChoiceNames[] = {"64x32",  "64x64",   "64x128",  "64x192", "128x32",
-                                    "128x64", "128x128", "128x192", "128x256"};
+// The swapped tiles (Config::kSwapped): the kernel computes out^T = w a^T, so 64 weight rows (output
+// columns) are the wgmma M and BN activation rows (output rows) its N, any multiple of 16. For
+// 128 < M <= 256 a tile then covers M rounded up to 16 instead of two 128-row (or several 64-row) tiles
+// rounded up to 64: at M = 144 the default tiles compute 192 or 256 rows. Ping-pong consumers, each on
+// whole 64 x BN tiles; stages fill the shared memory the epilogue staging leaves (at most 8).
+constexpr int swap_stages(int bn) {
+  return std::min(8, (227 * 1024 - 2 * 4 * 16 * 144 - 256 - 1024) / ((64 + bn) * kRowBytes));
+}
+template <int BN>
+using SwapTile = Config<64, BN, swap_stages(BN), true, true>;
+
+enum class Choice {
+  T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256,
+  S144, S160, S176, S192, S208, S224, S240, S256, Count
+};
+const char* const kChoiceNames[] = {"64x32",      "64x64",      "64x128",     "64x192",     "128x32",
+                                    "128x64",     "128x128",    "128x192",    "128x256",    "swap64x144",
+                                    "swap64x160", "swap64x176", "swap64x192", "swap64x208", "swap64x224",
+                                    "swap64x240", "swap64x256"};
 static_assert(std::size(kChoiceNames) == size_t(Choice::Count), "one name per tile");
 
+// bm x bn in the product the kernel computes: for a swapped tile, bm weight rows by bn activation rows.
 struct TileShape {
   Choice c;
   int bm, bn;
+  bool swapped = false;
 };
-constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},    {Choice::T64x64, 64, 64},     {Choice::T64x128, 64, 128},
-                                 {Choice::T64x192, 64, 192},  {Choice::T128x32, 128, 32},   {Choice::T128x64, 128, 64},
-                                 {Choice::T128x128, 128, 128}, {Choice::T128x192, 128, 192}, {Choice::T128x256, 128, 256}};
+constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},       {Choice::T64x64, 64, 64},
+                                 {Choice::T64x128, 64, 128},     {Choice::T64x192, 64, 192},
+                                 {Choice::T128x32, 128, 32},     {Choice::T128x64, 128, 64},
+                                 {Choice::T128x128, 128, 128},   {Choice::T128x192, 128, 192},
+                                 {Choice::T128x256, 128, 256},   {Choice::S144, 64, 144, true},
+                                 {Choice::S160, 64, 160, true},  {Choice::S176, 64, 176, true},
+                                 {Choice::S192, 64, 192, true},  {Choice::S208, 64, 208, true},
+                                 {Choice::S224, 64, 224, true},  {Choice::S240, 64, 240, true},
+                                 {Choice::S256, 64, 256, true}};
+static_assert(std::size(kShapes) == size_t(Choice::Count), "one shape per tile");
 
 // Clocks one SM spends on one 64-deep K stage of a tile once the pipeline runs: the larger of the
 // tensor-core time (BM x BN x 64 multiply-adds at about 1500 a clock, what the 128x256 tile sustains on
@@ -70,6 +95,23 @@ double tile_clocks(const TileShape& t, int k) {
   const int stages = (k + kBK - 1) / kBK;
   return stages * stage_clocks(t) + 500.0 + double(t.bm) * t.bn / 32.0;
 }
+
+// BIK_GEMM_SWAP, read at each call: "0" -> never a swapped tile; "1" -> the swapped tile wherever one
+// applies; unset or anything else -> where one applies and tile_clocks costs it no more than the best
+// default tile. One applies for 128 < M <= 256 without a bias (a swapped tile's rows are output columns)
+// and with a 16-bit output in 16-byte aligned rows (its column epilogue). It never changes a bit: each
+// output is the same K sum of one wgmma per K step (wgmma_cols) from zero accumulators, rounded once.
+enum class SwapMode { Off, Auto, On };
+bool swap_applies(const Problem& p);
+SwapMode swap_mode_for(const Problem& p) {
+  if (p.m <= 128 || p.m > 256 || !swap_applies(p)) return SwapMode::Off;
+  const char* e = std::getenv("BIK_GEMM_SWAP");
+  if (e != nullptr && std::strcmp(e, "0") == 0) return SwapMode::Off;
+  if (e != nullptr && std::strcmp(e, "1") == 0) return SwapMode::On;
+  return SwapMode::Auto;
+}
+// The swapped tile whose 16-row multiple covers M (128 < M <= 256).
+Choice swapped_choice(int m) { return Choice(int(Choice::S144) + std::max(0, (m + 15) / 16 - 9)); }
 
 // The tile table. Every tile is tried on every shape and M by `bik bench gemm --sweep`
 // (bench/results/gemm_<gpu>.json); these rules are meant to pick within a few percent of the best.
@@ -91,7 +133,8 @@ double tile_clocks(const TileShape& t, int k) {
 // The choice depends on (M, N, K, batch, SM count) only: it moves outputs between threads, never the K order.
 Choice choose(const Problem& p, const DeviceInfo& d) {
   auto tiles_of = [&](const TileShape& t) {
-    return int64_t((p.m + t.bm - 1) / t.bm) * ((p.n + t.bn - 1) / t.bn) * p.batch;
+    const int rows = t.swapped ? p.n : p.m, cols = t.swapped ? p.m : p.n;
+    return int64_t((rows + t.bm - 1) / t.bm) * ((cols + t.bn - 1) / t.bn) * p.batch;
   };
   auto waves_of = [&](const TileShape& t) { return (tiles_of(t) + d.sms - 1) / d.sms; };
   // Area the tiles cover, padding past M and N included.
@@ -130,9 +173,14 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
     return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32, Choice::T128x64,
                  Choice::T128x128, Choice::T128x192},
                 waves);
-  return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32, Choice::T128x64,
-               Choice::T128x128, Choice::T128x192, Choice::T128x256},
-              [&](const TileShape& t) { return double(waves_of(t)) * tile_clocks(t, p.k); }, true);
+  auto cost = [&](const TileShape& t) { return double(waves_of(t)) * tile_clocks(t, p.k); };
+  const Choice c = pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32,
+                         Choice::T128x64, Choice::T128x128, Choice::T128x192, Choice::T128x256},
+                        cost, true);
+  const SwapMode sw = swap_mode_for(p);
+  if (sw == SwapMode::Off) return c;
+  const Choice s = swapped_choice(p.m);
+  return sw == SwapMode::On || cost(kShapes[int(s)]) <= cost(kShapes[int(c)]) ? s : c;
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
@@ -173,6 +221,26 @@ bool out_vec16_of(const Problem& p) {
   return p.o_sn == 1 && aligned16(p.out) && (p.m == 1 || (p.o_sm * es) % 16 == 0) &&
          (p.batch == 1 || (p.o_sb * es) % 16 == 0);
 }
+
+// The transposed product out^T[n, m] = sum_k w[n, k] a[m, k]: what a swapped tile's kernel computes.
+Problem swapped(const Problem& p) {
+  Problem q = p;
+  q.a = p.w, q.w = p.a, q.m = p.n, q.n = p.m;
+  q.a_sb = p.w_sb, q.a_sm = p.w_sn, q.a_sk = p.w_sk;
+  q.w_sb = p.a_sb, q.w_sn = p.a_sm, q.w_sk = p.a_sk;
+  q.o_sm = p.o_sn, q.o_sn = p.o_sm;
+  q.out_pairs = false;
+  return q;
+}
+
+// Whether a swapped tile's column epilogue (store_tile_columns) may write q, the transposed problem: a
+// 16-bit output without a bias whose rows (q's columns) start 16-byte aligned, unit stride across them.
+bool columns_vec16_of(const Problem& q) {
+  return !q.out_f32 && q.bias == nullptr && q.o_sm == 1 && aligned16(q.out) && (q.n == 1 || (q.o_sn * 2) % 16 == 0) &&
+         (q.batch == 1 || (q.o_sb * 2) % 16 == 0);
+}
+
+bool swap_applies(const Problem& p) { return p.k > 0 && columns_vec16_of(swapped(p)); }
 
 // The kernel's parameters for a walk over `order`'s tiles (pairs of tiles in cluster mode): the problem,
 // the tile count, which operands are batched and the output's store path.
@@ -336,6 +404,7 @@ void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int 
   BIK_CHECK(Cfg::kSmemBytes <= d.smem_optin, "matmul: sm90 tile needs ", Cfg::kSmemBytes,
             " bytes of shared memory; the device allows ", d.smem_optin);
   Params prm = walk_params(p, TileOrder{(p.m + Cfg::BM - 1) / Cfg::BM, (p.n + Cfg::BN - 1) / Cfg::BN, group});
+  if constexpr (Cfg::kSwapped) prm.out_vec16 = columns_vec16_of(p);
   const int64_t total = prm.total_tiles;
   const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
@@ -366,9 +435,27 @@ void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
   launch_one_cta<Cfg, T>(p, d, st, 8);
 }
 
+std::atomic<uint64_t> g_swapped_launches{0};
+
+// A swapped tile: the transposed problem on SwapTile<BN> (bands of 16 weight tiles, as the ping-pong walk).
+template <int BN, typename T>
+void launch_swapped(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
+  BIK_CHECK(p.bias == nullptr, "matmul: a swapped sm90 tile takes no bias (its rows are output columns)");
+  launch_one_cta<SwapTile<BN>, T>(swapped(p), d, st, 16);
+  g_swapped_launches.fetch_add(1, std::memory_order_relaxed);
+}
+
 template <typename T>
 void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) {
   switch (c) {
+    case Choice::S144: return launch_swapped<144, T>(p, d, st);
+    case Choice::S160: return launch_swapped<160, T>(p, d, st);
+    case Choice::S176: return launch_swapped<176, T>(p, d, st);
+    case Choice::S192: return launch_swapped<192, T>(p, d, st);
+    case Choice::S208: return launch_swapped<208, T>(p, d, st);
+    case Choice::S224: return launch_swapped<224, T>(p, d, st);
+    case Choice::S240: return launch_swapped<240, T>(p, d, st);
+    case Choice::S256: return launch_swapped<256, T>(p, d, st);
     case Choice::T64x32: return launch<Tile64x32, T>(p, d, st);
     case Choice::T64x64: return launch<Tile64x64, T>(p, d, st);
     case Choice::T64x128: return launch<Tile64x128, T>(p, d, st);
@@ -467,6 +554,7 @@ bool tma_possible(const Problem& p) {
 std::string sm90_config_name(const Problem& p, const DeviceInfo& d) {
   const Choice c = choose(p, d);
   std::string name = std::string("sm90 ") + kChoiceNames[int(c)] + (tma_possible(p) ? " tma" : " tma-packed");
+  if (kShapes[int(c)].swapped) return name;
   if (const ClusterMode mode = cluster_mode_for(p); mode != ClusterMode::Off && p.k > 0)
     name += share_w_for(p, kShapes[int(c)].bm, kShapes[int(c)].bn, mode) ? " cluster2w" : " cluster2a";
   else if (kShapes[int(c)].bm == 128 && pingpong_for(p, kShapes[int(c)].bn))
@@ -488,6 +576,9 @@ uint64_t gemm_sm90_cluster_launches() { return gemm_detail::g_cluster_launches.l
 
 // Ping-pong launches so far in this process (the tests check that BIK_GEMM_PINGPONG really took that path).
 uint64_t gemm_sm90_pingpong_launches() { return gemm_detail::g_pingpong_launches.load(std::memory_order_relaxed); }
+
+// Swapped-tile launches so far in this process (the tests check that BIK_GEMM_SWAP really took that path).
+uint64_t gemm_sm90_swapped_launches() { return gemm_detail::g_swapped_launches.load(std::memory_order_relaxed); }
 
 std::vector<std::string> gemm_sm90_tiles() {
   return std::vector<std::string>(std::begin(gemm_detail::kChoiceNames), std::end(gemm_detail::kChoiceNames));

@@ -82,10 +82,14 @@ constexpr int kTurnBar = 1;  // ping-pong turns: named barriers 1 and 2 (0 is __
 // BM x BN output tiles through a ring of STAGES stages. Default: BM / 64 consumer warpgroups share each
 // tile, 64 rows x BN each. kPingPong_ (BM = 64 only): two consumer warpgroups that take turns, each
 // computing whole tiles (see the top of this file).
-template <int BM_, int BN_, int STAGES_, bool kPingPong_ = false>
+// kSwapped_: the host hands the kernel the transposed product out^T = w a^T (the weight as A, the activations
+// as W: see the swapped tiles in gemm_sm90.cu), so tile rows are output columns and tile columns output
+// rows; BN, the activation rows of a tile, is any multiple of 16 (the wgmma N composed by wgmma_cols), and
+// the epilogue writes tile columns as output rows (store_tile_columns).
+template <int BM_, int BN_, int STAGES_, bool kPingPong_ = false, bool kSwapped_ = false>
 struct Config {
   static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
-  static constexpr bool kPingPong = kPingPong_;
+  static constexpr bool kPingPong = kPingPong_, kSwapped = kSwapped_;
   static constexpr int kConsumers = kPingPong ? 2 : BM / 64;
   static constexpr int kStageReaders = kPingPong ? 1 : kConsumers;  // consumer warpgroups that read each stage
   static constexpr int kThreads = 128 * (kConsumers + 1);
@@ -102,7 +106,7 @@ struct Config {
   static_assert(!kPingPong || BM == 64, "ping-pong consumers take whole 64-row tiles");
   // wgmma N is a multiple of 8 up to 256 and a TMA box has at most 256 rows; the staged epilogue walks
   // BN in chunks of 32 (f32 out) or 64 (16-bit out) columns, so BN is 32, 64, 128, 192 or 256.
-  static_assert(BN % 32 == 0 && BN <= 256, "BN: a multiple of 32, at most 256");
+  static_assert((kSwapped ? BN % 16 : BN % 32) == 0 && BN <= 256, "BN: a multiple of 32 (16 swapped), at most 256");
   // Every stage (and its W half) must start on the 1024-byte period of the 128-byte swizzle.
   static_assert(kStageA % 1024 == 0 && kStageBytes % 1024 == 0, "stages keep the swizzle period");
   static_assert(kSmemBytes <= 227 * 1024, "more shared memory than a Hopper CTA may opt in to");
@@ -249,6 +253,53 @@ __device__ __forceinline__ void store_tile_interior(const Problem& p, const floa
 }
 #endif
 
+#ifdef BIK_SM90_DEVICE_CODE
+// A swapped tile's warp block (Config::kSwapped): 16 tile rows (output columns row0.., contiguous: o_sm is 1
+// in the transposed problem) by BN tile columns (output rows col0.., o_sn apart), to a 16-bit output
+// without a bias (Params::out_vec16 says the host checked that, the alignment included). Each group of 16
+// tile columns goes through stmatrix .trans into 16 staging rows of 16 outputs (32 bytes at a pitch of 48,
+// which keeps both the stmatrix rows and the 16-byte reads free of bank conflicts), then out as one
+// 16-byte piece a lane: lanes c and c + 16 write the two halves of output row col0 + 16 g + c. The same
+// roundings as store_pair (one cvt of each pair of sums).
+template <class Cfg, typename O>
+__device__ __forceinline__ void store_tile_columns(const Problem& p, const float (&acc)[Cfg::BN / 2],
+                                                   uint32_t staging, int b, int row0, int col0, int lane) {
+  static_assert(sizeof(O) == 2 && Cfg::BN % 16 == 0, "16-bit outputs, 16 tile columns at a time");
+  constexpr int kPitch = 48;
+  // stmatrix .x4 .trans: lanes 8q .. 8q + 7 address the stored rows of block q, and stored row i of a
+  // block is its column i: blocks (rows 0-7 | 8-15) x (columns 0-7 | 8-15) land in staging rows 0-7 /
+  // 8-15 at byte 0 / 16.
+  const uint32_t lane_row = staging + ((lane & 7) + 8 * (lane >> 4)) * kPitch + ((lane >> 3) & 1) * 16;
+  const int c = lane & 15, half = lane >> 4;
+  const int r = row0 + half * 8;  // the piece's first output column
+  O* out = static_cast<O*>(p.out) + int64_t(b) * p.o_sb + r;
+  auto pack = [&](int i) {
+    const typename Pair<O>::type pr = Pair<O>::make(acc[i], acc[i + 1]);
+    return *reinterpret_cast<const uint32_t*>(&pr);
+  };
+#pragma unroll
+  for (int g = 0; g < Cfg::BN / 16; ++g) {
+    const int j = 2 * g;  // the groups of 8 tile columns j and j + 1
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(lane_row),
+                 "r"(pack(4 * j)), "r"(pack(4 * j + 2)), "r"(pack(4 * j + 4)), "r"(pack(4 * j + 6))
+                 : "memory");
+    __syncwarp();
+    const int col = col0 + g * 16 + c;
+    if (col < p.n && r < p.m) {
+      const uint4 v = ld_shared_16(staging + c * kPitch + half * 16);
+      O* dst = out + int64_t(col) * p.o_sn;
+      if (r + 8 <= p.m) {
+        *reinterpret_cast<uint4*>(dst) = v;
+      } else {
+        const O* e = reinterpret_cast<const O*>(&v);
+        for (int q = 0; q < 8 && r + q < p.m; ++q) dst[q] = e[q];
+      }
+    }
+    __syncwarp();
+  }
+}
+#endif
+
 // One warp's 16 x BN block of finished sums to out[b, row0.., col0..]. The bias is added and the value
 // rounded once (exactly as store_pair does), written to the warp's staging rows, and copied out as
 // 16-byte pieces: a warp store then covers whole 128-byte lines instead of 8 scattered 16-byte bits.
@@ -322,7 +373,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                 const __grid_constant__ CUtensorMap map_w) {
 #ifdef BIK_SM90_DEVICE_CODE
   constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES;
-  using Mma = Wgmma<BN, T>;
   extern __shared__ uint8_t smem_raw[];
   // The same offset in both CTAs of a cluster: the multicast copies address the partner's stages by it.
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
@@ -472,7 +522,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         mbar_arrive(empty(s));
       }
     };
-    float acc[Mma::kRegs];
+    float acc[BN / 2];
     int it = 0;
     if constexpr (kPingPong) {
       if (wg == 1 && int(walk0) < prm.total_tiles) named_bar_arrive(kTurnBar, 256);  // opens consumer 0's first turn
@@ -487,7 +537,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       int b, tm, tn;
       tile_coords(tile, b, tm, tn);
 #pragma unroll
-      for (int i = 0; i < Mma::kRegs; ++i) acc[i] = 0.f;
+      for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
       for (int kb = 0; kb < num_kb; ++kb, ++it) {
         const int s = it % STAGES, phase = (it / STAGES) & 1;
         mbar_wait(full(s), phase);
@@ -499,7 +549,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         pin(acc);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kBK / 16; ++kk) Mma::mma(acc, da + 2 * kk, dw + 2 * kk);
+        for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
         wgmma_commit();
         pin(acc);
         // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
@@ -525,7 +575,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       if (row0 >= p.m) continue;  // the warp's rows all lie past M (a partial last M-tile): nothing to store
       const uint32_t staging = bars + Cfg::kBarBytes + (wg * 4 + warp) * Cfg::kEpiWarpBytes;
       if (prm.out_vec16) {
-        if (p.out_f32)
+        if constexpr (Cfg::kSwapped)
+          store_tile_columns<Cfg, T>(p, acc, staging, b, row0, tn * BN, lane);
+        else if (p.out_f32)
           store_tile_staged<Cfg, T, float>(p, acc, staging, b, row0, tn * BN, lane);
         else
           store_tile_staged<Cfg, T, T>(p, acc, staging, b, row0, tn * BN, lane);

@@ -15,6 +15,34 @@ template <int N, typename T>
 struct Wgmma;
 
 template <>
+struct Wgmma<16, __nv_bfloat16> {
+  static constexpr int kRegs = 8;
+  __device__ __forceinline__ static void mma(float (&d)[8], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7"
+      "}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<16, __half> {
+  static constexpr int kRegs = 8;
+  __device__ __forceinline__ static void mma(float (&d)[8], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7"
+      "}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  }
+};
+
+template <>
 struct Wgmma<32, __nv_bfloat16> {
   static constexpr int kRegs = 16;
   __device__ __forceinline__ static void mma(float (&d)[16], uint64_t desc_a, uint64_t desc_b) {
@@ -259,5 +287,21 @@ struct Wgmma<256, __half> {
         : "l"(desc_a), "l"(desc_b), "r"(1));
   }
 };
+
+// m64nNk16 for any N that is a multiple of 16 up to 256, as the instructions above over consecutive column
+// ranges (the widest that fits first): columns [c0, c0 + P) take accumulators [c0 / 2, (c0 + P) / 2), which
+// is where a single m64nNk16 keeps them, and B rows [c0, c0 + P), c0 x 128 bytes further (c0 a multiple of
+// 16 rows keeps the 1024-byte swizzle period). Each output gets one instruction per K step either way, with
+// the same operands, so the sums are those of a single instruction (the tile tests check it bitwise).
+template <int N, typename T, int C0 = 0>
+__device__ __forceinline__ void wgmma_cols(float* d, uint64_t desc_a, uint64_t desc_b) {
+  static_assert(N % 16 == 0 && N <= 256, "wgmma_cols: N a multiple of 16, at most 256");
+  if constexpr (C0 < N) {
+    constexpr int left = N - C0;
+    constexpr int P = left >= 256 ? 256 : left >= 192 ? 192 : left >= 128 ? 128 : left >= 64 ? 64 : left >= 32 ? 32 : 16;
+    Wgmma<P, T>::mma(*reinterpret_cast<float(*)[P / 2]>(d + C0 / 2), desc_a, desc_b + uint64_t(C0 * 128 / 16));
+    wgmma_cols<N, T, C0 + P>(d, desc_a, desc_b);
+  }
+}
 
 }  // namespace bik::cuda::gemm_detail::sm90

@@ -1,0 +1,224 @@
+// CUDA GEMM, swapped tiles (gemm_sm90.cu, Config::kSwapped): for 128 < M <= 256 the kernel may compute the
+// transposed product out^T = w a^T, 64 weight rows by M rounded up to 16 activation rows a tile, the wgmma
+// N composed of several instructions (wgmma_cols), and write tile columns as output rows. Every output
+// must keep the default tiles' bits: through the column epilogue (16-bit out) and the element stores (f32
+// out, unaligned rows), at M/N edges and K tails; through gemm() when BIK_GEMM_SWAP picks the tile; and a
+// row must keep its bits alone and anywhere in such a batch. The negative control runs the same row check
+// on cuBLASLt over the same batch sizes: it has to find differences, or the check proves nothing.
+// The launch counter proves a swapped tile ran: a silent fall-back would compare the default with itself.
+#include <gtest/gtest.h>
+
+#include "gpu/gpu_env.h"
+#include "gpu/gemm_test_util.h"
+#include "gpu/test_util.h"
+
+#if BIK_WITH_CUDA
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bik/ops.h"
+#include "bik/tensor.h"
+#include "core/backend.h"
+#include "cuda/cublas_gemm.h"
+#include "cuda/gemm.h"
+
+using namespace bik;
+
+namespace {
+
+using test::dev;
+using test::dev_filled;
+using test::gpu;
+using test::is_sm90;
+using test::make_args;
+using test::ScopedEnv;
+
+// Elements of x and y (equal shapes and dtypes, any devices and strides) whose bytes differ.
+int64_t differing(const TensorView& x, const TensorView& y) {
+  const Tensor hx = Tensor::empty(x.sizes(), x.dtype), hy = Tensor::empty(y.sizes(), y.dtype);
+  copy(hx, x);
+  copy(hy, y);
+  const size_t es = size_t(dtype_size(x.dtype));
+  const auto* px = static_cast<const unsigned char*>(hx.data());
+  const auto* py = static_cast<const unsigned char*>(hy.data());
+  int64_t n = 0;
+  for (int64_t i = 0; i < hx.numel(); ++i) n += std::memcmp(px + size_t(i) * es, py + size_t(i) * es, es) != 0;
+  return n;
+}
+
+std::vector<std::string> swapped_tiles() {
+  std::vector<std::string> t;
+  for (const std::string& name : cuda::gemm_sm90_tiles())
+    if (name.rfind("swap", 0) == 0) t.push_back(name);
+  return t;
+}
+
+std::string shape_str(int64_t m, int64_t n, int64_t k) {
+  return "M=" + std::to_string(m) + " N=" + std::to_string(n) + " K=" + std::to_string(k);
+}
+
+}  // namespace
+
+// Every swapped tile against the default 64x128 tile, bit for bit, on three outputs: 16-bit (the column
+// epilogue), f32 (element stores: the column epilogue takes 16-bit outputs only) and 16-bit rows of
+// N + 1 elements (not 16-byte aligned: element stores). M = 1 and 129 leave most of a tile's columns past
+// M, 300 needs two column tiles of the narrower ones; N = 200 and 1000 end inside a 64-row tile (its last
+// output columns are a partial 16-byte piece); K = 72 is a stage and a zero-filled tail, 4096 wraps the
+// stage ring within a tile. N = 4096 gives 64 tiles, so CTAs of the ping-pong walk take one or two.
+TEST(GpuGemmSwap, EverySwappedTileGivesTheDefaultBits) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const std::vector<std::string> tiles = swapped_tiles();
+  EXPECT_EQ(tiles.size(), 8u) << "swap64x144 .. swap64x256";
+  int64_t compared = 0;
+  const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
+  for (DType dt : {DType::BF16, DType::F16})
+    for (int64_t m : {1, 129, 200, 256, 300})
+      for (int64_t n : {200, 1000, 4096})
+        for (int64_t k : {72, 4096}) {
+          const Tensor a = dev_filled({m, k}, dt, uint64_t(m * 7 + k)), w = dev_filled({n, k}, dt, uint64_t(n * 5 + k));
+          const Tensor base16 = dev({m, n}, dt), base32 = dev({m, n}, DType::F32);
+          const Tensor basepad = Tensor::empty_padded({m, n}, n + 1, dt, gpu());
+          const Tensor o16 = dev({m, n}, dt), o32 = dev({m, n}, DType::F32);
+          const Tensor opad = Tensor::empty_padded({m, n}, n + 1, dt, gpu());
+          for (const Tensor* t : {&base16, &base32, &basepad}) fill_bytes(*t, 0xff);
+          cuda::gemm_sm90_tile(make_args(base16, a, w, std::nullopt), {}, "64x128");
+          cuda::gemm_sm90_tile(make_args(base32, a, w, std::nullopt), {}, "64x128");
+          cuda::gemm_sm90_tile(make_args(basepad, a, w, std::nullopt), {}, "64x128");
+          for (const std::string& tile : tiles) {
+            const std::string what = "tile " + tile + " " + dtype_name(dt) + " " + shape_str(m, n, k);
+            const uint64_t launches0 = cuda::gemm_sm90_swapped_launches();
+            for (const Tensor* t : {&o16, &o32, &opad}) fill_bytes(*t, 0xff);
+            cuda::gemm_sm90_tile(make_args(o16, a, w, std::nullopt), {}, tile);
+            cuda::gemm_sm90_tile(make_args(o32, a, w, std::nullopt), {}, tile);
+            cuda::gemm_sm90_tile(make_args(opad, a, w, std::nullopt), {}, tile);
+            EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - launches0, 3u) << what << ": swapped launches";
+            EXPECT_EQ(differing(o16, base16), 0) << what << ", 16-bit out (column epilogue)";
+            EXPECT_EQ(differing(o32, base32), 0) << what << ", f32 out";
+            EXPECT_EQ(differing(opad, basepad), 0) << what << ", 16-bit out rows of N + 1";
+            compared += 3;
+          }
+        }
+  std::printf("[swap] %lld swapped-tile runs compared bit for bit with the default 64x128 tile\n", (long long)compared);
+}
+
+// A swapped tile's rows are output columns, so it cannot add a bias per output column: asking for one is
+// an error that says so (gemm() never picks a swapped tile for a product with a bias).
+TEST(GpuGemmSwap, BiasIsRefusedWithAMessage) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const Tensor a = dev_filled({200, 256}, DType::BF16, 1), w = dev_filled({512, 256}, DType::BF16, 2);
+  const Tensor bias = dev_filled({512}, DType::BF16, 3), o = dev({200, 512}, DType::BF16);
+  try {
+    cuda::gemm_sm90_tile(make_args(o, a, w, bias.view()), {}, "swap64x208");
+    ADD_FAILURE() << "a swapped tile accepted a bias";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("takes no bias"), std::string::npos) << e.what();
+  }
+  const std::string name = cuda::gemm_config_name(make_args(o, a, w, bias.view()));
+  EXPECT_EQ(name.find("swap"), std::string::npos) << "gemm() would run " << name << " with a bias";
+  {
+    const ScopedEnv on("BIK_GEMM_SWAP", "1");
+    EXPECT_EQ(cuda::gemm_config_name(make_args(o, a, w, bias.view())).find("swap"), std::string::npos);
+    EXPECT_NE(cuda::gemm_config_name(make_args(o, a, w, std::nullopt)).find("swap64x208"), std::string::npos)
+        << cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
+  }
+}
+
+// Through gemm() on the engine's projection shapes at decode batch sizes: BIK_GEMM_SWAP=1 takes the swapped
+// tile (launch counter, configuration name), =0 never does, unset takes the rule's pick; all the same bits.
+TEST(GpuGemmSwap, DispatchGivesTheSameBitsEitherWay) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  int picked = 0;
+  for (DType dt : {DType::BF16, DType::F16})
+    for (const auto& [n, k] : std::vector<std::array<int64_t, 2>>{{6144, 4096}, {4096, 4096}, {24576, 4096}, {4096, 12288}})
+      for (int64_t m : {129, 144, 200, 232, 256}) {
+        const std::string what = std::string(dtype_name(dt)) + " " + shape_str(m, n, k);
+        const Tensor a = dev_filled({m, k}, dt, uint64_t(m + n)), w = dev_filled({n, k}, dt, uint64_t(k + 1));
+        const Tensor base = dev({m, n}, dt), o = dev({m, n}, dt);
+        fill_bytes(base, 0xff);
+        {
+          const ScopedEnv off("BIK_GEMM_SWAP", "0");
+          EXPECT_EQ(cuda::gemm_config_name(make_args(base, a, w, std::nullopt)).find("swap"), std::string::npos) << what;
+          const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
+          mm(base, a, w);
+          EXPECT_EQ(cuda::gemm_sm90_swapped_launches(), l0) << what << ": BIK_GEMM_SWAP=0 ran a swapped tile";
+        }
+        for (const char* mode : {"1", static_cast<const char*>(nullptr)}) {
+          const ScopedEnv env("BIK_GEMM_SWAP", mode);
+          const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
+          const bool swapped = name.find("swap") != std::string::npos;
+          if (mode) EXPECT_TRUE(swapped) << what << ": BIK_GEMM_SWAP=1 gives " << name;
+          else picked += swapped;
+          const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
+          fill_bytes(o, 0xff);
+          mm(o, a, w);
+          EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - l0, swapped ? 1u : 0u) << what << ": " << name;
+          EXPECT_EQ(differing(o, base), 0) << what << ": " << name << " against BIK_GEMM_SWAP=0";
+          if (!mode) std::printf("[swap] %s: %s\n", what.c_str(), name.c_str());
+        }
+      }
+  std::printf("[swap] the default rule picked a swapped tile for %d of 40 products\n", picked);
+}
+
+// Rows alone (M = 1, the default tiles) against the same rows inside batches of 129..256 rows that run on
+// swapped tiles (BIK_GEMM_SWAP=1), at random positions among random neighbours, 16-bit out as in the engine.
+// Negative control: the same check on cuBLASLt, whose kernels change with M, must find rows that differ.
+TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const int64_t n = 4096, k = 4096, pool_rows = 1024, targets = 16;
+  const DType dt = DType::BF16;
+  const Tensor pool = dev_filled({pool_rows, k}, dt, 91), w = dev_filled({n, k}, dt, 92);
+  std::mt19937_64 rng(93);
+  for (const bool cublas : {false, true}) {
+    auto run = [&](const TensorView& out, const TensorView& a) {
+      if (cublas) cuda::cublaslt_gemm(make_args(out, a, w, std::nullopt), {});
+      else mm(out, a, w);
+    };
+    std::vector<Tensor> alone;
+    for (int64_t t = 0; t < targets; ++t) {
+      alone.push_back(dev({1, n}, dt));
+      run(alone.back(), pool.view().narrow(0, t, 1));
+    }
+    const ScopedEnv on("BIK_GEMM_SWAP", "1");
+    int64_t cases = 0, diffs = 0;
+    const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
+    const Tensor a = dev({256, k}, dt), o = dev({256, n}, dt);
+    for (int64_t m : {129, 130, 143, 144, 145, 160, 177, 200, 208, 231, 232, 240, 255, 256}) {
+      const TensorView av = a.view().narrow(0, 0, m), ov = o.view().narrow(0, 0, m);
+      copy(av, pool.view().narrow(0, int64_t(rng() % uint64_t(pool_rows - m)), m));
+      std::vector<int64_t> pos;
+      for (int64_t t = 0; t < targets; ++t) {
+        int64_t p;
+        do p = int64_t(rng() % uint64_t(m));
+        while (std::find(pos.begin(), pos.end(), p) != pos.end());
+        pos.push_back(p);
+        copy(av.narrow(0, p, 1), pool.view().narrow(0, t, 1));
+      }
+      fill_bytes(o, 0xff);
+      run(ov, av);
+      for (int64_t t = 0; t < targets; ++t) {
+        ++cases;
+        const int64_t d = differing(ov.narrow(0, pos[size_t(t)], 1), alone[size_t(t)]);
+        diffs += d != 0;
+        if (!cublas) EXPECT_EQ(d, 0) << "row " << t << " at row " << pos[size_t(t)] << " of a batch of " << m;
+      }
+    }
+    std::printf("[swap] %s: %lld of %lld rows differ from the row computed alone\n", cublas ? "cublaslt" : "bik",
+                (long long)diffs, (long long)cases);
+    if (cublas) EXPECT_GT(diffs, 0) << "the row check found no variance in cuBLASLt: it has no teeth";
+    else EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - l0, 14u) << "every batch on a swapped tile";
+  }
+}
+
+#else
+TEST(GpuGemmSwap, Skipped) { GTEST_SKIP() << "no GPU: this build has no CUDA backend"; }
+#endif
