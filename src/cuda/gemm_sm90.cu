@@ -97,21 +97,42 @@ double tile_clocks(const TileShape& t, int k) {
 }
 
 // BIK_GEMM_SWAP, read at each call: "0" -> never a swapped tile; "1" -> the swapped tile wherever one
-// applies; unset or anything else -> where one applies and tile_clocks costs it no more than the best
-// default tile. One applies for 128 < M <= 256 without a bias (a swapped tile's rows are output columns)
-// and with a 16-bit output in 16-byte aligned rows (its column epilogue). It never changes a bit: each
-// output is the same K sum of one wgmma per K step (wgmma_cols) from zero accumulators, rounded once.
+// applies; unset or anything else -> where one applies and swap_pays says so. One applies for
+// 128 < M <= 352 without a bias (a swapped tile's rows are output columns) and with a 16-bit output in
+// 16-byte aligned rows (its column epilogue): one column tile of M rounded up to 16 rows up to M = 256,
+// two of ceil(M / 2) rounded up to 16 past it. It never changes a bit: each output is the same K sum of
+// one wgmma per K step (wgmma_cols) from zero accumulators, rounded once.
 enum class SwapMode { Off, Auto, On };
 bool swap_applies(const Problem& p);
 SwapMode swap_mode_for(const Problem& p) {
-  if (p.m <= 128 || p.m > 256 || !swap_applies(p)) return SwapMode::Off;
+  if (p.m <= 128 || p.m > 352 || !swap_applies(p)) return SwapMode::Off;
   const char* e = std::getenv("BIK_GEMM_SWAP");
   if (e != nullptr && std::strcmp(e, "0") == 0) return SwapMode::Off;
   if (e != nullptr && std::strcmp(e, "1") == 0) return SwapMode::On;
   return SwapMode::Auto;
 }
-// The swapped tile whose 16-row multiple covers M (128 < M <= 256).
-Choice swapped_choice(int m) { return Choice(int(Choice::S144) + std::max(0, (m + 15) / 16 - 9)); }
+// The swapped tile for M (128 < M <= 352): its 16-row multiple covers M, or half of M past 256.
+Choice swapped_choice(int m) {
+  const int rows = m <= 256 ? m : (m + 1) / 2;
+  return Choice(int(Choice::S144) + std::max(0, (rows + 15) / 16 - 9));
+}
+// Where the swapped tile beat every default tile (H200, K = 4096 / 12288; bik bench gemm --sweep,
+// logs_h200/e470a92_gemm_sweep.log), a rule in the weight's 64-row tiles (t = ceil(N / 64)) rather than a
+// cost: tile_clocks cannot see that two ping-pong consumers share the tensor cores on 64-row tiles, nor
+// that fewer, wider column tiles move fewer operand bytes through L2.
+//   - t >= 2 SMs (gate|up 24576, the lm-head 151936): up to M = 224; gate|up 136..200 took 62-70 us against
+//     65-78 (M = 200: 70 against 78, the default tiles computing 256 rows), the lm-head 394-414 against
+//     368-456; at 232..256 the default tiles tie or win;
+//   - K >= 8192 (down 4096 x 12288): up to M = 208, 44-57 us against 49-60;
+//   - N >= 6144 (q|k|v): up to M = 160, 19.5-19.9 against 19.1-20.6 (from 176 on the 128x192 tile wins);
+//   - 256 < M <= 352 on two column tiles, when their 2t tiles fit one wave (o-proj and down, N = 4096):
+//     o-proj at M = 288..352 19-22 us against 22-23, down 49-59 against 57-62.
+bool swap_pays(const Problem& p, const DeviceInfo& d) {
+  const int64_t t = (int64_t(p.n) + 63) / 64;
+  if (p.batch != 1) return false;  // measured on single products only
+  if (p.m > 256) return 2 * t <= d.sms && p.n >= 4096;
+  return (t >= 2 * d.sms && p.m <= 224) || (p.k >= 8192 && p.m <= 208) || (p.n >= 6144 && p.m <= 160);
+}
 
 // The tile table. Every tile is tried on every shape and M by `bik bench gemm --sweep`
 // (bench/results/gemm_<gpu>.json); these rules are meant to pick within a few percent of the best.
@@ -130,6 +151,7 @@ Choice swapped_choice(int m) { return Choice(int(Choice::S144) + std::max(0, (m 
 //             32), N=4096 as 64x128 (128), N=6144 as 64x192 (128), N=12288 as 128x192 (128), N=24576 as
 //             128x192 (256, two waves);
 //             M=512 runs N=4096 as 128x128 (128) and N=6144 as 128x192 (128).
+//   128 < M <= 352, no bias, 16-bit out: a swapped tile instead where swap_pays (BIK_GEMM_SWAP).
 // The choice depends on (M, N, K, batch, SM count) only: it moves outputs between threads, never the K order.
 Choice choose(const Problem& p, const DeviceInfo& d) {
   auto tiles_of = [&](const TileShape& t) {
@@ -178,9 +200,7 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
                          Choice::T128x64, Choice::T128x128, Choice::T128x192, Choice::T128x256},
                         cost, true);
   const SwapMode sw = swap_mode_for(p);
-  if (sw == SwapMode::Off) return c;
-  const Choice s = swapped_choice(p.m);
-  return sw == SwapMode::On || cost(kShapes[int(s)]) <= cost(kShapes[int(c)]) ? s : c;
+  return sw == SwapMode::On || (sw == SwapMode::Auto && swap_pays(p, d)) ? swapped_choice(p.m) : c;
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {

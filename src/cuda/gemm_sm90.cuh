@@ -390,6 +390,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // the tile before, computed again with the same bits (a row's sums depend on its own A row only, in
   // whichever row of the tile it sits) and stored again unchanged.
   auto m_base = [&](int tm) { return !kCluster && prm.tma && p.m >= BM ? min(tm * BM, p.m - BM) : tm * BM; };
+  // The same for a swapped tile's columns (activation rows): the last column tile of a product with more
+  // than one starts at N - BN, its first columns computed and stored again with the same bits.
+  auto n_base = [&](int tn) {
+    return Cfg::kSwapped && prm.tma && p.n >= BN ? min(tn * BN, p.n - BN) : tn * BN;
+  };
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
@@ -482,7 +487,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           if (prm.tma) {
             mbar_arrive_expect_tx(full(s), Cfg::kStageBytes);  // out-of-bounds box parts count too
             tma_load(stage_a(s), &map_a, full(s), kb * kBK, m_base(tm), prm.a_batched ? b : 0);
-            tma_load(stage_w(s), &map_w, full(s), kb * kBK, tn * BN, prm.w_batched ? b : 0);
+            tma_load(stage_w(s), &map_w, full(s), kb * kBK, n_base(tn), prm.w_batched ? b : 0);
           } else {
             const T* a = static_cast<const T*>(p.a) + int64_t(b) * p.a_sb;
             const T* w = static_cast<const T*>(p.w) + int64_t(b) * p.w_sb;
@@ -576,14 +581,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const uint32_t staging = bars + Cfg::kBarBytes + (wg * 4 + warp) * Cfg::kEpiWarpBytes;
       if (prm.out_vec16) {
         if constexpr (Cfg::kSwapped)
-          store_tile_columns<Cfg, T>(p, acc, staging, b, row0, tn * BN, lane);
+          store_tile_columns<Cfg, T>(p, acc, staging, b, row0, n_base(tn), lane);
         else if (p.out_f32)
           store_tile_staged<Cfg, T, float>(p, acc, staging, b, row0, tn * BN, lane);
         else
           store_tile_staged<Cfg, T, T>(p, acc, staging, b, row0, tn * BN, lane);
       } else {
         const int row = row0 + (lane >> 2);
-        const int col0 = tn * BN + (lane & 3) * 2;
+        const int col0 = n_base(tn) + (lane & 3) * 2;
 #pragma unroll
         for (int j = 0; j < BN / 8; ++j) {
           store_pair<T>(p, b, row, col0 + j * 8, acc[4 * j], acc[4 * j + 1]);

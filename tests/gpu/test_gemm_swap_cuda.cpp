@@ -68,8 +68,9 @@ std::string shape_str(int64_t m, int64_t n, int64_t k) {
 // Every swapped tile against the default 64x128 tile, bit for bit, on three outputs: 16-bit (the column
 // epilogue), f32 (element stores: the column epilogue takes 16-bit outputs only) and 16-bit rows of
 // N + 1 elements (not 16-byte aligned: element stores). M = 1 and 129 leave most of a tile's columns past
-// M, 300 needs two column tiles of the narrower ones; N = 200 and 1000 end inside a 64-row tile (its last
-// output columns are a partial 16-byte piece); K = 72 is a stage and a zero-filled tail, 4096 wraps the
+// M; 300 needs two or three column tiles of every tile, the last overlapping the one before (it starts
+// at M - BN); N = 200 and 1000 end inside a 64-row tile (its last output columns are a partial 16-byte
+// piece); K = 72 is a stage and a zero-filled tail, 4096 wraps the
 // stage ring within a tile. N = 4096 gives 64 tiles, so CTAs of the ping-pong walk take one or two.
 TEST(GpuGemmSwap, EverySwappedTileGivesTheDefaultBits) {
   BIK_REQUIRE_GPU();
@@ -131,15 +132,16 @@ TEST(GpuGemmSwap, BiasIsRefusedWithAMessage) {
   }
 }
 
-// Through gemm() on the engine's projection shapes at decode batch sizes: BIK_GEMM_SWAP=1 takes the swapped
-// tile (launch counter, configuration name), =0 never does, unset takes the rule's pick; all the same bits.
+// Through gemm() on the engine's projection shapes at decode batch sizes (past 256 rows: two column tiles):
+// BIK_GEMM_SWAP=1 takes the swapped tile (launch counter, configuration name), =0 never does, unset takes
+// the rule's pick (swap_pays); all the same bits.
 TEST(GpuGemmSwap, DispatchGivesTheSameBitsEitherWay) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
   int picked = 0;
   for (DType dt : {DType::BF16, DType::F16})
     for (const auto& [n, k] : std::vector<std::array<int64_t, 2>>{{6144, 4096}, {4096, 4096}, {24576, 4096}, {4096, 12288}})
-      for (int64_t m : {129, 144, 200, 232, 256}) {
+      for (int64_t m : {129, 144, 200, 232, 256, 264, 288, 300, 352}) {
         const std::string what = std::string(dtype_name(dt)) + " " + shape_str(m, n, k);
         const Tensor a = dev_filled({m, k}, dt, uint64_t(m + n)), w = dev_filled({n, k}, dt, uint64_t(k + 1));
         const Tensor base = dev({m, n}, dt), o = dev({m, n}, dt);
@@ -165,11 +167,12 @@ TEST(GpuGemmSwap, DispatchGivesTheSameBitsEitherWay) {
           if (!mode) std::printf("[swap] %s: %s\n", what.c_str(), name.c_str());
         }
       }
-  std::printf("[swap] the default rule picked a swapped tile for %d of 40 products\n", picked);
+  std::printf("[swap] the default rule picked a swapped tile for %d of 72 products\n", picked);
 }
 
-// Rows alone (M = 1, the default tiles) against the same rows inside batches of 129..256 rows that run on
-// swapped tiles (BIK_GEMM_SWAP=1), at random positions among random neighbours, 16-bit out as in the engine.
+// Rows alone (M = 1, the default tiles) against the same rows inside batches of 129..352 rows that run on
+// swapped tiles (BIK_GEMM_SWAP=1: one column tile up to 256 rows, two past it, the second one starting at
+// M - BN), at random positions among random neighbours, 16-bit out as in the engine.
 // Negative control: the same check on cuBLASLt, whose kernels change with M, must find rows that differ.
 TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
   BIK_REQUIRE_GPU();
@@ -191,8 +194,10 @@ TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
     const ScopedEnv on("BIK_GEMM_SWAP", "1");
     int64_t cases = 0, diffs = 0;
     const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
-    const Tensor a = dev({256, k}, dt), o = dev({256, n}, dt);
-    for (int64_t m : {129, 130, 143, 144, 145, 160, 177, 200, 208, 231, 232, 240, 255, 256}) {
+    const std::vector<int64_t> sizes = {129, 130, 143, 144, 145, 160, 177, 200, 208, 231,
+                                        232, 240, 255, 256, 257, 264, 288, 301, 333, 352};
+    const Tensor a = dev({352, k}, dt), o = dev({352, n}, dt);
+    for (int64_t m : sizes) {
       const TensorView av = a.view().narrow(0, 0, m), ov = o.view().narrow(0, 0, m);
       copy(av, pool.view().narrow(0, int64_t(rng() % uint64_t(pool_rows - m)), m));
       std::vector<int64_t> pos;
@@ -215,7 +220,7 @@ TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
     std::printf("[swap] %s: %lld of %lld rows differ from the row computed alone\n", cublas ? "cublaslt" : "bik",
                 (long long)diffs, (long long)cases);
     if (cublas) EXPECT_GT(diffs, 0) << "the row check found no variance in cuBLASLt: it has no teeth";
-    else EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - l0, 14u) << "every batch on a swapped tile";
+    else EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - l0, sizes.size()) << "every batch on a swapped tile";
   }
 }
 
