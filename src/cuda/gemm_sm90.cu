@@ -126,7 +126,8 @@ Choice swapped_choice(int m) {
 //   - t >= 2 SMs (gate|up 24576, the lm-head 151936): up to M = 224; gate|up 136..200 took 62-70 us against
 //     65-78 (M = 200: 70 against 78, the default tiles computing 256 rows), the lm-head 394-414 against
 //     368-456; at 232..256 the default tiles tie or win;
-//   - K >= 8192 (down 4096 x 12288): up to M = 208, 44-57 us against 49-60;
+//   - K >= 8192 in one piece (K not a multiple of 128; measured on down 4096 x 12288 before the two-piece
+//     plan took that shape): up to M = 208, 44-57 us against 49-60;
 //   - N >= 6144 (q|k|v): up to M = 160, 19.5-19.9 against 19.1-20.6 (from 176 on the 128x192 tile wins);
 //   - 256 < M <= 352 on two column tiles, when their 2t tiles fit one wave (o-proj and down, N = 4096):
 //     o-proj at M = 288..352 19-22 us against 22-23, down 49-59 against 57-62.
@@ -283,7 +284,8 @@ Params walk_params(const Problem& p, const TileOrder& order) {
 // ---- cluster mode (gemm_sm90.cuh): pairs of CTAs share one operand through TMA multicast ----------------
 // BIK_GEMM_CLUSTER, read at each call so tests and benchmarks can flip it between calls:
 //   unset -> clusters of two (the shared operand picked per shape, share_w_for) for decode-sized products
-//            with few output columns and a long K (M <= 256, N <= 4096, K >= 8192, one batch): on an H200 the
+//            with few output columns and a long K in one piece (M <= 256, N <= 4096, K >= 8192 and not the
+//            two-piece plan's multiple of 128, one batch; measured before that plan existed): on an H200 the
 //            down projection 4096 x 12288 at M = 1..128 took 36.6-43.5 us against 40.2-47.2 on one CTA a
 //            tile, 47.1 against 47.5 at M = 256; with K = 4096 the pairs gained nothing reliable (4096 x 4096
 //            0.4 us faster at M <= 128, 0.9 us slower at 256; logs_h200/146edda_gemm_rule_*.log); and for two
@@ -626,11 +628,12 @@ void fold_pieces(const Problem& p, const float* ws, const DeviceInfo& d, cudaStr
 
 std::atomic<uint64_t> g_piece_batches{0};
 
-// The inline way's tile: 64x128 or 128x128 (two accumulator sets of 64 registers), fewer waves x tile_clocks.
+// The inline way's tile: 64x128, 128x128 or 128x192 (two accumulator sets of up to 96 registers; 128x256
+// would need 256), fewer waves x tile_clocks.
 Choice inline_pieces_choice(const Problem& p, const DeviceInfo& d) {
   double best = 0;
   Choice c = Choice::T64x128;
-  for (Choice x : {Choice::T64x128, Choice::T128x128}) {
+  for (Choice x : {Choice::T64x128, Choice::T128x128, Choice::T128x192}) {
     const TileShape& t = kShapes[int(x)];
     const int64_t tiles = int64_t((p.m + t.bm - 1) / t.bm) * ((p.n + t.bn - 1) / t.bn) * p.batch;
     const double cost = double((tiles + d.sms - 1) / d.sms) * tile_clocks(t, p.k);
@@ -649,7 +652,8 @@ void run_two_pieces(const GemmArgs& g, Problem p, int split_len, const DeviceInf
   const bool bf16 = g.a.dtype == DType::BF16;
   BIK_CHECK(bf16 || g.a.dtype == DType::F16, "gemm_sm90: inputs must be f16 or bf16, got ", dtype_name(g.a.dtype));
   const std::vector<void*> bufs = pack_for_tma(p, bf16, st);
-  const bool inline_tile = tile == nullptr || *tile == Choice::T64x128 || *tile == Choice::T128x128;
+  const bool inline_tile =
+      tile == nullptr || *tile == Choice::T64x128 || *tile == Choice::T128x128 || *tile == Choice::T128x192;
   if ((pieces_mode_for(p) == PiecesMode::Batch || !inline_tile) && p.batch == 1 && p.a_sk == 1 && p.w_sk == 1) {
     void* ws = nullptr;
     BIK_CUDA_CHECK(cudaMallocAsync(&ws, size_t(2) * size_t(p.m) * size_t(p.n) * sizeof(float), st));
@@ -662,16 +666,18 @@ void run_two_pieces(const GemmArgs& g, Problem p, int split_len, const DeviceInf
     BIK_CUDA_CHECK(cudaFreeAsync(ws, st));
     g_piece_batches.fetch_add(1, std::memory_order_relaxed);
   } else {
-    BIK_CHECK(inline_tile, "matmul: a batched product with two K pieces runs on the 64x128 or 128x128 tile only");
+    BIK_CHECK(inline_tile, "matmul: a batched product with two K pieces runs on the 64x128, 128x128 or 128x192 "
+                           "tile only");
     const Choice c = tile ? *tile : inline_pieces_choice(p, d);
     const int split_kb = split_len / kBK;
-    if (c == Choice::T64x128) {
-      if (bf16) launch_one_cta<Tile64x128, __nv_bfloat16, true>(p, d, st, 8, split_kb);
-      else launch_one_cta<Tile64x128, __half, true>(p, d, st, 8, split_kb);
-    } else {
-      if (bf16) launch_one_cta<Tile128x128, __nv_bfloat16, true>(p, d, st, 8, split_kb);
-      else launch_one_cta<Tile128x128, __half, true>(p, d, st, 8, split_kb);
-    }
+    auto go = [&](auto cfg) {
+      using Cfg = decltype(cfg);
+      if (bf16) launch_one_cta<Cfg, __nv_bfloat16, true>(p, d, st, 8, split_kb);
+      else launch_one_cta<Cfg, __half, true>(p, d, st, 8, split_kb);
+    };
+    if (c == Choice::T64x128) go(Tile64x128{});
+    else if (c == Choice::T128x128) go(Tile128x128{});
+    else go(Tile128x192{});
   }
   for (void* b : bufs) BIK_CUDA_CHECK(cudaFreeAsync(b, st));
 }

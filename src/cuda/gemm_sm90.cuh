@@ -553,32 +553,37 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) acc1[i] = 0.f;
       }
-      for (int kb = 0; kb < num_kb; ++kb, ++it) {
-        const int s = it % STAGES, phase = (it / STAGES) & 1;
-        mbar_wait(full(s), phase);
-        // The stage addresses through a broadcast from lane 0 (the same in every lane): the compiler then
-        // keeps the descriptors in uniform registers instead of moving them there before every wgmma.
-        const uint32_t sa = __shfl_sync(0xffffffffu, stage_a(s) + slab * 64 * kRowBytes, 0);
-        const uint32_t sw = __shfl_sync(0xffffffffu, stage_w(s), 0);
-        const uint64_t da = smem_desc(sa), dw = smem_desc(sw);
-        pin(acc);
-        if constexpr (kTwoPieces) pin(acc1);
-        wgmma_fence();
-        if (!kTwoPieces || kb < prm.split_kb) {
+      // K stages [kb0, kb1) into `ac`: one straight wgmma chain per accumulator set (two sets in one loop
+      // made the compiler serialise the wgmmas).
+      auto k_stages = [&](float(&ac)[BN / 2], int kb0, int kb1) {
+        for (int kb = kb0; kb < kb1; ++kb, ++it) {
+          const int s = it % STAGES, phase = (it / STAGES) & 1;
+          mbar_wait(full(s), phase);
+          // The stage addresses through a broadcast from lane 0 (the same in every lane): the compiler then
+          // keeps the descriptors in uniform registers instead of moving them there before every wgmma.
+          const uint32_t sa = __shfl_sync(0xffffffffu, stage_a(s) + slab * 64 * kRowBytes, 0);
+          const uint32_t sw = __shfl_sync(0xffffffffu, stage_w(s), 0);
+          const uint64_t da = smem_desc(sa), dw = smem_desc(sw);
+          pin(ac);
+          wgmma_fence();
 #pragma unroll
-          for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
-        } else if constexpr (kTwoPieces) {
-#pragma unroll
-          for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc1, da + 2 * kk, dw + 2 * kk);
+          for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(ac, da + 2 * kk, dw + 2 * kk);
+          wgmma_commit();
+          pin(ac);
+          // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
+          wgmma_wait<1>();
+          pin(ac);
+          if (kb > 0 && lane == 0) release((it - 1) % STAGES);
         }
-        wgmma_commit();
+      };
+      if constexpr (kTwoPieces) {
+        const int split = min(prm.split_kb, num_kb);
+        k_stages(acc, 0, split);
+        wgmma_wait<0>();  // piece 0's registers settle before piece 1's chain starts
         pin(acc);
-        if constexpr (kTwoPieces) pin(acc1);
-        // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
-        wgmma_wait<1>();
-        pin(acc);
-        if constexpr (kTwoPieces) pin(acc1);
-        if (kb > 0 && lane == 0) release((it - 1) % STAGES);
+        k_stages(acc1, split, num_kb);
+      } else {
+        k_stages(acc, 0, num_kb);
       }
       // Ping-pong: the next tile's turn may issue now, behind this tile's wgmmas still in flight.
       if constexpr (kPingPong) {

@@ -90,18 +90,22 @@ TEST(GpuGemmPieces, OutputIsPieceZeroPlusPieceOne) {
       const Tensor p0 = dev({m, n}, DType::F32), p1 = dev({m, n}, DType::F32);
       mm(p0, a.view().narrow(1, 0, k / 2), w.view().narrow(1, 0, k / 2));
       mm(p1, a.view().narrow(1, k / 2, k / 2), w.view().narrow(1, k / 2, k / 2));
-      const std::vector<float> h0 = host_f32(p0), h1 = host_f32(p1), hb = host_f32(bias);
-      // The expected output in dt: round((p0 + p1) + b) through a host tensor conversion (round to nearest).
+      const std::vector<float> h0 = host_f32(p0), h1 = host_f32(p1);
+      const Tensor hbias = Tensor::empty({n}, dt);
+      copy(hbias, bias);
+      // The expected outputs: p0 + p1 in F32; round(p0 + p1) and round((p0 + p1) + b) to dt, to nearest even.
       const Tensor want32 = Tensor::empty({m, n}, DType::F32);
-      const Tensor want32b = Tensor::empty({m, n}, DType::F32);
+      const Tensor want16 = Tensor::empty({m, n}, dt), want16b = Tensor::empty({m, n}, dt);
+      auto to16 = [&](float v) {
+        return dt == DType::BF16 ? to_bf16(v).bits : to_f16(v).bits;
+      };
+      auto from16 = [&](uint16_t b) { return dt == DType::BF16 ? to_float(bf16{b}) : to_float(f16{b}); };
       for (int64_t i = 0; i < m * n; ++i) {
         const float s = h0[size_t(i)] + h1[size_t(i)];
         want32.ptr<float>()[i] = s;
-        want32b.ptr<float>()[i] = s + hb[size_t(i % n)];
+        want16.ptr<uint16_t>()[i] = to16(s);
+        want16b.ptr<uint16_t>()[i] = to16(s + from16(hbias.ptr<uint16_t>()[i % n]));
       }
-      const Tensor want16 = Tensor::empty({m, n}, dt), want16b = Tensor::empty({m, n}, dt);
-      copy(want16, want32);
-      copy(want16b, want32b);
       for (const char* mode : {"batch", "inline"}) {
         const ScopedEnv env("BIK_GEMM_PIECES", mode);
         const Tensor o32 = dev({m, n}, DType::F32), o16 = dev({m, n}, dt), o16b = dev({m, n}, dt);
