@@ -27,16 +27,10 @@ GemmPlan gemm_plan(Target t, DType dtype, int64_t, int64_t k) {
     return GemmPlan{1, k, Mma::FmaChain, 1};
   }
   // CUDA (src/cuda/gemm*.cu). F32 inputs: one F32 FMA chain per output in a SIMT kernel (no TF32).
-  // F16/BF16: each output is one F32 accumulator fed by the tensor-core MMA in K steps of 16 from k = 0
-  // (tail zero-filled), except the two-piece plan below. The MMA family is fixed per architecture for every M: wgmma on
+  // F16/BF16: K is never split; each output is one F32 accumulator fed by the tensor-core MMA in K steps
+  // of 16 from k = 0 (tail zero-filled). The MMA family is fixed per architecture for every M: wgmma on
   // sm_90 (the library ships sm_90a code), mma.sync m16n8k16 on sm_80..sm_89.
   if (dtype == DType::F32) return GemmPlan{1, k, Mma::FmaChain, 1};
-  // sm_90, K >= 8192 (a multiple of 128): two pieces of K / 2, each a wgmma chain from zero, added once.
-  // A long K with few output columns (an 8B model's down projection, 4096 x 12288) leaves the GPU's SMs
-  // short of tiles at decode sizes unless K is cut; cut by K alone (never N: tensor-parallel shards keep
-  // the plan; never M: every batch size sums alike), the pieces can run as separate tiles when M is small
-  // and in one tile's two accumulator sets when it is not (src/cuda/gemm_sm90.cu, run_two_pieces).
-  if (t.arch == 90 && k >= 8192 && k % 128 == 0) return GemmPlan{2, k / 2, Mma::WgmmaSm90, 16};
   return GemmPlan{1, k, t.arch == 90 ? Mma::WgmmaSm90 : Mma::MmaSyncSm80, 16};
 }
 

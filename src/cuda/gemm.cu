@@ -51,8 +51,7 @@ policy::GemmPlan plan_for(const GemmArgs& g, const gemm_detail::DeviceInfo& d) {
 void gemm(const GemmArgs& g, Stream s) {
   const auto& d = gemm_detail::use_device(g.a.device.index);
   const policy::GemmPlan plan = plan_for(g, d);
-  BIK_CHECK(plan.k_splits == 1 || (plan.k_splits == 2 && plan.mma == policy::Mma::WgmmaSm90),
-            "matmul: the CUDA kernels implement unsplit K plans, and two K pieces on sm_90 only");
+  BIK_CHECK(plan.k_splits == 1, "matmul: the CUDA kernels implement unsplit K plans only");
   switch (plan.mma) {
     case policy::Mma::FmaChain: return gemm_f32(g, s);
     case policy::Mma::WgmmaSm90: return gemm_sm90(g, s);
@@ -65,10 +64,7 @@ std::string gemm_config_name(const GemmArgs& g) {
   const gemm_detail::Problem p = gemm_detail::make_problem(g);
   switch (plan_for(g, d).mma) {
     case policy::Mma::FmaChain: return gemm_detail::f32_config_name(p, d);
-    case policy::Mma::WgmmaSm90: {
-      const policy::GemmPlan plan = plan_for(g, d);
-      return gemm_detail::sm90_config_name(p, d, plan.k_splits == 2 ? int(plan.k_split_len) : 0);
-    }
+    case policy::Mma::WgmmaSm90: return gemm_detail::sm90_config_name(p, d);
     case policy::Mma::MmaSyncSm80: return gemm_detail::sm80_config_name(p, d);
   }
   return "?";

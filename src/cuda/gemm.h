@@ -35,8 +35,6 @@ uint64_t gemm_sm90_cluster_launches();
 uint64_t gemm_sm90_pingpong_launches();
 // Swapped-tile launches so far (BIK_GEMM_SWAP and the swap64x* tiles; tests check the path was taken).
 uint64_t gemm_sm90_swapped_launches();
-// Products whose two K pieces (the plan for K >= 8192) ran as a batch of two plus a fold (BIK_GEMM_PIECES).
-uint64_t gemm_sm90_piece_batches();
 
 // Name of the kernel configuration gemm() runs for this problem, e.g. "sm90 128x256 tma".
 std::string gemm_config_name(const GemmArgs& g);

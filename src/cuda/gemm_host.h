@@ -29,7 +29,7 @@ inline bool vector_rows(const void* base, int64_t sk, int64_t s_row, int rows, i
 
 
 std::string sm80_config_name(const Problem& p, const DeviceInfo& d);
-std::string sm90_config_name(const Problem& p, const DeviceInfo& d, int split_len);  // split_len: the plan's K piece, 0: none
+std::string sm90_config_name(const Problem& p, const DeviceInfo& d);
 std::string f32_config_name(const Problem& p, const DeviceInfo& d);
 
 }  // namespace bik::cuda::gemm_detail

@@ -15,7 +15,6 @@
 #include <utility>
 #include <vector>
 
-#include "core/policy.h"
 #include "cuda/gemm.h"
 #include "cuda/gemm_host.h"
 #include "cuda/gemm_sm90.cuh"
@@ -111,8 +110,9 @@ SwapMode swap_mode_for(const Problem& p) {
   return SwapMode::Auto;
 }
 // The swapped tile for M (128 < M <= 352): the narrowest that covers M, or half of M past 256. There is
-// none of 176 or 240 columns: composed of three wgmma shapes each, they ran slower than 192 and 256
-// (H200: gate|up at M = 168 on 64x176 75.6 us, 70.4 without a swapped tile; logs_h200/0459af4_gemm_swap.log).
+// none of 176 columns, composed of three wgmma shapes: at M = 168 it ran gate|up in 75.6 us against 70.4
+// without a swapped tile, down in 55.7 against 53.2 (H200, logs_h200/0459af4_gemm_swap.log), where 192
+// columns win; nor of 240, three shapes as well and never picked by the rule (M <= 224).
 Choice swapped_choice(int m) {
   const int rows = m <= 256 ? m : (m + 1) / 2;
   for (Choice c : {Choice::S144, Choice::S160, Choice::S192, Choice::S208, Choice::S224})
@@ -126,8 +126,7 @@ Choice swapped_choice(int m) {
 //   - t >= 2 SMs (gate|up 24576, the lm-head 151936): up to M = 224; gate|up 136..200 took 62-70 us against
 //     65-78 (M = 200: 70 against 78, the default tiles computing 256 rows), the lm-head 394-414 against
 //     368-456; at 232..256 the default tiles tie or win;
-//   - K >= 8192 in one piece (K not a multiple of 128; measured on down 4096 x 12288 before the two-piece
-//     plan took that shape): up to M = 208, 44-57 us against 49-60;
+//   - K >= 8192 (down 4096 x 12288): up to M = 208, 44-57 us against 49-60;
 //   - N >= 6144 (q|k|v): up to M = 160, 19.5-19.9 against 19.1-20.6 (from 176 on the 128x192 tile wins);
 //   - 256 < M <= 352 on two column tiles, when their 2t tiles fit one wave (o-proj and down, N = 4096):
 //     o-proj at M = 288..352 19-22 us against 22-23, down 49-59 against 57-62.
@@ -284,8 +283,7 @@ Params walk_params(const Problem& p, const TileOrder& order) {
 // ---- cluster mode (gemm_sm90.cuh): pairs of CTAs share one operand through TMA multicast ----------------
 // BIK_GEMM_CLUSTER, read at each call so tests and benchmarks can flip it between calls:
 //   unset -> clusters of two (the shared operand picked per shape, share_w_for) for decode-sized products
-//            with few output columns and a long K in one piece (M <= 256, N <= 4096, K >= 8192 and not the
-//            two-piece plan's multiple of 128, one batch; measured before that plan existed): on an H200 the
+//            with few output columns and a long K (M <= 256, N <= 4096, K >= 8192, one batch): on an H200 the
 //            down projection 4096 x 12288 at M = 1..128 took 36.6-43.5 us against 40.2-47.2 on one CTA a
 //            tile, 47.1 against 47.5 at M = 256; with K = 4096 the pairs gained nothing reliable (4096 x 4096
 //            0.4 us faster at M <= 128, 0.9 us slower at 256; logs_h200/146edda_gemm_rule_*.log); and for two
@@ -423,14 +421,13 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
 }
 
 // The one-CTA-a-tile launch of Cfg (persistent: at most one CTA an SM), walking bands of `group` M-tiles.
-template <class Cfg, typename T, bool kTwoPieces = false>
-void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int group, int split_kb = 0) {
-  auto kernel = gemm_kernel<Cfg, T, false, kTwoPieces>;
+template <class Cfg, typename T>
+void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int group) {
+  auto kernel = gemm_kernel<Cfg, T>;
   BIK_CHECK(Cfg::kSmemBytes <= d.smem_optin, "matmul: sm90 tile needs ", Cfg::kSmemBytes,
             " bytes of shared memory; the device allows ", d.smem_optin);
   Params prm = walk_params(p, TileOrder{(p.m + Cfg::BM - 1) / Cfg::BM, (p.n + Cfg::BN - 1) / Cfg::BN, group});
   if constexpr (Cfg::kSwapped) prm.out_vec16 = columns_vec16_of(p);
-  prm.split_kb = split_kb;
   const int64_t total = prm.total_tiles;
   const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
@@ -566,129 +563,6 @@ void run_packed(Choice c, const GemmArgs& g, Problem p, const DeviceInfo& d, cud
   for (void* b : bufs) BIK_CUDA_CHECK(cudaFreeAsync(b, st));
 }
 
-// ---- the plan's two K pieces (policy::gemm_plan: K >= 8192 on sm_90) ----------------------------------
-// out = round((piece 0 + piece 1) + bias), each piece the wgmma chain over its half of K from zero. Two
-// ways, the same bits:
-//   batch:  a product of one batch, K-contiguous operands, M <= 256 (decode sizes): the pieces run as a
-//           batch of two over half of K (batch stride = the piece length) into F32 partials [2][M][N],
-//           which fold_pieces_kernel adds in piece order. Twice the tiles of half the K: at decode sizes
-//           the weight then streams through twice the SMs, and M = 129..256 fills the GPU with 128x128
-//           tiles (two consumer warpgroups) instead of 64-row ones;
-//   inline: otherwise (and BIK_GEMM_PIECES=inline): one kernel keeps the pieces in two accumulator sets
-//           (gemm_kernel's kTwoPieces) on a 64x128 or 128x128 tile, so prefill-sized products pay no
-//           partials pass. BIK_GEMM_PIECES=batch takes the batch way wherever it applies (for the tests).
-enum class PiecesMode { Batch, Inline };
-PiecesMode pieces_mode_for(const Problem& p) {
-  const bool batch_ok = p.batch == 1 && p.a_sk == 1 && p.w_sk == 1;
-  const char* e = std::getenv("BIK_GEMM_PIECES");
-  if (e != nullptr && std::strcmp(e, "inline") == 0) return PiecesMode::Inline;
-  if (e != nullptr && std::strcmp(e, "batch") == 0) return batch_ok ? PiecesMode::Batch : PiecesMode::Inline;
-  return batch_ok && p.m <= 256 ? PiecesMode::Batch : PiecesMode::Inline;
-}
-
-// The batch way's product: pieces as batches, into ws [2][M][N] (F32, contiguous), no bias.
-Problem pieces_problem(const Problem& p, int split_len, float* ws) {
-  Problem q = p;
-  q.batch = 2;
-  q.k = split_len;
-  q.a_sb = split_len;
-  q.w_sb = split_len;
-  q.out = ws;
-  q.o_sb = int64_t(p.m) * p.n;
-  q.o_sm = p.n;
-  q.o_sn = 1;
-  q.out_f32 = true;
-  q.bias = nullptr;
-  q.out_pairs = p.n % 2 == 0;
-  return q;
-}
-
-// out[m, n] = round((ws[0][m][n] + ws[1][m][n]) + bias[n]): the same additions and rounding as the inline
-// kernel's epilogue (store_pair / the staged stores).
-template <typename T, typename O>
-__global__ void fold_pieces_kernel(Problem p, const float* ws) {
-  const int64_t mn = int64_t(p.m) * p.n;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < mn; i += int64_t(gridDim.x) * blockDim.x) {
-    const int m = int(i / p.n), n = int(i - int64_t(m) * p.n);
-    const float v = add_bias<T>(p, n, __fadd_rn(ws[i], ws[mn + i]));
-    static_cast<O*>(p.out)[int64_t(m) * p.o_sm + int64_t(n) * p.o_sn] = from_f32<O>(v);
-  }
-}
-
-template <typename T>
-void fold_pieces(const Problem& p, const float* ws, const DeviceInfo& d, cudaStream_t st) {
-  const int64_t mn = int64_t(p.m) * p.n;
-  const int blocks = int(std::min<int64_t>((mn + 255) / 256, int64_t(d.sms) * 8));
-  if (p.out_f32)
-    fold_pieces_kernel<T, float><<<blocks, 256, 0, st>>>(p, ws);
-  else
-    fold_pieces_kernel<T, T><<<blocks, 256, 0, st>>>(p, ws);
-  BIK_CUDA_LAUNCH_CHECK();
-}
-
-std::atomic<uint64_t> g_piece_batches{0};
-
-// The inline way's tile: 64x128, 128x128 or 128x192 (two accumulator sets of up to 96 registers; 128x256
-// would need 256), fewer waves x tile_clocks.
-Choice inline_pieces_choice(const Problem& p, const DeviceInfo& d) {
-  double best = 0;
-  Choice c = Choice::T64x128;
-  for (Choice x : {Choice::T64x128, Choice::T128x128, Choice::T128x192}) {
-    const TileShape& t = kShapes[int(x)];
-    const int64_t tiles = int64_t((p.m + t.bm - 1) / t.bm) * ((p.n + t.bn - 1) / t.bn) * p.batch;
-    const double cost = double((tiles + d.sms - 1) / d.sms) * tile_clocks(t, p.k);
-    if (x == Choice::T64x128 || cost < best) best = cost, c = x;
-  }
-  return c;
-}
-
-// Both pieces of p (split_len = the plan's piece length, a multiple of 64; K = 2 split_len). `tile`: the
-// named tile of gemm_sm90_tile (the batch way then, or inline on 64x128 / 128x128), else the pick for M.
-void run_two_pieces(const GemmArgs& g, Problem p, int split_len, const DeviceInfo& d, cudaStream_t st,
-                    const Choice* tile) {
-  BIK_CHECK(p.k == 2 * split_len && split_len % kBK == 0, "matmul: two K pieces of ", split_len,
-            " must make K = ", p.k);
-  if (p.m == 0 || p.n == 0 || p.batch == 0) return;
-  const bool bf16 = g.a.dtype == DType::BF16;
-  BIK_CHECK(bf16 || g.a.dtype == DType::F16, "gemm_sm90: inputs must be f16 or bf16, got ", dtype_name(g.a.dtype));
-  const std::vector<void*> bufs = pack_for_tma(p, bf16, st);
-  const bool inline_tile =
-      tile == nullptr || *tile == Choice::T64x128 || *tile == Choice::T128x128 || *tile == Choice::T128x192;
-  if ((pieces_mode_for(p) == PiecesMode::Batch || !inline_tile) && p.batch == 1 && p.a_sk == 1 && p.w_sk == 1) {
-    void* ws = nullptr;
-    BIK_CUDA_CHECK(cudaMallocAsync(&ws, size_t(2) * size_t(p.m) * size_t(p.n) * sizeof(float), st));
-    const Problem q = pieces_problem(p, split_len, static_cast<float*>(ws));
-    run_any(tile ? *tile : choose(q, d), g, q, d, st);
-    if (bf16)
-      fold_pieces<__nv_bfloat16>(p, static_cast<float*>(ws), d, st);
-    else
-      fold_pieces<__half>(p, static_cast<float*>(ws), d, st);
-    BIK_CUDA_CHECK(cudaFreeAsync(ws, st));
-    g_piece_batches.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    BIK_CHECK(inline_tile, "matmul: a batched product with two K pieces runs on the 64x128, 128x128 or 128x192 "
-                           "tile only");
-    const Choice c = tile ? *tile : inline_pieces_choice(p, d);
-    const int split_kb = split_len / kBK;
-    auto go = [&](auto cfg) {
-      using Cfg = decltype(cfg);
-      if (bf16) launch_one_cta<Cfg, __nv_bfloat16, true>(p, d, st, 8, split_kb);
-      else launch_one_cta<Cfg, __half, true>(p, d, st, 8, split_kb);
-    };
-    if (c == Choice::T64x128) go(Tile64x128{});
-    else if (c == Choice::T128x128) go(Tile128x128{});
-    else go(Tile128x192{});
-  }
-  for (void* b : bufs) BIK_CUDA_CHECK(cudaFreeAsync(b, st));
-}
-
-// The plan's K piece length for this product on sm_90, 0 when K is one piece.
-int split_len_of(const GemmArgs& g, const DeviceInfo& d) {
-  const policy::GemmPlan plan = policy::gemm_plan(policy::Target{policy::Backend::CUDA, d.arch}, g.a.dtype, g.n, g.k);
-  BIK_CHECK(plan.k_splits == 1 || plan.k_splits == 2, "gemm_sm90: plans of ", plan.k_splits, " K pieces");
-  return plan.k_splits == 2 ? int(plan.k_split_len) : 0;
-}
-
 bool tma_possible(const Problem& p) {
   CUtensorMap m{};
   return p.a_sk == 1 && p.w_sk == 1 &&
@@ -698,13 +572,7 @@ bool tma_possible(const Problem& p) {
 
 }  // namespace
 
-std::string sm90_config_name(const Problem& p, const DeviceInfo& d, int split_len) {
-  if (split_len > 0) {
-    if (pieces_mode_for(p) == PiecesMode::Batch)
-      return std::string("sm90 ") + kChoiceNames[int(choose(pieces_problem(p, split_len, nullptr), d))] +
-             " tma, 2 K pieces as a batch";
-    return std::string("sm90 ") + kChoiceNames[int(inline_pieces_choice(p, d))] + " tma, 2 K pieces inline";
-  }
+std::string sm90_config_name(const Problem& p, const DeviceInfo& d) {
   const Choice c = choose(p, d);
   std::string name = std::string("sm90 ") + kChoiceNames[int(c)] + (tma_possible(p) ? " tma" : " tma-packed");
   if (kShapes[int(c)].swapped) return name;
@@ -721,8 +589,6 @@ void gemm_sm90(const GemmArgs& g, Stream s) {
   const auto& d = gemm_detail::use_device(g.a.device.index);
   BIK_CHECK(d.arch == 90, "matmul: the wgmma GEMM needs an sm_90 GPU; device ", d.index, " is sm_", d.arch);
   const gemm_detail::Problem p = gemm_detail::make_problem(g);
-  if (const int split_len = gemm_detail::split_len_of(g, d); split_len > 0)
-    return gemm_detail::run_two_pieces(g, p, split_len, d, gemm_detail::stream_of(s), nullptr);
   gemm_detail::run_packed(gemm_detail::choose(p, d), g, p, d, gemm_detail::stream_of(s));
 }
 
@@ -735,9 +601,6 @@ uint64_t gemm_sm90_pingpong_launches() { return gemm_detail::g_pingpong_launches
 // Swapped-tile launches so far in this process (the tests check that BIK_GEMM_SWAP really took that path).
 uint64_t gemm_sm90_swapped_launches() { return gemm_detail::g_swapped_launches.load(std::memory_order_relaxed); }
 
-// Products run as a batch of two K pieces so far (BIK_GEMM_PIECES; tests check which way ran).
-uint64_t gemm_sm90_piece_batches() { return gemm_detail::g_piece_batches.load(std::memory_order_relaxed); }
-
 std::vector<std::string> gemm_sm90_tiles() {
   return std::vector<std::string>(std::begin(gemm_detail::kChoiceNames), std::end(gemm_detail::kChoiceNames));
 }
@@ -749,10 +612,7 @@ void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile) {
   const auto it = std::find(std::begin(names), std::end(names), tile);
   BIK_CHECK(it != std::end(names), "gemm_sm90_tile: no tile named ", tile);
   const gemm_detail::Problem p = gemm_detail::make_problem(g);
-  const gemm_detail::Choice c = gemm_detail::Choice(it - std::begin(names));
-  if (const int split_len = gemm_detail::split_len_of(g, d); split_len > 0)
-    return gemm_detail::run_two_pieces(g, p, split_len, d, gemm_detail::stream_of(s), &c);
-  gemm_detail::run_packed(c, g, p, d, gemm_detail::stream_of(s));
+  gemm_detail::run_packed(gemm_detail::Choice(it - std::begin(names)), g, p, d, gemm_detail::stream_of(s));
 }
 
 }  // namespace bik::cuda

@@ -120,7 +120,6 @@ struct Params {
   int a_batched, w_batched;  // 0: the operand is one matrix shared by every batch (batch stride 0)
   int out_vec16;             // 1: out rows are 16-byte aligned with unit N stride (staged 16-byte stores)
   int share_w;               // cluster mode only: 1: a pair is two M-tiles sharing W; 0: two N-tiles sharing A
-  int split_kb;              // kTwoPieces only: the K stage where the plan's second K piece starts
 };
 
 #ifdef BIK_SM90_DEVICE_CODE
@@ -368,11 +367,7 @@ __device__ __forceinline__ void store_tile_staged(const Problem& p, const float 
 
 // kCluster: launched in clusters of two along x (see the top of this file); prm.total_tiles then counts
 // pairs of tiles, prm.order walks the grid of pairs, and map_a or map_w (the shared one) has half-height boxes.
-// kTwoPieces: the plan cuts K in two pieces (policy::gemm_plan); stages [0, split_kb) accumulate into acc,
-// the rest into a second set acc1 from zero, and the epilogue stores acc + acc1 (piece 0 plus piece 1,
-// one F32 addition) with the bias and the rounding after it: the sums of gemm_sm90.cu's batched pieces,
-// which compute each piece as a batch of its own and add them in a fold kernel.
-template <class Cfg, typename T, bool kCluster = false, bool kTwoPieces = false>
+template <class Cfg, typename T, bool kCluster = false>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     gemm_kernel(const __grid_constant__ Params prm, const __grid_constant__ CUtensorMap map_a,
                 const __grid_constant__ CUtensorMap map_w) {
@@ -533,7 +528,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
     };
     float acc[BN / 2];
-    float acc1[kTwoPieces ? BN / 2 : 1];
     int it = 0;
     if constexpr (kPingPong) {
       if (wg == 1 && int(walk0) < prm.total_tiles) named_bar_arrive(kTurnBar, 256);  // opens consumer 0's first turn
@@ -549,41 +543,24 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       tile_coords(tile, b, tm, tn);
 #pragma unroll
       for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
-      if constexpr (kTwoPieces) {
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) acc1[i] = 0.f;
-      }
-      // K stages [kb0, kb1) into `ac`: one straight wgmma chain per accumulator set (two sets in one loop
-      // made the compiler serialise the wgmmas).
-      auto k_stages = [&](float(&ac)[BN / 2], int kb0, int kb1) {
-        for (int kb = kb0; kb < kb1; ++kb, ++it) {
-          const int s = it % STAGES, phase = (it / STAGES) & 1;
-          mbar_wait(full(s), phase);
-          // The stage addresses through a broadcast from lane 0 (the same in every lane): the compiler then
-          // keeps the descriptors in uniform registers instead of moving them there before every wgmma.
-          const uint32_t sa = __shfl_sync(0xffffffffu, stage_a(s) + slab * 64 * kRowBytes, 0);
-          const uint32_t sw = __shfl_sync(0xffffffffu, stage_w(s), 0);
-          const uint64_t da = smem_desc(sa), dw = smem_desc(sw);
-          pin(ac);
-          wgmma_fence();
-#pragma unroll
-          for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(ac, da + 2 * kk, dw + 2 * kk);
-          wgmma_commit();
-          pin(ac);
-          // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
-          wgmma_wait<1>();
-          pin(ac);
-          if (kb > 0 && lane == 0) release((it - 1) % STAGES);
-        }
-      };
-      if constexpr (kTwoPieces) {
-        const int split = min(prm.split_kb, num_kb);
-        k_stages(acc, 0, split);
-        wgmma_wait<0>();  // piece 0's registers settle before piece 1's chain starts
+      for (int kb = 0; kb < num_kb; ++kb, ++it) {
+        const int s = it % STAGES, phase = (it / STAGES) & 1;
+        mbar_wait(full(s), phase);
+        // The stage addresses through a broadcast from lane 0 (the same in every lane): the compiler then
+        // keeps the descriptors in uniform registers instead of moving them there before every wgmma.
+        const uint32_t sa = __shfl_sync(0xffffffffu, stage_a(s) + slab * 64 * kRowBytes, 0);
+        const uint32_t sw = __shfl_sync(0xffffffffu, stage_w(s), 0);
+        const uint64_t da = smem_desc(sa), dw = smem_desc(sw);
         pin(acc);
-        k_stages(acc1, split, num_kb);
-      } else {
-        k_stages(acc, 0, num_kb);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
+        wgmma_commit();
+        pin(acc);
+        // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
+        wgmma_wait<1>();
+        pin(acc);
+        if (kb > 0 && lane == 0) release((it - 1) % STAGES);
       }
       // Ping-pong: the next tile's turn may issue now, behind this tile's wgmmas still in flight.
       if constexpr (kPingPong) {
@@ -591,11 +568,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
       wgmma_wait<0>();
       pin(acc);
-      if constexpr (kTwoPieces) {
-        pin(acc1);
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) acc[i] = __fadd_rn(acc[i], acc1[i]);  // piece 0 + piece 1
-      }
       if (num_kb > 0 && lane == 0) release((it - 1) % STAGES);
       // Cluster mode: the partner of the last tile of an odd count computes on copied rows; nothing to store.
       if constexpr (kCluster) {
