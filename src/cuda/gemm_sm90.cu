@@ -44,8 +44,8 @@ using PingPongOf = Config<64, Cfg::BN, pingpong_stages(Cfg::BN), true>;
 
 // The swapped tiles (Config::kSwapped): the kernel computes out^T = w a^T, so 64 weight rows (output
 // columns) are the wgmma M and BN activation rows (output rows) its N, any multiple of 16. For
-// 128 < M <= 256 a tile then covers M rounded up to 16 instead of two 128-row (or several 64-row) tiles
-// rounded up to 64: at M = 144 the default tiles compute 192 or 256 rows. Ping-pong consumers, each on
+// 128 < M <= 256 one tile of 144, 160, 192, 208, 224 or 256 columns covers M instead of two 128-row (or
+// several 64-row) tiles rounded up to 64: at M = 144 the default tiles compute 192 or 256 rows. Ping-pong consumers, each on
 // whole 64 x BN tiles; stages fill the shared memory the epilogue staging leaves (at most 8).
 constexpr int swap_stages(int bn) {
   return std::min(8, (227 * 1024 - 2 * 4 * 16 * 144 - 256 - 1024) / ((64 + bn) * kRowBytes));
@@ -97,8 +97,8 @@ double tile_clocks(const TileShape& t, int k) {
 // BIK_GEMM_SWAP, read at each call: "0" -> never a swapped tile; "1" -> the swapped tile wherever one
 // applies; unset or anything else -> where one applies and swap_pays says so. One applies for
 // 128 < M <= 352 without a bias (a swapped tile's rows are output columns) and with a 16-bit output in
-// 16-byte aligned rows (its column epilogue): one column tile of M rounded up to 16 rows up to M = 256,
-// two of ceil(M / 2) rounded up to 16 past it. It never changes a bit: each output is the same K sum of
+// 16-byte aligned rows (its column epilogue): one column tile, the narrowest that covers M, up to
+// M = 256, two that cover ceil(M / 2) past it. It never changes a bit: each output is the same K sum of
 // one wgmma per K step (wgmma_cols) from zero accumulators, rounded once.
 enum class SwapMode { Off, Auto, On };
 bool swap_applies(const Problem& p);

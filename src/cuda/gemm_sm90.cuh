@@ -105,7 +105,8 @@ struct Config {
   static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
   static_assert(!kPingPong || BM == 64, "ping-pong consumers take whole 64-row tiles");
   // wgmma N is a multiple of 8 up to 256 and a TMA box has at most 256 rows; the staged epilogue walks
-  // BN in chunks of 32 (f32 out) or 64 (16-bit out) columns, so BN is 32, 64, 128, 192 or 256.
+  // BN in chunks of 32 (f32 out) or 64 (16-bit out) columns, so BN is 32, 64, 128, 192 or 256; a swapped
+  // tile's column epilogue walks 16 columns at a time, so there any multiple of 16.
   static_assert((kSwapped ? BN % 16 : BN % 32) == 0 && BN <= 256, "BN: a multiple of 32 (16 swapped), at most 256");
   // Every stage (and its W half) must start on the 1024-byte period of the 128-byte swizzle.
   static_assert(kStageA % 1024 == 0 && kStageBytes % 1024 == 0, "stages keep the swizzle period");

@@ -1,5 +1,6 @@
 // Helpers shared by the GEMM GPU tests.
 #pragma once
+#include <cstring>
 #include <optional>
 
 #include "bik/device.h"
@@ -16,6 +17,19 @@ inline Tensor dev_filled(const Shape& s, DType t, uint64_t seed) {
   Tensor x = dev(s, t);
   cuda::gemm_fill_uniform(x, seed);
   return x;
+}
+
+// Elements of x and y (any devices, any strides, equal shapes and dtypes) whose bytes differ.
+inline int64_t differing(const TensorView& x, const TensorView& y) {
+  const Tensor hx = Tensor::empty(x.sizes(), x.dtype), hy = Tensor::empty(y.sizes(), y.dtype);
+  copy(hx, x);
+  copy(hy, y);
+  const size_t es = size_t(dtype_size(x.dtype));
+  const auto* px = static_cast<const unsigned char*>(hx.data());
+  const auto* py = static_cast<const unsigned char*>(hy.data());
+  int64_t n = 0;
+  for (int64_t i = 0; i < hx.numel(); ++i) n += std::memcmp(px + size_t(i) * es, py + size_t(i) * es, es) != 0;
+  return n;
 }
 
 inline GemmArgs make_args(const TensorView& out, const TensorView& a, const TensorView& w,

@@ -38,6 +38,7 @@ namespace {
 
 using test::dev;
 using test::dev_filled;
+using test::differing;
 using test::gpu;
 using test::make_args;
 
@@ -65,20 +66,6 @@ void finish_or_die(const std::string& what) {
     }
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
-}
-
-// The comparison every check here uses: elements of x and y (any devices, any strides, equal shapes and
-// dtypes) whose bytes differ.
-int64_t differing(const TensorView& x, const TensorView& y) {
-  const Tensor hx = Tensor::empty(x.sizes(), x.dtype), hy = Tensor::empty(y.sizes(), y.dtype);
-  copy(hx, x);
-  copy(hy, y);
-  const size_t es = size_t(dtype_size(x.dtype));
-  const auto* px = static_cast<const unsigned char*>(hx.data());
-  const auto* py = static_cast<const unsigned char*>(hy.data());
-  int64_t n = 0;
-  for (int64_t i = 0; i < hx.numel(); ++i) n += std::memcmp(px + size_t(i) * es, py + size_t(i) * es, es) != 0;
-  return n;
 }
 
 // The tiles with two consumer warpgroups, the ones the ping-pong schedule applies to ("128x32" .. "128x256").

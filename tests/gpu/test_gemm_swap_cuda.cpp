@@ -1,5 +1,5 @@
-// CUDA GEMM, swapped tiles (gemm_sm90.cu, Config::kSwapped): for 128 < M <= 256 the kernel may compute the
-// transposed product out^T = w a^T, 64 weight rows by M rounded up to 16 activation rows a tile, the wgmma
+// CUDA GEMM, swapped tiles (gemm_sm90.cu, Config::kSwapped): for 128 < M <= 352 the kernel may compute the
+// transposed product out^T = w a^T, 64 weight rows by 144..256 activation rows a tile, the wgmma
 // N composed of several instructions (wgmma_cols), and write tile columns as output rows. Every output
 // must keep the default tiles' bits: through the column epilogue (16-bit out) and the element stores (f32
 // out, unaligned rows), at M/N edges and K tails; through gemm() when BIK_GEMM_SWAP picks the tile; and a
@@ -34,23 +34,11 @@ namespace {
 
 using test::dev;
 using test::dev_filled;
+using test::differing;
 using test::gpu;
 using test::is_sm90;
 using test::make_args;
 using test::ScopedEnv;
-
-// Elements of x and y (equal shapes and dtypes, any devices and strides) whose bytes differ.
-int64_t differing(const TensorView& x, const TensorView& y) {
-  const Tensor hx = Tensor::empty(x.sizes(), x.dtype), hy = Tensor::empty(y.sizes(), y.dtype);
-  copy(hx, x);
-  copy(hy, y);
-  const size_t es = size_t(dtype_size(x.dtype));
-  const auto* px = static_cast<const unsigned char*>(hx.data());
-  const auto* py = static_cast<const unsigned char*>(hy.data());
-  int64_t n = 0;
-  for (int64_t i = 0; i < hx.numel(); ++i) n += std::memcmp(px + size_t(i) * es, py + size_t(i) * es, es) != 0;
-  return n;
-}
 
 std::vector<std::string> swapped_tiles() {
   std::vector<std::string> t;
