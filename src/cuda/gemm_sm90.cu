@@ -48,7 +48,9 @@ using PingPongOf = Config<64, Cfg::BN, pingpong_stages(Cfg::BN), true>;
 // several 64-row) tiles rounded up to 64: at M = 144 the default tiles compute 192 or 256 rows. Ping-pong consumers, each on
 // whole 64 x BN tiles; stages fill the shared memory the epilogue staging leaves (at most 8).
 constexpr int swap_stages(int bn) {
-  return std::min(8, (227 * 1024 - 2 * 4 * 16 * 144 - 256 - 1024) / ((64 + bn) * kRowBytes));
+  // less the two consumers' epilogue staging, the 1024-byte alignment slack and up to 8 stages' barriers
+  constexpr int kFree = 227 * 1024 - 2 * 4 * Tile64x32::kEpiWarpBytes - 1024 - 256;
+  return std::min(8, kFree / ((64 + bn) * kRowBytes));
 }
 template <int BN>
 using SwapTile = Config<64, BN, swap_stages(BN), true, true>;

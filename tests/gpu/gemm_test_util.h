@@ -2,6 +2,8 @@
 #pragma once
 #include <cstring>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "bik/device.h"
 #include "bik/tensor.h"
@@ -30,6 +32,19 @@ inline int64_t differing(const TensorView& x, const TensorView& y) {
   int64_t n = 0;
   for (int64_t i = 0; i < hx.numel(); ++i) n += std::memcmp(px + size_t(i) * es, py + size_t(i) * es, es) != 0;
   return n;
+}
+
+// The sm_90 tile names (cuda::gemm_sm90_tiles) that start with `prefix`: "128x" for the two-consumer
+// tiles, "swap" for the swapped ones.
+inline std::vector<std::string> sm90_tiles_named(const std::string& prefix) {
+  std::vector<std::string> t;
+  for (const std::string& name : cuda::gemm_sm90_tiles())
+    if (name.rfind(prefix, 0) == 0) t.push_back(name);
+  return t;
+}
+
+inline std::string shape_str(int64_t m, int64_t n, int64_t k) {
+  return "M=" + std::to_string(m) + " N=" + std::to_string(n) + " K=" + std::to_string(k);
 }
 
 inline GemmArgs make_args(const TensorView& out, const TensorView& a, const TensorView& w,

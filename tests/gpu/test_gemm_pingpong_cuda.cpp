@@ -41,6 +41,7 @@ using test::dev_filled;
 using test::differing;
 using test::gpu;
 using test::make_args;
+using test::shape_str;
 
 using test::is_sm90;
 using test::ScopedEnv;
@@ -69,16 +70,7 @@ void finish_or_die(const std::string& what) {
 }
 
 // The tiles with two consumer warpgroups, the ones the ping-pong schedule applies to ("128x32" .. "128x256").
-std::vector<std::string> two_consumer_tiles() {
-  std::vector<std::string> t;
-  for (const std::string& name : cuda::gemm_sm90_tiles())
-    if (name.rfind("128x", 0) == 0) t.push_back(name);
-  return t;
-}
-
-std::string shape_str(int64_t m, int64_t n, int64_t k) {
-  return "M=" + std::to_string(m) + " N=" + std::to_string(n) + " K=" + std::to_string(k);
-}
+std::vector<std::string> two_consumer_tiles() { return test::sm90_tiles_named("128x"); }
 
 // The three epilogues of one problem: f32 out (staged 16-byte stores), 16-bit out with a bias (64-column
 // staging chunks), and f32 out in rows of N + 1 (not 16-byte aligned: element-pair stores).

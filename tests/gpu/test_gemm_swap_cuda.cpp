@@ -38,18 +38,10 @@ using test::differing;
 using test::gpu;
 using test::is_sm90;
 using test::make_args;
+using test::shape_str;
 using test::ScopedEnv;
 
-std::vector<std::string> swapped_tiles() {
-  std::vector<std::string> t;
-  for (const std::string& name : cuda::gemm_sm90_tiles())
-    if (name.rfind("swap", 0) == 0) t.push_back(name);
-  return t;
-}
-
-std::string shape_str(int64_t m, int64_t n, int64_t k) {
-  return "M=" + std::to_string(m) + " N=" + std::to_string(n) + " K=" + std::to_string(k);
-}
+std::vector<std::string> swapped_tiles() { return test::sm90_tiles_named("swap"); }
 
 }  // namespace
 
