@@ -25,8 +25,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <deque>
-#include <mutex>
 #include <set>
 #include <string>
 #include <utility>
@@ -162,19 +160,8 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
 // the device loads. (The kernel body exists only in the sm_90a pass; an sm_90 build without the "a"
 // features traps instead of returning garbage.) Cached per device.
 bool sm90_kernel_loadable(int device) {
-  static std::mutex mu;
-  static std::deque<int> cache;  // -1 unknown, 0 no, 1 yes
-  std::lock_guard<std::mutex> lock(mu);
-  if (int(cache.size()) <= device) cache.resize(size_t(device) + 1, -1);
-  int& known = cache[size_t(device)];
-  if (known < 0) {
-    cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(
-        &attr, reinterpret_cast<const void*>(attn::sm90::attention_kernel<__nv_bfloat16, 128, false>));
-    if (e != cudaSuccess) cudaGetLastError();  // no image for this device: clear the error, use mma.sync
-    known = e == cudaSuccess && attr.ptxVersion >= 90 && attr.binaryVersion == 90 ? 1 : 0;
-  }
-  return known == 1;
+  return kernel_built_for(reinterpret_cast<const void*>(attn::sm90::attention_kernel<__nv_bfloat16, 128, false>),
+                          device, 90);
 }
 
 // BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "1" -> 1 (one-warpgroup wgmma), "2" -> 2 (pipelined wgmma),

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <deque>
+#include <map>
 #include <mutex>
 #include <set>
 #include <utility>
@@ -40,6 +41,20 @@ void allow_dynamic_smem(const void* kernel, int device, int bytes) {
   if (done.count({kernel, device})) return;
   BIK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   done.insert({kernel, device});
+}
+
+bool kernel_built_for(const void* kernel, int device, int arch) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, bool> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(kernel, device);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  cudaFuncAttributes attr{};
+  const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
+  if (e != cudaSuccess) (void)cudaGetLastError();  // no image for this device
+  const bool ok = e == cudaSuccess && attr.ptxVersion >= arch && attr.binaryVersion >= arch;
+  cache[key] = ok;
+  return ok;
 }
 
 }  // namespace bik::cuda

@@ -16,4 +16,10 @@ const DeviceInfo& use_device(int index);
 // cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per (kernel, device).
 void allow_dynamic_smem(const void* kernel, int device, int bytes);
 
+// Whether the image of `kernel` that device `device` loads was compiled for compute capability `arch` x10
+// or later, from PTX of that version or later: kernels whose body exists only in those passes (sm_90
+// copies, wgmma) would otherwise run empty from an older architecture's PTX, JIT-compiled. False when the
+// build has no image the device can load. Cached per (kernel, device).
+bool kernel_built_for(const void* kernel, int device, int arch);
+
 }  // namespace bik::cuda

@@ -3,8 +3,6 @@
 // Every configuration is a wgmma kernel with 64-wide K stages (see gemm_sm90.cuh), so the choice among
 // them (by M, N and the SM count) never changes a bit of any output; it only trades weight-bandwidth
 // parallelism (small tiles, many CTAs) against tensor-core efficiency (large tiles).
-#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
-
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -18,6 +16,7 @@
 #include "cuda/gemm.h"
 #include "cuda/gemm_host.h"
 #include "cuda/gemm_sm90.cuh"
+#include "cuda/tensor_map.h"
 
 namespace bik::cuda {
 namespace gemm_detail {
@@ -208,17 +207,6 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
   return sw == SwapMode::On || (sw == SwapMode::Auto && swap_pays(p, d)) ? swapped_choice(p.m) : c;
 }
 
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    BIK_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
-    BIK_CHECK(f != nullptr && q == cudaDriverEntryPointSuccess, "matmul: the driver has no cuTensorMapEncodeTiled");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
 // A [batches, rows, K] view of a K-major operand, boxes of [1, box_rows, 64] in the 128-byte swizzle.
 // Returns false when TMA cannot describe it (the kernel then loads with its producer warps).
 bool make_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, int64_t s_row, int batches,
@@ -233,7 +221,7 @@ bool make_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, in
   const cuuint64_t strides[2] = {cuuint64_t(s_row * 2), cuuint64_t(s_batch * 2)};
   const cuuint32_t box[3] = {cuuint32_t(kBK), cuuint32_t(box_rows), 1};
   const cuuint32_t elem_strides[3] = {1, 1, 1};
-  const CUresult r = encode_fn()(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,
+  const CUresult r = tensor_map_encoder("matmul")(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,
                                  const_cast<void*>(base), dims, strides, box, elem_strides,
                                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);

@@ -10,6 +10,7 @@
 // argmax is exact in any order (a strict total order on (value, index)), so only its result is fixed.
 #include <cooperative_groups.h>
 
+#include <atomic>
 #include <climits>
 #include <cstdlib>
 #include <mutex>
@@ -19,7 +20,9 @@
 
 #include "core/backend.h"
 #include "cuda/device_info.h"
+#include "cuda/reduce.h"
 #include "cuda/rows.cuh"
+#include "cuda/tensor_map.h"
 
 namespace bik::cuda {
 namespace {
@@ -624,6 +627,117 @@ __global__ void __launch_bounds__(256)
   out[out_idx.offset(col)] = from_f32<To>(total);
 }
 
+// ---- the column sum fed by the copy engine (sm_90) ---------------------------------------------------------
+// One CTA takes a tile of 128 bytes of columns (kCols = 128 / sizeof(Tx)) over the whole reduced dim and
+// every class of the plan, with C = L / 16: class c holds the lanes j = c + m C, m < 16. The copy engine
+// brings boxes of [16 m][8 classes][the tile's 128 bytes] through a view of x as [n / C][C][cols] (n a
+// multiple of C): box (g, p) holds pass p (reduced indices c + (m + 16 p) C) of classes 8g .. 8g + 7.
+// Consumer warp w takes class 8g + w of every group g; its lane (tx, ty) the 16 bytes tx of the lanes
+// m = ty + 4k (k < 4), adding the passes in increasing p, so each lane sums its elements in increasing
+// index. The class's steps w' = 8, 4 run inside the thread (lanes k and k + 2, then k and k + 1), w' = 2, 1
+// across the warp (lanes 16 and 8 apart), and the class value goes to shared memory; once every class is
+// there the CTA folds them by the steps w = C/2 .. 1 and writes the tile's outputs. The lanes, their order
+// and the tree are reduce_cols_kernel's, so the bits are too, with no partials and no second kernel; a
+// producer warp keeps up to `stages` boxes in flight, so the bytes an SM waits on do not depend on its
+// registers. Reduced indices past n in the last pass arrive as zeros, which leave a lane's sum as it is
+// (a sum that starts at +0 is never -0, and s + 0 = s for every other s).
+constexpr int kTmaM = 16;                                 // lanes of a class: C = L / 16
+constexpr int kTmaClasses = 8;                            // classes a box, one a consumer warp
+constexpr int kTmaBoxBytes = kTmaM * kTmaClasses * 128;  // 16 KiB
+constexpr int kTmaThreads = 32 * (kTmaClasses + 1);       // the consumer warps and the producer warp
+constexpr int kTmaMaxStages = 4;
+
+template <class Tx, class To>
+__global__ void __launch_bounds__(kTmaThreads, 2)
+    reduce_cols_tma_kernel(const __grid_constant__ CUtensorMap map, To* out, DimIndex out_idx, int64_t cols,
+                           int64_t n, int C, int passes, int stages, bool mean) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int V = 16 / sizeof(Tx);
+  constexpr int kCols = 128 / sizeof(Tx);
+  extern __shared__ unsigned char tma_dyn[];
+  // `stages` boxes (128-byte aligned for the copy engine), the C x kCols class values, then the barriers.
+  unsigned char* boxes_at = tma_dyn + ((128 - (bulk_smem_addr(tma_dyn) & 127)) & 127);
+  float* cls = reinterpret_cast<float*>(boxes_at + size_t(stages) * kTmaBoxBytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(cls + size_t(C) * kCols);
+  uint64_t* empty = full + stages;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int64_t col0 = int64_t(blockIdx.x) * kCols;
+  const int boxes = C / kTmaClasses * passes;
+  if (threadIdx.x == 0)
+    for (int s = 0; s < stages; ++s) {
+      bulk_bar_init_count(full + s, 1);
+      bulk_bar_init_count(empty + s, kTmaClasses);
+    }
+  __syncthreads();
+  if (warp == kTmaClasses) {
+    if (lane == 0)
+      for (int b = 0; b < boxes; ++b) {
+        const int s = b % stages;
+        if (b >= stages) {  // every consumer warp has read the box this stage held
+          bulk_wait(empty + s, uint32_t((b / stages - 1) & 1));
+          bulk_after_reads();
+        }
+        bulk_expect(full + s, kTmaBoxBytes);
+        bulk_tensor3d_g2s(boxes_at + size_t(s) * kTmaBoxBytes, &map, int(col0), (b / passes) * kTmaClasses,
+                          (b % passes) * kTmaM, full + s);
+      }
+  } else {
+    const int tx = lane % 8, ty = lane / 8;
+    float acc[4][V];
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc[k][j] = 0.0f;
+    for (int b = 0; b < boxes; ++b) {
+      const int s = b % stages;
+      bulk_wait(full + s, uint32_t((b / stages) & 1));
+      const unsigned char* box = boxes_at + size_t(s) * kTmaBoxBytes;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        float v[V];
+        unpack<Tx, V>(*reinterpret_cast<const uint4*>(box + ((ty + 4 * k) * kTmaClasses + warp) * 128 + tx * 16), v);
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[k][j] = __fadd_rn(acc[k][j], v[j]);
+      }
+      __syncwarp();
+      if (lane == 0) bulk_arrive(empty + s);
+      if (b % passes != passes - 1) continue;
+      // Class 8 (b / passes) + warp is summed: its steps w' = 8, 4, 2, 1.
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        acc[0][j] = __fadd_rn(acc[0][j], acc[2][j]);
+        acc[1][j] = __fadd_rn(acc[1][j], acc[3][j]);
+        acc[0][j] = __fadd_rn(acc[0][j], acc[1][j]);
+        acc[0][j] = __fadd_rn(acc[0][j], __shfl_xor_sync(0xffffffffu, acc[0][j], 16));
+        acc[0][j] = __fadd_rn(acc[0][j], __shfl_xor_sync(0xffffffffu, acc[0][j], 8));
+      }
+      if (ty == 0)
+#pragma unroll
+        for (int j = 0; j < V; ++j) cls[((b / passes) * kTmaClasses + warp) * kCols + tx * V + j] = acc[0][j];
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[k][j] = 0.0f;
+    }
+  }
+  // Every class value is in shared memory: the steps w = C/2 .. 1, then the tile's outputs.
+  for (int w = C / 2; w >= 1; w /= 2) {
+    __syncthreads();
+    for (int idx = int(threadIdx.x); idx < w * kCols; idx += int(blockDim.x)) {
+      const int c = idx / kCols, j = idx % kCols;
+      cls[c * kCols + j] = __fadd_rn(cls[c * kCols + j], cls[(c + w) * kCols + j]);
+    }
+  }
+  __syncthreads();
+  for (int j = int(threadIdx.x); j < kCols; j += int(blockDim.x)) {
+    if (col0 + j >= cols) continue;
+    float total = cls[j];
+    if (mean) total = __fdiv_rn(total, float(n));
+    out[out_idx.offset(col0 + j)] = from_f32<To>(total);
+  }
+#endif
+}
+
 // ---- argmax -----------------------------------------------------------------------------------------
 // The winner under rows.cuh's strict total order (`beats`) is the same whatever the grouping, so a row
 // may be cut into pieces at any boundaries: few rows are spread over many CTAs (a piece each, the
@@ -751,6 +865,54 @@ void allow_cluster_16(const void* kernel, int device) {
   done.insert({kernel, device});
 }
 
+std::atomic<uint64_t> g_cols_tma_launches{0};
+
+// reduce_cols_tma_kernel for x [n, cols] when it applies: sm_90 with the kernel built for it, C = L / 16
+// classes that divide n and fill whole boxes (C a multiple of 8), a 16-byte aligned view with a reduced
+// stride of whole 16 bytes, and the class values and two stages in half an SM's shared memory (two CTAs an
+// SM). BIK_COLS_TMA (read at each call): "0" -> never; "2" -> wherever it applies; otherwise also only when
+// the tiles fill the SMs (fewer columns take the register kernel, whose classes spread over more CTAs).
+// Returns false, having launched nothing, where it does not apply.
+template <class Tx, class To>
+bool reduce_columns_tma(const ReduceArgs& a, const DimIndex& out_idx, const Tx* x, int64_t stride, int64_t cols,
+                        int64_t n, int64_t L, const DeviceInfo& dev, cudaStream_t st) {
+  constexpr int64_t kCols = 128 / sizeof(Tx), es = sizeof(Tx);
+  const int mode = cols_knob("BIK_COLS_TMA", 1, 0, 2);
+  if (mode == 0 || dev.arch < 90 || n == 0) return false;
+  const int64_t C = L / kTmaM;
+  if (C < kTmaClasses || C % kTmaClasses != 0 || n % C != 0) return false;
+  const int64_t tiles = (cols + kCols - 1) / kCols;
+  if ((mode == 1 && tiles < dev.sms) || tiles >= (int64_t(1) << 31)) return false;
+  if (!aligned16(x) || (stride * es) % 16 != 0 || stride * es * C >= (int64_t(1) << 40)) return false;
+  auto kernel = reduce_cols_tma_kernel<Tx, To>;
+  if (!kernel_built_for(reinterpret_cast<const void*>(kernel), dev.index, 90)) return false;
+  const size_t cls_bytes = size_t(C * kCols) * sizeof(float);
+  auto smem_for = [&](int stages) { return 128 + size_t(stages) * kTmaBoxBytes + cls_bytes + 16 * size_t(stages); };
+  int stages = kTmaMaxStages;
+  const size_t half_sm = 113 * 1024;  // two CTAs an SM (228 KiB, 1 KiB reserved for each CTA)
+  while (stages > 2 && smem_for(stages) > half_sm) --stages;
+  if (smem_for(stages) > half_sm) return false;
+  CUtensorMap map{};
+  const CUtensorMapDataType type = std::is_same_v<Tx, float>  ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+                                   : std::is_same_v<Tx, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                                : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const cuuint64_t dims[3] = {cuuint64_t(cols), cuuint64_t(C), cuuint64_t(n / C)};
+  const cuuint64_t strides[2] = {cuuint64_t(stride * es), cuuint64_t(stride * es * C)};
+  const cuuint32_t box[3] = {cuuint32_t(kCols), cuuint32_t(kTmaClasses), cuuint32_t(kTmaM)};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  if (tensor_map_encoder("sum")(&map, type, 3, const_cast<Tx*>(x), dims, strides, box, elem_strides,
+                                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+    return false;
+  const int passes = int((n / C + kTmaM - 1) / kTmaM);
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), dev.index, int(smem_for(kTmaMaxStages)));
+  kernel<<<unsigned(tiles), kTmaThreads, smem_for(stages), st>>>(map, a.out.ptr<To>(), out_idx, cols, n, int(C),
+                                                                 passes, stages, bool(a.mean));
+  BIK_CUDA_LAUNCH_CHECK();
+  g_cols_tma_launches.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 // Sum / mean of x [n, cols] over n (reduced stride `stride`, columns contiguous) by the column kernels.
 // The knobs below only move the plan's steps between threads, CTAs and kernels (see the column kernels'
 // comment), never change one, so each is free for the bits (OpsCudaSmall.SumColumns* compares them):
@@ -781,6 +943,7 @@ void reduce_columns(const ReduceArgs& a, const DimIndex& out_idx, int64_t stride
   cudaStream_t st = stream_of(s);
   const DeviceInfo& dev = use_device(a.x.device.index);
   const int64_t L = int64_t(row_threads(n, V)) * V;
+  if (reduce_columns_tma<Tx, To>(a, out_idx, a.x.ptr<const Tx>(), stride, cols, n, L, dev, st)) return;
   int passes = cols_knob("BIK_COLS_STAGE", 0, 0, 4);
   const bool cluster_knob = cols_knob("BIK_COLS_CLUSTER", 0, 0, 1) == 1;
   // The tile's width in chunks a thread (a power of two; reduce_cols_kernel only).
@@ -1014,6 +1177,8 @@ void argmax(const TensorView& out, const TensorView& x, Stream s) {
     }
   });
 }
+
+uint64_t cols_tma_launches() { return g_cols_tma_launches.load(std::memory_order_relaxed); }
 
 }  // namespace bik::cuda
 

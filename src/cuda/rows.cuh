@@ -546,6 +546,28 @@ __device__ __forceinline__ void bulk_copy_g2s(void* dst, const void* src, uint32
                : "memory");
 #endif
 }
+// A barrier that completes a phase after `count` arrives (and the bytes announced for it).
+__device__ __forceinline__ void bulk_bar_init_count(uint64_t* bar, unsigned count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bulk_smem_addr(bar)), "r"(count) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_arrive(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bulk_smem_addr(bar)) : "memory");
+#endif
+}
+// The box at coordinates (c0, c1, c2) of a 3-D tensor map (innermost first) into dst, counted on bar.
+__device__ __forceinline__ void bulk_tensor3d_g2s(void* dst, const void* map, int c0, int c1, int c2, uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::
+          "r"(bulk_smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bulk_smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+#endif
+}
 // Orders this CTA's earlier generic-proxy accesses of shared memory before later copy-engine writes.
 __device__ __forceinline__ void bulk_after_reads() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

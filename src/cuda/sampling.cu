@@ -706,18 +706,35 @@ __device__ uint64_t stream_cut(uint64_t* buf, uint64_t* spare, unsigned fill, in
 // the tile (all their loads issued first): chunk u starts at b + u L and holds data when b + u L < hi.
 // Chunk i0 = lo + (t U + u) L + t0: with L = blockDim.x V and t0 = threadIdx.x V (stream_tiles) the lanes
 // of the plan's order when lo = 0 (softmax.cuh); a cluster's CTAs pass the plan's L and their threads'
-// offsets. Elements past hi (inside a chunk that straddles it) are the caller's to skip.
+// offsets. Elements past hi (inside a chunk that straddles it) are the caller's to skip. A tile whose
+// chunks all lie inside the row of a 16-byte path comes in U plain 16-byte loads from one address (no
+// bounds test, stride or dtype branch a chunk); the same values as load_chunk's.
 template <int V, int U, class T, class Tile>
 __device__ __forceinline__ void stream_tiles_at(const T* xr, int64_t ls1, int64_t n, int64_t lo, int64_t hi, bool vec,
                                                 int64_t L, int64_t t0, Tile&& tile) {
+  static_assert(V * sizeof(T) == 16, "a chunk is one 16-byte vector");
   const int64_t span = U * L;
   const int64_t tiles = hi > lo ? (hi - lo + span - 1) / span : 0;
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t b = lo + t * span + t0;
     float x[U][V];
+    if (vec && b + (U - 1) * L + V <= n && b + (U - 1) * L < hi) {
+      const uint4* p = reinterpret_cast<const uint4*>(xr + b);
+      const int64_t step = L / V;  // 16-byte vectors between a thread's chunks
+      uint4 raw[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (b + u * L < hi) load_chunk<V>(xr, ls1, n, b + u * L, vec, x[u]);
+      for (int u = 0; u < U; ++u) raw[u] = p[u * step];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const T* e = reinterpret_cast<const T*>(&raw[u]);
+#pragma unroll
+        for (int k = 0; k < V; ++k) x[u][k] = to_f32(e[k]);
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (b + u * L < hi) load_chunk<V>(xr, ls1, n, b + u * L, vec, x[u]);
+    }
     tile(t, b, L, x);
   }
 }

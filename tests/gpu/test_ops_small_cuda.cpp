@@ -1,8 +1,8 @@
 // Launch variants of three CUDA memory-bound ops for small problems, each selected by an environment
 // switch next to the default so that one device run can time both:
 //   softmax       BIK_SOFTMAX_CLUSTER2  rows of the largest plan on a cluster of two 512-thread CTAs
-//   sum over dim0 BIK_COLS_NL, BIK_COLS_CTAS_PER_SM, BIK_COLS_STAGE, BIK_COLS_CLUSTER, BIK_COLS_WIDE,
-//                 BIK_COLS_ORDER (the column kernels)
+//   sum over dim0 BIK_COLS_TMA (the copy-engine kernel), and for the register kernels BIK_COLS_NL,
+//                 BIK_COLS_CTAS_PER_SM, BIK_COLS_STAGE, BIK_COLS_CLUSTER, BIK_COLS_WIDE, BIK_COLS_ORDER
 //   silu_and_mul  BIK_SILU_SMALL, BIK_SILU_SMALL_THREADS  one chunk a thread on small CTAs
 // Every variant must give the default's bytes (memcmp) on the benchmark shapes, odd sizes and strided or
 // misaligned layouts; the new softmax path must keep a row's bits alone and among 64 or 100 neighbours.
@@ -19,6 +19,7 @@
 #include "bik/device.h"
 #include "bik/ops.h"
 #include "bik/tensor.h"
+#include "cuda/reduce.h"
 #include "gpu_env.h"
 #include "test_util.h"
 
@@ -268,7 +269,18 @@ const Env kColsEnvs[] = {
     {{"BIK_COLS_FOLD_REG", "0"}},   // the shared-memory fold of the classes
     {{"BIK_COLS_FOLD_REG", "0"}, {"BIK_COLS_NL", "4"}},
     {{"BIK_REDUCE_COLUMNS", "0"}},  // one CTA per output: the row kernels' lanes and tree
+    {{"BIK_COLS_TMA", "0"}},        // the register kernel where the copy-engine kernel is the default
+    {{"BIK_COLS_TMA", "2"}},        // the copy-engine kernel wherever it applies, however few the tiles
 };
+
+// The knobs of the register kernels act only where the copy-engine kernel is off: each setting of
+// kColsEnvs runs with BIK_COLS_TMA=0 unless it names BIK_COLS_TMA itself.
+Env register_kernels(Env env) {
+  for (const auto& [name, value] : env)
+    if (std::string(name) == "BIK_COLS_TMA") return env;
+  env.push_back({"BIK_COLS_TMA", "0"});
+  return env;
+}
 
 // x as a GPU view plus its host image.
 struct ColsInput {
@@ -300,8 +312,12 @@ std::vector<uint8_t> run_cols(const TensorView& x, DType o, bool is_mean, const 
 // Every knob setting of the column kernels gives the default's bytes: the benchmark shapes (bf16 4096 x
 // 16384 and 4096 x 1024), shapes that take 1 to 256 classes and a single one, a partial last tile (odd
 // column counts; with BIK_COLS_WIDE a tile whose later chunks lie wholly past the last column), padded rows (a reduced stride of cols + pad, 16-byte multiple or not) and a view that
-// starts off a 16-byte boundary (element loads); sum and mean, F32 output and the input's dtype. Accuracy
-// of the default against float64. Negative control: one changed input element must show.
+// starts off a 16-byte boundary (element loads); sum and mean, F32 output and the input's dtype. On sm_90
+// the copy-engine kernel is the default for bf16 4096 x 16384, bf16 1024 x 34000, f32 200 x 20000 and f16
+// 2176 x 9001 (the last two with a last pass that ends inside a box: reduced indices past n arrive as
+// zeros), and runs the padded bf16 4096 x 2048 and 4096 x 8200 and f32 65536 x 40 (256 classes) under
+// BIK_COLS_TMA=2. Accuracy of the default against float64.
+// Negative control: one changed input element must show.
 TEST(OpsCudaSmall, SumColumnsKnobsKeepBits) {
   BIK_REQUIRE_GPU();
   const ColsCase cases[] = {{DType::BF16, 4096, 16384, 0, 0}, {DType::BF16, 4096, 1024, 0, 0},
@@ -310,7 +326,8 @@ TEST(OpsCudaSmall, SumColumnsKnobsKeepBits) {
                             {DType::BF16, 1024, 34000, 0, 0}, {DType::F32, 200, 20000, 0, 0},
                             {DType::BF16, 4096, 2048, 8, 0},  {DType::BF16, 777, 520, 3, 0},
                             {DType::F32, 3000, 257, 0, 1},    {DType::BF16, 3, 4096, 0, 0},
-                            {DType::F32, 65536, 40, 4, 0}};
+                            {DType::F32, 65536, 40, 4, 0},    {DType::F16, 2176, 9001, 0, 0},
+                            {DType::BF16, 4096, 8200, 8, 0}};
   for (size_t ci = 0; ci < std::size(cases); ++ci) {
     const ColsCase& c = cases[ci];
     const ColsInput in = cols_input(c, 100 + ci);
@@ -322,7 +339,8 @@ TEST(OpsCudaSmall, SumColumnsKnobsKeepBits) {
                                  std::to_string(c.cols) + " pad " + std::to_string(c.pad) + " offset " +
                                  std::to_string(c.offset) + (is_mean ? " mean" : " sum");
         for (const Env& env : kColsEnvs)
-          EXPECT_TRUE(run_cols(in.view, o, is_mean, env) == ref) << what << ": " << env_str(env);
+          EXPECT_TRUE(run_cols(in.view, o, is_mean, register_kernels(env)) == ref)
+              << what << ": " << env_str(register_kernels(env));
         if (o != DType::F32) continue;
         // Accuracy: error relative to the sum of magnitudes, what an F32 pairwise sum bounds.
         double worst = 0;
@@ -350,10 +368,36 @@ TEST(OpsCudaSmall, SumColumnsKnobsKeepBits) {
   EXPECT_FALSE(run_cols(b.view, DType::F32, false, {{"BIK_COLS_CLUSTER", "1"}}) ==
                run_cols(a.view, DType::F32, false, {}))
       << "the comparison missed a changed input";
+  // The same through the copy-engine kernel against the register kernel.
+  EXPECT_FALSE(run_cols(b.view, DType::F32, false, {{"BIK_COLS_TMA", "2"}}) ==
+               run_cols(a.view, DType::F32, false, {{"BIK_COLS_TMA", "0"}}))
+      << "the comparison missed a changed input (BIK_COLS_TMA=2 against 0)";
   // The same through the widest tile on the class-major grid.
   EXPECT_FALSE(run_cols(b.view, DType::F32, false, {{"BIK_COLS_WIDE", "4"}, {"BIK_COLS_ORDER", "1"}}) ==
                run_cols(a.view, DType::F32, false, {}))
       << "the comparison missed a changed input (BIK_COLS_WIDE=4, BIK_COLS_ORDER=1)";
+}
+
+// The copy-engine column kernel runs where the comments say it does (sm_90 only): by default for the
+// benchmark shape, never under BIK_COLS_TMA=0, under BIK_COLS_TMA=2 for few tiles, and nowhere it cannot
+// apply (a class count that does not divide n, a view off a 16-byte boundary), even when forced.
+TEST(OpsCudaSmall, SumColumnsTmaTakesItsPath) {
+  BIK_REQUIRE_GPU();
+  if (cuda_device_props(0).arch() != 90) GTEST_SKIP() << "the copy-engine column kernel is sm_90 only";
+  auto launches = [](const ColsCase& c, const Env& env) {
+    const ColsInput in = cols_input(c, 7);
+    const uint64_t l0 = cuda::cols_tma_launches();
+    run_cols(in.view, DType::F32, false, env);
+    return cuda::cols_tma_launches() - l0;
+  };
+  const ColsCase bench{DType::BF16, 4096, 16384, 0, 0}, narrow{DType::BF16, 4096, 2048, 8, 0},
+      odd{DType::BF16, 777, 520, 3, 0}, misaligned{DType::F32, 3000, 257, 0, 1};
+  EXPECT_EQ(launches(bench, {}), 1u);
+  EXPECT_EQ(launches(bench, {{"BIK_COLS_TMA", "0"}}), 0u);
+  EXPECT_EQ(launches(narrow, {}), 0u);
+  EXPECT_EQ(launches(narrow, {{"BIK_COLS_TMA", "2"}}), 1u);
+  EXPECT_EQ(launches(odd, {{"BIK_COLS_TMA", "2"}}), 0u);
+  EXPECT_EQ(launches(misaligned, {{"BIK_COLS_TMA", "2"}}), 0u);
 }
 
 // ---- silu_and_mul on small CTAs -----------------------------------------------------------------------------
