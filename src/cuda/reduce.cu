@@ -669,17 +669,18 @@ __global__ void __launch_bounds__(kTmaThreads, 2)
       bulk_bar_init_count(empty + s, kTmaClasses);
     }
   __syncthreads();
+  // Box b = g passes + p sits in stage s = b % stages for its use b / stages (counters, not divisions).
   if (warp == kTmaClasses) {
     if (lane == 0)
-      for (int b = 0; b < boxes; ++b) {
-        const int s = b % stages;
-        if (b >= stages) {  // every consumer warp has read the box this stage held
-          bulk_wait(empty + s, uint32_t((b / stages - 1) & 1));
+      for (int b = 0, s = 0, use = 0, g = 0, p = 0; b < boxes; ++b) {
+        if (use > 0) {  // every consumer warp has read the box this stage held in its previous use
+          bulk_wait(empty + s, uint32_t((use - 1) & 1));
           bulk_after_reads();
         }
         bulk_expect(full + s, kTmaBoxBytes);
-        bulk_tensor3d_g2s(boxes_at + size_t(s) * kTmaBoxBytes, &map, int(col0), (b / passes) * kTmaClasses,
-                          (b % passes) * kTmaM, full + s);
+        bulk_tensor3d_g2s(boxes_at + size_t(s) * kTmaBoxBytes, &map, int(col0), g * kTmaClasses, p * kTmaM, full + s);
+        if (++p == passes) p = 0, ++g;
+        if (++s == stages) s = 0, ++use;
       }
   } else {
     const int tx = lane % 8, ty = lane / 8;
@@ -688,9 +689,8 @@ __global__ void __launch_bounds__(kTmaThreads, 2)
     for (int k = 0; k < 4; ++k)
 #pragma unroll
       for (int j = 0; j < V; ++j) acc[k][j] = 0.0f;
-    for (int b = 0; b < boxes; ++b) {
-      const int s = b % stages;
-      bulk_wait(full + s, uint32_t((b / stages) & 1));
+    for (int b = 0, s = 0, use = 0, g = 0, p = 0; b < boxes; ++b) {
+      bulk_wait(full + s, uint32_t(use & 1));
       const unsigned char* box = boxes_at + size_t(s) * kTmaBoxBytes;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
@@ -701,8 +701,9 @@ __global__ void __launch_bounds__(kTmaThreads, 2)
       }
       __syncwarp();
       if (lane == 0) bulk_arrive(empty + s);
-      if (b % passes != passes - 1) continue;
-      // Class 8 (b / passes) + warp is summed: its steps w' = 8, 4, 2, 1.
+      if (++s == stages) s = 0, ++use;
+      if (++p < passes) continue;
+      // Class 8 g + warp is summed: its steps w' = 8, 4, 2, 1.
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         acc[0][j] = __fadd_rn(acc[0][j], acc[2][j]);
@@ -713,11 +714,13 @@ __global__ void __launch_bounds__(kTmaThreads, 2)
       }
       if (ty == 0)
 #pragma unroll
-        for (int j = 0; j < V; ++j) cls[((b / passes) * kTmaClasses + warp) * kCols + tx * V + j] = acc[0][j];
+        for (int j = 0; j < V; ++j) cls[(g * kTmaClasses + warp) * kCols + tx * V + j] = acc[0][j];
 #pragma unroll
       for (int k = 0; k < 4; ++k)
 #pragma unroll
         for (int j = 0; j < V; ++j) acc[k][j] = 0.0f;
+      p = 0;
+      ++g;
     }
   }
   // Every class value is in shared memory: the steps w = C/2 .. 1, then the tile's outputs.
@@ -905,7 +908,7 @@ bool reduce_columns_tma(const ReduceArgs& a, const DimIndex& out_idx, const Tx* 
                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
     return false;
   const int passes = int((n / C + kTmaM - 1) / kTmaM);
-  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), dev.index, int(smem_for(kTmaMaxStages)));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), dev.index, int(half_sm));  // set once: the most any C takes
   kernel<<<unsigned(tiles), kTmaThreads, smem_for(stages), st>>>(map, a.out.ptr<To>(), out_idx, cols, n, int(C),
                                                                  passes, stages, bool(a.mean));
   BIK_CUDA_LAUNCH_CHECK();

@@ -22,6 +22,7 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -1017,6 +1018,19 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
           };
           bool need[U][V];
           bool any = false;
+          // An element needs its random number unless zhi + 17 < bound. That test is monotone in x, so
+          // one threshold x_lo a tile stands for it: every x below x_lo fails it by a margin far above
+          // the roundings of zhi_of, of the sum and of x_lo itself ((|bound| + 17) 2^-10 + 2^-20, where
+          // they are a few 2^-24 relative), and x >= x_lo is false for NaN and, as x_lo >= -FLT_MAX,
+          // for -inf. The elements at or above x_lo are a superset of those the exact test keeps; an
+          // extra one only forms a score below the bound (a draw, never a winner), so the token is the
+          // same. One comparison an element instead of the bound's arithmetic.
+          float x_lo = -FLT_MAX;
+          if (temp > 0.0f && isfinite(temp) && isfinite(bound)) {
+            const float m = __fmaf_rn(__fadd_rn(fabsf(bound), 17.0f), 0x1p-10f, 0x1p-20f);
+            const float lo = __fmul_rn(__fsub_rn(__fsub_rn(bound, 17.0f), m), temp);
+            if (lo == lo) x_lo = fmaxf(lo, -FLT_MAX);
+          }
           // kWhole: every chunk of the tile lies before hi, so no element's index is compared.
           auto mark = [&](auto whole) {
             constexpr bool kWhole = decltype(whole)::value;
@@ -1025,9 +1039,9 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
 #pragma unroll
               for (int k = 0; k < V; ++k) {
                 const float xv = x[u][k];
-                const bool ok = (kWhole || b0 + u * L + k < hi) && xv == xv;
-                if (ok) xmax = fmaxf(xmax, xv);
-                need[u][k] = ok && xv != -INFINITY && !(__fadd_rn(zhi_of(xv), 17.0f) < bound);
+                const bool in = kWhole || b0 + u * L + k < hi;
+                if (in) xmax = fmaxf(xmax, xv);  // fmaxf passes over NaN
+                need[u][k] = in && xv >= x_lo;
                 any |= need[u][k];
               }
           };
