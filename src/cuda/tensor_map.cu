@@ -13,7 +13,6 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder(const char* what) {
     if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
         q != cudaDriverEntryPointSuccess)
       f = nullptr;
-    (void)cudaGetLastError();
     return f;
   }();
   BIK_CHECK(fn != nullptr, what, ": the driver has no cuTensorMapEncodeTiled");
