@@ -31,21 +31,42 @@ struct SoftmaxMaxOp {
   }
 };
 
+// The largest element of a chunk under SoftmaxMaxOp's order, the value that folding the chunk with it
+// gives: fmaxf's tree (one instruction a step; it passes over NaN and may return either zero of a +0 / -0
+// pair) with a NaN anywhere put back on top, and the order's +0 over -0 redone with SoftmaxMaxOp on the
+// rare chunk whose maximum is zero. (Two equal nonzero floats have the same bits, so any other maximum is
+// the order's.)
+template <int V>
+__device__ __forceinline__ float chunk_max(const float (&x)[V]) {
+  float r = x[0];
+  bool nan = x[0] != x[0];
+#pragma unroll
+  for (int k = 1; k < V; ++k) {
+    r = fmaxf(r, x[k]);
+    nan |= x[k] != x[k];
+  }
+  if (nan) return __uint_as_float(0x7fffffffu);
+  if (r == 0.0f) {
+    SoftmaxMaxOp mx;
+    r = x[0];
+#pragma unroll
+    for (int k = 1; k < V; ++k) r = mx(r, x[k]);
+  }
+  return r;
+}
+
 // Takes one chunk of a plan thread into its running statistics (m, s[V]). Elements past the row end
-// must arrive as -inf: they change neither m nor s (exp(-inf - m) = 0 is added to s).
+// must arrive as -inf: they change neither m nor s (exp(-inf - m) = 0 is added to s). When the maximum
+// grows (or turns NaN) the sums are scaled by exp(m - mn); otherwise by exactly 1, which leaves them as
+// they are: a select rather than a branch, since most warps have a lane whose maximum grows.
 template <int V>
 __device__ __forceinline__ void absorb_chunk(float& m, float (&s)[V], const float (&x)[V]) {
-  SoftmaxMaxOp mx;
-  float cm = x[0];
+  const float mn = SoftmaxMaxOp{}(m, chunk_max<V>(x));
+  const float grown = expf(__fsub_rn(m, mn));
+  const float scale = __float_as_uint(mn) != __float_as_uint(m) ? grown : 1.0f;
 #pragma unroll
-  for (int k = 1; k < V; ++k) cm = mx(cm, x[k]);
-  const float mn = mx(m, cm);
-  if (__float_as_uint(mn) != __float_as_uint(m)) {  // a larger maximum (or NaN): rescale the sums
-    const float scale = expf(__fsub_rn(m, mn));
-#pragma unroll
-    for (int k = 0; k < V; ++k) s[k] = __fmul_rn(s[k], scale);
-    m = mn;
-  }
+  for (int k = 0; k < V; ++k) s[k] = __fmul_rn(s[k], scale);
+  m = mn;
   if (m != -INFINITY) {  // while m is -inf every element seen is -inf and adds nothing
 #pragma unroll
     for (int k = 0; k < V; ++k) s[k] = __fadd_rn(s[k], expf(__fsub_rn(x[k], m)));
