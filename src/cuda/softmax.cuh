@@ -56,17 +56,16 @@ __device__ __forceinline__ float chunk_max(const float (&x)[V]) {
 }
 
 // Takes one chunk of a plan thread into its running statistics (m, s[V]). Elements past the row end
-// must arrive as -inf: they change neither m nor s (exp(-inf - m) = 0 is added to s). When the maximum
-// grows (or turns NaN) the sums are scaled by exp(m - mn); otherwise by exactly 1, which leaves them as
-// they are: a select rather than a branch, since most warps have a lane whose maximum grows.
+// must arrive as -inf: they change neither m nor s (exp(-inf - m) = 0 is added to s).
 template <int V>
 __device__ __forceinline__ void absorb_chunk(float& m, float (&s)[V], const float (&x)[V]) {
   const float mn = SoftmaxMaxOp{}(m, chunk_max<V>(x));
-  const float grown = expf(__fsub_rn(m, mn));
-  const float scale = __float_as_uint(mn) != __float_as_uint(m) ? grown : 1.0f;
+  if (__float_as_uint(mn) != __float_as_uint(m)) {  // a larger maximum (or NaN): rescale the sums
+    const float scale = expf(__fsub_rn(m, mn));
 #pragma unroll
-  for (int k = 0; k < V; ++k) s[k] = __fmul_rn(s[k], scale);
-  m = mn;
+    for (int k = 0; k < V; ++k) s[k] = __fmul_rn(s[k], scale);
+    m = mn;
+  }
   if (m != -INFINITY) {  // while m is -inf every element seen is -inf and adds nothing
 #pragma unroll
     for (int k = 0; k < V; ++k) s[k] = __fadd_rn(s[k], expf(__fsub_rn(x[k], m)));
