@@ -61,7 +61,7 @@ __device__ __forceinline__ float chunk_max(const float (&x)[V]) {
 // scale as a select, exactly 1 when the maximum stays (which leaves the sums as they are): most warps
 // have a lane whose maximum grows, so the branch ran anyway; on an H200 f32 softmax 2048 x 32000 took
 // 179.6 us against 191.6. 16-bit chunks (V = 8) keep SoftmaxMaxOp's fold and the branch: there both
-// forms slowed log_softmax bf16 2048 x 151936 (679.5 and 688.5 us against 664.4;
+// forms slowed log_softmax bf16 2048 x 151936 (679.5 and 688.4 us against 664.4;
 // logs_h200/69b3223_absorb_ab.log). The same m and s either way.
 template <int V>
 __device__ __forceinline__ void absorb_chunk(float& m, float (&s)[V], const float (&x)[V]) {
