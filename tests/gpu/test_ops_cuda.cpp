@@ -688,6 +688,56 @@ TEST(OpsCuda, LogSoftmaxMatchesLogprobs) {
     }
 }
 
+// The row maximum's order on signed zeros and NaN (SoftmaxMaxOp: NaN above all, +0 above -0), which the
+// f32 chunks reach through fmaxf and the 16-bit chunks through SoftmaxMaxOp's fold (softmax.cuh), on rows
+// held in registers (4096) and rows read twice (151936). Row 0: -inf everywhere but one -0, so M = -0 and
+// that element's log_softmax is (-0 - -0) - log 1 = +0 (with M = +0 it would be -0) and its softmax 1.
+// Row 1: a -0 and a +0 in different chunks, M = +0: both log_softmax values -log 2, the same bits. Row 2:
+// random values and one NaN: every output NaN. Row 3: random values with the maximum given twice, as a
+// value and again 3000 elements later: softmax equal at both, as log_softmax.
+TEST(OpsCuda, SoftmaxSignedZerosAndNan) {
+  BIK_REQUIRE_GPU();
+  for (DType t : {DType::F32, DType::BF16})
+    for (int64_t n : {int64_t(4096), int64_t(151936)}) {
+      const int64_t m = 4;
+      Tensor xh = test::hashed_host(m, n, t, 3.0, 5);
+      const int64_t es = dtype_size(t);
+      auto at = [&](int64_t r, int64_t i) { return static_cast<uint8_t*>(xh.data()) + (r * n + i) * es; };
+      for (int64_t i = 0; i < n; ++i) {
+        put(at(0, i), t, -INFINITY);
+        put(at(1, i), t, -INFINITY);
+      }
+      put(at(0, 17), t, -0.0);
+      put(at(1, 17), t, -0.0);
+      put(at(1, n - 5), t, 0.0);
+      put(at(2, n / 2 + 3), t, NAN);
+      put(at(3, 101), t, 100.0);
+      put(at(3, 3101), t, 100.0);
+      const Tensor x = xh.to(Device::cuda(0));
+      Tensor lo = Tensor::empty({m, n}, DType::F32, Device::cuda(0));
+      Tensor so = Tensor::empty({m, n}, DType::F32, Device::cuda(0));
+      log_softmax(lo, x);
+      softmax(so, x);
+      const Tensor lh = lo.to(Device::cpu()), sh = so.to(Device::cpu());
+      const float* l = lh.ptr<float>();
+      const float* p = sh.ptr<float>();
+      const std::string what = std::string(dn(t)) + " n=" + std::to_string(n);
+      uint32_t bits = 0xFFFFFFFFu;
+      std::memcpy(&bits, &l[17], 4);
+      EXPECT_EQ(bits, 0u) << what << ": log_softmax of the lone -0 must be +0, got " << l[17];
+      EXPECT_EQ(p[17], 1.0f) << what;
+      EXPECT_EQ(l[18], -INFINITY) << what;
+      EXPECT_EQ(std::memcmp(&l[n + 17], &l[n + n - 5], 4), 0) << what << ": " << l[n + 17] << " vs " << l[2 * n - 5];
+      EXPECT_NEAR(l[n + 17], -std::log(2.0), 1e-6) << what;
+      int64_t not_nan = 0;
+      for (int64_t i = 0; i < n; ++i) not_nan += !std::isnan(l[2 * n + i]) + !std::isnan(p[2 * n + i]);
+      EXPECT_EQ(not_nan, 0) << what << ": a NaN in the row must make every output NaN";
+      EXPECT_EQ(std::memcmp(&l[3 * n + 101], &l[3 * n + 3101], 4), 0) << what;
+      EXPECT_EQ(std::memcmp(&p[3 * n + 101], &p[3 * n + 3101], 4), 0) << what;
+      EXPECT_EQ(l[3 * n + 101], l[3 * n + 101]) << what;  // not NaN
+    }
+}
+
 struct SoftmaxCase {
   DType t, o;  // input, output
   int64_t m, n;
