@@ -513,12 +513,14 @@ inline int env_switch_level(const char* name) {
 // every phase is waited on before the kernel exits; a buffer is handed to the next copy only after every
 // thread that reads it has read it (a barrier, then bulk_after_reads by the issuing thread).
 __device__ __forceinline__ uint32_t bulk_smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void bulk_bar_init(uint64_t* bar) {
+// A barrier that completes a phase after `count` arrives (and the bytes announced for it).
+__device__ __forceinline__ void bulk_bar_init_count(uint64_t* bar, unsigned count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bulk_smem_addr(bar)) : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bulk_smem_addr(bar)), "r"(count) : "memory");
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the copy engine
 #endif
 }
+__device__ __forceinline__ void bulk_bar_init(uint64_t* bar) { bulk_bar_init_count(bar, 1); }
 // The phase's one arrive, with the bytes its copies will bring.
 __device__ __forceinline__ void bulk_expect(uint64_t* bar, uint32_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -544,13 +546,6 @@ __device__ __forceinline__ void bulk_copy_g2s(void* dst, const void* src, uint32
                    bulk_smem_addr(dst)),
                "l"(src), "r"(bytes), "r"(bulk_smem_addr(bar))
                : "memory");
-#endif
-}
-// A barrier that completes a phase after `count` arrives (and the bytes announced for it).
-__device__ __forceinline__ void bulk_bar_init_count(uint64_t* bar, unsigned count) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bulk_smem_addr(bar)), "r"(count) : "memory");
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 #endif
 }
 __device__ __forceinline__ void bulk_arrive(uint64_t* bar) {

@@ -713,7 +713,6 @@ __device__ uint64_t stream_cut(uint64_t* buf, uint64_t* spare, unsigned fill, in
 template <int V, int U, class T, class Tile>
 __device__ __forceinline__ void stream_tiles_at(const T* xr, int64_t ls1, int64_t n, int64_t lo, int64_t hi, bool vec,
                                                 int64_t L, int64_t t0, Tile&& tile) {
-  static_assert(V * sizeof(T) == 16, "a chunk is one 16-byte vector");
   const int64_t span = U * L;
   const int64_t tiles = hi > lo ? (hi - lo + span - 1) / span : 0;
   for (int64_t t = 0; t < tiles; ++t) {
@@ -726,11 +725,7 @@ __device__ __forceinline__ void stream_tiles_at(const T* xr, int64_t ls1, int64_
 #pragma unroll
       for (int u = 0; u < U; ++u) raw[u] = p[u * step];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const T* e = reinterpret_cast<const T*>(&raw[u]);
-#pragma unroll
-        for (int k = 0; k < V; ++k) x[u][k] = to_f32(e[k]);
-      }
+      for (int u = 0; u < U; ++u) unpack<T, V>(raw[u], x[u]);
     } else {
 #pragma unroll
       for (int u = 0; u < U; ++u)
