@@ -84,12 +84,15 @@ PrefillDecode two_sequence_steps(const std::vector<int32_t>& p0, const std::vect
 }
 
 // Both steps on a fresh cache of `cache_blocks` blocks: the logits of both steps and every op's output
-// (the tap) of `tapped` (the model itself, or one rank of a tensor-parallel one).
-FusionRun run_steps(const ModelRunner& m, LlamaModel& tapped, const PrefillDecode& steps, int64_t cache_blocks) {
+// (the tap) of `tapped` (the model itself, or one rank of a tensor-parallel one). tap = false: the logits
+// only, with no tap set (a tap makes the model run gate|up and silu_and_mul apart, to show both).
+FusionRun run_steps(const ModelRunner& m, LlamaModel& tapped, const PrefillDecode& steps, int64_t cache_blocks,
+                    bool tap = true) {
   FusionRun r;
-  tapped.set_tap([&](const char* name, int64_t layer, const TensorView& out) {
-    r.taps.push_back({(layer >= 0 ? std::to_string(layer) + "." : std::string()) + name, bytes_of(out), out.stride[0]});
-  });
+  if (tap)
+    tapped.set_tap([&](const char* name, int64_t layer, const TensorView& out) {
+      r.taps.push_back({(layer >= 0 ? std::to_string(layer) + "." : std::string()) + name, bytes_of(out), out.stride[0]});
+    });
   KvCache cache = m.make_cache(cache_blocks, 16);
   for (const StepBatch* b : {&steps.prefill, &steps.decode}) {
     const std::vector<uint8_t> l = bytes_of(m.forward(*b, cache));
@@ -101,10 +104,10 @@ FusionRun run_steps(const ModelRunner& m, LlamaModel& tapped, const PrefillDecod
 
 // Two sequences (23 and 9 tokens) prefilled together with every row's logits, then one decode step of
 // both: the logits of both steps and every op's output (the tap) of both.
-FusionRun prefill_then_decode(LlamaModel& m, uint32_t seed) {
+FusionRun prefill_then_decode(LlamaModel& m, uint32_t seed, bool tap = true) {
   std::mt19937 rng(seed);
   const auto p0 = random_prompt(rng, 23, m.vocab_size()), p1 = random_prompt(rng, 9, m.vocab_size());
-  return run_steps(m, m, two_sequence_steps(p0, p1, 4, 17, 23), 8);
+  return run_steps(m, m, two_sequence_steps(p0, p1, 4, 17, 23), 8, tap);
 }
 
 int64_t tap_stride(const FusionRun& r, const std::string& name) {
@@ -125,6 +128,8 @@ void expect_fused_projections_give_the_bits_of_separate_ones(const ModelConfig& 
   const FusionRun f = prefill_then_decode(fused, 9), a = prefill_then_decode(apart, 9);
   ASSERT_EQ(f.logits.size(), size_t((32 + 2) * c.vocab) * sizeof(float));
   EXPECT_TRUE(f.logits == a.logits) << "the fused projections changed the logits";
+  // Untapped, the fused model runs gate|up and the activation as one mm_silu_and_mul.
+  EXPECT_TRUE(prefill_then_decode(fused, 9, false).logits == a.logits) << "mm_silu_and_mul changed the logits";
   ASSERT_EQ(f.taps.size(), a.taps.size());
   for (size_t i = 0; i < f.taps.size(); ++i) {
     ASSERT_EQ(f.taps[i].name, a.taps[i].name);

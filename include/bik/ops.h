@@ -50,6 +50,13 @@ void addmm(const TensorView& out, const TensorView& bias, const TensorView& a, c
            Stream s = {});
 // Batched: a [B, M, K], b [B, N, K] (batch stride 0 shares one weight), out [B, M, N].
 void bmm(const TensorView& out, const TensorView& a, const TensorView& b, Stream s = {});
+// A gated MLP's first half in one call: out = silu_and_mul(mm(a, b)) bit for bit, where b = [gate rows;
+// up rows] is [2d, K] (the stacked gate|up weight), a [M, K], out [M, d] in a's dtype (F32, F16, BF16):
+// each product is rounded to a's dtype before silu(gate) * up, as the two calls round it. On sm_90 (F16 /
+// BF16) one GEMM kernel computes a tile's gate and up columns together and applies the activation in its
+// epilogue, so the [M, 2d] product never reaches memory (BIK_GEMM_GLU=0: the two calls there too);
+// elsewhere it is the two calls, through scratch memory.
+void mm_silu_and_mul(const TensorView& out, const TensorView& a, const TensorView& b, Stream s = {});
 
 // ---- fixed-order sum of partial results (tensor parallelism) --------------------------------------------
 // out[m, n] = round(tree(partials[0, m, n], ..., partials[P-1, m, n]) (+ bias[n])), in F32, where P is a

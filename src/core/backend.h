@@ -49,6 +49,8 @@ struct AttentionArgs {
 
 #define BIK_BACKEND_OPS                                                                             \
   void gemm(const GemmArgs& g, Stream s);                                                           \
+  /* g.n = 2 d (w = [gate rows; up rows]), g.out [B, M, d] in the inputs' dtype, no bias: validated */ \
+  void gemm_silu_and_mul(const GemmArgs& g, Stream s);                                              \
   void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weight, float eps,   \
                 const std::optional<TensorView>& residual, Stream s);                               \
   void layer_norm(const TensorView& out, const TensorView& x, const std::optional<TensorView>& w,  \

@@ -48,15 +48,21 @@ void dispatch_device(const TensorView& ref, void (*cpu_fn)(Args...), void (*cuda
 }
 
 
-void gemm_checked(const char* op, const TensorView& out, const std::optional<TensorView>& bias, const TensorView& a,
-                  const TensorView& b, int dims, Stream s) {
+// The validated GemmArgs of a product (mm, addmm, bmm) or, gated, of mm_silu_and_mul (b holds 2 d rows,
+// out has d columns in a's dtype); nullopt when there is nothing to compute.
+std::optional<GemmArgs> checked_gemm_args(const char* op, const TensorView& out, const std::optional<TensorView>& bias,
+                                          const TensorView& a, const TensorView& b, int dims, bool gated = false) {
   BIK_CHECK(a.ndim == dims, op, ": a must have ", dims, " dims, got ", a.str());
-  BIK_CHECK(b.ndim == dims, op, ": b must have ", dims, " dims ([", dims == 3 ? "B, " : "", "N, K]), got ", b.str());
+  BIK_CHECK(b.ndim == dims, op, ": b must have ", dims, " dims ([", dims == 3 ? "B, " : "", gated ? "2d" : "N",
+            ", K]), got ", b.str());
   BIK_CHECK(out.ndim == dims, op, ": out must have ", dims, " dims, got ", out.str());
   check_float(op, "a", a);
   BIK_CHECK(b.dtype == a.dtype, op, ": a is ", dtype_name(a.dtype), " but b is ", dtype_name(b.dtype),
             "; both must share one dtype");
-  check_out_dtype(op, out, a.dtype);
+  if (gated)
+    BIK_CHECK(out.dtype == a.dtype, op, ": out must be ", dtype_name(a.dtype), " (a's dtype), got ", out.str());
+  else
+    check_out_dtype(op, out, a.dtype);
   check_same_device(op, a, "b", b);
   check_same_device(op, a, "out", out);
   GemmArgs g;
@@ -70,9 +76,12 @@ void gemm_checked(const char* op, const TensorView& out, const std::optional<Ten
   BIK_CHECK(g.w.shape[2] == g.k, op, ": a ", a.str(), " has K = ", g.k, " but b ", b.str(), " has K = ", g.w.shape[2],
             " (b is [N, K], the nn.Linear weight layout)");
   BIK_CHECK(g.w.shape[0] == g.batch, op, ": batch of a (", g.batch, ") and b (", g.w.shape[0], ") differ");
-  BIK_CHECK(g.out.shape[0] == g.batch && g.out.shape[1] == g.m && g.out.shape[2] == g.n, op, ": out must be ",
-            dims == 3 ? "[B, M, N] = [" : "[M, N] = [", dims == 3 ? detail::concat(g.batch, ", ") : "", g.m, ", ",
-            g.n, "], got ", out.str());
+  if (gated)
+    BIK_CHECK(g.n % 2 == 0, op, ": b must stack gate and up rows ([2d, K]), got an odd row count in ", b.str());
+  const int64_t n_out = gated ? g.n / 2 : g.n;
+  BIK_CHECK(g.out.shape[0] == g.batch && g.out.shape[1] == g.m && g.out.shape[2] == n_out, op, ": out must be ",
+            dims == 3 ? "[B, M, N] = [" : gated ? "[M, d] = [" : "[M, N] = [",
+            dims == 3 ? detail::concat(g.batch, ", ") : "", g.m, ", ", n_out, "], got ", out.str());
   if (bias) {
     check_same_device(op, a, "bias", *bias);
     check_vector(op, "bias", *bias, g.n, a.dtype);
@@ -81,11 +90,14 @@ void gemm_checked(const char* op, const TensorView& out, const std::optional<Ten
   check_data(op, "a", a);
   check_data(op, "b", b);
   check_data(op, "out", out);
-  if (g.m == 0 || g.n == 0 || g.batch == 0) return;
-  if (a.device.is_cpu())
-    cpu::gemm(g, s);
-  else
-    cuda::gemm(g, s);
+  if (g.m == 0 || g.n == 0 || g.batch == 0) return std::nullopt;
+  return g;
+}
+
+void gemm_checked(const char* op, const TensorView& out, const std::optional<TensorView>& bias, const TensorView& a,
+                  const TensorView& b, int dims, Stream s) {
+  if (const std::optional<GemmArgs> g = checked_gemm_args(op, out, bias, a, b, dims))
+    dispatch_device(a, &cpu::gemm, &cuda::gemm, *g, s);
 }
 
 // Validates a row op's x/out pair: same shape, float, out dtype x's or F32, same device, >= 1 dim.
@@ -112,6 +124,10 @@ void addmm(const TensorView& out, const TensorView& bias, const TensorView& a, c
 }
 void bmm(const TensorView& out, const TensorView& a, const TensorView& b, Stream s) {
   gemm_checked("bmm", out, std::nullopt, a, b, 3, s);
+}
+void mm_silu_and_mul(const TensorView& out, const TensorView& a, const TensorView& b, Stream s) {
+  if (const std::optional<GemmArgs> g = checked_gemm_args("mm_silu_and_mul", out, std::nullopt, a, b, 2, true))
+    dispatch_device(a, &cpu::gemm_silu_and_mul, &cuda::gemm_silu_and_mul, *g, s);
 }
 
 void sum_partials(const TensorView& out, const TensorView& partials, const std::optional<TensorView>& bias,

@@ -386,4 +386,14 @@ void gemm(const GemmArgs& g, Stream) {
   }
 }
 
+// The two calls mm_silu_and_mul stands for, through a scratch product [B, M, 2d] in the inputs' dtype
+// (the CPU has no fused kernel: the bits are those of the two calls by construction).
+void gemm_silu_and_mul(const GemmArgs& g, Stream s) {
+  Tensor product = Tensor::empty({g.batch, g.m, g.n}, g.a.dtype);
+  GemmArgs plain = g;
+  plain.out = product.view();
+  cpu::gemm(plain, s);
+  cpu::silu_and_mul(g.out, product.view(), s);
+}
+
 }  // namespace bik::cpu

@@ -7,6 +7,7 @@
 #include "core/backend.h"
 #include "cuda/device_info.h"
 #include "cuda/rows.cuh"
+#include "cuda/silu.cuh"
 
 namespace bik::cuda {
 namespace {
@@ -58,7 +59,7 @@ __global__ void __launch_bounds__(kSiluThreads)
       float y[V];
 #pragma unroll
       for (int k = 0; k < V; ++k)
-        y[k] = __fmul_rn(__fdiv_rn(g[q][k], __fadd_rn(1.0f, expf(-g[q][k]))), u[q][k]);
+        y[k] = silu_mul(g[q][k], u[q][k]);
       store_chunk<V>(o, os, d, i0, vo, y);
     }
   }

@@ -2,6 +2,8 @@
 // and hands over; each family then picks its tile shape, which may depend on M.
 #include "cuda/gemm.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <set>
 #include <utility>
@@ -57,6 +59,27 @@ void gemm(const GemmArgs& g, Stream s) {
     case policy::Mma::WgmmaSm90: return gemm_sm90(g, s);
     case policy::Mma::MmaSyncSm80: return gemm_sm80(g, s);
   }
+}
+
+// BIK_GEMM_GLU, read at each call: "0" -> always the two calls (the A/B switch and the tests' reference);
+// unset or anything else -> the fused kernel where gemm_sm90_gated takes the problem. Either way the same
+// bits: the fused epilogue rounds as the two calls do.
+void gemm_silu_and_mul(const GemmArgs& g, Stream s) {
+  const auto& d = gemm_detail::use_device(g.a.device.index);
+  const char* e = std::getenv("BIK_GEMM_GLU");
+  const bool fuse = !(e != nullptr && std::strcmp(e, "0") == 0);
+  if (fuse && plan_for(g, d).mma == policy::Mma::WgmmaSm90 && gemm_sm90_gated(g, s)) return;
+  // The two calls, the product in stream-ordered scratch memory (so a CUDA graph capture records it too).
+  const cudaStream_t st = gemm_detail::stream_of(s);
+  void* buf = nullptr;
+  const int64_t elems = g.batch * g.m * g.n;
+  BIK_CUDA_CHECK(cudaMallocAsync(&buf, size_t(elems) * dtype_size(g.a.dtype), st));
+  const TensorView product(buf, g.a.dtype, {g.batch, g.m, g.n}, g.a.device);
+  GemmArgs plain = g;
+  plain.out = product;
+  cuda::gemm(plain, s);
+  cuda::silu_and_mul(g.out, product, s);
+  BIK_CUDA_CHECK(cudaFreeAsync(buf, st));
 }
 
 std::string gemm_config_name(const GemmArgs& g) {

@@ -27,6 +27,9 @@ struct Problem {
   bool out_f32 = false;   // else out has the input dtype
   bool bias_f32 = false;  // else bias has the input dtype
   bool out_pairs = false;  // out[.., n] and out[.., n + 1] (n even) form one aligned 2-element access
+  // Gated (sm_90 only, gemm_sm90.cuh): w is [gate rows; up rows], n = 2 d of them, and out [.., d] gets
+  // silu_mul(round(gate sum), round(up sum)) per column (cuda/silu.cuh), no bias, out in the input dtype.
+  bool glu = false;
 };
 
 __device__ __forceinline__ float to_f32(float x) { return x; }

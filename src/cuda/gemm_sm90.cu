@@ -395,10 +395,12 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
   prm.tma = 1;
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  // The shared operand's map copies half a tile: each CTA of the pair copies one half for both.
+  // The shared operand's map copies half a tile: each CTA of the pair copies one half for both. A gated
+  // product's W boxes are halves either way (its gate and up rows).
   CUtensorMap map_a{}, map_w{};
   if (!make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, prm.share_w ? BM : BM / 2) ||
-      !make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, prm.share_w ? BN / 2 : BN))
+      !make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb,
+                prm.share_w || p.glu ? BN / 2 : BN))
     return false;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
   const int most = max_active_pairs(reinterpret_cast<const void*>(kernel), Cfg::kThreads, Cfg::kSmemBytes, d);
@@ -425,7 +427,7 @@ void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int 
   CUtensorMap map_a{}, map_w{};
   prm.tma = p.a_sk == 1 && p.w_sk == 1 &&
             make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, Cfg::BM) &&
-            make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, Cfg::BN);
+            make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, p.glu ? Cfg::BN / 2 : Cfg::BN);
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
   const int grid = int(std::min<int64_t>(total, d.sms));
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, st>>>(prm, map_a, map_w);
@@ -450,6 +452,7 @@ void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
 }
 
 std::atomic<uint64_t> g_swapped_launches{0};
+std::atomic<uint64_t> g_gated_launches{0};
 
 // A swapped tile: the transposed problem on SwapTile<BN> (bands of 16 weight tiles, as the ping-pong walk).
 template <int BN, typename T>
@@ -582,6 +585,26 @@ void gemm_sm90(const GemmArgs& g, Stream s) {
   const gemm_detail::Problem p = gemm_detail::make_problem(g);
   gemm_detail::run_packed(gemm_detail::choose(p, d), g, p, d, gemm_detail::stream_of(s));
 }
+
+// The gated product (Problem::glu) on the tile gemm_sm90 would pick for the plain [M, 2d] product, whose
+// tile order, cluster and ping-pong rules it follows. false (nothing launched) where the gated epilogue
+// does not apply: a swapped tile (its threads hold output rows, not a gate and its up column), a tile
+// narrower than 64 columns, a bias, an output in another dtype.
+bool gemm_sm90_gated(const GemmArgs& g, Stream s) {
+  const auto& d = gemm_detail::use_device(g.a.device.index);
+  if (d.arch != 90 || g.bias || g.out.dtype != g.a.dtype || g.n % 2 != 0) return false;
+  if (g.a.dtype != DType::BF16 && g.a.dtype != DType::F16) return false;
+  gemm_detail::Problem p = gemm_detail::make_problem(g);
+  const gemm_detail::Choice c = gemm_detail::choose(p, d);
+  const gemm_detail::TileShape& t = gemm_detail::kShapes[int(c)];
+  if (t.swapped || t.bn % 64 != 0) return false;
+  p.glu = true;
+  gemm_detail::run_packed(c, g, p, d, gemm_detail::stream_of(s));
+  gemm_detail::g_gated_launches.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+uint64_t gemm_sm90_gated_launches() { return gemm_detail::g_gated_launches.load(std::memory_order_relaxed); }
 
 // Cluster launches so far in this process (the tests check that BIK_GEMM_CLUSTER really took that path).
 uint64_t gemm_sm90_cluster_launches() { return gemm_detail::g_cluster_launches.load(std::memory_order_relaxed); }

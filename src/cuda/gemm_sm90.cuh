@@ -67,6 +67,7 @@
 
 #include "cuda/gemm_common.cuh"
 #include "cuda/gemm_sm90_wgmma.cuh"
+#include "cuda/silu.cuh"
 #include "cuda/sm90_sync.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -216,17 +217,19 @@ __device__ __forceinline__ uint4 ld_shared_16(uint32_t src) {
 }
 
 #ifdef BIK_SM90_DEVICE_CODE
-// The warp's 16 x BN block when it lies wholly inside the output, without a bias, to a 16-bit type: the
+// The warp's 16 x W block (W = BN, or BN / 2 for a gated tile) when it lies wholly inside the output,
+// without a bias, to a 16-bit type: the
 // same roundings as store_tile_staged (one cvt of each pair of sums), moved into the staging rows by
 // stmatrix (four 8 x 8 blocks per instruction, straight from the wgmma layout) and out as 16-byte
 // pieces with no bounds or bias checks; about a tenth of the general path's instructions, which the
 // tensor cores otherwise wait out between tiles. stmatrix .x4 takes the row addresses of block q from
-// lanes 8q .. 8q + 7; block order: rows 0-7 and 8-15 of columns 0-7, then of columns 8-15.
-template <class Cfg, typename O>
+// lanes 8q .. 8q + 7; block order: rows 0-7 and 8-15 of columns 0-7, then of columns 8-15. Chunks of
+// 64 columns, or of 32 where W is an odd multiple of 32 (the gated 128x192 tile's 96).
+template <class Cfg, typename O, int W>
 __device__ __forceinline__ void store_tile_interior(const Problem& p, const float (&acc)[Cfg::BN / 2],
                                                     uint32_t staging, int b, int row0, int col0, int lane) {
-  static_assert(sizeof(O) == 2 && Cfg::BN % 64 == 0, "16-bit outputs in chunks of 64 columns");
-  constexpr int kChunk = 64, kPiecesPerRow = kChunk * 2 / 16;
+  static_assert(sizeof(O) == 2 && W % 32 == 0 && W <= Cfg::BN, "16-bit outputs in chunks of 32 or 64 columns");
+  constexpr int kChunk = W % 64 == 0 ? 64 : 32, kPiecesPerRow = kChunk * 2 / 16;
   const uint32_t lane_row = staging + ((lane & 7) + 8 * ((lane >> 3) & 1)) * Cfg::kEpiRowBytes + (lane >> 4) * 16;
   O* out = static_cast<O*>(p.out) + int64_t(b) * p.o_sb + int64_t(row0) * p.o_sm + col0;
   auto pack = [&](int i) {
@@ -234,7 +237,7 @@ __device__ __forceinline__ void store_tile_interior(const Problem& p, const floa
     return *reinterpret_cast<const uint32_t*>(&pr);
   };
 #pragma unroll
-  for (int chunk = 0; chunk < Cfg::BN / kChunk; ++chunk) {
+  for (int chunk = 0; chunk < W / kChunk; ++chunk) {
 #pragma unroll
     for (int jj = 0; jj < kChunk / 16; ++jj) {
       const int j = chunk * (kChunk / 8) + 2 * jj;  // the block's first group of 8 columns
@@ -301,24 +304,26 @@ __device__ __forceinline__ void store_tile_columns(const Problem& p, const float
 }
 #endif
 
-// One warp's 16 x BN block of finished sums to out[b, row0.., col0..]. The bias is added and the value
+// One warp's 16 x W block of finished sums (acc[0 .. W / 2) in the wgmma D layout; W = BN but for the
+// gated epilogue) to out[b, row0.., col0..]. The bias is added and the value
 // rounded once (exactly as store_pair does), written to the warp's staging rows, and copied out as
 // 16-byte pieces: a warp store then covers whole 128-byte lines instead of 8 scattered 16-byte bits.
 // Needs out rows 16-byte aligned with a unit N stride (Params::out_vec16); pieces that cross N are
 // written element by element.
-template <class Cfg, typename T, typename O>
+template <class Cfg, typename T, typename O, int W = Cfg::BN>
 __device__ __forceinline__ void store_tile_staged(const Problem& p, const float (&acc)[Cfg::BN / 2], uint32_t staging,
                                                   int b, int row0, int col0, int lane) {
-  constexpr int BN = Cfg::BN;
-  constexpr int kChunk = BN < 128 / int(sizeof(O)) ? BN : 128 / int(sizeof(O));  // columns per pass
+  constexpr int BN = W;  // the block's width
+  constexpr int kRowMax = 128 / int(sizeof(O));  // columns of one 128-byte staging row
+  constexpr int kChunk = BN <= kRowMax ? BN : BN % kRowMax == 0 ? kRowMax : 32;  // columns per pass
   constexpr int kPieceElems = 16 / int(sizeof(O));
   constexpr int kPiecesPerRow = kChunk / kPieceElems;
   constexpr int kPieces = 16 * kPiecesPerRow;
   static_assert(BN % kChunk == 0, "the staged epilogue walks BN in whole chunks");
 #ifdef BIK_SM90_DEVICE_CODE
-  if constexpr (sizeof(O) == 2 && BN % 64 == 0) {
+  if constexpr (sizeof(O) == 2 && (BN % 64 == 0 || BN != Cfg::BN)) {
     if (p.bias == nullptr && row0 + 16 <= p.m && col0 + BN <= p.n) {
-      store_tile_interior<Cfg, O>(p, acc, staging, b, row0, col0, lane);
+      store_tile_interior<Cfg, O, BN>(p, acc, staging, b, row0, col0, lane);
       return;
     }
   }
@@ -366,6 +371,34 @@ __device__ __forceinline__ void store_tile_staged(const Problem& p, const float 
   }
 }
 
+// The gated epilogue (Problem::glu): the tile's columns [0, BN / 2) hold the gate sums of output columns
+// tn * BN / 2.., columns [BN / 2, BN) the up sums of the same outputs, so every thread holds both halves
+// of its outputs (D-layout groups j and j + BN / 16: registers i and i + BN / 4). Each sum is rounded to
+// T, exactly as a store of the plain product would round it, silu_mul takes the two (the formula of
+// silu_and_mul), and the results, in the gate's registers, leave as a 16 x BN / 2 block of out [.., n / 2]
+// through the same stores (the value rounded once more, as silu_and_mul's store does). So out holds the
+// bits of mm then silu_and_mul; the [M, n] product never reaches memory.
+template <class Cfg, typename T>
+__device__ __forceinline__ void store_tile_gated(const Problem& p, bool out_vec16, float (&acc)[Cfg::BN / 2],
+                                                 uint32_t staging, int b, int row0, int tn, int lane) {
+  constexpr int H = Cfg::BN / 2;  // output columns of the tile
+  static_assert(!Cfg::kSwapped && H % 32 == 0, "gated tiles: unswapped, BN a multiple of 64");
+#pragma unroll
+  for (int i = 0; i < H / 2; ++i) acc[i] = silu_mul(to_f32(from_f32<T>(acc[i])), to_f32(from_f32<T>(acc[i + H / 2])));
+  Problem q = p;
+  q.n = p.n / 2;
+  if (out_vec16) {
+    store_tile_staged<Cfg, T, T, H>(q, acc, staging, b, row0, tn * H, lane);
+    return;
+  }
+  const int row = row0 + (lane >> 2), col0 = tn * H + (lane & 3) * 2;
+#pragma unroll
+  for (int j = 0; j < H / 8; ++j) {
+    store_pair<T>(q, b, row, col0 + j * 8, acc[4 * j], acc[4 * j + 1]);
+    store_pair<T>(q, b, row + 8, col0 + j * 8, acc[4 * j + 2], acc[4 * j + 3]);
+  }
+}
+
 // kCluster: launched in clusters of two along x (see the top of this file); prm.total_tiles then counts
 // pairs of tiles, prm.order walks the grid of pairs, and map_a or map_w (the shared one) has half-height boxes.
 template <class Cfg, typename T, bool kCluster = false>
@@ -396,6 +429,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   auto n_base = [&](int tn) {
     return Cfg::kSwapped && prm.tma && p.n >= BN ? min(tn * BN, p.n - BN) : tn * BN;
   };
+  // A gated product (Problem::glu) stacks two W boxes of BN / 2 rows in a stage: gate rows tn * BN / 2..
+  // and the up rows of the same outputs, n / 2 further on. Gate boxes may run on into up rows (or up boxes
+  // past n, zero-filled): they feed only outputs past n / 2, which are not stored.
+  constexpr int kHalfW = BN / 2;
+  auto gate_row = [&](int tn) { return tn * kHalfW; };
+  auto up_row = [&](int tn) { return p.n / 2 + tn * kHalfW; };
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
@@ -443,7 +482,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       // Cluster mode always copies with TMA (the host falls back to one-CTA mode otherwise); one thread
       // drives the copy engine, the others go straight to the final cluster barrier.
       if (t == 0) {
-        constexpr int kHalfA = BM / 2, kHalfW = BN / 2;  // rows of the half box each CTA copies and multicasts
+        constexpr int kHalfA = BM / 2;  // rows of the half box each CTA copies and multicasts (kHalfW for W)
         constexpr uint16_t kBoth = 0x3;
         int it = 0;
         for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
@@ -454,7 +493,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           // M or N, which are not stored; K is never clamped, so the zero fill past K is as before.
           const int ab = prm.a_batched ? b : 0, wb = prm.w_batched ? b : 0;
           const int a_row = prm.share_w ? min(tm * BM, p.m - 1) : min(tm * BM + rank * kHalfA, p.m - 1);
-          const int w_row = prm.share_w ? min(tn * BN + rank * kHalfW, p.n - 1) : min(tn * BN, p.n - 1);
+          // Gated: the W boxes are halves in both modes; sharing W, rank 0 copies the gate half, rank 1 the up.
+          const int w_row = p.glu ? min(rank == 0 ? gate_row(tn) : up_row(tn), p.n - 1)
+                            : prm.share_w ? min(tn * BN + rank * kHalfW, p.n - 1)
+                                          : min(tn * BN, p.n - 1);
           for (int kb = 0; kb < num_kb; ++kb, ++it) {
             const int s = it % STAGES, phase = (it / STAGES) & 1;
             mbar_wait(empty(s), phase ^ 1);  // both CTAs' consumers are done with stage s
@@ -467,7 +509,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
               tma_load_multicast(stage_w(s) + rank * kHalfW * kRowBytes, &map_w, full(s), kb * kBK, w_row, wb, kBoth);
             } else {
               tma_load_multicast(stage_a(s) + rank * kHalfA * kRowBytes, &map_a, full(s), kb * kBK, a_row, ab, kBoth);
-              tma_load(stage_w(s), &map_w, full(s), kb * kBK, w_row, wb);
+              if (p.glu) {
+                tma_load(stage_w(s), &map_w, full(s), kb * kBK, min(gate_row(tn), p.n - 1), wb);
+                tma_load(stage_w(s) + kHalfW * kRowBytes, &map_w, full(s), kb * kBK, min(up_row(tn), p.n - 1), wb);
+              } else {
+                tma_load(stage_w(s), &map_w, full(s), kb * kBK, w_row, wb);
+              }
             }
           }
         }
@@ -488,7 +535,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           if (prm.tma) {
             mbar_arrive_expect_tx(full(s), Cfg::kStageBytes);  // out-of-bounds box parts count too
             tma_load(stage_a(s), &map_a, full(s), kb * kBK, m_base(tm), prm.a_batched ? b : 0);
-            tma_load(stage_w(s), &map_w, full(s), kb * kBK, n_base(tn), prm.w_batched ? b : 0);
+            if (p.glu) {
+              tma_load(stage_w(s), &map_w, full(s), kb * kBK, gate_row(tn), prm.w_batched ? b : 0);
+              tma_load(stage_w(s) + kHalfW * kRowBytes, &map_w, full(s), kb * kBK, up_row(tn), prm.w_batched ? b : 0);
+            } else {
+              tma_load(stage_w(s), &map_w, full(s), kb * kBK, n_base(tn), prm.w_batched ? b : 0);
+            }
           } else {
             const T* a = static_cast<const T*>(p.a) + int64_t(b) * p.a_sb;
             const T* w = static_cast<const T*>(p.w) + int64_t(b) * p.w_sb;
@@ -496,7 +548,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
             for (int i = t; i < (BM + BN) * 8; i += 128) {
               const bool is_a = i < BM * 8;
               const int r = (is_a ? i : i - BM * 8) >> 3, c = i & 7;
-              const int gr = (is_a ? tm * BM : tn * BN) + r, gk = k0 + c * 8;
+              const int gr = is_a                  ? tm * BM + r
+                             : !p.glu              ? tn * BN + r
+                             : r < kHalfW ? gate_row(tn) + r
+                                          : up_row(tn) + r - kHalfW,
+                        gk = k0 + c * 8;
               const bool live = gr < (is_a ? p.m : p.n) && gk < p.k;
               uint4 v = make_uint4(0, 0, 0, 0);
               if (live)
@@ -580,6 +636,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const int row0 = m_base(tm) + slab * 64 + warp * 16;
       if (row0 >= p.m) continue;  // the warp's rows all lie past M (a partial last M-tile): nothing to store
       const uint32_t staging = bars + Cfg::kBarBytes + (wg * 4 + warp) * Cfg::kEpiWarpBytes;
+      if constexpr (!Cfg::kSwapped && BN % 64 == 0) {
+        if (p.glu) {
+          store_tile_gated<Cfg, T>(p, prm.out_vec16 != 0, acc, staging, b, row0, tn, lane);
+          continue;
+        }
+      }
       if (prm.out_vec16) {
         if constexpr (Cfg::kSwapped)
           store_tile_columns<Cfg, T>(p, acc, staging, b, row0, n_base(tn), lane);

@@ -532,15 +532,22 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
     rms_norm(h, x, L.post_attn_norm, eps_, residual, s);
     tap("post_attn_residual", l, residual);
     tap("post_attn_norm", l, h);
-    if (L.gate_up_fused) {
-      linear(gate_up, h, L.gate_up, s);
+    if (batch_invariant_ && L.gate_up_fused && !L.gate_up.bias && !tap_) {
+      // One call: on sm_90 the activation runs in the GEMM's epilogue and the [T, 2I] product never
+      // reaches memory. The same bits as the path below (mm_silu_and_mul rounds as the two calls do),
+      // which runs whenever the gate and up outputs are tapped.
+      mm_silu_and_mul(act, h, L.gate_up.w, s);
     } else {
-      linear(gate_out, h, L.gate, s);
-      linear(up_out, h, L.up, s);
+      if (L.gate_up_fused) {
+        linear(gate_up, h, L.gate_up, s);
+      } else {
+        linear(gate_out, h, L.gate, s);
+        linear(up_out, h, L.up, s);
+      }
+      tap("gate_proj", l, gate_out);
+      tap("up_proj", l, up_out);
+      silu_and_mul(act, gate_up, s);
     }
-    tap("gate_proj", l, gate_out);
-    tap("up_proj", l, up_out);
-    silu_and_mul(act, gate_up, s);
     tap("silu_and_mul", l, act);
     row_parallel(x, act, L.down, s);
     tap("down_proj", l, x);

@@ -460,4 +460,50 @@ TEST(CpuGemmVariants, CpuOnlyVariantsRejectGpuTensors) {
   }
 }
 
+// mm_silu_and_mul is mm then silu_and_mul, bit for bit, for every input dtype and for strided views; bad
+// arguments name the problem.
+TEST(CpuGemmGated, IsMmThenSiluAndMul) {
+  std::mt19937_64 rng(23);
+  for (DType in : kInTypes) {
+    SCOPED_TRACE(dtype_name(in));
+    const int64_t M = 13, d = 37, K = 70;
+    Tensor a = random_tensor({M, K}, in, rng), w = random_tensor({2 * d, K}, in, rng, 0.5f);
+    Tensor product = Tensor::empty({M, 2 * d}, in), ref = Tensor::empty({M, d}, in), out = Tensor::empty({M, d}, in);
+    mm(product, a, w);
+    silu_and_mul(ref, product);
+    fill_bytes(out, 0xFF);
+    mm_silu_and_mul(out, a, w);
+    EXPECT_EQ(std::memcmp(out.data(), ref.data(), size_t(out.numel()) * dtype_size(in)), 0);
+    // a transposed (its K stride is M), out a column window of a wider buffer
+    Tensor at = Tensor::empty({K, M}, in), wide = Tensor::empty({M, d + 5}, in);
+    TensorView a_t = at.view();
+    std::swap(a_t.shape[0], a_t.shape[1]);
+    std::swap(a_t.stride[0], a_t.stride[1]);
+    copy(a_t, a);
+    fill_bytes(wide, 0xFF);
+    const TensorView o = wide.view().narrow(1, 3, d);
+    mm_silu_and_mul(o, a_t, w);
+    for (int64_t i = 0; i < M * d; ++i) EXPECT_EQ(bits_at(o, i), bits_at(ref, i)) << "element " << i;
+  }
+}
+
+TEST(CpuGemmGated, BadArgumentsNameTheProblem) {
+  auto t = [](const Shape& s, DType dt = DType::BF16) { return Tensor::empty(s, dt); };
+  auto expect_message = [](auto&& f, const std::string& needle) {
+    try {
+      f();
+      FAIL() << "no error; wanted one mentioning '" << needle << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  const Tensor a = t({4, 8}), w = t({6, 8});
+  expect_message([&] { mm_silu_and_mul(t({4, 3}), a, t({7, 8})); }, "odd row count");
+  expect_message([&] { mm_silu_and_mul(t({4, 6}), a, w); }, "out must be [M, d] = [4, 3]");
+  expect_message([&] { mm_silu_and_mul(t({4, 3}, DType::F32), a, w); }, "out must be bf16 (a's dtype)");
+  expect_message([&] { mm_silu_and_mul(t({4, 3}), a, t({6, 9})); }, "has K = 8");
+  expect_message([&] { mm_silu_and_mul(t({4, 3}), a, t({6, 8}, DType::F16)); }, "both must share one dtype");
+  expect_message([&] { mm_silu_and_mul(t({4, 3}), t({4, 8}, DType::I32), t({6, 8}, DType::I32)); }, "mm_silu_and_mul");
+}
+
 }  // namespace

@@ -4,6 +4,7 @@
 #include "gpu_env.h"
 #include "bik/tensor.h"
 #include "engine/model.h"
+#include "cuda/gemm.h"
 
 #include <memory>
 
@@ -115,6 +116,22 @@ TEST(EngineCudaFusion, FusedProjectionsGiveTheBitsOfSeparateOnes) {
     SCOPED_TRACE(arch);
     expect_fused_projections_give_the_bits_of_separate_ones(tiny_config(256, 512, arch), Device::cuda(0));
   }
+}
+
+// A gate|up wide enough for 64-column tiles (2 x 4096 rows): untapped, every layer of both steps runs the
+// gated wgmma kernel (the launch counter), and the logits are those of the tapped run, which computes
+// gate|up and silu_and_mul apart.
+TEST(EngineCudaFusion, GatedMlpKernelGivesTheBitsOfTheTwoCalls) {
+  BIK_REQUIRE_GPU();
+  if (cuda_device_props(0).arch() != 90) GTEST_SKIP() << "the gated GEMM epilogue is the sm_90 kernel's";
+  ModelConfig c = tiny_config(256, 512, "qwen3");
+  c.intermediate = 4096;
+  LlamaModel m(c, Weights::dummy(c, 31), Device::cuda(0));
+  const FusionRun tapped = prefill_then_decode(m, 9);
+  const uint64_t before = cuda::gemm_sm90_gated_launches();
+  const FusionRun plain = prefill_then_decode(m, 9, false);
+  EXPECT_EQ(cuda::gemm_sm90_gated_launches() - before, uint64_t(2 * c.layers));
+  EXPECT_TRUE(plain.logits == tapped.logits);
 }
 
 // The control: one changed weight in the last row of v changes the fused model's logits on CUDA too.
