@@ -193,7 +193,7 @@ RowStats row_check(Impl impl, int64_t d, int64_t k, uint64_t seed) {
 
 TEST(GpuGemmGated, RowsAreBatchInvariant) {
   BIK_REQUIRE_GPU();
-  for (const GatedCase& c : {GatedCase{0, 3072, 4096}, GatedCase{0, 12288, 4096}, GatedCase{0, 1000, 1000}}) {
+  for (const GatedCase& c : {GatedCase{0, 2048, 4096}, GatedCase{0, 12288, 4096}, GatedCase{0, 1000, 1000}}) {
     const uint64_t before = cuda::gemm_sm90_gated_launches();
     const RowStats st = row_check(Impl::Bik, c.d, c.k, 77 + uint64_t(c.d));
     std::printf("[gated rows] d=%lld K=%lld: %lld of %lld rows differ from the row alone (%llu fused launches)\n",
@@ -205,12 +205,14 @@ TEST(GpuGemmGated, RowsAreBatchInvariant) {
 }
 
 // Negative control: cuBLASLt's kernel choice changes with M; the same check must see it through the
-// rounding to bf16 and the activation, or the check above proves nothing.
+// rounding to bf16 and the activation, or the check above proves nothing. Its shape is one where cuBLASLt
+// is known to vary (GpuGemm.NegativeControlCublasLtIsCaught: 4096 x 4096 varies on an H200, 6144 x 4096
+// does not), d = 2048 (b: 4096 rows), K = 4096.
 TEST(GpuGemmGated, NegativeControlCublasLtIsCaught) {
   BIK_REQUIRE_GPU();
-  const RowStats st = row_check(Impl::CublasThenSilu, 3072, 4096, 77 + 3072);
-  std::printf("[gated rows] cublaslt + silu_and_mul: %lld of %lld rows differ from the row alone\n", (long long)st.diffs,
-              (long long)st.cases);
+  const RowStats st = row_check(Impl::CublasThenSilu, 2048, 4096, 77 + 2048);
+  std::printf("[gated rows] cublaslt + silu_and_mul, d=2048 K=4096: %lld of %lld rows differ from the row alone\n",
+              (long long)st.diffs, (long long)st.cases);
   EXPECT_GT(st.diffs, 0) << "the row check found no variance in cuBLASLt: it has no teeth";
 }
 
