@@ -10,7 +10,6 @@
 #include <iterator>
 #include <map>
 #include <mutex>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -210,7 +209,7 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
 
 // A [batches, rows, K] view of a K-major operand, boxes of [1, box_rows, 64] in the 128-byte swizzle.
 // Returns false when TMA cannot describe it (the kernel then loads with its producer warps).
-bool encode_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, int64_t s_row, int batches,
+bool make_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, int64_t s_row, int batches,
                 int64_t s_batch, int box_rows) {
   if (k == 0 || !aligned16(base)) return false;
   // Strides of extent-1 dimensions are never used; give them any value the encoder accepts.
@@ -228,56 +227,6 @@ bool encode_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, 
                                                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS;
-}
-
-// The maps already encoded, per thread (tensor-parallel ranks call from threads of their own), keyed by
-// every argument of encode_map: a GEMM asks for up to four (whether TMA applies, then the launch's two),
-// an engine step for hundreds, mostly the same weights and activation buffers every step, and each
-// encoding is a driver call. A map holds only the address, sizes, strides and box, so a hit is the very
-// map an encoding would give. BIK_GEMM_MAP_CACHE=0 (read once) encodes every time, for A/B timing.
-struct MapKey {
-  const void* base;
-  int64_t s_row, s_batch;
-  int k, rows, batches, box_rows;
-  bool bf16;
-  bool operator==(const MapKey& o) const {
-    return base == o.base && s_row == o.s_row && s_batch == o.s_batch && k == o.k && rows == o.rows &&
-           batches == o.batches && box_rows == o.box_rows && bf16 == o.bf16;
-  }
-};
-struct MapKeyHash {
-  size_t operator()(const MapKey& m) const {
-    uint64_t h = uint64_t(reinterpret_cast<uintptr_t>(m.base));
-    for (uint64_t v : {uint64_t(m.s_row), uint64_t(m.s_batch), uint64_t(m.k), uint64_t(m.rows), uint64_t(m.batches),
-                       uint64_t(m.box_rows), uint64_t(m.bf16)})
-      h = (h ^ v) * 0x100000001b3ull;
-    return size_t(h ^ (h >> 29));
-  }
-};
-struct CachedMap {
-  CUtensorMap map;
-  bool ok;
-};
-
-bool make_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, int64_t s_row, int batches,
-              int64_t s_batch, int box_rows) {
-  static const bool cache_on = [] {
-    const char* e = std::getenv("BIK_GEMM_MAP_CACHE");
-    return !(e != nullptr && std::strcmp(e, "0") == 0);
-  }();
-  if (!cache_on) return encode_map(map, base, bf16, k, rows, s_row, batches, s_batch, box_rows);
-  thread_local std::unordered_map<MapKey, CachedMap, MapKeyHash> cache;
-  const MapKey key{base, s_row, s_batch, k, rows, batches, box_rows, bf16};
-  if (const auto it = cache.find(key); it != cache.end()) {
-    map = it->second.map;
-    return it->second.ok;
-  }
-  if (cache.size() >= 4096) cache.clear();  // a bound for processes that see endless new buffers
-  CachedMap c{};
-  c.ok = encode_map(c.map, base, bf16, k, rows, s_row, batches, s_batch, box_rows);
-  cache.emplace(key, c);
-  map = c.map;
-  return c.ok;
 }
 
 // Whether out rows take the staged 16-byte stores: unit N stride, 16-byte aligned base and row/batch steps.

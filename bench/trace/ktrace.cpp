@@ -1,0 +1,57 @@
+// A CUDA injection library: with CUDA_INJECTION64_PATH pointing at it, the driver loads it into a process,
+// and it records every kernel's start, end and name through CUPTI's activity API and writes them at exit
+// to $KTRACE_OUT (lines "start end id", then "#names" and "id name" lines). Kernels run as they do
+// without it (no serialisation, unlike ncu), so idle gaps and in-place kernel times are those of the run.
+// Build: g++ -O2 -shared -fPIC -std=c++17 -I/usr/local/cuda/include bench/trace/ktrace.cpp \
+//          -o libktrace.so -L/usr/local/cuda/lib -lcupti     (CUPTI ships with the CUDA toolkit)
+// Run:   CUDA_INJECTION64_PATH=$PWD/libktrace.so KTRACE_OUT=trace.txt bik bench serve ...
+//        python3 bench/trace/kernel_roles.py trace.txt 8
+#include <cupti.h>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+struct Rec { uint64_t s, e; uint32_t id; };
+std::mutex mu;
+std::vector<Rec> recs;
+std::unordered_map<std::string, uint32_t> ids;
+void CUPTIAPI requested(uint8_t** buf, size_t* size, size_t* max) {
+  *size = 8 << 20;
+  *buf = static_cast<uint8_t*>(aligned_alloc(8, *size));
+  *max = 0;
+}
+void CUPTIAPI completed(CUcontext, uint32_t, uint8_t* buf, size_t, size_t valid) {
+  CUpti_Activity* r = nullptr;
+  std::lock_guard<std::mutex> l(mu);
+  while (cuptiActivityGetNextRecord(buf, valid, &r) == CUPTI_SUCCESS) {
+    if (r->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL && r->kind != CUPTI_ACTIVITY_KIND_KERNEL) continue;
+    auto* k = reinterpret_cast<CUpti_ActivityKernel10*>(r);
+    auto it = ids.emplace(k->name ? k->name : "?", uint32_t(ids.size())).first;
+    recs.push_back({k->start, k->end, it->second});
+  }
+  free(buf);
+}
+void dump() {
+  cuptiActivityFlushAll(1);
+  const char* path = std::getenv("KTRACE_OUT");
+  FILE* f = std::fopen(path ? path : "ktrace.txt", "w");
+  if (!f) return;
+  std::lock_guard<std::mutex> l(mu);
+  for (const Rec& r : recs) std::fprintf(f, "%llu %llu %u\n", (unsigned long long)r.s, (unsigned long long)r.e, r.id);
+  std::fprintf(f, "#names\n");
+  for (const auto& [n, i] : ids) std::fprintf(f, "%u %s\n", i, n.c_str());
+  std::fclose(f);
+}
+}  // namespace
+
+extern "C" int InitializeInjection(void) {
+  cuptiActivityRegisterCallbacks(requested, completed);
+  cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+  std::atexit(dump);
+  return 1;
+}
