@@ -1,8 +1,10 @@
 # Kernel time by role in a transformer layer from a kernel trace of bench/trace/ktrace.cpp (lines
-# "start end id", "#names", "id name"): the GEMMs after each attention launch are o-proj, gate|up, down,
-# then the next layer's q|k|v (or the lm-head, after the last layer). Usage: kernel_roles.py TRACE PARTS
-# (the trace is cut into PARTS at its largest gaps between kernels, e.g. between serving runs; parts of
-# fewer than 1000 kernels are skipped).
+# "start end id gridX gridY", "#names", "id name"): the GEMMs after each attention launch are o-proj, gate|up,
+# down, then the next layer's q|k|v (or the lm-head, after the last layer). Steps are told apart by the token
+# embedding that opens each (an embedding launch followed by rms_norm; its grid's y is the step's token count),
+# so each role's time is also given per bucket of tokens a step. Usage: kernel_roles.py TRACE PARTS (the trace
+# is cut into PARTS at its largest gaps between kernels, e.g. between serving runs; parts of fewer than 1000
+# kernels are skipped).
 import sys, collections
 rows, names, in_names = [], {}, False
 for line in open(sys.argv[1]):
@@ -11,9 +13,8 @@ for line in open(sys.argv[1]):
     if in_names:
         i, n = line.rstrip('\n').split(' ', 1); names[int(i)] = n
     else:
-        s, e, i = line.split(); rows.append((int(s), int(e), int(i)))
+        f = line.split(); rows.append((int(f[0]), int(f[1]), int(f[2]), int(f[4]) if len(f) > 4 else 0))
 rows.sort()
-# parts: split at the largest gaps (argv[2] parts)
 nparts = int(sys.argv[2])
 gaps = sorted(((rows[i + 1][0] - rows[i][1], i) for i in range(len(rows) - 1)), reverse=True)[:nparts - 1]
 cuts = sorted(i + 1 for _, i in gaps)
@@ -21,30 +22,47 @@ parts, prev = [], 0
 for c in cuts + [len(rows)]:
     parts.append(rows[prev:c]); prev = c
 roles = ['o-proj', 'gate|up', 'down', 'qkv']
+edges = [64, 128, 192, 255, 256, 320, 384, 512, 1024, 2048, 1 << 30]
+def bucket(t):
+    lo = 1
+    for e in edges:
+        if t <= e: return f"{lo}-{e}" if lo != e else str(e)
+        lo = e + 1
+def role_of(name, state, d):
+    if 'attention_kernel' in name or 'fold_kernel' in name:
+        if 'attention_kernel' in name: state['gemm'] = -1
+        return 'attention'
+    if 'splitKreduce' in name:
+        return 'gemm ' + roles[min(state['gemm'], 3)] if state['gemm'] >= 0 else 'gemm ?'
+    if 'gemm_kernel' in name or 'nvjet' in name:
+        state['gemm'] += 1
+        g = state['gemm']
+        if g == 3 and d > 150000: return 'gemm lm-head'
+        return 'gemm ' + (roles[g] if g < 4 else 'lm-head/other')
+    for key, r in (('silu', 'silu_and_mul'), ('rms_norm', 'rms_norm'), ('rope', 'rope'), ('write_kv', 'write_kv'),
+                   ('embedding', 'embedding')):
+        if key in name: return r
+    if any(k in name for k in ('sample', 'logprob', 'argmax', 'softmax')): return 'sampling/logprobs'
+    return 'other: ' + name[:60]
 for pi, part in enumerate(parts):
     if len(part) < 1000: continue
-    t = collections.Counter(); n = collections.Counter()
-    gemm_i = 3
-    for s, e, k in part:
+    t = collections.Counter(); n = collections.Counter(); tb = collections.Counter(); steps = collections.Counter()
+    state = {'gemm': 3}
+    cur = '?'
+    for i, (s, e, k, gy) in enumerate(part):
         name = names[k]
-        d = e - s
-        if 'attention_kernel' in name or 'fold_kernel' in name:
-            if 'attention_kernel' in name: gemm_i = -1
-            role = 'attention'
-        elif 'splitKreduce' in name:
-            role = 'gemm ' + roles[min(gemm_i, 3)] if gemm_i >= 0 else 'gemm ?'
-        elif 'gemm_kernel' in name or 'nvjet' in name:
-            gemm_i += 1
-            role = 'gemm ' + (roles[gemm_i] if gemm_i < 4 else 'lm-head/other')
-            if gemm_i == 3 and d > 150000: role = 'gemm lm-head'
-        elif 'silu' in name: role = 'silu_and_mul'
-        elif 'rms_norm' in name: role = 'rms_norm'
-        elif 'rope' in name: role = 'rope'
-        elif 'write_kv' in name: role = 'write_kv'
-        elif 'sample' in name or 'logprob' in name or 'argmax' in name or 'softmax' in name: role = 'sampling/logprobs'
-        else: role = 'other: ' + name[:60]
-        t[role] += d; n[role] += 1
+        if 'embedding' in name and i + 1 < len(part) and 'rms_norm' in names[part[i + 1][2]]:
+            cur = bucket(gy); steps[cur] += 1
+        role = role_of(name, state, e - s)
+        t[role] += e - s; n[role] += 1; tb[(role, cur)] += e - s
     total = sum(t.values())
     print(f"part {pi}: {len(part)} kernels, span {(part[-1][1]-part[0][0])/1e6:.1f} ms, kernel time {total/1e6:.1f} ms")
     for r, v in sorted(t.items(), key=lambda kv: -kv[1]):
         print(f"   {v/1e6:9.1f} ms  n={n[r]:7d}  mean {v/n[r]/1e3:7.1f} us  {r}")
+    bks = [b for b in [bucket(x) for x in [1, 65, 129, 193, 256, 257, 321, 385, 513, 1025, 2049]] if steps[b]]
+    if bks:
+        print("   ms a step by tokens a step: " + ", ".join(f"{b}: {steps[b]} steps" for b in bks))
+        main = [r for r, _ in sorted(t.items(), key=lambda kv: -kv[1])[:8]]
+        print("   " + " " * 22 + "".join(f"{b:>10s}" for b in bks))
+        for r in main:
+            print(f"   {r[:22]:22s}" + "".join(f"{tb[(r, b)] / 1e6 / steps[b]:10.3f}" for b in bks))

@@ -1,6 +1,6 @@
 // A CUDA injection library: with CUDA_INJECTION64_PATH pointing at it, the driver loads it into a process,
 // and it records every kernel's start, end and name through CUPTI's activity API and writes them at exit
-// to $KTRACE_OUT (lines "start end id", then "#names" and "id name" lines). Kernels run as they do
+// to $KTRACE_OUT (lines "start end id gridX gridY", then "#names" and "id name" lines). Kernels run as they do
 // without it (no serialisation, unlike ncu), so idle gaps and in-place kernel times are those of the run.
 // Build: g++ -O2 -shared -fPIC -std=c++17 -I/usr/local/cuda/include bench/trace/ktrace.cpp \
 //          -o libktrace.so -L/usr/local/cuda/lib -lcupti     (CUPTI ships with the CUDA toolkit)
@@ -16,7 +16,7 @@
 #include <vector>
 
 namespace {
-struct Rec { uint64_t s, e; uint32_t id; };
+struct Rec { uint64_t s, e; uint32_t id, gx, gy; };
 std::mutex mu;
 std::vector<Rec> recs;
 std::unordered_map<std::string, uint32_t> ids;
@@ -32,7 +32,7 @@ void CUPTIAPI completed(CUcontext, uint32_t, uint8_t* buf, size_t, size_t valid)
     if (r->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL && r->kind != CUPTI_ACTIVITY_KIND_KERNEL) continue;
     auto* k = reinterpret_cast<CUpti_ActivityKernel10*>(r);
     auto it = ids.emplace(k->name ? k->name : "?", uint32_t(ids.size())).first;
-    recs.push_back({k->start, k->end, it->second});
+    recs.push_back({k->start, k->end, it->second, uint32_t(k->gridX), uint32_t(k->gridY)});
   }
   free(buf);
 }
@@ -42,7 +42,8 @@ void dump() {
   FILE* f = std::fopen(path ? path : "ktrace.txt", "w");
   if (!f) return;
   std::lock_guard<std::mutex> l(mu);
-  for (const Rec& r : recs) std::fprintf(f, "%llu %llu %u\n", (unsigned long long)r.s, (unsigned long long)r.e, r.id);
+  for (const Rec& r : recs)
+    std::fprintf(f, "%llu %llu %u %u %u\n", (unsigned long long)r.s, (unsigned long long)r.e, r.id, r.gx, r.gy);
   std::fprintf(f, "#names\n");
   for (const auto& [n, i] : ids) std::fprintf(f, "%u %s\n", i, n.c_str());
   std::fclose(f);
