@@ -91,7 +91,8 @@ FusionRun run_steps(const ModelRunner& m, LlamaModel& tapped, const PrefillDecod
   FusionRun r;
   if (tap)
     tapped.set_tap([&](const char* name, int64_t layer, const TensorView& out) {
-      r.taps.push_back({(layer >= 0 ? std::to_string(layer) + "." : std::string()) + name, bytes_of(out), out.stride[0]});
+      const std::string prefix = layer >= 0 ? std::to_string(layer) + "." : std::string();
+      r.taps.push_back({prefix + name, bytes_of(out), out.stride[0]});
     });
   KvCache cache = m.make_cache(cache_blocks, 16);
   for (const StepBatch* b : {&steps.prefill, &steps.decode}) {

@@ -427,7 +427,8 @@ void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int 
   CUtensorMap map_a{}, map_w{};
   prm.tma = p.a_sk == 1 && p.w_sk == 1 &&
             make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, Cfg::BM) &&
-            make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, p.glu ? Cfg::BN / 2 : Cfg::BN);
+            make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb,
+                     p.glu ? Cfg::BN / 2 : Cfg::BN);
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
   const int grid = int(std::min<int64_t>(total, d.sms));
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, st>>>(prm, map_a, map_w);

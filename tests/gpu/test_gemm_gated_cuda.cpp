@@ -57,7 +57,8 @@ const std::vector<GatedCase>& gated_cases() {
 
 TEST(GpuGemmGated, FusedGivesTheBitsOfTheTwoCalls) {
   BIK_REQUIRE_GPU();
-  if (!is_sm90()) GTEST_SKIP() << "the gated epilogue is the sm_90 kernel's (elsewhere mm_silu_and_mul is the two calls)";
+  if (!is_sm90())
+    GTEST_SKIP() << "the gated epilogue is the sm_90 kernel's (elsewhere mm_silu_and_mul is the two calls)";
   struct Mode {
     const char* env;
     const char* value;
@@ -68,7 +69,8 @@ TEST(GpuGemmGated, FusedGivesTheBitsOfTheTwoCalls) {
   int64_t compared = 0, fused = 0;
   for (DType dt : {DType::BF16, DType::F16})
     for (const GatedCase& c : gated_cases()) {
-      const Tensor a = dev_filled({c.m, c.k}, dt, uint64_t(c.m * 3 + c.k)), w = dev_filled({2 * c.d, c.k}, dt, uint64_t(c.d));
+      const Tensor a = dev_filled({c.m, c.k}, dt, uint64_t(c.m * 3 + c.k));
+      const Tensor w = dev_filled({2 * c.d, c.k}, dt, uint64_t(c.d));
       const Tensor ref = dev({c.m, c.d}, dt), out = dev({c.m, c.d}, dt);
       fill_bytes(ref, 0xff);
       two_calls(ref, a, w);
