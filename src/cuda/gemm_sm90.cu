@@ -210,7 +210,7 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
 // A [batches, rows, K] view of a K-major operand, boxes of [1, box_rows, 64] in the 128-byte swizzle.
 // Returns false when TMA cannot describe it (the kernel then loads with its producer warps).
 bool make_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, int64_t s_row, int batches,
-                int64_t s_batch, int box_rows) {
+              int64_t s_batch, int box_rows) {
   if (k == 0 || !aligned16(base)) return false;
   // Strides of extent-1 dimensions are never used; give them any value the encoder accepts.
   const int64_t k_pad = (int64_t(k) + 7) / 8 * 8;
