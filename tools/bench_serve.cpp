@@ -388,13 +388,14 @@ int serve_bench(const std::vector<std::string>& argv) {
   for (const bool inv : modes) {
     const char* mname = inv ? "on" : "off";
     model.set_batch_invariant(inv);
-    {
-      const LLMEngine check(model, ec);
+    // Every request must fit the model length of each engine, checked before that engine runs (no KV cache
+    // is allocated only to read it).
+    auto check_fits = [&](const LLMEngine& e) {
       for (size_t i = 0; i < w.prompts.size(); ++i)
-        BIK_CHECK(int64_t(w.prompts[i].size()) + w.params[i].max_tokens <= check.max_model_len(), "bik bench serve: ",
+        BIK_CHECK(int64_t(w.prompts[i].size()) + w.params[i].max_tokens <= e.max_model_len(), "bik bench serve: ",
                   "a request needs ", w.prompts[i].size() + size_t(w.params[i].max_tokens), " positions; at most ",
-                  check.max_model_len(), " fit (the model's positions or the KV cache)");
-    }
+                  e.max_model_len(), " fit (the model's positions or the KV cache)");
+    };
     // The warm-up: the whole workload once, untimed, on an engine of its own (so the timed run starts with
     // an empty prefix cache), so that every kernel the run launches, every library kernel's first load and
     // every shape's heuristic query (cuBLASLt's, with batch invariance off) is paid before timing; a short
@@ -402,9 +403,11 @@ int serve_bench(const std::vector<std::string>& argv) {
     if (!a.flag("no-warmup")) {
       std::fprintf(stderr, "bik bench serve [%s]: warm-up (the workload once, untimed)\n", mname);
       LLMEngine warm(model, ec);
+      check_fits(warm);
       warm.generate(w.prompts, w.params);
     }
     LLMEngine llm(model, ec);
+    check_fits(llm);
     const EngineStats before = llm.stats();
     size_t done = 0;
     const auto t0 = Clock::now();
