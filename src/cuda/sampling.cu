@@ -668,7 +668,8 @@ __host__ __device__ constexpr int stream_cap(int threads) { return threads * kSt
 __host__ __device__ constexpr int stream_keys(int threads) { return stream_cap(threads) + kStreamMaxK; }
 
 struct StreamSmem {
-  unsigned added[3];  // keys appended during tile t, in added[t % 3] (see stream_tile_end)
+  uint64_t tile_bar;  // sm_90: the tiles' barrier, one arrive a warp (see StreamBuffer)
+  unsigned added[3];  // keys appended during tile t, in added[t % 3] (see StreamBuffer)
   unsigned kept;
   unsigned best_key;  // Plain: value_key of the best score any thread of the CTA has seen so far
   unsigned fill;      // published for the cluster's merge
@@ -741,14 +742,25 @@ __device__ __forceinline__ void stream_tiles(const T* xr, int64_t ls1, int64_t n
 }
 
 // The running buffer of one CTA. In each tile every thread appends its chunks' keys (offer_tile), then
-// tile_end(t): the tile's appends are counted in added[t % 3] (the counter of tile t + 2 is zeroed there:
-// its last readers, tile t - 1's, have all passed this tile's barrier), and the buffer is cut when
-// another tile might not fit or once it holds max(kEarlyCut, 2k) keys. In tile 0, seed() first raises thr
-// to the k-th largest of the threads' own largest keys (k distinct keys are at or above it), so the first
-// tile does not flood the buffer.
+// the tile ends with a barrier, after which the tile's appends are counted (absorb(t): added[t % 3]; the
+// counter of tile t + 2 is zeroed there: its last readers, tile t - 1's, have all passed this tile's
+// barrier), and the buffer is cut when another tile might not fit or once it holds max(kEarlyCut, 2k)
+// keys. In tile 0, seed() first raises thr to the k-th largest of the threads' own largest keys (k
+// distinct keys are at or above it), so the first tile does not flood the buffer.
+// kSplit, on sm_90: the barrier is split. tile_end(t) only arrives on an mbarrier (one arrive a warp,
+// after the warp's appends) and settle(), at the start of the next tile's offer or before the buffer is
+// read, waits for it and absorbs. By then the next tile's loads are in flight (stream_tiles_at issues
+// them before calling the tile), where a __syncthreads at the tile's end held every warp with no load
+// outstanding (H200, 151936 f32 logits, top-k 50 + top-p, with the path kernel below: 256 rows 74.0
+// against 81.6 us a call, 64 rows 43.3 against 52.2; logs_h200/75accef_sampling_split2_ab.log).
+// Otherwise tile_end is that __syncthreads and absorbs at once. The logprobs kernels keep it: the
+// barrier's state across the tile made the 512-thread kernel spill its sums in every tile (160 against
+// 102 us a call; _split_ab.log). The appends, counts, cuts and thr are the same either way, and with
+// them the buffer's keys.
 // fill, thr and floor are the same in every thread.
-constexpr int64_t kEarlyCut = 128;  // StreamBuffer::tile_end cuts from max(kEarlyCut, 2k) keys on
+constexpr int64_t kEarlyCut = 128;  // StreamBuffer::absorb cuts from max(kEarlyCut, 2k) keys on
 
+template <bool kSplit>
 struct StreamBuffer {
   uint64_t* buf;  // stream_cap keys, then kStreamMaxK spare
   StreamSmem* ss;
@@ -758,10 +770,19 @@ struct StreamBuffer {
   unsigned fill = 0;
   uint64_t thr = 0;
 
+  int64_t pending = -1;  // sm_90: the tile whose end was arrived at and not yet waited for
+  uint32_t parity = 0;   // sm_90: the parity of the tile barrier's next phase
+
+  // Every thread calls, before the row's first tile. The barrier is set up anew for each row: the
+  // leading __syncthreads holds thread 0 until every thread has waited for the last row's phases.
   __device__ void begin() {
+    __syncthreads();
     if (threadIdx.x < 3) ss->added[threadIdx.x] = 0;
+    if (kSplit && threadIdx.x == 0) bulk_bar_init_count(&ss->tile_bar, blockDim.x / 32);
     fill = 0;
     thr = 0;
+    pending = -1;
+    parity = 0;
     __syncthreads();
   }
   // The value part of thr as a float (-inf while thr = 0): an element of a smaller value is below thr.
@@ -801,8 +822,32 @@ struct StreamBuffer {
     for (int j = 0; j < V; ++j)
       if (valid[j] && key[j] >= thr) buf[pos++] = key[j];
   }
+  // Every thread calls once its appends of tile t are done.
   __device__ void tile_end(int64_t t) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (kSplit) {
+      __syncwarp();  // the warp's appends before its arrive (which releases them to the waiting threads)
+      if ((threadIdx.x & 31) == 0) bulk_arrive(&ss->tile_bar);
+      pending = t;
+      return;
+    }
+#endif
     __syncthreads();
+    absorb(t);
+  }
+  // Every thread calls, at the same point of the row: waits for the end of the pending tile, if any.
+  __device__ void settle() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (!kSplit || pending < 0) return;
+    bulk_wait(&ss->tile_bar, parity);
+    parity ^= 1u;
+    const int64_t t = pending;
+    pending = -1;
+    absorb(t);
+#endif
+  }
+  // After the barrier that ends tile t.
+  __device__ void absorb(int64_t t) {
     fill += ss->added[unsigned(t) % 3u];
     if (threadIdx.x == 0) ss->added[(unsigned(t) + 2u) % 3u] = 0;
     // Cut when another tile might not fit, and also as soon as the buffer holds a few times k keys: the
@@ -810,8 +855,9 @@ struct StreamBuffer {
     // over at most kSelectSmall keys while 2k <= kEarlyCut).
     if (fill > cap - tile || (int64_t(fill) > k && int64_t(fill) >= (2 * k > kEarlyCut ? 2 * k : kEarlyCut))) cut();
   }
-  // To exactly the k largest (when there are more).
+  // To exactly the k largest (when there are more). Every thread calls, after the row's last tile.
   __device__ void cut() {
+    settle();
     if (int64_t(fill) <= k) return;
     thr = stream_cut(buf, buf + cap, fill, k, *sel, *ss);
     fill = unsigned(k);
@@ -828,8 +874,8 @@ __device__ __forceinline__ float z_floor(float zt) {
 // ranked value of element x is value(x) (its key order_key(value(x), i)); in tile 0 thr is seeded first.
 // ruled_out(x, bound), with bound = bound_of(floor()) once a tile, must hold only for elements whose key
 // is surely below thr: those are dropped without forming their key.
-template <int V, int U, class Value, class BoundOf, class RuledOut>
-__device__ __forceinline__ void offer_tile(StreamBuffer& sb, int64_t t, int64_t b0, int64_t L, int64_t hi,
+template <int V, int U, class SB, class Value, class BoundOf, class RuledOut>
+__device__ __forceinline__ void offer_tile(SB& sb, int64_t t, int64_t b0, int64_t L, int64_t hi,
                                            const float (&x)[U][V], Value value, BoundOf bound_of,
                                            RuledOut ruled_out) {
   auto keys = [&](int u, uint64_t (&key)[V], bool (&valid)[V]) {
@@ -840,6 +886,7 @@ __device__ __forceinline__ void offer_tile(StreamBuffer& sb, int64_t t, int64_t 
       key[j] = order_key(value(x[u][j]), i);
     }
   };
+  sb.settle();  // the end of tile t - 1 (its fill and any cut) before this tile's bound and appends
   if (t == 0) {  // seed thr from the threads' own largest keys
     uint64_t own = 0;
 #pragma unroll
@@ -925,7 +972,12 @@ __host__ __device__ inline RowPath row_path(const RowParams& p, int64_t n, int C
   return RowPath::Generic;
 }
 
-template <class T, class Params>
+// kOnly >= 0: every row of the launch takes that RowPath (the host checked), and the kernel holds that
+// path's code alone: fewer live registers to share among the paths, so fewer spills in the stream loops.
+// kAnyPath: each row's path from its params.
+constexpr int kAnyPath = -1;
+
+template <class T, class Params, int kOnly>
 __global__ void __launch_bounds__(kStreamThreads, 2)
     sample_stream_kernel(int32_t* tokens, int64_t tok_stride, const T* logits, int64_t ls0, int64_t ls1, int64_t rows,
                          int64_t n, int64_t slice, const __grid_constant__ Params params) {
@@ -964,7 +1016,7 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
     auto zval = [temp](float x) { return x != x ? -INFINITY : __fdiv_rn(x, temp); };
     auto no_tile_end = [](int64_t) {};
 
-    switch (row_path(p, n, C)) {
+    switch (kOnly != kAnyPath ? RowPath(kOnly) : row_path(p, n, C)) {
       case RowPath::Generic:
         if (rank == 0) sample_row_generic<T>(out, xr, ls1, n, vec, p, sel, bsm);
         break;
@@ -1118,7 +1170,7 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
       case RowPath::TopK: {
         const int64_t k = p.top_k;
         const float inv = __frcp_rn(temp);
-        StreamBuffer sb{buf, &ss, &sel, k, cap, unsigned(U * kStreamThreads * V)};
+        StreamBuffer<true> sb{buf, &ss, &sel, k, cap, unsigned(U * kStreamThreads * V)};
         sb.begin();
         // Keys below thr have z below floor(); x * inv below z_floor of it rules z out without a division.
         stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t t, int64_t b0, int64_t L, const float (&x)[U][V]) {
@@ -1214,7 +1266,7 @@ constexpr int kMaxTopN = 1024;
 static_assert(kMaxTopN <= kStreamMaxK, "the streaming buffer holds the top n");
 
 // A row's outputs from its statistics and (top_n > 0) the row's top_n keys in buf[0, top_n) in any
-// order: the chosen token's logprob (thread 0; a token outside the vocabulary sets *bad), and the top
+// order: the chosen token's logprob (thread 0; a token outside the vocabulary raises *bad), and the top
 // ids and values, each key's rank the number of larger keys (keys are distinct).
 template <class T>
 __device__ void logprobs_outputs(const RowStats& st, const uint64_t* buf, unsigned cnt, const T* xr, int64_t ls1,
@@ -1229,7 +1281,7 @@ __device__ void logprobs_outputs(const RowStats& st, const uint64_t* buf, unsign
       chosen[r * chosen_stride] = lp(to_f32(xr[tk * ls1]));
     } else {
       chosen[r * chosen_stride] = NAN;
-      atomicMin(bad, int(r));
+      *static_cast<volatile int*>(bad) = 1;  // host memory: the host finds the first such row
     }
   }
   for (unsigned c = threadIdx.x; c < cnt; c += blockDim.x) {
@@ -1300,7 +1352,7 @@ template <int V, int U, int NG = 1>
 struct LogprobsTile {
   float (&m)[NG];
   float (&s)[NG][V];
-  StreamBuffer& sb;
+  StreamBuffer<false>& sb;
   int64_t n, top_n;
 
   __device__ __forceinline__ void operator()(int64_t t, int64_t b0, int64_t L, const float (&x)[U][V]) const {
@@ -1347,7 +1399,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     float m[1] = {-INFINITY}, s[1][V];
 #pragma unroll
     for (int k = 0; k < V; ++k) s[0][k] = 0.0f;
-    StreamBuffer sb{buf, &ss, &sel, top_n, cap, blockDim.x * unsigned(kStreamPerThread)};
+    StreamBuffer<false> sb{buf, &ss, &sel, top_n, cap, blockDim.x * unsigned(kStreamPerThread)};
     if (top_n > 0) sb.begin();
     stream_tiles<V, U>(xr, ls1, n, 0, n, vec, LogprobsTile<V, U>{m, s, sb, n, top_n});
     const RowStats st = finish_row_stats<V>(m[0], s[0], tree);
@@ -1390,7 +1442,7 @@ __global__ void __launch_bounds__(kHalfThreads, 2)
     for (int g = 0; g < 2; ++g)
 #pragma unroll
       for (int k = 0; k < V; ++k) s[g][k] = 0.0f;
-    StreamBuffer sb{buf, &ss, &sel, top_n, cap, unsigned(kHalfThreads) * unsigned(kStreamPerThread)};
+    StreamBuffer<false> sb{buf, &ss, &sel, top_n, cap, unsigned(kHalfThreads) * unsigned(kStreamPerThread)};
     if (top_n > 0) sb.begin();
     stream_tiles<V, U>(xr, ls1, n, 0, n, vec, LogprobsTile<V, U, 2>{m, s, sb, n, top_n});
     float mm[2][1] = {{m[0]}, {m[1]}};
@@ -1440,7 +1492,7 @@ __global__ void __launch_bounds__(kMaxRowThreads / K, K)
     float m[1] = {-INFINITY}, s[1][V];
 #pragma unroll
     for (int k = 0; k < V; ++k) s[0][k] = 0.0f;
-    StreamBuffer sb{buf, &ss, &sel, top_n, cap, unsigned(G) * unsigned(kStreamPerThread)};
+    StreamBuffer<false> sb{buf, &ss, &sel, top_n, cap, unsigned(G) * unsigned(kStreamPerThread)};
     if (top_n > 0) sb.begin();
     stream_tiles_at<V, U>(xr, ls1, n, 0, n, vec, L, t0, LogprobsTile<V, U>{m, s, sb, n, top_n});
     const RowStats st = cluster_row_stats<V, K>(m[0], s[0], scratch, terms, cmax, rg, cluster);
@@ -1474,11 +1526,30 @@ __global__ void __launch_bounds__(kMaxRowThreads / K, K)
 #endif
 }
 
-int* alloc_bad_flag(cudaStream_t st) {
-  int* bad = nullptr;
-  BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&bad), sizeof(int), st));
-  BIK_CUDA_CHECK(cudaMemsetAsync(bad, 0x7f, sizeof(int), st));  // 0x7f7f7f7f: none
-  return bad;
+// The flag a logprobs kernel raises for a token outside the vocabulary: one int of pinned host memory
+// a thread, mapped into the device's address space, cleared by the host before each launch. The call
+// then waits for its kernel alone, with no allocation, memset or copy queued around it (each cost the
+// GPU idle time between calls). A thread's calls each wait before returning, so they never share it.
+struct BadFlag {
+  int* host = nullptr;
+  ~BadFlag() {
+    if (host != nullptr) (void)cudaFreeHost(host);  // at thread exit; the context may be gone already
+  }
+};
+// Clears this thread's flag; returns it (host) and its address on the device (dev).
+struct FlagPtrs {
+  volatile int* host;
+  int* dev;
+};
+FlagPtrs bad_flag_for_launch() {
+  thread_local BadFlag flag;
+  if (flag.host == nullptr)
+    BIK_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&flag.host), sizeof(int),
+                                 cudaHostAllocMapped | cudaHostAllocPortable));
+  *static_cast<volatile int*>(flag.host) = 0;
+  int* dev = nullptr;
+  BIK_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev), flag.host, 0));
+  return FlagPtrs{flag.host, dev};
 }
 
 }  // namespace
@@ -1538,8 +1609,8 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
   dispatch_float(logits.dtype, [&](auto lt) {
     using T = decltype(lt);
     if (streaming) {
-      auto launch = [&](const auto& pa) {
-        auto kernel = sample_stream_kernel<T, std::decay_t<decltype(pa)>>;
+      auto launch = [&](const auto& pa, auto only) {
+        auto kernel = sample_stream_kernel<T, std::decay_t<decltype(pa)>, decltype(only)::value>;
         const int smem = stream_keys(kStreamThreads) * int(sizeof(uint64_t));
         allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, smem);
         const int64_t slice = ((n + ctas - 1) / ctas + 7) / 8 * 8;  // whole chunks and Philox blocks
@@ -1553,8 +1624,21 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
             n, n, pa);
         BIK_CUDA_LAUNCH_CHECK();
       };
-      if (use_large) launch(large);
-      else launch(args);
+      // A batch whose rows all take the plain draw runs that path's kernel, and so does one whose rows all
+      // take the top-k path, for f32 logits. (ptxas, sm_90a: spill stores / loads of the f32 kernel 76 / 116
+      // bytes, plain-only 24 / 16, top-k-only 32 / 32; the 16-bit kernels 36-40 / 76-80, plain-only none,
+      // top-k-only 172 / 184, so they keep the general kernel for top-k.)
+      RowPath common = row_path(host[0], n, ctas);
+      for (int64_t r = 1; r < rows; ++r)
+        if (row_path(host[size_t(r)], n, ctas) != common) common = RowPath::Generic;
+      auto launch_for = [&](const auto& pa) {
+        if (common == RowPath::Plain) launch(pa, std::integral_constant<int, int(RowPath::Plain)>{});
+        else if (sizeof(T) == 4 && common == RowPath::TopK)
+          launch(pa, std::integral_constant<int, sizeof(T) == 4 ? int(RowPath::TopK) : kAnyPath>{});
+        else launch(pa, std::integral_constant<int, kAnyPath>{});
+      };
+      if (use_large) launch_for(large);
+      else launch_for(args);
       return;
     }
     // A cluster a row when each CTA's slice of z fits its shared memory.
@@ -1588,7 +1672,8 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
   BIK_CHECK(top_n <= kMaxTopN, "logprobs: the CUDA backend returns at most ", kMaxTopN, " top logprobs, asked for ",
             top_n);
   cudaStream_t st = stream_of(s);
-  int* bad = alloc_bad_flag(st);
+  const FlagPtrs flag = bad_flag_for_launch();
+  int* const bad = flag.dev;
   const DeviceInfo& info = use_device(logits.device.index);
   dispatch_float(logits.dtype, [&](auto lt) {
     using T = decltype(lt);
@@ -1658,15 +1743,17 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
     }
     BIK_CUDA_LAUNCH_CHECK();
   });
-  int first_bad = 0;
-  BIK_CUDA_CHECK(cudaMemcpyAsync(&first_bad, bad, sizeof(int), cudaMemcpyDeviceToHost, st));
-  BIK_CUDA_CHECK(cudaFreeAsync(bad, st));
   BIK_CUDA_CHECK(cudaStreamSynchronize(st));
-  if (first_bad != 0x7f7f7f7f) {
-    int32_t t = 0;
-    BIK_CUDA_CHECK(cudaMemcpy(&t, tokens.ptr<const int32_t>() + first_bad * tokens.stride[0], sizeof(int32_t),
-                              cudaMemcpyDeviceToHost));
-    throw Error(detail::concat("logprobs: tokens[", first_bad, "] = ", t, " is outside the vocabulary [0, ", n, ")"));
+  if (*flag.host != 0) {
+    // Some row's token is outside the vocabulary: name the first, from a copy of the tokens.
+    std::vector<int32_t> host(static_cast<size_t>(rows));
+    BIK_CUDA_CHECK(cudaMemcpy2D(host.data(), sizeof(int32_t), tokens.ptr<const int32_t>(),
+                                size_t(tokens.stride[0]) * sizeof(int32_t), sizeof(int32_t), size_t(rows),
+                                cudaMemcpyDeviceToHost));
+    for (int64_t r = 0; r < rows; ++r)
+      if (host[size_t(r)] < 0 || host[size_t(r)] >= n)
+        throw Error(detail::concat("logprobs: tokens[", r, "] = ", host[size_t(r)], " is outside the vocabulary [0, ",
+                                   n, ")"));
   }
 }
 

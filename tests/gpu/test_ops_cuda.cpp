@@ -1520,6 +1520,92 @@ TEST(OpsCuda, SampleStreamRowAloneEqualsRowInBatches) {
   }
 }
 
+// A batch whose rows all take one path of the streaming kernel (the plain draw; top-k, with or without
+// top-p) runs a kernel compiled for that path alone. Each row's token is the one the general streaming
+// kernel gives it in a mixed batch (a greedy row appended) and the one the pass kernels give, at a few
+// rows a batch (a cluster of CTAs a row) and at many (one CTA a row, parameters of the large form).
+// Control: the same comparison sees the tokens of the rows with their seeds moved by one.
+TEST(OpsCuda, SampleStreamPathKernelsMatchTheGeneralKernel) {
+  BIK_REQUIRE_GPU();
+  const int64_t vocab = 151936;
+  int64_t control_diffs = 0;
+  for (DType t : {DType::F32, DType::BF16})
+    for (int64_t rows : {int64_t(5), int64_t(300)})
+      for (int variant : {1, 2, 4}) {  // temperature alone, top-k, top-k + top-p
+        const Tensor x = stress_logits(t, rows + 1, vocab, uint64_t(rows) * 11 + uint64_t(variant));
+        const Tensor head = x.narrow(0, 0, rows);
+        std::vector<SamplingParams> ps;
+        for (int64_t r = 0; r < rows; ++r) ps.push_back(params_for(uint64_t(r) * 31 + uint64_t(variant), variant));
+        const std::string what = std::string(dtype_name(t)) + " rows=" + std::to_string(rows) + " " +
+                                 variant_name(variant);
+        const std::vector<int32_t> uniform = tokens_of(head, ps);
+        std::vector<SamplingParams> mixed = ps;
+        mixed.push_back(params_for(7, 0));  // a greedy row: the batch takes the general kernel
+        std::vector<int32_t> general = tokens_of(x, mixed);
+        general.resize(size_t(rows));
+        EXPECT_EQ(count_diffs(uniform, general), 0) << what << ": path kernel vs general kernel";
+        setenv("BIK_SAMPLE_STREAM", "0", 1);
+        EXPECT_EQ(count_diffs(uniform, tokens_of(head, ps)), 0) << what << ": path kernel vs pass kernels";
+        unsetenv("BIK_SAMPLE_STREAM");
+        std::vector<SamplingParams> moved = ps;
+        for (SamplingParams& p : moved) p.seed += 1;
+        control_diffs += count_diffs(uniform, tokens_of(head, moved));
+      }
+  EXPECT_GT(control_diffs, 0) << "the comparison did not notice other seeds";
+}
+
+// A token outside the vocabulary is an error naming the first such row, from each logprobs kernel (a
+// cluster a row for few rows, the 512-thread kernel for many f32 rows, the 1024-thread streaming kernel
+// for 16-bit rows, the pass kernel for short rows), with the tokens a strided column; the next call with
+// good tokens succeeds and gives the logprobs of a call that never saw a bad token.
+TEST(OpsCuda, LogprobsNamesTheFirstTokenOutsideTheVocabulary) {
+  BIK_REQUIRE_GPU();
+  struct Case {
+    DType t;
+    int64_t vocab, rows, top_n;
+  };
+  const Device gpu = Device::cuda(0);
+  for (Case c : {Case{DType::F32, 151936, 5, 20}, Case{DType::F32, 151936, 300, 20}, Case{DType::BF16, 151936, 100, 5},
+                 Case{DType::F32, 50, 9, 0}}) {
+    const Tensor x = stress_logits(c.t, c.rows, c.vocab, uint64_t(c.rows) + 3);
+    // The tokens are column 1 of an i32 [rows, 2] tensor (column 0 holds -7 everywhere).
+    Tensor tok_h = Tensor::empty({c.rows, 2}, DType::I32);
+    for (int64_t r = 0; r < c.rows; ++r) {
+      tok_h.ptr<int32_t>()[2 * r] = -7;
+      tok_h.ptr<int32_t>()[2 * r + 1] = int32_t((r * 131) % c.vocab);
+    }
+    const int64_t bad1 = c.rows / 2, bad2 = c.rows - 1;
+    Tensor good_h = tok_h.to(Device::cpu());
+    tok_h.ptr<int32_t>()[2 * bad1 + 1] = int32_t(c.vocab);
+    tok_h.ptr<int32_t>()[2 * bad2 + 1] = -1;
+    const Tensor tok = tok_h.to(gpu), good = good_h.to(gpu);
+    auto column = [&](const Tensor& tk) {
+      return TensorView(static_cast<int32_t*>(tk.data()) + 1, DType::I32, {c.rows}, {2}, gpu);
+    };
+    Tensor ch = Tensor::empty({c.rows}, DType::F32, gpu), ids = Tensor::empty({c.rows, c.top_n}, DType::I32, gpu),
+           vals = Tensor::empty({c.rows, c.top_n}, DType::F32, gpu);
+    const std::string what = std::string(dtype_name(c.t)) + " V=" + std::to_string(c.vocab) +
+                             " rows=" + std::to_string(c.rows);
+    const std::string want = "logprobs: tokens[" + std::to_string(bad1) + "] = " + std::to_string(c.vocab) +
+                             " is outside the vocabulary [0, " + std::to_string(c.vocab) + ")";
+    logprobs(ch, ids, vals, x, column(good));
+    const Tensor before = ch.to(Device::cpu());
+    try {
+      logprobs(ch, ids, vals, x, column(tok));
+      ADD_FAILURE() << what << ": no error for a token outside the vocabulary";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << what << ": " << e.what();
+    }
+    logprobs(ch, ids, vals, x, column(good));
+    const Tensor after = ch.to(Device::cpu());
+    EXPECT_EQ(std::memcmp(before.data(), after.data(), size_t(c.rows) * 4), 0) << what;
+    for (int64_t r = 0; r < c.rows; ++r) {
+      const float v = after.ptr<float>()[r];
+      EXPECT_TRUE(v <= 0.0f || std::isnan(v)) << what << " row " << r << ": " << v;  // NaN rows of the stress set
+    }
+  }
+}
+
 // Logprobs from the one-read kernel against the pass-per-select kernel, bit for bit (chosen, ids,
 // values), and the ids against the CPU backend's (an exact order of the logits, no float math). The
 // control: the same comparison notices the top n of a different row.
