@@ -31,7 +31,8 @@ void sample(const TensorView& tokens, const TensorView& logits, const std::vecto
 // Logprobs of the raw distribution (log_softmax of the logits, temperature 1, no filters):
 // chosen: F32 [B], the logprob of tokens[b]; top_ids: I32 [B, n] and top_vals: F32 [B, n], the n most
 // likely tokens: the n largest logits (NaN first; equal logits: lower index first), so in decreasing
-// logprob. n may be 0.
+// logprob. n may be 0. A token outside [0, V) is an error naming the first such row; on CUDA the call
+// therefore waits for its kernel (the check's flag sits in mapped host memory: nothing else is queued).
 void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorView& top_vals,
               const TensorView& logits, const TensorView& tokens, Stream s = {});
 
