@@ -1631,10 +1631,10 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
       RowPath common = row_path(host[0], n, ctas);
       for (int64_t r = 1; r < rows; ++r)
         if (row_path(host[size_t(r)], n, ctas) != common) common = RowPath::Generic;
+      constexpr int kTopKOnly = sizeof(T) == 4 ? int(RowPath::TopK) : kAnyPath;  // no such kernel for 16-bit
       auto launch_for = [&](const auto& pa) {
         if (common == RowPath::Plain) launch(pa, std::integral_constant<int, int(RowPath::Plain)>{});
-        else if (sizeof(T) == 4 && common == RowPath::TopK)
-          launch(pa, std::integral_constant<int, sizeof(T) == 4 ? int(RowPath::TopK) : kAnyPath>{});
+        else if (common == RowPath::TopK) launch(pa, std::integral_constant<int, kTopKOnly>{});
         else launch(pa, std::integral_constant<int, kAnyPath>{});
       };
       if (use_large) launch_for(large);
@@ -1672,9 +1672,9 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
   BIK_CHECK(top_n <= kMaxTopN, "logprobs: the CUDA backend returns at most ", kMaxTopN, " top logprobs, asked for ",
             top_n);
   cudaStream_t st = stream_of(s);
-  const FlagPtrs flag = bad_flag_for_launch();
-  int* const bad = flag.dev;
   const DeviceInfo& info = use_device(logits.device.index);
+  const FlagPtrs flag = bad_flag_for_launch();  // after use_device: its device address for that device
+  int* const bad = flag.dev;
   dispatch_float(logits.dtype, [&](auto lt) {
     using T = decltype(lt);
     constexpr int V = 16 / sizeof(T);
