@@ -253,6 +253,7 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   p.q_heads = int(a.q_heads);
   p.kv_heads = int(a.kv_heads);
   p.group = int(a.q_heads / a.kv_heads);
+  p.group_mul = ((1 << 16) + p.group - 1) / p.group;
   p.block_size = int(a.block_size);
   p.tok_per_cta = attn::kRows / p.group;
   p.split_len = int(L);

@@ -44,6 +44,7 @@ struct Params {
   const int32_t* qsl;
   int64_t qsl_s;
   int num_seqs, q_heads, kv_heads, group, block_size, tok_per_cta, split_len;
+  int group_mul;     // ceil(2^16 / group): row_token's multiplier
   float scale_log2;  // softmax scale * log2(e): scores are kept in log2 units
   // Split-parallel mode: partials per (row, head, split): (m, l) and acc[D].
   float* part_ml;
@@ -61,6 +62,16 @@ __device__ __forceinline__ float ex2(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+
+// Row r (< kRows) of a CTA's query rows belongs to token r / group and head r % group of the KV head's
+// group. The quotient without an integer division: with group_mul = ceil(2^16 / group) = (2^16 + e) / group,
+// 0 <= e < group, r * group_mul / 2^16 = r / group + r e / 2^16 / group, and r e < 64 * 64 < 2^16 keeps that
+// below the next multiple of 1 / group, so the shift gives floor(r / group) for every r < 64, group <= 64.
+__device__ __forceinline__ int row_token(const Params& p, int r) { return (r * p.group_mul) >> 16; }
+
+// The plan's last step (core/policy.h): out = A * (1 / L), the reciprocal rounded once per row, so a row's
+// D outputs cost one multiply each instead of a division.
+__device__ __forceinline__ float out_value(float A, float inv_l) { return __fmul_rn(A, inv_l); }
 
 // The fold of the plan: (M, L, A) <- (M, L, A) merged with a split's (m, l, acc).
 struct FoldCoef {
@@ -177,8 +188,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
     const int r = i / kChunks, c = i % kChunks;
     const bool live = r < valid_rows;
     const T* src = static_cast<const T*>(p.q);
-    if (live)
-      src += int64_t(q0 + tok0 + r / p.group) * p.q_s0 + int64_t(kvh * p.group + r % p.group) * p.q_s1 + c * 8;
+    if (live) {
+      const int tr = row_token(p, r);
+      src += int64_t(q0 + tok0 + tr) * p.q_s0 + int64_t(kvh * p.group + r - tr * p.group) * p.q_s1 + c * 8;
+    }
     cp_async_16(sq + swz<D>(r, c), src, live ? 16 : 0);
   }
   auto load_tile = [&](int stage, int kb) {
@@ -206,9 +219,9 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
   int row_id[2];  // global (token, head) index, for partials and output
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int r = warp * 16 + g + h * 8;
-    pos_r[h] = r < valid_rows ? pos0 + r / p.group : -1;
-    row_id[h] = r < valid_rows ? (q0 + tok0 + r / p.group) * p.q_heads + kvh * p.group + r % p.group : 0;
+    const int r = warp * 16 + g + h * 8, tr = row_token(p, r);
+    pos_r[h] = r < valid_rows ? pos0 + tr : -1;
+    row_id[h] = r < valid_rows ? (q0 + tok0 + tr) * p.q_heads + kvh * p.group + r - tr * p.group : 0;
   }
 
   uint32_t qf[KT][4];
@@ -378,11 +391,13 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
     for (int h = 0; h < 2; ++h) {
       const int r = warp * 16 + g + h * 8;
       if (r >= valid_rows) continue;
-      T* orow = out + int64_t(q0 + tok0 + r / p.group) * p.o_s0 + int64_t(kvh * p.group + r % p.group) * p.o_s1;
+      const int tr = row_token(p, r);
+      T* orow = out + int64_t(q0 + tok0 + tr) * p.o_s0 + int64_t(kvh * p.group + r - tr * p.group) * p.o_s1;
+      const float inv_l = __frcp_rn(L_f[h]);
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
-        const float a0 = __fdiv_rn(acc_f[(n * 4 + h * 2) * 32 + lane], L_f[h]);
-        const float a1 = __fdiv_rn(acc_f[(n * 4 + h * 2 + 1) * 32 + lane], L_f[h]);
+        const float a0 = out_value(acc_f[(n * 4 + h * 2) * 32 + lane], inv_l);
+        const float a1 = out_value(acc_f[(n * 4 + h * 2 + 1) * 32 + lane], inv_l);
         *reinterpret_cast<uint32_t*>(orow + n * 8 + cq * 2) = pack2<T>(a0, a1);
       }
     }
@@ -450,7 +465,7 @@ __global__ void __launch_bounds__(D) fold_kernel(const Params p) {
     }
   }
   T* out = static_cast<T*>(p.out) + int64_t(t) * p.o_s0 + int64_t(head) * p.o_s1;
-  const float v = __fdiv_rn(A, Lsum);
+  const float v = out_value(A, __frcp_rn(Lsum));
   if constexpr (std::is_same_v<T, __nv_bfloat16>)
     out[d] = __float2bfloat16_rn(v);
   else

@@ -234,18 +234,21 @@ __device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w, int qblo
 // Q rows: row r = token (r / group), head kvh * group + r % group; rows past the CTA's tokens are 0.
 // Fixed trip counts: a thread keeps its chunk column c and steps rows by kThreads / kChunks, so the
 // swizzled destination is a constant plus a multiple of 1024 bytes. tid: the thread's index in its
-// warpgroup (all 128 threads of it call this).
-template <typename T, int D>
+// warpgroup (all 128 threads of it call this). kUnroll: copies whose addresses are formed at once (the
+// warp-specialised producer, on 40 registers, takes 2: with all of them its source pointers spill).
+template <typename T, int D, int kUnroll = kRows * (D / 8) / kThreads>
 __device__ __forceinline__ void load_q(const Params& p, const WorkUnit& w, uint32_t sq, int tid) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
-#pragma unroll
+#pragma unroll kUnroll
   for (int it = 0; it < kRows * kChunks / kThreads; ++it) {
     const int i = tid + it * kThreads;
     const int r = i / kChunks, c = i % kChunks;
     const bool live = r < w.valid_rows;
     const T* src = static_cast<const T*>(p.q);
-    if (live)
-      src += int64_t(w.q0 + w.tok0 + r / p.group) * p.q_s0 + int64_t(w.kvh * p.group + r % p.group) * p.q_s1 + c * 8;
+    if (live) {
+      const int tr = row_token(p, r);
+      src += int64_t(w.q0 + w.tok0 + tr) * p.q_s0 + int64_t(w.kvh * p.group + r - tr * p.group) * p.q_s1 + c * 8;
+    }
     cp_async_16(sq + Layout<D>::off(r, c), src, live ? 16 : 0);
   }
 }
@@ -258,9 +261,9 @@ __device__ __forceinline__ void thread_rows(const Params& p, const WorkUnit& w, 
   const int warp = tid >> 5, g = (tid & 31) >> 2;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int r = warp * 16 + g + h * 8;
-    pos_r[h] = r < w.valid_rows ? w.pos0 + r / p.group : -1;
-    row_id[h] = r < w.valid_rows ? (w.q0 + w.tok0 + r / p.group) * p.q_heads + w.kvh * p.group + r % p.group : 0;
+    const int r = warp * 16 + g + h * 8, tr = row_token(p, r);
+    pos_r[h] = r < w.valid_rows ? w.pos0 + tr : -1;
+    row_id[h] = r < w.valid_rows ? (w.q0 + w.tok0 + tr) * p.q_heads + w.kvh * p.group + r - tr * p.group : 0;
   }
 }
 
@@ -499,7 +502,7 @@ __device__ __forceinline__ void fold_start(float (&accf)[R], float (&M_f)[2], fl
   L_f[0] = L_f[1] = 0.f;
 }
 
-// In-kernel fold mode: out = accf / L_f, rounded to T, for this thread's live rows.
+// In-kernel fold mode: out = accf * (1 / L_f) (out_value), rounded to T, for this thread's live rows.
 template <typename T, int D>
 __device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, int tid, int cq,
                                           const float (&accf)[D / 2], const float (&L_f)[2]) {
@@ -509,11 +512,13 @@ __device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, in
   for (int h = 0; h < 2; ++h) {
     const int r = warp * 16 + g + h * 8;
     if (r >= w.valid_rows) continue;
-    T* orow = out + int64_t(w.q0 + w.tok0 + r / p.group) * p.o_s0 + int64_t(w.kvh * p.group + r % p.group) * p.o_s1;
+    const int tr = row_token(p, r);
+    T* orow = out + int64_t(w.q0 + w.tok0 + tr) * p.o_s0 + int64_t(w.kvh * p.group + r - tr * p.group) * p.o_s1;
+    const float inv_l = __frcp_rn(L_f[h]);
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
-      const float a0 = __fdiv_rn(accf[4 * n + 2 * h], L_f[h]);
-      const float a1 = __fdiv_rn(accf[4 * n + 2 * h + 1], L_f[h]);
+      const float a0 = out_value(accf[4 * n + 2 * h], inv_l);
+      const float a1 = out_value(accf[4 * n + 2 * h + 1], inv_l);
       *reinterpret_cast<uint32_t*>(orow + n * 8 + cq * 2) = pack2<T>(a0, a1);
     }
   }
@@ -855,18 +860,31 @@ constexpr int kTurnBar = 3;  // named barriers 3 and 4 (0 is __syncthreads, 1 an
 // kAccSmem (variant 6): the in-kernel fold's accumulators live in shared memory (kOffAcc: per consumer,
 // D / 8 float4s per thread, thread-interleaved), which frees the registers for a second score buffer;
 // the ring loses a stage (D = 128) to make room.
+//
+// Q buffers (kQBufs; 1 for variant 6, whose shared memory holds the fold): the producer also copies each
+// unit's Q rows (both consumers' blocks) into buffer u % kQBufs and writes the unit's description (tile
+// count, stream start, each block's WorkUnit) into that buffer's slot, so a consumer starts a unit with
+// one barrier wait instead of reading the sequence metadata and copying Q itself; with two buffers that
+// happens while the consumers still work on the unit before. qfull[b]: 128 arrivals made by the copy
+// hardware once each producer thread's copies have landed (noinc), plus one plain arrive of producer
+// thread 0 after its slot stores (release); qempty[b]: lane 0 of each consumer warp once its unit is done.
+// After its last unit the producer fills one more slot with n = 0 (plain arrivals only): the consumers' end.
 template <int D, bool kAccSmem = false>
 struct WsLayout {
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kTile = Layout<D>::kTile;
   static constexpr int kStages = D == 128 ? (kAccSmem ? 4 : 5) : 8;
-  static constexpr int kOffK = kConsumers * kTile;  // Q of consumer c at c * kTile
+  static constexpr int kQBufs = kAccSmem ? 1 : 2;
+  static constexpr int kOffK = kQBufs * kConsumers * kTile;  // Q of buffer b, consumer c at (b * kConsumers + c) * kTile
   static constexpr int kOffV = kOffK + kStages * kTile;
   static constexpr int kOffAcc = kOffV + kStages * kTile;
   static constexpr int kAccBytes = kAccSmem ? kConsumers * attn::kThreads * (D / 2) * 4 : 0;
-  static constexpr int kOffBar = kOffAcc + kAccBytes;                    // full[kStages], empty[kStages]
-  static constexpr int kBytes = kOffBar + 2 * kStages * 8 + 1024;       // + slack to align the base to 1024
+  // full[kStages], empty[kStages], qfull[kQBufs], qempty[kQBufs]
+  static constexpr int kOffBar = kOffAcc + kAccBytes;
+  static constexpr int kSlotBytes = 128;  // one unit's description (UnitSlot)
+  static constexpr int kOffSlot = kOffBar + (2 * kStages + 2 * kQBufs) * 8;
+  static constexpr int kBytes = kOffSlot + kQBufs * kSlotBytes + 1024;  // + slack to align the base to 1024
   static_assert(kBytes <= 227 * 1024, "one CTA per SM must fit");
 };
 
@@ -932,11 +950,28 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   auto sv = [&](int s) { return base + Ly::kOffV + s * Ly::kTile; };
   auto full = [&](int s) { return base + Ly::kOffBar + s * 8; };         // producer -> consumers
   auto empty = [&](int s) { return base + Ly::kOffBar + (S + s) * 8; };  // consumers -> producer
+  constexpr int QB = Ly::kQBufs;
+  auto sq_of = [&](int b, int c) { return base + (b * C + c) * Ly::kTile; };
+  auto qfull = [&](int b) { return base + Ly::kOffBar + (2 * S + b) * 8; };
+  auto qempty = [&](int b) { return base + Ly::kOffBar + (2 * S + QB + b) * 8; };
+  struct UnitSlot {
+    int n, kb_first;
+    WorkUnit w[C];
+  };
+  static_assert(sizeof(UnitSlot) <= Ly::kSlotBytes, "a unit's description fits its slot");
+  auto slot = [&](int b) -> UnitSlot& {
+    return *reinterpret_cast<UnitSlot*>(smem + (base - smem_u32(smem)) + Ly::kOffSlot + b * Ly::kSlotBytes);
+  };
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int s = 0; s < S; ++s) {
       mbar_init(full(s), 128);
       mbar_init(empty(s), C * 4);
+    }
+#pragma unroll
+    for (int b = 0; b < QB; ++b) {
+      mbar_init(qfull(b), 128 + 1);
+      mbar_init(qempty(b), C * 4);
     }
   }
   __syncthreads();
@@ -956,10 +991,29 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     constexpr int kRowsPerOp = 32 / kChunks;
     const int pw = tid >> 5, c = lane % kChunks;
     int s = 0, phase = 0;
+    int uq = 0;  // units handed to the consumers so far
     for (int r = 0; r < rounds; ++r) {
       Unit un;
       if (!round_unit(r, un)) continue;
       const int kb_first = un.kb_first, pmax_all = un.pmax_all, n = un.n;
+      {
+        // The unit's Q rows and description into Q buffer qb, once the consumers are done with its last unit.
+        const int qb = uq % QB;
+        mbar_wait(qempty(qb), ((uq / QB) & 1) ^ 1);  // immediate for the first QB units
+        if (tid == 0) slot(qb).n = n, slot(qb).kb_first = kb_first;
+        // One block at a time (the producer runs on 40 registers): its work unit again (valid_rows 0 when
+        // it has nothing to do: its Q rows are zero-filled), into the slot, and its Q rows.
+#pragma unroll 1
+        for (int cc = 0; cc < C; ++cc) {
+          WorkUnit w;
+          if (!work_unit<kSplit>(p, w, un.qb0 + cc, un.bx, un.bz)) w.valid_rows = 0;
+          if (tid == 0) slot(qb).w[cc] = w;
+          load_q<T, D, 2>(p, w, sq_of(qb, cc), tid);
+        }
+        mbar_arrive_on_copies(qfull(qb));
+        if (tid == 0) mbar_arrive(qfull(qb));  // after the slot's stores
+        ++uq;
+      }
       const int32_t* bt = p.block_tables + int64_t(un.bx / p.kv_heads) * p.bt_s0;
       const int kvh = un.bx % p.kv_heads;
       // Element offset of row 16pw + lane % 16 of tile t in either cache; -1 past every row's position.
@@ -1022,6 +1076,14 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         if (++s == S) s = 0, phase ^= 1;
       }
     }
+    {
+      // The end: a slot with no tiles.
+      const int qb = uq % QB;
+      mbar_wait(qempty(qb), ((uq / QB) & 1) ^ 1);
+      if (tid == 0) slot(qb).n = 0;
+      mbar_arrive(qfull(qb));
+      if (tid == 0) mbar_arrive(qfull(qb));
+    }
     cp_async_wait_all();  // no copy outlives its thread
     return;
   }
@@ -1031,10 +1093,14 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   constexpr bool kPingPong = kSchedule == WsSchedule::kPingPong;
   int s = 0, phase = 0;  // the ring's position, carried from unit to unit
-  for (int r = 0; r < rounds; ++r) {
-    Unit un;
-    if (!round_unit(r, un)) continue;
-    const int qb0 = un.qb0, kb_first = un.kb_first, n = un.n;
+  for (int uq = 0;; ++uq) {
+    // The producer's next unit: its description and (once this consumer's Q bytes have landed) its Q.
+    const int qb = uq % QB;
+    mbar_wait(qfull(qb), (uq / QB) & 1);
+    const int n = slot(qb).n;
+    if (n == 0) break;  // the producer has no more units
+    const int kb_first = slot(qb).kb_first;
+    const WorkUnit w = slot(qb).w[wg];
     // Variant 5's turns (the comment above WsSchedule); no-ops for the other schedules.
     [[maybe_unused]] int turn = 0;  // turns this consumer has taken
     [[maybe_unused]] auto turn_begin = [&] {
@@ -1050,17 +1116,12 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       static_assert(C == 2, "the ping-pong alternates two consumers");
       if (wg == 1) named_barrier_arrive(kTurnBar, 256);  // opens consumer 0's turn 0
     }
-    WorkUnit w;
-    const bool mine = work_unit<kSplit>(p, w, qb0 + wg, un.bx, un.bz);  // uniform over the warpgroup
+    const bool mine = w.valid_rows > 0;  // uniform over the warpgroup
     int t = 0;
     if (mine) {
       const int L = p.split_len;
-      const uint32_t sq = base + wg * Ly::kTile;
-      load_q<T, D>(p, w, sq, tid);
-      cp_async_commit();
-      cp_async_wait<0>();
-      fence_proxy_async();
-      named_barrier_sync(1 + wg, 128);  // the warpgroup's Q has landed and is visible to the async proxy
+      const uint32_t sq = sq_of(qb, wg);
+      fence_proxy_async();  // Q's bytes (generic-proxy copies, seen through qfull) before the wgmmas read them
 
       const int cq = tid & 3;
       int pos_r[2], row_id[2];
@@ -1289,6 +1350,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         if (++s == S) s = 0, phase ^= 1;
       }
     }
+    // Every wgmma of this warp that read the unit's Q has completed: the buffer and its slot may take the
+    // producer's next unit but one.
+    if (lane == 0) mbar_arrive(qempty(qb));
   }
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
   __trap();  // sm_90 code without the sm_90a features: the host only launches this where sm_90a was built

@@ -56,6 +56,29 @@ TEST(GpuAttention, AccuracyVsFloat64) {
   EXPECT_LE(max_error(gpu(), c, {{77, 32768, 1}, {78, 20001, 3}}, 3, 5), tolerance(c.dtype));
 }
 
+// Every query-head group size a CTA can hold (1..64 heads per KV head): a CTA's 64 rows are 64 / group
+// tokens x group heads, each row's token and head taken without an integer division (row_token); a wrong
+// row-to-(token, head) mapping would read another head's Q or write another row's output. Prompts long
+// enough for several query blocks, the rows checked spread over all of them. More than 64 heads per KV
+// head is a clear error.
+TEST(GpuAttention, AccuracyAtEveryGroupSize) {
+  BIK_REQUIRE_GPU();
+  uint64_t seed = 31;
+  for (int64_t group : {2, 3, 5, 6, 7, 9, 12, 13, 21, 32, 33, 64}) {
+    const int64_t hkv = group > 16 ? 1 : 2;
+    Config c{DType::BF16, group * hkv, hkv, group > 16 ? 64 : 128, 16};
+    const std::vector<SeqSpec> seqs = {{41, 150, 150}, {42, 333, 67}, {43, 5, 5}};
+    EXPECT_LE(max_error(gpu(), c, seqs, 24, seed++), tolerance(c.dtype)) << "group " << group;
+  }
+  Config c{DType::BF16, 65, 1, 64, 16};
+  try {
+    run_step(gpu(), c, {{44, 20, 20}}, 1);
+    ADD_FAILURE() << "65 query heads on one KV head ran";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("at most 64 query heads per kv head"), std::string::npos) << e.what();
+  }
+}
+
 // The GPU and the CPU follow different plans (mma vs FMA chains): close, not equal.
 TEST(GpuAttention, CloseToCpu) {
   BIK_REQUIRE_GPU();
