@@ -914,12 +914,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   struct Unit {
     int bx, bz, qb0, kb_first, pmax_all, n;
   };
-  // The producer's extras: ws (C entries; its slot in shared memory, thread 0 only) receives each block's
-  // work unit, valid_rows 0 where it has nothing to do, and q what the block's Q copies need.
-  struct QRows {
-    int row0, kvh, valid[C];  // block 0's first token row (block c's is c * tok_per_cta on), KV head, rows
-  };
-  auto unit_at = [&](int ui, WorkUnit* ws = nullptr, QRows* q = nullptr) {
+  auto unit_at = [&](int ui) {
     Unit u;
     int by;
     if (persistent) {
@@ -937,22 +932,15 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       WorkUnit w;
       if (work_unit<kSplit>(p, w, u.qb0 + c, u.bx, u.bz))
         kb_end = max(kb_end, w.kb_last), u.pmax_all = max(u.pmax_all, w.pmax);
-      else
-        w.valid_rows = 0;
-      if (ws != nullptr) ws[c] = w;
-      if (q != nullptr) {
-        if (c == 0) q->row0 = w.q0 + w.tok0, q->kvh = w.kvh;  // set by work_unit even when it has no rows
-        q->valid[c] = w.valid_rows;
-      }
     }
     u.n = kb_end < 0 ? 0 : (kb_end - u.kb_first) / kBK + 1;
     return u;
   };
   // Round r's unit into `un`; false when the round has no work for this CTA (past the last unit, or n = 0).
-  auto round_unit = [&](int r, Unit& un, WorkUnit* ws = nullptr, QRows* q = nullptr) {
+  auto round_unit = [&](int r, Unit& un) {
     const int ui = unit_of_round(r);
     if (persistent && ui >= p.units) return false;
-    un = unit_at(ui, ws, q);
+    un = unit_at(ui);
     return un.n != 0;
   };
   if (!persistent && unit_at(0).n == 0) return;  // uniform over the CTA, before any barrier
@@ -1005,22 +993,21 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     int s = 0, phase = 0;
     int uq = 0;  // units handed to the consumers so far
     for (int r = 0; r < rounds; ++r) {
-      // The unit's description and Q rows go into Q buffer qb once the consumers are done with its last
-      // unit (immediate for the first QB units); thread 0 writes the blocks' work units into its slot as
-      // they are found (a round with nothing to do leaves them to be overwritten, unpublished).
-      const int qb = uq % QB;
-      mbar_wait(qempty(qb), ((uq / QB) & 1) ^ 1);
       Unit un;
-      QRows qr;
-      if (!round_unit(r, un, tid == 0 ? slot(qb).w : nullptr, &qr)) continue;
+      if (!round_unit(r, un)) continue;
       const int kb_first = un.kb_first, pmax_all = un.pmax_all, n = un.n;
       {
+        // The unit's Q rows and description into Q buffer qb, once the consumers are done with its last unit.
+        const int qb = uq % QB;
+        mbar_wait(qempty(qb), ((uq / QB) & 1) ^ 1);  // immediate for the first QB units
         if (tid == 0) slot(qb).n = n, slot(qb).kb_first = kb_first;
-        // A block with nothing to do has valid_rows 0: its Q rows are zero-filled.
-#pragma unroll
+        // One block at a time (the producer runs on 40 registers): its work unit again (valid_rows 0 when
+        // it has nothing to do: its Q rows are zero-filled), into the slot, and its Q rows.
+#pragma unroll 1
         for (int cc = 0; cc < C; ++cc) {
           WorkUnit w;
-          w.q0 = qr.row0, w.tok0 = cc * p.tok_per_cta, w.kvh = qr.kvh, w.valid_rows = qr.valid[cc];
+          if (!work_unit<kSplit>(p, w, un.qb0 + cc, un.bx, un.bz)) w.valid_rows = 0;
+          if (tid == 0) slot(qb).w[cc] = w;
           load_q<T, D, 2>(p, w, sq_of(qb, cc), tid);
         }
         mbar_arrive_on_copies(qfull(qb));
