@@ -855,7 +855,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
 // and consumer 1's opening arrival, which waits on nothing.
 // Per row the order of operations is variant 4's (hence variant 1's); only the moment of issue moves.
 enum class WsSchedule { kSequential, kOverlap, kPingPong, kPipelined };
-constexpr int kTurnBar = 3;  // named barriers 3 and 4 (0 is __syncthreads, 1 and 2 the consumers' Q loads)
+constexpr int kTurnBar = 3;  // named barriers 3 and 4 (0 is __syncthreads; 1 and 2 unused)
 
 // kAccSmem (variant 6): the in-kernel fold's accumulators live in shared memory (kOffAcc: per consumer,
 // D / 8 float4s per thread, thread-interleaved), which frees the registers for a second score buffer;
