@@ -43,8 +43,9 @@ void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const 
 //   seq_lens:        I32 [S], context length after this step (cached + new), >= q_len of the sequence
 //   query_start_loc: I32 [S + 1], non-decreasing, from 0 to T
 // A sequence with no query rows is allowed (and skipped). Softmax and the accumulation run in F32; the
-// accumulated row A is scaled by 1 / L (the softmax sum's reciprocal, one F32 rounding) and the result
-// rounded once to out's dtype. At most 64 query heads per KV head (a clear error beyond).
+// accumulated row A is divided by the softmax sum L (on CUDA as A times 1 / L, the reciprocal rounded once
+// per row) and the result rounded once to out's dtype. At most 64 query heads per KV head (a clear error
+// beyond).
 void paged_attention(const TensorView& out, const TensorView& q, const TensorView& k_cache,
                      const TensorView& v_cache, const TensorView& block_tables, const TensorView& seq_lens,
                      const TensorView& query_start_loc, float scale, Stream s = {});

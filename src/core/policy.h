@@ -44,10 +44,11 @@ GemmPlan gemm_plan(Target t, DType dtype, int64_t n, int64_t k);
 // per tile, scores in F32, the running max m, then sum l and accumulator acc rescaled by exp(m_old - m)
 // and advanced in increasing key position. Split results (m, l, acc) are folded in increasing j, from
 // split 0, by  m' = max(M, m), L' = L e^(M - m') + l e^(m - m'), A' = A e^(M - m') + acc e^(m - m');
-// out = A * r with r = 1 / L rounded once to F32 per row (a multiply per output, not a division), then
-// rounded to the output dtype. CUDA: scores and P.V by mma.sync m16n8k16 (wgmma on sm_90; P rounded to
-// q's dtype before P.V), exponents in base 2 as 2^fma(score, scale log2 e, -m); the CPU uses one F32 FMA
-// chain per dot product, over d in increasing order.
+// then out = A / L. CPU: the division correctly rounded, once per output; CUDA: A * r with r = 1 / L
+// rounded once to F32 per row (a multiply per output instead of a division; at most 2 F32 ulps from it).
+// Either way the F32 result is then rounded to the output dtype. CUDA: scores and P.V by mma.sync
+// m16n8k16 (wgmma on sm_90; P rounded to q's dtype before P.V), exponents in base 2 as
+// 2^fma(score, scale log2 e, -m); the CPU uses one F32 FMA chain per dot product, over d in increasing order.
 // No argument is a batch size, number of queries or sequences.
 struct AttentionPlan {
   int64_t split_len;

@@ -105,8 +105,7 @@ void attention_typed(const AttentionArgs& a) {
         fold(j == 0, M, Lsum, A.data(), m, l, acc.data(), D);
       }
       T* orow = a.out.ptr<T>() + t * a.out.stride[0] + h * a.out.stride[1];
-      const float inv_l = 1.0f / Lsum;  // the plan's last step: A * (1 / L), the reciprocal rounded once
-      for (int64_t d = 0; d < D; ++d) orow[d] = st<T>(A[size_t(d)] * inv_l);
+      for (int64_t d = 0; d < D; ++d) orow[d] = st<T>(A[size_t(d)] / Lsum);
     }
   });
 }

@@ -69,8 +69,8 @@ __device__ __forceinline__ float ex2(float x) {
 // below the next multiple of 1 / group, so the shift gives floor(r / group) for every r < 64, group <= 64.
 __device__ __forceinline__ int row_token(const Params& p, int r) { return (r * p.group_mul) >> 16; }
 
-// The plan's last step (core/policy.h): out = A * (1 / L), the reciprocal rounded once per row, so a row's
-// D outputs cost one multiply each instead of a division.
+// The plan's last step on CUDA (core/policy.h): out = A * (1 / L), the reciprocal rounded once per row, so a
+// row's D outputs cost one multiply each instead of a division (the CPU divides: at most 2 F32 ulps apart).
 __device__ __forceinline__ float out_value(float A, float inv_l) { return __fmul_rn(A, inv_l); }
 
 // The fold of the plan: (M, L, A) <- (M, L, A) merged with a split's (m, l, acc).
