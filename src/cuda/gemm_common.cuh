@@ -83,12 +83,10 @@ __device__ __forceinline__ void store_pair_as(const Problem& p, int64_t off, boo
 }
 
 // Writes the finished sums of out[b, m, n] and out[b, m, n + 1]; n is even. Anything outside [M, N]
-// is dropped: tiles overhang the matrix and their overhang holds sums of zero-filled operands. live =
-// false writes nothing (the sm_90 kernel's warm-up pass).
+// is dropped: tiles overhang the matrix and their overhang holds sums of zero-filled operands.
 template <typename T>
-__device__ __forceinline__ void store_pair(const Problem& p, int b, int m, int n, float v0, float v1,
-                                           bool live = true) {
-  if (!live || m >= p.m || n >= p.n) return;
+__device__ __forceinline__ void store_pair(const Problem& p, int b, int m, int n, float v0, float v1) {
+  if (m >= p.m || n >= p.n) return;
   const bool has1 = n + 1 < p.n;
   v0 = add_bias<T>(p, n, v0);
   if (has1) v1 = add_bias<T>(p, n + 1, v1);

@@ -204,17 +204,6 @@ __device__ __forceinline__ void st_shared_16(uint32_t dst, uint4 v) {
 __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
   return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
-// true / false from an asm the compiler cannot see through (the warm-up pass's flag).
-__device__ __forceinline__ bool opaque_true() {
-  uint32_t v;
-  asm volatile("mov.u32 %0, 1;\n" : "=r"(v));
-  return v != 0;
-}
-__device__ __forceinline__ bool opaque_false() {
-  uint32_t v;
-  asm volatile("mov.u32 %0, 0;\n" : "=r"(v));
-  return v != 0;
-}
 #endif
 
 // 16 bytes from shared memory (the epilogues' staging rows).
@@ -238,8 +227,7 @@ __device__ __forceinline__ uint4 ld_shared_16(uint32_t src) {
 // 64 columns, or of 32 where W is an odd multiple of 32 (the gated 128x192 tile's 96).
 template <class Cfg, typename O, int W>
 __device__ __forceinline__ void store_tile_interior(const Problem& p, const float (&acc)[Cfg::BN / 2],
-                                                    uint32_t staging, int b, int row0, int col0, int lane,
-                                                    bool live) {
+                                                    uint32_t staging, int b, int row0, int col0, int lane) {
   static_assert(sizeof(O) == 2 && W % 32 == 0 && W <= Cfg::BN, "16-bit outputs in chunks of 32 or 64 columns");
   constexpr int kChunk = W % 64 == 0 ? 64 : 32, kPiecesPerRow = kChunk * 2 / 16;
   const uint32_t lane_row = staging + ((lane & 7) + 8 * ((lane >> 3) & 1)) * Cfg::kEpiRowBytes + (lane >> 4) * 16;
@@ -261,8 +249,8 @@ __device__ __forceinline__ void store_tile_interior(const Problem& p, const floa
 #pragma unroll
     for (int q = 0; q < 16 * kPiecesPerRow / 32; ++q) {
       const int i = q * 32 + lane, row = i / kPiecesPerRow, piece = i % kPiecesPerRow;
-      const uint4 v = ld_shared_16(staging + row * Cfg::kEpiRowBytes + piece * 16);
-      if (live) *reinterpret_cast<uint4*>(out + int64_t(row) * p.o_sm + chunk * kChunk + piece * 8) = v;
+      *reinterpret_cast<uint4*>(out + int64_t(row) * p.o_sm + chunk * kChunk + piece * 8) =
+          ld_shared_16(staging + row * Cfg::kEpiRowBytes + piece * 16);
     }
     __syncwarp();
   }
@@ -279,8 +267,7 @@ __device__ __forceinline__ void store_tile_interior(const Problem& p, const floa
 // roundings as store_pair (one cvt of each pair of sums).
 template <class Cfg, typename O>
 __device__ __forceinline__ void store_tile_columns(const Problem& p, const float (&acc)[Cfg::BN / 2],
-                                                   uint32_t staging, int b, int row0, int col0, int lane,
-                                                   bool live) {
+                                                   uint32_t staging, int b, int row0, int col0, int lane) {
   static_assert(sizeof(O) == 2 && Cfg::BN % 16 == 0, "16-bit outputs, 16 tile columns at a time");
   constexpr int kPitch = 48;
   // stmatrix .x4 .trans: lanes 8q .. 8q + 7 address the stored rows of block q, and stored row i of a
@@ -302,7 +289,7 @@ __device__ __forceinline__ void store_tile_columns(const Problem& p, const float
                  : "memory");
     __syncwarp();
     const int col = col0 + g * 16 + c;
-    if (live && col < p.n && r < p.m) {
+    if (col < p.n && r < p.m) {
       const uint4 v = ld_shared_16(staging + c * kPitch + half * 16);
       O* dst = out + int64_t(col) * p.o_sn;
       if (r + 8 <= p.m) {
@@ -325,7 +312,7 @@ __device__ __forceinline__ void store_tile_columns(const Problem& p, const float
 // written element by element.
 template <class Cfg, typename T, typename O, int W = Cfg::BN>
 __device__ __forceinline__ void store_tile_staged(const Problem& p, const float (&acc)[Cfg::BN / 2], uint32_t staging,
-                                                  int b, int row0, int col0, int lane, bool live) {
+                                                  int b, int row0, int col0, int lane) {
   constexpr int BN = W;  // the block's width
   constexpr int kRowMax = 128 / int(sizeof(O));  // columns of one 128-byte staging row
   constexpr int kChunk = BN <= kRowMax ? BN : BN % kRowMax == 0 ? kRowMax : 32;  // columns per pass
@@ -336,7 +323,7 @@ __device__ __forceinline__ void store_tile_staged(const Problem& p, const float 
 #ifdef BIK_SM90_DEVICE_CODE
   if constexpr (sizeof(O) == 2 && (BN % 64 == 0 || BN != Cfg::BN)) {
     if (p.bias == nullptr && row0 + 16 <= p.m && col0 + BN <= p.n) {
-      store_tile_interior<Cfg, O, BN>(p, acc, staging, b, row0, col0, lane, live);
+      store_tile_interior<Cfg, O, BN>(p, acc, staging, b, row0, col0, lane);
       return;
     }
   }
@@ -369,7 +356,7 @@ __device__ __forceinline__ void store_tile_staged(const Problem& p, const float 
     for (int i = lane; i < kPieces; i += 32) {
       const int pr_row = i / kPiecesPerRow, piece = i % kPiecesPerRow;
       const int m = row0 + pr_row, n = col0 + chunk * kChunk + piece * kPieceElems;
-      if (live && m < p.m && n < p.n) {
+      if (m < p.m && n < p.n) {
         const uint4 v = ld_shared_16(staging + pr_row * Cfg::kEpiRowBytes + piece * 16);
         O* dst = static_cast<O*>(p.out) + int64_t(b) * p.o_sb + int64_t(m) * p.o_sm + n;
         if (n + kPieceElems <= p.n) {
@@ -393,7 +380,7 @@ __device__ __forceinline__ void store_tile_staged(const Problem& p, const float 
 // bits of mm then silu_and_mul; the [M, n] product never reaches memory.
 template <class Cfg, typename T>
 __device__ __forceinline__ void store_tile_gated(const Problem& p, bool out_vec16, float (&acc)[Cfg::BN / 2],
-                                                 uint32_t staging, int b, int row0, int tn, int lane, bool live) {
+                                                 uint32_t staging, int b, int row0, int tn, int lane) {
   constexpr int H = Cfg::BN / 2;  // output columns of the tile
   static_assert(!Cfg::kSwapped && H % 32 == 0, "gated tiles: unswapped, BN a multiple of 64");
 #pragma unroll
@@ -401,14 +388,14 @@ __device__ __forceinline__ void store_tile_gated(const Problem& p, bool out_vec1
   Problem q = p;
   q.n = p.n / 2;
   if (out_vec16) {
-    store_tile_staged<Cfg, T, T, H>(q, acc, staging, b, row0, tn * H, lane, live);
+    store_tile_staged<Cfg, T, T, H>(q, acc, staging, b, row0, tn * H, lane);
     return;
   }
   const int row = row0 + (lane >> 2), col0 = tn * H + (lane & 3) * 2;
 #pragma unroll
   for (int j = 0; j < H / 8; ++j) {
-    store_pair<T>(q, b, row, col0 + j * 8, acc[4 * j], acc[4 * j + 1], live);
-    store_pair<T>(q, b, row + 8, col0 + j * 8, acc[4 * j + 2], acc[4 * j + 3], live);
+    store_pair<T>(q, b, row, col0 + j * 8, acc[4 * j], acc[4 * j + 1]);
+    store_pair<T>(q, b, row + 8, col0 + j * 8, acc[4 * j + 2], acc[4 * j + 3]);
   }
 }
 
@@ -603,29 +590,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       if (wg == 1 && int(walk0) < prm.total_tiles) named_bar_arrive(kTurnBar, 256);  // opens consumer 0's first turn
     }
     int local = 0;  // the tile's place in this CTA's walk
-    // The warm-up pass: the loop's first pass takes the CTA's first tile through the epilogue with no
-    // products and no global stores, while the producer's first copies are in flight. When other kernels
-    // ran since the last launch, the SM's instruction cache no longer holds this kernel's code, and the
-    // epilogue's code, fetched line by line from L2 at the end of the last tile, stalled every warp there
-    // (~2 us a launch: logs_h200/8274df5_gemm_icache_*). The pass fetches it early, in the same copy of
-    // the code the real tiles run: `warm` comes from an asm the compiler cannot see through, so it does
-    // not peel the pass into a copy of its own. It changes no stored bit.
-    bool warm = opaque_true();
-    for (int tile = walk0; tile < prm.total_tiles;
-         tile += warm ? 0 : int(walk_step), local += warm ? 0 : 1, warm = opaque_false()) {
+    for (int tile = walk0; tile < prm.total_tiles; tile += walk_step, ++local) {
       if constexpr (kPingPong) {
-        if (!warm) {
-          if ((local & 1) != wg) continue;   // the partner's tile
-          it = local * num_kb;               // the partner's turns used the stages in between
-          named_bar_sync(kTurnBar + wg, 256);  // the turn before has waited for and issued all of its stages
-        }
+        if ((local & 1) != wg) continue;   // the partner's tile
+        it = local * num_kb;               // the partner's turns used the stages in between
+        named_bar_sync(kTurnBar + wg, 256);  // the turn before has waited for and issued all of its stages
       }
       int b, tm, tn;
       tile_coords(tile, b, tm, tn);
 #pragma unroll
       for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
-      const int kb_end = warm ? 0 : num_kb;
-      for (int kb = 0; kb < kb_end; ++kb, ++it) {
+      for (int kb = 0; kb < num_kb; ++kb, ++it) {
         const int s = it % STAGES, phase = (it / STAGES) & 1;
         mbar_wait(full(s), phase);
         // The stage addresses through a broadcast from lane 0 (the same in every lane): the compiler then
@@ -646,11 +621,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
       // Ping-pong: the next tile's turn may issue now, behind this tile's wgmmas still in flight.
       if constexpr (kPingPong) {
-        if (!warm && tile + int(walk_step) < prm.total_tiles) named_bar_arrive(kTurnBar + 1 - wg, 256);
+        if (tile + int(walk_step) < prm.total_tiles) named_bar_arrive(kTurnBar + 1 - wg, 256);
       }
       wgmma_wait<0>();
       pin(acc);
-      if (kb_end > 0 && lane == 0) release((it - 1) % STAGES);
+      if (num_kb > 0 && lane == 0) release((it - 1) % STAGES);
       // Cluster mode: the partner of the last tile of an odd count computes on copied rows; nothing to store.
       if constexpr (kCluster) {
         if (tm * BM >= p.m || tn * BN >= p.n) continue;
@@ -663,24 +638,24 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const uint32_t staging = bars + Cfg::kBarBytes + (wg * 4 + warp) * Cfg::kEpiWarpBytes;
       if constexpr (!Cfg::kSwapped && BN % 64 == 0) {
         if (p.glu) {
-          store_tile_gated<Cfg, T>(p, prm.out_vec16 != 0, acc, staging, b, row0, tn, lane, !warm);
+          store_tile_gated<Cfg, T>(p, prm.out_vec16 != 0, acc, staging, b, row0, tn, lane);
           continue;
         }
       }
       if (prm.out_vec16) {
         if constexpr (Cfg::kSwapped)
-          store_tile_columns<Cfg, T>(p, acc, staging, b, row0, n_base(tn), lane, !warm);
+          store_tile_columns<Cfg, T>(p, acc, staging, b, row0, n_base(tn), lane);
         else if (p.out_f32)
-          store_tile_staged<Cfg, T, float>(p, acc, staging, b, row0, tn * BN, lane, !warm);
+          store_tile_staged<Cfg, T, float>(p, acc, staging, b, row0, tn * BN, lane);
         else
-          store_tile_staged<Cfg, T, T>(p, acc, staging, b, row0, tn * BN, lane, !warm);
+          store_tile_staged<Cfg, T, T>(p, acc, staging, b, row0, tn * BN, lane);
       } else {
         const int row = row0 + (lane >> 2);
         const int col0 = n_base(tn) + (lane & 3) * 2;
 #pragma unroll
         for (int j = 0; j < BN / 8; ++j) {
-          store_pair<T>(p, b, row, col0 + j * 8, acc[4 * j], acc[4 * j + 1], !warm);
-          store_pair<T>(p, b, row + 8, col0 + j * 8, acc[4 * j + 2], acc[4 * j + 3], !warm);
+          store_pair<T>(p, b, row, col0 + j * 8, acc[4 * j], acc[4 * j + 1]);
+          store_pair<T>(p, b, row + 8, col0 + j * 8, acc[4 * j + 2], acc[4 * j + 3]);
         }
       }
     }
