@@ -436,18 +436,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   auto gate_row = [&](int tn) { return tn * kHalfW; };
   auto up_row = [&](int tn) { return p.n / 2 + tn * kHalfW; };
   const int wg = threadIdx.x / 128;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full(s), prm.tma ? 1 : 128);
-      // lane 0 of every consumer warp that reads the stage (of both CTAs)
-      mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kStageReaders * 4);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
-  // No multicast or remote arrive may reach the partner before its barriers exist.
-  if constexpr (kCluster) cluster_sync();
-
   // The walk: one-CTA mode steps over tiles by CTA; cluster mode steps over pairs by cluster, and the
   // CTA of rank r takes tile r of each pair. Both CTAs of a cluster walk the same pairs with the same
   // number of K stages, so their stage counters stay equal, which the shared empty barriers rely on.
@@ -473,6 +461,39 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         tn = 2 * tn + rank;
     }
   };
+
+  // One-CTA mode with TMA: stage s's copies of K-block kb of tile (b, tm, tn).
+  auto load_stage = [&](int s, int kb, int b, int tm, int tn) {
+    mbar_arrive_expect_tx(full(s), Cfg::kStageBytes);  // out-of-bounds box parts count too
+    tma_load(stage_a(s), &map_a, full(s), kb * kBK, m_base(tm), prm.a_batched ? b : 0);
+    if (p.glu) {
+      tma_load(stage_w(s), &map_w, full(s), kb * kBK, gate_row(tn), prm.w_batched ? b : 0);
+      tma_load(stage_w(s) + kHalfW * kRowBytes, &map_w, full(s), kb * kBK, up_row(tn), prm.w_batched ? b : 0);
+    } else {
+      tma_load(stage_w(s), &map_w, full(s), kb * kBK, n_base(tn), prm.w_batched ? b : 0);
+    }
+  };
+  // One-CTA mode with TMA: the thread that creates the barriers also issues the copies of the first tile's
+  // first stages, right away. The producer thread reaches its own code (far from the kernel's entry) only
+  // after its instructions come in, which after other kernels means from L2, line by line; the entry's
+  // code is fetched by every warp anyway. The producer carries on from stage `pre`.
+  const int pre = !kCluster && prm.tma && int(walk0) < prm.total_tiles ? min(STAGES, num_kb) : 0;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full(s), prm.tma ? 1 : 128);
+      // lane 0 of every consumer warp that reads the stage (of both CTAs)
+      mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kStageReaders * 4);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    if (pre > 0) {
+      int b, tm, tn;
+      tile_coords(walk0, b, tm, tn);
+      for (int kb = 0; kb < pre; ++kb) load_stage(kb, kb, b, tm, tn);
+    }
+  }
+  __syncthreads();
+  // No multicast or remote arrive may reach the partner before its barriers exist.
+  if constexpr (kCluster) cluster_sync();
 
   if (wg == Cfg::kConsumers) {
     // ---- producer warpgroup: fills stages in the same tile order the consumers drain them ----
@@ -525,22 +546,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       __syncwarp();  // the copy thread's warp meets the final cluster barrier converged
     } else {
       if (prm.tma && t != 0) return;  // one thread drives the copy engine
-      int it = 0;                     // stage use counter, continued across tiles
+      int it = pre;                   // stage use counter, continued across tiles (past the early copies)
       for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
         int b, tm, tn;
         tile_coords(tile, b, tm, tn);
-        for (int kb = 0; kb < num_kb; ++kb, ++it) {
+        for (int kb = tile == int(walk0) ? pre : 0; kb < num_kb; ++kb, ++it) {
           const int s = it % STAGES, phase = (it / STAGES) & 1;
           mbar_wait(empty(s), phase ^ 1);  // a fresh barrier counts as having completed phase "1"
           if (prm.tma) {
-            mbar_arrive_expect_tx(full(s), Cfg::kStageBytes);  // out-of-bounds box parts count too
-            tma_load(stage_a(s), &map_a, full(s), kb * kBK, m_base(tm), prm.a_batched ? b : 0);
-            if (p.glu) {
-              tma_load(stage_w(s), &map_w, full(s), kb * kBK, gate_row(tn), prm.w_batched ? b : 0);
-              tma_load(stage_w(s) + kHalfW * kRowBytes, &map_w, full(s), kb * kBK, up_row(tn), prm.w_batched ? b : 0);
-            } else {
-              tma_load(stage_w(s), &map_w, full(s), kb * kBK, n_base(tn), prm.w_batched ? b : 0);
-            }
+            load_stage(s, kb, b, tm, tn);
           } else {
             const T* a = static_cast<const T*>(p.a) + int64_t(b) * p.a_sb;
             const T* w = static_cast<const T*>(p.w) + int64_t(b) * p.w_sb;
