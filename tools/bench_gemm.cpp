@@ -58,18 +58,6 @@ const std::vector<Shape2>& bench_shapes() {
   return s;
 }
 
-GemmArgs args_of(const TensorView& out, const TensorView& a, const TensorView& w) {
-  GemmArgs g;
-  g.a = as3d(a);
-  g.w = as3d(w);
-  g.out = as3d(out);
-  g.batch = 1;
-  g.m = a.shape[0];
-  g.k = a.shape[1];
-  g.n = w.shape[0];
-  return g;
-}
-
 }  // namespace
 
 int bench_gemm(const std::vector<std::string>& argv) {
@@ -178,7 +166,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
         mm(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)], Stream{stream});
       };
       auto cublas_launch = [&](int i, cudaStream_t stream) {
-        cuda::cublaslt_gemm(args_of(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]), Stream{stream});
+        cuda::cublaslt_gemm(gemm_args_2d(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]), Stream{stream});
       };
       const double t_bik = bench::time_graph(bik_launch, sets, launches, repeats, st);
       const double t_cub = bench::time_graph(cublas_launch, sets, launches, repeats, st);
@@ -200,15 +188,15 @@ int bench_gemm(const std::vector<std::string>& argv) {
       };
       const double h_bik = host_us(bik_launch), h_cub = host_us(cublas_launch);
       const std::string config =
-          cuda::gemm_config_name(args_of(ov, as[0].view().narrow(0, 0, m), ws[0]));
+          cuda::gemm_config_name(gemm_args_2d(ov, as[0].view().narrow(0, 0, m), ws[0]));
       nlohmann::json tile_ms = nlohmann::json::object();
       std::string best_tile;
       double best_ms = 1e30;
       if (args.flag("sweep") && props.arch() == 90) {
         for (const std::string& tile : cuda::gemm_sm90_tiles()) {
           auto tile_launch = [&](int i, cudaStream_t stream) {
-            cuda::gemm_sm90_tile(args_of(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]), Stream{stream},
-                                 tile);
+            cuda::gemm_sm90_tile(gemm_args_2d(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]),
+                                 Stream{stream}, tile);
           };
           const double t = bench::time_graph(tile_launch, sets, launches, repeats, st);
           tile_ms[tile] = t;

@@ -69,18 +69,6 @@ __global__ void bigconst_kernel(float* p) {
   if (threadIdx.x == 0) p[blockIdx.x] = x;
 }
 
-static GemmArgs args_of(const TensorView& out, const TensorView& a, const TensorView& w) {
-  GemmArgs g;
-  g.a = as3d(a);
-  g.w = as3d(w);
-  g.out = as3d(out);
-  g.batch = 1;
-  g.m = a.shape[0];
-  g.k = a.shape[1];
-  g.n = w.shape[0];
-  return g;
-}
-
 int main(int argc, char** argv) {
   if (argc < 4) {
     std::fprintf(stderr, "usage: mixexp SEQ IMPL M\n");
@@ -115,7 +103,7 @@ int main(int argc, char** argv) {
   const bool cublas = impl == "cublas";
   auto gemm = [&](const Tensor& out, const Tensor& a, const Tensor& w) {
     if (cublas)
-      cuda::cublaslt_gemm(args_of(out.view(), a.view(), w.view()), Stream{st});
+      cuda::cublaslt_gemm(gemm_args_2d(out.view(), a.view(), w.view()), Stream{st});
     else
       mm(out.view(), a.view(), w.view(), Stream{st});
   };

@@ -27,6 +27,19 @@ struct GemmArgs {
   int64_t batch = 1, m = 0, n = 0, k = 0;
 };
 
+// The GemmArgs of a 2-D product out [M, N] = a [M, K] * w [N, K]^T, no bias.
+inline GemmArgs gemm_args_2d(const TensorView& out, const TensorView& a, const TensorView& w) {
+  GemmArgs g;
+  g.a = as3d(a);
+  g.w = as3d(w);
+  g.out = as3d(out);
+  g.batch = 1;
+  g.m = a.shape[0];
+  g.k = a.shape[1];
+  g.n = w.shape[0];
+  return g;
+}
+
 // x is permuted so its first `kept` dims are the kept ones (in order) and the rest are reduced, in
 // their original order; out has the kept dims' shape (keepdim already dropped).
 struct ReduceArgs {

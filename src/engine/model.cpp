@@ -284,14 +284,7 @@ void LlamaModel::gemm(const TensorView& out, const TensorView& x, const TensorVi
     return;
   }
   // The negative control: a library GEMM whose blocking and kernel choice depend on the row count.
-  GemmArgs g;
-  g.a = as3d(x);
-  g.w = as3d(w);
-  g.out = as3d(out);
-  g.batch = 1;
-  g.m = x.shape[0];
-  g.k = x.shape[1];
-  g.n = w.shape[0];
+  GemmArgs g = gemm_args_2d(out, x, w);
   if (bias) g.bias = *bias;
   if (g.m == 0) return;
   if (device_.is_cpu()) {
