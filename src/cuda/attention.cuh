@@ -68,6 +68,14 @@ __device__ __forceinline__ float ex2(float x) {
 // 0 <= e < group, r * group_mul / 2^16 = r / group + r e / 2^16 / group, and r e < 64 * 64 < 2^16 keeps that
 // below the next multiple of 1 / group, so the shift gives floor(r / group) for every r < 64, group <= 64.
 __device__ __forceinline__ int row_token(const Params& p, int r) { return (r * p.group_mul) >> 16; }
+// Row r as (token within the CTA's tokens, head within the KV head's group): r = tok * group + head.
+struct RowPos {
+  int tok, head;
+};
+__device__ __forceinline__ RowPos row_pos(const Params& p, int r) {
+  const int tr = row_token(p, r);
+  return {tr, r - tr * p.group};
+}
 
 // The plan's last step on CUDA (core/policy.h): out = A * (1 / L), the reciprocal rounded once per row, so a
 // row's D outputs cost one multiply each instead of a division (the CPU divides: at most 2 F32 ulps apart).
@@ -189,8 +197,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
     const bool live = r < valid_rows;
     const T* src = static_cast<const T*>(p.q);
     if (live) {
-      const int tr = row_token(p, r);
-      src += int64_t(q0 + tok0 + tr) * p.q_s0 + int64_t(kvh * p.group + r - tr * p.group) * p.q_s1 + c * 8;
+      const RowPos rp = row_pos(p, r);
+      src += int64_t(q0 + tok0 + rp.tok) * p.q_s0 + int64_t(kvh * p.group + rp.head) * p.q_s1 + c * 8;
     }
     cp_async_16(sq + swz<D>(r, c), src, live ? 16 : 0);
   }
@@ -219,9 +227,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
   int row_id[2];  // global (token, head) index, for partials and output
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int r = warp * 16 + g + h * 8, tr = row_token(p, r);
-    pos_r[h] = r < valid_rows ? pos0 + tr : -1;
-    row_id[h] = r < valid_rows ? (q0 + tok0 + tr) * p.q_heads + kvh * p.group + r - tr * p.group : 0;
+    const int r = warp * 16 + g + h * 8;
+    const RowPos rp = row_pos(p, r);
+    pos_r[h] = r < valid_rows ? pos0 + rp.tok : -1;
+    row_id[h] = r < valid_rows ? (q0 + tok0 + rp.tok) * p.q_heads + kvh * p.group + rp.head : 0;
   }
 
   uint32_t qf[KT][4];
@@ -391,8 +400,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
     for (int h = 0; h < 2; ++h) {
       const int r = warp * 16 + g + h * 8;
       if (r >= valid_rows) continue;
-      const int tr = row_token(p, r);
-      T* orow = out + int64_t(q0 + tok0 + tr) * p.o_s0 + int64_t(kvh * p.group + r - tr * p.group) * p.o_s1;
+      const RowPos rp = row_pos(p, r);
+      T* orow = out + int64_t(q0 + tok0 + rp.tok) * p.o_s0 + int64_t(kvh * p.group + rp.head) * p.o_s1;
       const float inv_l = __frcp_rn(L_f[h]);
 #pragma unroll
       for (int n = 0; n < NT; ++n) {

@@ -246,8 +246,8 @@ __device__ __forceinline__ void load_q(const Params& p, const WorkUnit& w, uint3
     const bool live = r < w.valid_rows;
     const T* src = static_cast<const T*>(p.q);
     if (live) {
-      const int tr = row_token(p, r);
-      src += int64_t(w.q0 + w.tok0 + tr) * p.q_s0 + int64_t(w.kvh * p.group + r - tr * p.group) * p.q_s1 + c * 8;
+      const RowPos rp = row_pos(p, r);
+      src += int64_t(w.q0 + w.tok0 + rp.tok) * p.q_s0 + int64_t(w.kvh * p.group + rp.head) * p.q_s1 + c * 8;
     }
     cp_async_16(sq + Layout<D>::off(r, c), src, live ? 16 : 0);
   }
@@ -261,9 +261,10 @@ __device__ __forceinline__ void thread_rows(const Params& p, const WorkUnit& w, 
   const int warp = tid >> 5, g = (tid & 31) >> 2;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int r = warp * 16 + g + h * 8, tr = row_token(p, r);
-    pos_r[h] = r < w.valid_rows ? w.pos0 + tr : -1;
-    row_id[h] = r < w.valid_rows ? (w.q0 + w.tok0 + tr) * p.q_heads + w.kvh * p.group + r - tr * p.group : 0;
+    const int r = warp * 16 + g + h * 8;
+    const RowPos rp = row_pos(p, r);
+    pos_r[h] = r < w.valid_rows ? w.pos0 + rp.tok : -1;
+    row_id[h] = r < w.valid_rows ? (w.q0 + w.tok0 + rp.tok) * p.q_heads + w.kvh * p.group + rp.head : 0;
   }
 }
 
@@ -512,8 +513,8 @@ __device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, in
   for (int h = 0; h < 2; ++h) {
     const int r = warp * 16 + g + h * 8;
     if (r >= w.valid_rows) continue;
-    const int tr = row_token(p, r);
-    T* orow = out + int64_t(w.q0 + w.tok0 + tr) * p.o_s0 + int64_t(w.kvh * p.group + r - tr * p.group) * p.o_s1;
+    const RowPos rp = row_pos(p, r);
+    T* orow = out + int64_t(w.q0 + w.tok0 + rp.tok) * p.o_s0 + int64_t(w.kvh * p.group + rp.head) * p.o_s1;
     const float inv_l = __frcp_rn(L_f[h]);
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
