@@ -37,6 +37,7 @@
 #include "cuda/attention_sm90.cuh"
 #include "cuda/check.cuh"
 #include "cuda/device_info.h"
+#include "cuda/launch.cuh"
 #include "cuda/rows.cuh"
 
 namespace bik::cuda {
@@ -48,14 +49,14 @@ void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream
   if (split) {
     auto k = attn::attention_kernel<T, D, true>;
     allow_dynamic_smem(reinterpret_cast<const void*>(k), device, S::bytes(true));
-    k<<<grid, attn::kThreads, S::bytes(true), st>>>(p);
+    launch_kernel(k, grid, attn::kThreads, S::bytes(true), st, p);
     BIK_CUDA_LAUNCH_CHECK();
-    attn::fold_kernel<T, D><<<unsigned(rows), D, 0, st>>>(p);
+    launch_kernel(attn::fold_kernel<T, D>, unsigned(rows), D, 0, st, p);
     BIK_CUDA_LAUNCH_CHECK();
   } else {
     auto k = attn::attention_kernel<T, D, false>;
     allow_dynamic_smem(reinterpret_cast<const void*>(k), device, S::bytes(false));
-    k<<<grid, attn::kThreads, S::bytes(false), st>>>(p);
+    launch_kernel(k, grid, attn::kThreads, S::bytes(false), st, p);
     BIK_CUDA_LAUNCH_CHECK();
   }
 }
@@ -148,10 +149,10 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
     k = split ? k90::attention_kernel<T, D, true> : k90::attention_kernel<T, D, false>;
   }
   allow_dynamic_smem(reinterpret_cast<const void*>(k), device, bytes);
-  k<<<grid, unsigned(threads), bytes, st>>>(p);
+  launch_kernel(k, grid, unsigned(threads), bytes, st, p);
   BIK_CUDA_LAUNCH_CHECK();
   if (split) {
-    attn::fold_kernel<T, D><<<unsigned(rows), D, 0, st>>>(p);
+    launch_kernel(attn::fold_kernel<T, D>, unsigned(rows), D, 0, st, p);
     BIK_CUDA_LAUNCH_CHECK();
   }
 }
@@ -188,6 +189,7 @@ template <typename T>
 __global__ void write_kv_kernel(T* kc, T* vc, const T* k, const T* v, int64_t k_s0, int64_t k_s1, int64_t k_s2,
                                 int64_t v_s0, int64_t v_s1, int64_t v_s2, const int32_t* slots, int64_t slot_s,
                                 int heads, int d) {
+  pdl_enter();
   const int64_t t = blockIdx.x;
   const int32_t slot = slots[t * slot_s];
   if (slot < 0) return;
@@ -210,10 +212,9 @@ void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const 
   cudaStream_t st = static_cast<cudaStream_t>(s.handle);
   auto go = [&](auto tag) {
     using T_ = decltype(tag);
-    write_kv_kernel<T_><<<unsigned(T), threads, 0, st>>>(
-        k_cache.ptr<T_>(), v_cache.ptr<T_>(), k.ptr<const T_>(), v.ptr<const T_>(), k.stride[0], k.stride[1],
-        k.stride[2], v.stride[0], v.stride[1], v.stride[2], slot_mapping.ptr<const int32_t>(), slot_mapping.stride[0],
-        heads, d);
+    launch_kernel(write_kv_kernel<T_>, unsigned(T), threads, 0, st, k_cache.ptr<T_>(), v_cache.ptr<T_>(),
+                  k.ptr<const T_>(), v.ptr<const T_>(), k.stride[0], k.stride[1], k.stride[2], v.stride[0], v.stride[1],
+                  v.stride[2], slot_mapping.ptr<const int32_t>(), slot_mapping.stride[0], heads, d);
     BIK_CUDA_LAUNCH_CHECK();
   };
   if (k.dtype == DType::BF16)

@@ -2,6 +2,9 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -9,6 +12,7 @@
 #include <utility>
 
 #include "cuda/check.cuh"
+#include "cuda/launch.cuh"
 
 namespace bik::cuda {
 
@@ -56,5 +60,20 @@ bool kernel_built_for(const void* kernel, int device, int arch) {
   cache[key] = ok;
   return ok;
 }
+
+namespace {
+std::atomic<uint64_t> g_programmatic_launches{0};
+}
+
+bool programmatic_launch(const void* kernel) {
+  const char* e = std::getenv("BIK_PDL");
+  if (e != nullptr && std::strcmp(e, "0") == 0) return false;
+  int device = 0;
+  BIK_CUDA_CHECK(cudaGetDevice(&device));
+  return kernel_built_for(kernel, device, 90);
+}
+
+uint64_t programmatic_launches() { return g_programmatic_launches.load(std::memory_order_relaxed); }
+void count_programmatic_launch() { g_programmatic_launches.fetch_add(1, std::memory_order_relaxed); }
 
 }  // namespace bik::cuda

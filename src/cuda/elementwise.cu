@@ -6,6 +6,7 @@
 
 #include "core/backend.h"
 #include "cuda/device_info.h"
+#include "cuda/launch.cuh"
 #include "cuda/rows.cuh"
 #include "cuda/silu.cuh"
 
@@ -33,6 +34,7 @@ constexpr int kSiluSmallThreads = 128;
 template <class Tx, class To, int U>
 __global__ void __launch_bounds__(kSiluThreads)
     silu_and_mul_kernel(To* out, DevRows out_rows, const Tx* x, DevRows x_rows, int64_t rows, int64_t d) {
+  pdl_enter();
   constexpr int V = 16 / sizeof(Tx);
   const int64_t xs = x_rows.elem_stride, os = out_rows.elem_stride;
   const int64_t step = int64_t(blockDim.x) * V;
@@ -91,6 +93,7 @@ template <class T>
 __global__ void __launch_bounds__(kRopeThreads)
     rope_kernel(T* q, Heads hq, T* k, Heads hk, const int32_t* pos, int64_t pos_stride, const float* cs,
                 int64_t cs_s0, int64_t cs_s1, int64_t max_pos, int64_t rot, bool neox) {
+  pdl_enter();
   constexpr int V = 16 / sizeof(T);
   const int64_t half = rot / 2;
   const int64_t chunks = neox ? (half + V - 1) / V : (rot + V - 1) / V;
@@ -180,6 +183,7 @@ template <class T>
 __global__ void __launch_bounds__(kRopeFlatThreads)
     rope_flat_kernel(T* q, Heads hq, T* k, Heads hk, const int32_t* pos, int64_t pos_stride, const float* cs,
                      int64_t cs_s0, int64_t max_pos, int half, int cpr, int heads, int total) {
+  pdl_enter();
   constexpr int V = 16 / sizeof(T), U = kRopeFlatItems;
   constexpr int CV = V / 4;  // 16-byte vectors of V floats of the table
   const int first = int(blockIdx.x) * (kRopeFlatThreads * U) + int(threadIdx.x);
@@ -251,6 +255,7 @@ template <class Tt, class To>
 __global__ void embedding_kernel(To* out, int64_t os0, int64_t os1, const int32_t* ids, int64_t ids_stride,
                                  const Tt* table, int64_t ts0, int64_t ts1, int64_t vocab, int64_t tokens, int64_t d,
                                  int* bad) {
+  pdl_enter();
   constexpr int V = 16 / sizeof(Tt);
   const int64_t chunks = (d + V - 1) / V;
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -288,6 +293,7 @@ template <class Tt, class To, int U>
 __global__ void __launch_bounds__(kEmbedThreads)
     embedding_flat_kernel(To* out, int64_t os0, const int32_t* ids, int64_t ids_stride, const Tt* table,
                           int64_t ts0, int64_t vocab, int64_t tokens, int64_t d, int* bad) {
+  pdl_enter();
   constexpr int V = 16 / sizeof(Tt);
   const int64_t c = int64_t(blockIdx.x) * kEmbedThreads + threadIdx.x;
   if (c * V >= d) return;
@@ -345,14 +351,13 @@ void silu_and_mul(const TensorView& out, const TensorView& x, Stream s) {
     auto launch = [&](auto ot) {
       using To = decltype(ot);
       if (small) {
-        silu_and_mul_kernel<Tx, To, 1><<<row_grid(chunks, rows, small_threads), small_threads, 0, stream_of(s)>>>(
-            out.ptr<To>(), DevRows(out), x.ptr<const Tx>(), DevRows(x), rows, d);
+        launch_kernel(silu_and_mul_kernel<Tx, To, 1>, row_grid(chunks, rows, small_threads), small_threads, 0,
+                      stream_of(s), out.ptr<To>(), DevRows(out), x.ptr<const Tx>(), DevRows(x), rows, d);
         BIK_CUDA_LAUNCH_CHECK();
         return;
       }
-      silu_and_mul_kernel<Tx, To, kSiluUnroll>
-          <<<row_grid(chunks, rows, kSiluThreads * kSiluUnroll), kSiluThreads, 0, stream_of(s)>>>(
-              out.ptr<To>(), DevRows(out), x.ptr<const Tx>(), DevRows(x), rows, d);
+      launch_kernel(silu_and_mul_kernel<Tx, To, kSiluUnroll>, row_grid(chunks, rows, kSiluThreads * kSiluUnroll),
+                    kSiluThreads, 0, stream_of(s), out.ptr<To>(), DevRows(out), x.ptr<const Tx>(), DevRows(x), rows, d);
       BIK_CUDA_LAUNCH_CHECK();
     };
     if (out.dtype == DType::F32) launch(float{});
@@ -377,15 +382,16 @@ void rotary_embedding(const TensorView& q, const TensorView& k, const TensorView
       const int64_t total = tokens * heads * cpr;
       if (total == 0) return;
       const int64_t per_cta = int64_t(kRopeFlatThreads) * kRopeFlatItems;
-      rope_flat_kernel<T><<<unsigned((total + per_cta - 1) / per_cta), kRopeFlatThreads, 0, stream_of(s)>>>(
-          q.ptr<T>(), hq, has_k ? k.ptr<T>() : nullptr, hk, positions.ptr<const int32_t>(), positions.stride[0],
-          cos_sin.ptr<const float>(), cos_sin.stride[0], cos_sin.shape[0], int(rot / 2), cpr, heads, int(total));
+      launch_kernel(rope_flat_kernel<T>, unsigned((total + per_cta - 1) / per_cta), kRopeFlatThreads, 0, stream_of(s),
+                    q.ptr<T>(), hq, has_k ? k.ptr<T>() : nullptr, hk, positions.ptr<const int32_t>(),
+                    positions.stride[0], cos_sin.ptr<const float>(), cos_sin.stride[0], cos_sin.shape[0], int(rot / 2),
+                    cpr, heads, int(total));
       BIK_CUDA_LAUNCH_CHECK();
       return;
     }
-    rope_kernel<T><<<grid_for(tokens), kRopeThreads, 0, stream_of(s)>>>(
-        q.ptr<T>(), hq, has_k ? k.ptr<T>() : nullptr, hk, positions.ptr<const int32_t>(), positions.stride[0],
-        cos_sin.ptr<const float>(), cos_sin.stride[0], cos_sin.stride[1], cos_sin.shape[0], rot, neox);
+    launch_kernel(rope_kernel<T>, grid_for(tokens), kRopeThreads, 0, stream_of(s), q.ptr<T>(), hq,
+                  has_k ? k.ptr<T>() : nullptr, hk, positions.ptr<const int32_t>(), positions.stride[0],
+                  cos_sin.ptr<const float>(), cos_sin.stride[0], cos_sin.stride[1], cos_sin.shape[0], rot, neox);
     BIK_CUDA_LAUNCH_CHECK();
   });
 }
@@ -423,9 +429,9 @@ void embedding(const TensorView& out, const TensorView& ids, const TensorView& t
           constexpr int U = decltype(u)::value;
           const int64_t by = (tokens + U - 1) / U;
           const dim3 grid(unsigned(bx), unsigned(by < 65535 ? by : 65535));
-          embedding_flat_kernel<Tt, To, U><<<grid, kEmbedThreads, 0, st>>>(
-              out.ptr<To>(), out.stride[0], ids.ptr<const int32_t>(), ids.stride[0], table.ptr<const Tt>(),
-              table.stride[0], vocab, tokens, d, bad);
+          launch_kernel(embedding_flat_kernel<Tt, To, U>, grid, kEmbedThreads, 0, st, out.ptr<To>(), out.stride[0],
+                        ids.ptr<const int32_t>(), ids.stride[0], table.ptr<const Tt>(), table.stride[0], vocab, tokens,
+                        d, bad);
           BIK_CUDA_LAUNCH_CHECK();
         };
         if ((tokens / kEmbedTokens) * bx >= 4 * int64_t(sms)) go(std::integral_constant<int, kEmbedTokens>{});
@@ -433,9 +439,9 @@ void embedding(const TensorView& out, const TensorView& ids, const TensorView& t
         return;
       }
       const int threads = 128;
-      embedding_kernel<Tt, To><<<row_grid((d + V - 1) / V, tokens, threads), threads, 0, st>>>(
-          out.ptr<To>(), out.stride[0], out.stride[1], ids.ptr<const int32_t>(), ids.stride[0], table.ptr<const Tt>(),
-          table.stride[0], table.stride[1], vocab, tokens, d, bad);
+      launch_kernel(embedding_kernel<Tt, To>, row_grid((d + V - 1) / V, tokens, threads), threads, 0, st, out.ptr<To>(),
+                    out.stride[0], out.stride[1], ids.ptr<const int32_t>(), ids.stride[0], table.ptr<const Tt>(),
+                    table.stride[0], table.stride[1], vocab, tokens, d, bad);
       BIK_CUDA_LAUNCH_CHECK();
     };
     if (out.dtype == DType::F32) launch(float{});

@@ -338,10 +338,10 @@ bool share_w_for(const Problem& p, int bm, int bn, ClusterMode mode) {
   return rows_w <= rows_a;
 }
 
-// A launch of `ctas` CTAs (even) in clusters of two along x; `attr` holds the cluster attribute the
-// returned configuration points at, so it must outlive every use of that configuration.
-cudaLaunchConfig_t pair_cluster_config(cudaLaunchAttribute (&attr)[1], unsigned ctas, int threads, int smem,
-                                       cudaStream_t st) {
+// A launch of `ctas` CTAs (even) in clusters of two along x, programmatic (launch.cuh) if asked; `attr`
+// holds the attributes the returned configuration points at, so it must outlive every use of it.
+cudaLaunchConfig_t pair_cluster_config(cudaLaunchAttribute (&attr)[2], unsigned ctas, int threads, int smem,
+                                       cudaStream_t st, bool programmatic = false) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(ctas, 1, 1);
   cfg.blockDim = dim3(unsigned(threads), 1, 1);
@@ -351,8 +351,9 @@ cudaLaunchConfig_t pair_cluster_config(cudaLaunchAttribute (&attr)[1], unsigned 
   attr[0].val.clusterDim.x = 2;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
+  attr[1] = programmatic_attribute();
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = programmatic ? 2 : 1;
   return cfg;
 }
 
@@ -364,7 +365,7 @@ int max_active_pairs(const void* kernel, int threads, int smem, const DeviceInfo
   std::lock_guard<std::mutex> lock(mu);
   const auto key = std::make_pair(kernel, d.index);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   const cudaLaunchConfig_t cfg =
       pair_cluster_config(attr, unsigned(std::max(2, d.sms / 2 * 2)), threads, smem, nullptr);
   int n = 0;
@@ -405,10 +406,12 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
   const int most = max_active_pairs(reinterpret_cast<const void*>(kernel), Cfg::kThreads, Cfg::kSmemBytes, d);
   if (most < 1) return false;
-  cudaLaunchAttribute attr[1];
-  const cudaLaunchConfig_t cfg =
-      pair_cluster_config(attr, unsigned(2 * std::min<int64_t>(pairs, most)), Cfg::kThreads, Cfg::kSmemBytes, st);
+  cudaLaunchAttribute attr[2];
+  const bool programmatic = programmatic_launch(reinterpret_cast<const void*>(kernel));
+  const cudaLaunchConfig_t cfg = pair_cluster_config(attr, unsigned(2 * std::min<int64_t>(pairs, most)),
+                                                     Cfg::kThreads, Cfg::kSmemBytes, st, programmatic);
   BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm, map_a, map_w));
+  if (programmatic) count_programmatic_launch();
   g_cluster_launches.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
@@ -431,7 +434,7 @@ void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int 
                      p.glu ? Cfg::BN / 2 : Cfg::BN);
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
   const int grid = int(std::min<int64_t>(total, d.sms));
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, st>>>(prm, map_a, map_w);
+  launch_kernel(kernel, unsigned(grid), Cfg::kThreads, Cfg::kSmemBytes, st, prm, map_a, map_w);
   BIK_CUDA_LAUNCH_CHECK();
 }
 

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "core/backend.h"
+#include "cuda/launch.cuh"
 #include "cuda/rows.cuh"
 
 namespace bik::cuda {
@@ -60,6 +61,7 @@ __device__ __forceinline__ void load_param(const ParamVec& p, int64_t n, int64_t
 template <class Tx, class To, int NG, bool has_res>
 __global__ void __launch_bounds__(256) rms_norm_kernel(RowArg<To> out, RowArg<const Tx> x, RowArg<Tx> res, ParamVec w,
                                                        int64_t rows, int64_t n, float eps, int W) {
+  pdl_enter();
   constexpr int V = 16 / sizeof(Tx);
   extern __shared__ float smem[];
   const RowGroup rg = row_group(W);
@@ -176,6 +178,7 @@ template <class Tx, class To, int NG>
 __global__ void __launch_bounds__(256) layer_norm_kernel(RowArg<To> out, RowArg<const Tx> x, ParamVec w, ParamVec b,
                                                          RowArg<float> mean_out, RowArg<float> rstd_out, int64_t rows,
                                                          int64_t n, float eps, int W) {
+  pdl_enter();
   constexpr int V = 16 / sizeof(Tx);
   extern __shared__ float smem[];
   const RowGroup rg = row_group(W);
@@ -335,6 +338,7 @@ template <class T, class P, int NG, bool has_res>
 __global__ void __launch_bounds__(kMaxGroupThreads, 2)
     rms_norm_flat_kernel(T* out, RowMap out_map, const T* x, RowMap x_map, T* res, RowMap res_map, const P* w,
                          int64_t rows, int n, float eps, int W) {
+  pdl_enter();
   constexpr int V = 16 / sizeof(T);
   extern __shared__ float smem[];
   const RowGroup rg = row_group(W);
@@ -418,6 +422,7 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
     layer_norm_flat_kernel(T* out, RowMap out_map, const T* x, RowMap x_map, const P* w, const P* b,
                            float* mean_out, float* rstd_out, int64_t stats_stride, int64_t rows, int n, float eps,
                            int W) {
+  pdl_enter();
   constexpr int V = 16 / sizeof(T);
   extern __shared__ float smem[];
   const RowGroup rg = row_group(W);
@@ -577,9 +582,9 @@ void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weig
         dispatch_flat_ng(gs.NG, [&](auto ng) {
           constexpr int NG = decltype(ng)::value;
           auto kernel = residual ? rms_norm_flat_kernel<T, P, NG, true> : rms_norm_flat_kernel<T, P, NG, false>;
-          kernel<<<group_grid(rows, gs.W), gs.threads, norm_smem<T>(gs), stream_of(s)>>>(
-              out.ptr<T>(), *row_map(out), x.ptr<const T>(), *row_map(x), res, res_map, weight.ptr<const P>(), rows,
-              int(n), eps, gs.W);
+          launch_kernel(kernel, group_grid(rows, gs.W), gs.threads, norm_smem<T>(gs), stream_of(s), out.ptr<T>(),
+                        *row_map(out), x.ptr<const T>(), *row_map(x), res, res_map, weight.ptr<const P>(), rows, int(n),
+                        eps, gs.W);
           BIK_CUDA_LAUNCH_CHECK();
         });
       });
@@ -598,11 +603,11 @@ void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weig
         const dim3 grid = group_grid(rows, gs.W);
         const size_t smem = norm_smem<Tx>(gs);
         if (!residual) {
-          rms_norm_kernel<Tx, To, NG, false><<<grid, gs.threads, smem, stream_of(s)>>>(
-              row_arg<To>(out), row_arg<const Tx>(x), res, param_vec(weight), rows, n, eps, gs.W);
+          launch_kernel(rms_norm_kernel<Tx, To, NG, false>, grid, gs.threads, smem, stream_of(s), row_arg<To>(out),
+                        row_arg<const Tx>(x), res, param_vec(weight), rows, n, eps, gs.W);
         } else if constexpr (NG <= kResidualMaxNg) {  // dispatch_ng<kResidualMaxNg> never passes more
-          rms_norm_kernel<Tx, To, NG, true><<<grid, gs.threads, smem, stream_of(s)>>>(
-              row_arg<To>(out), row_arg<const Tx>(x), res, param_vec(weight), rows, n, eps, gs.W);
+          launch_kernel(rms_norm_kernel<Tx, To, NG, true>, grid, gs.threads, smem, stream_of(s), row_arg<To>(out),
+                        row_arg<const Tx>(x), res, param_vec(weight), rows, n, eps, gs.W);
         }
         BIK_CUDA_LAUNCH_CHECK();
       };
@@ -632,10 +637,11 @@ void layer_norm(const TensorView& out, const TensorView& x, const std::optional<
       const GroupShape gs = flat_shape(row_threads(n, 16 / int(sizeof(T))));
       dispatch_flat_ng(gs.NG, [&](auto ng) {
         constexpr int NG = decltype(ng)::value;
-        layer_norm_flat_kernel<T, T, NG><<<group_grid(rows, gs.W), gs.threads, norm_smem<T>(gs), stream_of(s)>>>(
-            out.ptr<T>(), *row_map(out), x.ptr<const T>(), *row_map(x), w ? w->ptr<const T>() : nullptr,
-            b ? b->ptr<const T>() : nullptr, mean ? mean->ptr<float>() : nullptr, rstd ? rstd->ptr<float>() : nullptr,
-            mean_stride, rows, int(n), eps, gs.W);
+        launch_kernel(layer_norm_flat_kernel<T, T, NG>, group_grid(rows, gs.W), gs.threads, norm_smem<T>(gs),
+                      stream_of(s), out.ptr<T>(), *row_map(out), x.ptr<const T>(), *row_map(x),
+                      w ? w->ptr<const T>() : nullptr, b ? b->ptr<const T>() : nullptr,
+                      mean ? mean->ptr<float>() : nullptr, rstd ? rstd->ptr<float>() : nullptr, mean_stride, rows,
+                      int(n), eps, gs.W);
         BIK_CUDA_LAUNCH_CHECK();
       });
     });
@@ -648,9 +654,9 @@ void layer_norm(const TensorView& out, const TensorView& x, const std::optional<
       const GroupShape gs = norm_shape<Tx>(n, kNormMaxNg);
       dispatch_ng(gs.NG, [&](auto ng) {
         constexpr int NG = decltype(ng)::value;
-        layer_norm_kernel<Tx, To, NG><<<group_grid(rows, gs.W), gs.threads, norm_smem<Tx>(gs), stream_of(s)>>>(
-            row_arg<To>(out), row_arg<const Tx>(x), param_vec(w), param_vec(b), mean_arg, rstd_arg, rows, n, eps,
-            gs.W);
+        launch_kernel(layer_norm_kernel<Tx, To, NG>, group_grid(rows, gs.W), gs.threads, norm_smem<Tx>(gs),
+                      stream_of(s), row_arg<To>(out), row_arg<const Tx>(x), param_vec(w), param_vec(b), mean_arg,
+                      rstd_arg, rows, n, eps, gs.W);
         BIK_CUDA_LAUNCH_CHECK();
       });
     };

@@ -4,7 +4,9 @@
 #include "gpu_env.h"
 #include "bik/tensor.h"
 #include "engine/model.h"
+#include "cuda/device_info.h"
 #include "cuda/gemm.h"
+#include "gpu/test_util.h"
 
 #include <memory>
 
@@ -58,6 +60,36 @@ TEST_F(EngineCudaGraphs, OnAndOffGiveIdenticalResults) {
   EXPECT_TRUE(gm.model->cuda_graphs()) << "a recording failed (see stderr); the steps ran op by op";
   EXPECT_GT(gm.model->graphs_recorded(), 2);
   EXPECT_GT(gm.model->graph_replays(), 20);
+}
+
+// Programmatic launches (cuda/launch.cuh: each kernel may start while the one before it finishes) change
+// no token or logprob of a batch through prefill, chunked prefill and decode, eagerly and with graphs,
+// against plain launches (BIK_PDL=0); on sm_90 the programmatic path ran (tests/gpu/test_pdl_cuda.cpp
+// has the op-level chain).
+TEST_F(EngineCudaGraphs, ProgrammaticLaunchesGiveThePlainLaunchResults) {
+  GraphModel gm(tiny_config(256, 512, "qwen3"), true);
+  std::mt19937 rng(33);
+  const auto needle = random_prompt(rng, 70, gm.config.vocab);
+  const RequestParams np = sampled(79, 24);
+  Batch b = make_batch(rng, 12, gm.config.vocab, needle, np, 4);
+  std::vector<RequestOutput> plain;
+  {
+    test::ScopedEnv off("BIK_PDL", "0");
+    plain = run(*gm.model, engine_config(64), b.prompts, b.params);
+  }
+  test::ScopedEnv on("BIK_PDL", nullptr);
+  const uint64_t before = cuda::programmatic_launches();
+  const auto eager = run(*gm.model, engine_config(64), b.prompts, b.params);
+  gm.model->set_cuda_graphs(true);
+  const auto graphed = run(*gm.model, engine_config(64), b.prompts, b.params);
+  if (cuda_device_props(0).arch() == 90) EXPECT_GT(cuda::programmatic_launches(), before + 100);
+  ASSERT_EQ(eager.size(), plain.size());
+  ASSERT_EQ(graphed.size(), plain.size());
+  for (size_t i = 0; i < plain.size(); ++i) {
+    EXPECT_TRUE(same_output(eager[i], plain[i])) << "request " << i;
+    EXPECT_TRUE(same_output(graphed[i], plain[i])) << "request " << i;
+  }
+  EXPECT_GT(gm.model->graph_replays(), 10);
 }
 
 // With graphs on, the needle alone (bucket 1) and among 20 other prompts (larger buckets, padding rows)
