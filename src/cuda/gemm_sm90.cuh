@@ -123,6 +123,8 @@ struct Params {
   int a_batched, w_batched;  // 0: the operand is one matrix shared by every batch (batch stride 0)
   int out_vec16;             // 1: out rows are 16-byte aligned with unit N stride (staged 16-byte stores)
   int share_w;               // cluster mode only: 1: a pair is two M-tiles sharing W; 0: two N-tiles sharing A
+  int l2_prefetch;           // 1: the first stages' weight boxes are fetched into L2 before pdl_wait
+  int early_release;         // 1: pdl_release at the start; 0: the successor launches as the CTAs exit
 };
 
 #ifdef BIK_SM90_DEVICE_CODE
@@ -547,7 +549,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     tile_coords(walk0, b, tm, tn);
     for (int kb = 0; kb < pre; ++kb) load_stage(kb, kb, b, tm, tn, weights_to_l2);
   };
-  pdl_release();
+  if (prm.early_release) pdl_release();
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), prm.tma ? 1 : 128);
@@ -555,7 +557,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kStageReaders * 4);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    if (pre > 0) early_copies(true);
+    if (pre > 0 && prm.l2_prefetch) early_copies(true);
   }
   pdl_wait();
   if (threadIdx.x == 0 && !kCluster && pre > 0) early_copies(false);

@@ -54,21 +54,30 @@ inline cudaLaunchAttribute programmatic_attribute() {
   return a;
 }
 
-// kernel<<<grid, block, smem, st>>>(args...), programmatic where programmatic_launch says so.
+// kernel<<<grid, block, smem, st>>>(args...), programmatic if `programmatic` (which the caller has taken
+// from programmatic_launch: a kernel without pdl_wait in its image must never be launched so).
 template <typename... P, typename... A>
-void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A&&... args) {
+void launch_kernel_if(bool programmatic, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                      A&&... args) {
   cudaLaunchAttribute attr[1] = {programmatic_attribute()};
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = st;
-  if (programmatic_launch(reinterpret_cast<const void*>(kernel))) {
+  if (programmatic) {
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     count_programmatic_launch();
   }
   BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...));
+}
+
+// kernel<<<grid, block, smem, st>>>(args...), programmatic where programmatic_launch says so.
+template <typename... P, typename... A>
+void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A&&... args) {
+  launch_kernel_if(programmatic_launch(reinterpret_cast<const void*>(kernel)), kernel, grid, block, smem, st,
+                   std::forward<A>(args)...);
 }
 
 }  // namespace bik::cuda
