@@ -4,7 +4,9 @@
 # embedding that opens each (an embedding launch followed by rms_norm; its grid's y is the step's token count),
 # so each role's time is also given per bucket of tokens a step. Usage: kernel_roles.py TRACE PARTS (the trace
 # is cut into PARTS at its largest gaps between kernels, e.g. between serving runs; parts of fewer than 1000
-# kernels are skipped).
+# kernels are skipped). A third argument "excl" charges each kernel the time from the end of the kernel before
+# it to its own end instead of its duration: kernels that overlap (programmatic launches) or leave gaps are
+# then counted by what they add to the wall time, and the roles sum to the span.
 import sys, collections
 rows, names, in_names = [], {}, False
 for line in open(sys.argv[1]):
@@ -16,6 +18,7 @@ for line in open(sys.argv[1]):
         f = line.split(); rows.append((int(f[0]), int(f[1]), int(f[2]), int(f[4]) if len(f) > 4 else 0))
 rows.sort()
 nparts = int(sys.argv[2])
+excl = len(sys.argv) > 3 and sys.argv[3] == 'excl'
 gaps = sorted(((rows[i + 1][0] - rows[i][1], i) for i in range(len(rows) - 1)), reverse=True)[:nparts - 1]
 cuts = sorted(i + 1 for _, i in gaps)
 parts, prev = [], 0
@@ -49,11 +52,16 @@ for pi, part in enumerate(parts):
     t = collections.Counter(); n = collections.Counter(); tb = collections.Counter(); steps = collections.Counter()
     state = {'gemm': 3}
     cur = '?'
+    prev_end = None
     for i, (s, e, k, gy) in enumerate(part):
         name = names[k]
         if 'embedding' in name and i + 1 < len(part) and 'rms_norm' in names[part[i + 1][2]]:
             cur = bucket(gy); steps[cur] += 1
         role = role_of(name, state, e - s)
+        if excl:
+            start = s if prev_end is None else prev_end
+            prev_end = e if prev_end is None else max(prev_end, e)
+            s, e = start, max(e, start)
         t[role] += e - s; n[role] += 1; tb[(role, cur)] += e - s
     total = sum(t.values())
     print(f"part {pi}: {len(part)} kernels, span {(part[-1][1]-part[0][0])/1e6:.1f} ms, kernel time {total/1e6:.1f} ms")

@@ -34,8 +34,11 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+#ifndef BIK_PDL_RELEASE_AT_START
+#define BIK_PDL_RELEASE_AT_START 1
+#endif
 __device__ __forceinline__ void pdl_release() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && BIK_PDL_RELEASE_AT_START
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
