@@ -189,7 +189,7 @@ template <typename T>
 __global__ void write_kv_kernel(T* kc, T* vc, const T* k, const T* v, int64_t k_s0, int64_t k_s1, int64_t k_s2,
                                 int64_t v_s0, int64_t v_s1, int64_t v_s2, const int32_t* slots, int64_t slot_s,
                                 int heads, int d) {
-  pdl_enter();
+  pdl_wait();
   const int64_t t = blockIdx.x;
   const int32_t slot = slots[t * slot_s];
   if (slot < 0) return;

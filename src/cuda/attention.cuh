@@ -161,7 +161,7 @@ struct Smem {
 
 template <typename T, int D, bool kSplit>
 __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
-  pdl_enter();
+  pdl_wait();
   extern __shared__ __align__(128) uint8_t smem[];
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int KT = D / 16;      // k-steps of Q K^T
@@ -420,7 +420,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
 // row's splits 0..pos / split_len in increasing order with the same fold as the in-kernel mode.
 template <typename T, int D>
 __global__ void __launch_bounds__(D) fold_kernel(const Params p) {
-  pdl_enter();
+  pdl_wait();
   const int row = blockIdx.x;  // token * q_heads + head
   const int t = row / p.q_heads, head = row % p.q_heads;
   int lo = 0, hi = p.num_seqs;  // the sequence owning token t: qsl[seq] <= t < qsl[seq + 1]

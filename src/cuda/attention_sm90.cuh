@@ -530,7 +530,7 @@ __device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, in
 // in sequence; the only overlap is between the two CTAs an SM holds. ----
 template <typename T, int D, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) {
-  pdl_enter();
+  pdl_wait();
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
   using Ly = Layout<D>;
   constexpr int S = Ly::kStages;
@@ -667,7 +667,7 @@ struct PipeLayout {
 
 template <typename T, int D, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const Params p) {
-  pdl_enter();
+  pdl_wait();
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
   using Ly = PipeLayout<D>;
   constexpr int A = Ly::kAhead, SK = Ly::kStagesK, SV = Ly::kStagesV;
@@ -893,7 +893,7 @@ struct WsLayout {
 
 template <typename T, int D, bool kSplit, WsSchedule kSchedule>
 __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(const Params p) {
-  pdl_enter();
+  pdl_wait();
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
   using Ly = WsLayout<D, kSchedule == WsSchedule::kPipelined>;
   constexpr int S = Ly::kStages, C = Ly::kConsumers;

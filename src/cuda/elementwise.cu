@@ -34,7 +34,7 @@ constexpr int kSiluSmallThreads = 128;
 template <class Tx, class To, int U>
 __global__ void __launch_bounds__(kSiluThreads)
     silu_and_mul_kernel(To* out, DevRows out_rows, const Tx* x, DevRows x_rows, int64_t rows, int64_t d) {
-  pdl_enter();
+  pdl_wait();
   constexpr int V = 16 / sizeof(Tx);
   const int64_t xs = x_rows.elem_stride, os = out_rows.elem_stride;
   const int64_t step = int64_t(blockDim.x) * V;
@@ -93,7 +93,7 @@ template <class T>
 __global__ void __launch_bounds__(kRopeThreads)
     rope_kernel(T* q, Heads hq, T* k, Heads hk, const int32_t* pos, int64_t pos_stride, const float* cs,
                 int64_t cs_s0, int64_t cs_s1, int64_t max_pos, int64_t rot, bool neox) {
-  pdl_enter();
+  pdl_wait();
   constexpr int V = 16 / sizeof(T);
   const int64_t half = rot / 2;
   const int64_t chunks = neox ? (half + V - 1) / V : (rot + V - 1) / V;
@@ -183,7 +183,7 @@ template <class T>
 __global__ void __launch_bounds__(kRopeFlatThreads)
     rope_flat_kernel(T* q, Heads hq, T* k, Heads hk, const int32_t* pos, int64_t pos_stride, const float* cs,
                      int64_t cs_s0, int64_t max_pos, int half, int cpr, int heads, int total) {
-  pdl_enter();
+  pdl_wait();
   constexpr int V = 16 / sizeof(T), U = kRopeFlatItems;
   constexpr int CV = V / 4;  // 16-byte vectors of V floats of the table
   const int first = int(blockIdx.x) * (kRopeFlatThreads * U) + int(threadIdx.x);
@@ -255,7 +255,7 @@ template <class Tt, class To>
 __global__ void embedding_kernel(To* out, int64_t os0, int64_t os1, const int32_t* ids, int64_t ids_stride,
                                  const Tt* table, int64_t ts0, int64_t ts1, int64_t vocab, int64_t tokens, int64_t d,
                                  int* bad) {
-  pdl_enter();
+  pdl_wait();
   constexpr int V = 16 / sizeof(Tt);
   const int64_t chunks = (d + V - 1) / V;
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -293,7 +293,7 @@ template <class Tt, class To, int U>
 __global__ void __launch_bounds__(kEmbedThreads)
     embedding_flat_kernel(To* out, int64_t os0, const int32_t* ids, int64_t ids_stride, const Tt* table,
                           int64_t ts0, int64_t vocab, int64_t tokens, int64_t d, int* bad) {
-  pdl_enter();
+  pdl_wait();
   constexpr int V = 16 / sizeof(Tt);
   const int64_t c = int64_t(blockIdx.x) * kEmbedThreads + threadIdx.x;
   if (c * V >= d) return;

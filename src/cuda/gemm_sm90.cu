@@ -268,10 +268,6 @@ Params walk_params(const Problem& p, const TileOrder& order) {
   prm.a_batched = p.batch > 1 && p.a_sb != 0;
   prm.w_batched = p.batch > 1 && p.w_sb != 0;
   prm.out_vec16 = out_vec16_of(p);
-  const char* e = std::getenv("BIK_GEMM_L2_PREFETCH");
-  prm.l2_prefetch = e != nullptr && std::strcmp(e, "0") == 0 ? 0 : 1;
-  const char* r = std::getenv("BIK_GEMM_PDL_RELEASE");
-  prm.early_release = r != nullptr && std::strcmp(r, "0") == 0 ? 0 : 1;
   return prm;
 }
 
@@ -307,12 +303,6 @@ ClusterMode cluster_mode_for(const Problem& p) {
 }
 
 std::atomic<uint64_t> g_cluster_launches{0};
-
-// Experiment: BIK_PDL=nogemm launches every kernel but the GEMM's programmatically.
-bool gemm_programmatic(const void* kernel) {
-  const char* e = std::getenv("BIK_PDL");
-  return programmatic_launch(kernel) && !(e != nullptr && std::strcmp(e, "nogemm") == 0);
-}
 
 // BIK_GEMM_PINGPONG: "1" -> every tile with two consumer warpgroups (128 x BN) runs its ping-pong form
 // (gemm_sm90.cuh), the two consumers on alternate 64 x BN tiles, taking turns at the tensor cores; "0" ->
@@ -417,7 +407,7 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   const int most = max_active_pairs(reinterpret_cast<const void*>(kernel), Cfg::kThreads, Cfg::kSmemBytes, d);
   if (most < 1) return false;
   cudaLaunchAttribute attr[2];
-  const bool programmatic = gemm_programmatic(reinterpret_cast<const void*>(kernel));
+  const bool programmatic = programmatic_launch(reinterpret_cast<const void*>(kernel));
   const cudaLaunchConfig_t cfg = pair_cluster_config(attr, unsigned(2 * std::min<int64_t>(pairs, most)),
                                                      Cfg::kThreads, Cfg::kSmemBytes, st, programmatic);
   BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm, map_a, map_w));
@@ -444,8 +434,7 @@ void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int 
                      p.glu ? Cfg::BN / 2 : Cfg::BN);
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
   const int grid = int(std::min<int64_t>(total, d.sms));
-  launch_kernel_if(gemm_programmatic(reinterpret_cast<const void*>(kernel)), kernel, unsigned(grid), Cfg::kThreads,
-                   Cfg::kSmemBytes, st, prm, map_a, map_w);
+  launch_kernel(kernel, unsigned(grid), Cfg::kThreads, Cfg::kSmemBytes, st, prm, map_a, map_w);
   BIK_CUDA_LAUNCH_CHECK();
 }
 

@@ -123,8 +123,6 @@ struct Params {
   int a_batched, w_batched;  // 0: the operand is one matrix shared by every batch (batch stride 0)
   int out_vec16;             // 1: out rows are 16-byte aligned with unit N stride (staged 16-byte stores)
   int share_w;               // cluster mode only: 1: a pair is two M-tiles sharing W; 0: two N-tiles sharing A
-  int l2_prefetch;           // 1: the first stages' weight boxes are fetched into L2 before pdl_wait
-  int early_release;         // 1: pdl_release at the start; 0: the successor launches as the CTAs exit
 };
 
 #ifdef BIK_SM90_DEVICE_CODE
@@ -144,13 +142,6 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, u
           "r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(k), "r"(row), "r"(b)
       : "memory");
-}
-// The same box fetched into L2 only: no shared memory, no barrier. It reads nothing a kernel could see
-// (L2 is where every load and store of the device meets), so it may run before pdl_wait.
-__device__ __forceinline__ void tma_prefetch_l2(const CUtensorMap* map, int k, int row, int b) {
-  asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n" ::"l"(
-                   reinterpret_cast<uint64_t>(map)), "r"(k), "r"(row), "r"(b)
-               : "memory");
 }
 // The same box copied into the same shared-memory offset of every CTA of the cluster named in `mask`,
 // completing bytes on the barrier at the same offset in each of them.
@@ -473,36 +464,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   };
 
   // With TMA: stage s's copies of K-block kb of tile (b, tm, tn), counted on its full barrier.
-  // weights_to_l2: instead, only fetch into L2 the boxes of the weight operand (W, or A for a swapped
-  // tile) that those copies would read; no barrier, no shared memory (the prologue before pdl_wait).
-  auto load_stage = [&](int s, int kb, int b, int tm, int tn, bool weights_to_l2 = false) {
+  auto load_stage = [&](int s, int kb, int b, int tm, int tn) {
     const int ab = prm.a_batched ? b : 0, wb = prm.w_batched ? b : 0;
-    const int k0 = kb * kBK;
-    auto copy_a = [&](uint32_t dst, int row, bool multicast) {
-      if (weights_to_l2) {
-        if (Cfg::kSwapped) tma_prefetch_l2(&map_a, k0, row, ab);
-      } else if (multicast) {
-        tma_load_multicast(dst, &map_a, full(s), k0, row, ab, 0x3);
-      } else {
-        tma_load(dst, &map_a, full(s), k0, row, ab);
-      }
-    };
-    auto copy_w = [&](uint32_t dst, int row, bool multicast) {
-      if (weights_to_l2) {
-        if (!Cfg::kSwapped) tma_prefetch_l2(&map_w, k0, row, wb);
-      } else if (multicast) {
-        tma_load_multicast(dst, &map_w, full(s), k0, row, wb, 0x3);
-      } else {
-        tma_load(dst, &map_w, full(s), k0, row, wb);
-      }
-    };
     // The whole stage lands on the barrier (out-of-bounds box parts count too); in cluster mode that is
     // this CTA's own box of one operand plus both halves of the shared one (the partner's half may arrive
     // before this expect_tx; the phase cannot complete without this arrival, so the early bytes are
     // counted into the right phase).
-    if (!weights_to_l2) mbar_arrive_expect_tx(full(s), Cfg::kStageBytes);
+    mbar_arrive_expect_tx(full(s), Cfg::kStageBytes);
     if constexpr (kCluster) {
       constexpr int kHalfA = BM / 2;  // rows of the half box each CTA copies and multicasts (kHalfW for W)
+      constexpr uint16_t kBoth = 0x3;
       // Box starts are kept inside the matrix: a partner whose tile lies past M or N (odd tile count), or
       // a half box past N or M, copies rows that exist instead. Such rows only feed outputs past M or N,
       // which are not stored; K is never clamped, so the zero fill past K is as before.
@@ -512,24 +483,24 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                         : prm.share_w ? min(tn * BN + rank * kHalfW, p.n - 1)
                                       : min(tn * BN, p.n - 1);
       if (prm.share_w) {
-        copy_a(stage_a(s), a_row, false);
-        copy_w(stage_w(s) + rank * kHalfW * kRowBytes, w_row, true);
+        tma_load(stage_a(s), &map_a, full(s), kb * kBK, a_row, ab);
+        tma_load_multicast(stage_w(s) + rank * kHalfW * kRowBytes, &map_w, full(s), kb * kBK, w_row, wb, kBoth);
       } else {
-        copy_a(stage_a(s) + rank * kHalfA * kRowBytes, a_row, true);
+        tma_load_multicast(stage_a(s) + rank * kHalfA * kRowBytes, &map_a, full(s), kb * kBK, a_row, ab, kBoth);
         if (p.glu) {
-          copy_w(stage_w(s), min(gate_row(tn), p.n - 1), false);
-          copy_w(stage_w(s) + kHalfW * kRowBytes, min(up_row(tn), p.n - 1), false);
+          tma_load(stage_w(s), &map_w, full(s), kb * kBK, min(gate_row(tn), p.n - 1), wb);
+          tma_load(stage_w(s) + kHalfW * kRowBytes, &map_w, full(s), kb * kBK, min(up_row(tn), p.n - 1), wb);
         } else {
-          copy_w(stage_w(s), w_row, false);
+          tma_load(stage_w(s), &map_w, full(s), kb * kBK, w_row, wb);
         }
       }
     } else {
-      copy_a(stage_a(s), m_base(tm), false);
+      tma_load(stage_a(s), &map_a, full(s), kb * kBK, m_base(tm), ab);
       if (p.glu) {
-        copy_w(stage_w(s), gate_row(tn), false);
-        copy_w(stage_w(s) + kHalfW * kRowBytes, up_row(tn), false);
+        tma_load(stage_w(s), &map_w, full(s), kb * kBK, gate_row(tn), wb);
+        tma_load(stage_w(s) + kHalfW * kRowBytes, &map_w, full(s), kb * kBK, up_row(tn), wb);
       } else {
-        copy_w(stage_w(s), n_base(tn), false);
+        tma_load(stage_w(s), &map_w, full(s), kb * kBK, n_base(tn), wb);
       }
     }
   };
@@ -540,16 +511,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // not other kernels ran in between (logs_h200/1e39e03_gemm_early_copies_*). The producer carries on
   // from stage `pre`. The copies, their stages and their order are the same; no bit changes.
   //
-  // Launched programmatically (launch.cuh), the kernel may start while the kernel before it still runs:
-  // the barriers are created and the weight boxes of those first stages fetched into L2 before pdl_wait,
-  // and nothing of global memory is read or written before it (the copies into shared memory included).
+  // Launched programmatically (launch.cuh), the kernel may start before the kernel ahead of it has
+  // completed: the barriers are created first, and every thread waits in pdl_wait before the first access
+  // to global memory (the copies into shared memory included).
   const int pre = (kCluster || prm.tma) && int(walk0) < prm.total_tiles ? min(STAGES, num_kb) : 0;
-  auto early_copies = [&](bool weights_to_l2) {
+  auto early_copies = [&] {
     int b, tm, tn;
     tile_coords(walk0, b, tm, tn);
-    for (int kb = 0; kb < pre; ++kb) load_stage(kb, kb, b, tm, tn, weights_to_l2);
+    for (int kb = 0; kb < pre; ++kb) load_stage(kb, kb, b, tm, tn);
   };
-  if (prm.early_release) pdl_release();
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), prm.tma ? 1 : 128);
@@ -557,15 +527,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kStageReaders * 4);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    if (pre > 0 && prm.l2_prefetch) early_copies(true);
   }
   pdl_wait();
-  if (threadIdx.x == 0 && !kCluster && pre > 0) early_copies(false);
+  if (threadIdx.x == 0 && !kCluster && pre > 0) early_copies();
   __syncthreads();
   // No multicast or remote arrive may reach the partner before its barriers exist.
   if constexpr (kCluster) {
     cluster_sync();
-    if (threadIdx.x == 0 && pre > 0) early_copies(false);
+    if (threadIdx.x == 0 && pre > 0) early_copies();
   }
 
   if (wg == Cfg::kConsumers) {

@@ -61,7 +61,7 @@ __device__ __forceinline__ void load_param(const ParamVec& p, int64_t n, int64_t
 template <class Tx, class To, int NG, bool has_res>
 __global__ void __launch_bounds__(256) rms_norm_kernel(RowArg<To> out, RowArg<const Tx> x, RowArg<Tx> res, ParamVec w,
                                                        int64_t rows, int64_t n, float eps, int W) {
-  pdl_enter();
+  pdl_wait();
   constexpr int V = 16 / sizeof(Tx);
   extern __shared__ float smem[];
   const RowGroup rg = row_group(W);
@@ -178,7 +178,7 @@ template <class Tx, class To, int NG>
 __global__ void __launch_bounds__(256) layer_norm_kernel(RowArg<To> out, RowArg<const Tx> x, ParamVec w, ParamVec b,
                                                          RowArg<float> mean_out, RowArg<float> rstd_out, int64_t rows,
                                                          int64_t n, float eps, int W) {
-  pdl_enter();
+  pdl_wait();
   constexpr int V = 16 / sizeof(Tx);
   extern __shared__ float smem[];
   const RowGroup rg = row_group(W);
@@ -338,7 +338,7 @@ template <class T, class P, int NG, bool has_res>
 __global__ void __launch_bounds__(kMaxGroupThreads, 2)
     rms_norm_flat_kernel(T* out, RowMap out_map, const T* x, RowMap x_map, T* res, RowMap res_map, const P* w,
                          int64_t rows, int n, float eps, int W) {
-  pdl_enter();
+  pdl_wait();
   constexpr int V = 16 / sizeof(T);
   extern __shared__ float smem[];
   const RowGroup rg = row_group(W);
@@ -422,7 +422,7 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
     layer_norm_flat_kernel(T* out, RowMap out_map, const T* x, RowMap x_map, const P* w, const P* b,
                            float* mean_out, float* rstd_out, int64_t stats_stride, int64_t rows, int n, float eps,
                            int W) {
-  pdl_enter();
+  pdl_wait();
   constexpr int V = 16 / sizeof(T);
   extern __shared__ float smem[];
   const RowGroup rg = row_group(W);
