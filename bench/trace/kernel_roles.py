@@ -8,15 +8,9 @@
 # it to its own end instead of its duration: kernels that overlap (programmatic launches) or leave gaps are
 # then counted by what they add to the wall time, and the roles sum to the span.
 import sys, collections
-rows, names, in_names = [], {}, False
-for line in open(sys.argv[1]):
-    if line.startswith('#names'):
-        in_names = True; continue
-    if in_names:
-        i, n = line.rstrip('\n').split(' ', 1); names[int(i)] = n
-    else:
-        f = line.split(); rows.append((int(f[0]), int(f[1]), int(f[2]), int(f[4]) if len(f) > 4 else 0))
-rows.sort()
+import trace_file
+rows, names = trace_file.read(sys.argv[1])
+rows = [(s, e, k, gy) for s, e, k, gx, gy in rows]
 nparts = int(sys.argv[2])
 excl = len(sys.argv) > 3 and sys.argv[3] == 'excl'
 gaps = sorted(((rows[i + 1][0] - rows[i][1], i) for i in range(len(rows) - 1)), reverse=True)[:nparts - 1]

@@ -3,15 +3,8 @@
 # before its predecessor ended, a programmatic launch). Usage: layer_timeline.py TRACE TOKENS [NTH]: the NTH
 # (default 40) step of TOKENS tokens (told by its embedding's grid y), from its 3rd attention launch on.
 import sys
-rows, names, in_names = [], {}, False
-for line in open(sys.argv[1]):
-    if line.startswith('#names'):
-        in_names = True; continue
-    if in_names:
-        i, n = line.rstrip('\n').split(' ', 1); names[int(i)] = n
-    else:
-        f = line.split(); rows.append((int(f[0]), int(f[1]), int(f[2]), int(f[3]), int(f[4]) if len(f) > 4 else 0))
-rows.sort()
+import trace_file
+rows, names = trace_file.read(sys.argv[1])
 tokens, nth = int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 40
 steps = [i for i, r in enumerate(rows) if 'embedding' in names[r[2]] and r[4] == tokens]
 i = steps[min(nth, len(steps) - 1)]
