@@ -15,7 +15,8 @@
 // start, it made serving slower (on an H200 the on mode 19193 tok/s against 20280 without it and 19435 with
 // plain launches; logs_h200/83b54a3_pdl_release_*). A successor released that way has its CTAs placed on
 // whatever SMs free up while the kernel still runs: the norm after a GEMM packed onto the few SMs the GEMM
-// left free, a GEMM's CTAs (cluster pairs too) starting as a norm's CTAs drained (c5326fd_pdl_trace_*).
+// left free, a GEMM's CTAs (cluster pairs too) starting as a norm's CTAs drained
+// (logs_h200/c5326fd_pdl_trace_*).
 // Launched at the predecessor's exit, a grid finds every SM free.
 //
 // The instruction exists from sm_90 on; compiled for an older architecture pdl_wait is nothing, and the

@@ -62,7 +62,7 @@ TEST_F(EngineCudaGraphs, OnAndOffGiveIdenticalResults) {
   EXPECT_GT(gm.model->graph_replays(), 20);
 }
 
-// Programmatic launches (cuda/launch.cuh: each kernel may start while the one before it finishes) change
+// Programmatic launches (cuda/launch.cuh: each kernel launched before the one ahead of it completes) change
 // no token or logprob of a batch through prefill, chunked prefill and decode, eagerly and with graphs,
 // against plain launches (BIK_PDL=0); on sm_90 the programmatic path ran (tests/gpu/test_pdl_cuda.cpp
 // has the op-level chain).

@@ -1,11 +1,11 @@
 // Programmatic dependent launch (cuda/launch.cuh): on sm_90 the engine's kernels (norms, rotary, the KV
-// write, attention, the wgmma GEMM, silu_and_mul, embedding) are launched so that each may start while the
-// one before it on the stream finishes, then wait in pdl_wait for its results. Only the schedule may
-// change: a chain of dependent ops, each reading what the one before wrote (and overwriting what an
-// earlier one read), must give the bits of plain launches (BIK_PDL=0), run eagerly on the default stream
-// and recorded in a CUDA graph (replays start from cleared outputs). The GEMM shapes take the sm_90 paths that start differently: the gated
-// epilogue, clusters of two (the long-K down projection at M <= 256), the swapped tile (M = 200) and the
-// one-CTA tiles. The launch counter proves the programmatic path ran: a silent fall-back to plain launches
+// write, attention, the wgmma GEMM, silu_and_mul, embedding) are launched as soon as the kernel before
+// them on the stream has no CTA left, before it has completed, and wait in pdl_wait for its results. Only
+// the schedule may change: a chain of dependent ops, each reading what the one before wrote (and
+// overwriting what an earlier one read), must give the bits of plain launches (BIK_PDL=0), run eagerly on
+// the default stream and recorded in a CUDA graph (replays start from cleared outputs). The GEMM shapes
+// take the sm_90 paths that start differently: the gated epilogue, clusters of two (gate|up at M = 256,
+// the long-K down projection at M <= 256), the swapped tile (down at M = 200) and the one-CTA tiles. The launch counter proves the programmatic path ran: a silent fall-back to plain launches
 // would compare plain launches with themselves.
 #include <gtest/gtest.h>
 
@@ -82,7 +82,7 @@ Tensor positions(int64_t m, int64_t first, int64_t step) {
 }  // namespace
 
 // Eager, on the default stream: plain launches against programmatic ones, at M = 1, 64, 200 and 256, each
-// chain run twice back to back so that the second's first kernels start behind the first's last ones.
+// chain run twice back to back so that the second's first kernels are launched behind the first's last.
 TEST(GpuPdl, ChainOfOpsGivesThePlainLaunchBits) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "programmatic dependent launch is used on sm_90 only";
