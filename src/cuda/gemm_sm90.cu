@@ -97,20 +97,20 @@ double tile_clocks(const TileShape& t, int k) {
 
 // BIK_GEMM_SWAP, read at each call: "0" -> never a swapped tile; "1" -> the swapped tile wherever one
 // applies; unset or anything else -> where one applies and swap_pays says so. One applies for
-// 128 < M <= 352 without a bias (a swapped tile's rows are output columns) and with a 16-bit output in
+// 128 < M <= 384 without a bias (a swapped tile's rows are output columns) and with a 16-bit output in
 // 16-byte aligned rows (its column epilogue): one column tile, the narrowest that covers M, up to
 // M = 256, two that cover ceil(M / 2) past it. It never changes a bit: each output is the same K sum of
 // one wgmma per K step (wgmma_cols) from zero accumulators, rounded once.
 enum class SwapMode { Off, Auto, On };
 bool swap_applies(const Problem& p);
 SwapMode swap_mode_for(const Problem& p) {
-  if (p.m <= 128 || p.m > 352 || !swap_applies(p)) return SwapMode::Off;
+  if (p.m <= 128 || p.m > 384 || !swap_applies(p)) return SwapMode::Off;
   const char* e = std::getenv("BIK_GEMM_SWAP");
   if (e != nullptr && std::strcmp(e, "0") == 0) return SwapMode::Off;
   if (e != nullptr && std::strcmp(e, "1") == 0) return SwapMode::On;
   return SwapMode::Auto;
 }
-// The swapped tile for M (128 < M <= 352): the narrowest that covers M, or half of M past 256. There is
+// The swapped tile for M (128 < M <= 384): the narrowest that covers M, or half of M past 256. There is
 // none of 176 columns, composed of three wgmma shapes: at M = 168 it ran gate|up in 75.6 us against 70.4
 // without a swapped tile, down in 55.7 against 53.2 (H200, logs_h200/0459af4_gemm_swap.log), where 192
 // columns win; nor of 240, three shapes as well and never picked by the rule (M <= 224).
@@ -129,8 +129,10 @@ Choice swapped_choice(int m) {
 //     368-456; at 232..256 the default tiles tie or win;
 //   - K >= 8192 (down 4096 x 12288): up to M = 208, 44-57 us against 49-60;
 //   - N >= 6144 (q|k|v): up to M = 160, 19.5-19.9 against 19.1-20.6 (from 176 on the 128x192 tile wins);
-//   - 256 < M <= 352 on two column tiles, when their 2t tiles fit one wave (o-proj and down, N = 4096):
-//     o-proj at M = 288..352 19-22 us against 22-23, down 49-59 against 57-62.
+//   - 256 < M <= 384 on two column tiles, when their 2t tiles fit one wave (o-proj and down, N = 4096):
+//     o-proj at M = 288..352 19-22 us against 22-23, down 49-59 against 57-62; at M = 360 / 376 o-proj
+//     20.4 / 20.5 against 24.1 / 24.6 on 64x192, down 56.2 / 60.3 against 68.6 / 67.2
+//     (logs_h200/6f3c476_gemm_m257_384_sweep.log).
 bool swap_pays(const Problem& p, const DeviceInfo& d) {
   const int64_t t = (int64_t(p.n) + 63) / 64;
   if (p.batch != 1) return false;  // measured on single products only
@@ -155,7 +157,8 @@ bool swap_pays(const Problem& p, const DeviceInfo& d) {
 //             32), N=4096 as 64x128 (128), N=6144 as 64x192 (128), N=12288 as 128x192 (128), N=24576 as
 //             128x192 (256, two waves);
 //             M=512 runs N=4096 as 128x128 (128) and N=6144 as 128x192 (128).
-//   128 < M <= 352, no bias, 16-bit out: a swapped tile instead where swap_pays (BIK_GEMM_SWAP).
+//   M > 256, N >= 6144: 64x128 instead of 128x192 where its tiles fit two waves (q|k|v, below).
+//   128 < M <= 384, no bias, 16-bit out: a swapped tile instead where swap_pays (BIK_GEMM_SWAP).
 // The choice depends on (M, N, K, batch, SM count) only: it moves outputs between threads, never the K order.
 Choice choose(const Problem& p, const DeviceInfo& d) {
   auto tiles_of = [&](const TileShape& t) {
@@ -200,9 +203,15 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
                  Choice::T128x128, Choice::T128x192},
                 waves);
   auto cost = [&](const TileShape& t) { return double(waves_of(t)) * tile_clocks(t, p.k); };
-  const Choice c = pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32,
-                         Choice::T128x64, Choice::T128x128, Choice::T128x192, Choice::T128x256},
-                        cost, true);
+  Choice c = pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32,
+                   Choice::T128x64, Choice::T128x128, Choice::T128x192, Choice::T128x256},
+                  cost, true);
+  // Past 256 rows the one-wave 128x192 walk computes a third M-tile that is mostly padding, where 64x128
+  // covers M in at most two waves; tile_clocks overrates the 64-row tile's operand time there. On an H200
+  // q|k|v (6144 x 4096) at M = 264..312 took 28.8-29.1 us on 64x128 against 35.5-38.4; from M = 328 on,
+  // three waves of it took 42.1-42.6 against 35.8-36.4 (logs_h200/6f3c476_gemm_m257_384_sweep.log).
+  if (c == Choice::T128x192 && p.m > 256 && p.n >= 6144 && tiles_of(kShapes[int(Choice::T64x128)]) <= 2 * d.sms)
+    c = Choice::T64x128;
   const SwapMode sw = swap_mode_for(p);
   return sw == SwapMode::On || (sw == SwapMode::Auto && swap_pays(p, d)) ? swapped_choice(p.m) : c;
 }

@@ -526,6 +526,27 @@ TEST(GpuGemm, Sm90TileChoiceFillsTheGpu) {
   }
 }
 
+// Past 256 rows with N >= 6144 the rule takes 64x128 where its tiles fit two waves instead of the one-wave
+// 128x192 walk (q|k|v at M = 264..320), and keeps 128x192 from three waves on; the rule's tile gives the
+// bits of the 128x192 tile it replaces.
+TEST(GpuGemm, Sm90TwoWavesOf64x128PastM256) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma tile table is sm_90's";
+  if (cuda_device_props(0).sm_count != 132) GTEST_SKIP() << "the M bounds below are those of 132 SMs";
+  const int64_t n = 6144, k = 4096;
+  const Tensor w = dev_filled({n, k}, DType::BF16, 5);
+  for (const auto& [m, tile] : std::vector<std::pair<int64_t, std::string>>{
+           {257, "64x128"}, {264, "64x128"}, {320, "64x128"}, {321, "128x192"}, {384, "128x192"}}) {
+    const Tensor a = dev_filled({m, k}, DType::BF16, uint64_t(m)), o = dev({m, n}, DType::BF16),
+                 ref = dev({m, n}, DType::BF16);
+    const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
+    EXPECT_EQ(name.rfind("sm90 " + tile + " ", 0), 0u) << "M=" << m << ": " << name;
+    mm(o, a, w);
+    cuda::gemm_sm90_tile(make_args(ref, a, w, std::nullopt), {}, "128x192");
+    EXPECT_TRUE(bits_equal(o, ref)) << "M=" << m << ": " << name << " against 128x192";
+  }
+}
+
 // BIK_GEMM_TRIALS (default 2) scales the batches per size; 2 gives about 5000 (M, position) cases per
 // shape and dtype, 4 about 10000.
 static int trials_from_env() {

@@ -1,4 +1,4 @@
-// CUDA GEMM, swapped tiles (gemm_sm90.cu, Config::kSwapped): for 128 < M <= 352 the kernel may compute the
+// CUDA GEMM, swapped tiles (gemm_sm90.cu, Config::kSwapped): for 128 < M <= 384 the kernel may compute the
 // transposed product out^T = w a^T, 64 weight rows by 144..256 activation rows a tile, the wgmma
 // N composed of several instructions (wgmma_cols), and write tile columns as output rows. Every output
 // must keep the default tiles' bits: through the column epilogue (16-bit out) and the element stores (f32
@@ -15,6 +15,7 @@
 #if BIK_WITH_CUDA
 #include <algorithm>
 #include <array>
+#include <iterator>
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -115,13 +116,14 @@ TEST(GpuGemmSwap, BiasIsRefusedWithAMessage) {
 // Through gemm() on the engine's projection shapes at decode batch sizes (past 256 rows: two column tiles):
 // BIK_GEMM_SWAP=1 takes the swapped tile (launch counter, configuration name), =0 never does, unset takes
 // the rule's pick (swap_pays); all the same bits.
+constexpr int64_t kDispatchRows[] = {129, 144, 200, 232, 256, 264, 288, 300, 352, 360, 384};
 TEST(GpuGemmSwap, DispatchGivesTheSameBitsEitherWay) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
   int picked = 0;
   for (DType dt : {DType::BF16, DType::F16})
     for (const auto& [n, k] : std::vector<std::array<int64_t, 2>>{{6144, 4096}, {4096, 4096}, {24576, 4096}, {4096, 12288}})
-      for (int64_t m : {129, 144, 200, 232, 256, 264, 288, 300, 352}) {
+      for (int64_t m : kDispatchRows) {
         const std::string what = std::string(dtype_name(dt)) + " " + shape_str(m, n, k);
         const Tensor a = dev_filled({m, k}, dt, uint64_t(m + n)), w = dev_filled({n, k}, dt, uint64_t(k + 1));
         const Tensor base = dev({m, n}, dt), o = dev({m, n}, dt);
@@ -147,10 +149,11 @@ TEST(GpuGemmSwap, DispatchGivesTheSameBitsEitherWay) {
           if (!mode) std::printf("[swap] %s: %s\n", what.c_str(), name.c_str());
         }
       }
-  std::printf("[swap] the default rule picked a swapped tile for %d of 72 products\n", picked);
+  std::printf("[swap] the default rule picked a swapped tile for %d of %zu products\n", picked,
+              2 * 4 * std::size(kDispatchRows));
 }
 
-// Rows alone (M = 1, the default tiles) against the same rows inside batches of 129..352 rows that run on
+// Rows alone (M = 1, the default tiles) against the same rows inside batches of 129..384 rows that run on
 // swapped tiles (BIK_GEMM_SWAP=1: one column tile up to 256 rows, two past it, the second one starting at
 // M - BN), at random positions among random neighbours, 16-bit out as in the engine.
 // Negative control: the same check on cuBLASLt, whose kernels change with M, must find rows that differ.
@@ -175,8 +178,8 @@ TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
     int64_t cases = 0, diffs = 0;
     const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
     const std::vector<int64_t> sizes = {129, 130, 143, 144, 145, 160, 177, 200, 208, 231,
-                                        232, 240, 255, 256, 257, 264, 288, 301, 333, 352};
-    const Tensor a = dev({352, k}, dt), o = dev({352, n}, dt);
+                                        232, 240, 255, 256, 257, 264, 288, 301, 333, 352, 353, 370, 384};
+    const Tensor a = dev({384, k}, dt), o = dev({384, n}, dt);
     for (int64_t m : sizes) {
       const TensorView av = a.view().narrow(0, 0, m), ov = o.view().narrow(0, 0, m);
       copy(av, pool.view().narrow(0, int64_t(rng() % uint64_t(pool_rows - m)), m));
