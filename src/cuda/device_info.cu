@@ -12,7 +12,6 @@
 #include <utility>
 
 #include "cuda/check.cuh"
-#include "cuda/launch.cuh"
 
 namespace bik::cuda {
 
