@@ -171,14 +171,25 @@ __device__ uint64_t select_small(const uint64_t* keys, const uint64_t* w, unsign
     sm.above = 0;
   }
   __syncthreads();
-  if (relative && wj != 0) atomicAdd(&sm.above, (unsigned long long)wj);
+  // Shared 64-bit atomics are compare-and-swap loops: each warp sums (and below, maximises) over its
+  // lanes first and adds once, where one atomic a lane spun through dozens of retries a warp.
+  if (relative) {
+    uint64_t ws = wj;
+    for (int o = 16; o >= 1; o /= 2) ws += __shfl_xor_sync(0xffffffffu, ws, o);
+    if ((threadIdx.x & 31) == 0 && ws != 0) atomicAdd(&sm.above, (unsigned long long)ws);
+  }
   uint64_t above = 0;
   if (mine)
     for (unsigned i = 0; i < m; ++i)
       if (keys[i] > key) above += kWeighted ? w[i] : 1;  // keys above key are >= lo too
   __syncthreads();
   const double target = relative ? value * double(sm.above) : value;
-  if (mine && double(above + wj) >= target) atomicMax(&sm.prefix, (unsigned long long)key);
+  uint64_t reach = mine && double(above + wj) >= target ? key : 0;
+  for (int o = 16; o >= 1; o /= 2) {
+    const uint64_t y = __shfl_xor_sync(0xffffffffu, reach, o);
+    reach = y > reach ? y : reach;
+  }
+  if ((threadIdx.x & 31) == 0 && reach != 0) atomicMax(&sm.prefix, (unsigned long long)reach);
   __syncthreads();
   const uint64_t r = sm.prefix;
   __syncthreads();

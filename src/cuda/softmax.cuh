@@ -4,7 +4,7 @@
 // One read of the row gives both. The plan's lanes (core/policy.h) are taken V at a time, as the chunk
 // of one plan thread: chunk i0 = p * L + tau * V of plan thread tau, for passes p = 0, 1, ... in order.
 // Each plan thread keeps a running maximum m of the chunks it has seen and, per lane, s = the sum of
-// exp(x - m) over that lane's elements; when a chunk raises m, the V sums are first scaled by
+// exp(x - m) (stat_exp) over that lane's elements; when a chunk raises m, the V sums are first scaled by
 // exp(m_old - m_new). Then M = the row's maximum (exact in any order), each lane's term is
 // s * exp(m - M), and S = the terms summed by the plan's halving tree. Every step is a function of the
 // lanes' contents and of n and the dtype, never of where the row sits or which kernel layout holds it.
@@ -55,9 +55,20 @@ __device__ __forceinline__ float chunk_max(const float (&x)[V]) {
   return r;
 }
 
+// The exponential of the statistics: exp(d) as 2^(d log2 e), the product rounded once and the power
+// taken by the hardware's ex2.approx.ftz (relative error about 2^-22; results below 2^-126 flush to 0).
+// Two instructions where expf takes nine: every element of a row passes through it. The rounding of the
+// product is relative to d, so the terms near the maximum (d near 0), which carry the sum, keep their
+// accuracy. A pure function of d on a given architecture: the same bits wherever the row sits.
+__device__ __forceinline__ float stat_exp(float d) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(__fmul_rn(d, 1.44269504088896341f)));
+  return r;
+}
+
 // Takes one chunk of a plan thread into its running statistics (m, s[V]). Elements past the row end
-// must arrive as -inf: they change neither m nor s (exp(-inf - m) = 0 is added to s). When the maximum
-// grows (or turns NaN) the sums are scaled by exp(m - mn). F32 chunks (V = 4) take chunk_max and the
+// must arrive as -inf: they change neither m nor s (stat_exp(-inf) = 0 is added to s). When the maximum
+// grows (or turns NaN) the sums are scaled by stat_exp(m - mn). F32 chunks (V = 4) take chunk_max and the
 // scale as a select, exactly 1 when the maximum stays (which leaves the sums as they are): most warps
 // have a lane whose maximum grows, so the branch ran anyway; on an H200 f32 softmax 2048 x 32000 took
 // 179.6 us against 191.6. 16-bit chunks (V = 8) keep SoftmaxMaxOp's fold and the branch: there both
@@ -67,7 +78,7 @@ template <int V>
 __device__ __forceinline__ void absorb_chunk(float& m, float (&s)[V], const float (&x)[V]) {
   if constexpr (V == 4) {
     const float mn = SoftmaxMaxOp{}(m, chunk_max<V>(x));
-    const float grown = expf(__fsub_rn(m, mn));
+    const float grown = stat_exp(__fsub_rn(m, mn));
     const float scale = __float_as_uint(mn) != __float_as_uint(m) ? grown : 1.0f;
 #pragma unroll
     for (int k = 0; k < V; ++k) s[k] = __fmul_rn(s[k], scale);
@@ -79,7 +90,7 @@ __device__ __forceinline__ void absorb_chunk(float& m, float (&s)[V], const floa
     for (int k = 1; k < V; ++k) cm = mx(cm, x[k]);
     const float mn = mx(m, cm);
     if (__float_as_uint(mn) != __float_as_uint(m)) {  // a larger maximum (or NaN): rescale the sums
-      const float scale = expf(__fsub_rn(m, mn));
+      const float scale = stat_exp(__fsub_rn(m, mn));
 #pragma unroll
       for (int k = 0; k < V; ++k) s[k] = __fmul_rn(s[k], scale);
       m = mn;
@@ -87,13 +98,13 @@ __device__ __forceinline__ void absorb_chunk(float& m, float (&s)[V], const floa
   }
   if (m != -INFINITY) {  // while m is -inf every element seen is -inf and adds nothing
 #pragma unroll
-    for (int k = 0; k < V; ++k) s[k] = __fadd_rn(s[k], expf(__fsub_rn(x[k], m)));
+    for (int k = 0; k < V; ++k) s[k] = __fadd_rn(s[k], stat_exp(__fsub_rn(x[k], m)));
   }
 }
 
 // A lane's term of the sum once the row's maximum M is known.
 __device__ __forceinline__ float softmax_lane_term(float m, float s, float M) {
-  return m == -INFINITY ? 0.0f : __fmul_rn(s, expf(__fsub_rn(m, M)));
+  return m == -INFINITY ? 0.0f : __fmul_rn(s, stat_exp(__fsub_rn(m, M)));
 }
 
 // M and S from every plan thread's running (m, s[V]) (absorb_chunk): the plan's trees over the CTA.
