@@ -1129,7 +1129,10 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
           }
           const float base = prune_base(bound, p.prune);
           // A warp runs the draw when one of its lanes needs it (its lanes run in step anyway): then every
-          // lane draws its blocks, two a step, and tests each element it needs against the base.
+          // lane draws its blocks, two a step, and tests each element against the base. The test is taken
+          // for every element of the pair, its result kept as a predicate, and only a pair in which some lane
+          // has an element that it needs and that survives the test forms scores (a branch a pair, not a
+          // branch and a reconvergence an element: those were a sixth of the instructions).
           if (!__any_sync(__activemask(), any)) return;
           constexpr int kQ = V / 4, kBlocks = U * kQ;
 #pragma unroll
@@ -1140,12 +1143,24 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
               const int u = (bb + h) / kQ, q = (bb + h) % kQ;
               rnd[h] = philox::sampling_block(p.seed, p.position, ((b0 + u * L) >> 2) + q);
             }
+            bool live[2][4];
+            bool any_live = false;
 #pragma unroll
             for (int h = 0; h < 2; ++h)
 #pragma unroll
               for (int k = 0; k < 4; ++k) {
                 const int u = (bb + h) / kQ, e = 4 * ((bb + h) % kQ) + k;
-                if (!need[u][e] || gumbel_loses(zhi_of(x[u][e]), base, rnd[h].v[k])) continue;
+                const bool loses = gumbel_loses(zhi_of(x[u][e]), base, rnd[h].v[k]);
+                live[h][k] = need[u][e] & !loses;
+                any_live |= live[h][k];
+              }
+            if (!__any_sync(__activemask(), any_live)) continue;
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+              for (int k = 0; k < 4; ++k) {
+                const int u = (bb + h) / kQ, e = 4 * ((bb + h) % kQ) + k;
+                if (!live[h][k]) continue;
                 const float z = zval(x[u][e]);
                 if (z == -INFINITY) continue;
                 const int64_t i = b0 + u * L + e;
@@ -1367,16 +1382,21 @@ struct LogprobsTile {
   int64_t n, top_n;
 
   __device__ __forceinline__ void operator()(int64_t t, int64_t b0, int64_t L, const float (&x)[U][V]) const {
+    if (b0 + (U - 1) * L + V <= n) {  // a whole tile (all tiles but the row's last): one bounds test
 #pragma unroll
-    for (int u = 0; u < U; ++u) {  // the statistics, chunk by chunk in the plan's order
-      const int64_t i0 = b0 + u * L;
-      if (i0 + V <= n) {  // a whole chunk: no element past the row end
-        absorb_chunk<V>(m[u % NG], s[u % NG], x[u]);
-      } else if (i0 < n) {
-        float c[V];
+      for (int u = 0; u < U; ++u) absorb_chunk<V>(m[u % NG], s[u % NG], x[u]);
+    } else {
 #pragma unroll
-        for (int k = 0; k < V; ++k) c[k] = i0 + k < n ? x[u][k] : -INFINITY;
-        absorb_chunk<V>(m[u % NG], s[u % NG], c);
+      for (int u = 0; u < U; ++u) {  // the statistics, chunk by chunk in the plan's order
+        const int64_t i0 = b0 + u * L;
+        if (i0 + V <= n) {  // a whole chunk: no element past the row end
+          absorb_chunk<V>(m[u % NG], s[u % NG], x[u]);
+        } else if (i0 < n) {
+          float c[V];
+#pragma unroll
+          for (int k = 0; k < V; ++k) c[k] = i0 + k < n ? x[u][k] : -INFINITY;
+          absorb_chunk<V>(m[u % NG], s[u % NG], c);
+        }
       }
     }
     if (top_n == 0) return;

@@ -31,21 +31,23 @@ struct SoftmaxMaxOp {
   }
 };
 
+// max.NaN (sm_80 and later): the larger of a and b, and the canonical NaN (0x7fffffff, SoftmaxMaxOp's)
+// when either is NaN. Which zero it gives for a +0 / -0 pair is not SoftmaxMaxOp's order, so a zero result
+// is redone with SoftmaxMaxOp; any other result is the order's (equal nonzero floats have the same bits).
+__device__ __forceinline__ float max_nan(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+
 // The largest element of a chunk under SoftmaxMaxOp's order, the value that folding the chunk with it
-// gives: fmaxf's tree (one instruction a step; it passes over NaN and may return either zero of a +0 / -0
-// pair) with a NaN anywhere put back on top, and the order's +0 over -0 redone with SoftmaxMaxOp on the
-// rare chunk whose maximum is zero. (Two equal nonzero floats have the same bits, so any other maximum is
-// the order's.)
+// gives: max_nan's tree (one instruction a step, NaN on top), with the order's +0 over -0 redone with
+// SoftmaxMaxOp on the rare chunk whose maximum is zero.
 template <int V>
 __device__ __forceinline__ float chunk_max(const float (&x)[V]) {
   float r = x[0];
-  bool nan = x[0] != x[0];
 #pragma unroll
-  for (int k = 1; k < V; ++k) {
-    r = fmaxf(r, x[k]);
-    nan |= x[k] != x[k];
-  }
-  if (nan) return __uint_as_float(0x7fffffffu);
+  for (int k = 1; k < V; ++k) r = max_nan(r, x[k]);
   if (r == 0.0f) {
     SoftmaxMaxOp mx;
     r = x[0];
@@ -77,7 +79,9 @@ __device__ __forceinline__ float stat_exp(float d) {
 template <int V>
 __device__ __forceinline__ void absorb_chunk(float& m, float (&s)[V], const float (&x)[V]) {
   if constexpr (V == 4) {
-    const float mn = SoftmaxMaxOp{}(m, chunk_max<V>(x));
+    const float c = chunk_max<V>(x);
+    float mn = max_nan(m, c);
+    if (mn == 0.0f) mn = SoftmaxMaxOp{}(m, c);
     const float grown = stat_exp(__fsub_rn(m, mn));
     const float scale = __float_as_uint(mn) != __float_as_uint(m) ? grown : 1.0f;
 #pragma unroll
