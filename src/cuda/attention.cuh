@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/ex2.cuh"
 #include "cuda/launch.cuh"
 
 namespace bik::cuda::attn {
@@ -59,12 +60,6 @@ struct Params {
   int units, grid_x, grid_y;
 };
 
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // Row r (< kRows) of a CTA's query rows belongs to token r / group and head r % group of the KV head's
 // group. The quotient without an integer division: with group_mul = ceil(2^16 / group) = (2^16 + e) / group,
 // 0 <= e < group, r * group_mul / 2^16 = r / group + r e / 2^16 / group, and r e < 64 * 64 < 2^16 keeps that
@@ -89,7 +84,7 @@ struct FoldCoef {
 };
 __device__ __forceinline__ FoldCoef fold_coef(float M, float m) {
   const float mn = fmaxf(M, m);
-  return {mn, ex2(__fsub_rn(M, mn)), ex2(__fsub_rn(m, mn))};
+  return {mn, ex2_approx(__fsub_rn(M, mn)), ex2_approx(__fsub_rn(m, mn))};
 }
 __device__ __forceinline__ float fold(float A, float a, const FoldCoef& c) {
   return __fmaf_rn(A, c.ca, __fmul_rn(a, c.cb));
@@ -309,7 +304,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
         mt[h] = fmaxf(m_run[h], __fmul_rn(mt[h], p.scale_log2));
         const float m_use = mt[h] == kNegInf ? 0.f : mt[h];  // a row with no key yet: keep p = 0
         // An unchanged max rescales by exactly 1, so a tile with no key for this row is a no-op.
-        alpha[h] = m_run[h] == m_use ? 1.f : ex2(__fsub_rn(m_run[h], m_use));
+        alpha[h] = m_run[h] == m_use ? 1.f : ex2_approx(__fsub_rn(m_run[h], m_use));
         mt[h] = -m_use;
       }
       // p = 2^(x * scale - max), one rounding: fma(x, scale, -max).
@@ -318,7 +313,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int h = e >> 1;
-          s[j][e] = ex2(__fmaf_rn(s[j][e], p.scale_log2, mt[h]));
+          s[j][e] = ex2_approx(__fmaf_rn(s[j][e], p.scale_log2, mt[h]));
           tsum[h] = __fadd_rn(tsum[h], s[j][e]);
         }
 #pragma unroll

@@ -331,7 +331,7 @@ __device__ __forceinline__ void softmax_tile_body(float (&s)[32], int kb, int cq
     mt[h] = fmaxf(m_run[h], __fmul_rn(mt[h], scale_log2));  // monotonic rounding: the scaled max
     const float m_use = mt[h] == kNegInf ? 0.f : mt[h];  // a row with no key yet: keep p = 0
     // An unchanged max rescales by exactly 1, so a tile with no key for this row is a no-op.
-    alpha[h] = m_run[h] == m_use ? 1.f : ex2(__fsub_rn(m_run[h], m_use));
+    alpha[h] = m_run[h] == m_use ? 1.f : ex2_approx(__fsub_rn(m_run[h], m_use));
     mt[h] = -m_use;
   }
   // p = 2^(x * scale - max) with one rounding: fma(x, scale, -max).
@@ -341,7 +341,7 @@ __device__ __forceinline__ void softmax_tile_body(float (&s)[32], int kb, int cq
     for (int e = 0; e < 4; ++e) {
       const int h = e >> 1;
       float& x = s[4 * j + e];
-      x = ex2(__fmaf_rn(x, scale_log2, mt[h]));
+      x = ex2_approx(__fmaf_rn(x, scale_log2, mt[h]));
       tsum[h] = __fadd_rn(tsum[h], x);
     }
 #pragma unroll

@@ -294,12 +294,6 @@ __device__ __forceinline__ float gumbel_score(float z, uint32_t w) {
 // by up to 1.0, the negative control of the test that compares the two.
 enum PruneMode : int32_t { kPruneOff = 0, kPruneOn = 1, kPruneLoose = 2 };
 
-__device__ __forceinline__ float ex2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // The Gumbel noise g(u) = -log(-log u) is increasing, so z + g(u) < b exactly when u < exp(-exp(-(b - z)))
 // (for any sign of b - z). prune_base(bound) lowers the bound by a margin m = 2^-10 (1 + |bound|), far
 // above the rounding of d = b - z, of the score's sum and of gumbel_score's logarithms (a few 2^-23

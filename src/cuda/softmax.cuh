@@ -11,6 +11,7 @@
 #pragma once
 #include <cooperative_groups.h>
 
+#include "cuda/ex2.cuh"
 #include "cuda/rows.cuh"
 
 namespace bik::cuda {
@@ -58,15 +59,11 @@ __device__ __forceinline__ float chunk_max(const float (&x)[V]) {
 }
 
 // The exponential of the statistics: exp(d) as 2^(d log2 e), the product rounded once and the power
-// taken by the hardware's ex2.approx.ftz (relative error about 2^-22; results below 2^-126 flush to 0).
-// Two instructions where expf takes nine: every element of a row passes through it. The rounding of the
-// product is relative to d, so the terms near the maximum (d near 0), which carry the sum, keep their
-// accuracy. A pure function of d on a given architecture: the same bits wherever the row sits.
-__device__ __forceinline__ float stat_exp(float d) {
-  float r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(__fmul_rn(d, 1.44269504088896341f)));
-  return r;
-}
+// taken by ex2_approx. Two instructions where expf takes nine: every element of a row passes through it.
+// The rounding of the product is relative to d, so the terms near the maximum (d near 0), which carry the
+// sum, keep their accuracy. A pure function of d on a given architecture: the same bits wherever the row
+// sits.
+__device__ __forceinline__ float stat_exp(float d) { return ex2_approx(__fmul_rn(d, 1.44269504088896341f)); }
 
 // Takes one chunk of a plan thread into its running statistics (m, s[V]). Elements past the row end
 // must arrive as -inf: they change neither m nor s (stat_exp(-inf) = 0 is added to s). When the maximum
