@@ -52,6 +52,19 @@ def bits_equal(a, b):
     return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
 
 
+
+def test_extension_loads_the_shared_cxx_runtime():
+    """The module must use torch's libstdc++, not a private static copy (which crashes in counters())."""
+    lib = bt.library_path()
+    try:
+        dyn = subprocess.run(["readelf", "-d", lib], capture_output=True, text=True, check=True).stdout
+    except FileNotFoundError:
+        pytest.skip("readelf (binutils) is not installed: cannot read the extension's NEEDED entries")
+    needed = [line.split("[", 1)[1].rstrip("]") for line in dyn.splitlines() if "(NEEDED)" in line]
+    assert any(n.startswith(("libstdc++.so", "libc++.so")) for n in needed), (lib, needed)
+    bt.reset_counters()
+    assert bt.counters()["mm"] == (0, 0)  # the string-returning op that crashed with a private runtime
+
 def ran_on_bik(op, fn):
     """Runs fn with the mode on; asserts that aten::op ran on bik and never on the stock kernel."""
     bt.reset_counters()
