@@ -3,9 +3,11 @@
 
 Same method as the C++ bench: per case, warm-up, then a CUDA graph of `launches` calls rotating over
 `input_sets` input sets, replayed `repeats` times between events; the median replay time over the
-launches is the time of one call. Cases the C++ bench times as a plain loop (`"timing": "loop"`: sample
-and logprobs, which wait for the host inside each call) are timed the same way here: `launches` calls
-issued one after another between two events, no graph. Ops without a single torch kernel use the
+launches is the time of one call. Cases whose public call the C++ bench also times as a plain loop
+(`"call_timing": "loop"`: sample and logprobs, whose kernels it times in a graph, `bik_ms`, and whose calls,
+logprobs waiting for its kernel in each, as a loop, `call_ms`) and cases it could only time as a loop
+(`"timing": "loop"`) are timed as a loop here: `launches` calls issued one after another between two events,
+no graph; torch's time is then compared with `call_ms` where there is one. Ops without a single torch kernel use the
 composition an engine's native path uses (silu(gate) * up; rotary as gather + slices + products + cat;
 residual add then rms_norm; the sampler's temperature / top-k / top-p / softmax / exponential race;
 log_softmax + topk + gather for logprobs); such cases record the composition under "torch_impl".
@@ -236,16 +238,16 @@ def main():
             continue
         if r["op"] in TORCH_IMPL:
             r["torch_impl"] = TORCH_IMPL[r["op"]]
-        timer = time_loop if r.get("timing") == "loop" else time_graph
+        timer = time_loop if "loop" in (r.get("timing"), r.get("call_timing")) else time_graph
         try:
             r["torch_ms"] = timer(fn, r["input_sets"], r["launches"], a.repeats)
         except Exception as e:  # record, keep going
             r["torch_ms"] = None
             r["torch_error"] = str(e)[:200]
         fn = None
-        tm = r["torch_ms"]
-        print(f"{r['op']:<18} {json.dumps(r['shape']):<60} bik {r['bik_ms']*1e3:9.2f} us  torch "
-              + (f"{tm*1e3:9.2f} us  x{tm / r['bik_ms']:.2f}" if tm else "-"), flush=True)
+        tm, bik = r["torch_ms"], r.get("call_ms", r["bik_ms"])
+        print(f"{r['op']:<18} {json.dumps(r['shape']):<60} bik {bik*1e3:9.2f} us  torch "
+              + (f"{tm*1e3:9.2f} us  x{tm / bik:.2f}" if tm else "-"), flush=True)
     with open(a.json, "w") as f:
         json.dump(j, f, indent=1)
     print("updated", a.json)

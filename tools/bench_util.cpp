@@ -113,7 +113,8 @@ void warm_up(const std::function<void(int, cudaStream_t)>& launch, int sets, cud
 }  // namespace
 
 double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,
-                  cudaStream_t st) {
+                  cudaStream_t st, bool* captured) {
+  if (captured) *captured = false;
   warm_up(launch, sets, st);
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
@@ -131,6 +132,7 @@ double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int 
     return time_loop(launch, sets, launches, repeats, st);
   }
   const double t = timed([&] { BIK_CUDA_CHECK(cudaGraphLaunch(exec, st)); }, launches, repeats, st);
+  if (captured) *captured = true;
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   return t;

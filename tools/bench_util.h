@@ -32,9 +32,10 @@ nlohmann::json gpu_report(const std::string& benchmark, const DeviceProps& props
 // Median time of one launch in ms. launch(set, stream) runs one call on input set `set` (of `sets`, used
 // round-robin so the inputs can exceed the L2). After max(3, sets) warm-up calls, `launches` calls are
 // captured into a CUDA graph that is replayed `repeats` times between events; if the calls cannot be
-// captured, plain launches are timed instead (host gaps included), with a message on stderr.
+// captured, plain launches are timed instead (host gaps included), with a message on stderr; `captured`,
+// when given, says which.
 double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,
-                  cudaStream_t st);
+                  cudaStream_t st, bool* captured = nullptr);
 // After a failed case: ends a capture the failure left open on `st` and clears the sticky error, so the
 // next case starts clean.
 void recover_stream(cudaStream_t st);

@@ -34,6 +34,7 @@
 #include "core/philox.h"
 #include "cuda/device_info.h"
 #include "cuda/rows.cuh"
+#include "cuda/sampling.h"
 #include "cuda/softmax.cuh"
 
 namespace bik::cuda {
@@ -1285,20 +1286,41 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
 constexpr int kMaxTopN = 1024;
 static_assert(kMaxTopN <= kStreamMaxK, "the streaming buffer holds the top n");
 
+// Thread 0's view of the row's token: its index and logit, read as soon as the row's stream ends, before
+// the reductions and cuts of the row's last steps, so that the two dependent loads complete behind them
+// instead of after them. ok: the token lies in the vocabulary (else x is not read).
+struct Chosen {
+  int32_t tk = -1;
+  float x = 0.0f;
+  bool ok = false;
+};
+template <class T>
+__device__ __forceinline__ Chosen chosen_of(const T* xr, int64_t ls1, int64_t n, const int32_t* tokens,
+                                            int64_t tok_stride, int64_t r) {
+  Chosen c;
+  if (threadIdx.x == 0) {
+    c.tk = tokens[r * tok_stride];
+    c.ok = c.tk >= 0 && c.tk < n;
+    if (c.ok) c.x = to_f32(xr[c.tk * ls1]);
+  }
+  return c;
+}
+
 // A row's outputs from its statistics and (top_n > 0) the row's top_n keys in buf[0, top_n) in any
-// order: the chosen token's logprob (thread 0; a token outside the vocabulary raises *bad), and the top
-// ids and values, each key's rank the number of larger keys (keys are distinct).
+// order: the chosen token's logprob (thread 0, from chosen_of; a token outside the vocabulary raises
+// *bad), and the top ids and values, each key's rank the number of larger keys (keys are distinct). A
+// top value is the logit its key holds (key_value) when that is finite and not zero; a zero (whose sign
+// the key does not keep) or a NaN (whose payload it does not keep) is read from the row again.
 template <class T>
 __device__ void logprobs_outputs(const RowStats& st, const uint64_t* buf, unsigned cnt, const T* xr, int64_t ls1,
-                                 int64_t n, int64_t r, float* chosen, int64_t chosen_stride, int32_t* top_ids,
+                                 int64_t r, float* chosen, int64_t chosen_stride, int32_t* top_ids,
                                  int64_t ids0, int64_t ids1, float* top_vals, int64_t vals0, int64_t vals1,
-                                 const int32_t* tokens, int64_t tok_stride, int* bad) {
+                                 const Chosen& ch, int* bad) {
   const float log_sum = logf(st.sum);
   auto lp = [&](float x) { return __fsub_rn(__fsub_rn(x, st.max), log_sum); };
   if (threadIdx.x == 0) {
-    const int32_t tk = tokens[r * tok_stride];
-    if (tk >= 0 && tk < n) {
-      chosen[r * chosen_stride] = lp(to_f32(xr[tk * ls1]));
+    if (ch.ok) {
+      chosen[r * chosen_stride] = lp(ch.x);
     } else {
       chosen[r * chosen_stride] = NAN;
       *static_cast<volatile int*>(bad) = 1;  // host memory: the host finds the first such row
@@ -1309,8 +1331,10 @@ __device__ void logprobs_outputs(const RowStats& st, const uint64_t* buf, unsign
     int rank = 0;
     for (unsigned j = 0; j < cnt; ++j) rank += buf[j] > key;
     const int64_t i = key_index(key);
+    float x = key_value(key);
+    if (!(isfinite(x) && x != 0.0f)) x = to_f32(xr[i * ls1]);
     top_ids[r * ids0 + rank * ids1] = int32_t(i);
-    top_vals[r * vals0 + rank * vals1] = lp(to_f32(xr[i * ls1]));
+    top_vals[r * vals0 + rank * vals1] = lp(x);
   }
 }
 
@@ -1328,10 +1352,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     const T* xr = logits + r * ls0;
     const bool vec = ls1 == 1 && aligned16_dev(xr);
     const float unused[kCachedChunks][V] = {};
+    const Chosen ch = chosen_of(xr, ls1, n, tokens, tok_stride, r);
     const RowStats st = row_softmax_stats<V>(xr, ls1, n, vec, false, unused, smem);
     if (top_n == 0) {
-      logprobs_outputs<T>(st, cand, 0, xr, ls1, n, r, chosen, chosen_stride, top_ids, ids0, ids1, top_vals, vals0,
-                          vals1, tokens, tok_stride, bad);
+      logprobs_outputs<T>(st, cand, 0, xr, ls1, r, chosen, chosen_stride, top_ids, ids0, ids1, top_vals, vals0,
+                          vals1, ch, bad);
       continue;
     }
 
@@ -1359,8 +1384,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     __syncthreads();
     // Keys are distinct, so the ranks do not depend on the order in which the candidates were gathered.
     const unsigned m = ncand < unsigned(top_n) ? ncand : unsigned(top_n);
-    logprobs_outputs<T>(st, cand, m, xr, ls1, n, r, chosen, chosen_stride, top_ids, ids0, ids1, top_vals, vals0, vals1,
-                        tokens, tok_stride, bad);
+    logprobs_outputs<T>(st, cand, m, xr, ls1, r, chosen, chosen_stride, top_ids, ids0, ids1, top_vals, vals0, vals1,
+                        ch, bad);
     __syncthreads();  // cand and ncand are reused by the next row
   }
 }
@@ -1427,10 +1452,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     StreamBuffer<false> sb{buf, &ss, &sel, top_n, cap, blockDim.x * unsigned(kStreamPerThread)};
     if (top_n > 0) sb.begin();
     stream_tiles<V, U>(xr, ls1, n, 0, n, vec, LogprobsTile<V, U>{m, s, sb, n, top_n});
+    const Chosen ch = chosen_of(xr, ls1, n, tokens, tok_stride, r);
     const RowStats st = finish_row_stats<V>(m[0], s[0], tree);
     if (top_n > 0) sb.cut();
-    logprobs_outputs<T>(st, buf, top_n > 0 ? sb.fill : 0, xr, ls1, n, r, chosen, chosen_stride, top_ids, ids0, ids1,
-                        top_vals, vals0, vals1, tokens, tok_stride, bad);
+    logprobs_outputs<T>(st, buf, top_n > 0 ? sb.fill : 0, xr, ls1, r, chosen, chosen_stride, top_ids, ids0, ids1,
+                        top_vals, vals0, vals1, ch, bad);
     __syncthreads();  // the buffer and the tree are reused by the next row
   }
 }
@@ -1470,6 +1496,7 @@ __global__ void __launch_bounds__(kHalfThreads, 2)
     StreamBuffer<false> sb{buf, &ss, &sel, top_n, cap, unsigned(kHalfThreads) * unsigned(kStreamPerThread)};
     if (top_n > 0) sb.begin();
     stream_tiles<V, U>(xr, ls1, n, 0, n, vec, LogprobsTile<V, U, 2>{m, s, sb, n, top_n});
+    const Chosen ch = chosen_of(xr, ls1, n, tokens, tok_stride, r);
     float mm[2][1] = {{m[0]}, {m[1]}};
     const float M = group_tree<1, 2>(mm, tree, rg, SoftmaxMaxOp{});
     float acc[2][V];
@@ -1479,8 +1506,8 @@ __global__ void __launch_bounds__(kHalfThreads, 2)
       for (int k = 0; k < V; ++k) acc[g][k] = softmax_lane_term(m[g], s[g][k], M);
     const float S = group_tree<V, 2>(acc, tree, rg, AddOp{});
     if (top_n > 0) sb.cut();
-    logprobs_outputs<T>(RowStats{M, S}, buf, top_n > 0 ? sb.fill : 0, xr, ls1, n, r, chosen, chosen_stride, top_ids,
-                        ids0, ids1, top_vals, vals0, vals1, tokens, tok_stride, bad);
+    logprobs_outputs<T>(RowStats{M, S}, buf, top_n > 0 ? sb.fill : 0, xr, ls1, r, chosen, chosen_stride, top_ids,
+                        ids0, ids1, top_vals, vals0, vals1, ch, bad);
     __syncthreads();  // the buffer and the trees' scratch are reused by the next row
   }
 }
@@ -1520,6 +1547,7 @@ __global__ void __launch_bounds__(kMaxRowThreads / K, K)
     StreamBuffer<false> sb{buf, &ss, &sel, top_n, cap, unsigned(G) * unsigned(kStreamPerThread)};
     if (top_n > 0) sb.begin();
     stream_tiles_at<V, U>(xr, ls1, n, 0, n, vec, L, t0, LogprobsTile<V, U>{m, s, sb, n, top_n});
+    const Chosen ch = c == 0 ? chosen_of(xr, ls1, n, tokens, tok_stride, r) : Chosen{};
     const RowStats st = cluster_row_stats<V, K>(m[0], s[0], scratch, terms, cmax, rg, cluster);
     unsigned total = 0;
     if (top_n > 0) {
@@ -1543,8 +1571,8 @@ __global__ void __launch_bounds__(kMaxRowThreads / K, K)
         stream_cut(buf, buf + cap, total, top_n, sel, ss);
         total = unsigned(top_n);
       }
-      logprobs_outputs<T>(st, buf, total, xr, ls1, n, r, chosen, chosen_stride, top_ids, ids0, ids1, top_vals, vals0,
-                          vals1, tokens, tok_stride, bad);
+      logprobs_outputs<T>(st, buf, total, xr, ls1, r, chosen, chosen_stride, top_ids, ids0, ids1, top_vals, vals0,
+                          vals1, ch, bad);
     }
     __syncthreads();  // the buffer and the tree are reused by the next row
   }
@@ -1691,15 +1719,13 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
   }
 }
 
-void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorView& top_vals,
-              const TensorView& logits, const TensorView& tokens, Stream s) {
+void logprobs_launch(const TensorView& chosen, const TensorView& top_ids, const TensorView& top_vals,
+                     const TensorView& logits, const TensorView& tokens, int* bad, Stream s) {
   const int64_t rows = logits.shape[0], n = logits.shape[1], top_n = top_ids.shape[1];
   BIK_CHECK(top_n <= kMaxTopN, "logprobs: the CUDA backend returns at most ", kMaxTopN, " top logprobs, asked for ",
             top_n);
   cudaStream_t st = stream_of(s);
   const DeviceInfo& info = use_device(logits.device.index);
-  const FlagPtrs flag = bad_flag_for_launch();  // after use_device: its device address for that device
-  int* const bad = flag.dev;
   dispatch_float(logits.dtype, [&](auto lt) {
     using T = decltype(lt);
     constexpr int V = 16 / sizeof(T);
@@ -1768,7 +1794,15 @@ void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorV
     }
     BIK_CUDA_LAUNCH_CHECK();
   });
-  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+}
+
+void logprobs(const TensorView& chosen, const TensorView& top_ids, const TensorView& top_vals,
+              const TensorView& logits, const TensorView& tokens, Stream s) {
+  const int64_t rows = logits.shape[0], n = logits.shape[1];
+  use_device(logits.device.index);
+  const FlagPtrs flag = bad_flag_for_launch();  // after use_device: its device address for that device
+  logprobs_launch(chosen, top_ids, top_vals, logits, tokens, flag.dev, s);
+  BIK_CUDA_CHECK(cudaStreamSynchronize(stream_of(s)));
   if (*flag.host != 0) {
     // Some row's token is outside the vocabulary: name the first, from a copy of the tokens.
     std::vector<int32_t> host(static_cast<size_t>(rows));

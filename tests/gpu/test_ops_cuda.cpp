@@ -3,6 +3,7 @@
 // repeats, accuracy against float64, poisoned outputs, untouched padding, and a negative control that
 // the same procedure must catch.
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -1657,6 +1658,64 @@ TEST(OpsCuda, LogprobsStreamMatchesPassKernel) {
     EXPECT_EQ(std::memcmp(ids.data(), got[1].data(), size_t(c.rows * c.top_n) * 4), 0) << what << " ids vs CPU";
     // Control: row 0's ids against row 1's must differ.
     EXPECT_NE(std::memcmp(got[1].ptr<int32_t>(), got[1].ptr<int32_t>() + c.top_n, size_t(c.top_n) * 4), 0) << what;
+  }
+}
+
+// A top value is taken from its key where the key holds the logit exactly (finite, not zero) and read
+// from the row otherwise; the chosen token's logprob always reads the row. So asking for each top token
+// as the chosen one must give the top value's bits, on every kernel, for rows whose top holds +0 and -0
+// (a key keeps no zero sign), NaNs (nor their payload), +inf, and ordinary values. The control: the
+// same comparison against the next rank's value notices the difference on the ordinary row.
+TEST(OpsCuda, LogprobsTopValuesEqualTheChosenTokensLogprobs) {
+  BIK_REQUIRE_GPU();
+  const int64_t rows = 4, vocab = 151936, top_n = 8;
+  const Device gpu = Device::cuda(0);
+  Tensor xh = Tensor::empty({rows, vocab}, DType::F32);
+  std::mt19937_64 rng(77);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < vocab; ++i) {
+      float v = nd(rng);
+      if (r == 0) v = i % 5000 == 7 ? (i % 2 ? -0.0f : 0.0f) : -std::fabs(v) - 1.0f;  // zeros on top
+      if (r == 1 && i % 40000 == 3) v = std::bit_cast<float>(0x7fc00000u | uint32_t(i));  // NaN payloads
+      if (r == 2 && i == 1234) v = INFINITY;
+      xh.ptr<float>()[r * vocab + i] = v;
+    }
+  const Tensor x = xh.to(gpu);
+  Tensor ch = Tensor::empty({rows}, DType::F32, gpu), ids = Tensor::empty({rows, top_n}, DType::I32, gpu),
+         vals = Tensor::empty({rows, top_n}, DType::F32, gpu);
+  Tensor tok_h = Tensor::empty({rows}, DType::I32);
+  for (const char* kernel : {"cluster", "half", "stream 1024", "passes"}) {
+    const std::string k = kernel;
+    if (k == "half" || k == "stream 1024") setenv("BIK_LOGPROBS_CLUSTER", "0", 1);
+    if (k == "stream 1024") setenv("BIK_LOGPROBS_HALF", "0", 1);
+    if (k == "passes") setenv("BIK_LOGPROBS_STREAM", "0", 1);
+    for (int64_t r = 0; r < rows; ++r) tok_h.ptr<int32_t>()[r] = 0;
+    logprobs(ch, ids, vals, x, tok_h.to(gpu));
+    const Tensor ids_h = ids.to(Device::cpu()), vals_h = vals.to(Device::cpu());
+    int64_t zeros = 0, nans = 0, next_differs = 0;
+    for (int64_t j = 0; j < top_n; ++j) {
+      for (int64_t r = 0; r < rows; ++r) tok_h.ptr<int32_t>()[r] = ids_h.ptr<int32_t>()[r * top_n + j];
+      logprobs(ch, ids, vals, x, tok_h.to(gpu));
+      const Tensor ch_h = ch.to(Device::cpu());
+      for (int64_t r = 0; r < rows; ++r) {
+        const float top = vals_h.ptr<float>()[r * top_n + j], got = ch_h.ptr<float>()[r];
+        const float logit = xh.ptr<float>()[r * vocab + tok_h.ptr<int32_t>()[r]];
+        zeros += logit == 0.0f;
+        nans += std::isnan(logit);
+        EXPECT_EQ(std::bit_cast<uint32_t>(top), std::bit_cast<uint32_t>(got))
+            << kernel << ": row " << r << " rank " << j << " (logit " << logit << "): top value " << top
+            << ", chosen " << got;
+        if (r == 3 && j + 1 < top_n)
+          next_differs += std::bit_cast<uint32_t>(vals_h.ptr<float>()[r * top_n + j + 1]) != std::bit_cast<uint32_t>(got);
+      }
+    }
+    unsetenv("BIK_LOGPROBS_CLUSTER");
+    unsetenv("BIK_LOGPROBS_HALF");
+    unsetenv("BIK_LOGPROBS_STREAM");
+    EXPECT_GT(zeros, 0) << kernel << ": no zero logit among the top values";
+    EXPECT_GT(nans, 0) << kernel << ": no NaN logit among the top values";
+    EXPECT_GT(next_differs, 0) << kernel << ": the comparison cannot tell one rank's value from the next";
   }
 }
 
