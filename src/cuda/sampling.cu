@@ -187,14 +187,7 @@ __device__ uint64_t select_small(const uint64_t* keys, const uint64_t* w, unsign
   if (mine) {
     constexpr unsigned kAhead = 8;
     unsigned i = 0;
-    if constexpr (kWeighted) {
-      for (; i + kAhead <= m; i += kAhead) {
-        uint64_t kk[kAhead], ww[kAhead];
-#pragma unroll
-        for (unsigned u = 0; u < kAhead; ++u) kk[u] = keys[i + u], ww[u] = w[i + u];
-#pragma unroll
-        for (unsigned u = 0; u < kAhead; ++u) above += kk[u] > key ? ww[u] : 0;
-      }
+    if constexpr (kWeighted) {  // top-p over at most k keys: the plain loop (eight 64-bit weights in flight spill)
       for (; i < m; ++i) above += keys[i] > key ? w[i] : 0;
     } else {
       unsigned count = 0;  // at most m
