@@ -8,7 +8,8 @@ if(NOT rc EQUAL 0)
 endif()
 if(NOT dyn MATCHES "NEEDED[^\n]*libstdc\\+\\+\\.so|NEEDED[^\n]*libc\\+\\+\\.so")
   message(FATAL_ERROR "bik: ${MODULE} does not load the shared C++ runtime (no libstdc++.so or libc++.so "
-                      "among its NEEDED entries): the compiler linked it statically (-static-libstdc++ in "
-                      "its flags, specs or a wrapper). torch would crash inside the extension; build with a "
-                      "compiler that links libstdc++ dynamically.")
+                      "among its NEEDED entries): the compiler linked libstdc++ statically (-static-libstdc++ in "
+                      "its flags, specs or a wrapper, or a library path holding libstdc++.a but no "
+                      "libstdc++.so). torch would crash inside the extension; build with a compiler that "
+                      "links libstdc++ dynamically.")
 endif()
