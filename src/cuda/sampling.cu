@@ -179,15 +179,16 @@ __device__ uint64_t select_small(const uint64_t* keys, const uint64_t* w, unsign
     for (int o = 16; o >= 1; o /= 2) ws += __shfl_xor_sync(0xffffffffu, ws, o);
     if ((threadIdx.x & 31) == 0 && ws != 0) atomicAdd(&sm.above, (unsigned long long)ws);
   }
-  // Keys above key are >= lo too. Eight loads of the shared keys (broadcasts: every lane reads the same
-  // key) are issued before their compares, so a pass waits for the shared-memory latency once per eight
+  // Keys above key are >= lo too. Four loads of the shared keys (broadcasts: every lane reads the same
+  // key) are issued before their compares, so a pass waits for the shared-memory latency once per four
   // keys instead of once per key (the top-k sampler's cuts spent a fifth of its warp samples waiting at
-  // the barrier below for these loops). Integer counts and sums: the same totals in any order.
+  // the barrier below for these loops). Eight in flight grew the logprobs cluster kernels' stack frames
+  // (8 -> 16 bytes, sm_90a) and slowed their 64-row batches. Integer counts: the same totals in any order.
   uint64_t above = 0;
   if (mine) {
-    constexpr unsigned kAhead = 8;
+    constexpr unsigned kAhead = 4;
     unsigned i = 0;
-    if constexpr (kWeighted) {  // top-p over at most k keys: the plain loop (eight 64-bit weights in flight spill)
+    if constexpr (kWeighted) {  // top-p over at most k keys: the plain loop (64-bit weights in flight spill)
       for (; i < m; ++i) above += keys[i] > key ? w[i] : 0;
     } else {
       unsigned count = 0;  // at most m
