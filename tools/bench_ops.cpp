@@ -93,9 +93,9 @@ struct Case {
   nlohmann::json shape;  // op-specific sizes
   double bytes = 0;      // minimal bytes moved by one call
   double input_bytes = 0;
-  bool host_sync = false;  // the public call waits for the host: also timed as a loop of calls (call_ms)
   std::function<Launch(int sets)> setup;  // allocates `sets` input sets, returns the launcher
-  // host_sync cases: the launcher of the kernel alone (capturable), built on the same inputs as setup's.
+  // Instead of setup, for ops whose public call waits for the host: returns the launcher of the kernel
+  // alone (capturable) and the public call's, on the same inputs; the call is also timed (call_ms).
   std::function<std::pair<Launch, Launch>(int sets)> setup_both;
 };
 
@@ -268,7 +268,6 @@ std::vector<Case> make_cases(bool quick) {
       Case c{names[kind], "f32", "i32", {{"m", m}, {"n", vocab}}};
       c.input_bytes = double(m * vocab * 4);
       c.bytes = c.input_bytes;
-      c.host_sync = true;
       c.setup_both = [=](int sets) {
         auto xs = std::make_shared<std::vector<Tensor>>();
         for (int i = 0; i < sets; ++i) xs->push_back(random_tensor({m, vocab}, DType::F32, 3.0, uint64_t(i)));
@@ -376,7 +375,7 @@ int bench_ops(const std::vector<std::string>& argv) {
     double t = 0, t_call = 0;
     bool graph = false;
     try {
-      if (c.host_sync) {
+      if (c.setup_both) {
         const auto [kernel, call] = c.setup_both(sets);
         t = time_graph(kernel, sets, launches, repeats, st, &graph);
         t_call = time_loop(call, sets, launches, repeats, st);
@@ -392,7 +391,7 @@ int bench_ops(const std::vector<std::string>& argv) {
     const double gbps = c.bytes / (t * 1e-3) / 1e9;
     std::printf("%-18s %-10s %-28s | %10.2f %9.0f %6.1f%%", c.op.c_str(), (c.dtype + "->" + c.out_dtype).c_str(),
                 c.shape.dump().c_str(), t * 1e3, gbps, 100.0 * gbps / ceiling);
-    if (c.host_sync) std::printf("   call %.2f us", t_call * 1e3);
+    if (c.setup_both) std::printf("   call %.2f us", t_call * 1e3);
     std::printf("%s\n", graph ? "" : "   (not captured: plain launches)");
     std::fflush(stdout);
     j["results"].push_back({{"op", c.op},
@@ -406,7 +405,7 @@ int bench_ops(const std::vector<std::string>& argv) {
                             {"input_sets", sets},
                             {"launches", launches},
                             {"timing", graph ? "graph" : "loop"}});
-    if (c.host_sync) {
+    if (c.setup_both) {
       j["results"].back()["call_ms"] = t_call;
       j["results"].back()["call_timing"] = "loop";
     }

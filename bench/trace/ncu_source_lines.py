@@ -21,7 +21,7 @@ import sys
 def sections(lines):
     first = None
     profiles, cur = [], None
-    for i, row in enumerate(csv.reader(lines)):
+    for row in csv.reader(lines):
         if row and row[0] == "File Path":
             if first is None:
                 first = row[1]

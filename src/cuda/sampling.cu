@@ -150,6 +150,15 @@ __device__ uint64_t select_desc(const Visit& visit, bool relative, double value,
   return prefix;
 }
 
+// The largest v of the warp's lanes, in every lane (all 32 lanes call).
+__device__ __forceinline__ uint64_t warp_max_u64(uint64_t v) {
+  for (int o = 16; o >= 1; o /= 2) {
+    const uint64_t y = __shfl_xor_sync(0xffffffffu, v, o);
+    v = y > v ? y : v;
+  }
+  return v;
+}
+
 // select_desc for at most blockDim.x (and kSelectSmall) keys in shared memory: keys[0, m), of which those >= lo are visited,
 // with weights w[j] (kWeighted) or 1. The same threshold, found by counting instead of by digits: key
 // j's running weight is the weight of the visited keys above it, and the first key in decreasing order
@@ -205,11 +214,7 @@ __device__ uint64_t select_small(const uint64_t* keys, const uint64_t* w, unsign
   }
   __syncthreads();
   const double target = relative ? value * double(sm.above) : value;
-  uint64_t reach = mine && double(above + wj) >= target ? key : 0;
-  for (int o = 16; o >= 1; o /= 2) {
-    const uint64_t y = __shfl_xor_sync(0xffffffffu, reach, o);
-    reach = y > reach ? y : reach;
-  }
+  const uint64_t reach = warp_max_u64(mine && double(above + wj) >= target ? key : 0);
   if ((threadIdx.x & 31) == 0 && reach != 0) atomicMax(&sm.prefix, (unsigned long long)reach);
   __syncthreads();
   const uint64_t r = sm.prefix;
@@ -962,10 +967,7 @@ __device__ __forceinline__ void offer_tile(SB& sb, int64_t t, int64_t b0, int64_
 __device__ uint64_t block_max_key(const uint64_t* buf, unsigned count, StreamSmem& ss, uint64_t* scratch) {
   uint64_t m = 0;
   for (unsigned j = threadIdx.x; j < count; j += blockDim.x) m = buf[j] > m ? buf[j] : m;
-  for (int o = 16; o >= 1; o /= 2) {
-    const uint64_t y = __shfl_xor_sync(0xffffffffu, m, o);
-    m = y > m ? y : m;
-  }
+  m = warp_max_u64(m);
   if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = m;
   __syncthreads();
   m = 0;
@@ -1310,7 +1312,6 @@ static_assert(kMaxTopN <= kStreamMaxK, "the streaming buffer holds the top n");
 // the reductions and cuts of the row's last steps, so that the two dependent loads complete behind them
 // instead of after them. ok: the token lies in the vocabulary (else x is not read).
 struct Chosen {
-  int32_t tk = -1;
   float x = 0.0f;
   bool ok = false;
 };
@@ -1319,9 +1320,9 @@ __device__ __forceinline__ Chosen chosen_of(const T* xr, int64_t ls1, int64_t n,
                                             int64_t tok_stride, int64_t r) {
   Chosen c;
   if (threadIdx.x == 0) {
-    c.tk = tokens[r * tok_stride];
-    c.ok = c.tk >= 0 && c.tk < n;
-    if (c.ok) c.x = to_f32(xr[c.tk * ls1]);
+    const int32_t tk = tokens[r * tok_stride];
+    c.ok = tk >= 0 && tk < n;
+    if (c.ok) c.x = to_f32(xr[tk * ls1]);
   }
   return c;
 }
