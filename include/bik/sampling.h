@@ -5,7 +5,10 @@
 // by the row's slot in the batch or a global stream. Sampling uses the Gumbel-max form: the token is
 //   argmax over the kept tokens i of  logit_i / temperature + g_i,   g_i = -log(-log(u_i)),
 // which draws exactly from softmax(logit / temperature) restricted to the kept set, with no cumulative
-// sum whose order could vary. Ties resolve to the lowest index.
+// sum whose order could vary. Ties resolve to the lowest index. A row without a filter (temperature > 0,
+// top_k 0 or >= V, top_p 1, min_p 0) takes the same form in two steps, groups of 16 tokens first (a
+// group's Gumbel score from its mass, summed by a fixed tree), then the token inside the winning group
+// (src/core/plain_draw.h): the same distribution, a sixteenth of the random numbers.
 #pragma once
 #include <cstdint>
 #include <vector>

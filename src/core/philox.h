@@ -43,10 +43,20 @@ constexpr uint32_t kSamplingTag = 0x53414D50u;  // "SAMP"
 // -log(-log u) is +inf: that token would win whatever its probability.)
 BIK_HD float to_unit(uint32_t x) { return float(x >> 9) * 0x1.0p-23f + 0x1.0p-24f; }
 
+// Tag of the plain draw's group stream (core/plain_draw.h): one block a group of vocabulary indices.
+constexpr uint32_t kGroupTag = 0x47525550u;  // "GRUP"
+
 // The 4 uniforms of vocabulary indices [4j, 4j + 4) for (seed, position).
 BIK_HD U32x4 sampling_block(uint64_t seed, int64_t position, int64_t j) {
   const uint64_t pos = uint64_t(position);
   return philox4x32_10(U32x4{{uint32_t(pos), uint32_t(pos >> 32), uint32_t(uint64_t(j)), kSamplingTag}},
+                       uint32_t(seed), uint32_t(seed >> 32));
+}
+
+// The words of group g of the plain draw for (seed, position); word 0 draws the group's Gumbel noise.
+BIK_HD U32x4 group_block(uint64_t seed, int64_t position, int64_t g) {
+  const uint64_t pos = uint64_t(position);
+  return philox4x32_10(U32x4{{uint32_t(pos), uint32_t(pos >> 32), uint32_t(uint64_t(g)), kGroupTag}},
                        uint32_t(seed), uint32_t(seed >> 32));
 }
 

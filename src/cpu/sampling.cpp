@@ -8,6 +8,7 @@
 #include "bik/sampling.h"
 #include "core/backend.h"
 #include "core/philox.h"
+#include "core/plain_draw.h"
 #include "cpu/parallel.h"
 
 namespace bik::cpu {
@@ -45,9 +46,53 @@ int32_t first_max(const float* v, int64_t n) {
   return int32_t(best);
 }
 
+// The first maximum of x / T with NaN as -inf (z is overwritten).
+int32_t first_max_of_z(std::vector<float>& z, float temperature) {
+  for (float& x : z) x = std::isnan(x) ? -INFINITY : x / temperature;
+  return first_max(z.data(), int64_t(z.size()));
+}
+
+// The plain draw of core/plain_draw.h on the raw logits x (overwritten only by the fallback).
+int32_t plain_row(std::vector<float>& x, const SamplingParams& p) {
+  using plain_draw::kGroup;
+  const int64_t v = int64_t(x.size());
+  const float c = plain_draw::scale(p.temperature);
+  float xmax = -INFINITY;
+  for (float xi : x) xmax = std::fmax(xmax, xi);  // fmax passes over NaN
+  if (!std::isfinite(xmax * c)) return first_max_of_z(x, p.temperature);
+  auto counts = [&](int64_t i) { return i < v && std::isfinite(x[size_t(i)]); };
+  int64_t best_g = -1;
+  float best_score = -INFINITY;
+  for (int64_t g = 0; g * kGroup < v; ++g) {
+    float xm = -INFINITY;
+    for (int64_t i = g * kGroup; i < g * kGroup + kGroup; ++i)
+      if (counts(i)) xm = std::fmax(xm, x[size_t(i)]);
+    if (xm == -INFINITY) continue;
+    float e[kGroup];
+    for (int k = 0; k < kGroup; ++k) {
+      const int64_t i = g * kGroup + k;
+      e[k] = counts(i) ? std::exp2((x[size_t(i)] - xm) * c) : 0.0f;
+    }
+    const float s = plain_draw::tree16(e);
+    const float u = philox::to_unit(philox::group_block(p.seed, p.position, g).v[0]);
+    const float score = (xm * c + std::log2(s)) + -std::log2(-std::log(u));
+    if (best_g < 0 || score > best_score) best_g = g, best_score = score;
+  }
+  int32_t best = -1;
+  float best_z = -INFINITY;
+  for (int64_t i = best_g * kGroup; i < best_g * kGroup + kGroup; ++i) {
+    if (!counts(i)) continue;
+    const float u = philox::to_unit(philox::sampling_block(p.seed, p.position, i / 4).v[i % 4]);
+    const float score = x[size_t(i)] / p.temperature + -std::log(-std::log(u));
+    if (best < 0 || score > best_z) best = int32_t(i), best_z = score;
+  }
+  return best;
+}
+
 int32_t sample_row(std::vector<float>& z, std::vector<int32_t>& idx, const SamplingParams& p) {
   const int64_t v = int64_t(z.size());
   if (p.temperature == 0) return first_max(z.data(), v);
+  if (!(p.top_k > 0 && p.top_k < v) && p.top_p >= 1.0f && !(p.min_p > 0)) return plain_row(z, p);
   // NaN logits are never sampled; neither is -inf (its probability is 0).
   for (float& x : z) x = std::isnan(x) ? -INFINITY : x / p.temperature;
 

@@ -14,11 +14,14 @@
 // same totals in any order. Top-p's probability mass is summed in 2^-40 fixed point for the same reason:
 // integer sums are associative. The random number of vocabulary index i is Philox(seed, position,
 // i / 4)[i % 4], the generator of core/philox.h shared with the CPU, so a row's token depends on its
-// logits and params alone, wherever it sits in the batch.
+// logits and params alone, wherever it sits in the batch. Rows without a filter take the plain draw
+// (core/plain_draw.h): a Gumbel score a group of 16 tokens from the group's mass, whose 16 weights are
+// summed by one fixed tree in every kernel, then the Gumbel-max inside the winning group.
 //
-// Where the result may differ from the CPU: logf/exp on the device may round differently from the
-// host's libm by an ulp, and top-p's mass is summed in fixed point rather than double; either can move
-// the chosen token only when two candidates are within such a rounding of each other.
+// Where the result may differ from the CPU: logf/exp on the device (and the plain draw's hardware
+// exponential) may round differently from the host's libm by an ulp, and top-p's mass is summed in fixed
+// point rather than double; either can move the chosen token only when two candidates are within such a
+// rounding of each other.
 #include <cooperative_groups.h>
 
 #include <algorithm>
@@ -32,6 +35,7 @@
 #include "bik/sampling.h"
 #include "core/backend.h"
 #include "core/philox.h"
+#include "core/plain_draw.h"
 #include "cuda/device_info.h"
 #include "cuda/rows.cuh"
 #include "cuda/sampling.h"
@@ -288,6 +292,11 @@ struct RowParams {
   int64_t position;
 };
 
+// A row of the plain draw (core/plain_draw.h): temperature > 0 and no filter.
+__host__ __device__ inline bool is_plain(const RowParams& p, int64_t n) {
+  return p.temperature != 0 && !(p.top_k > 0 && p.top_k < n) && p.top_p >= 1.0f && !(p.log_min_p > -INFINITY);
+}
+
 // A launch's row params: up to N rows travel in the kernel's parameters (no upload, no wait for the
 // host), more from device memory. ParamsArg: 48 rows; the streaming kernel also has a form for up to
 // 768 rows (30 KB of parameters, below the 32 KB limit), so batches of up to 768 rows never wait.
@@ -361,6 +370,85 @@ __device__ __forceinline__ void gumbel_block(Best& best, const RowParams& p, int
   }
 }
 
+// ---- the plain draw (core/plain_draw.h) -------------------------------------------------------------------
+// Every kernel forms a group's weights, sum and score with these, in this order, so they agree bit for bit.
+using plain_draw::kGroup;
+
+// e = 2^((x - xm) c) for a counted x <= xm: one hardware exponential (2^0 = 1 exactly).
+__device__ __forceinline__ float plain_weight(float x, float xm, float c) {
+  return ex2_approx(__fmul_rn(__fsub_rn(x, xm), c));
+}
+// score_g = xm c + log2(s) + N(u_g).
+__device__ __forceinline__ float plain_score(float xm, float s, float c, const RowParams& p, int64_t g) {
+  const float u = philox::to_unit(philox::group_block(p.seed, p.position, g).v[0]);
+  return __fadd_rn(__fadd_rn(__fmul_rn(xm, c), log2f(s)), -log2f(-logf(u)));
+}
+
+// Group g of a row, read from memory: its score as Best{score, 16 g} (nothing when no logit of it counts),
+// and the largest of its logits (NaN skipped) raised into xmax.
+template <class T>
+__device__ Best plain_group(const T* xr, int64_t ls1, int64_t n, bool vec, int64_t g, float c, const RowParams& p,
+                            float& xmax) {
+  constexpr int V = 16 / sizeof(T);
+  const int64_t i0 = g * kGroup;
+  float x[kGroup];
+#pragma unroll
+  for (int q = 0; q < kGroup / V; ++q) {
+    float chunk[V];
+    load_chunk<V>(xr, ls1, n, i0 + q * V, vec, chunk);
+#pragma unroll
+    for (int k = 0; k < V; ++k) x[q * V + k] = chunk[k];
+  }
+  float xm = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < kGroup; ++k) {
+    if (i0 + k >= n) continue;
+    xmax = fmaxf(xmax, x[k]);
+    if (isfinite(x[k])) xm = fmaxf(xm, x[k]);
+  }
+  if (xm == -INFINITY) return Best{-INFINITY, kNone};
+  float e[kGroup];
+#pragma unroll
+  for (int k = 0; k < kGroup; ++k) e[k] = i0 + k < n && isfinite(x[k]) ? plain_weight(x[k], xm, c) : 0.0f;
+  return Best{plain_score(xm, plain_draw::tree16(e), c, p, g), i0};
+}
+
+// The token inside the winning group, whose first index is i0: the Gumbel-max of its counted logits with
+// the per-token stream. One warp; every lane calls and gets the token.
+template <class T>
+__device__ int64_t plain_pick(const T* xr, int64_t ls1, int64_t n, int64_t i0, const RowParams& p) {
+  const int lane = threadIdx.x & 31;
+  const int64_t i = i0 + lane;
+  Best b{-INFINITY, kNone};
+  if (lane < kGroup && i < n) {
+    const float x = to_f32(xr[i * ls1]);
+    if (isfinite(x)) {
+      const philox::U32x4 r = philox::sampling_block(p.seed, p.position, i >> 2);
+      const int k = int(i & 3);  // selects, not an index into a local array
+      b = Best{gumbel_score(__fdiv_rn(x, p.temperature), k == 0 ? r.v[0] : k == 1 ? r.v[1] : k == 2 ? r.v[2] : r.v[3]), i};
+    }
+  }
+  for (int o = 16; o >= 1; o /= 2) {
+    const float ov = __shfl_xor_sync(0xffffffffu, b.v, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, b.i, o);
+    if (beats(ov, oi, b.v, b.i)) b = Best{ov, oi};
+  }
+  return b.i;
+}
+
+// The first maximum of z = x / T (NaN as -inf) over the indices [lo, hi) this thread owns (a stride of
+// blockDim.x), from memory: the token of a row whose largest logit rules the draw out.
+template <class T>
+__device__ Best first_max_z(const T* xr, int64_t ls1, int64_t lo, int64_t hi, float temp) {
+  Best top{-INFINITY, kNone};
+  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+    const float x = to_f32(xr[i * ls1]);
+    const float z = x != x ? -INFINITY : __fdiv_rn(x, temp);
+    if (beats(z, i, top.v, top.i)) top = Best{z, i};
+  }
+  return top;
+}
+
 // One row by the whole CTA, straight from memory: every pass (the maximum, each select's digits, the
 // Gumbel draw) reads the row again. Any params, any blockDim.x.
 template <class T>
@@ -382,6 +470,28 @@ __device__ __noinline__ void sample_row_generic(int32_t* out, const T* xr, int64
 
   const float temp = p.temperature;
   auto zval = [temp](float x) { return x != x ? -INFINITY : __fdiv_rn(x, temp); };
+
+  if (is_plain(p, n)) {  // the plain draw: a thread a group
+    const float c = plain_draw::scale(temp);
+    float xmax = -INFINITY;
+    Best best{-INFINITY, kNone};
+    for (int64_t g = threadIdx.x; g * kGroup < n; g += blockDim.x) {
+      const Best b = plain_group(xr, ls1, n, vec, g, c, p, xmax);
+      if (beats(b.v, b.i, best.v, best.i)) best = b;
+    }
+    best = block_best(best, bsm);
+    xmax = block_best(Best{xmax, kNone}, bsm).v;
+    if (isfinite(__fmul_rn(xmax, c))) {
+      if (threadIdx.x < 32) {
+        const int64_t tok = plain_pick(xr, ls1, n, best.i, p);
+        if (threadIdx.x == 0) *out = int32_t(tok);
+      }
+    } else {
+      const Best top = block_best(first_max_z(xr, ls1, 0, n, temp), bsm);
+      if (threadIdx.x == 0) *out = int32_t(top.i);
+    }
+    return;
+  }
 
   // The largest z and its first index (z has no NaN, so this is the CPU's first_max of z).
   Best top{-INFINITY, kNone};
@@ -589,7 +699,8 @@ __device__ uint64_t cluster_select_desc(const Visit& visit, bool relative, doubl
 #endif
 
 // grid (kSampleCluster, rows), clusters of kSampleCluster CTAs along x; CTA `rank` holds the elements
-// [rank * slice, (rank + 1) * slice) of its row (slice: a multiple of 8), z in dynamic shared memory.
+// [rank * slice, (rank + 1) * slice) of its row (slice: a multiple of 16, whole groups of the plain draw),
+// z in dynamic shared memory (rows of the plain draw read their groups from memory instead).
 template <class T>
 __global__ void __launch_bounds__(kSampleThreads, 2)  // two CTAs an SM: one works while the other waits at a barrier
     sample_cluster_kernel(int32_t* tokens, int64_t tok_stride, const T* logits, int64_t ls0, int64_t ls1, int64_t rows,
@@ -612,6 +723,29 @@ __global__ void __launch_bounds__(kSampleThreads, 2)  // two CTAs an SM: one wor
     const bool greedy = p.temperature == 0;
     const float temp = p.temperature;
     auto zval = [temp](float x) { return x != x ? -INFINITY : __fdiv_rn(x, temp); };
+
+    if (!greedy && is_plain(p, n)) {  // the plain draw: a thread a group of the slice (whole groups)
+      const float c = plain_draw::scale(temp);
+      float xmax = -INFINITY;
+      Best best{-INFINITY, kNone};
+      for (int64_t g = lo / kGroup + threadIdx.x; g * kGroup < hi; g += blockDim.x) {
+        const Best b = plain_group(xr, ls1, n, vec, g, c, p, xmax);
+        if (beats(b.v, b.i, best.v, best.i)) best = b;
+      }
+      best = cluster_best(best, bsm, cx, cluster);
+      xmax = cluster_best(Best{xmax, kNone}, bsm, cx, cluster).v;
+      int32_t* out = tokens + r * tok_stride;
+      if (isfinite(__fmul_rn(xmax, c))) {
+        if (cluster.block_rank() == 0 && threadIdx.x < 32) {
+          const int64_t tok = plain_pick(xr, ls1, n, best.i, p);
+          if (threadIdx.x == 0) *out = int32_t(tok);
+        }
+      } else {
+        const Best top = cluster_best(first_max_z(xr, ls1, lo, hi, temp), bsm, cx, cluster);
+        if (cluster.block_rank() == 0 && threadIdx.x == 0) *out = int32_t(top.i);
+      }
+      continue;
+    }
 
     // The slice, once from memory: z (or x when greedy) into shared memory, and its best.
     Best top{-INFINITY, kNone};
@@ -702,7 +836,6 @@ struct StreamSmem {
   uint64_t tile_bar;  // sm_90: the tiles' barrier, one arrive a warp (see StreamBuffer)
   unsigned added[3];  // keys appended during tile t, in added[t % 3] (see StreamBuffer)
   unsigned kept;
-  unsigned best_key;  // Plain: value_key of the best score any thread of the CTA has seen so far
   unsigned fill;      // published for the cluster's merge
 };
 
@@ -1066,131 +1199,73 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
       }
 
       case RowPath::Plain: {
-        // Gumbel-max over every z != -inf. A score is z + g with g <= 16.64 (the largest uniform is
-        // 1 - 2^-24), so an element whose bound zhi on that sum is below the thread's best so far cannot
-        // win, and its random numbers are never drawn (zhi from x * inv with room for the roundings).
-        // The largest x (NaN as -inf) gives z's maximum, since x / temp is monotone: only when it is not
-        // finite does the row need the first maximum of z, from a second pass.
-        // The bound is the best score of the whole CTA published so far (any published score is one
-        // an element reached, so the row's best is at least that). Of the elements drawn, those whose
-        // uniform alone shows that they lose to the bound (gumbel_loses) form no score.
-        const float inv = __frcp_rn(temp);
+        // The plain draw (core/plain_draw.h). A lane's chunk of V logits is part of a group of 16, which
+        // P = 16 / V adjacent lanes hold (the tile's chunks start at multiples of 16, slices are whole
+        // groups): those lanes form the group's maximum and its weights' sum by shuffles, their own V
+        // weights first (tree16's subtrees), and then each lane of the warp scores one of the tile's 32
+        // groups, one Philox block and one Gumbel score a lane. The largest logit (NaN skipped) decides
+        // whether the draw stands (step 5).
+        constexpr int P = kGroup / V, kPerU = 32 / P;  // lanes a group, groups a chunk row of the warp
+        static_assert(U * kPerU == 32, "a warp's tile holds one group a lane");
+        const float c = plain_draw::scale(temp);
+        const int lane = int(threadIdx.x & 31);
         float xmax = -INFINITY;
         Best best{-INFINITY, kNone};
-        if (threadIdx.x == 0) ss.best_key = 0;
-        __syncthreads();
-        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t t, int64_t b0, int64_t L, const float (&x)[U][V]) {
-          const unsigned published = *static_cast<volatile unsigned*>(&ss.best_key);
-          const float shared = key_value(uint64_t(published) << 32);
-          const float bound0 = published == 0 || !(shared > best.v) ? best.v : shared;
-          float bound = bound0;
-          // z's bound zhi and whether the element needs its random number (zhi + 17 reaches the bound).
-          // zhi is formed again for the test below (three instructions) rather than kept: 16 more live
-          // registers would spill under the two-CTA launch bound.
-          auto zhi_of = [inv](float xv) {
-            const float zx = __fmul_rn(xv, inv);
-            return __fmaf_rn(fabsf(zx), 0x1p-18f, zx);
-          };
-          bool need[U][V];
-          bool any = false;
-          // An element needs its random number unless zhi + 17 < bound. That test is monotone in x, so
-          // one threshold x_lo a tile stands for it: every x below x_lo fails it by a margin far above
-          // the roundings of zhi_of, of the sum and of x_lo itself ((|bound| + 17) 2^-10 + 2^-20, where
-          // they are a few 2^-24 relative), and x >= x_lo is false for NaN and, as x_lo >= -FLT_MAX,
-          // for -inf. The elements at or above x_lo are a superset of those the exact test keeps; an
-          // extra one only forms a score below the bound (a draw, never a winner), so the token is the
-          // same. One comparison an element instead of the bound's arithmetic.
-          float x_lo = -FLT_MAX;
-          if (temp > 0.0f && isfinite(temp) && isfinite(bound)) {
-            const float m = __fmaf_rn(__fadd_rn(fabsf(bound), 17.0f), 0x1p-10f, 0x1p-20f);
-            const float lo = __fmul_rn(__fsub_rn(__fsub_rn(bound, 17.0f), m), temp);
-            if (lo == lo) x_lo = fmaxf(lo, -FLT_MAX);
-          }
+        stream_tiles<V, U>(xr, ls1, n, lo, hi, vec, [&](int64_t, int64_t b0, int64_t L, const float (&x)[U][V]) {
+          float gm[U], gs[U];
           // kWhole: every chunk of the tile lies before hi, so no element's index is compared.
-          auto mark = [&](auto whole) {
+          auto groups = [&](auto whole) {
             constexpr bool kWhole = decltype(whole)::value;
 #pragma unroll
-            for (int u = 0; u < U; ++u)
+            for (int u = 0; u < U; ++u) {
+              bool cnt[V];
+              float m = -INFINITY;
 #pragma unroll
               for (int k = 0; k < V; ++k) {
-                const float xv = x[u][k];
                 const bool in = kWhole || b0 + u * L + k < hi;
-                if (in) xmax = fmaxf(xmax, xv);  // fmaxf passes over NaN
-                need[u][k] = in && xv >= x_lo;
-                any |= need[u][k];
+                if (in) xmax = fmaxf(xmax, x[u][k]);  // fmaxf passes over NaN
+                cnt[k] = in && isfinite(x[u][k]);
+                if (cnt[k]) m = fmaxf(m, x[u][k]);
               }
+#pragma unroll
+              for (int o = 1; o < P; o *= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+              float e[V];
+#pragma unroll
+              for (int k = 0; k < V; ++k) e[k] = cnt[k] ? plain_weight(x[u][k], m, c) : 0.0f;
+#pragma unroll
+              for (int w = 1; w < V; w *= 2)
+#pragma unroll
+                for (int k = 0; k < V; k += 2 * w) e[k] = e[k] + e[k + w];
+              float sum = e[0];
+#pragma unroll
+              for (int o = 1; o < P; o *= 2) sum = sum + __shfl_xor_sync(0xffffffffu, sum, o);
+              gm[u] = m;
+              gs[u] = sum;
+            }
           };
-          if (b0 + (U - 1) * L + V <= hi) mark(std::true_type{});
-          else mark(std::false_type{});
-          if (t == 0) {
-            // Nothing bounds the first tile yet: each lane scores its largest x first, and the best of
-            // the warp's scores (a score an element reached) bounds the rest of the tile.
-            int64_t ib = -1;
-            float xb = -INFINITY;
+          if (b0 + (U - 1) * L + V <= hi) groups(std::true_type{});
+          else groups(std::false_type{});
+          // Lane l scores group q = l % kPerU of chunk row uq = l / kPerU, which lane P q holds.
+          const int uq = lane / kPerU, q = lane % kPerU;
+          float m = -INFINITY, sum = 0.0f;
 #pragma unroll
-            for (int u = 0; u < U; ++u)
-#pragma unroll
-              for (int k = 0; k < V; ++k)
-                if (need[u][k] && (ib < 0 || x[u][k] > xb)) xb = x[u][k], ib = b0 + u * L + k;
-            float first_score = -INFINITY;
-            const float z = ib >= 0 ? zval(xb) : -INFINITY;
-            if (z != -INFINITY) {
-              const philox::U32x4 r = philox::sampling_block(p.seed, p.position, ib >> 2);
-              const int q = int(ib & 3);
-              first_score = gumbel_score(z, q == 0 ? r.v[0] : q == 1 ? r.v[1] : q == 2 ? r.v[2] : r.v[3]);
-              if (beats(first_score, ib, best.v, best.i)) best = Best{first_score, ib};
-            }
-            const unsigned warp_key = __reduce_max_sync(__activemask(), value_key(first_score));
-            const float warp_best = key_value(uint64_t(warp_key) << 32);
-            if (warp_best > bound) bound = warp_best;
+          for (int u = 0; u < U; ++u) {
+            const float mu = __shfl_sync(0xffffffffu, gm[u], P * q), su = __shfl_sync(0xffffffffu, gs[u], P * q);
+            if (u == uq) m = mu, sum = su;
           }
-          const float base = prune_base(bound, p.prune);
-          // A warp runs the draw when one of its lanes needs it (its lanes run in step anyway): then every
-          // lane draws its blocks, two a step, and tests each element against the base. The test is taken
-          // for every element of the pair, its result kept as a predicate, and only a pair in which some lane
-          // has an element that it needs and that survives the test forms scores (a branch a pair, not a
-          // branch and a reconvergence an element: those were a sixth of the instructions).
-          if (!__any_sync(__activemask(), any)) return;
-          constexpr int kQ = V / 4, kBlocks = U * kQ;
-#pragma unroll
-          for (int bb = 0; bb < kBlocks; bb += 2) {
-            philox::U32x4 rnd[2];
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int u = (bb + h) / kQ, q = (bb + h) % kQ;
-              rnd[h] = philox::sampling_block(p.seed, p.position, ((b0 + u * L) >> 2) + q);
-            }
-            bool live[2][4];
-            bool any_live = false;
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-#pragma unroll
-              for (int k = 0; k < 4; ++k) {
-                const int u = (bb + h) / kQ, e = 4 * ((bb + h) % kQ) + k;
-                const bool loses = gumbel_loses(zhi_of(x[u][e]), base, rnd[h].v[k]);
-                live[h][k] = need[u][e] & !loses;
-                any_live |= live[h][k];
-              }
-            if (!__any_sync(__activemask(), any_live)) continue;
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-#pragma unroll
-              for (int k = 0; k < 4; ++k) {
-                const int u = (bb + h) / kQ, e = 4 * ((bb + h) % kQ) + k;
-                if (!live[h][k]) continue;
-                const float z = zval(x[u][e]);
-                if (z == -INFINITY) continue;
-                const int64_t i = b0 + u * L + e;
-                const float score = gumbel_score(z, rnd[h].v[k]);
-                if (beats(score, i, best.v, best.i)) best = Best{score, i};
-              }
+          if (m != -INFINITY) {
+            const int64_t i0 = b0 + int64_t(P * q - lane) * V + int64_t(uq) * L;  // the group's first index
+            const float score = plain_score(m, sum, c, p, i0 / kGroup);
+            if (beats(score, i0, best.v, best.i)) best = Best{score, i0};
           }
-          if (best.i != kNone && best.v > bound0) atomicMax(&ss.best_key, value_key(best.v));
         });
         best = row_best(best);
-        const float zmax = zval(row_best(Best{xmax, kNone}).v);
-        if (isfinite(zmax)) {
-          if (first) *out = int32_t(best.i);
+        xmax = row_best(Best{xmax, kNone}).v;
+        if (isfinite(__fmul_rn(xmax, c))) {
+          if (rank == 0 && threadIdx.x < 32) {
+            const int64_t tok = plain_pick(xr, ls1, n, best.i, p);
+            if (threadIdx.x == 0) *out = int32_t(tok);
+          }
           break;
         }
         // Nothing has a positive probability, or +inf dominates: the first maximum of z.
@@ -1687,7 +1762,8 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
         auto kernel = sample_stream_kernel<T, std::decay_t<decltype(pa)>, decltype(only)::value>;
         const int smem = stream_keys(kStreamThreads) * int(sizeof(uint64_t));
         allow_dynamic_smem(reinterpret_cast<const void*>(kernel), info.index, smem);
-        const int64_t slice = ((n + ctas - 1) / ctas + 7) / 8 * 8;  // whole chunks and Philox blocks
+        // whole chunks, Philox blocks and groups of the plain draw
+        const int64_t slice = ((n + ctas - 1) / ctas + kGroup - 1) / kGroup * kGroup;
         if (ctas > 1 && launch_row_clusters(kernel, ctas, kStreamThreads, size_t(smem), st, rows, tokens.ptr<int32_t>(),
                                             tokens.stride[0], logits.ptr<const T>(), logits.stride[0],
                                             logits.stride[1], rows, n, slice, pa))
@@ -1716,7 +1792,7 @@ void sample(const TensorView& tokens, const TensorView& logits, const SamplingPa
       return;
     }
     // A cluster a row when each CTA's slice of z fits its shared memory.
-    const int64_t slice = ((n + kSampleCluster - 1) / kSampleCluster + 7) / 8 * 8;
+    const int64_t slice = ((n + kSampleCluster - 1) / kSampleCluster + kGroup - 1) / kGroup * kGroup;
     const int max_dyn = info.smem_optin - 8192;
     if (cluster_ok && slice * int64_t(sizeof(float)) <= max_dyn) {
       auto kernel = sample_cluster_kernel<T>;

@@ -3,7 +3,9 @@
 // any batch. The negative control keys the generator by batch slot and must be caught by the same check.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <random>
 #include <vector>
@@ -11,6 +13,7 @@
 #include "bik/sampling.h"
 #include "core/philox.h"
 #include "cpu/parallel.h"
+#include "plain_draw_case.h"
 
 using namespace bik;
 
@@ -200,6 +203,31 @@ TEST(Sampling, DistributionMatchesFilteredSoftmax) {
       }
     }
   }
+}
+
+// The plain draw (temperature, no filter: one Gumbel score a group of 16 tokens, then the token inside
+// the winning group) draws from softmax(logit / T) across groups. The same counts are also tested
+// against a draw that scores each group by its largest logit alone, which they must reject.
+TEST(Sampling, PlainDrawMatchesSoftmaxAcrossGroups) {
+  const test::PlainDrawCase c;
+  const int64_t v = int64_t(c.logits.size()), draws = test::kPlainDrawDraws;
+  Tensor logits = Tensor::empty({draws, v}, DType::F32);
+  std::vector<SamplingParams> ps(static_cast<size_t>(draws));
+  for (int64_t r = 0; r < draws; ++r) {
+    std::copy(c.logits.begin(), c.logits.end(), logits.ptr<float>() + r * v);
+    ps[size_t(r)].temperature = c.temperature;
+    ps[size_t(r)].seed = 77;
+    ps[size_t(r)].position = r;
+  }
+  Tensor t = Tensor::empty({draws}, DType::I32);
+  sample(t, logits, ps);
+  std::vector<int64_t> count(static_cast<size_t>(v), 0);
+  for (int64_t r = 0; r < draws; ++r) ++count[size_t(t.ptr<int32_t>()[r])];
+  const double right = test::PlainDrawCase::chi2(count, c.expect, draws);
+  const double wrong = test::PlainDrawCase::chi2(count, c.by_max, draws);
+  std::printf("plain draw: chi2 %.1f against softmax, %.1f against the group-maximum draw\n", right, wrong);
+  EXPECT_LT(right, test::kPlainDrawChi2Limit);
+  EXPECT_GT(wrong, 10 * test::kPlainDrawChi2Limit);
 }
 
 TEST(Logprobs, MatchFloat64AndAreBatchInvariant) {

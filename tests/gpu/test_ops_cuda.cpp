@@ -20,6 +20,7 @@
 #include "bik/tensor.h"
 #include "gpu_env.h"
 #include "test_util.h"
+#include "plain_draw_case.h"
 #if BIK_WITH_CUDA
 #include "cuda/reduce_variants.h"
 #endif
@@ -1311,29 +1312,31 @@ TEST(OpsCuda, Sample) {
 
 // The same rows with the same params sample the same token as the CPU backend (the float math of
 // log/exp may differ by an ulp, so a rare mismatch is allowed, not expected).
+// Rows of 151936 span many tiles of the streaming kernel (and its plain draw's groups across them).
 TEST(OpsCuda, SampleMatchesCpu) {
   BIK_REQUIRE_GPU();
-  const int64_t rows = 384, vocab = 4099;
-  std::vector<double> all;
-  std::vector<SamplingParams> ps;
-  std::vector<uint8_t> bytes(static_cast<size_t>(rows * vocab * 4));
-  for (int64_t r = 0; r < rows; ++r) {
-    std::vector<double> row(static_cast<size_t>(vocab));
-    normal(2.0, 16)(uint64_t(r), row);
-    for (int64_t j = 0; j < vocab; ++j) put(bytes.data() + (r * vocab + j) * 4, DType::F32, row[size_t(j)]);
-    ps.push_back(params_for(uint64_t(r) + 5000, int(r % 6)));
+  for (auto [rows, vocab] : {std::pair<int64_t, int64_t>{384, 4099}, std::pair<int64_t, int64_t>{66, 151936}}) {
+    std::vector<SamplingParams> ps;
+    std::vector<uint8_t> bytes(static_cast<size_t>(rows * vocab * 4));
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<double> row(static_cast<size_t>(vocab));
+      normal(2.0, 16)(uint64_t(r), row);
+      for (int64_t j = 0; j < vocab; ++j) put(bytes.data() + (r * vocab + j) * 4, DType::F32, row[size_t(j)]);
+      ps.push_back(params_for(uint64_t(r) + 5000, int(r % 6)));
+    }
+    Tensor x = Tensor::empty({rows, vocab}, DType::F32);
+    std::memcpy(x.data(), bytes.data(), bytes.size());
+    Tensor tc = Tensor::empty({rows}, DType::I32), tg = Tensor::empty({rows}, DType::I32, Device::cuda(0));
+    sample(tc, x, ps);
+    Tensor xg = x.to(Device::cuda(0));
+    sample(tg, xg, ps);
+    Tensor tg_h = tg.to(Device::cpu());
+    int64_t same = 0;
+    for (int64_t r = 0; r < rows; ++r) same += tc.ptr<int32_t>()[r] == tg_h.ptr<int32_t>()[r];
+    std::printf("sample: GPU matches CPU on %lld of %lld rows of %lld\n", (long long)same, (long long)rows,
+                (long long)vocab);
+    EXPECT_GE(same, rows - 2) << "V=" << vocab;
   }
-  Tensor x = Tensor::empty({rows, vocab}, DType::F32);
-  std::memcpy(x.data(), bytes.data(), bytes.size());
-  Tensor tc = Tensor::empty({rows}, DType::I32), tg = Tensor::empty({rows}, DType::I32, Device::cuda(0));
-  sample(tc, x, ps);
-  Tensor xg = x.to(Device::cuda(0));
-  sample(tg, xg, ps);
-  Tensor tg_h = tg.to(Device::cpu());
-  int64_t same = 0;
-  for (int64_t r = 0; r < rows; ++r) same += tc.ptr<int32_t>()[r] == tg_h.ptr<int32_t>()[r];
-  std::printf("sample: GPU matches CPU on %lld of %lld rows\n", (long long)same, (long long)rows);
-  EXPECT_GE(same, rows - 2);
 }
 
 // The cluster-a-row kernel (sm_90) and the one-CTA-a-row kernel (BIK_SAMPLE_CLUSTER=0) follow one exact
@@ -1457,6 +1460,43 @@ TEST(OpsCuda, SampleStreamMatchesOtherKernels) {
   EXPECT_GT(control_diffs, 0) << "the comparison did not notice a top-k keeping one token too many";
 }
 
+// The plain draw's distribution on the device, through each kernel that takes such rows (streaming, the
+// cluster slices, one CTA a row): the check of the CPU's Sampling.PlainDrawMatchesSoftmaxAcrossGroups,
+// which also rejects a draw scoring each group by its largest logit alone.
+TEST(OpsCuda, PlainDrawMatchesSoftmaxAcrossGroups) {
+  BIK_REQUIRE_GPU();
+  const test::PlainDrawCase c;
+  const int64_t v = int64_t(c.logits.size()), draws = test::kPlainDrawDraws;
+  Tensor xh = Tensor::empty({draws, v}, DType::F32);
+  std::vector<SamplingParams> ps(static_cast<size_t>(draws));
+  for (int64_t r = 0; r < draws; ++r) {
+    std::copy(c.logits.begin(), c.logits.end(), xh.ptr<float>() + r * v);
+    ps[size_t(r)].temperature = c.temperature;
+    ps[size_t(r)].seed = 78;
+    ps[size_t(r)].position = r;
+  }
+  const Tensor x = xh.to(Device::cuda(0));
+  const char* kernels[] = {"streaming", "cluster", "row"};
+  for (int kernel = 0; kernel < 3; ++kernel) {
+    if (kernel >= 1) setenv("BIK_SAMPLE_STREAM", "0", 1);
+    if (kernel == 2) setenv("BIK_SAMPLE_CLUSTER", "0", 1);
+    const std::vector<int32_t> tok = tokens_of(x, ps);
+    unsetenv("BIK_SAMPLE_STREAM");
+    unsetenv("BIK_SAMPLE_CLUSTER");
+    std::vector<int64_t> count(static_cast<size_t>(v), 0);
+    for (int32_t t : tok) {
+      ASSERT_TRUE(t >= 0 && t < v) << kernels[kernel] << ": token " << t;
+      ++count[size_t(t)];
+    }
+    const double right = test::PlainDrawCase::chi2(count, c.expect, draws);
+    const double wrong = test::PlainDrawCase::chi2(count, c.by_max, draws);
+    std::printf("plain draw (%s): chi2 %.1f against softmax, %.1f against the group-maximum draw\n",
+                kernels[kernel], right, wrong);
+    EXPECT_LT(right, test::kPlainDrawChi2Limit) << kernels[kernel];
+    EXPECT_GT(wrong, 10 * test::kPlainDrawChi2Limit) << kernels[kernel];
+  }
+}
+
 // Pruning the Gumbel draw (a score that surely loses to the best so far is not formed) leaves every
 // token as it is: each sampling kernel, pruned against BIK_SAMPLE_PRUNE=0, on rows of every filter and
 // of temperatures from 0.05 (scores far apart: most elements pruned) to 8 (none skipped by the bound),
@@ -1478,9 +1518,11 @@ TEST(OpsCuda, SamplePruneKeepsTheToken) {
       p.temperature = temps[(r / 2) % 6];
       ps.push_back(p);
     }
-    // Every row plain (the streaming kernel's pruned loop), then the mix (other paths and kernels).
+    // Every row keeping nearly every token (min-p 1e-6: a draw over most of the row, where the prune
+    // skips the most; the plain draw, without a filter, scores groups and has nothing to prune), then
+    // the mix (other paths and kernels).
     std::vector<SamplingParams> plain = ps;
-    for (SamplingParams& p : plain) p.top_k = 0, p.top_p = 1.0f, p.min_p = 0.0f;
+    for (SamplingParams& p : plain) p.top_k = 0, p.top_p = 1.0f, p.min_p = 1e-6f;
     // The kernels: streaming (default), the cluster-slice kernel (no streaming), one CTA a row (neither).
     const char* kernels[] = {"streaming", "cluster", "row"};
     for (const std::vector<SamplingParams>* set : {&plain, &ps})
@@ -1491,7 +1533,7 @@ TEST(OpsCuda, SamplePruneKeepsTheToken) {
         const std::vector<int32_t> want = tokens_of(x, *set);
         unsetenv("BIK_SAMPLE_PRUNE");
         EXPECT_EQ(count_diffs(want, tokens_of(x, *set)), 0) << dtype_name(c.t) << " V=" << c.vocab << " "
-                                                            << kernels[kernel] << (set == &plain ? " plain" : " mixed");
+                                                            << kernels[kernel] << (set == &plain ? " min-p" : " mixed");
         setenv("BIK_SAMPLE_PRUNE", "loose", 1);
         control_diffs += count_diffs(want, tokens_of(x, *set));
         unsetenv("BIK_SAMPLE_PRUNE");
