@@ -1498,9 +1498,9 @@ TEST(OpsCuda, PlainDrawMatchesSoftmaxAcrossGroups) {
 }
 
 // Pruning the Gumbel draw (a score that surely loses to the best so far is not formed) leaves every
-// token as it is: each sampling kernel, pruned against BIK_SAMPLE_PRUNE=0, on rows of every filter and
-// of temperatures from 0.05 (scores far apart: most elements pruned) to 8 (none skipped by the bound),
-// NaN / +-inf rows included. Negative control: pruning elements that may still win by up to 1.0
+// token as it is: each kernel that draws over a kept set, pruned against BIK_SAMPLE_PRUNE=0, on rows of
+// every filter and of temperatures from 0.05 (scores far apart: most elements pruned) to 8 (none skipped
+// by the bound), NaN / +-inf rows included. Negative control: pruning elements that may still win by up to 8.0
 // (BIK_SAMPLE_PRUNE=loose) changes tokens, and this comparison sees it.
 TEST(OpsCuda, SamplePruneKeepsTheToken) {
   BIK_REQUIRE_GPU();
