@@ -127,7 +127,9 @@ Choice swapped_choice(int m) {
 //   - t >= 2 SMs (gate|up 24576, the lm-head 151936): up to M = 224; gate|up 136..200 took 62-70 us against
 //     65-78 (M = 200: 70 against 78, the default tiles computing 256 rows), the lm-head 394-414 against
 //     368-456; at 232..256 the default tiles tie or win;
-//   - K >= 8192 (down 4096 x 12288): up to M = 208, 44-57 us against 49-60;
+//   - not for K >= 8192 (down 4096 x 12288) at M <= 256: it once took M <= 208 (44-57 us against 49-60 for
+//     the default tiles, then run as clusters of two), but one CTA a tile on the default tile runs M =
+//     136..224 in 40.4-44.1 us, where the swapped tile took 43.3-56.5 (logs_h200/8a94bb8_gemm_down_rules.log);
 //   - N >= 6144 (q|k|v): up to M = 160, 19.5-19.9 against 19.1-20.6 (from 176 on the 128x192 tile wins);
 //   - 256 < M <= 384 on two column tiles, when their 2t tiles fit one wave (o-proj and down, N = 4096):
 //     o-proj at M = 288..352 19-22 us against 22-23, down 49-59 against 57-62; at M = 360 / 376 o-proj
@@ -137,7 +139,7 @@ bool swap_pays(const Problem& p, const DeviceInfo& d) {
   const int64_t t = (int64_t(p.n) + 63) / 64;
   if (p.batch != 1) return false;  // measured on single products only
   if (p.m > 256) return 2 * t <= d.sms && p.n >= 4096;
-  return (t >= 2 * d.sms && p.m <= 224) || (p.k >= 8192 && p.m <= 208) || (p.n >= 6144 && p.m <= 160);
+  return (t >= 2 * d.sms && p.m <= 224) || (p.n >= 6144 && p.m <= 160);
 }
 
 // The tile table. Every tile is tried on every shape and M by `bik bench gemm --sweep`
@@ -283,10 +285,12 @@ Params walk_params(const Problem& p, const TileOrder& order) {
 // ---- cluster mode (gemm_sm90.cuh): pairs of CTAs share one operand through TMA multicast ----------------
 // BIK_GEMM_CLUSTER, read at each call so tests and benchmarks can flip it between calls:
 //   unset -> clusters of two (the shared operand picked per shape, share_w_for) for decode-sized products
-//            with few output columns and a long K (M <= 256, N <= 4096, K >= 8192, one batch): on an H200 the
+//            with few output columns and a long K (M <= 128, N <= 4096, K >= 8192, one batch): on an H200 the
 //            down projection 4096 x 12288 at M = 1..128 took 36.6-43.5 us against 40.2-47.2 on one CTA a
 //            tile, 47.1 against 47.5 at M = 256; with K = 4096 the pairs gained nothing reliable (4096 x 4096
-//            0.4 us faster at M <= 128, 0.9 us slower at 256; logs_h200/146edda_gemm_rule_*.log); and for two
+//            0.4 us faster at M <= 128, 0.9 us slower at 256; logs_h200/146edda_gemm_rule_*.log). Not at
+//            128 < M <= 256, where one CTA a tile ran M = 136..224 in 40.4-44.1 us against 43.0-56.5 for the
+//            pairs and equal at 240..256 (logs_h200/8a94bb8_gemm_down_rules.log); and for two
 //            full M-tiles of 128 rows over many output columns (M = 256, N >= 16384, K >= 4096, one batch:
 //            a full batch's decode step), where the pair shares W: gate|up 24576 x 4096 took 76.8 / 81.5 us
 //            against 89.6 / 91.4 on one CTA a tile, while q|k|v (N = 6144) lost 1-7 us
@@ -306,7 +310,7 @@ ClusterMode cluster_mode_for(const Problem& p) {
     if (std::strcmp(e, "2a") == 0) return ClusterMode::ShareA;
     if (std::strcmp(e, "2w") == 0) return ClusterMode::ShareW;
   }
-  const bool long_k = p.m <= 256 && p.n <= 4096 && p.k >= 8192;
+  const bool long_k = p.m <= 128 && p.n <= 4096 && p.k >= 8192;
   const bool wide_n = p.m == 256 && p.n >= 16384 && p.k >= 4096;
   return (long_k || wide_n) && p.batch == 1 ? ClusterMode::Auto : ClusterMode::Off;
 }

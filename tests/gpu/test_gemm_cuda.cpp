@@ -456,7 +456,7 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
               (long long)compared, (long long)compared_cluster);
 }
 
-// With BIK_GEMM_CLUSTER unset, gemm() runs decode-sized products with N <= 4096 and K >= 8192 (M <= 256, one
+// With BIK_GEMM_CLUSTER unset, gemm() runs decode-sized products with N <= 4096 and K >= 8192 (M <= 128, one
 // batch), and two full 128-row M-tiles over N >= 16384 columns with K >= 4096 (M = 256), as clusters of two
 // CTAs and everything else on one CTA a tile. The rule must pick the path it
 // says (launch counter) and the path must not change a bit: every M on both sides of the M bound, a row
@@ -468,8 +468,8 @@ TEST(GpuGemm, DefaultClusterRuleKeepsTheBits) {
     int64_t m, n, k;
     bool cluster;
   };
-  const std::vector<Case> cases = {{1, 1024, 8192, true},     {64, 4096, 12288, true},  {256, 4096, 12288, true},
-                                   {257, 4096, 12288, false}, {200, 4097, 8192, false}, {128, 4096, 8191, false},
+  const std::vector<Case> cases = {{1, 1024, 8192, true},     {64, 4096, 12288, true},  {128, 4096, 12288, true},
+                                   {129, 4096, 12288, false}, {256, 4096, 12288, false}, {257, 4096, 12288, false}, {200, 4097, 8192, false}, {128, 4096, 8191, false},
                                    {64, 4096, 4096, false},   {256, 24576, 4096, true}, {256, 16384, 4096, true},
                                    {128, 24576, 4096, false}, {257, 24576, 4096, false}, {200, 24576, 4096, false},
                                    {256, 16383, 4096, false}, {256, 16384, 4095, false}};

@@ -50,7 +50,7 @@ struct GatedCase {
 // last tile's gate box runs into up rows), K not a multiple of 64.
 const std::vector<GatedCase>& gated_cases() {
   static const std::vector<GatedCase> c = {{1, 96, 64},       {5, 200, 136},     {16, 1024, 512},  {64, 1000, 320},
-                                           {100, 3072, 256},  {130, 1536, 200},  {200, 6144, 512}, {256, 2048, 8192},
+                                           {100, 3072, 256},  {130, 1536, 200},  {200, 6144, 512}, {128, 2048, 8192},
                                            {256, 8192, 4096}, {256, 12288, 512}, {300, 768, 128},  {1000, 704, 96}};
   return c;
 }
