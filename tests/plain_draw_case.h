@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "bik/sampling.h"
+
 namespace bik::test {
 
 struct PlainDrawCase {
@@ -37,6 +39,36 @@ struct PlainDrawCase {
     }
     for (double m : gmax) gsum += m;
     for (size_t i = 0; i < w.size(); ++i) by_max[i] = gmax[i / 16] / gsum * w[i] / gmass[i / 16];
+  }
+
+  // `draws` copies of the row into rows [draws, 40], one a position (0, 1, ...), all with one seed.
+  void batch(int64_t draws, uint64_t seed, float* rows, std::vector<SamplingParams>& ps) const {
+    ps.assign(size_t(draws), SamplingParams{});
+    for (int64_t r = 0; r < draws; ++r) {
+      std::copy(logits.begin(), logits.end(), rows + r * int64_t(logits.size()));
+      ps[size_t(r)].temperature = temperature;
+      ps[size_t(r)].seed = seed;
+      ps[size_t(r)].position = r;
+    }
+  }
+
+  // Pearson's statistics of sampled tokens against `expect` (right) and `by_max` (wrong); in_range is
+  // false when a token lies outside the row (the statistics are then not formed).
+  struct Fit {
+    double right = INFINITY, wrong = INFINITY;
+    bool in_range = false;
+  };
+  Fit fit(const int32_t* tokens, int64_t draws) const {
+    Fit f;
+    std::vector<int64_t> count(logits.size(), 0);
+    for (int64_t r = 0; r < draws; ++r) {
+      if (tokens[r] < 0 || size_t(tokens[r]) >= logits.size()) return f;
+      ++count[size_t(tokens[r])];
+    }
+    f.in_range = true;
+    f.right = chi2(count, expect, draws);
+    f.wrong = chi2(count, by_max, draws);
+    return f;
   }
 
   // Pearson's statistic of the counts against a distribution (tokens of probability 0 must have none:

@@ -1245,7 +1245,9 @@ __global__ void __launch_bounds__(kStreamThreads, 2)
               gs[u] = sum;
             }
           };
-          if (b0 + (U - 1) * L + V <= hi) groups(std::true_type{});
+          // The lanes of a warp shuffle inside `groups`, so they all take one form of it: the whole-tile form
+          // only where it holds for every lane (the warp at the row's end takes the checked form).
+          if (__all_sync(0xffffffffu, b0 + (U - 1) * L + V <= hi)) groups(std::true_type{});
           else groups(std::false_type{});
           // Lane l scores group q = l % kPerU of chunk row uq = l / kPerU, which lane P q holds.
           const int uq = lane / kPerU, q = lane % kPerU;

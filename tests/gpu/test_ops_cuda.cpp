@@ -1466,15 +1466,10 @@ TEST(OpsCuda, SampleStreamMatchesOtherKernels) {
 TEST(OpsCuda, PlainDrawMatchesSoftmaxAcrossGroups) {
   BIK_REQUIRE_GPU();
   const test::PlainDrawCase c;
-  const int64_t v = int64_t(c.logits.size()), draws = test::kPlainDrawDraws;
-  Tensor xh = Tensor::empty({draws, v}, DType::F32);
-  std::vector<SamplingParams> ps(static_cast<size_t>(draws));
-  for (int64_t r = 0; r < draws; ++r) {
-    std::copy(c.logits.begin(), c.logits.end(), xh.ptr<float>() + r * v);
-    ps[size_t(r)].temperature = c.temperature;
-    ps[size_t(r)].seed = 78;
-    ps[size_t(r)].position = r;
-  }
+  const int64_t draws = test::kPlainDrawDraws;
+  Tensor xh = Tensor::empty({draws, int64_t(c.logits.size())}, DType::F32);
+  std::vector<SamplingParams> ps;
+  c.batch(draws, 78, xh.ptr<float>(), ps);
   const Tensor x = xh.to(Device::cuda(0));
   const char* kernels[] = {"streaming", "cluster", "row"};
   for (int kernel = 0; kernel < 3; ++kernel) {
@@ -1483,17 +1478,12 @@ TEST(OpsCuda, PlainDrawMatchesSoftmaxAcrossGroups) {
     const std::vector<int32_t> tok = tokens_of(x, ps);
     unsetenv("BIK_SAMPLE_STREAM");
     unsetenv("BIK_SAMPLE_CLUSTER");
-    std::vector<int64_t> count(static_cast<size_t>(v), 0);
-    for (int32_t t : tok) {
-      ASSERT_TRUE(t >= 0 && t < v) << kernels[kernel] << ": token " << t;
-      ++count[size_t(t)];
-    }
-    const double right = test::PlainDrawCase::chi2(count, c.expect, draws);
-    const double wrong = test::PlainDrawCase::chi2(count, c.by_max, draws);
+    const test::PlainDrawCase::Fit f = c.fit(tok.data(), draws);
+    ASSERT_TRUE(f.in_range) << kernels[kernel] << ": a token outside the row";
     std::printf("plain draw (%s): chi2 %.1f against softmax, %.1f against the group-maximum draw\n",
-                kernels[kernel], right, wrong);
-    EXPECT_LT(right, test::kPlainDrawChi2Limit) << kernels[kernel];
-    EXPECT_GT(wrong, 10 * test::kPlainDrawChi2Limit) << kernels[kernel];
+                kernels[kernel], f.right, f.wrong);
+    EXPECT_LT(f.right, test::kPlainDrawChi2Limit) << kernels[kernel];
+    EXPECT_GT(f.wrong, 10 * test::kPlainDrawChi2Limit) << kernels[kernel];
   }
 }
 
