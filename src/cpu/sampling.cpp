@@ -46,10 +46,9 @@ int32_t first_max(const float* v, int64_t n) {
   return int32_t(best);
 }
 
-// The first maximum of x / T with NaN as -inf (z is overwritten).
-int32_t first_max_of_z(std::vector<float>& z, float temperature) {
+// The logits as z = x / T in place, NaN as -inf (its probability is 0; so is -inf's).
+void to_z(std::vector<float>& z, float temperature) {
   for (float& x : z) x = std::isnan(x) ? -INFINITY : x / temperature;
-  return first_max(z.data(), int64_t(z.size()));
 }
 
 // The plain draw of core/plain_draw.h on the raw logits x (overwritten only by the fallback).
@@ -59,7 +58,10 @@ int32_t plain_row(std::vector<float>& x, const SamplingParams& p) {
   const float c = plain_draw::scale(p.temperature);
   float xmax = -INFINITY;
   for (float xi : x) xmax = std::fmax(xmax, xi);  // fmax passes over NaN
-  if (!std::isfinite(xmax * c)) return first_max_of_z(x, p.temperature);
+  if (!std::isfinite(xmax * c)) {
+    to_z(x, p.temperature);
+    return first_max(x.data(), v);
+  }
   auto counts = [&](int64_t i) { return i < v && std::isfinite(x[size_t(i)]); };
   int64_t best_g = -1;
   float best_score = -INFINITY;
@@ -93,8 +95,7 @@ int32_t sample_row(std::vector<float>& z, std::vector<int32_t>& idx, const Sampl
   const int64_t v = int64_t(z.size());
   if (p.temperature == 0) return first_max(z.data(), v);
   if (!(p.top_k > 0 && p.top_k < v) && p.top_p >= 1.0f && !(p.min_p > 0)) return plain_row(z, p);
-  // NaN logits are never sampled; neither is -inf (its probability is 0).
-  for (float& x : z) x = std::isnan(x) ? -INFINITY : x / p.temperature;
+  to_z(z, p.temperature);  // NaN logits are never sampled; neither is -inf
 
   // The kept set, as indices in `idx[0, kept)`.
   idx.resize(size_t(v));

@@ -451,6 +451,32 @@ __device__ Best first_max_z(const T* xr, int64_t ls1, int64_t lo, int64_t hi, fl
   return top;
 }
 
+// The plain draw of one row by the CTAs that share it (a CTA, or a cluster of them), each scoring the groups
+// of its slice [lo, hi) (whole groups) from memory. `reduce` is the best over every thread of those CTAs
+// (every one of them calls it); the CTA with `writes` picks and stores the token.
+template <class T, class Reduce>
+__device__ void plain_row(int32_t* out, const T* xr, int64_t ls1, int64_t n, bool vec, int64_t lo, int64_t hi,
+                          const RowParams& p, bool writes, Reduce&& reduce) {
+  const float c = plain_draw::scale(p.temperature);
+  float xmax = -INFINITY;
+  Best best{-INFINITY, kNone};
+  for (int64_t g = lo / kGroup + threadIdx.x; g * kGroup < hi; g += blockDim.x) {
+    const Best b = plain_group(xr, ls1, n, vec, g, c, p, xmax);
+    if (beats(b.v, b.i, best.v, best.i)) best = b;
+  }
+  best = reduce(best);
+  xmax = reduce(Best{xmax, kNone}).v;
+  if (isfinite(__fmul_rn(xmax, c))) {
+    if (writes && threadIdx.x < 32) {
+      const int64_t tok = plain_pick(xr, ls1, n, best.i, p);
+      if (threadIdx.x == 0) *out = int32_t(tok);
+    }
+    return;
+  }
+  const Best top = reduce(first_max_z(xr, ls1, lo, hi, p.temperature));
+  if (writes && threadIdx.x == 0) *out = int32_t(top.i);
+}
+
 // One row by the whole CTA, straight from memory: every pass (the maximum, each select's digits, the
 // Gumbel draw) reads the row again. Any params, any blockDim.x.
 template <class T>
@@ -474,24 +500,7 @@ __device__ __noinline__ void sample_row_generic(int32_t* out, const T* xr, int64
   auto zval = [temp](float x) { return x != x ? -INFINITY : __fdiv_rn(x, temp); };
 
   if (is_plain(p, n)) {  // the plain draw: a thread a group
-    const float c = plain_draw::scale(temp);
-    float xmax = -INFINITY;
-    Best best{-INFINITY, kNone};
-    for (int64_t g = threadIdx.x; g * kGroup < n; g += blockDim.x) {
-      const Best b = plain_group(xr, ls1, n, vec, g, c, p, xmax);
-      if (beats(b.v, b.i, best.v, best.i)) best = b;
-    }
-    best = block_best(best, bsm);
-    xmax = block_best(Best{xmax, kNone}, bsm).v;
-    if (isfinite(__fmul_rn(xmax, c))) {
-      if (threadIdx.x < 32) {
-        const int64_t tok = plain_pick(xr, ls1, n, best.i, p);
-        if (threadIdx.x == 0) *out = int32_t(tok);
-      }
-    } else {
-      const Best top = block_best(first_max_z(xr, ls1, 0, n, temp), bsm);
-      if (threadIdx.x == 0) *out = int32_t(top.i);
-    }
+    plain_row(out, xr, ls1, n, vec, 0, n, p, true, [&](Best b) { return block_best(b, bsm); });
     return;
   }
 
@@ -727,25 +736,8 @@ __global__ void __launch_bounds__(kSampleThreads, 2)  // two CTAs an SM: one wor
     auto zval = [temp](float x) { return x != x ? -INFINITY : __fdiv_rn(x, temp); };
 
     if (!greedy && is_plain(p, n)) {  // the plain draw: a thread a group of the slice (whole groups)
-      const float c = plain_draw::scale(temp);
-      float xmax = -INFINITY;
-      Best best{-INFINITY, kNone};
-      for (int64_t g = lo / kGroup + threadIdx.x; g * kGroup < hi; g += blockDim.x) {
-        const Best b = plain_group(xr, ls1, n, vec, g, c, p, xmax);
-        if (beats(b.v, b.i, best.v, best.i)) best = b;
-      }
-      best = cluster_best(best, bsm, cx, cluster);
-      xmax = cluster_best(Best{xmax, kNone}, bsm, cx, cluster).v;
-      int32_t* out = tokens + r * tok_stride;
-      if (isfinite(__fmul_rn(xmax, c))) {
-        if (cluster.block_rank() == 0 && threadIdx.x < 32) {
-          const int64_t tok = plain_pick(xr, ls1, n, best.i, p);
-          if (threadIdx.x == 0) *out = int32_t(tok);
-        }
-      } else {
-        const Best top = cluster_best(first_max_z(xr, ls1, lo, hi, temp), bsm, cx, cluster);
-        if (cluster.block_rank() == 0 && threadIdx.x == 0) *out = int32_t(top.i);
-      }
+      plain_row(tokens + r * tok_stride, xr, ls1, n, vec, lo, hi, p, cluster.block_rank() == 0,
+                [&](Best b) { return cluster_best(b, bsm, cx, cluster); });
       continue;
     }
 
