@@ -173,41 +173,53 @@ struct WgmmaRS<128, __half> {
   }
 };
 
-// wgmma.mma_async m64n64k16 SS (both operands K-major), scale-d 0: the accumulators are written, not added
+// wgmma.mma_async m64n128k16 SS (both operands K-major), scale-d 0: the accumulators are written, not added
 // to, so they need no zeroing and hold nothing live before the instruction (the first k-step of S = Q K^T).
 template <typename T>
 struct WgmmaFirst;
 
 template <>
 struct WgmmaFirst<__nv_bfloat16> {
-  __device__ __forceinline__ static void mma(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+  __device__ __forceinline__ static void mma(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
     asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
         : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]),
           "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]),
           "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),
-          "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+          "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]),
+          "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]),
+          "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]),
+          "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]),
+          "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63])
         : "l"(desc_a), "l"(desc_b), "r"(0));
   }
 };
 
 template <>
 struct WgmmaFirst<__half> {
-  __device__ __forceinline__ static void mma(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+  __device__ __forceinline__ static void mma(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
     asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
         : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]),
           "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]),
           "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),
-          "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+          "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]),
+          "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]),
+          "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]),
+          "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]),
+          "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63])
         : "l"(desc_a), "l"(desc_b), "r"(0));
   }
 };
@@ -325,34 +337,23 @@ __device__ __forceinline__ void thread_rows(const Params& p, const WorkUnit& w, 
 // Accumulator patterns (m64nN): s[4j + e] is row g + 8 (e / 2), key kb + 8j + 2cq + e % 2 (attention.cuh's
 // s[j][e]); o[4n + e] is row g + 8 (e / 2), column 8n + 2cq + e % 2 (its o[n][e]).
 
-// S = Q K^T for one 128-key tile, as two m64n64 products (keys 0..63 from `sk_lo`, 64..127 from `sk_hi`:
-// the m64n64 accumulator pattern of each is the m64n128 one's first and second half), each over head_dim
-// in k-steps of 16 from d = 0, the first writing the accumulators (WgmmaFirst), the others adding into
-// them. The halves may sit anywhere (the warp-specialised ring keeps 64-key slots). Issued, not
-// committed: the caller commits, waits and pins s. k_panel: the bytes between K's 64-column panels.
+// S = Q K^T for one 128-key tile: head_dim in k-steps of 16 from d = 0, the first writing the
+// accumulators (WgmmaFirst), the others adding into them. Issued, not committed: the caller commits, waits
+// and pins s. k_panel: the bytes between K's 64-column panels (the tile's layout in its ring).
 template <typename T, int D>
-__device__ __forceinline__ void qk_issue(float (&s)[kScores], uint32_t sq, uint32_t sk_lo, uint32_t sk_hi,
-                                         uint32_t k_panel) {
-  static_assert(kScores == 64, "two m64n64 halves");
+__device__ __forceinline__ void qk_issue(float (&s)[kScores], uint32_t sq, uint32_t sk, uint32_t k_panel) {
   wgmma_fence();
   // Each k-step's descriptors are the tiles' plus the step's byte offset / 16 in the address field
   // (shared addresses stay below 2^18, so the 14-bit field never carries).
-  const uint64_t dq = desc_sw128(sq, 16, 1024);
-  float(&lo)[32] = *reinterpret_cast<float(*)[32]>(&s[0]);
-  float(&hi)[32] = *reinterpret_cast<float(*)[32]>(&s[32]);
+  const uint64_t dq = desc_sw128(sq, 16, 1024), dk = desc_sw128(sk, 16, 1024);
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const uint64_t dk = desc_sw128(h == 0 ? sk_lo : sk_hi, 16, 1024);
-    float(&acc)[32] = h == 0 ? lo : hi;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      // 16 halves = 32 bytes per k-step inside a panel
-      const uint32_t at_q = (kk >> 2) * QTile<D>::kPanel + (kk & 3) * 32, at_k = (kk >> 2) * k_panel + (kk & 3) * 32;
-      if (kk == 0)
-        WgmmaFirst<T>::mma(acc, dq + (at_q >> 4), dk + (at_k >> 4));
-      else
-        Wgmma<64, T>::mma(acc, dq + (at_q >> 4), dk + (at_k >> 4));
-    }
+  for (int kk = 0; kk < D / 16; ++kk) {
+    // 16 halves = 32 bytes per k-step inside a panel
+    const uint32_t at_q = (kk >> 2) * QTile<D>::kPanel + (kk & 3) * 32, at_k = (kk >> 2) * k_panel + (kk & 3) * 32;
+    if (kk == 0)
+      WgmmaFirst<T>::mma(s, dq + (at_q >> 4), dk + (at_k >> 4));
+    else
+      Wgmma<kTileKeys, T>::mma(s, dq + (at_q >> 4), dk + (at_k >> 4));
   }
 }
 
@@ -460,17 +461,17 @@ __device__ __forceinline__ void start_or_rescale_o(float (&o)[R], const float (&
   }
 }
 
-// O += P V, 16 keys per step in increasing order: keys 0..63 of V from `sv_lo`, 64..127 from `sv_hi`.
-// Issued, not committed; wgmma reads pa and o asynchronously, so neither may be touched before the group
-// completes. v_panel: the bytes between V's 64-column panels.
+// O += P V, 16 keys per step in increasing order. Issued, not committed; wgmma reads pa and o
+// asynchronously, so neither may be touched before the group completes. v_panel: the bytes between V's
+// 64-column panels (the tile's layout in its ring).
 template <typename T, int D>
-__device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)[kPSteps][4], uint32_t sv_lo,
-                                         uint32_t sv_hi, uint32_t v_panel) {
+__device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)[kPSteps][4], uint32_t sv,
+                                         uint32_t v_panel) {
   wgmma_fence();
-  const uint64_t dv[2] = {desc_sw128(sv_lo, v_panel, 1024), desc_sw128(sv_hi, v_panel, 1024)};
+  const uint64_t dv = desc_sw128(sv, v_panel, 1024);
 #pragma unroll
-  for (int k2 = 0; k2 < kPSteps; ++k2)  // keys 16k2.. start 16 (k2 % 4) rows (2048 bytes each) into their half
-    WgmmaRS<D, T>::mma(o, pa[k2], dv[k2 / 4] + ((k2 % 4) * 16 * 128 >> 4));
+  for (int k2 = 0; k2 < kPSteps; ++k2)  // keys 16k2.. start 16 rows (2048 bytes) into the V tile
+    WgmmaRS<D, T>::mma(o, pa[k2], dv + (k2 * 16 * 128 >> 4));
 }
 
 // The per-row part of the in-kernel fold of split j (finish_split's comment): the coefficients, which
@@ -587,7 +588,6 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
   const uint32_t sq = base;
   auto sk = [&](int s) { return base + Ly::kOffK + s * Ly::kTile; };
   auto sv = [&](int s) { return base + Ly::kOffV + s * Ly::kTile; };
-  constexpr uint32_t kHalf = 64 * 128;  // keys 64.. of a tile: 64 rows of 128 bytes on
   const T* kc = static_cast<const T*>(p.k_cache);
   const T* vc = static_cast<const T*>(p.v_cache);
   const int32_t* bt = p.block_tables + int64_t(w.seq) * p.bt_s0;
@@ -653,7 +653,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
 #pragma unroll
       for (int i = 0; i < kO; ++i) o[i] = 0.f;
     }
-    qk_issue<T, D>(s, sq, sk(stage), sk(stage) + kHalf, Ly::kPanel);
+    qk_issue<T, D>(s, sq, sk(stage), Ly::kPanel);
     wgmma_commit();
     wgmma_wait<0>();
     pin(s);
@@ -661,7 +661,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
     softmax_tile(s, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
     rescale_o(o, alpha);
     pack_p<T>(pa, s);
-    pv_issue<T, D>(o, pa, sv(stage), sv(stage) + kHalf, Ly::kPanel);
+    pv_issue<T, D>(o, pa, sv(stage), Ly::kPanel);
     wgmma_commit();
     wgmma_wait<0>();
     pin(o);
@@ -694,8 +694,9 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
 // and the two consumers' tensor-core work and softmax interleave on the SM.
 //
 // Ring protocol. The producer copies the stream in 64-key stages (stream stage u = 2t, 2t + 1 for the
-// two halves of 128-key tile t; ring slot s = u % kStages, parity (u / kStages) & 1), so a tile takes two
-// consecutive slots modulo kStages, which qk_issue and pv_issue address as two halves.
+// two halves of 128-key tile t; ring slot s = u % kStages, parity (u / kStages) & 1); kStages is even,
+// so a tile always takes slots 2i and 2i + 1, which the layout (WsLayout) places back to back in every
+// 64-column panel: one 128-row K or V tile for the consumers' descriptors.
 //  - full[s]: 128 arrivals, one per producer thread, made by the copy hardware once that thread's copies
 //    of the stage have landed (cp.async.mbarrier.arrive.noinc), so the producer never waits on a copy.
 //    Each consumer thread then issues the proxy fence before its wgmma (the async proxy) reads the
@@ -703,9 +704,9 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
 //  - empty[s]: 8 arrivals, lane 0 of each consumer warp once its P V of the tile has completed (wait
 //    group 0), i.e. every wgmma reading the stage is done; the producer waits for it before refilling.
 // A consumer whose block ends before the stream does keeps waiting and releasing the remaining tiles
-// without computing, so every phase of every barrier gets its arrivals. Tile t's slots need only tiles
-// up to t - kStages / 2 (rounded down) released, and each consumer releases its tiles in order, so the
-// ring cannot deadlock; the producer runs up to kStages slots ahead of the slower consumer.
+// without computing, so every phase of every barrier gets its arrivals. Tile t's slots need only tile
+// t - kStages / 2 released, and each consumer releases its tiles in order, so the ring cannot deadlock;
+// the producer runs up to kStages / 2 tiles ahead of the slower consumer.
 //
 // Registers: 384 threads at one CTA per SM start at 168; the producer drops to 40 and the consumers rise
 // to 232 (setmaxnreg): O, the fold (in-kernel fold mode), the scores and P.
@@ -739,7 +740,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
 // Why it cannot hang: order the turns as g = 2k + c. Turn g waits for (a) the arrival of turn g - 1
 // and (b) the ring tile it reads (k for S(k), or k - 1 for an empty turn's release, both waited for
 // before the bar.sync), whose copy the producer starts once both consumers have released tile k - S
-// (S = kStages / 2 tiles in the ring, rounded down), which each does right after its turn k - S + 1
+// (S = kStages / 2 tiles in the ring), which each does right after its turn k - S + 1
 // (g' <= 2(k - S + 1) + 1 < g for S >= 2). So every turn
 // waits only on turns before it in this order, and the first (consumer 0's turn 0) only on the producer
 // and consumer 1's opening arrival, which waits on nothing.
@@ -756,16 +757,17 @@ constexpr int kTurnBar = 3;  // named barriers 3 and 4 (0 is __syncthreads; 1 an
 // of each consumer warp once its unit is done. After its last unit the producer fills one more slot with
 // n = 0 (plain arrivals only): the consumers' end.
 //
-// The K ring (and likewise V's): panel p (columns 64p..64p + 63) of slot s at kOffK + (p kStages + s) 8 KB.
-// D = 128: 64 KB of Q, 2 x 80 KB of ring (five slots, two and a half tiles), 224 KB; D = 64: 32 + 2 x 64
-// KB (eight slots).
+// The K ring (and likewise V's): panel p (columns 64p..64p + 63) of slot s at kOffK + (p kStages + s) 8 KB,
+// so slots 2i and 2i + 1 of a panel are 128 consecutive key rows. D = 128: 64 KB of Q, 2 x 64 KB of ring
+// (two tiles), 192 KB; D = 64: 32 + 2 x 64 KB (four tiles).
 template <int D>
 struct WsLayout {
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kStageKeys = kBK;                       // keys of one ring slot
   static constexpr int kSlotsPerTile = kTileKeys / kStageKeys;  // 2
-  static constexpr int kStages = D == 128 ? 5 : 8;
+  static constexpr int kStages = D == 128 ? 4 : 8;
+  static_assert(kStages % kSlotsPerTile == 0, "a tile's slots never wrap");
   static constexpr int kSlotPanel = kStageKeys * 128;         // one slot's rows of one panel
   static constexpr int kPanel = kStages * kSlotPanel;         // the ring's stride between panels
   static constexpr int kRing = (D / 64) * kPanel;
@@ -992,25 +994,19 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   int s = 0, phase = 0;  // the ring's position (first slot of the next tile), carried from unit to unit
   // A tile's kPer slots: wait until all have landed (then the proxy fence: the bytes were written through
   // the generic proxy, the wgmmas read through the async one), release them, step past them.
-  // The slots are consecutive modulo kStages: the second of a tile starting at slot S - 1 is slot 0, one
-  // phase on.
-  static_assert(kPer == 2, "a tile is two slots");
-  auto second = [&](int s0) { return s0 + 1 == S ? 0 : s0 + 1; };
   auto wait_tile = [&](int s0, int ph) {
-    mbar_wait(full(s0), ph);
-    mbar_wait(full(second(s0)), s0 + 1 == S ? ph ^ 1 : ph);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) mbar_wait(full(s0 + i), ph);
     fence_proxy_async();
   };
   auto release_tile = [&](int s0) {
     if (lane == 0) {
-      mbar_arrive(empty(s0));
-      mbar_arrive(empty(second(s0)));
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) mbar_arrive(empty(s0 + i));
     }
   };
   auto next_tile = [&](int& s0, int& ph) {
-#pragma unroll
-    for (int i = 0; i < kPer; ++i)
-      if (++s0 == S) s0 = 0, ph ^= 1;
+    if ((s0 += kPer) == S) s0 = 0, ph ^= 1;
   };
   for (int uq = 0;; ++uq) {
     // The producer's next unit: its description and (once this consumer's Q bytes have landed) its Q.
@@ -1067,7 +1063,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
 #pragma unroll
             for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
           }
-          qk_issue<T, D>(sc, sq, sk(s), sk(second(s)), Ly::kPanel);
+          qk_issue<T, D>(sc, sq, sk(s), Ly::kPanel);
           wgmma_commit();
           wgmma_wait<0>();
           pin(sc);
@@ -1075,7 +1071,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kTileKeys - 1 > w.pos0);
           start_or_rescale_o(o, alpha, split_start);
           pack_p<T>(pa, sc);
-          pv_issue<T, D>(o, pa, sv(s), sv(second(s)), Ly::kPanel);
+          pv_issue<T, D>(o, pa, sv(s), Ly::kPanel);
           wgmma_commit();
           wgmma_wait<0>();
           pin(o);
@@ -1101,7 +1097,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         constexpr bool kSerialPV = !kSplit && D == 128;
         wait_tile(s, phase);
         turn_begin();  // turn 0: S(0)
-        qk_issue<T, D>(sc, sq, sk(s), sk(second(s)), Ly::kPanel);
+        qk_issue<T, D>(sc, sq, sk(s), Ly::kPanel);
         wgmma_commit();
         turn_end();
         wgmma_wait<0>();
@@ -1118,7 +1114,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           start_or_rescale_o(o, alpha, split_start);
           pack_p<T>(pa, sc);
           if constexpr (!kPingPong) {
-            pv_issue<T, D>(o, pa, sv(s), sv(second(s)), Ly::kPanel);
+            pv_issue<T, D>(o, pa, sv(s), Ly::kPanel);
             wgmma_commit();
           }
           const bool more = kb < w.kb_last;
@@ -1127,7 +1123,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           if (more) wait_tile(s_next, phase_next);
           turn_begin();  // variant 5's turn t + 1: P V(t), S(t + 1)
           if constexpr (kPingPong) {
-            pv_issue<T, D>(o, pa, sv(s), sv(second(s)), Ly::kPanel);
+            pv_issue<T, D>(o, pa, sv(s), Ly::kPanel);
             wgmma_commit();
           }
           if constexpr (kSerialPV) {
@@ -1136,7 +1132,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
 #pragma unroll
             for (int k2 = 0; k2 < kPSteps; ++k2) pin(pa[k2]);
           }
-          qk_issue<T, D>(sc, sq, sk(more ? s_next : s), sk(second(more ? s_next : s)), Ly::kPanel);
+          qk_issue<T, D>(sc, sq, sk(more ? s_next : s), Ly::kPanel);
           wgmma_commit();
           turn_end();
           wgmma_wait<0>();  // P V(t) and S(t + 1)
