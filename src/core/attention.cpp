@@ -245,10 +245,9 @@ void paged_attention(const TensorView& out, const TensorView& q, const TensorVie
 
 namespace {
 // The split length of the variant: one key tile per split up to 2 sequences, then a tile more for every
-// 2 sequences (1 sequence: 128 keys, 13 sequences: 768), in sm_90's 128-key tiles, a multiple of every
-// plan's tile (the CPU's and sm_80's are 64), so every backend and kernel takes it.
+// 2 sequences (1 sequence: 64 keys, 13 sequences: 384 with 64-key tiles).
 AttentionArgs split_by_seqs(AttentionArgs a) {
-  const int64_t tile = policy::attention_plan({policy::Backend::CUDA, 90}, a.q.dtype, a.head_dim).key_tile;
+  const int64_t tile = policy::attention_plan({}, a.q.dtype, a.head_dim).key_tile;
   a.split_len = tile * std::max<int64_t>(1, a.num_seqs / 2);
   return a;
 }

@@ -37,11 +37,8 @@ GemmPlan gemm_plan(Target t, DType dtype, int64_t, int64_t k) {
 AttentionPlan attention_plan(Target t, DType, int64_t) {
   // 256-key splits: enough independent pieces for a single long decode to fill a GPU (32k keys = 128
   // splits per KV head), and short enough that the split partials cost ~1% of the KV bytes read.
-  // 64-key tiles: one tile of K and V (64 x 128 halves each) fills a pipeline stage of the mma.sync kernel.
-  // sm_90: 128-key tiles, the N of wgmma m64n128 for Q K^T (an m64n64 step reads as many shared-memory
-  // bytes per flop as the SM can feed), and one running-max update and O rescale per 128 keys.
+  // 64-key tiles: one tile of K and V (64 x 128 halves each) fills a pipeline stage of the CUDA kernel.
   if (t.backend == Backend::CPU) return AttentionPlan{256, 64, Mma::FmaChain};
-  if (t.arch == 90) return AttentionPlan{256, 128, Mma::WgmmaSm90};
   return AttentionPlan{256, 64, Mma::MmaSyncSm80};
 }
 

@@ -5,12 +5,13 @@
 // sm_90a code, as the default CMAKE_CUDA_ARCHITECTURES does), every other architecture the mma.sync
 // kernel; the two may round differently, so the choice never looks at the batch or the mode.
 // On sm_90 the default is the warp-specialised wgmma kernel with ping-pong consumers (variant 5: a producer
-// warpgroup feeding two 64-row consumer warpgroups that take turns at the tensor cores), on the sm_90
-// plan's 128-key tiles. BIK_ATTENTION_SM90 picks another for A/B benchmarks (read at each call): 0 the
-// mma.sync kernel (the sm_80 plan's 64-key tiles: other bits), 1 the one-warpgroup wgmma kernel, 3 the
-// warp-specialised kernel running each tile in sequence, 4 the latter with S(j + 1) issued behind P V(j).
-// Variants 1 to 5 give bitwise the same outputs (same arithmetic per row, another schedule), so they may
-// be switched freely.
+// warpgroup feeding two 64-row consumer warpgroups that take turns at the tensor cores), the fastest
+// measured for prefill and as fast as variant 3 for decode (bench/results/logs_h200/998b4f4_*).
+// BIK_ATTENTION_SM90 picks another for A/B benchmarks (read at each call): 0 the mma.sync kernel, 1 the
+// one-warpgroup wgmma kernel, 2 its software-pipelined form, 3 the warp-specialised kernel running each
+// tile in sequence, 4 the latter with S(j + 1) issued behind P V(j), 6 the warp-specialised kernel with
+// S(j + 1) overlapping the softmax of tile j. Variants 1 to 6 give bitwise the same outputs (same
+// arithmetic per row, another schedule), so they may be switched freely.
 //
 // Launch choice: the in-kernel fold (one CTA per 64 query rows walks all their splits) when there are
 // enough such CTAs to fill the GPU or a split launch would not finish first (split_pays: short contexts);
@@ -91,20 +92,23 @@ bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t split
   return per_split <= unsplit;
 }
 
-// The wgmma kernels (variant 1: attention_kernel, 3 to 5: attention_kernel_ws with the schedules
-// kSequential, kOverlap, kPingPong): same Params, same fold kernel for the split-parallel mode. A CTA of
-// variants 3 to 5 takes two query blocks, so their grid has half as many in y (the kernel maps y to the
-// pair).
+// The wgmma kernels (variant 1: attention_kernel, 2: attention_kernel_pipelined, 3 to 6:
+// attention_kernel_ws with the schedules kSequential, kOverlap, kPingPong, kPipelined): same Params, same
+// fold kernel for the split-parallel mode. A CTA of variants 3 to 6 takes two query blocks, so their grid
+// has half as many in y (the kernel maps y to the pair).
 template <typename T, int D>
 void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device, int sms, cudaStream_t st,
                  int64_t rows, int64_t max_seq_len) {
   namespace k90 = attn::sm90;
   int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
   void (*k)(attn::Params) = nullptr;
-  if (variant >= 3 && variant <= 5) {
+  if (variant == 2) {
+    bytes = k90::PipeLayout<D>::kBytes;
+    k = split ? k90::attention_kernel_pipelined<T, D, true> : k90::attention_kernel_pipelined<T, D, false>;
+  } else if (variant >= 3 && variant <= 6) {
     using Ws = k90::WsLayout<D>;
     using k90::WsSchedule;
-    bytes = Ws::kBytes, threads = Ws::kThreads;
+    bytes = variant == 6 ? k90::WsLayout<D, true>::kBytes : Ws::kBytes, threads = Ws::kThreads;
     // Runs of splits only where every CTA column has all of its splits to do: one query block per
     // sequence (decode-like steps). With longer queries the causal blocks before a split's start have
     // nothing in it, and one CTA a split spreads the remaining work better.
@@ -135,9 +139,12 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
     else if (variant == 4)
       k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kOverlap>
                 : k90::attention_kernel_ws<T, D, false, WsSchedule::kOverlap>;
-    else
+    else if (variant == 5)
       k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kPingPong>
                 : k90::attention_kernel_ws<T, D, false, WsSchedule::kPingPong>;
+    else
+      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kPipelined>
+                : k90::attention_kernel_ws<T, D, false, WsSchedule::kPipelined>;
   } else {
     k = split ? k90::attention_kernel<T, D, true> : k90::attention_kernel<T, D, false>;
   }
@@ -158,13 +165,14 @@ bool sm90_kernel_loadable(int device) {
                           device, 90);
 }
 
-// BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "1" -> 1 (one-warpgroup wgmma), "3" -> 3 (warp-specialised,
-// each tile in sequence), "4" -> 4 (warp-specialised, S(j + 1) behind P V(j)); anything else or unset -> 5
-// (4 with ping-pong consumers).
+// BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "1" -> 1 (one-warpgroup wgmma), "2" -> 2 (pipelined wgmma),
+// "4" -> 4 (warp-specialised, S(j + 1) behind P V(j)), "5" -> 5 (4 with ping-pong consumers), "6" -> 6
+// (warp-specialised, S(j + 1) overlapping the softmax of tile j), "3" -> 3 (warp-specialised, each tile in
+// sequence); anything else or unset -> 5.
 int variant_from_env() {
   const char* e = std::getenv("BIK_ATTENTION_SM90");
   if (e != nullptr)
-    for (int v : {0, 1, 3, 4})
+    for (int v : {0, 1, 2, 3, 4, 6})
       if (std::strcmp(e, std::to_string(v).c_str()) == 0) return v;
   return 5;
 }
@@ -219,14 +227,10 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   const int device = a.q.device.index;
   const DeviceInfo& dev = use_device(device);
   const policy::AttentionPlan plan = policy::attention_plan({policy::Backend::CUDA, dev.arch}, a.q.dtype, a.head_dim);
-  // The kernel: on sm_90 a wgmma variant on the plan's 128-key tiles, unless the build has no sm_90a code
-  // or BIK_ATTENTION_SM90=0 asks for the mma.sync kernel, which runs the sm_80 plan's 64-key tiles.
-  const int variant = dev.arch == 90 && sm90_kernel_loadable(device) ? variant_from_env() : 0;
-  const int64_t tile = variant != 0 ? attn::sm90::kTileKeys : attn::kBK;
-  BIK_CHECK(plan.key_tile == tile || (variant == 0 && dev.arch == 90),
-            "paged_attention: the CUDA kernel is built for key tiles of ", tile, ", the plan says ", plan.key_tile);
+  BIK_CHECK(plan.key_tile == attn::kBK, "paged_attention: the CUDA kernel is built for key tiles of ", attn::kBK,
+            ", the plan says ", plan.key_tile);
   const int64_t L = a.split_len > 0 ? a.split_len : plan.split_len;
-  BIK_CHECK(L % tile == 0, "paged_attention: split length ", L, " is not a multiple of the key tile (", tile, ")");
+  BIK_CHECK(L % attn::kBK == 0, "paged_attention: split length ", L, " is not a multiple of the key tile");
   BIK_CHECK(a.tokens * a.q_heads < (int64_t(1) << 31) && a.max_seq_len < (int64_t(1) << 30),
             "paged_attention: sizes out of range for the CUDA kernel (T ", a.tokens, ", heads ", a.q_heads, ")");
   cudaStream_t st = static_cast<cudaStream_t>(s.handle);
@@ -286,6 +290,7 @@ void paged_attention(const AttentionArgs& a, Stream s) {
     p.part_acc = p.part_ml + rows * max_splits * 2;
   }
   const bool bf = a.q.dtype == DType::BF16;
+  const int variant = dev.arch == 90 && sm90_kernel_loadable(device) ? variant_from_env() : 0;
   if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)

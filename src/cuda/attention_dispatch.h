@@ -14,10 +14,12 @@ bool attention_uses_wgmma(int device);
 bool attention_wgmma_available(int device);
 
 // Which kernel the next paged_attention call on `device` runs: 0 the mma.sync kernel
-// (BIK_ATTENTION_SM90=0; 64-key tiles), 1 the one-warpgroup wgmma kernel (BIK_ATTENTION_SM90=1), 3 its
-// warp-specialised variant (BIK_ATTENTION_SM90=3), 4 the latter with S(j + 1) issued behind P V(j)
-// (BIK_ATTENTION_SM90=4), 5 variant 4 with its two consumer warpgroups taking turns at the tensor cores
-// (the default); 1 to 5 run sm_90's 128-key tiles and give bitwise the same outputs.
+// (BIK_ATTENTION_SM90=0), 1 the one-warpgroup wgmma kernel (BIK_ATTENTION_SM90=1), 2 its
+// software-pipelined variant (BIK_ATTENTION_SM90=2), 3 its warp-specialised variant
+// (BIK_ATTENTION_SM90=3), 4 the latter with S(j + 1) issued behind P V(j) (BIK_ATTENTION_SM90=4),
+// 5 variant 4 with its two consumer warpgroups taking turns at the tensor cores (the default),
+// 6 variant 3 with S(j + 1) issued before the softmax of tile j (BIK_ATTENTION_SM90=6); 2 to 6 give
+// bitwise the outputs of 1.
 // Makes `device` current.
 int attention_wgmma_variant(int device);
 

@@ -1,49 +1,49 @@
 // Paged causal attention on Hopper (sm_90a): the plan and the softmax of attention.cuh, with the tensor-core
-// products done by warpgroup MMA (wgmma) instead of mma.sync, on 128-key tiles instead of 64.
+// products done by warpgroup MMA (wgmma) instead of mma.sync.
 //
-// Same work unit, same structure of the plan (attention.cuh's header comment is the contract): one CTA =
-// one sequence, one KV head, 64 query rows, key tiles from the split start, splits at multiples of
-// split_len, the fold of split results in increasing split order, the in-kernel fold ("prefill") and
-// split-parallel ("decode") modes running the same per-split code. What changes is the arithmetic engine
-// and the tile, and they change for BOTH modes on sm_90, never with the mode or the batch:
-//  - key tiles of kTileKeys = 128 (policy::attention_plan for sm_90): one running-max update and one
-//    rescale of O per 128 keys, half as many as with 64-key tiles;
-//  - S = Q K^T: wgmma m64n128k16, Q and K tiles in shared memory (SS), K steps of 16 over head_dim from
-//    d = 0, the first step writing the F32 accumulator of the score (scale-d 0), each later one adding
-//    into it;
+// Same work unit, same plan (attention.cuh's header comment is the contract): one CTA = one sequence, one
+// KV head, 64 query rows, 64-key tiles from the split start, splits at multiples of split_len, the fold of
+// split results in increasing split order, the in-kernel fold ("prefill") and split-parallel ("decode")
+// modes running the same per-split code. The CTA is one warpgroup (4 warps x 16 rows); what changes is
+// the arithmetic engine, and it changes for BOTH modes on sm_90, never with the mode or the batch:
+//  - S = Q K^T: wgmma m64n64k16, Q and K tiles in shared memory (SS), K steps of 16 over head_dim from
+//    d = 0, each adding into the same F32 accumulator of the score;
 //  - O += P V: wgmma m64n(D)k16 with P from registers (RS: the score accumulators rounded to the input
 //    dtype, which is exactly how the mma.sync kernel forms P) and V from shared memory, in increasing
 //    16-key steps;
-//  - the softmax between them is attention.cuh's code over a tile twice as wide: the wgmma accumulator of
-//    m64nN gives each thread rows lane/4 and lane/4 + 8 of its warp's 16 and columns 8j + 2(lane%4) +
-//    {0, 1}, the pattern of mma.sync m16n8 repeated over N/8, so the thread-local order (j increasing)
-//    and the 4-lane shuffle tree are the mma.sync kernel's, over 16 column groups instead of 8.
-// The two engines use different tiles and instructions, so which one runs is a function of the device
-// alone: wgmma on every sm_90 device whose build has sm_90a code, for every mode and batch.
-// BIK_ATTENTION_SM90=0 in the environment forces the mma.sync kernel on sm_90 (read at each call; for A/B
-// benchmarks only, a process must not mix the two engines if it wants invariant outputs).
+//  - the softmax between them is attention.cuh's code line by line: the wgmma accumulator of m64nN gives
+//    each thread rows lane/4 and lane/4 + 8 of its warp's 16 and columns 8j + 2(lane%4) + {0, 1}, the
+//    pattern of mma.sync m16n8 repeated over N/8, so the thread-local order and the 4-lane shuffle tree
+//    are unchanged.
+// wgmma and mma.sync may round differently, so which engine runs is a function of the device alone:
+// wgmma on every sm_90 device whose build has sm_90a code, for every mode and batch. BIK_ATTENTION_SM90=0
+// in the environment forces the mma.sync kernel on sm_90 (read at each call; for A/B benchmarks only,
+// a process must not mix the two engines if it wants invariant outputs).
 //
-// Four wgmma variants run the same arithmetic (the helpers below hold all of it), so their outputs are
+// Six wgmma variants run the same arithmetic (the helpers below hold all of it), so their outputs are
 // bitwise equal and any of them may serve any call: variant 1 (attention_kernel, BIK_ATTENTION_SM90=1)
-// runs each tile's steps in sequence, one warpgroup a CTA; variant 3 (attention_kernel_ws) is
-// warp-specialised: a producer warpgroup gathers K and V into a deep mbarrier ring shared by two consumer
-// warpgroups, each running variant 1's per-tile sequence on its own 64 query rows; variant 4
-// (BIK_ATTENTION_SM90=4) is variant 3 with S(j + 1) issued right behind P V(j) in each consumer; variant 5
-// (BIK_ATTENTION_SM90=5) is variant 4 with the two consumers taking turns at the tensor cores
-// (named-barrier ping-pong), so one's softmax overlaps the other's products (the default on sm_90). Only
-// the schedule differs; tests/gpu/test_attention_cuda.cpp compares them with memcmp.
+// runs each tile's steps in sequence; variant 2 (attention_kernel_pipelined, BIK_ATTENTION_SM90=2)
+// overlaps the softmax of tile j with the tensor-core work of S(j + 1) and P V(j - 1) and keeps K one tile
+// ahead of V in its copy ring; variant 3 (attention_kernel_ws) is warp-specialised: a producer
+// warpgroup gathers K and V into a deep mbarrier ring shared by two consumer warpgroups, each running
+// variant 1's per-tile sequence on its own 64 query rows; variant 4 (BIK_ATTENTION_SM90=4) is variant 3
+// with S(j + 1) issued right behind P V(j) in each consumer; variant 5 (BIK_ATTENTION_SM90=5) is variant
+// 4 with the two consumers taking turns at the tensor cores (named-barrier ping-pong), so one's softmax
+// overlaps the other's products (the default on sm_90); variant 6 (BIK_ATTENTION_SM90=6) is variant 3
+// with variant 2's schedule in each consumer and the fold's accumulators in shared memory. Only the
+// schedule differs; tests/gpu/test_attention_cuda.cpp compares them with memcmp.
 //
-// Shared memory (rows of D halves cut into panels of 64 columns = 128-byte rows, in the 128-byte swizzle:
-// 16-byte chunk c of row r at chunk c ^ (r % 8), every pattern 1024-aligned):
-//  - Q [64 rows][D]: the A operand of Q K^T, K-major, panels 8 KB apart;
-//  - K [128 keys][D] x stages: the B operand of Q K^T, K-major (N = keys);
-//  - V [128 keys][D] x stages: the B operand of P V, MN-major (N = d contiguous), read with the transpose
+// Shared memory (all tiles 64 rows x D halves, each cut into panels of 64 columns = 128-byte rows, in the
+// 128-byte swizzle: 16-byte chunk c of row r at chunk c ^ (r % 8), panels 8 KB apart and 1024-aligned):
+//  - Q [64 rows][D]: the A operand of Q K^T, K-major;
+//  - K [64 keys][D] x stages: the B operand of Q K^T, K-major (N = keys);
+//  - V [64 keys][D] x stages: the B operand of P V, MN-major (N = d contiguous), read with the transpose
 //    bit: descriptor leading byte offset = panel stride (next 64 columns of d), stride byte offset =
 //    1024 (next 8 keys).
 // Loads: cp.async of 16-byte chunks gathered through the block table (each key row from its block), into
 // the swizzled layout; stages in a ring (wait, proxy fence, barrier, then refill the stage freed by the
-// previous tile; the warp-specialised kernels' ring is described at WsLayout). Keys past every row's
-// position are zero-filled; rows past the CTA's queries are zeros.
+// previous tile; variant 2's ring is described at PipeLayout). Keys past every row's position are
+// zero-filled; rows past the CTA's queries are zeros.
 #pragma once
 #include "cuda/attention.cuh"
 #include "cuda/gemm_sm90_wgmma.cuh"
@@ -57,34 +57,19 @@ namespace bik::cuda::attn::sm90 {
 
 using gemm_detail::sm90::Wgmma;  // SS form, both operands K-major: S = Q K^T
 
-// Keys per tile of the sm_90 kernels (policy::attention_plan's key_tile for sm_90; divides split_len).
-constexpr int kTileKeys = 128;
-constexpr int kScores = kTileKeys / 2;  // score accumulators per thread (m64n128)
-
-// Byte offset of 16-byte chunk c (columns 8c..8c+7) of row r in the 128-byte swizzle, 64-column panels
-// `panel` bytes apart.
-__host__ __device__ constexpr uint32_t swizzled(int r, int c, int panel) {
-  return uint32_t((c >> 3) * panel + r * 128 + (((c & 7) ^ (r & 7)) << 4));
-}
-
-// Q tile of 64 rows (every kernel): panels 8 KB apart.
-template <int D>
-struct QTile {
-  static constexpr int kPanel = kRows * 128;
-  static constexpr int kBytes = (D / 64) * kPanel;
-  __device__ __forceinline__ static uint32_t off(int r, int c) { return swizzled(r, c, kPanel); }
-};
-
-// Variant 1's shared memory: Q, then a ring of K tiles and one of V tiles (128 keys each, panels 16 KB
-// apart). D = 128: 2 stages (144 KB, one CTA an SM); D = 64: 3 stages (104 KB, two).
 template <int D>
 struct Layout {
-  static constexpr int kPanel = kTileKeys * 128;
-  static constexpr int kTile = (D / 64) * kPanel;  // one K or V tile
+  static constexpr int kPanel = kBK * 128;        // 64 rows of 128 bytes
+  static constexpr int kTile = (D / 64) * kPanel;  // one Q, K or V tile
+  // D = 128: 2 stages keep a CTA at 81 KB, so two CTAs (two warpgroups) share an SM and one's softmax
+  // overlaps the other's wgmma. D = 64 tiles are half the size: 3 stages.
   static constexpr int kStages = D == 128 ? 2 : 3;
-  static constexpr int kOffK = QTile<D>::kBytes, kOffV = kOffK + kStages * kTile;
+  static constexpr int kOffK = kTile, kOffV = kOffK + kStages * kTile;
   static constexpr int kBytes = kOffV + kStages * kTile + 1024;  // + slack to align the base to 1024
-  __device__ __forceinline__ static uint32_t off(int r, int c) { return swizzled(r, c, kPanel); }
+  // Byte offset of 16-byte chunk c (columns 8c..8c+7) of row r inside a tile.
+  __device__ __forceinline__ static uint32_t off(int r, int c) {
+    return uint32_t((c >> 3) * kPanel + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+  }
 };
 
 // wgmma.mma_async m64nNk16, F32 accumulate, A (16-bit) from registers in the accumulator pattern of
@@ -173,57 +158,6 @@ struct WgmmaRS<128, __half> {
   }
 };
 
-// wgmma.mma_async m64n128k16 SS (both operands K-major), scale-d 0: the accumulators are written, not added
-// to, so they need no zeroing and hold nothing live before the instruction (the first k-step of S = Q K^T).
-template <typename T>
-struct WgmmaFirst;
-
-template <>
-struct WgmmaFirst<__nv_bfloat16> {
-  __device__ __forceinline__ static void mma(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]),
-          "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]),
-          "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),
-          "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]),
-          "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]),
-          "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]),
-          "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]),
-          "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63])
-        : "l"(desc_a), "l"(desc_b), "r"(0));
-  }
-};
-
-template <>
-struct WgmmaFirst<__half> {
-  __device__ __forceinline__ static void mma(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]),
-          "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]),
-          "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]),
-          "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]),
-          "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]),
-          "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]),
-          "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]),
-          "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63])
-        : "l"(desc_a), "l"(desc_b), "r"(0));
-  }
-};
-
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
 using sm90_sync::fence_proxy_async;
 using sm90_sync::pin;
@@ -260,7 +194,7 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lead_byte
 }
 #endif
 
-// ---- Pieces shared by the variants. The arithmetic lives only here, so every kernel runs the same
+// ---- Pieces shared by the two variants. The arithmetic lives only here, so both kernels run the same
 // instructions on the same values in the same order per row and their outputs are bitwise equal. ----
 
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
@@ -288,10 +222,10 @@ __device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w, int qblo
     const int span = p.splits_per_cta * L;  // the CTA's consecutive splits
     w.kb_begin = bz * span;
     if (w.kb_begin > w.pmax) return false;
-    w.kb_last = min(w.kb_begin + span - 1, w.pmax) / kTileKeys * kTileKeys;
+    w.kb_last = min(w.kb_begin + span - 1, w.pmax) / kBK * kBK;
   } else {
     w.kb_begin = 0;
-    w.kb_last = w.pmax / kTileKeys * kTileKeys;
+    w.kb_last = w.pmax / kBK * kBK;
   }
   w.valid_rows = ntok * p.group;
   return true;
@@ -315,7 +249,7 @@ __device__ __forceinline__ void load_q(const Params& p, const WorkUnit& w, uint3
       const RowPos rp = row_pos(p, r);
       src += int64_t(w.q0 + w.tok0 + rp.tok) * p.q_s0 + int64_t(w.kvh * p.group + rp.head) * p.q_s1 + c * 8;
     }
-    cp_async_16(sq + QTile<D>::off(r, c), src, live ? 16 : 0);
+    cp_async_16(sq + Layout<D>::off(r, c), src, live ? 16 : 0);
   }
 }
 
@@ -337,23 +271,25 @@ __device__ __forceinline__ void thread_rows(const Params& p, const WorkUnit& w, 
 // Accumulator patterns (m64nN): s[4j + e] is row g + 8 (e / 2), key kb + 8j + 2cq + e % 2 (attention.cuh's
 // s[j][e]); o[4n + e] is row g + 8 (e / 2), column 8n + 2cq + e % 2 (its o[n][e]).
 
-// S = Q K^T for one 128-key tile: head_dim in k-steps of 16 from d = 0, the first writing the
-// accumulators (WgmmaFirst), the others adding into them. Issued, not committed: the caller commits, waits
-// and pins s. k_panel: the bytes between K's 64-column panels (the tile's layout in its ring).
+// The score accumulators start at zero and every k-step adds into them (scale-d = 1).
+__device__ __forceinline__ void zero_scores(float (&s)[32]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) s[i] = 0.f;
+  pin(s);
+}
+
+// S = Q K^T for one 64-key tile into zeroed accumulators (zero_scores): head_dim in k-steps of 16 from
+// d = 0. Issued, not committed: the caller commits, waits and pins s.
 template <typename T, int D>
-__device__ __forceinline__ void qk_issue(float (&s)[kScores], uint32_t sq, uint32_t sk, uint32_t k_panel) {
+__device__ __forceinline__ void qk_issue(float (&s)[32], uint32_t sq, uint32_t sk) {
   wgmma_fence();
   // Each k-step's descriptors are the tiles' plus the step's byte offset / 16 in the address field
   // (shared addresses stay below 2^18, so the 14-bit field never carries).
   const uint64_t dq = desc_sw128(sq, 16, 1024), dk = desc_sw128(sk, 16, 1024);
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    // 16 halves = 32 bytes per k-step inside a panel
-    const uint32_t at_q = (kk >> 2) * QTile<D>::kPanel + (kk & 3) * 32, at_k = (kk >> 2) * k_panel + (kk & 3) * 32;
-    if (kk == 0)
-      WgmmaFirst<T>::mma(s, dq + (at_q >> 4), dk + (at_k >> 4));
-    else
-      Wgmma<kTileKeys, T>::mma(s, dq + (at_q >> 4), dk + (at_k >> 4));
+    const uint32_t at = (kk >> 2) * Layout<D>::kPanel + (kk & 3) * 32;  // 16 halves = 32 bytes per k-step
+    Wgmma<64, T>::mma(s, dq + (at >> 4), dk + (at >> 4));
   }
 }
 
@@ -365,7 +301,7 @@ __device__ __forceinline__ void qk_issue(float (&s)[kScores], uint32_t sq, uint3
 // Rows with no query (pos_r = -1) are not masked there either: their Q is zero, so their scores are
 // finite, and their results are never stored.
 template <bool kMask>
-__device__ __forceinline__ void softmax_tile_body(float (&s)[kScores], int kb, int cq, const int (&pos_r)[2],
+__device__ __forceinline__ void softmax_tile_body(float (&s)[32], int kb, int cq, const int (&pos_r)[2],
                                                   float scale_log2, float (&m_run)[2], float (&l_run)[2],
                                                   float (&alpha)[2]) {
   const float kNegInf = -__int_as_float(0x7f800000);
@@ -378,7 +314,7 @@ __device__ __forceinline__ void softmax_tile_body(float (&s)[kScores], int kb, i
 #pragma unroll
     for (int c = 0; c < 4; ++c) pm[h][c] = kNegInf;
 #pragma unroll
-  for (int j = 0; j < kScores / 4; ++j)
+  for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int h = e >> 1;
@@ -400,7 +336,7 @@ __device__ __forceinline__ void softmax_tile_body(float (&s)[kScores], int kb, i
   }
   // p = 2^(x * scale - max) with one rounding: fma(x, scale, -max).
 #pragma unroll
-  for (int j = 0; j < kScores / 4; ++j)
+  for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int h = e >> 1;
@@ -417,7 +353,7 @@ __device__ __forceinline__ void softmax_tile_body(float (&s)[kScores], int kb, i
   }
 }
 // `masked`: some key of the tile is past the first row's position (the tile reaches the CTA's diagonal).
-__device__ __forceinline__ void softmax_tile(float (&s)[kScores], int kb, int cq, const int (&pos_r)[2], float scale_log2,
+__device__ __forceinline__ void softmax_tile(float (&s)[32], int kb, int cq, const int (&pos_r)[2], float scale_log2,
                                              float (&m_run)[2], float (&l_run)[2], float (&alpha)[2],
                                              bool masked = true) {
   if (masked)
@@ -429,11 +365,10 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kScores], int kb, int cq
 // P = the tile's probabilities rounded to T, in the A-fragment pattern: P's fragment for keys 16k2.. is
 // the score pattern of those 16 columns: (s[8k2], s[8k2 + 1]) row g, (s[8k2 + 2], ..3) row g + 8, then
 // the same 8 keys on.
-constexpr int kPSteps = kTileKeys / 16;  // 16-key steps of P V
 template <typename T>
-__device__ __forceinline__ void pack_p(uint32_t (&pa)[kPSteps][4], const float (&s)[kScores]) {
+__device__ __forceinline__ void pack_p(uint32_t (&pa)[4][4], const float (&s)[32]) {
 #pragma unroll
-  for (int k2 = 0; k2 < kPSteps; ++k2) {
+  for (int k2 = 0; k2 < 4; ++k2) {
 #pragma unroll
     for (int r = 0; r < 4; ++r) pa[k2][r] = pack2<T>(s[8 * k2 + 2 * r], s[8 * k2 + 2 * r + 1]);
     pin(pa[k2]);
@@ -462,15 +397,13 @@ __device__ __forceinline__ void start_or_rescale_o(float (&o)[R], const float (&
 }
 
 // O += P V, 16 keys per step in increasing order. Issued, not committed; wgmma reads pa and o
-// asynchronously, so neither may be touched before the group completes. v_panel: the bytes between V's
-// 64-column panels (the tile's layout in its ring).
+// asynchronously, so neither may be touched before the group completes.
 template <typename T, int D>
-__device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)[kPSteps][4], uint32_t sv,
-                                         uint32_t v_panel) {
+__device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t sv) {
   wgmma_fence();
-  const uint64_t dv = desc_sw128(sv, v_panel, 1024);
+  const uint64_t dv = desc_sw128(sv, Layout<D>::kPanel, 1024);
 #pragma unroll
-  for (int k2 = 0; k2 < kPSteps; ++k2)  // keys 16k2.. start 16 rows (2048 bytes) into the V tile
+  for (int k2 = 0; k2 < 4; ++k2)  // keys 16k2.. start 16 rows (2048 bytes) into the V tile
     WgmmaRS<D, T>::mma(o, pa[k2], dv + (k2 * 16 * 128 >> 4));
 }
 
@@ -536,6 +469,30 @@ __device__ __forceinline__ void finish_split(const Params& p, int j, int cq, con
   }
 }
 
+// The same fold with the folded accumulators in shared memory (variant 6): this thread's D / 2 values
+// as D / 8 float4s, `acc` pointing at its first, the next one kThreads float4s on (a warp touches 512
+// consecutive bytes per access). Same coefficients, same per-element arithmetic, same order.
+template <int D, bool kAllLive = false>
+__device__ __forceinline__ void fold_split_smem(float4* acc, int j, int L, const int (&pos_r)[2], const float (&m)[2],
+                                                const float (&l)[2], const float (&o)[D / 2], float (&M_f)[2],
+                                                float (&L_f)[2]) {
+  FoldCoef fc[2];
+  bool live[2];
+  fold_rows<kAllLive>(j, L, pos_r, m, l, M_f, L_f, fc, live);
+#pragma unroll
+  for (int i4 = 0; i4 < D / 8; ++i4) {
+    float4 a = acc[i4 * kThreads];
+    float* av = &a.x;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = 4 * i4 + e, h = (i >> 1) & 1;
+      const float An = fold(av[e], o[i], fc[h]);
+      av[e] = live[h] ? An : av[e];
+    }
+    acc[i4 * kThreads] = a;
+  }
+}
+
 // The in-kernel fold's state before split 0 (finish_split): accf = -0, so that fma(-0, 0, x) = x for
 // every x, +0 included; M_f and L_f are replaced by split 0's values.
 template <int R>
@@ -597,7 +554,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
   // unroll hoists every block-table read and spills registers at D = 128.)
   auto load_tile = [&](int stage, int kb) {
 #pragma unroll 2
-    for (int it = 0; it < kTileKeys * kChunks / kThreads; ++it) {
+    for (int it = 0; it < kBK * kChunks / kThreads; ++it) {
       const int i = threadIdx.x + it * kThreads;
       const int r = i / kChunks, c = i % kChunks;
       const int kp = kb + r;
@@ -616,15 +573,15 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
   cp_async_commit();
 #pragma unroll
   for (int t = 1; t < S - 1; ++t) {
-    if (w.kb_begin + t * kTileKeys <= w.kb_last) load_tile(t, w.kb_begin + t * kTileKeys);
+    if (w.kb_begin + t * kBK <= w.kb_last) load_tile(t, w.kb_begin + t * kBK);
     cp_async_commit();
   }
 
   const int cq = threadIdx.x & 3;
   int pos_r[2], row_id[2];
   thread_rows(p, w, threadIdx.x, pos_r, row_id);
-  float s[kScores];
-  uint32_t pa[kPSteps][4];
+  float s[32];
+  uint32_t pa[4][4];
   float o[kO];
   float accf[kSplit ? 1 : kO];  // folded over the finished splits (in-kernel fold mode)
   float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
@@ -633,27 +590,28 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
   const float kNegInf = -__int_as_float(0x7f800000);
 
   int stage = 0;
-  for (int kb = w.kb_begin; kb <= w.kb_last; kb += kTileKeys, stage = stage + 1 == S ? 0 : stage + 1) {
+  for (int kb = w.kb_begin; kb <= w.kb_last; kb += kBK, stage = stage + 1 == S ? 0 : stage + 1) {
     // Tile kb has landed (this thread's copies), is visible to the async proxy, and every thread is past
     // the previous tile, whose stage the refill below overwrites.
     cp_async_wait<S - 2>();
     fence_proxy_async();
     __syncthreads();
     {
-      const int kn = kb + (S - 1) * kTileKeys;
+      const int kn = kb + (S - 1) * kBK;
       const int sn = stage + S - 1 >= S ? stage - 1 : stage + S - 1;
       if (kn <= w.kb_last) load_tile(sn, kn);
       cp_async_commit();
     }
     const bool split_start = kb % L == 0;
-    const bool split_end = (kb + kTileKeys) % L == 0 || kb == w.kb_last;
+    const bool split_end = (kb + kBK) % L == 0 || kb == w.kb_last;
     if (split_start) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
 #pragma unroll
       for (int i = 0; i < kO; ++i) o[i] = 0.f;
     }
-    qk_issue<T, D>(s, sq, sk(stage), Ly::kPanel);
+    zero_scores(s);
+    qk_issue<T, D>(s, sq, sk(stage));
     wgmma_commit();
     wgmma_wait<0>();
     pin(s);
@@ -661,12 +619,171 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
     softmax_tile(s, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
     rescale_o(o, alpha);
     pack_p<T>(pa, s);
-    pv_issue<T, D>(o, pa, sv(stage), Ly::kPanel);
+    pv_issue<T, D>(o, pa, sv(stage));
     wgmma_commit();
     wgmma_wait<0>();
     pin(o);
     if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
   }
+  cp_async_wait<0>();
+  if constexpr (!kSplit) store_out<T, D>(p, w, threadIdx.x, cq, accf, L_f);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
+  __trap();  // sm_90 code without the sm_90a features: the host only launches this where sm_90a was built
+#endif
+}
+
+// ---- Variant 2 (BIK_ATTENTION_SM90=2): the same pieces, software-pipelined inside the warpgroup. ----
+//
+// Step j (entered with S(j) complete in `cur`, `nxt` zeroed, P V(j - 1) in flight):
+//   copies of K(j + 1) and V(j) landed -> proxy fence -> barrier -> refill the copy ring;
+//   issue S(j + 1) into `nxt`         (the tensor cores now hold P V(j - 1) and S(j + 1))
+//   softmax of tile j on `cur`        (overlaps both)
+//   wait for both; end tile j - 1's split if it ended; O *= alpha_j; P(j) from `cur`; zero `cur` for
+//   S(j + 2); issue P V(j)            (it runs through the next step's barrier and copies)
+// Accumulator registers are read or written by other instructions only while no wgmma is in flight (the
+// rescale, the zeroing, the split's end), and every step issues the same wgmmas: otherwise ptxas cannot
+// follow the in-flight groups and serialises every wgmma (ptxas -v: C7514 / C7515; a wait_group 1 that
+// retires P V(j - 1) before the softmax is enough to trigger it).
+// Per row this is variant 1's sequence of operations on the same values: S(j + 1) reads only Q and K;
+// tile j's (m, l) update precedes P V(j); O is rescaled by alpha_j after P V(j - 1) and before P V(j);
+// a split's (m, l) are kept (m_end, l_end) past the next tile's reset until its O is complete. The two
+// score buffers swap roles every step (the loop body is written out twice so both stay in registers).
+//
+// Copies: S(j + 1) needs K(j + 1) while P V(j) needs V(j), so K runs one tile ahead of V: copy group G_t
+// carries K(t + 1) and V(t) (the first group: Q and K(0)), K and V have separate rings, and step j waits
+// for G_j, then issues G_{j + kAhead}. Its K(j + kAhead + 1) takes the stage of K(j), whose S completed in
+// step j - 1; its V(j + kAhead) takes the stage of V(j - 2), whose P V completed in step j - 1 (P V(j - 1)
+// is still reading V(j - 1)). The barrier at the top of step j orders both refills after every warp's wait.
+template <int D>
+struct PipeLayout {
+  // D = 128: one group ahead keeps a CTA at 97 KB (two per SM); D = 64: two ahead, 65 KB.
+  static constexpr int kAhead = D == 128 ? 1 : 2;
+  static constexpr int kStagesK = kAhead + 1;  // K(j + 1 .. j + kAhead + 1) after the refill of step j
+  static constexpr int kStagesV = kAhead + 2;  // V(j - 1 .. j + kAhead): P V(j - 1) still reads V(j - 1)
+  static constexpr int kTile = Layout<D>::kTile;
+  static constexpr int kOffK = kTile, kOffV = kOffK + kStagesK * kTile;
+  static constexpr int kBytes = kOffV + kStagesV * kTile + 1024;  // + slack to align the base to 1024
+};
+
+template <typename T, int D, bool kSplit>
+__global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const Params p) {
+  pdl_wait();
+#ifdef BIK_ATTN_SM90_DEVICE_CODE
+  using Ly = PipeLayout<D>;
+  constexpr int A = Ly::kAhead, SK = Ly::kStagesK, SV = Ly::kStagesV;
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int kO = D / 2;       // O accumulators per thread (m64nD)
+  extern __shared__ __align__(1024) uint8_t smem[];
+
+  WorkUnit w;
+  if (!work_unit<kSplit>(p, w, blockIdx.y, blockIdx.x, blockIdx.z)) return;
+  const int L = p.split_len;
+  const int n = (w.kb_last - w.kb_begin) / kBK + 1;  // tiles
+  const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
+  const uint32_t sq = base;
+  auto sk = [&](int t) { return base + Ly::kOffK + (t % SK) * Ly::kTile; };  // stage of K(t)
+  auto sv = [&](int t) { return base + Ly::kOffV + (t % SV) * Ly::kTile; };  // stage of V(t)
+  const int32_t* bt = p.block_tables + int64_t(w.seq) * p.bt_s0;
+
+  // Rows kb..kb + 63 of one cache (K or V) into a tile: key row kb + r from its block of the block table,
+  // keys past every row's position zero-filled.
+  auto load_rows = [&](const void* cache, uint32_t dst, int kb) {
+    const T* src = static_cast<const T*>(cache);
+#pragma unroll 2
+    for (int it = 0; it < kBK * kChunks / kThreads; ++it) {
+      const int i = threadIdx.x + it * kThreads;
+      const int r = i / kChunks, c = i % kChunks;
+      const int kp = kb + r;
+      const bool live = kp <= w.pmax;
+      int64_t off = 0;
+      if (live) {
+        const int64_t blk = bt[int64_t(kp / p.block_size) * p.bt_s1];
+        off = blk * p.cache_blk + int64_t(kp % p.block_size) * p.cache_tok + int64_t(w.kvh) * D + c * 8;
+      }
+      cp_async_16(dst + Layout<D>::off(r, c), src + off, live ? 16 : 0);
+    }
+  };
+  // Copy group G_t: K(t + 1) and V(t), each only if the tile exists (an empty group otherwise, so that the
+  // group count, and with it every wait below, is the same at every step).
+  auto load_group = [&](int t) {
+    if (t + 1 < n) load_rows(p.k_cache, sk(t + 1), w.kb_begin + (t + 1) * kBK);
+    if (t < n) load_rows(p.v_cache, sv(t), w.kb_begin + t * kBK);
+    cp_async_commit();
+  };
+
+  // Prologue: Q and K(0) in their own group, then G_0 .. G_{A-1}; S(0) once Q and K(0) have landed.
+  load_q<T, D>(p, w, sq, threadIdx.x);
+  load_rows(p.k_cache, sk(0), w.kb_begin);
+  cp_async_commit();
+#pragma unroll
+  for (int t = 0; t < A; ++t) load_group(t);
+  cp_async_wait<A>();
+  fence_proxy_async();
+  __syncthreads();
+
+  const int cq = threadIdx.x & 3;
+  int pos_r[2], row_id[2];
+  thread_rows(p, w, threadIdx.x, pos_r, row_id);
+  float sa[32], sb[32];  // the scores of the current and the next tile, swapping roles every step
+  uint32_t pa[4][4];     // P of the tile whose P V is in flight
+  float o[kO];
+  float accf[kSplit ? 1 : kO];  // folded over the finished splits (in-kernel fold mode)
+  float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
+  float m_end[2], l_end[2];     // a finished split's (m, l), kept until its O is complete
+  float M_f[2], L_f[2];
+  fold_start(accf, M_f, L_f);
+  const float kNegInf = -__int_as_float(0x7f800000);
+
+  zero_scores(sa);
+  qk_issue<T, D>(sa, sq, sk(0));
+  wgmma_commit();
+  wgmma_wait<0>();
+  pin(sa);
+  zero_scores(sb);
+
+  auto step = [&](int j, float (&cur)[32], float (&nxt)[32]) {
+    const int kb = w.kb_begin + j * kBK;
+    // G_j (K(j + 1), V(j)) has landed and is visible to the async proxy, and every warp is past the waits
+    // of S(j) and P V(j - 2): the stages the refill overwrites (PipeLayout's comment) are free.
+    cp_async_wait<A - 1>();
+    fence_proxy_async();
+    __syncthreads();
+    load_group(j + A);
+
+    // Past the last tile the product is still issued, on Q as its own B operand, and thrown away: with
+    // a conditional issue ptxas can no longer prove which wgmmas are in flight and serialises them all.
+    qk_issue<T, D>(nxt, sq, j + 1 < n ? sk(j + 1) : sq);
+    wgmma_commit();
+    const bool split_start = kb % L == 0;  // for j > 0 also the end of tile j - 1's split
+    if (split_start) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) m_end[h] = m_run[h], l_end[h] = l_run[h], m_run[h] = kNegInf, l_run[h] = 0.f;
+    }
+    float alpha[2];
+    softmax_tile(cur, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha);
+
+    wgmma_wait<0>();  // P V(j - 1) and S(j + 1)
+    pin(o);
+    pin(nxt);
+#pragma unroll
+    for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(j - 1) stays in its registers until here
+    pack_p<T>(pa, cur);  // first: `cur` is dead from here to its zeroing, which eases the split's end
+    if (split_start && j > 0)
+      finish_split<D, kSplit>(p, (kb - kBK) / L, cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
+#pragma unroll
+    for (int i = 0; i < kO; ++i) o[i] = split_start ? 0.f : o[i];  // a select: no second copy of o
+    rescale_o(o, alpha);
+    zero_scores(cur);  // S(j + 2)'s accumulators
+    pv_issue<T, D>(o, pa, sv(j));
+    wgmma_commit();
+  };
+  for (int j = 0; j < n; j += 2) {
+    step(j, sa, sb);
+    if (j + 1 < n) step(j + 1, sb, sa);
+  }
+  wgmma_wait<0>();
+  pin(o);
+  finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
   cp_async_wait<0>();
   if constexpr (!kSplit) store_out<T, D>(p, w, threadIdx.x, cq, accf, L_f);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
@@ -690,34 +807,30 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
 //
 // Why it is faster than variant 1: the consumers never compute an address or read the block table (the
 // block-table reads and index arithmetic of the gather ran on variant 1's critical path between
-// its tensor-core steps), the ring is deeper, each K/V byte copied serves 128 query rows instead of 64,
-// and the two consumers' tensor-core work and softmax interleave on the SM.
+// its tensor-core steps), the ring is kStages deep instead of 2..3, each K/V byte copied serves 128
+// query rows instead of 64, and the two consumers' tensor-core work and softmax interleave on the SM.
 //
-// Ring protocol. The producer copies the stream in 64-key stages (stream stage u = 2t, 2t + 1 for the
-// two halves of 128-key tile t; ring slot s = u % kStages, parity (u / kStages) & 1); kStages is even,
-// so a tile always takes slots 2i and 2i + 1, which the layout (WsLayout) places back to back in every
-// 64-column panel: one 128-row K or V tile for the consumers' descriptors.
+// Ring protocol (stage s = t % kStages for stream tile t, parity (t / kStages) & 1):
 //  - full[s]: 128 arrivals, one per producer thread, made by the copy hardware once that thread's copies
-//    of the stage have landed (cp.async.mbarrier.arrive.noinc), so the producer never waits on a copy.
+//    of the tile have landed (cp.async.mbarrier.arrive.noinc), so the producer never waits on a copy.
 //    Each consumer thread then issues the proxy fence before its wgmma (the async proxy) reads the
-//    tile: the bytes were written through the generic proxy and are visible to it via the barriers;
+//    stage: the bytes were written through the generic proxy and are visible to it via the barrier;
 //  - empty[s]: 8 arrivals, lane 0 of each consumer warp once its P V of the tile has completed (wait
 //    group 0), i.e. every wgmma reading the stage is done; the producer waits for it before refilling.
 // A consumer whose block ends before the stream does keeps waiting and releasing the remaining tiles
-// without computing, so every phase of every barrier gets its arrivals. Tile t's slots need only tile
-// t - kStages / 2 released, and each consumer releases its tiles in order, so the ring cannot deadlock;
-// the producer runs up to kStages / 2 tiles ahead of the slower consumer.
+// without computing, so every phase of every barrier gets its arrivals. Tile t's stage needs only tile
+// t - kStages released, and each consumer releases its tiles in order, so the ring cannot deadlock; the
+// producer runs up to kStages tiles ahead of the slower consumer.
 //
 // Registers: 384 threads at one CTA per SM start at 168; the producer drops to 40 and the consumers rise
-// to 232 (setmaxnreg): O, the fold (in-kernel fold mode), the scores and P.
+// to 232 (setmaxnreg), which is variant 1's state (O, the fold, the scores and P) without its copy code.
 // The grid's y runs over pairs of query blocks from the last (longest causal rows) to the first.
 //
 // The schedules differ only in the consumers' order of issue (WsSchedule):
 //  - kSequential (variant 3): each tile's S, softmax and P V in sequence, as variant 1;
 //  - kOverlap (variant 4): S(t + 1) goes to the tensor cores right behind P V(t), before either is waited
-//    for, instead of after P V(t) has completed. Not at D = 128 in the in-kernel fold mode: O, the fold,
-//    P(t) and S(t + 1) would take 224 of the 232 registers, so there P V(t) completes (and P(t) dies)
-//    before S(t + 1) is issued into the same registers (kSerialPV);
+//    for, instead of after P V(t) has completed; the registers stay within the same 232 (ptxas: no
+//    spills, the two groups stay asynchronous);
 //  - kPingPong (variant 5): variant 4's per-warpgroup sequence, with the two consumers taking turns at
 //    the tensor cores (the ping-pong below), so one's softmax runs while the other's products do.
 //
@@ -726,71 +839,64 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
 // with two named barriers, kTurnBar + c for consumer c, each of 256 threads: consumer c waits on its own
 // (bar.sync, 128 threads) before it issues, and right after its last commit of the turn it arrives on
 // its partner's (bar.arrive, the other 128). A turn is one issue of wgmma groups: turn 0 issues S(0),
-// turn k >= 1 issues P V(k - 1) and S(k) (the product past the last tile runs on the last tile's K and
-// is dropped, as in variant 4). The turns alternate strictly, 0, 1, 0, 1, ...: consumer 1 arrives once before its first
+// turn k >= 1 issues P V(k - 1) and S(k) (the product past the last tile runs on Q and is dropped, as in
+// variant 4). The turns alternate strictly, 0, 1, 0, 1, ...: consumer 1 arrives once before its first
 // turn, which opens consumer 0's turn 0, and consumer c's turn k needs its partner's turn k - 1 + c. The
 // tensor cores run the groups in the order issued, so while consumer 0's softmax of tile k runs, the
 // cores work through consumer 1's turn k, and the other way round.
 // Unequal work: both consumers take exactly n + 1 turns, n the stream's tile count (the common
 // count of the ring). A consumer with fewer tiles (the lower causal block, a block with no key in the
 // split, a block past its sequence's queries) takes empty turns after its own (bar.sync then bar.arrive,
-// nothing issued), each paired with releasing one remaining tile, so its partner's turns always
+// nothing issued), each paired with releasing one remaining ring tile, so its partner's turns always
 // find their arrival. Consumer 1 skips the arrival of its turn n (consumer 0 has no turn n + 1), so no
 // barrier is left with a partial count when the CTA exits.
 // Why it cannot hang: order the turns as g = 2k + c. Turn g waits for (a) the arrival of turn g - 1
 // and (b) the ring tile it reads (k for S(k), or k - 1 for an empty turn's release, both waited for
-// before the bar.sync), whose copy the producer starts once both consumers have released tile k - S
-// (S = kStages / 2 tiles in the ring), which each does right after its turn k - S + 1
-// (g' <= 2(k - S + 1) + 1 < g for S >= 2). So every turn
+// before the bar.sync), whose copy the producer starts once both consumers have released tile k - S,
+// which each does right after its turn k - S + 1 (g' <= 2(k - S + 1) + 1 < g for S >= 2). So every turn
 // waits only on turns before it in this order, and the first (consumer 0's turn 0) only on the producer
 // and consumer 1's opening arrival, which waits on nothing.
 // Per row the order of operations is variant 4's (hence variant 1's); only the moment of issue moves.
-enum class WsSchedule { kSequential, kOverlap, kPingPong };
+enum class WsSchedule { kSequential, kOverlap, kPingPong, kPipelined };
 constexpr int kTurnBar = 3;  // named barriers 3 and 4 (0 is __syncthreads; 1 and 2 unused)
 
-// Q buffers (kQBufs): the producer also copies each unit's Q rows (both consumers' blocks) into buffer
-// u % kQBufs and writes the unit's description (tile count, stream start, each block's WorkUnit) into
-// that buffer's slot, so a consumer starts a unit with one barrier wait instead of reading the sequence
-// metadata and copying Q itself; with two buffers that happens while the consumers still work on the unit
-// before. qfull[b]: 128 arrivals made by the copy hardware once each producer thread's copies have landed
-// (noinc), plus one plain arrive of producer thread 0 after its slot stores (release); qempty[b]: lane 0
-// of each consumer warp once its unit is done. After its last unit the producer fills one more slot with
-// n = 0 (plain arrivals only): the consumers' end.
+// kAccSmem (variant 6): the in-kernel fold's accumulators live in shared memory (kOffAcc: per consumer,
+// D / 8 float4s per thread, thread-interleaved), which frees the registers for a second score buffer;
+// the ring loses a stage (D = 128) to make room.
 //
-// The K ring (and likewise V's): panel p (columns 64p..64p + 63) of slot s at kOffK + (p kStages + s) 8 KB,
-// so slots 2i and 2i + 1 of a panel are 128 consecutive key rows. D = 128: 64 KB of Q, 2 x 64 KB of ring
-// (two tiles), 192 KB; D = 64: 32 + 2 x 64 KB (four tiles).
-template <int D>
+// Q buffers (kQBufs; 1 for variant 6, whose shared memory holds the fold): the producer also copies each
+// unit's Q rows (both consumers' blocks) into buffer u % kQBufs and writes the unit's description (tile
+// count, stream start, each block's WorkUnit) into that buffer's slot, so a consumer starts a unit with
+// one barrier wait instead of reading the sequence metadata and copying Q itself; with two buffers that
+// happens while the consumers still work on the unit before. qfull[b]: 128 arrivals made by the copy
+// hardware once each producer thread's copies have landed (noinc), plus one plain arrive of producer
+// thread 0 after its slot stores (release); qempty[b]: lane 0 of each consumer warp once its unit is done.
+// After its last unit the producer fills one more slot with n = 0 (plain arrivals only): the consumers' end.
+template <int D, bool kAccSmem = false>
 struct WsLayout {
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (kConsumers + 1);
-  static constexpr int kStageKeys = kBK;                       // keys of one ring slot
-  static constexpr int kSlotsPerTile = kTileKeys / kStageKeys;  // 2
-  static constexpr int kStages = D == 128 ? 4 : 8;
-  static_assert(kStages % kSlotsPerTile == 0, "a tile's slots never wrap");
-  static constexpr int kSlotPanel = kStageKeys * 128;         // one slot's rows of one panel
-  static constexpr int kPanel = kStages * kSlotPanel;         // the ring's stride between panels
-  static constexpr int kRing = (D / 64) * kPanel;
-  static constexpr int kQBufs = 2;
-  static constexpr int kQ = QTile<D>::kBytes;
-  static constexpr int kOffK = kQBufs * kConsumers * kQ;  // Q of buffer b, consumer c at (b * kConsumers + c) * kQ
-  static constexpr int kOffV = kOffK + kRing;
+  static constexpr int kTile = Layout<D>::kTile;
+  static constexpr int kStages = D == 128 ? (kAccSmem ? 4 : 5) : 8;
+  static constexpr int kQBufs = kAccSmem ? 1 : 2;
+  static constexpr int kOffK = kQBufs * kConsumers * kTile;  // Q of buffer b, consumer c at (b * kConsumers + c) * kTile
+  static constexpr int kOffV = kOffK + kStages * kTile;
+  static constexpr int kOffAcc = kOffV + kStages * kTile;
+  static constexpr int kAccBytes = kAccSmem ? kConsumers * attn::kThreads * (D / 2) * 4 : 0;
   // full[kStages], empty[kStages], qfull[kQBufs], qempty[kQBufs]
-  static constexpr int kOffBar = kOffV + kRing;
+  static constexpr int kOffBar = kOffAcc + kAccBytes;
   static constexpr int kSlotBytes = 128;  // one unit's description (UnitSlot)
   static constexpr int kOffSlot = kOffBar + (2 * kStages + 2 * kQBufs) * 8;
   static constexpr int kBytes = kOffSlot + kQBufs * kSlotBytes + 1024;  // + slack to align the base to 1024
   static_assert(kBytes <= 227 * 1024, "one CTA per SM must fit");
-  // Byte offset of chunk c of row r of a slot, from the slot's start in panel 0.
-  __device__ __forceinline__ static uint32_t off(int r, int c) { return swizzled(r, c, kPanel); }
 };
 
 template <typename T, int D, bool kSplit, WsSchedule kSchedule>
 __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(const Params p) {
   pdl_wait();
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
-  using Ly = WsLayout<D>;
-  constexpr int S = Ly::kStages, C = Ly::kConsumers, kPer = Ly::kSlotsPerTile;
+  using Ly = WsLayout<D, kSchedule == WsSchedule::kPipelined>;
+  constexpr int S = Ly::kStages, C = Ly::kConsumers;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int kO = D / 2;       // O accumulators per thread (m64nD)
   extern __shared__ __align__(1024) uint8_t smem[];
@@ -807,7 +913,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     return r * int(gridDim.x) + (r & 1 ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x));
   };
   // Unit u: its grid coordinates, query blocks qb0 .. qb0 + C - 1 and the key stream that covers all of
-  // them: n 128-key tiles (2n ring slots) from the common start kb_first (0, or the start of the unit's run of splits) to the last
+  // them: n tiles from the common start kb_first (0, or the start of the unit's run of splits) to the last
   // tile any of them needs, with pmax_all the last position of any of its rows; n = 0: nothing to do.
   struct Unit {
     int bx, bz, qb0, kb_first, pmax_all, n;
@@ -831,7 +937,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       if (work_unit<kSplit>(p, w, u.qb0 + c, u.bx, u.bz))
         kb_end = max(kb_end, w.kb_last), u.pmax_all = max(u.pmax_all, w.pmax);
     }
-    u.n = kb_end < 0 ? 0 : (kb_end - u.kb_first) / kTileKeys + 1;
+    u.n = kb_end < 0 ? 0 : (kb_end - u.kb_first) / kBK + 1;
     return u;
   };
   // Round r's unit into `un`; false when the round has no work for this CTA (past the last unit, or n = 0).
@@ -844,12 +950,12 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   if (!persistent && unit_at(0).n == 0) return;  // uniform over the CTA, before any barrier
 
   const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
-  auto sk = [&](int s) { return base + Ly::kOffK + s * Ly::kSlotPanel; };
-  auto sv = [&](int s) { return base + Ly::kOffV + s * Ly::kSlotPanel; };
+  auto sk = [&](int s) { return base + Ly::kOffK + s * Ly::kTile; };
+  auto sv = [&](int s) { return base + Ly::kOffV + s * Ly::kTile; };
   auto full = [&](int s) { return base + Ly::kOffBar + s * 8; };         // producer -> consumers
   auto empty = [&](int s) { return base + Ly::kOffBar + (S + s) * 8; };  // consumers -> producer
   constexpr int QB = Ly::kQBufs;
-  auto sq_of = [&](int b, int c) { return base + (b * C + c) * Ly::kQ; };
+  auto sq_of = [&](int b, int c) { return base + (b * C + c) * Ly::kTile; };
   auto qfull = [&](int b) { return base + Ly::kOffBar + (2 * S + b) * 8; };
   auto qempty = [&](int b) { return base + Ly::kOffBar + (2 * S + QB + b) * 8; };
   struct UnitSlot {
@@ -893,13 +999,12 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     for (int r = 0; r < rounds; ++r) {
       Unit un;
       if (!round_unit(r, un)) continue;
-      // The stream in ring slots of 64 keys: kPer a tile.
-      const int kb_first = un.kb_first, pmax_all = un.pmax_all, n = un.n * kPer;
+      const int kb_first = un.kb_first, pmax_all = un.pmax_all, n = un.n;
       {
         // The unit's Q rows and description into Q buffer qb, once the consumers are done with its last unit.
         const int qb = uq % QB;
         mbar_wait(qempty(qb), ((uq / QB) & 1) ^ 1);  // immediate for the first QB units
-        if (tid == 0) slot(qb).n = un.n, slot(qb).kb_first = kb_first;
+        if (tid == 0) slot(qb).n = n, slot(qb).kb_first = kb_first;
         // One block at a time (the producer runs on 40 registers): its work unit again (valid_rows 0 when
         // it has nothing to do: its Q rows are zero-filled), into the slot, and its Q rows.
 #pragma unroll 1
@@ -915,7 +1020,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       }
       const int32_t* bt = p.block_tables + int64_t(un.bx / p.kv_heads) * p.bt_s0;
       const int kvh = un.bx % p.kv_heads;
-      // Element offset of row 16pw + lane % 16 of ring stage t in either cache; -1 past every row's position.
+      // Element offset of row 16pw + lane % 16 of tile t in either cache; -1 past every row's position.
       auto row_offset = [&](int t) -> int64_t {
         const int kp = kb_first + t * kBK + pw * 16 + (lane & 15);
         if (kp > pmax_all) return -1;
@@ -923,8 +1028,8 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         return blk * p.cache_blk + int64_t(kp % p.block_size) * p.cache_tok + int64_t(kvh) * D;
       };
       if (p.block_size % 16 == 0) {
-        // Block sizes that are multiples of 16: a warp's 16 rows of a stage lie in one cache block, so the
-        // warp looks the block up once a stage and each lane steps its own pointers down the block's rows:
+        // Block sizes that are multiples of 16: a warp's 16 rows of a tile lie in one cache block, so the
+        // warp looks the block up once a tile and each lane steps its own pointers down the block's rows:
         // copy `it` covers rows 2it and 2it + 1 of the warp (lanes 0-15 and 16-31, chunk c = lane % 16 of
         // D = 128; kRowsPerOp rows of D / 8 chunks for D = 64), the same rows, chunks and destinations as
         // the gather below, without its per-copy shuffles and 64-bit offset arithmetic. Rows past pmax_all
@@ -933,8 +1038,8 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         const int64_t tok_stride = p.cache_tok * int64_t(sizeof(T));  // bytes between a block's rows
         const int r_lane = lane / kChunks;                              // the lane's row within a copy
         const int bs = p.block_size, step_blocks = kBK / bs, step_rows = kBK % bs;
-        // The warp's first key position kpw of stage t as (table index, row in the block), advanced by one
-        // stage (kBK keys) per step instead of divided out each time.
+        // The warp's first key position kpw of tile t as (table index, row in the block), advanced by one
+        // tile (kBK keys) per step instead of divided out each time.
         int kpw = kb_first + pw * 16, bi = kpw / bs, br = kpw % bs;
         for (int t = 0; t < n; ++t, kpw += kBK) {
           const int blk = kpw > pmax_all ? 0 : bt[int64_t(bi) * p.bt_s1];
@@ -944,11 +1049,11 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           if (br >= bs) br -= bs, ++bi;
           const char* ksrc = reinterpret_cast<const char*>(kc + off);
           const char* vsrc = reinterpret_cast<const char*>(vc + off);
-          mbar_wait(empty(s), phase ^ 1);  // stage t - S released (immediate for the first S stages)
+          mbar_wait(empty(s), phase ^ 1);  // tile t - S released (immediate for the first S tiles)
 #pragma unroll
           for (int it = 0; it < 16 / kRowsPerOp; ++it) {
             const int rl = it * kRowsPerOp + r_lane;
-            const uint32_t dst = Ly::off(pw * 16 + rl, c);
+            const uint32_t dst = Layout<D>::off(pw * 16 + rl, c);
             const int bytes = kpw + rl <= pmax_all ? 16 : 0;
             cp_async_16(sk(s) + dst, ksrc + it * kRowsPerOp * tok_stride, bytes);
             cp_async_16(sv(s) + dst, vsrc + it * kRowsPerOp * tok_stride, bytes);
@@ -960,12 +1065,12 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       }
       int64_t off = row_offset(0);
       for (int t = 0; t < n; ++t) {
-        mbar_wait(empty(s), phase ^ 1);  // stage t - S released (immediate for the first S stages)
+        mbar_wait(empty(s), phase ^ 1);  // tile t - S released (immediate for the first S tiles)
 #pragma unroll
         for (int it = 0; it < 16 / kRowsPerOp; ++it) {
           const int rl = it * kRowsPerOp + lane / kChunks;
           const int64_t o = __shfl_sync(0xffffffffu, off, rl);
-          const uint32_t dst = Ly::off(pw * 16 + rl, c);
+          const uint32_t dst = Layout<D>::off(pw * 16 + rl, c);
           const int64_t src = o < 0 ? 0 : o + c * 8;
           cp_async_16(sk(s) + dst, kc + src, o < 0 ? 0 : 16);
           cp_async_16(sv(s) + dst, vc + src, o < 0 ? 0 : 16);
@@ -991,23 +1096,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   // stream, then releases the stream's remaining tiles ----
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   constexpr bool kPingPong = kSchedule == WsSchedule::kPingPong;
-  int s = 0, phase = 0;  // the ring's position (first slot of the next tile), carried from unit to unit
-  // A tile's kPer slots: wait until all have landed (then the proxy fence: the bytes were written through
-  // the generic proxy, the wgmmas read through the async one), release them, step past them.
-  auto wait_tile = [&](int s0, int ph) {
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) mbar_wait(full(s0 + i), ph);
-    fence_proxy_async();
-  };
-  auto release_tile = [&](int s0) {
-    if (lane == 0) {
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) mbar_arrive(empty(s0 + i));
-    }
-  };
-  auto next_tile = [&](int& s0, int& ph) {
-    if ((s0 += kPer) == S) s0 = 0, ph ^= 1;
-  };
+  int s = 0, phase = 0;  // the ring's position, carried from unit to unit
   for (int uq = 0;; ++uq) {
     // The producer's next unit: its description and (once this consumer's Q bytes have landed) its Q.
     const int qb = uq % QB;
@@ -1041,42 +1130,136 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       const int cq = tid & 3;
       int pos_r[2], row_id[2];
       thread_rows(p, w, tid, pos_r, row_id);
-      float sc[kScores];
-      uint32_t pa[kPSteps][4];
+      float sc[32];
+      uint32_t pa[4][4];
       float o[kO];
-      float accf[kSplit ? 1 : kO];  // folded over the finished splits (in-kernel fold mode)
+      // Folded over the finished splits (in-kernel fold mode; variant 6 keeps them in shared memory).
+      float accf[kSplit || kSchedule == WsSchedule::kPipelined ? 1 : kO];
       float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
       float M_f[2], L_f[2];
       fold_start(accf, M_f, L_f);
       const float kNegInf = -__int_as_float(0x7f800000);
       // The tile's place in the plan's splits, counted instead of divided out of kb: tiles per split, the
       // tile's index in its split, the split's index (the stream starts at a split start).
-      const int tps = L / kTileKeys;
+      const int tps = L / kBK;
       int tis = 0, js = kb_first / L;
 
-      if constexpr (kSchedule == WsSchedule::kSequential) {
-        for (int kb = kb_first; kb <= w.kb_last; kb += kTileKeys) {
-          wait_tile(s, phase);
+      if constexpr (kSchedule == WsSchedule::kPipelined) {
+        // Variant 6: S(t + 1) is issued before the softmax of tile t, which then runs while the tensor
+        // cores compute S(t + 1) and P V(t - 1) (variant 2's schedule, here with the producer warpgroup's
+        // ring and the fold's accumulators in shared memory). Step t, entered with S(t) complete in `cur`
+        // and P V(t - 1) in flight:
+        //   wait for tile t + 1's copies, issue S(t + 1) into `nxt` (on Q past the last tile, dropped);
+        //   softmax of tile t (a split start first keeps the ending split's (m, l) in m_end, l_end);
+        //   wait for both groups; release tile t - 1's stage; P(t) from `cur`; at a split start, fold
+        //   the split that ended with tile t - 1 (its O is complete now); O zeroed or rescaled; zero
+        //   `cur` for S(t + 2); issue P V(t).
+        // Accumulator registers are touched only while no wgmma is in flight and every step issues the
+        // same groups (variant 2's comment says why). Per row the order of operations is variant 1's.
+        float4* acc = reinterpret_cast<float4*>(smem + (base - smem_u32(smem)) + Ly::kOffAcc) +
+                      wg * (kO / 4) * attn::kThreads + tid;
+        if constexpr (!kSplit) {
+#pragma unroll
+          for (int i4 = 0; i4 < kO / 4; ++i4) acc[i4 * attn::kThreads] = make_float4(-0.f, -0.f, -0.f, -0.f);
+        }
+        float sb[32];
+        float m_end[2] = {0.f, 0.f}, l_end[2] = {0.f, 0.f};  // a finished split's (m, l) until its O is done
+        const int n_mine = (w.kb_last - kb_first) / kBK + 1;
+        mbar_wait(full(s), phase);
+        fence_proxy_async();
+        int st_cur = s, st_prev = s;  // stages of tiles t and t - 1
+        if (++s == S) s = 0, phase ^= 1;
+        zero_scores(sc);
+        qk_issue<T, D>(sc, sq, sk(st_cur));
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(sc);
+        zero_scores(sb);
+        auto step = [&](int j, float (&cur)[32], float (&nxt)[32]) {
+          const int kb = kb_first + j * kBK;
+          const bool more = j + 1 < n_mine;
+          int st_nxt = st_cur;
+          if (more) {
+            mbar_wait(full(s), phase);
+            fence_proxy_async();
+            st_nxt = s;
+            if (++s == S) s = 0, phase ^= 1;
+          }
+          qk_issue<T, D>(nxt, sq, more ? sk(st_nxt) : sq);
+          wgmma_commit();
+          const bool split_start = tis == 0;
+          if (split_start) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) m_end[h] = m_run[h], l_end[h] = l_run[h], m_run[h] = kNegInf, l_run[h] = 0.f;
+          }
+          float alpha[2];
+          softmax_tile(cur, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
+          wgmma_wait<0>();  // P V(t - 1) and S(t + 1)
+          pin(o);
+          pin(nxt);
+#pragma unroll
+          for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t - 1) stays in its registers until here
+          if (j > 0 && lane == 0) mbar_arrive(empty(st_prev));  // P V(t - 1) was its stage's last reader
+          pack_p<T>(pa, cur);
+          if (split_start && j > 0) {  // the split of tile t - 1 ended, and it was not the last one
+            if constexpr (kSplit)
+              finish_split<D, true>(p, js - 1, cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
+            else
+              fold_split_smem<D, true>(acc, js - 1, L, pos_r, m_end, l_end, o, M_f, L_f);
+          }
+          start_or_rescale_o(o, alpha, split_start);
+          zero_scores(cur);  // S(t + 2)'s accumulators
+          pv_issue<T, D>(o, pa, sv(st_cur));
+          wgmma_commit();
+          st_prev = st_cur, st_cur = st_nxt;
+          if (++tis == tps) tis = 0, ++js;
+        };
+        for (int j = 0; j < n_mine; j += 2) {
+          step(j, sc, sb);
+          if (j + 1 < n_mine) step(j + 1, sb, sc);
+        }
+        wgmma_wait<0>();
+        pin(o);
+        if (lane == 0) mbar_arrive(empty(st_prev));  // the last tile's stage
+        t = n_mine;
+        // The last split (per-row selects: its start may lie inside the block's tokens), then the output.
+        if constexpr (kSplit) {
+          finish_split<D, true>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+        } else {
+          fold_split_smem<D>(acc, w.kb_last / L, L, pos_r, m_run, l_run, o, M_f, L_f);
+          float af[kO];
+#pragma unroll
+          for (int i4 = 0; i4 < kO / 4; ++i4) {
+            const float4 a = acc[i4 * attn::kThreads];
+            af[4 * i4] = a.x, af[4 * i4 + 1] = a.y, af[4 * i4 + 2] = a.z, af[4 * i4 + 3] = a.w;
+          }
+          store_out<T, D>(p, w, tid, cq, af, L_f);
+        }
+      } else if constexpr (kSchedule == WsSchedule::kSequential) {
+        for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
+          mbar_wait(full(s), phase);
+          fence_proxy_async();  // the stage's bytes (generic-proxy writes) before the wgmma reads them
           const bool split_start = tis == 0;
           const bool split_end = tis == tps - 1 || kb == w.kb_last;
           if (split_start) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
           }
-          qk_issue<T, D>(sc, sq, sk(s), Ly::kPanel);
+          zero_scores(sc);
+          qk_issue<T, D>(sc, sq, sk(s));
           wgmma_commit();
           wgmma_wait<0>();
           pin(sc);
           float alpha[2];
-          softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kTileKeys - 1 > w.pos0);
+          softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
           start_or_rescale_o(o, alpha, split_start);
           pack_p<T>(pa, sc);
-          pv_issue<T, D>(o, pa, sv(s), Ly::kPanel);
+          pv_issue<T, D>(o, pa, sv(s));
           wgmma_commit();
           wgmma_wait<0>();
           pin(o);
-          release_tile(s);  // this warp's wgmmas reading the tile are done
-          next_tile(s, phase);
+          if (lane == 0) mbar_arrive(empty(s));  // this warp's wgmmas reading the stage are done
+          if (++s == S) s = 0, phase ^= 1;
           ++t;
           if (split_end && kb != w.kb_last)
             finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
@@ -1086,23 +1269,22 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         // Variant 4: S(t + 1) is issued right behind P V(t), so the tensor cores run both back to back
         // and the softmax of tile t + 1 starts once both are done. Per row the order of operations is
         // variant 1's: S(t + 1) reads only Q and K(t + 1); everything else happens in the same sequence.
-        // After the last tile the product is still issued (on the last tile's K) and dropped: with a
+        // After the last tile the product is still issued (on Q as its own B operand) and dropped: with a
         // conditional issue ptxas can no longer tell which wgmmas are in flight and serialises them all.
-        // kSerialPV (D = 128, in-kernel fold): P V(t) completes before S(t + 1) is issued into the
-        // registers P(t) and the scores of tile t held (the comment above WsSchedule).
         // Variant 5: the same sequence, each issue inside a turn (turn_begin / turn_end, no-ops for
         // variant 4), P V(t) moved into turn t + 1 next to S(t + 1). Everything a turn's products need
-        // (the ring tile, P, the rescaled O) is ready before the turn is taken, so the partner waits on
-        // this consumer only for the issue itself (and, with kSerialPV, for P V(t) to complete).
-        constexpr bool kSerialPV = !kSplit && D == 128;
-        wait_tile(s, phase);
+        // (the ring tile, P, the rescaled O, the zeroed scores) is ready before the turn is taken, so the
+        // partner waits on this consumer only for the issue itself.
+        mbar_wait(full(s), phase);
+        fence_proxy_async();
+        zero_scores(sc);
         turn_begin();  // turn 0: S(0)
-        qk_issue<T, D>(sc, sq, sk(s), Ly::kPanel);
+        qk_issue<T, D>(sc, sq, sk(s));
         wgmma_commit();
         turn_end();
         wgmma_wait<0>();
         pin(sc);
-        for (int kb = kb_first; kb <= w.kb_last; kb += kTileKeys) {
+        for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
           const bool split_start = tis == 0;
           const bool split_end = tis == tps - 1 || kb == w.kb_last;
           if (split_start) {
@@ -1110,39 +1292,35 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
             for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
           }
           float alpha[2];
-          softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kTileKeys - 1 > w.pos0);
+          softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
           start_or_rescale_o(o, alpha, split_start);
           pack_p<T>(pa, sc);
           if constexpr (!kPingPong) {
-            pv_issue<T, D>(o, pa, sv(s), Ly::kPanel);
+            pv_issue<T, D>(o, pa, sv(s));
             wgmma_commit();
           }
           const bool more = kb < w.kb_last;
-          int s_next = s, phase_next = phase;
-          next_tile(s_next, phase_next);
-          if (more) wait_tile(s_next, phase_next);
-          turn_begin();  // variant 5's turn t + 1: P V(t), S(t + 1)
+          const int s_next = s + 1 == S ? 0 : s + 1;
+          const int phase_next = s + 1 == S ? phase ^ 1 : phase;
+          if (more) {
+            mbar_wait(full(s_next), phase_next);
+            fence_proxy_async();
+          }
+          zero_scores(sc);  // S(t + 1)'s accumulators (P(t) is in pa)
+          turn_begin();     // variant 5's turn t + 1: P V(t), S(t + 1)
           if constexpr (kPingPong) {
-            pv_issue<T, D>(o, pa, sv(s), Ly::kPanel);
+            pv_issue<T, D>(o, pa, sv(s));
             wgmma_commit();
           }
-          if constexpr (kSerialPV) {
-            wgmma_wait<0>();  // P V(t): P(t) is free
-            pin(o);
-#pragma unroll
-            for (int k2 = 0; k2 < kPSteps; ++k2) pin(pa[k2]);
-          }
-          qk_issue<T, D>(sc, sq, sk(more ? s_next : s), Ly::kPanel);
+          qk_issue<T, D>(sc, sq, more ? sk(s_next) : sq);
           wgmma_commit();
           turn_end();
           wgmma_wait<0>();  // P V(t) and S(t + 1)
           pin(o);
           pin(sc);
-          if constexpr (!kSerialPV) {
 #pragma unroll
-            for (int k2 = 0; k2 < kPSteps; ++k2) pin(pa[k2]);  // P(t) stays in its registers until P V(t) is done
-          }
-          release_tile(s);
+          for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t) stays in its registers until P V(t) is done
+          if (lane == 0) mbar_arrive(empty(s));
           s = s_next, phase = phase_next;
           ++t;
           if (split_end && kb != w.kb_last)
@@ -1150,7 +1328,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           if (++tis == tps) tis = 0, ++js;
         }
       }
-      {
+      if constexpr (kSchedule != WsSchedule::kPipelined) {
         // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
         finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
         if constexpr (!kSplit) store_out<T, D>(p, w, tid, cq, accf, L_f);
@@ -1161,9 +1339,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       // once turn > 0: a consumer that computed took turns 0..t, one without a block none).
       for (; turn <= n;) {
         if (turn > 0) {
-          wait_tile(s, phase);
-          release_tile(s);
-          next_tile(s, phase);
+          mbar_wait(full(s), phase);
+          if (lane == 0) mbar_arrive(empty(s));
+          if (++s == S) s = 0, phase ^= 1;
           ++t;
         }
         turn_begin();
@@ -1171,9 +1349,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       }
     } else {
       for (; t < n; ++t) {
-        wait_tile(s, phase);
-        release_tile(s);
-        next_tile(s, phase);
+        mbar_wait(full(s), phase);
+        if (lane == 0) mbar_arrive(empty(s));
+        if (++s == S) s = 0, phase ^= 1;
       }
     }
     // Every wgmma of this warp that read the unit's Q has completed: the buffer and its slot may take the
