@@ -6,7 +6,8 @@
 // kernel; the two may round differently, so the choice never looks at the batch or the mode.
 // On sm_90 the default is the warp-specialised wgmma kernel with ping-pong consumers (variant 5: a producer
 // warpgroup feeding two 64-row consumer warpgroups that take turns at the tensor cores), the fastest
-// measured for prefill and as fast as variant 3 for decode (bench/results/logs_h200/998b4f4_*).
+// measured for prefill (bench/results/logs_h200/998b4f4_*), and for split-parallel launches (few long
+// decodes) the same kernel without the turns (variant 4), faster there (variant_from_env).
 // BIK_ATTENTION_SM90 picks another for A/B benchmarks (read at each call): 0 the mma.sync kernel, 1 the
 // one-warpgroup wgmma kernel, 2 its software-pipelined form, 3 the warp-specialised kernel running each
 // tile in sequence, 4 the latter with S(j + 1) issued behind P V(j), 6 the warp-specialised kernel with
@@ -168,13 +169,17 @@ bool sm90_kernel_loadable(int device) {
 // BIK_ATTENTION_SM90: "0" -> 0 (mma.sync), "1" -> 1 (one-warpgroup wgmma), "2" -> 2 (pipelined wgmma),
 // "4" -> 4 (warp-specialised, S(j + 1) behind P V(j)), "5" -> 5 (4 with ping-pong consumers), "6" -> 6
 // (warp-specialised, S(j + 1) overlapping the softmax of tile j), "3" -> 3 (warp-specialised, each tile in
-// sequence); anything else or unset -> 5.
-int variant_from_env() {
+// sequence); anything else or unset -> the default: 4 for a split-parallel launch, 5 otherwise. On an H200
+// the split launches of few long decodes ran faster without the ping-pong (1 x 8192 14.7 us against 15.3,
+// 1 x 32768 50.5 against 51.0, 1 x 2048 10.0 against 10.3, 8 x 8192 the same), while 32 x 2048, which does
+// not split, took 71.0 against 70.0 (logs_h200/028257c_attention_decode_variants.log). The variants give the
+// same bits, so the choice may follow the launch mode.
+int variant_from_env(bool split) {
   const char* e = std::getenv("BIK_ATTENTION_SM90");
   if (e != nullptr)
-    for (int v : {0, 1, 2, 3, 4, 6})
+    for (int v : {0, 1, 2, 3, 4, 5, 6})
       if (std::strcmp(e, std::to_string(v).c_str()) == 0) return v;
-  return 5;
+  return split ? 4 : 5;
 }
 
 // BIK_ATTENTION_SPLIT (read at each call, for A/B timing): "0" -> 0 (never split), "1" -> 1 (split
@@ -290,7 +295,7 @@ void paged_attention(const AttentionArgs& a, Stream s) {
     p.part_acc = p.part_ml + rows * max_splits * 2;
   }
   const bool bf = a.q.dtype == DType::BF16;
-  const int variant = dev.arch == 90 && sm90_kernel_loadable(device) ? variant_from_env() : 0;
+  const int variant = dev.arch == 90 && sm90_kernel_loadable(device) ? variant_from_env(split) : 0;
   if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)
@@ -323,6 +328,8 @@ bool attention_wgmma_available(int device) {
 
 bool attention_uses_wgmma(int device) { return attention_wgmma_variant(device) != 0; }
 
-int attention_wgmma_variant(int device) { return attention_wgmma_available(device) ? variant_from_env() : 0; }
+int attention_wgmma_variant(int device, bool split_launch) {
+  return attention_wgmma_available(device) ? variant_from_env(split_launch) : 0;
+}
 
 }  // namespace bik::cuda

@@ -17,10 +17,11 @@ bool attention_wgmma_available(int device);
 // (BIK_ATTENTION_SM90=0), 1 the one-warpgroup wgmma kernel (BIK_ATTENTION_SM90=1), 2 its
 // software-pipelined variant (BIK_ATTENTION_SM90=2), 3 its warp-specialised variant
 // (BIK_ATTENTION_SM90=3), 4 the latter with S(j + 1) issued behind P V(j) (BIK_ATTENTION_SM90=4),
-// 5 variant 4 with its two consumer warpgroups taking turns at the tensor cores (the default),
+// 5 variant 4 with its two consumer warpgroups taking turns at the tensor cores (BIK_ATTENTION_SM90=5),
 // 6 variant 3 with S(j + 1) issued before the softmax of tile j (BIK_ATTENTION_SM90=6); 2 to 6 give
-// bitwise the outputs of 1.
+// bitwise the outputs of 1. Unset (or any other value), the default depends on the launch mode alone:
+// variant 4 for a split-parallel launch (`split_launch`), 5 otherwise.
 // Makes `device` current.
-int attention_wgmma_variant(int device);
+int attention_wgmma_variant(int device, bool split_launch = false);
 
 }  // namespace bik::cuda

@@ -333,9 +333,52 @@ TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
     EXPECT_EQ(cuda::attention_wgmma_variant(0), 0);
   }
   {
-    EngineSwitch unknown("default");  // any other value: the default, the ping-pong warp-specialised kernel
+    // Any other value: the default, the ping-pong warp-specialised kernel, and for split-parallel launches
+    // the same kernel without the turns.
+    EngineSwitch unknown("default");
     EXPECT_TRUE(cuda::attention_uses_wgmma(0));
     EXPECT_EQ(cuda::attention_wgmma_variant(0), 5);
+    EXPECT_EQ(cuda::attention_wgmma_variant(0, true), 4);
+  }
+  {
+    EngineSwitch ping_pong("5");  // named, it holds for split launches too
+    EXPECT_EQ(cuda::attention_wgmma_variant(0, true), 5);
+  }
+}
+
+// The default takes variant 4 for split-parallel launches (few long decodes) and 5 otherwise; both must
+// give the bytes of variant 5 pinned for every launch: decodes that split (one and three long contexts,
+// both head dims) and a batch that does not. Negative control: the same decodes under another split length
+// differ, so the comparison can see a change of arithmetic.
+TEST(GpuAttentionSm90, DefaultSplitLaunchEqualsPingPong) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  const std::vector<VariantCase> cases = {
+      {{DType::BF16, 32, 8, 128, 16}, {{601, 8192, 1}}, "one decode of 8192"},
+      {{DType::BF16, 32, 8, 128, 16}, {{602, 20000, 1}, {603, 3000, 2}, {604, 700, 1}}, "three decodes"},
+      {{DType::F16, 16, 2, 64, 7}, {{605, 9000, 1}, {606, 4100, 3}}, "D = 64 decodes"},
+      {{DType::BF16, 32, 8, 128, 16}, {{607, 2000, 2000}}, "a prefill (in-kernel fold)"},
+  };
+  uint64_t seed = 4401;
+  for (const VariantCase& k : cases) {
+    std::vector<uint16_t> by_default, pinned;
+    {
+      EngineSwitch unset("default");
+      by_default = run_step(gpu(), k.c, k.seqs, seed);
+    }
+    ASSERT_NO_FATAL_FAILURE(run_variant(5, k.c, k.seqs, seed, pinned));
+    const std::string label = config_label(k.c) + " (" + k.what + ")";
+    ASSERT_EQ(by_default.size(), pinned.size()) << label;
+    expect_same_output(k.c.dtype, by_default, pinned, label, "between the default and variant 5");
+    if (k.seqs[0].q_len == 1) {  // the decodes
+      std::vector<uint16_t> other;
+      {
+        EngineSwitch unset("default");
+        other = run_step(gpu(), k.c, k.seqs, seed, split_by_seqs);
+      }
+      EXPECT_NE(std::memcmp(other.data(), pinned.data(), pinned.size() * sizeof(uint16_t)), 0)
+          << label << ": another split length gave the same bytes";
+    }
+    ++seed;
   }
 }
 
