@@ -347,9 +347,10 @@ TEST(GpuAttentionSm90, EnvironmentSwitchPicksTheEngine) {
 }
 
 // The default takes variant 4 for split-parallel launches (few long decodes) and 5 otherwise; both must
-// give the bytes of variant 5 pinned for every launch: decodes that split (one and three long contexts,
-// both head dims) and a batch that does not. Negative control: the same decodes under another split length
-// differ, so the comparison can see a change of arithmetic.
+// give the bytes of variant 5 pinned for every launch: decodes launched split-parallel (BIK_ATTENTION_SPLIT=1
+// makes sure of it; one and three long contexts, both head dims) and a prefill launched with the in-kernel
+// fold. Negative control: the same decodes under another split length differ, so the comparison can see a
+// change of arithmetic.
 TEST(GpuAttentionSm90, DefaultSplitLaunchEqualsPingPong) {
   BIK_REQUIRE_SM90_ATTENTION();
   const std::vector<VariantCase> cases = {
@@ -360,16 +361,20 @@ TEST(GpuAttentionSm90, DefaultSplitLaunchEqualsPingPong) {
   };
   uint64_t seed = 4401;
   for (const VariantCase& k : cases) {
+    const bool decode = k.seqs[0].q_len <= 3;
+    setenv("BIK_ATTENTION_SPLIT", decode ? "1" : "0", 1);
     std::vector<uint16_t> by_default, pinned;
     {
       EngineSwitch unset("default");
       by_default = run_step(gpu(), k.c, k.seqs, seed);
     }
-    ASSERT_NO_FATAL_FAILURE(run_variant(5, k.c, k.seqs, seed, pinned));
+    run_variant(5, k.c, k.seqs, seed, pinned);
+    unsetenv("BIK_ATTENTION_SPLIT");  // before any assertion can return
+    ASSERT_FALSE(testing::Test::HasFatalFailure());
     const std::string label = config_label(k.c) + " (" + k.what + ")";
     ASSERT_EQ(by_default.size(), pinned.size()) << label;
     expect_same_output(k.c.dtype, by_default, pinned, label, "between the default and variant 5");
-    if (k.seqs[0].q_len == 1) {  // the decodes
+    if (decode) {
       std::vector<uint16_t> other;
       {
         EngineSwitch unset("default");
