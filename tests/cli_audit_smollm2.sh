@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bik audit against bik serve on the embedded SmolLM2-135M (CPU): with batch invariance on the verdict is
-# PASS (exit 0, one completion per prompt and mode); with --batch-invariant off (OpenBLAS GEMMs) the same
+# PASS (exit 0, one completion per prompt and mode); with --batch-invariant off (OpenBLAS, split-K by rows) the same
 # audit must FAIL (exit 1), so the verdict is shown to be able to fail on this model and load.
 # usage: cli_audit_smollm2.sh BIK MODEL_PATH_SCRIPT   (exit 77, a skip, when the model is not installed)
 set -uo pipefail

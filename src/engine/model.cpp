@@ -283,12 +283,14 @@ void LlamaModel::gemm(const TensorView& out, const TensorView& x, const TensorVi
       mm(out, x, w, s);
     return;
   }
-  // The negative control: a library GEMM whose blocking and kernel choice depend on the row count.
+  // The negative control: a library GEMM whose blocking and kernel choice depend on the row count (on the
+  // CPU, OpenBLAS with split-K chosen by the row count: OpenBLAS's own kernels vary with M on some CPUs
+  // only).
   GemmArgs g = gemm_args_2d(out, x, w);
   if (bias) g.bias = *bias;
   if (g.m == 0) return;
   if (device_.is_cpu()) {
-    check::openblas_gemm(g);
+    check::split_k_openblas_gemm(g);
   } else {
 #ifdef BIK_WITH_CUDA
     cuda::cublaslt_gemm(g, s);

@@ -6,7 +6,8 @@
 // prefill chunks and decodes mixed, and returns the logits of only the rows that need them.
 //
 // With batch_invariant = false the linear layers go through a GEMM whose summation order changes with
-// the number of rows (OpenBLAS on the CPU, cuBLASLt's default heuristic on CUDA). This is a negative
+// the number of rows (OpenBLAS with split-K by the row count on the CPU, check::split_k_openblas_gemm;
+// cuBLASLt's default heuristic on CUDA). This is a negative
 // control: it shows that the engine's determinism comes from the kernels, not from luck.
 #pragma once
 #include <cstdint>

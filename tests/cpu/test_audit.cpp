@@ -1,6 +1,6 @@
 // bik audit: the comparison of completions, and whole audits against (1) the in-process server with the
-// batch-invariant kernels (must pass), (2) the same server with them off on shapes where OpenBLAS changes
-// its summation with the batch (must fail: the audit has teeth), and (3) a stub endpoint whose answers
+// batch-invariant kernels (must pass), (2) the same server with them off, whose GEMMs change their
+// summation with the batch (must fail: the audit has teeth), and (3) a stub endpoint whose answers
 // diverge at a known token (must report that index).
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -138,8 +138,9 @@ TEST(Audit, PassesAgainstTheBatchInvariantServer) {
   EXPECT_NE(rep.confidence().find("48 probe completions"), std::string::npos) << rep.confidence();
 }
 
-// OpenBLAS's blocking changes with the number of rows for N = K = 1000 (see tests/cpu/test_engine.cpp):
-// the audit must see the logprobs move with the load; the batch-invariant kernels on the same shapes pass.
+// With batch invariance off the GEMMs' split of K changes with the number of rows
+// (check::split_k_openblas_gemm): the audit must see the logprobs move with the load; the batch-invariant
+// kernels on the same shapes pass.
 TEST(Audit, FailsWhenBatchInvarianceIsOff) {
   {
     Served off(1000, 1000, false);

@@ -1,6 +1,6 @@
 // bik bisect (tools/bisect_cmd.cpp) and the forward's tap (LlamaModel::set_tap): with the batch-invariant
 // kernels a prompt's every op is bitwise identical alone and in a batch; with the linear layers on
-// OpenBLAS (batch-variant for N = K = 1000 from M = 16 rows on) the first op that differs is a GEMM.
+// OpenBLAS with split-K by the row count (check::split_k_openblas_gemm) the first op that differs is a GEMM.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
