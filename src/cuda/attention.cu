@@ -117,20 +117,24 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
       p.splits_per_cta = split_run(int64_t(grid.x) * grid.y, grid.z, sms);
       grid.z = (grid.z + unsigned(p.splits_per_cta) - 1) / unsigned(p.splits_per_cta);
     }
+    const bool prefill_like = grid.y > 1;  // some sequence has more than one query block
     grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
-    // More CTAs than SMs, contexts of at most 4096, no split launch: a persistent grid of one CTA an SM
-    // walking the same units (attention_kernel_ws), so a unit's start and end overlap its neighbours'
-    // work. On an H200 it took prefill 16 x 512 from 196 to 188 us, 16 x 2048 from 1670-1785 to 1630,
-    // 4 x 512 and 4 x 2048 3-4% down, decode 256 x 4096 1107 -> 1090; 1 x 8192 and 1 x 32768 were the same
-    // either way and decode 64 x 8192 ~1% slower (logs_h200/d92aa2e_attention_persistent_ab.log), hence the
-    // bound. Split launches keep one CTA a unit: the persistent grid's device tests cover the in-kernel fold
-    // only. BIK_ATTENTION_PERSISTENT (read at each call): 0 keeps one CTA a unit, 2 takes the persistent
-    // grid for any context (still not for split launches); the bits are the same
+    // More CTAs than SMs, no split launch, and contexts of at most 4096 or more than one query block per
+    // sequence: a persistent grid of one CTA an SM walking the same units (attention_kernel_ws), so a
+    // unit's start and end overlap its neighbours' work. On an H200 it took prefill 16 x 512 from 196 to
+    // 188 us, 16 x 2048 from 1670-1785 to 1630, 4 x 512 and 4 x 2048 3-4% down, decode 256 x 4096 1107 ->
+    // 1090, while decode 64 x 8192 was ~1% slower (logs_h200/d92aa2e_attention_persistent_ab.log), hence
+    // the bound for decode-like steps; since the producer copies each unit's Q ahead (6c867f4) it also took
+    // prefill 1 x 8192 from 1176-1178 to 1130-1133 us and 4 x 8192 from 5147-5157 to 5015-5052
+    // (logs_h200/21be1d7_attention_prefill_knobs.log), hence any context for prefill. Split launches keep
+    // one CTA a unit: the persistent grid's device tests cover the in-kernel fold only.
+    // BIK_ATTENTION_PERSISTENT (read at each call): 0 keeps one CTA a unit, 2 takes the persistent grid for
+    // any context (still not for split launches); the bits are the same
     // (GpuAttentionSm90.PersistentGridKeepsTheBits).
     const int level = env_switch_level("BIK_ATTENTION_PERSISTENT");
     const int64_t units = int64_t(grid.x) * grid.y * grid.z;
     if (!split && units > sms && units < (int64_t(1) << 31) &&
-        (level == 2 || (level == 1 && max_seq_len <= 4096))) {
+        (level == 2 || (level == 1 && (max_seq_len <= 4096 || prefill_like)))) {
       p.units = int(units), p.grid_x = int(grid.x), p.grid_y = int(grid.y);
       grid = dim3(unsigned(sms), 1, 1);
     }
