@@ -62,42 +62,39 @@ void write_out(const GemmArgs& g, int64_t b, const float* res) {
     }
 }
 
-}  // namespace
-
-void openblas_gemm(const GemmArgs& g) {
-  require_cpu(g, "openblas");
+// OpenBLAS cblas_sgemm over K in `splits` contiguous pieces: the first into the result, each later one
+// into a partial added to it. Widening to dense F32 also normalises any strides; it is exact, so the only
+// rounding that differs from the contract is OpenBLAS's own order of summation (and the pieces').
+void openblas_in_pieces(const GemmArgs& g, int64_t splits) {
+  const int64_t piece = (g.k + splits - 1) / splits;
   std::vector<float> a(size_t(g.m * g.k)), w(size_t(g.n * g.k)), res(size_t(g.m * g.n));
+  std::vector<float> part(splits > 1 ? res.size() : 0);
   for (int64_t b = 0; b < g.batch; ++b) {
-    // Widening to dense F32 also normalises any strides; it is exact, so the only rounding that
-    // differs from the contract is OpenBLAS's own order of summation.
     widen(g.a, b * g.a.stride[0], g.m, g.k, g.a.stride[1], g.a.stride[2], a.data());
     widen(g.w, b * g.w.stride[0], g.n, g.k, g.w.stride[1], g.w.stride[2], w.data());
-    if (g.k == 0)
-      std::fill(res.begin(), res.end(), 0.0f);
-    else
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(g.m), int(g.n), int(g.k), 1.0f, a.data(), int(g.k),
-                  w.data(), int(g.k), 0.0f, res.data(), int(g.n));
+    if (g.k == 0) std::fill(res.begin(), res.end(), 0.0f);
+    for (int64_t s = 0; s * piece < g.k; ++s) {
+      const int64_t k0 = s * piece, kn = std::min(g.k, k0 + piece) - k0;
+      float* dst = s == 0 ? res.data() : part.data();
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(g.m), int(g.n), int(kn), 1.0f, a.data() + k0,
+                  int(g.k), w.data() + k0, int(g.k), 0.0f, dst, int(g.n));
+      if (s > 0)
+        for (size_t i = 0; i < res.size(); ++i) res[i] += part[i];
+    }
     write_out(g, b, res.data());
   }
 }
 
+}  // namespace
+
+void openblas_gemm(const GemmArgs& g) {
+  require_cpu(g, "openblas");
+  openblas_in_pieces(g, 1);
+}
+
 void split_k_openblas_gemm(const GemmArgs& g) {
   require_cpu(g, "split-k openblas");
-  const int64_t splits = std::min<int64_t>(g.k, g.m < 64 ? 4 : g.m < 256 ? 2 : 1);
-  const int64_t piece = splits > 0 ? (g.k + splits - 1) / splits : 0;
-  std::vector<float> a(size_t(g.m * g.k)), w(size_t(g.n * g.k)), part(size_t(g.m * g.n)), res(size_t(g.m * g.n));
-  for (int64_t b = 0; b < g.batch; ++b) {
-    widen(g.a, b * g.a.stride[0], g.m, g.k, g.a.stride[1], g.a.stride[2], a.data());
-    widen(g.w, b * g.w.stride[0], g.n, g.k, g.w.stride[1], g.w.stride[2], w.data());
-    std::fill(res.begin(), res.end(), 0.0f);
-    for (int64_t s = 0; s * piece < g.k; ++s) {
-      const int64_t k0 = s * piece, kn = std::min(g.k, k0 + piece) - k0;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(g.m), int(g.n), int(kn), 1.0f, a.data() + k0,
-                  int(g.k), w.data() + k0, int(g.k), 0.0f, part.data(), int(g.n));
-      for (size_t i = 0; i < res.size(); ++i) res[i] += part[i];
-    }
-    write_out(g, b, res.data());
-  }
+  openblas_in_pieces(g, std::max<int64_t>(1, std::min<int64_t>(g.k, g.m < 64 ? 4 : g.m < 256 ? 2 : 1)));
 }
 
 void split_k_by_m_gemm(const GemmArgs& g) {

@@ -19,7 +19,7 @@ void openblas_gemm(const GemmArgs& g);
 void split_k_by_m_gemm(const GemmArgs& g);
 // The CPU engine's GEMM with batch invariance off: OpenBLAS with split-K chosen by the row count, the
 // habit of GPU libraries for few rows (K cut into 4 pieces for M < 64, 2 for M < 256, 1 from 256 rows),
-// each piece one cblas_sgemm into its own F32 partial, the partials added in order. Batch-variant on
+// each piece one cblas_sgemm, the later ones into a partial added to the first in order. Batch-variant on
 // every CPU whatever kernels OpenBLAS picks there: with its AVX-512 kernels (OPENBLAS_CORETYPE SkylakeX,
 // Cooperlake) a 35-token prompt's projections alone and among 1122 rows came out the same (tests/cpu/
 // test_bisect.cpp's shapes), with its AVX2 ones (Haswell) they did not.
