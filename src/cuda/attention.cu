@@ -24,6 +24,8 @@
 // (tests/gpu/test_attention_cuda.cpp runs both on the same rows).
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -60,6 +62,19 @@ void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream
     launch_kernel(k, grid, attn::kThreads, S::bytes(false), st, p);
     BIK_CUDA_LAUNCH_CHECK();
   }
+}
+
+// BIK_ATTENTION_ORDER (read at each call, for A/B timing): "0" -> 0, the persistent grid's static rounds
+// (CTA b takes unit b of even rounds, gridDim.x - 1 - b of odd ones, in the virtual grid's order); a number
+// G >= 1 -> G, the dynamic hand-out in groups of G CTA columns (attention_kernel_ws's unit_at); anything
+// else or unset -> kOrderGroup. Which CTA computes a unit never changes its bits.
+constexpr int kOrderGroup = 8;
+int order_from_env() {
+  const char* e = std::getenv("BIK_ATTENTION_ORDER");
+  if (e == nullptr || *e == '\0') return kOrderGroup;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  return *end == '\0' && v >= 0 && v <= (1 << 20) ? int(v) : kOrderGroup;
 }
 
 // Split-parallel mode of the warp-specialised kernel: how many consecutive splits one CTA walks, for
@@ -103,6 +118,7 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
   namespace k90 = attn::sm90;
   int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
   void (*k)(attn::Params) = nullptr;
+  int* counter = nullptr;  // the persistent grid's unit counter (stream-ordered, freed behind the launch)
   if (variant == 2) {
     bytes = k90::PipeLayout<D>::kBytes;
     k = split ? k90::attention_kernel_pipelined<T, D, true> : k90::attention_kernel_pipelined<T, D, false>;
@@ -136,7 +152,18 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
     if (!split && units > sms && units < (int64_t(1) << 31) &&
         (level == 2 || (level == 1 && (max_seq_len <= 4096 || prefill_like)))) {
       p.units = int(units), p.grid_x = int(grid.x), p.grid_y = int(grid.y);
+      const unsigned grid_x_units = grid.x;
       grid = dim3(unsigned(sms), 1, 1);
+      // The units handed out by a counter in the grouped order (order_from_env), unless pinned to the
+      // static rounds: in the virtual grid's order each round's units belong to as many columns as the
+      // round has CTAs, and once the K/V they read together pass the L2 (16 x 2048 tokens: ~64 MB a
+      // round) every round reads it again from DRAM.
+      const int group = order_from_env();
+      if (group > 0) {
+        BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&counter), sizeof(int), st));
+        BIK_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int), st));
+        p.unit_counter = counter, p.order_group = std::min(group, int(grid_x_units));
+      }
     }
     if (variant == 3)
       k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kSequential>
@@ -156,6 +183,7 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
   allow_dynamic_smem(reinterpret_cast<const void*>(k), device, bytes);
   launch_kernel(k, grid, unsigned(threads), bytes, st, p);
   BIK_CUDA_LAUNCH_CHECK();
+  if (counter) BIK_CUDA_CHECK(cudaFreeAsync(counter, st));
   if (split) {
     launch_kernel(attn::fold_kernel<T, D>, unsigned(rows), D, 0, st, p);
     BIK_CUDA_LAUNCH_CHECK();
@@ -268,6 +296,8 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   p.tok_per_cta = attn::kRows / p.group;
   p.split_len = int(L);
   p.splits_per_cta = 1;
+  const int64_t esz = int64_t(dtype_size(a.out.dtype));
+  p.out_vec = reinterpret_cast<uintptr_t>(a.out.data) % 16 == 0 && (p.o_s0 * esz) % 16 == 0 && (p.o_s1 * esz) % 16 == 0;
   p.scale_log2 = a.scale * 1.4426950408889634f;
 
   // CTAs of the in-kernel fold mode; split-parallel when they cannot fill the GPU, the contexts are longer

@@ -58,6 +58,11 @@ struct Params {
   // grid_z), unit u at (u % grid_x, u / grid_x % grid_y, u / (grid_x grid_y)), CTA b taking units b,
   // b + gridDim.x, ...; 0: one CTA a unit (blockIdx).
   int units, grid_x, grid_y;
+  // On a persistent grid: unit_counter (zeroed before the launch) hands the units out dynamically, in the
+  // grouped order of order_group CTA columns (attention_kernel_ws's unit_at); nullptr: the static rounds.
+  int* unit_counter;
+  int order_group;
+  int out_vec;  // out's rows 16-byte aligned (base, token and head strides): the staged output store
 };
 
 // Row r (< kRows) of a CTA's query rows belongs to token r / group and head r % group of the KV head's

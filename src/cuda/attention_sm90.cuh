@@ -524,6 +524,49 @@ __device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, in
     }
   }
 }
+
+// store_out's values for the warp-specialised kernels, staged through the consumer's Q buffer `sbuf` (the
+// caller has seen every wgmma of its warpgroup complete, so nothing reads Q any more) so that a warp
+// writes its 16 rows in whole 16-byte chunks: each row's D values are contiguous in out, and a copy
+// instruction covers 32 / (D / 8) whole rows, where store_out sends 4-byte pieces of 8 rows at once (two
+// 32-byte sectors a row per instruction, 32 instructions a thread; in a 16 x 512 prefill the consumers
+// spent ~15% of their stall samples behind those stores, logs_h200/*_ncu_prefill_16_512_*). The staging
+// uses Layout's swizzle: the 32 lanes' 4-byte writes of one n land in 32 distinct banks, each quarter-warp's
+// 16-byte reads in 8 distinct chunk positions. Needs 16-byte aligned rows (p.out_vec); the values and
+// their rounding are store_out's.
+template <typename T, int D>
+__device__ __forceinline__ void store_out_staged(const Params& p, const WorkUnit& w, int tid, int cq,
+                                                 const float (&accf)[D / 2], const float (&L_f)[2], uint32_t sbuf) {
+  const int warp = tid >> 5, lane = tid & 31, g = lane >> 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp * 16 + g + h * 8;
+    const float inv_l = __frcp_rn(L_f[h]);
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const uint32_t v = pack2<T>(out_value(accf[4 * n + 2 * h], inv_l), out_value(accf[4 * n + 2 * h + 1], inv_l));
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sbuf + Layout<D>::off(r, n) + cq * 4), "r"(v) : "memory");
+    }
+  }
+  __syncwarp();  // the warp's 16 rows are its own: only its lanes wrote them
+  constexpr int kChunks = D / 8, kRowsPerOp = 32 / kChunks;
+  T* out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int it = 0; it < 16 / kRowsPerOp; ++it) {
+    const int r = warp * 16 + it * kRowsPerOp + lane / kChunks, c = lane % kChunks;
+    uint4 v;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(sbuf + Layout<D>::off(r, c))
+                 : "memory");
+    if (r < w.valid_rows) {
+      const RowPos rp = row_pos(p, r);
+      T* orow = out + int64_t(w.q0 + w.tok0 + rp.tok) * p.o_s0 + int64_t(w.kvh * p.group + rp.head) * p.o_s1;
+      *reinterpret_cast<uint4*>(orow + c * 8) = v;
+    }
+  }
+  __syncwarp();  // every lane's reads are done before lane 0 hands the buffer back (qempty)
+}
 #endif  // BIK_ATTN_SM90_DEVICE_CODE
 
 // ---- Variant 1 (BIK_ATTENTION_SM90 unset or 1): each tile runs copies -> S wgmma -> softmax -> P V wgmma
@@ -858,7 +901,9 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
 // and consumer 1's opening arrival, which waits on nothing.
 // Per row the order of operations is variant 4's (hence variant 1's); only the moment of issue moves.
 enum class WsSchedule { kSequential, kOverlap, kPingPong, kPipelined };
-constexpr int kTurnBar = 3;  // named barriers 3 and 4 (0 is __syncthreads; 1 and 2 unused)
+constexpr int kTurnBar = 3;   // named barriers 3 and 4 (0 is __syncthreads)
+constexpr int kStoreBar = 1;  // 1 and 2: consumer c's warpgroup before its staged output store
+constexpr int kUnitBar = 5;   // the producer warpgroup's hand-out of a dynamically fetched unit
 
 // kAccSmem (variant 6): the in-kernel fold's accumulators live in shared memory (kOffAcc: per consumer,
 // D / 8 float4s per thread, thread-interleaved), which frees the registers for a second score buffer;
@@ -887,7 +932,8 @@ struct WsLayout {
   static constexpr int kOffBar = kOffAcc + kAccBytes;
   static constexpr int kSlotBytes = 128;  // one unit's description (UnitSlot)
   static constexpr int kOffSlot = kOffBar + (2 * kStages + 2 * kQBufs) * 8;
-  static constexpr int kBytes = kOffSlot + kQBufs * kSlotBytes + 1024;  // + slack to align the base to 1024
+  static constexpr int kOffHandout = kOffSlot + kQBufs * kSlotBytes;  // two ints: the dynamic hand-out
+  static constexpr int kBytes = kOffHandout + 16 + 1024;               // + slack to align the base to 1024
   static_assert(kBytes <= 227 * 1024, "one CTA per SM must fit");
 };
 
@@ -921,7 +967,14 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   auto unit_at = [&](int ui) {
     Unit u;
     int by;
-    if (persistent) {
+    if (persistent && p.order_group > 0) {
+      // Grouped order (the dynamic hand-out): groups of order_group CTA columns (sequence x KV head), each
+      // group's units row by row of the virtual grid (longest causal rows first), so the units in flight
+      // at once read the K/V of a few columns and find them in L2. The persistent grid is never split (z = 0).
+      const int G = p.order_group, per = G * p.grid_y, gi = ui / per, rr = ui - gi * per;
+      const int gsz = min(G, p.grid_x - gi * G);
+      by = rr / gsz, u.bx = gi * G + rr % gsz, u.bz = 0;
+    } else if (persistent) {
       u.bx = ui % p.grid_x, by = ui / p.grid_x % p.grid_y, u.bz = ui / (p.grid_x * p.grid_y);
     } else {
       u.bx = int(blockIdx.x), by = int(blockIdx.y), u.bz = int(blockIdx.z);
@@ -996,9 +1049,31 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     const int pw = tid >> 5, c = lane % kChunks;
     int s = 0, phase = 0;
     int uq = 0;  // units handed to the consumers so far
-    for (int r = 0; r < rounds; ++r) {
+    // Dynamic hand-out (p.unit_counter set, persistent grid only): the CTA's next unit is the counter's
+    // next value, fetched by producer thread 0 one unit ahead (its latency overlaps the unit before) and
+    // passed to the warpgroup through shared memory (two words, alternating, behind named barrier
+    // kUnitBar); the CTAs then take the units in order as they free up, whatever their lengths.
+    // (The flag and the words' address are re-derived where used: the producer runs on 40 registers.)
+    int ahead = 0;
+    if (persistent && p.unit_counter != nullptr && tid == 0) ahead = atomicAdd(p.unit_counter, 1);
+    for (int r = 0;; ++r) {
       Unit un;
-      if (!round_unit(r, un)) continue;
+      if (persistent && p.unit_counter != nullptr) {
+        const uint32_t word = base + Ly::kOffHandout + (r & 1) * 4;
+        if (tid == 0) {
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(word), "r"(ahead) : "memory");
+          ahead = atomicAdd(p.unit_counter, 1);  // the next one, used at the next round
+        }
+        named_barrier_sync(kUnitBar, 128);
+        int ui;
+        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(ui) : "r"(word) : "memory");
+        if (ui >= p.units) break;
+        un = unit_at(ui);
+        if (un.n == 0) continue;
+      } else {
+        if (r >= rounds) break;
+        if (!round_unit(r, un)) continue;
+      }
       const int kb_first = un.kb_first, pmax_all = un.pmax_all, n = un.n;
       {
         // The unit's Q rows and description into Q buffer qb, once the consumers are done with its last unit.
@@ -1331,7 +1406,15 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       if constexpr (kSchedule != WsSchedule::kPipelined) {
         // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
         finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-        if constexpr (!kSplit) store_out<T, D>(p, w, tid, cq, accf, L_f);
+        if constexpr (!kSplit) {
+          if (p.out_vec) {
+            // Every warp of the warpgroup past its last wgmma (the dropped S read all of Q as its B operand).
+            named_barrier_sync(kStoreBar + wg, 128);
+            store_out_staged<T, D>(p, w, tid, cq, accf, L_f, sq);
+          } else {
+            store_out<T, D>(p, w, tid, cq, accf, L_f);
+          }
+        }
       }
     }
     if constexpr (kPingPong) {
