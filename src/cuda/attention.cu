@@ -64,17 +64,19 @@ void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream
   }
 }
 
-// BIK_ATTENTION_ORDER (read at each call, for A/B timing): "0" -> 0, the persistent grid's static rounds
-// (CTA b takes unit b of even rounds, gridDim.x - 1 - b of odd ones, in the virtual grid's order); a number
-// G >= 1 -> G, the dynamic hand-out in groups of G CTA columns (attention_kernel_ws's unit_at); anything
-// else or unset -> kOrderGroup. Which CTA computes a unit never changes its bits.
+// BIK_ATTENTION_ORDER (read at each call, for A/B timing and tests): "0" -> 0, the persistent grid's static
+// rounds (CTA b takes unit b of even rounds, gridDim.x - 1 - b of odd ones, in the virtual grid's order)
+// for every step; a number G >= 1 -> G, the dynamic hand-out in groups of G CTA columns
+// (attention_kernel_ws's unit_at) for every step; anything else or unset -> -1, the rule in launch_sm90
+// (groups of kOrderGroup where the step's K/V exceed the L2, else the static rounds). Which CTA computes
+// a unit never changes its bits.
 constexpr int kOrderGroup = 8;
 int order_from_env() {
   const char* e = std::getenv("BIK_ATTENTION_ORDER");
-  if (e == nullptr || *e == '\0') return kOrderGroup;
+  if (e == nullptr || *e == '\0') return -1;
   char* end = nullptr;
   const long v = std::strtol(e, &end, 10);
-  return *end == '\0' && v >= 0 && v <= (1 << 20) ? int(v) : kOrderGroup;
+  return *end == '\0' && v >= 0 && v <= (1 << 20) ? int(v) : -1;
 }
 
 // Split-parallel mode of the warp-specialised kernel: how many consecutive splits one CTA walks, for
@@ -113,8 +115,9 @@ bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t split
 // fold kernel for the split-parallel mode. A CTA of variants 3 to 6 takes two query blocks, so their grid
 // has half as many in y (the kernel maps y to the pair).
 template <typename T, int D>
-void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device, int sms, cudaStream_t st,
-                 int64_t rows, int64_t max_seq_len) {
+void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device, int sms, int l2_bytes,
+                 cudaStream_t st, int64_t rows, int64_t max_seq_len) {
+  const int64_t kv_bytes = int64_t(p.num_seqs) * max_seq_len * p.kv_heads * D * 2 * int64_t(sizeof(T));
   namespace k90 = attn::sm90;
   int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
   void (*k)(attn::Params) = nullptr;
@@ -154,11 +157,14 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
       p.units = int(units), p.grid_x = int(grid.x), p.grid_y = int(grid.y);
       const unsigned grid_x_units = grid.x;
       grid = dim3(unsigned(sms), 1, 1);
-      // The units handed out by a counter in the grouped order (order_from_env), unless pinned to the
-      // static rounds: in the virtual grid's order each round's units belong to as many columns as the
-      // round has CTAs, and once the K/V they read together pass the L2 (16 x 2048 tokens: ~64 MB a
-      // round) every round reads it again from DRAM.
-      const int group = order_from_env();
+      // Where the step's K/V (at most num_seqs x max_seq_len positions) exceed the L2, the units are handed
+      // out by a counter in the grouped order (order_from_env): in the virtual grid's order each round's
+      // units belong to as many columns as the round has CTAs, so every round reads their K/V again from
+      // DRAM. On an H200 (60 MB of L2) it took prefill 16 x 2048 from 1364-1436 to 1292-1303 us and 4 x
+      // 8192 from 5034-5039 to 4789-4792, while short steps lost to the counter's start (decode 128 x 512
+      // 77 -> 87 us, prefill 4 x 512 38 -> 43: logs_h200/630010c_attention_order_store_ab.log).
+      const int forced = order_from_env();
+      const int group = forced >= 0 ? forced : kv_bytes > int64_t(l2_bytes) ? kOrderGroup : 0;
       if (group > 0) {
         BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&counter), sizeof(int), st));
         BIK_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int), st));
@@ -296,8 +302,6 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   p.tok_per_cta = attn::kRows / p.group;
   p.split_len = int(L);
   p.splits_per_cta = 1;
-  const int64_t esz = int64_t(dtype_size(a.out.dtype));
-  p.out_vec = reinterpret_cast<uintptr_t>(a.out.data) % 16 == 0 && (p.o_s0 * esz) % 16 == 0 && (p.o_s1 * esz) % 16 == 0;
   p.scale_log2 = a.scale * 1.4426950408889634f;
 
   // CTAs of the in-kernel fold mode; split-parallel when they cannot fill the GPU, the contexts are longer
@@ -333,14 +337,18 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)
-        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, dev.sms, st, rows, a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, dev.sms, dev.l2_bytes, st, rows,
+                                            a.max_seq_len);
       else
-        launch_sm90<__half, 128>(p, grid, split, variant, device, dev.sms, st, rows, a.max_seq_len);
+        launch_sm90<__half, 128>(p, grid, split, variant, device, dev.sms, dev.l2_bytes, st, rows,
+                                            a.max_seq_len);
     } else {
       if (bf)
-        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, dev.sms, st, rows, a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, dev.sms, dev.l2_bytes, st, rows,
+                                            a.max_seq_len);
       else
-        launch_sm90<__half, 64>(p, grid, split, variant, device, dev.sms, st, rows, a.max_seq_len);
+        launch_sm90<__half, 64>(p, grid, split, variant, device, dev.sms, dev.l2_bytes, st, rows,
+                                            a.max_seq_len);
     }
   } else if (a.head_dim == 128) {
     if (bf)

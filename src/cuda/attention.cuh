@@ -62,7 +62,6 @@ struct Params {
   // grouped order of order_group CTA columns (attention_kernel_ws's unit_at); nullptr: the static rounds.
   int* unit_counter;
   int order_group;
-  int out_vec;  // out's rows 16-byte aligned (base, token and head strides): the staged output store
 };
 
 // Row r (< kRows) of a CTA's query rows belongs to token r / group and head r % group of the KV head's

@@ -530,10 +530,10 @@ __device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, in
 // writes its 16 rows in whole 16-byte chunks: each row's D values are contiguous in out, and a copy
 // instruction covers 32 / (D / 8) whole rows, where store_out sends 4-byte pieces of 8 rows at once (two
 // 32-byte sectors a row per instruction, 32 instructions a thread; in a 16 x 512 prefill the consumers
-// spent ~15% of their stall samples behind those stores, logs_h200/*_ncu_prefill_16_512_*). The staging
-// uses Layout's swizzle: the 32 lanes' 4-byte writes of one n land in 32 distinct banks, each quarter-warp's
-// 16-byte reads in 8 distinct chunk positions. Needs 16-byte aligned rows (p.out_vec); the values and
-// their rounding are store_out's.
+// spent ~15% of their stall samples behind those stores: logs_h200/9ae5a99_ncu_prefill_16_512_*). The
+// staging uses Layout's swizzle: the 32 lanes' 4-byte writes of one n land in 32 distinct banks, each
+// quarter-warp's 16-byte reads in 8 distinct chunk positions. out's rows are 16-byte aligned on CUDA
+// (paged_attention checks it). The values and their rounding are store_out's.
 template <typename T, int D>
 __device__ __forceinline__ void store_out_staged(const Params& p, const WorkUnit& w, int tid, int cq,
                                                  const float (&accf)[D / 2], const float (&L_f)[2], uint32_t sbuf) {
@@ -1116,12 +1116,15 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         // The warp's first key position kpw of tile t as (table index, row in the block), advanced by one
         // tile (kBK keys) per step instead of divided out each time.
         int kpw = kb_first + pw * 16, bi = kpw / bs, br = kpw % bs;
+        // Tile t's block is read from the table one tile ahead: the read overlaps the wait for a free stage
+        // and the copies of tile t - 1 instead of delaying the copies of tile t.
+        int blk = kpw > pmax_all ? 0 : bt[int64_t(bi) * p.bt_s1];
         for (int t = 0; t < n; ++t, kpw += kBK) {
-          const int blk = kpw > pmax_all ? 0 : bt[int64_t(bi) * p.bt_s1];
           const int64_t off =
               int64_t(blk) * p.cache_blk + int64_t(br + r_lane) * p.cache_tok + int64_t(kvh) * D + c * 8;
           bi += step_blocks, br += step_rows;
           if (br >= bs) br -= bs, ++bi;
+          if (t + 1 < n) blk = kpw + kBK > pmax_all ? 0 : bt[int64_t(bi) * p.bt_s1];
           const char* ksrc = reinterpret_cast<const char*>(kc + off);
           const char* vsrc = reinterpret_cast<const char*>(vc + off);
           mbar_wait(empty(s), phase ^ 1);  // tile t - S released (immediate for the first S tiles)
@@ -1407,7 +1410,10 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
         finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
         if constexpr (!kSplit) {
-          if (p.out_vec) {
+          // Staged where the block has rows in more than one warp (prefill); a decode's few rows (group x
+          // its queries) go straight out, without the barrier and the round trip through shared memory,
+          // which cost 128 x 512 decodes ~2% (logs_h200/630010c_attention_order_store_ab.log).
+          if (w.valid_rows > 16) {
             // Every warp of the warpgroup past its last wgmma (the dropped S read all of Q as its B operand).
             named_barrier_sync(kStoreBar + wg, 128);
             store_out_staged<T, D>(p, w, tid, cq, accf, L_f, sq);

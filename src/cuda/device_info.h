@@ -10,6 +10,7 @@ struct DeviceInfo {
   int arch = 0;        // compute capability x10
   int sms = 0;         // multiprocessors
   int smem_optin = 0;  // opt-in shared memory per block, bytes
+  int l2_bytes = 0;    // L2 cache size, bytes
 };
 // Makes device `index` current and returns its (cached) facts.
 const DeviceInfo& use_device(int index);
