@@ -157,14 +157,15 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
       p.units = int(units), p.grid_x = int(grid.x), p.grid_y = int(grid.y);
       const unsigned grid_x_units = grid.x;
       grid = dim3(unsigned(sms), 1, 1);
-      // Where the step's K/V (at most num_seqs x max_seq_len positions) exceed the L2, the units are handed
-      // out by a counter in the grouped order (order_from_env): in the virtual grid's order each round's
-      // units belong to as many columns as the round has CTAs, so every round reads their K/V again from
-      // DRAM. On an H200 (60 MB of L2) it took prefill 16 x 2048 from 1364-1436 to 1292-1303 us and 4 x
-      // 8192 from 5034-5039 to 4789-4792, while short steps lost to the counter's start (decode 128 x 512
-      // 77 -> 87 us, prefill 4 x 512 38 -> 43: logs_h200/630010c_attention_order_store_ab.log).
+      // Prefill-like steps whose K/V (at most num_seqs x max_seq_len positions) exceed the L2: the units are
+      // handed out by a counter in the grouped order (order_from_env). In the virtual grid's order each
+      // round's units belong to as many columns as the round has CTAs, so every round reads their K/V
+      // again from DRAM. On an H200 (60 MB of L2) it took prefill 16 x 2048 from 1364-1436 to 1292-1303 us
+      // and 4 x 8192 from 5034-5039 to 4789-4792, while short steps lost to the counter's start (prefill
+      // 4 x 512 38 -> 43 us) and decodes, whose units share no K/V, gain nothing from the order (128 x 512
+      // 77 -> 87: logs_h200/630010c_attention_order_store_ab.log, 90b8813_attention_ab.log).
       const int forced = order_from_env();
-      const int group = forced >= 0 ? forced : kv_bytes > int64_t(l2_bytes) ? kOrderGroup : 0;
+      const int group = forced >= 0 ? forced : prefill_like && kv_bytes > int64_t(l2_bytes) ? kOrderGroup : 0;
       if (group > 0) {
         BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&counter), sizeof(int), st));
         BIK_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int), st));

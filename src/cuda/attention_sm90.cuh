@@ -549,20 +549,26 @@ __device__ __forceinline__ void store_out_staged(const Params& p, const WorkUnit
     }
   }
   __syncwarp();  // the warp's 16 rows are its own: only its lanes wrote them
-  constexpr int kChunks = D / 8, kRowsPerOp = 32 / kChunks;
+  constexpr int kChunks = D / 8, kRowsPerOp = 32 / kChunks, kOps = 16 / kRowsPerOp;
   T* out = static_cast<T*>(p.out);
+  // Every read first, into registers of their own, then every store: read and store alternating, each read
+  // waited for the store before it to release the registers it reuses (the stores queue behind each other).
+  uint4 v[kOps];
 #pragma unroll
-  for (int it = 0; it < 16 / kRowsPerOp; ++it) {
+  for (int it = 0; it < kOps; ++it) {
     const int r = warp * 16 + it * kRowsPerOp + lane / kChunks, c = lane % kChunks;
-    uint4 v;
     asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "=r"(v[it].x), "=r"(v[it].y), "=r"(v[it].z), "=r"(v[it].w)
                  : "r"(sbuf + Layout<D>::off(r, c))
                  : "memory");
+  }
+#pragma unroll
+  for (int it = 0; it < kOps; ++it) {
+    const int r = warp * 16 + it * kRowsPerOp + lane / kChunks, c = lane % kChunks;
     if (r < w.valid_rows) {
       const RowPos rp = row_pos(p, r);
       T* orow = out + int64_t(w.q0 + w.tok0 + rp.tok) * p.o_s0 + int64_t(w.kvh * p.group + rp.head) * p.o_s1;
-      *reinterpret_cast<uint4*>(orow + c * 8) = v;
+      *reinterpret_cast<uint4*>(orow + c * 8) = v[it];
     }
   }
   __syncwarp();  // every lane's reads are done before lane 0 hands the buffer back (qempty)
