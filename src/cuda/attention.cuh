@@ -56,7 +56,7 @@ struct Params {
   int splits_per_cta;  // split-parallel mode: consecutive splits one CTA walks (1 but for variants 3-5)
   // Variants 3-6 on a persistent grid: `units` > 0 CTA work units of a virtual grid (grid_x, grid_y,
   // grid_z), unit u at (u % grid_x, u / grid_x % grid_y, u / (grid_x grid_y)), CTA b taking units b,
-  // b + gridDim.x, ...; 0: one CTA a unit (blockIdx).
+  // b + gridDim.x, ... in static rounds (unless unit_counter is set); 0: one CTA a unit (blockIdx).
   int units, grid_x, grid_y;
   // On a persistent grid: unit_counter (zeroed before the launch) hands the units out dynamically, in the
   // grouped order of order_group CTA columns (attention_kernel_ws's unit_at); nullptr: the static rounds.

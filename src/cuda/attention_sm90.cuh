@@ -956,9 +956,11 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   // The CTA's work units: itself (blockIdx), or on a persistent grid (p.units > 0) one unit of each round
   // of gridDim.x consecutive units of the virtual grid, in that order for every role: unit blockIdx.x of
   // even rounds, gridDim.x - 1 - blockIdx.x of odd ones, so the CTA that took a round's first (longest)
-  // unit takes the next round's last. The producer streams the next unit's tiles into the ring while the
-  // consumers finish the current one; the ring's and the barriers' phases carry on from unit to unit. A
-  // unit's work is the same either way, so are its bits.
+  // unit takes the next round's last; or, with p.unit_counter set, whichever unit the counter gives the
+  // producer next (the grouped order of unit_at). The producer streams the next unit's tiles into the ring
+  // while the consumers finish the current one; the ring's and the barriers' phases carry on from unit to
+  // unit, and the consumers learn each unit from its slot. A unit's work is the same either way, so are
+  // its bits.
   const bool persistent = p.units > 0;
   const int rounds = persistent ? (p.units + int(gridDim.x) - 1) / int(gridDim.x) : 1;
   auto unit_of_round = [&](int r) {
