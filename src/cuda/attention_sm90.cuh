@@ -49,6 +49,8 @@
 #include "cuda/gemm_sm90_wgmma.cuh"
 #include "cuda/sm90_sync.cuh"
 
+#include <type_traits>
+
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define BIK_ATTN_SM90_DEVICE_CODE 1  // wgmma exists only in the sm_90a pass
 #endif
@@ -888,8 +890,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
 // with two named barriers, kTurnBar + c for consumer c, each of 256 threads: consumer c waits on its own
 // (bar.sync, 128 threads) before it issues, and right after its last commit of the turn it arrives on
 // its partner's (bar.arrive, the other 128). A turn is one issue of wgmma groups: turn 0 issues S(0),
-// turn k >= 1 issues P V(k - 1) and S(k) (the product past the last tile runs on Q and is dropped, as in
-// variant 4). The turns alternate strictly, 0, 1, 0, 1, ...: consumer 1 arrives once before its first
+// turn k >= 1 issues P V(k - 1) and S(k) (the last turn P V alone, as in variant 4). The turns alternate strictly, 0, 1, 0, 1, ...: consumer 1 arrives once before its first
 // turn, which opens consumer 0's turn 0, and consumer c's turn k needs its partner's turn k - 1 + c. The
 // tensor cores run the groups in the order issued, so while consumer 0's softmax of tile k runs, the
 // cores work through consumer 1's turn k, and the other way round.
@@ -1061,12 +1062,13 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     // next value, fetched by producer thread 0 one unit ahead (its latency overlaps the unit before) and
     // passed to the warpgroup through shared memory (two words, alternating, behind named barrier
     // kUnitBar); the CTAs then take the units in order as they free up, whatever their lengths.
-    // (The flag and the words' address are re-derived where used: the producer runs on 40 registers.)
+    // (The flag and the words' address are re-derived where used: the producer runs on 40 registers. Split
+    // launches never take the persistent grid, and their kernels leave this code out.)
     int ahead = 0;
-    if (persistent && p.unit_counter != nullptr && tid == 0) ahead = atomicAdd(p.unit_counter, 1);
+    if (!kSplit && persistent && p.unit_counter != nullptr && tid == 0) ahead = atomicAdd(p.unit_counter, 1);
     for (int r = 0;; ++r) {
       Unit un;
-      if (persistent && p.unit_counter != nullptr) {
+      if (!kSplit && persistent && p.unit_counter != nullptr) {
         const uint32_t word = base + Ly::kOffHandout + (r & 1) * 4;
         if (tid == 0) {
           asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(word), "r"(ahead) : "memory");
@@ -1355,8 +1357,8 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         // Variant 4: S(t + 1) is issued right behind P V(t), so the tensor cores run both back to back
         // and the softmax of tile t + 1 starts once both are done. Per row the order of operations is
         // variant 1's: S(t + 1) reads only Q and K(t + 1); everything else happens in the same sequence.
-        // After the last tile the product is still issued (on Q as its own B operand) and dropped: with a
-        // conditional issue ptxas can no longer tell which wgmmas are in flight and serialises them all.
+        // The last tile's step is written out separately without S(t + 1): with a conditional issue ptxas
+        // can no longer tell which wgmmas are in flight and serialises them all.
         // Variant 5: the same sequence, each issue inside a turn (turn_begin / turn_end, no-ops for
         // variant 4), P V(t) moved into turn t + 1 next to S(t + 1). Everything a turn's products need
         // (the ring tile, P, the rescaled O, the zeroed scores) is ready before the turn is taken, so the
@@ -1370,9 +1372,14 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         turn_end();
         wgmma_wait<0>();
         pin(sc);
-        for (int kb = kb_first; kb <= w.kb_last; kb += kBK) {
+        // The last tile is the same step written out once more without S(t + 1) (kLast): a product issued
+        // on a condition inside the loop would make ptxas serialise every wgmma, and issuing it on Q and
+        // dropping it cost a unit half a tile's products (a tenth of the tensor-core work of a 16 x 512
+        // prefill, whose units walk 4.5 tiles on average).
+        auto tile = [&](const int kb, auto last_tag) {
+          constexpr bool kLast = decltype(last_tag)::value;
           const bool split_start = tis == 0;
-          const bool split_end = tis == tps - 1 || kb == w.kb_last;
+          const bool split_end = tis == tps - 1 || kLast;
           if (split_start) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
@@ -1385,34 +1392,38 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
             pv_issue<T, D>(o, pa, sv(s));
             wgmma_commit();
           }
-          const bool more = kb < w.kb_last;
           const int s_next = s + 1 == S ? 0 : s + 1;
           const int phase_next = s + 1 == S ? phase ^ 1 : phase;
-          if (more) {
+          if constexpr (!kLast) {
             mbar_wait(full(s_next), phase_next);
             fence_proxy_async();
+            zero_scores(sc);  // S(t + 1)'s accumulators (P(t) is in pa)
           }
-          zero_scores(sc);  // S(t + 1)'s accumulators (P(t) is in pa)
-          turn_begin();     // variant 5's turn t + 1: P V(t), S(t + 1)
+          turn_begin();  // variant 5's turn t + 1: P V(t), S(t + 1)
           if constexpr (kPingPong) {
             pv_issue<T, D>(o, pa, sv(s));
             wgmma_commit();
           }
-          qk_issue<T, D>(sc, sq, more ? sk(s_next) : sq);
-          wgmma_commit();
+          if constexpr (!kLast) {
+            qk_issue<T, D>(sc, sq, sk(s_next));
+            wgmma_commit();
+          }
           turn_end();
           wgmma_wait<0>();  // P V(t) and S(t + 1)
           pin(o);
-          pin(sc);
+          if constexpr (!kLast) pin(sc);
 #pragma unroll
           for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t) stays in its registers until P V(t) is done
           if (lane == 0) mbar_arrive(empty(s));
           s = s_next, phase = phase_next;
           ++t;
-          if (split_end && kb != w.kb_last)
-            finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+          if constexpr (!kLast) {
+            if (split_end) finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+          }
           if (++tis == tps) tis = 0, ++js;
-        }
+        };
+        for (int kb = kb_first; kb < w.kb_last; kb += kBK) tile(kb, std::false_type{});
+        tile(w.kb_last, std::true_type{});
       }
       if constexpr (kSchedule != WsSchedule::kPipelined) {
         // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
@@ -1422,7 +1433,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           // its queries) go straight out, without the barrier and the round trip through shared memory,
           // which cost 128 x 512 decodes ~2% (logs_h200/630010c_attention_order_store_ab.log).
           if (w.valid_rows > 16) {
-            // Every warp of the warpgroup past its last wgmma (the dropped S read all of Q as its B operand).
+            // Every warp of the warpgroup past its last wgmma (the products read Q as one warpgroup operand).
             named_barrier_sync(kStoreBar + wg, 128);
             store_out_staged<T, D>(p, w, tid, cq, accf, L_f, sq);
           } else {
