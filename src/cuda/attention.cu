@@ -118,8 +118,7 @@ bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t split
 // has half as many in y (the kernel maps y to the pair).
 template <typename T, int D>
 void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device, int sms, int l2_bytes,
-                 cudaStream_t st, int64_t rows, int64_t max_seq_len) {
-  const int64_t kv_bytes = int64_t(p.num_seqs) * max_seq_len * p.kv_heads * D * 2 * int64_t(sizeof(T));
+                 int64_t shared_kv_bytes, cudaStream_t st, int64_t rows, int64_t max_seq_len) {
   namespace k90 = attn::sm90;
   int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
   void (*k)(attn::Params) = nullptr;
@@ -159,15 +158,18 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
       p.units = int(units), p.grid_x = int(grid.x), p.grid_y = int(grid.y);
       const unsigned grid_x_units = grid.x;
       grid = dim3(unsigned(sms), 1, 1);
-      // Prefill-like steps whose K/V (at most num_seqs x max_seq_len positions) exceed the L2: the units are
-      // handed out by a counter in the grouped order (order_from_env). In the virtual grid's order each
-      // round's units belong to as many columns as the round has CTAs, so every round reads their K/V
-      // again from DRAM. On an H200 (60 MB of L2) it took prefill 16 x 2048 from 1364-1436 to 1292-1303 us
-      // and 4 x 8192 from 5034-5039 to 4789-4792, while short steps lost to the counter's start (prefill
-      // 4 x 512 38 -> 43 us) and decodes, whose units share no K/V, gain nothing from the order (128 x 512
-      // 77 -> 87: logs_h200/630010c_attention_order_store_ab.log, 90b8813_attention_ab.log).
+      // Steps whose K/V read by more than one unit (shared_kv_bytes: the sequences with more than one pair
+      // of query blocks) exceed the L2: the units are handed out by a counter in the grouped order
+      // (order_from_env). In the virtual grid's order each round's units belong to as many columns as the
+      // round has CTAs, so every round reads their K/V again from DRAM. On an H200 (60 MB of L2) it took
+      // prefill 16 x 2048 from 1364-1436 to 1292-1303 us and 4 x 8192 from 5034-5039 to 4789-4792, while
+      // short steps lost to the counter's start (prefill 4 x 512 38 -> 43 us) and decodes, whose units share
+      // no K/V, gained nothing from the order (128 x 512 77 -> 87: logs_h200/630010c_attention_order_store_ab.log,
+      // 90b8813_attention_ab.log); so decodes, and steps mixing decodes with a short prefill chunk, keep the
+      // static rounds.
       const int forced = order_from_env();
-      const int group = forced >= 0 ? forced : prefill_like && kv_bytes > int64_t(l2_bytes) ? kOrderGroup : 0;
+      const bool shares = prefill_like && shared_kv_bytes > int64_t(l2_bytes);
+      const int group = forced >= 0 ? forced : shares ? kOrderGroup : 0;
       if (group > 0) {
         BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&counter), sizeof(int), st));
         BIK_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int), st));
@@ -310,10 +312,16 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   // CTAs of the in-kernel fold mode; split-parallel when they cannot fill the GPU, the contexts are longer
   // than a split (its partials cost ~ (q_heads / kv_heads) / split_len of the KV bytes), and the split
   // launch is expected to finish first (split_pays).
-  int64_t ctas = 0;
+  // Also the K/V bytes of the sequences whose blocks take more than one unit of the warp-specialised kernels
+  // (two query blocks a unit): read by several units, they decide the persistent grid's order (launch_sm90).
+  int64_t ctas = 0, shared_kv_bytes = 0;
   for (int64_t i = 0; i < a.num_seqs; ++i) {
     const int64_t q_len = a.host_query_start_loc[size_t(i + 1)] - a.host_query_start_loc[size_t(i)];
-    ctas += (q_len + p.tok_per_cta - 1) / p.tok_per_cta * a.kv_heads;
+    const int64_t qblocks_i = (q_len + p.tok_per_cta - 1) / p.tok_per_cta;
+    ctas += qblocks_i * a.kv_heads;
+    if (qblocks_i > 2)
+      shared_kv_bytes += int64_t(a.host_seq_lens[size_t(i)]) * a.kv_heads * a.head_dim * 2 *
+                         dtype_size(a.k_cache.dtype);
   }
   const int64_t max_splits = (a.max_seq_len + L - 1) / L;
   const int64_t rows = a.tokens * a.q_heads;
@@ -340,18 +348,18 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)
-        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, dev.sms, dev.l2_bytes, st, rows,
-                                            a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, dev.sms, dev.l2_bytes,
+                                        shared_kv_bytes, st, rows, a.max_seq_len);
       else
-        launch_sm90<__half, 128>(p, grid, split, variant, device, dev.sms, dev.l2_bytes, st, rows,
-                                            a.max_seq_len);
+        launch_sm90<__half, 128>(p, grid, split, variant, device, dev.sms, dev.l2_bytes,
+                                 shared_kv_bytes, st, rows, a.max_seq_len);
     } else {
       if (bf)
-        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, dev.sms, dev.l2_bytes, st, rows,
-                                            a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, dev.sms, dev.l2_bytes,
+                                       shared_kv_bytes, st, rows, a.max_seq_len);
       else
-        launch_sm90<__half, 64>(p, grid, split, variant, device, dev.sms, dev.l2_bytes, st, rows,
-                                            a.max_seq_len);
+        launch_sm90<__half, 64>(p, grid, split, variant, device, dev.sms, dev.l2_bytes,
+                                shared_kv_bytes, st, rows, a.max_seq_len);
     }
   } else if (a.head_dim == 128) {
     if (bf)

@@ -890,8 +890,9 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
 // with two named barriers, kTurnBar + c for consumer c, each of 256 threads: consumer c waits on its own
 // (bar.sync, 128 threads) before it issues, and right after its last commit of the turn it arrives on
 // its partner's (bar.arrive, the other 128). A turn is one issue of wgmma groups: turn 0 issues S(0),
-// turn k >= 1 issues P V(k - 1) and S(k) (the last turn P V alone, as in variant 4). The turns alternate strictly, 0, 1, 0, 1, ...: consumer 1 arrives once before its first
-// turn, which opens consumer 0's turn 0, and consumer c's turn k needs its partner's turn k - 1 + c. The
+// turn k >= 1 issues P V(k - 1) and S(k) (the last turn P V alone, as in variant 4). The turns alternate
+// strictly, 0, 1, 0, 1, ...: consumer 1 arrives once before its first turn, which opens consumer 0's
+// turn 0, and consumer c's turn k needs its partner's turn k - 1 + c. The
 // tensor cores run the groups in the order issued, so while consumer 0's softmax of tile k runs, the
 // cores work through consumer 1's turn k, and the other way round.
 // Unequal work: both consumers take exactly n + 1 turns, n the stream's tile count (the common
