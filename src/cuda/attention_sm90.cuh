@@ -891,25 +891,22 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
 // (bar.sync, 128 threads) before it issues, and right after its last commit of the turn it arrives on
 // its partner's (bar.arrive, the other 128). A turn is one issue of wgmma groups: turn 0 issues S(0),
 // turn k >= 1 issues P V(k - 1) and S(k) (the last turn P V alone, as in variant 4). The turns alternate
-// strictly, 0, 1, 0, 1, ..., and run on from unit to unit: consumer 1 arrives once before the CTA's first
-// unit, which opens consumer 0's first turn 0, consumer c's turn k needs its partner's turn k - 1 + c,
-// and consumer 0's turn 0 of a unit needs consumer 1's last turn of the unit before (so consumer 0 starts
-// a unit while consumer 1 still ends the previous one: its fold and output store). The tensor cores run
-// the groups in the order issued, so while consumer 0's softmax of tile k runs, the cores work through
-// consumer 1's turn k, and the other way round.
+// strictly, 0, 1, 0, 1, ...: consumer 1 arrives once before its first turn, which opens consumer 0's
+// turn 0, and consumer c's turn k needs its partner's turn k - 1 + c. The
+// tensor cores run the groups in the order issued, so while consumer 0's softmax of tile k runs, the
+// cores work through consumer 1's turn k, and the other way round.
 // Unequal work: both consumers take exactly n + 1 turns, n the stream's tile count (the common
 // count of the ring). A consumer with fewer tiles (the lower causal block, a block with no key in the
 // split, a block past its sequence's queries) takes empty turns after its own (bar.sync then bar.arrive,
 // nothing issued), each paired with releasing one remaining ring tile, so its partner's turns always
-// find their arrival. Consumer 1's last turn of the CTA's last unit opens a turn that never comes:
-// consumer 0 takes that arrival (one bar.sync) before it exits, so no barrier is left with a partial count.
+// find their arrival. Consumer 1 skips the arrival of its turn n (consumer 0 has no turn n + 1), so no
+// barrier is left with a partial count when the CTA exits.
 // Why it cannot hang: order the turns as g = 2k + c. Turn g waits for (a) the arrival of turn g - 1
 // and (b) the ring tile it reads (k for S(k), or k - 1 for an empty turn's release, both waited for
 // before the bar.sync), whose copy the producer starts once both consumers have released tile k - S,
 // which each does right after its turn k - S + 1 (g' <= 2(k - S + 1) + 1 < g for S >= 2). So every turn
-// waits only on turns before it in this order (continued across units: a unit's turns follow the last
-// turn of the unit before), and the first (consumer 0's first turn 0) only on the producer and consumer
-// 1's opening arrival, which waits on nothing.
+// waits only on turns before it in this order, and the first (consumer 0's turn 0) only on the producer
+// and consumer 1's opening arrival, which waits on nothing.
 // Per row the order of operations is variant 4's (hence variant 1's); only the moment of issue moves.
 enum class WsSchedule { kSequential, kOverlap, kPingPong, kPipelined };
 constexpr int kTurnBar = 3;   // named barriers 3 and 4 (0 is __syncthreads)
@@ -1189,22 +1186,12 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   constexpr bool kPingPong = kSchedule == WsSchedule::kPingPong;
   int s = 0, phase = 0;  // the ring's position, carried from unit to unit
-  if constexpr (kPingPong) {
-    static_assert(C == 2, "the ping-pong alternates two consumers");
-    if (wg == 1) named_barrier_arrive(kTurnBar, 256);  // opens consumer 0's first turn
-  }
   for (int uq = 0;; ++uq) {
     // The producer's next unit: its description and (once this consumer's Q bytes have landed) its Q.
     const int qb = uq % QB;
     mbar_wait(qfull(qb), (uq / QB) & 1);
     const int n = slot(qb).n;
-    if (n == 0) {  // the producer has no more units
-      // Consumer 1's last turn arrived on consumer 0's barrier for a turn that never comes: taken here,
-      // so no barrier is left with a partial count when the CTA exits.
-      if constexpr (kPingPong)
-        if (wg == 0) named_barrier_sync(kTurnBar, 256);
-      break;
-    }
+    if (n == 0) break;  // the producer has no more units
     const int kb_first = slot(qb).kb_first;
     const WorkUnit w = slot(qb).w[wg];
     // Variant 5's turns (the comment above WsSchedule); no-ops for the other schedules.
@@ -1214,10 +1201,14 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     };
     [[maybe_unused]] auto turn_end = [&] {
       if constexpr (kPingPong) {
-        named_barrier_arrive(kTurnBar + 1 - wg, 256);  // consumer 1's turn n opens the next unit's turn 0
+        if (wg == 0 || turn < n) named_barrier_arrive(kTurnBar + 1 - wg, 256);  // consumer 0 has no turn n + 1
         ++turn;
       }
     };
+    if constexpr (kPingPong) {
+      static_assert(C == 2, "the ping-pong alternates two consumers");
+      if (wg == 1) named_barrier_arrive(kTurnBar, 256);  // opens consumer 0's turn 0
+    }
     const bool mine = w.valid_rows > 0;  // uniform over the warpgroup
     int t = 0;
     if (mine) {
