@@ -22,8 +22,9 @@
 // every split). The two modes run the same per-split code and the same fold, and a split's partials are
 // the same whichever CTA computes them, so the choice, which depends on the batch, never changes a bit
 // (tests/gpu/test_attention_cuda.cpp runs both on the same rows). On the persistent grid (launch_sm90) the
-// units go to the CTAs in static rounds, or, for prefills whose K/V exceed the L2, from a counter in groups
-// of columns (BIK_ATTENTION_ORDER); a unit's bits do not depend on the CTA that computes it.
+// units go to the CTAs in static rounds, or, for prefills whose K/V read by several units exceed the L2,
+// from a counter in groups of columns (BIK_ATTENTION_ORDER); a unit's bits do not depend on the CTA that
+// computes it.
 #include <cuda_runtime.h>
 
 #include <algorithm>
