@@ -118,9 +118,10 @@ bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t split
 // fold kernel for the split-parallel mode. A CTA of variants 3 to 6 takes two query blocks, so their grid
 // has half as many in y (the kernel maps y to the pair).
 template <typename T, int D>
-void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device, int sms, int l2_bytes,
-                 int64_t shared_kv_bytes, cudaStream_t st, int64_t rows, int64_t max_seq_len) {
+void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const DeviceInfo& dev, int64_t shared_kv_bytes,
+                 cudaStream_t st, int64_t rows, int64_t max_seq_len) {
   namespace k90 = attn::sm90;
+  const int sms = dev.sms;
   int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
   void (*k)(attn::Params) = nullptr;
   int* counter = nullptr;  // the persistent grid's unit counter (stream-ordered, freed behind the launch)
@@ -157,24 +158,22 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
     if (!split && units > sms && units < (int64_t(1) << 31) &&
         (level == 2 || (level == 1 && (max_seq_len <= 4096 || prefill_like)))) {
       p.units = int(units), p.grid_x = int(grid.x), p.grid_y = int(grid.y);
-      const unsigned grid_x_units = grid.x;
       grid = dim3(unsigned(sms), 1, 1);
       // Steps whose K/V read by more than one unit (shared_kv_bytes: the sequences with more than one pair
-      // of query blocks) exceed the L2: the units are handed out by a counter in the grouped order
-      // (order_from_env). In the virtual grid's order each round's units belong to as many columns as the
-      // round has CTAs, so every round reads their K/V again from DRAM. On an H200 (60 MB of L2) it took
-      // prefill 16 x 2048 from 1364-1436 to 1292-1303 us and 4 x 8192 from 5034-5039 to 4789-4792, while
-      // short steps lost to the counter's start (prefill 4 x 512 38 -> 43 us) and decodes, whose units share
-      // no K/V, gained nothing from the order (128 x 512 77 -> 87: logs_h200/630010c_attention_order_store_ab.log,
-      // 90b8813_attention_ab.log); so decodes, and steps mixing decodes with a short prefill chunk, keep the
-      // static rounds.
+      // of query blocks, so only prefill-like steps have any) exceed the L2: the units are handed out by a
+      // counter in the grouped order (order_from_env). In the virtual grid's order each round's units
+      // belong to as many columns as the round has CTAs, so every round reads their K/V again from DRAM.
+      // On an H200 (60 MB of L2) it took prefill 16 x 2048 from 1364-1436 to 1292-1303 us and 4 x 8192 from
+      // 5034-5039 to 4789-4792, while short steps lost to the counter's start (prefill 4 x 512 38 -> 43 us)
+      // and decodes, whose units share no K/V, gained nothing from the order (128 x 512 77 -> 87:
+      // logs_h200/630010c_attention_order_store_ab.log, 90b8813_attention_ab.log); so decodes, and steps
+      // mixing decodes with a short prefill chunk, keep the static rounds.
       const int forced = order_from_env();
-      const bool shares = prefill_like && shared_kv_bytes > int64_t(l2_bytes);
-      const int group = forced >= 0 ? forced : shares ? kOrderGroup : 0;
+      const int group = forced >= 0 ? forced : shared_kv_bytes > int64_t(dev.l2_bytes) ? kOrderGroup : 0;
       if (group > 0) {
         BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&counter), sizeof(int), st));
         BIK_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int), st));
-        p.unit_counter = counter, p.order_group = std::min(group, int(grid_x_units));
+        p.unit_counter = counter, p.order_group = std::min(group, p.grid_x);
       }
     }
     if (variant == 3)
@@ -192,7 +191,7 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, int device,
   } else {
     k = split ? k90::attention_kernel<T, D, true> : k90::attention_kernel<T, D, false>;
   }
-  allow_dynamic_smem(reinterpret_cast<const void*>(k), device, bytes);
+  allow_dynamic_smem(reinterpret_cast<const void*>(k), dev.index, bytes);
   launch_kernel(k, grid, unsigned(threads), bytes, st, p);
   BIK_CUDA_LAUNCH_CHECK();
   if (counter) BIK_CUDA_CHECK(cudaFreeAsync(counter, st));
@@ -349,18 +348,14 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)
-        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, device, dev.sms, dev.l2_bytes,
-                                        shared_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, dev, shared_kv_bytes, st, rows, a.max_seq_len);
       else
-        launch_sm90<__half, 128>(p, grid, split, variant, device, dev.sms, dev.l2_bytes,
-                                 shared_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__half, 128>(p, grid, split, variant, dev, shared_kv_bytes, st, rows, a.max_seq_len);
     } else {
       if (bf)
-        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, device, dev.sms, dev.l2_bytes,
-                                       shared_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, dev, shared_kv_bytes, st, rows, a.max_seq_len);
       else
-        launch_sm90<__half, 64>(p, grid, split, variant, device, dev.sms, dev.l2_bytes,
-                                shared_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__half, 64>(p, grid, split, variant, dev, shared_kv_bytes, st, rows, a.max_seq_len);
     }
   } else if (a.head_dim == 128) {
     if (bf)

@@ -505,18 +505,24 @@ __device__ __forceinline__ void fold_start(float (&accf)[R], float (&M_f)[2], fl
   L_f[0] = L_f[1] = 0.f;
 }
 
+// Row r of the work unit's query rows in out (its D values are contiguous).
+template <typename T>
+__device__ __forceinline__ T* out_row(const Params& p, const WorkUnit& w, int r) {
+  const RowPos rp = row_pos(p, r);
+  return static_cast<T*>(p.out) + int64_t(w.q0 + w.tok0 + rp.tok) * p.o_s0 +
+         int64_t(w.kvh * p.group + rp.head) * p.o_s1;
+}
+
 // In-kernel fold mode: out = accf * (1 / L_f) (out_value), rounded to T, for this thread's live rows.
 template <typename T, int D>
 __device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, int tid, int cq,
                                           const float (&accf)[D / 2], const float (&L_f)[2]) {
   const int warp = tid >> 5, g = (tid & 31) >> 2;
-  T* out = static_cast<T*>(p.out);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = warp * 16 + g + h * 8;
     if (r >= w.valid_rows) continue;
-    const RowPos rp = row_pos(p, r);
-    T* orow = out + int64_t(w.q0 + w.tok0 + rp.tok) * p.o_s0 + int64_t(w.kvh * p.group + rp.head) * p.o_s1;
+    T* orow = out_row<T>(p, w, r);
     const float inv_l = __frcp_rn(L_f[h]);
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
@@ -552,7 +558,6 @@ __device__ __forceinline__ void store_out_staged(const Params& p, const WorkUnit
   }
   __syncwarp();  // the warp's 16 rows are its own: only its lanes wrote them
   constexpr int kChunks = D / 8, kRowsPerOp = 32 / kChunks, kOps = 16 / kRowsPerOp;
-  T* out = static_cast<T*>(p.out);
   // Every read first, into registers of their own, then every store: read and store alternating, each read
   // waited for the store before it to release the registers it reuses (the stores queue behind each other).
   uint4 v[kOps];
@@ -567,11 +572,7 @@ __device__ __forceinline__ void store_out_staged(const Params& p, const WorkUnit
 #pragma unroll
   for (int it = 0; it < kOps; ++it) {
     const int r = warp * 16 + it * kRowsPerOp + lane / kChunks, c = lane % kChunks;
-    if (r < w.valid_rows) {
-      const RowPos rp = row_pos(p, r);
-      T* orow = out + int64_t(w.q0 + w.tok0 + rp.tok) * p.o_s0 + int64_t(w.kvh * p.group + rp.head) * p.o_s1;
-      *reinterpret_cast<uint4*>(orow + c * 8) = v[it];
-    }
+    if (r < w.valid_rows) *reinterpret_cast<uint4*>(out_row<T>(p, w, r) + c * 8) = v[it];
   }
   __syncwarp();  // every lane's reads are done before lane 0 hands the buffer back (qempty)
 }
