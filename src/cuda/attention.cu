@@ -71,8 +71,8 @@ void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream
 // rounds (CTA b takes unit b of even rounds, gridDim.x - 1 - b of odd ones, in the virtual grid's order)
 // for every step; a number G >= 1 -> G, the dynamic hand-out in groups of G CTA columns
 // (attention_kernel_ws's unit_at) for every step; anything else or unset -> -1, the rule in launch_sm90
-// (groups of kOrderGroup where the step's K/V exceed the L2, else the static rounds). Which CTA computes
-// a unit never changes its bits.
+// (groups of kOrderGroup where the K/V read by several units exceed the L2, else the static rounds).
+// Which CTA computes a unit never changes its bits.
 constexpr int kOrderGroup = 8;
 int order_from_env() {
   const char* e = std::getenv("BIK_ATTENTION_ORDER");
