@@ -34,15 +34,6 @@ using Tile128x128 = Config<128, 128, 6>;
 using Tile128x192 = Config<128, 192, 5>;  // 96 accumulators per consumer thread; 128 tiles for M=256, N=12288
 using Tile128x256 = Config<128, 256, 4>;  // large M: 128 accumulators per consumer thread
 
-// Split mode (kernel kSplit): the same tiles with fewer stages, which leave room for the exchange buffer
-// (split_smem_bytes).
-using Split64x64 = Config<64, 64, 8>;
-using Split64x128 = Config<64, 128, 6>;
-using Split128x128 = Config<128, 128, 5>;
-using Split128x192 = Config<128, 192, 3>;
-static_assert(split_smem_bytes<Split128x128>() <= 227 * 1024 && split_smem_bytes<Split128x192>() <= 227 * 1024,
-              "split tiles fit a Hopper CTA's shared memory");
-
 // The ping-pong forms of the two-consumer tiles (BIK_GEMM_PINGPONG=1): 64 x BN tiles, one a consumer at a
 // time, so a stage holds 64 rows of A; the stage counts are those of the 64-row tiles (5 for BN = 256,
 // 200 KB), about the shared memory the 128-row stages fill.
@@ -65,12 +56,11 @@ using SwapTile = Config<64, BN, swap_stages(BN), true, true>;
 
 enum class Choice {
   T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256,
-  S144, S160, S192, S208, S224, S256, P64x64, P64x128, P128x128, P128x192, Count
+  S144, S160, S192, S208, S224, S256, Count
 };
 const char* const kChoiceNames[] = {"64x32",      "64x64",      "64x128",     "64x192",     "128x32",
                                     "128x64",     "128x128",    "128x192",    "128x256",    "swap64x144",
-                                    "swap64x160", "swap64x192", "swap64x208", "swap64x224", "swap64x256", "split64x64",
-                                    "split64x128", "split128x128", "split128x192"};
+                                    "swap64x160", "swap64x192", "swap64x208", "swap64x224", "swap64x256"};
 static_assert(std::size(kChoiceNames) == size_t(Choice::Count), "one name per tile");
 
 // bm x bn in the product the kernel computes: for a swapped tile, bm weight rows by bn activation rows.
@@ -86,9 +76,7 @@ constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},       {Choice::T64x64
                                  {Choice::T128x256, 128, 256},   {Choice::S144, 64, 144, true},
                                  {Choice::S160, 64, 160, true},  {Choice::S192, 64, 192, true},
                                  {Choice::S208, 64, 208, true},  {Choice::S224, 64, 224, true},
-                                 {Choice::S256, 64, 256, true},  {Choice::P64x64, 64, 64},
-                                 {Choice::P64x128, 64, 128},     {Choice::P128x128, 128, 128},
-                                 {Choice::P128x192, 128, 192}};
+                                 {Choice::S256, 64, 256, true}};
 static_assert(std::size(kShapes) == size_t(Choice::Count), "one shape per tile");
 
 // Clocks one SM spends on one 64-deep K stage of a tile once the pipeline runs: the larger of the
@@ -483,38 +471,6 @@ void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
 std::atomic<uint64_t> g_swapped_launches{0};
 std::atomic<uint64_t> g_gated_launches{0};
 
-// K stages of piece 0 of a split product: the first half of K's 64-wide stages, rounded up.
-int split_stages(int k) { return ((k + kBK - 1) / kBK + 1) / 2; }
-
-// A split-K launch of Cfg (kernel kSplit): persistent pairs of CTAs in clusters of two, both CTAs of a
-// pair on the same tile, rank 0 over K stages [0, split_stages(K)), rank 1 over the rest.
-template <class Cfg, typename T>
-void launch_split(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
-  auto kernel = gemm_kernel<Cfg, T, false, true>;
-  constexpr int kSmem = split_smem_bytes<Cfg>();
-  BIK_CHECK(kSmem <= d.smem_optin, "matmul: split sm90 tile needs ", kSmem,
-            " bytes of shared memory; the device allows ", d.smem_optin);
-  Params prm = walk_params(p, TileOrder{(p.m + Cfg::BM - 1) / Cfg::BM, (p.n + Cfg::BN - 1) / Cfg::BN, 8});
-  prm.split_kb = split_stages(p.k);
-  const int64_t total = prm.total_tiles;
-  const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
-  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  CUtensorMap map_a{}, map_w{};
-  prm.tma = p.a_sk == 1 && p.w_sk == 1 &&
-            make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, Cfg::BM) &&
-            make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, Cfg::BN);
-  BIK_CHECK(prm.tma, "matmul: the split sm90 tiles need operands the copy engine can describe");
-  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, kSmem);
-  const int most = max_active_pairs(reinterpret_cast<const void*>(kernel), Cfg::kThreads, kSmem, d);
-  BIK_CHECK(most >= 1, "matmul: device ", d.index, " cannot place a cluster of two split-K CTAs");
-  cudaLaunchAttribute attr[2];
-  const bool programmatic = programmatic_launch(reinterpret_cast<const void*>(kernel));
-  const cudaLaunchConfig_t cfg = pair_cluster_config(attr, unsigned(2 * std::min<int64_t>(total, most)),
-                                                     Cfg::kThreads, kSmem, st, programmatic);
-  BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm, map_a, map_w));
-  if (programmatic) count_programmatic_launch();
-}
-
 // A swapped tile: the transposed problem on SwapTile<BN> (bands of 16 weight tiles, as the ping-pong walk).
 template <int BN, typename T>
 void launch_swapped(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
@@ -541,10 +497,6 @@ void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) 
     case Choice::T128x128: return launch<Tile128x128, T>(p, d, st);
     case Choice::T128x192: return launch<Tile128x192, T>(p, d, st);
     case Choice::T128x256: return launch<Tile128x256, T>(p, d, st);
-    case Choice::P64x64: return launch_split<Split64x64, T>(p, d, st);
-    case Choice::P64x128: return launch_split<Split64x128, T>(p, d, st);
-    case Choice::P128x128: return launch_split<Split128x128, T>(p, d, st);
-    case Choice::P128x192: return launch_split<Split128x192, T>(p, d, st);
     case Choice::Count: break;
   }
   throw Error("gemm_sm90: no such tile");

@@ -123,15 +123,7 @@ struct Params {
   int a_batched, w_batched;  // 0: the operand is one matrix shared by every batch (batch stride 0)
   int out_vec16;             // 1: out rows are 16-byte aligned with unit N stride (staged 16-byte stores)
   int share_w;               // cluster mode only: 1: a pair is two M-tiles sharing W; 0: two N-tiles sharing A
-  int split_kb;              // split mode only: K stages of piece 0 (rank 0 of the pair); rank 1 takes the rest
 };
-
-// Split mode (gemm_kernel's kSplit): shared memory beyond the tile's own, for the exchange of half a tile's
-// sums between the two CTAs of a pair: two barriers (padded to 128 bytes), then BM / 2 x BN floats.
-template <class Cfg>
-constexpr int split_smem_bytes() {
-  return Cfg::kSmemBytes + 128 + Cfg::BM / 2 * Cfg::BN * 4;
-}
 
 #ifdef BIK_SM90_DEVICE_CODE
 using sm90_sync::fence_proxy_async;
@@ -190,20 +182,6 @@ __device__ __forceinline__ uint32_t cluster_count_x() {
   uint32_t r;
   asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
   return r;
-}
-// The address of the same shared-memory location in CTA `cta` of the cluster.
-__device__ __forceinline__ uint32_t map_to_cta(uint32_t addr, uint32_t cta) {
-  uint32_t r;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(cta));
-  return r;
-}
-// 16 bytes into another CTA's shared memory (both addresses from map_to_cta), counted as complete_tx bytes
-// on that CTA's barrier `bar` once they have landed there.
-__device__ __forceinline__ void st_async_16(uint32_t addr, float a, float b, float c, float d, uint32_t bar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(addr),
-               "r"(__float_as_uint(a)), "r"(__float_as_uint(b)), "r"(__float_as_uint(c)), "r"(__float_as_uint(d)),
-               "r"(bar)
-               : "memory");
 }
 // Every thread of both CTAs (not .aligned: the producer warp reaches it from divergent paths).
 __device__ __forceinline__ void cluster_sync() {
@@ -424,17 +402,12 @@ __device__ __forceinline__ void store_tile_gated(const Problem& p, bool out_vec1
 
 // kCluster: launched in clusters of two along x (see the top of this file); prm.total_tiles then counts
 // pairs of tiles, prm.order walks the grid of pairs, and map_a or map_w (the shared one) has half-height boxes.
-// kSplit: launched in clusters of two along x as well; both CTAs of a pair take the same tiles, over the two
-// pieces of K (see split mode at the top of this file); shared memory split_smem_bytes<Cfg>().
-template <class Cfg, typename T, bool kCluster = false, bool kSplit = false>
+template <class Cfg, typename T, bool kCluster = false>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     gemm_kernel(const __grid_constant__ Params prm, const __grid_constant__ CUtensorMap map_a,
                 const __grid_constant__ CUtensorMap map_w) {
 #ifdef BIK_SM90_DEVICE_CODE
   constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES;
-  static_assert(!(kCluster && kSplit) && !(kSplit && (Cfg::kPingPong || Cfg::kSwapped)),
-                "split mode runs the plain tiles, without operand sharing");
-  constexpr bool kPair = kCluster || kSplit;  // launched in clusters of two
   extern __shared__ uint8_t smem_raw[];
   // The same offset in both CTAs of a cluster: the multicast copies address the partner's stages by it.
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
@@ -467,23 +440,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // The walk: one-CTA mode steps over tiles by CTA; cluster mode steps over pairs by cluster, and the
   // CTA of rank r takes tile r of each pair. Both CTAs of a cluster walk the same pairs with the same
   // number of K stages, so their stage counters stay equal, which the shared empty barriers rely on.
-  const int rank = kPair ? int(cluster_ctarank()) : 0;
+  const int rank = kCluster ? int(cluster_ctarank()) : 0;
   const auto walk0 = [] {
-    if constexpr (kPair)
+    if constexpr (kCluster)
       return cluster_id_x();
     else
       return blockIdx.x;
   }();
   const auto walk_step = [] {
-    if constexpr (kPair)
+    if constexpr (kCluster)
       return cluster_count_x();
     else
       return gridDim.x;
   }();
-  // The K stages this CTA runs on each tile: all of them, or in split mode its piece's.
-  const int kb_lo = kSplit && rank == 1 ? min(prm.split_kb, num_kb) : 0;
-  const int kb_hi = kSplit && rank == 0 ? min(prm.split_kb, num_kb) : num_kb;
-  const int nkb = kb_hi - kb_lo;
   auto tile_coords = [&](int tile, int& b, int& tm, int& tn) {
     prm.order.coords(tile, b, tm, tn);
     if constexpr (kCluster) {
@@ -545,35 +514,26 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // Launched programmatically (launch.cuh), the kernel may start before the kernel ahead of it has
   // completed: the barriers are created first, and every thread waits in pdl_wait before the first access
   // to global memory (the copies into shared memory included).
-  const int pre = (kCluster || prm.tma) && int(walk0) < prm.total_tiles ? min(STAGES, nkb) : 0;
+  const int pre = (kCluster || prm.tma) && int(walk0) < prm.total_tiles ? min(STAGES, num_kb) : 0;
   auto early_copies = [&] {
     int b, tm, tn;
     tile_coords(walk0, b, tm, tn);
-    for (int kb = 0; kb < pre; ++kb) load_stage(kb, kb_lo + kb, b, tm, tn);
+    for (int kb = 0; kb < pre; ++kb) load_stage(kb, kb, b, tm, tn);
   };
-  // Split mode: xfull counts this CTA's receiving threads (each expects its partner's bytes), xempty the
-  // partner's receiving threads, which arrive once they have read the exchange buffer.
-  const uint32_t xbars = bars + Cfg::kBarBytes + Cfg::kConsumers * 4 * Cfg::kEpiWarpBytes;
-  const uint32_t xfull = xbars, xempty = xbars + 8, xbuf = xbars + 128;
-  constexpr int kXThreads = Cfg::kConsumers * 4 / 2 * 32;  // receiving (and sending) threads of a CTA
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), prm.tma ? 1 : 128);
       // lane 0 of every consumer warp that reads the stage (of both CTAs)
       mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kStageReaders * 4);
     }
-    if constexpr (kSplit) {
-      mbar_init(xfull, kXThreads);
-      mbar_init(xempty, kXThreads);
-    }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   pdl_wait();
   if (threadIdx.x == 0 && !kCluster && pre > 0) early_copies();
   __syncthreads();
-  // No multicast, remote store or remote arrive may reach the partner before its barriers exist.
-  if constexpr (kPair) cluster_sync();
+  // No multicast or remote arrive may reach the partner before its barriers exist.
   if constexpr (kCluster) {
+    cluster_sync();
     if (threadIdx.x == 0 && pre > 0) early_copies();
   }
 
@@ -601,22 +561,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
       __syncwarp();  // the copy thread's warp meets the final cluster barrier converged
     } else {
-      // One thread drives the copy engine; split mode keeps the others for the final cluster barrier.
-      const bool copier = (!prm.tma && !kSplit) || t == 0;
-      if (!kSplit && !copier) return;
-      int it = pre;  // stage use counter, continued across tiles (past the early copies)
-      for (int tile = walk0; copier && tile < prm.total_tiles; tile += walk_step) {
+      if (prm.tma && t != 0) return;  // one thread drives the copy engine
+      int it = pre;                   // stage use counter, continued across tiles (past the early copies)
+      for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
         int b, tm, tn;
         tile_coords(tile, b, tm, tn);
-        for (int kb = tile == int(walk0) ? pre : 0; kb < nkb; ++kb, ++it) {
+        for (int kb = tile == int(walk0) ? pre : 0; kb < num_kb; ++kb, ++it) {
           const int s = it % STAGES, phase = (it / STAGES) & 1;
           mbar_wait(empty(s), phase ^ 1);  // a fresh barrier counts as having completed phase "1"
-          if (prm.tma || kSplit) {  // split mode always copies with TMA (launch_split checks)
-            load_stage(s, kb_lo + kb, b, tm, tn);
+          if (prm.tma) {
+            load_stage(s, kb, b, tm, tn);
           } else {
             const T* a = static_cast<const T*>(p.a) + int64_t(b) * p.a_sb;
             const T* w = static_cast<const T*>(p.w) + int64_t(b) * p.w_sb;
-            const int k0 = (kb_lo + kb) * kBK;
+            const int k0 = kb * kBK;
             for (int i = t; i < (BM + BN) * 8; i += 128) {
               const bool is_a = i < BM * 8;
               const int r = (is_a ? i : i - BM * 8) >> 3, c = i & 7;
@@ -665,14 +623,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     for (int tile = walk0; tile < prm.total_tiles; tile += walk_step, ++local) {
       if constexpr (kPingPong) {
         if ((local & 1) != wg) continue;   // the partner's tile
-        it = local * nkb;                  // the partner's turns used the stages in between
+        it = local * num_kb;               // the partner's turns used the stages in between
         named_bar_sync(kTurnBar + wg, 256);  // the turn before has waited for and issued all of its stages
       }
       int b, tm, tn;
       tile_coords(tile, b, tm, tn);
 #pragma unroll
       for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
-      for (int kb = 0; kb < nkb; ++kb, ++it) {
+      for (int kb = 0; kb < num_kb; ++kb, ++it) {
         const int s = it % STAGES, phase = (it / STAGES) & 1;
         mbar_wait(full(s), phase);
         // The stage addresses through a broadcast from lane 0 (the same in every lane): the compiler then
@@ -697,40 +655,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
       wgmma_wait<0>();
       pin(acc);
-      if (nkb > 0 && lane == 0) release((it - 1) % STAGES);
-      // Split mode: the two pieces' sums of each output meet in the CTA that stores its row, rows of the
-      // first half of the tile's warps in rank 0, of the second half in rank 1. A warp whose rows the
-      // partner stores sends its sums there (st.async into the partner's exchange buffer, counted on the
-      // partner's xfull) once the partner has read the previous tile's (xempty); the storing warp adds
-      // them to its own, acc + sent, which is piece 0 + piece 1 (a sum of two terms rounds the same in
-      // either order), and stores as without a split. Every thread takes part for every tile, rows past M
-      // included, so both barriers get all their arrivals.
-      if constexpr (kSplit) {
-        const int gw = slab * 4 + warp;  // the warp's 16 rows of the tile
-        const bool stores = (gw < Cfg::kConsumers * 2) == (rank == 0);
-        const uint32_t xmine = xbuf + ((gw % (Cfg::kConsumers * 2)) * 32 + lane) * 16;  // then kXThreads * 16 apart
-        const int xphase = local & 1;
-        if (stores) {
-          mbar_arrive_expect_tx(xfull, BN / 2 * 4);
-          mbar_wait(xfull, xphase);
-#pragma unroll
-          for (int i4 = 0; i4 < BN / 8; ++i4) {
-            const uint4 v = ld_shared_16(xmine + i4 * kXThreads * 16);
-            acc[4 * i4] = __fadd_rn(acc[4 * i4], __uint_as_float(v.x));
-            acc[4 * i4 + 1] = __fadd_rn(acc[4 * i4 + 1], __uint_as_float(v.y));
-            acc[4 * i4 + 2] = __fadd_rn(acc[4 * i4 + 2], __uint_as_float(v.z));
-            acc[4 * i4 + 3] = __fadd_rn(acc[4 * i4 + 3], __uint_as_float(v.w));
-          }
-          mbar_arrive_cluster(xempty, rank ^ 1);
-        } else {
-          mbar_wait(xempty, xphase ^ 1);  // a fresh barrier counts as having completed phase "1"
-          const uint32_t dst = map_to_cta(xmine, rank ^ 1), bar = map_to_cta(xfull, rank ^ 1);
-#pragma unroll
-          for (int i4 = 0; i4 < BN / 8; ++i4)
-            st_async_16(dst + i4 * kXThreads * 16, acc[4 * i4], acc[4 * i4 + 1], acc[4 * i4 + 2], acc[4 * i4 + 3], bar);
-          continue;
-        }
-      }
+      if (num_kb > 0 && lane == 0) release((it - 1) % STAGES);
       // Cluster mode: the partner of the last tile of an odd count computes on copied rows; nothing to store.
       if constexpr (kCluster) {
         if (tm * BM >= p.m || tn * BN >= p.n) continue;
@@ -765,8 +690,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
     }
   }
-  // No CTA leaves while its partner may still multicast or store into it or arrive on its barriers.
-  if constexpr (kPair) cluster_sync();
+  // No CTA leaves while its partner may still multicast into it or arrive on its barriers.
+  if constexpr (kCluster) cluster_sync();
 #endif
 }
 
