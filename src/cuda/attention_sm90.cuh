@@ -386,16 +386,14 @@ __device__ __forceinline__ void rescale_o(float (&o)[R], const float (&alpha)[2]
 }
 
 // A split's first tile starts O at zero (what rescaling the zeros would give: alpha is 0 or 1 there);
-// any other tile rescales it, unless no row of the warp changed its max: then every alpha is exactly 1
-// and x * 1 = x, so the multiplies are left out (a warp-uniform branch; once a row has seen a few tiles
-// its max rarely moves). `start` is uniform over the warpgroup.
+// any other tile rescales it. `start` is uniform over the warpgroup.
 template <int R>
 __device__ __forceinline__ void start_or_rescale_o(float (&o)[R], const float (&alpha)[2], bool start) {
   if (start) {
 #pragma unroll
     for (int i = 0; i < R; ++i) o[i] = 0.f;
     pin(o);
-  } else if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+  } else {
     rescale_o(o, alpha);
   }
 }
@@ -1227,7 +1225,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       float o[kO];
       // Folded over the finished splits (in-kernel fold mode; variant 6 keeps them in shared memory).
       float accf[kSplit || kSchedule == WsSchedule::kPipelined ? 1 : kO];
-      float m_run[2] = {0.f, 0.f}, l_run[2] = {0.f, 0.f};  // the current split's running max (log2 units), sum
+      float m_run[2], l_run[2];     // the current split's running max (log2 units) and sum
       float M_f[2], L_f[2];
       fold_start(accf, M_f, L_f);
       const float kNegInf = -__int_as_float(0x7f800000);
@@ -1380,106 +1378,54 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         // on a condition inside the loop would make ptxas serialise every wgmma, and issuing it on Q and
         // dropping it cost a unit half a tile's products (a tenth of the tensor-core work of a 16 x 512
         // prefill, whose units walk 4.5 tiles on average).
-        if constexpr (!kPingPong) {
-          auto tile = [&](const int kb, auto last_tag) {
-            constexpr bool kLast = decltype(last_tag)::value;
-            const bool split_start = tis == 0;
-            const bool split_end = tis == tps - 1 || kLast;
-            if (split_start) {
+        auto tile = [&](const int kb, auto last_tag) {
+          constexpr bool kLast = decltype(last_tag)::value;
+          const bool split_start = tis == 0;
+          const bool split_end = tis == tps - 1 || kLast;
+          if (split_start) {
 #pragma unroll
-              for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
-            }
-            float alpha[2];
-            softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
-            start_or_rescale_o(o, alpha, split_start);
-            pack_p<T>(pa, sc);
+            for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
+          }
+          float alpha[2];
+          softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
+          start_or_rescale_o(o, alpha, split_start);
+          pack_p<T>(pa, sc);
+          if constexpr (!kPingPong) {
             pv_issue<T, D>(o, pa, sv(s));
             wgmma_commit();
-            const int s_next = s + 1 == S ? 0 : s + 1;
-            const int phase_next = s + 1 == S ? phase ^ 1 : phase;
-            if constexpr (!kLast) {
-              mbar_wait(full(s_next), phase_next);
-              fence_proxy_async();
-              zero_scores(sc);  // S(t + 1)'s accumulators (P(t) is in pa)
-              qk_issue<T, D>(sc, sq, sk(s_next));
-              wgmma_commit();
-            }
-            wgmma_wait<0>();  // P V(t) and S(t + 1)
-            pin(o);
-            if constexpr (!kLast) pin(sc);
-#pragma unroll
-            for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t) stays in its registers until P V(t) is done
-            if (lane == 0) mbar_arrive(empty(s));
-            s = s_next, phase = phase_next;
-            ++t;
-            if constexpr (!kLast) {
-              if (split_end) finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-            }
-            if (++tis == tps) tis = 0, ++js;
-          };
-          for (int kb = kb_first; kb < w.kb_last; kb += kBK) tile(kb, std::false_type{});
-          tile(w.kb_last, std::true_type{});
-        } else {
-          // Variant 5's step: inside a turn S(t + 1) goes to the tensor cores before P V(t), and the
-          // consumer then waits for S(t + 1) alone (wait group 1), so the softmax of tile t + 1 runs while
-          // P V(t) is still on the tensor cores. P V(t) is waited for right after that softmax, before O
-          // is folded or rescaled and before P(t + 1) overwrites P(t); then the stage of tile t is
-          // released. A split's fold therefore runs in the step after its last tile, from the (m, l) kept
-          // in m_end, l_end (variant 6's order). Per row the operations and their order are variant 4's.
-          float m_end[2] = {0.f, 0.f}, l_end[2] = {0.f, 0.f};
-          int s_prev = s;
-          auto step = [&](const int kb, const bool first, auto last_tag) {
-            constexpr bool kLast = decltype(last_tag)::value;
-            const bool split_start = tis == 0;
-            if (split_start) {
-#pragma unroll
-              for (int h = 0; h < 2; ++h) m_end[h] = m_run[h], l_end[h] = l_run[h], m_run[h] = kNegInf, l_run[h] = 0.f;
-            }
-            float alpha[2];
-            softmax_tile(sc, kb, cq, pos_r, p.scale_log2, m_run, l_run, alpha, kb + kBK - 1 > w.pos0);
-            wgmma_wait<0>();  // P V(t - 1)
-            pin(o);
-#pragma unroll
-            for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t - 1) stays in its registers until here
-            if (!first) {
-              if (lane == 0) mbar_arrive(empty(s_prev));  // P V(t - 1) was its stage's last reader
-              // The split of tile t - 1 ended (not the unit's last: every row of the warpgroup has a key in it).
-              if (split_start) finish_split<D, kSplit, true>(p, js - 1, cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
-            }
-            start_or_rescale_o(o, alpha, split_start);
-            pack_p<T>(pa, sc);
-            const int s_next = s + 1 == S ? 0 : s + 1;
-            const int phase_next = s + 1 == S ? phase ^ 1 : phase;
-            if constexpr (!kLast) {
-              mbar_wait(full(s_next), phase_next);
-              fence_proxy_async();
-              zero_scores(sc);  // S(t + 1)'s accumulators (P(t) is in pa)
-            }
-            turn_begin();  // turn t + 1: S(t + 1), P V(t)
-            if constexpr (!kLast) {
-              qk_issue<T, D>(sc, sq, sk(s_next));
-              wgmma_commit();
-            }
+          }
+          const int s_next = s + 1 == S ? 0 : s + 1;
+          const int phase_next = s + 1 == S ? phase ^ 1 : phase;
+          if constexpr (!kLast) {
+            mbar_wait(full(s_next), phase_next);
+            fence_proxy_async();
+            zero_scores(sc);  // S(t + 1)'s accumulators (P(t) is in pa)
+          }
+          turn_begin();  // variant 5's turn t + 1: P V(t), S(t + 1)
+          if constexpr (kPingPong) {
             pv_issue<T, D>(o, pa, sv(s));
             wgmma_commit();
-            turn_end();
-            if constexpr (!kLast) {
-              wgmma_wait<1>();  // S(t + 1); P V(t) may still run
-              pin(sc);
-            } else {
-              wgmma_wait<0>();
-              pin(o);
+          }
+          if constexpr (!kLast) {
+            qk_issue<T, D>(sc, sq, sk(s_next));
+            wgmma_commit();
+          }
+          turn_end();
+          wgmma_wait<0>();  // P V(t) and S(t + 1)
+          pin(o);
+          if constexpr (!kLast) pin(sc);
 #pragma unroll
-              for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);
-              if (lane == 0) mbar_arrive(empty(s));
-            }
-            s_prev = s, s = s_next, phase = phase_next;
-            ++t;
-            if (++tis == tps) tis = 0, ++js;
-          };
-          for (int kb = kb_first; kb < w.kb_last; kb += kBK) step(kb, kb == kb_first, std::false_type{});
-          step(w.kb_last, w.kb_last == kb_first, std::true_type{});
-        }
+          for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(t) stays in its registers until P V(t) is done
+          if (lane == 0) mbar_arrive(empty(s));
+          s = s_next, phase = phase_next;
+          ++t;
+          if constexpr (!kLast) {
+            if (split_end) finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+          }
+          if (++tis == tps) tis = 0, ++js;
+        };
+        for (int kb = kb_first; kb < w.kb_last; kb += kBK) tile(kb, std::false_type{});
+        tile(w.kb_last, std::true_type{});
       }
       if constexpr (kSchedule != WsSchedule::kPipelined) {
         // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
