@@ -31,16 +31,13 @@ using Tile64x192 = Config<64, 192, 6>;    // one wave where 64x128 needs two and
 using Tile128x32 = Config<128, 32, 9>;
 using Tile128x64 = Config<128, 64, 8>;
 using Tile128x128 = Config<128, 128, 6>;
-using Tile128x160 = Config<128, 160, 5>;  // wgmma n128 + n32; 117 tiles for 256 < M <= 384, N = 6144
 using Tile128x192 = Config<128, 192, 5>;  // 96 accumulators per consumer thread; 128 tiles for M=256, N=12288
 using Tile128x256 = Config<128, 256, 4>;  // large M: 128 accumulators per consumer thread
 
 // The ping-pong forms of the two-consumer tiles (BIK_GEMM_PINGPONG=1): 64 x BN tiles, one a consumer at a
 // time, so a stage holds 64 rows of A; the stage counts are those of the 64-row tiles (5 for BN = 256,
 // 200 KB), about the shared memory the 128-row stages fill.
-constexpr int pingpong_stages(int bn) {
-  return bn == 32 ? 16 : bn == 64 ? 12 : bn == 128 ? 8 : bn == 160 ? 7 : bn == 192 ? 6 : 5;
-}
+constexpr int pingpong_stages(int bn) { return bn == 32 ? 16 : bn == 64 ? 12 : bn == 128 ? 8 : bn == 192 ? 6 : 5; }
 template <class Cfg>
 using PingPongOf = Config<64, Cfg::BN, pingpong_stages(Cfg::BN), true>;
 
@@ -59,11 +56,11 @@ using SwapTile = Config<64, BN, swap_stages(BN), true, true>;
 
 enum class Choice {
   T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256,
-  S144, S160, S192, S208, S224, S256, T128x160, Count
+  S144, S160, S192, S208, S224, S256, Count
 };
 const char* const kChoiceNames[] = {"64x32",      "64x64",      "64x128",     "64x192",     "128x32",
                                     "128x64",     "128x128",    "128x192",    "128x256",    "swap64x144",
-                                    "swap64x160", "swap64x192", "swap64x208", "swap64x224", "swap64x256", "128x160"};
+                                    "swap64x160", "swap64x192", "swap64x208", "swap64x224", "swap64x256"};
 static_assert(std::size(kChoiceNames) == size_t(Choice::Count), "one name per tile");
 
 // bm x bn in the product the kernel computes: for a swapped tile, bm weight rows by bn activation rows.
@@ -79,7 +76,7 @@ constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},       {Choice::T64x64
                                  {Choice::T128x256, 128, 256},   {Choice::S144, 64, 144, true},
                                  {Choice::S160, 64, 160, true},  {Choice::S192, 64, 192, true},
                                  {Choice::S208, 64, 208, true},  {Choice::S224, 64, 224, true},
-                                 {Choice::S256, 64, 256, true},  {Choice::T128x160, 128, 160}};
+                                 {Choice::S256, 64, 256, true}};
 static_assert(std::size(kShapes) == size_t(Choice::Count), "one shape per tile");
 
 // Clocks one SM spends on one 64-deep K stage of a tile once the pipeline runs: the larger of the
@@ -500,7 +497,6 @@ void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) 
     case Choice::T128x128: return launch<Tile128x128, T>(p, d, st);
     case Choice::T128x192: return launch<Tile128x192, T>(p, d, st);
     case Choice::T128x256: return launch<Tile128x256, T>(p, d, st);
-    case Choice::T128x160: return launch<Tile128x160, T>(p, d, st);
     case Choice::Count: break;
   }
   throw Error("gemm_sm90: no such tile");

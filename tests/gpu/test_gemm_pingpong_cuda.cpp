@@ -69,7 +69,7 @@ void finish_or_die(const std::string& what) {
   }
 }
 
-// The tiles with two consumer warpgroups, the ones the ping-pong schedule applies to ("128x32" .. "128x256", "128x160").
+// The tiles with two consumer warpgroups, the ones the ping-pong schedule applies to ("128x32" .. "128x256").
 std::vector<std::string> two_consumer_tiles() { return test::sm90_tiles_named("128x"); }
 
 // The three epilogues of one problem: f32 out (staged 16-byte stores), 16-bit out with a bias (64-column
@@ -111,7 +111,7 @@ TEST(GpuGemmPingPong, EveryTwoConsumerTileGivesTheDefaultBits) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
   const std::vector<std::string> tiles = two_consumer_tiles();
-  EXPECT_EQ(tiles.size(), 6u) << "the tiles with two consumer warpgroups";
+  EXPECT_EQ(tiles.size(), 5u) << "the tiles with two consumer warpgroups";
   std::vector<std::array<int64_t, 3>> shapes;
   for (int64_t m : {1, 17, 64, 65, 200, 1000})
     for (int64_t n : {200, 1000})
