@@ -18,29 +18,7 @@ cuts = sorted(i + 1 for _, i in gaps)
 parts, prev = [], 0
 for c in cuts + [len(rows)]:
     parts.append(rows[prev:c]); prev = c
-roles = ['o-proj', 'gate|up', 'down', 'qkv']
-edges = [64, 128, 192, 255, 256, 320, 384, 512, 1024, 2048, 1 << 30]
-def bucket(t):
-    lo = 1
-    for e in edges:
-        if t <= e: return f"{lo}-{e}" if lo != e else str(e)
-        lo = e + 1
-def role_of(name, state, d):
-    if 'attention_kernel' in name or 'fold_kernel' in name:
-        if 'attention_kernel' in name: state['gemm'] = -1
-        return 'attention'
-    if 'splitKreduce' in name:
-        return 'gemm ' + roles[min(state['gemm'], 3)] if state['gemm'] >= 0 else 'gemm ?'
-    if 'gemm_kernel' in name or 'nvjet' in name:
-        state['gemm'] += 1
-        g = state['gemm']
-        if g == 3 and d > 150000: return 'gemm lm-head'
-        return 'gemm ' + (roles[g] if g < 4 else 'lm-head/other')
-    for key, r in (('silu', 'silu_and_mul'), ('rms_norm', 'rms_norm'), ('rope', 'rope'), ('write_kv', 'write_kv'),
-                   ('embedding', 'embedding')):
-        if key in name: return r
-    if any(k in name for k in ('sample', 'logprob', 'argmax', 'softmax')): return 'sampling/logprobs'
-    return 'other: ' + name[:60]
+from roles import bucket, is_step_start, role_of
 for pi, part in enumerate(parts):
     if len(part) < 1000: continue
     t = collections.Counter(); n = collections.Counter(); tb = collections.Counter(); steps = collections.Counter()
@@ -49,7 +27,7 @@ for pi, part in enumerate(parts):
     prev_end = None
     for i, (s, e, k, gy) in enumerate(part):
         name = names[k]
-        if 'embedding' in name and i + 1 < len(part) and 'rms_norm' in names[part[i + 1][2]]:
+        if is_step_start(part, names, i):
             cur = bucket(gy); steps[cur] += 1
         role = role_of(name, state, e - s)
         if excl:

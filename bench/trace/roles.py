@@ -1,0 +1,32 @@
+# The roles of a serving step's kernels and the buckets of tokens a step, shared by kernel_roles.py and
+# serve_runs.py. role_of(name, state, duration_ns) names a kernel's role; `state` ({'gemm': 3} at the start
+# of a trace) counts the GEMMs since the last attention launch: o-proj, gate|up, down, then the next
+# layer's q|k|v (or the lm-head, after the last layer).
+roles = ['o-proj', 'gate|up', 'down', 'qkv']
+edges = [64, 128, 192, 255, 256, 320, 384, 512, 1024, 2048, 1 << 30]
+def bucket(t):
+    lo = 1
+    for e in edges:
+        if t <= e: return f"{lo}-{e}" if lo != e else str(e)
+        lo = e + 1
+def role_of(name, state, d):
+    if 'attention_kernel' in name or 'fold_kernel' in name:
+        if 'attention_kernel' in name: state['gemm'] = -1
+        return 'attention'
+    if 'splitKreduce' in name:
+        return 'gemm ' + roles[min(state['gemm'], 3)] if state['gemm'] >= 0 else 'gemm ?'
+    if 'gemm_kernel' in name or 'nvjet' in name:
+        state['gemm'] += 1
+        g = state['gemm']
+        if g == 3 and d > 150000: return 'gemm lm-head'
+        return 'gemm ' + (roles[g] if g < 4 else 'lm-head/other')
+    for key, r in (('silu', 'silu_and_mul'), ('rms_norm', 'rms_norm'), ('rope', 'rope'), ('write_kv', 'write_kv'),
+                   ('embedding', 'embedding')):
+        if key in name: return r
+    if any(k in name for k in ('sample', 'logprob', 'argmax', 'softmax')): return 'sampling/logprobs'
+    return 'other: ' + name[:60]
+
+
+def is_step_start(rows, names, i):
+    """Whether kernel i opens a step: the token embedding, followed by rms_norm (its grid's y: the tokens)."""
+    return 'embedding' in names[rows[i][2]] and i + 1 < len(rows) and 'rms_norm' in names[rows[i + 1][2]]
