@@ -441,10 +441,12 @@ void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int 
   const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   CUtensorMap map_a{}, map_w{};
+  // Boxes of at most the operand's rows (load_stage): a decode's few rows, not BM rows mostly past M.
+  const int a_box = std::min(p.m, Cfg::BM), w_box = p.glu ? Cfg::BN / 2 : std::min(p.n, Cfg::BN);
+  prm.stage_tx = (a_box + (p.glu ? Cfg::BN : w_box)) * kRowBytes;
   prm.tma = p.a_sk == 1 && p.w_sk == 1 &&
-            make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, Cfg::BM) &&
-            make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb,
-                     p.glu ? Cfg::BN / 2 : Cfg::BN);
+            make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, a_box) &&
+            make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, w_box);
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
   const int grid = int(std::min<int64_t>(total, d.sms));
   launch_kernel(kernel, unsigned(grid), Cfg::kThreads, Cfg::kSmemBytes, st, prm, map_a, map_w);
