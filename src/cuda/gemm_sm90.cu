@@ -412,7 +412,12 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   // The shared operand's map copies half a tile: each CTA of the pair copies one half for both. A gated
   // product's W boxes are halves either way (its gate and up rows).
   CUtensorMap map_a{}, map_w{};
-  if (!make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, prm.share_w ? BM : BM / 2) ||
+  // Sharing A with no more rows than half a tile (decode), each CTA multicasts all of them (gemm_kernel's
+  // load_stage): a box of M rows, not two half-tile boxes mostly past M; a stage then receives them twice.
+  prm.a_small = !prm.share_w && p.m <= BM / 2;
+  prm.stage_tx = prm.a_small ? (2 * p.m + BN) * kRowBytes : Cfg::kStageBytes;
+  if (!make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb,
+                prm.a_small ? p.m : prm.share_w ? BM : BM / 2) ||
       !make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb,
                 prm.share_w || p.glu ? BN / 2 : BN))
     return false;

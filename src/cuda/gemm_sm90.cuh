@@ -123,7 +123,8 @@ struct Params {
   int a_batched, w_batched;  // 0: the operand is one matrix shared by every batch (batch stride 0)
   int out_vec16;             // 1: out rows are 16-byte aligned with unit N stride (staged 16-byte stores)
   int share_w;               // cluster mode only: 1: a pair is two M-tiles sharing W; 0: two N-tiles sharing A
-  int stage_tx;              // one CTA a tile with TMA: the bytes a stage's boxes deliver (see load_stage)
+  int stage_tx;              // with TMA: the bytes a stage's boxes deliver to each CTA (see load_stage)
+  int a_small;               // cluster mode sharing A, M <= BM / 2: each CTA copies A's M rows, for both
 };
 
 #ifdef BIK_SM90_DEVICE_CODE
@@ -470,11 +471,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     // The whole stage lands on the barrier (out-of-bounds box parts count too); in cluster mode that is
     // this CTA's own box of one operand plus both halves of the shared one (the partner's half may arrive
     // before this expect_tx; the phase cannot complete without this arrival, so the early bytes are
-    // counted into the right phase). One CTA a tile: an operand with fewer rows than the tile (M < BM,
-    // or N < BN) comes in a box of just its rows (prm.stage_tx counts them), because a box that runs past
-    // the end of the matrix loads far slower; the stage's rows past it keep whatever they held, which
-    // reaches only outputs past M or N, never stored (an output's sum reads its own A row and W row only).
-    mbar_arrive_expect_tx(full(s), kCluster ? Cfg::kStageBytes : prm.stage_tx);
+    // counted into the right phase). An operand with fewer rows than the tile (one CTA a tile: M < BM or
+    // N < BN; pairs sharing A: M <= BM / 2, prm.a_small, where each CTA multicasts all M rows, the same
+    // bytes to the same place) comes in a box of just its rows (prm.stage_tx counts them), because a box
+    // that runs past the end of the matrix loads far slower; the stage's rows past it keep whatever they
+    // held, which reaches only outputs past M or N, never stored (an output's sum reads its own A row and
+    // W row only).
+    mbar_arrive_expect_tx(full(s), prm.stage_tx);
     if constexpr (kCluster) {
       constexpr int kHalfA = BM / 2;  // rows of the half box each CTA copies and multicasts (kHalfW for W)
       constexpr uint16_t kBoth = 0x3;
@@ -490,7 +493,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         tma_load(stage_a(s), &map_a, full(s), kb * kBK, a_row, ab);
         tma_load_multicast(stage_w(s) + rank * kHalfW * kRowBytes, &map_w, full(s), kb * kBK, w_row, wb, kBoth);
       } else {
-        tma_load_multicast(stage_a(s) + rank * kHalfA * kRowBytes, &map_a, full(s), kb * kBK, a_row, ab, kBoth);
+        // prm.a_small: both CTAs copy the same M rows to the same place for both (the bytes count twice).
+        tma_load_multicast(stage_a(s) + (prm.a_small ? 0 : rank * kHalfA * kRowBytes), &map_a, full(s), kb * kBK,
+                           prm.a_small ? 0 : a_row, ab, kBoth);
         if (p.glu) {
           tma_load(stage_w(s), &map_w, full(s), kb * kBK, min(gate_row(tn), p.n - 1), wb);
           tma_load(stage_w(s) + kHalfW * kRowBytes, &map_w, full(s), kb * kBK, min(up_row(tn), p.n - 1), wb);
