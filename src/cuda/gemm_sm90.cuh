@@ -22,9 +22,9 @@
 // Each CTA copies half of the shared box from global memory and the copy engine multicasts it into the
 // same shared-memory offset of both CTAs, so the shared operand crosses L2 once per pair instead of twice.
 // The stage contents are the bytes the one-CTA kernel would load (rows of a tile past M or N may hold
-// other rows instead of zeros; their outputs are never stored), so every stored sum keeps its bits. The
-// protocol, per stage use:
-//   full[s]  (count 1):  the CTA's own producer arrives with expect_tx(the whole stage); its own copy and
+// other rows, or in either kernel stale bytes, instead of zeros; their outputs are never stored), so
+// every stored sum keeps its bits. The protocol, per stage use:
+//   full[s]  (count 1):  the CTA's own producer arrives with expect_tx(the stage's bytes); its own copy and
 //                        its half of the shared box, and the partner's multicast half, complete the bytes.
 //   empty[s] (count 2 x consumer warps): every consumer warp of BOTH CTAs arrives, because the producer's
 //                        multicast writes the partner's stage too; it may refill s only when both are done.
