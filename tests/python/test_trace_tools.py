@@ -1,0 +1,84 @@
+"""bench/trace/serve_runs.py and kernel_roles.py on a synthetic kernel trace whose times are known: two
+serving runs of two steps each (so the runs come apart by step count, with no gap between them), the
+GEMM roles counted from the attention launch, and each kernel charged from the end of the one before."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRACE_DIR = os.path.join(ROOT, "bench", "trace")
+sys.path.insert(0, TRACE_DIR)
+
+import roles  # noqa: E402
+import serve_runs  # noqa: E402
+import trace_file  # noqa: E402
+
+NAMES = ["embedding_kernel", "rms_norm_kernel", "gemm_kernel<qkv>", "attention_kernel_ws", "gemm_kernel<o>",
+         "gemm_kernel<gate_up>", "gemm_kernel<down>", "gemm_kernel<lm_head>", "sample_kernel"]
+
+
+def step(t, tokens, gemm_us):
+    """One step's kernels from time t (ns): embedding (grid y = tokens), norm, q|k|v, attention, o-proj,
+    gate|up, down, lm-head (long: 200 us), sampling; a 1 us gap between kernels. Returns rows and the end."""
+    rows = []
+    plan = [(0, 2), (1, 3), (2, gemm_us), (3, 10), (4, gemm_us), (5, gemm_us), (6, gemm_us), (7, 200), (8, 5)]
+    for k, us in plan:
+        rows.append((t, t + us * 1000, k, 1, tokens if k == 0 else 1))
+        t += us * 1000 + 1000
+    return rows, t
+
+
+def write_trace(path, steps=2):
+    rows, t = [], 0
+    # run 0: `steps` steps of 256 tokens with 20 us GEMMs; run 1: as many with 30 us GEMMs
+    for gemm_us in [20] * steps + [30] * steps:
+        r, t = step(t, 256, gemm_us)
+        rows += r
+    with open(path, "w") as f:
+        for s, e, k, gx, gy in rows:
+            f.write(f"{s} {e} {k} {gx} {gy}\n")
+        f.write("#names\n")
+        for i, n in enumerate(NAMES):
+            f.write(f"{i} {n}\n")
+
+
+def test_roles_by_position_after_attention():
+    state = {"gemm": 3}
+    got = [roles.role_of(n, state, 1000) for n in NAMES[2:8]]
+    assert got == ["gemm lm-head/other", "attention", "gemm o-proj", "gemm gate|up", "gemm down", "gemm qkv"]
+    assert roles.bucket(256) == "256" and roles.bucket(200) == "193-255" and roles.bucket(1) == "1-64"
+
+
+def test_runs_split_by_steps_and_diff(tmp_path):
+    path = str(tmp_path / "trace.txt")
+    write_trace(path)
+    rows, names = trace_file.read(path)
+    starts = [i for i in range(len(rows)) if roles.is_step_start(rows, names, i)]
+    assert len(starts) == 4
+    t0, tb0, st0 = serve_runs.run_times(rows, names, starts[0], starts[2])
+    t1, tb1, st1 = serve_runs.run_times(rows, names, starts[2], len(rows))
+    assert st0["256"] == 2 and st1["256"] == 2
+    # Each kernel is charged its duration plus the 1 us gap before it (the first kernel of a run: none).
+    assert t0["gemm o-proj"] == 2 * 21000 and t1["gemm o-proj"] == 2 * 31000
+    assert t0["gemm down"] == 2 * 21000 and t1["gemm down"] == 2 * 31000
+    assert t1["attention"] == 2 * 11000
+    # The run's kernels sum to its span (the first kernel's start to the last one's end).
+    span1 = rows[-1][1] - rows[starts[2]][0]
+    assert sum(t1.values()) == span1
+    out = subprocess.run([sys.executable, os.path.join(TRACE_DIR, "serve_runs.py"), path, "2", "--diff", "1", "0",
+                          "--layers", "1"], capture_output=True, text=True, check=True).stdout
+    assert "run 1 - run 0: 0.1 ms" in out  # 5 GEMMs of the step 10 us longer, two steps: 100 us
+    line = next(l for l in out.splitlines() if l.strip().startswith("gemm down") and "/" not in l)
+    assert line.split()[-1] == "0.02"
+    per_layer = next(l for l in out.splitlines() if l.strip().startswith("gemm down") and "/" in l)
+    assert "31.0/21.0" in per_layer.replace(" ", "")
+
+
+def test_kernel_roles_excl_sums_to_span(tmp_path):
+    path = str(tmp_path / "trace.txt")
+    write_trace(path, steps=60)  # kernel_roles.py skips parts of fewer than 1000 kernels
+    out = subprocess.run([sys.executable, os.path.join(TRACE_DIR, "kernel_roles.py"), path, "1", "excl"],
+                         capture_output=True, text=True, check=True).stdout
+    first = out.splitlines()[0]
+    span, kernel_time = first.split("span ")[1].split(" ms")[0], first.split("kernel time ")[1].split(" ms")[0]
+    assert span == kernel_time
