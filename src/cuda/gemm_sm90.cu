@@ -146,9 +146,9 @@ bool swap_pays(const Problem& p, const DeviceInfo& d) {
 // (bench/results/gemm_<gpu>.json); these rules are meant to pick within a few percent of the best.
 // Waves = ceil(tiles / SMs): a persistent CTA walks its tiles one after the other, so the step takes
 // about waves x (time of one tile), whatever the number of SMs the last wave leaves idle.
-//   M <= 64   (decode) 64 x {32, 64, 128}: fewest waves, then most tiles. Each CTA's time is set by the
-//             serial K chain of its wgmmas, nearly the same for n = 32..128, so spread over as many SMs
-//             as one wave allows.
+//   M <= 64   (decode) 64 x {32, 64, 128, 192}: fewest waves, then most tiles. Each CTA's time is set by
+//             the serial K chain of its wgmmas, nearly the same for n = 32..128, so spread over as many
+//             SMs as one wave allows.
 //   M <= 128  {64x32, 64x64, 64x128, 64x192, 128x32, 128x64, 128x128, 128x192}: the same rule (64x32 gives
 //             N=1024 64 CTAs, not 32); at N = 6144 64x128 ties 128x64 on 96 CTAs and, listed first, wins
 //             (M = 72..128: 17.7-22.9 against 18.7-29.1 us, logs_h200/fba4dc7_gemm_sweep_m72_200.log).
@@ -191,14 +191,12 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
   // Up to 128 rows: fewest waves, then most tiles. The 192-wide tiles fill one wave where 128-wide ones
   // need two (gate|up, N = 24576: on an H200 54 vs 63 us at M = 64, 61 vs 67 us at M = 128;
   // logs_h200x2/0907d85_gemm_sweep).
-  // Up to 16 rows the GEMM streams the weight: fewer, wider tiles stream it faster than many narrow ones
-  // (H200, M = 1: down 4096x12288 49 us on 64x128 against 57 on 64x32; qkv 21 against 34;
-  // logs_h200x2/b907e7e_gemm_c0). So the widest 64-row tile that still gives 32 tiles.
-  if (p.m <= 16) {
-    for (Choice c : {Choice::T64x192, Choice::T64x128, Choice::T64x64})
-      if (tiles_of(kShapes[int(c)]) >= 32) return c;
-    return Choice::T64x32;
-  }
+  // Up to 16 rows this rule once gave way to the widest tile with 32 tiles (fewer, wider tiles streamed
+  // the weight faster, logs_h200x2/b907e7e_gemm_c0), while every stage's A box still ran 48-63 rows past
+  // M. With boxes of M rows (gemm_kernel's load_stage) this rule's tiles are the fastest there too (H200,
+  // M = 1..16: q|k|v on 64x64 15.6-16.2 us against 19.6-22.6 on 64x192, o-proj on 64x32 12.8-13.0 against
+  // 14.9-17.1 on 64x128, down on 64x32 31.7-34.4 against 39.8-52.4 on 64x128; gate|up and the lm-head
+  // keep 64x192; logs_h200/368dd8d_gemm_small_m_sweep.log).
   if (p.m <= 64) return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192}, waves);
   if (p.m <= 128)
     return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32, Choice::T128x64,
