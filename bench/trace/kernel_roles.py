@@ -18,7 +18,7 @@ cuts = sorted(i + 1 for _, i in gaps)
 parts, prev = [], 0
 for c in cuts + [len(rows)]:
     parts.append(rows[prev:c]); prev = c
-from roles import bucket, is_step_start, role_of
+from roles import bucket, is_step_start, new_step, role_of
 for pi, part in enumerate(parts):
     if len(part) < 1000: continue
     t = collections.Counter(); n = collections.Counter(); tb = collections.Counter(); steps = collections.Counter()
@@ -29,6 +29,7 @@ for pi, part in enumerate(parts):
         name = names[k]
         if is_step_start(part, names, i):
             cur = bucket(gy); steps[cur] += 1
+            new_step(state)
         role = role_of(name, state, e - s)
         if excl:
             start = s if prev_end is None else prev_end

@@ -1,7 +1,8 @@
 # The roles of a serving step's kernels and the buckets of tokens a step, shared by kernel_roles.py and
 # serve_runs.py. role_of(name, state, duration_ns) names a kernel's role; `state` ({'gemm': 3} at the start
 # of a trace) counts the GEMMs since the last attention launch: o-proj, gate|up, down, then the next
-# layer's q|k|v (or the lm-head, after the last layer).
+# layer's q|k|v (or the lm-head, after the last layer). new_step(state) at each step's first kernel makes
+# its first GEMM the first layer's q|k|v (without it, that GEMM came fifth after the last attention).
 roles = ['o-proj', 'gate|up', 'down', 'qkv']
 edges = [64, 128, 192, 255, 256, 320, 384, 512, 1024, 2048, 1 << 30]
 def bucket(t):
@@ -25,6 +26,11 @@ def role_of(name, state, d):
         if key in name: return r
     if any(k in name for k in ('sample', 'logprob', 'argmax', 'softmax')): return 'sampling/logprobs'
     return 'other: ' + name[:60]
+
+
+def new_step(state):
+    """A step begins: its first GEMM is layer 0's q|k|v, as after a layer's down projection."""
+    state['gemm'] = 2
 
 
 def is_step_start(rows, names, i):

@@ -4,14 +4,15 @@
 # and the timed run after it, which no idle gap separates, come apart. Each kernel is charged the time from
 # the end of the kernel before it to its own end ("excl" in kernel_roles.py), so roles sum to the run's span
 # and a step's host-side gap falls to the embedding that opens it. The fused activation of the gated GEMM
-# and a separate silu_and_mul are both counted as gate|up, and cuBLAS's split-K reduce as its GEMM.
+# and a separate silu_and_mul are both counted as gate|up, and cuBLAS's split-K reduce as its GEMM; a GEMM
+# no role fits stays 'gemm lm-head/other'.
 # Usage: serve_runs.py TRACE STEPS [--diff A B] [--layers N] [--kernels]
 #   --diff A B: run A - run B by role and tokens a step (runs numbered from 0), and each GEMM's and
 #               attention's time a layer (a step's time over --layers, 36 unless given: Qwen3-8B);
 #   --kernels:  with --diff, each GEMM role's kernels (name, launches, median duration) by tokens a step.
 import argparse, collections, re
 import trace_file
-from roles import bucket, is_step_start, role_of
+from roles import bucket, is_step_start, new_step, role_of
 
 
 def run_times(rows, names, lo, hi):
@@ -23,8 +24,9 @@ def run_times(rows, names, lo, hi):
         if is_step_start(rows, names, i):
             cur = bucket(rows[i][4])
             steps[cur] += 1
+            new_step(state)
         role = role_of(names[k], state, e - s)
-        role = {'silu_and_mul': 'gemm gate|up', 'gemm lm-head/other': 'gemm lm-head'}.get(role, role)
+        role = {'silu_and_mul': 'gemm gate|up'}.get(role, role)
         start = s if prev is None else prev
         prev = e if prev is None else max(prev, e)
         d = max(e, start) - start
@@ -42,6 +44,7 @@ def kernels_of(rows, names, lo, hi):
         s, e, k = rows[i][0], rows[i][1], rows[i][2]
         if is_step_start(rows, names, i):
             cur = bucket(rows[i][4])
+            new_step(state)
         role = role_of(names[k], state, e - s)
         if role.startswith('gemm'):
             out[(role, cur, re.sub(r'bik::cuda::gemm_detail::sm90::', '', names[k]))].append((e - s) / 1e3)

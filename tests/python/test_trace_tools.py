@@ -62,6 +62,9 @@ def test_runs_split_by_steps_and_diff(tmp_path):
     assert t0["gemm o-proj"] == 2 * 21000 and t1["gemm o-proj"] == 2 * 31000
     assert t0["gemm down"] == 2 * 21000 and t1["gemm down"] == 2 * 31000
     assert t1["attention"] == 2 * 11000
+    # A step's first GEMM is its first layer's q|k|v (roles.new_step), the one after the last layer the lm-head.
+    assert t0["gemm qkv"] == 2 * 21000 and t0["gemm lm-head"] == 2 * 201000
+    assert "gemm lm-head/other" not in t0
     # The run's kernels sum to its span (the first kernel's start to the last one's end).
     span1 = rows[-1][1] - rows[starts[2]][0]
     assert sum(t1.values()) == span1
