@@ -9,8 +9,8 @@
 # then counted by what they add to the wall time, and the roles sum to the span.
 import sys, collections
 import trace_file
+from roles import bucket, walk
 rows, names = trace_file.read(sys.argv[1])
-rows = [(s, e, k, gy) for s, e, k, gx, gy in rows]
 nparts = int(sys.argv[2])
 excl = len(sys.argv) > 3 and sys.argv[3] == 'excl'
 gaps = sorted(((rows[i + 1][0] - rows[i][1], i) for i in range(len(rows) - 1)), reverse=True)[:nparts - 1]
@@ -18,24 +18,14 @@ cuts = sorted(i + 1 for _, i in gaps)
 parts, prev = [], 0
 for c in cuts + [len(rows)]:
     parts.append(rows[prev:c]); prev = c
-from roles import bucket, is_step_start, new_step, role_of
 for pi, part in enumerate(parts):
     if len(part) < 1000: continue
     t = collections.Counter(); n = collections.Counter(); tb = collections.Counter(); steps = collections.Counter()
-    state = {'gemm': 3}
-    cur = '?'
-    prev_end = None
-    for i, (s, e, k, gy) in enumerate(part):
-        name = names[k]
-        if is_step_start(part, names, i):
-            cur = bucket(gy); steps[cur] += 1
-            new_step(state)
-        role = role_of(name, state, e - s)
-        if excl:
-            start = s if prev_end is None else prev_end
-            prev_end = e if prev_end is None else max(prev_end, e)
-            s, e = start, max(e, start)
-        t[role] += e - s; n[role] += 1; tb[(role, cur)] += e - s
+    for i, role, cur, first, excl_ns in walk(part, names, 0, len(part)):
+        if first:
+            steps[cur] += 1
+        d = excl_ns if excl else part[i][1] - part[i][0]
+        t[role] += d; n[role] += 1; tb[(role, cur)] += d
     total = sum(t.values())
     print(f"part {pi}: {len(part)} kernels, span {(part[-1][1]-part[0][0])/1e6:.1f} ms, kernel time {total/1e6:.1f} ms")
     for r, v in sorted(t.items(), key=lambda kv: -kv[1]):

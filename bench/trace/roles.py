@@ -36,3 +36,19 @@ def new_step(state):
 def is_step_start(rows, names, i):
     """Whether kernel i opens a step: the token embedding, followed by rms_norm (its grid's y: the tokens)."""
     return 'embedding' in names[rows[i][2]] and i + 1 < len(rows) and 'rms_norm' in names[rows[i + 1][2]]
+
+
+def walk(rows, names, lo, hi):
+    """The kernels lo..hi-1 of a trace (rows of trace_file.read) with their roles: yields (i, role, bucket of
+    the step's tokens, whether kernel i opens a step, the time in ns from the end of the kernel before it in
+    lo..hi-1 (for the first: its start) to its own end, what it adds to the wall time)."""
+    state, cur, prev_end = {'gemm': 3}, '?', None
+    for i in range(lo, hi):
+        s, e, k = rows[i][0], rows[i][1], rows[i][2]
+        first = is_step_start(rows, names, i)
+        if first:
+            cur = bucket(rows[i][4])
+            new_step(state)
+        start = s if prev_end is None else prev_end
+        prev_end = e if prev_end is None else max(prev_end, e)
+        yield i, role_of(names[k], state, e - s), cur, first, max(e, start) - start

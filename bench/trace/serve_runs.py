@@ -12,24 +12,16 @@
 #   --kernels:  with --diff, each GEMM role's kernels (name, launches, median duration) by tokens a step.
 import argparse, collections, re
 import trace_file
-from roles import bucket, is_step_start, new_step, role_of
+from roles import is_step_start, walk
 
 
 def run_times(rows, names, lo, hi):
     """Per-role and per-(role, bucket) time in ns of kernels lo..hi-1, the steps per bucket."""
     t, tb, steps = collections.Counter(), collections.Counter(), collections.Counter()
-    state, cur, prev = {'gemm': 3}, '?', None
-    for i in range(lo, hi):
-        s, e, k = rows[i][0], rows[i][1], rows[i][2]
-        if is_step_start(rows, names, i):
-            cur = bucket(rows[i][4])
+    for _, role, cur, first, d in walk(rows, names, lo, hi):
+        if first:
             steps[cur] += 1
-            new_step(state)
-        role = role_of(names[k], state, e - s)
         role = {'silu_and_mul': 'gemm gate|up'}.get(role, role)
-        start = s if prev is None else prev
-        prev = e if prev is None else max(prev, e)
-        d = max(e, start) - start
         t[role] += d
         tb[(role, cur)] += d
         tb[('all', cur)] += d
@@ -39,14 +31,9 @@ def run_times(rows, names, lo, hi):
 def kernels_of(rows, names, lo, hi):
     """(role, bucket, kernel name) -> durations in us of the GEMM kernels of kernels lo..hi-1."""
     out = collections.defaultdict(list)
-    state, cur = {'gemm': 3}, '?'
-    for i in range(lo, hi):
-        s, e, k = rows[i][0], rows[i][1], rows[i][2]
-        if is_step_start(rows, names, i):
-            cur = bucket(rows[i][4])
-            new_step(state)
-        role = role_of(names[k], state, e - s)
+    for i, role, cur, _, _ in walk(rows, names, lo, hi):
         if role.startswith('gemm'):
+            s, e, k = rows[i][0], rows[i][1], rows[i][2]
             out[(role, cur, re.sub(r'bik::cuda::gemm_detail::sm90::', '', names[k]))].append((e - s) / 1e3)
     return out
 
