@@ -314,15 +314,14 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   // launch is expected to finish first (split_pays).
   // Also the K/V bytes of the sequences whose blocks take more than one unit of the warp-specialised kernels
   // (two query blocks a unit): read by several units, they decide the persistent grid's order (launch_sm90).
-  int64_t ctas = 0, shared_kv_bytes = 0;
+  int64_t ctas = 0, shared_kv_positions = 0;
   for (int64_t i = 0; i < a.num_seqs; ++i) {
     const int64_t q_len = a.host_query_start_loc[size_t(i + 1)] - a.host_query_start_loc[size_t(i)];
     const int64_t qblocks_i = (q_len + p.tok_per_cta - 1) / p.tok_per_cta;
     ctas += qblocks_i * a.kv_heads;
-    if (qblocks_i > 2)
-      shared_kv_bytes += int64_t(a.host_seq_lens[size_t(i)]) * a.kv_heads * a.head_dim * 2 *
-                         dtype_size(a.k_cache.dtype);
+    if (qblocks_i > 2) shared_kv_positions += a.host_seq_lens[size_t(i)];
   }
+  const int64_t shared_kv_bytes = shared_kv_positions * a.kv_heads * a.head_dim * 2 * dtype_size(a.k_cache.dtype);
   const int64_t max_splits = (a.max_seq_len + L - 1) / L;
   const int64_t rows = a.tokens * a.q_heads;
   const int64_t part_bytes = rows * max_splits * (a.head_dim + 2) * 4;

@@ -1381,7 +1381,6 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         auto tile = [&](const int kb, auto last_tag) {
           constexpr bool kLast = decltype(last_tag)::value;
           const bool split_start = tis == 0;
-          const bool split_end = tis == tps - 1 || kLast;
           if (split_start) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
@@ -1419,8 +1418,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           if (lane == 0) mbar_arrive(empty(s));
           s = s_next, phase = phase_next;
           ++t;
-          if constexpr (!kLast) {
-            if (split_end) finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+          if constexpr (!kLast) {  // a split ending here (the last tile's ends after the loop)
+            if (tis == tps - 1)
+              finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
           }
           if (++tis == tps) tis = 0, ++js;
         };
