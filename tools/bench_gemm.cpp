@@ -61,13 +61,15 @@ const std::vector<Shape2>& bench_shapes() {
 }  // namespace
 
 int bench_gemm(const std::vector<std::string>& argv) {
-  Args args(argv, {"help", "sweep"}, {"out", "name", "m", "shapes", "dtype", "repeats", "launches", "commit"},
+  Args args(argv, {"help", "sweep", "gated"}, {"out", "name", "m", "shapes", "dtype", "repeats", "launches", "commit"},
             "bench gemm");
   if (args.flag("help")) {
     std::puts(
         "usage: bik bench gemm [--out DIR] [--name NAME] [--m 1,2,4,...] [--shapes 0,1,..] [--dtype bf16|f16]\n"
-        "                      [--repeats N] [--launches N] [--commit SHA] [--sweep]\n"
+        "                      [--repeats N] [--launches N] [--commit SHA] [--sweep] [--gated]\n"
         "--sweep also times every wgmma tile shape (sm_90) for every problem.\n"
+        "--gated times the gated product instead (mm_silu_and_mul: N = 2 d weight rows, out [M, d]) against\n"
+        "cuBLASLt's product followed by silu_and_mul; with --sweep, every BIK_GEMM_GLU_SWAP mode as well.\n"
         "Times bik::mm against cuBLASLt's default heuristic; writes DIR/NAME.json (default\n"
         "bench/results/gemm_<gpu>.json). Render with: python3 bench/plot_gemm.py DIR/NAME.json\n"
         "Shapes (--shapes index: name K x N; without --shapes: 0 to 7):");
@@ -141,6 +143,79 @@ int bench_gemm(const std::vector<std::string>& argv) {
     std::printf("device-to-device copy: %.0f GB/s (read + write)\n", double(j["copy_gbps"]));
   }
   const int64_t es = dtype_size(dt);
+  const bool gated = args.flag("gated");
+  if (gated) {
+    j["layout"] = "out[M,d] = silu(a w_gate^T) * (a w_up^T), w = [gate rows; up rows] [2d, K], out in the input dtype";
+    j["baseline"] = "cuBLASLt product [M, 2d] (default heuristic) then bik silu_and_mul";
+  }
+  // --gated: one row of the gated product (mm_silu_and_mul) against cuBLASLt's product then silu_and_mul,
+  // and with --sweep each BIK_GEMM_GLU_SWAP mode (null where the mode does not apply and the default ran).
+  auto gated_row = [&](const Shape2& s, int64_t m, const std::vector<Tensor>& ws, const std::vector<Tensor>& as,
+                       const Tensor& product) {
+    const int sets = int(ws.size());
+    const int64_t d = s.n / 2;
+    const Tensor out_d = Tensor::empty({m, d}, dt, gpu);
+    const double flop = 2.0 * double(m) * double(s.n) * double(s.k);
+    const int launches = flop > 2e11 ? std::min(launches_max, 4) : launches_max;
+    const TensorView pv = product.view().narrow(0, 0, m);
+    auto bik_launch = [&](int i, cudaStream_t stream) {
+      mm_silu_and_mul(out_d, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)], Stream{stream});
+    };
+    auto cublas_launch = [&](int i, cudaStream_t stream) {
+      cuda::cublaslt_gemm(gemm_args_2d(pv, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]), Stream{stream});
+      silu_and_mul(out_d, pv, Stream{stream});
+    };
+    const double t_bik = bench::time_graph(bik_launch, sets, launches, repeats, st);
+    const double t_cub = bench::time_graph(cublas_launch, sets, launches, repeats, st);
+    nlohmann::json modes = nlohmann::json::object();
+    std::string line;
+    if (args.flag("sweep") && props.arch() == 90) {
+      const char* old_env = std::getenv("BIK_GEMM_GLU_SWAP");
+      const std::string saved = old_env ? old_env : "";
+      for (const char* mode : {"0", "1", "2", "2c"}) {
+        setenv("BIK_GEMM_GLU_SWAP", mode, 1);
+        const uint64_t before = cuda::gemm_sm90_glu_swap_launches();
+        bik_launch(0, st);
+        BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+        const bool applied = cuda::gemm_sm90_glu_swap_launches() > before;
+        if (std::string(mode) != "0" && !applied) {
+          modes[mode] = nullptr;
+          line += std::string(" ") + mode + " -";
+          continue;
+        }
+        const double t = bench::time_graph(bik_launch, sets, launches, repeats, st);
+        modes[mode] = t;
+        char buf[48];
+        std::snprintf(buf, sizeof buf, " %s %.1f", mode, t * 1e3);
+        line += buf;
+      }
+      if (old_env) setenv("BIK_GEMM_GLU_SWAP", saved.c_str(), 1);
+      else unsetenv("BIK_GEMM_GLU_SWAP");
+    }
+    const uint64_t before = cuda::gemm_sm90_glu_swap_launches();
+    bik_launch(0, st);
+    BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+    const std::string config = cuda::gemm_sm90_glu_swap_launches() > before ? "gated swapped" : "gated default";
+    const double ratio = t_cub / t_bik;
+    std::printf("%-8s %6lld %6lld %6lld | %10.2f %10.2f | %8.1f | %6.3f | %s%s%s\n", s.what, (long long)s.k,
+                (long long)s.n, (long long)m, t_bik * 1e3, t_cub * 1e3, flop / (t_bik * 1e-3) / 1e12, ratio,
+                config.c_str(), line.empty() ? "" : "; BIK_GEMM_GLU_SWAP us:", line.c_str());
+    std::fflush(stdout);
+    j["results"].push_back({{"shape", s.what},
+                            {"k", s.k},
+                            {"n", s.n},
+                            {"m", m},
+                            {"gated", true},
+                            {"bik_ms", t_bik},
+                            {"cublaslt_ms", t_cub},
+                            {"bik_tflops", flop / (t_bik * 1e-3) / 1e12},
+                            {"cublaslt_tflops", flop / (t_cub * 1e-3) / 1e12},
+                            {"ratio", ratio},
+                            {"bik_config", config},
+                            {"input_sets", sets},
+                            {"launches_per_graph", launches}});
+    if (!modes.empty()) j["results"].back()["glu_swap_ms"] = modes;
+  };
   std::printf("%-8s %6s %6s %6s | %10s %10s | %8s %8s | %6s | %11s  %s\n", "shape", "K", "N", "M", "bik us",
               "cublas us", "bik TF/s", "bik GB/s", "ratio", "host us b/c", "bik config");
   for (const Shape2& s : shapes) {
@@ -156,6 +231,12 @@ int bench_gemm(const std::vector<std::string>& argv) {
       cuda::gemm_fill_uniform(as.back(), 2000 + uint64_t(i));
     }
     const Tensor out = Tensor::empty({max_m, s.n}, dt, gpu);
+    if (gated) {
+      BIK_CHECK(s.n % 2 == 0, "bik bench gemm --gated: shape ", s.what, " has an odd N (", s.n, ")");
+      for (int64_t m : ms) gated_row(s, m, ws, as, out);
+      write_json();
+      continue;
+    }
     for (int64_t m : ms) {
       const double flop = 2.0 * double(m) * double(s.n) * double(s.k);
       const double bytes = double(es) * double(m * s.k + s.n * s.k + m * s.n);

@@ -34,6 +34,7 @@ void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile);
 // gemm_sm90 picks cannot take that epilogue (gemm_silu_and_mul then runs the two calls).
 bool gemm_sm90_gated(const GemmArgs& g, Stream s);
 uint64_t gemm_sm90_gated_launches();  // so far in this process (tests check the fused path ran)
+uint64_t gemm_sm90_glu_swap_launches();  // gated products on the gated swapped tiles (BIK_GEMM_GLU_SWAP)
 // Cluster launches of the wgmma kernel so far (BIK_GEMM_CLUSTER; tests check the switch took effect).
 uint64_t gemm_sm90_cluster_launches();
 // Ping-pong launches of the wgmma kernel so far (BIK_GEMM_PINGPONG; tests check the switch took effect).

@@ -16,6 +16,7 @@
 #include "cuda/gemm.h"
 #include "cuda/gemm_host.h"
 #include "cuda/gemm_sm90.cuh"
+#include "cuda/gemm_sm90_glu_swap.h"
 #include "cuda/tensor_map.h"
 
 namespace bik::cuda {
@@ -586,6 +587,101 @@ bool tma_possible(const Problem& p) {
          make_map(m, p.w, true, p.k, p.n, p.w_sn, p.batch > 1 && p.w_sb ? p.batch : 1, p.w_sb, 32);
 }
 
+// ---- gated swapped tiles (Config::kSwapGlu, gemm_sm90_glu_swap.cu) -----------------------------------
+// The gated product as out^T = w a^T on tiles of 128 weight rows (gate and up rows of 64 outputs,
+// interleaved by the tensor map below) by BN activation rows. Where the default tiles would round M up
+// (two or three 128-row M-tiles, or 64-row ping-pong tiles over M = 257..384 at 5-6 waves), the
+// activation rows are split into one or two column tiles of just the rows M needs, with the activation in
+// the epilogue (the plain swapped tiles cannot take it: their threads hold one of the two sums).
+// BIK_GEMM_GLU_SWAP, read at each call: "0" -> never; "1" -> one column tile of M rows (M <= 256); "2" ->
+// two column tiles of ceil(M / 2) rows, one CTA a tile; "2c" -> the same in clusters of two that share
+// the weight tile (each CTA multicasts half of it); unset or anything else -> glu_swap_rule. Either way
+// each output is the same K sum of one wgmma per K step from zero accumulators, both sums rounded as the
+// plain product rounds them, then silu_mul rounded once: the bits of the default tiles.
+enum class GluSwap { Off, One, Two, TwoCluster };
+
+// The rule: none yet (measured first: bik bench gemm --gated --sweep).
+GluSwap glu_swap_rule(const Problem&, const DeviceInfo&) { return GluSwap::Off; }
+
+GluSwap glu_swap_for(const Problem& p, const DeviceInfo& d) {
+  const char* e = std::getenv("BIK_GEMM_GLU_SWAP");
+  if (e != nullptr) {
+    if (std::strcmp(e, "0") == 0) return GluSwap::Off;
+    if (std::strcmp(e, "1") == 0) return GluSwap::One;
+    if (std::strcmp(e, "2") == 0) return GluSwap::Two;
+    if (std::strcmp(e, "2c") == 0) return GluSwap::TwoCluster;
+  }
+  return glu_swap_rule(p, d);
+}
+
+// The weight [gate rows; up rows] (2 d rows of K, s_row apart) as four dimensions (K, 8 rows, gate / up,
+// d / 8 groups of 8 outputs), boxes of (64, 8, 2, box_groups) in the 128-byte swizzle: a box lands as
+// box_groups groups of 16 rows, 8 gate rows then the up rows of the same 8 outputs.
+bool make_glu_map(CUtensorMap& map, const void* base, bool bf16, int k, int d, int64_t s_row, int box_groups) {
+  if (k == 0 || !aligned16(base) || d % 8 != 0 || s_row % 8 != 0 || s_row < k) return false;
+  const cuuint64_t dims[4] = {cuuint64_t(k), 8, 2, cuuint64_t(d / 8)};
+  const cuuint64_t strides[3] = {cuuint64_t(s_row * 2), cuuint64_t(int64_t(d) * s_row * 2), cuuint64_t(8 * s_row * 2)};
+  const cuuint32_t box[4] = {cuuint32_t(kBK), 8, 2, cuuint32_t(box_groups)};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType type = bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult r = tensor_map_encoder("matmul")(&map, type, 4, const_cast<void*>(base), dims, strides, box,
+                                                  elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+std::atomic<uint64_t> g_glu_swap_launches{0};
+
+// The gated product p ([M, 2 d], glu) on a gated swapped tile in `mode`. Returns false (nothing launched)
+// where it does not apply: more than one batch, a bias, operands or an output the copy engine or the
+// 16-byte column stores cannot take, 2 d not a multiple of the tile's 128 weight rows, more activation rows
+// than a tile takes (M > 256 on one column tile, M > 512 on two), or a device that cannot place the pairs.
+bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, GluSwap mode, bool bf16) {
+  if (mode == GluSwap::Off || p.batch != 1 || p.bias != nullptr || p.out_f32 || p.a_sk != 1 || p.w_sk != 1 ||
+      p.k == 0 || p.m == 0 || p.n % 128 != 0)
+    return false;
+  if (p.o_sn != 1 || !aligned16(p.out) || (p.m > 1 && (p.o_sm * 2) % 16 != 0)) return false;
+  const int cols = mode == GluSwap::One ? p.m : (p.m + 1) / 2;
+  if (cols > 256) return false;
+  const bool cluster = mode == GluSwap::TwoCluster;
+  const sm90::GluSwapKernel kr = sm90::glu_swap_kernel(cols, bf16, cluster);
+  if (kr.fn == nullptr || (mode != GluSwap::One && kr.bn > p.m)) return false;
+  Problem q = swapped(p);  // q.m: the 2 d weight rows (interleaved by the map), q.n: the M activation rows
+  q.glu = false;
+  const int tiles_m = q.m / kr.bm, tiles_n = (q.n + kr.bn - 1) / kr.bn;
+  const int w_box = std::min(q.n, kr.bn);
+  CUtensorMap map_a{}, map_w{};
+  if (!make_glu_map(map_a, q.a, bf16, q.k, q.m / 2, q.a_sm, (cluster ? kr.bm / 2 : kr.bm) / 16) ||
+      !make_map(map_w, q.w, bf16, q.k, q.n, q.w_sn, 1, 0, w_box))
+    return false;
+  Params prm = walk_params(q, cluster ? TileOrder{tiles_m, (tiles_n + 1) / 2, 8} : TileOrder{tiles_m, tiles_n, 16});
+  prm.tma = 1;
+  prm.out_vec16 = 1;
+  prm.stage_tx = (kr.bm + w_box) * kRowBytes;
+  const void* fn = reinterpret_cast<const void*>(kr.fn);
+  BIK_CHECK(kr.smem <= d.smem_optin, "matmul: sm90 gated tile needs ", kr.smem,
+            " bytes of shared memory; the device allows ", d.smem_optin);
+  allow_dynamic_smem(fn, d.index, kr.smem);
+  if (cluster) {
+    const int most = max_active_pairs(fn, kr.threads, kr.smem, d);
+    if (most < 1) return false;
+    cudaLaunchAttribute attr[2];
+    const bool programmatic = programmatic_launch(fn);
+    const cudaLaunchConfig_t cfg = pair_cluster_config(attr, unsigned(2 * std::min<int64_t>(prm.total_tiles, most)),
+                                                       kr.threads, kr.smem, st, programmatic);
+    BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kr.fn, prm, map_a, map_w));
+    if (programmatic) count_programmatic_launch();
+    g_cluster_launches.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    launch_kernel(kr.fn, unsigned(std::min<int64_t>(prm.total_tiles, d.sms)), kr.threads, size_t(kr.smem), st, prm,
+                  map_a, map_w);
+    BIK_CUDA_LAUNCH_CHECK();
+  }
+  g_glu_swap_launches.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 }  // namespace
 
 std::string sm90_config_name(const Problem& p, const DeviceInfo& d) {
@@ -617,6 +713,11 @@ bool gemm_sm90_gated(const GemmArgs& g, Stream s) {
   if (d.arch != 90 || g.bias || g.out.dtype != g.a.dtype || g.n % 2 != 0) return false;
   if (g.a.dtype != DType::BF16 && g.a.dtype != DType::F16) return false;
   gemm_detail::Problem p = gemm_detail::make_problem(g);
+  if (gemm_detail::launch_glu_swap(p, d, gemm_detail::stream_of(s), gemm_detail::glu_swap_for(p, d),
+                                   g.a.dtype == DType::BF16)) {
+    gemm_detail::g_gated_launches.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
   const gemm_detail::Choice c = gemm_detail::choose(p, d);
   const gemm_detail::TileShape& t = gemm_detail::kShapes[int(c)];
   if (t.swapped || t.bn % 64 != 0) return false;
@@ -625,6 +726,8 @@ bool gemm_sm90_gated(const GemmArgs& g, Stream s) {
   gemm_detail::g_gated_launches.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
+
+uint64_t gemm_sm90_glu_swap_launches() { return gemm_detail::g_glu_swap_launches.load(std::memory_order_relaxed); }
 
 uint64_t gemm_sm90_gated_launches() { return gemm_detail::g_gated_launches.load(std::memory_order_relaxed); }
 

@@ -88,10 +88,17 @@ constexpr int kTurnBar = 1;  // ping-pong turns: named barriers 1 and 2 (0 is __
 // as W: see the swapped tiles in gemm_sm90.cu), so tile rows are output columns and tile columns output
 // rows; BN, the activation rows of a tile, is any multiple of 16 (the wgmma N composed by wgmma_cols), and
 // the epilogue writes tile columns as output rows (store_tile_columns).
-template <int BM_, int BN_, int STAGES_, bool kPingPong_ = false, bool kSwapped_ = false>
+// kSwapGlu_ (swapped only): the gated product (Problem::glu) in its transposed form. The weight's stage rows
+// come interleaved by a four-dimensional tensor map (the host's make_glu_map): each group of 16 tile rows
+// holds 8 gate rows and then the up rows of the same 8 outputs, so every consumer thread holds the gate
+// and the up sums of its outputs (wgmma D rows r and r + 8) and the epilogue (store_tile_columns_gated)
+// writes silu_mul of the two. The host hands the kernel the transposed problem with glu off: its M is the
+// weight's 2 d rows in that interleaved order.
+template <int BM_, int BN_, int STAGES_, bool kPingPong_ = false, bool kSwapped_ = false, bool kSwapGlu_ = false>
 struct Config {
   static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
-  static constexpr bool kPingPong = kPingPong_, kSwapped = kSwapped_;
+  static constexpr bool kPingPong = kPingPong_, kSwapped = kSwapped_, kSwapGlu = kSwapGlu_;
+  static_assert(!kSwapGlu || kSwapped, "the interleaved gated form is a swapped tile");
   static constexpr int kConsumers = kPingPong ? 2 : BM / 64;
   static constexpr int kStageReaders = kPingPong ? 1 : kConsumers;  // consumer warpgroups that read each stage
   static constexpr int kThreads = 128 * (kConsumers + 1);
@@ -153,6 +160,24 @@ __device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorM
       "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4, "
       "%5}], [%2], %6;\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(k), "r"(row), "r"(b), "h"(mask)
+      : "memory");
+}
+// The gated swapped tile's weight boxes (Config::kSwapGlu): a four-dimensional map (K, 8 rows, gate / up,
+// groups of 8 outputs), copied from group `group` on; the box lands as 16-row groups of 8 gate rows then
+// 8 up rows, 128 bytes a row in the same 128-byte swizzle as a two-dimensional box of as many rows.
+__device__ __forceinline__ void tma_load_glu(uint32_t dst, const CUtensorMap* map, uint32_t bar, int k, int group) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], "
+      "[%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(k), "r"(0), "r"(0), "r"(group)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_glu_multicast(uint32_t dst, const CUtensorMap* map, uint32_t bar, int k,
+                                                       int group, uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, "
+      "%4, %5, %6}], [%2], %7;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(k), "r"(0), "r"(0), "r"(group), "h"(mask)
       : "memory");
 }
 // Arrives on the barrier at the same offset in CTA `cta` of the cluster (this CTA included). The consumers
@@ -302,6 +327,55 @@ __device__ __forceinline__ void store_tile_columns(const Problem& p, const float
         for (int q = 0; q < 8 && r + q < p.m; ++q) dst[q] = e[q];
       }
     }
+    __syncwarp();
+  }
+}
+#endif
+
+#ifdef BIK_SM90_DEVICE_CODE
+// A gated swapped tile's warp block (Config::kSwapGlu): tile rows row0 .. row0 + 7 hold the gate sums and
+// row0 + 8 .. row0 + 15 the up sums of the 8 outputs from row0 / 2 on (o_sm is 1), by BN tile columns (the
+// output rows col0.., o_sn apart). Every thread holds a gate sum and its up sum (D rows lane / 4 and
+// lane / 4 + 8); each is rounded to T as a store of the plain product would round it, silu_mul takes the
+// two and the result is rounded once more: the bits of store_tile_gated, and so of mm then silu_and_mul.
+// The 8 x 8 blocks of results (8 outputs by 8 output rows) go through stmatrix .trans into staging rows of
+// one output row's 8 outputs (16 bytes), 32 at a time, and out as one 16-byte piece a lane. The host
+// checked the alignment (16-byte output rows, 2 d a multiple of BM).
+template <class Cfg, typename T>
+__device__ __forceinline__ void store_tile_columns_gated(const Problem& p, const float (&acc)[Cfg::BN / 2],
+                                                         uint32_t staging, int b, int row0, int col0, int lane) {
+  constexpr int kGroups = Cfg::BN / 8;  // groups of 8 tile columns
+  static_assert(Cfg::BN % 16 == 0, "16 tile columns at a time");
+  uint32_t v[kGroups];
+#pragma unroll
+  for (int j = 0; j < kGroups; ++j) {
+    const float s0 = silu_mul(to_f32(from_f32<T>(acc[4 * j])), to_f32(from_f32<T>(acc[4 * j + 2])));
+    const float s1 = silu_mul(to_f32(from_f32<T>(acc[4 * j + 1])), to_f32(from_f32<T>(acc[4 * j + 3])));
+    const typename Pair<T>::type pr = Pair<T>::make(s0, s1);
+    v[j] = *reinterpret_cast<const uint32_t*>(&pr);
+  }
+  T* out = static_cast<T*>(p.out) + int64_t(b) * p.o_sb + row0 / 2;
+  // stmatrix .trans: lanes 8q .. 8q + 7 address the stored rows of block q, and stored row i of a block is
+  // its column i, so lane l's address is staging row l, the tile column 8q + i of the 32.
+  const uint32_t row_at = staging + lane * 16;
+#pragma unroll
+  for (int g = 0; g < kGroups / 4; ++g) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(row_at),
+                 "r"(v[4 * g]), "r"(v[4 * g + 1]), "r"(v[4 * g + 2]), "r"(v[4 * g + 3])
+                 : "memory");
+    __syncwarp();
+    const int col = col0 + 32 * g + lane;
+    if (col < p.n) *reinterpret_cast<uint4*>(out + int64_t(col) * p.o_sn) = ld_shared_16(row_at);
+    __syncwarp();
+  }
+  if constexpr (kGroups % 4 != 0) {  // the last 16 tile columns: two blocks, addressed by lanes 0 .. 15
+    constexpr int g = kGroups / 4;
+    asm volatile("stmatrix.sync.aligned.m8n8.x2.trans.shared.b16 [%0], {%1, %2};\n" ::"r"(staging + (lane & 15) * 16),
+                 "r"(v[4 * g]), "r"(v[4 * g + 1])
+                 : "memory");
+    __syncwarp();
+    const int col = col0 + 32 * g + lane;
+    if (lane < 16 && col < p.n) *reinterpret_cast<uint4*>(out + int64_t(col) * p.o_sn) = ld_shared_16(row_at);
     __syncwarp();
   }
 }
@@ -489,7 +563,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const int w_row = p.glu ? min(rank == 0 ? gate_row(tn) : up_row(tn), p.n - 1)
                         : prm.share_w ? min(tn * BN + rank * kHalfW, p.n - 1)
                                       : min(tn * BN, p.n - 1);
-      if (prm.share_w) {
+      if constexpr (Cfg::kSwapGlu) {
+        // Pairs of column tiles sharing the weight (the host's only pairing here): each CTA multicasts half
+        // of the interleaved box (2 d is a multiple of BM, so no clamp) and copies its own columns, kept
+        // inside the matrix as n_base keeps them.
+        tma_load_glu_multicast(stage_a(s) + rank * kHalfA * kRowBytes, &map_a, full(s), kb * kBK,
+                               (tm * BM + rank * kHalfA) / 16, kBoth);
+        tma_load(stage_w(s), &map_w, full(s), kb * kBK, n_base(tn), wb);
+      } else if (prm.share_w) {
         tma_load(stage_a(s), &map_a, full(s), kb * kBK, a_row, ab);
         tma_load_multicast(stage_w(s) + rank * kHalfW * kRowBytes, &map_w, full(s), kb * kBK, w_row, wb, kBoth);
       } else {
@@ -504,7 +585,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         }
       }
     } else {
-      tma_load(stage_a(s), &map_a, full(s), kb * kBK, m_base(tm), ab);
+      if constexpr (Cfg::kSwapGlu)
+        tma_load_glu(stage_a(s), &map_a, full(s), kb * kBK, m_base(tm) / 16);
+      else
+        tma_load(stage_a(s), &map_a, full(s), kb * kBK, m_base(tm), ab);
       if (p.glu) {
         tma_load(stage_w(s), &map_w, full(s), kb * kBK, gate_row(tn), wb);
         tma_load(stage_w(s) + kHalfW * kRowBytes, &map_w, full(s), kb * kBK, up_row(tn), wb);
@@ -587,7 +671,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
             for (int i = t; i < (BM + BN) * 8; i += 128) {
               const bool is_a = i < BM * 8;
               const int r = (is_a ? i : i - BM * 8) >> 3, c = i & 7;
-              const int gr = is_a                  ? tm * BM + r
+              // kSwapGlu: tile row R of the interleaved order is gate row 8 (R / 16) + R % 16 for R % 16 < 8,
+              // else the up row d + 8 (R / 16) + R % 16 - 8 (d = M / 2 of the transposed problem).
+              const int ar = tm * BM + r;
+              const int gr = is_a ? (Cfg::kSwapGlu ? (ar / 16) * 8 + (ar % 16 < 8 ? ar % 16 : p.m / 2 + ar % 16 - 8) : ar)
                              : !p.glu              ? tn * BN + r
                              : r < kHalfW ? gate_row(tn) + r
                                           : up_row(tn) + r - kHalfW,
@@ -680,6 +767,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           store_tile_gated<Cfg, T>(p, prm.out_vec16 != 0, acc, staging, b, row0, tn, lane);
           continue;
         }
+      }
+      if constexpr (Cfg::kSwapGlu) {
+        store_tile_columns_gated<Cfg, T>(p, acc, staging, b, row0, n_base(tn), lane);
+        continue;
       }
       if (prm.out_vec16) {
         if constexpr (Cfg::kSwapped)

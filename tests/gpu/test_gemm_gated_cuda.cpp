@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <random>
 #include <set>
 #include <string>
@@ -47,11 +48,14 @@ struct GatedCase {
 // Shapes on every tile family the GEMM picks: decode sizes (64-row tiles), the swapped range (where the
 // gated product runs as the two calls unless BIK_GEMM_SWAP=0), the cluster rules (N <= 4096 with K >= 8192;
 // M = 256 with N >= 16384), the 128x192 tile of a full batch's gate|up, a d that no tile divides (the
-// last tile's gate box runs into up rows), K not a multiple of 64.
+// last tile's gate box runs into up rows), K not a multiple of 64; and for the gated swapped tiles
+// (BIK_GEMM_GLU_SWAP) one column tile narrower than its BN (M = 16, 100), two whose second starts inside
+// the first (M = 193, 300, 511), the serving sizes past 256 (264, 384).
 const std::vector<GatedCase>& gated_cases() {
   static const std::vector<GatedCase> c = {{1, 96, 64},       {5, 200, 136},     {16, 1024, 512},  {64, 1000, 320},
                                            {100, 3072, 256},  {130, 1536, 200},  {200, 6144, 512}, {128, 2048, 8192},
-                                           {256, 8192, 4096}, {256, 12288, 512}, {300, 768, 128},  {1000, 704, 96}};
+                                           {256, 8192, 4096}, {256, 12288, 512}, {300, 768, 128},  {1000, 704, 96},
+                                           {193, 768, 192},   {264, 12288, 4096}, {384, 1536, 256}, {511, 1024, 128}};
   return c;
 }
 
@@ -65,8 +69,11 @@ TEST(GpuGemmGated, FusedGivesTheBitsOfTheTwoCalls) {
   };
   const std::vector<Mode> modes = {{"BIK_GEMM_CLUSTER", nullptr}, {"BIK_GEMM_CLUSTER", "0"},
                                    {"BIK_GEMM_CLUSTER", "2a"},    {"BIK_GEMM_CLUSTER", "2w"},
-                                   {"BIK_GEMM_PINGPONG", "1"},    {"BIK_GEMM_SWAP", "0"}};
+                                   {"BIK_GEMM_PINGPONG", "1"},    {"BIK_GEMM_SWAP", "0"},
+                                   {"BIK_GEMM_GLU_SWAP", "0"},    {"BIK_GEMM_GLU_SWAP", "1"},
+                                   {"BIK_GEMM_GLU_SWAP", "2"},    {"BIK_GEMM_GLU_SWAP", "2c"}};
   int64_t compared = 0, fused = 0;
+  std::map<std::string, int64_t> glu_swap;  // gated swapped launches by BIK_GEMM_GLU_SWAP mode
   for (DType dt : {DType::BF16, DType::F16})
     for (const GatedCase& c : gated_cases()) {
       const Tensor a = dev_filled({c.m, c.k}, dt, uint64_t(c.m * 3 + c.k));
@@ -79,17 +86,26 @@ TEST(GpuGemmGated, FusedGivesTheBitsOfTheTwoCalls) {
         const std::string what = std::string(dtype_name(dt)) + " M=" + std::to_string(c.m) + " d=" +
                                  std::to_string(c.d) + " K=" + std::to_string(c.k) + " " + mode.env + "=" +
                                  (mode.value ? mode.value : "unset");
-        const uint64_t before = cuda::gemm_sm90_gated_launches();
+        const uint64_t before = cuda::gemm_sm90_gated_launches(), before_swap = cuda::gemm_sm90_glu_swap_launches();
         fill_bytes(out, 0xff);
         mm_silu_and_mul(out, a, w);
         fused += int64_t(cuda::gemm_sm90_gated_launches() - before);
+        if (std::strcmp(mode.env, "BIK_GEMM_GLU_SWAP") == 0)
+          glu_swap[mode.value] += int64_t(cuda::gemm_sm90_glu_swap_launches() - before_swap);
         EXPECT_EQ(differing(out, ref), 0) << what;
         ++compared;
       }
     }
-  std::printf("[gated] %lld products compared bit for bit with the two calls, %lld of them fused\n",
-              (long long)compared, (long long)fused);
+  std::printf("[gated] %lld products compared bit for bit with the two calls, %lld of them fused; gated swapped "
+              "tiles: %lld (mode 1), %lld (2), %lld (2c)\n",
+              (long long)compared, (long long)fused, (long long)glu_swap["1"], (long long)glu_swap["2"],
+              (long long)glu_swap["2c"]);
   EXPECT_GT(fused, 0) << "the fused kernel never ran";
+  EXPECT_EQ(glu_swap["0"], 0) << "BIK_GEMM_GLU_SWAP=0 still took a gated swapped tile";
+  // Per dtype: mode 1 takes the cases with d % 64 == 0 and M <= 256 (8), modes 2 and 2c those with d % 64 == 0
+  // and 112 <= M <= 512 (10: two column tiles of at least 112 rows each, the narrowest tile).
+  EXPECT_EQ(glu_swap["1"], 2 * 8);
+  for (const char* m : {"2", "2c"}) EXPECT_EQ(glu_swap[m], 2 * 10) << "BIK_GEMM_GLU_SWAP=" << m;
 }
 
 // The full batch's gate|up (M = 256, 2 x 12288 x 4096: the 128x192 tile in clusters sharing W) must run
@@ -131,7 +147,9 @@ TEST(GpuGemmGated, LayoutsGiveTheSameBits) {
       a_strided.stride[1] = 2;
       copy(a_strided, a);
       const Tensor wide_out = dev({c.m, c.d + 24}, dt);
+      for (const char* glu_swap : {static_cast<const char*>(nullptr), "1", "2c"})
       for (int64_t col : {int64_t(1), int64_t(8)}) {
+        const ScopedEnv env("BIK_GEMM_GLU_SWAP", glu_swap);
         const TensorView o = wide_out.view().narrow(1, col, c.d);
         fill_bytes(wide_out, 0xff);
         mm_silu_and_mul(o, a, w);
@@ -193,17 +211,26 @@ RowStats row_check(Impl impl, int64_t d, int64_t k, uint64_t seed) {
   return st;
 }
 
+// Also with the gated swapped tiles forced where they apply (BIK_GEMM_GLU_SWAP=1 up to M = 256, 2c from
+// M = 112 to 512; the other batch sizes run the default tiles), so rows move between them and the default
+// tiles within one check.
 TEST(GpuGemmGated, RowsAreBatchInvariant) {
   BIK_REQUIRE_GPU();
-  for (const GatedCase& c : {GatedCase{0, 2048, 4096}, GatedCase{0, 12288, 4096}, GatedCase{0, 1000, 1000}}) {
-    const uint64_t before = cuda::gemm_sm90_gated_launches();
-    const RowStats st = row_check(Impl::Bik, c.d, c.k, 77 + uint64_t(c.d));
-    std::printf("[gated rows] d=%lld K=%lld: %lld of %lld rows differ from the row alone (%llu fused launches)\n",
-                (long long)c.d, (long long)c.k, (long long)st.diffs, (long long)st.cases,
-                (unsigned long long)(cuda::gemm_sm90_gated_launches() - before));
-    EXPECT_GT(st.cases, 50);
-    EXPECT_EQ(st.diffs, 0) << "d=" << c.d << " K=" << c.k;
-  }
+  for (const char* glu_swap : {static_cast<const char*>(nullptr), "1", "2c"})
+    for (const GatedCase& c : {GatedCase{0, 2048, 4096}, GatedCase{0, 12288, 4096}, GatedCase{0, 1000, 1000}}) {
+      const ScopedEnv env("BIK_GEMM_GLU_SWAP", glu_swap);
+      const uint64_t before = cuda::gemm_sm90_gated_launches(), before_swap = cuda::gemm_sm90_glu_swap_launches();
+      const RowStats st = row_check(Impl::Bik, c.d, c.k, 77 + uint64_t(c.d));
+      std::printf("[gated rows] d=%lld K=%lld BIK_GEMM_GLU_SWAP=%s: %lld of %lld rows differ from the row alone "
+                  "(%llu fused launches, %llu on gated swapped tiles)\n",
+                  (long long)c.d, (long long)c.k, glu_swap ? glu_swap : "unset", (long long)st.diffs,
+                  (long long)st.cases, (unsigned long long)(cuda::gemm_sm90_gated_launches() - before),
+                  (unsigned long long)(cuda::gemm_sm90_glu_swap_launches() - before_swap));
+      EXPECT_GT(st.cases, 50);
+      EXPECT_EQ(st.diffs, 0) << "d=" << c.d << " K=" << c.k << " BIK_GEMM_GLU_SWAP=" << (glu_swap ? glu_swap : "unset");
+      if (glu_swap != nullptr && c.d % 64 == 0)
+        EXPECT_GT(cuda::gemm_sm90_glu_swap_launches(), before_swap) << "the forced gated swapped tile never ran";
+    }
 }
 
 // Negative control: cuBLASLt's kernel choice changes with M; the same check must see it through the

@@ -1,0 +1,27 @@
+// The gated swapped tiles of the Hopper GEMM (Config::kSwapGlu in gemm_sm90.cuh): their kernels live in
+// gemm_sm90_glu_swap.cu, a translation unit of their own so that they compile beside gemm_sm90.cu; the
+// host side (tensor maps, the walk, the rule) is gemm_sm90.cu's.
+#pragma once
+#include <cuda.h>
+
+#include "cuda/gemm_common.cuh"
+
+namespace bik::cuda::gemm_detail::sm90 {
+
+struct Params;
+
+using GemmKernelFn = void (*)(Params, CUtensorMap, CUtensorMap);
+
+struct GluSwapKernel {
+  GemmKernelFn fn = nullptr;  // null: no such tile
+  int threads = 0, smem = 0, bm = 0, bn = 0;
+};
+
+// The activation rows a gated swapped tile may take (its BN), ascending.
+constexpr int kGluSwapCols[] = {112, 128, 144, 160, 176, 192, 208, 224, 256};
+
+// The narrowest gated swapped tile of at least `cols` activation rows (cols <= 256), as a one-CTA kernel or
+// as pairs of CTAs sharing the weight (cluster), for bf16 or f16 operands.
+GluSwapKernel glu_swap_kernel(int cols, bool bf16, bool cluster);
+
+}  // namespace bik::cuda::gemm_detail::sm90
