@@ -17,10 +17,8 @@ struct GluSwapKernel {
   int threads = 0, smem = 0, bm = 0, bn = 0;
 };
 
-// The activation rows a gated swapped tile may take (its BN), ascending.
-constexpr int kGluSwapCols[] = {112, 128, 144, 160, 176, 192, 208, 224, 256};
-
-// The narrowest gated swapped tile of at least `cols` activation rows (cols <= 256), as a one-CTA kernel or
+// The narrowest gated swapped tile of at least `cols` activation rows (cols <= 256; BN 112 to 224 in steps
+// of 16, then 256: each one wgmma instruction wide, gemm_sm90_wgmma.cuh), as a one-CTA kernel or
 // as pairs of CTAs sharing the weight (cluster), for bf16 or f16 operands.
 GluSwapKernel glu_swap_kernel(int cols, bool bf16, bool cluster);
 
