@@ -195,7 +195,10 @@ int bench_gemm(const std::vector<std::string>& argv) {
     const uint64_t before = cuda::gemm_sm90_glu_swap_launches();
     bik_launch(0, st);
     BIK_CUDA_CHECK(cudaStreamSynchronize(st));
-    const std::string config = cuda::gemm_sm90_glu_swap_launches() > before ? "gated swapped" : "gated default";
+    const bool swapped = cuda::gemm_sm90_glu_swap_launches() > before;
+    const std::string rule = cuda::gemm_gated_config_name(gemm_args_2d(pv, as[0].view().narrow(0, 0, m), ws[0]));
+    // The rule's name, and what ran when a gated swapped tile it named could not take the operands.
+    const std::string config = rule.rfind("glu-swap", 0) == 0 && !swapped ? rule + " (not applied)" : rule;
     const double ratio = t_cub / t_bik;
     std::printf("%-8s %6lld %6lld %6lld | %10.2f %10.2f | %8.1f | %6.3f | %s%s%s\n", s.what, (long long)s.k,
                 (long long)s.n, (long long)m, t_bik * 1e3, t_cub * 1e3, flop / (t_bik * 1e-3) / 1e12, ratio,

@@ -93,4 +93,11 @@ std::string gemm_config_name(const GemmArgs& g) {
   return "?";
 }
 
+// The configuration of the gated product whose plain form ([M, 2 d]) g describes, on an sm_90 device.
+std::string gemm_gated_config_name(const GemmArgs& g) {
+  const auto& d = gemm_detail::use_device(g.a.device.index);
+  if (plan_for(g, d).mma != policy::Mma::WgmmaSm90) return "two calls";
+  return gemm_detail::sm90_gated_config_name(gemm_detail::make_problem(g), d);
+}
+
 }  // namespace bik::cuda

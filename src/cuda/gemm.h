@@ -44,6 +44,8 @@ uint64_t gemm_sm90_swapped_launches();
 
 // Name of the kernel configuration gemm() runs for this problem, e.g. "sm90 128x256 tma".
 std::string gemm_config_name(const GemmArgs& g);
+// The configuration of the gated product (mm_silu_and_mul) whose plain [M, 2 d] product g describes.
+std::string gemm_gated_config_name(const GemmArgs& g);
 
 // Test and benchmark helper: fills a contiguous or row-strided device tensor with uniform values in
 // [-1, 1) from a counter-based hash of (seed, element index), rounded to the tensor's dtype.

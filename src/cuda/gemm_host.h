@@ -30,6 +30,7 @@ inline bool vector_rows(const void* base, int64_t sk, int64_t s_row, int rows, i
 
 std::string sm80_config_name(const Problem& p, const DeviceInfo& d);
 std::string sm90_config_name(const Problem& p, const DeviceInfo& d);
+std::string sm90_gated_config_name(const Problem& p, const DeviceInfo& d);  // p: the [M, 2 d] product
 std::string f32_config_name(const Problem& p, const DeviceInfo& d);
 
 }  // namespace bik::cuda::gemm_detail

@@ -600,8 +600,42 @@ bool tma_possible(const Problem& p) {
 // plain product rounds them, then silu_mul rounded once: the bits of the default tiles.
 enum class GluSwap { Off, One, Two, TwoCluster };
 
-// The rule: none yet (measured first: bik bench gemm --gated --sweep).
-GluSwap glu_swap_rule(const Problem&, const DeviceInfo&) { return GluSwap::Off; }
+// The work of a walk on one SM: its waves times the area of one tile (tiles run one after the other on
+// each SM, and the last wave costs a whole one however few SMs it keeps busy).
+double walk_work(int64_t tiles, int64_t slots, int bm, int bn) {
+  return double((tiles + slots - 1) / slots) * double(bm) * double(bn);
+}
+
+// The rule: the least work (walk_work) among the default tiles, one column tile (M <= 256) and two in pairs
+// sharing the weight (M > 208). Against default tiles that fuse the activation a gated swapped tile must
+// save at least 5%; where the default is a plain swapped tile (the product, then silu_and_mul as a second
+// kernel) it wins ties. Ping-pong tiles count as their 64-row halves. On an H200 (K = 4096, bik bench gemm
+// --gated --sweep, logs_h200/48e9e1b_gemm_gated_sweep.log) this predicted every clear result: gate|up
+// (2 d = 24576) on pairs at M = 224 / 264 / 280 / 328 / 344 / 416 took 83.7 / 107.9 / 106.1 / 132.7 / 128.9
+// / 148.0 us against 96.6 / 120.2 / 113.7 / 144.4 / 138.8 / 172.5 on the default tiles (at 224 the plain
+// swapped tile and its second kernel; elsewhere 7-12% less work); a d = 6144 gate|up on one column tile at
+// M = 129..176 34.1-39.7 against 44.4-48.2 (the plain swapped tile and the second kernel, equal work); ties
+// against fused default tiles went either way within 5% (M = 232..256, 296..312, 360..384). Two column
+// tiles of 112 rows lost at M = 200 (110.5 against 87.0), hence M > 208 for the pairs. Measured with
+// K = 4096 only: K < 2048 (short tiles, where the epilogue weighs more) keeps the default.
+GluSwap glu_swap_rule(const Problem& p, const DeviceInfo& d) {
+  if (p.batch != 1 || p.k < 2048 || p.n % 128 != 0 || p.m > 512 || d.sms < 2) return GluSwap::Off;
+  const TileShape& t = kShapes[int(choose(p, d))];
+  const int bm = !t.swapped && t.bm == 128 && pingpong_for(p, t.bn) ? 64 : t.bm;
+  const int rows = t.swapped ? p.n : p.m, cols = t.swapped ? p.m : p.n;
+  const double base = walk_work(int64_t((rows + bm - 1) / bm) * ((cols + t.bn - 1) / t.bn), d.sms, bm, t.bn);
+  const bool fused = !t.swapped && t.bn % 64 == 0;  // what gemm_sm90_gated takes
+  const bool bf16 = true;  // the tile widths do not depend on the dtype
+  const int64_t weight_tiles = p.n / 128;
+  auto work = [&](int rows_a_tile, int64_t slots) {
+    return walk_work(weight_tiles, slots, 128, sm90::glu_swap_kernel(rows_a_tile, bf16, false).bn);
+  };
+  const double one = p.m <= 256 ? work(p.m, d.sms) : 1e300;
+  const double two = p.m > 208 ? work((p.m + 1) / 2, d.sms / 2) : 1e300;  // pairs: half as many at once
+  const double best = std::min(one, two);
+  if (fused ? best > 0.95 * base : best > base) return GluSwap::Off;
+  return one <= two ? GluSwap::One : GluSwap::TwoCluster;
+}
 
 GluSwap glu_swap_for(const Problem& p, const DeviceInfo& d) {
   const char* e = std::getenv("BIK_GEMM_GLU_SWAP");
@@ -683,6 +717,22 @@ bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, Glu
 }
 
 }  // namespace
+
+// The tile the gated product p ([M, 2 d], glu off) runs on by the rule and BIK_GEMM_GLU_SWAP (not checking
+// whether its operands let a gated swapped tile apply): "glu-swap 1 x BN", "glu-swap 2c x BN" or
+// "default <tile>[ pingpong]".
+std::string sm90_gated_config_name(const Problem& p, const DeviceInfo& d) {
+  const GluSwap mode = glu_swap_for(p, d);
+  if (mode != GluSwap::Off && p.m <= (mode == GluSwap::One ? 256 : 512)) {
+    const int bn = sm90::glu_swap_kernel(mode == GluSwap::One ? p.m : (p.m + 1) / 2, true, false).bn;
+    return std::string("glu-swap ") + (mode == GluSwap::One ? "1" : mode == GluSwap::Two ? "2" : "2c") + " x " +
+           std::to_string(bn);
+  }
+  const Choice c = choose(p, d);
+  const TileShape& t = kShapes[int(c)];
+  return std::string("default ") + kChoiceNames[int(c)] +
+         (!t.swapped && t.bm == 128 && pingpong_for(p, t.bn) ? " pingpong" : "");
+}
 
 std::string sm90_config_name(const Problem& p, const DeviceInfo& d) {
   const Choice c = choose(p, d);

@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "bik/ops.h"
-#include "bik/tensor.h"
 #include "cuda/cublas_gemm.h"
+#include "cuda/device_info.h"
 #include "cuda/gemm.h"
 
 using namespace bik;
@@ -109,21 +109,28 @@ TEST(GpuGemmGated, FusedGivesTheBitsOfTheTwoCalls) {
 }
 
 // The full batch's gate|up (M = 256, 2 x 12288 x 4096: the 128x192 tile in clusters sharing W) must run
-// fused; the swapped range runs the two calls; a tile narrower than 64 columns too.
+// fused; the plain swapped range (M = 160) runs the two calls; a tile narrower than 64 columns too. On a
+// 132-SM part (H100 SXM, H200) the rule puts M = 264 / 328 on gated swapped tiles in pairs, and a
+// d = 6144 gate|up at M = 144 on one column tile (gemm_sm90.cu, glu_swap_rule).
 TEST(GpuGemmGated, FusedWhereTheTileTakesIt) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the gated epilogue is the sm_90 kernel's";
+  const bool sms132 = cuda::use_device(0).sms == 132;
   struct Expect {
     int64_t m, d, k;
-    bool fused;
+    bool fused, glu_swap;
   };
-  for (const Expect& e : {Expect{256, 12288, 4096, true}, Expect{64, 12288, 4096, true}, Expect{1, 12288, 4096, true},
-                          Expect{160, 12288, 4096, false}, Expect{64, 64, 256, false}}) {
+  for (const Expect& e : {Expect{256, 12288, 4096, true, false}, Expect{64, 12288, 4096, true, false},
+                          Expect{1, 12288, 4096, true, false}, Expect{160, 12288, 4096, false, false},
+                          Expect{64, 64, 256, false, false}, Expect{264, 12288, 4096, true, sms132},
+                          Expect{328, 12288, 4096, true, sms132}, Expect{144, 6144, 4096, true, sms132}}) {
     const Tensor a = dev_filled({e.m, e.k}, DType::BF16, 5), w = dev_filled({2 * e.d, e.k}, DType::BF16, 6);
     const Tensor out = dev({e.m, e.d}, DType::BF16), ref = dev({e.m, e.d}, DType::BF16);
-    const uint64_t before = cuda::gemm_sm90_gated_launches();
+    const uint64_t before = cuda::gemm_sm90_gated_launches(), before_swap = cuda::gemm_sm90_glu_swap_launches();
     mm_silu_and_mul(out, a, w);
     EXPECT_EQ(cuda::gemm_sm90_gated_launches() - before, e.fused ? 1u : 0u) << "M=" << e.m << " d=" << e.d;
+    if (sms132 || !e.fused)
+      EXPECT_EQ(cuda::gemm_sm90_glu_swap_launches() - before_swap, e.glu_swap ? 1u : 0u) << "M=" << e.m << " d=" << e.d;
     two_calls(ref, a, w);
     EXPECT_EQ(differing(out, ref), 0) << "M=" << e.m << " d=" << e.d;
   }
