@@ -172,7 +172,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
     if (args.flag("sweep") && props.arch() == 90) {
       const char* old_env = std::getenv("BIK_GEMM_GLU_SWAP");
       const std::string saved = old_env ? old_env : "";
-      for (const char* mode : {"0", "1", "2", "2c"}) {
+      for (const char* mode : {"0", "1", "2", "2c", "2c192"}) {
         setenv("BIK_GEMM_GLU_SWAP", mode, 1);
         const uint64_t before = cuda::gemm_sm90_glu_swap_launches();
         bik_launch(0, st);

@@ -595,10 +595,14 @@ bool tma_possible(const Problem& p) {
 // the epilogue (the plain swapped tiles cannot take it: their threads hold one of the two sums).
 // BIK_GEMM_GLU_SWAP, read at each call: "0" -> never; "1" -> one column tile of M rows (M <= 256); "2" ->
 // two column tiles of ceil(M / 2) rows, one CTA a tile; "2c" -> the same in clusters of two that share
-// the weight tile (each CTA multicasts half of it); unset or anything else -> glu_swap_rule. Either way
+// the weight tile (each CTA multicasts half of it); "2c192" -> the same on tiles of 192 weight rows (three
+// consumer warpgroups); unset or anything else -> glu_swap_rule. Either way
 // each output is the same K sum of one wgmma per K step from zero accumulators, both sums rounded as the
 // plain product rounds them, then silu_mul rounded once: the bits of the default tiles.
-enum class GluSwap { Off, One, Two, TwoCluster };
+enum class GluSwap { Off, One, Two, TwoCluster, TwoCluster192 };
+
+// The weight rows of a gated swapped tile in `mode`.
+int glu_swap_bm(GluSwap mode) { return mode == GluSwap::TwoCluster192 ? 192 : 128; }
 
 // The work of a walk on one SM: its waves times the area of one tile (tiles run one after the other on
 // each SM, and the last wave costs a whole one however few SMs it keeps busy).
@@ -628,7 +632,7 @@ GluSwap glu_swap_rule(const Problem& p, const DeviceInfo& d) {
   const bool bf16 = true;  // the tile widths do not depend on the dtype
   const int64_t weight_tiles = p.n / 128;
   auto work = [&](int rows_a_tile, int64_t slots) {
-    return walk_work(weight_tiles, slots, 128, sm90::glu_swap_kernel(rows_a_tile, bf16, false).bn);
+    return walk_work(weight_tiles, slots, 128, sm90::glu_swap_kernel(128, rows_a_tile, bf16, false).bn);
   };
   const double one = p.m <= 256 ? work(p.m, d.sms) : 1e300;
   const double two = p.m > 208 ? work((p.m + 1) / 2, d.sms / 2) : 1e300;  // pairs: half as many at once
@@ -644,6 +648,7 @@ GluSwap glu_swap_for(const Problem& p, const DeviceInfo& d) {
     if (std::strcmp(e, "1") == 0) return GluSwap::One;
     if (std::strcmp(e, "2") == 0) return GluSwap::Two;
     if (std::strcmp(e, "2c") == 0) return GluSwap::TwoCluster;
+    if (std::strcmp(e, "2c192") == 0) return GluSwap::TwoCluster192;
   }
   return glu_swap_rule(p, d);
 }
@@ -673,13 +678,13 @@ std::atomic<uint64_t> g_glu_swap_launches{0};
 // than a tile takes (M > 256 on one column tile, M > 512 on two), or a device that cannot place the pairs.
 bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, GluSwap mode, bool bf16) {
   if (mode == GluSwap::Off || p.batch != 1 || p.bias != nullptr || p.out_f32 || p.a_sk != 1 || p.w_sk != 1 ||
-      p.k == 0 || p.m == 0 || p.n % 128 != 0)
+      p.k == 0 || p.m == 0 || p.n % glu_swap_bm(mode) != 0)
     return false;
   if (p.o_sn != 1 || !aligned16(p.out) || (p.m > 1 && (p.o_sm * 2) % 16 != 0)) return false;
   const int cols = mode == GluSwap::One ? p.m : (p.m + 1) / 2;
   if (cols > 256) return false;
-  const bool cluster = mode == GluSwap::TwoCluster;
-  const sm90::GluSwapKernel kr = sm90::glu_swap_kernel(cols, bf16, cluster);
+  const bool cluster = mode == GluSwap::TwoCluster || mode == GluSwap::TwoCluster192;
+  const sm90::GluSwapKernel kr = sm90::glu_swap_kernel(glu_swap_bm(mode), cols, bf16, cluster);
   if (kr.fn == nullptr || (mode != GluSwap::One && kr.bn > p.m)) return false;
   Problem q = swapped(p);  // q.m: the 2 d weight rows (interleaved by the map), q.n: the M activation rows
   q.glu = false;
@@ -723,11 +728,11 @@ bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, Glu
 // "default <tile>[ pingpong]".
 std::string sm90_gated_config_name(const Problem& p, const DeviceInfo& d) {
   const GluSwap mode = glu_swap_for(p, d);
-  if (mode != GluSwap::Off && p.m <= (mode == GluSwap::One ? 256 : 512)) {
-    const int bn = sm90::glu_swap_kernel(mode == GluSwap::One ? p.m : (p.m + 1) / 2, true, false).bn;
-    return std::string("glu-swap ") + (mode == GluSwap::One ? "1" : mode == GluSwap::Two ? "2" : "2c") + " x " +
-           std::to_string(bn);
-  }
+  const char* const names[] = {"0", "1", "2", "2c", "2c192"};
+  const int bn = sm90::glu_swap_kernel(glu_swap_bm(mode), mode == GluSwap::One ? p.m : (p.m + 1) / 2, true,
+                                       mode == GluSwap::TwoCluster || mode == GluSwap::TwoCluster192)
+                     .bn;
+  if (mode != GluSwap::Off && bn > 0) return std::string("glu-swap ") + names[int(mode)] + " x " + std::to_string(bn);
   const Choice c = choose(p, d);
   const TileShape& t = kShapes[int(c)];
   return std::string("default ") + kChoiceNames[int(c)] +

@@ -111,7 +111,8 @@ struct Config {
   static constexpr int kBarBytes = (2 * STAGES * 8 + 127) / 128 * 128;
   // stages + full/empty barriers + staging + slack to align the stages to the 1024-byte swizzle period
   static constexpr int kSmemBytes = STAGES * kStageBytes + kBarBytes + kConsumers * 4 * kEpiWarpBytes + 1024;
-  static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
+  // Three consumers (192 rows) only for the gated swapped tiles, in pairs (gemm_sm90_glu_swap.cu).
+  static_assert(BM == 64 || BM == 128 || (kSwapGlu && BM == 192), "one or two consumer warpgroups (three: gated swapped)");
   static_assert(!kPingPong || BM == 64, "ping-pong consumers take whole 64-row tiles");
   // wgmma N is a multiple of 8 up to 256 and a TMA box has at most 256 rows; the staged epilogue walks
   // BN in chunks of 32 (f32 out) or 64 (16-bit out) columns, so BN is 32, 64, 128, 192 or 256; a swapped
@@ -632,7 +633,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
   if (wg == Cfg::kConsumers) {
     // ---- producer warpgroup: fills stages in the same tile order the consumers drain them ----
-    if constexpr (Cfg::kConsumers == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    // The register file's 64 K: 128 x 40 + 256 x 232 with two consumer warpgroups, 128 x 40 + 384 x 152
+    // with three.
+    if constexpr (Cfg::kConsumers >= 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     const int t = threadIdx.x % 128;
     if constexpr (kCluster) {
       // Cluster mode always copies with TMA (the host falls back to one-CTA mode otherwise); one thread
@@ -697,6 +700,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     // ---- consumer warpgroups: rows [64 * wg, 64 * wg + 64) of each tile, all BN columns; in ping-pong
     // mode whole tiles, the CTA's tiles wg, wg + 2, ... of its walk, in turns (the top of this file) ----
     if constexpr (Cfg::kConsumers == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    if constexpr (Cfg::kConsumers == 3) asm volatile("setmaxnreg.inc.sync.aligned.u32 152;\n");
     constexpr bool kPingPong = Cfg::kPingPong;
     static_assert(!(kPingPong && kCluster), "ping-pong runs one CTA a tile");
     const int slab = kPingPong ? 0 : wg;  // this consumer's 64-row slab of the tile and of the stage's A rows

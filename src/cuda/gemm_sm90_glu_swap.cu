@@ -1,38 +1,55 @@
-// Kernels of the gated swapped tiles (gemm_sm90_glu_swap.h): 128 interleaved weight rows (64 outputs, two
-// consumer warpgroups of 64 rows each) by BN activation rows, stages filling the shared memory the
-// epilogue staging leaves (at most 8).
+// Kernels of the gated swapped tiles (gemm_sm90_glu_swap.h): 128 or 192 interleaved weight rows (64 or 96
+// outputs, two or three consumer warpgroups of 64 rows each) by BN activation rows, stages filling the
+// shared memory the epilogue staging leaves (at most 8). The 192-row tiles run in pairs only.
 #include "cuda/gemm_sm90.cuh"
 #include "cuda/gemm_sm90_glu_swap.h"
 
 namespace bik::cuda::gemm_detail::sm90 {
 namespace {
 
-constexpr int glu_swap_stages(int bn) {
-  // less the two consumers' epilogue staging, the 1024-byte alignment slack and up to 8 stages' barriers
-  constexpr int kFree = 227 * 1024 - 2 * 4 * (16 * 144) - 1024 - 256;
-  const int s = kFree / ((128 + bn) * kRowBytes);
+constexpr int glu_swap_stages(int bm, int bn) {
+  // less the consumers' epilogue staging, the 1024-byte alignment slack and up to 8 stages' barriers
+  const int free = 227 * 1024 - bm / 64 * 4 * (16 * 144) - 1024 - 256;
+  const int s = free / ((bm + bn) * kRowBytes);
   return s < 8 ? s : 8;
 }
 
-template <int BN>
-using GluSwapTile = Config<128, BN, glu_swap_stages(BN), false, true, true>;
+template <int BM, int BN>
+using GluSwapTile = Config<BM, BN, glu_swap_stages(BM, BN), false, true, true>;
 
-template <int BN, typename T, bool kCluster>
+template <int BM, int BN, typename T, bool kCluster>
 GluSwapKernel kernel_of() {
-  using Cfg = GluSwapTile<BN>;
+  using Cfg = GluSwapTile<BM, BN>;
   static_assert(Cfg::STAGES >= 3, "a gated swapped tile keeps at least three stages in flight");
   return GluSwapKernel{gemm_kernel<Cfg, T, kCluster>, Cfg::kThreads, Cfg::kSmemBytes, Cfg::BM, Cfg::BN};
 }
 
 template <int BN>
 GluSwapKernel pick(bool bf16, bool cluster) {
-  if (bf16) return cluster ? kernel_of<BN, __nv_bfloat16, true>() : kernel_of<BN, __nv_bfloat16, false>();
-  return cluster ? kernel_of<BN, __half, true>() : kernel_of<BN, __half, false>();
+  if (bf16) return cluster ? kernel_of<128, BN, __nv_bfloat16, true>() : kernel_of<128, BN, __nv_bfloat16, false>();
+  return cluster ? kernel_of<128, BN, __half, true>() : kernel_of<128, BN, __half, false>();
+}
+
+// The 192-row tiles: pairs only, BN up to 192 (three consumers hold at most 152 registers a thread).
+template <int BN>
+GluSwapKernel pick192(bool bf16) {
+  return bf16 ? kernel_of<192, BN, __nv_bfloat16, true>() : kernel_of<192, BN, __half, true>();
 }
 
 }  // namespace
 
-GluSwapKernel glu_swap_kernel(int cols, bool bf16, bool cluster) {
+GluSwapKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster) {
+  if (bm == 192) {
+    if (!cluster) return GluSwapKernel{};
+    if (cols <= 112) return pick192<112>(bf16);
+    if (cols <= 128) return pick192<128>(bf16);
+    if (cols <= 144) return pick192<144>(bf16);
+    if (cols <= 160) return pick192<160>(bf16);
+    if (cols <= 176) return pick192<176>(bf16);
+    if (cols <= 192) return pick192<192>(bf16);
+    return GluSwapKernel{};
+  }
+  if (bm != 128) return GluSwapKernel{};
   if (cols <= 112) return pick<112>(bf16, cluster);
   if (cols <= 128) return pick<128>(bf16, cluster);
   if (cols <= 144) return pick<144>(bf16, cluster);

@@ -17,9 +17,10 @@ struct GluSwapKernel {
   int threads = 0, smem = 0, bm = 0, bn = 0;
 };
 
-// The narrowest gated swapped tile of at least `cols` activation rows (cols <= 256; BN 112 to 224 in steps
-// of 16, then 256: each one wgmma instruction wide, gemm_sm90_wgmma.cuh), as a one-CTA kernel or
-// as pairs of CTAs sharing the weight (cluster), for bf16 or f16 operands.
-GluSwapKernel glu_swap_kernel(int cols, bool bf16, bool cluster);
+// The narrowest gated swapped tile of `bm` weight rows (128, or 192 in pairs only) and at least `cols`
+// activation rows (BN 112 to 224 in steps of 16, then 256; with 192 rows at most 192: each one wgmma
+// instruction wide, gemm_sm90_wgmma.cuh), as a one-CTA kernel or as pairs of CTAs sharing the weight
+// (cluster), for bf16 or f16 operands; fn is null where there is none.
+GluSwapKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster);
 
 }  // namespace bik::cuda::gemm_detail::sm90

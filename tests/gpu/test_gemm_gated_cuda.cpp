@@ -71,7 +71,8 @@ TEST(GpuGemmGated, FusedGivesTheBitsOfTheTwoCalls) {
                                    {"BIK_GEMM_CLUSTER", "2a"},    {"BIK_GEMM_CLUSTER", "2w"},
                                    {"BIK_GEMM_PINGPONG", "1"},    {"BIK_GEMM_SWAP", "0"},
                                    {"BIK_GEMM_GLU_SWAP", "0"},    {"BIK_GEMM_GLU_SWAP", "1"},
-                                   {"BIK_GEMM_GLU_SWAP", "2"},    {"BIK_GEMM_GLU_SWAP", "2c"}};
+                                   {"BIK_GEMM_GLU_SWAP", "2"},    {"BIK_GEMM_GLU_SWAP", "2c"},
+                                   {"BIK_GEMM_GLU_SWAP", "2c192"}};
   int64_t compared = 0, fused = 0;
   std::map<std::string, int64_t> glu_swap;  // gated swapped launches by BIK_GEMM_GLU_SWAP mode
   for (DType dt : {DType::BF16, DType::F16})
@@ -97,15 +98,17 @@ TEST(GpuGemmGated, FusedGivesTheBitsOfTheTwoCalls) {
       }
     }
   std::printf("[gated] %lld products compared bit for bit with the two calls, %lld of them fused; gated swapped "
-              "tiles: %lld (mode 1), %lld (2), %lld (2c)\n",
+              "tiles: %lld (mode 1), %lld (2), %lld (2c), %lld (2c192)\n",
               (long long)compared, (long long)fused, (long long)glu_swap["1"], (long long)glu_swap["2"],
-              (long long)glu_swap["2c"]);
+              (long long)glu_swap["2c"], (long long)glu_swap["2c192"]);
   EXPECT_GT(fused, 0) << "the fused kernel never ran";
   EXPECT_EQ(glu_swap["0"], 0) << "BIK_GEMM_GLU_SWAP=0 still took a gated swapped tile";
   // Per dtype: mode 1 takes the cases with d % 64 == 0 and M <= 256 (8), modes 2 and 2c those with d % 64 == 0
   // and 112 <= M <= 512 (10: two column tiles of at least 112 rows each, the narrowest tile).
   EXPECT_EQ(glu_swap["1"], 2 * 8);
   for (const char* m : {"2", "2c"}) EXPECT_EQ(glu_swap[m], 2 * 10) << "BIK_GEMM_GLU_SWAP=" << m;
+  // 2c192 (192 weight rows, at most 192 activation rows a tile): d % 96 == 0 and 112 <= M <= 384 (7).
+  EXPECT_EQ(glu_swap["2c192"], 2 * 7);
 }
 
 // The full batch's gate|up (M = 256, 2 x 12288 x 4096: the 128x192 tile in clusters sharing W) must run
@@ -219,11 +222,11 @@ RowStats row_check(Impl impl, int64_t d, int64_t k, uint64_t seed) {
 }
 
 // Also with the gated swapped tiles forced where they apply (BIK_GEMM_GLU_SWAP=1 up to M = 256, 2c from
-// M = 112 to 512; the other batch sizes run the default tiles), so rows move between them and the default
-// tiles within one check.
+// M = 112 to 512, 2c192 from 112 to 384 where 96 divides d; the other batch sizes run the default tiles),
+// so rows move between them and the default tiles within one check.
 TEST(GpuGemmGated, RowsAreBatchInvariant) {
   BIK_REQUIRE_GPU();
-  for (const char* glu_swap : {static_cast<const char*>(nullptr), "1", "2c"})
+  for (const char* glu_swap : {static_cast<const char*>(nullptr), "1", "2c", "2c192"})
     for (const GatedCase& c : {GatedCase{0, 2048, 4096}, GatedCase{0, 12288, 4096}, GatedCase{0, 1000, 1000}}) {
       const ScopedEnv env("BIK_GEMM_GLU_SWAP", glu_swap);
       const uint64_t before = cuda::gemm_sm90_gated_launches(), before_swap = cuda::gemm_sm90_glu_swap_launches();
@@ -235,7 +238,7 @@ TEST(GpuGemmGated, RowsAreBatchInvariant) {
                   (unsigned long long)(cuda::gemm_sm90_glu_swap_launches() - before_swap));
       EXPECT_GT(st.cases, 50);
       EXPECT_EQ(st.diffs, 0) << "d=" << c.d << " K=" << c.k << " BIK_GEMM_GLU_SWAP=" << (glu_swap ? glu_swap : "unset");
-      if (glu_swap != nullptr && c.d % 64 == 0)
+      if (glu_swap != nullptr && c.d % (std::strcmp(glu_swap, "2c192") == 0 ? 96 : 64) == 0)
         EXPECT_GT(cuda::gemm_sm90_glu_swap_launches(), before_swap) << "the forced gated swapped tile never ran";
     }
 }
