@@ -20,8 +20,36 @@ def summary(rows, pred):
             f"{sum(1 for v in r if v >= (0.95 if pred(1 << 20) else 1.0))}/{len(r)} at target")
 
 
+def markdown_gated(j):
+    """The table of a `bik bench gemm --gated` run (mm_silu_and_mul against cuBLASLt then silu_and_mul)."""
+    rows = j["results"]
+    out = [f"# Gated GEMM (mm_silu_and_mul): BIK vs cuBLASLt + silu_and_mul on {j['gpu']}", ""]
+    out.append(f"- commit `{j['commit']}`, {j['date']}, dtype {j['dtype']}, {j['sms']} SMs")
+    out.append(f"- layout: {j['layout']}")
+    out.append(f"- timing: {j['method']}")
+    out.append(f"- baseline: {j['baseline']}")
+    out.append("- ratio = baseline time / BIK time (> 1: BIK faster); N is the weight's 2 d rows.")
+    out.append("")
+    out.append("| shape | K | N | M | BIK us | baseline us | BIK TFLOP/s | ratio | BIK tile |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        out.append(f"| {r['shape']} | {r['k']} | {r['n']} | {r['m']} | {r['bik_ms'] * 1e3:.1f} | "
+                   f"{r['cublaslt_ms'] * 1e3:.1f} | {r['bik_tflops']:.1f} | {r['ratio']:.3f} | {r['bik_config']} |")
+    modes = [m for m in ("0", "1", "2", "2c", "2c192") if any(m in r.get("glu_swap_ms", {}) for r in rows)]
+    if modes:
+        out += ["", "## Every BIK_GEMM_GLU_SWAP mode (us; - where the mode does not apply)", "",
+                "| shape | M | " + " | ".join(modes) + " | baseline |", "|---|---:|" + "---:|" * (len(modes) + 1)]
+        for r in rows:
+            t = r.get("glu_swap_ms", {})
+            cells = [f"{t[m] * 1e3:.1f}" if t.get(m) is not None else "-" for m in modes]
+            out.append(f"| {r['shape']} | {r['m']} | " + " | ".join(cells) + f" | {r['cublaslt_ms'] * 1e3:.1f} |")
+    return "\n".join(out) + "\n"
+
+
 def markdown(j):
     rows = j["results"]
+    if rows and rows[0].get("gated"):
+        return markdown_gated(j)
     out = [f"# GEMM: BIK vs cuBLASLt on {j['gpu']}", ""]
     out.append(f"- commit `{j['commit']}`, {j['date']}, dtype {j['dtype']}, {j['sms']} SMs, "
                f"L2 {j['l2_bytes'] / 2**20:.0f} MiB")

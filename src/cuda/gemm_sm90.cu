@@ -610,18 +610,21 @@ double walk_work(int64_t tiles, int64_t slots, int bm, int bn) {
   return double((tiles + slots - 1) / slots) * double(bm) * double(bn);
 }
 
-// The rule: the least work (walk_work) among the default tiles, one column tile (M <= 256) and two in pairs
-// sharing the weight (M > 208). Against default tiles that fuse the activation a gated swapped tile must
-// save at least 5%; where the default is a plain swapped tile (the product, then silu_and_mul as a second
-// kernel) it wins ties. Ping-pong tiles count as their 64-row halves. On an H200 (K = 4096, bik bench gemm
-// --gated --sweep, logs_h200/48e9e1b_gemm_gated_sweep.log) this predicted every clear result: gate|up
-// (2 d = 24576) on pairs at M = 224 / 264 / 280 / 328 / 344 / 416 took 83.7 / 107.9 / 106.1 / 132.7 / 128.9
-// / 148.0 us against 96.6 / 120.2 / 113.7 / 144.4 / 138.8 / 172.5 on the default tiles (at 224 the plain
-// swapped tile and its second kernel; elsewhere 7-12% less work); a d = 6144 gate|up on one column tile at
-// M = 129..176 34.1-39.7 against 44.4-48.2 (the plain swapped tile and the second kernel, equal work); ties
-// against fused default tiles went either way within 5% (M = 232..256, 296..312, 360..384). Two column
-// tiles of 112 rows lost at M = 200 (110.5 against 87.0), hence M > 208 for the pairs. Measured with
-// K = 4096 only: K < 2048 (short tiles, where the epilogue weighs more) keeps the default.
+// The rule, by the least work (walk_work): the default tiles, one column tile (M <= 256), two in pairs
+// sharing the weight (M > 208) on tiles of 128 or (ceil(M / 2) <= 192, 192 dividing 2 d) 192 weight rows.
+// The 192-row pairs win ties with the default tiles; the others must save at least 5% against default
+// tiles that fuse the activation, and win ties against a plain swapped default tile (the product, then
+// silu_and_mul as a second kernel). Ping-pong tiles count as their 64-row halves. On an H200 (K = 4096,
+// bik bench gemm --gated --sweep): gate|up (2 d = 24576) on the 192-row pairs at M = 216..384 took
+// 83.9-135.8 us, at M = 264..384 5-10% less than the default tiles at equal or less work (264: 104.2
+// against 117.6; 296: 115.6 against 124.8; 360: 135.8 against 146.5) and 3-6% less than the 128-row pairs
+// (logs_h200/886c3a0_gemm_gated_sweep.log), within 2% of them and of the default at 232..256; the
+// 128-row pairs at M = 416 / 448 (past the 192-row tiles' 384) 148.0 / 155.8 against 172.5 / 160.1
+// (logs_h200/48e9e1b_gemm_gated_sweep.log); a d = 6144 gate|up on one column tile at M = 129..176
+// 34.1-39.7 against 44.4-48.2 (the plain swapped tile and the second kernel, equal work). Ties against
+// fused default tiles went either way within 5% for the 128-row tiles (M = 232..256, 296..312, 360..384).
+// Two column tiles of 112 rows lost at M = 200 (110.5 against 87.0), hence M > 208 for the pairs. Measured
+// with K = 4096 only: K < 2048 (short tiles, where the epilogue weighs more) keeps the default.
 GluSwap glu_swap_rule(const Problem& p, const DeviceInfo& d) {
   if (p.batch != 1 || p.k < 2048 || p.n % 128 != 0 || p.m > 512 || d.sms < 2) return GluSwap::Off;
   const TileShape& t = kShapes[int(choose(p, d))];
@@ -630,12 +633,14 @@ GluSwap glu_swap_rule(const Problem& p, const DeviceInfo& d) {
   const double base = walk_work(int64_t((rows + bm - 1) / bm) * ((cols + t.bn - 1) / t.bn), d.sms, bm, t.bn);
   const bool fused = !t.swapped && t.bn % 64 == 0;  // what gemm_sm90_gated takes
   const bool bf16 = true;  // the tile widths do not depend on the dtype
-  const int64_t weight_tiles = p.n / 128;
-  auto work = [&](int rows_a_tile, int64_t slots) {
-    return walk_work(weight_tiles, slots, 128, sm90::glu_swap_kernel(128, rows_a_tile, bf16, false).bn);
+  auto work = [&](int tile_rows, int rows_a_tile, bool pairs) {
+    const sm90::GluSwapKernel k = sm90::glu_swap_kernel(tile_rows, rows_a_tile, bf16, pairs);
+    return k.fn == nullptr ? 1e300 : walk_work(p.n / tile_rows, pairs ? d.sms / 2 : d.sms, tile_rows, k.bn);
   };
-  const double one = p.m <= 256 ? work(p.m, d.sms) : 1e300;
-  const double two = p.m > 208 ? work((p.m + 1) / 2, d.sms / 2) : 1e300;  // pairs: half as many at once
+  const int half = (p.m + 1) / 2;
+  if (p.m > 208 && p.n % 192 == 0 && work(192, half, true) <= base) return GluSwap::TwoCluster192;
+  const double one = p.m <= 256 ? work(128, p.m, false) : 1e300;
+  const double two = p.m > 208 ? work(128, half, true) : 1e300;
   const double best = std::min(one, two);
   if (fused ? best > 0.95 * base : best > base) return GluSwap::Off;
   return one <= two ? GluSwap::One : GluSwap::TwoCluster;

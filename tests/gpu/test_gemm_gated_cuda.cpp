@@ -111,10 +111,11 @@ TEST(GpuGemmGated, FusedGivesTheBitsOfTheTwoCalls) {
   EXPECT_EQ(glu_swap["2c192"], 2 * 7);
 }
 
-// The full batch's gate|up (M = 256, 2 x 12288 x 4096: the 128x192 tile in clusters sharing W) must run
-// fused; the plain swapped range (M = 160) runs the two calls; a tile narrower than 64 columns too. On a
-// 132-SM part (H100 SXM, H200) the rule puts M = 264 / 328 on gated swapped tiles in pairs, and a
-// d = 6144 gate|up at M = 144 on one column tile (gemm_sm90.cu, glu_swap_rule).
+// Decode sizes of gate|up (2 x 12288 x 4096) run fused on the default tiles; the plain swapped range (M = 160)
+// runs the two calls; a tile narrower than 64 columns too. On a 132-SM part (H100 SXM, H200) the rule puts
+// M = 256 / 264 / 328 on gated swapped tiles in pairs (192 weight rows), M = 448 on pairs of 128-row tiles,
+// and a d = 6144 gate|up at M = 144 on one column tile (gemm_sm90.cu, glu_swap_rule); elsewhere M = 256
+// runs the default 128x192 tile in clusters sharing W.
 TEST(GpuGemmGated, FusedWhereTheTileTakesIt) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the gated epilogue is the sm_90 kernel's";
@@ -123,10 +124,11 @@ TEST(GpuGemmGated, FusedWhereTheTileTakesIt) {
     int64_t m, d, k;
     bool fused, glu_swap;
   };
-  for (const Expect& e : {Expect{256, 12288, 4096, true, false}, Expect{64, 12288, 4096, true, false},
+  for (const Expect& e : {Expect{256, 12288, 4096, true, sms132}, Expect{64, 12288, 4096, true, false},
                           Expect{1, 12288, 4096, true, false}, Expect{160, 12288, 4096, false, false},
                           Expect{64, 64, 256, false, false}, Expect{264, 12288, 4096, true, sms132},
-                          Expect{328, 12288, 4096, true, sms132}, Expect{144, 6144, 4096, true, sms132}}) {
+                          Expect{328, 12288, 4096, true, sms132}, Expect{448, 12288, 4096, true, sms132},
+                          Expect{144, 6144, 4096, true, sms132}}) {
     const Tensor a = dev_filled({e.m, e.k}, DType::BF16, 5), w = dev_filled({2 * e.d, e.k}, DType::BF16, 6);
     const Tensor out = dev({e.m, e.d}, DType::BF16), ref = dev({e.m, e.d}, DType::BF16);
     const uint64_t before = cuda::gemm_sm90_gated_launches(), before_swap = cuda::gemm_sm90_glu_swap_launches();

@@ -1,0 +1,31 @@
+"""bench/plot_gemm.py's markdown on synthetic `bik bench gemm` JSON: the plain table, and the gated table
+(`--gated`: no bandwidth column, the BIK_GEMM_GLU_SWAP modes with '-' where a mode did not apply)."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import plot_gemm  # noqa: E402
+
+HEAD = {"gpu": "GPU X", "commit": "abc", "date": "2026-01-01T00:00:00Z", "dtype": "bf16", "sms": 132,
+        "l2_bytes": 50 << 20, "layout": "L", "method": "M", "baseline": "B"}
+
+
+def test_plain_rows():
+    j = dict(HEAD, results=[{"shape": "qkv", "k": 4096, "n": 6144, "m": 256, "bik_ms": 0.025, "cublaslt_ms": 0.024,
+                             "bik_tflops": 500.0, "bik_gbps": 2000.0, "ratio": 0.96, "bik_config": "sm90 64x192 tma"}])
+    md = plot_gemm.markdown(j)
+    assert md.startswith("# GEMM: BIK vs cuBLASLt on GPU X")
+    assert "| qkv | 4096 | 6144 | 256 | 25.0 | 24.0 | 500.0 | 2000 | 0.960 | sm90 64x192 tma |" in md
+
+
+def test_gated_rows_and_modes():
+    rows = [{"shape": "gate-up", "k": 4096, "n": 24576, "m": 264, "gated": True, "bik_ms": 0.1042,
+             "cublaslt_ms": 0.0984, "bik_tflops": 510.0, "ratio": 0.944, "bik_config": "glu-swap 2c192 x 144",
+             "glu_swap_ms": {"0": 0.1176, "1": None, "2": 0.1192, "2c": 0.1102, "2c192": 0.1042}}]
+    md = plot_gemm.markdown(dict(HEAD, results=rows))
+    assert md.startswith("# Gated GEMM (mm_silu_and_mul): BIK vs cuBLASLt + silu_and_mul on GPU X")
+    assert "| gate-up | 4096 | 24576 | 264 | 104.2 | 98.4 | 510.0 | 0.944 | glu-swap 2c192 x 144 |" in md
+    assert "| shape | M | 0 | 1 | 2 | 2c | 2c192 | baseline |" in md
+    assert "| gate-up | 264 | 117.6 | - | 119.2 | 110.2 | 104.2 | 98.4 |" in md
