@@ -27,13 +27,14 @@ void gemm_f32(const GemmArgs& g, Stream s);   // f32 only
 
 // The wgmma kernel with a named tile shape instead of the one gemm_sm90 picks for M (for the tests, which
 // check that every tile gives the same bits, and for the benchmark's tile sweep).
-std::vector<std::string> gemm_sm90_tiles();  // "64x32", "128x256", ..., "swap64x144", ... (bias-free only)
+std::vector<std::string> gemm_sm90_tiles();  // "64x32", ..., "swap64x144", ..., "pair192x64", ... (swap/pair: no bias)
 void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile);
 // The gated product of mm_silu_and_mul (g.n = 2 d, g.out [B, M, d]) in one wgmma kernel whose epilogue
 // applies silu_and_mul (gemm_sm90.cuh, store_tile_gated); false, with nothing launched, where the tile
 // gemm_sm90 picks cannot take that epilogue (gemm_silu_and_mul then runs the two calls).
 bool gemm_sm90_gated(const GemmArgs& g, Stream s);
 uint64_t gemm_sm90_gated_launches();  // so far in this process (tests check the fused path ran)
+uint64_t gemm_sm90_pair_launches();  // plain swapped tiles of 192 weight rows in pairs ("pair192x..")
 uint64_t gemm_sm90_glu_swap_launches();  // gated products on the gated swapped tiles (BIK_GEMM_GLU_SWAP)
 // Cluster launches of the wgmma kernel so far (BIK_GEMM_CLUSTER; tests check the switch took effect).
 uint64_t gemm_sm90_cluster_launches();

@@ -16,7 +16,7 @@
 #include "cuda/gemm.h"
 #include "cuda/gemm_host.h"
 #include "cuda/gemm_sm90.cuh"
-#include "cuda/gemm_sm90_glu_swap.h"
+#include "cuda/gemm_sm90_swap_wide.h"
 #include "cuda/tensor_map.h"
 
 namespace bik::cuda {
@@ -57,11 +57,14 @@ using SwapTile = Config<64, BN, swap_stages(BN), true, true>;
 
 enum class Choice {
   T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256,
-  S144, S160, S192, S208, S224, S256, Count
+  S144, S160, S192, S208, S224, S256,
+  P64, P80, P96, P112, P128, P144, P160, P176, P192, Count
 };
 const char* const kChoiceNames[] = {"64x32",      "64x64",      "64x128",     "64x192",     "128x32",
                                     "128x64",     "128x128",    "128x192",    "128x256",    "swap64x144",
-                                    "swap64x160", "swap64x192", "swap64x208", "swap64x224", "swap64x256"};
+                                    "swap64x160", "swap64x192", "swap64x208", "swap64x224", "swap64x256",
+                                    "pair192x64", "pair192x80", "pair192x96", "pair192x112", "pair192x128",
+                                    "pair192x144", "pair192x160", "pair192x176", "pair192x192"};
 static_assert(std::size(kChoiceNames) == size_t(Choice::Count), "one name per tile");
 
 // bm x bn in the product the kernel computes: for a swapped tile, bm weight rows by bn activation rows.
@@ -77,7 +80,11 @@ constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},       {Choice::T64x64
                                  {Choice::T128x256, 128, 256},   {Choice::S144, 64, 144, true},
                                  {Choice::S160, 64, 160, true},  {Choice::S192, 64, 192, true},
                                  {Choice::S208, 64, 208, true},  {Choice::S224, 64, 224, true},
-                                 {Choice::S256, 64, 256, true}};
+                                 {Choice::S256, 64, 256, true},  {Choice::P64, 192, 64, true},
+                                 {Choice::P80, 192, 80, true},   {Choice::P96, 192, 96, true},
+                                 {Choice::P112, 192, 112, true}, {Choice::P128, 192, 128, true},
+                                 {Choice::P144, 192, 144, true}, {Choice::P160, 192, 160, true},
+                                 {Choice::P176, 192, 176, true}, {Choice::P192, 192, 192, true}};
 static_assert(std::size(kShapes) == size_t(Choice::Count), "one shape per tile");
 
 // Clocks one SM spends on one 64-deep K stage of a tile once the pipeline runs: the larger of the
@@ -485,8 +492,48 @@ void launch_swapped(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
   g_swapped_launches.fetch_add(1, std::memory_order_relaxed);
 }
 
+std::atomic<uint64_t> g_pair_launches{0};
+
+// A plain swapped tile of 192 weight rows by `bn` activation rows (sm90::swap_pair_kernel) in pairs of CTAs
+// that share the weight tile: the transposed problem's column tiles 2j and 2j + 1 (the second one past M
+// when M needs an odd number, computed on copied rows and not stored), each CTA multicasting half of the
+// weight box. Where the copy engine cannot describe an operand (no scratch for packing), K = 0, more than
+// one batch, or the device cannot place the pairs, the default 128x128 tile runs instead: the same bits.
+template <typename T>
+void launch_swap_pairs(const Problem& p, const DeviceInfo& d, cudaStream_t st, int bn) {
+  BIK_CHECK(p.bias == nullptr, "matmul: a swapped sm90 tile takes no bias (its rows are output columns)");
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  const sm90::GluSwapKernel kr = sm90::swap_pair_kernel(bn, bf16);
+  BIK_CHECK(kr.fn != nullptr, "gemm_sm90: no pair tile of ", bn, " columns");
+  const Problem q = swapped(p);
+  const int w_box = std::min(q.n, kr.bn);
+  CUtensorMap map_a{}, map_w{};
+  const void* fn = reinterpret_cast<const void*>(kr.fn);
+  const bool ok = q.a_sk == 1 && q.w_sk == 1 && q.k > 0 && q.m > 0 && q.n > 0 && q.batch == 1 &&
+                  make_map(map_a, q.a, bf16, q.k, q.m, q.a_sm, 1, 0, kr.bm / 2) &&
+                  make_map(map_w, q.w, bf16, q.k, q.n, q.w_sn, 1, 0, w_box) && kr.smem <= d.smem_optin;
+  if (ok) allow_dynamic_smem(fn, d.index, kr.smem);
+  const int most = ok ? max_active_pairs(fn, kr.threads, kr.smem, d) : 0;
+  if (most < 1) return launch<Tile128x128, T>(p, d, st);
+  const int tiles_m = (q.m + kr.bm - 1) / kr.bm, tiles_n = (q.n + kr.bn - 1) / kr.bn;
+  Params prm = walk_params(q, TileOrder{tiles_m, (tiles_n + 1) / 2, 8});
+  prm.tma = 1;
+  prm.share_w = 0;
+  prm.out_vec16 = columns_vec16_of(q);
+  prm.stage_tx = (kr.bm + w_box) * kRowBytes;
+  cudaLaunchAttribute attr[2];
+  const bool programmatic = programmatic_launch(fn);
+  const cudaLaunchConfig_t cfg = pair_cluster_config(attr, unsigned(2 * std::min<int64_t>(prm.total_tiles, most)),
+                                                     kr.threads, kr.smem, st, programmatic);
+  BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kr.fn, prm, map_a, map_w));
+  if (programmatic) count_programmatic_launch();
+  g_cluster_launches.fetch_add(1, std::memory_order_relaxed);
+  g_pair_launches.fetch_add(1, std::memory_order_relaxed);
+}
+
 template <typename T>
 void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) {
+  if (int(c) >= int(Choice::P64)) return launch_swap_pairs<T>(p, d, st, kShapes[int(c)].bn);
   switch (c) {
     case Choice::S144: return launch_swapped<144, T>(p, d, st);
     case Choice::S160: return launch_swapped<160, T>(p, d, st);
@@ -503,7 +550,7 @@ void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) 
     case Choice::T128x128: return launch<Tile128x128, T>(p, d, st);
     case Choice::T128x192: return launch<Tile128x192, T>(p, d, st);
     case Choice::T128x256: return launch<Tile128x256, T>(p, d, st);
-    case Choice::Count: break;
+    default: break;
   }
   throw Error("gemm_sm90: no such tile");
 }
@@ -587,7 +634,7 @@ bool tma_possible(const Problem& p) {
          make_map(m, p.w, true, p.k, p.n, p.w_sn, p.batch > 1 && p.w_sb ? p.batch : 1, p.w_sb, 32);
 }
 
-// ---- gated swapped tiles (Config::kSwapGlu, gemm_sm90_glu_swap.cu) -----------------------------------
+// ---- gated swapped tiles (Config::kSwapGlu, gemm_sm90_swap_wide.cu) -----------------------------------
 // The gated product as out^T = w a^T on tiles of 128 weight rows (gate and up rows of 64 outputs,
 // interleaved by the tensor map below) by BN activation rows. Where the default tiles would round M up
 // (two or three 128-row M-tiles, or 64-row ping-pong tiles over M = 257..384 at 5-6 waves), the
@@ -786,6 +833,8 @@ bool gemm_sm90_gated(const GemmArgs& g, Stream s) {
   gemm_detail::g_gated_launches.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
+
+uint64_t gemm_sm90_pair_launches() { return gemm_detail::g_pair_launches.load(std::memory_order_relaxed); }
 
 uint64_t gemm_sm90_glu_swap_launches() { return gemm_detail::g_glu_swap_launches.load(std::memory_order_relaxed); }
 

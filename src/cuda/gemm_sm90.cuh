@@ -111,8 +111,8 @@ struct Config {
   static constexpr int kBarBytes = (2 * STAGES * 8 + 127) / 128 * 128;
   // stages + full/empty barriers + staging + slack to align the stages to the 1024-byte swizzle period
   static constexpr int kSmemBytes = STAGES * kStageBytes + kBarBytes + kConsumers * 4 * kEpiWarpBytes + 1024;
-  // Three consumers (192 rows) only for the gated swapped tiles, in pairs (gemm_sm90_glu_swap.cu).
-  static_assert(BM == 64 || BM == 128 || (kSwapGlu && BM == 192), "one or two consumer warpgroups (three: gated swapped)");
+  // Three consumers (192 rows) only for swapped tiles, run in pairs (gemm_sm90_swap_wide.cu).
+  static_assert(BM == 64 || BM == 128 || (kSwapped && BM == 192), "one or two consumer warpgroups (three: swapped)");
   static_assert(!kPingPong || BM == 64, "ping-pong consumers take whole 64-row tiles");
   // wgmma N is a multiple of 8 up to 256 and a TMA box has at most 256 rows; the staged epilogue walks
   // BN in chunks of 32 (f32 out) or 64 (16-bit out) columns, so BN is 32, 64, 128, 192 or 256; a swapped
@@ -561,9 +561,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       // which are not stored; K is never clamped, so the zero fill past K is as before.
       const int a_row = prm.share_w ? min(tm * BM, p.m - 1) : min(tm * BM + rank * kHalfA, p.m - 1);
       // Gated: the W boxes are halves in both modes; sharing W, rank 0 copies the gate half, rank 1 the up.
+      // A swapped tile's own columns (activation rows) are kept inside the matrix as n_base keeps them.
       const int w_row = p.glu ? min(rank == 0 ? gate_row(tn) : up_row(tn), p.n - 1)
                         : prm.share_w ? min(tn * BN + rank * kHalfW, p.n - 1)
-                                      : min(tn * BN, p.n - 1);
+                        : Cfg::kSwapped ? min(n_base(tn), p.n - 1)
+                                        : min(tn * BN, p.n - 1);
       if constexpr (Cfg::kSwapGlu) {
         // Pairs of column tiles sharing the weight (the host's only pairing here): each CTA multicasts half
         // of the interleaved box (2 d is a multiple of BM, so no clamp) and copies its own columns, kept

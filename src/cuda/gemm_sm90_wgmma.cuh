@@ -288,8 +288,124 @@ struct Wgmma<256, __half> {
   }
 };
 
-// The shapes between those above that the swapped tiles take (their BN: any multiple of 16 activation rows):
-// one instruction of the tile's width instead of two or three narrower ones, each of which reads the
+template <>
+struct Wgmma<48, __nv_bfloat16> {
+  static constexpr int kRegs = 24;
+  __device__ __forceinline__ static void mma(float (&d)[24], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23"
+      "}, %24, %25, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<48, __half> {
+  static constexpr int kRegs = 24;
+  __device__ __forceinline__ static void mma(float (&d)[24], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n48k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23"
+      "}, %24, %25, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<80, __nv_bfloat16> {
+  static constexpr int kRegs = 40;
+  __device__ __forceinline__ static void mma(float (&d)[40], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %42, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n80k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39"
+      "}, %40, %41, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<80, __half> {
+  static constexpr int kRegs = 40;
+  __device__ __forceinline__ static void mma(float (&d)[40], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %42, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n80k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39"
+      "}, %40, %41, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<96, __nv_bfloat16> {
+  static constexpr int kRegs = 48;
+  __device__ __forceinline__ static void mma(float (&d)[48], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+      "}, %48, %49, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  }
+};
+
+template <>
+struct Wgmma<96, __half> {
+  static constexpr int kRegs = 48;
+  __device__ __forceinline__ static void mma(float (&d)[48], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n96k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+      "}, %48, %49, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  }
+};
+
+// The other widths the swapped tiles take (their BN: any multiple of 16 activation rows; 48, 80 and 96 are
+// above): one instruction of the tile's width instead of two or three narrower ones, each of which read the
 // whole A block again from shared memory (a composed 144 moved a third more bytes than a single one).
 
 template <>
@@ -702,27 +818,13 @@ struct Wgmma<240, __half> {
   }
 };
 
-// m64nNk16 for any N that is a multiple of 16 up to 256: one instruction where there is one of that width
-// (every multiple of 16 but 48, 80 and 96), else the instructions above over consecutive column ranges
-// (the widest that fits first): columns [c0, c0 + P) take accumulators [c0 / 2, (c0 + P) / 2), which is
-// where a single m64nNk16 keeps them, and B rows [c0, c0 + P), c0 x 128 bytes further (c0 a multiple of 16
-// rows keeps the 1024-byte swizzle period). Each output gets one instruction per K step either way, with
-// the same operands, so the sums are those of a single instruction (the tile tests check it bitwise).
-template <int N>
-constexpr bool kWgmmaShape = N == 16 || N == 32 || N == 64 || N == 112 || N == 128 || N == 144 || N == 160 ||
-                             N == 176 || N == 192 || N == 208 || N == 224 || N == 240 || N == 256;
-
-template <int N, typename T, int C0 = 0>
+// m64nNk16 for any N that is a multiple of 16 up to 256: the one instruction of that width (it was once
+// composed of narrower ones; each output's sum is that of one instruction per K step either way, with the
+// same operands, which the tile tests check bitwise).
+template <int N, typename T>
 __device__ __forceinline__ void wgmma_cols(float* d, uint64_t desc_a, uint64_t desc_b) {
-  static_assert(N % 16 == 0 && N <= 256, "wgmma_cols: N a multiple of 16, at most 256");
-  if constexpr (C0 == 0 && kWgmmaShape<N>) {
-    Wgmma<N, T>::mma(*reinterpret_cast<float(*)[N / 2]>(d), desc_a, desc_b);
-  } else if constexpr (C0 < N) {
-    constexpr int left = N - C0;
-    constexpr int P = left >= 256 ? 256 : left >= 192 ? 192 : left >= 128 ? 128 : left >= 64 ? 64 : left >= 32 ? 32 : 16;
-    Wgmma<P, T>::mma(*reinterpret_cast<float(*)[P / 2]>(d + C0 / 2), desc_a, desc_b + uint64_t(C0 * 128 / 16));
-    wgmma_cols<N, T, C0 + P>(d, desc_a, desc_b);
-  }
+  static_assert(N % 16 == 0 && N >= 16 && N <= 256, "wgmma_cols: N a multiple of 16, at most 256");
+  Wgmma<N, T>::mma(*reinterpret_cast<float(*)[N / 2]>(d), desc_a, desc_b);
 }
 
 }  // namespace bik::cuda::gemm_detail::sm90

@@ -90,6 +90,48 @@ TEST(GpuGemmSwap, EverySwappedTileGivesTheDefaultBits) {
   std::printf("[swap] %lld swapped-tile runs compared bit for bit with the default 64x128 tile\n", (long long)compared);
 }
 
+// Every plain pair tile (192 weight rows by BN activation rows, two CTAs sharing the weight tile: "pair192x..")
+// against the default 64x128 tile, bit for bit, on the same three outputs. M = 1 and 129 leave one column
+// tile (its partner computes on copied rows and stores nothing) or an odd count; 300 and 500 several,
+// the last starting at M - BN; N = 200, 1000 and 6144 end inside a 192-row tile, or (6144) give 32 weight
+// tiles, so a pair's CTAs walk several tiles; K = 72 and 4096 as above. The pair launch counter proves the
+// pair kernel ran (a fall-back to the default tile would compare it with itself).
+TEST(GpuGemmSwap, EveryPairTileGivesTheDefaultBits) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const std::vector<std::string> tiles = test::sm90_tiles_named("pair");
+  EXPECT_EQ(tiles.size(), 9u) << "pair192x64 .. pair192x192";
+  int64_t compared = 0;
+  for (DType dt : {DType::BF16, DType::F16})
+    for (int64_t m : {1, 129, 300, 500})
+      for (int64_t n : {200, 1000, 6144})
+        for (int64_t k : {72, 4096}) {
+          const Tensor a = dev_filled({m, k}, dt, uint64_t(m * 7 + k)), w = dev_filled({n, k}, dt, uint64_t(n * 5 + k));
+          const Tensor base16 = dev({m, n}, dt), base32 = dev({m, n}, DType::F32);
+          const Tensor basepad = Tensor::empty_padded({m, n}, n + 1, dt, gpu());
+          const Tensor o16 = dev({m, n}, dt), o32 = dev({m, n}, DType::F32);
+          const Tensor opad = Tensor::empty_padded({m, n}, n + 1, dt, gpu());
+          for (const Tensor* t : {&base16, &base32, &basepad}) fill_bytes(*t, 0xff);
+          cuda::gemm_sm90_tile(make_args(base16, a, w, std::nullopt), {}, "64x128");
+          cuda::gemm_sm90_tile(make_args(base32, a, w, std::nullopt), {}, "64x128");
+          cuda::gemm_sm90_tile(make_args(basepad, a, w, std::nullopt), {}, "64x128");
+          for (const std::string& tile : tiles) {
+            const std::string what = "tile " + tile + " " + dtype_name(dt) + " " + shape_str(m, n, k);
+            const uint64_t launches0 = cuda::gemm_sm90_pair_launches();
+            for (const Tensor* t : {&o16, &o32, &opad}) fill_bytes(*t, 0xff);
+            cuda::gemm_sm90_tile(make_args(o16, a, w, std::nullopt), {}, tile);
+            cuda::gemm_sm90_tile(make_args(o32, a, w, std::nullopt), {}, tile);
+            cuda::gemm_sm90_tile(make_args(opad, a, w, std::nullopt), {}, tile);
+            EXPECT_EQ(cuda::gemm_sm90_pair_launches() - launches0, 3u) << what << ": pair launches";
+            EXPECT_EQ(differing(o16, base16), 0) << what << ", 16-bit out (column epilogue)";
+            EXPECT_EQ(differing(o32, base32), 0) << what << ", f32 out";
+            EXPECT_EQ(differing(opad, basepad), 0) << what << ", 16-bit out rows of N + 1";
+            compared += 3;
+          }
+        }
+  std::printf("[pair] %lld pair-tile runs compared bit for bit with the default 64x128 tile\n", (long long)compared);
+}
+
 // A swapped tile's rows are output columns, so it cannot add a bias per output column: asking for one is
 // an error that says so (gemm() never picks a swapped tile for a product with a bias).
 TEST(GpuGemmSwap, BiasIsRefusedWithAMessage) {

@@ -1,8 +1,9 @@
-// Kernels of the gated swapped tiles (gemm_sm90_glu_swap.h): 128 or 192 interleaved weight rows (64 or 96
-// outputs, two or three consumer warpgroups of 64 rows each) by BN activation rows, stages filling the
-// shared memory the epilogue staging leaves (at most 8). The 192-row tiles run in pairs only.
+// Kernels of the wide swapped tiles (gemm_sm90_swap_wide.h): gated, 128 or 192 interleaved weight rows (64
+// or 96 outputs, two or three consumer warpgroups of 64 rows each) by BN activation rows; plain, 192
+// weight rows by BN. Stages fill the shared memory the epilogue staging leaves (at most 8). The 192-row
+// tiles run in pairs only.
 #include "cuda/gemm_sm90.cuh"
-#include "cuda/gemm_sm90_glu_swap.h"
+#include "cuda/gemm_sm90_swap_wide.h"
 
 namespace bik::cuda::gemm_detail::sm90 {
 namespace {
@@ -14,12 +15,12 @@ constexpr int glu_swap_stages(int bm, int bn) {
   return s < 8 ? s : 8;
 }
 
-template <int BM, int BN>
-using GluSwapTile = Config<BM, BN, glu_swap_stages(BM, BN), false, true, true>;
+template <int BM, int BN, bool kGlu = true>
+using GluSwapTile = Config<BM, BN, glu_swap_stages(BM, BN), false, true, kGlu>;
 
-template <int BM, int BN, typename T, bool kCluster>
+template <int BM, int BN, typename T, bool kCluster, bool kGlu = true>
 GluSwapKernel kernel_of() {
-  using Cfg = GluSwapTile<BM, BN>;
+  using Cfg = GluSwapTile<BM, BN, kGlu>;
   static_assert(Cfg::STAGES >= 3, "a gated swapped tile keeps at least three stages in flight");
   return GluSwapKernel{gemm_kernel<Cfg, T, kCluster>, Cfg::kThreads, Cfg::kSmemBytes, Cfg::BM, Cfg::BN};
 }
@@ -60,6 +61,26 @@ GluSwapKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster) {
   if (cols <= 224) return pick<224>(bf16, cluster);
   if (cols <= 256) return pick<256>(bf16, cluster);
   return GluSwapKernel{};
+}
+
+template <int BN>
+GluSwapKernel pair_of(bool bf16) {
+  return bf16 ? kernel_of<192, BN, __nv_bfloat16, true, false>() : kernel_of<192, BN, __half, true, false>();
+}
+
+GluSwapKernel swap_pair_kernel(int bn, bool bf16) {
+  switch (bn) {
+    case 64: return pair_of<64>(bf16);
+    case 80: return pair_of<80>(bf16);
+    case 96: return pair_of<96>(bf16);
+    case 112: return pair_of<112>(bf16);
+    case 128: return pair_of<128>(bf16);
+    case 144: return pair_of<144>(bf16);
+    case 160: return pair_of<160>(bf16);
+    case 176: return pair_of<176>(bf16);
+    case 192: return pair_of<192>(bf16);
+    default: return GluSwapKernel{};
+  }
 }
 
 }  // namespace bik::cuda::gemm_detail::sm90

@@ -1,6 +1,7 @@
-// The gated swapped tiles of the Hopper GEMM (Config::kSwapGlu in gemm_sm90.cuh): their kernels live in
-// gemm_sm90_glu_swap.cu, a translation unit of their own so that they compile beside gemm_sm90.cu; the
-// host side (tensor maps, the walk, the rule) is gemm_sm90.cu's.
+// The wide swapped tiles of the Hopper GEMM, 128 or 192 weight rows: the gated ones (Config::kSwapGlu in
+// gemm_sm90.cuh) and the plain ones of 192 rows in pairs. Their kernels live in gemm_sm90_swap_wide.cu,
+// a translation unit of their own so that they compile beside gemm_sm90.cu; the host side (tensor maps,
+// the walk, the rules) is gemm_sm90.cu's.
 #pragma once
 #include <cuda.h>
 
@@ -22,5 +23,10 @@ struct GluSwapKernel {
 // instruction wide, gemm_sm90_wgmma.cuh), as a one-CTA kernel or as pairs of CTAs sharing the weight
 // (cluster), for bf16 or f16 operands; fn is null where there is none.
 GluSwapKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster);
+
+// The plain swapped tile of 192 weight rows (three consumer warpgroups) by `bn` activation rows, run in
+// pairs of CTAs sharing the weight tile: bn one of kPairCols; fn is null for any other.
+constexpr int kPairCols[] = {64, 80, 96, 112, 128, 144, 160, 176, 192};
+GluSwapKernel swap_pair_kernel(int bn, bool bf16);
 
 }  // namespace bik::cuda::gemm_detail::sm90
