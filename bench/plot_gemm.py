@@ -70,9 +70,13 @@ def markdown(j):
                    f"{r['cublaslt_ms'] * 1e3:.1f} | {r['bik_tflops']:.1f} | {r['bik_gbps']:.0f} | "
                    f"{r['ratio']:.3f} | {r['bik_config']} |")
     if any("sm90_tile_ms" in r for r in rows):
-        # JSON objects come back with sorted keys ("128x128" before "64x32"): order the tiles by (BM, BN).
-        tiles = sorted({x for r in rows for x in r.get("sm90_tile_ms", {})},
-                       key=lambda x: tuple(int(v) for v in x.split("x")))
+        # JSON objects come back with sorted keys ("128x128" before "64x32"): order the tiles by family
+        # (plain, "swap", "pair"), then (BM, BN).
+        def tile_key(x):
+            family = next((f for f in ("swap", "pair") if x.startswith(f)), "")
+            bm, bn = x[len(family):].split("x")
+            return (("", "swap", "pair").index(family), int(bm), int(bn))
+        tiles = sorted({x for r in rows for x in r.get("sm90_tile_ms", {})}, key=tile_key)
         out += ["", "## Every wgmma tile (us; * = the tile the table picks)", "",
                 "| shape | M | " + " | ".join(tiles) + " | cuBLASLt |",
                 "|---|---:|" + "---:|" * (len(tiles) + 1)]

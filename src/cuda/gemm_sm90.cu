@@ -150,6 +150,58 @@ bool swap_pays(const Problem& p, const DeviceInfo& d) {
   return (t >= 2 * d.sms && p.m <= 224) || (p.n >= 6144 && p.m <= 160);
 }
 
+// The work of a walk on one SM: its waves times the area of one tile (tiles run one after the other on
+// each SM, and the last wave costs a whole one however few SMs it keeps busy).
+double walk_work(int64_t tiles, int64_t slots, int bm, int bn) {
+  return double((tiles + slots - 1) / slots) * double(bm) * double(bn);
+}
+
+bool pingpong_for(const Problem& p, int bn);  // with the ping-pong launch, below
+
+// The work of tile c for p on one SM (walk_work): ping-pong tiles count as their 64-row halves, pair
+// tiles as pairs of column tiles on half as many slots.
+double tile_work(const Problem& p, const DeviceInfo& d, Choice c) {
+  const TileShape& t = kShapes[int(c)];
+  const int bm = !t.swapped && t.bm == 128 && pingpong_for(p, t.bn) ? 64 : t.bm;
+  const int rows = t.swapped ? p.n : p.m, cols = t.swapped ? p.m : p.n;
+  const int64_t tiles_r = (rows + bm - 1) / bm, tiles_c = (cols + t.bn - 1) / t.bn;
+  if (int(c) >= int(Choice::P64))
+    return walk_work(tiles_r * ((tiles_c + 1) / 2) * p.batch, std::max(1, d.sms / 2), bm, t.bn);
+  return walk_work(tiles_r * tiles_c * p.batch, d.sms, bm, t.bn);
+}
+
+// BIK_GEMM_PAIRS, read at each call: "0" -> never a pair tile; "1" -> the pair tile of least work wherever
+// one applies (256 < M <= 512, one batch, what a swapped tile needs: no bias, a 16-bit output in 16-byte
+// aligned rows); unset or anything else -> where one applies, K >= 2048, and its work is at most 0.92 of
+// the other rules' tile. The pair tile for M: two, three or four column tiles of ceil(M / T) rows rounded up
+// to 16 (at least 64, at most 192), the least work. On an H200 (bik bench gemm --sweep,
+// logs_h200/2bb288a_gemm_pair_sweep.log): q|k|v (6144 x 4096) at M = 352 / 384 / 448 32.2 / 32.2 / 37.4 us
+// on pair192x96 / x96 / x112 against 36.2 / 38.1 / 42.9 (work 0.75-0.875 of the default's); the 8B model's
+// lm-head (151936 x 4096) at M = 272 / 288 / 352 / 448 585 / 586 / 687 / 928 against 675 / 673 / 776 / 985
+// (0.9-0.917); at 0.94 (q|k|v at M = 272..320 on x80) 29.9-30.9 against 29.8-29.9, so not taken; o-proj
+// and down (N = 4096: 22 weight tiles of 192 rows) always lost, and never have less work. It never changes
+// a bit: each output is the same K sum of one wgmma per K step from zero accumulators, rounded once.
+enum class PairMode { Off, Auto, On };
+PairMode pair_mode_for(const Problem& p) {
+  if (p.m <= 256 || p.m > 512 || p.batch != 1 || !swap_applies(p)) return PairMode::Off;
+  const char* e = std::getenv("BIK_GEMM_PAIRS");
+  if (e != nullptr && std::strcmp(e, "0") == 0) return PairMode::Off;
+  if (e != nullptr && std::strcmp(e, "1") == 0) return PairMode::On;
+  return p.k >= 2048 ? PairMode::Auto : PairMode::Off;
+}
+Choice pair_choice(const Problem& p, const DeviceInfo& d) {
+  Choice best = Choice::Count;
+  double best_w = 0;
+  for (int t : {2, 3, 4}) {
+    const int bn = std::max(64, ((p.m + t - 1) / t + 15) / 16 * 16);
+    if (bn > 192) continue;
+    const Choice c = Choice(int(Choice::P64) + (bn - 64) / 16);
+    const double w = tile_work(p, d, c);
+    if (best == Choice::Count || w < best_w) best = c, best_w = w;
+  }
+  return best;
+}
+
 // The tile table. Every tile is tried on every shape and M by `bik bench gemm --sweep`
 // (bench/results/gemm_<gpu>.json); these rules are meant to pick within a few percent of the best.
 // Waves = ceil(tiles / SMs): a persistent CTA walks its tiles one after the other, so the step takes
@@ -169,6 +221,8 @@ bool swap_pays(const Problem& p, const DeviceInfo& d) {
 //             M=512 runs N=4096 as 128x128 (128) and N=6144 as 128x192 (128).
 //   M > 256, N >= 6144: 64x128 instead of 128x192 where its tiles fit two waves (q|k|v, below).
 //   128 < M <= 384, no bias, 16-bit out: a swapped tile instead where swap_pays (BIK_GEMM_SWAP).
+//   256 < M <= 512, no bias, 16-bit out: a pair tile (192 weight rows) where it saves 8% of the work
+//             (BIK_GEMM_PAIRS).
 // The choice depends on (M, N, K, batch, SM count) only: it moves outputs between threads, never the K order.
 Choice choose(const Problem& p, const DeviceInfo& d) {
   auto tiles_of = [&](const TileShape& t) {
@@ -221,7 +275,12 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
   if (c == Choice::T128x192 && p.m > 256 && p.n >= 6144 && tiles_of(kShapes[int(Choice::T64x128)]) <= 2 * d.sms)
     c = Choice::T64x128;
   const SwapMode sw = swap_mode_for(p);
-  return sw == SwapMode::On || (sw == SwapMode::Auto && swap_pays(p, d)) ? swapped_choice(p.m) : c;
+  if (sw == SwapMode::On || (sw == SwapMode::Auto && swap_pays(p, d))) c = swapped_choice(p.m);
+  if (const PairMode pm = pair_mode_for(p); pm != PairMode::Off) {
+    const Choice pc = pair_choice(p, d);
+    if (pc != Choice::Count && (pm == PairMode::On || tile_work(p, d, pc) <= 0.92 * tile_work(p, d, c))) return pc;
+  }
+  return c;
 }
 
 // A [batches, rows, K] view of a K-major operand, boxes of [1, box_rows, 64] in the 128-byte swizzle.
@@ -651,12 +710,6 @@ enum class GluSwap { Off, One, Two, TwoCluster, TwoCluster192 };
 // The weight rows of a gated swapped tile in `mode`.
 int glu_swap_bm(GluSwap mode) { return mode == GluSwap::TwoCluster192 ? 192 : 128; }
 
-// The work of a walk on one SM: its waves times the area of one tile (tiles run one after the other on
-// each SM, and the last wave costs a whole one however few SMs it keeps busy).
-double walk_work(int64_t tiles, int64_t slots, int bm, int bn) {
-  return double((tiles + slots - 1) / slots) * double(bm) * double(bn);
-}
-
 // The rule, by the least work (walk_work): the default tiles, one column tile (M <= 256), two in pairs
 // sharing the weight (M > 208) on tiles of 128 or (ceil(M / 2) <= 192, 192 dividing 2 d) 192 weight rows.
 // The 192-row pairs win ties with the default tiles; the others must save at least 5% against default
@@ -674,10 +727,9 @@ double walk_work(int64_t tiles, int64_t slots, int bm, int bn) {
 // with K = 4096 only: K < 2048 (short tiles, where the epilogue weighs more) keeps the default.
 GluSwap glu_swap_rule(const Problem& p, const DeviceInfo& d) {
   if (p.batch != 1 || p.k < 2048 || p.n % 128 != 0 || p.m > 512 || d.sms < 2) return GluSwap::Off;
-  const TileShape& t = kShapes[int(choose(p, d))];
-  const int bm = !t.swapped && t.bm == 128 && pingpong_for(p, t.bn) ? 64 : t.bm;
-  const int rows = t.swapped ? p.n : p.m, cols = t.swapped ? p.m : p.n;
-  const double base = walk_work(int64_t((rows + bm - 1) / bm) * ((cols + t.bn - 1) / t.bn), d.sms, bm, t.bn);
+  const Choice c = choose(p, d);
+  const TileShape& t = kShapes[int(c)];
+  const double base = tile_work(p, d, c);
   const bool fused = !t.swapped && t.bn % 64 == 0;  // what gemm_sm90_gated takes
   const bool bf16 = true;  // the tile widths do not depend on the dtype
   auto work = [&](int tile_rows, int rows_a_tile, bool pairs) {

@@ -27,6 +27,7 @@
 #include "bik/tensor.h"
 #include "core/backend.h"
 #include "cuda/cublas_gemm.h"
+#include "cuda/device_info.h"
 #include "cuda/gemm.h"
 
 using namespace bik;
@@ -162,6 +163,7 @@ constexpr int64_t kDispatchRows[] = {129, 144, 200, 232, 256, 264, 288, 300, 352
 TEST(GpuGemmSwap, DispatchGivesTheSameBitsEitherWay) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const ScopedEnv no_pairs("BIK_GEMM_PAIRS", "0");  // the pair tiles' own test below
   int picked = 0;
   for (DType dt : {DType::BF16, DType::F16})
     for (const auto& [n, k] : std::vector<std::array<int64_t, 2>>{{6144, 4096}, {4096, 4096}, {24576, 4096}, {4096, 12288}})
@@ -199,6 +201,88 @@ TEST(GpuGemmSwap, DispatchGivesTheSameBitsEitherWay) {
 // swapped tiles (BIK_GEMM_SWAP=1: one column tile up to 256 rows, two past it, the second one starting at
 // M - BN), at random positions among random neighbours, 16-bit out as in the engine.
 // Negative control: the same check on cuBLASLt, whose kernels change with M, must find rows that differ.
+// BIK_GEMM_PAIRS=1 takes a pair tile for 256 < M <= 512 (launch counter, configuration name), =0 never does,
+// unset takes the rule's pick; all the same bits. On a 132-SM part (H100 SXM, H200) the rule takes one for
+// q|k|v (6144 x 4096) at M = 352 and 448, not at 264 or 320, nor for o-proj (4096 x 4096).
+TEST(GpuGemmSwap, PairDispatchGivesTheSameBits) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const bool sms132 = cuda::use_device(0).sms == 132;
+  struct Case {
+    int64_t m, n;
+    bool rule_pairs;
+  };
+  for (DType dt : {DType::BF16, DType::F16})
+    for (const Case& c : {Case{264, 6144, false}, Case{320, 6144, false}, Case{352, 6144, true}, Case{448, 6144, true},
+                          Case{512, 6144, false}, Case{352, 4096, false}, Case{200, 6144, false}}) {
+      const int64_t k = 4096;
+      const std::string what = std::string(dtype_name(dt)) + " " + shape_str(c.m, c.n, k);
+      const Tensor a = dev_filled({c.m, k}, dt, uint64_t(c.m + c.n)), w = dev_filled({c.n, k}, dt, uint64_t(k + 7));
+      const Tensor base = dev({c.m, c.n}, dt), o = dev({c.m, c.n}, dt);
+      fill_bytes(base, 0xff);
+      {
+        const ScopedEnv off("BIK_GEMM_PAIRS", "0");
+        EXPECT_EQ(cuda::gemm_config_name(make_args(base, a, w, std::nullopt)).find("pair"), std::string::npos) << what;
+        const uint64_t l0 = cuda::gemm_sm90_pair_launches();
+        mm(base, a, w);
+        EXPECT_EQ(cuda::gemm_sm90_pair_launches(), l0) << what << ": BIK_GEMM_PAIRS=0 ran a pair tile";
+      }
+      for (const char* mode : {"1", static_cast<const char*>(nullptr)}) {
+        const ScopedEnv env("BIK_GEMM_PAIRS", mode);
+        const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
+        const bool pair = name.find("pair") != std::string::npos;
+        const bool applies = c.m > 256;  // M <= 512 in every case
+        if (mode) EXPECT_EQ(pair, applies) << what << ": BIK_GEMM_PAIRS=1 gives " << name;
+        else if (sms132) EXPECT_EQ(pair, c.rule_pairs) << what << ": the rule gives " << name;
+        const uint64_t l0 = cuda::gemm_sm90_pair_launches();
+        fill_bytes(o, 0xff);
+        mm(o, a, w);
+        EXPECT_EQ(cuda::gemm_sm90_pair_launches() - l0, pair ? 1u : 0u) << what << ": " << name;
+        EXPECT_EQ(differing(o, base), 0) << what << ": " << name << " against BIK_GEMM_PAIRS=0";
+      }
+    }
+}
+
+// Rows alone (M = 1, the default tiles) against the same rows hidden in batches of 257..512 run on pair
+// tiles (BIK_GEMM_PAIRS=1; q|k|v's 6144 x 4096): every row keeps its bits.
+TEST(GpuGemmSwap, PairRowsAreBatchInvariant) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const int64_t n = 6144, k = 4096, pool_rows = 1024, targets = 16;
+  const DType dt = DType::BF16;
+  const Tensor pool = dev_filled({pool_rows, k}, dt, 191), w = dev_filled({n, k}, dt, 192);
+  std::mt19937_64 rng(193);
+  std::vector<Tensor> alone;
+  for (int64_t t = 0; t < targets; ++t) {
+    alone.push_back(dev({1, n}, dt));
+    mm(alone.back(), pool.view().narrow(0, t, 1), w);
+  }
+  const ScopedEnv on("BIK_GEMM_PAIRS", "1");
+  int64_t cases = 0;
+  const uint64_t l0 = cuda::gemm_sm90_pair_launches();
+  const std::vector<int64_t> sizes = {257, 264, 300, 333, 352, 383, 400, 448, 479, 512};
+  const Tensor a = dev({512, k}, dt), o = dev({512, n}, dt);
+  for (int64_t m : sizes) {
+    const TensorView av = a.view().narrow(0, 0, m), ov = o.view().narrow(0, 0, m);
+    copy(av, pool.view().narrow(0, int64_t(rng() % uint64_t(pool_rows - m)), m));
+    std::vector<int64_t> pos;
+    for (int64_t t = 0; t < targets; ++t) {
+      int64_t p;
+      do p = int64_t(rng() % uint64_t(m));
+      while (std::find(pos.begin(), pos.end(), p) != pos.end());
+      pos.push_back(p);
+      copy(av.narrow(0, p, 1), pool.view().narrow(0, t, 1));
+    }
+    fill_bytes(o, 0xff);
+    mm(ov, av, w);
+    for (int64_t t = 0; t < targets; ++t, ++cases)
+      EXPECT_EQ(differing(ov.narrow(0, pos[size_t(t)], 1), alone[size_t(t)]), 0)
+          << "row " << t << " at row " << pos[size_t(t)] << " of a batch of " << m;
+  }
+  std::printf("[pair] %lld rows in batches of 257..512 on pair tiles compared with the row alone\n", (long long)cases);
+  EXPECT_EQ(cuda::gemm_sm90_pair_launches() - l0, sizes.size()) << "every batch on a pair tile";
+}
+
 TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
@@ -216,7 +300,7 @@ TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
       alone.push_back(dev({1, n}, dt));
       run(alone.back(), pool.view().narrow(0, t, 1));
     }
-    const ScopedEnv on("BIK_GEMM_SWAP", "1");
+    const ScopedEnv on("BIK_GEMM_SWAP", "1"), no_pairs("BIK_GEMM_PAIRS", "0");
     int64_t cases = 0, diffs = 0;
     const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
     const std::vector<int64_t> sizes = {129, 130, 143, 144, 145, 160, 177, 200, 208, 231,

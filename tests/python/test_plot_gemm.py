@@ -20,6 +20,16 @@ def test_plain_rows():
     assert "| qkv | 4096 | 6144 | 256 | 25.0 | 24.0 | 500.0 | 2000 | 0.960 | sm90 64x192 tma |" in md
 
 
+def test_sweep_orders_tiles_by_family_then_shape():
+    t = {"64x32": 0.03, "128x128": 0.02, "swap64x144": 0.025, "pair192x80": 0.021, "pair192x64": 0.022}
+    j = dict(HEAD, results=[{"shape": "qkv", "k": 4096, "n": 6144, "m": 352, "bik_ms": 0.021, "cublaslt_ms": 0.028,
+                             "bik_tflops": 500.0, "bik_gbps": 2000.0, "ratio": 1.33, "bik_config": "sm90 pair192x80 tma",
+                             "sm90_tile_ms": t}])
+    md = plot_gemm.markdown(j)
+    assert "| shape | M | 64x32 | 128x128 | swap64x144 | pair192x64 | pair192x80 | cuBLASLt |" in md
+    assert "| qkv | 352 | 30.0 | 20.0 | 25.0 | 22.0 | 21.0* | 28.0 |" in md
+
+
 def test_gated_rows_and_modes():
     rows = [{"shape": "gate-up", "k": 4096, "n": 24576, "m": 264, "gated": True, "bik_ms": 0.1042,
              "cublaslt_ms": 0.0984, "bik_tflops": 510.0, "ratio": 0.944, "bik_config": "glu-swap 2c192 x 144",
