@@ -469,6 +469,9 @@ TEST(GpuGemm, DefaultClusterRuleKeepsTheBits) {
     int64_t m, n, k;
     bool cluster;
   };
+  // The cluster rule of the default tiles; the pair tiles (cluster launches of their own, BIK_GEMM_PAIRS)
+  // would take M = 257 with N = 24576: GpuGemmSwap.Pair* test them.
+  const ScopedEnv no_pairs("BIK_GEMM_PAIRS", "0");
   const std::vector<Case> cases = {{1, 1024, 8192, true},     {64, 4096, 12288, true},  {128, 4096, 12288, true},
                                    {129, 4096, 12288, false}, {256, 4096, 12288, false}, {257, 4096, 12288, false}, {200, 4097, 8192, false}, {128, 4096, 8191, false},
                                    {64, 4096, 4096, false},   {256, 24576, 4096, true}, {256, 16384, 4096, true},
@@ -511,9 +514,10 @@ TEST(GpuGemm, Sm90TileChoiceFillsTheGpu) {
     std::string line;
     for (int64_t m : {65, 128, 129, 192, 256, 257, 384, 512, 1024, 2048}) {
       const Tensor a = dev({m, k}, DType::BF16), o = dev({m, n}, DType::BF16);
-      // "sm90 128x192 tma", or "sm90 swap64x208 tma": 64 output columns by 208 rows a tile
+      // "sm90 128x192 tma", or "sm90 swap64x208 tma": 64 output columns by 208 rows a tile ("pair192x96":
+      // 192 by 96, in pairs)
       const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
-      const bool swapped = name.find(" swap") != std::string::npos;
+      const bool swapped = name.find(" swap") != std::string::npos || name.find(" pair") != std::string::npos;
       const size_t s0 = name.find(' ') + (swapped ? 4 : 0), s1 = name.find(' ', s0 + 1), x = name.find('x', s0);
       ASSERT_TRUE(s0 != std::string::npos && x != std::string::npos && x < s1) << name;
       const int64_t bm = std::stoll(name.substr(s0 + 1, x - s0 - 1)), bn = std::stoll(name.substr(x + 1, s1 - x - 1));
@@ -534,6 +538,7 @@ TEST(GpuGemm, Sm90TwoWavesOf64x128PastM256) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma tile table is sm_90's";
   if (cuda_device_props(0).sm_count != 132) GTEST_SKIP() << "the M bounds below are those of 132 SMs";
+  const ScopedEnv no_pairs("BIK_GEMM_PAIRS", "0");  // which take M = 336..448 (GpuGemmSwap.PairDispatch*)
   const int64_t n = 6144, k = 4096;
   const Tensor w = dev_filled({n, k}, DType::BF16, 5);
   for (const auto& [m, tile] : std::vector<std::pair<int64_t, std::string>>{
