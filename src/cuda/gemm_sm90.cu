@@ -456,6 +456,19 @@ int max_active_pairs(const void* kernel, int threads, int smem, const DeviceInfo
   return n;
 }
 
+// Launches `kernel` in clusters of two: min(pairs, most) pairs of CTAs (`most`: max_active_pairs), each
+// pair walking prm's pairs of tiles; programmatic where the kernel allows it; counted as a cluster launch.
+void launch_pairs(sm90::GemmKernelFn kernel, int threads, int smem, int64_t pairs, int most, cudaStream_t st,
+                  const Params& prm, const CUtensorMap& map_a, const CUtensorMap& map_w) {
+  cudaLaunchAttribute attr[2];
+  const bool programmatic = programmatic_launch(reinterpret_cast<const void*>(kernel));
+  const cudaLaunchConfig_t cfg =
+      pair_cluster_config(attr, unsigned(2 * std::min<int64_t>(pairs, most)), threads, smem, st, programmatic);
+  BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm, map_a, map_w));
+  if (programmatic) count_programmatic_launch();
+  g_cluster_launches.fetch_add(1, std::memory_order_relaxed);
+}
+
 // The cluster launch of tile Cfg. Returns false (nothing launched) where it does not apply: an operand
 // the copy engine cannot describe (the one-CTA kernel then loads with its producer warps), K = 0, no tiles,
 // or a device that cannot place a cluster of two such CTAs.
@@ -489,13 +502,7 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
   const int most = max_active_pairs(reinterpret_cast<const void*>(kernel), Cfg::kThreads, Cfg::kSmemBytes, d);
   if (most < 1) return false;
-  cudaLaunchAttribute attr[2];
-  const bool programmatic = programmatic_launch(reinterpret_cast<const void*>(kernel));
-  const cudaLaunchConfig_t cfg = pair_cluster_config(attr, unsigned(2 * std::min<int64_t>(pairs, most)),
-                                                     Cfg::kThreads, Cfg::kSmemBytes, st, programmatic);
-  BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm, map_a, map_w));
-  if (programmatic) count_programmatic_launch();
-  g_cluster_launches.fetch_add(1, std::memory_order_relaxed);
+  launch_pairs(kernel, Cfg::kThreads, Cfg::kSmemBytes, pairs, most, st, prm, map_a, map_w);
   return true;
 }
 
@@ -580,13 +587,7 @@ void launch_swap_pairs(const Problem& p, const DeviceInfo& d, cudaStream_t st, i
   prm.share_w = 0;
   prm.out_vec16 = columns_vec16_of(q);
   prm.stage_tx = (kr.bm + w_box) * kRowBytes;
-  cudaLaunchAttribute attr[2];
-  const bool programmatic = programmatic_launch(fn);
-  const cudaLaunchConfig_t cfg = pair_cluster_config(attr, unsigned(2 * std::min<int64_t>(prm.total_tiles, most)),
-                                                     kr.threads, kr.smem, st, programmatic);
-  BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kr.fn, prm, map_a, map_w));
-  if (programmatic) count_programmatic_launch();
-  g_cluster_launches.fetch_add(1, std::memory_order_relaxed);
+  launch_pairs(kr.fn, kr.threads, kr.smem, prm.total_tiles, most, st, prm, map_a, map_w);
   g_pair_launches.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -809,13 +810,7 @@ bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, Glu
   if (cluster) {
     const int most = max_active_pairs(fn, kr.threads, kr.smem, d);
     if (most < 1) return false;
-    cudaLaunchAttribute attr[2];
-    const bool programmatic = programmatic_launch(fn);
-    const cudaLaunchConfig_t cfg = pair_cluster_config(attr, unsigned(2 * std::min<int64_t>(prm.total_tiles, most)),
-                                                       kr.threads, kr.smem, st, programmatic);
-    BIK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kr.fn, prm, map_a, map_w));
-    if (programmatic) count_programmatic_launch();
-    g_cluster_launches.fetch_add(1, std::memory_order_relaxed);
+    launch_pairs(kr.fn, kr.threads, kr.smem, prm.total_tiles, most, st, prm, map_a, map_w);
   } else {
     launch_kernel(kr.fn, unsigned(std::min<int64_t>(prm.total_tiles, d.sms)), kr.threads, size_t(kr.smem), st, prm,
                   map_a, map_w);

@@ -86,7 +86,7 @@ constexpr int kTurnBar = 1;  // ping-pong turns: named barriers 1 and 2 (0 is __
 // computing whole tiles (see the top of this file).
 // kSwapped_: the host hands the kernel the transposed product out^T = w a^T (the weight as A, the activations
 // as W: see the swapped tiles in gemm_sm90.cu), so tile rows are output columns and tile columns output
-// rows; BN, the activation rows of a tile, is any multiple of 16 (the wgmma N composed by wgmma_cols), and
+// rows; BN, the activation rows of a tile, is any multiple of 16 (one wgmma of that width, wgmma_cols), and
 // the epilogue writes tile columns as output rows (store_tile_columns).
 // kSwapGlu_ (swapped only): the gated product (Problem::glu) in its transposed form. The weight's stage rows
 // come interleaved by a four-dimensional tensor map (the host's make_glu_map): each group of 16 tile rows
@@ -112,7 +112,7 @@ struct Config {
   // stages + full/empty barriers + staging + slack to align the stages to the 1024-byte swizzle period
   static constexpr int kSmemBytes = STAGES * kStageBytes + kBarBytes + kConsumers * 4 * kEpiWarpBytes + 1024;
   // Three consumers (192 rows) only for swapped tiles, run in pairs (gemm_sm90_swap_wide.cu).
-  static_assert(BM == 64 || BM == 128 || (kSwapped && BM == 192), "one or two consumer warpgroups (three: swapped)");
+  static_assert(BM == 64 || BM == 128 || (kSwapped && BM == 192), "one, two or (swapped) three consumers");
   static_assert(!kPingPong || BM == 64, "ping-pong consumers take whole 64-row tiles");
   // wgmma N is a multiple of 8 up to 256 and a TMA box has at most 256 rows; the staged epilogue walks
   // BN in chunks of 32 (f32 out) or 64 (16-bit out) columns, so BN is 32, 64, 128, 192 or 256; a swapped
@@ -572,7 +572,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         // inside the matrix as n_base keeps them.
         tma_load_glu_multicast(stage_a(s) + rank * kHalfA * kRowBytes, &map_a, full(s), kb * kBK,
                                (tm * BM + rank * kHalfA) / 16, kBoth);
-        tma_load(stage_w(s), &map_w, full(s), kb * kBK, n_base(tn), wb);
+        tma_load(stage_w(s), &map_w, full(s), kb * kBK, w_row, wb);
       } else if (prm.share_w) {
         tma_load(stage_a(s), &map_a, full(s), kb * kBK, a_row, ab);
         tma_load_multicast(stage_w(s) + rank * kHalfW * kRowBytes, &map_w, full(s), kb * kBK, w_row, wb, kBoth);
@@ -679,7 +679,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
               // kSwapGlu: tile row R of the interleaved order is gate row 8 (R / 16) + R % 16 for R % 16 < 8,
               // else the up row d + 8 (R / 16) + R % 16 - 8 (d = M / 2 of the transposed problem).
               const int ar = tm * BM + r;
-              const int gr = is_a ? (Cfg::kSwapGlu ? (ar / 16) * 8 + (ar % 16 < 8 ? ar % 16 : p.m / 2 + ar % 16 - 8) : ar)
+              const int glu_r = (ar / 16) * 8 + (ar % 16 < 8 ? ar % 16 : p.m / 2 + ar % 16 - 8);
+              const int gr = is_a                  ? (Cfg::kSwapGlu ? glu_r : ar)
                              : !p.glu              ? tn * BN + r
                              : r < kHalfW ? gate_row(tn) + r
                                           : up_row(tn) + r - kHalfW,

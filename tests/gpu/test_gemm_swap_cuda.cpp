@@ -45,26 +45,18 @@ using test::ScopedEnv;
 
 std::vector<std::string> swapped_tiles() { return test::sm90_tiles_named("swap"); }
 
-}  // namespace
-
-// Every swapped tile against the default 64x128 tile, bit for bit, on three outputs: 16-bit (the column
-// epilogue), f32 (element stores: the column epilogue takes 16-bit outputs only) and 16-bit rows of
-// N + 1 elements (not 16-byte aligned: element stores). M = 1 and 129 leave most of a tile's columns past
-// M; 300 needs two or three column tiles of every tile, the last overlapping the one before (it starts
-// at M - BN); N = 200 and 1000 end inside a 64-row tile (its last output columns are a partial 16-byte
-// piece); K = 72 is a stage and a zero-filled tail, 4096 wraps the
-// stage ring within a tile. N = 4096 gives 64 tiles, so CTAs of the ping-pong walk take one or two.
-TEST(GpuGemmSwap, EverySwappedTileGivesTheDefaultBits) {
-  BIK_REQUIRE_GPU();
-  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
-  const std::vector<std::string> tiles = swapped_tiles();
-  EXPECT_EQ(tiles.size(), 6u) << "swap64x144, 160, 192, 208, 224, 256";
+// Every tile of `tiles` on every (M, N, K) of the lists against the default 64x128 tile, bit for bit, on
+// three outputs: 16-bit (the column epilogue), f32 (element stores: the column epilogue takes 16-bit
+// outputs only) and 16-bit rows of N + 1 elements (not 16-byte aligned: element stores). `launches` counts
+// the tiles' own launches (three per tile and shape, or the tile fell back to another). Returns the runs.
+int64_t compare_with_default(const std::vector<std::string>& tiles, uint64_t (*launches)(),
+                             const std::vector<int64_t>& ms, const std::vector<int64_t>& ns,
+                             const std::vector<int64_t>& ks) {
   int64_t compared = 0;
-  const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
   for (DType dt : {DType::BF16, DType::F16})
-    for (int64_t m : {1, 129, 200, 256, 300})
-      for (int64_t n : {200, 1000, 4096})
-        for (int64_t k : {72, 4096}) {
+    for (int64_t m : ms)
+      for (int64_t n : ns)
+        for (int64_t k : ks) {
           const Tensor a = dev_filled({m, k}, dt, uint64_t(m * 7 + k)), w = dev_filled({n, k}, dt, uint64_t(n * 5 + k));
           const Tensor base16 = dev({m, n}, dt), base32 = dev({m, n}, DType::F32);
           const Tensor basepad = Tensor::empty_padded({m, n}, n + 1, dt, gpu());
@@ -76,23 +68,41 @@ TEST(GpuGemmSwap, EverySwappedTileGivesTheDefaultBits) {
           cuda::gemm_sm90_tile(make_args(basepad, a, w, std::nullopt), {}, "64x128");
           for (const std::string& tile : tiles) {
             const std::string what = "tile " + tile + " " + dtype_name(dt) + " " + shape_str(m, n, k);
-            const uint64_t launches0 = cuda::gemm_sm90_swapped_launches();
+            const uint64_t launches0 = launches();
             for (const Tensor* t : {&o16, &o32, &opad}) fill_bytes(*t, 0xff);
             cuda::gemm_sm90_tile(make_args(o16, a, w, std::nullopt), {}, tile);
             cuda::gemm_sm90_tile(make_args(o32, a, w, std::nullopt), {}, tile);
             cuda::gemm_sm90_tile(make_args(opad, a, w, std::nullopt), {}, tile);
-            EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - launches0, 3u) << what << ": swapped launches";
+            EXPECT_EQ(launches() - launches0, 3u) << what << ": the tile's own launches";
             EXPECT_EQ(differing(o16, base16), 0) << what << ", 16-bit out (column epilogue)";
             EXPECT_EQ(differing(o32, base32), 0) << what << ", f32 out";
             EXPECT_EQ(differing(opad, basepad), 0) << what << ", 16-bit out rows of N + 1";
             compared += 3;
           }
         }
+  return compared;
+}
+
+}  // namespace
+
+// Every swapped tile against the default 64x128 tile, bit for bit (compare_with_default). M = 1 and 129
+// leave most of a tile's columns past M; 300 needs two or three column tiles of every tile, the last
+// overlapping the one before (it starts at M - BN); N = 200 and 1000 end inside a 64-row tile (its last
+// output columns are a partial 16-byte piece); K = 72 is a stage and a zero-filled tail, 4096 wraps the
+// stage ring within a tile. N = 4096 gives 64 tiles, so CTAs of the ping-pong walk take one or two.
+TEST(GpuGemmSwap, EverySwappedTileGivesTheDefaultBits) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const std::vector<std::string> tiles = swapped_tiles();
+  EXPECT_EQ(tiles.size(), 6u) << "swap64x144, 160, 192, 208, 224, 256";
+  const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
+  const int64_t compared = compare_with_default(tiles, cuda::gemm_sm90_swapped_launches, {1, 129, 200, 256, 300},
+                                                {200, 1000, 4096}, {72, 4096});
   std::printf("[swap] %lld swapped-tile runs compared bit for bit with the default 64x128 tile\n", (long long)compared);
 }
 
 // Every plain pair tile (192 weight rows by BN activation rows, two CTAs sharing the weight tile: "pair192x..")
-// against the default 64x128 tile, bit for bit, on the same three outputs. M = 1 and 129 leave one column
+// against the default 64x128 tile, bit for bit (compare_with_default). M = 1 and 129 leave one column
 // tile (its partner computes on copied rows and stores nothing) or an odd count; 300 and 500 several,
 // the last starting at M - BN; N = 200, 1000 and 6144 end inside a 192-row tile, or (6144) give 32 weight
 // tiles, so a pair's CTAs walk several tiles; K = 72 and 4096 as above. The pair launch counter proves the
@@ -102,34 +112,8 @@ TEST(GpuGemmSwap, EveryPairTileGivesTheDefaultBits) {
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
   const std::vector<std::string> tiles = test::sm90_tiles_named("pair");
   EXPECT_EQ(tiles.size(), 9u) << "pair192x64 .. pair192x192";
-  int64_t compared = 0;
-  for (DType dt : {DType::BF16, DType::F16})
-    for (int64_t m : {1, 129, 300, 500})
-      for (int64_t n : {200, 1000, 6144})
-        for (int64_t k : {72, 4096}) {
-          const Tensor a = dev_filled({m, k}, dt, uint64_t(m * 7 + k)), w = dev_filled({n, k}, dt, uint64_t(n * 5 + k));
-          const Tensor base16 = dev({m, n}, dt), base32 = dev({m, n}, DType::F32);
-          const Tensor basepad = Tensor::empty_padded({m, n}, n + 1, dt, gpu());
-          const Tensor o16 = dev({m, n}, dt), o32 = dev({m, n}, DType::F32);
-          const Tensor opad = Tensor::empty_padded({m, n}, n + 1, dt, gpu());
-          for (const Tensor* t : {&base16, &base32, &basepad}) fill_bytes(*t, 0xff);
-          cuda::gemm_sm90_tile(make_args(base16, a, w, std::nullopt), {}, "64x128");
-          cuda::gemm_sm90_tile(make_args(base32, a, w, std::nullopt), {}, "64x128");
-          cuda::gemm_sm90_tile(make_args(basepad, a, w, std::nullopt), {}, "64x128");
-          for (const std::string& tile : tiles) {
-            const std::string what = "tile " + tile + " " + dtype_name(dt) + " " + shape_str(m, n, k);
-            const uint64_t launches0 = cuda::gemm_sm90_pair_launches();
-            for (const Tensor* t : {&o16, &o32, &opad}) fill_bytes(*t, 0xff);
-            cuda::gemm_sm90_tile(make_args(o16, a, w, std::nullopt), {}, tile);
-            cuda::gemm_sm90_tile(make_args(o32, a, w, std::nullopt), {}, tile);
-            cuda::gemm_sm90_tile(make_args(opad, a, w, std::nullopt), {}, tile);
-            EXPECT_EQ(cuda::gemm_sm90_pair_launches() - launches0, 3u) << what << ": pair launches";
-            EXPECT_EQ(differing(o16, base16), 0) << what << ", 16-bit out (column epilogue)";
-            EXPECT_EQ(differing(o32, base32), 0) << what << ", f32 out";
-            EXPECT_EQ(differing(opad, basepad), 0) << what << ", 16-bit out rows of N + 1";
-            compared += 3;
-          }
-        }
+  const int64_t compared =
+      compare_with_default(tiles, cuda::gemm_sm90_pair_launches, {1, 129, 300, 500}, {200, 1000, 6144}, {72, 4096});
   std::printf("[pair] %lld pair-tile runs compared bit for bit with the default 64x128 tile\n", (long long)compared);
 }
 
