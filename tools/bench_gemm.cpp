@@ -71,7 +71,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
         "--gated times the gated product instead (mm_silu_and_mul: N = 2 d weight rows, out [M, d]) against\n"
         "cuBLASLt's product followed by silu_and_mul; with --sweep, every BIK_GEMM_GLU_SWAP mode as well.\n"
         "Times bik::mm against cuBLASLt's default heuristic; writes DIR/NAME.json (default\n"
-        "bench/results/gemm_<gpu>.json). Render with: python3 bench/plot_gemm.py DIR/NAME.json\n"
+        "bench/results/gemm_<gpu>.json, with --gated gemm_gated_<gpu>.json).\n"
+        "Render with: python3 bench/plot_gemm.py DIR/NAME.json\n"
         "Shapes (--shapes index: name K x N; without --shapes: 0 to 7):");
     for (size_t i = 0; i < bench_shapes().size(); ++i)
       std::printf("  %zu: %s %lld x %lld\n", i, bench_shapes()[i].what, (long long)bench_shapes()[i].k,
@@ -103,7 +104,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
   const DeviceProps props = cuda_device_props(0);
   const std::string gpu_tag = bench::name_tag(props.name);
   const std::string out_dir = args.str("out", "bench/results");
-  const std::string name = args.str("name", "gemm_" + gpu_tag);
+  // --gated writes its own file by default: the plain table (gemm_<gpu>.json) stays as it is.
+  const std::string name = args.str("name", (args.flag("gated") ? "gemm_gated_" : "gemm_") + gpu_tag);
 
   const std::string commit = bench::commit_of(args.str("commit", ""));
   const std::string date = bench::utc_now();
@@ -219,8 +221,12 @@ int bench_gemm(const std::vector<std::string>& argv) {
                             {"launches_per_graph", launches}});
     if (!modes.empty()) j["results"].back()["glu_swap_ms"] = modes;
   };
-  std::printf("%-8s %6s %6s %6s | %10s %10s | %8s %8s | %6s | %11s  %s\n", "shape", "K", "N", "M", "bik us",
-              "cublas us", "bik TF/s", "bik GB/s", "ratio", "host us b/c", "bik config");
+  if (gated)
+    std::printf("%-8s %6s %6s %6s | %10s %10s | %8s | %6s | %s\n", "shape", "K", "N", "M", "bik us", "base us",
+                "bik TF/s", "ratio", "bik tile (base: cuBLASLt + silu_and_mul)");
+  else
+    std::printf("%-8s %6s %6s %6s | %10s %10s | %8s %8s | %6s | %11s  %s\n", "shape", "K", "N", "M", "bik us",
+                "cublas us", "bik TF/s", "bik GB/s", "ratio", "host us b/c", "bik config");
   for (const Shape2& s : shapes) {
     const int64_t max_m = *std::max_element(ms.begin(), ms.end());
     const int64_t w_bytes = s.n * s.k * es;

@@ -21,7 +21,7 @@ using GluSwapTile = Config<BM, BN, glu_swap_stages(BM, BN), false, true, kGlu>;
 template <int BM, int BN, typename T, bool kCluster, bool kGlu = true>
 GluSwapKernel kernel_of() {
   using Cfg = GluSwapTile<BM, BN, kGlu>;
-  static_assert(Cfg::STAGES >= 3, "a gated swapped tile keeps at least three stages in flight");
+  static_assert(Cfg::STAGES >= 3, "a wide swapped tile keeps at least three stages in flight");
   return GluSwapKernel{gemm_kernel<Cfg, T, kCluster>, Cfg::kThreads, Cfg::kSmemBytes, Cfg::BM, Cfg::BN};
 }
 
@@ -35,6 +35,12 @@ GluSwapKernel pick(bool bf16, bool cluster) {
 template <int BN>
 GluSwapKernel pick192(bool bf16) {
   return bf16 ? kernel_of<192, BN, __nv_bfloat16, true>() : kernel_of<192, BN, __half, true>();
+}
+
+// The plain 192-row tiles: pairs only.
+template <int BN>
+GluSwapKernel pair_of(bool bf16) {
+  return bf16 ? kernel_of<192, BN, __nv_bfloat16, true, false>() : kernel_of<192, BN, __half, true, false>();
 }
 
 }  // namespace
@@ -61,11 +67,6 @@ GluSwapKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster) {
   if (cols <= 224) return pick<224>(bf16, cluster);
   if (cols <= 256) return pick<256>(bf16, cluster);
   return GluSwapKernel{};
-}
-
-template <int BN>
-GluSwapKernel pair_of(bool bf16) {
-  return bf16 ? kernel_of<192, BN, __nv_bfloat16, true, false>() : kernel_of<192, BN, __half, true, false>();
 }
 
 GluSwapKernel swap_pair_kernel(int bn, bool bf16) {

@@ -25,8 +25,7 @@ struct GluSwapKernel {
 GluSwapKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster);
 
 // The plain swapped tile of 192 weight rows (three consumer warpgroups) by `bn` activation rows, run in
-// pairs of CTAs sharing the weight tile: bn one of kPairCols; fn is null for any other.
-constexpr int kPairCols[] = {64, 80, 96, 112, 128, 144, 160, 176, 192};
+// pairs of CTAs sharing the weight tile: bn 64 to 192 in steps of 16; fn is null for any other.
 GluSwapKernel swap_pair_kernel(int bn, bool bf16);
 
 }  // namespace bik::cuda::gemm_detail::sm90
