@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "bik/ops.h"
+#include "bik/tensor.h"
 #include "cuda/cublas_gemm.h"
 #include "cuda/device_info.h"
 #include "cuda/gemm.h"
