@@ -119,9 +119,10 @@ SwapMode swap_mode_for(const Problem& p) {
   return SwapMode::Auto;
 }
 // The swapped tile for M (128 < M <= 384): the narrowest that covers M, or half of M past 256. There is
-// none of 176 columns, composed of three wgmma shapes: at M = 168 it ran gate|up in 75.6 us against 70.4
-// without a swapped tile, down in 55.7 against 53.2 (H200, logs_h200/0459af4_gemm_swap.log), where 192
-// columns win; nor of 240, three shapes as well and never picked by the rule (M <= 224).
+// none of 176 columns: composed of three wgmma shapes then, at M = 168 it ran gate|up in 75.6 us against
+// 70.4 without a swapped tile, down in 55.7 against 53.2 (H200, logs_h200/0459af4_gemm_swap.log), where 192
+// columns win; nor of 240, never picked by the rule (M <= 224). Both are single instructions now
+// (gemm_sm90_wgmma.cuh, 48e9e1b) and have not been measured since.
 Choice swapped_choice(int m) {
   const int rows = m <= 256 ? m : (m + 1) / 2;
   for (Choice c : {Choice::S144, Choice::S160, Choice::S192, Choice::S208, Choice::S224})
