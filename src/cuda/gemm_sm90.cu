@@ -570,7 +570,7 @@ template <typename T>
 void launch_swap_pairs(const Problem& p, const DeviceInfo& d, cudaStream_t st, int bn) {
   BIK_CHECK(p.bias == nullptr, "matmul: a swapped sm90 tile takes no bias (its rows are output columns)");
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  const sm90::GluSwapKernel kr = sm90::swap_pair_kernel(bn, bf16);
+  const sm90::SwapWideKernel kr = sm90::swap_pair_kernel(bn, bf16);
   BIK_CHECK(kr.fn != nullptr, "gemm_sm90: no pair tile of ", bn, " columns");
   const Problem q = swapped(p);
   const int w_box = std::min(q.n, kr.bn);
@@ -727,15 +727,15 @@ int glu_swap_bm(GluSwap mode) { return mode == GluSwap::TwoCluster192 ? 192 : 12
 // fused default tiles went either way within 5% for the 128-row tiles (M = 232..256, 296..312, 360..384).
 // Two column tiles of 112 rows lost at M = 200 (110.5 against 87.0), hence M > 208 for the pairs. Measured
 // with K = 4096 only: K < 2048 (short tiles, where the epilogue weighs more) keeps the default.
-GluSwap glu_swap_rule(const Problem& p, const DeviceInfo& d) {
+// c: the tile the default path takes for p (choose(p, d)).
+GluSwap glu_swap_rule(const Problem& p, const DeviceInfo& d, Choice c) {
   if (p.batch != 1 || p.k < 2048 || p.n % 128 != 0 || p.m > 512 || d.sms < 2) return GluSwap::Off;
-  const Choice c = choose(p, d);
   const TileShape& t = kShapes[int(c)];
   const double base = tile_work(p, d, c);
   const bool fused = !t.swapped && t.bn % 64 == 0;  // what gemm_sm90_gated takes
   const bool bf16 = true;  // the tile widths do not depend on the dtype
   auto work = [&](int tile_rows, int rows_a_tile, bool pairs) {
-    const sm90::GluSwapKernel k = sm90::glu_swap_kernel(tile_rows, rows_a_tile, bf16, pairs);
+    const sm90::SwapWideKernel k = sm90::glu_swap_kernel(tile_rows, rows_a_tile, bf16, pairs);
     return k.fn == nullptr ? 1e300 : walk_work(p.n / tile_rows, pairs ? d.sms / 2 : d.sms, tile_rows, k.bn);
   };
   const int half = (p.m + 1) / 2;
@@ -747,7 +747,7 @@ GluSwap glu_swap_rule(const Problem& p, const DeviceInfo& d) {
   return one <= two ? GluSwap::One : GluSwap::TwoCluster;
 }
 
-GluSwap glu_swap_for(const Problem& p, const DeviceInfo& d) {
+GluSwap glu_swap_for(const Problem& p, const DeviceInfo& d, Choice c) {
   const char* e = std::getenv("BIK_GEMM_GLU_SWAP");
   if (e != nullptr) {
     if (std::strcmp(e, "0") == 0) return GluSwap::Off;
@@ -756,7 +756,7 @@ GluSwap glu_swap_for(const Problem& p, const DeviceInfo& d) {
     if (std::strcmp(e, "2c") == 0) return GluSwap::TwoCluster;
     if (std::strcmp(e, "2c192") == 0) return GluSwap::TwoCluster192;
   }
-  return glu_swap_rule(p, d);
+  return glu_swap_rule(p, d, c);
 }
 
 // The weight [gate rows; up rows] (2 d rows of K, s_row apart) as four dimensions (K, 8 rows, gate / up,
@@ -790,7 +790,7 @@ bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, Glu
   const int cols = mode == GluSwap::One ? p.m : (p.m + 1) / 2;
   if (cols > 256) return false;
   const bool cluster = mode == GluSwap::TwoCluster || mode == GluSwap::TwoCluster192;
-  const sm90::GluSwapKernel kr = sm90::glu_swap_kernel(glu_swap_bm(mode), cols, bf16, cluster);
+  const sm90::SwapWideKernel kr = sm90::glu_swap_kernel(glu_swap_bm(mode), cols, bf16, cluster);
   if (kr.fn == nullptr || (mode != GluSwap::One && kr.bn > p.m)) return false;
   Problem q = swapped(p);  // q.m: the 2 d weight rows (interleaved by the map), q.n: the M activation rows
   q.glu = false;
@@ -827,13 +827,13 @@ bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, Glu
 // whether its operands let a gated swapped tile apply): "glu-swap 1 x BN", "glu-swap 2c x BN" or
 // "default <tile>[ pingpong]".
 std::string sm90_gated_config_name(const Problem& p, const DeviceInfo& d) {
-  const GluSwap mode = glu_swap_for(p, d);
+  const Choice c = choose(p, d);
+  const GluSwap mode = glu_swap_for(p, d, c);
   const char* const names[] = {"0", "1", "2", "2c", "2c192"};
   const int bn = sm90::glu_swap_kernel(glu_swap_bm(mode), mode == GluSwap::One ? p.m : (p.m + 1) / 2, true,
                                        mode == GluSwap::TwoCluster || mode == GluSwap::TwoCluster192)
                      .bn;
   if (mode != GluSwap::Off && bn > 0) return std::string("glu-swap ") + names[int(mode)] + " x " + std::to_string(bn);
-  const Choice c = choose(p, d);
   const TileShape& t = kShapes[int(c)];
   return std::string("default ") + kChoiceNames[int(c)] +
          (!t.swapped && t.bm == 128 && pingpong_for(p, t.bn) ? " pingpong" : "");
@@ -868,12 +868,12 @@ bool gemm_sm90_gated(const GemmArgs& g, Stream s) {
   if (d.arch != 90 || g.bias || g.out.dtype != g.a.dtype || g.n % 2 != 0) return false;
   if (g.a.dtype != DType::BF16 && g.a.dtype != DType::F16) return false;
   gemm_detail::Problem p = gemm_detail::make_problem(g);
-  if (gemm_detail::launch_glu_swap(p, d, gemm_detail::stream_of(s), gemm_detail::glu_swap_for(p, d),
+  const gemm_detail::Choice c = gemm_detail::choose(p, d);  // once: the rule weighs it, the fallback runs it
+  if (gemm_detail::launch_glu_swap(p, d, gemm_detail::stream_of(s), gemm_detail::glu_swap_for(p, d, c),
                                    g.a.dtype == DType::BF16)) {
     gemm_detail::g_gated_launches.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
-  const gemm_detail::Choice c = gemm_detail::choose(p, d);
   const gemm_detail::TileShape& t = gemm_detail::kShapes[int(c)];
   if (t.swapped || t.bn % 64 != 0) return false;
   p.glu = true;

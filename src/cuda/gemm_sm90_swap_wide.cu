@@ -8,7 +8,7 @@
 namespace bik::cuda::gemm_detail::sm90 {
 namespace {
 
-constexpr int glu_swap_stages(int bm, int bn) {
+constexpr int wide_stages(int bm, int bn) {
   // less the consumers' epilogue staging, the 1024-byte alignment slack and up to 8 stages' barriers
   const int free = 227 * 1024 - bm / 64 * 4 * (16 * 144) - 1024 - 256;
   const int s = free / ((bm + bn) * kRowBytes);
@@ -16,47 +16,47 @@ constexpr int glu_swap_stages(int bm, int bn) {
 }
 
 template <int BM, int BN, bool kGlu = true>
-using GluSwapTile = Config<BM, BN, glu_swap_stages(BM, BN), false, true, kGlu>;
+using WideTile = Config<BM, BN, wide_stages(BM, BN), false, true, kGlu>;
 
 template <int BM, int BN, typename T, bool kCluster, bool kGlu = true>
-GluSwapKernel kernel_of() {
-  using Cfg = GluSwapTile<BM, BN, kGlu>;
+SwapWideKernel kernel_of() {
+  using Cfg = WideTile<BM, BN, kGlu>;
   static_assert(Cfg::STAGES >= 3, "a wide swapped tile keeps at least three stages in flight");
-  return GluSwapKernel{gemm_kernel<Cfg, T, kCluster>, Cfg::kThreads, Cfg::kSmemBytes, Cfg::BM, Cfg::BN};
+  return SwapWideKernel{gemm_kernel<Cfg, T, kCluster>, Cfg::kThreads, Cfg::kSmemBytes, Cfg::BM, Cfg::BN};
 }
 
 template <int BN>
-GluSwapKernel pick(bool bf16, bool cluster) {
+SwapWideKernel pick(bool bf16, bool cluster) {
   if (bf16) return cluster ? kernel_of<128, BN, __nv_bfloat16, true>() : kernel_of<128, BN, __nv_bfloat16, false>();
   return cluster ? kernel_of<128, BN, __half, true>() : kernel_of<128, BN, __half, false>();
 }
 
 // The 192-row tiles: pairs only, BN up to 192 (three consumers hold at most 152 registers a thread).
 template <int BN>
-GluSwapKernel pick192(bool bf16) {
+SwapWideKernel pick192(bool bf16) {
   return bf16 ? kernel_of<192, BN, __nv_bfloat16, true>() : kernel_of<192, BN, __half, true>();
 }
 
 // The plain 192-row tiles: pairs only.
 template <int BN>
-GluSwapKernel pair_of(bool bf16) {
+SwapWideKernel pair_of(bool bf16) {
   return bf16 ? kernel_of<192, BN, __nv_bfloat16, true, false>() : kernel_of<192, BN, __half, true, false>();
 }
 
 }  // namespace
 
-GluSwapKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster) {
+SwapWideKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster) {
   if (bm == 192) {
-    if (!cluster) return GluSwapKernel{};
+    if (!cluster) return SwapWideKernel{};
     if (cols <= 112) return pick192<112>(bf16);
     if (cols <= 128) return pick192<128>(bf16);
     if (cols <= 144) return pick192<144>(bf16);
     if (cols <= 160) return pick192<160>(bf16);
     if (cols <= 176) return pick192<176>(bf16);
     if (cols <= 192) return pick192<192>(bf16);
-    return GluSwapKernel{};
+    return SwapWideKernel{};
   }
-  if (bm != 128) return GluSwapKernel{};
+  if (bm != 128) return SwapWideKernel{};
   if (cols <= 112) return pick<112>(bf16, cluster);
   if (cols <= 128) return pick<128>(bf16, cluster);
   if (cols <= 144) return pick<144>(bf16, cluster);
@@ -66,10 +66,10 @@ GluSwapKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster) {
   if (cols <= 208) return pick<208>(bf16, cluster);
   if (cols <= 224) return pick<224>(bf16, cluster);
   if (cols <= 256) return pick<256>(bf16, cluster);
-  return GluSwapKernel{};
+  return SwapWideKernel{};
 }
 
-GluSwapKernel swap_pair_kernel(int bn, bool bf16) {
+SwapWideKernel swap_pair_kernel(int bn, bool bf16) {
   switch (bn) {
     case 64: return pair_of<64>(bf16);
     case 80: return pair_of<80>(bf16);
@@ -80,7 +80,7 @@ GluSwapKernel swap_pair_kernel(int bn, bool bf16) {
     case 160: return pair_of<160>(bf16);
     case 176: return pair_of<176>(bf16);
     case 192: return pair_of<192>(bf16);
-    default: return GluSwapKernel{};
+    default: return SwapWideKernel{};
   }
 }
 

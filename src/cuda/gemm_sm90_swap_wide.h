@@ -13,7 +13,7 @@ struct Params;
 
 using GemmKernelFn = void (*)(Params, CUtensorMap, CUtensorMap);
 
-struct GluSwapKernel {
+struct SwapWideKernel {
   GemmKernelFn fn = nullptr;  // null: no such tile
   int threads = 0, smem = 0, bm = 0, bn = 0;
 };
@@ -22,10 +22,10 @@ struct GluSwapKernel {
 // activation rows (BN 112 to 224 in steps of 16, then 256; with 192 rows at most 192: each one wgmma
 // instruction wide, gemm_sm90_wgmma.cuh), as a one-CTA kernel or as pairs of CTAs sharing the weight
 // (cluster), for bf16 or f16 operands; fn is null where there is none.
-GluSwapKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster);
+SwapWideKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster);
 
 // The plain swapped tile of 192 weight rows (three consumer warpgroups) by `bn` activation rows, run in
 // pairs of CTAs sharing the weight tile: bn 64 to 192 in steps of 16; fn is null for any other.
-GluSwapKernel swap_pair_kernel(int bn, bool bf16);
+SwapWideKernel swap_pair_kernel(int bn, bool bf16);
 
 }  // namespace bik::cuda::gemm_detail::sm90

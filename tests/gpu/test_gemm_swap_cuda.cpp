@@ -83,6 +83,50 @@ int64_t compare_with_default(const std::vector<std::string>& tiles, uint64_t (*l
   return compared;
 }
 
+struct RowStats {
+  int64_t cases = 0, diffs = 0;
+};
+
+// The row check: rows [0, 16) of `pool` each computed alone (M = 1) by `run`, then, for each batch size in
+// `sizes`, a random window of the pool with those rows copied to distinct random positions, run once, and
+// each target's output row compared byte for byte with its row alone. With `expect_equal` every comparison
+// is also a test assertion (the negative control counts differences instead).
+template <class Run>
+RowStats hidden_rows(Run&& run, const Tensor& pool, int64_t n, const std::vector<int64_t>& sizes,
+                     std::mt19937_64& rng, bool expect_equal) {
+  const int64_t targets = 16, pool_rows = pool.size(0), k = pool.size(1);
+  const DType dt = pool.dtype();
+  std::vector<Tensor> alone;
+  for (int64_t t = 0; t < targets; ++t) {
+    alone.push_back(dev({1, n}, dt));
+    run(alone.back(), pool.view().narrow(0, t, 1));
+  }
+  const int64_t most = *std::max_element(sizes.begin(), sizes.end());
+  const Tensor a = dev({most, k}, dt), o = dev({most, n}, dt);
+  RowStats st;
+  for (int64_t m : sizes) {
+    const TensorView av = a.view().narrow(0, 0, m), ov = o.view().narrow(0, 0, m);
+    copy(av, pool.view().narrow(0, int64_t(rng() % uint64_t(pool_rows - m)), m));
+    std::vector<int64_t> pos;
+    for (int64_t t = 0; t < targets; ++t) {
+      int64_t p;
+      do p = int64_t(rng() % uint64_t(m));
+      while (std::find(pos.begin(), pos.end(), p) != pos.end());
+      pos.push_back(p);
+      copy(av.narrow(0, p, 1), pool.view().narrow(0, t, 1));
+    }
+    fill_bytes(o, 0xff);
+    run(ov, av);
+    for (int64_t t = 0; t < targets; ++t) {
+      ++st.cases;
+      const int64_t d = differing(ov.narrow(0, pos[size_t(t)], 1), alone[size_t(t)]);
+      st.diffs += d != 0;
+      if (expect_equal) EXPECT_EQ(d, 0) << "row " << t << " at row " << pos[size_t(t)] << " of a batch of " << m;
+    }
+  }
+  return st;
+}
+
 }  // namespace
 
 // Every swapped tile against the default 64x128 tile, bit for bit (compare_with_default). M = 1 and 129
@@ -232,87 +276,40 @@ TEST(GpuGemmSwap, PairDispatchGivesTheSameBits) {
 TEST(GpuGemmSwap, PairRowsAreBatchInvariant) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
-  const int64_t n = 6144, k = 4096, pool_rows = 1024, targets = 16;
+  const int64_t n = 6144, k = 4096;
   const DType dt = DType::BF16;
-  const Tensor pool = dev_filled({pool_rows, k}, dt, 191), w = dev_filled({n, k}, dt, 192);
+  const Tensor pool = dev_filled({1024, k}, dt, 191), w = dev_filled({n, k}, dt, 192);
   std::mt19937_64 rng(193);
-  std::vector<Tensor> alone;
-  for (int64_t t = 0; t < targets; ++t) {
-    alone.push_back(dev({1, n}, dt));
-    mm(alone.back(), pool.view().narrow(0, t, 1), w);
-  }
-  const ScopedEnv on("BIK_GEMM_PAIRS", "1");
-  int64_t cases = 0;
+  const ScopedEnv on("BIK_GEMM_PAIRS", "1");  // M = 1 (the rows alone) is no pair tile's
   const uint64_t l0 = cuda::gemm_sm90_pair_launches();
   const std::vector<int64_t> sizes = {257, 264, 300, 333, 352, 383, 400, 448, 479, 512};
-  const Tensor a = dev({512, k}, dt), o = dev({512, n}, dt);
-  for (int64_t m : sizes) {
-    const TensorView av = a.view().narrow(0, 0, m), ov = o.view().narrow(0, 0, m);
-    copy(av, pool.view().narrow(0, int64_t(rng() % uint64_t(pool_rows - m)), m));
-    std::vector<int64_t> pos;
-    for (int64_t t = 0; t < targets; ++t) {
-      int64_t p;
-      do p = int64_t(rng() % uint64_t(m));
-      while (std::find(pos.begin(), pos.end(), p) != pos.end());
-      pos.push_back(p);
-      copy(av.narrow(0, p, 1), pool.view().narrow(0, t, 1));
-    }
-    fill_bytes(o, 0xff);
-    mm(ov, av, w);
-    for (int64_t t = 0; t < targets; ++t, ++cases)
-      EXPECT_EQ(differing(ov.narrow(0, pos[size_t(t)], 1), alone[size_t(t)]), 0)
-          << "row " << t << " at row " << pos[size_t(t)] << " of a batch of " << m;
-  }
-  std::printf("[pair] %lld rows in batches of 257..512 on pair tiles compared with the row alone\n", (long long)cases);
+  const RowStats st = hidden_rows([&](const TensorView& out, const TensorView& a) { mm(out, a, w); }, pool, n, sizes,
+                                  rng, true);
+  std::printf("[pair] %lld rows in batches of 257..512 on pair tiles compared with the row alone\n",
+              (long long)st.cases);
   EXPECT_EQ(cuda::gemm_sm90_pair_launches() - l0, sizes.size()) << "every batch on a pair tile";
 }
-
 TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
-  const int64_t n = 4096, k = 4096, pool_rows = 1024, targets = 16;
+  const int64_t n = 4096, k = 4096;
   const DType dt = DType::BF16;
-  const Tensor pool = dev_filled({pool_rows, k}, dt, 91), w = dev_filled({n, k}, dt, 92);
+  const Tensor pool = dev_filled({1024, k}, dt, 91), w = dev_filled({n, k}, dt, 92);
   std::mt19937_64 rng(93);
   for (const bool cublas : {false, true}) {
     auto run = [&](const TensorView& out, const TensorView& a) {
       if (cublas) cuda::cublaslt_gemm(make_args(out, a, w, std::nullopt), {});
       else mm(out, a, w);
     };
-    std::vector<Tensor> alone;
-    for (int64_t t = 0; t < targets; ++t) {
-      alone.push_back(dev({1, n}, dt));
-      run(alone.back(), pool.view().narrow(0, t, 1));
-    }
+    // M = 1 (the rows alone) is no swapped or pair tile's
     const ScopedEnv on("BIK_GEMM_SWAP", "1"), no_pairs("BIK_GEMM_PAIRS", "0");
-    int64_t cases = 0, diffs = 0;
     const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
     const std::vector<int64_t> sizes = {129, 130, 143, 144, 145, 160, 177, 200, 208, 231,
                                         232, 240, 255, 256, 257, 264, 288, 301, 333, 352, 353, 370, 384};
-    const Tensor a = dev({384, k}, dt), o = dev({384, n}, dt);
-    for (int64_t m : sizes) {
-      const TensorView av = a.view().narrow(0, 0, m), ov = o.view().narrow(0, 0, m);
-      copy(av, pool.view().narrow(0, int64_t(rng() % uint64_t(pool_rows - m)), m));
-      std::vector<int64_t> pos;
-      for (int64_t t = 0; t < targets; ++t) {
-        int64_t p;
-        do p = int64_t(rng() % uint64_t(m));
-        while (std::find(pos.begin(), pos.end(), p) != pos.end());
-        pos.push_back(p);
-        copy(av.narrow(0, p, 1), pool.view().narrow(0, t, 1));
-      }
-      fill_bytes(o, 0xff);
-      run(ov, av);
-      for (int64_t t = 0; t < targets; ++t) {
-        ++cases;
-        const int64_t d = differing(ov.narrow(0, pos[size_t(t)], 1), alone[size_t(t)]);
-        diffs += d != 0;
-        if (!cublas) EXPECT_EQ(d, 0) << "row " << t << " at row " << pos[size_t(t)] << " of a batch of " << m;
-      }
-    }
+    const RowStats st = hidden_rows(run, pool, n, sizes, rng, !cublas);
     std::printf("[swap] %s: %lld of %lld rows differ from the row computed alone\n", cublas ? "cublaslt" : "bik",
-                (long long)diffs, (long long)cases);
-    if (cublas) EXPECT_GT(diffs, 0) << "the row check found no variance in cuBLASLt: it has no teeth";
+                (long long)st.diffs, (long long)st.cases);
+    if (cublas) EXPECT_GT(st.diffs, 0) << "the row check found no variance in cuBLASLt: it has no teeth";
     else EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - l0, sizes.size()) << "every batch on a swapped tile";
   }
 }
