@@ -225,7 +225,9 @@ Choice pair_choice(const Problem& p, const DeviceInfo& d) {
 //   256 < M <= 512, no bias, 16-bit out: a pair tile (192 weight rows) where it saves 8% of the work
 //             (BIK_GEMM_PAIRS).
 // The choice depends on (M, N, K, batch, SM count) only: it moves outputs between threads, never the K order.
-Choice choose(const Problem& p, const DeviceInfo& d) {
+// `pairs` false: no pair tile, for the gated product, whose epilogue a pair tile cannot take (it would run
+// as the two calls); its own swapped forms are glu_swap_rule's.
+Choice choose(const Problem& p, const DeviceInfo& d, bool pairs = true) {
   auto tiles_of = [&](const TileShape& t) {
     const int rows = t.swapped ? p.n : p.m, cols = t.swapped ? p.m : p.n;
     return int64_t((rows + t.bm - 1) / t.bm) * ((cols + t.bn - 1) / t.bn) * p.batch;
@@ -277,7 +279,7 @@ Choice choose(const Problem& p, const DeviceInfo& d) {
     c = Choice::T64x128;
   const SwapMode sw = swap_mode_for(p);
   if (sw == SwapMode::On || (sw == SwapMode::Auto && swap_pays(p, d))) c = swapped_choice(p.m);
-  if (const PairMode pm = pair_mode_for(p); pm != PairMode::Off) {
+  if (const PairMode pm = pairs ? pair_mode_for(p) : PairMode::Off; pm != PairMode::Off) {
     const Choice pc = pair_choice(p, d);
     if (pc != Choice::Count && (pm == PairMode::On || tile_work(p, d, pc) <= 0.92 * tile_work(p, d, c))) return pc;
   }
@@ -727,7 +729,7 @@ int glu_swap_bm(GluSwap mode) { return mode == GluSwap::TwoCluster192 ? 192 : 12
 // fused default tiles went either way within 5% for the 128-row tiles (M = 232..256, 296..312, 360..384).
 // Two column tiles of 112 rows lost at M = 200 (110.5 against 87.0), hence M > 208 for the pairs. Measured
 // with K = 4096 only: K < 2048 (short tiles, where the epilogue weighs more) keeps the default.
-// c: the tile the default path takes for p (choose(p, d)).
+// c: the tile the default path takes for p (choose(p, d, false)).
 GluSwap glu_swap_rule(const Problem& p, const DeviceInfo& d, Choice c) {
   if (p.batch != 1 || p.k < 2048 || p.n % 128 != 0 || p.m > 512 || d.sms < 2) return GluSwap::Off;
   const TileShape& t = kShapes[int(c)];
@@ -827,7 +829,7 @@ bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, Glu
 // whether its operands let a gated swapped tile apply): "glu-swap 1 x BN", "glu-swap 2c x BN" or
 // "default <tile>[ pingpong]".
 std::string sm90_gated_config_name(const Problem& p, const DeviceInfo& d) {
-  const Choice c = choose(p, d);
+  const Choice c = choose(p, d, false);
   const GluSwap mode = glu_swap_for(p, d, c);
   const char* const names[] = {"0", "1", "2", "2c", "2c192"};
   const int bn = sm90::glu_swap_kernel(glu_swap_bm(mode), mode == GluSwap::One ? p.m : (p.m + 1) / 2, true,
@@ -868,7 +870,8 @@ bool gemm_sm90_gated(const GemmArgs& g, Stream s) {
   if (d.arch != 90 || g.bias || g.out.dtype != g.a.dtype || g.n % 2 != 0) return false;
   if (g.a.dtype != DType::BF16 && g.a.dtype != DType::F16) return false;
   gemm_detail::Problem p = gemm_detail::make_problem(g);
-  const gemm_detail::Choice c = gemm_detail::choose(p, d);  // once: the rule weighs it, the fallback runs it
+  // Once: the rule weighs it, the fallback runs it. No pair tile: it cannot take the gated epilogue.
+  const gemm_detail::Choice c = gemm_detail::choose(p, d, false);
   if (gemm_detail::launch_glu_swap(p, d, gemm_detail::stream_of(s), gemm_detail::glu_swap_for(p, d, c),
                                    g.a.dtype == DType::BF16)) {
     gemm_detail::g_gated_launches.fetch_add(1, std::memory_order_relaxed);
