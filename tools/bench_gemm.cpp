@@ -61,15 +61,20 @@ const std::vector<Shape2>& bench_shapes() {
 }  // namespace
 
 int bench_gemm(const std::vector<std::string>& argv) {
-  Args args(argv, {"help", "sweep", "gated"}, {"out", "name", "m", "shapes", "dtype", "repeats", "launches", "commit"},
+  Args args(argv, {"help", "sweep", "gated"},
+            {"out", "name", "m", "shapes", "dtype", "repeats", "launches", "commit", "sustain", "tiles"},
             "bench gemm");
   if (args.flag("help")) {
     std::puts(
         "usage: bik bench gemm [--out DIR] [--name NAME] [--m 1,2,4,...] [--shapes 0,1,..] [--dtype bf16|f16]\n"
-        "                      [--repeats N] [--launches N] [--commit SHA] [--sweep] [--gated]\n"
+        "                      [--repeats N] [--launches N] [--commit SHA] [--sweep] [--gated] [--sustain S]\n"
         "--sweep also times every wgmma tile shape (sm_90) for every problem.\n"
         "--gated times the gated product instead (mm_silu_and_mul: N = 2 d weight rows, out [M, d]) against\n"
         "cuBLASLt's product followed by silu_and_mul; with --sweep, every BIK_GEMM_GLU_SWAP mode as well.\n"
+        "--sustain S also runs each side back to back for S seconds (after S / 2 of the same) and reports the\n"
+        "time per call there, and through NVML the energy per call, the power and the SM clock: under sustained\n"
+        "load a GPU runs at its power limit, so energy per call sets the pace, as in serving. --tiles T1,T2,..\n"
+        "(with --sustain, sm_90) runs those wgmma tiles (names as --sweep prints them) the same way too.\n"
         "Times bik::mm against cuBLASLt's default heuristic; writes DIR/NAME.json (default\n"
         "bench/results/gemm_<gpu>.json, with --gated gemm_gated_<gpu>.json).\n"
         "Render with: python3 bench/plot_gemm.py DIR/NAME.json\n"
@@ -129,6 +134,35 @@ int bench_gemm(const std::vector<std::string>& argv) {
     }
     f << j.dump(1) << "\n";
     return bool(f);
+  };
+
+  // --sustain: both sides back to back under sustained load (bench_util.h), as one JSON object and one line.
+  const double sustain_s = args.number("sustain", 0.0);
+  BIK_CHECK(sustain_s >= 0 && sustain_s <= 60, "bik bench gemm: --sustain ", sustain_s, ": expected 0..60 seconds");
+  if (sustain_s > 0)
+    j["sustain_method"] = "each side's calls back to back for " + std::to_string(sustain_s) +
+                          " s after half as long of the same; time per call over the window, energy per call from "
+                          "NVML's total-energy counter, mean SM clock of samples every ~20 ms";
+  auto sustained = [&](const std::function<void(int, cudaStream_t)>& bik_launch,
+                       const std::function<void(int, cudaStream_t)>& base_launch, int sets, int launches,
+                       nlohmann::json& row, cudaStream_t stream) {
+    if (sustain_s <= 0) return;
+    const bench::Sustained b = bench::sustain_graph(bik_launch, sets, launches, sustain_s / 2, sustain_s, stream);
+    const bench::Sustained c = bench::sustain_graph(base_launch, sets, launches, sustain_s / 2, sustain_s, stream);
+    nlohmann::json o = {{"bik_ms", b.ms}, {"base_ms", c.ms}, {"ratio", c.ms / b.ms}};
+    if (b.energy && c.energy) {
+      o.update({{"bik_mj", b.mj}, {"base_mj", c.mj}, {"energy_ratio", c.mj / b.mj}, {"bik_watts", b.watts},
+                {"base_watts", c.watts}, {"bik_sm_mhz", b.sm_mhz}, {"base_sm_mhz", c.sm_mhz}});
+      std::printf("%-8s   sustained: bik %.2f us %.3f mJ %.0f W %.0f MHz | base %.2f us %.3f mJ %.0f W %.0f MHz | "
+                  "time x%.3f energy x%.3f\n",
+                  "", b.ms * 1e3, b.mj, b.watts, b.sm_mhz, c.ms * 1e3, c.mj, c.watts, c.sm_mhz, c.ms / b.ms,
+                  c.mj / b.mj);
+    } else {
+      std::printf("%-8s   sustained: bik %.2f us | base %.2f us | time x%.3f (no NVML energy reading)\n", "",
+                  b.ms * 1e3, c.ms * 1e3, c.ms / b.ms);
+    }
+    std::fflush(stdout);
+    row["sustained"] = o;
   };
 
   const Device gpu = Device::cuda(0);
@@ -220,6 +254,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
                             {"input_sets", sets},
                             {"launches_per_graph", launches}});
     if (!modes.empty()) j["results"].back()["glu_swap_ms"] = modes;
+    sustained(bik_launch, cublas_launch, sets, launches, j["results"].back(), st);
   };
   if (gated)
     std::printf("%-8s %6s %6s %6s | %10s %10s | %8s | %6s | %s\n", "shape", "K", "N", "M", "bik us", "base us",
@@ -321,6 +356,25 @@ int bench_gemm(const std::vector<std::string>& argv) {
                               {"input_sets", sets},
                               {"launches_per_graph", launches}});
       if (!tile_ms.empty()) j["results"].back()["sm90_tile_ms"] = tile_ms;
+      sustained(bik_launch, cublas_launch, sets, launches, j["results"].back(), st);
+      if (sustain_s > 0 && args.has("tiles") && props.arch() == 90) {
+        const std::vector<std::string> known = cuda::gemm_sm90_tiles();
+        for (const std::string& tile : split_list(args.str("tiles"))) {
+          BIK_CHECK(std::find(known.begin(), known.end(), tile) != known.end(), "bik bench gemm: --tiles '", tile,
+                    "': not a wgmma tile (--sweep lists them)");
+          auto tile_launch = [&](int i, cudaStream_t stream) {
+            cuda::gemm_sm90_tile(gemm_args_2d(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]),
+                                 Stream{stream}, tile);
+          };
+          const bench::Sustained t = bench::sustain_graph(tile_launch, sets, launches, sustain_s / 2, sustain_s, st);
+          nlohmann::json o = {{"ms", t.ms}};
+          if (t.energy) o.update({{"mj", t.mj}, {"watts", t.watts}, {"sm_mhz", t.sm_mhz}});
+          j["results"].back()["sustained_tiles"][tile] = o;
+          std::printf("%-8s   sustained tile %s: %.2f us %.3f mJ %.0f W %.0f MHz\n", "", tile.c_str(), t.ms * 1e3,
+                      t.mj, t.watts, t.sm_mhz);
+          std::fflush(stdout);
+        }
+      }
     }
     write_json();
   }

@@ -5,6 +5,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <dlfcn.h>
+
+#include <chrono>
+#include <thread>
 
 #include "bik/device.h"
 #include "bik/error.h"
@@ -110,6 +114,43 @@ void warm_up(const std::function<void(int, cudaStream_t)>& launch, int sets, cud
   BIK_CUDA_CHECK(cudaStreamSynchronize(st));
 }
 
+// The few NVML entry points the sustained timing reads, from the driver's library loaded at run time (no
+// link-time dependency: a machine without the driver, or without a GPU, still runs every other benchmark).
+// The declarations follow NVML's C ABI: int status codes (0: success), opaque device handles.
+class Nvml {
+ public:
+  static Nvml& get() {
+    static Nvml n;
+    return n;
+  }
+  bool ok() const { return dev_ != nullptr; }
+  // The total energy the GPU has used since the driver loaded, in mJ; false on failure.
+  bool energy_mj(unsigned long long& mj) const { return ok() && energy_(dev_, &mj) == 0; }
+  bool sm_mhz(unsigned& mhz) const { return ok() && clock_(dev_, 1 /* NVML_CLOCK_SM */, &mhz) == 0; }
+
+ private:
+  using Device = void*;
+  Nvml() {
+    void* lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) return;
+    auto init = reinterpret_cast<int (*)()>(dlsym(lib, "nvmlInit_v2"));
+    auto by_bus = reinterpret_cast<int (*)(const char*, Device*)>(dlsym(lib, "nvmlDeviceGetHandleByPciBusId_v2"));
+    energy_ = reinterpret_cast<int (*)(Device, unsigned long long*)>(dlsym(lib, "nvmlDeviceGetTotalEnergyConsumption"));
+    clock_ = reinterpret_cast<int (*)(Device, int, unsigned*)>(dlsym(lib, "nvmlDeviceGetClockInfo"));
+    char bus[32] = {};
+    int cur = 0;
+    if (init == nullptr || by_bus == nullptr || energy_ == nullptr || clock_ == nullptr || init() != 0 ||
+        cudaGetDevice(&cur) != cudaSuccess || cudaDeviceGetPCIBusId(bus, sizeof bus, cur) != cudaSuccess)
+      return;
+    Device d = nullptr;
+    unsigned long long probe = 0;
+    if (by_bus(bus, &d) == 0 && energy_(d, &probe) == 0) dev_ = d;
+  }
+  Device dev_ = nullptr;
+  int (*energy_)(Device, unsigned long long*) = nullptr;
+  int (*clock_)(Device, int, unsigned*) = nullptr;
+};
+
 }  // namespace
 
 double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,
@@ -136,6 +177,87 @@ double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int 
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   return t;
+}
+
+Sustained sustain_graph(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches,
+                        double warm, double seconds, cudaStream_t st) {
+  warm_up(launch, sets, st);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  BIK_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < launches; ++i) launch(i % sets, st);
+  BIK_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+  BIK_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  // Replays per chunk: about 20 ms of work, so the host samples the clock often and stays ahead.
+  cudaEvent_t a, b;
+  BIK_CUDA_CHECK(cudaEventCreate(&a));
+  BIK_CUDA_CHECK(cudaEventCreate(&b));
+  BIK_CUDA_CHECK(cudaEventRecord(a, st));
+  BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
+  BIK_CUDA_CHECK(cudaEventRecord(b, st));
+  BIK_CUDA_CHECK(cudaEventSynchronize(b));
+  float one = 0;
+  BIK_CUDA_CHECK(cudaEventElapsedTime(&one, a, b));
+  const int per_chunk = std::max(1, int(20.0 / std::max(one, 1e-3f)));
+  const Nvml& nvml = Nvml::get();
+  // Chunks go in two ahead of the one the host waits for, so the GPU never idles between them.
+  std::vector<cudaEvent_t> ring(3);
+  for (auto& e : ring) BIK_CUDA_CHECK(cudaEventCreate(&e));
+  int64_t issued = 0, done = 0;
+  auto issue = [&] {
+    for (int r = 0; r < per_chunk; ++r) BIK_CUDA_CHECK(cudaGraphLaunch(exec, st));
+    BIK_CUDA_CHECK(cudaEventRecord(ring[size_t(issued % 3)], st));
+    ++issued;
+  };
+  auto wait_one = [&] {
+    BIK_CUDA_CHECK(cudaEventSynchronize(ring[size_t(done % 3)]));
+    ++done;
+  };
+  issue();
+  issue();
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < warm) {
+    wait_one();
+    issue();
+  }
+  // The window opens as the chunk waited for completes (two more are queued behind it): its time and
+  // energy count from there, its calls from the next chunk on.
+  wait_one();
+  issue();
+  Sustained out;
+  unsigned long long e0 = 0, e1 = 0;
+  const bool have_e0 = nvml.energy_mj(e0);
+  const int64_t first = done;
+  const auto w0 = std::chrono::steady_clock::now();
+  double mhz_sum = 0;
+  int mhz_n = 0;
+  while (std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count() < seconds) {
+    wait_one();
+    issue();
+    unsigned mhz = 0;
+    if (nvml.sm_mhz(mhz)) mhz_sum += mhz, ++mhz_n;
+  }
+  // The window closes as the last chunk waited for completes: the energy counter is read there.
+  wait_one();
+  const bool have_e1 = nvml.energy_mj(e1);
+  const auto w1 = std::chrono::steady_clock::now();
+  const int64_t chunks = done - first;
+  BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+  const double wall_s = std::chrono::duration<double>(w1 - w0).count();
+  const double calls = double(chunks) * per_chunk * launches;
+  out.ms = wall_s * 1e3 / calls;
+  if (have_e0 && have_e1 && e1 > e0 && mhz_n > 0) {
+    out.energy = true;
+    out.mj = double(e1 - e0) / calls;
+    out.watts = double(e1 - e0) * 1e-3 / wall_s;
+    out.sm_mhz = mhz_sum / mhz_n;
+  }
+  for (auto& e : ring) cudaEventDestroy(e);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return out;
 }
 
 double time_loop(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,

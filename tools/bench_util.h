@@ -36,6 +36,22 @@ nlohmann::json gpu_report(const std::string& benchmark, const DeviceProps& props
 // when given, says which.
 double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,
                   cudaStream_t st, bool* captured = nullptr);
+// Under sustained load, as in serving, a GPU runs at its power limit and lowers its clock, so a kernel's
+// energy, not only its time at full clock, sets how fast a stream of work goes. sustain_graph captures
+// `launches` calls (sets round-robin) into a graph and replays it back to back, queued ahead, for `warm`
+// seconds and then `seconds` more, over which it reports the time per call (events) and, through the
+// driver's NVML library (loaded at run time; `energy` false where it cannot be), the energy per call
+// (the GPU's total-energy counter, read at both ends of the window), the mean power, and the mean SM
+// clock (sampled as the window runs).
+struct Sustained {
+  double ms = 0;         // per call
+  bool energy = false;   // whether the three below were measured
+  double mj = 0;         // per call
+  double watts = 0;      // mean over the window
+  double sm_mhz = 0;     // mean of the samples
+};
+Sustained sustain_graph(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches,
+                        double warm, double seconds, cudaStream_t st);
 // After a failed case: ends a capture the failure left open on `st` and clears the sticky error, so the
 // next case starts clean.
 void recover_stream(cudaStream_t st);
