@@ -83,27 +83,23 @@ struct WgmmaRS;
 // One specialisation per width and input type, from the register and operand lists of
 // gemm_sm90_wgmma.cuh: R = N / 2 accumulators, then a[0..3] (operands R..A3), desc_b (B) and scale-d (P),
 // written out as literals because PTX names operands by number.
-// WgmmaRSK: the same with B K-major (transpose bit clear), for S = Q K^T with Q in registers.
-template <int N, typename T>
-struct WgmmaRSK;
-#define BIK_WGMMA_RS_TYPE(NAME, TB, N, R, A1, A2, A3, B, P, T, PTX)                                        \
+#define BIK_WGMMA_RS_TYPE(N, R, A1, A2, A3, B, P, T, PTX)                                                  \
   template <>                                                                                             \
-  struct NAME<N, T> {                                                                                     \
+  struct WgmmaRS<N, T> {                                                                                  \
     __device__ __forceinline__ static void mma(float (&d)[R], const uint32_t (&a)[4], uint64_t desc_b) {  \
       asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P ", 0;\n"                                       \
                    "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX "." PTX " {" BIK_WGMMA_REGS_##R   \
-                   "}, {%" #R ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #B ", p, 1, 1, " #TB ";\n}\n"            \
+                   "}, {%" #R ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #B ", p, 1, 1, 1;\n}\n"                  \
                    : BIK_WGMMA_D_##R                                                                      \
                    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                    \
     }                                                                                                     \
   };
-#define BIK_WGMMA_RS(NAME, TB, N, R, A1, A2, A3, B, P)                     \
-  BIK_WGMMA_RS_TYPE(NAME, TB, N, R, A1, A2, A3, B, P, __nv_bfloat16, "bf16") \
-  BIK_WGMMA_RS_TYPE(NAME, TB, N, R, A1, A2, A3, B, P, __half, "f16")
+#define BIK_WGMMA_RS(N, R, A1, A2, A3, B, P)                     \
+  BIK_WGMMA_RS_TYPE(N, R, A1, A2, A3, B, P, __nv_bfloat16, "bf16") \
+  BIK_WGMMA_RS_TYPE(N, R, A1, A2, A3, B, P, __half, "f16")
 
-BIK_WGMMA_RS(WgmmaRS, 1, 64, 32, 33, 34, 35, 36, 37)
-BIK_WGMMA_RS(WgmmaRS, 1, 128, 64, 65, 66, 67, 68, 69)
-BIK_WGMMA_RS(WgmmaRSK, 0, 64, 32, 33, 34, 35, 36, 37)
+BIK_WGMMA_RS(64, 32, 33, 34, 35, 36, 37)
+BIK_WGMMA_RS(128, 64, 65, 66, 67, 68, 69)
 
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
 using sm90_sync::fence_proxy_async;
@@ -237,35 +233,6 @@ __device__ __forceinline__ void qk_issue(float (&s)[32], uint32_t sq, uint32_t s
   for (int kk = 0; kk < D / 16; ++kk) {
     const uint32_t at = (kk >> 2) * Layout<D>::kPanel + (kk & 3) * 32;  // 16 halves = 32 bytes per k-step
     Wgmma<64, T>::mma(s, dq + (at >> 4), dk + (at >> 4));
-  }
-}
-
-// Q in registers for the products S = Q K^T of a whole unit: per k-step of 16 over head_dim, the A
-// fragment of m64nNk16 (qf[kk][0]: row lane/4 of the warp's 16, d 16kk + 2(lane%4)..+1; [1]: row + 8;
-// [2], [3]: the same at d + 8), read from the swizzled Q tile by ldmatrix (matrix i: rows 8(i % 2)..+7,
-// d chunk 2kk + i / 2; lane l gives the address of row l % 8 of matrix l / 8). tid: the thread's index in
-// its warpgroup; the Q tile's bytes must be visible to this thread's loads.
-template <int D>
-__device__ __forceinline__ void load_q_regs(uint32_t (&qf)[D / 16][4], uint32_t sq, int tid) {
-  const int warp = tid >> 5, lane = tid & 31, i = lane >> 3;
-  const int r = 16 * warp + (i & 1) * 8 + (lane & 7);
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(qf[kk][0]), "=r"(qf[kk][1]), "=r"(qf[kk][2]), "=r"(qf[kk][3])
-                 : "r"(sq + Layout<D>::off(r, 2 * kk + (i >> 1))));
-}
-
-// qk_issue with Q from registers (load_q_regs): the same k-steps over the same K tile; the tensor cores
-// read only K from shared memory.
-template <typename T, int D>
-__device__ __forceinline__ void qk_issue_rs(float (&s)[32], const uint32_t (&qf)[D / 16][4], uint32_t sk) {
-  wgmma_fence();
-  const uint64_t dk = desc_sw128(sk, 16, 1024);
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    const uint32_t at = (kk >> 2) * Layout<D>::kPanel + (kk & 3) * 32;
-    WgmmaRSK<64, T>::mma(s, qf[kk], dk + (at >> 4));
   }
 }
 
@@ -1190,17 +1157,6 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       const int L = p.split_len;
       const uint32_t sq = sq_of(qb, wg);
       fence_proxy_async();  // Q's bytes (generic-proxy copies, seen through qfull) before the wgmmas read them
-      // Variant 5 keeps Q in registers for its S products (RS: the tensor cores then read only K from
-      // shared memory); the other schedules read Q from shared memory. The same products either way.
-      constexpr bool kQRegs = kPingPong;
-      uint32_t qf[kQRegs ? D / 16 : 1][4];
-      if constexpr (kQRegs) load_q_regs<D>(qf, sq, tid);
-      auto s_issue = [&](float (&acc)[32], uint32_t k_tile) {
-        if constexpr (kQRegs)
-          qk_issue_rs<T, D>(acc, qf, k_tile);
-        else
-          qk_issue<T, D>(acc, sq, k_tile);
-      };
 
       const int cq = tid & 3;
       int pos_r[2], row_id[2];
@@ -1354,7 +1310,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         fence_proxy_async();
         zero_scores(sc);
         turn_begin();  // turn 0: S(0)
-        s_issue(sc, sk(s));
+        qk_issue<T, D>(sc, sq, sk(s));
         wgmma_commit();
         turn_end();
         wgmma_wait<0>();
@@ -1391,7 +1347,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
             wgmma_commit();
           }
           if constexpr (!kLast) {
-            s_issue(sc, sk(s_next));
+            qk_issue<T, D>(sc, sq, sk(s_next));
             wgmma_commit();
           }
           turn_end();
