@@ -3,7 +3,9 @@
 // them repeat one and the same prompt; each generates exactly max_tokens (uniform in [min, max], end of
 // sequence ignored). The same requests run with the batch-invariant kernels on, then off. Reported per mode:
 // wall time, output and total tokens/s, engine steps, and how many different completions the requests of
-// the repeated prompt got (batch-invariant on: exactly 1).
+// the repeated prompt got (batch-invariant on: exactly 1); on one GPU also its energy over the timed run,
+// mean power and SM clock (NVML), since at the power limit the clock, and so the throughput, follows the
+// energy the kernels spend.
 //
 // Completions of the repeated prompt have different lengths (their max_tokens differ), so two of them count
 // as the same when one is a prefix of the other: the count is the number of distinct completions that are
@@ -78,7 +80,8 @@ const char* kServeUsage =
     "requests repeat, max_tokens uniform in [--min-tokens, --max-tokens], end of sequence ignored. Runs the\n"
     "same requests once per --modes entry (batch-invariant kernels on / off) and reports wall time,\n"
     "tokens/s, steps and the number of unique completions among the requests of the repeated prompt,\n"
-    "then the steps grouped by the tokens they scheduled (64-token groups up to 512) with their seconds.\n"
+    "then the steps grouped by the tokens they scheduled (64-token groups up to 512) with their seconds;\n"
+    "on one GPU also the GPU's energy over each timed run, mean power and SM clock (NVML, where it loads).\n"
     "Exits 1 when a batch-invariant run gives that prompt more than one completion.\n"
     "\n"
     "model:\n"
@@ -341,6 +344,22 @@ int serve_bench(const std::vector<std::string>& argv) {
                     r["shared_requests"].get<long long>(), r["unique_logprob_sequences"].get<long long>());
       m << row;
     }
+    // The GPU's energy per timed run, where NVML could read it.
+    bool any_energy = false;
+    for (const auto& r : j["results"]) any_energy = any_energy || r.contains("gpu_energy_j");
+    if (any_energy) {
+      m << "\nGPU energy over each timed run (NVML's total-energy counter; SM clock sampled every 50 ms). At the\n"
+           "power limit the clock follows the energy the kernels spend, and the throughput with it.\n\n"
+        << "| batch-invariant | GPU J | mJ / output token | mean W | mean SM MHz |\n|---|---:|---:|---:|---:|\n";
+      for (const auto& r : j["results"]) {
+        if (!r.contains("gpu_energy_j")) continue;
+        std::snprintf(row, sizeof row, "| %s | %.1f | %.3f | %.0f | %.0f |\n",
+                      r["batch_invariant"].get<bool>() ? "on" : "off", r["gpu_energy_j"].get<double>(),
+                      r["gpu_mj_per_output_token"].get<double>(), r["gpu_mean_watts"].get<double>(),
+                      r["gpu_mean_sm_mhz"].get<double>());
+        m << row;
+      }
+    }
     // Where the time goes: steps by the tokens they scheduled, seconds per mode.
     std::vector<std::pair<int64_t, int64_t>> ranges;
     for (const auto& r : j["results"])
@@ -429,8 +448,20 @@ int serve_bench(const std::vector<std::string>& argv) {
                      done, (long long)n_req, gen, s, double(gen) / s);
       }
     };
+#if BIK_WITH_CUDA
+    // The GPU's energy over the timed run (NVML; one GPU only: with --tp the others are not read).
+    bench::GpuMeter meter;
+    if (device.is_cuda() && tp.size == 1) meter.start();
+#endif
     const auto results = llm.generate(w.prompts, w.params, on_step);
     const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    nlohmann::json energy;
+#if BIK_WITH_CUDA
+    bench::GpuMeter::Reading gr;
+    if (device.is_cuda() && tp.size == 1 && meter.stop(gr))
+      energy = {{"gpu_energy_j", gr.joules}, {"gpu_mean_watts", gr.joules / gr.seconds},
+                {"gpu_mean_sm_mhz", gr.mean_sm_mhz}};
+#endif
     const EngineStats& st = llm.stats();
 
     int64_t out_tokens = 0, short_requests = 0;
@@ -475,6 +506,10 @@ int serve_bench(const std::vector<std::string>& argv) {
                         {"first_divergent_token", first_diff},
                         {"first_divergent_logprob", first_diff_lp}};
     if (same_as_on >= 0) r["requests_identical_to_on"] = same_as_on;
+    if (!energy.is_null()) {
+      r.update(energy);
+      r["gpu_mj_per_output_token"] = energy["gpu_energy_j"].get<double>() * 1e3 / double(out_tokens);
+    }
     r["step_profile"] = nlohmann::json::array();
     for (const StepBucket& b : profile)
       if (b.steps > 0)
@@ -490,6 +525,10 @@ int serve_bench(const std::vector<std::string>& argv) {
     if (same_as_on >= 0)
       std::printf("batch-invariant %s: %lld of %lld requests identical to the batch-invariant run\n", mname,
                   (long long)same_as_on, (long long)n_req);
+    if (r.contains("gpu_energy_j"))
+      std::printf("batch-invariant %s: GPU energy %.1f J (%.3f mJ an output token), mean %.0f W, SM clock %.0f MHz\n",
+                  mname, r["gpu_energy_j"].get<double>(), r["gpu_mj_per_output_token"].get<double>(),
+                  r["gpu_mean_watts"].get<double>(), r["gpu_mean_sm_mhz"].get<double>());
     std::fflush(stdout);
     if (!write_out()) rc = 2;
     if (short_requests > 0) {

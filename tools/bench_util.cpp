@@ -179,6 +179,40 @@ double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int 
   return t;
 }
 
+GpuMeter::~GpuMeter() {
+  running_ = false;
+  if (sampler_.joinable()) sampler_.join();
+}
+
+void GpuMeter::start() {
+  const Nvml& nvml = Nvml::get();
+  have_e0_ = nvml.energy_mj(e0_);
+  mhz_sum_ = 0;
+  mhz_n_ = 0;
+  t0_ = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  if (!have_e0_) return;
+  running_ = true;
+  sampler_ = std::thread([this, &nvml] {
+    while (running_) {
+      unsigned mhz = 0;
+      if (nvml.sm_mhz(mhz)) mhz_sum_ += mhz, ++mhz_n_;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+}
+
+bool GpuMeter::stop(Reading& out) {
+  running_ = false;
+  if (sampler_.joinable()) sampler_.join();
+  unsigned long long e1 = 0;
+  const double t1 = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  if (!have_e0_ || !Nvml::get().energy_mj(e1) || e1 < e0_ || mhz_n_ == 0) return false;
+  out.joules = double(e1 - e0_) * 1e-3;
+  out.seconds = t1 - t0_;
+  out.mean_sm_mhz = mhz_sum_ / mhz_n_;
+  return true;
+}
+
 Sustained sustain_graph(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches,
                         double warm, double seconds, cudaStream_t st) {
   warm_up(launch, sets, st);

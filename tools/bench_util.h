@@ -1,9 +1,11 @@
 // What every benchmark driver needs: provenance (commit, date, device tag) and, on CUDA, event-timed
 // medians of repeated launches.
 #pragma once
+#include <atomic>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bik/device.h"
@@ -52,6 +54,32 @@ struct Sustained {
 };
 Sustained sustain_graph(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches,
                         double warm, double seconds, cudaStream_t st);
+// The current GPU's energy and SM clock over a stretch of host time, through NVML (loaded at run time, as
+// for sustain_graph): start() reads the total-energy counter and samples the SM clock every 50 ms on a
+// thread until stop(). stop() returns false, with nothing measured, where NVML cannot be loaded or read
+// (no driver library, a CPU-only machine).
+class GpuMeter {
+ public:
+  struct Reading {
+    double joules = 0, seconds = 0, mean_sm_mhz = 0;
+  };
+  GpuMeter() = default;
+  GpuMeter(const GpuMeter&) = delete;
+  GpuMeter& operator=(const GpuMeter&) = delete;
+  ~GpuMeter();
+  void start();
+  bool stop(Reading& out);
+
+ private:
+  std::thread sampler_;
+  std::atomic<bool> running_{false};
+  unsigned long long e0_ = 0;
+  bool have_e0_ = false;
+  double mhz_sum_ = 0;
+  int mhz_n_ = 0;
+  double t0_ = 0;
+};
+
 // After a failed case: ends a capture the failure left open on `st` and clears the sticky error, so the
 // next case starts clean.
 void recover_stream(cudaStream_t st);
