@@ -398,34 +398,9 @@ LlamaModel::~LlamaModel() = default;
 
 std::vector<Shape> LlamaModel::scratch_shapes(int64_t T, int64_t R) const {
   const int64_t H = hidden_, Hq = heads_, Hk = kv_heads_, D = head_dim_, I = inter_;
-  // x, residual, h, qkv, attn, gate_up, act, qn, kn, picked, and the down projection's F32 partials
-  // (two BF16 slots an element; run_step names them).
-  const int64_t parts = down_parts();
-  return {{T, H},     {T, H},     {T, H}, {T, (Hq + 2 * Hk) * D}, {T, Hq * D}, {T, 2 * I}, {T, I}, {T, Hq, D},
-          {T, Hk, D}, {R, H}, {parts > 1 ? 2 * parts : 0, T, H}};
-}
-
-// The down projection's K (the intermediate size) in two chunks: one batched GEMM of half the K each, so
-// that a decode step's few rows still give the GEMM enough tiles of the larger, two-consumer shapes (on
-// an H200, M = 256: one wave of 128x128 tiles instead of 64x128 ones over the whole K), summed by a fixed
-// tree. Batch-invariant on every rank count of one: the chunks are fixed by K, never by the rows.
-constexpr int64_t kDownParts = 2;
-
-int64_t LlamaModel::down_parts() const {
-  const bool one_rank = tp_.size == 1 && tp_.chunks <= 1;
-  return one_rank && inter_ % (kDownParts * 8) == 0 ? kDownParts : 1;
-}
-
-void LlamaModel::split_k(const TensorView& out, const TensorView& x, const Linear& w, const TensorView& leaves,
-                         Stream s) const {
-  const int64_t P = leaves.shape[0], T = x.shape[0], N = out.shape[1], K = x.shape[1], kc = K / P;
-  const TensorView wv = w.w.view();
-  // Chunk c of x and w as batch entry c: the same rows, K columns [c kc, (c + 1) kc).
-  bmm(leaves, TensorView(x.data, x.dtype, {P, T, kc}, {kc, x.stride[0], 1}, device_),
-      TensorView(wv.data, wv.dtype, {P, N, kc}, {kc, wv.stride[0], 1}, device_), s);
-  std::optional<TensorView> bias;
-  if (w.bias) bias = w.bias->view();
-  sum_partials(out, leaves, bias, s);
+  // x, residual, h, qkv, attn, gate_up, act, qn, kn, picked (run_step names them).
+  return {{T, H}, {T, H}, {T, H}, {T, (Hq + 2 * Hk) * D}, {T, Hq * D}, {T, 2 * I}, {T, I}, {T, Hq, D}, {T, Hk, D},
+          {R, H}};
 }
 
 int64_t LlamaModel::scratch_elems(int64_t T, int64_t R) const {
@@ -485,7 +460,6 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
   const TensorView h = buf[2];         // a sub-block's normalised input
   const TensorView qkv = buf[3], attn = buf[4], gate_up = buf[5], act = buf[6];
   const TensorView qn = buf[7], kn = buf[8], picked = buf[9];
-  const int64_t down_p = down_parts();  // > 1: buf[10] holds the down projection's F32 partials
   // q, k and v: with the fused projection, column blocks of every row of qkv [T, (Hq + 2 Hk) D] (row
   // stride (Hq + 2 Hk) D); run apart, three contiguous matrices one after the other in the same memory.
   // Every op downstream takes strided views, and a row's bits do not depend on its strides.
@@ -570,10 +544,7 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
       silu_and_mul(act, gate_up, s);
     }
     tap("silu_and_mul", l, act);
-    if (batch_invariant_ && down_p > 1)
-      split_k(x, act, L.down, TensorView(buf[10].data, DType::F32, {down_p, T, hidden_}, dev), s);
-    else
-      row_parallel(x, act, L.down, s);
+    row_parallel(x, act, L.down, s);
     tap("down_proj", l, x);
   }
   if (R == 0 || logits.data == nullptr) return;

@@ -165,12 +165,6 @@ class LlamaModel : public ModelRunner {
   void gemm(const TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias, Stream s) const;
   // o and down: the K-chunk tree and the cross-rank sum when tensor parallelism or chunks are on, else linear().
   void row_parallel(const TensorView& out, const TensorView& x, const Linear& w, Stream s) const;
-  // K chunks the down projection runs in on one rank without TP chunks: kDownParts where the chunks keep
-  // 16-byte aligned rows, else 1 (the scratch holds their F32 partials either way).
-  int64_t down_parts() const;
-  // out = x w^T over `leaves.shape[0]` equal K chunks: one batched GEMM into the F32 leaves [P, T, N],
-  // then sum_partials' fixed tree, bias once, one rounding (docs/engine.md, "The down projection").
-  void split_k(const TensorView& out, const TensorView& x, const Linear& w, const TensorView& leaves, Stream s) const;
 
   // A step's metadata on the device: views into one I32 buffer.
   struct StepViews {
