@@ -506,7 +506,7 @@ int serve_bench(const std::vector<std::string>& argv) {
                         {"first_divergent_token", first_diff},
                         {"first_divergent_logprob", first_diff_lp}};
     if (same_as_on >= 0) r["requests_identical_to_on"] = same_as_on;
-    if (!energy.is_null()) {
+    if (!energy.is_null() && out_tokens > 0) {
       r.update(energy);
       r["gpu_mj_per_output_token"] = energy["gpu_energy_j"].get<double>() * 1e3 / double(out_tokens);
     }

@@ -185,6 +185,8 @@ GpuMeter::~GpuMeter() {
 }
 
 void GpuMeter::start() {
+  running_ = false;  // a meter started again begins a new stretch
+  if (sampler_.joinable()) sampler_.join();
   const Nvml& nvml = Nvml::get();
   have_e0_ = nvml.energy_mj(e0_);
   mhz_sum_ = 0;
