@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Renders a `bik bench gemm` JSON: a markdown table (<name>.md) and a plot of the speed ratio against
-cuBLASLt versus M, one line per shape (<name>.png), next to the JSON.
+cuBLASLt versus M, one line per shape (<name>.png), next to the JSON. Runs with --sweep add a table of
+every tile, runs with --sustain one of time and energy per call at the power limit.
 
 usage: python3 bench/plot_gemm.py bench/results/gemm_h100.json
 Numbers come from the JSON only; nothing is edited by hand.
@@ -18,6 +19,38 @@ def summary(rows, pred):
     worst = min(rows, key=lambda x: x["ratio"] if pred(x["m"]) else 1e9)
     return (f"worst {min(r):.3f} ({worst['shape']}, M={worst['m']}), median {statistics.median(r):.3f}, "
             f"{sum(1 for v in r if v >= (0.95 if pred(1 << 20) else 1.0))}/{len(r)} at target")
+
+
+def sustained_section(j):
+    """The --sustain table (each side back to back at the power limit; energy per call from NVML), with the
+    --tiles runs after it; no lines when the run had no --sustain."""
+    rows = [r for r in j["results"] if "sustained" in r]
+    if not rows:
+        return []
+    out = ["", "## Sustained load (--sustain): time and energy per call at the power limit", "",
+           f"- {j.get('sustain_method', '')}",
+           "- energy ratio = baseline mJ / BIK mJ (> 1: BIK spends less); figures move by several percent from "
+           "run to run", "",
+           "| shape | M | BIK us | baseline us | BIK mJ | baseline mJ | energy ratio | BIK W | baseline W | "
+           "BIK MHz | baseline MHz |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        s = r["sustained"]
+        if "bik_mj" in s:
+            out.append(f"| {r['shape']} | {r['m']} | {s['bik_ms'] * 1e3:.2f} | {s['base_ms'] * 1e3:.2f} | "
+                       f"{s['bik_mj']:.3f} | {s['base_mj']:.3f} | {s['energy_ratio']:.3f} | {s['bik_watts']:.0f} | "
+                       f"{s['base_watts']:.0f} | {s['bik_sm_mhz']:.0f} | {s['base_sm_mhz']:.0f} |")
+        else:
+            out.append(f"| {r['shape']} | {r['m']} | {s['bik_ms'] * 1e3:.2f} | {s['base_ms'] * 1e3:.2f} | - | - | - | "
+                       "- | - | - | - |")
+    tiled = [r for r in rows if r.get("sustained_tiles")]
+    if tiled:
+        out += ["", "| shape | M | tile | us | mJ | W | MHz |", "|---|---:|---|---:|---:|---:|---:|"]
+        for r in tiled:
+            for tile, t in r["sustained_tiles"].items():
+                e = (f"{t['mj']:.3f} | {t['watts']:.0f} | {t['sm_mhz']:.0f}" if "mj" in t else "- | - | -")
+                out.append(f"| {r['shape']} | {r['m']} | {tile} | {t['ms'] * 1e3:.2f} | {e} |")
+    return out
 
 
 def markdown_gated(j):
@@ -43,6 +76,7 @@ def markdown_gated(j):
             t = r.get("glu_swap_ms", {})
             cells = [f"{t[m] * 1e3:.1f}" if t.get(m) is not None else "-" for m in modes]
             out.append(f"| {r['shape']} | {r['m']} | " + " | ".join(cells) + f" | {r['cublaslt_ms'] * 1e3:.1f} |")
+    out += sustained_section(j)
     return "\n".join(out) + "\n"
 
 
@@ -87,6 +121,7 @@ def markdown(j):
             picked = r["bik_config"].split()[1] if len(r["bik_config"].split()) > 1 else ""
             cells = [f"{t[x] * 1e3:.1f}{'*' if x == picked else ''}" if x in t else "" for x in tiles]
             out.append(f"| {r['shape']} | {r['m']} | " + " | ".join(cells) + f" | {r['cublaslt_ms'] * 1e3:.1f} |")
+    out += sustained_section(j)
     return "\n".join(out) + "\n"
 
 

@@ -142,10 +142,13 @@ int bench_gemm(const std::vector<std::string>& argv) {
   };
 
   // --sustain: both sides back to back under sustained load, as one JSON object and one line.
-  if (sustain_s > 0)
-    j["sustain_method"] = "each side's calls back to back for " + std::to_string(sustain_s) +
+  if (sustain_s > 0) {
+    char secs[32];
+    std::snprintf(secs, sizeof secs, "%g", sustain_s);
+    j["sustain_method"] = std::string("each side's calls back to back for ") + secs +
                           " s after half as long of the same; time per call over the window, energy per call from "
                           "NVML's total-energy counter, mean SM clock of samples every ~20 ms";
+  }
   auto sustained = [&](const std::function<void(int, cudaStream_t)>& bik_launch,
                        const std::function<void(int, cudaStream_t)>& base_launch, int sets, int launches,
                        nlohmann::json& row, cudaStream_t stream) {

@@ -39,3 +39,24 @@ def test_gated_rows_and_modes():
     assert "| gate-up | 4096 | 24576 | 264 | 104.2 | 98.4 | 510.0 | 0.944 | glu-swap 2c192 x 144 |" in md
     assert "| shape | M | 0 | 1 | 2 | 2c | 2c192 | baseline |" in md
     assert "| gate-up | 264 | 117.6 | - | 119.2 | 110.2 | 104.2 | 98.4 |" in md
+
+
+def test_sustained_rows_and_tiles():
+    s = {"bik_ms": 0.02543, "base_ms": 0.02424, "ratio": 0.953, "bik_mj": 17.987, "base_mj": 16.594,
+         "energy_ratio": 0.923, "bik_watts": 707.0, "base_watts": 685.0, "bik_sm_mhz": 1462.0, "base_sm_mhz": 1402.0}
+    tiles = {"128x64": {"ms": 0.03535, "mj": 24.353, "watts": 689.0, "sm_mhz": 1775.0}, "64x192": {"ms": 0.0253}}
+    j = dict(HEAD, sustain_method="each side 2 s", results=[
+        {"shape": "qkv", "k": 4096, "n": 6144, "m": 256, "bik_ms": 0.021, "cublaslt_ms": 0.021, "bik_tflops": 600.0,
+         "bik_gbps": 2600.0, "ratio": 0.99, "bik_config": "sm90 64x192 tma", "sustained": s,
+         "sustained_tiles": tiles}])
+    md = plot_gemm.markdown(j)
+    assert "## Sustained load (--sustain)" in md and "- each side 2 s" in md
+    assert "| qkv | 256 | 25.43 | 24.24 | 17.987 | 16.594 | 0.923 | 707 | 685 | 1462 | 1402 |" in md
+    assert "| qkv | 256 | 128x64 | 35.35 | 24.353 | 689 | 1775 |" in md
+    assert "| qkv | 256 | 64x192 | 25.30 | - | - | - |" in md  # a tile without an NVML reading
+
+
+def test_no_sustained_section_without_sustain():
+    j = dict(HEAD, results=[{"shape": "qkv", "k": 4096, "n": 6144, "m": 256, "bik_ms": 0.025, "cublaslt_ms": 0.024,
+                             "bik_tflops": 500.0, "bik_gbps": 2000.0, "ratio": 0.96, "bik_config": "sm90 64x192 tma"}])
+    assert "Sustained" not in plot_gemm.markdown(j)
