@@ -41,7 +41,8 @@ double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int 
 // Under sustained load, as in serving, a GPU runs at its power limit and lowers its clock, so a kernel's
 // energy, not only its time at full clock, sets how fast a stream of work goes. sustain_graph captures
 // `launches` calls (sets round-robin) into a graph and replays it back to back, queued ahead, for `warm`
-// seconds and then `seconds` more, over which it reports the time per call (events) and, through the
+// seconds and then `seconds` more, over which it reports the time per call (the host clock between the
+// completions of the window's first and last chunks of replays) and, through the
 // driver's NVML library (loaded at run time; `energy` false where it cannot be), the energy per call
 // (the GPU's total-energy counter, read at both ends of the window), the mean power, and the mean SM
 // clock (sampled as the window runs).
