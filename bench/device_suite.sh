@@ -5,9 +5,12 @@
 #
 # usage: bench/device_suite.sh BIN_DIR OUT_DIR [steps...]
 #   BIN_DIR holds bik and bik_tests_gpu (and lib/ with shared libraries the machine may lack)
-#   steps: tests check engine ops gemm attention serve serve_graphs hf torch tp tp_serve (default: the first
-#          seven, in that order; hf and torch need torch + transformers (+ pytest), tp and tp_serve need 2+
-#          GPUs)
+#   steps: tests check engine ops gemm attention serve serve_graphs gemm_energy hf torch tp tp_serve (default:
+#          the first seven, in that order; hf and torch need torch + transformers (+ pytest), tp and tp_serve
+#          need 2+ GPUs)
+#   gemm_energy: the serving shapes (q|k|v, o-proj, down, the 8B lm-head; gate|up with its activation) at
+#          M = 64, 128, 256, 384 under sustained load, time and energy per call against cuBLASLt
+#          (gemm_sustain_GPU.json/.md, gemm_gated_sustain_GPU.json/.md; bik bench gemm --sustain)
 #   serve: Qwen3-8B dummy weights, BIK_SERVE_REQUESTS requests (default 1000), batch-invariant on then off
 #   torch: builds the PyTorch extension (docs/torch.md) from this tree with CMake into /tmp/bik-torch-build
 #          (no pip: it would fetch scikit-build-core; BIK_CUDA_ARCHS overrides the archs, default that of
@@ -80,6 +83,13 @@ for s in "${steps[@]}"; do
         step torch_ops 120 python3 "$root/bench/torch_ops.py" "$out/ops_${gpu_tag}.json" ;;
     gemm)
       step bench_gemm 300 "$bin/bik" bench gemm --out "$out" --name "gemm_${gpu_tag}" --commit "$commit" ;;
+    gemm_energy)
+      step bench_gemm_energy 300 "$bin/bik" bench gemm --sustain 2 --shapes 0,1,3,8 --m 64,128,256,384 --out "$out" \
+        --name "gemm_sustain_${gpu_tag}" --commit "$commit"
+      step bench_gemm_gated_energy 120 "$bin/bik" bench gemm --gated --sustain 2 --shapes 2 --m 64,128,256,384 \
+        --out "$out" --name "gemm_gated_sustain_${gpu_tag}" --commit "$commit"
+      step plot_gemm_energy 60 bash -c "python3 '$root/bench/plot_gemm.py' '$out/gemm_sustain_${gpu_tag}.json';
+        python3 '$root/bench/plot_gemm.py' '$out/gemm_gated_sustain_${gpu_tag}.json'" ;;
     attention)
       step bench_attention 200 "$bin/bik" bench attention --out "$out" --name "attention_${gpu_tag}" --commit "$commit" &&
         step torch_attention 150 python3 "$root/bench/torch_attention.py" "$out/attention_${gpu_tag}.json" ;;
