@@ -190,6 +190,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
     j["layout"] = "out[M,d] = silu(a w_gate^T) * (a w_up^T), w = [gate rows; up rows] [2d, K], out in the input dtype";
     j["baseline"] = "cuBLASLt product [M, 2d] (default heuristic) then bik silu_and_mul";
   }
+  // Launches per graph: fewer for the big problems, whose replay is long enough to time on its own.
+  auto launches_for = [&](double flop) { return flop > 2e11 ? std::min(launches_max, 4) : launches_max; };
   // --gated: one row of the gated product (mm_silu_and_mul) against cuBLASLt's product then silu_and_mul,
   // and with --sweep each BIK_GEMM_GLU_SWAP mode (null where the mode does not apply and the default ran).
   auto gated_row = [&](const Shape2& s, int64_t m, const std::vector<Tensor>& ws, const std::vector<Tensor>& as,
@@ -198,7 +200,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
     const int64_t d = s.n / 2;
     const Tensor out_d = Tensor::empty({m, d}, dt, gpu);
     const double flop = 2.0 * double(m) * double(s.n) * double(s.k);
-    const int launches = flop > 2e11 ? std::min(launches_max, 4) : launches_max;
+    const int launches = launches_for(flop);
     const TensorView pv = product.view().narrow(0, 0, m);
     auto bik_launch = [&](int i, cudaStream_t stream) {
       mm_silu_and_mul(out_d, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)], Stream{stream});
@@ -290,15 +292,17 @@ int bench_gemm(const std::vector<std::string>& argv) {
     for (int64_t m : ms) {
       const double flop = 2.0 * double(m) * double(s.n) * double(s.k);
       const double bytes = double(es) * double(m * s.k + s.n * s.k + m * s.n);
-      // Fewer launches per graph for the big problems: the replay is long enough to time on its own.
-      const int launches = flop > 2e11 ? std::min(launches_max, 4) : launches_max;
+      const int launches = launches_for(flop);
       const TensorView ov = out.view().narrow(0, 0, m);
+      // The product on input set i: its arguments, and a launcher of one wgmma tile (--sweep, --tiles).
+      auto args_of = [&](int i) { return gemm_args_2d(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]); };
+      auto tile_launcher = [&](const std::string& tile) {
+        return [&, tile](int i, cudaStream_t stream) { cuda::gemm_sm90_tile(args_of(i), Stream{stream}, tile); };
+      };
       auto bik_launch = [&](int i, cudaStream_t stream) {
         mm(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)], Stream{stream});
       };
-      auto cublas_launch = [&](int i, cudaStream_t stream) {
-        cuda::cublaslt_gemm(gemm_args_2d(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]), Stream{stream});
-      };
+      auto cublas_launch = [&](int i, cudaStream_t stream) { cuda::cublaslt_gemm(args_of(i), Stream{stream}); };
       const double t_bik = bench::time_graph(bik_launch, sets, launches, repeats, st);
       const double t_cub = bench::time_graph(cublas_launch, sets, launches, repeats, st);
       // Host time of one call (the graphs above hide it; an engine running op by op pays it): 32 calls
@@ -318,18 +322,13 @@ int bench_gemm(const std::vector<std::string>& argv) {
         return rounds[rounds.size() / 2];
       };
       const double h_bik = host_us(bik_launch), h_cub = host_us(cublas_launch);
-      const std::string config =
-          cuda::gemm_config_name(gemm_args_2d(ov, as[0].view().narrow(0, 0, m), ws[0]));
+      const std::string config = cuda::gemm_config_name(args_of(0));
       nlohmann::json tile_ms = nlohmann::json::object();
       std::string best_tile;
       double best_ms = 1e30;
       if (args.flag("sweep") && props.arch() == 90) {
         for (const std::string& tile : cuda::gemm_sm90_tiles()) {
-          auto tile_launch = [&](int i, cudaStream_t stream) {
-            cuda::gemm_sm90_tile(gemm_args_2d(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]),
-                                 Stream{stream}, tile);
-          };
-          const double t = bench::time_graph(tile_launch, sets, launches, repeats, st);
+          const double t = bench::time_graph(tile_launcher(tile), sets, launches, repeats, st);
           tile_ms[tile] = t;
           if (t < best_ms) best_ms = t, best_tile = tile;
         }
@@ -368,11 +367,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
         for (const std::string& tile : split_list(args.str("tiles"))) {
           BIK_CHECK(std::find(known.begin(), known.end(), tile) != known.end(), "bik bench gemm: --tiles '", tile,
                     "': not a wgmma tile (--sweep lists them)");
-          auto tile_launch = [&](int i, cudaStream_t stream) {
-            cuda::gemm_sm90_tile(gemm_args_2d(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)]),
-                                 Stream{stream}, tile);
-          };
-          const bench::Sustained t = bench::sustain_graph(tile_launch, sets, launches, sustain_s / 2, sustain_s, st);
+          const bench::Sustained t =
+              bench::sustain_graph(tile_launcher(tile), sets, launches, sustain_s / 2, sustain_s, st);
           nlohmann::json o = {{"ms", t.ms}};
           if (t.energy) o.update({{"mj", t.mj}, {"watts", t.watts}, {"sm_mhz", t.sm_mhz}});
           j["results"].back()["sustained_tiles"][tile] = o;

@@ -10,6 +10,7 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -24,6 +25,16 @@ namespace gemm_detail {
 namespace {
 
 using namespace sm90;
+
+// The value among `choices` that the environment variable `var` spells exactly, or none when it is unset
+// or spells none of them: the BIK_GEMM_* switches below, read at each call.
+template <class E>
+std::optional<E> env_switch(const char* var, std::initializer_list<std::pair<const char*, E>> choices) {
+  if (const char* e = std::getenv(var))
+    for (const auto& [name, value] : choices)
+      if (std::strcmp(e, name) == 0) return value;
+  return std::nullopt;
+}
 // Stages fill about 192 KB of the 227 KB a Hopper CTA may use (the 128x192 tile: 200 KB in 5 stages).
 using Tile64x32 = Config<64, 32, 16>;     // decode-sized M: weight-bandwidth bound, one consumer warpgroup
 using Tile64x64 = Config<64, 64, 12>;
@@ -113,10 +124,7 @@ enum class SwapMode { Off, Auto, On };
 bool swap_applies(const Problem& p);
 SwapMode swap_mode_for(const Problem& p) {
   if (p.m <= 128 || p.m > 384 || !swap_applies(p)) return SwapMode::Off;
-  const char* e = std::getenv("BIK_GEMM_SWAP");
-  if (e != nullptr && std::strcmp(e, "0") == 0) return SwapMode::Off;
-  if (e != nullptr && std::strcmp(e, "1") == 0) return SwapMode::On;
-  return SwapMode::Auto;
+  return env_switch<SwapMode>("BIK_GEMM_SWAP", {{"0", SwapMode::Off}, {"1", SwapMode::On}}).value_or(SwapMode::Auto);
 }
 // The swapped tile for M (128 < M <= 384): the narrowest that covers M, or half of M past 256. There is
 // none of 176 columns: composed of three wgmma shapes then, at M = 168 it ran gate|up in 75.6 us against
@@ -185,9 +193,8 @@ double tile_work(const Problem& p, const DeviceInfo& d, Choice c) {
 enum class PairMode { Off, Auto, On };
 PairMode pair_mode_for(const Problem& p) {
   if (p.m <= 256 || p.m > 512 || p.batch != 1 || !swap_applies(p)) return PairMode::Off;
-  const char* e = std::getenv("BIK_GEMM_PAIRS");
-  if (e != nullptr && std::strcmp(e, "0") == 0) return PairMode::Off;
-  if (e != nullptr && std::strcmp(e, "1") == 0) return PairMode::On;
+  if (const auto forced = env_switch<PairMode>("BIK_GEMM_PAIRS", {{"0", PairMode::Off}, {"1", PairMode::On}}))
+    return *forced;
   return p.k >= 2048 ? PairMode::Auto : PairMode::Off;
 }
 Choice pair_choice(const Problem& p, const DeviceInfo& d) {
@@ -286,6 +293,19 @@ Choice choose(const Problem& p, const DeviceInfo& d, bool pairs = true) {
   return c;
 }
 
+// Encodes a 16-bit operand map of `rank` dimensions (K first) in the 128-byte swizzle, unit element
+// strides, zero fill past the extents; byte strides of dimensions 1.. in `strides`. False if the driver
+// refuses it.
+bool encode_sw128(CUtensorMap& map, const void* base, bool bf16, cuuint32_t rank, const cuuint64_t* dims,
+                  const cuuint64_t* strides, const cuuint32_t* box) {
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType type = bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  return tensor_map_encoder("matmul")(&map, type, rank, const_cast<void*>(base), dims, strides, box, elem_strides,
+                                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                      CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 // A [batches, rows, K] view of a K-major operand, boxes of [1, box_rows, 64] in the 128-byte swizzle.
 // Returns false when TMA cannot describe it (the kernel then loads with its producer warps).
 bool make_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, int64_t s_row, int batches,
@@ -299,13 +319,7 @@ bool make_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, in
   const cuuint64_t dims[3] = {cuuint64_t(k), cuuint64_t(rows), cuuint64_t(batches)};
   const cuuint64_t strides[2] = {cuuint64_t(s_row * 2), cuuint64_t(s_batch * 2)};
   const cuuint32_t box[3] = {cuuint32_t(kBK), cuuint32_t(box_rows), 1};
-  const cuuint32_t elem_strides[3] = {1, 1, 1};
-  const CUtensorMapDataType type = bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult r = tensor_map_encoder("matmul")(&map, type, 3, const_cast<void*>(base), dims, strides, box,
-                                                  elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS;
+  return encode_sw128(map, base, bf16, 3, dims, strides, box);
 }
 
 // Whether out rows take the staged 16-byte stores: unit N stride, 16-byte aligned base and row/batch steps.
@@ -371,13 +385,11 @@ Params walk_params(const Problem& p, const TileOrder& order) {
 // It never changes a bit: the K order, the wgmma sequence and the epilogue of every stored output are the same.
 enum class ClusterMode { Off, Auto, ShareA, ShareW };
 ClusterMode cluster_mode_for(const Problem& p) {
-  const char* e = std::getenv("BIK_GEMM_CLUSTER");
-  if (e != nullptr) {
-    if (std::strcmp(e, "0") == 0) return ClusterMode::Off;
-    if (std::strcmp(e, "2") == 0) return ClusterMode::Auto;
-    if (std::strcmp(e, "2a") == 0) return ClusterMode::ShareA;
-    if (std::strcmp(e, "2w") == 0) return ClusterMode::ShareW;
-  }
+  if (const auto forced = env_switch<ClusterMode>("BIK_GEMM_CLUSTER", {{"0", ClusterMode::Off},
+                                                                        {"2", ClusterMode::Auto},
+                                                                        {"2a", ClusterMode::ShareA},
+                                                                        {"2w", ClusterMode::ShareW}}))
+    return *forced;
   const bool long_k = p.m <= 128 && p.n <= 4096 && p.k >= 8192;
   const bool wide_n = p.m == 256 && p.n >= 16384 && p.k >= 4096;
   return (long_k || wide_n) && p.batch == 1 ? ClusterMode::Auto : ClusterMode::Off;
@@ -750,14 +762,10 @@ GluSwap glu_swap_rule(const Problem& p, const DeviceInfo& d, Choice c) {
 }
 
 GluSwap glu_swap_for(const Problem& p, const DeviceInfo& d, Choice c) {
-  const char* e = std::getenv("BIK_GEMM_GLU_SWAP");
-  if (e != nullptr) {
-    if (std::strcmp(e, "0") == 0) return GluSwap::Off;
-    if (std::strcmp(e, "1") == 0) return GluSwap::One;
-    if (std::strcmp(e, "2") == 0) return GluSwap::Two;
-    if (std::strcmp(e, "2c") == 0) return GluSwap::TwoCluster;
-    if (std::strcmp(e, "2c192") == 0) return GluSwap::TwoCluster192;
-  }
+  if (const auto forced =
+          env_switch<GluSwap>("BIK_GEMM_GLU_SWAP", {{"0", GluSwap::Off}, {"1", GluSwap::One}, {"2", GluSwap::Two},
+                                                    {"2c", GluSwap::TwoCluster}, {"2c192", GluSwap::TwoCluster192}}))
+    return *forced;
   return glu_swap_rule(p, d, c);
 }
 
@@ -769,13 +777,7 @@ bool make_glu_map(CUtensorMap& map, const void* base, bool bf16, int k, int d, i
   const cuuint64_t dims[4] = {cuuint64_t(k), 8, 2, cuuint64_t(d / 8)};
   const cuuint64_t strides[3] = {cuuint64_t(s_row * 2), cuuint64_t(int64_t(d) * s_row * 2), cuuint64_t(8 * s_row * 2)};
   const cuuint32_t box[4] = {cuuint32_t(kBK), 8, 2, cuuint32_t(box_groups)};
-  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  const CUtensorMapDataType type = bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult r = tensor_map_encoder("matmul")(&map, type, 4, const_cast<void*>(base), dims, strides, box,
-                                                  elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS;
+  return encode_sw128(map, base, bf16, 4, dims, strides, box);
 }
 
 std::atomic<uint64_t> g_glu_swap_launches{0};

@@ -184,6 +184,42 @@ TEST(GpuGemmSwap, BiasIsRefusedWithAMessage) {
   }
 }
 
+namespace {
+
+// One product through gemm() with the switch `var` at "0", "1" and unset: at "0" no tile of the family
+// (`family` in the configuration name, `launches` its counter) is named or launched, and the product gives
+// the reference bits; at "1" and unset one such tile is launched exactly when the configuration name has
+// the family, with the reference bits. Returns the names under "1" and unset, for the caller's rule checks.
+struct DispatchNames {
+  std::string forced, rule;
+};
+DispatchNames check_dispatch(const char* var, const char* family, uint64_t (*launches)(), const Tensor& a,
+                             const Tensor& w, const Tensor& base, const Tensor& o, const std::string& what) {
+  fill_bytes(base, 0xff);
+  {
+    const ScopedEnv off(var, "0");
+    EXPECT_EQ(cuda::gemm_config_name(make_args(base, a, w, std::nullopt)).find(family), std::string::npos) << what;
+    const uint64_t l0 = launches();
+    mm(base, a, w);
+    EXPECT_EQ(launches(), l0) << what << ": " << var << "=0 ran a " << family << " tile";
+  }
+  DispatchNames names;
+  for (const char* mode : {"1", static_cast<const char*>(nullptr)}) {
+    const ScopedEnv env(var, mode);
+    const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
+    const bool taken = name.find(family) != std::string::npos;
+    const uint64_t l0 = launches();
+    fill_bytes(o, 0xff);
+    mm(o, a, w);
+    EXPECT_EQ(launches() - l0, taken ? 1u : 0u) << what << ": " << name;
+    EXPECT_EQ(differing(o, base), 0) << what << ": " << name << " against " << var << "=0";
+    (mode ? names.forced : names.rule) = name;
+  }
+  return names;
+}
+
+}  // namespace
+
 // Through gemm() on the engine's projection shapes at decode batch sizes (past 256 rows: two column tiles):
 // BIK_GEMM_SWAP=1 takes the swapped tile (launch counter, configuration name), =0 never does, unset takes
 // the rule's pick (swap_pays); all the same bits.
@@ -199,36 +235,16 @@ TEST(GpuGemmSwap, DispatchGivesTheSameBitsEitherWay) {
         const std::string what = std::string(dtype_name(dt)) + " " + shape_str(m, n, k);
         const Tensor a = dev_filled({m, k}, dt, uint64_t(m + n)), w = dev_filled({n, k}, dt, uint64_t(k + 1));
         const Tensor base = dev({m, n}, dt), o = dev({m, n}, dt);
-        fill_bytes(base, 0xff);
-        {
-          const ScopedEnv off("BIK_GEMM_SWAP", "0");
-          EXPECT_EQ(cuda::gemm_config_name(make_args(base, a, w, std::nullopt)).find("swap"), std::string::npos) << what;
-          const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
-          mm(base, a, w);
-          EXPECT_EQ(cuda::gemm_sm90_swapped_launches(), l0) << what << ": BIK_GEMM_SWAP=0 ran a swapped tile";
-        }
-        for (const char* mode : {"1", static_cast<const char*>(nullptr)}) {
-          const ScopedEnv env("BIK_GEMM_SWAP", mode);
-          const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
-          const bool swapped = name.find("swap") != std::string::npos;
-          if (mode) EXPECT_TRUE(swapped) << what << ": BIK_GEMM_SWAP=1 gives " << name;
-          else picked += swapped;
-          const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
-          fill_bytes(o, 0xff);
-          mm(o, a, w);
-          EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - l0, swapped ? 1u : 0u) << what << ": " << name;
-          EXPECT_EQ(differing(o, base), 0) << what << ": " << name << " against BIK_GEMM_SWAP=0";
-          if (!mode) std::printf("[swap] %s: %s\n", what.c_str(), name.c_str());
-        }
+        const DispatchNames names =
+            check_dispatch("BIK_GEMM_SWAP", "swap", cuda::gemm_sm90_swapped_launches, a, w, base, o, what);
+        EXPECT_NE(names.forced.find("swap"), std::string::npos) << what << ": BIK_GEMM_SWAP=1 gives " << names.forced;
+        picked += names.rule.find("swap") != std::string::npos;
+        std::printf("[swap] %s: %s\n", what.c_str(), names.rule.c_str());
       }
   std::printf("[swap] the default rule picked a swapped tile for %d of %zu products\n", picked,
               2 * 4 * std::size(kDispatchRows));
 }
 
-// Rows alone (M = 1, the default tiles) against the same rows inside batches of 129..384 rows that run on
-// swapped tiles (BIK_GEMM_SWAP=1: one column tile up to 256 rows, two past it, the second one starting at
-// M - BN), at random positions among random neighbours, 16-bit out as in the engine.
-// Negative control: the same check on cuBLASLt, whose kernels change with M, must find rows that differ.
 // BIK_GEMM_PAIRS=1 takes a pair tile for 256 < M <= 512 (launch counter, configuration name), =0 never does,
 // unset takes the rule's pick; all the same bits. On a 132-SM part (H100 SXM, H200) the rule takes one for
 // q|k|v (6144 x 4096) at M = 352 and 448, not at 264 or 320, nor for o-proj (4096 x 4096).
@@ -247,27 +263,13 @@ TEST(GpuGemmSwap, PairDispatchGivesTheSameBits) {
       const std::string what = std::string(dtype_name(dt)) + " " + shape_str(c.m, c.n, k);
       const Tensor a = dev_filled({c.m, k}, dt, uint64_t(c.m + c.n)), w = dev_filled({c.n, k}, dt, uint64_t(k + 7));
       const Tensor base = dev({c.m, c.n}, dt), o = dev({c.m, c.n}, dt);
-      fill_bytes(base, 0xff);
-      {
-        const ScopedEnv off("BIK_GEMM_PAIRS", "0");
-        EXPECT_EQ(cuda::gemm_config_name(make_args(base, a, w, std::nullopt)).find("pair"), std::string::npos) << what;
-        const uint64_t l0 = cuda::gemm_sm90_pair_launches();
-        mm(base, a, w);
-        EXPECT_EQ(cuda::gemm_sm90_pair_launches(), l0) << what << ": BIK_GEMM_PAIRS=0 ran a pair tile";
-      }
-      for (const char* mode : {"1", static_cast<const char*>(nullptr)}) {
-        const ScopedEnv env("BIK_GEMM_PAIRS", mode);
-        const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
-        const bool pair = name.find("pair") != std::string::npos;
-        const bool applies = c.m > 256;  // M <= 512 in every case
-        if (mode) EXPECT_EQ(pair, applies) << what << ": BIK_GEMM_PAIRS=1 gives " << name;
-        else if (sms132) EXPECT_EQ(pair, c.rule_pairs) << what << ": the rule gives " << name;
-        const uint64_t l0 = cuda::gemm_sm90_pair_launches();
-        fill_bytes(o, 0xff);
-        mm(o, a, w);
-        EXPECT_EQ(cuda::gemm_sm90_pair_launches() - l0, pair ? 1u : 0u) << what << ": " << name;
-        EXPECT_EQ(differing(o, base), 0) << what << ": " << name << " against BIK_GEMM_PAIRS=0";
-      }
+      const DispatchNames names =
+          check_dispatch("BIK_GEMM_PAIRS", "pair", cuda::gemm_sm90_pair_launches, a, w, base, o, what);
+      const bool applies = c.m > 256;  // M <= 512 in every case
+      EXPECT_EQ(names.forced.find("pair") != std::string::npos, applies)
+          << what << ": BIK_GEMM_PAIRS=1 gives " << names.forced;
+      if (sms132)
+        EXPECT_EQ(names.rule.find("pair") != std::string::npos, c.rule_pairs) << what << ": the rule gives " << names.rule;
     }
 }
 
@@ -289,6 +291,11 @@ TEST(GpuGemmSwap, PairRowsAreBatchInvariant) {
               (long long)st.cases);
   EXPECT_EQ(cuda::gemm_sm90_pair_launches() - l0, sizes.size()) << "every batch on a pair tile";
 }
+
+// Rows alone (M = 1, the default tiles) against the same rows inside batches of 129..384 rows that run on
+// swapped tiles (BIK_GEMM_SWAP=1: one column tile up to 256 rows, two past it, the second one starting at
+// M - BN), at random positions among random neighbours, 16-bit out as in the engine.
+// Negative control: the same check on cuBLASLt, whose kernels change with M, must find rows that differ.
 TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
