@@ -8,6 +8,8 @@
 #   steps: tests check engine ops gemm attention serve serve_graphs gemm_energy hf torch tp tp_serve (default:
 #          the first seven, in that order; hf and torch need torch + transformers (+ pytest), tp and tp_serve
 #          need 2+ GPUs)
+#   attention: bik bench attention and torch SDPA (bench/torch_attention.py), burst and, for
+#          BIK_ATTENTION_SUSTAIN seconds a case (default 3, 0: none), under sustained load (attention_GPU.*)
 #   gemm_energy: the serving shapes (q|k|v, o-proj, down, the 8B lm-head; gate|up with its activation) at
 #          M = 64, 128, 256, 384 under sustained load, time and energy per call against cuBLASLt
 #          (gemm_sustain_GPU.json/.md, gemm_gated_sustain_GPU.json/.md; bik bench gemm --sustain)
@@ -91,8 +93,13 @@ for s in "${steps[@]}"; do
       step plot_gemm_energy 60 bash -c "python3 '$root/bench/plot_gemm.py' '$out/gemm_sustain_${gpu_tag}.json';
         python3 '$root/bench/plot_gemm.py' '$out/gemm_gated_sustain_${gpu_tag}.json'" ;;
     attention)
-      step bench_attention 200 "$bin/bik" bench attention --out "$out" --name "attention_${gpu_tag}" --commit "$commit" &&
-        step torch_attention 150 python3 "$root/bench/torch_attention.py" "$out/attention_${gpu_tag}.json" ;;
+      # Burst timings, and each case again back to back for BIK_ATTENTION_SUSTAIN seconds (default 3; 0: none) on
+      # both sides, at the power limit (time, energy per call, power, SM clock; plot_attention.py's second table).
+      sus="${BIK_ATTENTION_SUSTAIN:-3}"
+      step bench_attention 450 "$bin/bik" bench attention --sustain "$sus" --out "$out" --name "attention_${gpu_tag}" \
+        --commit "$commit" &&
+        step torch_attention 400 python3 "$root/bench/torch_attention.py" "$out/attention_${gpu_tag}.json" --sustain "$sus" &&
+        step plot_attention 60 python3 "$root/bench/plot_attention.py" "$out/attention_${gpu_tag}.json" ;;
     serve)
       step bench_serve 420 "$bin/bik" bench serve --dummy-weights "$root/bench/data/qwen3_8b_config.json" --device cuda \
         --requests "${BIK_SERVE_REQUESTS:-1000}" --kv-cache-mib 16384 --out "$out" --name "serve_${gpu_tag}" --commit "$commit" ;;

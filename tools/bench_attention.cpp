@@ -6,6 +6,10 @@
 //    graph of `launches` calls, replayed --repeats times between events; the median over replays / launches.
 //  - call: the public paged_attention() in a loop (it reads the metadata back to validate it, one
 //    device synchronisation per call); median over repeats.
+//  - sustained (--sustain S): the kernel graph replayed back to back for S / 2 seconds and then S more,
+//    over which the time per call, and through NVML the energy per call, the power and the SM clock, are
+//    read (bench_util.h's sustain_graph). A burst of replays runs at whatever clock the GPU boosts to; a
+//    stream of work, as in serving, runs at the power limit, where the energy of a call sets its time.
 // FLOPs (prefill): 4 * Hq * D * sum over sequences of n (n + 1) / 2 (causal, q_len = context).
 // Bytes (decode): the K and V of every context position read once. The copy ceiling is cudaMemcpy
 // device-to-device over 1 GiB (bytes read + written). bench/torch_attention.py adds torch SDPA's times
@@ -118,17 +122,22 @@ Problem make_problem(int64_t batch, int64_t ctx, int64_t q_len, int64_t hq, int6
 }  // namespace
 
 int bench_attention(const std::vector<std::string>& argv) {
-  Args args(argv, {"help", "quick"}, {"out", "name", "repeats", "commit", "case"}, "bench attention");
+  Args args(argv, {"help", "quick"}, {"out", "name", "repeats", "commit", "case", "sustain"}, "bench attention");
   if (args.flag("help")) {
     std::puts(
         "usage: bik bench attention [--out DIR] [--name NAME] [--repeats N] [--quick] [--commit SHA]\n"
-        "                          [--case MODE:BATCH:CTX[,...]]\n"
+        "                          [--case MODE:BATCH:CTX[,...]] [--sustain S]\n"
         "Times paged_attention prefill (TFLOP/s) and decode (GB/s of KV read); writes DIR/NAME.json (default\n"
         "bench/results/attention_<gpu>.json). Add torch SDPA: python3 bench/torch_attention.py DIR/NAME.json;\n"
         "render: python3 bench/plot_attention.py DIR/NAME.json\n"
-        "--case runs only the listed cases (MODE prefill or decode), e.g. --case prefill:1:8192,decode:1:32768");
+        "--case runs only the listed cases (MODE prefill or decode), e.g. --case prefill:1:8192,decode:1:32768\n"
+        "--sustain S also runs each case's kernels back to back for S seconds (after S / 2 of the same) and\n"
+        "reports the time per call there, and through NVML the energy per call, the power and the SM clock:\n"
+        "under sustained load a GPU runs at its power limit (torch_attention.py --sustain S does the same for SDPA)");
     return 0;
   }
+  const double sustain_s = args.number("sustain", 0.0);
+  BIK_CHECK(sustain_s >= 0 && sustain_s <= 60, "bik bench attention: --sustain ", sustain_s, ": expected 0..60 seconds");
   if (!bench::have_cuda_device("bik bench attention")) return 2;
   const DeviceProps props = cuda_device_props(0);
   const int repeats = int(args.integer("repeats", 15));
@@ -162,6 +171,13 @@ int bench_attention(const std::vector<std::string>& argv) {
                 " replays of a CUDA graph of launches (metadata validated once); call: median of the public "
                 "op in a loop (validation + one device sync per call); prefill flops = 4*Hq*D*sum n(n+1)/2; "
                 "decode bytes = K+V of every context position read once";
+  if (sustain_s > 0) {
+    char secs[32];
+    std::snprintf(secs, sizeof secs, "%g", sustain_s);
+    j["sustain_method"] = std::string("the kernel graph replayed back to back for ") + secs +
+                          " s after half as long of the same; time per call from the host clock between chunk "
+                          "completions, energy per call from NVML's total-energy counter, mean power and SM clock";
+  }
   j["copy_gbps"] = copy_gbps;
   j["results"] = nlohmann::json::array();
   auto save = [&] {
@@ -231,6 +247,21 @@ int bench_attention(const std::vector<std::string>& argv) {
                               {"bik_tflops", tflops},
                               {"bik_gbps", gbps},
                               {"bik_frac_of_copy", gbps / copy_gbps}});
+      if (sustain_s > 0) {
+        const bench::Sustained t = bench::sustain_graph(
+            [&](int, cudaStream_t s) { cuda::paged_attention(p.args, Stream{s}); }, 1, launches, sustain_s / 2,
+            sustain_s, st);
+        nlohmann::json o = {{"ms", t.ms}, {"energy", t.energy}};
+        if (t.energy) {
+          o["mj"] = t.mj, o["watts"] = t.watts, o["sm_mhz"] = t.sm_mhz;
+          std::printf("%-8s %6s %6s   sustained: %.1f us, %.3f mJ a call, %.0f W, %.0f MHz\n", "", "", "", t.ms * 1e3,
+                      t.mj, t.watts, t.sm_mhz);
+        } else {
+          std::printf("%-8s %6s %6s   sustained: %.1f us (no NVML energy reading)\n", "", "", "", t.ms * 1e3);
+        }
+        std::fflush(stdout);
+        j["results"].back()["sustained"] = o;
+      }
       save();
     } catch (const std::exception& e) {
       std::printf("%-8s %6ld %6ld | failed: %s\n", c.mode.c_str(), long(c.batch), long(c.ctx), e.what());
