@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 
-def time_graph(fn, launches, repeats):
+def capture(fn, launches):
+    """Three warm-up calls of fn on a side stream, then `launches` calls captured into a CUDA graph."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -36,6 +37,11 @@ def time_graph(fn, launches, repeats):
     with torch.cuda.graph(g):
         for _ in range(launches):
             fn()
+    return g
+
+
+def time_graph(fn, launches, repeats):
+    g = capture(fn, launches)
     g.replay()
     torch.cuda.synchronize()
     ts = []
@@ -84,17 +90,7 @@ def sustain_graph(fn, launches, warm, seconds, nvml):
     """fn's calls captured `launches` to a graph, replayed back to back (chunks of ~20 ms, two queued ahead of
     the one waited for) for `warm` seconds, then over a `seconds` window: ms per call, and where NVML reads,
     mJ per call, mean W and mean SM MHz (the C++ bench's sustain_graph, bench_util.h)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(launches):
-            fn()
+    g = capture(fn, launches)
     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     e0.record()
     g.replay()
