@@ -474,6 +474,13 @@ __device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, in
   }
 }
 
+// One 16-byte store to global memory. (A uint4 assigned through a cast pointer was compiled to four 4-byte
+// stores here: the values come from inline-asm shared loads.)
+__device__ __forceinline__ void st_global_16(void* dst, const uint4& v) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+
 // store_out's values for the warp-specialised kernels, staged through the consumer's Q buffer `sbuf` (the
 // caller has seen every wgmma of its warpgroup complete, so nothing reads Q any more) so that a warp
 // writes its 16 rows in whole 16-byte chunks: each row's D values are contiguous in out, and a copy
@@ -513,7 +520,7 @@ __device__ __forceinline__ void store_out_staged(const Params& p, const WorkUnit
 #pragma unroll
   for (int it = 0; it < kOps; ++it) {
     const int r = warp * 16 + it * kRowsPerOp + lane / kChunks, c = lane % kChunks;
-    if (r < w.valid_rows) *reinterpret_cast<uint4*>(out_row<T>(p, w, r) + c * 8) = v[it];
+    if (r < w.valid_rows) st_global_16(out_row<T>(p, w, r) + c * 8, v[it]);
   }
   __syncwarp();  // every lane's reads are done before lane 0 hands the buffer back (qempty)
 }
