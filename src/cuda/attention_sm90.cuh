@@ -48,6 +48,7 @@
 #include "cuda/attention.cuh"
 #include "cuda/gemm_sm90_wgmma.cuh"
 #include "cuda/sm90_sync.cuh"
+#include "cuda/vec_io.cuh"
 
 #include <type_traits>
 
@@ -472,13 +473,6 @@ __device__ __forceinline__ void store_out(const Params& p, const WorkUnit& w, in
       *reinterpret_cast<uint32_t*>(orow + n * 8 + cq * 2) = pack2<T>(a0, a1);
     }
   }
-}
-
-// One 16-byte store to global memory. (A uint4 assigned through a cast pointer was compiled to four 4-byte
-// stores here: the values come from inline-asm shared loads.)
-__device__ __forceinline__ void st_global_16(void* dst, const uint4& v) {
-  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-               : "memory");
 }
 
 // store_out's values for the warp-specialised kernels, staged through the consumer's Q buffer `sbuf` (the

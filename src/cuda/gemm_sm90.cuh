@@ -70,6 +70,7 @@
 #include "cuda/launch.cuh"
 #include "cuda/silu.cuh"
 #include "cuda/sm90_sync.cuh"
+#include "cuda/vec_io.cuh"
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define BIK_SM90_DEVICE_CODE 1  // wgmma, TMA and setmaxnreg exist only in the sm_90a pass
@@ -278,8 +279,8 @@ __device__ __forceinline__ void store_tile_interior(const Problem& p, const floa
 #pragma unroll
     for (int q = 0; q < 16 * kPiecesPerRow / 32; ++q) {
       const int i = q * 32 + lane, row = i / kPiecesPerRow, piece = i % kPiecesPerRow;
-      *reinterpret_cast<uint4*>(out + int64_t(row) * p.o_sm + chunk * kChunk + piece * 8) =
-          ld_shared_16(staging + row * Cfg::kEpiRowBytes + piece * 16);
+      st_global_16(out + int64_t(row) * p.o_sm + chunk * kChunk + piece * 8,
+                   ld_shared_16(staging + row * Cfg::kEpiRowBytes + piece * 16));
     }
     __syncwarp();
   }
@@ -322,7 +323,7 @@ __device__ __forceinline__ void store_tile_columns(const Problem& p, const float
       const uint4 v = ld_shared_16(staging + c * kPitch + half * 16);
       O* dst = out + int64_t(col) * p.o_sn;
       if (r + 8 <= p.m) {
-        *reinterpret_cast<uint4*>(dst) = v;
+        st_global_16(dst, v);
       } else {
         const O* e = reinterpret_cast<const O*>(&v);
         for (int q = 0; q < 8 && r + q < p.m; ++q) dst[q] = e[q];
@@ -366,7 +367,7 @@ __device__ __forceinline__ void store_tile_columns_gated(const Problem& p, const
                  : "memory");
     __syncwarp();
     const int col = col0 + 32 * g + lane;
-    if (col < p.n) *reinterpret_cast<uint4*>(out + int64_t(col) * p.o_sn) = ld_shared_16(row_at);
+    if (col < p.n) st_global_16(out + int64_t(col) * p.o_sn, ld_shared_16(row_at));
     __syncwarp();
   }
   if constexpr (kGroups % 4 != 0) {  // the last 16 tile columns: two blocks, addressed by lanes 0 .. 15
@@ -376,7 +377,7 @@ __device__ __forceinline__ void store_tile_columns_gated(const Problem& p, const
                  : "memory");
     __syncwarp();
     const int col = col0 + 32 * g + lane;
-    if (lane < 16 && col < p.n) *reinterpret_cast<uint4*>(out + int64_t(col) * p.o_sn) = ld_shared_16(row_at);
+    if (lane < 16 && col < p.n) st_global_16(out + int64_t(col) * p.o_sn, ld_shared_16(row_at));
     __syncwarp();
   }
 }
@@ -438,7 +439,7 @@ __device__ __forceinline__ void store_tile_staged(const Problem& p, const float 
         const uint4 v = ld_shared_16(staging + pr_row * Cfg::kEpiRowBytes + piece * 16);
         O* dst = static_cast<O*>(p.out) + int64_t(b) * p.o_sb + int64_t(m) * p.o_sm + n;
         if (n + kPieceElems <= p.n) {
-          *reinterpret_cast<uint4*>(dst) = v;
+          st_global_16(dst, v);
         } else {
           const O* e = reinterpret_cast<const O*>(&v);
           for (int q = 0; q < kPieceElems && n + q < p.n; ++q) dst[q] = e[q];
