@@ -89,7 +89,7 @@ class Nvml:
 def sustain_graph(fn, launches, warm, seconds, nvml):
     """fn's calls captured `launches` to a graph, replayed back to back (chunks of ~20 ms, two queued ahead of
     the one waited for) for `warm` seconds, then over a `seconds` window: ms per call, and where NVML reads,
-    mJ per call, mean W and mean SM MHz (the C++ bench's sustain_graph, bench_util.h)."""
+    mJ per call, mean W and mean SM MHz of samples every 50 ms (the C++ bench's sustain_graph, bench_util.h)."""
     g = capture(fn, launches)
     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     e0.record()
@@ -119,11 +119,12 @@ def sustain_graph(fn, launches, warm, seconds, nvml):
     wait_one()
     issue()
     en0 = nvml.energy_mj() if nvml.ok else None
-    first, w0, mhz = done[0], time.monotonic(), []
+    first, w0, mhz, last = done[0], time.monotonic(), [], -1.0
     while time.monotonic() - w0 < seconds:
         wait_one()
         issue()
-        if nvml.ok:
+        if nvml.ok and time.monotonic() - last >= 0.05:  # an SM clock sample every 50 ms, as the C++ bench
+            last = time.monotonic()
             m = nvml.sm_mhz()
             if m is not None:
                 mhz.append(m)

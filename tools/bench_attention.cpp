@@ -171,13 +171,7 @@ int bench_attention(const std::vector<std::string>& argv) {
                 " replays of a CUDA graph of launches (metadata validated once); call: median of the public "
                 "op in a loop (validation + one device sync per call); prefill flops = 4*Hq*D*sum n(n+1)/2; "
                 "decode bytes = K+V of every context position read once";
-  if (sustain_s > 0) {
-    char secs[32];
-    std::snprintf(secs, sizeof secs, "%g", sustain_s);
-    j["sustain_method"] = std::string("the kernel graph replayed back to back for ") + secs +
-                          " s after half as long of the same; time per call from the host clock between chunk "
-                          "completions, energy per call from NVML's total-energy counter, mean power and SM clock";
-  }
+  if (sustain_s > 0) j["sustain_method"] = bench::sustain_method("the kernel graph replayed", sustain_s);
   j["copy_gbps"] = copy_gbps;
   j["results"] = nlohmann::json::array();
   auto save = [&] {
@@ -251,16 +245,9 @@ int bench_attention(const std::vector<std::string>& argv) {
         const bench::Sustained t = bench::sustain_graph(
             [&](int, cudaStream_t s) { cuda::paged_attention(p.args, Stream{s}); }, 1, launches, sustain_s / 2,
             sustain_s, st);
-        nlohmann::json o = {{"ms", t.ms}, {"energy", t.energy}};
-        if (t.energy) {
-          o["mj"] = t.mj, o["watts"] = t.watts, o["sm_mhz"] = t.sm_mhz;
-          std::printf("%-8s %6s %6s   sustained: %.1f us, %.3f mJ a call, %.0f W, %.0f MHz\n", "", "", "", t.ms * 1e3,
-                      t.mj, t.watts, t.sm_mhz);
-        } else {
-          std::printf("%-8s %6s %6s   sustained: %.1f us (no NVML energy reading)\n", "", "", "", t.ms * 1e3);
-        }
+        std::printf("%-8s %6s %6s   sustained: %s\n", "", "", "", bench::describe(t).c_str());
         std::fflush(stdout);
-        j["results"].back()["sustained"] = o;
+        j["results"].back()["sustained"] = bench::to_json(t);
       }
       save();
     } catch (const std::exception& e) {

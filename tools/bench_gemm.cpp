@@ -142,13 +142,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
   };
 
   // --sustain: both sides back to back under sustained load, as one JSON object and one line.
-  if (sustain_s > 0) {
-    char secs[32];
-    std::snprintf(secs, sizeof secs, "%g", sustain_s);
-    j["sustain_method"] = std::string("each side's calls back to back for ") + secs +
-                          " s after half as long of the same; time per call over the window, energy per call from "
-                          "NVML's total-energy counter, mean SM clock of samples every ~20 ms";
-  }
+  if (sustain_s > 0) j["sustain_method"] = bench::sustain_method("each side's calls", sustain_s);
   auto sustained = [&](const std::function<void(int, cudaStream_t)>& bik_launch,
                        const std::function<void(int, cudaStream_t)>& base_launch, int sets, int launches,
                        nlohmann::json& row, cudaStream_t stream) {
@@ -159,13 +153,11 @@ int bench_gemm(const std::vector<std::string>& argv) {
     if (b.energy && c.energy) {
       o.update({{"bik_mj", b.mj}, {"base_mj", c.mj}, {"energy_ratio", c.mj / b.mj}, {"bik_watts", b.watts},
                 {"base_watts", c.watts}, {"bik_sm_mhz", b.sm_mhz}, {"base_sm_mhz", c.sm_mhz}});
-      std::printf("%-8s   sustained: bik %.2f us %.3f mJ %.0f W %.0f MHz | base %.2f us %.3f mJ %.0f W %.0f MHz | "
-                  "time x%.3f energy x%.3f\n",
-                  "", b.ms * 1e3, b.mj, b.watts, b.sm_mhz, c.ms * 1e3, c.mj, c.watts, c.sm_mhz, c.ms / b.ms,
-                  c.mj / b.mj);
+      std::printf("%-8s   sustained: bik %s | base %s | time x%.3f energy x%.3f\n", "", bench::describe(b).c_str(),
+                  bench::describe(c).c_str(), c.ms / b.ms, c.mj / b.mj);
     } else {
-      std::printf("%-8s   sustained: bik %.2f us | base %.2f us | time x%.3f (no NVML energy reading)\n", "",
-                  b.ms * 1e3, c.ms * 1e3, c.ms / b.ms);
+      std::printf("%-8s   sustained: bik %s | base %s | time x%.3f\n", "", bench::describe(b).c_str(),
+                  bench::describe(c).c_str(), c.ms / b.ms);
     }
     std::fflush(stdout);
     row["sustained"] = o;
@@ -369,14 +361,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
                     "': not a wgmma tile (--sweep lists them)");
           const bench::Sustained t =
               bench::sustain_graph(tile_launcher(tile), sets, launches, sustain_s / 2, sustain_s, st);
-          nlohmann::json o = {{"ms", t.ms}};
-          if (t.energy) o.update({{"mj", t.mj}, {"watts", t.watts}, {"sm_mhz", t.sm_mhz}});
-          j["results"].back()["sustained_tiles"][tile] = o;
-          if (t.energy)
-            std::printf("%-8s   sustained tile %s: %.2f us %.3f mJ %.0f W %.0f MHz\n", "", tile.c_str(), t.ms * 1e3,
-                        t.mj, t.watts, t.sm_mhz);
-          else
-            std::printf("%-8s   sustained tile %s: %.2f us (no NVML energy reading)\n", "", tile.c_str(), t.ms * 1e3);
+          j["results"].back()["sustained_tiles"][tile] = bench::to_json(t);
+          std::printf("%-8s   sustained tile %s: %s\n", "", tile.c_str(), bench::describe(t).c_str());
           std::fflush(stdout);
         }
       }

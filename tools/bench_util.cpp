@@ -224,7 +224,7 @@ Sustained sustain_graph(const std::function<void(int set, cudaStream_t)>& launch
   for (int i = 0; i < launches; ++i) launch(i % sets, st);
   BIK_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
   BIK_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  // Replays per chunk: about 20 ms of work, so the host samples the clock often and stays ahead.
+  // Replays per chunk: about 20 ms of work, so the host stays ahead and closes the window close to `seconds`.
   cudaEvent_t a, b;
   BIK_CUDA_CHECK(cudaEventCreate(&a));
   BIK_CUDA_CHECK(cudaEventCreate(&b));
@@ -235,7 +235,6 @@ Sustained sustain_graph(const std::function<void(int set, cudaStream_t)>& launch
   float one = 0;
   BIK_CUDA_CHECK(cudaEventElapsedTime(&one, a, b));
   const int per_chunk = std::max(1, int(20.0 / std::max(one, 1e-3f)));
-  const Nvml& nvml = Nvml::get();
   // Chunks go in two ahead of the one the host waits for, so the GPU never idles between them.
   std::vector<cudaEvent_t> ring(3);
   for (auto& e : ring) BIK_CUDA_CHECK(cudaEventCreate(&e));
@@ -260,33 +259,30 @@ Sustained sustain_graph(const std::function<void(int set, cudaStream_t)>& launch
   // energy count from there, its calls from the next chunk on.
   wait_one();
   issue();
-  Sustained out;
-  unsigned long long e0 = 0, e1 = 0;
-  const bool have_e0 = nvml.energy_mj(e0);
+  GpuMeter meter;
+  meter.start();
   const int64_t first = done;
   const auto w0 = std::chrono::steady_clock::now();
-  double mhz_sum = 0;
-  int mhz_n = 0;
   while (std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count() < seconds) {
     wait_one();
     issue();
-    unsigned mhz = 0;
-    if (nvml.sm_mhz(mhz)) mhz_sum += mhz, ++mhz_n;
   }
   // The window closes as the last chunk waited for completes: the energy counter is read there.
   wait_one();
-  const bool have_e1 = nvml.energy_mj(e1);
+  GpuMeter::Reading r;
+  const bool have_energy = meter.stop(r);
   const auto w1 = std::chrono::steady_clock::now();
   const int64_t chunks = done - first;
   BIK_CUDA_CHECK(cudaStreamSynchronize(st));
   const double wall_s = std::chrono::duration<double>(w1 - w0).count();
   const double calls = double(chunks) * per_chunk * launches;
+  Sustained out;
   out.ms = wall_s * 1e3 / calls;
-  if (have_e0 && have_e1 && e1 > e0 && mhz_n > 0) {
+  if (have_energy && r.joules > 0) {
     out.energy = true;
-    out.mj = double(e1 - e0) / calls;
-    out.watts = double(e1 - e0) * 1e-3 / wall_s;
-    out.sm_mhz = mhz_sum / mhz_n;
+    out.mj = r.joules * 1e3 / calls;
+    out.watts = r.joules / r.seconds;
+    out.sm_mhz = r.mean_sm_mhz;
   }
   for (auto& e : ring) cudaEventDestroy(e);
   cudaEventDestroy(a);
@@ -294,6 +290,29 @@ Sustained sustain_graph(const std::function<void(int set, cudaStream_t)>& launch
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   return out;
+}
+
+std::string sustain_method(const std::string& what, double seconds) {
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%g", seconds);
+  return what + " back to back for " + secs +
+         " s after half as long of the same; time per call from the host clock between chunk completions, "
+         "energy per call from NVML's total-energy counter, mean power, mean SM clock of samples every 50 ms";
+}
+
+nlohmann::json to_json(const Sustained& s) {
+  nlohmann::json o = {{"ms", s.ms}, {"energy", s.energy}};
+  if (s.energy) o.update({{"mj", s.mj}, {"watts", s.watts}, {"sm_mhz", s.sm_mhz}});
+  return o;
+}
+
+std::string describe(const Sustained& s) {
+  char line[160];
+  if (s.energy)
+    std::snprintf(line, sizeof line, "%.2f us %.3f mJ %.0f W %.0f MHz", s.ms * 1e3, s.mj, s.watts, s.sm_mhz);
+  else
+    std::snprintf(line, sizeof line, "%.2f us (no NVML energy reading)", s.ms * 1e3);
+  return line;
 }
 
 double time_loop(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches, int repeats,

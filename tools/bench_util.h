@@ -42,10 +42,8 @@ double time_graph(const std::function<void(int set, cudaStream_t)>& launch, int 
 // energy, not only its time at full clock, sets how fast a stream of work goes. sustain_graph captures
 // `launches` calls (sets round-robin) into a graph and replays it back to back, queued ahead, for `warm`
 // seconds and then `seconds` more, over which it reports the time per call (the host clock between the
-// completions of the window's first and last chunks of replays) and, through the
-// driver's NVML library (loaded at run time; `energy` false where it cannot be), the energy per call
-// (the GPU's total-energy counter, read at both ends of the window), the mean power, and the mean SM
-// clock (sampled as the window runs).
+// completions of the window's first and last chunks of replays) and, through a GpuMeter over the window
+// (`energy` false where NVML cannot be read), the energy per call, the mean power and the mean SM clock.
 struct Sustained {
   double ms = 0;         // per call
   bool energy = false;   // whether the three below were measured
@@ -55,6 +53,13 @@ struct Sustained {
 };
 Sustained sustain_graph(const std::function<void(int set, cudaStream_t)>& launch, int sets, int launches,
                         double warm, double seconds, cudaStream_t st);
+// A benchmark JSON's "sustain_method": `what` (e.g. "each side's calls") back to back for `seconds`, and how
+// sustain_graph reads the window.
+std::string sustain_method(const std::string& what, double seconds);
+// A Sustained as JSON ({ms, energy} and, where measured, {mj, watts, sm_mhz}) and as one line of text
+// ("12.34 us 5.678 mJ 690 W 1800 MHz", or the time and "(no NVML energy reading)").
+nlohmann::json to_json(const Sustained& s);
+std::string describe(const Sustained& s);
 // The current GPU's energy and SM clock over a stretch of host time, through NVML (loaded at run time, as
 // for sustain_graph): start() reads the total-energy counter and samples the SM clock every 50 ms on a
 // thread until stop(). stop() returns false, with nothing measured, where NVML cannot be loaded or read
