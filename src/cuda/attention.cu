@@ -67,13 +67,23 @@ void launch(const attn::Params& p, dim3 grid, bool split, int device, cudaStream
   }
 }
 
+constexpr int kOrderGroup = 8;
+}  // namespace
+
+int attention_order_group(int64_t shared_kv_bytes, int64_t column_kv_bytes, int64_t l2_bytes) {
+  if (shared_kv_bytes <= l2_bytes) return 0;
+  const int64_t fit = column_kv_bytes > 0 ? l2_bytes / 2 / column_kv_bytes : kOrderGroup;
+  return int(std::clamp<int64_t>(fit, 1, kOrderGroup));
+}
+
+namespace {
 // BIK_ATTENTION_ORDER (read at each call, for A/B timing and tests): "0" -> 0, the persistent grid's static
 // rounds (CTA b takes unit b of even rounds, gridDim.x - 1 - b of odd ones, in the virtual grid's order)
 // for every step; a number G >= 1 -> G, the dynamic hand-out in groups of G CTA columns
 // (attention_kernel_ws's unit_at) for every step; anything else or unset -> -1, the rule in launch_sm90
-// (groups of kOrderGroup where the K/V read by several units exceed the L2, else the static rounds).
+// (attention_order_group: groups of at most kOrderGroup columns where the K/V read by several units
+// exceed the L2, else the static rounds).
 // Which CTA computes a unit never changes its bits.
-constexpr int kOrderGroup = 8;
 int order_from_env() {
   const char* e = std::getenv("BIK_ATTENTION_ORDER");
   if (e == nullptr || *e == '\0') return -1;
@@ -119,7 +129,7 @@ bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t split
 // has half as many in y (the kernel maps y to the pair).
 template <typename T, int D>
 void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const DeviceInfo& dev, int64_t shared_kv_bytes,
-                 cudaStream_t st, int64_t rows, int64_t max_seq_len) {
+                 int64_t column_kv_bytes, cudaStream_t st, int64_t rows, int64_t max_seq_len) {
   namespace k90 = attn::sm90;
   const int sms = dev.sms;
   int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
@@ -167,9 +177,14 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
       // 5034-5039 to 4789-4792, while short steps lost to the counter's start (prefill 4 x 512 38 -> 43 us)
       // and decodes, whose units share no K/V, gained nothing from the order (128 x 512 77 -> 87:
       // logs_h200/630010c_attention_order_store_ab.log, 90b8813_attention_ab.log); so decodes, and steps
-      // mixing decodes with a short prefill chunk, keep the static rounds.
+      // mixing decodes with a short prefill chunk, keep the static rounds. A group's columns hold at most
+      // half the L2 (attention_order_group): the units in flight stream a column's K/V from different
+      // offsets, so all of it is live. Prefill 1 x 32768 (16 MB a column) took 18597-18610 us in groups of 8,
+      // 18441 in 4, 18311-18364 in 2, 18320 in 1, while 4 x 8192 (4 MB) was within 1% for 1 to 8 and 16 x
+      // 2048 and 4 x 2048 were fastest in 8 (logs_h200/b08d459_attention_order_long_ab.log).
       const int forced = order_from_env();
-      const int group = forced >= 0 ? forced : shared_kv_bytes > int64_t(dev.l2_bytes) ? kOrderGroup : 0;
+      const int group =
+          forced >= 0 ? forced : attention_order_group(shared_kv_bytes, column_kv_bytes, int64_t(dev.l2_bytes));
       if (group > 0) {
         BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&counter), sizeof(int), st));
         BIK_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int), st));
@@ -314,14 +329,20 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   // launch is expected to finish first (split_pays).
   // Also the K/V bytes of the sequences whose blocks take more than one unit of the warp-specialised kernels
   // (two query blocks a unit): read by several units, they decide the persistent grid's order (launch_sm90).
-  int64_t ctas = 0, shared_kv_positions = 0;
+  // column_kv_bytes: the largest of those sequences' K/V for one KV head (one column of the grid).
+  int64_t ctas = 0, shared_kv_positions = 0, column_positions = 0;
   for (int64_t i = 0; i < a.num_seqs; ++i) {
     const int64_t q_len = a.host_query_start_loc[size_t(i + 1)] - a.host_query_start_loc[size_t(i)];
     const int64_t qblocks_i = (q_len + p.tok_per_cta - 1) / p.tok_per_cta;
     ctas += qblocks_i * a.kv_heads;
-    if (qblocks_i > 2) shared_kv_positions += a.host_seq_lens[size_t(i)];
+    if (qblocks_i > 2) {
+      shared_kv_positions += a.host_seq_lens[size_t(i)];
+      column_positions = std::max<int64_t>(column_positions, a.host_seq_lens[size_t(i)]);
+    }
   }
-  const int64_t shared_kv_bytes = shared_kv_positions * a.kv_heads * a.head_dim * 2 * dtype_size(a.k_cache.dtype);
+  const int64_t position_bytes = a.head_dim * 2 * dtype_size(a.k_cache.dtype);  // one key and one value
+  const int64_t shared_kv_bytes = shared_kv_positions * a.kv_heads * position_bytes;
+  const int64_t column_kv_bytes = column_positions * position_bytes;
   const int64_t max_splits = (a.max_seq_len + L - 1) / L;
   const int64_t rows = a.tokens * a.q_heads;
   const int64_t part_bytes = rows * max_splits * (a.head_dim + 2) * 4;
@@ -347,14 +368,14 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)
-        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, dev, shared_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st, rows, a.max_seq_len);
       else
-        launch_sm90<__half, 128>(p, grid, split, variant, dev, shared_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__half, 128>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st, rows, a.max_seq_len);
     } else {
       if (bf)
-        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, dev, shared_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st, rows, a.max_seq_len);
       else
-        launch_sm90<__half, 64>(p, grid, split, variant, dev, shared_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__half, 64>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st, rows, a.max_seq_len);
     }
   } else if (a.head_dim == 128) {
     if (bf)

@@ -2,7 +2,16 @@
 // cuda/attention_sm90.cuh, wgmma). Host-only: tests and benchmarks ask it which kernel they measure.
 #pragma once
 
+#include <cstdint>
+
 namespace bik::cuda {
+
+// The sm_90 persistent grid's unit hand-out for a step (a launch rule: never changes a bit). 0: the static
+// rounds, where the K/V read by several units (`shared_kv_bytes`, sequences with more than one pair of
+// query blocks) fit the L2 (`l2_bytes`); else G >= 1: a counter hands the units out in groups of G
+// sequence x KV-head columns, as many (at most 8) as keep G x `column_kv_bytes` (the largest such
+// sequence's K/V for one KV head) within half the L2. BIK_ATTENTION_ORDER overrides it (docs/invariance.md).
+int attention_order_group(int64_t shared_kv_bytes, int64_t column_kv_bytes, int64_t l2_bytes);
 
 // True when the next paged_attention call on `device` runs the wgmma kernel: the device is sm_90, this
 // build carries the sm_90a kernel, and the environment does not say BIK_ATTENTION_SM90=0 (read at each

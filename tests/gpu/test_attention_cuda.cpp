@@ -653,6 +653,20 @@ TEST(GpuAttentionSm90, UnitOrderAndOutputStoreKeepTheBits) {
   expect_other_splits_differ({5});
 }
 
+// The hand-out rule itself (host code, runs without a GPU): static rounds while the shared K/V fit the L2,
+// else groups of columns whose K/V fill at most half of it, 1 to 8 columns.
+TEST(AttentionLaunchRule, OrderGroupKeepsColumnsInHalfTheL2) {
+  constexpr int64_t MiB = int64_t(1) << 20, l2 = 60 * MiB;
+  const int64_t col = [](int64_t positions) { return positions * 128 * 2 * 2; }(1);  // bf16, d = 128
+  EXPECT_EQ(bik::cuda::attention_order_group(32 * MiB, 32768 * col, l2), 0) << "fits the L2: static rounds";
+  EXPECT_EQ(bik::cuda::attention_order_group(l2, 4 * MiB, l2), 0) << "exactly the L2 still fits";
+  EXPECT_EQ(bik::cuda::attention_order_group(8 * 32768 * col, 32768 * col, l2), 1) << "1 x 32768: 16 MiB a column";
+  EXPECT_EQ(bik::cuda::attention_order_group(32 * 8192 * col, 8192 * col, l2), 7) << "4 x 8192: 4 MiB a column";
+  EXPECT_EQ(bik::cuda::attention_order_group(128 * 2048 * col, 2048 * col, l2), 8) << "16 x 2048: capped at 8";
+  EXPECT_EQ(bik::cuda::attention_order_group(8 * l2, 2 * l2, l2), 1) << "a column larger than the L2";
+  EXPECT_EQ(bik::cuda::attention_order_group(2 * l2, 0, l2), 8) << "no column size known";
+}
+
 // The invariance checks of WarpSpecializedKernelInvariance, on whichever kernel BIK_ATTENTION_SM90 selects.
 void check_invariance_on_current_kernel() {
   const Config c{DType::BF16, 32, 8, 128, 16};
