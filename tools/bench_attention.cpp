@@ -1,7 +1,8 @@
 // `bik bench attention`: paged causal attention, prefill (TFLOP/s) and decode (GB/s of KV read), for
 // batches 1..256 and contexts 512..32k (Hq 32, Hkv 8, head_dim 128, bf16, block size 16).
 //
-// Method: per case, random q/K/V (never zeros), shuffled physical blocks. Two timings:
+// Method: per case, random q/K/V (never zeros), shuffled physical blocks (--blocks in-order: each sequence's
+// blocks consecutive, as a fresh cache hands them out). Two timings:
 //  - kernel: the CUDA launches of paged_attention (metadata already validated), captured in a CUDA
 //    graph of `launches` calls, replayed --repeats times between events; the median over replays / launches.
 //  - call: the public paged_attention() in a loop (it reads the metadata back to validate it, one
@@ -82,7 +83,8 @@ struct Problem {
 };
 
 // batch sequences of context `ctx`, each with q_len query rows.
-Problem make_problem(int64_t batch, int64_t ctx, int64_t q_len, int64_t hq, int64_t hkv, int64_t d, int64_t bs) {
+Problem make_problem(int64_t batch, int64_t ctx, int64_t q_len, int64_t hq, int64_t hkv, int64_t d, int64_t bs,
+                     bool shuffled) {
   Problem p;
   const int64_t blocks_per = (ctx + bs - 1) / bs, nb = batch * blocks_per;
   p.kc = random_bf16({nb, bs, hkv, d}, 1.5f, 1);
@@ -91,7 +93,7 @@ Problem make_problem(int64_t batch, int64_t ctx, int64_t q_len, int64_t hq, int6
   p.out = Tensor::empty({batch * q_len, hq, d}, DType::BF16, Device::cuda(0));
   std::vector<int32_t> perm(static_cast<size_t>(nb));
   std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(5));
+  if (shuffled) std::shuffle(perm.begin(), perm.end(), std::mt19937_64(5));
   std::vector<int32_t> sl(static_cast<size_t>(batch), static_cast<int32_t>(ctx)), qsl(static_cast<size_t>(batch + 1));
   for (int64_t i = 0; i <= batch; ++i) qsl[size_t(i)] = int32_t(i * q_len);
   p.bt = i32_tensor(perm, {batch, blocks_per});
@@ -122,22 +124,27 @@ Problem make_problem(int64_t batch, int64_t ctx, int64_t q_len, int64_t hq, int6
 }  // namespace
 
 int bench_attention(const std::vector<std::string>& argv) {
-  Args args(argv, {"help", "quick"}, {"out", "name", "repeats", "commit", "case", "sustain"}, "bench attention");
+  Args args(argv, {"help", "quick"}, {"out", "name", "repeats", "commit", "case", "sustain", "blocks"}, "bench attention");
   if (args.flag("help")) {
     std::puts(
         "usage: bik bench attention [--out DIR] [--name NAME] [--repeats N] [--quick] [--commit SHA]\n"
-        "                          [--case MODE:BATCH:CTX[,...]] [--sustain S]\n"
+        "                          [--case MODE:BATCH:CTX[,...]] [--sustain S] [--blocks shuffled|in-order]\n"
         "Times paged_attention prefill (TFLOP/s) and decode (GB/s of KV read); writes DIR/NAME.json (default\n"
         "bench/results/attention_<gpu>.json). Add torch SDPA: python3 bench/torch_attention.py DIR/NAME.json;\n"
         "render: python3 bench/plot_attention.py DIR/NAME.json\n"
         "--case runs only the listed cases (MODE prefill or decode), e.g. --case prefill:1:8192,decode:1:32768\n"
         "--sustain S also runs each case's kernels back to back for S seconds (after S / 2 of the same) and\n"
         "reports the time per call there, and through NVML the energy per call, the power and the SM clock:\n"
-        "under sustained load a GPU runs at its power limit (torch_attention.py --sustain S does the same for SDPA)");
+        "under sustained load a GPU runs at its power limit (torch_attention.py --sustain S does the same for SDPA)\n"
+        "--blocks: where each sequence's 16-token cache blocks lie in the pool: shuffled (the default: blocks in a\n"
+        "random order, as a long-running cache leaves them) or in-order (consecutive, as a fresh cache gives them)");
     return 0;
   }
   const double sustain_s = args.number("sustain", 0.0);
   BIK_CHECK(sustain_s >= 0 && sustain_s <= 60, "bik bench attention: --sustain ", sustain_s, ": expected 0..60 seconds");
+  const std::string blocks = args.str("blocks", "shuffled");
+  BIK_CHECK(blocks == "shuffled" || blocks == "in-order", "bik bench attention: --blocks '", blocks,
+            "': expected shuffled or in-order");
   if (!bench::have_cuda_device("bik bench attention")) return 2;
   const DeviceProps props = cuda_device_props(0);
   const int repeats = int(args.integer("repeats", 15));
@@ -166,7 +173,7 @@ int bench_attention(const std::vector<std::string>& argv) {
 
   const int64_t hq = 32, hkv = 8, d = 128, bs = 16;
   nlohmann::json j = bench::gpu_report("attention", props, commit, date);
-  j["config"] = {{"q_heads", hq}, {"kv_heads", hkv}, {"head_dim", d}, {"block_size", bs}, {"dtype", "bf16"}};
+  j["config"] = {{"q_heads", hq}, {"kv_heads", hkv}, {"head_dim", d}, {"block_size", bs}, {"dtype", "bf16"}, {"blocks", blocks}};
   j["method"] = "kernel: median over " + std::to_string(repeats) +
                 " replays of a CUDA graph of launches (metadata validated once); call: median of the public "
                 "op in a loop (validation + one device sync per call); prefill flops = 4*Hq*D*sum n(n+1)/2; "
@@ -214,7 +221,7 @@ int bench_attention(const std::vector<std::string>& argv) {
   for (const Case& c : cases) {
     try {
       const bool pre = c.mode == "prefill";
-      Problem p = make_problem(c.batch, c.ctx, pre ? c.ctx : 1, hq, hkv, d, bs);
+      Problem p = make_problem(c.batch, c.ctx, pre ? c.ctx : 1, hq, hkv, d, bs, blocks == "shuffled");
       const double flops = 4.0 * double(hq * d) * double(c.batch) *
                            (pre ? double(c.ctx) * double(c.ctx + 1) / 2.0 : double(c.ctx));
       const double kv_bytes = double(c.batch) * double(c.ctx) * double(hkv * d * 2 * 2);
