@@ -124,7 +124,8 @@ Problem make_problem(int64_t batch, int64_t ctx, int64_t q_len, int64_t hq, int6
 }  // namespace
 
 int bench_attention(const std::vector<std::string>& argv) {
-  Args args(argv, {"help", "quick"}, {"out", "name", "repeats", "commit", "case", "sustain", "blocks"}, "bench attention");
+  Args args(argv, {"help", "quick"}, {"out", "name", "repeats", "commit", "case", "sustain", "blocks"},
+            "bench attention");
   if (args.flag("help")) {
     std::puts(
         "usage: bik bench attention [--out DIR] [--name NAME] [--repeats N] [--quick] [--commit SHA]\n"
@@ -173,7 +174,8 @@ int bench_attention(const std::vector<std::string>& argv) {
 
   const int64_t hq = 32, hkv = 8, d = 128, bs = 16;
   nlohmann::json j = bench::gpu_report("attention", props, commit, date);
-  j["config"] = {{"q_heads", hq}, {"kv_heads", hkv}, {"head_dim", d}, {"block_size", bs}, {"dtype", "bf16"}, {"blocks", blocks}};
+  j["config"] = {{"q_heads", hq}, {"kv_heads", hkv}, {"head_dim", d},
+                 {"block_size", bs}, {"dtype", "bf16"}, {"blocks", blocks}};
   j["method"] = "kernel: median over " + std::to_string(repeats) +
                 " replays of a CUDA graph of launches (metadata validated once); call: median of the public "
                 "op in a loop (validation + one device sync per call); prefill flops = 4*Hq*D*sum n(n+1)/2; "

@@ -368,14 +368,18 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)
-        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st,
+                                        rows, a.max_seq_len);
       else
-        launch_sm90<__half, 128>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__half, 128>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st,
+                                 rows, a.max_seq_len);
     } else {
       if (bf)
-        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st,
+                                       rows, a.max_seq_len);
       else
-        launch_sm90<__half, 64>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st, rows, a.max_seq_len);
+        launch_sm90<__half, 64>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st,
+                                rows, a.max_seq_len);
     }
   } else if (a.head_dim == 128) {
     if (bf)

@@ -657,7 +657,7 @@ TEST(GpuAttentionSm90, UnitOrderAndOutputStoreKeepTheBits) {
 // else groups of columns whose K/V fill at most half of it, 1 to 8 columns.
 TEST(AttentionLaunchRule, OrderGroupKeepsColumnsInHalfTheL2) {
   constexpr int64_t MiB = int64_t(1) << 20, l2 = 60 * MiB;
-  const int64_t col = [](int64_t positions) { return positions * 128 * 2 * 2; }(1);  // bf16, d = 128
+  constexpr int64_t col = 128 * 2 * 2;  // one position's key and value for one KV head: bf16, d = 128
   EXPECT_EQ(bik::cuda::attention_order_group(32 * MiB, 32768 * col, l2), 0) << "fits the L2: static rounds";
   EXPECT_EQ(bik::cuda::attention_order_group(l2, 4 * MiB, l2), 0) << "exactly the L2 still fits";
   EXPECT_EQ(bik::cuda::attention_order_group(8 * 32768 * col, 32768 * col, l2), 1) << "1 x 32768: 16 MiB a column";
