@@ -85,8 +85,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
     return 0;
   }
   // --sustain (bench_util.h: each side back to back under sustained load) and --tiles, checked before the device.
-  const double sustain_s = args.number("sustain", 0.0);
-  BIK_CHECK(sustain_s >= 0 && sustain_s <= 60, "bik bench gemm: --sustain ", sustain_s, ": expected 0..60 seconds");
+  const double sustain_s = bench::check_sustain_seconds(args.number("sustain", 0.0), "bik bench gemm");
   BIK_CHECK(!args.has("tiles") || sustain_s > 0, "bik bench gemm: --tiles needs --sustain S (S > 0)");
   BIK_CHECK(!args.has("tiles") || !args.flag("gated"), "bik bench gemm: --tiles applies to the plain product, not --gated");
   const DType dt = args.str("dtype", "bf16") == "f16" ? DType::F16 : DType::BF16;
@@ -150,15 +149,14 @@ int bench_gemm(const std::vector<std::string>& argv) {
     const bench::Sustained b = bench::sustain_graph(bik_launch, sets, launches, sustain_s / 2, sustain_s, stream);
     const bench::Sustained c = bench::sustain_graph(base_launch, sets, launches, sustain_s / 2, sustain_s, stream);
     nlohmann::json o = {{"bik_ms", b.ms}, {"base_ms", c.ms}, {"ratio", c.ms / b.ms}};
+    char energy[32] = "";  // the energy ratio where both sides read it
     if (b.energy && c.energy) {
       o.update({{"bik_mj", b.mj}, {"base_mj", c.mj}, {"energy_ratio", c.mj / b.mj}, {"bik_watts", b.watts},
                 {"base_watts", c.watts}, {"bik_sm_mhz", b.sm_mhz}, {"base_sm_mhz", c.sm_mhz}});
-      std::printf("%-8s   sustained: bik %s | base %s | time x%.3f energy x%.3f\n", "", bench::describe(b).c_str(),
-                  bench::describe(c).c_str(), c.ms / b.ms, c.mj / b.mj);
-    } else {
-      std::printf("%-8s   sustained: bik %s | base %s | time x%.3f\n", "", bench::describe(b).c_str(),
-                  bench::describe(c).c_str(), c.ms / b.ms);
+      std::snprintf(energy, sizeof energy, " energy x%.3f", c.mj / b.mj);
     }
+    std::printf("%-8s   sustained: bik %s | base %s | time x%.3f%s\n", "", bench::describe(b).c_str(),
+                bench::describe(c).c_str(), c.ms / b.ms, energy);
     std::fflush(stdout);
     row["sustained"] = o;
   };

@@ -76,6 +76,11 @@ bool have_cuda_device(const char* command) {
   return false;
 }
 
+double check_sustain_seconds(double seconds, const char* command) {
+  BIK_CHECK(seconds >= 0 && seconds <= 60, command, ": --sustain ", seconds, ": expected 0..60 seconds");
+  return seconds;
+}
+
 #if BIK_WITH_CUDA
 void recover_stream(cudaStream_t st) {
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;

@@ -26,6 +26,9 @@ std::string name_tag(const std::string& name);
 double median(std::vector<float> v);
 // False (after saying so on stderr, prefixed by `command`) when the machine has no CUDA device.
 bool have_cuda_device(const char* command);
+// A bench command's --sustain S (seconds a side runs back to back, 0: none): checked to be 0..60, else an
+// error naming `command` and S. Returns S.
+double check_sustain_seconds(double seconds, const char* command);
 // The head of a GPU benchmark's JSON: benchmark name, GPU name, arch, SM count, L2 size, commit, date.
 nlohmann::json gpu_report(const std::string& benchmark, const DeviceProps& props, const std::string& commit,
                           const std::string& date);

@@ -128,8 +128,8 @@ bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t split
 // fold kernel for the split-parallel mode. A CTA of variants 3 to 6 takes two query blocks, so their grid
 // has half as many in y (the kernel maps y to the pair).
 template <typename T, int D>
-void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const DeviceInfo& dev, int64_t shared_kv_bytes,
-                 int64_t column_kv_bytes, cudaStream_t st, int64_t rows, int64_t max_seq_len) {
+void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const DeviceInfo& dev, int order_group,
+                 cudaStream_t st, int64_t rows, int64_t max_seq_len) {
   namespace k90 = attn::sm90;
   const int sms = dev.sms;
   int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
@@ -169,9 +169,9 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
         (level == 2 || (level == 1 && (max_seq_len <= 4096 || prefill_like)))) {
       p.units = int(units), p.grid_x = int(grid.x), p.grid_y = int(grid.y);
       grid = dim3(unsigned(sms), 1, 1);
-      // Steps whose K/V read by more than one unit (shared_kv_bytes: the sequences with more than one pair
-      // of query blocks, so only prefill-like steps have any) exceed the L2: the units are handed out by a
-      // counter in the grouped order (order_from_env). In the virtual grid's order each round's units
+      // Steps whose K/V read by more than one unit (the sequences with more than one pair of query blocks,
+      // so only prefill-like steps have any) exceed the L2 (order_group > 0, from attention_order_group):
+      // the units are handed out by a counter in the grouped order (order_from_env overrides it). In the virtual grid's order each round's units
       // belong to as many columns as the round has CTAs, so every round reads their K/V again from DRAM.
       // On an H200 (60 MB of L2) it took prefill 16 x 2048 from 1364-1436 to 1292-1303 us and 4 x 8192 from
       // 5034-5039 to 4789-4792, while short steps lost to the counter's start (prefill 4 x 512 38 -> 43 us)
@@ -183,8 +183,7 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
       // 18441 in 4, 18311-18364 in 2, 18320 in 1, while 4 x 8192 (4 MB) was within 1% for 1 to 8 and 16 x
       // 2048 and 4 x 2048 were fastest in 8 (logs_h200/b08d459_attention_order_long_ab.log).
       const int forced = order_from_env();
-      const int group =
-          forced >= 0 ? forced : attention_order_group(shared_kv_bytes, column_kv_bytes, int64_t(dev.l2_bytes));
+      const int group = forced >= 0 ? forced : order_group;
       if (group > 0) {
         BIK_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&counter), sizeof(int), st));
         BIK_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int), st));
@@ -328,8 +327,8 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   // than a split (its partials cost ~ (q_heads / kv_heads) / split_len of the KV bytes), and the split
   // launch is expected to finish first (split_pays).
   // Also the K/V bytes of the sequences whose blocks take more than one unit of the warp-specialised kernels
-  // (two query blocks a unit): read by several units, they decide the persistent grid's order (launch_sm90).
-  // column_kv_bytes: the largest of those sequences' K/V for one KV head (one column of the grid).
+  // (two query blocks a unit): read by several units, they and the largest of those sequences' K/V for one
+  // KV head (one column of the grid) decide the persistent grid's hand-out (order_group, for launch_sm90).
   int64_t ctas = 0, shared_kv_positions = 0, column_positions = 0;
   for (int64_t i = 0; i < a.num_seqs; ++i) {
     const int64_t q_len = a.host_query_start_loc[size_t(i + 1)] - a.host_query_start_loc[size_t(i)];
@@ -343,6 +342,7 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   const int64_t position_bytes = a.head_dim * 2 * dtype_size(a.k_cache.dtype);  // one key and one value
   const int64_t shared_kv_bytes = shared_kv_positions * a.kv_heads * position_bytes;
   const int64_t column_kv_bytes = column_positions * position_bytes;
+  const int order_group = attention_order_group(shared_kv_bytes, column_kv_bytes, int64_t(dev.l2_bytes));
   const int64_t max_splits = (a.max_seq_len + L - 1) / L;
   const int64_t rows = a.tokens * a.q_heads;
   const int64_t part_bytes = rows * max_splits * (a.head_dim + 2) * 4;
@@ -368,18 +368,14 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   if (variant != 0) {
     if (a.head_dim == 128) {
       if (bf)
-        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st,
-                                        rows, a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 128>(p, grid, split, variant, dev, order_group, st, rows, a.max_seq_len);
       else
-        launch_sm90<__half, 128>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st,
-                                 rows, a.max_seq_len);
+        launch_sm90<__half, 128>(p, grid, split, variant, dev, order_group, st, rows, a.max_seq_len);
     } else {
       if (bf)
-        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st,
-                                       rows, a.max_seq_len);
+        launch_sm90<__nv_bfloat16, 64>(p, grid, split, variant, dev, order_group, st, rows, a.max_seq_len);
       else
-        launch_sm90<__half, 64>(p, grid, split, variant, dev, shared_kv_bytes, column_kv_bytes, st,
-                                rows, a.max_seq_len);
+        launch_sm90<__half, 64>(p, grid, split, variant, dev, order_group, st, rows, a.max_seq_len);
     }
   } else if (a.head_dim == 128) {
     if (bf)
