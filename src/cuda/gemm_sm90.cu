@@ -42,7 +42,6 @@ using Tile64x128 = Config<64, 128, 8>;
 using Tile64x192 = Config<64, 192, 6>;    // one wave where 64x128 needs two and 128x128 leaves SMs idle
 using Tile128x32 = Config<128, 32, 9>;
 using Tile128x64 = Config<128, 64, 8>;
-using Tile128x96 = Config<128, 96, 7>;    // 128 tiles for M=256, N=6144 with 224 operand rows a stage (64x192: 256)
 using Tile128x128 = Config<128, 128, 6>;
 using Tile128x192 = Config<128, 192, 5>;  // 96 accumulators per consumer thread; 128 tiles for M=256, N=12288
 using Tile128x256 = Config<128, 256, 4>;  // large M: 128 accumulators per consumer thread
@@ -68,12 +67,12 @@ template <int BN>
 using SwapTile = Config<64, BN, swap_stages(BN), true, true>;
 
 enum class Choice {
-  T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x96, T128x128, T128x192, T128x256,
+  T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256,
   S144, S160, S192, S208, S224, S256,
   P64, P80, P96, P112, P128, P144, P160, P176, P192, Count
 };
 const char* const kChoiceNames[] = {"64x32",      "64x64",      "64x128",     "64x192",     "128x32",
-                                    "128x64",     "128x96",     "128x128",    "128x192",    "128x256",    "swap64x144",
+                                    "128x64",     "128x128",    "128x192",    "128x256",    "swap64x144",
                                     "swap64x160", "swap64x192", "swap64x208", "swap64x224", "swap64x256",
                                     "pair192x64", "pair192x80", "pair192x96", "pair192x112", "pair192x128",
                                     "pair192x144", "pair192x160", "pair192x176", "pair192x192"};
@@ -88,7 +87,6 @@ struct TileShape {
 constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},       {Choice::T64x64, 64, 64},
                                  {Choice::T64x128, 64, 128},     {Choice::T64x192, 64, 192},
                                  {Choice::T128x32, 128, 32},     {Choice::T128x64, 128, 64},
-                                 {Choice::T128x96, 128, 96},
                                  {Choice::T128x128, 128, 128},   {Choice::T128x192, 128, 192},
                                  {Choice::T128x256, 128, 256},   {Choice::S144, 64, 144, true},
                                  {Choice::S160, 64, 160, true},  {Choice::S192, 64, 192, true},
@@ -278,7 +276,7 @@ Choice choose(const Problem& p, const DeviceInfo& d, bool pairs = true) {
                 waves);
   auto cost = [&](const TileShape& t) { return double(waves_of(t)) * tile_clocks(t, p.k); };
   Choice c = pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32,
-                   Choice::T128x64, Choice::T128x96, Choice::T128x128, Choice::T128x192, Choice::T128x256},
+                   Choice::T128x64, Choice::T128x128, Choice::T128x192, Choice::T128x256},
                   cost, true);
   // Past 256 rows the one-wave 128x192 walk computes a third M-tile that is mostly padding, where 64x128
   // covers M in at most two waves; tile_clocks overrates the 64-row tile's operand time there. On an H200
@@ -624,7 +622,6 @@ void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) 
     case Choice::T64x192: return launch<Tile64x192, T>(p, d, st);
     case Choice::T128x32: return launch<Tile128x32, T>(p, d, st);
     case Choice::T128x64: return launch<Tile128x64, T>(p, d, st);
-    case Choice::T128x96: return launch<Tile128x96, T>(p, d, st);
     case Choice::T128x128: return launch<Tile128x128, T>(p, d, st);
     case Choice::T128x192: return launch<Tile128x192, T>(p, d, st);
     case Choice::T128x256: return launch<Tile128x256, T>(p, d, st);
