@@ -9,6 +9,7 @@
 #include "cuda/launch.cuh"
 #include "cuda/rows.cuh"
 #include "cuda/silu.cuh"
+#include "cuda/vec_io.cuh"
 
 namespace bik::cuda {
 namespace {
@@ -315,10 +316,7 @@ __global__ void __launch_bounds__(kEmbedThreads)
       if ((id[u] < 0 || id[u] >= vocab) && bad != nullptr && i0 == 0) atomicMin(bad, int(t));
       To* o = out + t * os0 + i0;
       if constexpr (std::is_same_v<Tt, To>) {
-        // One 16-byte store: st16 here compiled to four 4-byte ones.
-        asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(o), "r"(raw[u].x), "r"(raw[u].y),
-                     "r"(raw[u].z), "r"(raw[u].w)
-                     : "memory");
+        st_global_16(o, raw[u]);  // one 16-byte store: st16 here compiled to four 4-byte ones
       } else {
         float v[V];
         unpack<Tt, V>(raw[u], v);
