@@ -171,8 +171,9 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
       grid = dim3(unsigned(sms), 1, 1);
       // Steps whose K/V read by more than one unit (the sequences with more than one pair of query blocks,
       // so only prefill-like steps have any) exceed the L2 (order_group > 0, from attention_order_group):
-      // the units are handed out by a counter in the grouped order (order_from_env overrides it). In the virtual grid's order each round's units
-      // belong to as many columns as the round has CTAs, so every round reads their K/V again from DRAM.
+      // the units are handed out by a counter in the grouped order (order_from_env overrides it). In the
+      // virtual grid's order each round's units belong to as many columns as the round has CTAs, so every
+      // round reads their K/V again from DRAM.
       // On an H200 (60 MB of L2) it took prefill 16 x 2048 from 1364-1436 to 1292-1303 us and 4 x 8192 from
       // 5034-5039 to 4789-4792, while short steps lost to the counter's start (prefill 4 x 512 38 -> 43 us)
       // and decodes, whose units share no K/V, gained nothing from the order (128 x 512 77 -> 87:
