@@ -93,16 +93,19 @@ int order_from_env() {
 }
 
 // Split-parallel mode of the warp-specialised kernel: how many consecutive splits one CTA walks, for
-// `cols` CTA columns (sequence x KV head; one query block each) of `splits` splits each on `sms` SMs (one
-// CTA per SM). Minimises waves x (run + 1): the time of the last wave in split units, the 1 standing for
-// a CTA's start (barriers, Q, the first copies in flight), which a longer run pays less often. Only the
-// launch shape depends on it, never a split's partials.
-int split_run(int64_t cols, int64_t splits, int sms) {
+// `cols` CTA columns (sequence x KV head; one query block each) of the grid's first `splits` splits each on
+// `sms` SMs (one CTA per SM). Minimises waves x (longest run + 1): the time of the last wave in units of
+// the grid's short split, the 1 standing for a CTA's start (barriers, Q, the first copies in flight), which
+// a longer run pays less often. Splits only grow along the grid, so the longest run of g is the last full
+// one or the shorter run after it. Only the launch shape depends on it, never a split's partials.
+int split_run(int64_t cols, const policy::SplitGrid& grid, int64_t splits, int sms) {
+  auto span = [&](int64_t j0, int64_t j1) { return int64_t(grid.begin(int(j1)) - grid.begin(int(j0))) / grid.len; };
   int best = 1;
   int64_t best_cost = -1;
   for (int64_t g = 1; g <= splits; ++g) {
-    const int64_t ctas = cols * ((splits + g - 1) / g);
-    const int64_t cost = (ctas + sms - 1) / sms * (g + 1);
+    const int64_t ctas = cols * ((splits + g - 1) / g), full = splits / g;
+    const int64_t longest = std::max(full > 0 ? span((full - 1) * g, full * g) : 0, span(full * g, splits));
+    const int64_t cost = (ctas + sms - 1) / sms * (longest + 1);
     if (best_cost < 0 || cost < best_cost) best_cost = cost, best = int(g);
   }
   return best;
@@ -110,16 +113,16 @@ int split_run(int64_t cols, int64_t splits, int sms) {
 
 // Whether the split-parallel launch should finish before the in-kernel fold, counted in key tiles on
 // the longest path: the fold mode's longest CTA walks the longest context's tiles, once per wave of its
-// `ctas` CTAs; a split CTA walks at most split_len / 64 tiles per wave of ctas x splits CTAs, and the
+// `ctas` CTAs; a split CTA walks at most longest_split / 64 tiles per wave of ctas x splits CTAs, and the
 // fold kernel with the partials' round trip costs about kFoldTiles more. Only the launch mode depends
 // on it, never a bit. On an H200 a 512-token prefill alone took 34.6 us split and 16.7 us unsplit, 32
 // decodes of 512 tokens 30.3 against 27.9, while 8 decodes of 2048 tokens took 26.7 split and 37.2
 // unsplit (logs_h200/6a430a3_split_*.log).
-bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t split_len, int sms) {
+bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t longest_split, int sms) {
   constexpr int64_t kFoldTiles = 4;
   auto waves = [&](int64_t n) { return (n + sms - 1) / sms; };
   const int64_t unsplit = (max_seq_len + attn::kBK - 1) / attn::kBK * waves(ctas);
-  const int64_t per_split = split_len / attn::kBK * waves(ctas * splits) + kFoldTiles;
+  const int64_t per_split = longest_split / attn::kBK * waves(ctas * splits) + kFoldTiles;
   return per_split <= unsplit;
 }
 
@@ -146,7 +149,7 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
     // sequence (decode-like steps). With longer queries the causal blocks before a split's start have
     // nothing in it, and one CTA a split spreads the remaining work better.
     if (split && grid.y == 1) {
-      p.splits_per_cta = split_run(int64_t(grid.x) * grid.y, grid.z, sms);
+      p.splits_per_cta = split_run(int64_t(grid.x) * grid.y, p.split, grid.z, sms);
       grid.z = (grid.z + unsigned(p.splits_per_cta) - 1) / unsigned(p.splits_per_cta);
     }
     const bool prefill_like = grid.y > 1;  // some sequence has more than one query block
@@ -292,8 +295,8 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   const policy::AttentionPlan plan = policy::attention_plan({policy::Backend::CUDA, dev.arch}, a.q.dtype, a.head_dim);
   BIK_CHECK(plan.key_tile == attn::kBK, "paged_attention: the CUDA kernel is built for key tiles of ", attn::kBK,
             ", the plan says ", plan.key_tile);
-  const int64_t L = a.split_len > 0 ? a.split_len : plan.split_len;
-  BIK_CHECK(L % attn::kBK == 0, "paged_attention: split length ", L, " is not a multiple of the key tile");
+  const policy::SplitGrid sg = a.split_len > 0 ? policy::uniform_split_grid(a.split_len) : plan.splits;
+  BIK_CHECK(sg.len % attn::kBK == 0, "paged_attention: split length ", sg.len, " is not a multiple of the key tile");
   BIK_CHECK(a.tokens * a.q_heads < (int64_t(1) << 31) && a.max_seq_len < (int64_t(1) << 30),
             "paged_attention: sizes out of range for the CUDA kernel (T ", a.tokens, ", heads ", a.q_heads, ")");
   cudaStream_t st = static_cast<cudaStream_t>(s.handle);
@@ -320,12 +323,12 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   p.group_mul = ((1 << 16) + p.group - 1) / p.group;
   p.block_size = int(a.block_size);
   p.tok_per_cta = attn::kRows / p.group;
-  p.split_len = int(L);
+  p.split = sg;
   p.splits_per_cta = 1;
   p.scale_log2 = a.scale * 1.4426950408889634f;
 
   // CTAs of the in-kernel fold mode; split-parallel when they cannot fill the GPU, the contexts are longer
-  // than a split (its partials cost ~ (q_heads / kv_heads) / split_len of the KV bytes), and the split
+  // than a split (its partials cost ~ (q_heads / kv_heads) / split length of the KV bytes), and the split
   // launch is expected to finish first (split_pays).
   // Also the K/V bytes of the sequences whose blocks take more than one unit of the warp-specialised kernels
   // (two query blocks a unit): read by several units, they and the largest of those sequences' K/V for one
@@ -344,14 +347,15 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   const int64_t shared_kv_bytes = shared_kv_positions * a.kv_heads * position_bytes;
   const int64_t column_kv_bytes = column_positions * position_bytes;
   const int order_group = attention_order_group(shared_kv_bytes, column_kv_bytes, int64_t(dev.l2_bytes));
-  const int64_t max_splits = (a.max_seq_len + L - 1) / L;
+  const int64_t max_splits = sg.count(int(a.max_seq_len));
   const int64_t rows = a.tokens * a.q_heads;
   const int64_t part_bytes = rows * max_splits * (a.head_dim + 2) * 4;
   const bool fits = max_splits > 1 && part_bytes <= (int64_t(1) << 30) && max_splits <= 65535;
   const int forced = split_from_env();
   const bool split = fits && (forced >= 0 ? forced == 1
                                           : ctas < 2 * int64_t(dev.sms) &&
-                                                split_pays(ctas, a.max_seq_len, max_splits, L, dev.sms));
+                                                split_pays(ctas, a.max_seq_len, max_splits,
+                                                           sg.longest(int(a.max_seq_len)), dev.sms));
   const int64_t qblocks = (a.max_q_len + p.tok_per_cta - 1) / p.tok_per_cta;
   BIK_CHECK(qblocks <= 65535 && a.num_seqs * a.kv_heads < (int64_t(1) << 31),
             "paged_attention: too many query rows for one launch");
