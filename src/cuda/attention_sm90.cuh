@@ -1171,9 +1171,13 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       float M_f[2], L_f[2];
       fold_start(accf, M_f, L_f);
       const float kNegInf = -__int_as_float(0x7f800000);
-      // The tile's place in the plan's splits, counted instead of divided out of kb: the split's index,
-      // its tiles, the tile's index in it (the stream starts at a split start).
-      int js = sg.index(kb_first), tps = sg.length(js) / kBK, tis = 0;
+      // The tile's place in the plan's splits, counted instead of divided out of kb: the split's index and
+      // the tile's index in it (the stream starts at a split start). A split's tile count is read from the
+      // grid where it is needed rather than kept in a register of its own (with it the D = 128 kernels
+      // spilled).
+      // After the last tile, the last split is js, or js - 1 where that tile ended its split (tis wrapped).
+      int js = sg.index(kb_first), tis = 0;
+      auto tps = [&] { return sg.length(js) / kBK; };
 
       if constexpr (kSchedule == WsSchedule::kPipelined) {
         // Variant 6: S(t + 1) is issued before the softmax of tile t, which then runs while the tensor
@@ -1243,7 +1247,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           pv_issue<T, D>(o, pa, sv(st_cur));
           wgmma_commit();
           st_prev = st_cur, st_cur = st_nxt;
-          if (++tis == tps) tis = 0, ++js, tps = sg.length(js) / kBK;
+          if (++tis == tps()) tis = 0, ++js;
         };
         for (int j = 0; j < n_mine; j += 2) {
           step(j, sc, sb);
@@ -1255,9 +1259,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         t = n_mine;
         // The last split (per-row selects: its start may lie inside the block's tokens), then the output.
         if constexpr (kSplit) {
-          finish_split<D, true>(p, sg.index(w.kb_last), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+          finish_split<D, true>(p, js - (tis == 0), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
         } else {
-          fold_split_smem<D>(acc, sg.index(w.kb_last), sg, pos_r, m_run, l_run, o, M_f, L_f);
+          fold_split_smem<D>(acc, js - (tis == 0), sg, pos_r, m_run, l_run, o, M_f, L_f);
           float af[kO];
 #pragma unroll
           for (int i4 = 0; i4 < kO / 4; ++i4) {
@@ -1271,7 +1275,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           mbar_wait(full(s), phase);
           fence_proxy_async();  // the stage's bytes (generic-proxy writes) before the wgmma reads them
           const bool split_start = tis == 0;
-          const bool split_end = tis == tps - 1 || kb == w.kb_last;
+          const bool split_end = tis == tps() - 1 || kb == w.kb_last;
           if (split_start) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
@@ -1294,7 +1298,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           ++t;
           if (split_end && kb != w.kb_last)
             finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-          if (++tis == tps) tis = 0, ++js, tps = sg.length(js) / kBK;
+          if (++tis == tps()) tis = 0, ++js;
         }
       } else {
         // Variant 4: S(t + 1) is issued right behind P V(t), so the tensor cores run both back to back
@@ -1360,17 +1364,17 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           s = s_next, phase = phase_next;
           ++t;
           if constexpr (!kLast) {  // a split ending here (the last tile's ends after the loop)
-            if (tis == tps - 1)
+            if (tis == tps() - 1)
               finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
           }
-          if (++tis == tps) tis = 0, ++js, tps = sg.length(js) / kBK;
+          if (++tis == tps()) tis = 0, ++js;
         };
         for (int kb = kb_first; kb < w.kb_last; kb += kBK) tile(kb, std::false_type{});
         tile(w.kb_last, std::true_type{});
       }
       if constexpr (kSchedule != WsSchedule::kPipelined) {
         // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
-        finish_split<D, kSplit>(p, sg.index(w.kb_last), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+        finish_split<D, kSplit>(p, js - (tis == 0), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
         if constexpr (!kSplit) {
           // Staged where the block has rows in more than one warp (prefill); a decode's few rows (group x
           // its queries) go straight out, without the barrier and the round trip through shared memory,
