@@ -36,6 +36,11 @@ struct SplitGrid {
   BIK_SPLIT_HD bool starts_at(int pos) const {
     return pos < long_from ? pos % len == 0 : (pos - long_from) % long_len == 0;
   }
+  // The first split starting at key position pos or later.
+  BIK_SPLIT_HD int first_from(int pos) const {
+    const int j = index(pos);
+    return begin(j) < pos ? j + 1 : j;
+  }
   // The splits of a context of n keys (0..n - 1).
   BIK_SPLIT_HD int count(int n) const { return n <= 0 ? 0 : index(n - 1) + 1; }
   // The longest split that a context of n keys uses.

@@ -92,23 +92,35 @@ int order_from_env() {
   return *end == '\0' && v >= 0 && v <= (1 << 20) ? int(v) : -1;
 }
 
-// Split-parallel mode of the warp-specialised kernel: how many consecutive splits one CTA walks, for
-// `cols` CTA columns (sequence x KV head; one query block each) of the grid's first `splits` splits each on
-// `sms` SMs (one CTA per SM). Minimises waves x (longest run + 1): the time of the last wave in units of
-// the grid's short split, the 1 standing for a CTA's start (barriers, Q, the first copies in flight), which
-// a longer run pays less often. Splits only grow along the grid, so the longest run of g is the last full
-// one or the shorter run after it. Only the launch shape depends on it, never a split's partials.
-int split_run(int64_t cols, const policy::SplitGrid& grid, int64_t splits, int sms) {
-  auto span = [&](int64_t j0, int64_t j1) { return int64_t(grid.begin(int(j1)) - grid.begin(int(j0))) / grid.len; };
-  int best = 1;
-  int64_t best_cost = -1;
-  for (int64_t g = 1; g <= splits; ++g) {
-    const int64_t ctas = cols * ((splits + g - 1) / g), full = splits / g;
-    const int64_t longest = std::max(full > 0 ? span((full - 1) * g, full * g) : 0, span(full * g, splits));
-    const int64_t cost = (ctas + sms - 1) / sms * (longest + 1);
-    if (best_cost < 0 || cost < best_cost) best_cost = cost, best = int(g);
+// Split-parallel mode of the warp-specialised kernel: the key span of one CTA's run of splits
+// (Params::run_keys: CTA z takes the splits whose first key lies in [z * span, (z + 1) * span)), for `cols`
+// CTA columns (sequence x KV head; one query block each) of contexts up to max_seq_len on `sms` SMs (one
+// CTA per SM). Spans are whole short splits; minimises waves x (longest run + 1): the time of the last
+// wave in short splits, the 1 standing for a CTA's start (barriers, Q, the first copies in flight), which
+// a longer run pays less often. A run is its span of keys but where it takes long splits: those starting
+// in its span, each whole (so the run across the long splits' start, and spans shorter than a long
+// split, can exceed the span). Only the launch shape depends on it, never a split's partials.
+int split_run(int64_t cols, const policy::SplitGrid& grid, int64_t max_seq_len, int sms) {
+  const int64_t units = (max_seq_len + grid.len - 1) / grid.len;
+  auto run_keys = [&](int64_t span, int64_t z) {  // keys of run z, clipped to the longest context
+    const int64_t lo = z * span, hi = std::min<int64_t>((z + 1) * span, max_seq_len);
+    if (lo >= hi) return int64_t(0);
+    const int j0 = grid.first_from(int(lo)), j1 = grid.first_from(int(hi));
+    return j0 >= j1 ? 0 : std::min<int64_t>(grid.begin(j1), max_seq_len) - grid.begin(j0);
+  };
+  int64_t best = grid.len, best_cost = -1;
+  for (int64_t g = 1; g <= std::min<int64_t>(units, 4096); ++g) {
+    const int64_t span = g * grid.len, runs = (max_seq_len + span - 1) / span;
+    // The longest run: any short-only run is one span; check the runs around the long splits' start (a
+    // few spans on, so every phase of the span against the long split length appears) and the last two.
+    int64_t longest = std::min(span, max_seq_len);
+    const int64_t zl = grid.long_from / span, period = grid.long_len / grid.len + 2;
+    for (int64_t z = zl; z < std::min(runs, zl + period); ++z) longest = std::max(longest, run_keys(span, z));
+    for (int64_t z = std::max<int64_t>(0, runs - 2); z < runs; ++z) longest = std::max(longest, run_keys(span, z));
+    const int64_t cost = (cols * runs + sms - 1) / sms * (longest / grid.len + 1);
+    if (best_cost < 0 || cost < best_cost) best_cost = cost, best = span;
   }
-  return best;
+  return int(best);
 }
 
 // Whether the split-parallel launch should finish before the in-kernel fold, counted in key tiles on
@@ -149,8 +161,8 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
     // sequence (decode-like steps). With longer queries the causal blocks before a split's start have
     // nothing in it, and one CTA a split spreads the remaining work better.
     if (split && grid.y == 1) {
-      p.splits_per_cta = split_run(int64_t(grid.x) * grid.y, p.split, grid.z, sms);
-      grid.z = (grid.z + unsigned(p.splits_per_cta) - 1) / unsigned(p.splits_per_cta);
+      p.run_keys = split_run(int64_t(grid.x) * grid.y, p.split, max_seq_len, sms);
+      grid.z = unsigned((max_seq_len + p.run_keys - 1) / p.run_keys);
     }
     const bool prefill_like = grid.y > 1;  // some sequence has more than one query block
     grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
@@ -324,7 +336,7 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   p.block_size = int(a.block_size);
   p.tok_per_cta = attn::kRows / p.group;
   p.split = sg;
-  p.splits_per_cta = 1;
+  p.run_keys = 0;
   p.scale_log2 = a.scale * 1.4426950408889634f;
 
   // CTAs of the in-kernel fold mode; split-parallel when they cannot fill the GPU, the contexts are longer

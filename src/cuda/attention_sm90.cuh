@@ -147,6 +147,12 @@ struct WorkUnit {
   int seq, kvh, q0, tok0, pos0, pmax, kb_begin, kb_last, valid_rows;
 };
 
+// Split-parallel mode: the first split of CTA z's run (Params::run_keys); run z's splits end where run
+// z + 1's begin.
+__device__ __forceinline__ int run_first_split(const Params& p, int z) {
+  return p.run_keys > 0 ? p.split.first_from(z * p.run_keys) : z;
+}
+
 // Fills w for query block `qblock` (64 rows) of the sequence bx / kv_heads (bx, bz: the CTA's grid x and
 // z); false when there is nothing to do (past its sequence's queries, or a split past every row).
 template <bool kSplit>
@@ -162,10 +168,10 @@ __device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w, int qblo
   w.pos0 = ctx - q_len + w.tok0;  // absolute position of the CTA's first token
   w.pmax = w.pos0 + ntok - 1;
   if constexpr (kSplit) {  // tiles [kb_begin, kb_last] (key positions of the tile starts)
-    const int j0 = bz * p.splits_per_cta;  // the CTA's consecutive splits j0 .. j0 + splits_per_cta - 1
+    const int j0 = run_first_split(p, bz), j1 = run_first_split(p, bz + 1);  // the CTA's splits j0 .. j1 - 1
     w.kb_begin = p.split.begin(j0);
-    if (w.kb_begin > w.pmax) return false;
-    w.kb_last = min(p.split.begin(j0 + p.splits_per_cta) - 1, w.pmax) / kBK * kBK;
+    if (j0 >= j1 || w.kb_begin > w.pmax) return false;
+    w.kb_last = min(p.split.begin(j1) - 1, w.pmax) / kBK * kBK;
   } else {
     w.kb_begin = 0;
     w.kb_last = w.pmax / kBK * kBK;
@@ -934,7 +940,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     }
     const int gy = persistent ? p.grid_y : int(gridDim.y);
     u.qb0 = (gy - 1 - by) * C;
-    u.kb_first = kSplit ? p.split.begin(u.bz * p.splits_per_cta) : 0;
+    u.kb_first = kSplit ? p.split.begin(run_first_split(p, u.bz)) : 0;
     int kb_end = -1;
     u.pmax_all = -1;
 #pragma unroll
