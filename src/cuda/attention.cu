@@ -99,8 +99,9 @@ int order_from_env() {
 // wave in short splits, the 1 standing for a CTA's start (barriers, Q, the first copies in flight), which
 // a longer run pays less often. A run is its span of keys but where it takes long splits: those starting
 // in its span, each whole (so the run across the long splits' start, and spans shorter than a long
-// split, can exceed the span). Only the launch shape depends on it, never a split's partials.
-int split_run(int64_t cols, const policy::SplitGrid& grid, int64_t max_seq_len, int sms) {
+// split, can exceed the span). multiple_of > 0: spans of a multiple of that many keys only. Only the
+// launch shape depends on it, never a split's partials.
+int split_run(int64_t cols, const policy::SplitGrid& grid, int64_t max_seq_len, int sms, int64_t multiple_of) {
   const int64_t units = (max_seq_len + grid.len - 1) / grid.len;
   auto run_keys = [&](int64_t span, int64_t z) {  // keys of run z, clipped to the longest context
     const int64_t lo = z * span, hi = std::min<int64_t>((z + 1) * span, max_seq_len);
@@ -108,9 +109,10 @@ int split_run(int64_t cols, const policy::SplitGrid& grid, int64_t max_seq_len, 
     const int j0 = grid.first_from(int(lo)), j1 = grid.first_from(int(hi));
     return j0 >= j1 ? 0 : std::min<int64_t>(grid.begin(j1), max_seq_len) - grid.begin(j0);
   };
-  int64_t best = grid.len, best_cost = -1;
+  int64_t best = multiple_of > 0 ? multiple_of : grid.len, best_cost = -1;
   for (int64_t g = 1; g <= std::min<int64_t>(units, 4096); ++g) {
     const int64_t span = g * grid.len, runs = (max_seq_len + span - 1) / span;
+    if (multiple_of > 0 && span % multiple_of != 0) continue;
     // The longest run: any short-only run is one span; check the runs around the long splits' start (a
     // few spans on, so every phase of the span against the long split length appears) and the last two.
     int64_t longest = std::min(span, max_seq_len);
@@ -160,13 +162,19 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
     // Runs of splits only where every CTA column has all of its splits to do: one query block per
     // sequence (decode-like steps). With longer queries the causal blocks before a split's start have
     // nothing in it, and one CTA a split spreads the remaining work better.
-    // Contexts within the short splits count runs in splits, as before the long splits (the run's first
-    // split a product instead of first_from's divisions: with the divisions on every CTA's start a decode
-    // of 1 x 8192 took 16.7 us against 15.0 on an H200, logs_h200/f3a8503_attention_longsplits_ab.log).
+    // A run's first split is a product in the kernel, never a division (with first_from's divisions on
+    // every CTA's start a decode of 1 x 8192 took 16.7 us against 15.0 on an H200,
+    // logs_h200/f3a8503_attention_longsplits_ab.log): runs counted in splits within the short splits,
+    // runs of a multiple of the long split length past them.
     if (split && grid.y == 1) {
-      const int64_t span = split_run(int64_t(grid.x) * grid.y, p.split, max_seq_len, sms);
-      if (max_seq_len > p.split.long_from) {
+      const bool long_ctx = max_seq_len > p.split.long_from;
+      const int64_t span =
+          split_run(int64_t(grid.x) * grid.y, p.split, max_seq_len, sms, long_ctx ? p.split.long_len : 0);
+      if (long_ctx) {
         p.run_keys = int(span);
+        p.run_short = int(span / p.split.len);
+        p.run_long = int(span / p.split.long_len);
+        p.run_base = p.split.short_count - p.split.long_from / p.split.long_len;
         grid.z = unsigned((max_seq_len + span - 1) / span);
       } else {
         p.splits_per_cta = int(span / p.split.len);

@@ -56,9 +56,11 @@ struct Params {
   float* part_acc;
   int max_splits;
   // Split-parallel mode, the splits of CTA z: with run_keys > 0 (variants 3-6, contexts reaching the long
-  // splits) those whose first key lies in [z * run_keys, (z + 1) * run_keys), none if no split starts
-  // there; else splits z * splits_per_cta .. (z + 1) * splits_per_cta - 1 (1 a CTA but for variants 3-6).
-  int run_keys, splits_per_cta;
+  // splits; a multiple of the long split length) the splits in keys [z * run_keys, (z + 1) * run_keys),
+  // from split z * run_short below the long splits' start, else z * run_long + run_base (the host's
+  // quotients: no division in the kernel); else splits z * splits_per_cta .. (z + 1) * splits_per_cta - 1
+  // (1 a CTA but for variants 3-6).
+  int run_keys, run_short, run_long, run_base, splits_per_cta;
   // Variants 3-6 on a persistent grid: `units` > 0 CTA work units of a virtual grid (grid_x, grid_y,
   // grid_z), unit u at (u % grid_x, u / grid_x % grid_y, u / (grid_x grid_y)), CTA b taking units b,
   // b + gridDim.x, ... in static rounds (unless unit_counter is set); 0: one CTA a unit (blockIdx).

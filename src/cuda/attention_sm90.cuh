@@ -150,7 +150,8 @@ struct WorkUnit {
 // Split-parallel mode: the first split of CTA z's run (Params::run_keys); run z's splits end where run
 // z + 1's begin.
 __device__ __forceinline__ int run_first_split(const Params& p, int z) {
-  return p.run_keys > 0 ? p.split.first_from(z * p.run_keys) : z * p.splits_per_cta;
+  if (p.run_keys == 0) return z * p.splits_per_cta;
+  return z * p.run_keys < p.split.long_from ? z * p.run_short : z * p.run_long + p.run_base;
 }
 
 // Fills w for query block `qblock` (64 rows) of the sequence bx / kv_heads (bx, bz: the CTA's grid x and
