@@ -11,10 +11,10 @@
 // prefix-cache hits are all this one call, and give a query token the same bits in all of them:
 //
 // The reduction order (policy::attention_plan): the keys are cut into splits at fixed absolute positions
-// (split j = [j * split_len, (j + 1) * split_len)); inside a split the scores, running max, sum and
-// accumulator advance tile by tile in increasing key position; the split results are merged in
-// increasing j by one fixed formula. Nothing in that order depends on how many rows, sequences or heads
-// are in the call, where the row sits, or whether its keys were written in this step or earlier.
+// (256 keys a split below position 8192, 1024 keys a split from 8192 on); inside a split the scores,
+// running max, sum and accumulator advance tile by tile in increasing key position; the split results are
+// merged in increasing split order by one fixed formula. Nothing in that order depends on how many rows,
+// sequences or heads are in the call, where the row sits, or whether its keys were written in this step or earlier.
 //
 // Both ops validate every argument (shapes, dtypes, devices, head_dim, the metadata's values and block
 // table range) and throw bik::Error naming the argument. On CUDA the metadata (block_tables, seq_lens,

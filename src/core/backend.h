@@ -54,7 +54,8 @@ struct ReduceArgs {
 struct AttentionArgs {
   TensorView out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc;
   float scale = 1.0f;
-  int64_t split_len = 0;  // 0: the plan's (policy::attention_plan); other values only for negative controls
+  int64_t split_len = 0;  // 0: the plan's split grid (policy::attention_plan); > 0: a uniform grid of this
+                          // split length, for negative controls only
   int64_t tokens = 0, num_seqs = 0, q_heads = 0, kv_heads = 0, head_dim = 0, block_size = 0;
   int64_t max_q_len = 0, max_seq_len = 0;
   std::vector<int32_t> host_seq_lens, host_query_start_loc;

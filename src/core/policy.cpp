@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include "bik/error.h"
+
 namespace bik::policy {
 
 RowReducePlan row_reduce_plan(Target t, DType dtype, int64_t n) {
@@ -34,17 +36,43 @@ GemmPlan gemm_plan(Target t, DType dtype, int64_t, int64_t k) {
   return GemmPlan{1, k, t.arch == 90 ? Mma::WgmmaSm90 : Mma::MmaSyncSm80, 16};
 }
 
+SplitGrid make_split_grid(int64_t len, int64_t long_from, int64_t long_len) {
+  BIK_CHECK(len > 0 && len < (int64_t(1) << 30), "attention split grid: split length ", len, " is out of range");
+  if (long_from == SplitGrid::kNoLong) return uniform_split_grid(len);
+  BIK_CHECK(long_len > 0 && long_len < (int64_t(1) << 30) && long_len % len == 0,
+            "attention split grid: long split length ", long_len, " is not a positive multiple of the split length ",
+            len);
+  BIK_CHECK(long_from > 0 && long_from < (int64_t(1) << 30) && long_from % long_len == 0,
+            "attention split grid: the long splits' start ", long_from, " is not a positive multiple of their length ",
+            long_len);
+  return split_grid_unchecked(int(len), int(long_from), int(long_len));
+}
+
+SplitGrid uniform_split_grid(int64_t len) {
+  BIK_CHECK(len > 0 && len < (int64_t(1) << 30), "attention split grid: split length ", len, " is out of range");
+  return split_grid_unchecked(int(len), SplitGrid::kNoLong, int(len));
+}
+
 AttentionPlan attention_plan(Target t, DType, int64_t) {
-  // 256-key splits: enough independent pieces for a single long decode to fill a GPU (32k keys = 128
-  // splits per KV head), and short enough that the split partials cost ~1% of the KV bytes read.
+  // 256-key splits up to position 8192: enough independent pieces for a single decode to fill a GPU (an
+  // 8192-token context = 32 splits per KV head), and short enough that the split partials cost ~1% of the
+  // KV bytes read. From 8192 on, 1024-key splits: a long context has splits to spare (32k keys = 32 + 24
+  // splits per KV head), and every split costs a long prefill a fold (on an H200 1024-key splits took
+  // prefill 1 x 32768 from 18680 to 18311 us while making decodes of 8192 keys or fewer slower:
+  // logs_h200/85cdca7_attention_splitlen_ab.log).
   // 64-key tiles: one tile of K and V (64 x 128 halves each) fills a pipeline stage of the CUDA kernel.
-  if (t.backend == Backend::CPU) return AttentionPlan{256, 64, Mma::FmaChain};
-  return AttentionPlan{256, 64, Mma::MmaSyncSm80};
+  const SplitGrid splits = make_split_grid(256, 8192, 1024);
+  if (t.backend == Backend::CPU) return AttentionPlan{splits, 64, Mma::FmaChain};
+  return AttentionPlan{splits, 64, Mma::MmaSyncSm80};
 }
 
 std::string describe(const AttentionPlan& p) {
   const char* mma = p.mma == Mma::FmaChain ? "fma-chain" : p.mma == Mma::MmaSyncSm80 ? "mma.sync" : "wgmma";
-  return "split_len=" + std::to_string(p.split_len) + " key_tile=" + std::to_string(p.key_tile) + " mma=" + mma;
+  const SplitGrid& g = p.splits;
+  std::string splits = "split_len=" + std::to_string(g.len);
+  if (g.long_from != SplitGrid::kNoLong)
+    splits += " long_split_len=" + std::to_string(g.long_len) + " from " + std::to_string(g.long_from);
+  return splits + " key_tile=" + std::to_string(p.key_tile) + " mma=" + mma;
 }
 
 std::string describe(const GemmPlan& p) {

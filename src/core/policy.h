@@ -6,6 +6,7 @@
 #include <string>
 
 #include "bik/dtype.h"
+#include "core/split_grid.h"
 
 namespace bik::policy {
 
@@ -39,8 +40,9 @@ struct GemmPlan {
 GemmPlan gemm_plan(Target t, DType dtype, int64_t n, int64_t k);
 
 // Causal attention (include/bik/attention.h): for one query row at absolute position p and one head,
-// the keys 0..p are cut into splits at fixed absolute positions, split j = [j * split_len,
-// (j + 1) * split_len). Inside a split, keys go in tiles of `key_tile` (tiles start at the split's start):
+// the keys 0..p are cut into the splits of a fixed grid of absolute positions (SplitGrid,
+// core/split_grid.h: `splits.len` keys a split up to `splits.long_from`, `splits.long_len` from there on).
+// Inside a split, keys go in tiles of `key_tile` (tiles start at the split's start):
 // per tile, scores in F32, the running max m, then sum l and accumulator acc rescaled by exp(m_old - m)
 // and advanced in increasing key position. Split results (m, l, acc) are folded in increasing j, from
 // split 0, by  m' = max(M, m), L' = L e^(M - m') + l e^(m - m'), A' = A e^(M - m') + acc e^(m - m');
@@ -51,11 +53,15 @@ GemmPlan gemm_plan(Target t, DType dtype, int64_t n, int64_t k);
 // 2^fma(score, scale log2 e, -m); the CPU uses one F32 FMA chain per dot product, over d in increasing order.
 // No argument is a batch size, number of queries or sequences.
 struct AttentionPlan {
-  int64_t split_len;
-  int64_t key_tile;  // divides split_len
+  SplitGrid splits;
+  int64_t key_tile;  // divides splits.len
   Mma mma;
 };
 AttentionPlan attention_plan(Target t, DType dtype, int64_t head_dim);
+// A split grid with its invariants checked (len > 0, long_len a multiple of len, long_from a multiple of
+// long_len; long_from = SplitGrid::kNoLong: uniform); bik::Error naming the violated one otherwise.
+SplitGrid make_split_grid(int64_t len, int64_t long_from, int64_t long_len);
+SplitGrid uniform_split_grid(int64_t len);
 
 std::string describe(const GemmPlan& p);
 std::string describe(const AttentionPlan& p);

@@ -1,7 +1,8 @@
 // Paged causal attention on the CPU, following policy::attention_plan exactly (see core/policy.h):
-// per query row and head, splits of split_len keys at fixed absolute positions, tiles of key_tile keys
-// inside a split, and the split results folded in increasing order. Threads take (row, head) pairs
-// only; each pair's arithmetic is one sequential program, so the thread count never changes a bit.
+// per query row and head, the splits of the plan's grid of absolute positions (core/split_grid.h), tiles
+// of key_tile keys inside a split, and the split results folded in increasing order. Threads take (row,
+// head) pairs only; each pair's arithmetic is one sequential program, so the thread count never changes
+// a bit.
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -47,7 +48,8 @@ template <class T>
 void attention_typed(const AttentionArgs& a) {
   const policy::AttentionPlan plan = policy::attention_plan({}, a.q.dtype, a.head_dim);
   const int64_t D = a.head_dim, group = a.q_heads / a.kv_heads, bs = a.block_size;
-  const int64_t L = a.split_len > 0 ? a.split_len : plan.split_len, BK = plan.key_tile;
+  const policy::SplitGrid grid = a.split_len > 0 ? policy::uniform_split_grid(a.split_len) : plan.splits;
+  const int64_t BK = plan.key_tile;
   const T* kc = a.k_cache.ptr<const T>();
   const T* vc = a.v_cache.ptr<const T>();
   const int64_t tok_stride = a.kv_heads * D, blk_stride = bs * tok_stride;  // caches are contiguous
@@ -75,11 +77,11 @@ void attention_typed(const AttentionArgs& a) {
         return blk * blk_stride + (kp % bs) * tok_stride + kvh * D;
       };
       float M = 0, Lsum = 0;
-      for (int64_t j = 0; j * L <= pos; ++j) {
+      for (int j = 0; grid.begin(j) <= pos; ++j) {
         float m = -std::numeric_limits<float>::infinity(), l = 0;
         std::fill(acc.begin(), acc.end(), 0.0f);
-        const int64_t split_end = std::min((j + 1) * L, pos + 1);
-        for (int64_t k0 = j * L; k0 < split_end; k0 += BK) {
+        const int64_t split_end = std::min<int64_t>(grid.begin(j + 1), pos + 1);
+        for (int64_t k0 = grid.begin(j); k0 < split_end; k0 += BK) {
           const int64_t k1 = std::min(k0 + BK, split_end);
           float mt = m;
           for (int64_t kp = k0; kp < k1; ++kp) {

@@ -92,34 +92,51 @@ int order_from_env() {
   return *end == '\0' && v >= 0 && v <= (1 << 20) ? int(v) : -1;
 }
 
-// Split-parallel mode of the warp-specialised kernel: how many consecutive splits one CTA walks, for
-// `cols` CTA columns (sequence x KV head; one query block each) of `splits` splits each on `sms` SMs (one
-// CTA per SM). Minimises waves x (run + 1): the time of the last wave in split units, the 1 standing for
-// a CTA's start (barriers, Q, the first copies in flight), which a longer run pays less often. Only the
+// Split-parallel mode of the warp-specialised kernel: the key span of one CTA's run of splits
+// (Params::run_keys: CTA z takes the splits whose first key lies in [z * span, (z + 1) * span)), for `cols`
+// CTA columns (sequence x KV head; one query block each) of contexts up to max_seq_len on `sms` SMs (one
+// CTA per SM). Spans are whole short splits; minimises waves x (longest run + 1): the time of the last
+// wave in short splits, the 1 standing for a CTA's start (barriers, Q, the first copies in flight), which
+// a longer run pays less often. A run is its span of keys but where it takes long splits: those starting
+// in its span, each whole (so the run across the long splits' start, and spans shorter than a long
+// split, can exceed the span). multiple_of > 0: spans of a multiple of that many keys only. Only the
 // launch shape depends on it, never a split's partials.
-int split_run(int64_t cols, int64_t splits, int sms) {
-  int best = 1;
-  int64_t best_cost = -1;
-  for (int64_t g = 1; g <= splits; ++g) {
-    const int64_t ctas = cols * ((splits + g - 1) / g);
-    const int64_t cost = (ctas + sms - 1) / sms * (g + 1);
-    if (best_cost < 0 || cost < best_cost) best_cost = cost, best = int(g);
+int split_run(int64_t cols, const policy::SplitGrid& grid, int64_t max_seq_len, int sms, int64_t multiple_of) {
+  const int64_t units = (max_seq_len + grid.len - 1) / grid.len;
+  auto run_keys = [&](int64_t span, int64_t z) {  // keys of run z, clipped to the longest context
+    const int64_t lo = z * span, hi = std::min<int64_t>((z + 1) * span, max_seq_len);
+    if (lo >= hi) return int64_t(0);
+    const int j0 = grid.first_from(int(lo)), j1 = grid.first_from(int(hi));
+    return j0 >= j1 ? 0 : std::min<int64_t>(grid.begin(j1), max_seq_len) - grid.begin(j0);
+  };
+  int64_t best = multiple_of > 0 ? multiple_of : grid.len, best_cost = -1;
+  for (int64_t g = 1; g <= std::min<int64_t>(units, 4096); ++g) {
+    const int64_t span = g * grid.len, runs = (max_seq_len + span - 1) / span;
+    if (multiple_of > 0 && span % multiple_of != 0) continue;
+    // The longest run: any short-only run is one span; check the runs around the long splits' start (a
+    // few spans on, so every phase of the span against the long split length appears) and the last two.
+    int64_t longest = std::min(span, max_seq_len);
+    const int64_t zl = grid.long_from / span, period = grid.long_len / grid.len + 2;
+    for (int64_t z = zl; z < std::min(runs, zl + period); ++z) longest = std::max(longest, run_keys(span, z));
+    for (int64_t z = std::max<int64_t>(0, runs - 2); z < runs; ++z) longest = std::max(longest, run_keys(span, z));
+    const int64_t cost = (cols * runs + sms - 1) / sms * (longest / grid.len + 1);
+    if (best_cost < 0 || cost < best_cost) best_cost = cost, best = span;
   }
-  return best;
+  return int(best);
 }
 
 // Whether the split-parallel launch should finish before the in-kernel fold, counted in key tiles on
 // the longest path: the fold mode's longest CTA walks the longest context's tiles, once per wave of its
-// `ctas` CTAs; a split CTA walks at most split_len / 64 tiles per wave of ctas x splits CTAs, and the
+// `ctas` CTAs; a split CTA walks at most longest_split / 64 tiles per wave of ctas x splits CTAs, and the
 // fold kernel with the partials' round trip costs about kFoldTiles more. Only the launch mode depends
 // on it, never a bit. On an H200 a 512-token prefill alone took 34.6 us split and 16.7 us unsplit, 32
 // decodes of 512 tokens 30.3 against 27.9, while 8 decodes of 2048 tokens took 26.7 split and 37.2
 // unsplit (logs_h200/6a430a3_split_*.log).
-bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t split_len, int sms) {
+bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t longest_split, int sms) {
   constexpr int64_t kFoldTiles = 4;
   auto waves = [&](int64_t n) { return (n + sms - 1) / sms; };
   const int64_t unsplit = (max_seq_len + attn::kBK - 1) / attn::kBK * waves(ctas);
-  const int64_t per_split = split_len / attn::kBK * waves(ctas * splits) + kFoldTiles;
+  const int64_t per_split = longest_split / attn::kBK * waves(ctas * splits) + kFoldTiles;
   return per_split <= unsplit;
 }
 
@@ -145,9 +162,24 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
     // Runs of splits only where every CTA column has all of its splits to do: one query block per
     // sequence (decode-like steps). With longer queries the causal blocks before a split's start have
     // nothing in it, and one CTA a split spreads the remaining work better.
+    // A run's first split is a product in the kernel, never a division (with first_from's divisions on
+    // every CTA's start a decode of 1 x 8192 took 16.7 us against 15.0 on an H200,
+    // logs_h200/f3a8503_attention_longsplits_ab.log): runs counted in splits within the short splits,
+    // runs of a multiple of the long split length past them.
     if (split && grid.y == 1) {
-      p.splits_per_cta = split_run(int64_t(grid.x) * grid.y, grid.z, sms);
-      grid.z = (grid.z + unsigned(p.splits_per_cta) - 1) / unsigned(p.splits_per_cta);
+      const bool long_ctx = max_seq_len > p.split.long_from;
+      const int64_t span =
+          split_run(int64_t(grid.x) * grid.y, p.split, max_seq_len, sms, long_ctx ? p.split.long_len : 0);
+      if (long_ctx) {
+        p.run_keys = int(span);
+        p.run_short = int(span / p.split.len);
+        p.run_long = int(span / p.split.long_len);
+        p.run_base = p.split.short_count - p.split.long_from / p.split.long_len;
+        grid.z = unsigned((max_seq_len + span - 1) / span);
+      } else {
+        p.splits_per_cta = int(span / p.split.len);
+        grid.z = (grid.z + unsigned(p.splits_per_cta) - 1) / unsigned(p.splits_per_cta);
+      }
     }
     const bool prefill_like = grid.y > 1;  // some sequence has more than one query block
     grid.y = (grid.y + Ws::kConsumers - 1) / Ws::kConsumers;
@@ -292,8 +324,8 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   const policy::AttentionPlan plan = policy::attention_plan({policy::Backend::CUDA, dev.arch}, a.q.dtype, a.head_dim);
   BIK_CHECK(plan.key_tile == attn::kBK, "paged_attention: the CUDA kernel is built for key tiles of ", attn::kBK,
             ", the plan says ", plan.key_tile);
-  const int64_t L = a.split_len > 0 ? a.split_len : plan.split_len;
-  BIK_CHECK(L % attn::kBK == 0, "paged_attention: split length ", L, " is not a multiple of the key tile");
+  const policy::SplitGrid sg = a.split_len > 0 ? policy::uniform_split_grid(a.split_len) : plan.splits;
+  BIK_CHECK(sg.len % attn::kBK == 0, "paged_attention: split length ", sg.len, " is not a multiple of the key tile");
   BIK_CHECK(a.tokens * a.q_heads < (int64_t(1) << 31) && a.max_seq_len < (int64_t(1) << 30),
             "paged_attention: sizes out of range for the CUDA kernel (T ", a.tokens, ", heads ", a.q_heads, ")");
   cudaStream_t st = static_cast<cudaStream_t>(s.handle);
@@ -320,12 +352,13 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   p.group_mul = ((1 << 16) + p.group - 1) / p.group;
   p.block_size = int(a.block_size);
   p.tok_per_cta = attn::kRows / p.group;
-  p.split_len = int(L);
+  p.split = sg;
+  p.run_keys = 0;
   p.splits_per_cta = 1;
   p.scale_log2 = a.scale * 1.4426950408889634f;
 
   // CTAs of the in-kernel fold mode; split-parallel when they cannot fill the GPU, the contexts are longer
-  // than a split (its partials cost ~ (q_heads / kv_heads) / split_len of the KV bytes), and the split
+  // than a split (its partials cost ~ (q_heads / kv_heads) / split length of the KV bytes), and the split
   // launch is expected to finish first (split_pays).
   // Also the K/V bytes of the sequences whose blocks take more than one unit of the warp-specialised kernels
   // (two query blocks a unit): read by several units, they and the largest of those sequences' K/V for one
@@ -344,14 +377,15 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   const int64_t shared_kv_bytes = shared_kv_positions * a.kv_heads * position_bytes;
   const int64_t column_kv_bytes = column_positions * position_bytes;
   const int order_group = attention_order_group(shared_kv_bytes, column_kv_bytes, int64_t(dev.l2_bytes));
-  const int64_t max_splits = (a.max_seq_len + L - 1) / L;
+  const int64_t max_splits = sg.count(int(a.max_seq_len));
   const int64_t rows = a.tokens * a.q_heads;
   const int64_t part_bytes = rows * max_splits * (a.head_dim + 2) * 4;
   const bool fits = max_splits > 1 && part_bytes <= (int64_t(1) << 30) && max_splits <= 65535;
   const int forced = split_from_env();
   const bool split = fits && (forced >= 0 ? forced == 1
                                           : ctas < 2 * int64_t(dev.sms) &&
-                                                split_pays(ctas, a.max_seq_len, max_splits, L, dev.sms));
+                                                split_pays(ctas, a.max_seq_len, max_splits,
+                                                           sg.longest(int(a.max_seq_len)), dev.sms));
   const int64_t qblocks = (a.max_q_len + p.tok_per_cta - 1) / p.tok_per_cta;
   BIK_CHECK(qblocks <= 65535 && a.num_seqs * a.kv_heads < (int64_t(1) << 31),
             "paged_attention: too many query rows for one launch");

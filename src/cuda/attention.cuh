@@ -5,7 +5,7 @@
 // split (split-parallel, "decode" mode; a second kernel folds the partials). Each of the 4 warps owns 16
 // rows and walks every key of every tile for them, so a row's arithmetic never depends on which warp,
 // CTA or mode computes it, nor on the other rows:
-//  - the key tiles are the plan's: 64 keys from the split start, splits at multiples of split_len;
+//  - the key tiles are the plan's: 64 keys from the split start, splits of the plan's grid (p.split);
 //  - Q K^T: each score is one F32 accumulator fed by mma over head_dim in steps of 16 from d = 0;
 //  - keys past a row's position score -inf and get p = 0 exactly (their V rows are zero-filled past the
 //    block's last position and real cached values otherwise, so p * v is an exact zero either way);
@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "core/split_grid.h"
 #include "cuda/ex2.cuh"
 #include "cuda/launch.cuh"
 
@@ -46,14 +47,20 @@ struct Params {
   int64_t sl_s;
   const int32_t* qsl;
   int64_t qsl_s;
-  int num_seqs, q_heads, kv_heads, group, block_size, tok_per_cta, split_len;
+  int num_seqs, q_heads, kv_heads, group, block_size, tok_per_cta;
+  policy::SplitGrid split;  // the plan's splits (core/split_grid.h)
   int group_mul;     // ceil(2^16 / group): row_token's multiplier
   float scale_log2;  // softmax scale * log2(e): scores are kept in log2 units
   // Split-parallel mode: partials per (row, head, split): (m, l) and acc[D].
   float* part_ml;
   float* part_acc;
   int max_splits;
-  int splits_per_cta;  // split-parallel mode: consecutive splits one CTA walks (1 but for variants 3-5)
+  // Split-parallel mode, the splits of CTA z: with run_keys > 0 (variants 3-6, contexts reaching the long
+  // splits; a multiple of the long split length) the splits in keys [z * run_keys, (z + 1) * run_keys),
+  // from split z * run_short below the long splits' start, else z * run_long + run_base (the host's
+  // quotients: no division in the kernel); else splits z * splits_per_cta .. (z + 1) * splits_per_cta - 1
+  // (1 a CTA but for variants 3-6).
+  int run_keys, run_short, run_long, run_base, splits_per_cta;
   // Variants 3-6 on a persistent grid: `units` > 0 CTA work units of a virtual grid (grid_x, grid_y,
   // grid_z), unit u at (u % grid_x, u / grid_x % grid_y, u / (grid_x grid_y)), CTA b taking units b,
   // b + gridDim.x, ... in static rounds (unless unit_counter is set); 0: one CTA a unit (blockIdx).
@@ -176,12 +183,12 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
   const int ctx = p.seq_lens[int64_t(seq) * p.sl_s];
   const int pos0 = ctx - q_len + tok0;  // absolute position of the CTA's first token
   const int pmax = pos0 + ntok - 1;
-  const int L = p.split_len;
+  const policy::SplitGrid& sg = p.split;
   int kb_begin, kb_last;  // tiles [kb_begin, kb_last] (key positions of the tile starts)
   if constexpr (kSplit) {
-    kb_begin = blockIdx.z * L;
+    kb_begin = sg.begin(blockIdx.z);
     if (kb_begin > pmax) return;
-    kb_last = min(kb_begin + L - 1, pmax) / kBK * kBK;
+    kb_last = min(sg.begin(blockIdx.z + 1) - 1, pmax) / kBK * kBK;
   } else {
     kb_begin = 0;
     kb_last = pmax / kBK * kBK;
@@ -248,8 +255,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    const bool split_start = kb % L == 0;
-    const bool split_end = (kb + kBK) % L == 0 || kb == kb_last;
+    const bool split_start = sg.starts_at(kb);
+    const bool split_end = sg.starts_at(kb + kBK) || kb == kb_last;
     if (kb == kb_begin && warp_live) {
 #pragma unroll
       for (int kk = 0; kk < KT; ++kk) {
@@ -349,11 +356,11 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
         }
       }
       if (split_end) {
-        const int j = kb / L;
+        const int j = sg.index(kb), j_begin = sg.begin(j);
         if constexpr (kSplit) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            if (pos_r[h] < j * L) continue;  // the row has no key in this split
+            if (pos_r[h] < j_begin) continue;  // the row has no key in this split
             const int64_t base = int64_t(row_id[h]) * p.max_splits + j;
             if (cq == 0) {
               p.part_ml[base * 2] = m_run[h];
@@ -367,7 +374,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
         } else {
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            if (pos_r[h] < j * L) continue;
+            if (pos_r[h] < j_begin) continue;
             if (j == 0) {
               M_f[h] = m_run[h];
               L_f[h] = l_run[h];
@@ -416,7 +423,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
 }
 
 // Split-parallel mode, second pass: one CTA per (query row, head), thread d folds element d over the
-// row's splits 0..pos / split_len in increasing order with the same fold as the in-kernel mode.
+// row's splits 0..split.index(pos) in increasing order with the same fold as the in-kernel mode.
 template <typename T, int D>
 __global__ void __launch_bounds__(D) fold_kernel(const Params p) {
   pdl_wait();
@@ -434,7 +441,7 @@ __global__ void __launch_bounds__(D) fold_kernel(const Params p) {
   while (p.qsl[int64_t(seq + 1) * p.qsl_s] <= t) ++seq;  // skips sequences with no rows
   const int q0 = p.qsl[int64_t(seq) * p.qsl_s], q_len = p.qsl[int64_t(seq + 1) * p.qsl_s] - q0;
   const int pos = p.seq_lens[int64_t(seq) * p.sl_s] - q_len + (t - q0);
-  const int nsplit = pos / p.split_len + 1;
+  const int nsplit = p.split.index(pos) + 1;
   const int d = threadIdx.x;
   const int64_t base = int64_t(row) * p.max_splits;
   const float* ml = p.part_ml + base * 2;

@@ -2,7 +2,7 @@
 // products done by warpgroup MMA (wgmma) instead of mma.sync.
 //
 // Same work unit, same plan (attention.cuh's header comment is the contract): one CTA = one sequence, one
-// KV head, 64 query rows, 64-key tiles from the split start, splits at multiples of split_len, the fold of
+// KV head, 64 query rows, 64-key tiles from the split start, the splits of the plan's grid, the fold of
 // split results in increasing split order, the in-kernel fold ("prefill") and split-parallel ("decode")
 // modes running the same per-split code. The CTA is one warpgroup (4 warps x 16 rows); what changes is
 // the arithmetic engine, and it changes for BOTH modes on sm_90, never with the mode or the batch:
@@ -147,6 +147,13 @@ struct WorkUnit {
   int seq, kvh, q0, tok0, pos0, pmax, kb_begin, kb_last, valid_rows;
 };
 
+// Split-parallel mode: the first split of CTA z's run (Params::run_keys); run z's splits end where run
+// z + 1's begin.
+__device__ __forceinline__ int run_first_split(const Params& p, int z) {
+  if (p.run_keys == 0) return z * p.splits_per_cta;
+  return z * p.run_keys < p.split.long_from ? z * p.run_short : z * p.run_long + p.run_base;
+}
+
 // Fills w for query block `qblock` (64 rows) of the sequence bx / kv_heads (bx, bz: the CTA's grid x and
 // z); false when there is nothing to do (past its sequence's queries, or a split past every row).
 template <bool kSplit>
@@ -161,12 +168,11 @@ __device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w, int qblo
   const int ctx = p.seq_lens[int64_t(w.seq) * p.sl_s];
   w.pos0 = ctx - q_len + w.tok0;  // absolute position of the CTA's first token
   w.pmax = w.pos0 + ntok - 1;
-  const int L = p.split_len;
   if constexpr (kSplit) {  // tiles [kb_begin, kb_last] (key positions of the tile starts)
-    const int span = p.splits_per_cta * L;  // the CTA's consecutive splits
-    w.kb_begin = bz * span;
-    if (w.kb_begin > w.pmax) return false;
-    w.kb_last = min(w.kb_begin + span - 1, w.pmax) / kBK * kBK;
+    const int j0 = run_first_split(p, bz), j1 = run_first_split(p, bz + 1);  // the CTA's splits j0 .. j1 - 1
+    w.kb_begin = p.split.begin(j0);
+    if (j0 >= j1 || w.kb_begin > w.pmax) return false;
+    w.kb_last = min(p.split.begin(j1) - 1, w.pmax) / kBK * kBK;
   } else {
     w.kb_begin = 0;
     w.kb_last = w.pmax / kBK * kBK;
@@ -354,13 +360,13 @@ __device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)
 // The per-row part of the in-kernel fold of split j (finish_split's comment): the coefficients, which
 // rows have a key in the split, and the folded (M, L).
 template <bool kAllLive>
-__device__ __forceinline__ void fold_rows(int j, int L, const int (&pos_r)[2], const float (&m)[2],
+__device__ __forceinline__ void fold_rows(int j, int j_begin, const int (&pos_r)[2], const float (&m)[2],
                                           const float (&l)[2], float (&M_f)[2], float (&L_f)[2], FoldCoef (&fc)[2],
                                           bool (&live)[2]) {
   const bool first = j == 0;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    live[h] = kAllLive || pos_r[h] >= j * L;
+    live[h] = kAllLive || pos_r[h] >= j_begin;
     fc[h] = fold_coef(M_f[h], m[h]);
     fc[h].m = first ? m[h] : fc[h].m;
     fc[h].ca = first ? 0.f : fc[h].ca;
@@ -383,11 +389,11 @@ __device__ __forceinline__ void finish_split(const Params& p, int j, int cq, con
                                              const int (&row_id)[2], const float (&m)[2], const float (&l)[2],
                                              const float (&o)[D / 2], float (&accf)[kSplit ? 1 : D / 2],
                                              float (&M_f)[2], float (&L_f)[2]) {
-  const int L = p.split_len;
+  const int j_begin = p.split.begin(j);
   if constexpr (kSplit) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      if (pos_r[h] < j * L) continue;  // the row has no key in this split
+      if (pos_r[h] < j_begin) continue;  // the row has no key in this split
       const int64_t pbase = int64_t(row_id[h]) * p.max_splits + j;
       if (cq == 0) {
         p.part_ml[pbase * 2] = m[h];
@@ -403,7 +409,7 @@ __device__ __forceinline__ void finish_split(const Params& p, int j, int cq, con
     // keeps accf in place: as branches it holds two copies of it and runs out of registers at D = 128.
     FoldCoef fc[2];
     bool live[2];
-    fold_rows<kAllLive>(j, L, pos_r, m, l, M_f, L_f, fc, live);
+    fold_rows<kAllLive>(j, j_begin, pos_r, m, l, M_f, L_f, fc, live);
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) {
       const int h = (i >> 1) & 1;  // o[4n + 2h + e] belongs to row h
@@ -417,12 +423,13 @@ __device__ __forceinline__ void finish_split(const Params& p, int j, int cq, con
 // as D / 8 float4s, `acc` pointing at its first, the next one kThreads float4s on (a warp touches 512
 // consecutive bytes per access). Same coefficients, same per-element arithmetic, same order.
 template <int D, bool kAllLive = false>
-__device__ __forceinline__ void fold_split_smem(float4* acc, int j, int L, const int (&pos_r)[2], const float (&m)[2],
+__device__ __forceinline__ void fold_split_smem(float4* acc, int j, const policy::SplitGrid& sg, const int (&pos_r)[2],
+                                                const float (&m)[2],
                                                 const float (&l)[2], const float (&o)[D / 2], float (&M_f)[2],
                                                 float (&L_f)[2]) {
   FoldCoef fc[2];
   bool live[2];
-  fold_rows<kAllLive>(j, L, pos_r, m, l, M_f, L_f, fc, live);
+  fold_rows<kAllLive>(j, sg.begin(j), pos_r, m, l, M_f, L_f, fc, live);
 #pragma unroll
   for (int i4 = 0; i4 < D / 8; ++i4) {
     float4 a = acc[i4 * kThreads];
@@ -534,7 +541,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
 
   WorkUnit w;
   if (!work_unit<kSplit>(p, w, blockIdx.y, blockIdx.x, blockIdx.z)) return;
-  const int L = p.split_len;
+  const policy::SplitGrid& sg = p.split;
   const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
   const uint32_t sq = base;
   auto sk = [&](int s) { return base + Ly::kOffK + s * Ly::kTile; };
@@ -596,8 +603,8 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
       if (kn <= w.kb_last) load_tile(sn, kn);
       cp_async_commit();
     }
-    const bool split_start = kb % L == 0;
-    const bool split_end = (kb + kBK) % L == 0 || kb == w.kb_last;
+    const bool split_start = sg.starts_at(kb);
+    const bool split_end = sg.starts_at(kb + kBK) || kb == w.kb_last;
     if (split_start) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
@@ -617,7 +624,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const Params p) 
     wgmma_commit();
     wgmma_wait<0>();
     pin(o);
-    if (split_end) finish_split<D, kSplit>(p, kb / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+    if (split_end) finish_split<D, kSplit>(p, sg.index(kb), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
   }
   cp_async_wait<0>();
   if constexpr (!kSplit) store_out<T, D>(p, w, threadIdx.x, cq, accf, L_f);
@@ -671,7 +678,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
 
   WorkUnit w;
   if (!work_unit<kSplit>(p, w, blockIdx.y, blockIdx.x, blockIdx.z)) return;
-  const int L = p.split_len;
+  const policy::SplitGrid& sg = p.split;
   const int n = (w.kb_last - w.kb_begin) / kBK + 1;  // tiles
   const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;
   const uint32_t sq = base;
@@ -748,7 +755,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
     // a conditional issue ptxas can no longer prove which wgmmas are in flight and serialises them all.
     qk_issue<T, D>(nxt, sq, j + 1 < n ? sk(j + 1) : sq);
     wgmma_commit();
-    const bool split_start = kb % L == 0;  // for j > 0 also the end of tile j - 1's split
+    const bool split_start = sg.starts_at(kb);  // for j > 0 also the end of tile j - 1's split
     if (split_start) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) m_end[h] = m_run[h], l_end[h] = l_run[h], m_run[h] = kNegInf, l_run[h] = 0.f;
@@ -763,7 +770,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
     for (int k2 = 0; k2 < 4; ++k2) pin(pa[k2]);  // P(j - 1) stays in its registers until here
     pack_p<T>(pa, cur);  // first: `cur` is dead from here to its zeroing, which eases the split's end
     if (split_start && j > 0)
-      finish_split<D, kSplit>(p, (kb - kBK) / L, cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
+      finish_split<D, kSplit>(p, sg.index(kb - kBK), cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
 #pragma unroll
     for (int i = 0; i < kO; ++i) o[i] = split_start ? 0.f : o[i];  // a select: no second copy of o
     rescale_o(o, alpha);
@@ -777,7 +784,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel_pipelined(const 
   }
   wgmma_wait<0>();
   pin(o);
-  finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+  finish_split<D, kSplit>(p, sg.index(w.kb_last), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
   cp_async_wait<0>();
   if constexpr (!kSplit) store_out<T, D>(p, w, threadIdx.x, cq, accf, L_f);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
@@ -934,7 +941,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     }
     const int gy = persistent ? p.grid_y : int(gridDim.y);
     u.qb0 = (gy - 1 - by) * C;
-    u.kb_first = kSplit ? u.bz * p.splits_per_cta * p.split_len : 0;
+    u.kb_first = kSplit ? p.split.begin(run_first_split(p, u.bz)) : 0;
     int kb_end = -1;
     u.pmax_all = -1;
 #pragma unroll
@@ -1155,7 +1162,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     const bool mine = w.valid_rows > 0;  // uniform over the warpgroup
     int t = 0;
     if (mine) {
-      const int L = p.split_len;
+      const policy::SplitGrid& sg = p.split;
       const uint32_t sq = sq_of(qb, wg);
       fence_proxy_async();  // Q's bytes (generic-proxy copies, seen through qfull) before the wgmmas read them
 
@@ -1171,10 +1178,13 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       float M_f[2], L_f[2];
       fold_start(accf, M_f, L_f);
       const float kNegInf = -__int_as_float(0x7f800000);
-      // The tile's place in the plan's splits, counted instead of divided out of kb: tiles per split, the
-      // tile's index in its split, the split's index (the stream starts at a split start).
-      const int tps = L / kBK;
-      int tis = 0, js = kb_first / L;
+      // The tile's place in the plan's splits, counted instead of divided out of kb: the split's index and
+      // the tile's index in it (the stream starts at a split start). A split's tile count is read from the
+      // grid where it is needed rather than kept in a register of its own (with it the D = 128 kernels
+      // spilled).
+      // After the last tile, the last split is js, or js - 1 where that tile ended its split (tis wrapped).
+      int js = sg.index(kb_first), tis = 0;
+      auto tps = [&] { return sg.length(js) / kBK; };
 
       if constexpr (kSchedule == WsSchedule::kPipelined) {
         // Variant 6: S(t + 1) is issued before the softmax of tile t, which then runs while the tensor
@@ -1237,14 +1247,14 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
             if constexpr (kSplit)
               finish_split<D, true>(p, js - 1, cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
             else
-              fold_split_smem<D, true>(acc, js - 1, L, pos_r, m_end, l_end, o, M_f, L_f);
+              fold_split_smem<D, true>(acc, js - 1, sg, pos_r, m_end, l_end, o, M_f, L_f);
           }
           start_or_rescale_o(o, alpha, split_start);
           zero_scores(cur);  // S(t + 2)'s accumulators
           pv_issue<T, D>(o, pa, sv(st_cur));
           wgmma_commit();
           st_prev = st_cur, st_cur = st_nxt;
-          if (++tis == tps) tis = 0, ++js;
+          if (++tis == tps()) tis = 0, ++js;
         };
         for (int j = 0; j < n_mine; j += 2) {
           step(j, sc, sb);
@@ -1256,9 +1266,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         t = n_mine;
         // The last split (per-row selects: its start may lie inside the block's tokens), then the output.
         if constexpr (kSplit) {
-          finish_split<D, true>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+          finish_split<D, true>(p, js - (tis == 0), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
         } else {
-          fold_split_smem<D>(acc, w.kb_last / L, L, pos_r, m_run, l_run, o, M_f, L_f);
+          fold_split_smem<D>(acc, js - (tis == 0), sg, pos_r, m_run, l_run, o, M_f, L_f);
           float af[kO];
 #pragma unroll
           for (int i4 = 0; i4 < kO / 4; ++i4) {
@@ -1272,7 +1282,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           mbar_wait(full(s), phase);
           fence_proxy_async();  // the stage's bytes (generic-proxy writes) before the wgmma reads them
           const bool split_start = tis == 0;
-          const bool split_end = tis == tps - 1 || kb == w.kb_last;
+          const bool split_end = tis == tps() - 1 || kb == w.kb_last;
           if (split_start) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) m_run[h] = kNegInf, l_run[h] = 0.f;
@@ -1295,7 +1305,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           ++t;
           if (split_end && kb != w.kb_last)
             finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
-          if (++tis == tps) tis = 0, ++js;
+          if (++tis == tps()) tis = 0, ++js;
         }
       } else {
         // Variant 4: S(t + 1) is issued right behind P V(t), so the tensor cores run both back to back
@@ -1361,17 +1371,17 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           s = s_next, phase = phase_next;
           ++t;
           if constexpr (!kLast) {  // a split ending here (the last tile's ends after the loop)
-            if (tis == tps - 1)
+            if (tis == tps() - 1)
               finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
           }
-          if (++tis == tps) tis = 0, ++js;
+          if (++tis == tps()) tis = 0, ++js;
         };
         for (int kb = kb_first; kb < w.kb_last; kb += kBK) tile(kb, std::false_type{});
         tile(w.kb_last, std::true_type{});
       }
       if constexpr (kSchedule != WsSchedule::kPipelined) {
         // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
-        finish_split<D, kSplit>(p, w.kb_last / L, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+        finish_split<D, kSplit>(p, js - (tis == 0), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
         if constexpr (!kSplit) {
           // Staged where the block has rows in more than one warp (prefill); a decode's few rows (group x
           // its queries) go straight out, without the barrier and the round trip through shared memory,

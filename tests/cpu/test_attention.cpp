@@ -18,8 +18,62 @@ const Device kCpu = Device::cpu();
 
 TEST(CpuAttention, PlanTakesNoBatchArgument) {
   const policy::AttentionPlan p = policy::attention_plan({}, DType::BF16, 128);
-  EXPECT_EQ(p.split_len % p.key_tile, 0);
-  EXPECT_GT(p.split_len, 0);
+  EXPECT_GT(p.splits.len, 0);
+  EXPECT_EQ(p.splits.len % p.key_tile, 0);
+  EXPECT_EQ(p.splits.long_len % p.splits.len, 0);
+  EXPECT_EQ(p.splits.long_from % p.splits.long_len, 0);
+  // Both backends cut a context at the same positions.
+  const policy::AttentionPlan g = policy::attention_plan({policy::Backend::CUDA, 90}, DType::BF16, 128);
+  EXPECT_EQ(g.splits.len, p.splits.len);
+  EXPECT_EQ(g.splits.long_from, p.splits.long_from);
+  EXPECT_EQ(g.splits.long_len, p.splits.long_len);
+}
+
+// The plan's grid: 256-key splits up to position 8192, 1024-key splits from there; every position lies in
+// exactly one split, the splits tile the positions without gaps, and the counts and lengths agree.
+TEST(CpuAttention, SplitGridTilesThePositions) {
+  const policy::SplitGrid g = policy::attention_plan({}, DType::BF16, 128).splits;
+  EXPECT_EQ(g.len, 256);
+  EXPECT_EQ(g.long_from, 8192);
+  EXPECT_EQ(g.long_len, 1024);
+  EXPECT_EQ(g.begin(31), 7936);
+  EXPECT_EQ(g.begin(32), 8192);
+  EXPECT_EQ(g.begin(33), 9216);
+  EXPECT_EQ(g.index(8191), 31);
+  EXPECT_EQ(g.index(8192), 32);
+  EXPECT_EQ(g.index(9215), 32);
+  EXPECT_EQ(g.index(9216), 33);
+  EXPECT_EQ(g.count(32768), 32 + 24);
+  EXPECT_EQ(g.longest(8192), 256);
+  EXPECT_EQ(g.longest(8193), 1024);
+  for (const policy::SplitGrid& grid : {g, policy::uniform_split_grid(192), policy::make_split_grid(64, 512, 128)}) {
+    int64_t bad = 0;
+    for (int pos = 0; pos < 40000; ++pos) {
+      const int j = grid.index(pos);
+      bad += !(grid.begin(j) <= pos && pos < grid.begin(j + 1));
+      bad += grid.begin(j + 1) - grid.begin(j) != grid.length(j);
+      bad += grid.starts_at(pos) != (grid.begin(j) == pos);
+      bad += grid.count(pos + 1) != j + 1;
+    }
+    EXPECT_EQ(bad, 0) << "split length " << grid.len << ", long " << grid.long_len << " from " << grid.long_from;
+  }
+  EXPECT_EQ(policy::uniform_split_grid(192).count(40000), (40000 + 191) / 192);
+}
+
+TEST(CpuAttention, SplitGridRejectsBadGrids) {
+  auto message = [](auto fn) {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message([] { policy::make_split_grid(0, 8192, 1024); }).find("split length 0"), std::string::npos);
+  EXPECT_NE(message([] { policy::make_split_grid(256, 8192, 1000); }).find("long split length 1000"),
+            std::string::npos);
+  EXPECT_NE(message([] { policy::make_split_grid(256, 9000, 1024); }).find("start 9000"), std::string::npos);
+  EXPECT_NE(message([] { policy::uniform_split_grid(-64); }).find("split length -64"), std::string::npos);
 }
 
 TEST(CpuAttention, AccuracyVsFloat64) {
@@ -85,6 +139,45 @@ TEST(CpuAttention, PrefixHitEqualsMiss) {
     const Outcome o = prefix_hit_vs_miss(kCpu, c, 501, 700, cached, uint64_t(cached));
     EXPECT_EQ(o.diffs, 0) << "cached " << cached << ": " << o.diffs << " of " << o.cases;
   }
+}
+
+// Around the start of the long splits (8192) and the first long split's end (9216): decode equals prefill,
+// chunks crossing both equal the whole prefill, and a prefix cached up to 8192 (or inside a long split)
+// gives the bits of the miss. One small head keeps the CPU's 9k-token prefills short.
+TEST(CpuAttention, LongSplitsKeepDecodeChunksAndPrefixHits) {
+  const Config c{DType::BF16, 2, 1, 64, 16};
+  Outcome o = decode_vs_prefill(kCpu, c, 311, 8300, 150, 1, 1);  // decodes 8150..8299
+  EXPECT_EQ(o.diffs, 0) << o.diffs << " of " << o.cases;
+  o = decode_vs_prefill(kCpu, c, 312, 9300, 40, 3, 2);  // decodes 9180..9299, three rows a step
+  EXPECT_EQ(o.diffs, 0) << o.diffs << " of " << o.cases;
+  o = chunked_vs_whole(kCpu, c, 411, 9400, 1000, 3);
+  EXPECT_EQ(o.cases, 9400);
+  EXPECT_EQ(o.diffs, 0) << "chunk 1000: " << o.diffs << " of " << o.cases;
+  for (int64_t cached : {8192, 8700}) {
+    o = prefix_hit_vs_miss(kCpu, c, 511, 9400, cached, uint64_t(cached));
+    EXPECT_EQ(o.diffs, 0) << "cached " << cached << ": " << o.diffs << " of " << o.cases;
+  }
+}
+
+// The long splits are in effect, and nowhere else: against a uniform grid of 256-key splits (the
+// split-by-sequences variant with 8 sequences), rows before 8448 (where the two grids still agree: the long
+// split 8192.. and the short split 8192..8447 hold the same keys for them) are bitwise equal, and rows
+// from 8448 on differ somewhere.
+TEST(CpuAttention, LongSplitsStartAt8192) {
+  const Config c{DType::BF16, 2, 1, 64, 16};
+  std::vector<SeqSpec> batch{{611, 9000, 9000}};
+  for (uint64_t k = 0; k < 7; ++k) batch.push_back({700 + k, 3, 1});
+  const AttnOp uniform256 = [](const TensorView& out, const TensorView& q, const TensorView& kc,
+                               const TensorView& vc, const TensorView& bt, const TensorView& sl,
+                               const TensorView& qsl, float scale) {
+    paged_attention_split_by_seqs(out, q, kc, vc, bt, sl, qsl, scale);  // 8 sequences: 4 tiles = 256 keys
+  };
+  const std::vector<uint16_t> plan = run_step(kCpu, c, batch, 5), uniform = run_step(kCpu, c, batch, 5, uniform256);
+  int64_t early_diffs = 0, late_diffs = 0;
+  for (int64_t r = 0; r < 9000; ++r)
+    (r < 8448 ? early_diffs : late_diffs) += row_bytes(c, plan, r) != row_bytes(c, uniform, r);
+  EXPECT_EQ(early_diffs, 0) << "rows before 8448 must not see the long splits";
+  EXPECT_GT(late_diffs, 0) << "rows from 8448 on gave the uniform grid's bits: the long splits are not in effect";
 }
 
 // The same comparison must catch a variant whose split length depends on the number of sequences.

@@ -153,6 +153,11 @@ TEST(GpuAttention, DecodeEqualsPrefill) {
   Config c2{DType::F16, 8, 2, 64, 1};
   o = decode_vs_prefill(gpu(), c2, 303, 2600, 8, 1, 3);
   EXPECT_EQ(o.diffs, 0) << o.diffs << " of " << o.cases;
+  // Across the start of the long splits (8192) and the first long split's end (9216).
+  o = decode_vs_prefill(gpu(), c, 304, 8300, 150, 1, 4);  // decodes 8150..8299
+  EXPECT_EQ(o.diffs, 0) << "across 8192: " << o.diffs << " of " << o.cases;
+  o = decode_vs_prefill(gpu(), c2, 305, 9300, 40, 3, 5);  // decodes 9180..9299, three rows a step
+  EXPECT_EQ(o.diffs, 0) << "across 9216: " << o.diffs << " of " << o.cases;
 }
 
 TEST(GpuAttention, ChunkedPrefillEqualsWhole) {
@@ -163,6 +168,13 @@ TEST(GpuAttention, ChunkedPrefillEqualsWhole) {
       EXPECT_EQ(o.cases, 1100);
       EXPECT_EQ(o.diffs, 0) << dtype_name(c.dtype) << " chunk " << chunk << ": " << o.diffs << " of " << o.cases;
     }
+  // Chunks crossing the start of the long splits (8192) and their ends (9216, 10240).
+  const Config c{DType::BF16, 32, 8, 128, 16};
+  for (int64_t chunk : {1000, 2048, 777}) {
+    const Outcome o = chunked_vs_whole(gpu(), c, 402, 10400, chunk, uint64_t(chunk));
+    EXPECT_EQ(o.cases, 10400);
+    EXPECT_EQ(o.diffs, 0) << "chunk " << chunk << " over 10400: " << o.diffs << " of " << o.cases;
+  }
 }
 
 TEST(GpuAttention, PrefixHitEqualsMiss) {
@@ -172,6 +184,36 @@ TEST(GpuAttention, PrefixHitEqualsMiss) {
     const Outcome o = prefix_hit_vs_miss(gpu(), c, 501, 4100, cached, uint64_t(cached));
     EXPECT_EQ(o.diffs, 0) << "cached " << cached << ": " << o.diffs << " of " << o.cases;
   }
+  for (int64_t cached : {8000, 8192, 8700, 9216}) {  // around and inside the long splits
+    const Outcome o = prefix_hit_vs_miss(gpu(), c, 502, 9600, cached, uint64_t(cached));
+    EXPECT_EQ(o.diffs, 0) << "cached " << cached << " of 9600: " << o.diffs << " of " << o.cases;
+  }
+}
+
+// The long splits are in effect, and nowhere else: against a uniform grid of 256-key splits (the
+// split-by-sequences variant with 8 sequences), rows before 8448 (where the two grids still agree: the long
+// split 8192.. and the short split 8192..8447 hold the same keys for them) are bitwise equal, and rows
+// from 8448 on differ somewhere. Both launch modes: a prefill (in-kernel fold) and decodes (split-parallel).
+TEST(GpuAttention, LongSplitsStartAt8192) {
+  BIK_REQUIRE_GPU();
+  const Config c{DType::BF16, 32, 8, 128, 16};
+  std::vector<SeqSpec> prefill{{611, 9000, 9000}}, decodes{{612, 8300, 1}, {613, 8440, 1}, {614, 20000, 1}};
+  for (uint64_t k = 0; k < 7; ++k) prefill.push_back({700 + k, 3, 1});
+  for (uint64_t k = 0; k < 5; ++k) decodes.push_back({710 + k, 5, 1});
+  const std::vector<uint16_t> plan = run_step(gpu(), c, prefill, 5),
+                              uniform = run_step(gpu(), c, prefill, 5, split_by_seqs);
+  int64_t early_diffs = 0, late_diffs = 0;
+  for (int64_t r = 0; r < 9000; ++r)
+    (r < 8448 ? early_diffs : late_diffs) += row_bytes(c, plan, r) != row_bytes(c, uniform, r);
+  EXPECT_EQ(early_diffs, 0) << "prefill rows before 8448 must not see the long splits";
+  EXPECT_GT(late_diffs, 0) << "prefill rows from 8448 on gave the uniform grid's bits";
+  setenv("BIK_ATTENTION_SPLIT", "1", 1);
+  const std::vector<uint16_t> dplan = run_step(gpu(), c, decodes, 6),
+                              duniform = run_step(gpu(), c, decodes, 6, split_by_seqs);
+  unsetenv("BIK_ATTENTION_SPLIT");
+  EXPECT_EQ(row_bytes(c, dplan, 0), row_bytes(c, duniform, 0)) << "a decode at 8299";
+  EXPECT_EQ(row_bytes(c, dplan, 1), row_bytes(c, duniform, 1)) << "a decode at 8439";
+  EXPECT_NE(row_bytes(c, dplan, 2), row_bytes(c, duniform, 2)) << "a decode at 19999";
 }
 
 TEST(GpuAttention, NegativeControlSplitBySequencesIsCaught) {
@@ -250,6 +292,7 @@ std::vector<VariantCase> variant_cases() {
       {{DType::F16, 8, 8, 64, 32}, mixed, "mixed"},
       {{DType::BF16, 12, 3, 128, 1}, {{87, 1500, 1500}, {88, 9000, 1}}, "prefill"},
       {{DType::F16, 4, 4, 64, 7}, decode, "decode"},
+      {{DType::BF16, 8, 2, 128, 16}, {{89, 10500, 1300}, {90, 12000, 1}, {80, 9300, 2}}, "long splits"},
   };
 }
 
@@ -356,6 +399,7 @@ TEST(GpuAttentionSm90, DefaultSplitLaunchEqualsPingPong) {
   const std::vector<VariantCase> cases = {
       {{DType::BF16, 32, 8, 128, 16}, {{601, 8192, 1}}, "one decode of 8192"},
       {{DType::BF16, 32, 8, 128, 16}, {{602, 20000, 1}, {603, 3000, 2}, {604, 700, 1}}, "three decodes"},
+      {{DType::BF16, 32, 8, 128, 16}, {{608, 32768, 1}}, "one decode of 32768"},
       {{DType::F16, 16, 2, 64, 7}, {{605, 9000, 1}, {606, 4100, 3}}, "D = 64 decodes"},
       {{DType::BF16, 32, 8, 128, 16}, {{607, 2000, 2000}}, "a prefill (in-kernel fold)"},
   };
