@@ -47,6 +47,40 @@ struct SplitGrid {
   BIK_SPLIT_HD int longest(int n) const { return n > long_from ? long_len : len; }
 };
 
+// The grid as one kernel instantiation reads it. kLong = true: the whole grid. kLong = false: the
+// arithmetic of a uniform grid of `len`-key splits, for launches whose key positions all lie below
+// long_from (or on a uniform grid), where the two cut the keys at the same places; the CUDA kernels are
+// instantiated both ways so that launches within the short splits run none of the long splits' code.
+template <bool kLong>
+struct SplitView {
+  const SplitGrid& g;  // read by the kLong instantiation
+  int len;             // g.len, read by the other one (a kernel parameter of its own: cuda/attention.cuh)
+  BIK_SPLIT_HD int index(int pos) const {
+    if constexpr (kLong)
+      return g.index(pos);
+    else
+      return pos / len;
+  }
+  BIK_SPLIT_HD int begin(int j) const {
+    if constexpr (kLong)
+      return g.begin(j);
+    else
+      return j * len;
+  }
+  BIK_SPLIT_HD int length(int j) const {
+    if constexpr (kLong)
+      return g.length(j);
+    else
+      return len;
+  }
+  BIK_SPLIT_HD bool starts_at(int pos) const {
+    if constexpr (kLong)
+      return g.starts_at(pos);
+    else
+      return pos % len == 0;
+  }
+};
+
 // A grid with its invariants checked by the caller (policy.cpp's make_split_grid throws on a bad one).
 BIK_SPLIT_HD SplitGrid split_grid_unchecked(int len, int long_from, int long_len) {
   SplitGrid g;

@@ -140,6 +140,24 @@ bool split_pays(int64_t ctas, int64_t max_seq_len, int64_t splits, int64_t longe
   return per_split <= unsplit;
 }
 
+// The warp-specialised kernel of one schedule. long_grid: the instantiation that reads the plan's whole
+// split grid, for launches with a context past the long splits' start; otherwise the one with a uniform
+// grid's arithmetic (policy::SplitView), which cuts every position below that start at the same places, so
+// both give the same bits there. Only the default schedules (variants 4 and 5) have the second
+// instantiation; variants 3 and 6 always run the first, so the tests that compare the variants on short
+// contexts compare the two (GpuAttentionSm90.WarpSpecializedKernelEqualsDefaultBitwise). The long
+// splits' launch arithmetic in every kernel made split-launched decodes of 2048 and 8192 keys ~0.6 us
+// slower on an H200 (logs_h200/d879780_attention_longsplits_ab.log).
+template <typename T, int D, attn::sm90::WsSchedule S>
+void (*ws_kernel(bool split, bool long_grid))(attn::Params) {
+  namespace k90 = attn::sm90;
+  if constexpr (S == k90::WsSchedule::kOverlap || S == k90::WsSchedule::kPingPong) {
+    if (!long_grid)
+      return split ? k90::attention_kernel_ws<T, D, true, S, false> : k90::attention_kernel_ws<T, D, false, S, false>;
+  }
+  return split ? k90::attention_kernel_ws<T, D, true, S, true> : k90::attention_kernel_ws<T, D, false, S, true>;
+}
+
 // The wgmma kernels (variant 1: attention_kernel, 2: attention_kernel_pipelined, 3 to 6:
 // attention_kernel_ws with the schedules kSequential, kOverlap, kPingPong, kPipelined): same Params, same
 // fold kernel for the split-parallel mode. A CTA of variants 3 to 6 takes two query blocks, so their grid
@@ -149,6 +167,10 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
                  cudaStream_t st, int64_t rows, int64_t max_seq_len) {
   namespace k90 = attn::sm90;
   const int sms = dev.sms;
+  // BIK_ATTENTION_LONG_GRID=2 (read at each call, for tests and A/B timing): the long grid's kernels and
+  // launch arithmetic for every launch; the bits are the same
+  // (GpuAttentionSm90.ShortContextKernelsEqualTheLongGridOnes).
+  const bool long_grid = max_seq_len > p.split.long_from || env_switch_level("BIK_ATTENTION_LONG_GRID") == 2;
   int bytes = k90::Layout<D>::kBytes, threads = attn::kThreads;
   void (*k)(attn::Params) = nullptr;
   int* counter = nullptr;  // the persistent grid's unit counter (stream-ordered, freed behind the launch)
@@ -167,10 +189,9 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
     // logs_h200/f3a8503_attention_longsplits_ab.log): runs counted in splits within the short splits,
     // runs of a multiple of the long split length past them.
     if (split && grid.y == 1) {
-      const bool long_ctx = max_seq_len > p.split.long_from;
       const int64_t span =
-          split_run(int64_t(grid.x) * grid.y, p.split, max_seq_len, sms, long_ctx ? p.split.long_len : 0);
-      if (long_ctx) {
+          split_run(int64_t(grid.x) * grid.y, p.split, max_seq_len, sms, long_grid ? p.split.long_len : 0);
+      if (long_grid) {
         p.run_keys = int(span);
         p.run_short = int(span / p.split.len);
         p.run_long = int(span / p.split.long_len);
@@ -224,17 +245,13 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
       }
     }
     if (variant == 3)
-      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kSequential>
-                : k90::attention_kernel_ws<T, D, false, WsSchedule::kSequential>;
+      k = ws_kernel<T, D, WsSchedule::kSequential>(split, true);
     else if (variant == 4)
-      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kOverlap>
-                : k90::attention_kernel_ws<T, D, false, WsSchedule::kOverlap>;
+      k = ws_kernel<T, D, WsSchedule::kOverlap>(split, long_grid);
     else if (variant == 5)
-      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kPingPong>
-                : k90::attention_kernel_ws<T, D, false, WsSchedule::kPingPong>;
+      k = ws_kernel<T, D, WsSchedule::kPingPong>(split, long_grid);
     else
-      k = split ? k90::attention_kernel_ws<T, D, true, WsSchedule::kPipelined>
-                : k90::attention_kernel_ws<T, D, false, WsSchedule::kPipelined>;
+      k = ws_kernel<T, D, WsSchedule::kPipelined>(split, true);
   } else {
     k = split ? k90::attention_kernel<T, D, true> : k90::attention_kernel<T, D, false>;
   }
@@ -243,7 +260,8 @@ void launch_sm90(attn::Params p, dim3 grid, bool split, int variant, const Devic
   BIK_CUDA_LAUNCH_CHECK();
   if (counter) BIK_CUDA_CHECK(cudaFreeAsync(counter, st));
   if (split) {
-    launch_kernel(attn::fold_kernel<T, D>, unsigned(rows), D, 0, st, p);
+    auto fold = long_grid ? attn::fold_kernel<T, D, true> : attn::fold_kernel<T, D, false>;
+    launch_kernel(fold, unsigned(rows), D, 0, st, p);
     BIK_CUDA_LAUNCH_CHECK();
   }
 }
@@ -353,6 +371,7 @@ void paged_attention(const AttentionArgs& a, Stream s) {
   p.block_size = int(a.block_size);
   p.tok_per_cta = attn::kRows / p.group;
   p.split = sg;
+  p.split_len = sg.len;
   p.run_keys = 0;
   p.splits_per_cta = 1;
   p.scale_log2 = a.scale * 1.4426950408889634f;

@@ -48,19 +48,14 @@ struct Params {
   const int32_t* qsl;
   int64_t qsl_s;
   int num_seqs, q_heads, kv_heads, group, block_size, tok_per_cta;
-  policy::SplitGrid split;  // the plan's splits (core/split_grid.h)
+  int split_len;     // split.len, where the kernels for launches within the short splits read it
   int group_mul;     // ceil(2^16 / group): row_token's multiplier
   float scale_log2;  // softmax scale * log2(e): scores are kept in log2 units
   // Split-parallel mode: partials per (row, head, split): (m, l) and acc[D].
   float* part_ml;
   float* part_acc;
   int max_splits;
-  // Split-parallel mode, the splits of CTA z: with run_keys > 0 (variants 3-6, contexts reaching the long
-  // splits; a multiple of the long split length) the splits in keys [z * run_keys, (z + 1) * run_keys),
-  // from split z * run_short below the long splits' start, else z * run_long + run_base (the host's
-  // quotients: no division in the kernel); else splits z * splits_per_cta .. (z + 1) * splits_per_cta - 1
-  // (1 a CTA but for variants 3-6).
-  int run_keys, run_short, run_long, run_base, splits_per_cta;
+  int splits_per_cta;  // split-parallel mode, run_keys = 0: consecutive splits one CTA walks
   // Variants 3-6 on a persistent grid: `units` > 0 CTA work units of a virtual grid (grid_x, grid_y,
   // grid_z), unit u at (u % grid_x, u / grid_x % grid_y, u / (grid_x grid_y)), CTA b taking units b,
   // b + gridDim.x, ... in static rounds (unless unit_counter is set); 0: one CTA a unit (blockIdx).
@@ -69,7 +64,24 @@ struct Params {
   // grouped order of order_group CTA columns (attention_kernel_ws's unit_at); nullptr: the static rounds.
   int* unit_counter;
   int order_group;
+  // The fields above keep their places from before the long splits: with the grid where split_len is, the
+  // warp-specialised prefill kernels at D = 128 spilled 12 bytes in ptxas (none with this layout).
+  policy::SplitGrid split;  // the plan's splits (core/split_grid.h)
+  // Split-parallel mode, the splits of CTA z: with run_keys > 0 (variants 3-6, contexts reaching the long
+  // splits; a multiple of the long split length) the splits in keys [z * run_keys, (z + 1) * run_keys),
+  // from split z * run_short below the long splits' start, else z * run_long + run_base (the host's
+  // quotients: no division in the kernel); else splits z * splits_per_cta .. (z + 1) * splits_per_cta - 1
+  // (1 a CTA but for variants 3-6).
+  int run_keys, run_short, run_long, run_base;
 };
+
+// The plan's split grid as a kernel instantiation reads it (policy::SplitView): kLong for launches with a
+// context past the long splits' start, the uniform arithmetic on split_len otherwise.
+template <bool kLong>
+__device__ __forceinline__ policy::SplitView<kLong> split_view(const Params& p) {
+  return {p.split, p.split_len};
+}
+
 
 // Row r (< kRows) of a CTA's query rows belongs to token r / group and head r % group of the KV head's
 // group. The quotient without an integer division: with group_mul = ceil(2^16 / group) = (2^16 + e) / group,
@@ -423,8 +435,9 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params p) {
 }
 
 // Split-parallel mode, second pass: one CTA per (query row, head), thread d folds element d over the
-// row's splits 0..split.index(pos) in increasing order with the same fold as the in-kernel mode.
-template <typename T, int D>
+// row's splits 0..split.index(pos) in increasing order with the same fold as the in-kernel mode. kLong:
+// split_view's.
+template <typename T, int D, bool kLong = true>
 __global__ void __launch_bounds__(D) fold_kernel(const Params p) {
   pdl_wait();
   const int row = blockIdx.x;  // token * q_heads + head
@@ -441,7 +454,7 @@ __global__ void __launch_bounds__(D) fold_kernel(const Params p) {
   while (p.qsl[int64_t(seq + 1) * p.qsl_s] <= t) ++seq;  // skips sequences with no rows
   const int q0 = p.qsl[int64_t(seq) * p.qsl_s], q_len = p.qsl[int64_t(seq + 1) * p.qsl_s] - q0;
   const int pos = p.seq_lens[int64_t(seq) * p.sl_s] - q_len + (t - q0);
-  const int nsplit = p.split.index(pos) + 1;
+  const int nsplit = split_view<kLong>(p).index(pos) + 1;
   const int d = threadIdx.x;
   const int64_t base = int64_t(row) * p.max_splits;
   const float* ml = p.part_ml + base * 2;

@@ -148,15 +148,17 @@ struct WorkUnit {
 };
 
 // Split-parallel mode: the first split of CTA z's run (Params::run_keys); run z's splits end where run
-// z + 1's begin.
+// z + 1's begin. kLong: the instantiation for launches reaching the long splits (policy::SplitView); the
+// other one has runs of splits_per_cta splits only.
+template <bool kLong>
 __device__ __forceinline__ int run_first_split(const Params& p, int z) {
-  if (p.run_keys == 0) return z * p.splits_per_cta;
+  if (!kLong || p.run_keys == 0) return z * p.splits_per_cta;
   return z * p.run_keys < p.split.long_from ? z * p.run_short : z * p.run_long + p.run_base;
 }
 
 // Fills w for query block `qblock` (64 rows) of the sequence bx / kv_heads (bx, bz: the CTA's grid x and
 // z); false when there is nothing to do (past its sequence's queries, or a split past every row).
-template <bool kSplit>
+template <bool kSplit, bool kLong = true>
 __device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w, int qblock, int bx, int bz) {
   w.seq = bx / p.kv_heads;
   w.kvh = bx % p.kv_heads;
@@ -168,8 +170,13 @@ __device__ __forceinline__ bool work_unit(const Params& p, WorkUnit& w, int qblo
   const int ctx = p.seq_lens[int64_t(w.seq) * p.sl_s];
   w.pos0 = ctx - q_len + w.tok0;  // absolute position of the CTA's first token
   w.pmax = w.pos0 + ntok - 1;
-  if constexpr (kSplit) {  // tiles [kb_begin, kb_last] (key positions of the tile starts)
-    const int j0 = run_first_split(p, bz), j1 = run_first_split(p, bz + 1);  // the CTA's splits j0 .. j1 - 1
+  if constexpr (kSplit && !kLong) {  // tiles [kb_begin, kb_last] (key positions of the tile starts)
+    const int span = p.splits_per_cta * p.split_len;  // the CTA's consecutive splits
+    w.kb_begin = bz * span;
+    if (w.kb_begin > w.pmax) return false;
+    w.kb_last = min(w.kb_begin + span - 1, w.pmax) / kBK * kBK;
+  } else if constexpr (kSplit) {
+    const int j0 = run_first_split<true>(p, bz), j1 = run_first_split<true>(p, bz + 1);  // splits j0 .. j1 - 1
     w.kb_begin = p.split.begin(j0);
     if (j0 >= j1 || w.kb_begin > w.pmax) return false;
     w.kb_last = min(p.split.begin(j1) - 1, w.pmax) / kBK * kBK;
@@ -384,12 +391,12 @@ __device__ __forceinline__ void fold_rows(int j, int j_begin, const int (&pos_r)
 // is the same for every split. A row with no key in split j keeps its fold (a select per element);
 // kAllLive (every row of the warpgroup has a key in split j: any split but a CTA's last, whose start
 // may lie inside the CTA's tokens) leaves those selects out.
-template <int D, bool kSplit, bool kAllLive = false>
+template <int D, bool kSplit, bool kAllLive = false, bool kLong = true>
 __device__ __forceinline__ void finish_split(const Params& p, int j, int cq, const int (&pos_r)[2],
                                              const int (&row_id)[2], const float (&m)[2], const float (&l)[2],
                                              const float (&o)[D / 2], float (&accf)[kSplit ? 1 : D / 2],
                                              float (&M_f)[2], float (&L_f)[2]) {
-  const int j_begin = p.split.begin(j);
+  const int j_begin = split_view<kLong>(p).begin(j);
   if constexpr (kSplit) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -423,13 +430,12 @@ __device__ __forceinline__ void finish_split(const Params& p, int j, int cq, con
 // as D / 8 float4s, `acc` pointing at its first, the next one kThreads float4s on (a warp touches 512
 // consecutive bytes per access). Same coefficients, same per-element arithmetic, same order.
 template <int D, bool kAllLive = false>
-__device__ __forceinline__ void fold_split_smem(float4* acc, int j, const policy::SplitGrid& sg, const int (&pos_r)[2],
-                                                const float (&m)[2],
-                                                const float (&l)[2], const float (&o)[D / 2], float (&M_f)[2],
-                                                float (&L_f)[2]) {
+__device__ __forceinline__ void fold_split_smem(float4* acc, int j, int j_begin, const int (&pos_r)[2],
+                                                const float (&m)[2], const float (&l)[2], const float (&o)[D / 2],
+                                                float (&M_f)[2], float (&L_f)[2]) {
   FoldCoef fc[2];
   bool live[2];
-  fold_rows<kAllLive>(j, sg.begin(j), pos_r, m, l, M_f, L_f, fc, live);
+  fold_rows<kAllLive>(j, j_begin, pos_r, m, l, M_f, L_f, fc, live);
 #pragma unroll
   for (int i4 = 0; i4 < D / 8; ++i4) {
     float4 a = acc[i4 * kThreads];
@@ -895,7 +901,7 @@ struct WsLayout {
   static_assert(kBytes <= 227 * 1024, "one CTA per SM must fit");
 };
 
-template <typename T, int D, bool kSplit, WsSchedule kSchedule>
+template <typename T, int D, bool kSplit, WsSchedule kSchedule, bool kLong = true>
 __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(const Params p) {
   pdl_wait();
 #ifdef BIK_ATTN_SM90_DEVICE_CODE
@@ -941,13 +947,13 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     }
     const int gy = persistent ? p.grid_y : int(gridDim.y);
     u.qb0 = (gy - 1 - by) * C;
-    u.kb_first = kSplit ? p.split.begin(run_first_split(p, u.bz)) : 0;
+    u.kb_first = kSplit ? split_view<kLong>(p).begin(run_first_split<kLong>(p, u.bz)) : 0;
     int kb_end = -1;
     u.pmax_all = -1;
 #pragma unroll
     for (int c = 0; c < C; ++c) {
       WorkUnit w;
-      if (work_unit<kSplit>(p, w, u.qb0 + c, u.bx, u.bz))
+      if (work_unit<kSplit, kLong>(p, w, u.qb0 + c, u.bx, u.bz))
         kb_end = max(kb_end, w.kb_last), u.pmax_all = max(u.pmax_all, w.pmax);
     }
     u.n = kb_end < 0 ? 0 : (kb_end - u.kb_first) / kBK + 1;
@@ -1046,7 +1052,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
 #pragma unroll 1
         for (int cc = 0; cc < C; ++cc) {
           WorkUnit w;
-          if (!work_unit<kSplit>(p, w, un.qb0 + cc, un.bx, un.bz)) w.valid_rows = 0;
+          if (!work_unit<kSplit, kLong>(p, w, un.qb0 + cc, un.bx, un.bz)) w.valid_rows = 0;
           if (tid == 0) slot(qb).w[cc] = w;
           load_q<T, D, 2>(p, w, sq_of(qb, cc), tid);
         }
@@ -1162,7 +1168,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
     const bool mine = w.valid_rows > 0;  // uniform over the warpgroup
     int t = 0;
     if (mine) {
-      const policy::SplitGrid& sg = p.split;
+      const policy::SplitView<kLong> sg = split_view<kLong>(p);
       const uint32_t sq = sq_of(qb, wg);
       fence_proxy_async();  // Q's bytes (generic-proxy copies, seen through qfull) before the wgmmas read them
 
@@ -1179,12 +1185,24 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       fold_start(accf, M_f, L_f);
       const float kNegInf = -__int_as_float(0x7f800000);
       // The tile's place in the plan's splits, counted instead of divided out of kb: the split's index and
-      // the tile's index in it (the stream starts at a split start). A split's tile count is read from the
-      // grid where it is needed rather than kept in a register of its own (with it the D = 128 kernels
-      // spilled).
-      // After the last tile, the last split is js, or js - 1 where that tile ended its split (tis wrapped).
+      // the tile's index in it (the stream starts at a split start). On the long grid a split's tile count
+      // is read from the grid where it is needed rather than kept in a register of its own (with it the
+      // D = 128 kernels spilled), and after the last tile the last split is js, or js - 1 where that tile
+      // ended its split (tis wrapped); on the uniform grid both are the quotients they always were.
       int js = sg.index(kb_first), tis = 0;
-      auto tps = [&] { return sg.length(js) / kBK; };
+      const int uniform_tps = sg.len / kBK;
+      auto tps = [&] {
+        if constexpr (kLong)
+          return sg.length(js) / kBK;
+        else
+          return uniform_tps;
+      };
+      auto last_split = [&] {
+        if constexpr (kLong)
+          return js - (tis == 0);
+        else
+          return w.kb_last / sg.len;
+      };
 
       if constexpr (kSchedule == WsSchedule::kPipelined) {
         // Variant 6: S(t + 1) is issued before the softmax of tile t, which then runs while the tensor
@@ -1245,9 +1263,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           pack_p<T>(pa, cur);
           if (split_start && j > 0) {  // the split of tile t - 1 ended, and it was not the last one
             if constexpr (kSplit)
-              finish_split<D, true>(p, js - 1, cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
+              finish_split<D, true, false, kLong>(p, js - 1, cq, pos_r, row_id, m_end, l_end, o, accf, M_f, L_f);
             else
-              fold_split_smem<D, true>(acc, js - 1, sg, pos_r, m_end, l_end, o, M_f, L_f);
+              fold_split_smem<D, true>(acc, js - 1, sg.begin(js - 1), pos_r, m_end, l_end, o, M_f, L_f);
           }
           start_or_rescale_o(o, alpha, split_start);
           zero_scores(cur);  // S(t + 2)'s accumulators
@@ -1266,9 +1284,10 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
         t = n_mine;
         // The last split (per-row selects: its start may lie inside the block's tokens), then the output.
         if constexpr (kSplit) {
-          finish_split<D, true>(p, js - (tis == 0), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+          finish_split<D, true, false, kLong>(p, last_split(), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
         } else {
-          fold_split_smem<D>(acc, js - (tis == 0), sg, pos_r, m_run, l_run, o, M_f, L_f);
+          const int jl = last_split();
+          fold_split_smem<D>(acc, jl, sg.begin(jl), pos_r, m_run, l_run, o, M_f, L_f);
           float af[kO];
 #pragma unroll
           for (int i4 = 0; i4 < kO / 4; ++i4) {
@@ -1304,7 +1323,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           if (++s == S) s = 0, phase ^= 1;
           ++t;
           if (split_end && kb != w.kb_last)
-            finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+            finish_split<D, kSplit, true, kLong>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
           if (++tis == tps()) tis = 0, ++js;
         }
       } else {
@@ -1372,7 +1391,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
           ++t;
           if constexpr (!kLast) {  // a split ending here (the last tile's ends after the loop)
             if (tis == tps() - 1)
-              finish_split<D, kSplit, true>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+              finish_split<D, kSplit, true, kLong>(p, js, cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
           }
           if (++tis == tps()) tis = 0, ++js;
         };
@@ -1381,7 +1400,7 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       }
       if constexpr (kSchedule != WsSchedule::kPipelined) {
         // The last split ends after the loop (its start may lie inside the block's tokens: per-row selects).
-        finish_split<D, kSplit>(p, js - (tis == 0), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
+        finish_split<D, kSplit, false, kLong>(p, last_split(), cq, pos_r, row_id, m_run, l_run, o, accf, M_f, L_f);
         if constexpr (!kSplit) {
           // Staged where the block has rows in more than one warp (prefill); a decode's few rows (group x
           // its queries) go straight out, without the barrier and the round trip through shared memory,

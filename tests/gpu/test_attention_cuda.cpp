@@ -431,6 +431,48 @@ TEST(GpuAttentionSm90, DefaultSplitLaunchEqualsPingPong) {
   }
 }
 
+// Launches whose contexts all lie within the short splits (up to 8192 keys) run the default variants' kernels
+// instantiated on a uniform grid's arithmetic (attention.cu's ws_kernel); BIK_ATTENTION_LONG_GRID=2 gives
+// every launch the instantiations that read the whole grid, as contexts past 8192 take. Both must give every
+// output byte alike: variants 4 and 5 (the two with both instantiations), both launch modes, both head
+// dims, a decode of exactly 8192 keys (the last context of the short path). Negative control: the same
+// comparison sees another split length (the split-by-sequences variant) change the bytes.
+TEST(GpuAttentionSm90, ShortContextKernelsEqualTheLongGridOnes) {
+  BIK_REQUIRE_SM90_ATTENTION();
+  const std::vector<VariantCase> cases = {
+      {{DType::BF16, 32, 8, 128, 16}, {{621, 8192, 1}}, "one decode of 8192"},
+      {{DType::BF16, 32, 8, 128, 16}, {{622, 1, 1}, {623, 1024, 1}, {624, 4100, 1}, {625, 257, 2}}, "decodes"},
+      {{DType::F16, 16, 2, 64, 7}, {{626, 6000, 1}, {627, 3333, 3}}, "D = 64 decodes"},
+      {{DType::BF16, 32, 8, 128, 16}, {{628, 2000, 2000}, {629, 130, 65}}, "prefill"},
+      {{DType::F16, 8, 2, 64, 16}, {{630, 5000, 300}, {631, 65, 65}, {632, 700, 1}}, "mixed"},
+  };
+  uint64_t seed = 6201;
+  for (const VariantCase& k : cases) {
+    for (int variant : {4, 5})
+      for (const char* split : {"0", "1"}) {
+        const std::string label = config_label(k.c) + " (" + k.what + "), variant " + std::to_string(variant) +
+                                  ", BIK_ATTENTION_SPLIT=" + split;
+        setenv("BIK_ATTENTION_SPLIT", split, 1);
+        std::vector<uint16_t> uniform, long_grid, other;
+        run_variant(variant, k.c, k.seqs, seed, uniform);
+        setenv("BIK_ATTENTION_LONG_GRID", "2", 1);
+        run_variant(variant, k.c, k.seqs, seed, long_grid);
+        unsetenv("BIK_ATTENTION_LONG_GRID");
+        {
+          EngineSwitch v(std::to_string(variant).c_str());
+          other = run_step(gpu(), k.c, k.seqs, seed, split_by_seqs);
+        }
+        unsetenv("BIK_ATTENTION_SPLIT");  // before any assertion can return
+        ASSERT_FALSE(testing::Test::HasFatalFailure()) << label;
+        ASSERT_EQ(uniform.size(), long_grid.size()) << label;
+        expect_same_output(k.c.dtype, uniform, long_grid, label, "between the two instantiations");
+        EXPECT_NE(std::memcmp(other.data(), uniform.data(), uniform.size() * sizeof(uint16_t)), 0)
+            << label << ": another split length gave the same bytes";
+      }
+    ++seed;
+  }
+}
+
 // The pipelined wgmma kernel (BIK_ATTENTION_SM90=2) runs the default wgmma kernel's arithmetic on another
 // schedule, so every output byte must be equal: both head dims and dtypes, group sizes 1..8, block sizes
 // 1..32, in both launch modes (the long prefills make enough CTAs for the in-kernel fold, rows spanning
