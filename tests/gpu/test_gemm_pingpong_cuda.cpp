@@ -363,6 +363,98 @@ TEST(GpuGemmPingPong, NegativeControlSplitKIsCaught) {
   EXPECT_EQ(differing(pp, base), 0) << "ping-pong vs default, 128x128";
 }
 
+// The column-split form of the 64x128 and 64x192 tiles (BIK_GEMM_SPLITN=1: two consumer warpgroups, each on
+// half of a tile's columns) against the one-consumer kernel, bit for bit, on the shapes of
+// EveryTwoConsumerTileGivesTheDefaultBits (partial tiles in M and N, K tails, many tiles a CTA) and the
+// three epilogues; the launch counter proves the column-split kernel ran. The negative control of this file
+// (NegativeControlSplitKIsCaught) shows the same comparison catching a change of summation order.
+TEST(GpuGemmSplitN, ColumnSplitTilesGiveTheDefaultBits) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
+  auto run = [&](const std::string& tile, bool split, const TensorView& a, const TensorView& w,
+                 const TensorView& bias, const Outs& o, const std::string& what) {
+    const ScopedEnv env("BIK_GEMM_SPLITN", split ? "1" : "0");
+    const uint64_t launches0 = cuda::gemm_sm90_splitn_launches();
+    fill_bytes(o.f32, 0xff);
+    fill_bytes(o.half, 0xff);
+    fill_bytes(o.f32_pad, 0xff);
+    cuda::gemm_sm90_tile(make_args(o.f32, a, w, std::nullopt), {}, tile);
+    cuda::gemm_sm90_tile(make_args(o.half, a, w, bias), {}, tile);
+    cuda::gemm_sm90_tile(make_args(o.f32_pad, a, w, std::nullopt), {}, tile);
+    finish_or_die(what);
+    return cuda::gemm_sm90_splitn_launches() - launches0;
+  };
+  std::vector<std::array<int64_t, 3>> shapes;
+  for (int64_t m : {1, 17, 64, 65, 200, 1000})
+    for (int64_t n : {200, 1000})
+      for (int64_t k : {64, 72, 4096}) shapes.push_back({m, n, k});
+  shapes.push_back({2000, 6000, 72});
+  shapes.push_back({256, 4096, 12288});  // the 8B model's down projection at a full batch
+  int64_t compared = 0;
+  for (DType dt : {DType::BF16, DType::F16})
+    for (const auto& [m, n, k] : shapes) {
+      const Tensor a = dev_filled({m, k}, dt, uint64_t(m * 7 + k)), w = dev_filled({n, k}, dt, uint64_t(n * 5 + k));
+      const Tensor bias = dev_filled({n}, dt, uint64_t(n) + 3);
+      const Outs base(m, n, dt), sn(m, n, dt);
+      for (const std::string tile : {"64x128", "64x192"}) {
+        const std::string what = "tile " + tile + " " + dtype_name(dt) + " " + shape_str(m, n, k);
+        EXPECT_EQ(run(tile, false, a, w, bias, base, what + " (default)"), 0u) << what;
+        EXPECT_EQ(run(tile, true, a, w, bias, sn, what + " (column split)"), 3u)
+            << what << ": BIK_GEMM_SPLITN=1 did not take the column-split kernel";
+        EXPECT_EQ(differing(sn.f32, base.f32), 0) << what << ", f32 out";
+        EXPECT_EQ(differing(sn.half, base.half), 0) << what << ", 16-bit out + bias";
+        EXPECT_EQ(differing(sn.f32_pad, base.f32_pad), 0) << what << ", f32 out rows of N + 1";
+        compared += 3;
+      }
+    }
+  std::printf("[splitn] %lld tile runs compared bit for bit with the one-consumer kernel\n", (long long)compared);
+}
+
+// Through gemm(): the switch takes the column-split kernel where gemm() picks 64x128 or 64x192 (q|k|v, o-proj
+// and down at a full batch of 256 rows), says so in the configuration name, leaves gated products alone,
+// and keeps every bit.
+TEST(GpuGemmSplitN, DispatchGivesTheDefaultBits) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
+  for (const auto& [m, n, k] : std::vector<std::array<int64_t, 3>>{{256, 6144, 4096}, {256, 4096, 4096},
+                                                                   {256, 4096, 12288}, {200, 4096, 12288}}) {
+    const std::string what = shape_str(m, n, k);
+    const Tensor a = dev_filled({m, k}, DType::BF16, uint64_t(m + k)), w = dev_filled({n, k}, DType::BF16, uint64_t(n));
+    const Tensor base = dev({m, n}, DType::BF16), sn = dev({m, n}, DType::BF16);
+    std::string name_default, name_split;
+    {
+      const ScopedEnv env("BIK_GEMM_SPLITN", "0");
+      name_default = cuda::gemm_config_name(make_args(base, a, w, std::nullopt));
+      mm(base, a, w);
+    }
+    const uint64_t launches0 = cuda::gemm_sm90_splitn_launches();
+    {
+      const ScopedEnv env("BIK_GEMM_SPLITN", "1");
+      name_split = cuda::gemm_config_name(make_args(sn, a, w, std::nullopt));
+      mm(sn, a, w);
+    }
+    finish_or_die(what);
+    const bool splits = name_default.find(" 64x128 ") != std::string::npos ||
+                        name_default.find(" 64x192 ") != std::string::npos;
+    std::printf("[splitn] %s: %s -> %s\n", what.c_str(), name_default.c_str(), name_split.c_str());
+    EXPECT_EQ(cuda::gemm_sm90_splitn_launches() - launches0, splits ? 1u : 0u) << what << ": " << name_default;
+    EXPECT_EQ(name_split.find(" splitn") != std::string::npos, splits) << what << ": " << name_split;
+    EXPECT_EQ(differing(sn, base), 0) << what << " (" << name_default << ")";
+  }
+  // A gated product keeps its one-consumer kernel: the launch counter does not move.
+  const Tensor a = dev_filled({256, 4096}, DType::BF16, 5), w = dev_filled({2 * 4096, 4096}, DType::BF16, 6);
+  const Tensor out = dev({256, 4096}, DType::BF16);
+  const uint64_t launches0 = cuda::gemm_sm90_splitn_launches();
+  {
+    const ScopedEnv env("BIK_GEMM_SPLITN", "1");
+    mm_silu_and_mul(out, a, w);
+  }
+  finish_or_die("gated product");
+  EXPECT_EQ(cuda::gemm_sm90_splitn_launches(), launches0) << "a gated product took the column-split kernel";
+}
+
 #else
 TEST(GpuGemmPingPong, Skipped) { GTEST_SKIP() << "no GPU: this build has no CUDA backend"; }
 #endif
