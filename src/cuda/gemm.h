@@ -40,8 +40,6 @@ uint64_t gemm_sm90_glu_swap_launches();  // gated products on the gated swapped 
 uint64_t gemm_sm90_cluster_launches();
 // Ping-pong launches of the wgmma kernel so far (BIK_GEMM_PINGPONG; tests check the switch took effect).
 uint64_t gemm_sm90_pingpong_launches();
-// Column-split launches of the 64x128 / 64x192 tiles so far (BIK_GEMM_SPLITN; tests check the switch took effect).
-uint64_t gemm_sm90_splitn_launches();
 // Swapped-tile launches so far (BIK_GEMM_SWAP and the swap64x* tiles; tests check the path was taken).
 uint64_t gemm_sm90_swapped_launches();
 

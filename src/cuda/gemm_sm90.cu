@@ -52,10 +52,6 @@ using Tile128x256 = Config<128, 256, 4>;  // large M: 128 accumulators per consu
 constexpr int pingpong_stages(int bn) { return bn == 32 ? 16 : bn == 64 ? 12 : bn == 128 ? 8 : bn == 192 ? 6 : 5; }
 template <class Cfg>
 using PingPongOf = Config<64, Cfg::BN, pingpong_stages(Cfg::BN), true>;
-// The column-split form of a 64-row tile (BIK_GEMM_SPLITN=1): two consumers, each on half of its columns,
-// in the same stages.
-template <class Cfg>
-using SplitNOf = Config<64, Cfg::BN, Cfg::STAGES, false, false, false, true>;
 
 // The swapped tiles (Config::kSwapped): the kernel computes out^T = w a^T, so 64 weight rows (output
 // columns) are the wgmma M and BN activation rows (output rows) its N, any multiple of 16. For
@@ -422,16 +418,6 @@ bool pingpong_for(const Problem& p, int bn) {
 
 std::atomic<uint64_t> g_pingpong_launches{0};
 
-// BIK_GEMM_SPLITN (read at each call; an A/B switch, off unless "1"): the 64x128 and 64x192 tiles run in
-// their column-split form (SplitNOf: two consumer warpgroups, each on half of the tile's columns), but for
-// gated products, whose epilogue needs a column's gate and up sums in one thread. It never changes a bit.
-bool splitn_for(const Problem& p) {
-  const char* e = std::getenv("BIK_GEMM_SPLITN");
-  return e != nullptr && e[0] == '1' && !p.glu;
-}
-
-std::atomic<uint64_t> g_splitn_launches{0};
-
 // Auto: the sharing that moves fewer operand rows from L2 over the whole launch, counting the partner
 // that copies (and discards) a tile past M or N when the tile count along the pairing is odd. Per CTA and
 // stage, sharing W copies BM + BN / 2 rows, sharing A BM / 2 + BN. Decode (one M-tile) always shares A;
@@ -563,13 +549,6 @@ template <class Cfg, typename T>
 void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
   BIK_CHECK(Cfg::kSmemBytes <= d.smem_optin, "matmul: sm90 tile needs ", Cfg::kSmemBytes,
             " bytes of shared memory; the device allows ", d.smem_optin);
-  if constexpr (Cfg::BM == 64 && !Cfg::kPingPong && !Cfg::kSwapped && !Cfg::kSplitN && Cfg::BN >= 128) {
-    if (splitn_for(p)) {
-      launch_one_cta<SplitNOf<Cfg>, T>(p, d, st, 8);
-      g_splitn_launches.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-  }
   if (const ClusterMode mode = cluster_mode_for(p); mode != ClusterMode::Off && launch_cluster<Cfg, T>(p, d, st, mode))
     return;
   if constexpr (Cfg::kConsumers == 2) {
@@ -868,7 +847,6 @@ std::string sm90_config_name(const Problem& p, const DeviceInfo& d) {
   const Choice c = choose(p, d);
   std::string name = std::string("sm90 ") + kChoiceNames[int(c)] + (tma_possible(p) ? " tma" : " tma-packed");
   if (kShapes[int(c)].swapped) return name;
-  if (kShapes[int(c)].bm == 64 && kShapes[int(c)].bn >= 128 && splitn_for(p)) return name + " splitn";
   if (const ClusterMode mode = cluster_mode_for(p); mode != ClusterMode::Off && p.k > 0)
     name += share_w_for(p, kShapes[int(c)].bm, kShapes[int(c)].bn, mode) ? " cluster2w" : " cluster2a";
   else if (kShapes[int(c)].bm == 128 && pingpong_for(p, kShapes[int(c)].bn))
@@ -920,9 +898,6 @@ uint64_t gemm_sm90_cluster_launches() { return gemm_detail::g_cluster_launches.l
 
 // Ping-pong launches so far in this process (the tests check that BIK_GEMM_PINGPONG really took that path).
 uint64_t gemm_sm90_pingpong_launches() { return gemm_detail::g_pingpong_launches.load(std::memory_order_relaxed); }
-
-// Column-split launches so far in this process (the tests check that BIK_GEMM_SPLITN really took that path).
-uint64_t gemm_sm90_splitn_launches() { return gemm_detail::g_splitn_launches.load(std::memory_order_relaxed); }
 
 // Swapped-tile launches so far in this process (the tests check that BIK_GEMM_SWAP really took that path).
 uint64_t gemm_sm90_swapped_launches() { return gemm_detail::g_swapped_launches.load(std::memory_order_relaxed); }

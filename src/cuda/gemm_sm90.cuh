@@ -65,8 +65,6 @@
 #pragma once
 #include <cuda.h>  // CUtensorMap (a plain struct; nothing from the driver library is linked)
 
-#include <type_traits>
-
 #include "cuda/gemm_common.cuh"
 #include "cuda/gemm_sm90_wgmma.cuh"
 #include "cuda/launch.cuh"
@@ -97,22 +95,12 @@ constexpr int kTurnBar = 1;  // ping-pong turns: named barriers 1 and 2 (0 is __
 // and the up sums of its outputs (wgmma D rows r and r + 8) and the epilogue (store_tile_columns_gated)
 // writes silu_mul of the two. The host hands the kernel the transposed problem with glu off: its M is the
 // weight's 2 d rows in that interleaved order.
-// kSplitN_ (BM = 64, not swapped, no ping-pong; BIK_GEMM_SPLITN): two consumer warpgroups share each
-// 64-row tile by columns, consumer c computing columns [c BN / 2, (c + 1) BN / 2) of every stage's A rows,
-// so the tensor cores see two warpgroups' products where the one-consumer tile has one. Each output element
-// gets the same m64nNk16 sequence over the same K stages from zero accumulators as in the one-consumer tile
-// (only the instruction's N differs, which does not enter an element's sum), so every stored value keeps
-// its bits. Not for gated products (their epilogue pairs gate and up columns in one thread).
-template <int BM_, int BN_, int STAGES_, bool kPingPong_ = false, bool kSwapped_ = false, bool kSwapGlu_ = false,
-          bool kSplitN_ = false>
+template <int BM_, int BN_, int STAGES_, bool kPingPong_ = false, bool kSwapped_ = false, bool kSwapGlu_ = false>
 struct Config {
   static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
-  static constexpr bool kPingPong = kPingPong_, kSwapped = kSwapped_, kSwapGlu = kSwapGlu_, kSplitN = kSplitN_;
+  static constexpr bool kPingPong = kPingPong_, kSwapped = kSwapped_, kSwapGlu = kSwapGlu_;
   static_assert(!kSwapGlu || kSwapped, "the interleaved gated form is a swapped tile");
-  static_assert(!kSplitN || (BM == 64 && !kPingPong && !kSwapped && (BN / 2) % 32 == 0),
-                "column-split consumers: 64-row unswapped tiles of two column halves of a multiple of 32");
-  static constexpr int kConsumers = kPingPong || kSplitN ? 2 : BM / 64;
-  static constexpr int kConsumerCols = kSplitN ? BN / 2 : BN;  // columns of a tile one consumer computes
+  static constexpr int kConsumers = kPingPong ? 2 : BM / 64;
   static constexpr int kStageReaders = kPingPong ? 1 : kConsumers;  // consumer warpgroups that read each stage
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kStageA = BM * kRowBytes, kStageW = BN * kRowBytes;
@@ -717,14 +705,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     // mode whole tiles, the CTA's tiles wg, wg + 2, ... of its walk, in turns (the top of this file) ----
     if constexpr (Cfg::kConsumers == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     if constexpr (Cfg::kConsumers == 3) asm volatile("setmaxnreg.inc.sync.aligned.u32 152;\n");
-    constexpr bool kPingPong = Cfg::kPingPong, kSplitN = Cfg::kSplitN;
+    constexpr bool kPingPong = Cfg::kPingPong;
     static_assert(!(kPingPong && kCluster), "ping-pong runs one CTA a tile");
-    static_assert(!(kSplitN && kCluster), "column-split consumers run one CTA a tile");
-    const int slab = kPingPong || kSplitN ? 0 : wg;  // this consumer's 64-row slab of the tile and of the stage's A rows
-    // Column-split consumers: this consumer's columns of the tile, CW of them from column c0 (its rows of
-    // the stage's W part).
-    constexpr int CW = Cfg::kConsumerCols;
-    const int c0 = kSplitN ? wg * CW : 0;
+    const int slab = kPingPong ? 0 : wg;  // this consumer's 64-row slab of the tile and of the stage's A rows
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     // A released stage may be refilled by either CTA's producer in cluster mode: tell both.
     auto release = [&](int s) {
@@ -735,7 +718,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         mbar_arrive(empty(s));
       }
     };
-    float acc[CW / 2];
+    float acc[BN / 2];
     int it = 0;
     if constexpr (kPingPong) {
       if (wg == 1 && int(walk0) < prm.total_tiles) named_bar_arrive(kTurnBar, 256);  // opens consumer 0's first turn
@@ -750,19 +733,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       int b, tm, tn;
       tile_coords(tile, b, tm, tn);
 #pragma unroll
-      for (int i = 0; i < CW / 2; ++i) acc[i] = 0.f;
+      for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
       for (int kb = 0; kb < num_kb; ++kb, ++it) {
         const int s = it % STAGES, phase = (it / STAGES) & 1;
         mbar_wait(full(s), phase);
         // The stage addresses through a broadcast from lane 0 (the same in every lane): the compiler then
         // keeps the descriptors in uniform registers instead of moving them there before every wgmma.
         const uint32_t sa = __shfl_sync(0xffffffffu, stage_a(s) + slab * 64 * kRowBytes, 0);
-        const uint32_t sw = __shfl_sync(0xffffffffu, stage_w(s) + c0 * kRowBytes, 0);
+        const uint32_t sw = __shfl_sync(0xffffffffu, stage_w(s), 0);
         const uint64_t da = smem_desc(sa), dw = smem_desc(sw);
         pin(acc);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<CW, T>(acc, da + 2 * kk, dw + 2 * kk);
+        for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
         wgmma_commit();
         pin(acc);
         // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
@@ -787,7 +770,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       const int row0 = m_base(tm) + slab * 64 + warp * 16;
       if (row0 >= p.m) continue;  // the warp's rows all lie past M (a partial last M-tile): nothing to store
       const uint32_t staging = bars + Cfg::kBarBytes + (wg * 4 + warp) * Cfg::kEpiWarpBytes;
-      if constexpr (!Cfg::kSwapped && !kSplitN && BN % 64 == 0) {
+      if constexpr (!Cfg::kSwapped && BN % 64 == 0) {
         if (p.glu) {
           store_tile_gated<Cfg, T>(p, prm.out_vec16 != 0, acc, staging, b, row0, tn, lane);
           continue;
@@ -797,20 +780,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         store_tile_columns_gated<Cfg, T>(p, acc, staging, b, row0, n_base(tn), lane);
         continue;
       }
-      // The epilogue of a consumer's CW columns: a column-split consumer's as a one-consumer tile of CW.
-      using EpiCfg = std::conditional_t<kSplitN, Config<64, CW, STAGES>, Cfg>;
       if (prm.out_vec16) {
         if constexpr (Cfg::kSwapped)
           store_tile_columns<Cfg, T>(p, acc, staging, b, row0, n_base(tn), lane);
         else if (p.out_f32)
-          store_tile_staged<EpiCfg, T, float>(p, acc, staging, b, row0, tn * BN + c0, lane);
+          store_tile_staged<Cfg, T, float>(p, acc, staging, b, row0, tn * BN, lane);
         else
-          store_tile_staged<EpiCfg, T, T>(p, acc, staging, b, row0, tn * BN + c0, lane);
+          store_tile_staged<Cfg, T, T>(p, acc, staging, b, row0, tn * BN, lane);
       } else {
         const int row = row0 + (lane >> 2);
-        const int col0 = n_base(tn) + c0 + (lane & 3) * 2;
+        const int col0 = n_base(tn) + (lane & 3) * 2;
 #pragma unroll
-        for (int j = 0; j < CW / 8; ++j) {
+        for (int j = 0; j < BN / 8; ++j) {
           store_pair<T>(p, b, row, col0 + j * 8, acc[4 * j], acc[4 * j + 1]);
           store_pair<T>(p, b, row + 8, col0 + j * 8, acc[4 * j + 2], acc[4 * j + 3]);
         }
