@@ -1186,9 +1186,9 @@ __global__ void __launch_bounds__(WsLayout<D>::kThreads, 1) attention_kernel_ws(
       const float kNegInf = -__int_as_float(0x7f800000);
       // The tile's place in the plan's splits, counted instead of divided out of kb: the split's index and
       // the tile's index in it (the stream starts at a split start). On the long grid a split's tile count
-      // is read from the grid where it is needed rather than kept in a register of its own (with it the
-      // D = 128 kernels spilled), and after the last tile the last split is js, or js - 1 where that tile
-      // ended its split (tis wrapped); on the uniform grid both are the quotients they always were.
+      // is read from the grid where it is needed, and after the last tile the last split is js, or js - 1
+      // where that tile ended its split (tis wrapped); on the uniform grid both are the quotients they
+      // always were.
       int js = sg.index(kb_first), tis = 0;
       const int uniform_tps = sg.len / kBK;
       auto tps = [&] {
