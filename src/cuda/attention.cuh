@@ -64,7 +64,7 @@ struct Params {
   // grouped order of order_group CTA columns (attention_kernel_ws's unit_at); nullptr: the static rounds.
   int* unit_counter;
   int order_group;
-  // The fields above keep their places from before the long splits: with the grid where split_len is, the
+  // The fields above keep their places from before the long splits: with the grid in split_len's place, the
   // warp-specialised prefill kernels at D = 128 spilled 12 bytes in ptxas (none with this layout).
   policy::SplitGrid split;  // the plan's splits (core/split_grid.h)
   // Split-parallel mode, the splits of CTA z: with run_keys > 0 (variants 3-6, contexts reaching the long
@@ -81,7 +81,6 @@ template <bool kLong>
 __device__ __forceinline__ policy::SplitView<kLong> split_view(const Params& p) {
   return {p.split, p.split_len};
 }
-
 
 // Row r (< kRows) of a CTA's query rows belongs to token r / group and head r % group of the KV head's
 // group. The quotient without an integer division: with group_mul = ceil(2^16 / group) = (2^16 + e) / group,
