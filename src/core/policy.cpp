@@ -37,8 +37,8 @@ GemmPlan gemm_plan(Target t, DType dtype, int64_t, int64_t k) {
 }
 
 SplitGrid make_split_grid(int64_t len, int64_t long_from, int64_t long_len) {
-  BIK_CHECK(len > 0 && len < (int64_t(1) << 30), "attention split grid: split length ", len, " is out of range");
-  if (long_from == SplitGrid::kNoLong) return uniform_split_grid(len);
+  const SplitGrid uniform = uniform_split_grid(len);  // checks len
+  if (long_from == SplitGrid::kNoLong) return uniform;
   BIK_CHECK(long_len > 0 && long_len < (int64_t(1) << 30) && long_len % len == 0,
             "attention split grid: long split length ", long_len, " is not a positive multiple of the split length ",
             len);

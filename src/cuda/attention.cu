@@ -109,10 +109,11 @@ int split_run(int64_t cols, const policy::SplitGrid& grid, int64_t max_seq_len, 
     const int j0 = grid.first_from(int(lo)), j1 = grid.first_from(int(hi));
     return j0 >= j1 ? 0 : std::min<int64_t>(grid.begin(j1), max_seq_len) - grid.begin(j0);
   };
-  int64_t best = multiple_of > 0 ? multiple_of : grid.len, best_cost = -1;
-  for (int64_t g = 1; g <= std::min<int64_t>(units, 4096); ++g) {
+  // Candidate spans of g short splits, g a multiple of `step` (multiple_of is a multiple of grid.len).
+  const int64_t step = multiple_of > 0 ? multiple_of / grid.len : 1;
+  int64_t best = step * grid.len, best_cost = -1;
+  for (int64_t g = step; g <= std::min<int64_t>(units, 4096); g += step) {
     const int64_t span = g * grid.len, runs = (max_seq_len + span - 1) / span;
-    if (multiple_of > 0 && span % multiple_of != 0) continue;
     // The longest run: any short-only run is one span; check the runs around the long splits' start (a
     // few spans on, so every phase of the span against the long split length appears) and the last two.
     int64_t longest = std::min(span, max_seq_len);
