@@ -23,6 +23,7 @@
 
 #include "bench.h"
 #include "bench_util.h"
+#include "bik/attention.h"
 #include "bik/device.h"
 #include "bik/ops.h"
 #include "bik/tensor.h"
@@ -62,15 +63,18 @@ const std::vector<Shape2>& bench_shapes() {
 
 int bench_gemm(const std::vector<std::string>& argv) {
   Args args(argv, {"help", "sweep", "gated"},
-            {"out", "name", "m", "shapes", "dtype", "repeats", "launches", "commit", "sustain", "tiles"},
+            {"out", "name", "m", "shapes", "dtype", "repeats", "launches", "commit", "sustain", "tiles", "qkv"},
             "bench gemm");
   if (args.flag("help")) {
     std::puts(
         "usage: bik bench gemm [--out DIR] [--name NAME] [--m 1,2,4,...] [--shapes 0,1,..] [--dtype bf16|f16]\n"
         "                      [--repeats N] [--launches N] [--commit SHA] [--sweep] [--gated] [--sustain S]\n"
+        "                      [--qkv HQ:HK:D]\n"
         "--sweep also times every wgmma tile shape (sm_90) for every problem.\n"
         "--gated times the gated product instead (mm_silu_and_mul: N = 2 d weight rows, out [M, d]) against\n"
         "cuBLASLt's product followed by silu_and_mul; with --sweep, every BIK_GEMM_GLU_SWAP mode as well.\n"
+        "--qkv HQ:HK:D times qkv_projection instead (N = (HQ + 2 HK) D stacked q|k|v rows; q and k heads normed\n"
+        "and rotated, k and v into a paged cache), fused and as its calls, against cuBLASLt's product then the calls.\n"
         "--sustain S also runs each side back to back for S seconds (after S / 2 of the same) and reports the\n"
         "time per call there, and through NVML the energy per call, the power and the SM clock: under sustained\n"
         "load a GPU runs at its power limit, so energy per call sets the pace, as in serving. --tiles T1,T2,..\n"
@@ -88,6 +92,21 @@ int bench_gemm(const std::vector<std::string>& argv) {
   const double sustain_s = bench::check_sustain_seconds(args.number("sustain", 0.0), "bik bench gemm");
   BIK_CHECK(!args.has("tiles") || sustain_s > 0, "bik bench gemm: --tiles needs --sustain S (S > 0)");
   BIK_CHECK(!args.has("tiles") || !args.flag("gated"), "bik bench gemm: --tiles applies to the plain product, not --gated");
+  std::vector<int64_t> qkv_heads;  // --qkv HQ:HK:D
+  if (args.has("qkv")) {
+    const std::string spec = args.str("qkv");
+    for (size_t at = 0; at <= spec.size();) {
+      const size_t colon = std::min(spec.find(':', at), spec.size());
+      const std::string v = spec.substr(at, colon - at);
+      char* end = nullptr;
+      const long long x = std::strtoll(v.c_str(), &end, 10);
+      qkv_heads.push_back(!v.empty() && *end == 0 ? x : -1);
+      at = colon + 1;
+    }
+    BIK_CHECK(qkv_heads.size() == 3 && qkv_heads[0] > 0 && qkv_heads[1] > 0 && qkv_heads[2] > 0,
+              "bik bench gemm: --qkv expects HQ:HK:D (three positive integers), got '", args.str("qkv"), "'");
+    BIK_CHECK(!args.flag("gated") && !args.has("tiles"), "bik bench gemm: --qkv takes neither --gated nor --tiles");
+  }
   const DType dt = args.str("dtype", "bf16") == "f16" ? DType::F16 : DType::BF16;
   const int repeats = int(args.integer("repeats", 15)), launches_max = int(args.integer("launches", 20));
   std::vector<int64_t> ms;
@@ -114,7 +133,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
   const std::string gpu_tag = bench::name_tag(props.name);
   const std::string out_dir = args.str("out", "bench/results");
   // --gated writes its own file by default: the plain table (gemm_<gpu>.json) stays as it is.
-  const std::string name = args.str("name", (args.flag("gated") ? "gemm_gated_" : "gemm_") + gpu_tag);
+  const std::string name =
+      args.str("name", (args.flag("gated") ? "gemm_gated_" : args.has("qkv") ? "gemm_qkv_" : "gemm_") + gpu_tag);
 
   const std::string commit = bench::commit_of(args.str("commit", ""));
   const std::string date = bench::utc_now();
@@ -254,7 +274,100 @@ int bench_gemm(const std::vector<std::string>& argv) {
     if (!modes.empty()) j["results"].back()["glu_swap_ms"] = modes;
     sustained(bik_launch, cublas_launch, sets, launches, j["results"].back(), st);
   };
-  if (gated)
+  // --qkv HQ:HK:D: one row of the attention block's input projection (qkv_projection: the q|k|v product, the
+  // q and k heads RMS-normalised and rotated, k and v written into a paged cache) for a stacked weight of
+  // N = (HQ + 2 HK) D rows: BIK's one fused kernel, BIK's composed calls (BIK_QKV_FUSED=0: BIK's product, then
+  // rms_norm of q and of k, rotary_embedding and write_kv_cache), and cuBLASLt's product followed by the same
+  // calls (the base: what an engine without batch invariance runs).
+  auto qkv_row = [&](const Shape2& s, int64_t m, const std::vector<Tensor>& ws, const std::vector<Tensor>& as,
+                     const Tensor& product) {
+    const int sets = int(ws.size());
+    const int64_t hq = qkv_heads[0], hk = qkv_heads[1], d = qkv_heads[2];
+    const Tensor q_out = Tensor::empty({m, hq, d}, dt, gpu), kn = Tensor::empty({m, hk, d}, dt, gpu);
+    const int64_t blocks = (m + 15) / 16;
+    const Tensor kc = Tensor::empty({blocks, 16, hk, d}, dt, gpu), vc = Tensor::empty({blocks, 16, hk, d}, dt, gpu);
+    const size_t rows = static_cast<size_t>(m);
+    std::vector<int32_t> slots(rows), pos(rows);
+    for (int64_t i = 0; i < m; ++i) slots[size_t(i)] = int32_t(i), pos[size_t(i)] = int32_t((i * 37) % 4096);
+    auto i32_dev = [&](const std::vector<int32_t>& v) {
+      Tensor t = Tensor::empty({int64_t(v.size())}, DType::I32, gpu);
+      memcpy_bytes(t.data(), gpu, v.data(), Device::cpu(), int64_t(v.size()) * 4);
+      return t;
+    };
+    const Tensor slot_t = i32_dev(slots), pos_t = i32_dev(pos);
+    const Tensor cos_sin = rope_cos_sin_table(4096, d, 1e6, gpu);
+    const Tensor q_norm = Tensor::empty({d}, DType::F32, gpu), k_norm = Tensor::empty({d}, DType::F32, gpu);
+    cuda::gemm_fill_uniform(q_norm, 7);
+    cuda::gemm_fill_uniform(k_norm, 8);
+    const TensorView pv = product.view().narrow(0, 0, m);
+    auto args_of = [&](int i) {
+      QkvProjection p;
+      p.q_out = q_out, p.k_cache = kc, p.v_cache = vc;
+      p.x = as[size_t(i)].view().narrow(0, 0, m), p.w = ws[size_t(i)];
+      p.q_norm = q_norm.view(), p.k_norm = k_norm.view();
+      p.positions = pos_t, p.cos_sin = cos_sin;
+      p.slot_mapping = slot_t, p.host_slot_mapping = HostInts(slots);
+      p.qkv = pv, p.k_normed = kn;
+      return p;
+    };
+    auto fused_launch = [&](int i, cudaStream_t stream) { qkv_projection(args_of(i), Stream{stream}); };
+    auto calls_launch = [&](int i, cudaStream_t stream) {
+      const char* old = std::getenv("BIK_QKV_FUSED");
+      const std::string saved = old ? old : "";
+      setenv("BIK_QKV_FUSED", "0", 1);
+      qkv_projection(args_of(i), Stream{stream});
+      if (old) setenv("BIK_QKV_FUSED", saved.c_str(), 1);
+      else unsetenv("BIK_QKV_FUSED");
+    };
+    auto cublas_launch = [&](int i, cudaStream_t stream) {
+      const QkvProjection p = args_of(i);
+      const Stream sm{stream};
+      cuda::cublaslt_gemm(gemm_args_2d(pv, p.x, p.w), sm);
+      auto heads = [&](int64_t first, int64_t count) {
+        return TensorView(static_cast<char*>(pv.data) + first * es, dt, {m, count, d}, {s.n, d, 1}, gpu);
+      };
+      rms_norm(q_out, heads(0, hq), q_norm, 1e-6f, std::nullopt, sm);
+      rms_norm(kn, heads(hq * d, hk), k_norm, 1e-6f, std::nullopt, sm);
+      rotary_embedding(q_out, kn, pos_t, cos_sin, true, sm);
+      write_kv_cache(kc, vc, kn, heads((hq + hk) * d, hk), slot_t, HostInts(slots), sm);
+    };
+    const uint64_t before = cuda::gemm_sm90_heads_launches();
+    fused_launch(0, st);
+    BIK_CUDA_CHECK(cudaStreamSynchronize(st));
+    const bool fused = cuda::gemm_sm90_heads_launches() > before;
+    const double flop = 2.0 * double(m) * double(s.n) * double(s.k);
+    const int launches = launches_for(flop);
+    const double t_fused = bench::time_graph(fused_launch, sets, launches, repeats, st);
+    const double t_calls = bench::time_graph(calls_launch, sets, launches, repeats, st);
+    const double t_cub = bench::time_graph(cublas_launch, sets, launches, repeats, st);
+    const std::string config = fused ? "fused " + cuda::qkv_heads_tile(m, s.n, s.k, int(d), 0) : "composed (not fused)";
+    std::printf("%-8s %6lld %6lld %6lld | %10.2f %10.2f %10.2f | %6.3f %6.3f | %s\n", s.what, (long long)s.k,
+                (long long)s.n, (long long)m, t_fused * 1e3, t_calls * 1e3, t_cub * 1e3, t_cub / t_fused,
+                t_calls / t_fused, config.c_str());
+    std::fflush(stdout);
+    j["results"].push_back({{"shape", s.what},
+                            {"k", s.k},
+                            {"n", s.n},
+                            {"m", m},
+                            {"qkv_heads", {hq, hk, d}},
+                            {"bik_ms", t_fused},
+                            {"bik_calls_ms", t_calls},
+                            {"cublaslt_ms", t_cub},
+                            {"ratio", t_cub / t_fused},
+                            {"calls_ratio", t_calls / t_fused},
+                            {"bik_config", config},
+                            {"input_sets", sets},
+                            {"launches_per_graph", launches}});
+    sustained(fused_launch, cublas_launch, sets, launches, j["results"].back(), st);
+  };
+  if (!qkv_heads.empty()) {
+    j["layout"] = "qkv_projection: x[M,K] * w[N,K]^T, N = (HQ + 2 HK) D, q and k heads RMS-normed (f32 weights) and "
+                  "rotated (neox), q to [M, HQ, D], k and v into a paged cache [M / 16 blocks, 16, HK, D]";
+    j["baseline"] = "cuBLASLt product [M, N] (default heuristic) then bik rms_norm (q), rms_norm (k), "
+                    "rotary_embedding, write_kv_cache";
+    std::printf("%-8s %6s %6s %6s | %10s %10s %10s | %6s %6s | %s\n", "shape", "K", "N", "M", "fused us", "calls us",
+                "base us", "base/f", "calls/f", "bik path");
+  } else if (gated)
     std::printf("%-8s %6s %6s %6s | %10s %10s | %8s | %6s | %s\n", "shape", "K", "N", "M", "bik us", "base us",
                 "bik TF/s", "ratio", "bik tile (base: cuBLASLt + silu_and_mul)");
   else
@@ -273,6 +386,13 @@ int bench_gemm(const std::vector<std::string>& argv) {
       cuda::gemm_fill_uniform(as.back(), 2000 + uint64_t(i));
     }
     const Tensor out = Tensor::empty({max_m, s.n}, dt, gpu);
+    if (!qkv_heads.empty()) {
+      BIK_CHECK(s.n == (qkv_heads[0] + 2 * qkv_heads[1]) * qkv_heads[2], "bik bench gemm --qkv: shape ", s.what,
+                " has N = ", s.n, ", not (HQ + 2 HK) D = ", (qkv_heads[0] + 2 * qkv_heads[1]) * qkv_heads[2]);
+      for (int64_t m : ms) qkv_row(s, m, ws, as, out);
+      write_json();
+      continue;
+    }
     if (gated) {
       BIK_CHECK(s.n % 2 == 0, "bik bench gemm --gated: shape ", s.what, " has an odd N (", s.n, ")");
       for (int64_t m : ms) gated_row(s, m, ws, as, out);

@@ -23,6 +23,7 @@
 // (AttentionHostMetadata, below).
 #pragma once
 #include <cstdint>
+#include <optional>
 
 #include "bik/ops.h"
 #include "bik/tensor.h"
@@ -66,5 +67,32 @@ void paged_attention(const TensorView& out, const TensorView& q, const TensorVie
 // write_kv_cache with slot_mapping's values given on the host ([T], equal to the tensor's).
 void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
                     const TensorView& slot_mapping, HostInts host_slot_mapping, Stream s = {});
+
+// An attention block's input projection, from the activations to attention's inputs, for q, k and v
+// weights stacked into one w [(Hq + 2 Hk) D, K] (q rows, then k rows, then v rows): with
+// p = x w^T (+ bias), of D columns a head,
+//   q heads: RMS-normalised over D by q_norm when given (rms_norm's formula and tree), then rotated by
+//            positions (rotary_embedding's), into q_out [T, Hq, D];
+//   k heads: the same with k_norm, then into the caches at slot_mapping (write_kv_cache's copy; -1 skips);
+//   v heads: as they are, into the caches at slot_mapping.
+// Every output holds the bits of those calls run one after the other (mm or addmm, rms_norm, rotary_embedding,
+// write_kv_cache), which is how it runs where no fused kernel applies, with `qkv` [T, (Hq + 2 Hk) D] for the
+// product and `k_normed` [T, Hk, D] (with k_norm) as scratch. On sm_90, for bf16 with D = 64 or 128 and a
+// rotation of all D dims, one GEMM kernel finishes the heads in its epilogue instead (src/cuda/gemm_heads.cuh):
+// the scratch is not touched and only q_out and the caches are written. BIK_QKV_FUSED=0 keeps the calls.
+struct QkvProjection {
+  TensorView q_out;             // [T, Hq, D], elements contiguous, heads D apart
+  TensorView k_cache, v_cache;  // [num_blocks, block_size, Hk, D], as write_kv_cache
+  TensorView x, w;              // [T, K], [(Hq + 2 Hk) D, K]; x's dtype throughout (f16 or bf16)
+  std::optional<TensorView> bias;            // [(Hq + 2 Hk) D]
+  std::optional<TensorView> q_norm, k_norm;  // [D], x's dtype or f32
+  float eps = 1e-6f;
+  TensorView positions, cos_sin;  // as rotary_embedding: i32 [T], f32 [P, rot_dim]
+  bool neox = true;
+  TensorView slot_mapping;                    // i32 [T]
+  std::optional<HostInts> host_slot_mapping;  // its values on the host, as write_kv_cache's overload
+  TensorView qkv, k_normed;                   // scratch of the composed calls
+};
+void qkv_projection(const QkvProjection& a, Stream s = {});
 
 }  // namespace bik

@@ -55,6 +55,34 @@ void check_cache(const char* op, const char* arg, const TensorView& c, DType dty
 }  // namespace
 
 namespace {
+// slot_mapping's values (host_slots when the caller has them on the host, else read back here): each -1
+// or in [0, slots), no slot twice.
+void check_slots(const char* op, const TensorView& slot_mapping, int64_t slots, std::optional<HostInts> host_slots) {
+  const int64_t T = slot_mapping.shape[0];
+  std::vector<int32_t> read_back;
+  if (host_slots)
+    BIK_CHECK(int64_t(host_slots->size()) == T, op, ": the host copy of slot_mapping has ", host_slots->size(),
+              " values, slot_mapping ", slot_mapping.str(), " has ", T);
+  else
+    read_back = host_i32(slot_mapping);
+  const HostInts sm = host_slots ? *host_slots : HostInts(read_back);
+  // (slot, token) of the tokens that write: sorted, a repeated slot sits next to its first use. This costs
+  // O(T log T) per call rather than a flag per cache slot (the call runs for every layer of every step).
+  std::vector<std::pair<int32_t, size_t>> writes;
+  writes.reserve(sm.size());
+  for (size_t t = 0; t < sm.size(); ++t) {
+    if (sm[t] == -1) continue;
+    BIK_CHECK(sm[t] >= 0 && sm[t] < slots, op, ": slot_mapping[", t, "] = ", sm[t], " is outside [0, ", slots,
+              ") (num_blocks * block_size) and is not -1 (skip)");
+    writes.push_back({sm[t], t});
+  }
+  std::sort(writes.begin(), writes.end());
+  for (size_t i = 1; i < writes.size(); ++i)
+    // Two tokens writing one slot would race on a GPU: the bits would depend on timing.
+    BIK_CHECK(writes[i].first != writes[i - 1].first, op, ": slot_mapping[", writes[i].second, "] = ",
+              writes[i].first, " repeats an earlier token's slot");
+}
+
 // host_slots: slot_mapping's values when the caller has them on the host, else nullopt (read back here).
 void write_kv_cache_checked(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k,
                             const TensorView& v, const TensorView& slot_mapping,
@@ -76,29 +104,7 @@ void write_kv_cache_checked(const TensorView& k_cache, const TensorView& v_cache
   BIK_CHECK(k.data != nullptr || k.numel() == 0, op, ": k has no data (null pointer)");
   BIK_CHECK(v.data != nullptr || v.numel() == 0, op, ": v has no data (null pointer)");
   if (k.numel() == 0) return;
-  const int64_t slots = k_cache.shape[0] * k_cache.shape[1];
-  std::vector<int32_t> read_back;
-  if (host_slots)
-    BIK_CHECK(int64_t(host_slots->size()) == k.shape[0], op, ": the host copy of slot_mapping has ",
-              host_slots->size(), " values, slot_mapping ", slot_mapping.str(), " has ", k.shape[0]);
-  else
-    read_back = host_i32(slot_mapping);
-  const HostInts sm = host_slots ? *host_slots : HostInts(read_back);
-  // (slot, token) of the tokens that write: sorted, a repeated slot sits next to its first use. This costs
-  // O(T log T) per call rather than a flag per cache slot (the call runs for every layer of every step).
-  std::vector<std::pair<int32_t, size_t>> writes;
-  writes.reserve(sm.size());
-  for (size_t t = 0; t < sm.size(); ++t) {
-    if (sm[t] == -1) continue;
-    BIK_CHECK(sm[t] >= 0 && sm[t] < slots, op, ": slot_mapping[", t, "] = ", sm[t], " is outside [0, ", slots,
-              ") (num_blocks * block_size) and is not -1 (skip)");
-    writes.push_back({sm[t], t});
-  }
-  std::sort(writes.begin(), writes.end());
-  for (size_t i = 1; i < writes.size(); ++i)
-    // Two tokens writing one slot would race on a GPU: the bits would depend on timing.
-    BIK_CHECK(writes[i].first != writes[i - 1].first, op, ": slot_mapping[", writes[i].second, "] = ",
-              writes[i].first, " repeats an earlier token's slot");
+  check_slots(op, slot_mapping, k_cache.shape[0] * k_cache.shape[1], host_slots);
   if (k.device.is_cpu())
     cpu::write_kv_cache(k_cache, v_cache, k, v, slot_mapping, s);
   else
@@ -114,6 +120,98 @@ void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const 
 void write_kv_cache(const TensorView& k_cache, const TensorView& v_cache, const TensorView& k, const TensorView& v,
                     const TensorView& slot_mapping, HostInts host_slot_mapping, Stream s) {
   write_kv_cache_checked(k_cache, v_cache, k, v, slot_mapping, host_slot_mapping, s);
+}
+
+void qkv_projection(const QkvProjection& a, Stream s) {
+  const char* op = "qkv_projection";
+  BIK_CHECK(a.q_out.ndim == 3, op, ": q_out must be [T, Hq, D], got ", a.q_out.str());
+  const int64_t T = a.q_out.shape[0], Hq = a.q_out.shape[1], D = a.q_out.shape[2];
+  BIK_CHECK(Hq >= 1 && D >= 1, op, ": q_out has no heads or an empty head: ", a.q_out.str());
+  BIK_CHECK(a.x.ndim == 2 && a.x.shape[0] == T, op, ": x must be [", T, ", K] (T from q_out), got ", a.x.str());
+  const DType dt = a.x.dtype;
+  const Device dev = a.x.device;
+  BIK_CHECK(is_half(dt), op, ": x must be f16 or bf16, got ", a.x.str());
+  BIK_CHECK(a.k_cache.dtype == dt && a.v_cache.dtype == dt, op, ": k_cache and v_cache must be ", dtype_name(dt),
+            " (x's dtype), got ", a.k_cache.str(), " and ", a.v_cache.str());
+  check_cache(op, "k_cache", a.k_cache, dt, D);
+  check_cache(op, "v_cache", a.v_cache, dt, D);
+  BIK_CHECK(a.v_cache.sizes() == a.k_cache.sizes(), op, ": v_cache ", a.v_cache.str(), " and k_cache ",
+            a.k_cache.str(), " must have the same shape");
+  const int64_t Hk = a.k_cache.shape[2], K = a.x.shape[1], qd = Hq * D, kd = Hk * D, N = qd + 2 * kd;
+  BIK_CHECK(a.w.ndim == 2 && a.w.dtype == dt && a.w.shape[0] == N && a.w.shape[1] == K, op, ": w must be ",
+            dtype_name(dt), "[", N, ", ", K, "] ((Hq + 2 Hk) D = (", Hq, " + 2 x ", Hk, ") x ", D, " rows, x's K), got ",
+            a.w.str());
+  BIK_CHECK(a.q_out.dtype == dt && a.q_out.stride[2] == 1 && a.q_out.stride[1] == D, op, ": q_out must be ",
+            dtype_name(dt), " with contiguous heads (strides [*, ", D, ", 1]), got ", a.q_out.str());
+  auto check_vec = [&](const char* arg, const std::optional<TensorView>& v, int64_t n) {
+    if (!v) return;
+    BIK_CHECK(v->ndim == 1 && v->shape[0] == n && (v->dtype == dt || v->dtype == DType::F32), op, ": ", arg,
+              " must be ", dtype_name(dt), " or f32 [", n, "], got ", v->str());
+    check_device(op, a.x, arg, *v);
+    BIK_CHECK(v->data != nullptr, op, ": ", arg, " has no data (null pointer)");
+  };
+  check_vec("bias", a.bias, N);
+  check_vec("q_norm", a.q_norm, D);
+  check_vec("k_norm", a.k_norm, D);
+  BIK_CHECK(a.qkv.ndim == 2 && a.qkv.dtype == dt && a.qkv.shape[0] == T && a.qkv.shape[1] == N, op,
+            ": qkv (scratch) must be ", dtype_name(dt), "[", T, ", ", N, "], got ", a.qkv.str());
+  if (a.k_norm)
+    BIK_CHECK(a.k_normed.sizes() == Shape({T, Hk, D}) && a.k_normed.dtype == dt, op, ": k_normed (scratch) must be ",
+              dtype_name(dt), "[", T, ", ", Hk, ", ", D, "] with k_norm, got ", a.k_normed.str());
+  check_i32(op, "positions", a.positions, {T});
+  check_i32(op, "slot_mapping", a.slot_mapping, {T});
+  BIK_CHECK(a.cos_sin.ndim == 2 && a.cos_sin.dtype == DType::F32, op, ": cos_sin must be f32[P, rot_dim], got ",
+            a.cos_sin.str());
+  const int64_t rot = a.cos_sin.shape[1];
+  BIK_CHECK(rot > 0 && rot % 2 == 0 && rot <= D, op, ": rot_dim (cos_sin's last dim) must be even and in [2, ", D,
+            "], got ", rot);
+  for (auto [name, t] : {std::pair{"q_out", &a.q_out}, {"k_cache", &a.k_cache}, {"v_cache", &a.v_cache},
+                         {"w", &a.w}, {"qkv", &a.qkv}, {"positions", &a.positions}, {"cos_sin", &a.cos_sin},
+                         {"slot_mapping", &a.slot_mapping}})
+    check_device(op, a.x, name, *t);
+  if (a.k_norm) check_device(op, a.x, "k_normed", a.k_normed);
+  if (T == 0) return;
+  // Before any work (the fused kernel writes the caches itself): the slots as write_kv_cache checks them,
+  // and on the CPU the positions as rotary_embedding checks them there.
+  check_slots(op, a.slot_mapping, a.k_cache.shape[0] * a.k_cache.shape[1], a.host_slot_mapping);
+  if (dev.is_cpu()) {
+    const int32_t* p = a.positions.ptr<int32_t>();
+    for (int64_t i = 0; i < T; ++i)
+      BIK_CHECK(p[i * a.positions.stride[0]] >= 0 && p[i * a.positions.stride[0]] < a.cos_sin.shape[0], op,
+                ": positions[", i, "] = ", p[i * a.positions.stride[0]], " is outside the cos_sin table [0, ",
+                a.cos_sin.shape[0], ")");
+  } else if (cuda::qkv_projection_fused(a, s)) {
+    return;
+  }
+  auto linear = [&](const TensorView& out, const TensorView& w, int64_t first, int64_t rows) {
+    if (a.bias)
+      addmm(out, a.bias->narrow(0, first, rows), a.x, w.narrow(0, first, rows), s);
+    else
+      mm(out, a.x, w.narrow(0, first, rows), s);
+  };
+  // [T, n * D] columns (any row stride) as heads [T, n, D].
+  auto heads = [&](const TensorView& cols, int64_t n) {
+    return TensorView(cols.data, dt, {T, n, D}, {cols.stride[0], D, 1}, dev);
+  };
+  if (a.q_norm) {
+    linear(a.qkv, a.w, 0, N);
+    rms_norm(a.q_out, heads(a.qkv.narrow(1, 0, qd), Hq), *a.q_norm, a.eps, std::nullopt, s);
+  } else {
+    // q straight into q_out: a product's element does not depend on the other rows of w in its call.
+    linear(TensorView(a.q_out.data, dt, {T, qd}, {a.q_out.stride[0], 1}, dev), a.w, 0, qd);
+    linear(a.qkv.narrow(1, qd, 2 * kd), a.w, qd, 2 * kd);
+  }
+  TensorView k3 = heads(a.qkv.narrow(1, qd, kd), Hk);
+  const TensorView v3 = heads(a.qkv.narrow(1, qd + kd, kd), Hk);
+  if (a.k_norm) {
+    rms_norm(a.k_normed, k3, *a.k_norm, a.eps, std::nullopt, s);
+    k3 = a.k_normed;
+  }
+  rotary_embedding(a.q_out, k3, a.positions, a.cos_sin, a.neox, s);
+  if (a.host_slot_mapping)
+    write_kv_cache(a.k_cache, a.v_cache, k3, v3, a.slot_mapping, *a.host_slot_mapping, s);
+  else
+    write_kv_cache(a.k_cache, a.v_cache, k3, v3, a.slot_mapping, s);
 }
 
 namespace {

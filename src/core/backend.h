@@ -5,6 +5,7 @@
 #include <optional>
 #include <vector>
 
+#include "bik/attention.h"
 #include "bik/ops.h"
 #include "bik/sampling.h"
 
@@ -96,6 +97,9 @@ BIK_BACKEND_OPS
 }
 namespace cuda {
 BIK_BACKEND_OPS
+// qkv_projection (include/bik/attention.h), validated, in one kernel where one applies (sm_90); false,
+// with nothing launched, elsewhere: the caller then runs the composed calls.
+bool qkv_projection_fused(const QkvProjection& a, Stream s);
 }
 
 }  // namespace bik

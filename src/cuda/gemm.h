@@ -42,6 +42,10 @@ uint64_t gemm_sm90_cluster_launches();
 uint64_t gemm_sm90_pingpong_launches();
 // Swapped-tile launches so far (BIK_GEMM_SWAP and the swap64x* tiles; tests check the path was taken).
 uint64_t gemm_sm90_swapped_launches();
+// The q|k|v projection with its heads finished in the GEMM's epilogue (qkv_projection_fused, gemm_heads.cuh):
+// launches so far, and the tile it runs [m, k] x [n, k] on with heads of head_dim (BIK_QKV_TILE included).
+uint64_t gemm_sm90_heads_launches();
+std::string qkv_heads_tile(int64_t m, int64_t n, int64_t k, int head_dim, int device);
 
 // Name of the kernel configuration gemm() runs for this problem, e.g. "sm90 128x256 tma".
 std::string gemm_config_name(const GemmArgs& g);

@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "bik/attention.h"
+#include "core/policy.h"
 #include "cuda/gemm.h"
 #include "cuda/gemm_host.h"
 #include "cuda/gemm_sm90.cuh"
@@ -234,17 +236,23 @@ Choice pair_choice(const Problem& p, const DeviceInfo& d) {
 // The choice depends on (M, N, K, batch, SM count) only: it moves outputs between threads, never the K order.
 // `pairs` false: no pair tile, for the gated product, whose epilogue a pair tile cannot take (it would run
 // as the two calls); its own swapped forms are glu_swap_rule's.
-Choice choose(const Problem& p, const DeviceInfo& d, bool pairs = true) {
-  auto tiles_of = [&](const TileShape& t) {
+// The measures the rules below weigh tiles by, for one problem on one device.
+struct TileRule {
+  const Problem& p;
+  const DeviceInfo& d;
+  int64_t tiles_of(const TileShape& t) const {
     const int rows = t.swapped ? p.n : p.m, cols = t.swapped ? p.m : p.n;
     return int64_t((rows + t.bm - 1) / t.bm) * ((cols + t.bn - 1) / t.bn) * p.batch;
-  };
-  auto waves_of = [&](const TileShape& t) { return (tiles_of(t) + d.sms - 1) / d.sms; };
+  }
+  int64_t waves_of(const TileShape& t) const { return (tiles_of(t) + d.sms - 1) / d.sms; }
   // Area the tiles cover, padding past M and N included.
-  auto area_of = [&](const TileShape& t) { return tiles_of(t) * t.bm * t.bn; };
+  int64_t area_of(const TileShape& t) const { return tiles_of(t) * t.bm * t.bn; }
+  double waves(const TileShape& t) const { return double(waves_of(t)); }
+  double clocks(const TileShape& t) const { return double(waves_of(t)) * tile_clocks(t, p.k); }
   // The least cost; among equal costs the least area when less_padding (M > 128), then the most tiles,
   // then the first listed.
-  auto pick = [&](std::initializer_list<Choice> cands, auto cost, bool less_padding = false) {
+  template <class Cost>
+  Choice pick(std::initializer_list<Choice> cands, Cost cost, bool less_padding = false) const {
     const TileShape* best = nullptr;
     double best_cost = 0;
     for (Choice c : cands) {
@@ -258,8 +266,16 @@ Choice choose(const Problem& p, const DeviceInfo& d, bool pairs = true) {
       if (better) best = t, best_cost = cost_t;
     }
     return best->c;
+  }
+};
+
+Choice choose(const Problem& p, const DeviceInfo& d, bool pairs = true) {
+  const TileRule rule{p, d};
+  auto tiles_of = [&](const TileShape& t) { return rule.tiles_of(t); };
+  auto pick = [&](std::initializer_list<Choice> cands, auto cost, bool less_padding = false) {
+    return rule.pick(cands, cost, less_padding);
   };
-  auto waves = [&](const TileShape& t) { return double(waves_of(t)); };
+  auto waves = [&](const TileShape& t) { return rule.waves(t); };
   // Up to 128 rows: fewest waves, then most tiles. The 192-wide tiles fill one wave where 128-wide ones
   // need two (gate|up, N = 24576: on an H200 54 vs 63 us at M = 64, 61 vs 67 us at M = 128;
   // logs_h200x2/0907d85_gemm_sweep).
@@ -274,7 +290,7 @@ Choice choose(const Problem& p, const DeviceInfo& d, bool pairs = true) {
     return pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32, Choice::T128x64,
                  Choice::T128x128, Choice::T128x192},
                 waves);
-  auto cost = [&](const TileShape& t) { return double(waves_of(t)) * tile_clocks(t, p.k); };
+  auto cost = [&](const TileShape& t) { return rule.clocks(t); };
   Choice c = pick({Choice::T64x32, Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x32,
                    Choice::T128x64, Choice::T128x128, Choice::T128x192, Choice::T128x256},
                   cost, true);
@@ -522,12 +538,15 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
 }
 
 // The one-CTA-a-tile launch of Cfg (persistent: at most one CTA an SM), walking bands of `group` M-tiles.
-template <class Cfg, typename T>
-void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int group) {
-  auto kernel = gemm_kernel<Cfg, T>;
+// kHeadDim > 0: the q|k|v epilogue (gemm_heads.cuh) with `heads` as its arguments.
+template <class Cfg, typename T, int kHeadDim = 0>
+void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int group,
+                    const HeadsEpilogue* heads = nullptr) {
+  auto kernel = gemm_kernel<Cfg, T, false, kHeadDim>;
   BIK_CHECK(Cfg::kSmemBytes <= d.smem_optin, "matmul: sm90 tile needs ", Cfg::kSmemBytes,
             " bytes of shared memory; the device allows ", d.smem_optin);
   Params prm = walk_params(p, TileOrder{(p.m + Cfg::BM - 1) / Cfg::BM, (p.n + Cfg::BN - 1) / Cfg::BN, group});
+  if (heads != nullptr) prm.heads = *heads;
   if constexpr (Cfg::kSwapped) prm.out_vec16 = columns_vec16_of(p);
   const int64_t total = prm.total_tiles;
   const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
@@ -825,6 +844,53 @@ bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, Glu
   return true;
 }
 
+// ---- the q|k|v projection with its heads finished in the epilogue (gemm_heads.cuh) ---------------------
+// Tiles whose BN holds whole heads (BN % D == 0; one kernel each is built), chosen as `choose` chooses among
+// the plain tiles: up to 64 rows the 64-row tiles by fewest waves, up to 128 rows by fewest waves, past
+// that by waves x tile_clocks. BIK_QKV_TILE names one of them instead (tests and benchmarks). The tile
+// never changes a bit: the epilogue's arithmetic is per row and head, on the same sums.
+std::initializer_list<Choice> heads_tiles(int head_dim, int m) {
+  static constexpr std::initializer_list<Choice> k128_small = {Choice::T64x128};
+  static constexpr std::initializer_list<Choice> k128 = {Choice::T64x128, Choice::T128x128, Choice::T128x256};
+  static constexpr std::initializer_list<Choice> k64_small = {Choice::T64x64, Choice::T64x128, Choice::T64x192};
+  static constexpr std::initializer_list<Choice> k64 = {Choice::T64x64, Choice::T64x128, Choice::T64x192,
+                                                        Choice::T128x128, Choice::T128x192};
+  if (head_dim == 128) return m <= 64 ? k128_small : k128;
+  return m <= 64 ? k64_small : k64;
+}
+
+Choice choose_heads(const Problem& p, const DeviceInfo& d, int head_dim) {
+  const std::initializer_list<Choice> cands = heads_tiles(head_dim, p.m);
+  if (const char* e = std::getenv("BIK_QKV_TILE"); e != nullptr && *e != '\0') {
+    for (Choice c : heads_tiles(head_dim, 1 << 30))
+      if (std::strcmp(e, kChoiceNames[int(c)]) == 0) return c;
+    throw Error(detail::concat("BIK_QKV_TILE=", e, ": no q|k|v heads tile of that name for head_dim ", head_dim));
+  }
+  const TileRule rule{p, d};
+  if (p.m <= 128) return rule.pick(cands, [&](const TileShape& t) { return rule.waves(t); });
+  return rule.pick(cands, [&](const TileShape& t) { return rule.clocks(t); }, true);
+}
+
+std::atomic<uint64_t> g_heads_launches{0};
+
+void launch_heads(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st, const HeadsEpilogue& e,
+                  int head_dim) {
+  using T = __nv_bfloat16;
+  switch (head_dim * 100 + int(c)) {
+    case 128 * 100 + int(Choice::T64x128): return launch_one_cta<Tile64x128, T, 128>(p, d, st, 8, &e);
+    case 128 * 100 + int(Choice::T128x128): return launch_one_cta<Tile128x128, T, 128>(p, d, st, 8, &e);
+    case 128 * 100 + int(Choice::T128x256): return launch_one_cta<Tile128x256, T, 128>(p, d, st, 8, &e);
+    case 64 * 100 + int(Choice::T64x64): return launch_one_cta<Tile64x64, T, 64>(p, d, st, 8, &e);
+    case 64 * 100 + int(Choice::T64x128): return launch_one_cta<Tile64x128, T, 64>(p, d, st, 8, &e);
+    case 64 * 100 + int(Choice::T64x192): return launch_one_cta<Tile64x192, T, 64>(p, d, st, 8, &e);
+    case 64 * 100 + int(Choice::T128x128): return launch_one_cta<Tile128x128, T, 64>(p, d, st, 8, &e);
+    case 64 * 100 + int(Choice::T128x192): return launch_one_cta<Tile128x192, T, 64>(p, d, st, 8, &e);
+    default: break;
+  }
+  throw Error(detail::concat("gemm_sm90: no q|k|v heads kernel for tile ", kChoiceNames[int(c)], ", head_dim ",
+                             head_dim));
+}
+
 }  // namespace
 
 // The tile the gated product p ([M, 2 d], glu off) runs on by the rule and BIK_GEMM_GLU_SWAP (not checking
@@ -914,6 +980,57 @@ void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile) {
   BIK_CHECK(it != std::end(names), "gemm_sm90_tile: no tile named ", tile);
   const gemm_detail::Problem p = gemm_detail::make_problem(g);
   gemm_detail::run_packed(gemm_detail::Choice(it - std::begin(names)), g, p, d, gemm_detail::stream_of(s));
+}
+
+uint64_t gemm_sm90_heads_launches() { return gemm_detail::g_heads_launches.load(std::memory_order_relaxed); }
+
+std::string qkv_heads_tile(int64_t m, int64_t n, int64_t k, int head_dim, int device) {
+  const auto& d = gemm_detail::use_device(device);
+  gemm_detail::Problem p;
+  p.m = int(m), p.n = int(n), p.k = int(k);
+  return gemm_detail::kChoiceNames[int(gemm_detail::choose_heads(p, d, head_dim))];
+}
+
+// qkv_projection (include/bik/attention.h, validated by the caller) in one wgmma kernel whose epilogue
+// finishes the heads (gemm_heads.cuh). false, with nothing launched, where that kernel does not apply:
+// BIK_QKV_FUSED=0, a GPU other than sm_90, a dtype other than bf16, D other than 64 or 128, a partial
+// rotation, layouts the epilogue's paired loads and stores do not take, or operands the copy engine
+// cannot describe. The caller then runs the composed calls, which give the same bits.
+bool qkv_projection_fused(const QkvProjection& a, Stream s) {
+  if (const char* e = std::getenv("BIK_QKV_FUSED"); e != nullptr && std::strcmp(e, "0") == 0) return false;
+  const auto& d = gemm_detail::use_device(a.x.device.index);
+  const int64_t D = a.q_out.shape[2];
+  if (d.arch != 90 || a.x.dtype != DType::BF16 || (D != 64 && D != 128) || a.cos_sin.shape[1] != D) return false;
+  // rms_norm's tree on 256 lanes (gemm_heads.cuh)
+  if (policy::row_reduce_plan(policy::Target{policy::Backend::CUDA, d.arch}, DType::BF16, D).lanes != 256) return false;
+  auto aligned = [](const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % uintptr_t(bytes) == 0; };
+  if (a.cos_sin.stride[1] != 1 || a.cos_sin.stride[0] % 2 != 0 || !aligned(a.cos_sin.data, 8)) return false;
+  if (a.q_out.stride[2] != 1 || a.q_out.stride[0] % 2 != 0 || a.q_out.stride[1] % 2 != 0 || !aligned(a.q_out.data, 4))
+    return false;
+  if (!aligned(a.k_cache.data, 4) || !aligned(a.v_cache.data, 4)) return false;
+  for (const auto* nw : {&a.q_norm, &a.k_norm})
+    if (*nw && ((*nw)->stride[0] != 1 || !aligned((*nw)->data, 8))) return false;
+  GemmArgs g = gemm_args_2d(a.qkv, a.x, a.w);
+  g.bias = a.bias;
+  gemm_detail::Problem p = gemm_detail::make_problem(g);
+  p.out = nullptr;  // the epilogue stores heads only
+  if (p.k == 0 || !gemm_detail::tma_possible(p)) return false;
+  gemm_detail::HeadsEpilogue e;
+  e.q_out = a.q_out.data;
+  e.q_s0 = a.q_out.stride[0], e.q_s1 = a.q_out.stride[1];
+  e.k_cache = a.k_cache.data, e.v_cache = a.v_cache.data;
+  e.slots = a.slot_mapping.ptr<const int32_t>(), e.slot_s = a.slot_mapping.stride[0];
+  e.pos = a.positions.ptr<const int32_t>(), e.pos_s = a.positions.stride[0];
+  e.cos_sin = a.cos_sin.ptr<const float>(), e.cs_s0 = a.cos_sin.stride[0], e.max_pos = a.cos_sin.shape[0];
+  if (a.q_norm) e.q_norm = a.q_norm->data, e.q_norm_f32 = a.q_norm->dtype == DType::F32;
+  if (a.k_norm) e.k_norm = a.k_norm->data, e.k_norm_f32 = a.k_norm->dtype == DType::F32;
+  e.eps = a.eps;
+  e.q_heads = int(a.q_out.shape[1]), e.kv_heads = int(a.k_cache.shape[2]);
+  e.neox = a.neox ? 1 : 0;
+  const gemm_detail::Choice c = gemm_detail::choose_heads(p, d, int(D));
+  gemm_detail::launch_heads(c, p, d, gemm_detail::stream_of(s), e, int(D));
+  gemm_detail::g_heads_launches.fetch_add(1, std::memory_order_relaxed);
+  return true;
 }
 
 }  // namespace bik::cuda

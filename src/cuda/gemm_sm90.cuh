@@ -66,6 +66,7 @@
 #include <cuda.h>  // CUtensorMap (a plain struct; nothing from the driver library is linked)
 
 #include "cuda/gemm_common.cuh"
+#include "cuda/gemm_heads.cuh"
 #include "cuda/gemm_sm90_wgmma.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/silu.cuh"
@@ -134,6 +135,7 @@ struct Params {
   int share_w;               // cluster mode only: 1: a pair is two M-tiles sharing W; 0: two N-tiles sharing A
   int stage_tx;              // with TMA: the bytes a stage's boxes deliver to each CTA (see load_stage)
   int a_small;               // cluster mode sharing A, M <= BM / 2: each CTA copies A's M rows, for both
+  HeadsEpilogue heads;       // kernels with kHeadDim > 0 only (gemm_heads.cuh)
 };
 
 #ifdef BIK_SM90_DEVICE_CODE
@@ -480,7 +482,9 @@ __device__ __forceinline__ void store_tile_gated(const Problem& p, bool out_vec1
 
 // kCluster: launched in clusters of two along x (see the top of this file); prm.total_tiles then counts
 // pairs of tiles, prm.order walks the grid of pairs, and map_a or map_w (the shared one) has half-height boxes.
-template <class Cfg, typename T, bool kCluster = false>
+// kHeadDim > 0: the q|k|v epilogue of gemm_heads.cuh on heads of kHeadDim columns (prm.heads), nothing
+// stored to p.out.
+template <class Cfg, typename T, bool kCluster = false, int kHeadDim = 0>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     gemm_kernel(const __grid_constant__ Params prm, const __grid_constant__ CUtensorMap map_a,
                 const __grid_constant__ CUtensorMap map_w) {
@@ -707,6 +711,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     if constexpr (Cfg::kConsumers == 3) asm volatile("setmaxnreg.inc.sync.aligned.u32 152;\n");
     constexpr bool kPingPong = Cfg::kPingPong;
     static_assert(!(kPingPong && kCluster), "ping-pong runs one CTA a tile");
+    static_assert(kHeadDim == 0 || (!kCluster && !Cfg::kSwapped), "the heads epilogue: unswapped, one CTA a tile");
     const int slab = kPingPong ? 0 : wg;  // this consumer's 64-row slab of the tile and of the stage's A rows
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     // A released stage may be refilled by either CTA's producer in cluster mode: tell both.
@@ -769,6 +774,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       // columns 2 * (lane % 4) + {0, 1}; warp w of the warpgroup owns rows 16w..16w+15.
       const int row0 = m_base(tm) + slab * 64 + warp * 16;
       if (row0 >= p.m) continue;  // the warp's rows all lie past M (a partial last M-tile): nothing to store
+      if constexpr (kHeadDim > 0) {
+        store_tile_heads<Cfg, T, kHeadDim>(p, prm.heads, acc, row0, tn * BN, lane);
+        continue;
+      }
       const uint32_t staging = bars + Cfg::kBarBytes + (wg * 4 + warp) * Cfg::kEpiWarpBytes;
       if constexpr (!Cfg::kSwapped && BN % 64 == 0) {
         if (p.glu) {

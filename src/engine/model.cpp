@@ -488,34 +488,55 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
     tap("input_norm", l, h);
     const TensorView q = L.qkv_fused ? q_cols : q_apart, k = L.qkv_fused ? k_cols : k_apart,
                      v = L.qkv_fused ? v_cols : v_apart;
-    if (L.qkv_fused) {
-      linear(qkv, h, L.qkv, s);
-    } else {
-      linear(q, h, L.q, s);
-      linear(k, h, L.k, s);
-      linear(v, h, L.v, s);
-    }
-    tap("q_proj", l, q);
-    tap("k_proj", l, k);
-    tap("v_proj", l, v);
-    TensorView q3 = heads(q, Hq), k3 = heads(k, Hk);
-    const TensorView v3 = heads(v, Hk);
-    if (L.q_norm) {
-      rms_norm(qn, q3, *L.q_norm, eps_, std::nullopt, s);
+    TensorView q3 = heads(q, Hq);
+    if (batch_invariant_ && L.qkv_fused && !tap_) {
+      // One call: on sm_90 the q|k|v GEMM's epilogue normalises and rotates the heads and writes k and v into
+      // the cache; the [T, (Hq + 2 Hk) D] product never reaches memory. The same bits as the calls below
+      // (qkv_projection runs them itself where no fused kernel applies), which run whenever a tap is set.
+      QkvProjection p;
+      p.q_out = qn;
+      p.k_cache = cache.k[li], p.v_cache = cache.v[li];
+      p.x = h, p.w = L.qkv.w;
+      if (L.qkv.bias) p.bias = L.qkv.bias->view();
+      if (L.q_norm) p.q_norm = L.q_norm->view();
+      if (L.k_norm) p.k_norm = L.k_norm->view();
+      p.eps = eps_;
+      p.positions = m.pos, p.cos_sin = cos_sin_;
+      p.neox = neox_;
+      p.slot_mapping = m.slots, p.host_slot_mapping = HostInts(b.slot_mapping);
+      p.qkv = qkv, p.k_normed = kn;
+      qkv_projection(p, s);
       q3 = qn;
-      tap("q_norm", l, qn);
+    } else {
+      if (L.qkv_fused) {
+        linear(qkv, h, L.qkv, s);
+      } else {
+        linear(q, h, L.q, s);
+        linear(k, h, L.k, s);
+        linear(v, h, L.v, s);
+      }
+      tap("q_proj", l, q);
+      tap("k_proj", l, k);
+      tap("v_proj", l, v);
+      TensorView k3 = heads(k, Hk);
+      const TensorView v3 = heads(v, Hk);
+      if (L.q_norm) {
+        rms_norm(qn, q3, *L.q_norm, eps_, std::nullopt, s);
+        q3 = qn;
+        tap("q_norm", l, qn);
+      }
+      if (L.k_norm) {
+        rms_norm(kn, k3, *L.k_norm, eps_, std::nullopt, s);
+        k3 = kn;
+        tap("k_norm", l, kn);
+      }
+      rotary_embedding(q3, k3, m.pos, cos_sin_, neox_, s);
+      tap("rotary_q", l, q3);
+      tap("rotary_k", l, k3);
+      // The metadata's host copies go along, so that neither call reads the device tensors back (which
+      // would synchronise the device twice per layer).
+      write_kv_cache(cache.k[li], cache.v[li], k3, v3, m.slots, b.slot_mapping, s);
     }
-    if (L.k_norm) {
-      rms_norm(kn, k3, *L.k_norm, eps_, std::nullopt, s);
-      k3 = kn;
-      tap("k_norm", l, kn);
-    }
-    rotary_embedding(q3, k3, m.pos, cos_sin_, neox_, s);
-    tap("rotary_q", l, q3);
-    tap("rotary_k", l, k3);
-    // The metadata's host copies go along, so that neither call reads the device tensors back (which
-    // would synchronise the device twice per layer).
-    write_kv_cache(cache.k[li], cache.v[li], k3, v3, m.slots, b.slot_mapping, s);
     if (batch_invariant_)
       paged_attention(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], m.bt, m.lens, m.qsl, scale, host, s);
     else  // the flash-decoding habit: the split length follows the number of sequences in the step
