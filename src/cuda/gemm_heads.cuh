@@ -59,111 +59,153 @@ __device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, 
   rb = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
 }
 
+// A pair of values rounded to T (one cvt for both) and back to floats: what a store of the pair and a
+// load of it give.
+template <typename T>
+__device__ __forceinline__ float2 round_pair(float a, float b) {
+  const typename Pair<T>::type v = Pair<T>::make(a, b);
+  return make_float2(to_f32(v.x), to_f32(v.y));
+}
+
+// The halving steps inside a thread: s[c] += s[c + H] for c < H, then H / 2, ... 1 (each step's count a
+// template argument, so every index is known at compile time and s stays in registers).
+template <int H, int G>
+__device__ __forceinline__ void fold_groups(float2 (&s)[G]) {
+#pragma unroll
+  for (int c = 0; c < H; ++c) s[c] = make_float2(__fadd_rn(s[c].x, s[c + H].x), __fadd_rn(s[c].y, s[c + H].y));
+  if constexpr (H > 1) fold_groups<H / 2>(s);
+}
+
 // One warp's 16 rows (row0..) by BN columns (col0.., whole heads) of finished sums in the wgmma D layout
 // (acc[4 c + 2 r + e]: row lane / 4 + 8 r, column 8 c + 2 (lane % 4) + e), finished as described at the
-// top of this file. Every lane of the warp calls it (the quad shuffles), rows past M store nothing.
+// top of this file. Every lane of the warp calls it (the quad shuffles), rows past M store nothing. Every
+// loop has a trip count known at compile time, so the values stay in registers.
 template <class Cfg, typename T, int D>
 __device__ __forceinline__ void store_tile_heads(const Problem& p, const HeadsEpilogue& e,
                                                  const float (&acc)[Cfg::BN / 2], int row0, int col0, int lane) {
   static_assert(!Cfg::kSwapped && Cfg::BN % D == 0 && D % 16 == 0 && D <= 256, "whole heads of 16-column groups");
   constexpr int G = D / 8;  // groups of 8 columns a head
+  constexpr int kZeroSteps = D <= 128 ? (D == 128 ? 1 : D == 64 ? 2 : 3) : 0;  // steps w = 128 .. D (w >= D)
+  static_assert((128 >> (kZeroSteps - 1)) == D || D == 256, "the 256-lane tree's steps past D");
   using P2 = typename Pair<T>::type;
   const int quad = lane & 3;
+  // The thread's two rows: whether they exist, their cache slots and their rotary table rows.
+  bool live[2], rotate[2];
+  int32_t slot[2];
+  int64_t row_of[2];
+  const float* cs[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + (lane >> 2) + 8 * r;
-    const bool live = row < p.m;  // the same in the 4 lanes of a quad
-    const int32_t slot = live ? e.slots[int64_t(row) * e.slot_s] : -1;
-    const int64_t pos = live ? e.pos[int64_t(row) * e.pos_s] : -1;
+    live[r] = row < p.m;  // the same in the 4 lanes of a quad
+    row_of[r] = row;
+    slot[r] = live[r] ? __ldg(e.slots + int64_t(row) * e.slot_s) : -1;
+    const int64_t pos = live[r] ? __ldg(e.pos + int64_t(row) * e.pos_s) : -1;
     // A position outside the table leaves the row unrotated, as rotary_embedding's kernels do.
-    const bool rotate = pos >= 0 && pos < e.max_pos;
-    const float* cs = e.cos_sin + (rotate ? pos : 0) * e.cs_s0;
+    rotate[r] = pos >= 0 && pos < e.max_pos;
+    cs[r] = e.cos_sin + (rotate[r] ? pos : 0) * e.cs_s0 + 2 * quad;
+  }
 #pragma unroll
-    for (int hh = 0; hh < Cfg::BN / D; ++hh) {
-      const int col_h = col0 + hh * D;
-      if (col_h >= p.n) break;  // the same in every lane
-      const int head = col_h / D;
-      float x[G][2];
+  for (int hh = 0; hh < Cfg::BN / D; ++hh) {
+    const int col_h = col0 + hh * D;
+    if (col_h >= p.n) continue;  // the same in every lane
+    const int head = col_h / D;
+    // h = round(sum + bias), as a store of the plain product rounds it.
+    float2 x[2][G];
+    if (p.bias != nullptr) {
+#pragma unroll
+      for (int c = 0; c < G; ++c) {
+        const int n = col_h + 8 * c + 2 * quad;
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          x[r][c] = round_pair<T>(add_bias<T>(p, n, acc[4 * (hh * G + c) + 2 * r]),
+                                  add_bias<T>(p, n + 1, acc[4 * (hh * G + c) + 2 * r + 1]));
+      }
+    } else {
 #pragma unroll
       for (int c = 0; c < G; ++c)
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
-          x[c][j] = to_f32(from_f32<T>(add_bias<T>(p, col_h + 8 * c + 2 * quad + j, acc[4 * (hh * G + c) + 2 * r + j])));
-      const int kv = head - e.q_heads;  // >= 0: a k head (< kv_heads) or v head
-      if (kv >= e.kv_heads) {           // v: as it is, into the cache
-        if (live && slot >= 0) {
-          T* dst = static_cast<T*>(e.v_cache) + (int64_t(slot) * e.kv_heads + (kv - e.kv_heads)) * D + 2 * quad;
+        for (int r = 0; r < 2; ++r)
+          x[r][c] = round_pair<T>(acc[4 * (hh * G + c) + 2 * r], acc[4 * (hh * G + c) + 2 * r + 1]);
+    }
+    const int kv = head - e.q_heads;  // >= 0: a k head (< kv_heads) or a v head
+    if (kv >= e.kv_heads) {           // v: as it is, into the cache
 #pragma unroll
-          for (int c = 0; c < G; ++c) *reinterpret_cast<P2*>(dst + 8 * c) = Pair<T>::make(x[c][0], x[c][1]);
-        }
-        continue;
+      for (int r = 0; r < 2; ++r) {
+        if (!live[r] || slot[r] < 0) continue;
+        T* dst = static_cast<T*>(e.v_cache) + (int64_t(slot[r]) * e.kv_heads + (kv - e.kv_heads)) * D + 2 * quad;
+#pragma unroll
+        for (int c = 0; c < G; ++c) *reinterpret_cast<P2*>(dst + 8 * c) = Pair<T>::make(x[r][c].x, x[r][c].y);
       }
-      const bool is_q = kv < 0;
-      const void* norm = is_q ? e.q_norm : e.k_norm;
-      if (norm != nullptr) {  // the same in every lane
-        float s[G][2];
+      continue;
+    }
+    const bool is_q = kv < 0;
+    const void* norm = is_q ? e.q_norm : e.k_norm;
+    if (norm != nullptr) {  // the same in every lane
+      const bool f32 = is_q ? e.q_norm_f32 != 0 : e.k_norm_f32 != 0;
+      float2 w[G];
+#pragma unroll
+      for (int c = 0; c < G; ++c) w[c] = param_pair<T>(norm, f32, 8 * c + 2 * quad);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float2 s[G];
 #pragma unroll
         for (int c = 0; c < G; ++c)
+          s[c] = make_float2(__fmaf_rn(x[r][c].x, x[r][c].x, 0.f), __fmaf_rn(x[r][c].y, x[r][c].y, 0.f));
 #pragma unroll
-          for (int j = 0; j < 2; ++j) s[c][j] = __fmaf_rn(x[c][j], x[c][j], 0.f);
+        for (int k = 0; k < kZeroSteps; ++k)  // w = 128 .. D: the partners past D hold 0
 #pragma unroll
-        for (int w = 128; w >= D; w /= 2)  // partners past D hold 0
-#pragma unroll
-          for (int c = 0; c < G; ++c)
-#pragma unroll
-            for (int j = 0; j < 2; ++j) s[c][j] = __fadd_rn(s[c][j], 0.f);
-#pragma unroll
-        for (int w = D / 2; w >= 8; w /= 2)
-#pragma unroll
-          for (int c = 0; c < w / 8; ++c)
-#pragma unroll
-            for (int j = 0; j < 2; ++j) s[c][j] = __fadd_rn(s[c][j], s[c + w / 8][j]);
-#pragma unroll
-        for (int m = 2; m >= 1; m /= 2)
-#pragma unroll
-          for (int j = 0; j < 2; ++j) s[0][j] = __fadd_rn(s[0][j], __shfl_xor_sync(0xffffffffu, s[0][j], m));
-        const float ss = __fadd_rn(s[0][0], s[0][1]);
+          for (int c = 0; c < G; ++c) s[c] = make_float2(__fadd_rn(s[c].x, 0.f), __fadd_rn(s[c].y, 0.f));
+        fold_groups<G / 2>(s);  // w = D / 2 .. 8: groups c and c + w / 8
+        // w = 4 and 2: lanes quad ^ 2 and quad ^ 1 of the row; w = 1: the pair's two elements.
+        s[0].x = __fadd_rn(s[0].x, __shfl_xor_sync(0xffffffffu, s[0].x, 2));
+        s[0].y = __fadd_rn(s[0].y, __shfl_xor_sync(0xffffffffu, s[0].y, 2));
+        s[0].x = __fadd_rn(s[0].x, __shfl_xor_sync(0xffffffffu, s[0].x, 1));
+        s[0].y = __fadd_rn(s[0].y, __shfl_xor_sync(0xffffffffu, s[0].y, 1));
+        const float ss = __fadd_rn(s[0].x, s[0].y);
         const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, float(D)), e.eps)));
-        const bool f32 = is_q ? e.q_norm_f32 != 0 : e.k_norm_f32 != 0;
+#pragma unroll
+        for (int c = 0; c < G; ++c)
+          x[r][c] = round_pair<T>(__fmul_rn(__fmul_rn(x[r][c].x, rstd), w[c].x),
+                                  __fmul_rn(__fmul_rn(x[r][c].y, rstd), w[c].y));
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (!rotate[r]) continue;
+      if (e.neox) {
+#pragma unroll
+        for (int c = 0; c < G / 2; ++c) {
+          const float2 co = __ldg(reinterpret_cast<const float2*>(cs[r] + 8 * c));
+          const float2 si = __ldg(reinterpret_cast<const float2*>(cs[r] + D / 2 + 8 * c));
+          float a0, b0, a1, b1;
+          rotate_pair(x[r][c].x, x[r][c + G / 2].x, co.x, si.x, a0, b0);
+          rotate_pair(x[r][c].y, x[r][c + G / 2].y, co.y, si.y, a1, b1);
+          x[r][c] = round_pair<T>(a0, a1);
+          x[r][c + G / 2] = round_pair<T>(b0, b1);
+        }
+      } else {
+        // Elements 2 j and 2 j + 1 with j = 4 c + lane % 4: cs[r] points 2 (lane % 4) past the row's start.
+        const float* co = cs[r] - quad, * si = cs[r] - quad + D / 2;
 #pragma unroll
         for (int c = 0; c < G; ++c) {
-          const float2 wv = live ? param_pair<T>(norm, f32, 8 * c + 2 * quad) : make_float2(0.f, 0.f);
-          x[c][0] = to_f32(from_f32<T>(__fmul_rn(__fmul_rn(x[c][0], rstd), wv.x)));
-          x[c][1] = to_f32(from_f32<T>(__fmul_rn(__fmul_rn(x[c][1], rstd), wv.y)));
+          float a, b;
+          rotate_pair(x[r][c].x, x[r][c].y, __ldg(co + 4 * c), __ldg(si + 4 * c), a, b);
+          x[r][c] = round_pair<T>(a, b);
         }
       }
-      if (rotate) {
-        if (e.neox) {
+    }
 #pragma unroll
-          for (int c = 0; c < G / 2; ++c) {
-            const int i = 8 * c + 2 * quad;
-            const float2 co = *reinterpret_cast<const float2*>(cs + i), si = *reinterpret_cast<const float2*>(cs + D / 2 + i);
-            float a0, b0, a1, b1;
-            rotate_pair(x[c][0], x[c + G / 2][0], co.x, si.x, a0, b0);
-            rotate_pair(x[c][1], x[c + G / 2][1], co.y, si.y, a1, b1);
-            x[c][0] = to_f32(from_f32<T>(a0)), x[c + G / 2][0] = to_f32(from_f32<T>(b0));
-            x[c][1] = to_f32(from_f32<T>(a1)), x[c + G / 2][1] = to_f32(from_f32<T>(b1));
-          }
-        } else {
-#pragma unroll
-          for (int c = 0; c < G; ++c) {
-            const int pair = 4 * c + quad;  // elements 2 pair and 2 pair + 1
-            float a, b;
-            rotate_pair(x[c][0], x[c][1], cs[pair], cs[D / 2 + pair], a, b);
-            x[c][0] = to_f32(from_f32<T>(a)), x[c][1] = to_f32(from_f32<T>(b));
-          }
-        }
-      }
+    for (int r = 0; r < 2; ++r) {
       T* dst = nullptr;
-      if (is_q && live)
-        dst = static_cast<T*>(e.q_out) + int64_t(row) * e.q_s0 + int64_t(head) * e.q_s1;
-      else if (!is_q && live && slot >= 0)
-        dst = static_cast<T*>(e.k_cache) + (int64_t(slot) * e.kv_heads + kv) * D;
-      if (dst != nullptr) {
+      if (is_q && live[r])
+        dst = static_cast<T*>(e.q_out) + row_of[r] * e.q_s0 + int64_t(head) * e.q_s1;
+      else if (!is_q && slot[r] >= 0)
+        dst = static_cast<T*>(e.k_cache) + (int64_t(slot[r]) * e.kv_heads + kv) * D;
+      if (dst == nullptr) continue;
 #pragma unroll
-        for (int c = 0; c < G; ++c)
-          *reinterpret_cast<P2*>(dst + 8 * c + 2 * quad) = Pair<T>::make(x[c][0], x[c][1]);
-      }
+      for (int c = 0; c < G; ++c)
+        *reinterpret_cast<P2*>(dst + 8 * c + 2 * quad) = Pair<T>::make(x[r][c].x, x[r][c].y);
     }
   }
 }
