@@ -21,8 +21,10 @@
 // i with i + 1 (e = 0 and 1): no value crosses a thread.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/gemm_common.cuh"
+#include "cuda/sm90_sync.cuh"
 
 namespace bik::cuda::gemm_detail {
 
@@ -76,139 +78,271 @@ __device__ __forceinline__ void fold_groups(float2 (&s)[G]) {
   if constexpr (H > 1) fold_groups<H / 2>(s);
 }
 
-// One warp's 16 rows (row0..) by BN columns (col0.., whole heads) of finished sums in the wgmma D layout
-// (acc[4 c + 2 r + e]: row lane / 4 + 8 r, column 8 c + 2 (lane % 4) + e), finished as described at the
-// top of this file. Every lane of the warp calls it (the quad shuffles), rows past M store nothing. Every
-// loop has a trip count known at compile time, so the values stay in registers.
-template <class Cfg, typename T, int D>
-__device__ __forceinline__ void store_tile_heads(const Problem& p, const HeadsEpilogue& e,
-                                                 const float (&acc)[Cfg::BN / 2], int row0, int col0, int lane) {
-  static_assert(!Cfg::kSwapped && Cfg::BN % D == 0 && D % 16 == 0 && D <= 256, "whole heads of 16-column groups");
-  constexpr int G = D / 8;  // groups of 8 columns a head
-  constexpr int kZeroSteps = D <= 128 ? (D == 128 ? 1 : D == 64 ? 2 : 3) : 0;  // steps w = 128 .. D (w >= D)
-  static_assert((128 >> (kZeroSteps - 1)) == D || D == 256, "the 256-lane tree's steps past D");
-  using P2 = typename Pair<T>::type;
-  const int quad = lane & 3;
-  // The thread's two rows: whether they exist, their cache slots and their rotary table rows.
-  bool live[2], rotate[2];
-  int32_t slot[2];
-  int64_t row_of[2];
-  const float* cs[2];
+// The cache slots and positions of a thread's two rows of a warp's 16 (row0..): loaded when the tile starts,
+// so the loads are in flight during the main loop. -1 for rows past M.
+struct HeadRows {
+  int32_t slot[2], pos[2];
+};
+__device__ __forceinline__ HeadRows head_rows(const Problem& p, const HeadsEpilogue& e, int row0, int lane) {
+  HeadRows h;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + (lane >> 2) + 8 * r;
-    live[r] = row < p.m;  // the same in the 4 lanes of a quad
-    row_of[r] = row;
-    slot[r] = live[r] ? __ldg(e.slots + int64_t(row) * e.slot_s) : -1;
-    const int64_t pos = live[r] ? __ldg(e.pos + int64_t(row) * e.pos_s) : -1;
-    // A position outside the table leaves the row unrotated, as rotary_embedding's kernels do.
-    rotate[r] = pos >= 0 && pos < e.max_pos;
-    cs[r] = e.cos_sin + (rotate[r] ? pos : 0) * e.cs_s0 + 2 * quad;
+    h.slot[r] = row < p.m ? __ldg(e.slots + int64_t(row) * e.slot_s) : -1;
+    h.pos[r] = row < p.m ? __ldg(e.pos + int64_t(row) * e.pos_s) : -1;
   }
+  return h;
+}
+
+// A thread's two rows in the epilogue: whether they exist, their cache slots and their rotary table rows
+// (offset by the thread's first column, 2 (lane % 4)).
+struct RowState {
+  bool live[2], rotate[2];
+  int32_t slot[2];
+  int64_t row[2];
+  const float* cs[2];
+};
+__device__ __forceinline__ RowState row_state(const Problem& p, const HeadsEpilogue& e, const HeadRows& hr, int row0,
+                                              int lane) {
+  RowState rs;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + (lane >> 2) + 8 * r;
+    rs.live[r] = row < p.m;  // the same in the 4 lanes of a quad
+    rs.row[r] = row;
+    rs.slot[r] = hr.slot[r];
+    const int64_t pos = hr.pos[r];
+    // A position outside the table leaves the row unrotated, as rotary_embedding's kernels do.
+    rs.rotate[r] = pos >= 0 && pos < e.max_pos;
+    rs.cs[r] = e.cos_sin + (rs.rotate[r] ? pos : 0) * e.cs_s0 + 2 * (lane & 3);
+  }
+  return rs;
+}
+
+// x[r][at + c] = round(sum + bias) of groups first + c (c < N) of the D layout (columns col0 + 8 (first + c) +
+// 2 (lane % 4) + {0, 1}), as a store of the plain product rounds them; `at` is a compile-time constant at
+// every call, so x stays in registers.
+template <typename T, int N, int kBN, int W = N>
+__device__ __forceinline__ void rounded_groups(const Problem& p, const float (&acc)[kBN / 2], int first, int col0,
+                                               int quad, float2 (&x)[2][W], int at = 0) {
+#pragma unroll
+  for (int c = 0; c < N; ++c) {
+    const int g = first + c, n = col0 + 8 * g + 2 * quad;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float s0 = acc[4 * g + 2 * r], s1 = acc[4 * g + 2 * r + 1];
+      x[r][at + c] = p.bias != nullptr ? round_pair<T>(add_bias<T>(p, n, s0), add_bias<T>(p, n + 1, s1))
+                                       : round_pair<T>(s0, s1);
+    }
+  }
+}
+
+// Finishes one head of a thread's two rows, x[r][c] its rounded product (elements 8 c + 2 (lane % 4) + {0, 1}):
+// a v head goes to the cache as it is; a q or k head is normalised (when it has a norm), rotated, and goes to
+// q_out or the cache. Every lane of the warp calls it (the quad shuffles).
+template <typename T, int D>
+__device__ __forceinline__ void finish_head(const HeadsEpilogue& e, const RowState& rs, int head, int quad,
+                                            float2 (&x)[2][D / 8]) {
+  constexpr int G = D / 8;
+  using P2 = typename Pair<T>::type;
+  const int kv = head - e.q_heads;  // >= 0: a k head (< kv_heads) or a v head
+  if (kv >= e.kv_heads) {           // v: as it is, into the cache
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (!rs.live[r] || rs.slot[r] < 0) continue;
+      T* dst = static_cast<T*>(e.v_cache) + (int64_t(rs.slot[r]) * e.kv_heads + (kv - e.kv_heads)) * D + 2 * quad;
+#pragma unroll
+      for (int c = 0; c < G; ++c) *reinterpret_cast<P2*>(dst + 8 * c) = Pair<T>::make(x[r][c].x, x[r][c].y);
+    }
+    return;
+  }
+  const bool is_q = kv < 0;
+  const void* norm = is_q ? e.q_norm : e.k_norm;
+  if (norm != nullptr) {  // the same in every lane
+    const bool f32 = is_q ? e.q_norm_f32 != 0 : e.k_norm_f32 != 0;
+    float2 w[G];
+#pragma unroll
+    for (int c = 0; c < G; ++c) w[c] = param_pair<T>(norm, f32, 8 * c + 2 * quad);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float2 s[G];
+#pragma unroll
+      for (int c = 0; c < G; ++c)
+        s[c] = make_float2(__fmaf_rn(x[r][c].x, x[r][c].x, 0.f), __fmaf_rn(x[r][c].y, x[r][c].y, 0.f));
+      // The steps w = 128 .. D add the lanes past D, which hold +0: s + 0 is s, bit for bit, for every value
+      // fma(h, h, 0) takes (+0, positive, +inf or the canonical NaN), so they are left out.
+      fold_groups<G / 2>(s);  // w = D / 2 .. 8: groups c and c + w / 8
+      // w = 4 and 2: lanes quad ^ 2 and quad ^ 1 of the row; w = 1: the pair's two elements.
+      s[0].x = __fadd_rn(s[0].x, __shfl_xor_sync(0xffffffffu, s[0].x, 2));
+      s[0].y = __fadd_rn(s[0].y, __shfl_xor_sync(0xffffffffu, s[0].y, 2));
+      s[0].x = __fadd_rn(s[0].x, __shfl_xor_sync(0xffffffffu, s[0].x, 1));
+      s[0].y = __fadd_rn(s[0].y, __shfl_xor_sync(0xffffffffu, s[0].y, 1));
+      const float ss = __fadd_rn(s[0].x, s[0].y);
+      const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, float(D)), e.eps)));
+#pragma unroll
+      for (int c = 0; c < G; ++c)
+        x[r][c] = round_pair<T>(__fmul_rn(__fmul_rn(x[r][c].x, rstd), w[c].x),
+                                __fmul_rn(__fmul_rn(x[r][c].y, rstd), w[c].y));
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (!rs.rotate[r]) continue;
+    if (e.neox) {
+#pragma unroll
+      for (int c = 0; c < G / 2; ++c) {
+        const float2 co = __ldg(reinterpret_cast<const float2*>(rs.cs[r] + 8 * c));
+        const float2 si = __ldg(reinterpret_cast<const float2*>(rs.cs[r] + D / 2 + 8 * c));
+        float a0, b0, a1, b1;
+        rotate_pair(x[r][c].x, x[r][c + G / 2].x, co.x, si.x, a0, b0);
+        rotate_pair(x[r][c].y, x[r][c + G / 2].y, co.y, si.y, a1, b1);
+        x[r][c] = round_pair<T>(a0, a1);
+        x[r][c + G / 2] = round_pair<T>(b0, b1);
+      }
+    } else {
+      // Elements 2 j and 2 j + 1 with j = 4 c + lane % 4: rs.cs[r] points 2 (lane % 4) past the row's start.
+      const float* co = rs.cs[r] - quad;
+      const float* si = co + D / 2;
+#pragma unroll
+      for (int c = 0; c < G; ++c) {
+        float a, b;
+        rotate_pair(x[r][c].x, x[r][c].y, __ldg(co + 4 * c), __ldg(si + 4 * c), a, b);
+        x[r][c] = round_pair<T>(a, b);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    T* dst = nullptr;
+    if (is_q && rs.live[r])
+      dst = static_cast<T*>(e.q_out) + rs.row[r] * e.q_s0 + int64_t(head) * e.q_s1;
+    else if (!is_q && rs.slot[r] >= 0)
+      dst = static_cast<T*>(e.k_cache) + (int64_t(rs.slot[r]) * e.kv_heads + kv) * D;
+    if (dst == nullptr) continue;
+#pragma unroll
+    for (int c = 0; c < G; ++c) *reinterpret_cast<P2*>(dst + 8 * c + 2 * quad) = Pair<T>::make(x[r][c].x, x[r][c].y);
+  }
+}
+
+// One warp's 16 rows (row0..) by BN columns (col0.., whole heads) of finished sums in the wgmma D layout
+// (acc[4 c + 2 r + e]: row lane / 4 + 8 r, column 8 c + 2 (lane % 4) + e), finished as described at the top
+// of this file; hr from head_rows for the same rows. Every lane of the warp calls it (the quad shuffles);
+// rows past M store nothing. Every loop has a trip count known at compile time, so the values stay in
+// registers.
+template <class Cfg, typename T, int D>
+__device__ __forceinline__ void store_tile_heads(const Problem& p, const HeadsEpilogue& e, const HeadRows& hr,
+                                                 const float (&acc)[Cfg::BN / 2], int row0, int col0, int lane) {
+  static_assert(!Cfg::kSwapped && Cfg::BN % D == 0 && D % 16 == 0 && D <= 256, "whole heads of 16-column groups");
+  constexpr int G = D / 8;  // groups of 8 columns a head
+  const int quad = lane & 3;
+  const RowState rs = row_state(p, e, hr, row0, lane);
 #pragma unroll
   for (int hh = 0; hh < Cfg::BN / D; ++hh) {
     const int col_h = col0 + hh * D;
     if (col_h >= p.n) continue;  // the same in every lane
-    const int head = col_h / D;
-    // h = round(sum + bias), as a store of the plain product rounds it.
     float2 x[2][G];
-    if (p.bias != nullptr) {
-#pragma unroll
-      for (int c = 0; c < G; ++c) {
-        const int n = col_h + 8 * c + 2 * quad;
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-          x[r][c] = round_pair<T>(add_bias<T>(p, n, acc[4 * (hh * G + c) + 2 * r]),
-                                  add_bias<T>(p, n + 1, acc[4 * (hh * G + c) + 2 * r + 1]));
-      }
-    } else {
-#pragma unroll
-      for (int c = 0; c < G; ++c)
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-          x[r][c] = round_pair<T>(acc[4 * (hh * G + c) + 2 * r], acc[4 * (hh * G + c) + 2 * r + 1]);
-    }
-    const int kv = head - e.q_heads;  // >= 0: a k head (< kv_heads) or a v head
-    if (kv >= e.kv_heads) {           // v: as it is, into the cache
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (!live[r] || slot[r] < 0) continue;
-        T* dst = static_cast<T*>(e.v_cache) + (int64_t(slot[r]) * e.kv_heads + (kv - e.kv_heads)) * D + 2 * quad;
-#pragma unroll
-        for (int c = 0; c < G; ++c) *reinterpret_cast<P2*>(dst + 8 * c) = Pair<T>::make(x[r][c].x, x[r][c].y);
-      }
-      continue;
-    }
-    const bool is_q = kv < 0;
-    const void* norm = is_q ? e.q_norm : e.k_norm;
-    if (norm != nullptr) {  // the same in every lane
-      const bool f32 = is_q ? e.q_norm_f32 != 0 : e.k_norm_f32 != 0;
-      float2 w[G];
-#pragma unroll
-      for (int c = 0; c < G; ++c) w[c] = param_pair<T>(norm, f32, 8 * c + 2 * quad);
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float2 s[G];
-#pragma unroll
-        for (int c = 0; c < G; ++c)
-          s[c] = make_float2(__fmaf_rn(x[r][c].x, x[r][c].x, 0.f), __fmaf_rn(x[r][c].y, x[r][c].y, 0.f));
-#pragma unroll
-        for (int k = 0; k < kZeroSteps; ++k)  // w = 128 .. D: the partners past D hold 0
-#pragma unroll
-          for (int c = 0; c < G; ++c) s[c] = make_float2(__fadd_rn(s[c].x, 0.f), __fadd_rn(s[c].y, 0.f));
-        fold_groups<G / 2>(s);  // w = D / 2 .. 8: groups c and c + w / 8
-        // w = 4 and 2: lanes quad ^ 2 and quad ^ 1 of the row; w = 1: the pair's two elements.
-        s[0].x = __fadd_rn(s[0].x, __shfl_xor_sync(0xffffffffu, s[0].x, 2));
-        s[0].y = __fadd_rn(s[0].y, __shfl_xor_sync(0xffffffffu, s[0].y, 2));
-        s[0].x = __fadd_rn(s[0].x, __shfl_xor_sync(0xffffffffu, s[0].x, 1));
-        s[0].y = __fadd_rn(s[0].y, __shfl_xor_sync(0xffffffffu, s[0].y, 1));
-        const float ss = __fadd_rn(s[0].x, s[0].y);
-        const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, float(D)), e.eps)));
-#pragma unroll
-        for (int c = 0; c < G; ++c)
-          x[r][c] = round_pair<T>(__fmul_rn(__fmul_rn(x[r][c].x, rstd), w[c].x),
-                                  __fmul_rn(__fmul_rn(x[r][c].y, rstd), w[c].y));
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      if (!rotate[r]) continue;
-      if (e.neox) {
-#pragma unroll
-        for (int c = 0; c < G / 2; ++c) {
-          const float2 co = __ldg(reinterpret_cast<const float2*>(cs[r] + 8 * c));
-          const float2 si = __ldg(reinterpret_cast<const float2*>(cs[r] + D / 2 + 8 * c));
-          float a0, b0, a1, b1;
-          rotate_pair(x[r][c].x, x[r][c + G / 2].x, co.x, si.x, a0, b0);
-          rotate_pair(x[r][c].y, x[r][c + G / 2].y, co.y, si.y, a1, b1);
-          x[r][c] = round_pair<T>(a0, a1);
-          x[r][c + G / 2] = round_pair<T>(b0, b1);
-        }
-      } else {
-        // Elements 2 j and 2 j + 1 with j = 4 c + lane % 4: cs[r] points 2 (lane % 4) past the row's start.
-        const float* co = cs[r] - quad, * si = cs[r] - quad + D / 2;
-#pragma unroll
-        for (int c = 0; c < G; ++c) {
-          float a, b;
-          rotate_pair(x[r][c].x, x[r][c].y, __ldg(co + 4 * c), __ldg(si + 4 * c), a, b);
-          x[r][c] = round_pair<T>(a, b);
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      T* dst = nullptr;
-      if (is_q && live[r])
-        dst = static_cast<T*>(e.q_out) + row_of[r] * e.q_s0 + int64_t(head) * e.q_s1;
-      else if (!is_q && slot[r] >= 0)
-        dst = static_cast<T*>(e.k_cache) + (int64_t(slot[r]) * e.kv_heads + kv) * D;
-      if (dst == nullptr) continue;
-#pragma unroll
-      for (int c = 0; c < G; ++c)
-        *reinterpret_cast<P2*>(dst + 8 * c + 2 * quad) = Pair<T>::make(x[r][c].x, x[r][c].y);
-    }
+    rounded_groups<T, G, Cfg::BN>(p, acc, hh * G, col0, quad, x);
+    finish_head<T, D>(e, rs, col_h / D, quad, x);
   }
 }
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// ---- pairs of 64 x 192 tiles over heads of 128 (the cluster form, gemm_sm90.cuh's kHeadPair) ----------
+// Tiles 2 j and 2 j + 1 of a row band, one on each CTA of a cluster of two, cover three heads: rank 0 holds
+// head A (groups 0..15) and the first half of head B (groups 16..23), rank 1 the second half of B (groups
+// 0..7) and head C (groups 8..23). B's rows 0..31 are finished on rank 0 and rows 32..63 on rank 1: warps 0
+// and 1 of rank 1 send their half of B, rounded, to the same warps of rank 0, and warps 2 and 3 of rank 0
+// theirs to rank 1, in the layout the receiving thread holds them (its lane's 16 words), through
+// st.async into the partner's staging area, which completes bytes on the partner's barrier `xfull`
+// (4096 bytes a use). A receiver warp arrives on the sender's `xempty` (count 2) once it has its values, and
+// a sender waits for that before it writes the next use; use u of both barriers is phase u. The same values
+// reach finish_head as in store_tile_heads, so the same bits.
+constexpr int kPairRecvBytes = 2 * 32 * 16 * 4;
+
+__device__ __forceinline__ void st_async_v4(uint32_t local_addr, uint32_t local_bar, uint32_t cta, uint4 v) {
+  asm volatile(
+      "{\n.reg .b32 ra, rb;\n"
+      "mapa.shared::cluster.u32 ra, %0, %2;\n"
+      "mapa.shared::cluster.u32 rb, %1, %2;\n"
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [ra], {%3, %4, %5, %6}, [rb];\n"
+      "}\n" ::"r"(local_addr),
+      "r"(local_bar), "r"(cta), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+      : "memory");
+}
+__device__ __forceinline__ void arrive_remote(uint32_t local_bar, uint32_t cta) {
+  asm volatile(
+      "{\n.reg .b32 rb;\n"
+      "mapa.shared::cluster.u32 rb, %0, %1;\n"
+      "mbarrier.arrive.shared::cluster.b64 _, [rb];\n"
+      "}\n" ::"r"(local_bar),
+      "r"(cta)
+      : "memory");
+}
+__device__ __forceinline__ uint32_t pack_pair(float2 v) {
+  uint32_t u;
+  asm("mov.b32 %0, {%1, %2};\n" : "=r"(u) : "h"(__bfloat16_as_ushort(__float2bfloat16_rn(v.x))),
+      "h"(__bfloat16_as_ushort(__float2bfloat16_rn(v.y))));
+  return u;
+}
+__device__ __forceinline__ float2 unpack_pair(uint32_t u) {
+  return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+
+template <class Cfg, typename T, int kRank>
+__device__ __forceinline__ void store_tile_heads_pair_rank(const Problem& p, const HeadsEpilogue& e, const HeadRows& hr,
+                                                           const float (&acc)[Cfg::BN / 2], int row0, int col0,
+                                                           int warp, int lane, uint32_t recv, uint32_t xfull,
+                                                           uint32_t xempty, int use) {
+  static_assert(Cfg::BN == 192 && std::is_same_v<T, __nv_bfloat16>, "pairs of 64 x 192 bf16 tiles, heads of 128");
+  constexpr int D = 128, G = 16, H = 8;  // H: groups of half a head
+  const int quad = lane & 3;
+  const RowState rs = row_state(p, e, hr, row0, lane);
+  // The whole head: A (rank 0) from group 0, C (rank 1) from group 8.
+  {
+    float2 x[2][G];
+    constexpr int first = kRank == 0 ? 0 : H;
+    rounded_groups<T, G, Cfg::BN>(p, acc, first, col0, quad, x);
+    finish_head<T, D>(e, rs, (col0 + 8 * first) / D, quad, x);
+  }
+  // Head B: this rank's half (elements 0..63 on rank 0, 64..127 on rank 1).
+  constexpr int own_first = kRank == 0 ? G : 0;  // the half's first group in the tile
+  const int head_b = (col0 + 8 * own_first) / D;
+  const bool sender = kRank == 0 ? warp >= 2 : warp < 2;
+  const uint32_t partner = 1 - kRank;
+  const uint32_t slot_addr = recv + uint32_t(((warp & 1) * 32 + lane) * 64);  // the lane's 16 words
+  if (sender) {
+    float2 h[2][H];
+    rounded_groups<T, H, Cfg::BN>(p, acc, own_first, col0, quad, h);
+    uint32_t wv[16];
+#pragma unroll
+    for (int c = 0; c < H; ++c) wv[2 * c] = pack_pair(h[0][c]), wv[2 * c + 1] = pack_pair(h[1][c]);
+    sm90_sync::mbar_wait(xempty, (use & 1) ^ 1);  // the partner has read the previous use (a fresh one passes)
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      st_async_v4(slot_addr + 16 * q, xfull, partner, make_uint4(wv[4 * q], wv[4 * q + 1], wv[4 * q + 2], wv[4 * q + 3]));
+    return;
+  }
+  float2 x[2][G];
+  // This rank's half in its place of the head, then the partner's.
+  rounded_groups<T, H, Cfg::BN, G>(p, acc, own_first, col0, quad, x, kRank == 0 ? 0 : H);
+  if ((warp & 1) == 0 && lane == 0) sm90_sync::mbar_arrive_expect_tx(xfull, kPairRecvBytes);
+  sm90_sync::mbar_wait(xfull, use & 1);
+  uint4 in[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(in[q].x), "=r"(in[q].y), "=r"(in[q].z), "=r"(in[q].w)
+                 : "r"(slot_addr + 16 * q)
+                 : "memory");
+  const uint32_t* wv = reinterpret_cast<const uint32_t*>(in);
+  constexpr int other = kRank == 0 ? H : 0;
+#pragma unroll
+  for (int c = 0; c < H; ++c) x[0][other + c] = unpack_pair(wv[2 * c]), x[1][other + c] = unpack_pair(wv[2 * c + 1]);
+  __syncwarp();
+  if (lane == 0) arrive_remote(xempty, partner);  // its values are in registers: the partner may write again
+  finish_head<T, D>(e, rs, head_b, quad, x);
+}
+#endif
 #endif
 
 }  // namespace bik::cuda::gemm_detail

@@ -252,7 +252,7 @@ struct TileRule {
   // The least cost; among equal costs the least area when less_padding (M > 128), then the most tiles,
   // then the first listed.
   template <class Cost>
-  Choice pick(std::initializer_list<Choice> cands, Cost cost, bool less_padding = false) const {
+  Choice pick(const std::vector<Choice>& cands, Cost cost, bool less_padding = false) const {
     const TileShape* best = nullptr;
     double best_cost = 0;
     for (Choice c : cands) {
@@ -272,7 +272,7 @@ struct TileRule {
 Choice choose(const Problem& p, const DeviceInfo& d, bool pairs = true) {
   const TileRule rule{p, d};
   auto tiles_of = [&](const TileShape& t) { return rule.tiles_of(t); };
-  auto pick = [&](std::initializer_list<Choice> cands, auto cost, bool less_padding = false) {
+  auto pick = [&](const std::vector<Choice>& cands, auto cost, bool less_padding = false) {
     return rule.pick(cands, cost, less_padding);
   };
   auto waves = [&](const TileShape& t) { return rule.waves(t); };
@@ -503,17 +503,20 @@ void launch_pairs(sm90::GemmKernelFn kernel, int threads, int smem, int64_t pair
 // The cluster launch of tile Cfg. Returns false (nothing launched) where it does not apply: an operand
 // the copy engine cannot describe (the one-CTA kernel then loads with its producer warps), K = 0, no tiles,
 // or a device that cannot place a cluster of two such CTAs.
-template <class Cfg, typename T>
-bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, ClusterMode mode) {
+// kHeadDim > 0: pairs of heads tiles sharing A (gemm_heads.cuh) with `heads` as the epilogue's arguments.
+template <class Cfg, typename T, int kHeadDim = 0>
+bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, ClusterMode mode,
+                    const HeadsEpilogue* heads = nullptr) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN;
   if (p.a_sk != 1 || p.w_sk != 1 || p.k == 0 || p.m == 0 || p.n == 0 || p.batch == 0) return false;
-  auto kernel = gemm_kernel<Cfg, T, true>;
-  const bool share_w = share_w_for(p, BM, BN, mode);
+  auto kernel = gemm_kernel<Cfg, T, true, kHeadDim>;
+  const bool share_w = kHeadDim == 0 && share_w_for(p, BM, BN, mode);
   const int tiles_m = (p.m + BM - 1) / BM, tiles_n = (p.n + BN - 1) / BN;
   // Pairs walk in bands that keep the one-CTA walk's band of 8 M-tiles over each W tile.
   Params prm =
       walk_params(p, share_w ? TileOrder{(tiles_m + 1) / 2, tiles_n, 4} : TileOrder{tiles_m, (tiles_n + 1) / 2, 8});
   prm.share_w = share_w ? 1 : 0;
+  if (heads != nullptr) prm.heads = *heads;
   const int64_t pairs = prm.total_tiles;
   const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
   prm.tma = 1;
@@ -849,22 +852,26 @@ bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, Glu
 // the plain tiles: up to 64 rows the 64-row tiles by fewest waves, up to 128 rows by fewest waves, past
 // that by waves x tile_clocks. BIK_QKV_TILE names one of them instead (tests and benchmarks). The tile
 // never changes a bit: the epilogue's arithmetic is per row and head, on the same sums.
-std::initializer_list<Choice> heads_tiles(int head_dim, int m) {
-  static constexpr std::initializer_list<Choice> k128_small = {Choice::T64x128};
-  static constexpr std::initializer_list<Choice> k128 = {Choice::T64x128, Choice::T128x128, Choice::T128x256};
-  static constexpr std::initializer_list<Choice> k64_small = {Choice::T64x64, Choice::T64x128, Choice::T64x192};
-  static constexpr std::initializer_list<Choice> k64 = {Choice::T64x64, Choice::T64x128, Choice::T64x192,
-                                                        Choice::T128x128, Choice::T128x192};
-  if (head_dim == 128) return m <= 64 ? k128_small : k128;
-  return m <= 64 ? k64_small : k64;
+// For heads of 128 also 64x192 in pairs of CTAs (a cluster of two), where N holds whole pairs of tiles (three
+// heads, the middle one finished across the pair: gemm_heads.cuh), one batch.
+bool heads_pairs_apply(const Problem& p, int head_dim) { return head_dim == 128 && p.n % 384 == 0 && p.batch == 1; }
+std::vector<Choice> heads_tiles(const Problem& p, int head_dim, int m) {
+  if (head_dim == 128) {
+    if (m <= 64) return {Choice::T64x128};
+    if (heads_pairs_apply(p, head_dim)) return {Choice::T64x128, Choice::T64x192, Choice::T128x128, Choice::T128x256};
+    return {Choice::T64x128, Choice::T128x128, Choice::T128x256};
+  }
+  if (m <= 64) return {Choice::T64x64, Choice::T64x128, Choice::T64x192};
+  return {Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x128, Choice::T128x192};
 }
 
 Choice choose_heads(const Problem& p, const DeviceInfo& d, int head_dim) {
-  const std::initializer_list<Choice> cands = heads_tiles(head_dim, p.m);
+  const std::vector<Choice> cands = heads_tiles(p, head_dim, p.m);
   if (const char* e = std::getenv("BIK_QKV_TILE"); e != nullptr && *e != '\0') {
-    for (Choice c : heads_tiles(head_dim, 1 << 30))
+    for (Choice c : heads_tiles(p, head_dim, 1 << 30))
       if (std::strcmp(e, kChoiceNames[int(c)]) == 0) return c;
-    throw Error(detail::concat("BIK_QKV_TILE=", e, ": no q|k|v heads tile of that name for head_dim ", head_dim));
+    throw Error(detail::concat("BIK_QKV_TILE=", e, ": no q|k|v heads tile of that name for head_dim ", head_dim,
+                               " and N = ", p.n));
   }
   const TileRule rule{p, d};
   if (p.m <= 128) return rule.pick(cands, [&](const TileShape& t) { return rule.waves(t); });
@@ -878,6 +885,10 @@ void launch_heads(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t 
   using T = __nv_bfloat16;
   switch (head_dim * 100 + int(c)) {
     case 128 * 100 + int(Choice::T64x128): return launch_one_cta<Tile64x128, T, 128>(p, d, st, 8, &e);
+    case 128 * 100 + int(Choice::T64x192):
+      // Clusters the device cannot place (or operands the copy engine cannot describe): 128x128, the same bits.
+      if (launch_cluster<Tile64x192, T, 128>(p, d, st, ClusterMode::ShareA, &e)) return;
+      return launch_one_cta<Tile128x128, T, 128>(p, d, st, 8, &e);
     case 128 * 100 + int(Choice::T128x128): return launch_one_cta<Tile128x128, T, 128>(p, d, st, 8, &e);
     case 128 * 100 + int(Choice::T128x256): return launch_one_cta<Tile128x256, T, 128>(p, d, st, 8, &e);
     case 64 * 100 + int(Choice::T64x64): return launch_one_cta<Tile64x64, T, 64>(p, d, st, 8, &e);

@@ -621,11 +621,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     tile_coords(walk0, b, tm, tn);
     for (int kb = 0; kb < pre; ++kb) load_stage(kb, kb, b, tm, tn);
   };
+  // Pairs of heads tiles (gemm_heads.cuh): the exchange's two barriers, after the stages' and in both CTAs.
+  constexpr bool kHeadPair = kCluster && kHeadDim > 0;
+  static_assert(!kHeadPair || (2 * STAGES + 2) * 8 <= Cfg::kBarBytes, "room for the exchange's barriers");
+  static_assert(!kHeadPair || Cfg::kConsumers * 4 * Cfg::kEpiWarpBytes >= kPairRecvBytes, "room to receive");
+  const uint32_t xfull = bars + 2 * STAGES * 8, xempty = xfull + 8;
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), prm.tma ? 1 : 128);
       // lane 0 of every consumer warp that reads the stage (of both CTAs)
       mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kStageReaders * 4);
+    }
+    if constexpr (kHeadPair) {
+      mbar_init(xfull, 1);   // the receiver's expect_tx; the partner's st.async complete the bytes
+      mbar_init(xempty, 2);  // lane 0 of the partner's two receiving warps
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -711,7 +720,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     if constexpr (Cfg::kConsumers == 3) asm volatile("setmaxnreg.inc.sync.aligned.u32 152;\n");
     constexpr bool kPingPong = Cfg::kPingPong;
     static_assert(!(kPingPong && kCluster), "ping-pong runs one CTA a tile");
-    static_assert(kHeadDim == 0 || (!kCluster && !Cfg::kSwapped), "the heads epilogue: unswapped, one CTA a tile");
+    static_assert(kHeadDim == 0 || (!Cfg::kSwapped && (!kCluster || (BN == 192 && kHeadDim == 128))),
+                  "the heads epilogue: unswapped, one CTA a tile or pairs of 64 x 192 tiles over heads of 128");
     const int slab = kPingPong ? 0 : wg;  // this consumer's 64-row slab of the tile and of the stage's A rows
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     // A released stage may be refilled by either CTA's producer in cluster mode: tell both.
@@ -728,7 +738,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     if constexpr (kPingPong) {
       if (wg == 1 && int(walk0) < prm.total_tiles) named_bar_arrive(kTurnBar, 256);  // opens consumer 0's first turn
     }
-    int local = 0;  // the tile's place in this CTA's walk
+    int local = 0;     // the tile's place in this CTA's walk
+    int pair_use = 0;  // kHeadPair: exchanges so far
     for (int tile = walk0; tile < prm.total_tiles; tile += walk_step, ++local) {
       if constexpr (kPingPong) {
         if ((local & 1) != wg) continue;   // the partner's tile
@@ -737,6 +748,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
       int b, tm, tn;
       tile_coords(tile, b, tm, tn);
+      HeadRows head_rows_of{};  // kHeadDim > 0: the rows' slots and positions, loaded during the main loop
+      if constexpr (kHeadDim > 0) head_rows_of = head_rows(p, prm.heads, m_base(tm) + slab * 64 + warp * 16, lane);
 #pragma unroll
       for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
       for (int kb = 0; kb < num_kb; ++kb, ++it) {
@@ -773,9 +786,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       // wgmma D layout: per 8 columns, registers {0,1} hold row lane/4, {2,3} row lane/4 + 8, at
       // columns 2 * (lane % 4) + {0, 1}; warp w of the warpgroup owns rows 16w..16w+15.
       const int row0 = m_base(tm) + slab * 64 + warp * 16;
+      if constexpr (kHeadPair) {  // every warp takes part in the exchange, whatever its rows
+        const uint32_t recv = bars + Cfg::kBarBytes;
+        if (rank == 0)
+          store_tile_heads_pair_rank<Cfg, T, 0>(p, prm.heads, head_rows_of, acc, row0, tn * BN, warp, lane, recv, xfull,
+                                                xempty, pair_use);
+        else
+          store_tile_heads_pair_rank<Cfg, T, 1>(p, prm.heads, head_rows_of, acc, row0, tn * BN, warp, lane, recv, xfull,
+                                                xempty, pair_use);
+        ++pair_use;
+        continue;
+      }
       if (row0 >= p.m) continue;  // the warp's rows all lie past M (a partial last M-tile): nothing to store
-      if constexpr (kHeadDim > 0) {
-        store_tile_heads<Cfg, T, kHeadDim>(p, prm.heads, acc, row0, tn * BN, lane);
+      if constexpr (kHeadDim > 0 && !kHeadPair) {
+        store_tile_heads<Cfg, T, kHeadDim>(p, prm.heads, head_rows_of, acc, row0, tn * BN, lane);
         continue;
       }
       const uint32_t staging = bars + Cfg::kBarBytes + (wg * 4 + warp) * Cfg::kEpiWarpBytes;
@@ -805,6 +829,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           store_pair<T>(p, b, row + 8, col0 + j * 8, acc[4 * j + 2], acc[4 * j + 3]);
         }
       }
+    }
+    // kHeadPair: a sender leaves only once the partner has read its last use (no arrive of the partner's is
+    // still on its way to this CTA's barrier when the final cluster barrier lets the CTAs exit).
+    if constexpr (kHeadPair) {
+      const bool sender = rank == 0 ? warp >= 2 : warp < 2;
+      if (sender && pair_use > 0) mbar_wait(xempty, (pair_use & 1) ^ 1);
     }
   }
   // No CTA leaves while its partner may still multicast into it or arrive on its barriers.
