@@ -503,20 +503,17 @@ void launch_pairs(sm90::GemmKernelFn kernel, int threads, int smem, int64_t pair
 // The cluster launch of tile Cfg. Returns false (nothing launched) where it does not apply: an operand
 // the copy engine cannot describe (the one-CTA kernel then loads with its producer warps), K = 0, no tiles,
 // or a device that cannot place a cluster of two such CTAs.
-// kHeadDim > 0: pairs of heads tiles sharing A (gemm_heads.cuh) with `heads` as the epilogue's arguments.
-template <class Cfg, typename T, int kHeadDim = 0>
-bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, ClusterMode mode,
-                    const HeadsEpilogue* heads = nullptr) {
+template <class Cfg, typename T>
+bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, ClusterMode mode) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN;
   if (p.a_sk != 1 || p.w_sk != 1 || p.k == 0 || p.m == 0 || p.n == 0 || p.batch == 0) return false;
-  auto kernel = gemm_kernel<Cfg, T, true, kHeadDim>;
-  const bool share_w = kHeadDim == 0 && share_w_for(p, BM, BN, mode);
+  auto kernel = gemm_kernel<Cfg, T, true>;
+  const bool share_w = share_w_for(p, BM, BN, mode);
   const int tiles_m = (p.m + BM - 1) / BM, tiles_n = (p.n + BN - 1) / BN;
   // Pairs walk in bands that keep the one-CTA walk's band of 8 M-tiles over each W tile.
   Params prm =
       walk_params(p, share_w ? TileOrder{(tiles_m + 1) / 2, tiles_n, 4} : TileOrder{tiles_m, (tiles_n + 1) / 2, 8});
   prm.share_w = share_w ? 1 : 0;
-  if (heads != nullptr) prm.heads = *heads;
   const int64_t pairs = prm.total_tiles;
   const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
   prm.tma = 1;
@@ -880,6 +877,36 @@ Choice choose_heads(const Problem& p, const DeviceInfo& d, int head_dim) {
 
 std::atomic<uint64_t> g_heads_launches{0};
 
+// Pairs of 64x192 heads tiles (heads of 128): clusters of two CTAs on the column tiles 2 j and 2 j + 1 of a
+// row band, each loading its own stages as one CTA a tile does (a shared-operand cluster multicasting A
+// ran the plain 64x192 product at M = 256 in 32 us against 21: logs_h200/4827707_gemm_cluster2a_ab.log);
+// the cluster lets the pair finish the head between them through shared memory. false where it does not
+// apply (operands the copy engine cannot describe, N not whole pairs, more than one batch) or the device
+// cannot place a cluster of two.
+template <typename T>
+bool launch_heads_pairs(const Problem& p, const DeviceInfo& d, cudaStream_t st, const HeadsEpilogue& e) {
+  using Cfg = Tile64x192;
+  if (p.a_sk != 1 || p.w_sk != 1 || p.k == 0 || p.m == 0 || p.n % (2 * Cfg::BN) != 0 || p.batch != 1) return false;
+  auto kernel = gemm_kernel<Cfg, T, true, 128>;
+  const int tiles_m = (p.m + Cfg::BM - 1) / Cfg::BM, tiles_n = p.n / Cfg::BN;
+  Params prm = walk_params(p, TileOrder{tiles_m, tiles_n / 2, 8});
+  prm.share_w = 0;
+  prm.tma = 1;
+  prm.heads = e;
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  const int a_box = std::min(p.m, Cfg::BM);
+  prm.stage_tx = (a_box + Cfg::BN) * kRowBytes;
+  CUtensorMap map_a{}, map_w{};
+  if (!make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, 1, p.a_sb, a_box) ||
+      !make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, 1, p.w_sb, Cfg::BN))
+    return false;
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
+  const int most = max_active_pairs(reinterpret_cast<const void*>(kernel), Cfg::kThreads, Cfg::kSmemBytes, d);
+  if (most < 1) return false;
+  launch_pairs(kernel, Cfg::kThreads, Cfg::kSmemBytes, prm.total_tiles, most, st, prm, map_a, map_w);
+  return true;
+}
+
 void launch_heads(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st, const HeadsEpilogue& e,
                   int head_dim) {
   using T = __nv_bfloat16;
@@ -887,7 +914,7 @@ void launch_heads(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t 
     case 128 * 100 + int(Choice::T64x128): return launch_one_cta<Tile64x128, T, 128>(p, d, st, 8, &e);
     case 128 * 100 + int(Choice::T64x192):
       // Clusters the device cannot place (or operands the copy engine cannot describe): 128x128, the same bits.
-      if (launch_cluster<Tile64x192, T, 128>(p, d, st, ClusterMode::ShareA, &e)) return;
+      if (launch_heads_pairs<T>(p, d, st, e)) return;
       return launch_one_cta<Tile128x128, T, 128>(p, d, st, 8, &e);
     case 128 * 100 + int(Choice::T128x128): return launch_one_cta<Tile128x128, T, 128>(p, d, st, 8, &e);
     case 128 * 100 + int(Choice::T128x256): return launch_one_cta<Tile128x256, T, 128>(p, d, st, 8, &e);

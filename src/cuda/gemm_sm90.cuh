@@ -506,7 +506,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // far slower: gate|up at M = 200 took 108 us against 78 at M = 256). Its first rows are then rows of
   // the tile before, computed again with the same bits (a row's sums depend on its own A row only, in
   // whichever row of the tile it sits) and stored again unchanged.
-  auto m_base = [&](int tm) { return !kCluster && prm.tma && p.m >= BM ? min(tm * BM, p.m - BM) : tm * BM; };
+  // Pairs of heads tiles (kHeadPair, gemm_heads.cuh) are clusters of two that share no operand: each CTA loads
+  // its own stages as one CTA a tile does; the cluster is there for the exchange through shared memory.
+  constexpr bool kHeadPair = kCluster && kHeadDim > 0;
+  constexpr bool kShare = kCluster && !kHeadPair;  // pairs that multicast a shared operand
+  auto m_base = [&](int tm) { return !kShare && prm.tma && p.m >= BM ? min(tm * BM, p.m - BM) : tm * BM; };
   // The same for a swapped tile's columns (activation rows): the last column tile of a product with more
   // than one starts at N - BN, its first columns computed and stored again with the same bits.
   auto n_base = [&](int tn) {
@@ -558,7 +562,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     // held, which reaches only outputs past M or N, never stored (an output's sum reads its own A row and
     // W row only).
     mbar_arrive_expect_tx(full(s), prm.stage_tx);
-    if constexpr (kCluster) {
+    if constexpr (kShare) {
       constexpr int kHalfA = BM / 2;  // rows of the half box each CTA copies and multicasts (kHalfW for W)
       constexpr uint16_t kBoth = 0x3;
       // Box starts are kept inside the matrix: a partner whose tile lies past M or N (odd tile count), or
@@ -622,7 +626,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     for (int kb = 0; kb < pre; ++kb) load_stage(kb, kb, b, tm, tn);
   };
   // Pairs of heads tiles (gemm_heads.cuh): the exchange's two barriers, after the stages' and in both CTAs.
-  constexpr bool kHeadPair = kCluster && kHeadDim > 0;
   static_assert(!kHeadPair || (2 * STAGES + 2) * 8 <= Cfg::kBarBytes, "room for the exchange's barriers");
   static_assert(!kHeadPair || Cfg::kConsumers * 4 * Cfg::kEpiWarpBytes >= kPairRecvBytes, "room to receive");
   const uint32_t xfull = bars + 2 * STAGES * 8, xempty = xfull + 8;
@@ -630,7 +633,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), prm.tma ? 1 : 128);
       // lane 0 of every consumer warp that reads the stage (of both CTAs)
-      mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kStageReaders * 4);
+      mbar_init(empty(s), (kShare ? 2 : 1) * Cfg::kStageReaders * 4);
     }
     if constexpr (kHeadPair) {
       mbar_init(xfull, 1);   // the receiver's expect_tx; the partner's st.async complete the bytes
@@ -655,7 +658,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     const int t = threadIdx.x % 128;
     if constexpr (kCluster) {
       // Cluster mode always copies with TMA (the host falls back to one-CTA mode otherwise); one thread
-      // drives the copy engine, the others go straight to the final cluster barrier.
+      // drives the copy engine, the others go straight to the final cluster barrier. (Pairs of heads tiles
+      // share no stage: their empty barriers count this CTA's consumers only.)
       if (t == 0) {
         int it = pre;  // past the early copies
         for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
@@ -726,7 +730,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     // A released stage may be refilled by either CTA's producer in cluster mode: tell both.
     auto release = [&](int s) {
-      if constexpr (kCluster) {
+      if constexpr (kShare) {
         mbar_arrive_cluster(empty(s), 0);
         mbar_arrive_cluster(empty(s), 1);
       } else {
