@@ -80,10 +80,36 @@ def markdown_gated(j):
     return "\n".join(out) + "\n"
 
 
+def markdown_qkv(j):
+    """--qkv: qkv_projection fused, as BIK's calls, and as cuBLASLt's product then the same calls."""
+    rows = j["results"]
+    hq, hk, d = rows[0]["qkv_heads"]
+    out = [f"# qkv_projection (q|k|v product, q/k norms, rotation, KV-cache write): BIK vs cuBLASLt on {j['gpu']}",
+           ""]
+    out.append(f"- commit `{j['commit']}`, {j['date']}, dtype {j['dtype']}, {j['sms']} SMs; heads {hq} q, {hk} kv, "
+               f"D = {d}")
+    out.append(f"- layout: {j['layout']}")
+    out.append(f"- timing: {j['method']}")
+    out.append(f"- baseline: {j['baseline']}")
+    out.append("- fused: one GEMM kernel whose epilogue finishes the heads; calls: BIK's product and the same four "
+               "kernels (BIK_QKV_FUSED=0); ratio = baseline time / fused time (> 1: BIK faster)")
+    out.append("")
+    out.append("| shape | K | N | M | fused us | calls us | baseline us | ratio | calls / fused | BIK path |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        out.append(f"| {r['shape']} | {r['k']} | {r['n']} | {r['m']} | {r['bik_ms'] * 1e3:.1f} | "
+                   f"{r['bik_calls_ms'] * 1e3:.1f} | {r['cublaslt_ms'] * 1e3:.1f} | {r['ratio']:.3f} | "
+                   f"{r['calls_ratio']:.3f} | {r['bik_config']} |")
+    out += sustained_section(j)
+    return "\n".join(out) + "\n"
+
+
 def markdown(j):
     rows = j["results"]
     if rows and rows[0].get("gated"):
         return markdown_gated(j)
+    if rows and "qkv_heads" in rows[0]:
+        return markdown_qkv(j)
     out = [f"# GEMM: BIK vs cuBLASLt on {j['gpu']}", ""]
     out.append(f"- commit `{j['commit']}`, {j['date']}, dtype {j['dtype']}, {j['sms']} SMs, "
                f"L2 {j['l2_bytes'] / 2**20:.0f} MiB")

@@ -21,10 +21,8 @@
 // i with i + 1 (e = 0 and 1): no value crosses a thread.
 #pragma once
 #include <cstdint>
-#include <type_traits>
 
 #include "cuda/gemm_common.cuh"
-#include "cuda/sm90_sync.cuh"
 
 namespace bik::cuda::gemm_detail {
 
@@ -246,103 +244,6 @@ __device__ __forceinline__ void store_tile_heads(const Problem& p, const HeadsEp
   }
 }
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// ---- pairs of 64 x 192 tiles over heads of 128 (the cluster form, gemm_sm90.cuh's kHeadPair) ----------
-// Tiles 2 j and 2 j + 1 of a row band, one on each CTA of a cluster of two, cover three heads: rank 0 holds
-// head A (groups 0..15) and the first half of head B (groups 16..23), rank 1 the second half of B (groups
-// 0..7) and head C (groups 8..23). B's rows 0..31 are finished on rank 0 and rows 32..63 on rank 1: warps 0
-// and 1 of rank 1 send their half of B, rounded, to the same warps of rank 0, and warps 2 and 3 of rank 0
-// theirs to rank 1, in the layout the receiving thread holds them (its lane's 16 words), through
-// st.async into the partner's staging area, which completes bytes on the partner's barrier `xfull`
-// (4096 bytes a use). A receiver warp arrives on the sender's `xempty` (count 2) once it has its values, and
-// a sender waits for that before it writes the next use; use u of both barriers is phase u. The same values
-// reach finish_head as in store_tile_heads, so the same bits.
-constexpr int kPairRecvBytes = 2 * 32 * 16 * 4;
-
-__device__ __forceinline__ void st_async_v4(uint32_t local_addr, uint32_t local_bar, uint32_t cta, uint4 v) {
-  asm volatile(
-      "{\n.reg .b32 ra, rb;\n"
-      "mapa.shared::cluster.u32 ra, %0, %2;\n"
-      "mapa.shared::cluster.u32 rb, %1, %2;\n"
-      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [ra], {%3, %4, %5, %6}, [rb];\n"
-      "}\n" ::"r"(local_addr),
-      "r"(local_bar), "r"(cta), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-      : "memory");
-}
-__device__ __forceinline__ void arrive_remote(uint32_t local_bar, uint32_t cta) {
-  asm volatile(
-      "{\n.reg .b32 rb;\n"
-      "mapa.shared::cluster.u32 rb, %0, %1;\n"
-      "mbarrier.arrive.shared::cluster.b64 _, [rb];\n"
-      "}\n" ::"r"(local_bar),
-      "r"(cta)
-      : "memory");
-}
-__device__ __forceinline__ uint32_t pack_pair(float2 v) {
-  uint32_t u;
-  asm("mov.b32 %0, {%1, %2};\n" : "=r"(u) : "h"(__bfloat16_as_ushort(__float2bfloat16_rn(v.x))),
-      "h"(__bfloat16_as_ushort(__float2bfloat16_rn(v.y))));
-  return u;
-}
-__device__ __forceinline__ float2 unpack_pair(uint32_t u) {
-  return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
-}
-
-template <class Cfg, typename T, int kRank>
-__device__ __forceinline__ void store_tile_heads_pair_rank(const Problem& p, const HeadsEpilogue& e, const HeadRows& hr,
-                                                           const float (&acc)[Cfg::BN / 2], int row0, int col0,
-                                                           int warp, int lane, uint32_t recv, uint32_t xfull,
-                                                           uint32_t xempty, int use) {
-  static_assert(Cfg::BN == 192 && std::is_same_v<T, __nv_bfloat16>, "pairs of 64 x 192 bf16 tiles, heads of 128");
-  constexpr int D = 128, G = 16, H = 8;  // H: groups of half a head
-  const int quad = lane & 3;
-  const RowState rs = row_state(p, e, hr, row0, lane);
-  // The whole head: A (rank 0) from group 0, C (rank 1) from group 8.
-  {
-    float2 x[2][G];
-    constexpr int first = kRank == 0 ? 0 : H;
-    rounded_groups<T, G, Cfg::BN>(p, acc, first, col0, quad, x);
-    finish_head<T, D>(e, rs, (col0 + 8 * first) / D, quad, x);
-  }
-  // Head B: this rank's half (elements 0..63 on rank 0, 64..127 on rank 1).
-  constexpr int own_first = kRank == 0 ? G : 0;  // the half's first group in the tile
-  const int head_b = (col0 + 8 * own_first) / D;
-  const bool sender = kRank == 0 ? warp >= 2 : warp < 2;
-  const uint32_t partner = 1 - kRank;
-  const uint32_t slot_addr = recv + uint32_t(((warp & 1) * 32 + lane) * 64);  // the lane's 16 words
-  if (sender) {
-    float2 h[2][H];
-    rounded_groups<T, H, Cfg::BN>(p, acc, own_first, col0, quad, h);
-    uint32_t wv[16];
-#pragma unroll
-    for (int c = 0; c < H; ++c) wv[2 * c] = pack_pair(h[0][c]), wv[2 * c + 1] = pack_pair(h[1][c]);
-    sm90_sync::mbar_wait(xempty, (use & 1) ^ 1);  // the partner has read the previous use (a fresh one passes)
-#pragma unroll
-    for (int q = 0; q < 4; ++q)
-      st_async_v4(slot_addr + 16 * q, xfull, partner, make_uint4(wv[4 * q], wv[4 * q + 1], wv[4 * q + 2], wv[4 * q + 3]));
-    return;
-  }
-  float2 x[2][G];
-  // This rank's half in its place of the head, then the partner's.
-  rounded_groups<T, H, Cfg::BN, G>(p, acc, own_first, col0, quad, x, kRank == 0 ? 0 : H);
-  if ((warp & 1) == 0 && lane == 0) sm90_sync::mbar_arrive_expect_tx(xfull, kPairRecvBytes);
-  sm90_sync::mbar_wait(xfull, use & 1);
-  uint4 in[4];
-#pragma unroll
-  for (int q = 0; q < 4; ++q)
-    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(in[q].x), "=r"(in[q].y), "=r"(in[q].z), "=r"(in[q].w)
-                 : "r"(slot_addr + 16 * q)
-                 : "memory");
-  const uint32_t* wv = reinterpret_cast<const uint32_t*>(in);
-  constexpr int other = kRank == 0 ? H : 0;
-#pragma unroll
-  for (int c = 0; c < H; ++c) x[0][other + c] = unpack_pair(wv[2 * c]), x[1][other + c] = unpack_pair(wv[2 * c + 1]);
-  __syncwarp();
-  if (lane == 0) arrive_remote(xempty, partner);  // its values are in registers: the partner may write again
-  finish_head<T, D>(e, rs, head_b, quad, x);
-}
-#endif
 #endif
 
 }  // namespace bik::cuda::gemm_detail

@@ -849,26 +849,19 @@ bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, Glu
 // the plain tiles: up to 64 rows the 64-row tiles by fewest waves, up to 128 rows by fewest waves, past
 // that by waves x tile_clocks. BIK_QKV_TILE names one of them instead (tests and benchmarks). The tile
 // never changes a bit: the epilogue's arithmetic is per row and head, on the same sums.
-// For heads of 128 also 64x192 in pairs of CTAs (a cluster of two), where N holds whole pairs of tiles (three
-// heads, the middle one finished across the pair: gemm_heads.cuh), one batch.
-bool heads_pairs_apply(const Problem& p, int head_dim) { return head_dim == 128 && p.n % 384 == 0 && p.batch == 1; }
-std::vector<Choice> heads_tiles(const Problem& p, int head_dim, int m) {
-  if (head_dim == 128) {
-    if (m <= 64) return {Choice::T64x128};
-    if (heads_pairs_apply(p, head_dim)) return {Choice::T64x128, Choice::T64x192, Choice::T128x128, Choice::T128x256};
-    return {Choice::T64x128, Choice::T128x128, Choice::T128x256};
-  }
+std::vector<Choice> heads_tiles(int head_dim, int m) {
+  if (head_dim == 128) return m <= 64 ? std::vector<Choice>{Choice::T64x128}
+                                      : std::vector<Choice>{Choice::T64x128, Choice::T128x128, Choice::T128x256};
   if (m <= 64) return {Choice::T64x64, Choice::T64x128, Choice::T64x192};
   return {Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x128, Choice::T128x192};
 }
 
 Choice choose_heads(const Problem& p, const DeviceInfo& d, int head_dim) {
-  const std::vector<Choice> cands = heads_tiles(p, head_dim, p.m);
+  const std::vector<Choice> cands = heads_tiles(head_dim, p.m);
   if (const char* e = std::getenv("BIK_QKV_TILE"); e != nullptr && *e != '\0') {
-    for (Choice c : heads_tiles(p, head_dim, 1 << 30))
+    for (Choice c : heads_tiles(head_dim, 1 << 30))
       if (std::strcmp(e, kChoiceNames[int(c)]) == 0) return c;
-    throw Error(detail::concat("BIK_QKV_TILE=", e, ": no q|k|v heads tile of that name for head_dim ", head_dim,
-                               " and N = ", p.n));
+    throw Error(detail::concat("BIK_QKV_TILE=", e, ": no q|k|v heads tile of that name for head_dim ", head_dim));
   }
   const TileRule rule{p, d};
   if (p.m <= 128) return rule.pick(cands, [&](const TileShape& t) { return rule.waves(t); });
@@ -877,45 +870,11 @@ Choice choose_heads(const Problem& p, const DeviceInfo& d, int head_dim) {
 
 std::atomic<uint64_t> g_heads_launches{0};
 
-// Pairs of 64x192 heads tiles (heads of 128): clusters of two CTAs on the column tiles 2 j and 2 j + 1 of a
-// row band, each loading its own stages as one CTA a tile does (a shared-operand cluster multicasting A
-// ran the plain 64x192 product at M = 256 in 32 us against 21: logs_h200/4827707_gemm_cluster2a_ab.log);
-// the cluster lets the pair finish the head between them through shared memory. false where it does not
-// apply (operands the copy engine cannot describe, N not whole pairs, more than one batch) or the device
-// cannot place a cluster of two.
-template <typename T>
-bool launch_heads_pairs(const Problem& p, const DeviceInfo& d, cudaStream_t st, const HeadsEpilogue& e) {
-  using Cfg = Tile64x192;
-  if (p.a_sk != 1 || p.w_sk != 1 || p.k == 0 || p.m == 0 || p.n % (2 * Cfg::BN) != 0 || p.batch != 1) return false;
-  auto kernel = gemm_kernel<Cfg, T, true, 128>;
-  const int tiles_m = (p.m + Cfg::BM - 1) / Cfg::BM, tiles_n = p.n / Cfg::BN;
-  Params prm = walk_params(p, TileOrder{tiles_m, tiles_n / 2, 8});
-  prm.share_w = 0;
-  prm.tma = 1;
-  prm.heads = e;
-  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  const int a_box = std::min(p.m, Cfg::BM);
-  prm.stage_tx = (a_box + Cfg::BN) * kRowBytes;
-  CUtensorMap map_a{}, map_w{};
-  if (!make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, 1, p.a_sb, a_box) ||
-      !make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, 1, p.w_sb, Cfg::BN))
-    return false;
-  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
-  const int most = max_active_pairs(reinterpret_cast<const void*>(kernel), Cfg::kThreads, Cfg::kSmemBytes, d);
-  if (most < 1) return false;
-  launch_pairs(kernel, Cfg::kThreads, Cfg::kSmemBytes, prm.total_tiles, most, st, prm, map_a, map_w);
-  return true;
-}
-
 void launch_heads(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st, const HeadsEpilogue& e,
                   int head_dim) {
   using T = __nv_bfloat16;
   switch (head_dim * 100 + int(c)) {
     case 128 * 100 + int(Choice::T64x128): return launch_one_cta<Tile64x128, T, 128>(p, d, st, 8, &e);
-    case 128 * 100 + int(Choice::T64x192):
-      // Clusters the device cannot place (or operands the copy engine cannot describe): 128x128, the same bits.
-      if (launch_heads_pairs<T>(p, d, st, e)) return;
-      return launch_one_cta<Tile128x128, T, 128>(p, d, st, 8, &e);
     case 128 * 100 + int(Choice::T128x128): return launch_one_cta<Tile128x128, T, 128>(p, d, st, 8, &e);
     case 128 * 100 + int(Choice::T128x256): return launch_one_cta<Tile128x256, T, 128>(p, d, st, 8, &e);
     case 64 * 100 + int(Choice::T64x64): return launch_one_cta<Tile64x64, T, 64>(p, d, st, 8, &e);

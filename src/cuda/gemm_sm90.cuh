@@ -506,11 +506,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // far slower: gate|up at M = 200 took 108 us against 78 at M = 256). Its first rows are then rows of
   // the tile before, computed again with the same bits (a row's sums depend on its own A row only, in
   // whichever row of the tile it sits) and stored again unchanged.
-  // Pairs of heads tiles (kHeadPair, gemm_heads.cuh) are clusters of two that share no operand: each CTA loads
-  // its own stages as one CTA a tile does; the cluster is there for the exchange through shared memory.
-  constexpr bool kHeadPair = kCluster && kHeadDim > 0;
-  constexpr bool kShare = kCluster && !kHeadPair;  // pairs that multicast a shared operand
-  auto m_base = [&](int tm) { return !kShare && prm.tma && p.m >= BM ? min(tm * BM, p.m - BM) : tm * BM; };
+  auto m_base = [&](int tm) { return !kCluster && prm.tma && p.m >= BM ? min(tm * BM, p.m - BM) : tm * BM; };
   // The same for a swapped tile's columns (activation rows): the last column tile of a product with more
   // than one starts at N - BN, its first columns computed and stored again with the same bits.
   auto n_base = [&](int tn) {
@@ -562,7 +558,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     // held, which reaches only outputs past M or N, never stored (an output's sum reads its own A row and
     // W row only).
     mbar_arrive_expect_tx(full(s), prm.stage_tx);
-    if constexpr (kShare) {
+    if constexpr (kCluster) {
       constexpr int kHalfA = BM / 2;  // rows of the half box each CTA copies and multicasts (kHalfW for W)
       constexpr uint16_t kBoth = 0x3;
       // Box starts are kept inside the matrix: a partner whose tile lies past M or N (odd tile count), or
@@ -625,19 +621,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     tile_coords(walk0, b, tm, tn);
     for (int kb = 0; kb < pre; ++kb) load_stage(kb, kb, b, tm, tn);
   };
-  // Pairs of heads tiles (gemm_heads.cuh): the exchange's two barriers, after the stages' and in both CTAs.
-  static_assert(!kHeadPair || (2 * STAGES + 2) * 8 <= Cfg::kBarBytes, "room for the exchange's barriers");
-  static_assert(!kHeadPair || Cfg::kConsumers * 4 * Cfg::kEpiWarpBytes >= kPairRecvBytes, "room to receive");
-  const uint32_t xfull = bars + 2 * STAGES * 8, xempty = xfull + 8;
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), prm.tma ? 1 : 128);
       // lane 0 of every consumer warp that reads the stage (of both CTAs)
-      mbar_init(empty(s), (kShare ? 2 : 1) * Cfg::kStageReaders * 4);
-    }
-    if constexpr (kHeadPair) {
-      mbar_init(xfull, 1);   // the receiver's expect_tx; the partner's st.async complete the bytes
-      mbar_init(xempty, 2);  // lane 0 of the partner's two receiving warps
+      mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kStageReaders * 4);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -658,8 +646,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     const int t = threadIdx.x % 128;
     if constexpr (kCluster) {
       // Cluster mode always copies with TMA (the host falls back to one-CTA mode otherwise); one thread
-      // drives the copy engine, the others go straight to the final cluster barrier. (Pairs of heads tiles
-      // share no stage: their empty barriers count this CTA's consumers only.)
+      // drives the copy engine, the others go straight to the final cluster barrier.
       if (t == 0) {
         int it = pre;  // past the early copies
         for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
@@ -724,13 +711,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     if constexpr (Cfg::kConsumers == 3) asm volatile("setmaxnreg.inc.sync.aligned.u32 152;\n");
     constexpr bool kPingPong = Cfg::kPingPong;
     static_assert(!(kPingPong && kCluster), "ping-pong runs one CTA a tile");
-    static_assert(kHeadDim == 0 || (!Cfg::kSwapped && (!kCluster || (BN == 192 && kHeadDim == 128))),
-                  "the heads epilogue: unswapped, one CTA a tile or pairs of 64 x 192 tiles over heads of 128");
+    static_assert(kHeadDim == 0 || (!kCluster && !Cfg::kSwapped), "the heads epilogue: unswapped, one CTA a tile");
     const int slab = kPingPong ? 0 : wg;  // this consumer's 64-row slab of the tile and of the stage's A rows
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     // A released stage may be refilled by either CTA's producer in cluster mode: tell both.
     auto release = [&](int s) {
-      if constexpr (kShare) {
+      if constexpr (kCluster) {
         mbar_arrive_cluster(empty(s), 0);
         mbar_arrive_cluster(empty(s), 1);
       } else {
@@ -742,8 +728,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     if constexpr (kPingPong) {
       if (wg == 1 && int(walk0) < prm.total_tiles) named_bar_arrive(kTurnBar, 256);  // opens consumer 0's first turn
     }
-    int local = 0;     // the tile's place in this CTA's walk
-    int pair_use = 0;  // kHeadPair: exchanges so far
+    int local = 0;  // the tile's place in this CTA's walk
     for (int tile = walk0; tile < prm.total_tiles; tile += walk_step, ++local) {
       if constexpr (kPingPong) {
         if ((local & 1) != wg) continue;   // the partner's tile
@@ -790,19 +775,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       // wgmma D layout: per 8 columns, registers {0,1} hold row lane/4, {2,3} row lane/4 + 8, at
       // columns 2 * (lane % 4) + {0, 1}; warp w of the warpgroup owns rows 16w..16w+15.
       const int row0 = m_base(tm) + slab * 64 + warp * 16;
-      if constexpr (kHeadPair) {  // every warp takes part in the exchange, whatever its rows
-        const uint32_t recv = bars + Cfg::kBarBytes;
-        if (rank == 0)
-          store_tile_heads_pair_rank<Cfg, T, 0>(p, prm.heads, head_rows_of, acc, row0, tn * BN, warp, lane, recv, xfull,
-                                                xempty, pair_use);
-        else
-          store_tile_heads_pair_rank<Cfg, T, 1>(p, prm.heads, head_rows_of, acc, row0, tn * BN, warp, lane, recv, xfull,
-                                                xempty, pair_use);
-        ++pair_use;
-        continue;
-      }
       if (row0 >= p.m) continue;  // the warp's rows all lie past M (a partial last M-tile): nothing to store
-      if constexpr (kHeadDim > 0 && !kHeadPair) {
+      if constexpr (kHeadDim > 0) {
         store_tile_heads<Cfg, T, kHeadDim>(p, prm.heads, head_rows_of, acc, row0, tn * BN, lane);
         continue;
       }
@@ -833,12 +807,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           store_pair<T>(p, b, row + 8, col0 + j * 8, acc[4 * j + 2], acc[4 * j + 3]);
         }
       }
-    }
-    // kHeadPair: a sender leaves only once the partner has read its last use (no arrive of the partner's is
-    // still on its way to this CTA's barrier when the final cluster barrier lets the CTAs exit).
-    if constexpr (kHeadPair) {
-      const bool sender = rank == 0 ? warp >= 2 : warp < 2;
-      if (sender && pair_use > 0) mbar_wait(xempty, (pair_use & 1) ^ 1);
     }
   }
   // No CTA leaves while its partner may still multicast into it or arrive on its barriers.
