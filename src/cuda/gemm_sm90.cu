@@ -991,8 +991,9 @@ std::string qkv_heads_tile(int64_t m, int64_t n, int64_t k, int head_dim, int de
 // qkv_projection (include/bik/attention.h, validated by the caller) in one wgmma kernel whose epilogue
 // finishes the heads (gemm_heads.cuh). false, with nothing launched, where that kernel does not apply:
 // BIK_QKV_FUSED=0, a GPU other than sm_90, a dtype other than bf16, D other than 64 or 128, a partial
-// rotation, layouts the epilogue's paired loads and stores do not take, or operands the copy engine
-// cannot describe. The caller then runs the composed calls, which give the same bits.
+// rotation, layouts the epilogue's paired loads and stores do not take, operands the copy engine cannot
+// describe, or sizes where the calls are faster (below). The caller then runs the composed calls, which
+// give the same bits.
 bool qkv_projection_fused(const QkvProjection& a, Stream s) {
   if (const char* e = std::getenv("BIK_QKV_FUSED"); e != nullptr && std::strcmp(e, "0") == 0) return false;
   const auto& d = gemm_detail::use_device(a.x.device.index);
@@ -1012,6 +1013,13 @@ bool qkv_projection_fused(const QkvProjection& a, Stream s) {
   gemm_detail::Problem p = gemm_detail::make_problem(g);
   p.out = nullptr;  // the epilogue stores heads only
   if (p.k == 0 || !gemm_detail::tma_possible(p)) return false;
+  // Where the calls are faster: heads of 128, N >= 6144, 320 < M <= 416, where no heads tile fills the GPU
+  // in few waves (64x128 takes three, 128x256 leaves SMs idle) and the plain product runs on a pair tile. On
+  // an H200 at N = 6144, K = 4096, M = 336 / 352 / 384 the fused kernel took 50.9-51.7 us at best against
+  // 46.1-47.1 for the calls; at 416 50.9 against 50.5; at 264-320 and from 448 on it was faster
+  // (logs_h200/f777b3f_bench_qkv_tiles_m136_512.log). BIK_QKV_TILE keeps the fused kernel (benchmarks).
+  const char* forced = std::getenv("BIK_QKV_TILE");
+  if ((forced == nullptr || *forced == '\0') && D == 128 && p.n >= 6144 && p.m > 320 && p.m <= 416) return false;
   gemm_detail::HeadsEpilogue e;
   e.q_out = a.q_out.data;
   e.q_s0 = a.q_out.stride[0], e.q_s1 = a.q_out.stride[1];

@@ -201,8 +201,8 @@ TEST(GpuQkvHeads, FusedGivesTheBitsOfTheCalls) {
   EXPECT_EQ(fused, uint64_t(compared)) << "a call that should have run fused did not";
 }
 
-// Where the fused kernel does not apply (f16, a partial rotation, BIK_QKV_FUSED=0) the composed calls run:
-// no fused launch, and still the bits of the calls.
+// Where the fused kernel does not apply (a partial rotation, BIK_QKV_FUSED=0, the sizes where the calls are
+// faster) the composed calls run: no fused launch, and still the bits of the calls.
 TEST(GpuQkvHeads, ComposedWhereTheKernelDoesNotApply) {
   BIK_REQUIRE_GPU();
   const Heads h{8, 2, 128, 256, true, false, true, DType::F32};
@@ -222,6 +222,24 @@ TEST(GpuQkvHeads, ComposedWhereTheKernelDoesNotApply) {
   EXPECT_EQ(cuda::gemm_sm90_heads_launches(), before) << "a partial rotation ran fused";
   EXPECT_GT(differing_outputs(partial, run(Impl::Bik, l, in)), 0) << "the partial rotation changed nothing";
   if (is_sm90()) EXPECT_EQ(cuda::gemm_sm90_heads_launches(), before + 1) << "the full rotation did not run fused";
+  // Qwen3-8B's heads at 320 < M <= 416, where the calls are faster on an H200: the calls, the same bits; with
+  // BIK_QKV_TILE the fused kernel.
+  const Layer q3(Heads{32, 8, 128, 256, true, false, true, DType::F32}, 8);
+  for (int64_t m : {320, 352, 416, 417}) {
+    const Inputs in8 = make_inputs(q3, m, 4);
+    Outputs ref;
+    {
+      const ScopedEnv calls("BIK_QKV_FUSED", "0");
+      ref = run(Impl::Bik, q3, in8);
+    }
+    const uint64_t at = cuda::gemm_sm90_heads_launches();
+    EXPECT_EQ(differing_outputs(run(Impl::Bik, q3, in8), ref), 0) << "M=" << m;
+    const bool fused = m <= 320 || m > 416;
+    if (is_sm90()) EXPECT_EQ(cuda::gemm_sm90_heads_launches() - at, fused ? 1u : 0u) << "M=" << m;
+    const ScopedEnv tile("BIK_QKV_TILE", "128x256");
+    EXPECT_EQ(differing_outputs(run(Impl::Bik, q3, in8), ref), 0) << "M=" << m << " on 128x256";
+    if (is_sm90()) EXPECT_EQ(cuda::gemm_sm90_heads_launches() - at, fused ? 2u : 1u) << "M=" << m;
+  }
 }
 
 struct RowStats {
