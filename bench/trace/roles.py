@@ -3,6 +3,8 @@
 # of a trace) counts the GEMMs since the last attention launch: o-proj, gate|up, down, then the next
 # layer's q|k|v (or the lm-head, after the last layer). new_step(state) at each step's first kernel makes
 # its first GEMM the first layer's q|k|v (without it, that GEMM came fifth after the last attention).
+import re
+
 roles = ['o-proj', 'gate|up', 'down', 'qkv']
 edges = [64, 128, 192, 255, 256, 320, 384, 512, 1024, 2048, 1 << 30]
 def bucket(t):
@@ -19,6 +21,9 @@ def role_of(name, state, d):
     if 'gemm_kernel' in name or 'nvjet' in name:
         state['gemm'] += 1
         g = state['gemm']
+        # The q|k|v GEMM with its heads epilogue (qkv_projection; its template's last argument, the head size,
+        # is 64 or 128) is q|k|v however long it runs (a long prefill step's passes 150 us).
+        if g == 3 and re.search(r'ELi(64|128)EEEvN', name): return 'gemm qkv'
         if g == 3 and d > 150000: return 'gemm lm-head'
         return 'gemm ' + (roles[g] if g < 4 else 'lm-head/other')
     for key, r in (('silu', 'silu_and_mul'), ('rms_norm', 'rms_norm'), ('rope', 'rope'), ('write_kv', 'write_kv'),
