@@ -139,8 +139,8 @@ void qkv_projection(const QkvProjection& a, Stream s) {
             a.k_cache.str(), " must have the same shape");
   const int64_t Hk = a.k_cache.shape[2], K = a.x.shape[1], qd = Hq * D, kd = Hk * D, N = qd + 2 * kd;
   BIK_CHECK(a.w.ndim == 2 && a.w.dtype == dt && a.w.shape[0] == N && a.w.shape[1] == K, op, ": w must be ",
-            dtype_name(dt), "[", N, ", ", K, "] ((Hq + 2 Hk) D = (", Hq, " + 2 x ", Hk, ") x ", D, " rows, x's K), got ",
-            a.w.str());
+            dtype_name(dt), "[", N, ", ", K, "] ((Hq + 2 Hk) D = (", Hq, " + 2 x ", Hk, ") x ", D,
+            " rows, x's K), got ", a.w.str());
   BIK_CHECK(a.q_out.dtype == dt && a.q_out.stride[2] == 1 && a.q_out.stride[1] == D, op, ": q_out must be ",
             dtype_name(dt), " with contiguous heads (strides [*, ", D, ", 1]), got ", a.q_out.str());
   auto check_vec = [&](const char* arg, const std::optional<TensorView>& v, int64_t n) {

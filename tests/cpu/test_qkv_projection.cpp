@@ -182,7 +182,8 @@ TEST(CpuQkvProjection, ValidatesArguments) {
   const Tensor cs_odd = Tensor::empty({64, 3}, DType::F32);
   EXPECT_NE(msg([&](QkvProjection& p) { p.cos_sin = cs_odd; }).find("rot_dim"), std::string::npos);
   const Tensor x_f16 = Tensor::empty({c.t, c.k}, DType::F16);
-  EXPECT_NE(msg([&](QkvProjection& p) { p.x = x_f16; }).find("k_cache and v_cache must be f16 (x's dtype)"), std::string::npos);
+  EXPECT_NE(msg([&](QkvProjection& p) { p.x = x_f16; }).find("k_cache and v_cache must be f16 (x's dtype)"),
+            std::string::npos);
 }
 
 }  // namespace
