@@ -6,6 +6,7 @@
 
 #include "core/backend.h"
 #include "cuda/device_info.h"
+#include "cuda/head_math.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/rows.cuh"
 #include "cuda/silu.cuh"
@@ -82,10 +83,6 @@ struct Heads {
 };
 Heads heads_of(const TensorView& t) { return Heads{t.shape[0], t.shape[1], t.stride[0], t.stride[1], t.stride[2]}; }
 
-__device__ __forceinline__ void rotate(float a, float b, float c, float s, float& ra, float& rb) {
-  ra = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-  rb = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
-}
 
 constexpr int kRopeThreads = 128;
 constexpr int kRopeUnroll = 2;
@@ -142,7 +139,7 @@ __global__ void __launch_bounds__(kRopeThreads)
             const int64_t s2 = h0 + uu * lanes < hq.heads ? hq.s2 : hk.s2;
             const bool v1 = contiguous && aligned16_dev(head[uu]), v2 = contiguous && aligned16_dev(head[uu] + half * s2);
 #pragma unroll
-            for (int e = 0; e < V; ++e) rotate(a[uu][e], b[uu][e], co[e], si[e], a[uu][e], b[uu][e]);
+            for (int e = 0; e < V; ++e) rotate_pair(a[uu][e], b[uu][e], co[e], si[e], a[uu][e], b[uu][e]);
             store_chunk<V>(head[uu], s2, half, c * V, v1, a[uu]);
             store_chunk<V>(head[uu] + half * s2, s2, half, c * V, v2, b[uu]);
           }
@@ -161,7 +158,8 @@ __global__ void __launch_bounds__(kRopeThreads)
             const int64_t s2 = h0 + uu * lanes < hq.heads ? hq.s2 : hk.s2;
 #pragma unroll
             for (int j = 0; j < V / 2; ++j)
-              if (2 * (e0 / 2 + j) < rot) rotate(a[uu][2 * j], a[uu][2 * j + 1], co[j], si[j], a[uu][2 * j], a[uu][2 * j + 1]);
+              if (2 * (e0 / 2 + j) < rot)
+                rotate_pair(a[uu][2 * j], a[uu][2 * j + 1], co[j], si[j], a[uu][2 * j], a[uu][2 * j + 1]);
             store_chunk<V>(head[uu], s2, rot, e0, contiguous && aligned16_dev(head[uu]), a[uu]);
           }
         }
@@ -228,7 +226,7 @@ __global__ void __launch_bounds__(kRopeFlatThreads)
       }
     }
 #pragma unroll
-    for (int e = 0; e < V; ++e) rotate(x1[e], x2[e], c[e], s[e], r1[e], r2[e]);
+    for (int e = 0; e < V; ++e) rotate_pair(x1[e], x2[e], c[e], s[e], r1[e], r2[e]);
     store_flat<T, V>(head[u], r1);
     store_flat<T, V>(head[u] + half, r2);
   }

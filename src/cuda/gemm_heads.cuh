@@ -3,8 +3,9 @@
 // hold whole heads (BN a multiple of D). Instead of storing the [M, (Hq + 2 Hk) D] product, each consumer
 // thread finishes its heads where the wgmma left them and writes q to q_out and k, v into the KV cache:
 //   h = round(sum + bias)                         as a store of the plain product rounds it;
-//   q, k heads: h = round((h * rstd) * w)         rms_norm's formula, rstd from rms_norm's tree (below);
-//               h = round(rotate(h, cos, sin))    rotary_embedding's, on the same floats;
+//   q, k heads: h = round((h * rstd) * w)         rms_norm's formula, rstd from rms_norm's tree (below)
+//                                                 by rms_rstd (head_math.cuh, the norm kernels' too);
+//               h = round(rotate(h, cos, sin))    rotate_pair, as the rope kernels, on the same floats;
 //   then q_out[t, head] = h, or k_cache / v_cache[slot, head] = h (write_kv_cache's copy; slot -1 skips).
 // So every element holds the bits of mm, rms_norm, rotary_embedding and write_kv_cache run one after the
 // other (qkv_projection's composed path), and the product, the normed heads and the rotated copies never
@@ -13,16 +14,18 @@
 // rms_norm's sum of squares over a row of D <= 256 16-bit elements is policy::row_reduce_plan's tree on 256
 // lanes: lane i holds fma(h_i, h_i, 0) for i < D and 0 past D, and lanes combine by halving,
 // lane[j] += lane[j + w] for w = 128, 64, ..., 1. In the wgmma D layout a thread holds elements
-// i = 8 c + 2 (lane % 4) + e (c < D / 8, e = 0, 1) of its two rows, so the steps w >= D add 0, the steps
-// w = D / 2 .. 8 pair groups c and c + w / 8 inside the thread, w = 4 and w = 2 pair the threads lane ^ 2
-// and lane ^ 1 of the row's quad (a butterfly: both get the same sum, IEEE addition being commutative),
-// and w = 1 adds e = 0 and e = 1: the same additions on the same values as the norm kernel's lanes.
+// i = 8 c + 2 (lane % 4) + e (c < D / 8, e = 0, 1) of its two rows, so the steps w >= D add +0 (identities,
+// left out: finish_head), the steps w = D / 2 .. 8 pair groups c and c + w / 8 inside the thread, w = 4 and
+// w = 2 pair the threads lane ^ 2 and lane ^ 1 of the row's quad (a butterfly: both get the same sum, IEEE
+// addition being commutative), and w = 1 adds e = 0 and e = 1: the same additions on the same values as the
+// norm kernel's lanes.
 // The neox rotation pairs i with i + D / 2 (groups c and c + D / 16, the same thread), the interleaved one
 // i with i + 1 (e = 0 and 1): no value crosses a thread.
 #pragma once
 #include <cstdint>
 
 #include "cuda/gemm_common.cuh"
+#include "cuda/head_math.cuh"
 
 namespace bik::cuda::gemm_detail {
 
@@ -54,10 +57,6 @@ __device__ __forceinline__ float2 param_pair(const void* p, bool f32, int i) {
   return make_float2(to_f32(v.x), to_f32(v.y));
 }
 
-__device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, float& ra, float& rb) {
-  ra = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-  rb = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
-}
 
 // A pair of values rounded to T (one cvt for both) and back to floats: what a store of the pair and a
 // load of it give.
@@ -176,7 +175,7 @@ __device__ __forceinline__ void finish_head(const HeadsEpilogue& e, const RowSta
       s[0].x = __fadd_rn(s[0].x, __shfl_xor_sync(0xffffffffu, s[0].x, 1));
       s[0].y = __fadd_rn(s[0].y, __shfl_xor_sync(0xffffffffu, s[0].y, 1));
       const float ss = __fadd_rn(s[0].x, s[0].y);
-      const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, float(D)), e.eps)));
+      const float rstd = rms_rstd(ss, float(D), e.eps);
 #pragma unroll
       for (int c = 0; c < G; ++c)
         x[r][c] = round_pair<T>(__fmul_rn(__fmul_rn(x[r][c].x, rstd), w[c].x),

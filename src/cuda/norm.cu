@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "core/backend.h"
+#include "cuda/head_math.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/rows.cuh"
 
@@ -135,7 +136,7 @@ __global__ void __launch_bounds__(256) rms_norm_kernel(RowArg<To> out, RowArg<co
       }
     }
     const float ss = group_tree<V, NG>(acc, smem, rg, AddOp{});
-    const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, float(n)), eps)));
+    const float rstd = rms_rstd(ss, float(n), eps);
 
     To* orow = out.row(r);
     const bool o_vec = out.vec(orow);
@@ -388,7 +389,7 @@ __global__ void __launch_bounds__(kMaxGroupThreads, 2)
         }
       }
     const float ss = group_tree<V, NG>(acc, smem, rg, AddOp{});
-    const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, float(n)), eps)));
+    const float rstd = rms_rstd(ss, float(n), eps);
 
     ParamChunk<T, P> wc[2][NG];
 #pragma unroll
