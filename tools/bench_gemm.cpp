@@ -105,7 +105,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
     }
     BIK_CHECK(qkv_heads.size() == 3 && qkv_heads[0] > 0 && qkv_heads[1] > 0 && qkv_heads[2] > 0,
               "bik bench gemm: --qkv expects HQ:HK:D (three positive integers), got '", args.str("qkv"), "'");
-    BIK_CHECK(!args.flag("gated") && !args.has("tiles"), "bik bench gemm: --qkv takes neither --gated nor --tiles");
+    BIK_CHECK(!args.flag("gated") && !args.has("tiles") && !args.flag("sweep"),
+              "bik bench gemm: --qkv takes none of --gated, --tiles, --sweep");
   }
   const DType dt = args.str("dtype", "bf16") == "f16" ? DType::F16 : DType::BF16;
   const int repeats = int(args.integer("repeats", 15)), launches_max = int(args.integer("launches", 20));
