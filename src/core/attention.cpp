@@ -207,11 +207,15 @@ void qkv_projection(const QkvProjection& a, Stream s) {
     rms_norm(a.k_normed, k3, *a.k_norm, a.eps, std::nullopt, s);
     k3 = a.k_normed;
   }
-  rotary_embedding(a.q_out, k3, a.positions, a.cos_sin, a.neox, s);
-  if (a.host_slot_mapping)
-    write_kv_cache(a.k_cache, a.v_cache, k3, v3, a.slot_mapping, *a.host_slot_mapping, s);
-  else
-    write_kv_cache(a.k_cache, a.v_cache, k3, v3, a.slot_mapping, s);
+  // The rotation and the KV write straight on the backend: their arguments are views checked above, and the
+  // positions (CPU) and slots have been checked once already (the slots' check sorts T values, every layer).
+  if (dev.is_cpu()) {
+    cpu::rotary_embedding(a.q_out, k3, a.positions, a.cos_sin, a.neox, s);
+    cpu::write_kv_cache(a.k_cache, a.v_cache, k3, v3, a.slot_mapping, s);
+  } else {
+    cuda::rotary_embedding(a.q_out, k3, a.positions, a.cos_sin, a.neox, s);
+    cuda::write_kv_cache(a.k_cache, a.v_cache, k3, v3, a.slot_mapping, s);
+  }
 }
 
 namespace {

@@ -252,7 +252,7 @@ struct TileRule {
   // The least cost; among equal costs the least area when less_padding (M > 128), then the most tiles,
   // then the first listed.
   template <class Cost>
-  Choice pick(const std::vector<Choice>& cands, Cost cost, bool less_padding = false) const {
+  Choice pick(std::initializer_list<Choice> cands, Cost cost, bool less_padding = false) const {
     const TileShape* best = nullptr;
     double best_cost = 0;
     for (Choice c : cands) {
@@ -272,7 +272,7 @@ struct TileRule {
 Choice choose(const Problem& p, const DeviceInfo& d, bool pairs = true) {
   const TileRule rule{p, d};
   auto tiles_of = [&](const TileShape& t) { return rule.tiles_of(t); };
-  auto pick = [&](const std::vector<Choice>& cands, auto cost, bool less_padding = false) {
+  auto pick = [&](std::initializer_list<Choice> cands, auto cost, bool less_padding = false) {
     return rule.pick(cands, cost, less_padding);
   };
   auto waves = [&](const TileShape& t) { return rule.waves(t); };
@@ -538,9 +538,10 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
 }
 
 // The one-CTA-a-tile launch of Cfg (persistent: at most one CTA an SM), walking bands of `group` M-tiles.
-// kHeadDim > 0: the q|k|v epilogue (gemm_heads.cuh) with `heads` as its arguments.
+// kHeadDim > 0: the q|k|v epilogue (gemm_heads.cuh) with `heads` as its arguments, launched only where the
+// copy engine describes both operands (false, nothing launched, otherwise: the caller runs the calls).
 template <class Cfg, typename T, int kHeadDim = 0>
-void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int group,
+bool launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int group,
                     const HeadsEpilogue* heads = nullptr) {
   auto kernel = gemm_kernel<Cfg, T, false, kHeadDim>;
   BIK_CHECK(Cfg::kSmemBytes <= d.smem_optin, "matmul: sm90 tile needs ", Cfg::kSmemBytes,
@@ -559,9 +560,11 @@ void launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int 
             make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, a_box) &&
             make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, w_box);
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
+  if (kHeadDim > 0 && !prm.tma) return false;
   const int grid = int(std::min<int64_t>(total, d.sms));
   launch_kernel(kernel, unsigned(grid), Cfg::kThreads, Cfg::kSmemBytes, st, prm, map_a, map_w);
   BIK_CUDA_LAUNCH_CHECK();
+  return true;
 }
 
 template <class Cfg, typename T>
@@ -849,15 +852,19 @@ bool launch_glu_swap(const Problem& p, const DeviceInfo& d, cudaStream_t st, Glu
 // the plain tiles: up to 64 rows the 64-row tiles by fewest waves, up to 128 rows by fewest waves, past
 // that by waves x tile_clocks. BIK_QKV_TILE names one of them instead (tests and benchmarks). The tile
 // never changes a bit: the epilogue's arithmetic is per row and head, on the same sums.
-std::vector<Choice> heads_tiles(int head_dim, int m) {
-  if (head_dim == 128) return m <= 64 ? std::vector<Choice>{Choice::T64x128}
-                                      : std::vector<Choice>{Choice::T64x128, Choice::T128x128, Choice::T128x256};
-  if (m <= 64) return {Choice::T64x64, Choice::T64x128, Choice::T64x192};
-  return {Choice::T64x64, Choice::T64x128, Choice::T64x192, Choice::T128x128, Choice::T128x192};
+// (Lists of static storage: the rule runs for every layer of every step, with no allocation.)
+std::initializer_list<Choice> heads_tiles(int head_dim, int m) {
+  static constexpr std::initializer_list<Choice> k128_small = {Choice::T64x128};
+  static constexpr std::initializer_list<Choice> k128 = {Choice::T64x128, Choice::T128x128, Choice::T128x256};
+  static constexpr std::initializer_list<Choice> k64_small = {Choice::T64x64, Choice::T64x128, Choice::T64x192};
+  static constexpr std::initializer_list<Choice> k64 = {Choice::T64x64, Choice::T64x128, Choice::T64x192,
+                                                        Choice::T128x128, Choice::T128x192};
+  if (head_dim == 128) return m <= 64 ? k128_small : k128;
+  return m <= 64 ? k64_small : k64;
 }
 
 Choice choose_heads(const Problem& p, const DeviceInfo& d, int head_dim) {
-  const std::vector<Choice> cands = heads_tiles(head_dim, p.m);
+  const std::initializer_list<Choice> cands = heads_tiles(head_dim, p.m);
   if (const char* e = std::getenv("BIK_QKV_TILE"); e != nullptr && *e != '\0') {
     for (Choice c : heads_tiles(head_dim, 1 << 30))
       if (std::strcmp(e, kChoiceNames[int(c)]) == 0) return c;
@@ -870,7 +877,8 @@ Choice choose_heads(const Problem& p, const DeviceInfo& d, int head_dim) {
 
 std::atomic<uint64_t> g_heads_launches{0};
 
-void launch_heads(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st, const HeadsEpilogue& e,
+// false (nothing launched) where the copy engine cannot describe an operand.
+bool launch_heads(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st, const HeadsEpilogue& e,
                   int head_dim) {
   using T = __nv_bfloat16;
   switch (head_dim * 100 + int(c)) {
@@ -1012,7 +1020,7 @@ bool qkv_projection_fused(const QkvProjection& a, Stream s) {
   g.bias = a.bias;
   gemm_detail::Problem p = gemm_detail::make_problem(g);
   p.out = nullptr;  // the epilogue stores heads only
-  if (p.k == 0 || !gemm_detail::tma_possible(p)) return false;
+  if (p.k == 0) return false;
   // Where the calls are faster: heads of 128, N >= 6144, 320 < M <= 416, where no heads tile fills the GPU
   // in few waves (64x128 takes three, 128x256 leaves SMs idle) and the plain product runs on a pair tile. On
   // an H200 at N = 6144, K = 4096, M = 336 / 352 / 384 the fused kernel took 50.9-51.7 us at best against
@@ -1033,7 +1041,7 @@ bool qkv_projection_fused(const QkvProjection& a, Stream s) {
   e.q_heads = int(a.q_out.shape[1]), e.kv_heads = int(a.k_cache.shape[2]);
   e.neox = a.neox ? 1 : 0;
   const gemm_detail::Choice c = gemm_detail::choose_heads(p, d, int(D));
-  gemm_detail::launch_heads(c, p, d, gemm_detail::stream_of(s), e, int(D));
+  if (!gemm_detail::launch_heads(c, p, d, gemm_detail::stream_of(s), e, int(D))) return false;
   gemm_detail::g_heads_launches.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
