@@ -118,17 +118,20 @@ double tile_clocks(const TileShape& t, int k) {
 
 // BIK_GEMM_SWAP, read at each call: "0" -> never a swapped tile; "1" -> the swapped tile wherever one
 // applies; unset or anything else -> where one applies and swap_pays says so. One applies for
-// 128 < M <= 384 without a bias (a swapped tile's rows are output columns) and with a 16-bit output in
-// 16-byte aligned rows (its column epilogue): one column tile, the narrowest that covers M, up to
-// M = 256, two that cover ceil(M / 2) past it. It never changes a bit: each output is the same K sum of
+// 128 < M <= kSwapMaxRows (448) without a bias (a swapped tile's rows are output columns) and with a 16-bit
+// output in 16-byte aligned rows (its column epilogue): one column tile, the narrowest that covers M, up to
+// M = 256, two that cover ceil(M / 2) past it (at most 224 rows each: past 448 two tiles of 256 rows lost to
+// 128x128 on an H200, o-proj / down at M = 480 28.6 / 76.4 us against 26.0 / 73.3,
+// logs_h200/3e027bf_gemm_sweep.log). It never changes a bit: each output is the same K sum of
 // one wgmma per K step (wgmma_cols) from zero accumulators, rounded once.
 enum class SwapMode { Off, Auto, On };
+constexpr int kSwapMaxRows = 448;
 bool swap_applies(const Problem& p);
 SwapMode swap_mode_for(const Problem& p) {
-  if (p.m <= 128 || p.m > 384 || !swap_applies(p)) return SwapMode::Off;
+  if (p.m <= 128 || p.m > kSwapMaxRows || !swap_applies(p)) return SwapMode::Off;
   return env_switch<SwapMode>("BIK_GEMM_SWAP", {{"0", SwapMode::Off}, {"1", SwapMode::On}}).value_or(SwapMode::Auto);
 }
-// The swapped tile for M (128 < M <= 384): the narrowest that covers M, or half of M past 256. There is
+// The swapped tile for M (128 < M <= kSwapMaxRows): the narrowest that covers M, or half of M past 256. There is
 // none of 176 columns: composed of three wgmma shapes then, at M = 168 it ran gate|up in 75.6 us against
 // 70.4 without a swapped tile, down in 55.7 against 53.2 (H200, logs_h200/0459af4_gemm_swap.log), where 192
 // columns win; nor of 240, never picked by the rule (M <= 224). Both are single instructions now
@@ -150,10 +153,11 @@ Choice swapped_choice(int m) {
 //     the default tiles, then run as clusters of two), but one CTA a tile on the default tile runs M =
 //     136..224 in 40.4-44.1 us, where the swapped tile took 43.3-56.5 (logs_h200/8a94bb8_gemm_down_rules.log);
 //   - N >= 6144 (q|k|v): up to M = 160, 19.5-19.9 against 19.1-20.6 (from 176 on the 128x192 tile wins);
-//   - 256 < M <= 384 on two column tiles, when their 2t tiles fit one wave (o-proj and down, N = 4096):
+//   - 256 < M <= 448 on two column tiles, when their 2t tiles fit one wave (o-proj and down, N = 4096):
 //     o-proj at M = 288..352 19-22 us against 22-23, down 49-59 against 57-62; at M = 360 / 376 o-proj
 //     20.4 / 20.5 against 24.1 / 24.6 on 64x192, down 56.2 / 60.3 against 68.6 / 67.2
-//     (logs_h200/6f3c476_gemm_m257_384_sweep.log).
+//     (logs_h200/6f3c476_gemm_m257_384_sweep.log); at M = 400 / 448 o-proj 22.7 / 25.0 against 25.7 / 25.9
+//     on 128x128, down 63.7 / 67.7 against 73.2 / 73.9 (logs_h200/3e027bf_gemm_sweep.log).
 bool swap_pays(const Problem& p, const DeviceInfo& d) {
   const int64_t t = (int64_t(p.n) + 63) / 64;
   if (p.batch != 1) return false;  // measured on single products only
@@ -230,7 +234,7 @@ Choice pair_choice(const Problem& p, const DeviceInfo& d) {
 //             128x192 (256, two waves);
 //             M=512 runs N=4096 as 128x128 (128) and N=6144 as 128x192 (128).
 //   M > 256, N >= 6144: 64x128 instead of 128x192 where its tiles fit two waves (q|k|v, below).
-//   128 < M <= 384, no bias, 16-bit out: a swapped tile instead where swap_pays (BIK_GEMM_SWAP).
+//   128 < M <= 448, no bias, 16-bit out: a swapped tile instead where swap_pays (BIK_GEMM_SWAP).
 //   256 < M <= 512, no bias, 16-bit out: a pair tile (192 weight rows) where it saves 8% of the work
 //             (BIK_GEMM_PAIRS).
 // The choice depends on (M, N, K, batch, SM count) only: it moves outputs between threads, never the K order.

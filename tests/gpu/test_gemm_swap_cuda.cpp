@@ -1,4 +1,4 @@
-// CUDA GEMM, swapped tiles (gemm_sm90.cu, Config::kSwapped): for 128 < M <= 384 the kernel may compute the
+// CUDA GEMM, swapped tiles (gemm_sm90.cu, Config::kSwapped): for 128 < M <= 448 the kernel may compute the
 // transposed product out^T = w a^T, 64 weight rows by 144..256 activation rows a tile, the wgmma
 // N composed of several instructions (wgmma_cols), and write tile columns as output rows. Every output
 // must keep the default tiles' bits: through the column epilogue (16-bit out) and the element stores (f32
@@ -223,7 +223,7 @@ DispatchNames check_dispatch(const char* var, const char* family, uint64_t (*lau
 // Through gemm() on the engine's projection shapes at decode batch sizes (past 256 rows: two column tiles):
 // BIK_GEMM_SWAP=1 takes the swapped tile (launch counter, configuration name), =0 never does, unset takes
 // the rule's pick (swap_pays); all the same bits.
-constexpr int64_t kDispatchRows[] = {129, 144, 200, 232, 256, 264, 288, 300, 352, 360, 384};
+constexpr int64_t kDispatchRows[] = {129, 144, 200, 232, 256, 264, 288, 300, 352, 360, 384, 385, 400, 432, 448};
 TEST(GpuGemmSwap, DispatchGivesTheSameBitsEitherWay) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
@@ -243,6 +243,30 @@ TEST(GpuGemmSwap, DispatchGivesTheSameBitsEitherWay) {
       }
   std::printf("[swap] the default rule picked a swapped tile for %d of %zu products\n", picked,
               2 * 4 * std::size(kDispatchRows));
+}
+
+// The rule on N = 4096 (o-proj, K = 4096, and down, K = 12288) past 256 rows: two swapped column tiles of
+// ceil(M / 2) rows up to M = 448 (on 132 SMs their 128 tiles fit one wave), the default tiles from 449 on
+// (BIK_GEMM_SWAP=1 takes none there either); the same bits as BIK_GEMM_SWAP=0.
+TEST(GpuGemmSwap, RuleTakesTwoColumnTilesUpTo448RowsAtN4096) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  if (cuda::use_device(0).sms != 132) GTEST_SKIP() << "the rule's bounds below are those of 132 SMs";
+  const ScopedEnv no_pairs("BIK_GEMM_PAIRS", "0");
+  for (const int64_t k : {4096, 12288}) {
+    const Tensor w = dev_filled({4096, k}, DType::BF16, uint64_t(k + 11));
+    for (const auto& [m, tile] : std::vector<std::pair<int64_t, std::string>>{
+             {385, "swap64x208"}, {400, "swap64x208"}, {416, "swap64x208"}, {417, "swap64x224"}, {448, "swap64x224"},
+             {449, "128x128"}, {480, "128x128"}}) {
+      const std::string what = shape_str(m, 4096, k);
+      const Tensor a = dev_filled({m, k}, DType::BF16, uint64_t(m)), base = dev({m, 4096}, DType::BF16),
+                   o = dev({m, 4096}, DType::BF16);
+      const DispatchNames names =
+          check_dispatch("BIK_GEMM_SWAP", "swap", cuda::gemm_sm90_swapped_launches, a, w, base, o, what);
+      EXPECT_EQ(names.rule.rfind("sm90 " + tile + " ", 0), 0u) << what << ": the rule gives " << names.rule;
+      EXPECT_EQ(names.forced.find("swap") != std::string::npos, m <= 448) << what << ": =1 gives " << names.forced;
+    }
+  }
 }
 
 // BIK_GEMM_PAIRS=1 takes a pair tile for 256 < M <= 512 (launch counter, configuration name), =0 never does,
@@ -292,7 +316,7 @@ TEST(GpuGemmSwap, PairRowsAreBatchInvariant) {
   EXPECT_EQ(cuda::gemm_sm90_pair_launches() - l0, sizes.size()) << "every batch on a pair tile";
 }
 
-// Rows alone (M = 1, the default tiles) against the same rows inside batches of 129..384 rows that run on
+// Rows alone (M = 1, the default tiles) against the same rows inside batches of 129..448 rows that run on
 // swapped tiles (BIK_GEMM_SWAP=1: one column tile up to 256 rows, two past it, the second one starting at
 // M - BN), at random positions among random neighbours, 16-bit out as in the engine.
 // Negative control: the same check on cuBLASLt, whose kernels change with M, must find rows that differ.
@@ -311,8 +335,8 @@ TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
     // M = 1 (the rows alone) is no swapped or pair tile's
     const ScopedEnv on("BIK_GEMM_SWAP", "1"), no_pairs("BIK_GEMM_PAIRS", "0");
     const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
-    const std::vector<int64_t> sizes = {129, 130, 143, 144, 145, 160, 177, 200, 208, 231,
-                                        232, 240, 255, 256, 257, 264, 288, 301, 333, 352, 353, 370, 384};
+    const std::vector<int64_t> sizes = {129, 130, 143, 144, 145, 160, 177, 200, 208, 231, 232, 240, 255, 256,
+                                        257, 264, 288, 301, 333, 352, 353, 370, 384, 385, 400, 417, 447, 448};
     const RowStats st = hidden_rows(run, pool, n, sizes, rng, !cublas);
     std::printf("[swap] %s: %lld of %lld rows differ from the row computed alone\n", cublas ? "cublaslt" : "bik",
                 (long long)st.diffs, (long long)st.cases);
