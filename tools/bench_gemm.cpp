@@ -125,9 +125,22 @@ int bench_gemm(const std::vector<std::string>& argv) {
                 "': expected an index in [0, ", bench_shapes().size() - 1, "] (--help lists them)");
       shapes.push_back(bench_shapes()[size_t(i)]);
     }
-  } else {
+  } else if (qkv_heads.empty()) {
     // The table's shapes: the first kTableShapes (later ones only on request, --shapes).
     shapes.assign(bench_shapes().begin(), bench_shapes().begin() + kTableShapes);
+  }
+  if (!qkv_heads.empty()) {
+    // qkv_projection needs N = (HQ + 2 HK) D: without --shapes, every listed shape of that N; checked before
+    // any device work, so a wrong pick fails at once rather than after the shapes before it.
+    const int64_t n_qkv = (qkv_heads[0] + 2 * qkv_heads[1]) * qkv_heads[2];
+    if (!args.has("shapes"))
+      for (const Shape2& s : bench_shapes())
+        if (s.n == n_qkv) shapes.push_back(s);
+    BIK_CHECK(!shapes.empty(), "bik bench gemm --qkv: no listed shape has N = (HQ + 2 HK) D = ", n_qkv,
+              " (--help lists them)");
+    for (const Shape2& s : shapes)
+      BIK_CHECK(s.n == n_qkv, "bik bench gemm --qkv: shape ", s.what, " has N = ", s.n, ", not (HQ + 2 HK) D = ",
+                n_qkv);
   }
   if (!bench::have_cuda_device("bik bench gemm")) return 2;
   const DeviceProps props = cuda_device_props(0);
@@ -388,8 +401,6 @@ int bench_gemm(const std::vector<std::string>& argv) {
     }
     const Tensor out = Tensor::empty({max_m, s.n}, dt, gpu);
     if (!qkv_heads.empty()) {
-      BIK_CHECK(s.n == (qkv_heads[0] + 2 * qkv_heads[1]) * qkv_heads[2], "bik bench gemm --qkv: shape ", s.what,
-                " has N = ", s.n, ", not (HQ + 2 HK) D = ", (qkv_heads[0] + 2 * qkv_heads[1]) * qkv_heads[2]);
       for (int64_t m : ms) qkv_row(s, m, ws, as, out);
       write_json();
       continue;
