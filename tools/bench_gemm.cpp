@@ -79,7 +79,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
         "--sustain S also runs each side back to back for S seconds (after S / 2 of the same) and reports the\n"
         "time per call there, and through NVML the energy per call, the power and the SM clock: under sustained\n"
         "load a GPU runs at its power limit, so energy per call sets the pace, as in serving. --tiles T1,T2,..\n"
-        "(with --sustain, sm_90) runs those wgmma tiles (names as --sweep prints them) the same way too.\n"
+        "(with --sustain, sm_90) runs those wgmma tiles (names as --sweep prints them, or the experimental split\n"
+        "tiles split64x64, split64x128, split128x128: other bits, a K split) the same way too.\n"
         "Times bik::mm against cuBLASLt's default heuristic; writes DIR/NAME.json (default\n"
         "bench/results/gemm_<gpu>.json, with --gated gemm_gated_<gpu>.json).\n"
         "Render with: python3 bench/plot_gemm.py DIR/NAME.json\n"
@@ -486,7 +487,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
       if (!tile_ms.empty()) j["results"].back()["sm90_tile_ms"] = tile_ms;
       sustained(bik_launch, cublas_launch, sets, launches, j["results"].back(), st);
       if (sustain_s > 0 && args.has("tiles") && props.arch() == 90) {
-        const std::vector<std::string> known = cuda::gemm_sm90_tiles();
+        std::vector<std::string> known = cuda::gemm_sm90_tiles();
+        for (const std::string& t : cuda::gemm_sm90_split_tiles()) known.push_back(t);  // experimental
         for (const std::string& tile : split_list(args.str("tiles"))) {
           BIK_CHECK(std::find(known.begin(), known.end(), tile) != known.end(), "bik bench gemm: --tiles '", tile,
                     "': not a wgmma tile (--sweep lists them)");

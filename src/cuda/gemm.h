@@ -29,6 +29,13 @@ void gemm_f32(const GemmArgs& g, Stream s);   // f32 only
 // check that every tile gives the same bits, and for the benchmark's tile sweep).
 std::vector<std::string> gemm_sm90_tiles();  // "64x32", ..., "swap64x144", ..., "pair192x64", ... (swap/pair: no bias)
 void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile);
+// Experimental split tiles (gemm_sm90.cu): a pair of CTAs on each tile over K pieces [0, gemm_split_len(K))
+// and the rest, whose bits are the pieces' F32 sums added by sum_partials, not the unsplit chain's. Run only
+// by name (gemm_sm90_tile, bench gemm's --sweep and --tiles), never by gemm(); bf16/f16, K > 64, one batch,
+// 16-byte aligned output rows.
+std::vector<std::string> gemm_sm90_split_tiles();  // "split64x64", "split64x128", "split128x128"
+uint64_t gemm_sm90_split_launches();
+int64_t gemm_split_len(int64_t k);  // ceil(ceil(K / 64) / 2) * 64: piece 0's length
 // The gated product of mm_silu_and_mul (g.n = 2 d, g.out [B, M, d]) in one wgmma kernel whose epilogue
 // applies silu_and_mul (gemm_sm90.cuh, store_tile_gated); false, with nothing launched, where the tile
 // gemm_sm90 picks cannot take that epilogue (gemm_silu_and_mul then runs the two calls).

@@ -541,6 +541,46 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   return true;
 }
 
+// ---- split tiles (experimental: bik bench gemm's --sweep / --tiles, never the rule) ----------------------
+// A pair of CTAs in a cluster on each output tile, over the two pieces of K: [0, split_len) and the rest
+// (gemm_kernel's kSplit). The bits are those of the pieces as two products summed by sum_partials (piece 0 +
+// piece 1, then the bias, one rounding), not the unsplit tiles': a K split that the library's plans would
+// have to take for every M of a shape (policy::gemm_plan) to keep rows batch-invariant.
+using SplitTile64x64 = Config<64, 64, 12>;
+using SplitTile64x128 = Config<64, 128, 8>;
+using SplitTile128x128 = Config<128, 128, 5>;  // five stages leave room for the exchange buffer
+
+std::atomic<uint64_t> g_split_launches{0};
+
+// Cfg in split mode with K pieces of split_len (a positive multiple of 64, less than K). The operands must
+// be ones the copy engine describes (run_split packs the others) and out rows 16-byte aligned.
+template <class Cfg, typename T>
+void launch_split(const Problem& p, const DeviceInfo& d, cudaStream_t st, int split_len) {
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, kSmem = split_smem_bytes<Cfg>();
+  BIK_CHECK(split_len > 0 && split_len % kBK == 0 && split_len < p.k, "gemm_sm90 split tile: split length ",
+            split_len, " must be a positive multiple of ", kBK, " below K = ", p.k);
+  BIK_CHECK(p.batch == 1 && p.a_sk == 1 && p.w_sk == 1 && p.m > 0 && p.n > 0 && out_vec16_of(p),
+            "gemm_sm90 split tile: needs one batch, unit K strides and 16-byte aligned output rows");
+  BIK_CHECK(kSmem <= d.smem_optin, "gemm_sm90 split tile needs ", kSmem, " bytes of shared memory; the device allows ",
+            d.smem_optin);
+  auto kernel = gemm_kernel<Cfg, T, false, 0, true>;
+  Params prm = walk_params(p, TileOrder{(p.m + BM - 1) / BM, (p.n + BN - 1) / BN, 8});
+  prm.tma = 1;
+  prm.split_kb = split_len / kBK;
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  const int a_box = std::min(p.m, BM), w_box = std::min(p.n, BN);
+  prm.stage_tx = (a_box + w_box) * kRowBytes;
+  CUtensorMap map_a{}, map_w{};
+  BIK_CHECK(make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, 1, 0, a_box) &&
+                make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, 1, 0, w_box),
+            "gemm_sm90 split tile: the copy engine cannot describe the operands");
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, kSmem);
+  const int most = max_active_pairs(reinterpret_cast<const void*>(kernel), Cfg::kThreads, kSmem, d);
+  BIK_CHECK(most >= 1, "gemm_sm90 split tile: the device cannot place a cluster of two such CTAs");
+  launch_pairs(kernel, Cfg::kThreads, kSmem, prm.total_tiles, most, st, prm, map_a, map_w);
+  g_split_launches.fetch_add(1, std::memory_order_relaxed);
+}
+
 // The one-CTA-a-tile launch of Cfg (persistent: at most one CTA an SM), walking bands of `group` M-tiles.
 // kHeadDim > 0: the q|k|v epilogue (gemm_heads.cuh) with `heads` as its arguments, launched only where the
 // copy engine describes both operands (false, nothing launched, otherwise: the caller runs the calls).
@@ -981,9 +1021,36 @@ std::vector<std::string> gemm_sm90_tiles() {
   return std::vector<std::string>(std::begin(gemm_detail::kChoiceNames), std::end(gemm_detail::kChoiceNames));
 }
 
+std::vector<std::string> gemm_sm90_split_tiles() { return {"split64x64", "split64x128", "split128x128"}; }
+
+uint64_t gemm_sm90_split_launches() { return gemm_detail::g_split_launches.load(std::memory_order_relaxed); }
+
+int64_t gemm_split_len(int64_t k) { return ((k + 63) / 64 + 1) / 2 * 64; }
+
 void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile) {
   const auto& d = gemm_detail::use_device(g.a.device.index);
   BIK_CHECK(d.arch == 90, "matmul: the wgmma GEMM needs an sm_90 GPU; device ", d.index, " is sm_", d.arch);
+  if (tile.rfind("split", 0) == 0) {
+    const std::vector<std::string> split = gemm_sm90_split_tiles();
+    BIK_CHECK(std::find(split.begin(), split.end(), tile) != split.end(), "gemm_sm90_tile: no tile named ", tile);
+    BIK_CHECK(g.a.dtype == DType::BF16 || g.a.dtype == DType::F16, "gemm_sm90: inputs must be f16 or bf16, got ",
+              dtype_name(g.a.dtype));
+    BIK_CHECK(g.k > 64, "gemm_sm90_tile: a split tile needs K > 64, got ", g.k);
+    gemm_detail::Problem p = gemm_detail::make_problem(g);
+    const cudaStream_t st = gemm_detail::stream_of(s);
+    const std::vector<void*> bufs = gemm_detail::pack_for_tma(p, g.a.dtype == DType::BF16, st);
+    const int len = int(gemm_split_len(g.k));
+    auto go = [&](auto t) {
+      using T = decltype(t);
+      if (tile == "split64x64") gemm_detail::launch_split<gemm_detail::SplitTile64x64, T>(p, d, st, len);
+      else if (tile == "split64x128") gemm_detail::launch_split<gemm_detail::SplitTile64x128, T>(p, d, st, len);
+      else gemm_detail::launch_split<gemm_detail::SplitTile128x128, T>(p, d, st, len);
+    };
+    if (g.a.dtype == DType::BF16) go(__nv_bfloat16{});
+    else go(__half{});
+    for (void* b : bufs) BIK_CUDA_CHECK(cudaFreeAsync(b, st));
+    return;
+  }
   const auto& names = gemm_detail::kChoiceNames;
   const auto it = std::find(std::begin(names), std::end(names), tile);
   BIK_CHECK(it != std::end(names), "gemm_sm90_tile: no tile named ", tile);

@@ -136,7 +136,16 @@ struct Params {
   int stage_tx;              // with TMA: the bytes a stage's boxes deliver to each CTA (see load_stage)
   int a_small;               // cluster mode sharing A, M <= BM / 2: each CTA copies A's M rows, for both
   HeadsEpilogue heads;       // kernels with kHeadDim > 0 only (gemm_heads.cuh)
+  int split_kb;              // split mode only: K stages of piece 0 (rank 0 of a pair); rank 1 runs the rest
 };
+
+// Split mode (gemm_kernel's kSplit, experimental: bik bench gemm's split tiles, not the library's rule):
+// shared memory past the tile's own for the exchange of half a tile's sums between the two CTAs of a pair:
+// two barriers (padded to 128 bytes), then BN / 4 floats for every consumer thread.
+template <class Cfg>
+constexpr int split_smem_bytes() {
+  return Cfg::kSmemBytes + 128 + Cfg::kConsumers * 128 * Cfg::BN;
+}
 
 #ifdef BIK_SM90_DEVICE_CODE
 using sm90_sync::fence_proxy_async;
@@ -213,6 +222,21 @@ __device__ __forceinline__ uint32_t cluster_count_x() {
   uint32_t r;
   asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
   return r;
+}
+// The address of the same shared-memory location in CTA `cta` of the cluster.
+__device__ __forceinline__ uint32_t map_to_cta(uint32_t addr, uint32_t cta) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(cta));
+  return r;
+}
+// 16 bytes into another CTA's shared memory (both addresses from map_to_cta), counted as complete_tx bytes
+// on that CTA's barrier `bar` once they have landed there.
+__device__ __forceinline__ void st_async_16(uint32_t addr, float a, float b, float c, float d, uint32_t bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(
+                   addr),
+               "r"(__float_as_uint(a)), "r"(__float_as_uint(b)), "r"(__float_as_uint(c)), "r"(__float_as_uint(d)),
+               "r"(bar)
+               : "memory");
 }
 // Every thread of both CTAs (not .aligned: the producer warp reaches it from divergent paths).
 __device__ __forceinline__ void cluster_sync() {
@@ -484,12 +508,20 @@ __device__ __forceinline__ void store_tile_gated(const Problem& p, bool out_vec1
 // pairs of tiles, prm.order walks the grid of pairs, and map_a or map_w (the shared one) has half-height boxes.
 // kHeadDim > 0: the q|k|v epilogue of gemm_heads.cuh on heads of kHeadDim columns (prm.heads), nothing
 // stored to p.out.
-template <class Cfg, typename T, bool kCluster = false, int kHeadDim = 0>
+// kSplit (experimental): clusters of two along x as well, both CTAs of a pair on the same tiles, rank 0 over
+// K stages [0, prm.split_kb), rank 1 over the rest; each then finishes half of the tile's columns (rank 0 the
+// first half) with piece 0 + piece 1 of every sum, the partner's piece received through st.async. The bits
+// are those of the two pieces as two products with F32 outputs summed by sum_partials, not the unsplit
+// chain's. Shared memory: split_smem_bytes<Cfg>().
+template <class Cfg, typename T, bool kCluster = false, int kHeadDim = 0, bool kSplit = false>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     gemm_kernel(const __grid_constant__ Params prm, const __grid_constant__ CUtensorMap map_a,
                 const __grid_constant__ CUtensorMap map_w) {
 #ifdef BIK_SM90_DEVICE_CODE
   constexpr int BM = Cfg::BM, BN = Cfg::BN, STAGES = Cfg::STAGES;
+  static_assert(!(kCluster && kSplit) && !(kSplit && (Cfg::kPingPong || Cfg::kSwapped || kHeadDim > 0)),
+                "split mode runs the plain tiles, without operand sharing");
+  constexpr bool kPair = kCluster || kSplit;  // launched in clusters of two
   extern __shared__ uint8_t smem_raw[];
   // The same offset in both CTAs of a cluster: the multicast copies address the partner's stages by it.
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
@@ -522,19 +554,23 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // The walk: one-CTA mode steps over tiles by CTA; cluster mode steps over pairs by cluster, and the
   // CTA of rank r takes tile r of each pair. Both CTAs of a cluster walk the same pairs with the same
   // number of K stages, so their stage counters stay equal, which the shared empty barriers rely on.
-  const int rank = kCluster ? int(cluster_ctarank()) : 0;
+  const int rank = kPair ? int(cluster_ctarank()) : 0;
   const auto walk0 = [] {
-    if constexpr (kCluster)
+    if constexpr (kPair)
       return cluster_id_x();
     else
       return blockIdx.x;
   }();
   const auto walk_step = [] {
-    if constexpr (kCluster)
+    if constexpr (kPair)
       return cluster_count_x();
     else
       return gridDim.x;
   }();
+  // The K stages this CTA runs on each tile: all of them, or in split mode its piece's.
+  const int kb_lo = kSplit && rank == 1 ? min(prm.split_kb, num_kb) : 0;
+  const int kb_hi = kSplit && rank == 0 ? min(prm.split_kb, num_kb) : num_kb;
+  const int nkb = kb_hi - kb_lo;
   auto tile_coords = [&](int tile, int& b, int& tm, int& tn) {
     prm.order.coords(tile, b, tm, tn);
     if constexpr (kCluster) {
@@ -615,26 +651,35 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // Launched programmatically (launch.cuh), the kernel may start before the kernel ahead of it has
   // completed: the barriers are created first, and every thread waits in pdl_wait before the first access
   // to global memory (the copies into shared memory included).
-  const int pre = (kCluster || prm.tma) && int(walk0) < prm.total_tiles ? min(STAGES, num_kb) : 0;
+  const int pre = (kPair || prm.tma) && int(walk0) < prm.total_tiles ? min(STAGES, nkb) : 0;
   auto early_copies = [&] {
     int b, tm, tn;
     tile_coords(walk0, b, tm, tn);
-    for (int kb = 0; kb < pre; ++kb) load_stage(kb, kb, b, tm, tn);
+    for (int kb = 0; kb < pre; ++kb) load_stage(kb, kb_lo + kb, b, tm, tn);
   };
+  // Split mode: xfull counts this CTA's consumer threads receiving the partner's bytes, xempty the partner's
+  // consumer threads, which arrive once they have read what this CTA sent them.
+  const uint32_t xbars = bars + Cfg::kBarBytes + Cfg::kConsumers * 4 * Cfg::kEpiWarpBytes;
+  const uint32_t xfull = xbars, xempty = xbars + 8, xbuf = xbars + 128;
+  constexpr int kXThreads = Cfg::kConsumers * 128;
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), prm.tma ? 1 : 128);
       // lane 0 of every consumer warp that reads the stage (of both CTAs)
       mbar_init(empty(s), (kCluster ? 2 : 1) * Cfg::kStageReaders * 4);
     }
+    if constexpr (kSplit) {
+      mbar_init(xfull, kXThreads);
+      mbar_init(xempty, kXThreads);
+    }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   pdl_wait();
   if (threadIdx.x == 0 && !kCluster && pre > 0) early_copies();
   __syncthreads();
-  // No multicast or remote arrive may reach the partner before its barriers exist.
+  // No multicast, remote store or remote arrive may reach the partner before its barriers exist.
+  if constexpr (kPair) cluster_sync();
   if constexpr (kCluster) {
-    cluster_sync();
     if (threadIdx.x == 0 && pre > 0) early_copies();
   }
 
@@ -644,18 +689,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     // with three.
     if constexpr (Cfg::kConsumers >= 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     const int t = threadIdx.x % 128;
-    if constexpr (kCluster) {
-      // Cluster mode always copies with TMA (the host falls back to one-CTA mode otherwise); one thread
-      // drives the copy engine, the others go straight to the final cluster barrier.
+    if constexpr (kPair) {
+      // Cluster and split modes always copy with TMA (the host falls back otherwise); one thread drives
+      // the copy engine, the others go straight to the final cluster barrier.
       if (t == 0) {
         int it = pre;  // past the early copies
         for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
           int b, tm, tn;
           tile_coords(tile, b, tm, tn);
-          for (int kb = tile == int(walk0) ? pre : 0; kb < num_kb; ++kb, ++it) {
+          for (int kb = tile == int(walk0) ? pre : 0; kb < nkb; ++kb, ++it) {
             const int s = it % STAGES, phase = (it / STAGES) & 1;
-            mbar_wait(empty(s), phase ^ 1);  // both CTAs' consumers are done with stage s
-            load_stage(s, kb, b, tm, tn);
+            mbar_wait(empty(s), phase ^ 1);  // the consumers (of both CTAs in cluster mode) are done with s
+            load_stage(s, kb_lo + kb, b, tm, tn);
           }
         }
         // Tail: wait for the release of the last use of every stage. Each release needs the partner's
@@ -732,7 +777,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     for (int tile = walk0; tile < prm.total_tiles; tile += walk_step, ++local) {
       if constexpr (kPingPong) {
         if ((local & 1) != wg) continue;   // the partner's tile
-        it = local * num_kb;               // the partner's turns used the stages in between
+        it = local * nkb;                  // the partner's turns used the stages in between
         named_bar_sync(kTurnBar + wg, 256);  // the turn before has waited for and issued all of its stages
       }
       int b, tm, tn;
@@ -741,7 +786,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       if constexpr (kHeadDim > 0) head_rows_of = head_rows(p, prm.heads, m_base(tm) + slab * 64 + warp * 16, lane);
 #pragma unroll
       for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
-      for (int kb = 0; kb < num_kb; ++kb, ++it) {
+      for (int kb = 0; kb < nkb; ++kb, ++it) {
         const int s = it % STAGES, phase = (it / STAGES) & 1;
         mbar_wait(full(s), phase);
         // The stage addresses through a broadcast from lane 0 (the same in every lane): the compiler then
@@ -766,7 +811,34 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
       wgmma_wait<0>();
       pin(acc);
-      if (num_kb > 0 && lane == 0) release((it - 1) % STAGES);
+      if (nkb > 0 && lane == 0) release((it - 1) % STAGES);
+      // Split mode: every consumer thread sends the sums of the partner's half of the tile's columns (its
+      // registers [give, give + BN / 4)) into the partner's exchange buffer (st.async, counted on the
+      // partner's xfull) once the partner has read the previous tile's (xempty), then adds the partner's
+      // sums of its own half: piece 0 + piece 1 into registers [0, BN / 4) (a sum of two terms rounds the
+      // same either way round). Every thread takes part for every tile, rows past M included.
+      if constexpr (kSplit) {
+        constexpr int kQ = BN / 16;  // 16-byte pieces a thread sends and receives
+        const int give = rank == 0 ? BN / 4 : 0, keep = BN / 4 - give;
+        const int xphase = local & 1;
+        const uint32_t xmine = xbuf + threadIdx.x * 16;  // then kXThreads * 16 apart
+        mbar_wait(xempty, xphase ^ 1);  // a fresh barrier counts as having completed phase "1"
+        const uint32_t dst = map_to_cta(xmine, rank ^ 1), bar = map_to_cta(xfull, rank ^ 1);
+#pragma unroll
+        for (int q = 0; q < kQ; ++q)
+          st_async_16(dst + q * kXThreads * 16, acc[give + 4 * q], acc[give + 4 * q + 1], acc[give + 4 * q + 2],
+                      acc[give + 4 * q + 3], bar);
+        mbar_arrive_expect_tx(xfull, kQ * 16);
+        mbar_wait(xfull, xphase);
+#pragma unroll
+        for (int q = 0; q < kQ; ++q) {
+          const uint4 v = ld_shared_16(xmine + q * kXThreads * 16);
+          const float r[4] = {__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z), __uint_as_float(v.w)};
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[4 * q + j] = __fadd_rn(acc[keep + 4 * q + j], r[j]);
+        }
+        mbar_arrive_cluster(xempty, rank ^ 1);
+      }
       // Cluster mode: the partner of the last tile of an odd count computes on copied rows; nothing to store.
       if constexpr (kCluster) {
         if (tm * BM >= p.m || tn * BN >= p.n) continue;
@@ -781,6 +853,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         continue;
       }
       const uint32_t staging = bars + Cfg::kBarBytes + (wg * 4 + warp) * Cfg::kEpiWarpBytes;
+      if constexpr (kSplit) {  // the host runs split mode only with staged 16-byte stores (out_vec16)
+        if (p.out_f32)
+          store_tile_staged<Cfg, T, float, BN / 2>(p, acc, staging, b, row0, tn * BN + rank * (BN / 2), lane);
+        else
+          store_tile_staged<Cfg, T, T, BN / 2>(p, acc, staging, b, row0, tn * BN + rank * (BN / 2), lane);
+        continue;
+      }
       if constexpr (!Cfg::kSwapped && BN % 64 == 0) {
         if (p.glu) {
           store_tile_gated<Cfg, T>(p, prm.out_vec16 != 0, acc, staging, b, row0, tn, lane);
@@ -809,8 +888,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
     }
   }
-  // No CTA leaves while its partner may still multicast into it or arrive on its barriers.
-  if constexpr (kCluster) cluster_sync();
+  // No CTA leaves while its partner may still multicast or store into it or arrive on its barriers.
+  if constexpr (kPair) cluster_sync();
 #endif
 }
 
