@@ -63,6 +63,7 @@
 // waits on nothing but the tensor cores. So every wait is on something earlier in the walk, and consumer
 // 1's opening arrival waits on nothing.
 #pragma once
+#include <type_traits>
 #include <cuda.h>  // CUtensorMap (a plain struct; nothing from the driver library is linked)
 
 #include "cuda/gemm_common.cuh"
@@ -842,25 +843,34 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       // sums of its own half: piece 0 + piece 1 into registers [0, BN / 4) (a sum of two terms rounds the
       // same either way round). Every thread takes part for every tile, rows past M included.
       if constexpr (kSplit) {
-        constexpr int kQ = BN / 16;  // 16-byte pieces a thread sends and receives
-        const int give = rank == 0 ? BN / 4 : 0, keep = BN / 4 - give;
         const int xphase = local & 1;
         const uint32_t xmine = xbuf + threadIdx.x * 16;  // then kXThreads * 16 apart
         wait_pair(xempty, xphase ^ 1);  // a fresh barrier counts as having completed phase "1"
         const uint32_t dst = map_to_cta(xmine, rank ^ 1), bar = map_to_cta(xfull, rank ^ 1);
+        // Register offsets as constants (a rank-dependent index into acc made ptxas serialize every wgmma
+        // of the kernel): kGive, the half the partner finishes; kKeep, this CTA's own.
+        auto exchange = [&](auto give_c) {
+          constexpr int kGive = decltype(give_c)::value, kKeep = BN / 4 - kGive, kQ = BN / 16;
 #pragma unroll
-        for (int q = 0; q < kQ; ++q)
-          st_async_16(dst + q * kXThreads * 16, acc[give + 4 * q], acc[give + 4 * q + 1], acc[give + 4 * q + 2],
-                      acc[give + 4 * q + 3], bar);
-        mbar_arrive_expect_tx(xfull, kQ * 16);
-        wait_pair(xfull, xphase);
+          for (int q = 0; q < kQ; ++q)
+            st_async_16(dst + q * kXThreads * 16, acc[kGive + 4 * q], acc[kGive + 4 * q + 1], acc[kGive + 4 * q + 2],
+                        acc[kGive + 4 * q + 3], bar);
+          mbar_arrive_expect_tx(xfull, kQ * 16);
+          wait_pair(xfull, xphase);
 #pragma unroll
-        for (int q = 0; q < kQ; ++q) {
-          const uint4 v = ld_shared_16(xmine + q * kXThreads * 16);
-          const float r[4] = {__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z), __uint_as_float(v.w)};
-#pragma unroll
-          for (int j = 0; j < 4; ++j) acc[4 * q + j] = __fadd_rn(acc[keep + 4 * q + j], r[j]);
-        }
+          for (int q = 0; q < kQ; ++q) {
+            const uint4 v = ld_shared_16(xmine + q * kXThreads * 16);
+            acc[4 * q] = __fadd_rn(acc[kKeep + 4 * q], __uint_as_float(v.x));
+            acc[4 * q + 1] = __fadd_rn(acc[kKeep + 4 * q + 1], __uint_as_float(v.y));
+            acc[4 * q + 2] = __fadd_rn(acc[kKeep + 4 * q + 2], __uint_as_float(v.z));
+            acc[4 * q + 3] = __fadd_rn(acc[kKeep + 4 * q + 3], __uint_as_float(v.w));
+          }
+        };
+        if (rank == 0)
+          exchange(std::integral_constant<int, BN / 4>{});
+        else
+          exchange(std::integral_constant<int, 0>{});
+        pin(acc);
         mbar_arrive_cluster(xempty, rank ^ 1);
       }
       // Cluster mode: the partner of the last tile of an odd count computes on copied rows; nothing to store.
