@@ -494,11 +494,7 @@ int max_active_pairs(const void* kernel, int threads, int smem, const DeviceInfo
 // Launches `kernel` in clusters of two: min(pairs, most) pairs of CTAs (`most`: max_active_pairs), each
 // pair walking prm's pairs of tiles; programmatic where the kernel allows it; counted as a cluster launch.
 void launch_pairs(sm90::GemmKernelFn kernel, int threads, int smem, int64_t pairs, int most, cudaStream_t st,
-                  Params prm, const CUtensorMap& map_a, const CUtensorMap& map_w) {
-  // BIK_GEMM_POLL=1 (experimental, read at each call): the pair's barriers that the partner completes are
-  // polled instead of waited on. Either way the same bits: only when a CTA sees a stage or a sum, not what.
-  const char* poll = std::getenv("BIK_GEMM_POLL");
-  prm.poll = poll != nullptr && std::strcmp(poll, "1") == 0;
+                  const Params& prm, const CUtensorMap& map_a, const CUtensorMap& map_w) {
   cudaLaunchAttribute attr[2];
   const bool programmatic = programmatic_launch(reinterpret_cast<const void*>(kernel));
   const cudaLaunchConfig_t cfg =

@@ -138,8 +138,6 @@ struct Params {
   int a_small;               // cluster mode sharing A, M <= BM / 2: each CTA copies A's M rows, for both
   HeadsEpilogue heads;       // kernels with kHeadDim > 0 only (gemm_heads.cuh)
   int split_kb;              // split mode only: K stages of piece 0 (rank 0 of a pair); rank 1 runs the rest
-  int poll;                  // cluster and split modes (BIK_GEMM_POLL, experimental): 1: barriers that the
-                             // partner CTA completes are polled (test_wait) instead of waited on (try_wait)
 };
 
 // Split mode (gemm_kernel's kSplit, experimental: bik bench gemm's split tiles, not the library's rule):
@@ -240,18 +238,6 @@ __device__ __forceinline__ void st_async_16(uint32_t addr, float a, float b, flo
                "r"(__float_as_uint(a)), "r"(__float_as_uint(b)), "r"(__float_as_uint(c)), "r"(__float_as_uint(d)),
                "r"(bar)
                : "memory");
-}
-// Returns once the phase of parity `parity` of a barrier in this CTA has completed, by polling (test_wait
-// never suspends the thread): for barriers that the partner CTA of a cluster completes.
-__device__ __forceinline__ void mbar_wait_poll(uint32_t bar, int parity) {
-  asm volatile(
-      "{\n.reg .pred done;\n"
-      "POLL:\n"
-      "mbarrier.test_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra POLL;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
 }
 // Every thread of both CTAs (not .aligned: the producer warp reaches it from divergent paths).
 __device__ __forceinline__ void cluster_sync() {
@@ -545,16 +531,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   auto stage_w = [&](int s) { return base + s * Cfg::kStageBytes + Cfg::kStageA; };
   auto full = [&](int s) { return bars + s * 8; };             // producer -> consumers: stage s landed
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };  // consumers -> producer: stage s is free
-  // A wait on a barrier that the partner CTA of a cluster helps complete (prm.poll: by polling).
-  auto wait_pair = [&](uint32_t bar, int parity) {
-    if (kCluster || kSplit) {
-      if (prm.poll) {
-        mbar_wait_poll(bar, parity);
-        return;
-      }
-    }
-    mbar_wait(bar, parity);
-  };
 
   const Problem& p = prm.p;
   const int num_kb = (p.k + kBK - 1) / kBK;
@@ -724,7 +700,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
           tile_coords(tile, b, tm, tn);
           for (int kb = tile == int(walk0) ? pre : 0; kb < nkb; ++kb, ++it) {
             const int s = it % STAGES, phase = (it / STAGES) & 1;
-            wait_pair(empty(s), phase ^ 1);  // the consumers (of both CTAs in cluster mode) are done with s
+            mbar_wait(empty(s), phase ^ 1);  // the consumers (of both CTAs in cluster mode) are done with s
             load_stage(s, kb_lo + kb, b, tm, tn);
           }
         }
@@ -813,7 +789,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
       for (int kb = 0; kb < nkb; ++kb, ++it) {
         const int s = it % STAGES, phase = (it / STAGES) & 1;
-        wait_pair(full(s), phase);
+        mbar_wait(full(s), phase);
         // The stage addresses through a broadcast from lane 0 (the same in every lane): the compiler then
         // keeps the descriptors in uniform registers instead of moving them there before every wgmma.
         const uint32_t sa = __shfl_sync(0xffffffffu, stage_a(s) + slab * 64 * kRowBytes, 0);
@@ -845,7 +821,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       if constexpr (kSplit) {
         const int xphase = local & 1;
         const uint32_t xmine = xbuf + threadIdx.x * 16;  // then kXThreads * 16 apart
-        wait_pair(xempty, xphase ^ 1);  // a fresh barrier counts as having completed phase "1"
+        mbar_wait(xempty, xphase ^ 1);  // a fresh barrier counts as having completed phase "1"
         const uint32_t dst = map_to_cta(xmine, rank ^ 1), bar = map_to_cta(xfull, rank ^ 1);
         // Register offsets as constants (a rank-dependent index into acc made ptxas serialize every wgmma
         // of the kernel): kGive, the half the partner finishes; kKeep, this CTA's own.
@@ -856,7 +832,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
             st_async_16(dst + q * kXThreads * 16, acc[kGive + 4 * q], acc[kGive + 4 * q + 1], acc[kGive + 4 * q + 2],
                         acc[kGive + 4 * q + 3], bar);
           mbar_arrive_expect_tx(xfull, kQ * 16);
-          wait_pair(xfull, xphase);
+          mbar_wait(xfull, xphase);
 #pragma unroll
           for (int q = 0; q < kQ; ++q) {
             const uint4 v = ld_shared_16(xmine + q * kXThreads * 16);
