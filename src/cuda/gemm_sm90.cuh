@@ -814,7 +814,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       pin(acc);
       if (nkb > 0 && lane == 0) release((it - 1) % STAGES);
       // Split mode: every consumer thread sends the sums of the partner's half of the tile's columns (its
-      // registers [give, give + BN / 4)) into the partner's exchange buffer (st.async, counted on the
+      // registers [kGive, kGive + BN / 4)) into the partner's exchange buffer (st.async, counted on the
       // partner's xfull) once the partner has read the previous tile's (xempty), then adds the partner's
       // sums of its own half: piece 0 + piece 1 into registers [0, BN / 4) (a sum of two terms rounds the
       // same either way round). Every thread takes part for every tile, rows past M included.
