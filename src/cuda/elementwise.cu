@@ -83,7 +83,6 @@ struct Heads {
 };
 Heads heads_of(const TensorView& t) { return Heads{t.shape[0], t.shape[1], t.stride[0], t.stride[1], t.stride[2]}; }
 
-
 constexpr int kRopeThreads = 128;
 constexpr int kRopeUnroll = 2;
 

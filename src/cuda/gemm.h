@@ -31,7 +31,7 @@ std::vector<std::string> gemm_sm90_tiles();  // "64x32", ..., "swap64x144", ...,
 void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile);
 // Experimental split tiles (gemm_sm90.cu): a pair of CTAs on each tile over K pieces [0, gemm_split_len(K))
 // and the rest, whose bits are the pieces' F32 sums added by sum_partials, not the unsplit chain's. Run only
-// by name (gemm_sm90_tile, bench gemm's --sweep and --tiles), never by gemm(); bf16/f16, K > 64, one batch,
+// by name (gemm_sm90_tile, bik bench gemm --tiles), never by gemm(); bf16/f16, K > 64, one batch,
 // 16-byte aligned output rows.
 std::vector<std::string> gemm_sm90_split_tiles();  // "split64x64", "split64x128", "split128x128"
 uint64_t gemm_sm90_split_launches();

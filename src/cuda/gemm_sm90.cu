@@ -541,7 +541,7 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   return true;
 }
 
-// ---- split tiles (experimental: bik bench gemm's --sweep / --tiles, never the rule) ----------------------
+// ---- split tiles (experimental: gemm_sm90_tile by name, bik bench gemm --tiles; never the rule) ----------
 // A pair of CTAs in a cluster on each output tile, over the two pieces of K: [0, split_len) and the rest
 // (gemm_kernel's kSplit). The bits are those of the pieces as two products summed by sum_partials (piece 0 +
 // piece 1, then the bias, one rounding), not the unsplit tiles': a K split that the library's plans would
@@ -553,7 +553,7 @@ using SplitTile128x128 = Config<128, 128, 5>;  // five stages leave room for the
 std::atomic<uint64_t> g_split_launches{0};
 
 // Cfg in split mode with K pieces of split_len (a positive multiple of 64, less than K). The operands must
-// be ones the copy engine describes (run_split packs the others) and out rows 16-byte aligned.
+// be ones the copy engine describes (gemm_sm90_tile packs the others) and out rows 16-byte aligned.
 template <class Cfg, typename T>
 void launch_split(const Problem& p, const DeviceInfo& d, cudaStream_t st, int split_len) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, kSmem = split_smem_bytes<Cfg>();
@@ -696,13 +696,19 @@ void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) 
   throw Error("gemm_sm90: no such tile");
 }
 
-void run_any(Choice c, const GemmArgs& g, const Problem& p, const DeviceInfo& d, cudaStream_t st) {
-  if (g.a.dtype == DType::BF16)
-    run_tile<__nv_bfloat16>(c, p, d, st);
-  else if (g.a.dtype == DType::F16)
-    run_tile<__half>(c, p, d, st);
+// f(T{}) for the element type of the 16-bit inputs the wgmma kernels take; an error for any other dtype.
+template <class F>
+void on_half_dtype(DType dt, F&& f) {
+  if (dt == DType::BF16)
+    f(__nv_bfloat16{});
+  else if (dt == DType::F16)
+    f(__half{});
   else
-    throw Error(detail::concat("gemm_sm90: inputs must be f16 or bf16, got ", dtype_name(g.a.dtype)));
+    throw Error(detail::concat("gemm_sm90: inputs must be f16 or bf16, got ", dtype_name(dt)));
+}
+
+void run_any(Choice c, const GemmArgs& g, const Problem& p, const DeviceInfo& d, cudaStream_t st) {
+  on_half_dtype(g.a.dtype, [&](auto t) { run_tile<decltype(t)>(c, p, d, st); });
 }
 
 // Copies a K-major operand [batches, rows, K] (any strides) into a packed buffer whose rows are padded with
@@ -762,10 +768,16 @@ std::vector<void*> pack_for_tma(Problem& p, bool bf16, cudaStream_t st) {
   return bufs;
 }
 
-void run_packed(Choice c, const GemmArgs& g, Problem p, const DeviceInfo& d, cudaStream_t st) {
-  const std::vector<void*> bufs = pack_for_tma(p, g.a.dtype == DType::BF16, st);
-  run_any(c, g, p, d, st);
+// run(p) with the operands the copy engine cannot describe packed into scratch copies, freed behind it.
+template <class F>
+void with_packed(Problem p, bool bf16, cudaStream_t st, F&& run) {
+  const std::vector<void*> bufs = pack_for_tma(p, bf16, st);
+  run(static_cast<const Problem&>(p));
   for (void* b : bufs) BIK_CUDA_CHECK(cudaFreeAsync(b, st));
+}
+
+void run_packed(Choice c, const GemmArgs& g, const Problem& p, const DeviceInfo& d, cudaStream_t st) {
+  with_packed(p, g.a.dtype == DType::BF16, st, [&](const Problem& q) { run_any(c, g, q, d, st); });
 }
 
 bool tma_possible(const Problem& p) {
@@ -1033,22 +1045,18 @@ void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile) {
   if (tile.rfind("split", 0) == 0) {
     const std::vector<std::string> split = gemm_sm90_split_tiles();
     BIK_CHECK(std::find(split.begin(), split.end(), tile) != split.end(), "gemm_sm90_tile: no tile named ", tile);
-    BIK_CHECK(g.a.dtype == DType::BF16 || g.a.dtype == DType::F16, "gemm_sm90: inputs must be f16 or bf16, got ",
-              dtype_name(g.a.dtype));
     BIK_CHECK(g.k > 64, "gemm_sm90_tile: a split tile needs K > 64, got ", g.k);
-    gemm_detail::Problem p = gemm_detail::make_problem(g);
     const cudaStream_t st = gemm_detail::stream_of(s);
-    const std::vector<void*> bufs = gemm_detail::pack_for_tma(p, g.a.dtype == DType::BF16, st);
     const int len = int(gemm_split_len(g.k));
-    auto go = [&](auto t) {
+    gemm_detail::on_half_dtype(g.a.dtype, [&](auto t) {
       using T = decltype(t);
-      if (tile == "split64x64") gemm_detail::launch_split<gemm_detail::SplitTile64x64, T>(p, d, st, len);
-      else if (tile == "split64x128") gemm_detail::launch_split<gemm_detail::SplitTile64x128, T>(p, d, st, len);
-      else gemm_detail::launch_split<gemm_detail::SplitTile128x128, T>(p, d, st, len);
-    };
-    if (g.a.dtype == DType::BF16) go(__nv_bfloat16{});
-    else go(__half{});
-    for (void* b : bufs) BIK_CUDA_CHECK(cudaFreeAsync(b, st));
+      namespace gd = gemm_detail;
+      gd::with_packed(gd::make_problem(g), g.a.dtype == DType::BF16, st, [&](const gd::Problem& p) {
+        if (tile == "split64x64") gd::launch_split<gd::SplitTile64x64, T>(p, d, st, len);
+        else if (tile == "split64x128") gd::launch_split<gd::SplitTile64x128, T>(p, d, st, len);
+        else gd::launch_split<gd::SplitTile128x128, T>(p, d, st, len);
+      });
+    });
     return;
   }
   const auto& names = gemm_detail::kChoiceNames;
