@@ -59,16 +59,23 @@ const std::vector<Shape2>& bench_shapes() {
   return s;
 }
 
+// Tiles whose epilogue is written for 16-bit outputs: the swapped and pair tiles (columns of the output) and
+// the experimental split tiles (staged 16-byte stores).
+bool sixteen_bit_only(const std::string& tile) {
+  return tile.rfind("swap", 0) == 0 || tile.rfind("pair", 0) == 0 || tile.rfind("split", 0) == 0;
+}
+
 }  // namespace
 
 int bench_gemm(const std::vector<std::string>& argv) {
   Args args(argv, {"help", "sweep", "gated"},
-            {"out", "name", "m", "shapes", "dtype", "repeats", "launches", "commit", "sustain", "tiles", "qkv"},
+            {"out", "name", "m", "shapes", "dtype", "out-dtype", "repeats", "launches", "commit", "sustain", "tiles",
+             "qkv"},
             "bench gemm");
   if (args.flag("help")) {
     std::puts(
         "usage: bik bench gemm [--out DIR] [--name NAME] [--m 1,2,4,...] [--shapes 0,1,..] [--dtype bf16|f16]\n"
-        "                      [--repeats N] [--launches N] [--commit SHA] [--sweep] [--gated] [--sustain S]\n"
+        "                      [--out-dtype in|f32] [--repeats N] [--launches N] [--commit SHA] [--sweep] [--gated] [--sustain S]\n"
         "                      [--qkv HQ:HK:D]\n"
         "--sweep also times every wgmma tile shape (sm_90) for every problem.\n"
         "--gated times the gated product instead (mm_silu_and_mul: N = 2 d weight rows, out [M, d]) against\n"
@@ -76,6 +83,9 @@ int bench_gemm(const std::vector<std::string>& argv) {
         "--qkv HQ:HK:D times qkv_projection instead (N = (HQ + 2 HK) D stacked q|k|v rows; q and k heads normed\n"
         "and rotated, k and v into a paged cache), fused and as its calls, against cuBLASLt's product then the calls;\n"
         "without --shapes, on the listed shapes of that N.\n"
+        "--out-dtype f32 writes the plain product in f32 (as the engine's lm-head writes logits), cuBLASLt too;\n"
+        "--sweep then times the unswapped tiles only (the swapped and pair tiles' column epilogues take 16-bit\n"
+        "outputs). Default: in (the input dtype).\n"
         "--sustain S also runs each side back to back for S seconds (after S / 2 of the same) and reports the\n"
         "time per call there, and through NVML the energy per call, the power and the SM clock: under sustained\n"
         "load a GPU runs at its power limit, so energy per call sets the pace, as in serving. --tiles T1,T2,..\n"
@@ -110,7 +120,27 @@ int bench_gemm(const std::vector<std::string>& argv) {
     BIK_CHECK(!args.flag("gated") && !args.has("tiles") && !args.flag("sweep"),
               "bik bench gemm: --qkv takes none of --gated, --tiles, --sweep");
   }
-  const DType dt = args.str("dtype", "bf16") == "f16" ? DType::F16 : DType::BF16;
+  const std::string dt_name = args.str("dtype", "bf16"), out_dt_name = args.str("out-dtype", "in");
+  BIK_CHECK(dt_name == "bf16" || dt_name == "f16", "bik bench gemm: --dtype must be bf16 or f16, got '", dt_name, "'");
+  BIK_CHECK(out_dt_name == "in" || out_dt_name == "f32", "bik bench gemm: --out-dtype must be in or f32, got '",
+            out_dt_name, "'");
+  BIK_CHECK(out_dt_name == "in" || (!args.flag("gated") && !args.has("qkv")),
+            "bik bench gemm: --out-dtype f32 applies to the plain product, not --gated or --qkv");
+  const DType dt = dt_name == "f16" ? DType::F16 : DType::BF16;
+  const DType out_dt = out_dt_name == "f32" ? DType::F32 : dt;
+  // --tiles: known names, and with an f32 output none whose epilogue takes 16-bit outputs only.
+  std::vector<std::string> tiles;
+  if (args.has("tiles")) {
+    std::vector<std::string> known = cuda::gemm_sm90_tiles();
+    for (const std::string& t : cuda::gemm_sm90_split_tiles()) known.push_back(t);  // experimental
+    for (const std::string& tile : split_list(args.str("tiles"))) {
+      BIK_CHECK(std::find(known.begin(), known.end(), tile) != known.end(), "bik bench gemm: --tiles '", tile,
+                "': not a wgmma tile (--sweep lists them)");
+      BIK_CHECK(out_dt != DType::F32 || !sixteen_bit_only(tile), "bik bench gemm: --tiles '", tile,
+                "' writes 16-bit outputs only, not --out-dtype f32");
+      tiles.push_back(tile);
+    }
+  }
   const int repeats = int(args.integer("repeats", 15)), launches_max = int(args.integer("launches", 20));
   std::vector<int64_t> ms;
   if (args.has("m")) {
@@ -149,15 +179,20 @@ int bench_gemm(const std::vector<std::string>& argv) {
   const std::string gpu_tag = bench::name_tag(props.name);
   const std::string out_dir = args.str("out", "bench/results");
   // --gated writes its own file by default: the plain table (gemm_<gpu>.json) stays as it is.
-  const std::string name =
-      args.str("name", (args.flag("gated") ? "gemm_gated_" : args.has("qkv") ? "gemm_qkv_" : "gemm_") + gpu_tag);
+  const std::string name = args.str("name", (args.flag("gated")  ? "gemm_gated_"
+                                             : args.has("qkv")     ? "gemm_qkv_"
+                                             : out_dt != dt        ? "gemm_f32out_"
+                                                                   : "gemm_") +
+                                                gpu_tag);
 
   const std::string commit = bench::commit_of(args.str("commit", ""));
   const std::string date = bench::utc_now();
 
   nlohmann::json j = bench::gpu_report("gemm", props, commit, date);
   j["dtype"] = dtype_name(dt);
-  j["layout"] = "out[M,N] = a[M,K] * w[N,K]^T, row-major, out in the input dtype, no bias";
+  j["out_dtype"] = dtype_name(out_dt);
+  j["layout"] = out_dt == dt ? "out[M,N] = a[M,K] * w[N,K]^T, row-major, out in the input dtype, no bias"
+                             : "out[M,N] = a[M,K] * w[N,K]^T, row-major, out in f32, no bias";
   j["method"] = "median over " + std::to_string(repeats) + " replays of a CUDA graph of up to " +
                 std::to_string(launches_max) + " launches rotating input sets > 2x L2; time per launch";
   j["baseline"] = "cuBLASLt, default heuristic (first algorithm, 32 MiB workspace)";
@@ -401,7 +436,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
       as.push_back(Tensor::empty({max_m, s.k}, dt, gpu));
       cuda::gemm_fill_uniform(as.back(), 2000 + uint64_t(i));
     }
-    const Tensor out = Tensor::empty({max_m, s.n}, dt, gpu);
+    const Tensor out = Tensor::empty({max_m, s.n}, out_dt, gpu);
     if (!qkv_heads.empty()) {
       for (int64_t m : ms) qkv_row(s, m, ws, as, out);
       write_json();
@@ -415,7 +450,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
     }
     for (int64_t m : ms) {
       const double flop = 2.0 * double(m) * double(s.n) * double(s.k);
-      const double bytes = double(es) * double(m * s.k + s.n * s.k + m * s.n);
+      const double bytes = double(es) * double(m * s.k + s.n * s.k) + double(dtype_size(out_dt)) * double(m * s.n);
       const int launches = launches_for(flop);
       const TensorView ov = out.view().narrow(0, 0, m);
       // The product on input set i: its arguments, and a launcher of one wgmma tile (--sweep, --tiles).
@@ -452,6 +487,7 @@ int bench_gemm(const std::vector<std::string>& argv) {
       double best_ms = 1e30;
       if (args.flag("sweep") && props.arch() == 90) {
         for (const std::string& tile : cuda::gemm_sm90_tiles()) {
+          if (out_dt == DType::F32 && sixteen_bit_only(tile)) continue;
           const double t = bench::time_graph(tile_launcher(tile), sets, launches, repeats, st);
           tile_ms[tile] = t;
           if (t < best_ms) best_ms = t, best_tile = tile;
@@ -486,12 +522,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
                               {"launches_per_graph", launches}});
       if (!tile_ms.empty()) j["results"].back()["sm90_tile_ms"] = tile_ms;
       sustained(bik_launch, cublas_launch, sets, launches, j["results"].back(), st);
-      if (sustain_s > 0 && args.has("tiles") && props.arch() == 90) {
-        std::vector<std::string> known = cuda::gemm_sm90_tiles();
-        for (const std::string& t : cuda::gemm_sm90_split_tiles()) known.push_back(t);  // experimental
-        for (const std::string& tile : split_list(args.str("tiles"))) {
-          BIK_CHECK(std::find(known.begin(), known.end(), tile) != known.end(), "bik bench gemm: --tiles '", tile,
-                    "': not a wgmma tile (--sweep lists them)");
+      if (sustain_s > 0 && !tiles.empty() && props.arch() == 90) {
+        for (const std::string& tile : tiles) {
           const bench::Sustained t =
               bench::sustain_graph(tile_launcher(tile), sets, launches, sustain_s / 2, sustain_s, st);
           j["results"].back()["sustained_tiles"][tile] = bench::to_json(t);
