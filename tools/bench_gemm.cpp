@@ -75,8 +75,8 @@ int bench_gemm(const std::vector<std::string>& argv) {
   if (args.flag("help")) {
     std::puts(
         "usage: bik bench gemm [--out DIR] [--name NAME] [--m 1,2,4,...] [--shapes 0,1,..] [--dtype bf16|f16]\n"
-        "                      [--out-dtype in|f32] [--repeats N] [--launches N] [--commit SHA] [--sweep] [--gated] [--sustain S]\n"
-        "                      [--qkv HQ:HK:D]\n"
+        "                      [--out-dtype in|f32] [--repeats N] [--launches N] [--commit SHA] [--sweep]\n"
+        "                      [--gated] [--sustain S] [--qkv HQ:HK:D]\n"
         "--sweep also times every wgmma tile shape (sm_90) for every problem.\n"
         "--gated times the gated product instead (mm_silu_and_mul: N = 2 d weight rows, out [M, d]) against\n"
         "cuBLASLt's product followed by silu_and_mul; with --sweep, every BIK_GEMM_GLU_SWAP mode as well.\n"

@@ -420,12 +420,15 @@ std::atomic<uint64_t> g_cluster_launches{0};
 // BIK_GEMM_PINGPONG: "1" -> every tile with two consumer warpgroups (128 x BN) runs its ping-pong form
 // (gemm_sm90.cuh), the two consumers on alternate 64 x BN tiles, taking turns at the tensor cores; "0" ->
 // never; unset or anything else -> the 128x192 tile for N >= 6144 when M is not a multiple of 128, and
-// the 128x256 tile there for M < 256. On an H200 that form ran gate|up (N = 24576) at 66-500 us against
-// 92-531 for M = 160..1600 and q|k|v (N = 6144) at M = 2112 in 155-169 against 204-205 us, within 3%
-// elsewhere; other tiles and N = 4096 lost or tied (logs_h200/cdfe3d1_gemm_pingpong_m.log); the 8B
-// model's lm-head (151936 x 4096) on 128x256 tiles at M = 144 / 160 / 200 took 408 / 420 / 567 us against
-// 489 / 492 / 688 (logs_h200/ad73d5d_gemm_pingpong_small_m.log); at M = 256, the decode steps of a full
-// batch, gate|up took 84.4 us a layer in serving against 76.7 without it
+// the 128x256 tile there for M < 256 (M <= 192 with an f32 output). On an H200 that form ran gate|up
+// (N = 24576) at 66-500 us against 92-531 for M = 160..1600 and q|k|v (N = 6144) at M = 2112 in 155-169
+// against 204-205 us, within 3% elsewhere; other tiles and N = 4096 lost or tied
+// (logs_h200/cdfe3d1_gemm_pingpong_m.log); the 8B model's lm-head (151936 x 4096) on 128x256 tiles at
+// M = 144 / 160 / 200 took 408 / 420 / 567 us against 489 / 492 / 688 (logs_h200/ad73d5d_gemm_pingpong_small_m.log);
+// with f32 outputs (the engine's logits) only up to M = 192, where the 64-row tiles compute fewer rows:
+// sustained, 454-462 us at M = 144..192 against 522-530, but 554-559 at M = 200..240 against 528-533
+// (logs_h200/d482132_lmhead_f32_pp.log, d482132_lmhead_f32_modes.log); at M = 256, the decode steps of a
+// full batch, gate|up took 84.4 us a layer in serving against 76.7 without it
 // (logs_h200/0d83a70_ncu_serve_on.csv.xz, d79050f_ncu_serve_on.csv.xz). Read at each call, as
 // BIK_GEMM_CLUSTER; where the cluster launch applies, it goes first. It never changes a bit: every 64-row
 // slab gets the same wgmma sequence and epilogue either way.
@@ -433,7 +436,7 @@ bool pingpong_for(const Problem& p, int bn) {
   const char* e = std::getenv("BIK_GEMM_PINGPONG");
   if (e != nullptr && e[0] == '1') return true;
   if (e != nullptr && e[0] == '0') return false;
-  return p.n >= 6144 && p.m % 128 != 0 && (bn == 192 || (bn == 256 && p.m < 256));
+  return p.n >= 6144 && p.m % 128 != 0 && (bn == 192 || (bn == 256 && p.m < (p.out_f32 ? 193 : 256)));
 }
 
 std::atomic<uint64_t> g_pingpong_launches{0};

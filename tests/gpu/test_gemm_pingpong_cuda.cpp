@@ -272,25 +272,32 @@ TEST(GpuGemmPingPong, RowsAreBatchInvariant) {
 }
 
 // With BIK_GEMM_PINGPONG unset the 128x192 tile takes the ping-pong form for N >= 6144 when M is not a
-// multiple of 128, and so does the 128x256 tile there for M < 256; the default form otherwise (gemm_sm90.cu,
-// pingpong_for); either way the bits are those of BIK_GEMM_PINGPONG=0.
+// multiple of 128, and so does the 128x256 tile there for M < 256 (M <= 192 with an f32 output); the
+// default form otherwise (gemm_sm90.cu, pingpong_for); either way the bits are those of BIK_GEMM_PINGPONG=0.
 TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
   const ScopedEnv cluster("BIK_GEMM_CLUSTER", "0");
-  int ruled = 0, ruled_256 = 0;
-  for (const auto& [m, n, k] :
-       std::vector<std::array<int64_t, 3>>{{2100, 6144, 4096},
-                                           {768, 6144, 4096},
-                                           {1088, 4096, 4096},
-                                           {144, 151936, 1024},
-                                           {200, 151936, 1024},
-                                           {240, 151936, 1024},
-                                           {520, 151936, 1024}}) {
-    const DType dt = DType::BF16;
+  int ruled = 0, ruled_256 = 0, ruled_f32 = 0, unruled_f32 = 0;
+  struct Case {
+    int64_t m, n, k;
+    bool f32_out;
+  };
+  for (const auto& [m, n, k, f32_out] : std::vector<Case>{{2100, 6144, 4096, false},
+                                                          {768, 6144, 4096, false},
+                                                          {1088, 4096, 4096, false},
+                                                          {144, 151936, 1024, false},
+                                                          {200, 151936, 1024, false},
+                                                          {240, 151936, 1024, false},
+                                                          {520, 151936, 1024, false},
+                                                          {160, 151936, 4096, true},
+                                                          {192, 151936, 4096, true},
+                                                          {200, 151936, 4096, true},
+                                                          {240, 151936, 4096, true}}) {
+    const DType dt = DType::BF16, out_t = f32_out ? DType::F32 : dt;
     const Tensor a = dev_filled({m, k}, dt, uint64_t(m + 7)), w = dev_filled({n, k}, dt, uint64_t(n + k));
-    const Tensor base = dev({m, n}, dt), o = dev({m, n}, dt);
-    const std::string what = shape_str(m, n, k);
+    const Tensor base = dev({m, n}, out_t), o = dev({m, n}, out_t);
+    const std::string what = shape_str(m, n, k) + (f32_out ? " f32 out" : "");
     fill_bytes(base, 0xff);
     {
       const ScopedEnv env("BIK_GEMM_PINGPONG", "0");
@@ -301,9 +308,10 @@ TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
     const std::string name = cuda::gemm_config_name(make_args(o, a, w, std::nullopt));
     const bool wide_192 = n >= 6144 && m % 128 != 0 &&
                           (name.find("128x192") != std::string::npos ||
-                           (name.find("128x256") != std::string::npos && m < 256));
+                           (name.find("128x256") != std::string::npos && m < (f32_out ? 193 : 256)));
     ruled += wide_192;
     ruled_256 += wide_192 && name.find("128x256") != std::string::npos;
+    if (f32_out && name.find("128x256") != std::string::npos) (wide_192 ? ruled_f32 : unruled_f32) += 1;
     const uint64_t launches0 = cuda::gemm_sm90_pingpong_launches();
     fill_bytes(o, 0xff);
     mm(o, a, w);
@@ -317,6 +325,8 @@ TEST(GpuGemmPingPong, DefaultRuleTakesPingPongFor128x192AtWideN) {
                           "exercised";
   EXPECT_GT(ruled_256, 0) << "no shape here ran the 128x256 tile at N >= 6144, M < 256 and M % 128 != 0: that part "
                              "of the rule was not exercised";
+  EXPECT_GT(ruled_f32, 0) << "no f32 output ran the 128x256 tile at M <= 192: the f32 bound was not exercised";
+  EXPECT_GT(unruled_f32, 0) << "no f32 output ran the 128x256 tile at M = 193..255: the f32 bound was not exercised";
 }
 
 // Negative control: the same comparison applied to a split-K product (the two K halves computed apart
