@@ -318,7 +318,7 @@ __device__ __forceinline__ void store_tile_interior(const Problem& p, const floa
 // The warp's 16 x W block (W = BN, or BN / 2 for a split tile's half) when it lies wholly inside the output,
 // without a bias, to f32: the values store_tile_staged writes (no rounding), through the staging rows in
 // chunks of 32 columns (16 rows of 128 bytes) and out as 16-byte pieces, with no bounds or bias checks and
-// one 64-bit address per lane (the general path spent some 60 instructions on each 16-byte store of an
+// one 64-bit address per lane (the general path spent about 66 instructions on each 16-byte store of an
 // interior tile: the lm-head's epilogue took 15% of its consumers' time, ncu on an H200). The staging rows
 // are 128 bytes, the 16-byte piece c of row r at piece c ^ (2 r mod 8): each half-warp's eight-byte writes
 // (rows r .. r + 3, pieces 2 jj, 2 jj + 1) and each quarter-warp's 16-byte reads (one row) then meet
