@@ -507,6 +507,15 @@ void launch_pairs(sm90::GemmKernelFn kernel, int threads, int smem, int64_t pair
   g_cluster_launches.fetch_add(1, std::memory_order_relaxed);
 }
 
+// BIK_GEMM_CLUSTER_INSIDE, read at each call (experimental, not yet measured): "1" -> cluster launches keep
+// the last M-tile's A box inside the matrix as one CTA a tile does (gemm_kernel's m_base: the box starts at
+// M - BM, rows of the tile before computed again with the same bits), where the box now overhangs M (down
+// at M = 65..127 on clusters sharing W); unset or anything else -> as before. It never changes a bit.
+bool cluster_inside() {
+  const char* e = std::getenv("BIK_GEMM_CLUSTER_INSIDE");
+  return e != nullptr && e[0] == '1' && e[1] == 0;
+}
+
 // The cluster launch of tile Cfg. Returns false (nothing launched) where it does not apply: an operand
 // the copy engine cannot describe (the one-CTA kernel then loads with its producer warps), K = 0, no tiles,
 // or a device that cannot place a cluster of two such CTAs.
@@ -521,6 +530,7 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   Params prm =
       walk_params(p, share_w ? TileOrder{(tiles_m + 1) / 2, tiles_n, 4} : TileOrder{tiles_m, (tiles_n + 1) / 2, 8});
   prm.share_w = share_w ? 1 : 0;
+  prm.m_inside = cluster_inside();
   const int64_t pairs = prm.total_tiles;
   const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
   prm.tma = 1;

@@ -138,6 +138,7 @@ struct Params {
   int a_small;               // cluster mode sharing A, M <= BM / 2: each CTA copies A's M rows, for both
   HeadsEpilogue heads;       // kernels with kHeadDim > 0 only (gemm_heads.cuh)
   int split_kb;              // split mode only: K stages of piece 0 (rank 0 of a pair); rank 1 runs the rest
+  int m_inside;              // cluster mode: the last M-tile's A box kept inside the matrix (m_base)
 };
 
 // Split mode (gemm_kernel's kSplit, experimental: bik bench gemm's split tiles, not the library's rule):
@@ -582,8 +583,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // matrix, starting at M - BM rather than overhanging M (a box that crosses the end of the matrix loads
   // far slower: gate|up at M = 200 took 108 us against 78 at M = 256). Its first rows are then rows of
   // the tile before, computed again with the same bits (a row's sums depend on its own A row only, in
-  // whichever row of the tile it sits) and stored again unchanged.
-  auto m_base = [&](int tm) { return !kCluster && prm.tma && p.m >= BM ? min(tm * BM, p.m - BM) : tm * BM; };
+  // whichever row of the tile it sits) and stored again unchanged. In cluster mode only with
+  // prm.m_inside (BIK_GEMM_CLUSTER_INSIDE, experimental): a tile past M (the partner of an odd count) then
+  // copies rows that exist too, and stores nothing as before.
+  auto m_base = [&](int tm) {
+    return (!kCluster || (prm.m_inside && !Cfg::kSwapGlu)) && prm.tma && p.m >= BM ? min(tm * BM, p.m - BM)
+                                                                                      : tm * BM;
+  };
   // The same for a swapped tile's columns (activation rows): the last column tile of a product with more
   // than one starts at N - BN, its first columns computed and stored again with the same bits.
   auto n_base = [&](int tn) {
@@ -645,7 +651,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       // Box starts are kept inside the matrix: a partner whose tile lies past M or N (odd tile count), or
       // a half box past N or M, copies rows that exist instead. Such rows only feed outputs past M or N,
       // which are not stored; K is never clamped, so the zero fill past K is as before.
-      const int a_row = prm.share_w ? min(tm * BM, p.m - 1) : min(tm * BM + rank * kHalfA, p.m - 1);
+      const int a_row = prm.share_w ? min(m_base(tm), p.m - 1) : min(m_base(tm) + rank * kHalfA, p.m - 1);
       // Gated: the W boxes are halves in both modes; sharing W, rank 0 copies the gate half, rank 1 the up.
       // A swapped tile's own columns (activation rows) are kept inside the matrix as n_base keeps them.
       const int w_row = p.glu ? min(rank == 0 ? gate_row(tn) : up_row(tn), p.n - 1)

@@ -376,8 +376,10 @@ TEST(GpuGemm, LayoutsGiveTheSameBits) {
 // Each tile also runs in the cluster mode (BIK_GEMM_CLUSTER), sharing A ("2a": pairs of N-tiles) and
 // sharing W ("2w": pairs of M-tiles), against the one-CTA gemm() bit for bit. The shapes give odd tile
 // counts along both pairings (M = 1, 77 and 300 leave the partner of the last pair past M; N = 520 and
-// 1000 past N), half boxes wholly past N (N = 520 with BN = 256), and walks of many pairs a cluster. The
-// launch counter proves the cluster kernel ran: a silent fall-back would compare gemm() with itself.
+// 1000 past N), half boxes wholly past N (N = 520 with BN = 256), and walks of many pairs a cluster. Both
+// cluster modes also run with BIK_GEMM_CLUSTER_INSIDE=1 (the last M-tile's A box kept inside the matrix:
+// M = 77, 300, 1025 and 600 end in partial M-tiles). The launch counter proves the cluster kernel ran: a
+// silent fall-back would compare gemm() with itself.
 TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
@@ -405,11 +407,14 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
         EXPECT_LT(rel_error(base16, a, w, bias.view()), tolerance(dt));
       // Unset: none of these shapes meets the default cluster rule, so one CTA a tile.
       for (const std::string& tile : tiles)
-        for (const char* mode : {static_cast<const char*>(nullptr), "2a", "2w"}) {
+        for (const char* mode : {static_cast<const char*>(nullptr), "2a", "2w", "2a inside", "2w inside"}) {
           // no bias, no cluster mode (pairs: their own): test_gemm_swap_cuda.cpp
           if (tile.rfind("swap", 0) == 0 || tile.rfind("pair", 0) == 0) continue;
-          const ScopedEnv cluster("BIK_GEMM_CLUSTER", mode);
-          const std::string what = "tile " + tile + (mode ? std::string(" cluster ") + mode : std::string()) + " " +
+          // "inside": BIK_GEMM_CLUSTER_INSIDE=1, the last M-tile's A box kept inside the matrix
+          const std::string mode_s = mode ? mode : "";
+          const ScopedEnv cluster("BIK_GEMM_CLUSTER", mode ? mode_s.substr(0, 2).c_str() : nullptr);
+          const ScopedEnv inside("BIK_GEMM_CLUSTER_INSIDE", mode_s.size() > 2 ? "1" : nullptr);
+          const std::string what = "tile " + tile + (mode ? " cluster " + mode_s : std::string()) + " " +
                                    dtype_name(dt) + " M=" + std::to_string(m) + " N=" + std::to_string(n) +
                                    " K=" + std::to_string(k);
           const uint64_t launches0 = cuda::gemm_sm90_cluster_launches();
