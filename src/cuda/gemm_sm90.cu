@@ -511,10 +511,7 @@ void launch_pairs(sm90::GemmKernelFn kernel, int threads, int smem, int64_t pair
 // the last M-tile's A box inside the matrix as one CTA a tile does (gemm_kernel's m_base: the box starts at
 // M - BM, rows of the tile before computed again with the same bits), where the box now overhangs M (down
 // at M = 65..127 on clusters sharing W); unset or anything else -> as before. It never changes a bit.
-bool cluster_inside() {
-  const char* e = std::getenv("BIK_GEMM_CLUSTER_INSIDE");
-  return e != nullptr && e[0] == '1' && e[1] == 0;
-}
+bool cluster_inside() { return env_switch<bool>("BIK_GEMM_CLUSTER_INSIDE", {{"1", true}}).value_or(false); }
 
 // The cluster launch of tile Cfg. Returns false (nothing launched) where it does not apply: an operand
 // the copy engine cannot describe (the one-CTA kernel then loads with its producer warps), K = 0, no tiles,
