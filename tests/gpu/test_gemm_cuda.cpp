@@ -407,16 +407,16 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
         EXPECT_LT(rel_error(base16, a, w, bias.view()), tolerance(dt));
       // Unset: none of these shapes meets the default cluster rule, so one CTA a tile.
       for (const std::string& tile : tiles)
-        for (const char* mode : {static_cast<const char*>(nullptr), "2a", "2w", "2a inside", "2w inside"}) {
+        for (const auto& [mode, in] : std::vector<std::pair<const char*, bool>>{
+                 {nullptr, false}, {"2a", false}, {"2w", false}, {"2a", true}, {"2w", true}}) {
           // no bias, no cluster mode (pairs: their own): test_gemm_swap_cuda.cpp
           if (tile.rfind("swap", 0) == 0 || tile.rfind("pair", 0) == 0) continue;
-          // "inside": BIK_GEMM_CLUSTER_INSIDE=1, the last M-tile's A box kept inside the matrix
-          const std::string mode_s = mode ? mode : "";
-          const ScopedEnv cluster("BIK_GEMM_CLUSTER", mode ? mode_s.substr(0, 2).c_str() : nullptr);
-          const ScopedEnv inside("BIK_GEMM_CLUSTER_INSIDE", mode_s.size() > 2 ? "1" : nullptr);
-          const std::string what = "tile " + tile + (mode ? " cluster " + mode_s : std::string()) + " " +
-                                   dtype_name(dt) + " M=" + std::to_string(m) + " N=" + std::to_string(n) +
-                                   " K=" + std::to_string(k);
+          const ScopedEnv cluster("BIK_GEMM_CLUSTER", mode);
+          // BIK_GEMM_CLUSTER_INSIDE=1: the last M-tile's A box kept inside the matrix
+          const ScopedEnv inside("BIK_GEMM_CLUSTER_INSIDE", in ? "1" : nullptr);
+          const std::string cl = mode ? std::string(" cluster ") + mode + (in ? " inside" : "") : std::string();
+          const std::string what = "tile " + tile + cl + " " + dtype_name(dt) + " M=" + std::to_string(m) +
+                                   " N=" + std::to_string(n) + " K=" + std::to_string(k);
           const uint64_t launches0 = cuda::gemm_sm90_cluster_launches();
           fill_bytes(o, 0xff);
           cuda::gemm_sm90_tile(make_args(o, a, w, std::nullopt), {}, tile);
