@@ -10,7 +10,7 @@
 //        -c bench/trace/splitk.cu -o splitk.o
 //   g++ -o splitk splitk.o build/libbik.a -lopenblas -lpcre2-8 -lutf8proc -lcpp-httplib \
 //       /usr/local/cuda/lib64/libcudart_static.a /usr/local/cuda/lib64/libcublasLt.so -ldl -lrt -lpthread
-// usage: splitk [down]
+// usage: splitk [down | pieces]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,7 +29,109 @@
 
 using namespace bik;
 
+// `splitk pieces`: the down projection and o-proj as P = 2 fixed K pieces (one bmm into F32 partials, then
+// sum_partials) with the bmm on the rule's tile and on each named tile, against mm and cuBLASLt; prints the
+// bmm's configuration (whether its operands stay in place) and checks that every tile gives the bits of the
+// rule's tile (one mismatch fails the run).
+static int pieces_mode(cudaStream_t st, const Device& gpu, int layers) {
+  std::printf("%-6s %5s %8s %8s %8s  %-28s | pieces on tile (us)\n", "shape", "M", "mm", "cublas", "split2",
+              "bmm config");
+  const std::vector<std::string> tiles = {"64x64", "64x128", "128x64", "128x128", "128x192", "128x256"};
+  int bad = 0;
+  struct Shape {
+    const char* name;
+    int64_t k, n;
+  };
+  for (Shape sh : {Shape{"down", 12288, 4096}, Shape{"o-proj", 4096, 4096}}) {
+    std::vector<Tensor> ws;
+    for (int i = 0; i < layers; ++i) {
+      ws.push_back(Tensor::empty({sh.n, sh.k}, DType::BF16, gpu));
+      cuda::gemm_fill_uniform(ws.back(), 100 + i);
+    }
+    for (int64_t m : {64, 100, 128, 160, 192, 224, 256, 320, 384, 512, 1024, 2048}) {
+      Tensor x = Tensor::empty({m, sh.k}, DType::BF16, gpu);
+      cuda::gemm_fill_uniform(x, 7);
+      Tensor out = Tensor::empty({m, sh.n}, DType::BF16, gpu), ref = Tensor::empty({m, sh.n}, DType::BF16, gpu);
+      const int64_t S = 2, kc = sh.k / S;
+      Tensor part = Tensor::empty({S, m, sh.n}, DType::F32, gpu);
+      auto args = [&](const TensorView& w) {
+        GemmArgs g;
+        g.a = TensorView(x.data(), DType::BF16, {S, m, kc}, {kc, sh.k, 1}, gpu);
+        g.w = TensorView(w.data, DType::BF16, {S, sh.n, kc}, {kc, sh.k, 1}, gpu);
+        g.out = part.view();
+        g.batch = S, g.m = m, g.n = sh.n, g.k = kc;
+        return g;
+      };
+      auto time = [&](auto&& step) {
+        for (int i = 0; i < layers; ++i) step(i);
+        cudaStreamSynchronize(st);
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
+        for (int i = 0; i < layers; ++i) step(i);
+        cudaStreamEndCapture(st, &g);
+        cudaGraphInstantiate(&ge, g, 0);
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0);
+        cudaEventCreate(&e1);
+        std::vector<float> t;
+        for (int r = 0; r < 9; ++r) {
+          cudaEventRecord(e0, st);
+          cudaGraphLaunch(ge, st);
+          cudaEventRecord(e1, st);
+          cudaEventSynchronize(e1);
+          float ms = 0;
+          cudaEventElapsedTime(&ms, e0, e1);
+          if (r >= 2) t.push_back(ms);
+        }
+        std::sort(t.begin(), t.end());
+        cudaGraphExecDestroy(ge);
+        cudaGraphDestroy(g);
+        return double(t[t.size() / 2]) * 1000.0 / layers;
+      };
+      const double t_mm = time([&](int i) { mm(out.view(), x.view(), ws[size_t(i)].view(), Stream{st}); });
+      const double t_cub = time(
+          [&](int i) { cuda::cublaslt_gemm(gemm_args_2d(out.view(), x.view(), ws[size_t(i)].view()), Stream{st}); });
+      const double t_s = time([&](int i) {
+        bmm(part.view(), args(ws[size_t(i)].view()).a, args(ws[size_t(i)].view()).w, Stream{st});
+        sum_partials(out.view(), part.view(), std::nullopt, Stream{st});
+      });
+      const std::string cfg = cuda::gemm_config_name(args(ws[0].view()));
+      // the rule's bits for layer 0, then each tile's
+      cuda::gemm_sm90(args(ws[0].view()), Stream{st});
+      sum_partials(ref.view(), part.view(), std::nullopt, Stream{st});
+      cudaStreamSynchronize(st);
+      std::vector<uint16_t> want(size_t(m * sh.n)), got(size_t(m * sh.n));
+      cudaMemcpy(want.data(), ref.data(), want.size() * 2, cudaMemcpyDeviceToHost);
+      std::printf("%-6s %5lld %8.2f %8.2f %8.2f  %-28s |", sh.name, (long long)m, t_mm, t_cub, t_s, cfg.c_str());
+      for (const std::string& tile : tiles) {
+        const double tt = time([&](int i) {
+          cuda::gemm_sm90_tile(args(ws[size_t(i)].view()), Stream{st}, tile);
+          sum_partials(out.view(), part.view(), std::nullopt, Stream{st});
+        });
+        cuda::gemm_sm90_tile(args(ws[0].view()), Stream{st}, tile);
+        sum_partials(out.view(), part.view(), std::nullopt, Stream{st});
+        cudaStreamSynchronize(st);
+        cudaMemcpy(got.data(), out.data(), got.size() * 2, cudaMemcpyDeviceToHost);
+        const bool same = got == want;
+        bad += same ? 0 : 1;
+        std::printf(" %s %.2f%s", tile.c_str(), tt, same ? "" : " (BITS DIFFER)");
+      }
+      std::printf("\n");
+      std::fflush(stdout);
+    }
+  }
+  cudaError_t e = cudaDeviceSynchronize();
+  std::printf("status: %s, %d tile(s) with other bits\n", cudaGetErrorString(e), bad);
+  return e == cudaSuccess && bad == 0 ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "pieces") {
+    cudaStream_t st;
+    cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+    return pieces_mode(st, Device::cuda(0), 16);
+  }
   const bool only_down = argc > 1 && std::string(argv[1]) == "down";
   const Device gpu = Device::cuda(0);
   cudaStream_t st;

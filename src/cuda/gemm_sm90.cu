@@ -328,8 +328,29 @@ bool encode_sw128(CUtensorMap& map, const void* base, bool bf16, cuuint32_t rank
 
 // A [batches, rows, K] view of a K-major operand, boxes of [1, box_rows, 64] in the 128-byte swizzle.
 // Returns false when TMA cannot describe it (the kernel then loads with its producer warps).
+// The K offset between batches when a batched problem's batches are pieces of K: a [P, M, K/P] view of an
+// [M, K] matrix for both operands alike (batch stride below the row stride, the P pieces within each row,
+// K and the batch stride whole 64-deep K stages), the layout of a fixed K split into F32 partials
+// (bik::bmm then bik::sum_partials). The copy engine reads such an operand through one two-dimensional map
+// over the pieces' span of each row, the batch moving the K coordinate (gemm_kernel's load_stage); a
+// three-dimensional map cannot describe batches that overlap in memory, and packing the operands costs
+// more than the product. 0 otherwise. The loads are the same elements; no bit changes.
+int64_t pieces_kofs(const Problem& p) {
+  if (p.batch <= 1 || p.a_sb != p.w_sb || p.a_sb <= 0 || p.a_sb % kBK != 0 || p.k % kBK != 0) return 0;
+  if (p.a_sk != 1 || p.w_sk != 1) return 0;
+  const int64_t span = p.a_sb * (p.batch - 1) + p.k;
+  if ((p.m > 1 && span > p.a_sm) || (p.n > 1 && span > p.w_sn) || span >= (int64_t(1) << 31)) return 0;
+  return p.a_sb;
+}
+
+// kofs > 0 (pieces_kofs): one two-dimensional map over each row's span of the `batches` pieces.
 bool make_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, int64_t s_row, int batches,
-              int64_t s_batch, int box_rows) {
+              int64_t s_batch, int box_rows, int64_t kofs = 0) {
+  if (kofs > 0) {
+    k = int(kofs * (batches - 1) + k);
+    if (rows == 1) s_row = (int64_t(k) + 7) / 8 * 8;
+    batches = 1;
+  }
   if (k == 0 || !aligned16(base)) return false;
   // Strides of extent-1 dimensions are never used; give them any value the encoder accepts.
   const int64_t k_pad = (int64_t(k) + 7) / 8 * 8;
@@ -380,6 +401,7 @@ Params walk_params(const Problem& p, const TileOrder& order) {
   prm.total_tiles = int(total);
   prm.a_batched = p.batch > 1 && p.a_sb != 0;
   prm.w_batched = p.batch > 1 && p.w_sb != 0;
+  prm.a_kofs = prm.w_kofs = int(pieces_kofs(p));
   prm.out_vec16 = out_vec16_of(p);
   return prm;
 }
@@ -540,9 +562,9 @@ bool launch_cluster(const Problem& p, const DeviceInfo& d, cudaStream_t st, Clus
   prm.a_small = !prm.share_w && p.m <= BM / 2;
   prm.stage_tx = prm.a_small ? (2 * p.m + BN) * kRowBytes : Cfg::kStageBytes;
   if (!make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb,
-                prm.a_small ? p.m : prm.share_w ? BM : BM / 2) ||
+                prm.a_small ? p.m : prm.share_w ? BM : BM / 2, prm.a_kofs) ||
       !make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb,
-                prm.share_w || p.glu ? BN / 2 : BN))
+                prm.share_w || p.glu ? BN / 2 : BN, prm.w_kofs))
     return false;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
   const int most = max_active_pairs(reinterpret_cast<const void*>(kernel), Cfg::kThreads, Cfg::kSmemBytes, d);
@@ -611,8 +633,8 @@ bool launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int 
   const int a_box = std::min(p.m, Cfg::BM), w_box = p.glu ? Cfg::BN / 2 : std::min(p.n, Cfg::BN);
   prm.stage_tx = (a_box + (p.glu ? Cfg::BN : w_box)) * kRowBytes;
   prm.tma = p.a_sk == 1 && p.w_sk == 1 &&
-            make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, a_box) &&
-            make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, w_box);
+            make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, a_box, prm.a_kofs) &&
+            make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, w_box, prm.w_kofs);
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
   if (kHeadDim > 0 && !prm.tma) return false;
   const int grid = int(std::min<int64_t>(total, d.sms));
@@ -737,9 +759,10 @@ __global__ void pack_rows_kernel(T* dst, const T* src, int batches, int rows, in
   }
 }
 
-bool operand_tma_ok(const void* base, int64_t sk, int k, int rows, int64_t s_row, int batches, int64_t s_batch) {
+bool operand_tma_ok(const void* base, int64_t sk, int k, int rows, int64_t s_row, int batches, int64_t s_batch,
+                    int64_t kofs) {
   CUtensorMap m{};
-  return sk == 1 && make_map(m, base, true, k, rows, s_row, batches, s_batch, 64);
+  return sk == 1 && make_map(m, base, true, k, rows, s_row, batches, s_batch, 64, kofs);
 }
 
 // Where an operand's layout defeats the copy engine, packs it into stream-ordered scratch memory and points
@@ -747,9 +770,14 @@ bool operand_tma_ok(const void* base, int64_t sk, int k, int rows, int64_t s_row
 std::vector<void*> pack_for_tma(Problem& p, bool bf16, cudaStream_t st) {
   std::vector<void*> bufs;
   const int kp = (p.k + 7) / 8 * 8;
+  // Pieces of K stay in place only if both operands do (the kernel moves one K coordinate for both).
+  const int64_t kofs = pieces_kofs(p);
+  if (kofs > 0 && operand_tma_ok(p.a, p.a_sk, p.k, p.m, p.a_sm, p.batch, p.a_sb, kofs) &&
+      operand_tma_ok(p.w, p.w_sk, p.k, p.n, p.w_sn, p.batch, p.w_sb, kofs))
+    return bufs;
   auto pack = [&](const void*& base, int64_t& sb, int64_t& sr, int64_t& sk, int rows) {
     const int batches = p.batch > 1 && sb != 0 ? p.batch : 1;
-    if (operand_tma_ok(base, sk, p.k, rows, sr, batches, sb)) return;
+    if (operand_tma_ok(base, sk, p.k, rows, sr, batches, sb, 0)) return;
     const int64_t elems = int64_t(batches) * rows * kp;
     void* buf = nullptr;
     if (cudaMallocAsync(&buf, size_t(elems) * 2, st) != cudaSuccess) {
@@ -792,9 +820,10 @@ void run_packed(Choice c, const GemmArgs& g, const Problem& p, const DeviceInfo&
 
 bool tma_possible(const Problem& p) {
   CUtensorMap m{};
+  const int64_t kofs = pieces_kofs(p);
   return p.a_sk == 1 && p.w_sk == 1 &&
-         make_map(m, p.a, true, p.k, p.m, p.a_sm, p.batch > 1 && p.a_sb ? p.batch : 1, p.a_sb, 64) &&
-         make_map(m, p.w, true, p.k, p.n, p.w_sn, p.batch > 1 && p.w_sb ? p.batch : 1, p.w_sb, 32);
+         make_map(m, p.a, true, p.k, p.m, p.a_sm, p.batch > 1 && p.a_sb ? p.batch : 1, p.a_sb, 64, kofs) &&
+         make_map(m, p.w, true, p.k, p.n, p.w_sn, p.batch > 1 && p.w_sb ? p.batch : 1, p.w_sb, 32, kofs);
 }
 
 // ---- gated swapped tiles (Config::kSwapGlu, gemm_sm90_swap_wide.cu) -----------------------------------

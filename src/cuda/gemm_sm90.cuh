@@ -139,6 +139,10 @@ struct Params {
   HeadsEpilogue heads;       // kernels with kHeadDim > 0 only (gemm_heads.cuh)
   int split_kb;              // split mode only: K stages of piece 0 (rank 0 of a pair); rank 1 runs the rest
   int m_inside;              // cluster mode: the last M-tile's A box kept inside the matrix (m_base)
+  // Batches that are pieces of one row's K (make_map's `kofs`: a [P, M, K/P] view of an [M, K] matrix):
+  // batch b's K-block kb is at K coordinate b * a_kofs + kb * 64 of a two-dimensional map; 0: batch b is
+  // the map's third coordinate.
+  int a_kofs, w_kofs;
 };
 
 // Split mode (gemm_kernel's kSplit, experimental: bik bench gemm's split tiles, not the library's rule):
@@ -633,8 +637,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   };
 
   // With TMA: stage s's copies of K-block kb of tile (b, tm, tn), counted on its full barrier.
-  auto load_stage = [&](int s, int kb, int b, int tm, int tn) {
-    const int ab = prm.a_batched ? b : 0, wb = prm.w_batched ? b : 0;
+  auto load_stage = [&](int s, int kb_in, int b, int tm, int tn) {
+    const int ab_ = prm.a_batched ? b : 0, wb_ = prm.w_batched ? b : 0;
+    // Pieces of K (prm.a_kofs / w_kofs): the batch moves the K coordinate of a two-dimensional map. A and W
+    // are pieces of K together or not at all (the host's pieces_of), so one K coordinate serves both.
+    const int kb = kb_in + (prm.a_kofs ? ab_ * (prm.a_kofs / kBK) : 0);
+    const int ab = prm.a_kofs ? 0 : ab_, wb = prm.w_kofs ? 0 : wb_;
     // The whole stage lands on the barrier (out-of-bounds box parts count too); in cluster mode that is
     // this CTA's own box of one operand plus both halves of the shared one (the partner's half may arrive
     // before this expect_tx; the phase cannot complete without this arrival, so the early bytes are

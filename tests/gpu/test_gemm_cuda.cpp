@@ -462,6 +462,51 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
               (long long)compared, (long long)compared_cluster);
 }
 
+// Pieces of K: bmm over a [P, M, K/P] view of an [M, K] matrix and of the weight (the fixed K split into
+// F32 partials that sum_partials then folds). The copy engine reads such operands in place (one map over
+// each row, the batch moving the K coordinate; before, every call packed both operands into scratch), so
+// the configuration must say "tma", not "tma-packed", and every tile, in each cluster mode, must give the
+// bits of the same product on contiguous copies of the pieces. Pieces whose K is not a whole number of
+// 64-deep stages would read the next piece's elements where the zero fill belongs: they are packed, with
+// the same bits.
+TEST(GpuGemm, PiecesOfKStayInPlace) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  int64_t compared = 0;
+  for (const auto& [m, n, k, P] : std::vector<std::array<int64_t, 4>>{
+           {1, 300, 1024, 2}, {77, 520, 1536, 3}, {256, 1000, 1024, 2}, {300, 256, 1000, 2}}) {
+    const int64_t kc = k / P;
+    const Tensor a = dev_filled({m, k}, DType::BF16, uint64_t(m + 11)), w = dev_filled({n, k}, DType::BF16, uint64_t(k));
+    const TensorView ap(a.data(), DType::BF16, {P, m, kc}, {kc, k, 1}, gpu());
+    const TensorView wp(w.data(), DType::BF16, {P, n, kc}, {kc, k, 1}, gpu());
+    const Tensor ac = dev({P, m, kc}, DType::BF16), wc = dev({P, n, kc}, DType::BF16);
+    copy(ac, ap);
+    copy(wc, wp);
+    const Tensor base = dev({P, m, n}, DType::F32), o = dev({P, m, n}, DType::F32);
+    fill_bytes(base, 0xff);
+    bmm(base, ac, wc);
+    EXPECT_LT(rel_error(base, ac, wc, std::nullopt), tolerance(DType::F32));
+    const std::string what = test::shape_str(m, n, k) + " in " + std::to_string(P) + " pieces";
+    const std::string cfg = cuda::gemm_config_name(make_args(o, ap, wp, std::nullopt));
+    const bool whole_stages = kc % 64 == 0;
+    EXPECT_EQ(cfg.find("tma-packed") == std::string::npos, whole_stages) << what << ": " << cfg;
+    fill_bytes(o, 0xff);
+    bmm(o, ap, wp);
+    EXPECT_TRUE(bits_equal(o, base)) << what << ", gemm()";
+    for (const std::string& tile : cuda::gemm_sm90_tiles()) {
+      if (tile.rfind("swap", 0) == 0 || tile.rfind("pair", 0) == 0) continue;  // one batch only
+      for (const char* mode : {static_cast<const char*>(nullptr), "2a", "2w"}) {
+        const ScopedEnv cluster("BIK_GEMM_CLUSTER", mode);
+        fill_bytes(o, 0xff);
+        cuda::gemm_sm90_tile(make_args(o, ap, wp, std::nullopt), {}, tile);
+        EXPECT_TRUE(bits_equal(o, base)) << what << ", tile " << tile << (mode ? " cluster " : "") << (mode ? mode : "");
+        ++compared;
+      }
+    }
+  }
+  std::printf("[pieces] %lld tile runs on pieces of K compared bit for bit\n", (long long)compared);
+}
+
 // With BIK_GEMM_CLUSTER unset, gemm() runs decode-sized products with N <= 4096 and K >= 8192 (M <= 128, one
 // batch), and two full 128-row M-tiles over N >= 16384 columns with K >= 4096 (M = 256), as clusters of two
 // CTAs and everything else on one CTA a tile. The rule must pick the path it
