@@ -529,11 +529,13 @@ void launch_pairs(sm90::GemmKernelFn kernel, int threads, int smem, int64_t pair
   g_cluster_launches.fetch_add(1, std::memory_order_relaxed);
 }
 
-// BIK_GEMM_CLUSTER_INSIDE, read at each call (experimental, not yet measured): "1" -> cluster launches keep
-// the last M-tile's A box inside the matrix as one CTA a tile does (gemm_kernel's m_base: the box starts at
-// M - BM, rows of the tile before computed again with the same bits), where the box now overhangs M (down
-// at M = 65..127 on clusters sharing W); unset or anything else -> as before. It never changes a bit.
-bool cluster_inside() { return env_switch<bool>("BIK_GEMM_CLUSTER_INSIDE", {{"1", true}}).value_or(false); }
+// BIK_GEMM_CLUSTER_INSIDE, read at each call: unset or anything but "0" -> cluster launches keep the last
+// M-tile's A box inside the matrix as one CTA a tile does (gemm_kernel's m_base: the box starts at M - BM,
+// rows of the tile before computed again with the same bits); "0" -> the box starts at row tm x BM and
+// overhangs M. On an H200 the down projection at M = 72 on clusters sharing W took 44.5-45.3 us under
+// sustained load against 51.1-52.5 with the overhanging box, equal at M = 100 / 120 (45.0-46.3; both
+// orders of the runs: logs_h200/171eadb_down_inside*). It never changes a bit.
+bool cluster_inside() { return env_switch<bool>("BIK_GEMM_CLUSTER_INSIDE", {{"0", false}}).value_or(true); }
 
 // The cluster launch of tile Cfg. Returns false (nothing launched) where it does not apply: an operand
 // the copy engine cannot describe (the one-CTA kernel then loads with its producer warps), K = 0, no tiles,

@@ -316,8 +316,18 @@ void LlamaModel::row_parallel(const TensorView& out, const TensorView& x, const 
     partial_store_ = Tensor::empty({std::max(need, partial_store_.numel() * 3 / 2)}, DType::F32, device_);
   float* base = partial_store_.ptr<float>();
   const TensorView leaves(base, DType::F32, {local, T, N}, device_);
-  for (int64_t c = 0; c < local; ++c)
-    gemm(leaves.select(0, c), x.narrow(1, c * kc, kc), w.w.view().narrow(1, c * kc, kc), nullptr, s);
+  const TensorView wv = w.w.view();
+  if (batch_invariant_ && local > 1 && x.strides(1) == 1 && wv.strides(1) == 1) {
+    // The leaves in one launch: a bmm over the chunks as batches of [local, T, kc] / [local, N, kc] views
+    // (each batch a chunk's columns), with the bits of the chunk-by-chunk products (a bmm batch is the
+    // plain product of its slices) and without their `local` launches of 1 / local of the work each.
+    const TensorView xs(x.data, x.dtype, {local, T, kc}, {kc, x.strides(0), 1}, x.device);
+    const TensorView ws(wv.data, wv.dtype, {local, N, kc}, {kc, wv.strides(0), 1}, wv.device);
+    bmm(leaves, xs, ws, s);
+  } else {
+    for (int64_t c = 0; c < local; ++c)
+      gemm(leaves.select(0, c), x.narrow(1, c * kc, kc), wv.narrow(1, c * kc, kc), nullptr, s);
+  }
   TensorView sub = leaves.select(0, 0);
   if (local > 1) {
     sub = TensorView(base + local * tn, DType::F32, {T, N}, device_);

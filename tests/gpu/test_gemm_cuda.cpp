@@ -377,8 +377,8 @@ TEST(GpuGemm, LayoutsGiveTheSameBits) {
 // sharing W ("2w": pairs of M-tiles), against the one-CTA gemm() bit for bit. The shapes give odd tile
 // counts along both pairings (M = 1, 77 and 300 leave the partner of the last pair past M; N = 520 and
 // 1000 past N), half boxes wholly past N (N = 520 with BN = 256), and walks of many pairs a cluster. Both
-// cluster modes also run with BIK_GEMM_CLUSTER_INSIDE=1 (the last M-tile's A box kept inside the matrix:
-// M = 77, 300, 1025 and 600 end in partial M-tiles). The launch counter proves the cluster kernel ran: a
+// cluster modes run with the last M-tile's A box kept inside the matrix (the default) and with
+// BIK_GEMM_CLUSTER_INSIDE=0 (the box overhanging M: M = 77, 300, 1025 and 600 end in partial M-tiles). The launch counter proves the cluster kernel ran: a
 // silent fall-back would compare gemm() with itself.
 TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
   BIK_REQUIRE_GPU();
@@ -412,9 +412,9 @@ TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
           // no bias, no cluster mode (pairs: their own): test_gemm_swap_cuda.cpp
           if (tile.rfind("swap", 0) == 0 || tile.rfind("pair", 0) == 0) continue;
           const ScopedEnv cluster("BIK_GEMM_CLUSTER", mode);
-          // BIK_GEMM_CLUSTER_INSIDE=1: the last M-tile's A box kept inside the matrix
-          const ScopedEnv inside("BIK_GEMM_CLUSTER_INSIDE", in ? "1" : nullptr);
-          const std::string cl = mode ? std::string(" cluster ") + mode + (in ? " inside" : "") : std::string();
+          // BIK_GEMM_CLUSTER_INSIDE=0: the last M-tile's A box overhanging M
+          const ScopedEnv inside("BIK_GEMM_CLUSTER_INSIDE", in ? nullptr : "0");
+          const std::string cl = mode ? std::string(" cluster ") + mode + (in ? "" : " overhanging") : std::string();
           const std::string what = "tile " + tile + cl + " " + dtype_name(dt) + " M=" + std::to_string(m) +
                                    " N=" + std::to_string(n) + " K=" + std::to_string(k);
           const uint64_t launches0 = cuda::gemm_sm90_cluster_launches();
