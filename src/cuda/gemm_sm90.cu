@@ -62,7 +62,7 @@ using PingPongOf = Config<64, Cfg::BN, pingpong_stages(Cfg::BN), true>;
 // whole 64 x BN tiles; stages fill the shared memory the epilogue staging leaves (at most 8).
 constexpr int swap_stages(int bn) {
   // less the two consumers' epilogue staging, the 1024-byte alignment slack and up to 8 stages' barriers
-  constexpr int kFree = 227 * 1024 - 2 * 4 * Tile64x32::kEpiWarpBytes - 1024 - 256;
+  constexpr int kFree = 227 * 1024 - 2 * 4 * kSwappedEpiWarpBytes - 1024 - 256;
   return std::min(8, kFree / ((64 + bn) * kRowBytes));
 }
 template <int BN>

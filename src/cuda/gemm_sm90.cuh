@@ -82,6 +82,9 @@ namespace bik::cuda::gemm_detail::sm90 {
 
 constexpr int kBK = 64;  // K per stage: 64 halves = one 128-byte swizzle row
 constexpr int kRowBytes = 128;
+// A swapped tile's epilogue staging a consumer warp (Config::kEpiWarpBytes): store_tile_columns' 16 rows at
+// a pitch of 48 bytes.
+constexpr int kSwappedEpiWarpBytes = 16 * 48;
 constexpr int kTurnBar = 1;  // ping-pong turns: named barriers 1 and 2 (0 is __syncthreads)
 
 // BM x BN output tiles through a ring of STAGES stages. Default: BM / 64 consumer warpgroups share each
@@ -108,9 +111,11 @@ struct Config {
   static constexpr int kStageA = BM * kRowBytes, kStageW = BN * kRowBytes;
   static constexpr int kStageBytes = kStageA + kStageW;
   // Epilogue staging: per consumer warp, 16 rows of 128 bytes (+16 bytes of padding against bank
-  // conflicts), through which finished rows leave as whole 16-byte pieces.
+  // conflicts), through which finished rows leave as whole 16-byte pieces. A swapped tile's column
+  // epilogues need only 16 rows at a pitch of 48 bytes (store_tile_columns; the gated one 32 x 16 bytes),
+  // so its stages take the rest (the 192 x 128 gated tile: 5 stages instead of 4).
   static constexpr int kEpiRowBytes = 144;
-  static constexpr int kEpiWarpBytes = 16 * kEpiRowBytes;
+  static constexpr int kEpiWarpBytes = kSwapped ? kSwappedEpiWarpBytes : 16 * kEpiRowBytes;
   static constexpr int kBarBytes = (2 * STAGES * 8 + 127) / 128 * 128;
   // stages + full/empty barriers + staging + slack to align the stages to the 1024-byte swizzle period
   static constexpr int kSmemBytes = STAGES * kStageBytes + kBarBytes + kConsumers * 4 * kEpiWarpBytes + 1024;
@@ -370,6 +375,7 @@ __device__ __forceinline__ void store_tile_columns(const Problem& p, const float
                                                    uint32_t staging, int b, int row0, int col0, int lane) {
   static_assert(sizeof(O) == 2 && Cfg::BN % 16 == 0, "16-bit outputs, 16 tile columns at a time");
   constexpr int kPitch = 48;
+  static_assert(16 * kPitch <= Cfg::kEpiWarpBytes, "16 staging rows of 48 bytes a warp");
   // stmatrix .x4 .trans: lanes 8q .. 8q + 7 address the stored rows of block q, and stored row i of a
   // block is its column i: blocks (rows 0-7 | 8-15) x (columns 0-7 | 8-15) land in staging rows 0-7 /
   // 8-15 at byte 0 / 16.
@@ -418,6 +424,7 @@ __device__ __forceinline__ void store_tile_columns_gated(const Problem& p, const
                                                          uint32_t staging, int b, int row0, int col0, int lane) {
   constexpr int kGroups = Cfg::BN / 8;  // groups of 8 tile columns
   static_assert(Cfg::BN % 16 == 0, "16 tile columns at a time");
+  static_assert(32 * 16 <= Cfg::kEpiWarpBytes, "32 staging rows of 16 bytes a warp");
   uint32_t v[kGroups];
 #pragma unroll
   for (int j = 0; j < kGroups; ++j) {

@@ -10,7 +10,7 @@ namespace {
 
 constexpr int wide_stages(int bm, int bn) {
   // less the consumers' epilogue staging, the 1024-byte alignment slack and up to 8 stages' barriers
-  const int free = 227 * 1024 - bm / 64 * 4 * (16 * 144) - 1024 - 256;
+  const int free = 227 * 1024 - bm / 64 * 4 * kSwappedEpiWarpBytes - 1024 - 256;
   const int s = free / ((bm + bn) * kRowBytes);
   return s < 8 ? s : 8;
 }
