@@ -974,23 +974,14 @@ Choice choose_heads(const Problem& p, const DeviceInfo& d, int head_dim) {
 
 std::atomic<uint64_t> g_heads_launches{0};
 
-// BIK_QKV_PINGPONG, read at each call (experimental, default off): "1" -> the 128-row heads tiles (heads of
-// 128) run their ping-pong form: 64-row tiles, one a consumer in turn, so one consumer's epilogue (norms,
-// rotation, the cache writes) overlaps the other's main loop. Each row's sums and epilogue are the same.
-bool heads_pingpong() { return env_switch<bool>("BIK_QKV_PINGPONG", {{"1", true}}).value_or(false); }
-
 // false (nothing launched) where the copy engine cannot describe an operand.
 bool launch_heads(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st, const HeadsEpilogue& e,
                   int head_dim) {
   using T = __nv_bfloat16;
   switch (head_dim * 100 + int(c)) {
     case 128 * 100 + int(Choice::T64x128): return launch_one_cta<Tile64x128, T, 128>(p, d, st, 8, &e);
-    case 128 * 100 + int(Choice::T128x128):
-      if (heads_pingpong()) return launch_one_cta<PingPongOf<Tile128x128>, T, 128>(p, d, st, 16, &e);
-      return launch_one_cta<Tile128x128, T, 128>(p, d, st, 8, &e);
-    case 128 * 100 + int(Choice::T128x256):
-      if (heads_pingpong()) return launch_one_cta<PingPongOf<Tile128x256>, T, 128>(p, d, st, 16, &e);
-      return launch_one_cta<Tile128x256, T, 128>(p, d, st, 8, &e);
+    case 128 * 100 + int(Choice::T128x128): return launch_one_cta<Tile128x128, T, 128>(p, d, st, 8, &e);
+    case 128 * 100 + int(Choice::T128x256): return launch_one_cta<Tile128x256, T, 128>(p, d, st, 8, &e);
     case 64 * 100 + int(Choice::T64x64): return launch_one_cta<Tile64x64, T, 64>(p, d, st, 8, &e);
     case 64 * 100 + int(Choice::T64x128): return launch_one_cta<Tile64x128, T, 64>(p, d, st, 8, &e);
     case 64 * 100 + int(Choice::T64x192): return launch_one_cta<Tile64x192, T, 64>(p, d, st, 8, &e);
