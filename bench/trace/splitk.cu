@@ -29,6 +29,39 @@
 
 using namespace bik;
 
+// us a layer: `step(i)` for the layers 0 .. layers-1 once outside a CUDA graph (first calls: workspaces,
+// tensor maps), then captured in one graph, the median of 7 replays after 2.
+template <class Step>
+static double time_layers(cudaStream_t st, int layers, Step&& step) {
+  for (int i = 0; i < layers; ++i) step(i);
+  cudaStreamSynchronize(st);
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
+  for (int i = 0; i < layers; ++i) step(i);
+  cudaStreamEndCapture(st, &g);
+  cudaGraphInstantiate(&ge, g, 0);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<float> t;
+  for (int r = 0; r < 9; ++r) {
+    cudaEventRecord(e0, st);
+    cudaGraphLaunch(ge, st);
+    cudaEventRecord(e1, st);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (r >= 2) t.push_back(ms);
+  }
+  std::sort(t.begin(), t.end());
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return double(t[t.size() / 2]) * 1000.0 / layers;
+}
+
 // `splitk pieces`: the down projection and o-proj as P = 2 fixed K pieces (one bmm into F32 partials, then
 // sum_partials) with the bmm on the rule's tile and on each named tile, against mm and cuBLASLt; prints the
 // bmm's configuration (whether its operands stay in place) and checks that every tile gives the bits of the
@@ -62,33 +95,7 @@ static int pieces_mode(cudaStream_t st, const Device& gpu, int layers) {
         g.batch = S, g.m = m, g.n = sh.n, g.k = kc;
         return g;
       };
-      auto time = [&](auto&& step) {
-        for (int i = 0; i < layers; ++i) step(i);
-        cudaStreamSynchronize(st);
-        cudaGraph_t g;
-        cudaGraphExec_t ge;
-        cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
-        for (int i = 0; i < layers; ++i) step(i);
-        cudaStreamEndCapture(st, &g);
-        cudaGraphInstantiate(&ge, g, 0);
-        cudaEvent_t e0, e1;
-        cudaEventCreate(&e0);
-        cudaEventCreate(&e1);
-        std::vector<float> t;
-        for (int r = 0; r < 9; ++r) {
-          cudaEventRecord(e0, st);
-          cudaGraphLaunch(ge, st);
-          cudaEventRecord(e1, st);
-          cudaEventSynchronize(e1);
-          float ms = 0;
-          cudaEventElapsedTime(&ms, e0, e1);
-          if (r >= 2) t.push_back(ms);
-        }
-        std::sort(t.begin(), t.end());
-        cudaGraphExecDestroy(ge);
-        cudaGraphDestroy(g);
-        return double(t[t.size() / 2]) * 1000.0 / layers;
-      };
+      auto time = [&](auto&& step) { return time_layers(st, layers, step); };
       const double t_mm = time([&](int i) { mm(out.view(), x.view(), ws[size_t(i)].view(), Stream{st}); });
       const double t_cub = time(
           [&](int i) { cuda::cublaslt_gemm(gemm_args_2d(out.view(), x.view(), ws[size_t(i)].view()), Stream{st}); });
@@ -156,33 +163,7 @@ int main(int argc, char** argv) {
       cuda::gemm_fill_uniform(x, 7);
       Tensor out = Tensor::empty({m, sh.n}, DType::BF16, gpu);
       Tensor part = Tensor::empty({8 * m * sh.n}, DType::F32, gpu);
-      auto time = [&](auto&& step) {
-        for (int i = 0; i < layers; ++i) step(i);  // first calls (workspaces, tensor maps) outside the capture
-        cudaStreamSynchronize(st);
-        cudaGraph_t g;
-        cudaGraphExec_t ge;
-        cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
-        for (int i = 0; i < layers; ++i) step(i);
-        cudaStreamEndCapture(st, &g);
-        cudaGraphInstantiate(&ge, g, 0);
-        cudaEvent_t e0, e1;
-        cudaEventCreate(&e0);
-        cudaEventCreate(&e1);
-        std::vector<float> t;
-        for (int r = 0; r < 9; ++r) {
-          cudaEventRecord(e0, st);
-          cudaGraphLaunch(ge, st);
-          cudaEventRecord(e1, st);
-          cudaEventSynchronize(e1);
-          float ms = 0;
-          cudaEventElapsedTime(&ms, e0, e1);
-          if (r >= 2) t.push_back(ms);
-        }
-        std::sort(t.begin(), t.end());
-        cudaGraphExecDestroy(ge);
-        cudaGraphDestroy(g);
-        return double(t[t.size() / 2]) * 1000.0 / layers;  // us a layer
-      };
+      auto time = [&](auto&& step) { return time_layers(st, layers, step); };
       const double t_mm = time([&](int i) { mm(out.view(), x.view(), ws[size_t(i)].view(), Stream{st}); });
       const double t_cub =
           time([&](int i) { cuda::cublaslt_gemm(gemm_args_2d(out.view(), x.view(), ws[size_t(i)].view()), Stream{st}); });
