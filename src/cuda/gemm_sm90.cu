@@ -326,8 +326,6 @@ bool encode_sw128(CUtensorMap& map, const void* base, bool bf16, cuuint32_t rank
                                       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// A [batches, rows, K] view of a K-major operand, boxes of [1, box_rows, 64] in the 128-byte swizzle.
-// Returns false when TMA cannot describe it (the kernel then loads with its producer warps).
 // The K offset between batches when a batched problem's batches are pieces of K: a [P, M, K/P] view of an
 // [M, K] matrix for both operands alike (batch stride below the row stride, the P pieces within each row,
 // K and the batch stride whole 64-deep K stages), the layout of a fixed K split into F32 partials
@@ -343,7 +341,9 @@ int64_t pieces_kofs(const Problem& p) {
   return p.a_sb;
 }
 
-// kofs > 0 (pieces_kofs): one two-dimensional map over each row's span of the `batches` pieces.
+// A [batches, rows, K] view of a K-major operand, boxes of [1, box_rows, 64] in the 128-byte swizzle.
+// Returns false when TMA cannot describe it (the kernel then loads with its producer warps). kofs > 0
+// (pieces_kofs): one two-dimensional map over each row's span of the `batches` pieces instead.
 bool make_map(CUtensorMap& map, const void* base, bool bf16, int k, int rows, int64_t s_row, int batches,
               int64_t s_batch, int box_rows, int64_t kofs = 0) {
   if (kofs > 0) {

@@ -647,7 +647,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   auto load_stage = [&](int s, int kb_in, int b, int tm, int tn) {
     const int ab_ = prm.a_batched ? b : 0, wb_ = prm.w_batched ? b : 0;
     // Pieces of K (prm.a_kofs / w_kofs): the batch moves the K coordinate of a two-dimensional map. A and W
-    // are pieces of K together or not at all (the host's pieces_of), so one K coordinate serves both.
+    // are pieces of K together or not at all (the host's pieces_kofs), so one K coordinate serves both.
     const int kb = kb_in + (prm.a_kofs ? ab_ * (prm.a_kofs / kBK) : 0);
     const int ab = prm.a_kofs ? 0 : ab_, wb = prm.w_kofs ? 0 : wb_;
     // The whole stage lands on the barrier (out-of-bounds box parts count too); in cluster mode that is
