@@ -378,8 +378,8 @@ TEST(GpuGemm, LayoutsGiveTheSameBits) {
 // counts along both pairings (M = 1, 77 and 300 leave the partner of the last pair past M; N = 520 and
 // 1000 past N), half boxes wholly past N (N = 520 with BN = 256), and walks of many pairs a cluster. Both
 // cluster modes run with the last M-tile's A box kept inside the matrix (the default) and with
-// BIK_GEMM_CLUSTER_INSIDE=0 (the box overhanging M: M = 77, 300, 1025 and 600 end in partial M-tiles). The launch counter proves the cluster kernel ran: a
-// silent fall-back would compare gemm() with itself.
+// BIK_GEMM_CLUSTER_INSIDE=0 (the box overhanging M: M = 77, 300, 1025 and 600 end in partial M-tiles).
+// The launch counter proves the cluster kernel ran: a silent fall-back would compare gemm() with itself.
 TEST(GpuGemm, EverySm90TileGivesTheSameBits) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
@@ -476,7 +476,8 @@ TEST(GpuGemm, PiecesOfKStayInPlace) {
   for (const auto& [m, n, k, P] : std::vector<std::array<int64_t, 4>>{
            {1, 300, 1024, 2}, {77, 520, 1536, 3}, {256, 1000, 1024, 2}, {300, 256, 1000, 2}}) {
     const int64_t kc = k / P;
-    const Tensor a = dev_filled({m, k}, DType::BF16, uint64_t(m + 11)), w = dev_filled({n, k}, DType::BF16, uint64_t(k));
+    const Tensor a = dev_filled({m, k}, DType::BF16, uint64_t(m + 11));
+    const Tensor w = dev_filled({n, k}, DType::BF16, uint64_t(k));
     const TensorView ap(a.data(), DType::BF16, {P, m, kc}, {kc, k, 1}, gpu());
     const TensorView wp(w.data(), DType::BF16, {P, n, kc}, {kc, k, 1}, gpu());
     const Tensor ac = dev({P, m, kc}, DType::BF16), wc = dev({P, n, kc}, DType::BF16);
@@ -499,7 +500,7 @@ TEST(GpuGemm, PiecesOfKStayInPlace) {
         const ScopedEnv cluster("BIK_GEMM_CLUSTER", mode);
         fill_bytes(o, 0xff);
         cuda::gemm_sm90_tile(make_args(o, ap, wp, std::nullopt), {}, tile);
-        EXPECT_TRUE(bits_equal(o, base)) << what << ", tile " << tile << (mode ? " cluster " : "") << (mode ? mode : "");
+        EXPECT_TRUE(bits_equal(o, base)) << what << ", tile " << tile << (mode ? std::string(" cluster ") + mode : "");
         ++compared;
       }
     }
