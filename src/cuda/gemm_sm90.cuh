@@ -594,9 +594,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // matrix, starting at M - BM rather than overhanging M (a box that crosses the end of the matrix loads
   // far slower: gate|up at M = 200 took 108 us against 78 at M = 256). Its first rows are then rows of
   // the tile before, computed again with the same bits (a row's sums depend on its own A row only, in
-  // whichever row of the tile it sits) and stored again unchanged. In cluster mode only with
-  // prm.m_inside (BIK_GEMM_CLUSTER_INSIDE, experimental): a tile past M (the partner of an odd count) then
-  // copies rows that exist too, and stores nothing as before.
+  // whichever row of the tile it sits) and stored again unchanged. In cluster mode with prm.m_inside
+  // (BIK_GEMM_CLUSTER_INSIDE, the default): a tile past M (the partner of an odd count) then copies rows
+  // that exist too, and stores nothing as before.
   auto m_base = [&](int tm) {
     return (!kCluster || (prm.m_inside && !Cfg::kSwapGlu)) && prm.tma && p.m >= BM ? min(tm * BM, p.m - BM)
                                                                                       : tm * BM;
@@ -645,11 +645,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
   // With TMA: stage s's copies of K-block kb of tile (b, tm, tn), counted on its full barrier.
   auto load_stage = [&](int s, int kb_in, int b, int tm, int tn) {
-    const int ab_ = prm.a_batched ? b : 0, wb_ = prm.w_batched ? b : 0;
-    // Pieces of K (prm.a_kofs / w_kofs): the batch moves the K coordinate of a two-dimensional map. A and W
-    // are pieces of K together or not at all (the host's pieces_kofs), so one K coordinate serves both.
-    const int kb = kb_in + (prm.a_kofs ? ab_ * (prm.a_kofs / kBK) : 0);
-    const int ab = prm.a_kofs ? 0 : ab_, wb = prm.w_kofs ? 0 : wb_;
+    // Pieces of K (prm.a_kofs = w_kofs > 0, the host's pieces_kofs: both operands batched): the batch moves
+    // the K coordinate of two-dimensional maps instead of being their third coordinate.
+    const int kb = kb_in + b * (prm.a_kofs / kBK);
+    const int ab = prm.a_batched && !prm.a_kofs ? b : 0, wb = prm.w_batched && !prm.w_kofs ? b : 0;
     // The whole stage lands on the barrier (out-of-bounds box parts count too); in cluster mode that is
     // this CTA's own box of one operand plus both halves of the shared one (the partner's half may arrive
     // before this expect_tx; the phase cannot complete without this arrival, so the early bytes are
