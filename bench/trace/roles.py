@@ -21,9 +21,10 @@ def role_of(name, state, d):
     if 'gemm_kernel' in name or 'nvjet' in name:
         state['gemm'] += 1
         g = state['gemm']
-        # The q|k|v GEMM with its heads epilogue (qkv_projection; its template's last argument, the head size,
-        # is 64 or 128) is q|k|v however long it runs (a long prefill step's passes 150 us).
-        if g == 3 and re.search(r'ELi(64|128)EEEvN', name): return 'gemm qkv'
+        # The q|k|v GEMM with its heads epilogue (qkv_projection; its template's head-size argument, 64 or 128,
+        # is followed by the split flag in current builds) is q|k|v however long it runs (a long prefill
+        # step's passes 150 us).
+        if g == 3 and re.search(r'ELi(64|128)E(Lb[01]E)?EEvN', name): return 'gemm qkv'
         if g == 3 and d > 150000: return 'gemm lm-head'
         return 'gemm ' + (roles[g] if g < 4 else 'lm-head/other')
     for key, r in (('silu', 'silu_and_mul'), ('rms_norm', 'rms_norm'), ('rope', 'rope'), ('write_kv', 'write_kv'),

@@ -49,6 +49,17 @@ def test_roles_by_position_after_attention():
     assert roles.bucket(256) == "256" and roles.bucket(200) == "193-255" and roles.bucket(1) == "1-64"
 
 
+def test_long_heads_kernel_is_qkv_not_lm_head():
+    # A prefill step's q|k|v GEMM with the heads epilogue runs past 150 us; its mangled name (head size 128,
+    # then the split flag) keeps it q|k|v, where a plain GEMM that long in that place is the lm-head.
+    pre = "_ZN3bik4cuda11gemm_detail4sm9011gemm_kernelINS2_6ConfigILi128ELi256ELi4ELb0ELb0ELb0EEE13__nv_bfloat16Lb0E"
+    tail = "ELb0EEEvNS2_6ParamsE14CUtensorMap_stS8_"
+    heads, plain = pre + "Li128" + tail, pre + "Li0" + tail
+    assert roles.role_of(heads, {"gemm": 2}, 182000) == "gemm qkv"
+    assert roles.role_of(plain, {"gemm": 2}, 182000) == "gemm lm-head"
+    assert roles.role_of(pre + "Li128EEEvN", {"gemm": 2}, 1) == "gemm qkv"  # names without the split flag
+
+
 def test_runs_split_by_steps_and_diff(tmp_path):
     path = str(tmp_path / "trace.txt")
     write_trace(path)
