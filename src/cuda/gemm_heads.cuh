@@ -116,34 +116,6 @@ __device__ __forceinline__ RowState row_state(const Problem& p, const HeadsEpilo
   return rs;
 }
 
-// Brings into L2, while the main loop runs, what the epilogue of a thread's two rows reads from memory besides
-// the sums: the rows' rotary table rows (RowState::cs; D floats each, the quad's lanes taking every fourth
-// 128-byte line) and the q and k norm weights (lanes 0.. of each warp, a line each). Between two layers' q|k|v
-// products the other projections' weights pass through L2, so these would otherwise come from DRAM, with
-// the rotation waiting on them. A prefetch changes no value.
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-  asm volatile("prefetch.global.L2::evict_last [%0];\n" ::"l"(p));
-}
-template <int D>
-__device__ __forceinline__ void heads_prefetch(const Problem& p, const HeadsEpilogue& e, const HeadRows& hr,
-                                               int row0, int lane) {
-  constexpr int kLines = D * 4 / 128;  // 128-byte lines of a table row of D floats
-  const RowState rs = row_state(p, e, hr, row0, lane);
-  const int quad = lane & 3;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (!rs.rotate[r]) continue;
-    const float* row = rs.cs[r] - 2 * quad;  // the table row's start
-#pragma unroll
-    for (int l = quad; l < kLines; l += 4) prefetch_l2(row + 32 * l);
-  }
-  // A norm vector: D elements of 4 (f32) or 2 bytes, lane i taking its line i.
-  if (e.q_norm != nullptr && 128 * lane < D * (e.q_norm_f32 ? 4 : 2))
-    prefetch_l2(static_cast<const char*>(e.q_norm) + 128 * lane);
-  if (e.k_norm != nullptr && 128 * lane < D * (e.k_norm_f32 ? 4 : 2))
-    prefetch_l2(static_cast<const char*>(e.k_norm) + 128 * lane);
-}
-
 // x[r][at + c] = round(sum + bias) of groups first + c (c < N) of the D layout (columns col0 + 8 (first + c) +
 // 2 (lane % 4) + {0, 1}), as a store of the plain product rounds them; `at` is a compile-time constant at
 // every call, so x stays in registers.

@@ -848,8 +848,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       int b, tm, tn;
       tile_coords(tile, b, tm, tn);
       HeadRows head_rows_of{};  // kHeadDim > 0: the rows' slots and positions, loaded during the main loop
-      [[maybe_unused]] const int head_row0 = m_base(tm) + slab * 64 + warp * 16;
-      if constexpr (kHeadDim > 0) head_rows_of = head_rows(p, prm.heads, head_row0, lane);
+      if constexpr (kHeadDim > 0) head_rows_of = head_rows(p, prm.heads, m_base(tm) + slab * 64 + warp * 16, lane);
 #pragma unroll
       for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
       for (int kb = 0; kb < nkb; ++kb, ++it) {
@@ -870,12 +869,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         wgmma_wait<1>();
         pin(acc);
         if (kb > 0 && lane == 0) release((it - 1) % STAGES);
-        // A few stages in, once the rows' positions have arrived: the epilogue's table rows and norm weights
-        // into L2 (gemm_heads.cuh). Not with 128 accumulators a thread (128 x 256), where the pointers it
-        // keeps through the loop made ptxas spill.
-        if constexpr (kHeadDim > 0 && BN / 2 < 128) {
-          if (kb == min(3, nkb - 1)) heads_prefetch<kHeadDim>(p, prm.heads, head_rows_of, head_row0, lane);
-        }
       }
       // Ping-pong: the next tile's turn may issue now, behind this tile's wgmmas still in flight.
       if constexpr (kPingPong) {
