@@ -853,13 +853,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
       for (int kb = 0; kb < nkb; ++kb, ++it) {
         const int s = it % STAGES, phase = (it / STAGES) & 1;
+        mbar_wait(full(s), phase);
         // The stage addresses through a broadcast from lane 0 (the same in every lane): the compiler then
         // keeps the descriptors in uniform registers instead of moving them there before every wgmma.
-        // Computed before the wait, so that once the stage lands only the wgmmas remain to issue.
         const uint32_t sa = __shfl_sync(0xffffffffu, stage_a(s) + slab * 64 * kRowBytes, 0);
         const uint32_t sw = __shfl_sync(0xffffffffu, stage_w(s), 0);
         const uint64_t da = smem_desc(sa), dw = smem_desc(sw);
-        mbar_wait(full(s), phase);
         pin(acc);
         wgmma_fence();
 #pragma unroll
