@@ -71,11 +71,14 @@ using SwapTile = Config<64, BN, swap_stages(BN), true, true>;
 enum class Choice {
   T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256,
   S144, S160, S192, S208, S224, S256,
+  W112, W128, W144, W160, W176, W192, W208, W224, W240, W256,
   P64, P80, P96, P112, P128, P144, P160, P176, P192, Count
 };
 const char* const kChoiceNames[] = {"64x32",      "64x64",      "64x128",     "64x192",     "128x32",
                                     "128x64",     "128x128",    "128x192",    "128x256",    "swap64x144",
                                     "swap64x160", "swap64x192", "swap64x208", "swap64x224", "swap64x256",
+                                    "swap128x112", "swap128x128", "swap128x144", "swap128x160", "swap128x176",
+                                    "swap128x192", "swap128x208", "swap128x224", "swap128x240", "swap128x256",
                                     "pair192x64", "pair192x80", "pair192x96", "pair192x112", "pair192x128",
                                     "pair192x144", "pair192x160", "pair192x176", "pair192x192"};
 static_assert(std::size(kChoiceNames) == size_t(Choice::Count), "one name per tile");
@@ -93,7 +96,12 @@ constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},       {Choice::T64x64
                                  {Choice::T128x256, 128, 256},   {Choice::S144, 64, 144, true},
                                  {Choice::S160, 64, 160, true},  {Choice::S192, 64, 192, true},
                                  {Choice::S208, 64, 208, true},  {Choice::S224, 64, 224, true},
-                                 {Choice::S256, 64, 256, true},  {Choice::P64, 192, 64, true},
+                                 {Choice::S256, 64, 256, true},  {Choice::W112, 128, 112, true},
+                                 {Choice::W128, 128, 128, true}, {Choice::W144, 128, 144, true},
+                                 {Choice::W160, 128, 160, true}, {Choice::W176, 128, 176, true},
+                                 {Choice::W192, 128, 192, true}, {Choice::W208, 128, 208, true},
+                                 {Choice::W224, 128, 224, true}, {Choice::W240, 128, 240, true},
+                                 {Choice::W256, 128, 256, true}, {Choice::P64, 192, 64, true},
                                  {Choice::P80, 192, 80, true},   {Choice::P96, 192, 96, true},
                                  {Choice::P112, 192, 112, true}, {Choice::P128, 192, 128, true},
                                  {Choice::P144, 192, 144, true}, {Choice::P160, 192, 160, true},
@@ -216,6 +224,36 @@ Choice pair_choice(const Problem& p, const DeviceInfo& d) {
   return best;
 }
 
+// BIK_GEMM_WIDE, read at each call: "0" -> never a wide swapped tile (128 weight rows by BN activation rows,
+// two consumer warpgroups, one CTA a tile: swap128x112 .. swap128x256); "1" -> the one of least work
+// wherever one applies (M > kSwapMaxRows, one batch, what a swapped tile needs: no bias, a 16-bit output in
+// 16-byte aligned rows); unset or anything else -> where one applies, K >= 2048, and its work is at most
+// kWideShare of the other rules' tile. The wide tile for M: T column tiles of ceil(M / T) rows rounded up to
+// 16 (112 to 256), the T of least work. Where M leaves the 128x256 walk a part wave (N = 4096, M = 1637:
+// 208 tiles on 132 SMs) T = 8 columns of 208 fill two (256 tiles). It never changes a bit: each output is the
+// same K sum of one wgmma per K step from zero accumulators, rounded once.
+enum class WideMode { Off, Auto, On };
+constexpr double kWideShare = 0.92;
+WideMode wide_mode_for(const Problem& p) {
+  if (p.m <= kSwapMaxRows || p.batch != 1 || !swap_applies(p)) return WideMode::Off;
+  if (const auto forced = env_switch<WideMode>("BIK_GEMM_WIDE", {{"0", WideMode::Off}, {"1", WideMode::On}}))
+    return *forced;
+  return p.k >= 2048 ? WideMode::Auto : WideMode::Off;
+}
+Choice wide_choice(const Problem& p, const DeviceInfo& d) {
+  Choice best = Choice::Count;
+  double best_w = 0;
+  for (int t = 2; t <= 64; ++t) {
+    const int bn = ((p.m + t - 1) / t + 15) / 16 * 16;
+    if (bn > 256) continue;
+    if (bn < 112) break;
+    const Choice c = Choice(int(Choice::W112) + (bn - 112) / 16);
+    const double w = tile_work(p, d, c);
+    if (best == Choice::Count || w < best_w) best = c, best_w = w;
+  }
+  return best;
+}
+
 // The tile table. Every tile is tried on every shape and M by `bik bench gemm --sweep`
 // (bench/results/gemm_<gpu>.json); these rules are meant to pick within a few percent of the best.
 // Waves = ceil(tiles / SMs): a persistent CTA walks its tiles one after the other, so the step takes
@@ -237,9 +275,11 @@ Choice pair_choice(const Problem& p, const DeviceInfo& d) {
 //   128 < M <= 448, no bias, 16-bit out: a swapped tile instead where swap_pays (BIK_GEMM_SWAP).
 //   256 < M <= 512, no bias, 16-bit out: a pair tile (192 weight rows) where it saves 8% of the work
 //             (BIK_GEMM_PAIRS).
+//   M > 448, no bias, 16-bit out: a wide swapped tile (128 weight rows) where it saves 8% of the work
+//             (BIK_GEMM_WIDE).
 // The choice depends on (M, N, K, batch, SM count) only: it moves outputs between threads, never the K order.
-// `pairs` false: no pair tile, for the gated product, whose epilogue a pair tile cannot take (it would run
-// as the two calls); its own swapped forms are glu_swap_rule's.
+// `plain` false: no pair or wide swapped tile, for the gated product, whose epilogue they cannot take (it
+// would run as the two calls); its own swapped forms are glu_swap_rule's.
 // The measures the rules below weigh tiles by, for one problem on one device.
 struct TileRule {
   const Problem& p;
@@ -273,7 +313,7 @@ struct TileRule {
   }
 };
 
-Choice choose(const Problem& p, const DeviceInfo& d, bool pairs = true) {
+Choice choose(const Problem& p, const DeviceInfo& d, bool plain = true) {
   const TileRule rule{p, d};
   auto tiles_of = [&](const TileShape& t) { return rule.tiles_of(t); };
   auto pick = [&](std::initializer_list<Choice> cands, auto cost, bool less_padding = false) {
@@ -306,9 +346,14 @@ Choice choose(const Problem& p, const DeviceInfo& d, bool pairs = true) {
     c = Choice::T64x128;
   const SwapMode sw = swap_mode_for(p);
   if (sw == SwapMode::On || (sw == SwapMode::Auto && swap_pays(p, d))) c = swapped_choice(p.m);
-  if (const PairMode pm = pairs ? pair_mode_for(p) : PairMode::Off; pm != PairMode::Off) {
+  if (const PairMode pm = plain ? pair_mode_for(p) : PairMode::Off; pm != PairMode::Off) {
     const Choice pc = pair_choice(p, d);
-    if (pc != Choice::Count && (pm == PairMode::On || tile_work(p, d, pc) <= 0.92 * tile_work(p, d, c))) return pc;
+    if (pc != Choice::Count && (pm == PairMode::On || tile_work(p, d, pc) <= 0.92 * tile_work(p, d, c))) c = pc;
+  }
+  if (const WideMode wm = plain ? wide_mode_for(p) : WideMode::Off; wm != WideMode::Off) {
+    const Choice wc = wide_choice(p, d);
+    if (wc != Choice::Count && (wm == WideMode::On || tile_work(p, d, wc) <= kWideShare * tile_work(p, d, c)))
+      return wc;
   }
   return c;
 }
@@ -615,34 +660,41 @@ void launch_split(const Problem& p, const DeviceInfo& d, cudaStream_t st, int sp
   g_split_launches.fetch_add(1, std::memory_order_relaxed);
 }
 
-// The one-CTA-a-tile launch of Cfg (persistent: at most one CTA an SM), walking bands of `group` M-tiles.
-// kHeadDim > 0: the q|k|v epilogue (gemm_heads.cuh) with `heads` as its arguments, launched only where the
+// The one-CTA-a-tile launch of `kernel`, a bm x bn tile (swapped: bm weight rows by bn activation rows of
+// p, the transposed problem; persistent: at most one CTA an SM), walking bands of `group` M-tiles.
+// heads_epilogue: the q|k|v epilogue (gemm_heads.cuh) with `heads` as its arguments, launched only where the
 // copy engine describes both operands (false, nothing launched, otherwise: the caller runs the calls).
-template <class Cfg, typename T, int kHeadDim = 0>
-bool launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int group,
-                    const HeadsEpilogue* heads = nullptr) {
-  auto kernel = gemm_kernel<Cfg, T, false, kHeadDim>;
-  BIK_CHECK(Cfg::kSmemBytes <= d.smem_optin, "matmul: sm90 tile needs ", Cfg::kSmemBytes,
-            " bytes of shared memory; the device allows ", d.smem_optin);
-  Params prm = walk_params(p, TileOrder{(p.m + Cfg::BM - 1) / Cfg::BM, (p.n + Cfg::BN - 1) / Cfg::BN, group});
+bool launch_one_cta_fn(sm90::GemmKernelFn kernel, int threads, int smem, int bm, int bn, bool swapped_tile,
+                       bool heads_epilogue, const Problem& p, const DeviceInfo& d, cudaStream_t st, int group,
+                       const HeadsEpilogue* heads, bool bf16) {
+  BIK_CHECK(smem <= d.smem_optin, "matmul: sm90 tile needs ", smem, " bytes of shared memory; the device allows ",
+            d.smem_optin);
+  Params prm = walk_params(p, TileOrder{(p.m + bm - 1) / bm, (p.n + bn - 1) / bn, group});
   if (heads != nullptr) prm.heads = *heads;
-  if constexpr (Cfg::kSwapped) prm.out_vec16 = columns_vec16_of(p);
+  if (swapped_tile) prm.out_vec16 = columns_vec16_of(p);
   const int64_t total = prm.total_tiles;
   const bool a_batched = prm.a_batched, w_batched = prm.w_batched;
-  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   CUtensorMap map_a{}, map_w{};
   // Boxes of at most the operand's rows (load_stage): a decode's few rows, not BM rows mostly past M.
-  const int a_box = std::min(p.m, Cfg::BM), w_box = p.glu ? Cfg::BN / 2 : std::min(p.n, Cfg::BN);
-  prm.stage_tx = (a_box + (p.glu ? Cfg::BN : w_box)) * kRowBytes;
+  const int a_box = std::min(p.m, bm), w_box = p.glu ? bn / 2 : std::min(p.n, bn);
+  prm.stage_tx = (a_box + (p.glu ? bn : w_box)) * kRowBytes;
   prm.tma = p.a_sk == 1 && p.w_sk == 1 &&
             make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, a_box, prm.a_kofs) &&
             make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, w_box, prm.w_kofs);
-  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, Cfg::kSmemBytes);
-  if (kHeadDim > 0 && !prm.tma) return false;
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), d.index, smem);
+  if (heads_epilogue && !prm.tma) return false;
   const int grid = int(std::min<int64_t>(total, d.sms));
-  launch_kernel(kernel, unsigned(grid), Cfg::kThreads, Cfg::kSmemBytes, st, prm, map_a, map_w);
+  launch_kernel(kernel, unsigned(grid), threads, smem, st, prm, map_a, map_w);
   BIK_CUDA_LAUNCH_CHECK();
   return true;
+}
+
+// launch_one_cta_fn for Cfg's kernel; kHeadDim > 0: the q|k|v heads epilogue.
+template <class Cfg, typename T, int kHeadDim = 0>
+bool launch_one_cta(const Problem& p, const DeviceInfo& d, cudaStream_t st, int group,
+                    const HeadsEpilogue* heads = nullptr) {
+  return launch_one_cta_fn(gemm_kernel<Cfg, T, false, kHeadDim>, Cfg::kThreads, Cfg::kSmemBytes, Cfg::BM, Cfg::BN,
+                           Cfg::kSwapped, kHeadDim > 0, p, d, st, group, heads, std::is_same_v<T, __nv_bfloat16>);
 }
 
 template <class Cfg, typename T>
@@ -706,9 +758,22 @@ void launch_swap_pairs(const Problem& p, const DeviceInfo& d, cudaStream_t st, i
   g_pair_launches.fetch_add(1, std::memory_order_relaxed);
 }
 
+// A wide swapped tile: the transposed problem on 128 weight rows by `bn` activation rows
+// (sm90::swap_wide_kernel), one CTA a tile, bands of 8 weight tiles.
+template <typename T>
+void launch_wide(const Problem& p, const DeviceInfo& d, cudaStream_t st, int bn) {
+  BIK_CHECK(p.bias == nullptr, "matmul: a swapped sm90 tile takes no bias (its rows are output columns)");
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  const sm90::SwapWideKernel kr = sm90::swap_wide_kernel(bn, bf16);
+  BIK_CHECK(kr.fn != nullptr, "gemm_sm90: no wide swapped tile of ", bn, " columns");
+  launch_one_cta_fn(kr.fn, kr.threads, kr.smem, kr.bm, kr.bn, true, false, swapped(p), d, st, 8, nullptr, bf16);
+  g_swapped_launches.fetch_add(1, std::memory_order_relaxed);
+}
+
 template <typename T>
 void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) {
   if (int(c) >= int(Choice::P64)) return launch_swap_pairs<T>(p, d, st, kShapes[int(c)].bn);
+  if (int(c) >= int(Choice::W112)) return launch_wide<T>(p, d, st, kShapes[int(c)].bn);
   switch (c) {
     case Choice::S144: return launch_swapped<144, T>(p, d, st);
     case Choice::S160: return launch_swapped<160, T>(p, d, st);

@@ -1,7 +1,7 @@
 // Kernels of the wide swapped tiles (gemm_sm90_swap_wide.h): gated, 128 or 192 interleaved weight rows (64
 // or 96 outputs, two or three consumer warpgroups of 64 rows each) by BN activation rows; plain, 192
-// weight rows by BN. Stages fill the shared memory the epilogue staging leaves (at most 8). The 192-row
-// tiles run in pairs only.
+// weight rows by BN in pairs, or 128 weight rows by BN on one CTA a tile. Stages fill the shared memory the
+// epilogue staging leaves (at most 8). The 192-row tiles run in pairs only.
 #include "cuda/gemm_sm90.cuh"
 #include "cuda/gemm_sm90_swap_wide.h"
 
@@ -43,6 +43,12 @@ SwapWideKernel pair_of(bool bf16) {
   return bf16 ? kernel_of<192, BN, __nv_bfloat16, true, false>() : kernel_of<192, BN, __half, true, false>();
 }
 
+// The plain 128-row tiles: one CTA a tile.
+template <int BN>
+SwapWideKernel wide_of(bool bf16) {
+  return bf16 ? kernel_of<128, BN, __nv_bfloat16, false, false>() : kernel_of<128, BN, __half, false, false>();
+}
+
 }  // namespace
 
 SwapWideKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster) {
@@ -80,6 +86,22 @@ SwapWideKernel swap_pair_kernel(int bn, bool bf16) {
     case 160: return pair_of<160>(bf16);
     case 176: return pair_of<176>(bf16);
     case 192: return pair_of<192>(bf16);
+    default: return SwapWideKernel{};
+  }
+}
+
+SwapWideKernel swap_wide_kernel(int bn, bool bf16) {
+  switch (bn) {
+    case 112: return wide_of<112>(bf16);
+    case 128: return wide_of<128>(bf16);
+    case 144: return wide_of<144>(bf16);
+    case 160: return wide_of<160>(bf16);
+    case 176: return wide_of<176>(bf16);
+    case 192: return wide_of<192>(bf16);
+    case 208: return wide_of<208>(bf16);
+    case 224: return wide_of<224>(bf16);
+    case 240: return wide_of<240>(bf16);
+    case 256: return wide_of<256>(bf16);
     default: return SwapWideKernel{};
   }
 }

@@ -43,7 +43,7 @@ using test::make_args;
 using test::shape_str;
 using test::ScopedEnv;
 
-std::vector<std::string> swapped_tiles() { return test::sm90_tiles_named("swap"); }
+std::vector<std::string> swapped_tiles() { return test::sm90_tiles_named("swap64"); }
 
 // Every tile of `tiles` on every (M, N, K) of the lists against the default 64x128 tile, bit for bit, on
 // three outputs: 16-bit (the column epilogue), f32 (element stores: the column epilogue takes 16-bit
@@ -143,6 +143,22 @@ TEST(GpuGemmSwap, EverySwappedTileGivesTheDefaultBits) {
   const int64_t compared = compare_with_default(tiles, cuda::gemm_sm90_swapped_launches, {1, 129, 200, 256, 300},
                                                 {200, 1000, 4096}, {72, 4096});
   std::printf("[swap] %lld swapped-tile runs compared bit for bit with the default 64x128 tile\n", (long long)compared);
+}
+
+// Every wide swapped tile (128 weight rows, two consumer warpgroups, one CTA a tile: "swap128x..") against the
+// default 64x128 tile, bit for bit (compare_with_default). M = 1 and 129 leave most of a tile's columns past
+// M; 300 and 700 need several column tiles of every tile, the last starting at M - BN; N = 200 and 1000 end
+// inside a 128-row weight tile; K = 72 and 4096 as above. N = 4096 gives 32 weight tiles, so a CTA walks
+// several tiles when M needs more than four column tiles.
+TEST(GpuGemmSwap, EveryWideSwappedTileGivesTheDefaultBits) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const std::vector<std::string> tiles = test::sm90_tiles_named("swap128");
+  EXPECT_EQ(tiles.size(), 10u) << "swap128x112 .. swap128x256";
+  const int64_t compared = compare_with_default(tiles, cuda::gemm_sm90_swapped_launches, {1, 129, 300, 700},
+                                                {200, 1000, 4096}, {72, 4096});
+  std::printf("[wide] %lld wide swapped-tile runs compared bit for bit with the default 64x128 tile\n",
+              (long long)compared);
 }
 
 // Every plain pair tile (192 weight rows by BN activation rows, two CTAs sharing the weight tile: "pair192x..")
@@ -269,6 +285,29 @@ TEST(GpuGemmSwap, RuleTakesTwoColumnTilesUpTo448RowsAtN4096) {
   }
 }
 
+// The wide rule on N = 4096 (o-proj, K = 4096, and down, K = 12288) past 448 rows, on 132 SMs: where the
+// default walk leaves a part wave (M = 1637: 208 tiles of 128x256) eight column tiles of 208 rows fill two
+// (256 tiles); where it fills its waves (M = 2048 on 128x256, M = 456 on 128x128) the default stays.
+// BIK_GEMM_WIDE=1 takes a wide tile at every one of these M, =0 at none; all the same bits.
+TEST(GpuGemmSwap, WideRuleFillsThePartWave) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  if (cuda::use_device(0).sms != 132) GTEST_SKIP() << "the rule's choices below are those of 132 SMs";
+  for (const int64_t k : {4096, 12288}) {
+    const Tensor w = dev_filled({4096, k}, DType::BF16, uint64_t(k + 13));
+    for (const auto& [m, tile] : std::vector<std::pair<int64_t, std::string>>{
+             {456, "128x128"}, {1637, "swap128x208"}, {2048, "128x256"}}) {
+      const std::string what = shape_str(m, 4096, k);
+      const Tensor a = dev_filled({m, k}, DType::BF16, uint64_t(m + 1)), base = dev({m, 4096}, DType::BF16),
+                   o = dev({m, 4096}, DType::BF16);
+      const DispatchNames names =
+          check_dispatch("BIK_GEMM_WIDE", "swap128", cuda::gemm_sm90_swapped_launches, a, w, base, o, what);
+      EXPECT_EQ(names.rule.rfind("sm90 " + tile + " ", 0), 0u) << what << ": the rule gives " << names.rule;
+      EXPECT_NE(names.forced.find("swap128"), std::string::npos) << what << ": BIK_GEMM_WIDE=1 gives " << names.forced;
+    }
+  }
+}
+
 // BIK_GEMM_PAIRS=1 takes a pair tile for 256 < M <= 512 (launch counter, configuration name), =0 never does,
 // unset takes the rule's pick; all the same bits. On a 132-SM part (H100 SXM, H200) the rule takes one for
 // q|k|v (6144 x 4096) at M = 352 and 448, not at 264 or 320, nor for o-proj (4096 x 4096).
@@ -342,6 +381,32 @@ TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
                 (long long)st.diffs, (long long)st.cases);
     if (cublas) EXPECT_GT(st.diffs, 0) << "the row check found no variance in cuBLASLt: it has no teeth";
     else EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - l0, sizes.size()) << "every batch on a swapped tile";
+  }
+}
+
+// Rows alone (M = 1, the default tiles) against the same rows inside batches of 449..2048 rows that run on
+// wide swapped tiles (BIK_GEMM_WIDE=1), at random positions among random neighbours, 16-bit out as in the
+// engine. Negative control: the same check on cuBLASLt must find rows that differ.
+TEST(GpuGemmSwap, WideRowsAreBatchInvariantAndCublasLtIsCaught) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const int64_t n = 4096, k = 4096;
+  const DType dt = DType::BF16;
+  const Tensor pool = dev_filled({2304, k}, dt, 94), w = dev_filled({n, k}, dt, 95);
+  std::mt19937_64 rng(96);
+  for (const bool cublas : {false, true}) {
+    auto run = [&](const TensorView& out, const TensorView& a) {
+      if (cublas) cuda::cublaslt_gemm(make_args(out, a, w, std::nullopt), {});
+      else mm(out, a, w);
+    };
+    const ScopedEnv on("BIK_GEMM_WIDE", "1");  // M = 1 (the rows alone) is no wide tile's
+    const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
+    const std::vector<int64_t> sizes = {449, 456, 512, 600, 777, 1000, 1024, 1100, 1500, 1637, 1900, 2048};
+    const RowStats st = hidden_rows(run, pool, n, sizes, rng, !cublas);
+    std::printf("[wide] %s: %lld of %lld rows differ from the row computed alone\n", cublas ? "cublaslt" : "bik",
+                (long long)st.diffs, (long long)st.cases);
+    if (cublas) EXPECT_GT(st.diffs, 0) << "the row check found no variance in cuBLASLt: it has no teeth";
+    else EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - l0, sizes.size()) << "every batch on a wide tile";
   }
 }
 
