@@ -40,8 +40,15 @@ def new_step(state):
 
 
 def is_step_start(rows, names, i):
-    """Whether kernel i opens a step: the token embedding, followed by rms_norm (its grid's y: the tokens)."""
+    """Whether kernel i opens a step: the token embedding, followed by rms_norm."""
     return 'embedding' in names[rows[i][2]] and i + 1 < len(rows) and 'rms_norm' in names[rows[i + 1][2]]
+
+
+def step_tokens(rows, i):
+    """The tokens of the step kernel i opens (is_step_start): the grid of the rms_norm after the embedding, one
+    CTA a token (its grid's x in current builds, y in older ones), or the embedding's grid y, which stops at
+    512 (a prefill step of 2048 tokens once fell in the 385-512 bucket)."""
+    return max(rows[i][4], rows[i + 1][3], rows[i + 1][4])
 
 
 def walk(rows, names, lo, hi):
@@ -53,7 +60,7 @@ def walk(rows, names, lo, hi):
         s, e, k = rows[i][0], rows[i][1], rows[i][2]
         first = is_step_start(rows, names, i)
         if first:
-            cur = bucket(rows[i][4])
+            cur = bucket(step_tokens(rows, i))
             new_step(state)
         start = s if prev_end is None else prev_end
         prev_end = e if prev_end is None else max(prev_end, e)

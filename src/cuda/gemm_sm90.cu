@@ -228,12 +228,21 @@ Choice pair_choice(const Problem& p, const DeviceInfo& d) {
 // two consumer warpgroups, one CTA a tile: swap128x112 .. swap128x256); "1" -> the one of least work
 // wherever one applies (M > kSwapMaxRows, one batch, what a swapped tile needs: no bias, a 16-bit output in
 // 16-byte aligned rows); unset or anything else -> where one applies, K >= 2048, and its work is at most
-// kWideShare of the other rules' tile. The wide tile for M: T column tiles of ceil(M / T) rows rounded up to
-// 16 (112 to 256), the T of least work. Where M leaves the 128x256 walk a part wave (N = 4096, M = 1637:
-// 208 tiles on 132 SMs) T = 8 columns of 208 fill two (256 tiles). It never changes a bit: each output is the
-// same K sum of one wgmma per K step from zero accumulators, rounded once.
+// that of the other rules' tile when that is 128x256, at most 0.92 of it otherwise. The wide tile for M: T
+// column tiles of ceil(M / T) rows rounded up to 16 (128 to 256), the T of least work, the widest on ties.
+// Where M leaves the 128x256 walk a part wave (N = 4096, M = 1637: 208 tiles on 132 SMs) eight column tiles
+// of 208 rows fill two waves (256 tiles). On an H200 (N = 4096, bik bench gemm --sweep, every tile,
+// logs_h200/22e85b7_wide_sweep.log): o-proj (K = 4096) at M = 600 / 777 / 1100 / 1637 32.3 / 39.2 / 60.2 /
+// 81.0 us on swap128x160 / x208 / x144 / x208 against 38.0 / 45.4 / 76.4 / 91.2 on the default tiles
+// (128x192, 128x256), down (K = 12288) 90.7 / 111.0 / 182.9 / 247.1 against 106.6 / 120.6 / 214.2 / 275.0;
+// at equal work against 128x256 (M = 1024, 2048) and at 0.94 of it (1800) the wide tile ran 3-13% faster
+// (o-proj 44.8 / 92.2 / 90.4 against 48.1 / 98.6 / 95.0, down 131.0 / 269.3 / 243.8 against 136.0 / 292.4 /
+// 279.7), against 128x192 at equal work (M = 1500) 4-11% slower, hence the two bounds; the 112-row tile,
+// the least work at M = 1300 (three waves), ran slower there than 176 rows in two (82.3 against 70.5 us),
+// hence 128 rows at least. Under sustained load down at M = 600 / 1100 / 1637 took 107.2 / 194.5 / 263.9 us
+// against 113.9 / 222.8 / 278.9 (22e85b7_wide_rule_{x,0}.log). It never changes a bit: each output is the same
+// K sum of one wgmma per K step from zero accumulators, rounded once.
 enum class WideMode { Off, Auto, On };
-constexpr double kWideShare = 0.92;
 WideMode wide_mode_for(const Problem& p) {
   if (p.m <= kSwapMaxRows || p.batch != 1 || !swap_applies(p)) return WideMode::Off;
   if (const auto forced = env_switch<WideMode>("BIK_GEMM_WIDE", {{"0", WideMode::Off}, {"1", WideMode::On}}))
@@ -246,10 +255,10 @@ Choice wide_choice(const Problem& p, const DeviceInfo& d) {
   for (int t = 2; t <= 64; ++t) {
     const int bn = ((p.m + t - 1) / t + 15) / 16 * 16;
     if (bn > 256) continue;
-    if (bn < 112) break;
+    if (bn < 128) break;
     const Choice c = Choice(int(Choice::W112) + (bn - 112) / 16);
     const double w = tile_work(p, d, c);
-    if (best == Choice::Count || w < best_w) best = c, best_w = w;
+    if (best == Choice::Count || w < best_w) best = c, best_w = w;  // T rising: the widest wins ties
   }
   return best;
 }
@@ -275,8 +284,8 @@ Choice wide_choice(const Problem& p, const DeviceInfo& d) {
 //   128 < M <= 448, no bias, 16-bit out: a swapped tile instead where swap_pays (BIK_GEMM_SWAP).
 //   256 < M <= 512, no bias, 16-bit out: a pair tile (192 weight rows) where it saves 8% of the work
 //             (BIK_GEMM_PAIRS).
-//   M > 448, no bias, 16-bit out: a wide swapped tile (128 weight rows) where it saves 8% of the work
-//             (BIK_GEMM_WIDE).
+//   M > 448, no bias, 16-bit out: a wide swapped tile (128 weight rows) where it saves 8% of the work, or
+//             none against 128x256 (BIK_GEMM_WIDE).
 // The choice depends on (M, N, K, batch, SM count) only: it moves outputs between threads, never the K order.
 // `plain` false: no pair or wide swapped tile, for the gated product, whose epilogue they cannot take (it
 // would run as the two calls); its own swapped forms are glu_swap_rule's.
@@ -352,8 +361,8 @@ Choice choose(const Problem& p, const DeviceInfo& d, bool plain = true) {
   }
   if (const WideMode wm = plain ? wide_mode_for(p) : WideMode::Off; wm != WideMode::Off) {
     const Choice wc = wide_choice(p, d);
-    if (wc != Choice::Count && (wm == WideMode::On || tile_work(p, d, wc) <= kWideShare * tile_work(p, d, c)))
-      return wc;
+    const double share = c == Choice::T128x256 ? 1.0 : 0.92;
+    if (wc != Choice::Count && (wm == WideMode::On || tile_work(p, d, wc) <= share * tile_work(p, d, c))) return wc;
   }
   return c;
 }

@@ -287,8 +287,10 @@ TEST(GpuGemmSwap, RuleTakesTwoColumnTilesUpTo448RowsAtN4096) {
 
 // The wide rule on N = 4096 (o-proj, K = 4096, and down, K = 12288) past 448 rows, on 132 SMs: where the
 // default walk leaves a part wave (M = 1637: 208 tiles of 128x256) eight column tiles of 208 rows fill two
-// (256 tiles); where it fills its waves (M = 2048 on 128x256, M = 456 on 128x128) the default stays.
-// BIK_GEMM_WIDE=1 takes a wide tile at every one of these M, =0 at none; all the same bits.
+// (256 tiles); at M = 1300 eight of 176 rows (not twelve of 112, less work in three waves); against
+// 128x256 at equal work the wide tile (M = 2048); where the default fills its waves with less work
+// (M = 456 on 128x128, M = 1500 on 128x192) the default stays. BIK_GEMM_WIDE=1 takes a wide tile at every
+// one of these M, =0 at none; all the same bits.
 TEST(GpuGemmSwap, WideRuleFillsThePartWave) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
@@ -296,7 +298,8 @@ TEST(GpuGemmSwap, WideRuleFillsThePartWave) {
   for (const int64_t k : {4096, 12288}) {
     const Tensor w = dev_filled({4096, k}, DType::BF16, uint64_t(k + 13));
     for (const auto& [m, tile] : std::vector<std::pair<int64_t, std::string>>{
-             {456, "128x128"}, {1637, "swap128x208"}, {2048, "128x256"}}) {
+             {456, "128x128"}, {1300, "swap128x176"}, {1500, "128x192"}, {1637, "swap128x208"},
+             {2048, "swap128x256"}}) {
       const std::string what = shape_str(m, 4096, k);
       const Tensor a = dev_filled({m, k}, DType::BF16, uint64_t(m + 1)), base = dev({m, 4096}, DType::BF16),
                    o = dev({m, 4096}, DType::BF16);

@@ -60,6 +60,14 @@ def test_long_heads_kernel_is_qkv_not_lm_head():
     assert roles.role_of(pre + "Li128EEEvN", {"gemm": 2}, 1) == "gemm qkv"  # names without the split flag
 
 
+def test_prefill_step_tokens_from_the_norm_grid():
+    # The embedding's grid y stops at 512; the rms_norm after it has one CTA a token (grid x): a step of 2048
+    # tokens is bucket 1025-2048, not 385-512; with the token count in the embedding's grid alone, that one.
+    rows = [(0, 10, 0, 4, 512), (11, 20, 1, 2048, 1), (21, 30, 0, 4, 256), (31, 40, 1, 1, 1)]
+    assert roles.step_tokens(rows, 0) == 2048 and roles.bucket(roles.step_tokens(rows, 0)) == "1025-2048"
+    assert roles.step_tokens(rows, 2) == 256
+
+
 def test_runs_split_by_steps_and_diff(tmp_path):
     path = str(tmp_path / "trace.txt")
     write_trace(path)
