@@ -193,6 +193,35 @@ double tile_work(const Problem& p, const DeviceInfo& d, Choice c) {
   return walk_work(tiles_r * tiles_c * p.batch, d.sms, bm, t.bn);
 }
 
+// A family of swapped tiles (pairs, wide) and its switch `var`, read at each call: Off where the family does
+// not apply (`in_range` false, more than one batch, or what a swapped tile needs missing: no bias, a 16-bit
+// output in 16-byte aligned rows); else "0" -> Off, "1" -> On (the family's tile wherever it applies), unset
+// or anything else -> Auto for K >= 2048 (the rule's bound on its work decides), Off below.
+enum class FamilyMode { Off, Auto, On };
+FamilyMode family_mode(const Problem& p, bool in_range, const char* var) {
+  if (!in_range || p.batch != 1 || !swap_applies(p)) return FamilyMode::Off;
+  if (const auto forced = env_switch<FamilyMode>(var, {{"0", FamilyMode::Off}, {"1", FamilyMode::On}}))
+    return *forced;
+  return p.k >= 2048 ? FamilyMode::Auto : FamilyMode::Off;
+}
+// The family tile of least work (tile_work) for T = 2..t_max column tiles of ceil(M / T) rows rounded up to
+// 16, among the widths `first`'s to bn_max (the family's tiles from `first` on, in steps of 16); ties go to
+// the smaller T, the wider tile. Choice::Count where no T gives such a width.
+Choice least_work_columns(const Problem& p, const DeviceInfo& d, int t_max, Choice first, int bn_max) {
+  const int bn_min = kShapes[int(first)].bn;
+  Choice best = Choice::Count;
+  double best_w = 0;
+  for (int t = 2; t <= t_max; ++t) {
+    const int bn = ((p.m + t - 1) / t + 15) / 16 * 16;
+    if (bn > bn_max) continue;
+    if (bn < bn_min) break;
+    const Choice c = Choice(int(first) + (bn - bn_min) / 16);
+    const double w = tile_work(p, d, c);
+    if (best == Choice::Count || w < best_w) best = c, best_w = w;
+  }
+  return best;
+}
+
 // BIK_GEMM_PAIRS, read at each call: "0" -> never a pair tile; "1" -> the pair tile of least work wherever
 // one applies (256 < M <= 512, one batch, what a swapped tile needs: no bias, a 16-bit output in 16-byte
 // aligned rows); unset or anything else -> where one applies, K >= 2048, and its work is at most 0.92 of
@@ -204,25 +233,8 @@ double tile_work(const Problem& p, const DeviceInfo& d, Choice c) {
 // (0.9-0.917); at 0.94 (q|k|v at M = 272..320 on x80) 29.9-30.9 against 29.8-29.9, so not taken; o-proj
 // and down (N = 4096: 22 weight tiles of 192 rows) always lost, and never have less work. It never changes
 // a bit: each output is the same K sum of one wgmma per K step from zero accumulators, rounded once.
-enum class PairMode { Off, Auto, On };
-PairMode pair_mode_for(const Problem& p) {
-  if (p.m <= 256 || p.m > 512 || p.batch != 1 || !swap_applies(p)) return PairMode::Off;
-  if (const auto forced = env_switch<PairMode>("BIK_GEMM_PAIRS", {{"0", PairMode::Off}, {"1", PairMode::On}}))
-    return *forced;
-  return p.k >= 2048 ? PairMode::Auto : PairMode::Off;
-}
-Choice pair_choice(const Problem& p, const DeviceInfo& d) {
-  Choice best = Choice::Count;
-  double best_w = 0;
-  for (int t : {2, 3, 4}) {
-    const int bn = std::max(64, ((p.m + t - 1) / t + 15) / 16 * 16);
-    if (bn > 192) continue;
-    const Choice c = Choice(int(Choice::P64) + (bn - 64) / 16);
-    const double w = tile_work(p, d, c);
-    if (best == Choice::Count || w < best_w) best = c, best_w = w;
-  }
-  return best;
-}
+FamilyMode pair_mode_for(const Problem& p) { return family_mode(p, p.m > 256 && p.m <= 512, "BIK_GEMM_PAIRS"); }
+Choice pair_choice(const Problem& p, const DeviceInfo& d) { return least_work_columns(p, d, 4, Choice::P64, 192); }
 
 // BIK_GEMM_WIDE, read at each call: "0" -> never a wide swapped tile (128 weight rows by BN activation rows,
 // two consumer warpgroups, one CTA a tile: swap128x112 .. swap128x256); "1" -> the one of least work
@@ -242,26 +254,8 @@ Choice pair_choice(const Problem& p, const DeviceInfo& d) {
 // hence 128 rows at least. Under sustained load down at M = 600 / 1100 / 1637 took 107.2 / 194.5 / 263.9 us
 // against 113.9 / 222.8 / 278.9 (22e85b7_wide_rule_{x,0}.log). It never changes a bit: each output is the same
 // K sum of one wgmma per K step from zero accumulators, rounded once.
-enum class WideMode { Off, Auto, On };
-WideMode wide_mode_for(const Problem& p) {
-  if (p.m <= kSwapMaxRows || p.batch != 1 || !swap_applies(p)) return WideMode::Off;
-  if (const auto forced = env_switch<WideMode>("BIK_GEMM_WIDE", {{"0", WideMode::Off}, {"1", WideMode::On}}))
-    return *forced;
-  return p.k >= 2048 ? WideMode::Auto : WideMode::Off;
-}
-Choice wide_choice(const Problem& p, const DeviceInfo& d) {
-  Choice best = Choice::Count;
-  double best_w = 0;
-  for (int t = 2; t <= 64; ++t) {
-    const int bn = ((p.m + t - 1) / t + 15) / 16 * 16;
-    if (bn > 256) continue;
-    if (bn < 128) break;
-    const Choice c = Choice(int(Choice::W112) + (bn - 112) / 16);
-    const double w = tile_work(p, d, c);
-    if (best == Choice::Count || w < best_w) best = c, best_w = w;  // T rising: the widest wins ties
-  }
-  return best;
-}
+FamilyMode wide_mode_for(const Problem& p) { return family_mode(p, p.m > kSwapMaxRows, "BIK_GEMM_WIDE"); }
+Choice wide_choice(const Problem& p, const DeviceInfo& d) { return least_work_columns(p, d, 64, Choice::W128, 256); }
 
 // The tile table. Every tile is tried on every shape and M by `bik bench gemm --sweep`
 // (bench/results/gemm_<gpu>.json); these rules are meant to pick within a few percent of the best.
@@ -355,14 +349,14 @@ Choice choose(const Problem& p, const DeviceInfo& d, bool plain = true) {
     c = Choice::T64x128;
   const SwapMode sw = swap_mode_for(p);
   if (sw == SwapMode::On || (sw == SwapMode::Auto && swap_pays(p, d))) c = swapped_choice(p.m);
-  if (const PairMode pm = plain ? pair_mode_for(p) : PairMode::Off; pm != PairMode::Off) {
-    const Choice pc = pair_choice(p, d);
-    if (pc != Choice::Count && (pm == PairMode::On || tile_work(p, d, pc) <= 0.92 * tile_work(p, d, c))) c = pc;
-  }
-  if (const WideMode wm = plain ? wide_mode_for(p) : WideMode::Off; wm != WideMode::Off) {
-    const Choice wc = wide_choice(p, d);
-    const double share = c == Choice::T128x256 ? 1.0 : 0.92;
-    if (wc != Choice::Count && (wm == WideMode::On || tile_work(p, d, wc) <= share * tile_work(p, d, c))) return wc;
+  // A family's tile where its switch is On, or Auto and its work is at most `share` of the tile so far.
+  auto family = [&](FamilyMode mode, Choice fc, double share) {
+    if (fc != Choice::Count && (mode == FamilyMode::On || tile_work(p, d, fc) <= share * tile_work(p, d, c))) c = fc;
+  };
+  if (plain) {
+    if (const FamilyMode pm = pair_mode_for(p); pm != FamilyMode::Off) family(pm, pair_choice(p, d), 0.92);
+    if (const FamilyMode wm = wide_mode_for(p); wm != FamilyMode::Off)
+      family(wm, wide_choice(p, d), c == Choice::T128x256 ? 1.0 : 0.92);
   }
   return c;
 }

@@ -1,7 +1,7 @@
 // The wide swapped tiles of the Hopper GEMM, 128 or 192 weight rows: the gated ones (Config::kSwapGlu in
-// gemm_sm90.cuh), the plain ones of 192 rows in pairs and the plain ones of 128 rows on one CTA a tile. Their kernels live in gemm_sm90_swap_wide.cu,
-// a translation unit of their own so that they compile beside gemm_sm90.cu; the host side (tensor maps,
-// the walk, the rules) is gemm_sm90.cu's.
+// gemm_sm90.cuh), the plain ones of 192 rows in pairs and the plain ones of 128 rows on one CTA a tile.
+// Their kernels live in gemm_sm90_swap_wide.cu, a translation unit of their own so that they compile beside
+// gemm_sm90.cu; the host side (tensor maps, the walk, the rules) is gemm_sm90.cu's.
 #pragma once
 #include <cuda.h>
 

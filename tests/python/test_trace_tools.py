@@ -104,3 +104,25 @@ def test_kernel_roles_excl_sums_to_span(tmp_path):
     first = out.splitlines()[0]
     span, kernel_time = first.split("span ")[1].split(" ms")[0], first.split("kernel time ")[1].split(" ms")[0]
     assert span == kernel_time
+
+
+def test_host_gaps_reports_calls_before_a_runs_first_kernel(tmp_path):
+    # Two runs of two steps; between them (after run 0's last kernel, before run 1's first) a 5 ms host call,
+    # and one launch call during run 1's first step: host_gaps.py lists the first under "before its first
+    # kernel" (with its distance from that kernel) and the second under the run's first steps.
+    path, api = str(tmp_path / "trace.txt"), str(tmp_path / "api.txt")
+    write_trace(path)
+    rows, names = trace_file.read(path)
+    starts = [i for i in range(len(rows)) if roles.is_step_start(rows, names, i)]
+    first1 = rows[starts[2]][0]
+    end0 = rows[starts[2] - 1][1]
+    assert first1 > end0
+    with open(api, "w") as f:
+        f.write(f"{end0 + 10} {end0 + 10 + 5000000} R cudaMemcpy_v3020\n")
+        f.write(f"{first1 + 5} {first1 + 2005} R cudaLaunchKernelExC_v11060\n")
+    out = subprocess.run([sys.executable, os.path.join(TRACE_DIR, "host_gaps.py"), path, api, "2", "--first", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    run1 = out[out.index("run 1:"):]
+    before, during = run1[:run1.index("during its first")], run1[run1.index("during its first"):]
+    assert "cudaMemcpy_v3020" in before and "total      5.00 ms" in before
+    assert "cudaLaunchKernelExC_v11060" in during and "cudaMemcpy" not in during.split("over the run")[0]
