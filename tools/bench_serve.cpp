@@ -82,6 +82,9 @@ const char* kServeUsage =
     "tokens/s, steps and the number of unique completions among the requests of the repeated prompt,\n"
     "then the steps grouped by the tokens they scheduled (64-token groups up to 512) with their seconds;\n"
     "on one GPU also the GPU's energy over each timed run, mean power and SM clock (NVML, where it loads).\n"
+    "Where both modes ran: their median output tok/s and its ratio, and on / off - 1 for each two\n"
+    "consecutive runs of different modes (an ABBA order such as on,off,off,on pairs runs 1-2 and 3-4), with\n"
+    "the pairs' mean and standard deviation (JSON \"comparison\").\n"
     "Exits 1 when a batch-invariant run gives that prompt more than one completion.\n"
     "\n"
     "model:\n"
@@ -169,6 +172,46 @@ std::pair<int64_t, int64_t> count_unique(std::vector<std::vector<T>> seqs) {
     if (p < a.size() && p < b.size() && (first_diff < 0 || int64_t(p) < first_diff)) first_diff = int64_t(p);
   }
   return {leaves, first_diff};
+}
+
+// Batch invariance on against off, where runs of both took place: the median output tok/s of each, the ratio
+// of the medians, and for each two consecutive runs of different modes (runs 2i and 2i + 1: the pairs of an
+// ABBA order such as on,off,off,on, which cancel a drift of the card over the runs) on / off - 1 in percent,
+// with their mean and (from two pairs on) their standard deviation. Null where a mode never ran.
+nlohmann::json compare_modes(const nlohmann::json& results) {
+  std::vector<double> on, off, pairs;
+  for (const auto& r : results)
+    (r["batch_invariant"].get<bool>() ? on : off).push_back(r["output_tok_s"].get<double>());
+  if (on.empty() || off.empty()) return nullptr;
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t h = v.size() / 2;
+    return v.size() % 2 ? v[h] : (v[h - 1] + v[h]) / 2;
+  };
+  for (size_t i = 0; i + 1 < results.size(); i += 2) {
+    const bool first_on = results[i]["batch_invariant"].get<bool>();
+    if (first_on == results[i + 1]["batch_invariant"].get<bool>()) continue;
+    const double t_on = results[first_on ? i : i + 1]["output_tok_s"].get<double>();
+    const double t_off = results[first_on ? i + 1 : i]["output_tok_s"].get<double>();
+    pairs.push_back(100.0 * (t_on / t_off - 1.0));
+  }
+  const double on_m = median(on), off_m = median(off);
+  nlohmann::json c = {{"on_median_output_tok_s", on_m},
+                      {"off_median_output_tok_s", off_m},
+                      {"median_ratio", on_m / off_m},
+                      {"pairs_pct", pairs}};
+  if (!pairs.empty()) {
+    double mean = 0;
+    for (double x : pairs) mean += x;
+    mean /= double(pairs.size());
+    c["pair_mean_pct"] = mean;
+    if (pairs.size() > 1) {
+      double ss = 0;
+      for (double x : pairs) ss += (x - mean) * (x - mean);
+      c["pair_sd_pct"] = std::sqrt(ss / double(pairs.size() - 1));
+    }
+  }
+  return c;
 }
 
 int serve_bench(const std::vector<std::string>& argv) {
@@ -320,6 +363,10 @@ int serve_bench(const std::vector<std::string>& argv) {
   fs::create_directories(out_dir, mk);
   const std::string json_path = out_dir + "/" + name + ".json", md_path = out_dir + "/" + name + ".md";
   auto write_out = [&] {  // after every mode, so a run cut short keeps what it measured
+    if (nlohmann::json c = compare_modes(j["results"]); c.is_null())
+      j.erase("comparison");
+    else
+      j["comparison"] = c;
     std::ofstream f(json_path);
     f << j.dump(1) << "\n";
     std::ofstream m(md_path);
@@ -343,6 +390,27 @@ int serve_bench(const std::vector<std::string>& argv) {
                     r["preemptions"].get<long long>(), r["unique_completions"].get<long long>(),
                     r["shared_requests"].get<long long>(), r["unique_logprob_sequences"].get<long long>());
       m << row;
+    }
+    if (j.contains("comparison")) {
+      const auto& c = j["comparison"];
+      std::snprintf(row, sizeof row, "\nOn against off: median output tok/s %.0f against %.0f (x%.4f)",
+                    c["on_median_output_tok_s"].get<double>(), c["off_median_output_tok_s"].get<double>(),
+                    c["median_ratio"].get<double>());
+      m << row;
+      const auto& pairs = c["pairs_pct"];
+      if (!pairs.empty()) {
+        double lo = pairs[0].get<double>(), hi = lo;
+        for (const auto& x : pairs) lo = std::min(lo, x.get<double>()), hi = std::max(hi, x.get<double>());
+        std::snprintf(row, sizeof row, "; in %zu pairs of consecutive on / off runs on - off %+.2f%% on average",
+                      pairs.size(), c["pair_mean_pct"].get<double>());
+        m << row;
+        if (c.contains("pair_sd_pct")) {
+          std::snprintf(row, sizeof row, " (standard deviation %.2f%%, %+.2f%% to %+.2f%%)",
+                        c["pair_sd_pct"].get<double>(), lo, hi);
+          m << row;
+        }
+      }
+      m << ".\n";
     }
     // The GPU's energy per timed run, where NVML could read it.
     bool any_energy = false;
@@ -541,6 +609,15 @@ int serve_bench(const std::vector<std::string>& argv) {
                    (long long)unique);
       rc = rc ? rc : 1;
     }
+  }
+  if (j.contains("comparison")) {
+    const auto& c = j["comparison"];
+    std::printf("on against off: median output tok/s %.1f against %.1f (x%.4f)",
+                c["on_median_output_tok_s"].get<double>(), c["off_median_output_tok_s"].get<double>(),
+                c["median_ratio"].get<double>());
+    if (c.contains("pair_mean_pct"))
+      std::printf("; %zu on / off pairs: %+.2f%% on average", c["pairs_pct"].size(), c["pair_mean_pct"].get<double>());
+    std::printf("\n");
   }
   std::fprintf(stderr, "bik bench serve: wrote %s and %s\n", json_path.c_str(), md_path.c_str());
   return rc;
