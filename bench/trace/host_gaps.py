@@ -4,7 +4,7 @@
 # teardown and set-up, the first step's preparation) and during its first steps, by name: count, total and
 # longest duration; then each run's calls over the whole run by total duration.
 # Usage: host_gaps.py TRACE API STEPS [--first N] [--top K]
-import argparse, collections
+import argparse, bisect, collections
 import trace_file
 from roles import is_step_start
 
@@ -38,7 +38,6 @@ def main():
     api = read_api(args.api)
     starts = [i for i in range(len(rows)) if is_step_start(rows, names, i)]
     n = args.steps
-    import bisect
     keys = [a[0] for a in api]
     prev_end = None
     for r in range(len(starts) // n):
