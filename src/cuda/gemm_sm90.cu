@@ -735,12 +735,20 @@ std::atomic<uint64_t> g_pair_launches{0};
 // when M needs an odd number, computed on copied rows and not stored), each CTA multicasting half of the
 // weight box. Where the copy engine cannot describe an operand (no scratch for packing), K = 0, more than
 // one batch, or the device cannot place the pairs, the default 128x128 tile runs instead: the same bits.
+// The kernel `lookup` (sm90::swap_pair_kernel, swap_wide_kernel) gives for `bn` activation rows, an error
+// where there is none, or where p has a bias (a swapped tile's rows are output columns).
+sm90::SwapWideKernel wide_kernel_for(const Problem& p, sm90::SwapWideKernel (*lookup)(int, bool), bool bf16, int bn,
+                                     const char* what) {
+  BIK_CHECK(p.bias == nullptr, "matmul: a swapped sm90 tile takes no bias (its rows are output columns)");
+  const sm90::SwapWideKernel kr = lookup(bn, bf16);
+  BIK_CHECK(kr.fn != nullptr, "gemm_sm90: no ", what, " of ", bn, " columns");
+  return kr;
+}
+
 template <typename T>
 void launch_swap_pairs(const Problem& p, const DeviceInfo& d, cudaStream_t st, int bn) {
-  BIK_CHECK(p.bias == nullptr, "matmul: a swapped sm90 tile takes no bias (its rows are output columns)");
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  const sm90::SwapWideKernel kr = sm90::swap_pair_kernel(bn, bf16);
-  BIK_CHECK(kr.fn != nullptr, "gemm_sm90: no pair tile of ", bn, " columns");
+  const sm90::SwapWideKernel kr = wide_kernel_for(p, sm90::swap_pair_kernel, bf16, bn, "pair tile");
   const Problem q = swapped(p);
   const int w_box = std::min(q.n, kr.bn);
   CUtensorMap map_a{}, map_w{};
@@ -765,10 +773,8 @@ void launch_swap_pairs(const Problem& p, const DeviceInfo& d, cudaStream_t st, i
 // (sm90::swap_wide_kernel), one CTA a tile, bands of 8 weight tiles.
 template <typename T>
 void launch_wide(const Problem& p, const DeviceInfo& d, cudaStream_t st, int bn) {
-  BIK_CHECK(p.bias == nullptr, "matmul: a swapped sm90 tile takes no bias (its rows are output columns)");
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  const sm90::SwapWideKernel kr = sm90::swap_wide_kernel(bn, bf16);
-  BIK_CHECK(kr.fn != nullptr, "gemm_sm90: no wide swapped tile of ", bn, " columns");
+  const sm90::SwapWideKernel kr = wide_kernel_for(p, sm90::swap_wide_kernel, bf16, bn, "wide swapped tile");
   launch_one_cta_fn(kr.fn, kr.threads, kr.smem, kr.bm, kr.bn, true, false, swapped(p), d, st, 8, nullptr, bf16);
   g_swapped_launches.fetch_add(1, std::memory_order_relaxed);
 }

@@ -358,59 +358,55 @@ TEST(GpuGemmSwap, PairRowsAreBatchInvariant) {
   EXPECT_EQ(cuda::gemm_sm90_pair_launches() - l0, sizes.size()) << "every batch on a pair tile";
 }
 
-// Rows alone (M = 1, the default tiles) against the same rows inside batches of 129..448 rows that run on
-// swapped tiles (BIK_GEMM_SWAP=1: one column tile up to 256 rows, two past it, the second one starting at
-// M - BN), at random positions among random neighbours, 16-bit out as in the engine.
-// Negative control: the same check on cuBLASLt, whose kernels change with M, must find rows that differ.
-TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
-  BIK_REQUIRE_GPU();
-  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+namespace {
+
+// The row check (hidden_rows) on a 4096 x 4096 product through gemm() with `var` = "1" (and `var2` = `val2`
+// where given), every batch of `sizes` on a swapped tile (the swapped launch counter); then the same check
+// on cuBLASLt, the negative control, whose kernels change with M: it must find rows that differ. Pool, weight
+// and positions come from seeds `seed`, + 1 and + 2; `tag` prefixes the printed counts.
+void swapped_rows_and_cublas_control(const char* tag, const char* var, const char* var2, const char* val2,
+                                     int64_t pool_rows, uint64_t seed, const std::vector<int64_t>& sizes) {
   const int64_t n = 4096, k = 4096;
   const DType dt = DType::BF16;
-  const Tensor pool = dev_filled({1024, k}, dt, 91), w = dev_filled({n, k}, dt, 92);
-  std::mt19937_64 rng(93);
+  const Tensor pool = dev_filled({pool_rows, k}, dt, seed), w = dev_filled({n, k}, dt, seed + 1);
+  std::mt19937_64 rng(seed + 2);
   for (const bool cublas : {false, true}) {
     auto run = [&](const TensorView& out, const TensorView& a) {
       if (cublas) cuda::cublaslt_gemm(make_args(out, a, w, std::nullopt), {});
       else mm(out, a, w);
     };
-    // M = 1 (the rows alone) is no swapped or pair tile's
-    const ScopedEnv on("BIK_GEMM_SWAP", "1"), no_pairs("BIK_GEMM_PAIRS", "0");
+    const ScopedEnv on(var, "1");  // M = 1 (the rows alone) is no swapped tile's
+    std::optional<ScopedEnv> second;
+    if (var2) second.emplace(var2, val2);
     const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
-    const std::vector<int64_t> sizes = {129, 130, 143, 144, 145, 160, 177, 200, 208, 231, 232, 240, 255, 256,
-                                        257, 264, 288, 301, 333, 352, 353, 370, 384, 385, 400, 417, 447, 448};
     const RowStats st = hidden_rows(run, pool, n, sizes, rng, !cublas);
-    std::printf("[swap] %s: %lld of %lld rows differ from the row computed alone\n", cublas ? "cublaslt" : "bik",
+    std::printf("[%s] %s: %lld of %lld rows differ from the row computed alone\n", tag, cublas ? "cublaslt" : "bik",
                 (long long)st.diffs, (long long)st.cases);
     if (cublas) EXPECT_GT(st.diffs, 0) << "the row check found no variance in cuBLASLt: it has no teeth";
     else EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - l0, sizes.size()) << "every batch on a swapped tile";
   }
 }
 
-// Rows alone (M = 1, the default tiles) against the same rows inside batches of 449..2048 rows that run on
-// wide swapped tiles (BIK_GEMM_WIDE=1), at random positions among random neighbours, 16-bit out as in the
-// engine. Negative control: the same check on cuBLASLt must find rows that differ.
+}  // namespace
+
+// Rows alone (M = 1, the default tiles) against the same rows inside batches of 129..448 rows that run on
+// swapped tiles (BIK_GEMM_SWAP=1, pair tiles off: one column tile up to 256 rows, two past it, the second
+// one starting at M - BN), at random positions among random neighbours, 16-bit out as in the engine.
+// Negative control: the same check on cuBLASLt, whose kernels change with M, must find rows that differ.
+TEST(GpuGemmSwap, RowsAreBatchInvariantAndCublasLtIsCaught) {
+  BIK_REQUIRE_GPU();
+  if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  swapped_rows_and_cublas_control("swap", "BIK_GEMM_SWAP", "BIK_GEMM_PAIRS", "0", 1024, 91,
+                                  {129, 130, 143, 144, 145, 160, 177, 200, 208, 231, 232, 240, 255, 256, 257, 264,
+                                   288, 301, 333, 352, 353, 370, 384, 385, 400, 417, 447, 448});
+}
+
+// The same on wide swapped tiles (BIK_GEMM_WIDE=1) in batches of 449..2048 rows.
 TEST(GpuGemmSwap, WideRowsAreBatchInvariantAndCublasLtIsCaught) {
   BIK_REQUIRE_GPU();
   if (!is_sm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
-  const int64_t n = 4096, k = 4096;
-  const DType dt = DType::BF16;
-  const Tensor pool = dev_filled({2304, k}, dt, 94), w = dev_filled({n, k}, dt, 95);
-  std::mt19937_64 rng(96);
-  for (const bool cublas : {false, true}) {
-    auto run = [&](const TensorView& out, const TensorView& a) {
-      if (cublas) cuda::cublaslt_gemm(make_args(out, a, w, std::nullopt), {});
-      else mm(out, a, w);
-    };
-    const ScopedEnv on("BIK_GEMM_WIDE", "1");  // M = 1 (the rows alone) is no wide tile's
-    const uint64_t l0 = cuda::gemm_sm90_swapped_launches();
-    const std::vector<int64_t> sizes = {449, 456, 512, 600, 777, 1000, 1024, 1100, 1500, 1637, 1900, 2048};
-    const RowStats st = hidden_rows(run, pool, n, sizes, rng, !cublas);
-    std::printf("[wide] %s: %lld of %lld rows differ from the row computed alone\n", cublas ? "cublaslt" : "bik",
-                (long long)st.diffs, (long long)st.cases);
-    if (cublas) EXPECT_GT(st.diffs, 0) << "the row check found no variance in cuBLASLt: it has no teeth";
-    else EXPECT_EQ(cuda::gemm_sm90_swapped_launches() - l0, sizes.size()) << "every batch on a wide tile";
-  }
+  swapped_rows_and_cublas_control("wide", "BIK_GEMM_WIDE", nullptr, nullptr, 2304, 94,
+                                  {449, 456, 512, 600, 777, 1000, 1024, 1100, 1500, 1637, 1900, 2048});
 }
 
 #else
