@@ -126,3 +126,29 @@ def test_host_gaps_reports_calls_before_a_runs_first_kernel(tmp_path):
     before, during = run1[:run1.index("during its first")], run1[run1.index("during its first"):]
     assert "cudaMemcpy_v3020" in before and "total      5.00 ms" in before
     assert "cudaLaunchKernelExC_v11060" in during and "cudaMemcpy" not in during.split("over the run")[0]
+
+
+def test_step_walls_busy_wall_and_gap_by_role(tmp_path):
+    # Two runs of two 256-token steps, a 1 us gap before every kernel but the trace's first: each role's wall
+    # is its kernel time plus 1 us; the first run's embedding opens the trace, so half its launches have none.
+    path = str(tmp_path / "trace.txt")
+    write_trace(path)
+    out = subprocess.run([sys.executable, os.path.join(TRACE_DIR, "step_walls.py"), path, "2", "256"],
+                         capture_output=True, text=True, check=True).stdout
+    runs = out.split("run 1:")
+    assert runs[0].startswith("run 0: 2 steps of 256") and runs[1].startswith(" 2 steps of 256")
+
+    def role(run_text, name):
+        line = next(l for l in run_text.splitlines() if l.strip().startswith(name))
+        f = line.split()
+        return [float(f[i + 1]) for i, w in enumerate(f) if w in ("n/step", "busy", "wall", "gap/step")]
+
+    assert role(runs[0], "attention") == [1.0, 10.0, 11.0, 1.0]
+    assert role(runs[0], "gemm o-proj") == [1.0, 20.0, 21.0, 1.0]
+    assert role(runs[1], "gemm o-proj") == [1.0, 30.0, 31.0, 1.0]
+    assert role(runs[0], "embedding") == [1.0, 2.0, 2.5, 0.5]
+    # The step's kernels: 300 us a step in run 0, 9 gaps of 1 us a step less the trace's first.
+    assert "wall 0.308 ms/step busy 0.300" in runs[0] or "wall 0.309 ms/step busy 0.300" in runs[0]
+    other = subprocess.run([sys.executable, os.path.join(TRACE_DIR, "step_walls.py"), path, "2", "1-64"],
+                           capture_output=True, text=True, check=True).stdout
+    assert other.splitlines() == ["run 0: no steps of 1-64", "run 1: no steps of 1-64"]
