@@ -666,16 +666,6 @@ void launch_split(const Problem& p, const DeviceInfo& d, cudaStream_t st, int sp
   g_split_launches.fetch_add(1, std::memory_order_relaxed);
 }
 
-// BIK_GEMM_PREFETCH, read at each call: a number P of K-blocks (0 to 64) -> one CTA a tile's producer asks
-// L2 for the boxes P blocks ahead of the ones it copies; unset or anything else -> 0, none. Experimental.
-int prefetch_blocks() {
-  const char* e = std::getenv("BIK_GEMM_PREFETCH");
-  if (e == nullptr) return 0;
-  char* end = nullptr;
-  const long v = std::strtol(e, &end, 10);
-  return end != e && *end == '\0' && v >= 0 && v <= 64 ? int(v) : 0;
-}
-
 // The one-CTA-a-tile launch of `kernel`, a bm x bn tile (swapped: bm weight rows by bn activation rows of
 // p, the transposed problem; persistent: at most one CTA an SM), walking bands of `group` M-tiles.
 // heads_epilogue: the q|k|v epilogue (gemm_heads.cuh) with `heads` as its arguments, launched only where the
@@ -694,7 +684,6 @@ bool launch_one_cta_fn(sm90::GemmKernelFn kernel, int threads, int smem, int bm,
   // Boxes of at most the operand's rows (load_stage): a decode's few rows, not BM rows mostly past M.
   const int a_box = std::min(p.m, bm), w_box = p.glu ? bn / 2 : std::min(p.n, bn);
   prm.stage_tx = (a_box + (p.glu ? bn : w_box)) * kRowBytes;
-  prm.prefetch_kb = prefetch_blocks();
   prm.tma = p.a_sk == 1 && p.w_sk == 1 &&
             make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, a_box, prm.a_kofs) &&
             make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, w_box, prm.w_kofs);

@@ -148,9 +148,6 @@ struct Params {
   // batch b's K-block kb is at K coordinate b * a_kofs + kb * 64 of a two-dimensional map; 0: batch b is
   // the map's third coordinate.
   int a_kofs, w_kofs;
-  // With TMA, one CTA a tile (not the gated swapped tile): the producer asks L2 for the boxes of the K-block
-  // this many blocks past the one it copies (the next tile's first blocks near a tile's end); 0: never.
-  int prefetch_kb;
 };
 
 // Split mode (gemm_kernel's kSplit, experimental: bik bench gemm's split tiles, not the library's rule):
@@ -178,13 +175,6 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, u
           "r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(k), "r"(row), "r"(b)
       : "memory");
-}
-// Asks L2 for a box of the map (no copy into shared memory, no barrier): a hint that changes no value.
-__device__ __forceinline__ void tma_prefetch_l2(const CUtensorMap* map, int k, int row, int b) {
-  asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n" ::"l"(
-                   reinterpret_cast<uint64_t>(map)),
-               "r"(k), "r"(row), "r"(b)
-               : "memory");
 }
 // The same box copied into the same shared-memory offset of every CTA of the cluster named in `mask`,
 // completing bytes on the barrier at the same offset in each of them.
@@ -716,20 +706,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
     }
   };
-  // prm.prefetch_kb: the L2 prefetch of K-block kb_in of a tile, the boxes load_stage copies (one CTA a tile).
-  auto prefetch_stage = [&](int kb_in, int b, int tm, int tn) {
-    if constexpr (!kCluster && !Cfg::kSwapGlu) {
-      const int kb = kb_in + b * (prm.a_kofs / kBK);
-      const int ab = prm.a_batched && !prm.a_kofs ? b : 0, wb = prm.w_batched && !prm.w_kofs ? b : 0;
-      tma_prefetch_l2(&map_a, kb * kBK, m_base(tm), ab);
-      if (p.glu) {
-        tma_prefetch_l2(&map_w, kb * kBK, gate_row(tn), wb);
-        tma_prefetch_l2(&map_w, kb * kBK, up_row(tn), wb);
-      } else {
-        tma_prefetch_l2(&map_w, kb * kBK, n_base(tn), wb);
-      }
-    }
-  };
   // With TMA, the thread that creates the barriers (thread 0, a consumer's) also issues the copies of the
   // CTA's first tile's first stages, at once (cluster mode: once the partner's barriers exist). The
   // producer thread would issue them only after reaching its own code, far from the kernel's entry; the
@@ -800,27 +776,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     } else {
       if (prm.tma && t != 0) return;  // one thread drives the copy engine
       int it = pre;                   // stage use counter, continued across tiles (past the early copies)
-      const int pf = prm.tma && !Cfg::kSwapGlu ? prm.prefetch_kb : 0;
-      if (pf > 0 && int(walk0) < prm.total_tiles) {
-        int b, tm, tn;
-        tile_coords(walk0, b, tm, tn);
-        for (int kb = pre; kb < min(pre + pf, num_kb); ++kb) prefetch_stage(kb, b, tm, tn);
-      }
       for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
         int b, tm, tn;
         tile_coords(tile, b, tm, tn);
-        int nb = 0, ntm = 0, ntn = 0;  // the next tile of the walk, for prefetches past this one's end
-        const bool next = pf > 0 && tile + int(walk_step) < prm.total_tiles;
-        if (next) tile_coords(tile + int(walk_step), nb, ntm, ntn);
         for (int kb = tile == int(walk0) ? pre : 0; kb < num_kb; ++kb, ++it) {
           const int s = it % STAGES, phase = (it / STAGES) & 1;
           mbar_wait(empty(s), phase ^ 1);  // a fresh barrier counts as having completed phase "1"
           if (prm.tma) {
             load_stage(s, kb, b, tm, tn);
-            if (pf > 0) {
-              if (kb + pf < num_kb) prefetch_stage(kb + pf, b, tm, tn);
-              else if (next && kb + pf - num_kb < num_kb) prefetch_stage(kb + pf - num_kb, nb, ntm, ntn);
-            }
           } else {
             const T* a = static_cast<const T*>(p.a) + int64_t(b) * p.a_sb;
             const T* w = static_cast<const T*>(p.w) + int64_t(b) * p.w_sb;
