@@ -72,7 +72,7 @@ enum class Choice {
   T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256,
   S144, S160, S192, S208, S224, S256,
   W112, W128, W144, W160, W176, W192, W208, W224, W240, W256,
-  P64, P80, P96, P112, P128, P144, P160, P176, P192, Q32, Q64, Q96, Q128, Count
+  P64, P80, P96, P112, P128, P144, P160, P176, P192, Count
 };
 const char* const kChoiceNames[] = {"64x32",      "64x64",      "64x128",     "64x192",     "128x32",
                                     "128x64",     "128x128",    "128x192",    "128x256",    "swap64x144",
@@ -80,8 +80,7 @@ const char* const kChoiceNames[] = {"64x32",      "64x64",      "64x128",     "6
                                     "swap128x112", "swap128x128", "swap128x144", "swap128x160", "swap128x176",
                                     "swap128x192", "swap128x208", "swap128x224", "swap128x240", "swap128x256",
                                     "pair192x64", "pair192x80", "pair192x96", "pair192x112", "pair192x128",
-                                    "pair192x144", "pair192x160", "pair192x176", "pair192x192",
-                                    "pair128x32",  "pair128x64",  "pair128x96",  "pair128x128"};
+                                    "pair192x144", "pair192x160", "pair192x176", "pair192x192"};
 static_assert(std::size(kChoiceNames) == size_t(Choice::Count), "one name per tile");
 
 // bm x bn in the product the kernel computes: for a swapped tile, bm weight rows by bn activation rows.
@@ -106,9 +105,7 @@ constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},       {Choice::T64x64
                                  {Choice::P80, 192, 80, true},   {Choice::P96, 192, 96, true},
                                  {Choice::P112, 192, 112, true}, {Choice::P128, 192, 128, true},
                                  {Choice::P144, 192, 144, true}, {Choice::P160, 192, 160, true},
-                                 {Choice::P176, 192, 176, true}, {Choice::P192, 192, 192, true},
-                                 {Choice::Q32, 128, 32, true},   {Choice::Q64, 128, 64, true},
-                                 {Choice::Q96, 128, 96, true},   {Choice::Q128, 128, 128, true}};
+                                 {Choice::P176, 192, 176, true}, {Choice::P192, 192, 192, true}};
 static_assert(std::size(kShapes) == size_t(Choice::Count), "one shape per tile");
 
 // Clocks one SM spends on one 64-deep K stage of a tile once the pipeline runs: the larger of the
@@ -749,10 +746,9 @@ sm90::SwapWideKernel wide_kernel_for(const Problem& p, sm90::SwapWideKernel (*lo
 }
 
 template <typename T>
-void launch_swap_pairs(const Problem& p, const DeviceInfo& d, cudaStream_t st, int bm, int bn) {
+void launch_swap_pairs(const Problem& p, const DeviceInfo& d, cudaStream_t st, int bn) {
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  const sm90::SwapWideKernel kr =
-      wide_kernel_for(p, bm == 128 ? sm90::swap_pair128_kernel : sm90::swap_pair_kernel, bf16, bn, "pair tile");
+  const sm90::SwapWideKernel kr = wide_kernel_for(p, sm90::swap_pair_kernel, bf16, bn, "pair tile");
   const Problem q = swapped(p);
   const int w_box = std::min(q.n, kr.bn);
   CUtensorMap map_a{}, map_w{};
@@ -785,7 +781,7 @@ void launch_wide(const Problem& p, const DeviceInfo& d, cudaStream_t st, int bn)
 
 template <typename T>
 void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) {
-  if (int(c) >= int(Choice::P64)) return launch_swap_pairs<T>(p, d, st, kShapes[int(c)].bm, kShapes[int(c)].bn);
+  if (int(c) >= int(Choice::P64)) return launch_swap_pairs<T>(p, d, st, kShapes[int(c)].bn);
   if (int(c) >= int(Choice::W112)) return launch_wide<T>(p, d, st, kShapes[int(c)].bn);
   switch (c) {
     case Choice::S144: return launch_swapped<144, T>(p, d, st);

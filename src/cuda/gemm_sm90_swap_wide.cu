@@ -43,12 +43,6 @@ SwapWideKernel pair_of(bool bf16) {
   return bf16 ? kernel_of<192, BN, __nv_bfloat16, true, false>() : kernel_of<192, BN, __half, true, false>();
 }
 
-// The plain 128-row tiles in pairs.
-template <int BN>
-SwapWideKernel pair128_of(bool bf16) {
-  return bf16 ? kernel_of<128, BN, __nv_bfloat16, true, false>() : kernel_of<128, BN, __half, true, false>();
-}
-
 // The plain 128-row tiles: one CTA a tile.
 template <int BN>
 SwapWideKernel wide_of(bool bf16) {
@@ -92,16 +86,6 @@ SwapWideKernel swap_pair_kernel(int bn, bool bf16) {
     case 160: return pair_of<160>(bf16);
     case 176: return pair_of<176>(bf16);
     case 192: return pair_of<192>(bf16);
-    default: return SwapWideKernel{};
-  }
-}
-
-SwapWideKernel swap_pair128_kernel(int bn, bool bf16) {
-  switch (bn) {
-    case 32: return pair128_of<32>(bf16);
-    case 64: return pair128_of<64>(bf16);
-    case 96: return pair128_of<96>(bf16);
-    case 128: return pair128_of<128>(bf16);
     default: return SwapWideKernel{};
   }
 }

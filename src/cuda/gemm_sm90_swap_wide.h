@@ -28,10 +28,6 @@ SwapWideKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster);
 // pairs of CTAs sharing the weight tile: bn 64 to 192 in steps of 16; fn is null for any other.
 SwapWideKernel swap_pair_kernel(int bn, bool bf16);
 
-// The plain swapped tile of 128 weight rows (two consumer warpgroups) by `bn` activation rows, run in pairs
-// of CTAs sharing the weight tile: bn 32, 64, 96 or 128; fn is null for any other.
-SwapWideKernel swap_pair128_kernel(int bn, bool bf16);
-
 // The plain swapped tile of 128 weight rows (two consumer warpgroups) by `bn` activation rows, one CTA a
 // tile: bn 112 to 256 in steps of 16; fn is null for any other.
 SwapWideKernel swap_wide_kernel(int bn, bool bf16);
