@@ -40,7 +40,7 @@ std::optional<E> env_switch(const char* var, std::initializer_list<std::pair<con
 // Stages fill about 192 KB of the 227 KB a Hopper CTA may use (the 128x192 tile: 200 KB in 5 stages).
 using Tile64x32 = Config<64, 32, 16>;     // decode-sized M: weight-bandwidth bound, one consumer warpgroup
 using Tile64x64 = Config<64, 64, 12>;
-using Tile64x128 = Config<64, 128, 9>;
+using Tile64x128 = Config<64, 128, 8>;
 using Tile64x192 = Config<64, 192, 6>;    // one wave where 64x128 needs two and 128x128 leaves SMs idle
 using Tile128x32 = Config<128, 32, 9>;
 using Tile128x64 = Config<128, 64, 8>;
