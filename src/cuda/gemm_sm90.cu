@@ -364,22 +364,13 @@ Choice choose(const Problem& p, const DeviceInfo& d, bool plain = true) {
 // Encodes a 16-bit operand map of `rank` dimensions (K first) in the 128-byte swizzle, unit element
 // strides, zero fill past the extents; byte strides of dimensions 1.. in `strides`. False if the driver
 // refuses it.
-// BIK_GEMM_L2_PROMO, read at each call (experimental): "0" / "64" / "128" -> the operand maps' L2 promotion
-// none / 64 B / 128 B; unset or anything else -> 256 B.
-CUtensorMapL2promotion l2_promotion() {
-  return env_switch<CUtensorMapL2promotion>("BIK_GEMM_L2_PROMO", {{"0", CU_TENSOR_MAP_L2_PROMOTION_NONE},
-                                                                   {"64", CU_TENSOR_MAP_L2_PROMOTION_L2_64B},
-                                                                   {"128", CU_TENSOR_MAP_L2_PROMOTION_L2_128B}})
-      .value_or(CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
-}
-
 bool encode_sw128(CUtensorMap& map, const void* base, bool bf16, cuuint32_t rank, const cuuint64_t* dims,
                   const cuuint64_t* strides, const cuuint32_t* box) {
   const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
   const CUtensorMapDataType type = bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   return tensor_map_encoder("matmul")(&map, type, rank, const_cast<void*>(base), dims, strides, box, elem_strides,
                                       CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                      l2_promotion(),
+                                      CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
