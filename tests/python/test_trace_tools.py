@@ -129,8 +129,8 @@ def test_host_gaps_reports_calls_before_a_runs_first_kernel(tmp_path):
 
 
 def test_step_walls_busy_wall_and_gap_by_role(tmp_path):
-    # Two runs of two 256-token steps, a 1 us gap before every kernel but the trace's first: each role's wall
-    # is its kernel time plus 1 us; the first run's embedding opens the trace, so half its launches have none.
+    # Two runs of two 256-token steps, a 1 us gap before every kernel: each role's wall is its kernel time plus
+    # 1 us, but a run's first kernel (its first step's embedding) is charged from its own start.
     path = str(tmp_path / "trace.txt")
     write_trace(path)
     out = subprocess.run([sys.executable, os.path.join(TRACE_DIR, "step_walls.py"), path, "2", "256"],
@@ -147,8 +147,9 @@ def test_step_walls_busy_wall_and_gap_by_role(tmp_path):
     assert role(runs[0], "gemm o-proj") == [1.0, 20.0, 21.0, 1.0]
     assert role(runs[1], "gemm o-proj") == [1.0, 30.0, 31.0, 1.0]
     assert role(runs[0], "embedding") == [1.0, 2.0, 2.5, 0.5]
-    # The step's kernels: 300 us a step in run 0, 9 gaps of 1 us a step less the trace's first.
-    assert "wall 0.308 ms/step busy 0.300" in runs[0] or "wall 0.309 ms/step busy 0.300" in runs[0]
+    # 300 us (run 1: 340) of kernels a step and 9 gaps of 1 us a step, less the one before each run's first
+    # kernel (a run is charged from its first kernel's start): 8.5 us a step.
+    assert "busy 0.300 (gaps+overlap 0.009)" in runs[0] and "busy 0.340 (gaps+overlap 0.009)" in runs[1]
     other = subprocess.run([sys.executable, os.path.join(TRACE_DIR, "step_walls.py"), path, "2", "1-64"],
                            capture_output=True, text=True, check=True).stdout
     assert other.splitlines() == ["run 0: no steps of 1-64", "run 1: no steps of 1-64"]
