@@ -681,7 +681,6 @@ bool launch_one_cta_fn(sm90::GemmKernelFn kernel, int threads, int smem, int bm,
   // Boxes of at most the operand's rows (load_stage): a decode's few rows, not BM rows mostly past M.
   const int a_box = std::min(p.m, bm), w_box = p.glu ? bn / 2 : std::min(p.n, bn);
   prm.stage_tx = (a_box + (p.glu ? bn : w_box)) * kRowBytes;
-  prm.split_n = env_switch<int>("BIK_GEMM_SPLIT_N", {{"1", 1}}).value_or(0);
   prm.tma = p.a_sk == 1 && p.w_sk == 1 &&
             make_map(map_a, p.a, bf16, p.k, p.m, p.a_sm, a_batched ? p.batch : 1, p.a_sb, a_box, prm.a_kofs) &&
             make_map(map_w, p.w, bf16, p.k, p.n, p.w_sn, w_batched ? p.batch : 1, p.w_sb, w_box, prm.w_kofs);

@@ -148,9 +148,6 @@ struct Params {
   // batch b's K-block kb is at K coordinate b * a_kofs + kb * 64 of a two-dimensional map; 0: batch b is
   // the map's third coordinate.
   int a_kofs, w_kofs;
-  // One consumer warpgroup, BN = 128 (experimental): each K step as two m64n64k16 into the accumulators of
-  // columns [0, 64) and [64, 128), two independent chains, instead of one m64n128k16; the same sums.
-  int split_n;
 };
 
 // Split mode (gemm_kernel's kSplit, experimental: bik bench gemm's split tiles, not the library's rule):
@@ -864,22 +861,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         const uint64_t da = smem_desc(sa), dw = smem_desc(sw);
         pin(acc);
         wgmma_fence();
-        if constexpr (BN == 128 && Cfg::kConsumers == 1) {
-          if (prm.split_n) {
-            // W rows 64.. of the stage start 64 x 128 bytes on: eight whole 1 KB swizzle atoms.
 #pragma unroll
-            for (int kk = 0; kk < kBK / 16; ++kk) {
-              wgmma_cols<64, T>(acc, da + 2 * kk, dw + 2 * kk);
-              wgmma_cols<64, T>(acc + 32, da + 2 * kk, dw + (64 * kRowBytes >> 4) + 2 * kk);
-            }
-          } else {
-#pragma unroll
-            for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
-          }
-        } else {
-#pragma unroll
-          for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
-        }
+        for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
         wgmma_commit();
         pin(acc);
         // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
