@@ -8,7 +8,7 @@
 import collections, os, statistics, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import trace_file  # noqa: E402
-from roles import is_step_start, walk  # noqa: E402
+from roles import run_bounds, walk  # noqa: E402
 
 
 def main():
@@ -16,10 +16,7 @@ def main():
         sys.exit('usage: bucket_kernels.py TRACE STEPS [BUCKET]')
     rows, names = trace_file.read(sys.argv[1])
     nsteps, want = int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else '256'
-    starts = [i for i in range(len(rows)) if is_step_start(rows, names, i)]
-    for r in range(len(starts) // nsteps):
-        lo = starts[r * nsteps]
-        hi = starts[(r + 1) * nsteps] if (r + 1) * nsteps < len(starts) else len(rows)
+    for r, (lo, hi) in enumerate(run_bounds(rows, names, nsteps)[1]):
         per = collections.defaultdict(list)
         for i, role, cur, _, added in walk(rows, names, lo, hi):
             if cur != want or i == 0:

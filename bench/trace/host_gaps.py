@@ -6,7 +6,7 @@
 # Usage: host_gaps.py TRACE API STEPS [--first N] [--top K]
 import argparse, bisect, collections
 import trace_file
-from roles import is_step_start
+from roles import run_bounds
 
 
 def read_api(path):
@@ -36,13 +36,11 @@ def main():
     args = ap.parse_args()
     rows, names = trace_file.read(args.trace)
     api = read_api(args.api)
-    starts = [i for i in range(len(rows)) if is_step_start(rows, names, i)]
+    starts, bounds = run_bounds(rows, names, args.steps)
     n = args.steps
     keys = [a[0] for a in api]
     prev_end = None
-    for r in range(len(starts) // n):
-        lo = starts[r * n]
-        hi = starts[(r + 1) * n] if (r + 1) * n < len(starts) else len(rows)
+    for r, (lo, hi) in enumerate(bounds):
         first_hi = starts[r * n + args.first] if r * n + args.first < len(starts) else hi
         t_first, t_after, t_end = rows[lo][0], rows[first_hi][0], max(x[1] for x in rows[lo:hi])
         print(f"run {r}: span {(t_end - t_first) / 1e6:.1f} ms; its first {args.first} steps' kernels "

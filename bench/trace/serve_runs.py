@@ -12,7 +12,7 @@
 #   --kernels:  with --diff, each GEMM role's kernels (name, launches, median duration) by tokens a step.
 import argparse, collections, re
 import trace_file
-from roles import is_step_start, walk
+from roles import run_bounds, walk
 
 
 def run_times(rows, names, lo, hi):
@@ -48,11 +48,8 @@ def main():
     args = ap.parse_args()
     rows, names = trace_file.read(args.trace)
     nsteps = args.steps
-    starts = [i for i in range(len(rows)) if is_step_start(rows, names, i)]
     runs = []
-    for r in range(len(starts) // nsteps):
-        lo = starts[r * nsteps]
-        hi = starts[(r + 1) * nsteps] if (r + 1) * nsteps < len(starts) else len(rows)
+    for lo, hi in run_bounds(rows, names, nsteps)[1]:
         runs.append(run_times(rows, names, lo, hi) + ((rows[hi - 1][1] - rows[lo][0]) / 1e6, lo, hi))
     for r, (t, _, _, span, _, _) in enumerate(runs):
         print(f"run {r}: span {span:.1f} ms")

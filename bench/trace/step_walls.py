@@ -3,11 +3,12 @@
 # whose tokens fall in one bucket of roles.py ("256", "193-255", ...), each role's launches a step, its mean
 # kernel time (busy), its mean time from the end of the kernel before it to its own end (wall, what it adds
 # to the run's span), and the difference a step (gap: idle time before its launches where positive; overlap
-# with the kernel before, a programmatic launch, where negative).
+# with the kernel before, a programmatic launch, where negative). bucket_kernels.py gives the same roles'
+# medians a launch; this one the means and the step's totals, which add up to the steps' wall time.
 # Usage: step_walls.py TRACE STEPS BUCKET
 import argparse, collections
 import trace_file
-from roles import is_step_start, walk
+from roles import run_bounds, walk
 
 
 def bucket_walls(rows, names, lo, hi, want):
@@ -32,11 +33,7 @@ def main():
     ap.add_argument('bucket')
     args = ap.parse_args()
     rows, names = trace_file.read(args.trace)
-    starts = [i for i in range(len(rows)) if is_step_start(rows, names, i)]
-    n = args.steps
-    for r in range(len(starts) // n):
-        lo = starts[r * n]
-        hi = starts[(r + 1) * n] if (r + 1) * n < len(starts) else len(rows)
+    for r, (lo, hi) in enumerate(run_bounds(rows, names, args.steps)[1]):
         nst, acc = bucket_walls(rows, names, lo, hi, args.bucket)
         if nst == 0:
             print(f"run {r}: no steps of {args.bucket}")
