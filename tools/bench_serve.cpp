@@ -183,6 +183,8 @@ nlohmann::json compare_modes(const nlohmann::json& results) {
   for (const auto& r : results)
     (r["batch_invariant"].get<bool>() ? on : off).push_back(r["output_tok_s"].get<double>());
   if (on.empty() || off.empty()) return nullptr;
+  // The mean of the two middle runs for an even count (Python's statistics.median), where bench_util's
+  // median of timings takes the upper one.
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
     const size_t h = v.size() / 2;
