@@ -833,7 +833,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         mbar_arrive(empty(s));
       }
     };
-    constexpr bool kTwoChains = BN == 128 && Cfg::kConsumers == 1 && !Cfg::kSwapped && !kPingPong;
     float acc[BN / 2];
     int it = 0;
     if constexpr (kPingPong) {
@@ -862,18 +861,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         const uint64_t da = smem_desc(sa), dw = smem_desc(sw);
         pin(acc);
         wgmma_fence();
-        if constexpr (kTwoChains) {
-          // Columns 0-63 and 64-127 as two independent m64n64k16 chains, interleaved: each column's sum
-          // takes the same K steps in the same order as in one m64n128k16 (the same bits).
 #pragma unroll
-          for (int kk = 0; kk < kBK / 16; ++kk) {
-            wgmma_cols<64, T>(acc, da + 2 * kk, dw + 2 * kk);
-            wgmma_cols<64, T>(acc + 32, da + 2 * kk, dw + ((64 * kRowBytes) >> 4) + 2 * kk);
-          }
-        } else {
-#pragma unroll
-          for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
-        }
+        for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
         wgmma_commit();
         pin(acc);
         // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
