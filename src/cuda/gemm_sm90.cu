@@ -454,6 +454,7 @@ Params walk_params(const Problem& p, const TileOrder& order) {
   prm.w_batched = p.batch > 1 && p.w_sb != 0;
   prm.a_kofs = prm.w_kofs = int(pieces_kofs(p));
   prm.out_vec16 = out_vec16_of(p);
+  if (const char* e = std::getenv("BIK_GEMM_ISSUE")) prm.issue_group = std::min(std::max(std::atoi(e), 1), 8);
   return prm;
 }
 
