@@ -849,6 +849,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         mbar_arrive(empty(s));
       }
     };
+    // One consumer warpgroup (the 64-row tiles, where the copies set the pace): each stage's wgmmas are
+    // waited for and the stage released at once, rather than once the next stage's are issued, so the
+    // producer may refill it a K step sooner. The same wgmmas in the same order: no bit changes.
+    constexpr bool kEarlyRelease = Cfg::kConsumers == 1;
     float acc[BN / 2];
     int it = 0;
     if constexpr (kPingPong) {
@@ -881,10 +885,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
         wgmma_commit();
         pin(acc);
-        // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
-        wgmma_wait<1>();
-        pin(acc);
-        if (kb > 0 && lane == 0) release((it - 1) % STAGES);
+        if constexpr (kEarlyRelease) {
+          wgmma_wait<0>();
+          pin(acc);
+          if (lane == 0) release(s);
+        } else {
+          // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
+          wgmma_wait<1>();
+          pin(acc);
+          if (kb > 0 && lane == 0) release((it - 1) % STAGES);
+        }
       }
       // Ping-pong: the next tile's turn may issue now, behind this tile's wgmmas still in flight.
       if constexpr (kPingPong) {
@@ -892,7 +902,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
       wgmma_wait<0>();
       pin(acc);
-      if (nkb > 0 && lane == 0) release((it - 1) % STAGES);
+      if (!kEarlyRelease && nkb > 0 && lane == 0) release((it - 1) % STAGES);
       // Split mode: every consumer thread sends the sums of the partner's half of the tile's columns (its
       // registers [kGive, kGive + BN / 4)) into the partner's exchange buffer (st.async, counted on the
       // partner's xfull) once the partner has read the previous tile's (xempty), then adds the partner's
