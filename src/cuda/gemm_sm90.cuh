@@ -849,10 +849,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         mbar_arrive(empty(s));
       }
     };
-    // One consumer warpgroup (the 64-row tiles, where the copies set the pace): each stage's wgmmas are
-    // waited for and the stage released at once, rather than once the next stage's are issued, so the
-    // producer may refill it a K step sooner. The same wgmmas in the same order: no bit changes.
-    constexpr bool kEarlyRelease = Cfg::kConsumers == 1;
+    // One consumer warpgroup (the 64-row tiles): two stages' wgmmas kept in flight instead of one, each
+    // stage released once the two after it are issued. The same wgmmas in the same order: no bit changes.
+    constexpr bool kDeep = Cfg::kConsumers == 1;
     float acc[BN / 2];
     int it = 0;
     if constexpr (kPingPong) {
@@ -885,10 +884,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
         wgmma_commit();
         pin(acc);
-        if constexpr (kEarlyRelease) {
-          wgmma_wait<0>();
+        if constexpr (kDeep) {
+          // Two stages' wgmmas in flight; the one before those is done.
+          wgmma_wait<2>();
           pin(acc);
-          if (lane == 0) release(s);
+          if (kb > 1 && lane == 0) release((it - 2) % STAGES);
         } else {
           // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
           wgmma_wait<1>();
@@ -902,7 +902,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
       wgmma_wait<0>();
       pin(acc);
-      if (!kEarlyRelease && nkb > 0 && lane == 0) release((it - 1) % STAGES);
+      if (kDeep && nkb > 1 && lane == 0) release((it - 2) % STAGES);
+      if (nkb > 0 && lane == 0) release((it - 1) % STAGES);
       // Split mode: every consumer thread sends the sums of the partner's half of the tile's columns (its
       // registers [kGive, kGive + BN / 4)) into the partner's exchange buffer (st.async, counted on the
       // partner's xfull) once the partner has read the previous tile's (xempty), then adds the partner's
