@@ -70,14 +70,13 @@ using SwapTile = Config<64, BN, swap_stages(BN), true, true>;
 
 enum class Choice {
   T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256,
-  S80, S96, S112, S128, S144, S160, S192, S208, S224, S256,
+  S144, S160, S192, S208, S224, S256,
   W112, W128, W144, W160, W176, W192, W208, W224, W240, W256,
   P64, P80, P96, P112, P128, P144, P160, P176, P192, Count
 };
 const char* const kChoiceNames[] = {"64x32",      "64x64",      "64x128",     "64x192",     "128x32",
-                                    "128x64",     "128x128",    "128x192",    "128x256",    "swap64x80",
-                                    "swap64x96",  "swap64x112", "swap64x128", "swap64x144", "swap64x160",
-                                    "swap64x192", "swap64x208", "swap64x224", "swap64x256",
+                                    "128x64",     "128x128",    "128x192",    "128x256",    "swap64x144",
+                                    "swap64x160", "swap64x192", "swap64x208", "swap64x224", "swap64x256",
                                     "swap128x112", "swap128x128", "swap128x144", "swap128x160", "swap128x176",
                                     "swap128x192", "swap128x208", "swap128x224", "swap128x240", "swap128x256",
                                     "pair192x64", "pair192x80", "pair192x96", "pair192x112", "pair192x128",
@@ -94,9 +93,7 @@ constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},       {Choice::T64x64
                                  {Choice::T64x128, 64, 128},     {Choice::T64x192, 64, 192},
                                  {Choice::T128x32, 128, 32},     {Choice::T128x64, 128, 64},
                                  {Choice::T128x128, 128, 128},   {Choice::T128x192, 128, 192},
-                                 {Choice::T128x256, 128, 256},   {Choice::S80, 64, 80, true},
-                                 {Choice::S96, 64, 96, true},    {Choice::S112, 64, 112, true},
-                                 {Choice::S128, 64, 128, true},  {Choice::S144, 64, 144, true},
+                                 {Choice::T128x256, 128, 256},   {Choice::S144, 64, 144, true},
                                  {Choice::S160, 64, 160, true},  {Choice::S192, 64, 192, true},
                                  {Choice::S208, 64, 208, true},  {Choice::S224, 64, 224, true},
                                  {Choice::S256, 64, 256, true},  {Choice::W112, 128, 112, true},
@@ -454,7 +451,6 @@ Params walk_params(const Problem& p, const TileOrder& order) {
   prm.w_batched = p.batch > 1 && p.w_sb != 0;
   prm.a_kofs = prm.w_kofs = int(pieces_kofs(p));
   prm.out_vec16 = out_vec16_of(p);
-  if (const char* e = std::getenv("BIK_GEMM_ISSUE")) prm.issue_group = std::min(std::max(std::atoi(e), 1), 8);
   return prm;
 }
 
@@ -788,10 +784,6 @@ void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) 
   if (int(c) >= int(Choice::P64)) return launch_swap_pairs<T>(p, d, st, kShapes[int(c)].bn);
   if (int(c) >= int(Choice::W112)) return launch_wide<T>(p, d, st, kShapes[int(c)].bn);
   switch (c) {
-    case Choice::S80: return launch_swapped<80, T>(p, d, st);
-    case Choice::S96: return launch_swapped<96, T>(p, d, st);
-    case Choice::S112: return launch_swapped<112, T>(p, d, st);
-    case Choice::S128: return launch_swapped<128, T>(p, d, st);
     case Choice::S144: return launch_swapped<144, T>(p, d, st);
     case Choice::S160: return launch_swapped<160, T>(p, d, st);
     case Choice::S192: return launch_swapped<192, T>(p, d, st);

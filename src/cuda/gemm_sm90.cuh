@@ -148,10 +148,6 @@ struct Params {
   // batch b's K-block kb is at K coordinate b * a_kofs + kb * 64 of a two-dimensional map; 0: batch b is
   // the map's third coordinate.
   int a_kofs, w_kofs;
-  // Experimental (BIK_GEMM_ISSUE): the producer issues its K stages in groups of this many (<= 1: one at a
-  // time), waiting for the group's last stage to be free first, so each weight row's consecutive K-blocks
-  // reach the memory together.
-  int issue_group;
 };
 
 // Split mode (gemm_kernel's kSplit, experimental: bik bench gemm's split tiles, not the library's rule):
@@ -758,14 +754,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     // with three.
     if constexpr (Cfg::kConsumers >= 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     const int t = threadIdx.x % 128;
-    // BIK_GEMM_ISSUE: at the start of each group of prm.issue_group K stages of a tile (from kb0 on), wait
-    // until the group's last stage is free; the consumers free stages in order, so the whole group is.
-    auto wait_group = [&](int kb0, int kb, int nk, int it) {
-      const int g = min(prm.issue_group, STAGES);  // a group never waits on a stage not yet issued
-      if (g <= 1 || (kb - kb0) % g != 0) return;
-      const int last = it + min(g, nk - kb) - 1;
-      mbar_wait(empty(last % STAGES), ((last / STAGES) & 1) ^ 1);
-    };
     if constexpr (kPair) {
       // Cluster and split modes always copy with TMA (the host falls back otherwise); one thread drives
       // the copy engine, the others go straight to the final cluster barrier.
@@ -774,10 +762,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
           int b, tm, tn;
           tile_coords(tile, b, tm, tn);
-          const int kb0 = tile == int(walk0) ? pre : 0;
-          for (int kb = kb0; kb < nkb; ++kb, ++it) {
+          for (int kb = tile == int(walk0) ? pre : 0; kb < nkb; ++kb, ++it) {
             const int s = it % STAGES, phase = (it / STAGES) & 1;
-            wait_group(kb0, kb, nkb, it);
             mbar_wait(empty(s), phase ^ 1);  // the consumers (of both CTAs in cluster mode) are done with s
             load_stage(s, kb_lo + kb, b, tm, tn);
           }
@@ -793,10 +779,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       for (int tile = walk0; tile < prm.total_tiles; tile += walk_step) {
         int b, tm, tn;
         tile_coords(tile, b, tm, tn);
-        const int kb0 = tile == int(walk0) ? pre : 0;
-        for (int kb = kb0; kb < num_kb; ++kb, ++it) {
+        for (int kb = tile == int(walk0) ? pre : 0; kb < num_kb; ++kb, ++it) {
           const int s = it % STAGES, phase = (it / STAGES) & 1;
-          if (prm.tma) wait_group(kb0, kb, num_kb, it);
           mbar_wait(empty(s), phase ^ 1);  // a fresh barrier counts as having completed phase "1"
           if (prm.tma) {
             load_stage(s, kb, b, tm, tn);
@@ -849,9 +833,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         mbar_arrive(empty(s));
       }
     };
-    // One consumer warpgroup (the 64-row tiles): two stages' wgmmas kept in flight instead of one, each
-    // stage released once the two after it are issued. The same wgmmas in the same order: no bit changes.
-    constexpr bool kDeep = Cfg::kConsumers == 1;
     float acc[BN / 2];
     int it = 0;
     if constexpr (kPingPong) {
@@ -884,17 +865,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         for (int kk = 0; kk < kBK / 16; ++kk) wgmma_cols<BN, T>(acc, da + 2 * kk, dw + 2 * kk);
         wgmma_commit();
         pin(acc);
-        if constexpr (kDeep) {
-          // Two stages' wgmmas in flight; the one before those is done.
-          wgmma_wait<2>();
-          pin(acc);
-          if (kb > 1 && lane == 0) release((it - 2) % STAGES);
-        } else {
-          // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
-          wgmma_wait<1>();
-          pin(acc);
-          if (kb > 0 && lane == 0) release((it - 1) % STAGES);
-        }
+        // Keep this stage's wgmmas in flight; the previous stage's are done once one group is pending.
+        wgmma_wait<1>();
+        pin(acc);
+        if (kb > 0 && lane == 0) release((it - 1) % STAGES);
       }
       // Ping-pong: the next tile's turn may issue now, behind this tile's wgmmas still in flight.
       if constexpr (kPingPong) {
@@ -902,7 +876,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
       wgmma_wait<0>();
       pin(acc);
-      if (kDeep && nkb > 1 && lane == 0) release((it - 2) % STAGES);
       if (nkb > 0 && lane == 0) release((it - 1) % STAGES);
       // Split mode: every consumer thread sends the sums of the partner's half of the tile's columns (its
       // registers [kGive, kGive + BN / 4)) into the partner's exchange buffer (st.async, counted on the
