@@ -16,7 +16,7 @@ def main():
         sys.exit('usage: bucket_kernels.py TRACE STEPS [BUCKET]')
     rows, names = trace_file.read(sys.argv[1])
     nsteps, want = int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else '256'
-    for r, (lo, hi) in enumerate(run_bounds(rows, names, nsteps)[1]):
+    for r, (lo, hi) in enumerate(run_bounds(rows, names, nsteps)):
         per = collections.defaultdict(list)
         for i, role, cur, _, added in walk(rows, names, lo, hi):
             if cur != want or i == 0:

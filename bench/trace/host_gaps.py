@@ -6,7 +6,7 @@
 # Usage: host_gaps.py TRACE API STEPS [--first N] [--top K]
 import argparse, bisect, collections
 import trace_file
-from roles import run_bounds
+from roles import run_bounds, step_starts
 
 
 def read_api(path):
@@ -36,7 +36,8 @@ def main():
     args = ap.parse_args()
     rows, names = trace_file.read(args.trace)
     api = read_api(args.api)
-    starts, bounds = run_bounds(rows, names, args.steps)
+    starts = step_starts(rows, names)
+    bounds = run_bounds(rows, names, args.steps, starts)
     n = args.steps
     keys = [a[0] for a in api]
     prev_end = None

@@ -44,17 +44,23 @@ def is_step_start(rows, names, i):
     return 'embedding' in names[rows[i][2]] and i + 1 < len(rows) and 'rms_norm' in names[rows[i + 1][2]]
 
 
-def run_bounds(rows, names, steps):
+def step_starts(rows, names):
+    """The indices of the kernels that open a step (is_step_start)."""
+    return [i for i in range(len(rows)) if is_step_start(rows, names, i)]
+
+
+def run_bounds(rows, names, steps, starts=None):
     """The serving runs of a trace cut by their step count (every run of one workload takes the same steps, so a
-    warm-up run and the timed run after it, which no idle gap separates, come apart): the indices of the
-    kernels that open a step (is_step_start), and each whole run's kernel range (lo, hi), the last run's to the
-    trace's end."""
-    starts = [i for i in range(len(rows)) if is_step_start(rows, names, i)]
+    warm-up run and the timed run after it, which no idle gap separates, come apart): each whole run's kernel
+    range (lo, hi), the last run's to the trace's end. `starts`: step_starts(rows, names), where the caller
+    has it already."""
+    if starts is None:
+        starts = step_starts(rows, names)
     bounds = []
     for r in range(len(starts) // steps):
         hi = starts[(r + 1) * steps] if (r + 1) * steps < len(starts) else len(rows)
         bounds.append((starts[r * steps], hi))
-    return starts, bounds
+    return bounds
 
 
 def step_tokens(rows, i):

@@ -49,7 +49,7 @@ def main():
     rows, names = trace_file.read(args.trace)
     nsteps = args.steps
     runs = []
-    for lo, hi in run_bounds(rows, names, nsteps)[1]:
+    for lo, hi in run_bounds(rows, names, nsteps):
         runs.append(run_times(rows, names, lo, hi) + ((rows[hi - 1][1] - rows[lo][0]) / 1e6, lo, hi))
     for r, (t, _, _, span, _, _) in enumerate(runs):
         print(f"run {r}: span {span:.1f} ms")

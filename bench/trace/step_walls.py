@@ -33,7 +33,7 @@ def main():
     ap.add_argument('bucket')
     args = ap.parse_args()
     rows, names = trace_file.read(args.trace)
-    for r, (lo, hi) in enumerate(run_bounds(rows, names, args.steps)[1]):
+    for r, (lo, hi) in enumerate(run_bounds(rows, names, args.steps)):
         nst, acc = bucket_walls(rows, names, lo, hi, args.bucket)
         if nst == 0:
             print(f"run {r}: no steps of {args.bucket}")
