@@ -167,6 +167,29 @@ BIK_ENGINE_TEST(NeedleAloneEqualsNeedleInBatch) {
   EXPECT_TRUE(same_output(galone[0], run(m, engine_config(), b.prompts, b.params)[0]));
 }
 
+// Greedy requests in steps of greedy rows only, where the engine reads a row's token and logprob from
+// logprobs' top 1 without sample(), and beside sampled rows, where it runs sample() then logprobs(): the
+// same tokens and logprob bits, with and without top logprobs (Sampling.GreedyTokenIsTheTopLogprob checks
+// the two ops on rows of ties, NaNs and signed zeros, with a control).
+BIK_ENGINE_TEST(GreedyRowsEqualBesideSampledRows) {
+  const ModelRunner& m = *small_model().model;
+  std::mt19937 rng(21);
+  for (int32_t top : {0, 2}) {
+    RequestParams g;
+    g.temperature = 0.0f;
+    g.max_tokens = 20;
+    g.top_logprobs = top;
+    const auto a = random_prompt(rng, 29, m.vocab_size()), b = random_prompt(rng, 11, m.vocab_size());
+    const auto greedy_only = run(m, engine_config(), {a, b}, {g, g});
+    const auto mixed = run(m, engine_config(), {a, b, random_prompt(rng, 17, m.vocab_size())}, {g, g, sampled(5, 30)});
+    ASSERT_EQ(greedy_only[0].tokens.size(), 20u);
+    EXPECT_TRUE(same_output(greedy_only[0], mixed[0])) << "top_logprobs " << top;
+    EXPECT_TRUE(same_output(greedy_only[1], mixed[1])) << "top_logprobs " << top;
+    EXPECT_EQ(greedy_only[0].top.size(), 20u);
+    for (const auto& t : greedy_only[0].top) EXPECT_EQ(int32_t(t.size()), top);
+  }
+}
+
 BIK_ENGINE_TEST(DecodeLogprobsEqualPrefillLogprobs) {
   const ModelRunner& m = *small_model().model;
   std::mt19937 rng(2);

@@ -123,27 +123,46 @@ std::vector<StepOutput> LLMEngine::step() {
       host_tokens[size_t(r)] = u.seq->tokens[size_t(u.position)];
     }
   }
+  // Greedy steps in one read of the logits: when every sampling row is greedy, logprobs' top 1 is the token
+  // (the first maximum, NaN first, ties to the lower index: the order of sample's greedy rows and of the
+  // top ids alike) and its top value the chosen logprob (the same expression as `chosen`), so sample() is
+  // skipped. A row's bits are those of sample() then logprobs() either way (the engine suite's
+  // GreedyRowsEqualBesideSampledRows, and Sampling.GreedyTokenIsTheTopLogprob for the ops).
+  const bool greedy_step =
+      num_sampling > 0 && std::all_of(params.begin(), params.end(), [](const SamplingParams& p) {
+        return p.temperature == 0.0f;
+      });
+  const int64_t n_out = greedy_step ? std::max<int64_t>(n_top, 1) : n_top;  // top columns computed
   std::vector<float> host_chosen(static_cast<size_t>(R));
-  std::vector<int32_t> host_top_ids(static_cast<size_t>(R * n_top));
-  std::vector<float> host_top_vals(static_cast<size_t>(R * n_top));
+  std::vector<int32_t> host_top_ids(static_cast<size_t>(R * n_out));
+  std::vector<float> host_top_vals(static_cast<size_t>(R * n_out));
   if (R > 0) {
     // One device buffer, reused across steps, holds the sampler's outputs: tokens, chosen logprobs, top ids
     // and top logprobs (4-byte elements each).
-    const int64_t words = R * (2 + 2 * n_top);
+    const int64_t words = R * (2 + 2 * n_out);
     if (sampler_store_.numel() < words)
       sampler_store_ = Tensor::empty({std::max(words, 2 * sampler_store_.numel())}, DType::I32, dev);
     int32_t* base = sampler_store_.ptr<int32_t>();
     const TensorView tokens(base, DType::I32, {R}, dev), chosen(base + R, DType::F32, {R}, dev);
-    const TensorView top_ids(base + 2 * R, DType::I32, {R, n_top}, dev);
-    const TensorView top_vals(base + 2 * R + R * n_top, DType::F32, {R, n_top}, dev);
+    const TensorView top_ids(base + 2 * R, DType::I32, {R, n_out}, dev);
+    const TensorView top_vals(base + 2 * R + R * n_out, DType::F32, {R, n_out}, dev);
+    // A greedy step's sampling rows hold token 0 until logprobs has found theirs (any id in the vocabulary
+    // passes its check; their `chosen` is then replaced).
     memcpy_bytes(tokens.data, dev, host_tokens.data(), Device::cpu(), R * 4);
-    if (num_sampling > 0) sample(tokens.narrow(0, 0, num_sampling), logits.view().narrow(0, 0, num_sampling), params);
+    if (num_sampling > 0 && !greedy_step)
+      sample(tokens.narrow(0, 0, num_sampling), logits.view().narrow(0, 0, num_sampling), params);
     logprobs(chosen, top_ids, top_vals, logits, tokens);
-    memcpy_bytes(host_tokens.data(), Device::cpu(), tokens.data, dev, R * 4);
+    if (!greedy_step) memcpy_bytes(host_tokens.data(), Device::cpu(), tokens.data, dev, R * 4);
     memcpy_bytes(host_chosen.data(), Device::cpu(), chosen.data, dev, R * 4);
-    if (n_top > 0) {
-      memcpy_bytes(host_top_ids.data(), Device::cpu(), top_ids.data, dev, R * n_top * 4);
-      memcpy_bytes(host_top_vals.data(), Device::cpu(), top_vals.data, dev, R * n_top * 4);
+    if (n_out > 0) {
+      memcpy_bytes(host_top_ids.data(), Device::cpu(), top_ids.data, dev, R * n_out * 4);
+      memcpy_bytes(host_top_vals.data(), Device::cpu(), top_vals.data, dev, R * n_out * 4);
+    }
+    if (greedy_step) {
+      for (int64_t r = 0; r < num_sampling; ++r) {
+        host_tokens[size_t(r)] = host_top_ids[size_t(r * n_out)];
+        host_chosen[size_t(r)] = host_top_vals[size_t(r * n_out)];
+      }
     }
   }
 
@@ -161,7 +180,7 @@ std::vector<StepOutput> LLMEngine::step() {
     o.token = tok;
     o.logprob = host_chosen[size_t(r)];
     for (int64_t j = 0; j < s.params.top_logprobs; ++j)
-      o.top.push_back({host_top_ids[size_t(r * n_top + j)], host_top_vals[size_t(r * n_top + j)]});
+      o.top.push_back({host_top_ids[size_t(r * n_out + j)], host_top_vals[size_t(r * n_out + j)]});
     s.tokens.push_back(tok);
     s.logprobs.push_back(o.logprob);
     s.top.push_back(o.top);

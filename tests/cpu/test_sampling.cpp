@@ -13,6 +13,7 @@
 #include "bik/sampling.h"
 #include "core/philox.h"
 #include "cpu/parallel.h"
+#include "greedy_top_case.h"
 #include "plain_draw_case.h"
 
 using namespace bik;
@@ -289,4 +290,19 @@ TEST(Sampling, BadInputNamesTheProblem) {
   Tensor many = Tensor::empty({2, 11}, DType::I32), many_v = Tensor::empty({2, 11}, DType::F32);
   tokens.ptr<int32_t>()[1] = 1;
   expect_error([&] { logprobs(chosen, many, many_v, logits, tokens); }, "top 11 of a vocabulary of 10");
+}
+
+// The engine's greedy steps take the token and its logprob from logprobs' top 1 (greedy_top_case.h):
+// the same token as sample() at temperature 0 and the same logprob bits as logprobs() given that token,
+// on rows whose ties, NaNs, signed zeros and infinities exercise the rules; the last-maximum control
+// differs on some of them.
+TEST(Sampling, GreedyTokenIsTheTopLogprob) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    for (int64_t v : {int64_t(8), int64_t(501), int64_t(4099)}) {
+      const test::GreedyTopCounts c = test::greedy_top_counts(test::greedy_top_tensor(24, v, 3, dt, Device::cpu()));
+      EXPECT_EQ(c.token_diffs, 0) << dtype_name(dt) << " V=" << v;
+      EXPECT_EQ(c.chosen_diffs, 0) << dtype_name(dt) << " V=" << v;
+      EXPECT_GT(c.control_diffs, 0) << dtype_name(dt) << " V=" << v;
+    }
+  }
 }

@@ -20,6 +20,7 @@
 #include "bik/tensor.h"
 #include "gpu_env.h"
 #include "test_util.h"
+#include "greedy_top_case.h"
 #include "plain_draw_case.h"
 #if BIK_WITH_CUDA
 #include "cuda/reduce_variants.h"
@@ -1783,3 +1784,19 @@ TEST(OpsCuda, NegativeControlSplitByM) {
 
 }  // namespace
 }  // namespace bik
+
+// The engine's greedy steps take the token and its logprob from logprobs' top 1 (greedy_top_case.h): on
+// the GPU's kernels (the streaming ones over rows of 151936, the pass kernels on short rows; 300 rows take
+// the launches in batches) the same token as sample() at temperature 0 and the same logprob bits as
+// logprobs() given that token; the last-maximum control differs on some rows.
+TEST(OpsCuda, GreedyTokenIsTheTopLogprob) {
+  BIK_REQUIRE_GPU();
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    for (auto [rows, v] : {std::pair<int64_t, int64_t>{24, 8}, {24, 501}, {24, 32000}, {24, 151936}, {300, 151936}}) {
+      const test::GreedyTopCounts c = test::greedy_top_counts(test::greedy_top_tensor(rows, v, 5, dt, Device::cuda(0)));
+      EXPECT_EQ(c.token_diffs, 0) << dtype_name(dt) << " " << rows << " x " << v;
+      EXPECT_EQ(c.chosen_diffs, 0) << dtype_name(dt) << " " << rows << " x " << v;
+      EXPECT_GT(c.control_diffs, 0) << dtype_name(dt) << " " << rows << " x " << v;
+    }
+  }
+}
