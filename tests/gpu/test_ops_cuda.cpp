@@ -1782,9 +1782,6 @@ TEST(OpsCuda, NegativeControlSplitByM) {
 #endif
 }
 
-}  // namespace
-}  // namespace bik
-
 // The engine's greedy steps take the token and its logprob from logprobs' top 1 (greedy_top_case.h): on
 // the GPU's kernels (the streaming ones over rows of 151936, the pass kernels on short rows; 300 rows take
 // the launches in batches) the same token as sample() at temperature 0 and the same logprob bits as
@@ -1800,3 +1797,6 @@ TEST(OpsCuda, GreedyTokenIsTheTopLogprob) {
     }
   }
 }
+
+}  // namespace
+}  // namespace bik
