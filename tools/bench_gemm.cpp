@@ -36,7 +36,6 @@
 #include "cuda/check.cuh"
 #include "cuda/cublas_gemm.h"
 #include "cuda/gemm.h"
-#include "cuda/row_stats.h"
 #endif
 
 namespace bik::cli {
@@ -71,13 +70,13 @@ bool sixteen_bit_only(const std::string& tile) {
 int bench_gemm(const std::vector<std::string>& argv) {
   Args args(argv, {"help", "sweep", "gated"},
             {"out", "name", "m", "shapes", "dtype", "out-dtype", "repeats", "launches", "commit", "sustain", "tiles",
-             "qkv", "row-stats"},
+             "qkv"},
             "bench gemm");
   if (args.flag("help")) {
     std::puts(
         "usage: bik bench gemm [--out DIR] [--name NAME] [--m 1,2,4,...] [--shapes 0,1,..] [--dtype bf16|f16]\n"
         "                      [--out-dtype in|f32] [--repeats N] [--launches N] [--commit SHA] [--sweep]\n"
-        "                      [--gated] [--sustain S] [--qkv HQ:HK:D] [--row-stats on|only]\n"
+        "                      [--gated] [--sustain S] [--qkv HQ:HK:D]\n"
         "--sweep also times every wgmma tile shape (sm_90) for every problem.\n"
         "--gated times the gated product instead (mm_silu_and_mul: N = 2 d weight rows, out [M, d]) against\n"
         "cuBLASLt's product followed by silu_and_mul; with --sweep, every BIK_GEMM_GLU_SWAP mode as well.\n"
@@ -87,9 +86,6 @@ int bench_gemm(const std::vector<std::string>& argv) {
         "--out-dtype f32 writes the plain product in f32 (as the engine's lm-head writes logits), cuBLASLt too;\n"
         "--sweep then times the unswapped tiles only (the swapped and pair tiles' column epilogues take 16-bit\n"
         "outputs). Default: in (the input dtype).\n"
-        "--row-stats on|only (with --out-dtype f32, sm_90; experimental) times BIK's product with the epilogue\n"
-        "that also writes each row's statistics over chunks of 64 columns (cuda/row_stats.h), with the logits\n"
-        "(on) or instead of them (only).\n"
         "--sustain S also runs each side back to back for S seconds (after S / 2 of the same) and reports the\n"
         "time per call there, and through NVML the energy per call, the power and the SM clock: under sustained\n"
         "load a GPU runs at its power limit, so energy per call sets the pace, as in serving. --tiles T1,T2,..\n"
@@ -132,12 +128,6 @@ int bench_gemm(const std::vector<std::string>& argv) {
             "bik bench gemm: --out-dtype f32 applies to the plain product, not --gated or --qkv");
   const DType dt = dt_name == "f16" ? DType::F16 : DType::BF16;
   const DType out_dt = out_dt_name == "f32" ? DType::F32 : dt;
-  const std::string row_stats_mode = args.str("row-stats", "off");
-  BIK_CHECK(row_stats_mode == "off" || row_stats_mode == "on" || row_stats_mode == "only",
-            "bik bench gemm: --row-stats must be on or only, got '", row_stats_mode, "'");
-  BIK_CHECK(row_stats_mode == "off" || (out_dt == DType::F32 && !args.flag("gated") && !args.has("qkv") &&
-                                        !args.has("tiles") && !args.flag("sweep")),
-            "bik bench gemm: --row-stats needs --out-dtype f32 and takes none of --gated, --qkv, --tiles, --sweep");
   // --tiles: known names, and with an f32 output none whose epilogue takes 16-bit outputs only.
   std::vector<std::string> tiles;
   if (args.has("tiles")) {
@@ -201,7 +191,6 @@ int bench_gemm(const std::vector<std::string>& argv) {
   nlohmann::json j = bench::gpu_report("gemm", props, commit, date);
   j["dtype"] = dtype_name(dt);
   j["out_dtype"] = dtype_name(out_dt);
-  if (row_stats_mode != "off") j["row_stats"] = row_stats_mode;
   j["layout"] = out_dt == dt ? "out[M,N] = a[M,K] * w[N,K]^T, row-major, out in the input dtype, no bias"
                              : "out[M,N] = a[M,K] * w[N,K]^T, row-major, out in f32, no bias";
   j["method"] = "median over " + std::to_string(repeats) + " replays of a CUDA graph of up to " +
@@ -448,8 +437,6 @@ int bench_gemm(const std::vector<std::string>& argv) {
       cuda::gemm_fill_uniform(as.back(), 2000 + uint64_t(i));
     }
     const Tensor out = Tensor::empty({max_m, s.n}, out_dt, gpu);
-    const Tensor row_stats = row_stats_mode == "off" ? Tensor()
-                                                     : Tensor::empty({max_m, (s.n + 63) / 64, 4}, DType::F32, gpu);
     if (!qkv_heads.empty()) {
       for (int64_t m : ms) qkv_row(s, m, ws, as, out);
       write_json();
@@ -472,12 +459,6 @@ int bench_gemm(const std::vector<std::string>& argv) {
         return [&, tile](int i, cudaStream_t stream) { cuda::gemm_sm90_tile(args_of(i), Stream{stream}, tile); };
       };
       auto bik_launch = [&](int i, cudaStream_t stream) {
-        if (row_stats_mode != "off") {
-          BIK_CHECK(cuda::gemm_row_stats(args_of(i), row_stats.view().narrow(0, 0, m), row_stats_mode == "only",
-                                         Stream{stream}),
-                    "bik bench gemm --row-stats: the statistics epilogue needs an sm_90 GPU and bf16 / f16 inputs");
-          return;
-        }
         mm(ov, as[size_t(i)].view().narrow(0, 0, m), ws[size_t(i)], Stream{stream});
       };
       auto cublas_launch = [&](int i, cudaStream_t stream) { cuda::cublaslt_gemm(args_of(i), Stream{stream}); };

@@ -30,11 +30,6 @@ struct Problem {
   // Gated (sm_90 only, gemm_sm90.cuh): w is [gate rows; up rows], n = 2 d of them, and out [.., d] gets
   // silu_mul(round(gate sum), round(up sum)) per column (cuda/silu.cuh), no bias, out in the input dtype.
   bool glu = false;
-  // Row statistics (sm_90, unswapped tiles with f32 out, one batch; cuda/row_stats.cuh): the epilogue also
-  // writes each row's chunk entries to row_stats[row * stats_ld + chunk] (float4); stats_only: not out.
-  void* row_stats = nullptr;
-  int64_t stats_ld = 0;
-  bool stats_only = false;
 };
 
 __device__ __forceinline__ float to_f32(float x) { return x; }

@@ -20,7 +20,6 @@
 #include "cuda/gemm_host.h"
 #include "cuda/gemm_sm90.cuh"
 #include "cuda/gemm_sm90_swap_wide.h"
-#include "cuda/row_stats.h"
 #include "cuda/tensor_map.h"
 
 namespace bik::cuda {
@@ -1180,32 +1179,6 @@ void gemm_sm90_tile(const GemmArgs& g, Stream s, const std::string& tile) {
   BIK_CHECK(it != std::end(names), "gemm_sm90_tile: no tile named ", tile);
   const gemm_detail::Problem p = gemm_detail::make_problem(g);
   gemm_detail::run_packed(gemm_detail::Choice(it - std::begin(names)), g, p, d, gemm_detail::stream_of(s));
-}
-
-// cuda/row_stats.h. The tile gemm_sm90 would pick where it is unswapped with whole 64-column chunks (its
-// cluster and ping-pong forms included: they run the same epilogue), else 64x128 (up to 64 rows) or 128x256.
-// Every tile gives out the same bits, and the entries are a function of each row's sums alone.
-bool gemm_row_stats(const GemmArgs& g, const TensorView& stats, bool stats_only, Stream s) {
-  const auto& d = gemm_detail::use_device(g.a.device.index);
-  if (d.arch != 90 || g.bias || g.batch != 1 || g.out.dtype != DType::F32 || g.k == 0) return false;
-  if (g.a.dtype != DType::BF16 && g.a.dtype != DType::F16) return false;
-  const int64_t chunks = (g.n + row_stats::kChunk - 1) / row_stats::kChunk;
-  BIK_CHECK(stats.dtype == DType::F32 && stats.ndim == 3 && stats.shape[0] == g.m && stats.shape[1] == chunks &&
-                stats.shape[2] == 4 && stats.is_contiguous() && reinterpret_cast<uintptr_t>(stats.data) % 16 == 0 &&
-                stats.device == g.a.device,
-            "gemm_row_stats: stats must be contiguous, 16-byte aligned f32[", g.m, ", ", chunks, ", 4] on ",
-            g.a.device.str(), ", got ", stats.str());
-  if (g.m == 0) return true;
-  gemm_detail::Problem p = gemm_detail::make_problem(g);
-  p.row_stats = stats.data;
-  p.stats_ld = chunks;
-  p.stats_only = stats_only;
-  gemm_detail::Choice c = gemm_detail::choose(p, d, false);
-  const gemm_detail::TileShape& t = gemm_detail::kShapes[int(c)];
-  if (t.swapped || t.bn % row_stats::kChunk != 0)
-    c = p.m <= 64 ? gemm_detail::Choice::T64x128 : gemm_detail::Choice::T128x256;
-  gemm_detail::run_packed(c, g, p, d, gemm_detail::stream_of(s));
-  return true;
 }
 
 uint64_t gemm_sm90_heads_launches() { return gemm_detail::g_heads_launches.load(std::memory_order_relaxed); }

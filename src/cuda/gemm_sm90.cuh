@@ -70,7 +70,6 @@
 #include "cuda/gemm_heads.cuh"
 #include "cuda/gemm_sm90_wgmma.cuh"
 #include "cuda/launch.cuh"
-#include "cuda/row_stats.cuh"
 #include "cuda/silu.cuh"
 #include "cuda/sm90_sync.cuh"
 #include "cuda/vec_io.cuh"
@@ -944,13 +943,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       if constexpr (Cfg::kSwapGlu) {
         store_tile_columns_gated<Cfg, T>(p, acc, staging, b, row0, n_base(tn), lane);
         continue;
-      }
-      if constexpr (!Cfg::kSwapped && BN % row_stats::kChunk == 0) {
-        if (p.row_stats != nullptr) {
-          row_stats::tile_row_stats<BN>(acc, static_cast<float4*>(p.row_stats), p.stats_ld, p.m, p.n, row0, tn * BN,
-                                        lane);
-          if (p.stats_only) continue;
-        }
       }
       if (prm.out_vec16) {
         if constexpr (Cfg::kSwapped)
