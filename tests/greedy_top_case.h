@@ -17,8 +17,8 @@ namespace bik::test {
 
 struct GreedyTopCounts {
   int64_t rows = 0;
-  int64_t token_diffs = 0;    // sample's greedy token != logprobs' top id 0
-  int64_t chosen_diffs = 0;   // logprobs' chosen value of that token != its top value 0 (bits)
+  int64_t token_diffs = 0;    // sample's greedy token != logprobs' top id 0 (with 1 and with 3 top columns)
+  int64_t chosen_diffs = 0;   // logprobs' chosen value of that token != its top value 0 (bits; both ways)
   int64_t control_diffs = 0;  // the last-maximum argmax != logprobs' top id 0
 };
 
@@ -66,24 +66,32 @@ inline GreedyTopCounts greedy_top_counts(const Tensor& logits) {
   for (auto& p : greedy) p.temperature = 0.0f;
   Tensor tok = Tensor::empty({rows}, DType::I32, dev);
   sample(tok, logits, greedy);
+  // The engine's other path with no top logprobs asked for: logprobs() of that token, no top columns.
   Tensor chosen = Tensor::empty({rows}, DType::F32, dev);
-  Tensor ids1 = Tensor::empty({rows, 1}, DType::I32, dev), vals1 = Tensor::empty({rows, 1}, DType::F32, dev);
-  logprobs(chosen, ids1, vals1, logits, tok);
-  // The engine's greedy call: token 0 in, the top 1 out (three columns, as with top_logprobs = 3).
+  logprobs(chosen, Tensor::empty({rows, 0}, DType::I32, dev), Tensor::empty({rows, 0}, DType::F32, dev), logits, tok);
+  const Tensor tok_h = tok.to(Device::cpu()), chosen_h = chosen.to(Device::cpu()), x = logits.to(Device::cpu());
+  // The engine's greedy call: token 0 in, the top 1 out; with one top column (no top logprobs asked for) and
+  // with three (top_logprobs = 3).
   Tensor zeros_h = Tensor::empty({rows}, DType::I32);
   std::memset(zeros_h.data(), 0, size_t(rows) * 4);
   const Tensor zeros = zeros_h.to(dev);
-  Tensor chosen0 = Tensor::empty({rows}, DType::F32, dev);
-  Tensor ids = Tensor::empty({rows, 3}, DType::I32, dev), vals = Tensor::empty({rows, 3}, DType::F32, dev);
-  logprobs(chosen0, ids, vals, logits, zeros);
-  const Tensor tok_h = tok.to(Device::cpu()), chosen_h = chosen.to(Device::cpu()), ids_h = ids.to(Device::cpu()),
-               vals_h = vals.to(Device::cpu()), x = logits.to(Device::cpu());
+  Tensor unused = Tensor::empty({rows}, DType::F32, dev);
+  std::vector<Tensor> ids_h, vals_h;
+  for (int64_t n : {1, 3}) {
+    Tensor ids = Tensor::empty({rows, n}, DType::I32, dev), vals = Tensor::empty({rows, n}, DType::F32, dev);
+    logprobs(unused, ids, vals, logits, zeros);
+    ids_h.push_back(ids.to(Device::cpu()));
+    vals_h.push_back(vals.to(Device::cpu()));
+  }
   GreedyTopCounts c;
   c.rows = rows;
   for (int64_t r = 0; r < rows; ++r) {
-    const int32_t top = ids_h.ptr<int32_t>()[r * 3];
-    c.token_diffs += tok_h.ptr<int32_t>()[r] != top;
-    c.chosen_diffs += std::memcmp(chosen_h.ptr<float>() + r, vals_h.ptr<float>() + r * 3, 4) != 0;
+    for (size_t q = 0; q < ids_h.size(); ++q) {
+      const int64_t n = ids_h[q].size(1);
+      c.token_diffs += tok_h.ptr<int32_t>()[r] != ids_h[q].ptr<int32_t>()[r * n];
+      c.chosen_diffs += std::memcmp(chosen_h.ptr<float>() + r, vals_h[q].ptr<float>() + r * n, 4) != 0;
+    }
+    const int32_t top = ids_h[0].ptr<int32_t>()[r];
     // The control: the last of the maxima (NaN first, then larger; equal values, -0 and +0 included,
     // to the higher index).
     auto at = [&](int64_t i) {
