@@ -71,15 +71,14 @@ using SwapTile = Config<64, BN, swap_stages(BN), true, true>;
 enum class Choice {
   T64x32, T64x64, T64x128, T64x192, T128x32, T128x64, T128x128, T128x192, T128x256,
   S144, S160, S192, S208, S224, S256,
-  W64, W80, W96, W112, W128, W144, W160, W176, W192, W208, W224, W240, W256,
+  W112, W128, W144, W160, W176, W192, W208, W224, W240, W256,
   P64, P80, P96, P112, P128, P144, P160, P176, P192, Count
 };
 const char* const kChoiceNames[] = {"64x32",      "64x64",      "64x128",     "64x192",     "128x32",
                                     "128x64",     "128x128",    "128x192",    "128x256",    "swap64x144",
                                     "swap64x160", "swap64x192", "swap64x208", "swap64x224", "swap64x256",
-                                    "swap128x64", "swap128x80", "swap128x96", "swap128x112", "swap128x128",
-                                    "swap128x144", "swap128x160", "swap128x176", "swap128x192", "swap128x208",
-                                    "swap128x224", "swap128x240", "swap128x256",
+                                    "swap128x112", "swap128x128", "swap128x144", "swap128x160", "swap128x176",
+                                    "swap128x192", "swap128x208", "swap128x224", "swap128x240", "swap128x256",
                                     "pair192x64", "pair192x80", "pair192x96", "pair192x112", "pair192x128",
                                     "pair192x144", "pair192x160", "pair192x176", "pair192x192"};
 static_assert(std::size(kChoiceNames) == size_t(Choice::Count), "one name per tile");
@@ -97,9 +96,7 @@ constexpr TileShape kShapes[] = {{Choice::T64x32, 64, 32},       {Choice::T64x64
                                  {Choice::T128x256, 128, 256},   {Choice::S144, 64, 144, true},
                                  {Choice::S160, 64, 160, true},  {Choice::S192, 64, 192, true},
                                  {Choice::S208, 64, 208, true},  {Choice::S224, 64, 224, true},
-                                 {Choice::S256, 64, 256, true},  {Choice::W64, 128, 64, true},
-                                 {Choice::W80, 128, 80, true},   {Choice::W96, 128, 96, true},
-                                 {Choice::W112, 128, 112, true},
+                                 {Choice::S256, 64, 256, true},  {Choice::W112, 128, 112, true},
                                  {Choice::W128, 128, 128, true}, {Choice::W144, 128, 144, true},
                                  {Choice::W160, 128, 160, true}, {Choice::W176, 128, 176, true},
                                  {Choice::W192, 128, 192, true}, {Choice::W208, 128, 208, true},
@@ -785,7 +782,7 @@ void launch_wide(const Problem& p, const DeviceInfo& d, cudaStream_t st, int bn)
 template <typename T>
 void run_tile(Choice c, const Problem& p, const DeviceInfo& d, cudaStream_t st) {
   if (int(c) >= int(Choice::P64)) return launch_swap_pairs<T>(p, d, st, kShapes[int(c)].bn);
-  if (int(c) >= int(Choice::W64)) return launch_wide<T>(p, d, st, kShapes[int(c)].bn);
+  if (int(c) >= int(Choice::W112)) return launch_wide<T>(p, d, st, kShapes[int(c)].bn);
   switch (c) {
     case Choice::S144: return launch_swapped<144, T>(p, d, st);
     case Choice::S160: return launch_swapped<160, T>(p, d, st);

@@ -92,9 +92,6 @@ SwapWideKernel swap_pair_kernel(int bn, bool bf16) {
 
 SwapWideKernel swap_wide_kernel(int bn, bool bf16) {
   switch (bn) {
-    case 64: return wide_of<64>(bf16);
-    case 80: return wide_of<80>(bf16);
-    case 96: return wide_of<96>(bf16);
     case 112: return wide_of<112>(bf16);
     case 128: return wide_of<128>(bf16);
     case 144: return wide_of<144>(bf16);

@@ -29,7 +29,7 @@ SwapWideKernel glu_swap_kernel(int bm, int cols, bool bf16, bool cluster);
 SwapWideKernel swap_pair_kernel(int bn, bool bf16);
 
 // The plain swapped tile of 128 weight rows (two consumer warpgroups) by `bn` activation rows, one CTA a
-// tile: bn 64 to 256 in steps of 16; fn is null for any other.
+// tile: bn 112 to 256 in steps of 16; fn is null for any other.
 SwapWideKernel swap_wide_kernel(int bn, bool bf16);
 
 }  // namespace bik::cuda::gemm_detail::sm90
