@@ -451,9 +451,6 @@ Params walk_params(const Problem& p, const TileOrder& order) {
   prm.w_batched = p.batch > 1 && p.w_sb != 0;
   prm.a_kofs = prm.w_kofs = int(pieces_kofs(p));
   prm.out_vec16 = out_vec16_of(p);
-  // BIK_GEMM_MAP_PREFETCH, read at each call: "0" -> no prefetch of the tensor maps; unset or anything
-  // else -> thread 0 prefetches both at the kernel's entry, before pdl_wait (gemm_kernel).
-  prm.prefetch_maps = env_switch<int>("BIK_GEMM_MAP_PREFETCH", {{"0", 0}}).value_or(1);
   return prm;
 }
 

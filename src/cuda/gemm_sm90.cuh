@@ -148,7 +148,6 @@ struct Params {
   // batch b's K-block kb is at K coordinate b * a_kofs + kb * 64 of a two-dimensional map; 0: batch b is
   // the map's third coordinate.
   int a_kofs, w_kofs;
-  int prefetch_maps;  // 1: thread 0 prefetches both tensor maps at the kernel's entry (BIK_GEMM_MAP_PREFETCH)
 };
 
 // Split mode (gemm_kernel's kSplit, experimental: bik bench gemm's split tiles, not the library's rule):
@@ -169,12 +168,6 @@ using sm90_sync::pin;
 using sm90_sync::wgmma_commit;
 using sm90_sync::wgmma_fence;
 using sm90_sync::wgmma_wait;
-
-// Asks the copy engine to fetch a tensor map (a kernel parameter) into its descriptor cache ahead of the
-// first copy that names it. The map is not written by any kernel, so this may run before pdl_wait.
-__device__ __forceinline__ void prefetch_tensormap(const CUtensorMap* map) {
-  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
-}
 
 __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, uint32_t bar, int k, int row, int b) {
   asm volatile(
@@ -735,12 +728,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const uint32_t xfull = xbars, xempty = xbars + 8, xbuf = xbars + 128;
   constexpr int kXThreads = Cfg::kConsumers * 128;
   if (threadIdx.x == 0) {
-    // The maps' descriptors on their way while the barriers are made and the kernel ahead finishes
-    // (prm.prefetch_maps, BIK_GEMM_MAP_PREFETCH); the copies are the same either way.
-    if (prm.tma && prm.prefetch_maps) {
-      prefetch_tensormap(&map_a);
-      prefetch_tensormap(&map_w);
-    }
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full(s), prm.tma ? 1 : 128);
       // lane 0 of every consumer warp that reads the stage (of both CTAs)
