@@ -506,4 +506,67 @@ TEST(CpuGemmGated, BadArgumentsNameTheProblem) {
   expect_message([&] { mm_silu_and_mul(t({4, 3}), t({4, 8}, DType::I32), t({6, 8}, DType::I32)); }, "mm_silu_and_mul");
 }
 
+// mm_add is mm, then the residual added in F32 and rounded once more (what rms_norm's residual add does with
+// the product), bit for bit, for every dtype and for strided views: the sum written into a column window of
+// a wider buffer, the residual a transposed view.
+TEST(CpuGemmAdd, IsMmThenAdd) {
+  std::mt19937_64 rng(29);
+  for (DType dt : kInTypes) {
+    SCOPED_TRACE(dtype_name(dt));
+    const int64_t M = 11, N = 37, K = 70;
+    const Tensor a = random_tensor({M, K}, dt, rng), w = random_tensor({N, K}, dt, rng, 0.5f);
+    const Tensor res = random_tensor({M, N}, dt, rng, 4.0f);
+    Tensor product = Tensor::empty({M, N}, dt), out = Tensor::empty({M, N}, dt);
+    mm(product, a, w);
+    std::vector<uint32_t> ref(size_t(M * N));
+    Tensor one = Tensor::empty({1}, dt);
+    for (int64_t i = 0; i < M * N; ++i) {
+      setf(one, 0, getf(product, i) + getf(res, i));  // the F32 sum, rounded once by the store
+      ref[size_t(i)] = bits_at(one, 0);
+    }
+    fill_bytes(out, 0xFF);
+    mm_add(out, a, w, res);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < M * N; ++i) bad += bits_at(out, i) != ref[size_t(i)];
+    EXPECT_EQ(bad, 0);
+    // out a column window of a wider buffer, the residual a transposed copy read through swapped strides
+    Tensor wide = Tensor::empty({M, N + 6}, dt), res_t = Tensor::empty({N, M}, dt);
+    TensorView rv = res_t.view();
+    std::swap(rv.shape[0], rv.shape[1]);
+    std::swap(rv.stride[0], rv.stride[1]);
+    copy_values(rv, res);
+    fill_bytes(wide, 0xFF);
+    const TensorView o = wide.view().narrow(1, 4, N);
+    mm_add(o, a, w, rv);
+    bad = 0;
+    for (int64_t i = 0; i < M * N; ++i) bad += bits_at(o, i) != ref[size_t(i)];
+    EXPECT_EQ(bad, 0);
+    // The control: one residual element changed changes that output alone.
+    setf(res, 5, getf(res, 5) + 1.0f);
+    mm_add(out, a, w, res);
+    bad = 0;
+    for (int64_t i = 0; i < M * N; ++i) bad += bits_at(out, i) != ref[size_t(i)];
+    EXPECT_EQ(bad, 1);
+  }
+}
+
+TEST(CpuGemmAdd, BadArgumentsNameTheProblem) {
+  auto t = [](const Shape& s, DType dt = DType::BF16) { return Tensor::empty(s, dt); };
+  auto expect_message = [](auto&& f, const std::string& needle) {
+    try {
+      f();
+      FAIL() << "no error; wanted one mentioning '" << needle << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  const Tensor a = t({4, 8}), w = t({6, 8}), out = t({4, 6});
+  expect_message([&] { mm_add(out, a, w, t({4, 5})); }, "residual");
+  expect_message([&] { mm_add(out, a, w, t({4, 6}, DType::F32)); }, "residual must be bf16 (out's dtype)");
+  expect_message([&] { mm_add(t({4, 5}), a, w, t({4, 5})); }, "out must be [M, N] = [4, 6]");
+  expect_message([&] { mm_add(out, a, w, out); }, "share memory");
+  Tensor both = t({4, 12});
+  expect_message([&] { mm_add(both.view().narrow(1, 0, 6), a, w, both.view().narrow(1, 3, 6)); }, "share memory");
+}
+
 }  // namespace
