@@ -407,7 +407,7 @@ void gemm_add(const GemmArgs& g, Stream s) {
   const TensorView& add = *g.add;
   const int64_t rows = g.batch * g.m, n = g.n;
   parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)), [&](int64_t begin, int64_t end) {
-    std::vector<float> sum(static_cast<size_t>(n)), term(static_cast<size_t>(n));
+    std::vector<float> sum(size_t(n)), term(size_t(n));
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / g.m, m = r % g.m;
       void* o = elem_ptr(out.data, out.dtype, b * out.stride[0] + m * out.stride[1]);

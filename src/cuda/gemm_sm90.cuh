@@ -283,6 +283,7 @@ __device__ __forceinline__ uint4 ld_shared_16(uint32_t src) {
   return v;
 }
 
+#ifdef BIK_SM90_DEVICE_CODE
 // mm_add (Problem::add): eight outputs already rounded to O (16 bytes of v) plus the eight residual values
 // at the same place (`src`), each sum in F32 rounded once more: round(round(sum) + add), the bits of mm then
 // rms_norm's residual add.
@@ -302,11 +303,12 @@ __device__ __forceinline__ uint4 add_residual_16(const uint4& v, const O* src) {
   }
   return s;
 }
-// The same for one output, where a row ends inside a 16-byte piece.
+// The same for the first `count` (< 8) of them, element by element.
 template <typename O>
 __device__ __forceinline__ O add_residual_1(O x, const O* src) {
   return from_f32<O>(__fadd_rn(to_f32(x), to_f32(*src)));
 }
+#endif
 
 #ifdef BIK_SM90_DEVICE_CODE
 // The warp's 16 x W block (W = BN, or BN / 2 for a gated tile) when it lies wholly inside the output,

@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 
 #include "bik/attention.h"
 #include "bik/ops.h"
@@ -496,13 +494,10 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
   // (pending); or, with batch invariance on and no tap, the o-proj / down GEMM adds `res` in its epilogue
   // (mm_add: round(round(product) + res), the bits of the product then rms_norm's add) and writes the sum
   // to `branch`, which becomes the stream while the old one takes the next output. Either way every value
-  // is the same; the fused form spares the norm one read of [T, H] and one write. BIK_FUSED_ADD=0, read at
-  // each step: the norms add (the A/B switch).
+  // is the same; the fused form spares the norm one read of [T, H] and one write.
   TensorView res = residual, branch = x;
   bool pending = true;  // branch holds an output not yet added to res (the embedding, first)
-  const char* fa = std::getenv("BIK_FUSED_ADD");
-  const bool fused_add = batch_invariant_ && !tap_ && tp_.size == 1 && tp_.chunks <= 1 &&
-                         !(fa != nullptr && std::strcmp(fa, "0") == 0);
+  const bool fused_add = batch_invariant_ && !tap_ && tp_.size == 1 && tp_.chunks <= 1;
   auto project_add = [&](const TensorView& in, const Linear& w) {
     if (fused_add && !w.bias) {
       mm_add(branch, in, w.w, res, s);
