@@ -57,14 +57,6 @@ void bmm(const TensorView& out, const TensorView& a, const TensorView& b, Stream
 // epilogue, so the [M, 2d] product never reaches memory (BIK_GEMM_GLU=0: the two calls there too);
 // elsewhere it is the two calls, through scratch memory.
 void mm_silu_and_mul(const TensorView& out, const TensorView& a, const TensorView& b, Stream s = {});
-// A product with a residual added: out = round(round(a b^T) + residual), a [M, K], b [N, K], out and residual
-// [M, N] in one dtype (F32, F16, BF16; a and b F32, F16 or BF16 as for mm), residual apart from out (no shared
-// element): the product rounded to out's dtype as mm rounds it, then the sum in F32 rounded once more, so out
-// holds the bits of mm then an add, which is what rms_norm's residual add does with them. On sm_90 (F16 /
-// BF16 outputs) the GEMM's epilogue adds the residual, so the product never reaches memory on its own
-// (BIK_GEMM_ADD=0: the two steps there too); elsewhere it is the two steps.
-void mm_add(const TensorView& out, const TensorView& a, const TensorView& b, const TensorView& residual,
-            Stream s = {});
 
 // ---- fixed-order sum of partial results (tensor parallelism) --------------------------------------------
 // out[m, n] = round(tree(partials[0, m, n], ..., partials[P-1, m, n]) (+ bias[n])), in F32, where P is a

@@ -25,8 +25,6 @@ inline TensorView as3d(const TensorView& t) {
 struct GemmArgs {
   TensorView out, a, w;
   std::optional<TensorView> bias;  // [N]
-  // mm_add only: [B, M, N] in out's dtype, not overlapping out; out = round(round(product) + add)
-  std::optional<TensorView> add;
   int64_t batch = 1, m = 0, n = 0, k = 0;
 };
 
@@ -68,8 +66,6 @@ struct AttentionArgs {
   void gemm(const GemmArgs& g, Stream s);                                                           \
   /* g.n = 2 d (w = [gate rows; up rows]), g.out [B, M, d] in the inputs' dtype, no bias: validated */ \
   void gemm_silu_and_mul(const GemmArgs& g, Stream s);                                              \
-  /* mm_add: g.add set (out's shape and dtype, apart from out), no bias: validated */                 \
-  void gemm_add(const GemmArgs& g, Stream s);                                                       \
   void rms_norm(const TensorView& out, const TensorView& x, const TensorView& weight, float eps,   \
                 const std::optional<TensorView>& residual, Stream s);                               \
   void layer_norm(const TensorView& out, const TensorView& x, const std::optional<TensorView>& w,  \

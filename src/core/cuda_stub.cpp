@@ -38,7 +38,6 @@ void synchronize(int) { no_cuda("cuda synchronize"); }
 // Unreachable in practice (no CUDA tensor can be allocated), but the dispatcher links against them.
 void gemm(const GemmArgs&, Stream) { no_cuda("gemm"); }
 void gemm_silu_and_mul(const GemmArgs&, Stream) { no_cuda("mm_silu_and_mul"); }
-void gemm_add(const GemmArgs&, Stream) { no_cuda("mm_add"); }
 bool qkv_projection_fused(const QkvProjection&, Stream) { no_cuda("qkv_projection"); }
 void rms_norm(const TensorView&, const TensorView&, const TensorView&, float, const std::optional<TensorView>&,
               Stream) {

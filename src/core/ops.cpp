@@ -130,30 +130,6 @@ void mm_silu_and_mul(const TensorView& out, const TensorView& a, const TensorVie
     dispatch_device(a, &cpu::gemm_silu_and_mul, &cuda::gemm_silu_and_mul, *g, s);
 }
 
-void mm_add(const TensorView& out, const TensorView& a, const TensorView& b, const TensorView& residual, Stream s) {
-  const char* op = "mm_add";
-  check_same_shape(op, "residual", residual, "out", out);
-  BIK_CHECK(residual.dtype == out.dtype, op, ": residual must be ", dtype_name(out.dtype), " (out's dtype), got ",
-            residual.str());
-  check_same_device(op, out, "residual", residual);
-  check_data(op, "residual", residual);
-  std::optional<GemmArgs> g = checked_gemm_args(op, out, std::nullopt, a, b, 2);
-  if (!g) return;
-  // The sum is written while the residual is read, tile by tile: no element may be both.
-  const auto span = [](const TensorView& t) {
-    const char* lo = static_cast<const char*>(t.data);
-    int64_t last = 0;
-    for (int d = 0; d < t.ndim; ++d) last += (t.shape[d] - 1) * t.stride[d];
-    return std::pair<const char*, const char*>{lo, lo + (last + 1) * dtype_size(t.dtype)};
-  };
-  const auto [o_lo, o_hi] = span(out);
-  const auto [r_lo, r_hi] = span(residual);
-  BIK_CHECK(o_hi <= r_lo || r_hi <= o_lo, op, ": residual ", residual.str(), " and out ", out.str(),
-            " share memory; the sum needs its own");
-  g->add = as3d(residual);
-  dispatch_device(a, &cpu::gemm_add, &cuda::gemm_add, *g, s);
-}
-
 void sum_partials(const TensorView& out, const TensorView& partials, const std::optional<TensorView>& bias,
                   Stream s) {
   const char* op = "sum_partials";

@@ -29,7 +29,6 @@
 
 #include "core/backend.h"
 #include "cpu/parallel.h"
-#include "cpu/row_reduce.h"
 
 namespace bik::cpu {
 namespace {
@@ -395,29 +394,6 @@ void gemm_silu_and_mul(const GemmArgs& g, Stream s) {
   plain.out = product.view();
   cpu::gemm(plain, s);
   cpu::silu_and_mul(g.out, product.view(), s);
-}
-
-// mm_add: the product into out (rounded there, as mm rounds it), then out := round(out + add) row by row in
-// F32: the two steps the sm_90 epilogue fuses (the CPU has no fused kernel: the bits are the two steps').
-void gemm_add(const GemmArgs& g, Stream s) {
-  GemmArgs plain = g;
-  plain.add.reset();
-  cpu::gemm(plain, s);
-  const TensorView& out = g.out;
-  const TensorView& add = *g.add;
-  const int64_t rows = g.batch * g.m, n = g.n;
-  parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)), [&](int64_t begin, int64_t end) {
-    std::vector<float> sum(size_t(n)), term(size_t(n));
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / g.m, m = r % g.m;
-      void* o = elem_ptr(out.data, out.dtype, b * out.stride[0] + m * out.stride[1]);
-      const void* a = elem_ptr(add.data, add.dtype, b * add.stride[0] + m * add.stride[1]);
-      load_row(sum.data(), o, out.dtype, n, out.stride[2]);
-      load_row(term.data(), a, add.dtype, n, add.stride[2]);
-      for (int64_t i = 0; i < n; ++i) sum[size_t(i)] += term[size_t(i)];
-      store_row(o, out.dtype, n, out.stride[2], sum.data());
-    }
-  });
 }
 
 }  // namespace bik::cpu

@@ -82,52 +82,6 @@ void gemm_silu_and_mul(const GemmArgs& g, Stream s) {
   BIK_CUDA_CHECK(cudaFreeAsync(buf, st));
 }
 
-namespace {
-// out[b, m, n] := round(out + add), the sum in F32: mm_add's second step where no fused epilogue applies.
-template <typename T>
-__global__ void add_into_kernel(T* out, const T* add, int64_t m, int64_t n, int64_t total, int64_t o_sb, int64_t o_sm,
-                                int64_t o_sn, int64_t r_sb, int64_t r_sm, int64_t r_sn) {
-  using gemm_detail::from_f32;
-  using gemm_detail::to_f32;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t b = i / (m * n), r = i / n % m, c = i % n;
-    T& o = out[b * o_sb + r * o_sm + c * o_sn];
-    o = from_f32<T>(__fadd_rn(to_f32(o), to_f32(add[b * r_sb + r * r_sm + c * r_sn])));
-  }
-}
-}  // namespace
-
-// BIK_GEMM_ADD, read at each call: "0" -> always the two steps (the A/B switch and the tests' reference);
-// unset or anything else -> the fused epilogue where gemm_sm90_add takes the problem. Either way the same
-// bits: the epilogue rounds the product, then the sum, as the two steps do.
-void gemm_add(const GemmArgs& g, Stream s) {
-  const auto& d = gemm_detail::use_device(g.a.device.index);
-  const char* e = std::getenv("BIK_GEMM_ADD");
-  const bool fuse = !(e != nullptr && std::strcmp(e, "0") == 0);
-  if (fuse && plan_for(g, d).mma == policy::Mma::WgmmaSm90 && gemm_sm90_add(g, s)) return;
-  GemmArgs plain = g;
-  plain.add.reset();
-  cuda::gemm(plain, s);
-  const TensorView& o = g.out;
-  const TensorView& r = *g.add;
-  const int64_t total = g.batch * g.m * g.n;
-  const int blocks = int(std::min<int64_t>((total + 255) / 256, 4096));
-  const cudaStream_t st = gemm_detail::stream_of(s);
-  auto launch = [&](auto t) {
-    using T = decltype(t);
-    add_into_kernel<T><<<blocks, 256, 0, st>>>(static_cast<T*>(o.data), static_cast<const T*>(r.data), g.m, g.n, total,
-                                               o.stride[0], o.stride[1], o.stride[2], r.stride[0], r.stride[1],
-                                               r.stride[2]);
-  };
-  if (o.dtype == DType::F32)
-    launch(float{});
-  else if (o.dtype == DType::F16)
-    launch(__half{});
-  else
-    launch(__nv_bfloat16{});
-  BIK_CUDA_LAUNCH_CHECK();
-}
-
 std::string gemm_config_name(const GemmArgs& g) {
   const auto& d = gemm_detail::use_device(g.a.device.index);
   const gemm_detail::Problem p = gemm_detail::make_problem(g);

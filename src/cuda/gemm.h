@@ -41,12 +41,6 @@ int64_t gemm_split_len(int64_t k);  // ceil(ceil(K / 64) / 2) * 64: piece 0's le
 // gemm_sm90 picks cannot take that epilogue (gemm_silu_and_mul then runs the two calls).
 bool gemm_sm90_gated(const GemmArgs& g, Stream s);
 uint64_t gemm_sm90_gated_launches();  // so far in this process (tests check the fused path ran)
-// mm_add (g.add set) in one wgmma kernel whose epilogue adds the residual to the rounded product
-// (gemm_sm90.cuh); false, with nothing launched, where that epilogue does not apply: an output other than
-// F16 / BF16, a bias, out rows not 16-byte aligned with unit N stride, the residual's strides not out's or
-// its base not 16-byte aligned (gemm_add then runs the two steps).
-bool gemm_sm90_add(const GemmArgs& g, Stream s);
-uint64_t gemm_sm90_add_launches();  // so far in this process (tests check the fused path ran)
 uint64_t gemm_sm90_pair_launches();  // plain swapped tiles of 192 weight rows in pairs ("pair192x..")
 uint64_t gemm_sm90_glu_swap_launches();  // gated products on the gated swapped tiles (BIK_GEMM_GLU_SWAP)
 // Cluster launches of the wgmma kernel so far (BIK_GEMM_CLUSTER; tests check the switch took effect).

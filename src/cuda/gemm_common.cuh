@@ -30,9 +30,6 @@ struct Problem {
   // Gated (sm_90 only, gemm_sm90.cuh): w is [gate rows; up rows], n = 2 d of them, and out [.., d] gets
   // silu_mul(round(gate sum), round(up sum)) per column (cuda/silu.cuh), no bias, out in the input dtype.
   bool glu = false;
-  // mm_add (sm_90 only, gemm_sm90.cuh's 16-bit staged and column epilogues): out = round(round(sum) + add),
-  // add at out's element offsets (the host checks the strides are out's), never overlapping out.
-  const void* add = nullptr;
 };
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
@@ -94,19 +91,6 @@ __device__ __forceinline__ void store_pair(const Problem& p, int b, int m, int n
   v0 = add_bias<T>(p, n, v0);
   if (has1) v1 = add_bias<T>(p, n + 1, v1);
   const int64_t off = int64_t(b) * p.o_sb + int64_t(m) * p.o_sm + int64_t(n) * p.o_sn;
-  if (p.add != nullptr) {  // mm_add: round(round(sum) + add), the add in the output's dtype
-    auto plus = [&](auto* add, float v, int64_t at) {
-      using O = std::remove_const_t<std::remove_pointer_t<decltype(add)>>;
-      return to_f32(from_f32<O>(v)) + to_f32(add[at]);
-    };
-    if (p.out_f32) {
-      v0 = plus(static_cast<const float*>(p.add), v0, off);
-      if (has1) v1 = plus(static_cast<const float*>(p.add), v1, off + p.o_sn);
-    } else {
-      v0 = plus(static_cast<const T*>(p.add), v0, off);
-      if (has1) v1 = plus(static_cast<const T*>(p.add), v1, off + p.o_sn);
-    }
-  }
   if (p.out_f32)
     store_pair_as<float>(p, off, has1, v0, v1);
   else

@@ -719,7 +719,6 @@ void launch(const Problem& p, const DeviceInfo& d, cudaStream_t st) {
 
 std::atomic<uint64_t> g_swapped_launches{0};
 std::atomic<uint64_t> g_gated_launches{0};
-std::atomic<uint64_t> g_add_launches{0};
 
 // A swapped tile: the transposed problem on SwapTile<BN> (bands of 16 weight tiles, as the ping-pong walk).
 template <int BN, typename T>
@@ -1129,26 +1128,6 @@ bool gemm_sm90_gated(const GemmArgs& g, Stream s) {
   gemm_detail::g_gated_launches.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
-
-bool gemm_sm90_add(const GemmArgs& g, Stream s) {
-  const auto& d = gemm_detail::use_device(g.a.device.index);
-  if (d.arch != 90 || !g.add || g.bias || g.out.dtype != g.a.dtype) return false;
-  if (g.a.dtype != DType::BF16 && g.a.dtype != DType::F16) return false;
-  const TensorView& r = *g.add;
-  for (int i = 0; i < 3; ++i)
-    if (r.stride[i] != g.out.stride[i] && r.shape[i] > 1) return false;
-  if (!gemm_detail::aligned16(r.data)) return false;
-  gemm_detail::Problem p = gemm_detail::make_problem(g);
-  // Every epilogue of the plain tiles adds it (the staged, interior and column stores, and store_pair);
-  // the 16-byte stores need the residual aligned as out is.
-  if (!gemm_detail::out_vec16_of(p)) return false;
-  p.add = r.data;
-  gemm_detail::run_packed(gemm_detail::choose(p, d), g, p, d, gemm_detail::stream_of(s));
-  gemm_detail::g_add_launches.fetch_add(1, std::memory_order_relaxed);
-  return true;
-}
-
-uint64_t gemm_sm90_add_launches() { return gemm_detail::g_add_launches.load(std::memory_order_relaxed); }
 
 uint64_t gemm_sm90_pair_launches() { return gemm_detail::g_pair_launches.load(std::memory_order_relaxed); }
 

@@ -284,33 +284,6 @@ __device__ __forceinline__ uint4 ld_shared_16(uint32_t src) {
 }
 
 #ifdef BIK_SM90_DEVICE_CODE
-// mm_add (Problem::add): eight outputs already rounded to O (16 bytes of v) plus the eight residual values
-// at the same place (`src`), each sum in F32 rounded once more: round(round(sum) + add), the bits of mm then
-// rms_norm's residual add.
-template <typename O>
-__device__ __forceinline__ uint4 add_residual_16(const uint4& v, const O* src) {
-  static_assert(sizeof(O) == 2, "16-bit outputs");
-  const uint4 r = ld_global_16(src);
-  const O* x = reinterpret_cast<const O*>(&v);
-  const O* y = reinterpret_cast<const O*>(&r);
-  uint4 s;
-  uint32_t* sw = reinterpret_cast<uint32_t*>(&s);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const typename Pair<O>::type pr = Pair<O>::make(__fadd_rn(to_f32(x[2 * i]), to_f32(y[2 * i])),
-                                                     __fadd_rn(to_f32(x[2 * i + 1]), to_f32(y[2 * i + 1])));
-    sw[i] = *reinterpret_cast<const uint32_t*>(&pr);
-  }
-  return s;
-}
-// The same for the first `count` (< 8) of them, element by element.
-template <typename O>
-__device__ __forceinline__ O add_residual_1(O x, const O* src) {
-  return from_f32<O>(__fadd_rn(to_f32(x), to_f32(*src)));
-}
-#endif
-
-#ifdef BIK_SM90_DEVICE_CODE
 // The warp's 16 x W block (W = BN, or BN / 2 for a gated tile) when it lies wholly inside the output,
 // without a bias, to a 16-bit type: the
 // same roundings as store_tile_staged (one cvt of each pair of sums), moved into the staging rows by
@@ -343,10 +316,8 @@ __device__ __forceinline__ void store_tile_interior(const Problem& p, const floa
 #pragma unroll
     for (int q = 0; q < 16 * kPiecesPerRow / 32; ++q) {
       const int i = q * 32 + lane, row = i / kPiecesPerRow, piece = i % kPiecesPerRow;
-      const int64_t at = int64_t(row) * p.o_sm + chunk * kChunk + piece * 8;
-      uint4 v = ld_shared_16(staging + row * Cfg::kEpiRowBytes + piece * 16);
-      if (p.add != nullptr) v = add_residual_16<O>(v, static_cast<const O*>(p.add) + (out - static_cast<O*>(p.out)) + at);
-      st_global_16(out + at, v);
+      st_global_16(out + int64_t(row) * p.o_sm + chunk * kChunk + piece * 8,
+                   ld_shared_16(staging + row * Cfg::kEpiRowBytes + piece * 16));
     }
     __syncwarp();
   }
@@ -425,15 +396,13 @@ __device__ __forceinline__ void store_tile_columns(const Problem& p, const float
     __syncwarp();
     const int col = col0 + g * 16 + c;
     if (col < p.n && r < p.m) {
-      uint4 v = ld_shared_16(staging + c * kPitch + half * 16);
+      const uint4 v = ld_shared_16(staging + c * kPitch + half * 16);
       O* dst = out + int64_t(col) * p.o_sn;
-      const O* res = p.add != nullptr ? static_cast<const O*>(p.add) + (dst - static_cast<O*>(p.out)) : nullptr;
       if (r + 8 <= p.m) {
-        if (res != nullptr) v = add_residual_16<O>(v, res);
         st_global_16(dst, v);
       } else {
         const O* e = reinterpret_cast<const O*>(&v);
-        for (int q = 0; q < 8 && r + q < p.m; ++q) dst[q] = res != nullptr ? add_residual_1<O>(e[q], res + q) : e[q];
+        for (int q = 0; q < 8 && r + q < p.m; ++q) dst[q] = e[q];
       }
     }
     __syncwarp();
@@ -550,24 +519,13 @@ __device__ __forceinline__ void store_tile_staged(const Problem& p, const float 
       const int pr_row = i / kPiecesPerRow, piece = i % kPiecesPerRow;
       const int m = row0 + pr_row, n = col0 + chunk * kChunk + piece * kPieceElems;
       if (m < p.m && n < p.n) {
-        uint4 v = ld_shared_16(staging + pr_row * Cfg::kEpiRowBytes + piece * 16);
-        const int64_t at = int64_t(b) * p.o_sb + int64_t(m) * p.o_sm + n;
-        O* dst = static_cast<O*>(p.out) + at;
-        // mm_add: 16-bit outputs only (the host's rule)
-        const O* res = sizeof(O) == 2 && p.add != nullptr ? static_cast<const O*>(p.add) + at : nullptr;
+        const uint4 v = ld_shared_16(staging + pr_row * Cfg::kEpiRowBytes + piece * 16);
+        O* dst = static_cast<O*>(p.out) + int64_t(b) * p.o_sb + int64_t(m) * p.o_sm + n;
         if (n + kPieceElems <= p.n) {
-          if constexpr (sizeof(O) == 2) {
-            if (res != nullptr) v = add_residual_16<O>(v, res);
-          }
           st_global_16(dst, v);
         } else {
           const O* e = reinterpret_cast<const O*>(&v);
-          for (int q = 0; q < kPieceElems && n + q < p.n; ++q) {
-            if constexpr (sizeof(O) == 2)
-              dst[q] = res != nullptr ? add_residual_1<O>(e[q], res + q) : e[q];
-            else
-              dst[q] = e[q];
-          }
+          for (int q = 0; q < kPieceElems && n + q < p.n; ++q) dst[q] = e[q];
         }
       }
     }

@@ -16,14 +16,4 @@ __device__ __forceinline__ void st_global_16(void* dst, const uint4& v) {
                : "memory");
 }
 
-// 16 bytes from global memory (16-byte aligned), as one instruction.
-__device__ __forceinline__ uint4 ld_global_16(const void* src) {
-  uint4 v;
-  asm volatile("ld.global.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(src)
-               : "memory");
-  return v;
-}
-
 }  // namespace bik::cuda

@@ -490,37 +490,11 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
   embedding(x, m.ids, embed_, b.token_ids, s);  // ids checked on the host: no wait for the device
   tap("embedding", -1, x);
   fill_bytes(residual, 0, s);  // the first add-and-norm then sets residual = x exactly
-  // The residual stream. A sub-block's output goes to `branch` and rms_norm adds it to `res` in place
-  // (pending); or, with batch invariance on and no tap, the o-proj / down GEMM adds `res` in its epilogue
-  // (mm_add: round(round(product) + res), the bits of the product then rms_norm's add) and writes the sum
-  // to `branch`, which becomes the stream while the old one takes the next output. Either way every value
-  // is the same; the fused form spares the norm one read of [T, H] and one write.
-  TensorView res = residual, branch = x;
-  bool pending = true;  // branch holds an output not yet added to res (the embedding, first)
-  const bool fused_add = batch_invariant_ && !tap_ && tp_.size == 1 && tp_.chunks <= 1;
-  auto project_add = [&](const TensorView& in, const Linear& w) {
-    if (fused_add && !w.bias) {
-      mm_add(branch, in, w.w, res, s);
-      std::swap(res, branch);
-      pending = false;
-    } else {
-      row_parallel(branch, in, w, s);
-      pending = true;
-    }
-  };
-  // out = norm(res + branch) where an output is pending (res updated in place), else norm(res).
-  auto add_norm = [&](const TensorView& out, const TensorView& weight) {
-    if (pending)
-      rms_norm(out, branch, weight, eps_, res, s);
-    else
-      rms_norm(out, res, weight, eps_, std::nullopt, s);
-    pending = false;
-  };
   for (const Layer& L : layers_) {
     const size_t li = size_t(&L - layers_.data());
     const int64_t l = int64_t(li);
-    add_norm(h, L.input_norm);
-    tap("input_residual", l, res);
+    rms_norm(h, x, L.input_norm, eps_, residual, s);
+    tap("input_residual", l, residual);
     tap("input_norm", l, h);
     const TensorView q = L.qkv_fused ? q_cols : q_apart, k = L.qkv_fused ? k_cols : k_apart,
                      v = L.qkv_fused ? v_cols : v_apart;
@@ -579,10 +553,10 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
       paged_attention_split_by_seqs(attn.reshape({T, Hq, D}), q3, cache.k[li], cache.v[li], m.bt, m.lens, m.qsl,
                                     scale, host, s);
     tap("attention", l, attn);
-    project_add(attn, L.o);
-    tap("o_proj", l, branch);
-    add_norm(h, L.post_attn_norm);
-    tap("post_attn_residual", l, res);
+    row_parallel(x, attn, L.o, s);
+    tap("o_proj", l, x);
+    rms_norm(h, x, L.post_attn_norm, eps_, residual, s);
+    tap("post_attn_residual", l, residual);
     tap("post_attn_norm", l, h);
     if (batch_invariant_ && L.gate_up_fused && !L.gate_up.bias && !tap_) {
       // One call: on sm_90 the activation runs in the GEMM's epilogue and the [T, 2I] product never
@@ -601,12 +575,12 @@ void LlamaModel::run_step(const StepBatch& b, KvCache& cache, const StepViews& m
       silu_and_mul(act, gate_up, s);
     }
     tap("silu_and_mul", l, act);
-    project_add(act, L.down);
-    tap("down_proj", l, branch);
+    row_parallel(x, act, L.down, s);
+    tap("down_proj", l, x);
   }
   if (R == 0 || logits.data == nullptr) return;
-  add_norm(h, final_norm_);
-  tap("final_residual", -1, res);
+  rms_norm(h, x, final_norm_, eps_, residual, s);
+  tap("final_residual", -1, residual);
   tap("final_norm", -1, h);
   // Only the rows that need logits go through the lm_head: gather them (an exact copy; `embedding`
   // with the hidden states as the table is a row gather).
