@@ -12,6 +12,7 @@
 
 #include "bik/sampling.h"
 #include "bik/tensor.h"
+#include "view_access.h"
 
 namespace bik::test {
 
@@ -50,11 +51,7 @@ inline std::vector<float> greedy_top_logits(int64_t rows, int64_t v, uint64_t se
 inline Tensor greedy_top_tensor(int64_t rows, int64_t v, uint64_t seed, DType dtype, Device dev) {
   const std::vector<float> x = greedy_top_logits(rows, v, seed);
   Tensor h = Tensor::empty({rows, v}, dtype);
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (dtype == DType::BF16) h.ptr<bf16>()[i] = to_bf16(x[i]);
-    else if (dtype == DType::F16) h.ptr<f16>()[i] = to_f16(x[i]);
-    else h.ptr<float>()[i] = x[i];
-  }
+  for (size_t i = 0; i < x.size(); ++i) test_fixtures::set(h, int64_t(i), x[i]);
   return h.to(dev);
 }
 
@@ -94,14 +91,7 @@ inline GreedyTopCounts greedy_top_counts(const Tensor& logits) {
     const int32_t top = ids_h[0].ptr<int32_t>()[r];
     // The control: the last of the maxima (NaN first, then larger; equal values, -0 and +0 included,
     // to the higher index).
-    auto at = [&](int64_t i) {
-      const int64_t k = r * v + i;
-      switch (x.dtype()) {
-        case DType::BF16: return to_float(x.ptr<bf16>()[k]);
-        case DType::F16: return to_float(x.ptr<f16>()[k]);
-        default: return x.ptr<float>()[k];
-      }
-    };
+    auto at = [&](int64_t i) { return float(test_fixtures::get(x, r * v + i)); };
     int64_t last = 0;
     for (int64_t i = 1; i < v; ++i) {
       const float a = at(i), b = at(last);
